@@ -193,4 +193,15 @@ double ssm_rng_uniform(uint64_t seed, uint64_t index);
 int32_t ssm_sample(const float *logits, int vocab, const ssm_sampler *s,
 		   uint64_t index);
 
+/* One batched decode step followed by sampling, for callers that want tokens
+ * rather than logits: as ssm_decode(slots, tokens, n), then next[i] =
+ * ssm_sample(logits of row i, vocab, &samplers[i], index[i]). Gives the same
+ * tokens as ssm_decode() + ssm_sample() whenever the logits agree; the CUDA
+ * backend samples on the device so the logits never cross to the host.
+ * Blocks until done. SSMD_EINVAL on n < 1, a slot out of range or repeated,
+ * or a token out of range (nothing consumed); SSMD_ENOMEM, SSMD_EDEVICE. */
+int ssm_decode_sample(ssm_backend *b, const int *slots, const int32_t *tokens,
+		      int n, const ssm_sampler *samplers, const uint64_t *index,
+		      int32_t *next);
+
 #endif

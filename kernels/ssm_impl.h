@@ -76,6 +76,14 @@ typedef struct ssm_backend_ops {
 	int (*decode)(ssm_backend *b, const int *slots, const int32_t *tokens,
 		      int n, float *logits);
 	int (*slot_logits)(ssm_backend *b, int slot, float *logits);
+	/* Optional, NULL where the backend has none (CPU): one decode step as
+	 * decode(), then row i sampled with samplers[i] at RNG index index[i]
+	 * into next[i], the logits never leaving the backend. The public
+	 * ssm_decode_sample() falls back to decode() + ssm_sample(). */
+	int (*decode_sample)(ssm_backend *b, const int *slots,
+			     const int32_t *tokens, int n,
+			     const ssm_sampler *samplers, const uint64_t *index,
+			     int32_t *next);
 } ssm_backend_ops;
 
 struct ssm_backend {
