@@ -182,10 +182,28 @@ typedef struct ssm_sampler {
 } ssm_sampler;
 
 /* Counter-based RNG: a uniform double in [0, 1) that depends only on
- * (seed, index). The same on every backend and every run. */
+ * (seed, index). The same on every backend and every run. Exactly:
+ *   mix(z)  = splitmix64's finaliser: z ^= z >> 30; z *= 0xbf58476d1ce4e5b9;
+ *             z ^= z >> 27; z *= 0x94d049bb133111eb; z ^= z >> 31
+ *   r       = mix(mix(seed) + (index + 1) * 0x9e3779b97f4a7c15)   (mod 2^64)
+ *   uniform = (r >> 11) * 2^-53
+ * i.e. the (index+1)-th output of splitmix64 started at mix(seed). */
 double ssm_rng_uniform(uint64_t seed, uint64_t index);
 
 /* Picks the next token from logits (vocab floats; not modified) with sampler s.
+ * The procedure, which every backend follows exactly:
+ *  1. temperature <= 0, top_k == 1 or vocab == 1: argmax (lowest ID on ties).
+ *     NaN logits count as -inf throughout.
+ *  2. v_i = logit_i * (1.0f / temperature) in float.
+ *  3. If top_k in [1, vocab) or top_p < 1: order candidates by v descending,
+ *     ID ascending on ties; keep the first top_k when top_k applies.
+ *     Otherwise the candidates stay in ID order.
+ *  4. In double: w_i = exp(v_i - max v), total = sum of w_i over candidates.
+ *  5. If top_p < 1: keep the shortest prefix (in that order) whose running
+ *     sum of w_i reaches top_p * total (at least one); total = that sum.
+ *  6. u = ssm_rng_uniform(seed, index) * total; the pick is the first
+ *     candidate whose running sum of w_i exceeds u (the last if none does).
+ *  If every candidate is -inf the result is the argmax of step 1.
  * index is the session's token index (its n_tokens), which keys the RNG so a
  * fork with the same seed reproduces and a resumed session continues exactly.
  * Returns the token ID. Thread-safe. Uses O(vocab) scratch memory internally;

@@ -91,6 +91,9 @@ struct ssm_backend {
 	const ssm_model *model;
 	int n_slots;
 	void *impl; /* the backend's private data */
+	/* (n_slots) tokens each slot has consumed, kept by backend.c (not by
+	 * the implementations) so that emptiness checks need no device copy. */
+	uint64_t *slot_tokens;
 };
 
 /* Backend constructors; each fills b->ops and b->impl of a zeroed *b. */
