@@ -1,0 +1,1891 @@
+#include "store.h"
+
+#include <cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "codec.h"
+#include "ssm_state.h"
+#include "store_impl.h"
+
+_Static_assert(STORE_FINGERPRINT_LEN == SSM_FINGERPRINT_LEN,
+	       "store and state fingerprints differ");
+
+/* Columns every state query selects, in the order info_from_row() reads. */
+#define STATE_COLS                                                          \
+	"n, id, kind, fingerprint, n_tokens, created_ms, label, metadata, "  \
+	"origin, codec, raw_size, stored_size, raw_hash, n_transcript"
+
+/* Schema version 1. Payloads and transcripts live in their own tables keyed
+ * by the state's row key, so scans of states never page through blobs. */
+static const char schema_sql[] =
+	"CREATE TABLE states("
+	" n INTEGER PRIMARY KEY,"
+	" id TEXT NOT NULL UNIQUE,"
+	" kind INTEGER NOT NULL,"
+	" fingerprint BLOB NOT NULL,"
+	" n_tokens INTEGER NOT NULL,"
+	" created_ms INTEGER NOT NULL,"
+	" label TEXT NOT NULL,"
+	" metadata TEXT,"
+	" origin TEXT,"
+	" codec INTEGER NOT NULL,"
+	" raw_size INTEGER NOT NULL,"
+	" stored_size INTEGER NOT NULL,"
+	" raw_hash INTEGER NOT NULL,"
+	" n_transcript INTEGER NOT NULL);"
+	"CREATE INDEX states_by_model ON states(fingerprint, id);"
+	"CREATE INDEX states_by_created ON states(created_ms);"
+	/* ord 0 is the first parent: the one transcripts are relative to */
+	"CREATE TABLE parents(child TEXT NOT NULL, ord INTEGER NOT NULL,"
+	" parent TEXT NOT NULL, PRIMARY KEY(child, ord)) WITHOUT ROWID;"
+	"CREATE INDEX parents_by_parent ON parents(parent);"
+	"CREATE TABLE payloads(n INTEGER PRIMARY KEY, data BLOB NOT NULL);"
+	"CREATE TABLE transcripts(n INTEGER PRIMARY KEY, tokens BLOB NOT NULL);"
+	"CREATE TABLE tags(name TEXT PRIMARY KEY, id TEXT NOT NULL,"
+	" updated_ms INTEGER NOT NULL) WITHOUT ROWID;"
+	"CREATE INDEX tags_by_id ON tags(id);"
+	"CREATE TABLE models(fingerprint BLOB PRIMARY KEY, config TEXT NOT NULL,"
+	" updated_ms INTEGER NOT NULL);";
+
+/* Page size of a new library: large pages keep a multi-MB payload's chain
+ * of overflow pages (and its WAL frames) short. */
+#define NEW_PAGE_SIZE 65536
+
+/* ------------------------------------------------------------ SQLite glue -- */
+
+int store_sql_err(sqlite3 *db, int rc, const char *what)
+{
+	const char *msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+	int code;
+
+	switch (rc & 0xff) {
+	case SQLITE_FULL:
+		code = SSMD_ENOSPC;
+		break;
+	case SQLITE_NOMEM:
+		code = SSMD_ENOMEM;
+		break;
+	case SQLITE_IOERR:
+	case SQLITE_CANTOPEN:
+	case SQLITE_READONLY:
+	case SQLITE_PERM:
+		code = SSMD_EIO;
+		break;
+	case SQLITE_NOTADB:
+		code = SSMD_EFORMAT;
+		break;
+	case SQLITE_CORRUPT:
+		code = SSMD_ECORRUPT;
+		break;
+	case SQLITE_BUSY:
+	case SQLITE_LOCKED:
+		code = SSMD_EBUSY;
+		break;
+	case SQLITE_TOOBIG:
+		code = SSMD_ERANGE;
+		break;
+	default:
+		code = SSMD_ESTORE;
+	}
+	return ssmd_err_set(code, "state library: %s: %s (SQLite code %d)",
+			    what, msg, rc);
+}
+
+int store_sql_exec(sqlite3 *db, const char *sql)
+{
+	int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+
+	return rc == SQLITE_OK ? SSMD_OK : store_sql_err(db, rc, sql);
+}
+
+static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st)
+{
+	int rc = sqlite3_prepare_v2(db, sql, -1, st, NULL);
+
+	return rc == SQLITE_OK ? SSMD_OK : store_sql_err(db, rc, "prepare");
+}
+
+/* Steps a statement that returns no row. */
+static int step_done(sqlite3 *db, sqlite3_stmt *st, const char *what)
+{
+	int rc = sqlite3_step(st);
+
+	return rc == SQLITE_DONE ? SSMD_OK : store_sql_err(db, rc, what);
+}
+
+/* Runs a statement with one text parameter that returns no row. */
+static int exec_text(sqlite3 *db, const char *sql, const char *a)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = prepare(db, sql, &st);
+
+	if (!rc) {
+		sqlite3_bind_text(st, 1, a, -1, SQLITE_STATIC);
+		rc = step_done(db, st, sql);
+	}
+	sqlite3_finalize(st);
+	return rc;
+}
+
+static int64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Opens one connection with the per-connection settings. */
+static int conn_open(store *s, int writer, sqlite3 **out)
+{
+	char sql[160];
+	sqlite3 *db = NULL;
+	int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX;
+	int rc;
+
+	if (writer)
+		flags |= SQLITE_OPEN_CREATE;
+	rc = sqlite3_open_v2(s->path, &db, flags, NULL);
+	if (rc != SQLITE_OK) {
+		rc = store_sql_err(db, rc, s->path);
+		goto out;
+	}
+	sqlite3_extended_result_codes(db, 1);
+	sqlite3_busy_timeout(db, s->opts.busy_timeout_ms);
+	/* FAST: freed pages are zeroed where that costs no extra I/O, instead
+	 * of rewriting every freed overflow page of a deleted payload. */
+	snprintf(sql, sizeof(sql),
+		 "PRAGMA secure_delete=FAST; PRAGMA synchronous=%s;",
+		 s->opts.sync_normal ? "NORMAL" : "FULL");
+	rc = store_sql_exec(db, sql);
+	if (rc)
+		goto out;
+	if (writer && s->opts.max_bytes) {
+		/* page_size is fixed once the file exists; a new file gets
+		 * NEW_PAGE_SIZE, set in store_open() before this matters. */
+		snprintf(sql, sizeof(sql), "PRAGMA max_page_count=%llu;",
+			 (unsigned long long)(s->opts.max_bytes / NEW_PAGE_SIZE));
+		rc = store_sql_exec(db, sql);
+		if (rc)
+			goto out;
+	}
+	if (!writer)
+		rc = store_sql_exec(db, "PRAGMA query_only=1;");
+out:
+	if (rc) {
+		sqlite3_close(db);
+		return rc;
+	}
+	*out = db;
+	return SSMD_OK;
+}
+
+int store_write_begin(store *s)
+{
+	int rc;
+
+	pthread_mutex_lock(&s->wlock);
+	rc = store_sql_exec(s->wdb, "BEGIN IMMEDIATE");
+	if (rc)
+		pthread_mutex_unlock(&s->wlock);
+	return rc;
+}
+
+int store_write_end(store *s, int rc)
+{
+	if (!rc)
+		rc = store_sql_exec(s->wdb, "COMMIT");
+	if (rc && !sqlite3_get_autocommit(s->wdb)) {
+		/* Keep the first error's detail; the rollback's own result
+		 * changes nothing for the caller. */
+		sqlite3_exec(s->wdb, "ROLLBACK", NULL, NULL, NULL);
+	}
+	pthread_mutex_unlock(&s->wlock);
+	return rc;
+}
+
+int store_read_begin(store *s, sqlite3 **out)
+{
+	sqlite3 *db = NULL;
+	int rc;
+
+	pthread_mutex_lock(&s->rlock);
+	while (!s->n_free && s->n_open >= s->opts.max_readers)
+		pthread_cond_wait(&s->rcond, &s->rlock);
+	if (s->n_free) {
+		db = s->rfree[--s->n_free];
+		pthread_mutex_unlock(&s->rlock);
+	} else {
+		s->n_open++;
+		pthread_mutex_unlock(&s->rlock);
+		rc = conn_open(s, 0, &db);
+		if (rc) {
+			pthread_mutex_lock(&s->rlock);
+			s->n_open--;
+			pthread_cond_signal(&s->rcond);
+			pthread_mutex_unlock(&s->rlock);
+			return rc;
+		}
+	}
+	rc = store_sql_exec(db, "BEGIN");
+	if (rc) {
+		store_read_end(s, db);
+		return rc;
+	}
+	*out = db;
+	return SSMD_OK;
+}
+
+void store_read_end(store *s, sqlite3 *db)
+{
+	if (!sqlite3_get_autocommit(db))
+		sqlite3_exec(db, "COMMIT", NULL, NULL, NULL);
+	pthread_mutex_lock(&s->rlock);
+	s->rfree[s->n_free++] = db;
+	pthread_cond_signal(&s->rcond);
+	pthread_mutex_unlock(&s->rlock);
+}
+
+/* ---------------------------------------------------------------- open -- */
+
+/* Creates the schema in a new file, or checks an existing one. */
+static int schema_check(store *s)
+{
+	sqlite3_stmt *st = NULL;
+	int64_t app_id = 0, version = 0, n_objects = 0;
+	int rc;
+
+	rc = store_write_begin(s);
+	if (rc)
+		return rc;
+	rc = prepare(s->wdb,
+		     "SELECT (SELECT application_id FROM pragma_application_id),"
+		     " (SELECT user_version FROM pragma_user_version),"
+		     " (SELECT count(*) FROM sqlite_schema)", &st);
+	if (rc)
+		goto out;
+	if (sqlite3_step(st) != SQLITE_ROW) {
+		rc = store_sql_err(s->wdb, sqlite3_errcode(s->wdb), s->path);
+		goto out;
+	}
+	app_id = sqlite3_column_int64(st, 0);
+	version = sqlite3_column_int64(st, 1);
+	n_objects = sqlite3_column_int64(st, 2);
+	if (n_objects == 0 && app_id == 0 && version == 0) {
+		char sql[96];
+
+		rc = store_sql_exec(s->wdb, schema_sql);
+		if (rc)
+			goto out;
+		snprintf(sql, sizeof(sql),
+			 "PRAGMA application_id=%d; PRAGMA user_version=%d;",
+			 STORE_APP_ID, STORE_SCHEMA_VERSION);
+		rc = store_sql_exec(s->wdb, sql);
+	} else if (app_id != STORE_APP_ID) {
+		rc = ssmd_err_set(SSMD_EFORMAT,
+				  "%s: an SQLite database but not an ssmd state "
+				  "library", s->path);
+	} else if (version > STORE_SCHEMA_VERSION) {
+		rc = ssmd_err_set(SSMD_EUNSUPPORTED,
+				  "%s: schema version %lld is newer than this "
+				  "build's %d", s->path, (long long)version,
+				  STORE_SCHEMA_VERSION);
+	} else if (version < 1) {
+		rc = ssmd_err_set(SSMD_EFORMAT, "%s: no schema version",
+				  s->path);
+	}
+out:
+	sqlite3_finalize(st);
+	return store_write_end(s, rc);
+}
+
+int store_open(const char *path, const store_opts *opts, store **out)
+{
+	store *s;
+	char sql[64];
+	int rc;
+
+	if (!path || !*path || !out)
+		return ssmd_err_set(SSMD_EINVAL, "store_open: no path");
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return SSMD_ENOMEM;
+	if (opts)
+		s->opts = *opts;
+	if (s->opts.busy_timeout_ms <= 0)
+		s->opts.busy_timeout_ms = 10000;
+	if (s->opts.max_readers <= 0)
+		s->opts.max_readers = 4;
+	pthread_mutex_init(&s->wlock, NULL);
+	pthread_mutex_init(&s->rlock, NULL);
+	pthread_cond_init(&s->rcond, NULL);
+	s->path = strdup(path);
+	s->rfree = calloc((size_t)s->opts.max_readers, sizeof(*s->rfree));
+	if (!s->path || !s->rfree) {
+		rc = SSMD_ENOMEM;
+		goto fail;
+	}
+	rc = conn_open(s, 1, &s->wdb);
+	if (rc)
+		goto fail;
+	/* Only takes effect on a file without tables yet. */
+	snprintf(sql, sizeof(sql), "PRAGMA page_size=%d;", NEW_PAGE_SIZE);
+	rc = store_sql_exec(s->wdb, sql);
+	if (rc)
+		goto fail;
+	/* WAL is a property of the file: readers run alongside the writer. */
+	rc = store_sql_exec(s->wdb, "PRAGMA journal_mode=WAL;");
+	if (rc)
+		goto fail;
+	/* After a checkpoint, cut the WAL back so a burst of 26 MB puts does
+	 * not leave a file of that size behind. */
+	rc = store_sql_exec(s->wdb, "PRAGMA journal_size_limit=67108864;");
+	if (rc)
+		goto fail;
+	rc = schema_check(s);
+	if (rc)
+		goto fail;
+	*out = s;
+	return SSMD_OK;
+fail:
+	store_close(s);
+	return rc;
+}
+
+void store_close(store *s)
+{
+	if (!s)
+		return;
+	for (int i = 0; i < s->n_free; i++)
+		sqlite3_close(s->rfree[i]);
+	sqlite3_close(s->wdb);
+	pthread_cond_destroy(&s->rcond);
+	pthread_mutex_destroy(&s->rlock);
+	pthread_mutex_destroy(&s->wlock);
+	free(s->rfree);
+	free(s->path);
+	free(s);
+}
+
+/* ------------------------------------------------------------------ IDs -- */
+
+static const char crockford[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+static int crockford_value(char c)
+{
+	if (c >= 'a' && c <= 'z')
+		c = (char)(c - 'a' + 'A');
+	const char *p = c ? strchr(crockford, c) : NULL;
+
+	return p ? (int)(p - crockford) : -1;
+}
+
+int store_id_valid(const char *s)
+{
+	if (!s || strlen(s) != STORE_ID_LEN)
+		return 0;
+	/* 26 characters carry 130 bits; the top two must be zero. */
+	if (crockford_value(s[0]) < 0 || crockford_value(s[0]) > 7)
+		return 0;
+	for (int i = 1; i < STORE_ID_LEN; i++)
+		if (crockford_value(s[i]) < 0)
+			return 0;
+	return 1;
+}
+
+void store_id_canon(const char *in, char out[STORE_ID_SIZE])
+{
+	for (int i = 0; i < STORE_ID_LEN; i++)
+		out[i] = crockford[crockford_value(in[i])];
+	out[STORE_ID_LEN] = '\0';
+}
+
+int store_id_new(char id[STORE_ID_SIZE], int64_t *ms_out)
+{
+	uint8_t b[16];
+	int64_t ms = now_ms();
+	size_t got = 0;
+
+	/* bytes 0-5: big-endian milliseconds, so IDs sort by time */
+	for (int i = 0; i < 6; i++)
+		b[i] = (uint8_t)((uint64_t)ms >> (40 - 8 * i));
+	while (got < 10) {
+		ssize_t r = getrandom(b + 6 + got, 10 - got, 0);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return ssmd_err_set(SSMD_EIO, "getrandom: %s",
+					    strerror(errno));
+		got += (size_t)r;
+	}
+	/* 130 bits = two zero bits then the 128 bits, 5 bits per character */
+	for (int c = 0; c < STORE_ID_LEN; c++) {
+		int v = 0;
+
+		for (int k = 0; k < 5; k++) {
+			int bit = 5 * c + k - 2;
+
+			v <<= 1;
+			if (bit >= 0)
+				v |= (b[bit / 8] >> (7 - bit % 8)) & 1;
+		}
+		id[c] = crockford[v];
+	}
+	id[STORE_ID_LEN] = '\0';
+	*ms_out = ms;
+	return SSMD_OK;
+}
+
+int store_tag_name_valid(const char *name)
+{
+	static const char extra[] = "-_.:@+=/";
+	size_t len, seg = 0;
+
+	if (!name)
+		return 0;
+	len = strlen(name);
+	if (len == 0 || len > STORE_TAG_MAX || store_id_valid(name))
+		return 0;
+	if (name[0] == '/' || name[len - 1] == '/')
+		return 0;
+	for (size_t i = 0; i <= len; i++) {
+		char c = name[i];
+
+		if (c == '/' || c == '\0') {
+			/* segment name[seg..i): not empty, ".", or ".." */
+			size_t n = i - seg;
+
+			if (n == 0 || (n == 1 && name[seg] == '.') ||
+			    (n == 2 && name[seg] == '.' && name[seg + 1] == '.'))
+				return 0;
+			seg = i + 1;
+			continue;
+		}
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		      (c >= '0' && c <= '9') || strchr(extra, c)))
+			return 0;
+	}
+	return 1;
+}
+
+const char *store_kind_name(int kind)
+{
+	switch (kind) {
+	case STORE_KIND_CHECKPOINT:
+		return "checkpoint";
+	case STORE_KIND_SNAPSHOT:
+		return "snapshot";
+	case STORE_KIND_MERGE:
+		return "merge";
+	case STORE_KIND_IMPORT:
+		return "import";
+	default:
+		return "unknown";
+	}
+}
+
+/* ---------------------------------------------------------- transcripts -- */
+
+int store_tokens_pack(const int32_t *tokens, size_t n, uint8_t **out,
+		      size_t *len)
+{
+	uint8_t *buf, *p;
+
+	buf = malloc(n ? n * 5 : 1); /* LEB128: at most 5 bytes per int32 */
+	if (!buf)
+		return SSMD_ENOMEM;
+	p = buf;
+	for (size_t i = 0; i < n; i++) {
+		uint32_t v = (uint32_t)tokens[i];
+
+		if (tokens[i] < 0) {
+			free(buf);
+			return ssmd_err_set(SSMD_EINVAL,
+					    "transcript token %zu is negative", i);
+		}
+		while (v >= 0x80) {
+			*p++ = (uint8_t)(v | 0x80);
+			v >>= 7;
+		}
+		*p++ = (uint8_t)v;
+	}
+	*out = buf;
+	*len = (size_t)(p - buf);
+	return SSMD_OK;
+}
+
+int store_tokens_unpack(const uint8_t *buf, size_t len, size_t n,
+			int32_t *dst)
+{
+	size_t pos = 0;
+
+	for (size_t i = 0; i < n; i++) {
+		uint32_t v = 0;
+		int shift = 0;
+
+		for (;;) {
+			if (pos >= len || shift > 28)
+				return ssmd_err_set(SSMD_ECORRUPT,
+						    "transcript: malformed");
+			uint8_t b = buf[pos++];
+
+			v |= (uint32_t)(b & 0x7f) << shift;
+			shift += 7;
+			if (!(b & 0x80))
+				break;
+		}
+		if (v > INT32_MAX)
+			return ssmd_err_set(SSMD_ECORRUPT,
+					    "transcript: token out of range");
+		dst[i] = (int32_t)v;
+	}
+	if (pos != len)
+		return ssmd_err_set(SSMD_ECORRUPT,
+				    "transcript: %zu trailing bytes", len - pos);
+	return SSMD_OK;
+}
+
+/* ------------------------------------------------------------ state rows -- */
+
+int store_label_check(const char *label)
+{
+	size_t len = label ? strlen(label) : 0;
+
+	if (len > STORE_LABEL_MAX)
+		return ssmd_err_set(SSMD_EINVAL, "label longer than %d bytes",
+				    STORE_LABEL_MAX);
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char)label[i] < 0x20 || label[i] == 0x7f)
+			return ssmd_err_set(SSMD_EINVAL,
+					    "label has a control character");
+	return SSMD_OK;
+}
+
+int store_metadata_check(const char *json)
+{
+	cJSON *doc;
+
+	if (!json)
+		return SSMD_OK;
+	if (strlen(json) > STORE_METADATA_MAX)
+		return ssmd_err_set(SSMD_EINVAL,
+				    "metadata longer than %d bytes",
+				    STORE_METADATA_MAX);
+	doc = cJSON_Parse(json);
+	if (!doc)
+		return ssmd_err_set(SSMD_EINVAL, "metadata is not valid JSON");
+	cJSON_Delete(doc);
+	return SSMD_OK;
+}
+
+static void copy_text(char *dst, size_t cap, const unsigned char *src)
+{
+	snprintf(dst, cap, "%s", src ? (const char *)src : "");
+}
+
+/* Fills info from a row of STATE_COLS (not parents, tags or metadata). */
+static void info_from_row(sqlite3_stmt *st, store_state_info *info,
+			  int64_t *rowkey)
+{
+	const void *fp = sqlite3_column_blob(st, 3);
+	int fp_len = sqlite3_column_bytes(st, 3);
+
+	memset(info, 0, sizeof(*info));
+	*rowkey = sqlite3_column_int64(st, 0);
+	copy_text(info->id, sizeof(info->id), sqlite3_column_text(st, 1));
+	info->kind = (store_kind)sqlite3_column_int(st, 2);
+	if (fp && fp_len == STORE_FINGERPRINT_LEN)
+		memcpy(info->fingerprint, fp, STORE_FINGERPRINT_LEN);
+	info->n_tokens = (uint64_t)sqlite3_column_int64(st, 4);
+	info->created_ms = sqlite3_column_int64(st, 5);
+	copy_text(info->label, sizeof(info->label), sqlite3_column_text(st, 6));
+	copy_text(info->origin, sizeof(info->origin),
+		  sqlite3_column_text(st, 8));
+	info->codec = sqlite3_column_int(st, 9);
+	info->raw_size = (uint64_t)sqlite3_column_int64(st, 10);
+	info->stored_size = (uint64_t)sqlite3_column_int64(st, 11);
+	info->raw_hash = (uint64_t)sqlite3_column_int64(st, 12);
+	info->n_transcript = (uint64_t)sqlite3_column_int64(st, 13);
+}
+
+/* Completes an info from a row: metadata, parents and tag count. */
+static int info_finish(sqlite3 *db, sqlite3_stmt *row, store_state_info *info)
+{
+	sqlite3_stmt *st = NULL;
+	const unsigned char *meta = sqlite3_column_text(row, 7);
+	int rc;
+
+	if (meta) {
+		info->metadata = strdup((const char *)meta);
+		if (!info->metadata)
+			return SSMD_ENOMEM;
+	}
+	rc = prepare(db, "SELECT parent FROM parents WHERE child=?1 ORDER BY ord",
+		     &st);
+	if (rc)
+		goto out;
+	sqlite3_bind_text(st, 1, info->id, -1, SQLITE_STATIC);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW &&
+	       info->n_parents < STORE_PARENTS_MAX)
+		copy_text(info->parents[info->n_parents++], STORE_ID_SIZE,
+			  sqlite3_column_text(st, 0));
+	sqlite3_finalize(st);
+	st = NULL;
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		rc = store_sql_err(db, rc, "parents");
+		goto out;
+	}
+	rc = prepare(db, "SELECT count(*) FROM tags WHERE id=?1", &st);
+	if (rc)
+		goto out;
+	sqlite3_bind_text(st, 1, info->id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc != SQLITE_ROW) {
+		rc = store_sql_err(db, rc, "tags");
+		goto out;
+	}
+	info->n_tags = (size_t)sqlite3_column_int64(st, 0);
+	rc = SSMD_OK;
+out:
+	sqlite3_finalize(st);
+	if (rc)
+		store_state_info_fini(info);
+	return rc;
+}
+
+int store_info_db(sqlite3 *db, const char *id, store_state_info *info,
+		  int64_t *rowkey)
+{
+	sqlite3_stmt *st = NULL;
+	int rc;
+
+	rc = prepare(db, "SELECT " STATE_COLS " FROM states WHERE id=?1", &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		info_from_row(st, info, rowkey);
+		rc = info_finish(db, st, info);
+	} else if (rc == SQLITE_DONE) {
+		rc = ssmd_err_set(SSMD_ENOENT, "no state %s", id);
+	} else {
+		rc = store_sql_err(db, rc, "state");
+	}
+	sqlite3_finalize(st);
+	return rc;
+}
+
+int store_resolve_db(sqlite3 *db, const char *id_or_tag,
+		     char id[STORE_ID_SIZE], int64_t *rowkey)
+{
+	sqlite3_stmt *st = NULL;
+	char canon[STORE_ID_SIZE];
+	int rc, by_id;
+
+	if (!id_or_tag)
+		return ssmd_err_set(SSMD_EINVAL, "no state ID or tag");
+	by_id = store_id_valid(id_or_tag);
+	if (!by_id && !store_tag_name_valid(id_or_tag))
+		return ssmd_err_set(SSMD_EINVAL,
+				    "'%.64s' is neither a state ID nor a valid "
+				    "tag name", id_or_tag);
+	if (by_id) {
+		store_id_canon(id_or_tag, canon);
+		rc = prepare(db, "SELECT id, n FROM states WHERE id=?1", &st);
+	} else {
+		rc = prepare(db, "SELECT s.id, s.n FROM tags t JOIN states s"
+			     " ON s.id=t.id WHERE t.name=?1", &st);
+	}
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, by_id ? canon : id_or_tag, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		copy_text(id, STORE_ID_SIZE, sqlite3_column_text(st, 0));
+		if (rowkey)
+			*rowkey = sqlite3_column_int64(st, 1);
+		rc = SSMD_OK;
+	} else if (rc == SQLITE_DONE) {
+		rc = ssmd_err_set(SSMD_ENOENT, "no %s '%s'",
+				  by_id ? "state" : "tag", id_or_tag);
+	} else {
+		rc = store_sql_err(db, rc, "resolve");
+	}
+	sqlite3_finalize(st);
+	return rc;
+}
+
+int store_payload_db(sqlite3 *db, int64_t rowkey, size_t stored_size,
+		     void **out)
+{
+	sqlite3_blob *blob = NULL;
+	void *buf = NULL;
+	int rc;
+
+	/* Incremental blob I/O reads the overflow pages straight into buf,
+	 * without SQLite assembling its own copy first. */
+	rc = sqlite3_blob_open(db, "main", "payloads", "data", rowkey, 0, &blob);
+	if (rc != SQLITE_OK) {
+		rc = rc == SQLITE_ERROR ?
+			ssmd_err_set(SSMD_ECORRUPT, "state payload missing") :
+			store_sql_err(db, rc, "payload");
+		goto out;
+	}
+	if ((size_t)sqlite3_blob_bytes(blob) != stored_size) {
+		rc = ssmd_err_set(SSMD_ECORRUPT,
+				  "payload is %d bytes, recorded %zu",
+				  sqlite3_blob_bytes(blob), stored_size);
+		goto out;
+	}
+	buf = malloc(stored_size ? stored_size : 1);
+	if (!buf) {
+		rc = SSMD_ENOMEM;
+		goto out;
+	}
+	rc = sqlite3_blob_read(blob, buf, (int)stored_size, 0);
+	if (rc != SQLITE_OK) {
+		rc = store_sql_err(db, rc, "payload read");
+		goto out;
+	}
+	*out = buf;
+	buf = NULL;
+	rc = SSMD_OK;
+out:
+	free(buf);
+	sqlite3_blob_close(blob);
+	return rc;
+}
+
+int store_row_insert(store *s, const store_row *row)
+{
+	sqlite3 *db = s->wdb;
+	sqlite3_stmt *st = NULL;
+	int64_t key;
+	int rc;
+
+	rc = prepare(db, "INSERT INTO states(id, kind, fingerprint, n_tokens,"
+		     " created_ms, label, metadata, origin, codec, raw_size,"
+		     " stored_size, raw_hash, n_transcript)"
+		     " VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)", &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, row->id, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 2, row->kind);
+	sqlite3_bind_blob(st, 3, row->fingerprint, STORE_FINGERPRINT_LEN,
+			  SQLITE_STATIC);
+	sqlite3_bind_int64(st, 4, (sqlite3_int64)row->n_tokens);
+	sqlite3_bind_int64(st, 5, row->created_ms);
+	sqlite3_bind_text(st, 6, row->label ? row->label : "", -1,
+			  SQLITE_STATIC);
+	if (row->metadata)
+		sqlite3_bind_text(st, 7, row->metadata, -1, SQLITE_STATIC);
+	if (row->origin)
+		sqlite3_bind_text(st, 8, row->origin, -1, SQLITE_STATIC);
+	sqlite3_bind_int(st, 9, row->codec);
+	sqlite3_bind_int64(st, 10, (sqlite3_int64)row->raw_size);
+	sqlite3_bind_int64(st, 11, (sqlite3_int64)row->payload_len);
+	sqlite3_bind_int64(st, 12, (sqlite3_int64)row->raw_hash);
+	sqlite3_bind_int64(st, 13, (sqlite3_int64)row->n_transcript);
+	rc = step_done(db, st, "insert state");
+	sqlite3_finalize(st);
+	st = NULL;
+	if (rc)
+		return rc;
+	key = sqlite3_last_insert_rowid(db);
+
+	rc = prepare(db, "INSERT INTO payloads(n, data) VALUES(?1, ?2)", &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, key);
+	sqlite3_bind_blob64(st, 2, row->payload, row->payload_len,
+			    SQLITE_STATIC);
+	rc = step_done(db, st, "insert payload");
+	sqlite3_finalize(st);
+	st = NULL;
+	if (rc)
+		return rc;
+
+	if (row->n_transcript) {
+		rc = prepare(db, "INSERT INTO transcripts(n, tokens)"
+			     " VALUES(?1, ?2)", &st);
+		if (rc)
+			return rc;
+		sqlite3_bind_int64(st, 1, key);
+		sqlite3_bind_blob64(st, 2, row->transcript, row->transcript_len,
+				    SQLITE_STATIC);
+		rc = step_done(db, st, "insert transcript");
+		sqlite3_finalize(st);
+		st = NULL;
+		if (rc)
+			return rc;
+	}
+
+	rc = prepare(db, "INSERT INTO parents(child, ord, parent)"
+		     " VALUES(?1, ?2, ?3)", &st);
+	if (rc)
+		return rc;
+	for (size_t i = 0; i < row->n_parents && !rc; i++) {
+		sqlite3_bind_text(st, 1, row->id, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 2, (sqlite3_int64)i);
+		sqlite3_bind_text(st, 3, row->parents[i], -1, SQLITE_STATIC);
+		rc = step_done(db, st, "insert parent");
+		sqlite3_reset(st);
+	}
+	sqlite3_finalize(st);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ put -- */
+
+/* Checks the parents inside the write transaction: each exists, has the
+ * state's model, and the first one's n_tokens plus the transcript match. */
+static int parents_check(store *s, const store_put *p,
+			 char (*canon)[STORE_ID_SIZE], const uint8_t *fp,
+			 uint64_t n_tokens)
+{
+	sqlite3_stmt *st = NULL;
+	uint64_t base = 0;
+	int rc;
+
+	rc = prepare(s->wdb, "SELECT fingerprint, n_tokens FROM states"
+		     " WHERE id=?1", &st);
+	if (rc)
+		return rc;
+	for (size_t i = 0; i < p->n_parents; i++) {
+		sqlite3_bind_text(st, 1, canon[i], -1, SQLITE_STATIC);
+		rc = sqlite3_step(st);
+		if (rc == SQLITE_DONE) {
+			rc = ssmd_err_set(SSMD_ENOENT, "no parent state %s",
+					  canon[i]);
+			goto out;
+		}
+		if (rc != SQLITE_ROW) {
+			rc = store_sql_err(s->wdb, rc, "parent");
+			goto out;
+		}
+		if (sqlite3_column_bytes(st, 0) != STORE_FINGERPRINT_LEN ||
+		    memcmp(sqlite3_column_blob(st, 0), fp,
+			   STORE_FINGERPRINT_LEN) != 0) {
+			rc = ssmd_err_set(SSMD_EMODEL,
+					  "parent %s belongs to another model",
+					  canon[i]);
+			goto out;
+		}
+		if (i == 0)
+			base = (uint64_t)sqlite3_column_int64(st, 1);
+		sqlite3_reset(st);
+	}
+	rc = SSMD_OK;
+	if (p->n_tokens && (p->kind == STORE_KIND_CHECKPOINT ||
+			    p->kind == STORE_KIND_SNAPSHOT) &&
+	    n_tokens != base + p->n_tokens)
+		rc = ssmd_err_set(SSMD_EINVAL,
+				  "state has %llu tokens but its parent %llu "
+				  "plus a transcript of %zu",
+				  (unsigned long long)n_tokens,
+				  (unsigned long long)base, p->n_tokens);
+out:
+	sqlite3_finalize(st);
+	return rc;
+}
+
+static uint64_t le64(const uint8_t *p)
+{
+	uint64_t v = 0;
+
+	for (int i = 7; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+int store_state_put(store *s, const store_put *p, char id[STORE_ID_SIZE])
+{
+	char (*canon)[STORE_ID_SIZE] = NULL;
+	const char **parent_ptrs = NULL;
+	uint8_t *tbuf = NULL;
+	void *payload = NULL;
+	size_t tlen = 0, plen = 0;
+	ssm_state_layout lay;
+	char new_id[STORE_ID_SIZE];
+	const uint8_t *hdr = p ? p->raw : NULL;
+	uint64_t hash;
+	int64_t ms;
+	int codec, rc;
+
+	if (!s || !p || !id)
+		return ssmd_err_set(SSMD_EINVAL, "store_state_put: NULL argument");
+	if (p->kind < STORE_KIND_CHECKPOINT || p->kind > STORE_KIND_IMPORT)
+		return ssmd_err_set(SSMD_EINVAL, "unknown state kind %d",
+				    p->kind);
+	if (p->n_parents > STORE_PARENTS_MAX || (p->n_parents && !p->parents))
+		return ssmd_err_set(SSMD_EINVAL, "more than %d parents",
+				    STORE_PARENTS_MAX);
+	if (p->kind == STORE_KIND_MERGE && p->n_parents < 2)
+		return ssmd_err_set(SSMD_EINVAL, "a merge needs >= 2 parents");
+	if (p->n_tokens > STORE_TRANSCRIPT_MAX || (p->n_tokens && !p->tokens))
+		return ssmd_err_set(SSMD_EINVAL, "transcript of %zu tokens",
+				    p->n_tokens);
+	rc = store_label_check(p->label);
+	if (!rc)
+		rc = store_metadata_check(p->metadata);
+	if (!rc)
+		rc = ssm_state_layout_of(p->raw, p->raw_len, &lay);
+	if (rc)
+		return rc;
+
+	canon = calloc(p->n_parents + 1, sizeof(*canon));
+	parent_ptrs = calloc(p->n_parents + 1, sizeof(*parent_ptrs));
+	if (!canon || !parent_ptrs) {
+		rc = SSMD_ENOMEM;
+		goto out;
+	}
+	for (size_t i = 0; i < p->n_parents; i++) {
+		if (!store_id_valid(p->parents[i])) {
+			rc = ssmd_err_set(SSMD_EINVAL,
+					  "parent %zu is not a state ID", i);
+			goto out;
+		}
+		store_id_canon(p->parents[i], canon[i]);
+		parent_ptrs[i] = canon[i];
+		for (size_t j = 0; j < i; j++)
+			if (!strcmp(canon[i], canon[j])) {
+				rc = ssmd_err_set(SSMD_EINVAL,
+						  "parent %s given twice",
+						  canon[i]);
+				goto out;
+			}
+	}
+
+	/* The expensive part runs before the writer lock is taken. */
+	rc = store_codec_encode(p->raw, p->raw_len, p->lossy, &payload, &plen,
+				&codec, &hash);
+	if (rc)
+		goto out;
+	rc = store_tokens_pack(p->tokens, p->n_tokens, &tbuf, &tlen);
+	if (rc)
+		goto out;
+	rc = store_id_new(new_id, &ms);
+	if (rc)
+		goto out;
+
+	rc = store_write_begin(s);
+	if (rc)
+		goto out;
+	rc = parents_check(s, p, canon, hdr + 40, le64(hdr + 32));
+	if (!rc) {
+		store_row row = {
+			.id = new_id,
+			.created_ms = ms,
+			.kind = p->kind,
+			.fingerprint = hdr + 40,
+			.n_tokens = le64(hdr + 32),
+			.label = p->label,
+			.metadata = p->metadata,
+			.codec = codec,
+			.raw_size = p->raw_len,
+			.raw_hash = hash,
+			.payload = payload,
+			.payload_len = plen,
+			.transcript = tbuf,
+			.transcript_len = tlen,
+			.n_transcript = p->n_tokens,
+			.parents = parent_ptrs,
+			.n_parents = p->n_parents,
+		};
+
+		rc = store_row_insert(s, &row);
+	}
+	rc = store_write_end(s, rc);
+	if (!rc)
+		memcpy(id, new_id, STORE_ID_SIZE);
+out:
+	free(tbuf);
+	free(payload);
+	free(parent_ptrs);
+	free(canon);
+	return rc;
+}
+
+/* ------------------------------------------------------------------ get -- */
+
+int store_state_get(store *s, const char *id_or_tag, void **raw, size_t *len,
+		    store_state_info *info)
+{
+	store_state_info in;
+	sqlite3 *db;
+	char id[STORE_ID_SIZE];
+	void *stored = NULL, *dec = NULL;
+	int64_t key;
+	int rc;
+
+	if (!s || !raw || !len)
+		return ssmd_err_set(SSMD_EINVAL, "store_state_get: NULL argument");
+	memset(&in, 0, sizeof(in));
+	rc = store_read_begin(s, &db);
+	if (rc)
+		return rc;
+	rc = store_resolve_db(db, id_or_tag, id, NULL);
+	if (!rc)
+		rc = store_info_db(db, id, &in, &key);
+	if (!rc && in.stored_size > CODEC_RAW_MAX + (CODEC_RAW_MAX >> 4))
+		rc = ssmd_err_set(SSMD_ECORRUPT, "state %s: stored size %llu "
+				  "out of range", id,
+				  (unsigned long long)in.stored_size);
+	if (!rc)
+		rc = store_payload_db(db, key, in.stored_size, &stored);
+	store_read_end(s, db);
+	/* Decompress and verify outside the read transaction. */
+	if (!rc) {
+		rc = store_codec_decode(stored, in.stored_size, in.codec,
+					in.raw_size, in.raw_hash, &dec);
+		if (rc == SSMD_ECORRUPT)
+			ssmd_err_set(rc, "state %s: %s", id, ssmd_errmsg());
+	}
+	free(stored);
+	if (rc) {
+		store_state_info_fini(&in);
+		return rc;
+	}
+	*raw = dec;
+	*len = in.raw_size;
+	if (info)
+		*info = in;
+	else
+		store_state_info_fini(&in);
+	return SSMD_OK;
+}
+
+int store_state_info_get(store *s, const char *id_or_tag,
+			 store_state_info *info)
+{
+	sqlite3 *db;
+	char id[STORE_ID_SIZE];
+	int64_t key;
+	int rc;
+
+	if (!s || !info)
+		return ssmd_err_set(SSMD_EINVAL, "store_state_info_get: NULL");
+	rc = store_read_begin(s, &db);
+	if (rc)
+		return rc;
+	rc = store_resolve_db(db, id_or_tag, id, NULL);
+	if (!rc)
+		rc = store_info_db(db, id, info, &key);
+	store_read_end(s, db);
+	return rc;
+}
+
+void store_state_info_fini(store_state_info *info)
+{
+	if (!info)
+		return;
+	free(info->metadata);
+	memset(info, 0, sizeof(*info));
+}
+
+void store_info_array_free(store_state_info *arr, size_t n)
+{
+	if (!arr)
+		return;
+	for (size_t i = 0; i < n; i++)
+		free(arr[i].metadata);
+	free(arr);
+}
+
+int store_resolve(store *s, const char *id_or_tag, char id[STORE_ID_SIZE])
+{
+	sqlite3 *db;
+	int rc;
+
+	if (!s || !id)
+		return ssmd_err_set(SSMD_EINVAL, "store_resolve: NULL argument");
+	rc = store_read_begin(s, &db);
+	if (rc)
+		return rc;
+	rc = store_resolve_db(db, id_or_tag, id, NULL);
+	store_read_end(s, db);
+	return rc;
+}
+
+/* ----------------------------------------------------------------- list -- */
+
+/* Upper bound of a prefix range: names starting with prefix sort below
+ * prefix + "\x7f", since every tag character is below 0x7f. */
+static char *prefix_end(const char *prefix)
+{
+	size_t n = strlen(prefix);
+	char *e = malloc(n + 2);
+
+	if (e) {
+		memcpy(e, prefix, n);
+		e[n] = 0x7f;
+		e[n + 1] = '\0';
+	}
+	return e;
+}
+
+/* Runs a query of STATE_COLS rows into a growing info array. */
+static int infos_collect(sqlite3 *db, sqlite3_stmt *st, size_t max,
+			 store_state_info **out, size_t *n, int *more)
+{
+	store_state_info *arr = NULL;
+	size_t cnt = 0, cap = 0;
+	int64_t key;
+	int rc;
+
+	*more = 0;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if (cnt == max) {
+			*more = 1;
+			break;
+		}
+		if (cnt == cap) {
+			size_t nc = cap ? cap * 2 : 16;
+			store_state_info *na = realloc(arr, nc * sizeof(*arr));
+
+			if (!na) {
+				rc = SSMD_ENOMEM;
+				goto fail;
+			}
+			arr = na;
+			cap = nc;
+		}
+		info_from_row(st, &arr[cnt], &key);
+		rc = info_finish(db, st, &arr[cnt]);
+		if (rc)
+			goto fail;
+		cnt++;
+	}
+	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+		rc = store_sql_err(db, rc, "list");
+		goto fail;
+	}
+	*out = arr;
+	*n = cnt;
+	return SSMD_OK;
+fail:
+	store_info_array_free(arr, cnt);
+	return rc;
+}
+
+int store_state_list(store *s, const store_filter *f, store_state_info **out,
+		     size_t *n, char next_cursor[STORE_ID_SIZE])
+{
+	static const char where[] =
+		" WHERE (?1 IS NULL OR s.fingerprint=?1)"
+		" AND (?2=0 OR s.kind=?2)"
+		" AND (?3 IS NULL OR s.label=?3)"
+		" AND (?4=0 OR s.created_ms>=?4)"
+		" AND (?5=0 OR s.created_ms<?5)"
+		" AND (?6 IS NULL OR EXISTS(SELECT 1 FROM tags t WHERE t.id=s.id"
+		"  AND t.name>=?6 AND t.name<?7))";
+	static const char asc[] = "SELECT " STATE_COLS " FROM states s%s"
+		" AND (?8 IS NULL OR s.id>?8) ORDER BY s.id LIMIT ?9";
+	static const char desc[] = "SELECT " STATE_COLS " FROM states s%s"
+		" AND (?8 IS NULL OR s.id<?8) ORDER BY s.id DESC LIMIT ?9";
+	store_filter none = { 0 };
+	sqlite3_stmt *st = NULL;
+	sqlite3 *db = NULL;
+	store_state_info *arr = NULL;
+	char sql[1024], cursor[STORE_ID_SIZE], *pend = NULL;
+	size_t limit, cnt = 0;
+	int rc, more = 0;
+
+	if (!s || !out || !n || !next_cursor)
+		return ssmd_err_set(SSMD_EINVAL, "store_state_list: NULL argument");
+	if (!f)
+		f = &none;
+	limit = f->limit ? f->limit : 100;
+	if (limit > 10000)
+		limit = 10000;
+	if (f->cursor && *f->cursor && !store_id_valid(f->cursor))
+		return ssmd_err_set(SSMD_EINVAL, "bad list cursor");
+	if (f->tag_prefix && *f->tag_prefix) {
+		pend = prefix_end(f->tag_prefix);
+		if (!pend)
+			return SSMD_ENOMEM;
+	}
+	snprintf(sql, sizeof(sql), f->newest_first ? desc : asc, where);
+	rc = store_read_begin(s, &db);
+	if (rc)
+		goto out;
+	rc = prepare(db, sql, &st);
+	if (rc)
+		goto out;
+	if (f->fingerprint)
+		sqlite3_bind_blob(st, 1, f->fingerprint, STORE_FINGERPRINT_LEN,
+				  SQLITE_STATIC);
+	sqlite3_bind_int(st, 2, f->kind);
+	if (f->label)
+		sqlite3_bind_text(st, 3, f->label, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 4, f->since_ms);
+	sqlite3_bind_int64(st, 5, f->until_ms);
+	if (pend) {
+		sqlite3_bind_text(st, 6, f->tag_prefix, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 7, pend, -1, SQLITE_STATIC);
+	}
+	if (f->cursor && *f->cursor) {
+		store_id_canon(f->cursor, cursor);
+		sqlite3_bind_text(st, 8, cursor, -1, SQLITE_STATIC);
+	}
+	sqlite3_bind_int64(st, 9, (sqlite3_int64)limit + 1);
+	rc = infos_collect(db, st, limit, &arr, &cnt, &more);
+	if (rc)
+		goto out;
+	if (more && cnt)
+		memcpy(next_cursor, arr[cnt - 1].id, STORE_ID_SIZE);
+	else
+		next_cursor[0] = '\0';
+	*out = arr;
+	*n = cnt;
+out:
+	sqlite3_finalize(st);
+	if (db)
+		store_read_end(s, db);
+	free(pend);
+	return rc;
+}
+
+/* -------------------------------------------------------------- lineage -- */
+
+int store_lineage(store *s, const char *id_or_tag,
+		  store_state_info **ancestors, size_t *n_ancestors,
+		  store_state_info **children, size_t *n_children)
+{
+	sqlite3_stmt *st = NULL;
+	sqlite3 *db;
+	store_state_info *anc = NULL, *kids = NULL;
+	size_t na = 0, nk = 0;
+	char id[STORE_ID_SIZE];
+	int rc, more;
+
+	if (!s)
+		return ssmd_err_set(SSMD_EINVAL, "store_lineage: NULL argument");
+	rc = store_read_begin(s, &db);
+	if (rc)
+		return rc;
+	rc = store_resolve_db(db, id_or_tag, id, NULL);
+	if (rc)
+		goto out;
+	if (ancestors && n_ancestors) {
+		/* Every state reachable through parent links, each at its
+		 * smallest depth; IDs are time-ordered so the graph has no
+		 * cycles and the recursion ends. */
+		rc = prepare(db,
+			     "WITH RECURSIVE anc(id, depth) AS ("
+			     " SELECT parent, 1 FROM parents WHERE child=?1"
+			     " UNION SELECT p.parent, a.depth+1 FROM parents p"
+			     " JOIN anc a ON p.child=a.id)"
+			     " SELECT " STATE_COLS " FROM states s JOIN"
+			     " (SELECT id AS aid, min(depth) AS d FROM anc"
+			     "  GROUP BY id) ON s.id=aid ORDER BY d, s.id", &st);
+		if (rc)
+			goto out;
+		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+		rc = infos_collect(db, st, SIZE_MAX, &anc, &na, &more);
+		sqlite3_finalize(st);
+		st = NULL;
+		if (rc)
+			goto out;
+	}
+	if (children && n_children) {
+		rc = prepare(db, "SELECT " STATE_COLS " FROM states s WHERE"
+			     " s.id IN (SELECT child FROM parents WHERE parent=?1)"
+			     " ORDER BY s.id", &st);
+		if (rc)
+			goto out;
+		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+		rc = infos_collect(db, st, SIZE_MAX, &kids, &nk, &more);
+		sqlite3_finalize(st);
+		st = NULL;
+		if (rc)
+			goto out;
+	}
+	if (ancestors && n_ancestors) {
+		*ancestors = anc;
+		*n_ancestors = na;
+		anc = NULL;
+	}
+	if (children && n_children) {
+		*children = kids;
+		*n_children = nk;
+		kids = NULL;
+	}
+out:
+	store_read_end(s, db);
+	store_info_array_free(anc, na);
+	store_info_array_free(kids, nk);
+	return rc;
+}
+
+/* ----------------------------------------------------------- transcript -- */
+
+typedef struct piece {
+	uint8_t *bytes;
+	size_t len, n;
+} piece;
+
+int store_transcript_db(sqlite3 *db, const char *start, int32_t **ids,
+			size_t *n)
+{
+	sqlite3_stmt *st = NULL;
+	piece *pieces = NULL;
+	size_t np = 0, cap = 0, total = 0, pos = 0;
+	int32_t *res = NULL;
+	char cur[STORE_ID_SIZE];
+	int rc, found;
+
+	rc = prepare(db, "SELECT s.n_transcript, t.tokens,"
+		     " (SELECT parent FROM parents WHERE child=s.id AND ord=0)"
+		     " FROM states s LEFT JOIN transcripts t ON t.n=s.n"
+		     " WHERE s.id=?1", &st);
+	if (rc)
+		return rc;
+	snprintf(cur, sizeof(cur), "%s", start);
+	/* Walk up the first-parent chain, newest piece first. */
+	for (found = 1; found;) {
+		const void *b;
+		size_t len, cnt;
+
+		sqlite3_bind_text(st, 1, cur, -1, SQLITE_TRANSIENT);
+		rc = sqlite3_step(st);
+		if (rc == SQLITE_DONE) {
+			rc = ssmd_err_set(SSMD_ENOENT, "no state %s", cur);
+			goto out;
+		}
+		if (rc != SQLITE_ROW) {
+			rc = store_sql_err(db, rc, "transcript");
+			goto out;
+		}
+		cnt = (size_t)sqlite3_column_int64(st, 0);
+		b = sqlite3_column_blob(st, 1);
+		len = (size_t)sqlite3_column_bytes(st, 1);
+		if (cnt > STORE_TRANSCRIPT_MAX * (size_t)8 || (cnt && !b) ||
+		    total + cnt < total) {
+			rc = ssmd_err_set(SSMD_ECORRUPT,
+					  "transcript of %s: recorded %zu "
+					  "tokens, stored none", cur, cnt);
+			goto out;
+		}
+		if (np == cap) {
+			size_t nc = cap ? cap * 2 : 16;
+			piece *npc = realloc(pieces, nc * sizeof(*pieces));
+
+			if (!npc) {
+				rc = SSMD_ENOMEM;
+				goto out;
+			}
+			pieces = npc;
+			cap = nc;
+		}
+		pieces[np].len = len;
+		pieces[np].n = cnt;
+		pieces[np].bytes = malloc(len ? len : 1);
+		if (!pieces[np].bytes) {
+			rc = SSMD_ENOMEM;
+			goto out;
+		}
+		if (len)
+			memcpy(pieces[np].bytes, b, len);
+		np++;
+		total += cnt;
+		found = sqlite3_column_type(st, 2) != SQLITE_NULL;
+		if (found)
+			copy_text(cur, sizeof(cur), sqlite3_column_text(st, 2));
+		sqlite3_reset(st);
+	}
+	res = malloc(total ? total * sizeof(*res) : 1);
+	if (!res) {
+		rc = SSMD_ENOMEM;
+		goto out;
+	}
+	for (size_t i = np; i-- > 0;) {
+		rc = store_tokens_unpack(pieces[i].bytes, pieces[i].len,
+					 pieces[i].n, res + pos);
+		if (rc)
+			goto out;
+		pos += pieces[i].n;
+	}
+	if (total) {
+		*ids = res;
+		res = NULL;
+	} else {
+		*ids = NULL;
+	}
+	*n = total;
+	rc = SSMD_OK;
+out:
+	sqlite3_finalize(st);
+	for (size_t i = 0; i < np; i++)
+		free(pieces[i].bytes);
+	free(pieces);
+	free(res);
+	return rc;
+}
+
+int store_transcript(store *s, const char *id_or_tag, int32_t **ids,
+		     size_t *n)
+{
+	sqlite3 *db;
+	char id[STORE_ID_SIZE];
+	int rc;
+
+	if (!s || !ids || !n)
+		return ssmd_err_set(SSMD_EINVAL, "store_transcript: NULL argument");
+	rc = store_read_begin(s, &db);
+	if (rc)
+		return rc;
+	rc = store_resolve_db(db, id_or_tag, id, NULL);
+	if (!rc)
+		rc = store_transcript_db(db, id, ids, n);
+	store_read_end(s, db);
+	return rc;
+}
+
+/* --------------------------------------------------------------- totals -- */
+
+int store_total_size(store *s, store_totals *t)
+{
+	sqlite3_stmt *st = NULL;
+	sqlite3 *db;
+	int rc;
+
+	if (!s || !t)
+		return ssmd_err_set(SSMD_EINVAL, "store_total_size: NULL");
+	rc = store_read_begin(s, &db);
+	if (rc)
+		return rc;
+	rc = prepare(db, "SELECT count(*), total(stored_size), total(raw_size),"
+		     " (SELECT page_count FROM pragma_page_count) *"
+		     " (SELECT page_size FROM pragma_page_size) FROM states", &st);
+	if (!rc) {
+		rc = sqlite3_step(st);
+		if (rc == SQLITE_ROW) {
+			t->n_states = (uint64_t)sqlite3_column_int64(st, 0);
+			t->stored_bytes = (uint64_t)sqlite3_column_double(st, 1);
+			t->raw_bytes = (uint64_t)sqlite3_column_double(st, 2);
+			t->file_bytes = (uint64_t)sqlite3_column_int64(st, 3);
+			rc = SSMD_OK;
+		} else {
+			rc = store_sql_err(db, rc, "totals");
+		}
+	}
+	sqlite3_finalize(st);
+	store_read_end(s, db);
+	return rc;
+}
+
+/* ------------------------------------------------------- delete and gc -- */
+
+/* Deletes state id (canonical, existing) inside the write transaction,
+ * re-linking its children as store_state_delete() documents. */
+static int delete_locked(store *s, const char *id, int64_t key)
+{
+	sqlite3 *db = s->wdb;
+	sqlite3_stmt *st = NULL, *links = NULL;
+	char gp[STORE_ID_SIZE] = "";
+	int rc;
+
+	/* The deleted state's own first parent, which inherits its children. */
+	rc = prepare(db, "SELECT parent FROM parents WHERE child=?1 AND ord=0",
+		     &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW)
+		copy_text(gp, sizeof(gp), sqlite3_column_text(st, 0));
+	else if (rc != SQLITE_DONE) {
+		rc = store_sql_err(db, rc, "delete");
+		goto out;
+	}
+	sqlite3_finalize(st);
+	st = NULL;
+
+	/* First-parent children: prefix their transcript with ours so the
+	 * tokens from the root stay the same. The varints simply concatenate. */
+	rc = prepare(db,
+		     "INSERT OR REPLACE INTO transcripts(n, tokens)"
+		     " SELECT c.n, coalesce((SELECT tokens FROM transcripts WHERE n=?2),"
+		     "  x'') || coalesce((SELECT tokens FROM transcripts WHERE n=c.n), x'')"
+		     " FROM states c JOIN parents p ON p.child=c.id"
+		     " WHERE p.parent=?1 AND p.ord=0"
+		     " AND (SELECT n_transcript FROM states WHERE n=?2) > 0", &st);
+	if (!rc) {
+		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 2, key);
+		rc = step_done(db, st, "delete: transcripts");
+	}
+	sqlite3_finalize(st);
+	st = NULL;
+	if (rc)
+		return rc;
+	rc = prepare(db,
+		     "UPDATE states SET n_transcript = n_transcript +"
+		     " (SELECT n_transcript FROM states WHERE n=?2)"
+		     " WHERE id IN (SELECT child FROM parents WHERE parent=?1"
+		     " AND ord=0)", &st);
+	if (!rc) {
+		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 2, key);
+		rc = step_done(db, st, "delete: transcript counts");
+	}
+	sqlite3_finalize(st);
+	st = NULL;
+	if (rc)
+		return rc;
+
+	/* Re-link every child: onto our first parent where the child does not
+	 * already name it, except that a first-parent link always moves (any
+	 * other link of that child to gp is then dropped). */
+	if (gp[0]) {
+		rc = prepare(db, "DELETE FROM parents WHERE parent=?2 AND ord>0"
+			     " AND child IN (SELECT child FROM parents WHERE"
+			     " parent=?1 AND ord=0)", &st);
+		if (!rc) {
+			sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+			sqlite3_bind_text(st, 2, gp, -1, SQLITE_STATIC);
+			rc = step_done(db, st, "delete: links");
+		}
+		sqlite3_finalize(st);
+		st = NULL;
+		if (rc)
+			return rc;
+		rc = prepare(db, "UPDATE parents SET parent=?2 WHERE parent=?1"
+			     " AND (ord=0 OR child NOT IN (SELECT child FROM"
+			     " parents WHERE parent=?2))", &links);
+		if (!rc) {
+			sqlite3_bind_text(links, 1, id, -1, SQLITE_STATIC);
+			sqlite3_bind_text(links, 2, gp, -1, SQLITE_STATIC);
+			rc = step_done(db, links, "delete: links");
+		}
+		sqlite3_finalize(links);
+		if (rc)
+			return rc;
+	}
+	rc = exec_text(db, "DELETE FROM parents WHERE parent=?1 OR child=?1", id);
+	if (rc)
+		return rc;
+	rc = exec_text(db, "DELETE FROM tags WHERE id=?1", id);
+	if (rc)
+		return rc;
+	rc = prepare(db, "DELETE FROM payloads WHERE n=?1", &st);
+	if (!rc) {
+		sqlite3_bind_int64(st, 1, key);
+		rc = step_done(db, st, "delete: payload");
+	}
+	sqlite3_finalize(st);
+	st = NULL;
+	if (rc)
+		return rc;
+	rc = prepare(db, "DELETE FROM transcripts WHERE n=?1", &st);
+	if (!rc) {
+		sqlite3_bind_int64(st, 1, key);
+		rc = step_done(db, st, "delete: transcript");
+	}
+	sqlite3_finalize(st);
+	st = NULL;
+	if (rc)
+		return rc;
+	return exec_text(db, "DELETE FROM states WHERE id=?1", id);
+out:
+	sqlite3_finalize(st);
+	return rc;
+}
+
+int store_state_delete(store *s, const char *id, int force)
+{
+	sqlite3_stmt *st = NULL;
+	char canon[STORE_ID_SIZE];
+	int64_t key = 0, tags = 0;
+	int rc;
+
+	if (!s || !id)
+		return ssmd_err_set(SSMD_EINVAL, "store_state_delete: NULL");
+	if (!store_id_valid(id))
+		return ssmd_err_set(SSMD_EINVAL,
+				    "delete takes a state ID, not '%.64s'", id);
+	store_id_canon(id, canon);
+	rc = store_write_begin(s);
+	if (rc)
+		return rc;
+	rc = prepare(s->wdb, "SELECT n, (SELECT count(*) FROM tags WHERE id=?1)"
+		     " FROM states WHERE id=?1", &st);
+	if (rc)
+		goto out;
+	sqlite3_bind_text(st, 1, canon, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		key = sqlite3_column_int64(st, 0);
+		tags = sqlite3_column_int64(st, 1);
+		rc = SSMD_OK;
+	} else if (rc == SQLITE_DONE) {
+		rc = ssmd_err_set(SSMD_ENOENT, "no state %s", canon);
+	} else {
+		rc = store_sql_err(s->wdb, rc, "delete");
+	}
+	if (!rc && tags && !force)
+		rc = ssmd_err_set(SSMD_EEXIST,
+				  "state %s is tagged (%lld tags); untag it or "
+				  "force", canon, (long long)tags);
+	if (!rc)
+		rc = delete_locked(s, canon, key);
+out:
+	sqlite3_finalize(st);
+	return store_write_end(s, rc);
+}
+
+int store_gc(store *s, int64_t older_than_s, int dry_run, uint64_t *n_states,
+	     uint64_t *n_bytes)
+{
+	sqlite3_stmt *st = NULL;
+	char (*ids)[STORE_ID_SIZE] = NULL;
+	int64_t *keys = NULL;
+	size_t cnt = 0, cap = 0;
+	uint64_t bytes = 0;
+	int rc;
+
+	if (!s || older_than_s < 0)
+		return ssmd_err_set(SSMD_EINVAL, "store_gc: bad argument");
+	rc = store_write_begin(s);
+	if (rc)
+		return rc;
+	/* Everything a tag reaches through parent links is kept. */
+	rc = prepare(s->wdb,
+		     "WITH RECURSIVE keep(id) AS (SELECT id FROM tags"
+		     " UNION SELECT p.parent FROM parents p JOIN keep k"
+		     " ON p.child=k.id)"
+		     " SELECT id, n, stored_size FROM states WHERE created_ms<?1"
+		     " AND id NOT IN (SELECT id FROM keep) ORDER BY id", &st);
+	if (rc)
+		goto out;
+	sqlite3_bind_int64(st, 1, now_ms() - older_than_s * 1000);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if (cnt == cap) {
+			size_t nc = cap ? cap * 2 : 64;
+			void *ni = realloc(ids, nc * sizeof(*ids));
+
+			if (ni)
+				ids = ni;
+			void *nk = ni ? realloc(keys, nc * sizeof(*keys)) : NULL;
+
+			if (!ni || !nk) {
+				rc = SSMD_ENOMEM;
+				goto out;
+			}
+			keys = nk;
+			cap = nc;
+		}
+		copy_text(ids[cnt], STORE_ID_SIZE, sqlite3_column_text(st, 0));
+		keys[cnt] = sqlite3_column_int64(st, 1);
+		bytes += (uint64_t)sqlite3_column_int64(st, 2);
+		cnt++;
+	}
+	if (rc != SQLITE_DONE) {
+		rc = store_sql_err(s->wdb, rc, "gc");
+		goto out;
+	}
+	sqlite3_finalize(st);
+	st = NULL;
+	rc = SSMD_OK;
+	/* Oldest first, so each child is re-linked past every collected
+	 * ancestor in turn. */
+	for (size_t i = 0; i < cnt && !dry_run && !rc; i++)
+		rc = delete_locked(s, ids[i], keys[i]);
+out:
+	sqlite3_finalize(st);
+	free(ids);
+	free(keys);
+	/* A dry run changed nothing, so its commit is empty. */
+	rc = store_write_end(s, rc);
+	if (!rc) {
+		if (n_states)
+			*n_states = cnt;
+		if (n_bytes)
+			*n_bytes = bytes;
+	}
+	return rc;
+}
+
+/* ----------------------------------------------------------------- tags -- */
+
+int store_tag_set(store *s, const char *name, const char *id_or_tag)
+{
+	sqlite3_stmt *st = NULL;
+	char id[STORE_ID_SIZE];
+	int rc;
+
+	if (!s)
+		return ssmd_err_set(SSMD_EINVAL, "store_tag_set: NULL");
+	if (!store_tag_name_valid(name))
+		return ssmd_err_set(SSMD_EINVAL, "invalid tag name '%.64s'",
+				    name ? name : "");
+	rc = store_write_begin(s);
+	if (rc)
+		return rc;
+	rc = store_resolve_db(s->wdb, id_or_tag, id, NULL);
+	if (!rc)
+		rc = prepare(s->wdb, "INSERT OR REPLACE INTO tags(name, id,"
+			     " updated_ms) VALUES(?1, ?2, ?3)", &st);
+	if (!rc) {
+		sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 3, now_ms());
+		rc = step_done(s->wdb, st, "tag");
+	}
+	sqlite3_finalize(st);
+	return store_write_end(s, rc);
+}
+
+int store_tag_delete(store *s, const char *name)
+{
+	int rc;
+
+	if (!s)
+		return ssmd_err_set(SSMD_EINVAL, "store_tag_delete: NULL");
+	if (!store_tag_name_valid(name))
+		return ssmd_err_set(SSMD_EINVAL, "invalid tag name '%.64s'",
+				    name ? name : "");
+	rc = store_write_begin(s);
+	if (rc)
+		return rc;
+	rc = exec_text(s->wdb, "DELETE FROM tags WHERE name=?1", name);
+	if (!rc && sqlite3_changes(s->wdb) == 0)
+		rc = ssmd_err_set(SSMD_ENOENT, "no tag '%s'", name);
+	return store_write_end(s, rc);
+}
+
+int store_tag_list(store *s, const char *prefix, store_tag **out, size_t *n)
+{
+	sqlite3_stmt *st = NULL;
+	sqlite3 *db;
+	store_tag *arr = NULL;
+	size_t cnt = 0, cap = 0;
+	char *pend = NULL;
+	int rc;
+
+	if (!s || !out || !n)
+		return ssmd_err_set(SSMD_EINVAL, "store_tag_list: NULL");
+	if (!prefix)
+		prefix = "";
+	pend = prefix_end(prefix);
+	if (!pend)
+		return SSMD_ENOMEM;
+	rc = store_read_begin(s, &db);
+	if (rc)
+		goto done;
+	rc = prepare(db, "SELECT name, id, updated_ms FROM tags WHERE name>=?1"
+		     " AND name<?2 ORDER BY name", &st);
+	if (rc)
+		goto out;
+	sqlite3_bind_text(st, 1, prefix, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, pend, -1, SQLITE_STATIC);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if (cnt == cap) {
+			size_t nc = cap ? cap * 2 : 16;
+			store_tag *na = realloc(arr, nc * sizeof(*arr));
+
+			if (!na) {
+				rc = SSMD_ENOMEM;
+				goto out;
+			}
+			arr = na;
+			cap = nc;
+		}
+		copy_text(arr[cnt].name, sizeof(arr[cnt].name),
+			  sqlite3_column_text(st, 0));
+		copy_text(arr[cnt].id, sizeof(arr[cnt].id),
+			  sqlite3_column_text(st, 1));
+		arr[cnt].updated_ms = sqlite3_column_int64(st, 2);
+		cnt++;
+	}
+	if (rc != SQLITE_DONE) {
+		rc = store_sql_err(db, rc, "tag list");
+		goto out;
+	}
+	*out = arr;
+	*n = cnt;
+	arr = NULL;
+	rc = SSMD_OK;
+out:
+	sqlite3_finalize(st);
+	store_read_end(s, db);
+done:
+	free(arr);
+	free(pend);
+	return rc;
+}
+
+/* --------------------------------------------------------------- models -- */
+
+int store_model_put(store *s, const uint8_t fingerprint[STORE_FINGERPRINT_LEN],
+		    const char *config_json)
+{
+	sqlite3_stmt *st = NULL;
+	cJSON *doc;
+	int rc;
+
+	if (!s || !fingerprint || !config_json)
+		return ssmd_err_set(SSMD_EINVAL, "store_model_put: NULL");
+	if (strlen(config_json) > STORE_METADATA_MAX)
+		return ssmd_err_set(SSMD_EINVAL, "model config too long");
+	doc = cJSON_Parse(config_json);
+	if (!doc)
+		return ssmd_err_set(SSMD_EINVAL, "model config is not JSON");
+	cJSON_Delete(doc);
+	rc = store_write_begin(s);
+	if (rc)
+		return rc;
+	rc = prepare(s->wdb, "INSERT OR REPLACE INTO models(fingerprint, config,"
+		     " updated_ms) VALUES(?1, ?2, ?3)", &st);
+	if (!rc) {
+		sqlite3_bind_blob(st, 1, fingerprint, STORE_FINGERPRINT_LEN,
+				  SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, config_json, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 3, now_ms());
+		rc = step_done(s->wdb, st, "model");
+	}
+	sqlite3_finalize(st);
+	return store_write_end(s, rc);
+}
+
+int store_model_get(store *s, const uint8_t fingerprint[STORE_FINGERPRINT_LEN],
+		    char **config_json)
+{
+	sqlite3_stmt *st = NULL;
+	sqlite3 *db;
+	int rc;
+
+	if (!s || !fingerprint || !config_json)
+		return ssmd_err_set(SSMD_EINVAL, "store_model_get: NULL");
+	rc = store_read_begin(s, &db);
+	if (rc)
+		return rc;
+	rc = prepare(db, "SELECT config FROM models WHERE fingerprint=?1", &st);
+	if (!rc) {
+		sqlite3_bind_blob(st, 1, fingerprint, STORE_FINGERPRINT_LEN,
+				  SQLITE_STATIC);
+		rc = sqlite3_step(st);
+		if (rc == SQLITE_ROW) {
+			char *c = strdup((const char *)sqlite3_column_text(st, 0));
+
+			rc = c ? SSMD_OK : SSMD_ENOMEM;
+			if (c)
+				*config_json = c;
+		} else if (rc == SQLITE_DONE) {
+			rc = ssmd_err_set(SSMD_ENOENT, "model not recorded");
+		} else {
+			rc = store_sql_err(db, rc, "model");
+		}
+	}
+	sqlite3_finalize(st);
+	store_read_end(s, db);
+	return rc;
+}

@@ -1,0 +1,109 @@
+/*
+ * store_impl.h — private pieces of the state library shared by its source
+ * files: the handle, connection handling, SQLite error conversion, IDs,
+ * transcripts and the state rows. Not for use outside statestore/.
+ */
+#ifndef SSMD_STORE_IMPL_H
+#define SSMD_STORE_IMPL_H
+
+#include <pthread.h>
+#include <sqlite3.h>
+
+#include "store.h"
+
+/* PRAGMA application_id of a state library: "SSMD". */
+#define STORE_APP_ID 0x53534d44
+
+struct store {
+	char *path;
+	store_opts opts;          /* with defaults filled in */
+	sqlite3 *wdb;             /* the writer connection, behind wlock */
+	pthread_mutex_t wlock;
+	pthread_mutex_t rlock;    /* guards the reader pool below */
+	pthread_cond_t rcond;     /* signalled when a reader is returned */
+	sqlite3 **rfree;          /* (max_readers) idle read connections */
+	int n_free, n_open;
+};
+
+/* Converts a SQLite result code into an SSMD code, keeping SQLite's text in
+ * ssmd_errmsg() prefixed with what was being done. */
+int store_sql_err(sqlite3 *db, int rc, const char *what);
+
+/* Runs one SQL statement without results. */
+int store_sql_exec(sqlite3 *db, const char *sql);
+
+/* Takes the writer lock and begins an IMMEDIATE transaction. */
+int store_write_begin(store *s);
+
+/* Commits when rc is SSMD_OK (returning the commit's error if it fails),
+ * otherwise rolls back; always releases the writer lock. Returns the final
+ * code. */
+int store_write_end(store *s, int rc);
+
+/* Borrows an idle read connection (opening one if the pool allows) inside a
+ * deferred read transaction; store_read_end() ends it and returns it. */
+int store_read_begin(store *s, sqlite3 **db);
+void store_read_end(store *s, sqlite3 *db);
+
+/* Writes a fresh ID (48-bit ms time + 80 random bits) into id and the time
+ * it carries into *ms. */
+int store_id_new(char id[STORE_ID_SIZE], int64_t *ms);
+
+/* Copies a valid ID into out in canonical (upper) case. */
+void store_id_canon(const char *in, char out[STORE_ID_SIZE]);
+
+/* Resolves an ID or tag on db into id (canonical) and the row's key. */
+int store_resolve_db(sqlite3 *db, const char *id_or_tag,
+		     char id[STORE_ID_SIZE], int64_t *rowkey);
+
+/* Fills info from the states row of id (metadata included). */
+int store_info_db(sqlite3 *db, const char *id, store_state_info *info,
+		  int64_t *rowkey);
+
+/* Reads the stored payload of row rowkey (stored_size bytes expected) into
+ * *buf (free()). */
+int store_payload_db(sqlite3 *db, int64_t rowkey, size_t stored_size,
+		     void **buf);
+
+/* Tokens from the root to id, concatenated along the first-parent chain. */
+int store_transcript_db(sqlite3 *db, const char *id, int32_t **ids,
+			size_t *n);
+
+/* Transcript varints: n tokens (each >= 0) into *out (free()), *len bytes. */
+int store_tokens_pack(const int32_t *tokens, size_t n, uint8_t **out,
+		      size_t *len);
+
+/* Decodes len bytes of varints holding exactly n tokens, appending them at
+ * dst. SSMD_ECORRUPT on malformed bytes. */
+int store_tokens_unpack(const uint8_t *buf, size_t len, size_t n,
+			int32_t *dst);
+
+/* Inserts a fully prepared state in the current write transaction. */
+typedef struct store_row {
+	const char *id;
+	int64_t created_ms;
+	int kind;
+	const uint8_t *fingerprint;
+	uint64_t n_tokens;
+	const char *label;
+	const char *metadata;     /* or NULL */
+	const char *origin;       /* or NULL */
+	int codec;
+	uint64_t raw_size;
+	uint64_t raw_hash;
+	const void *payload;
+	size_t payload_len;
+	const uint8_t *transcript; /* varints, or NULL */
+	size_t transcript_len;
+	uint64_t n_transcript;
+	const char *const *parents; /* canonical IDs */
+	size_t n_parents;
+} store_row;
+
+int store_row_insert(store *s, const store_row *row);
+
+/* Validation helpers shared with export/import. */
+int store_label_check(const char *label);
+int store_metadata_check(const char *json);
+
+#endif
