@@ -1,0 +1,972 @@
+/*
+ * cuda_backend.cu — the CUDA backend: weights on the device, a slot pool of
+ * f32 states, cuBLAS GEMMs for the four projections and lm_head, own kernels
+ * for everything else (cuda_kernels.cuh), decode steps captured as CUDA
+ * graphs per batch-size bucket, a chunked prefill whose scan keeps states in
+ * registers and writes them only at the chunk's end and at checkpoints.
+ *
+ * See cuda_impl.h for the data layout and ssm_impl.h for the ops contract
+ * (arguments are validated by backend.c before they reach us).
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_impl.h"
+#include "cuda_kernels.cuh"
+#include "cuda_sample.cuh"
+
+/* Prefill tokens per chunk (bounds activation memory); SSMD_CUDA_CHUNK
+ * overrides it (tests use a small value to cross chunk boundaries). */
+#define CUDA_DEFAULT_CHUNK 2048
+/* Largest decode bucket; bigger batches run in pieces of this size. */
+#define CUDA_MAX_BUCKET 256
+/* Rows of logits computed per lm_head GEMM when a prefill wants them all. */
+#define CUDA_LOGIT_ROWS 256
+/* Device memory for checkpoint states emitted inside one prefill chunk. */
+#define CUDA_CK_BUDGET ((size_t)256 << 20)
+#define CUDA_CK_MAX 64
+
+static int cdiv(int a, int b) { return (a + b - 1) / b; }
+
+static cuda_backend *cb_of(ssm_backend *b) { return (cuda_backend *)b->impl; }
+
+/* --------------------------------------------------------------- memory -- */
+
+/* cudaMalloc that remembers the pointer so close frees it. */
+static int dev_alloc(cuda_backend *cb, size_t bytes, void **out)
+{
+	int rc = SSMD_OK;
+	void *p = NULL;
+
+	if (cb->n_allocs == cb->cap_allocs) {
+		int cap = cb->cap_allocs ? 2 * cb->cap_allocs : 64;
+		void **na = (void **)realloc(cb->allocs, cap * sizeof(*na));
+		if (!na)
+			return ssmd_err_set(SSMD_ENOMEM, "cuda: allocation table");
+		cb->allocs = na;
+		cb->cap_allocs = cap;
+	}
+	CUDA_TRY(cudaMalloc(&p, bytes ? bytes : 1));
+	cb->allocs[cb->n_allocs++] = p;
+	*out = p;
+out:
+	return rc;
+}
+
+static int dev_upload(cuda_backend *cb, const void *src, size_t bytes, void **out)
+{
+	int rc;
+	void *p = NULL;
+
+	rc = dev_alloc(cb, bytes, &p);
+	if (rc)
+		goto out;
+	CUDA_TRY(cudaMemcpy(p, src, bytes, cudaMemcpyHostToDevice));
+	*out = p;
+out:
+	return rc;
+}
+
+/*
+ * Uploads tensor t (numel elements expected). as_weight: in the backend's
+ * weight dtype, else f32. transform (f32 only) maps each value (A_log -> A).
+ * An absent optional tensor (data NULL) gives *out = NULL.
+ */
+static int upload_tensor(cuda_backend *cb, const ssm_tensor *t, size_t numel,
+			 int as_weight, int neg_exp, void **out)
+{
+	int rc = SSMD_OK;
+	float *f = NULL;
+	uint16_t *h = NULL;
+	size_t i;
+
+	*out = NULL;
+	if (!t->data)
+		return SSMD_OK;
+	if (ssm_tensor_numel(t) != numel)
+		return ssmd_err_set(SSMD_EFORMAT, "cuda: tensor %s has %zu elements, want %zu",
+				    t->name, ssm_tensor_numel(t), numel);
+	if (as_weight && t->dtype == cb->wdtype)
+		return dev_upload(cb, t->data, numel * cb->wsize, out);
+	f = (float *)malloc(numel * sizeof(float));
+	if (!f) {
+		rc = ssmd_err_set(SSMD_ENOMEM, "cuda: converting %s", t->name);
+		goto out;
+	}
+	ssm_tensor_to_f32(t, f, numel);
+	if (neg_exp)
+		for (i = 0; i < numel; i++)
+			f[i] = -expf(f[i]);
+	if (!as_weight || cb->wdtype == SSM_DTYPE_F32) {
+		rc = dev_upload(cb, f, numel * sizeof(float), out);
+		goto out;
+	}
+	h = (uint16_t *)malloc(numel * sizeof(uint16_t));
+	if (!h) {
+		rc = ssmd_err_set(SSMD_ENOMEM, "cuda: converting %s", t->name);
+		goto out;
+	}
+	for (i = 0; i < numel; i++)
+		h[i] = cb->wdtype == SSM_DTYPE_BF16 ? ssm_f32_to_bf16(f[i])
+						    : ssm_f32_to_f16(f[i]);
+	rc = dev_upload(cb, h, numel * sizeof(uint16_t), out);
+out:
+	free(h);
+	free(f);
+	return rc;
+}
+
+#define UP_W(t, n, dst) upload_tensor(cb, &(t), (n), 1, 0, (void **)&(dst))
+#define UP_F(t, n, dst) upload_tensor(cb, &(t), (n), 0, 0, (void **)&(dst))
+
+static int upload_weights(cuda_backend *cb)
+{
+	const ssm_model *m = cb->model;
+	const ssm_config *c = &cb->cfg;
+	const size_t D = c->d_model, E = c->d_inner, N = c->d_state,
+		     K = c->d_conv, R = c->dt_rank, V = c->vocab_size;
+	int rc, l;
+
+	if ((rc = UP_W(m->embed, V * D, cb->embed)))
+		return rc;
+	if (m->lm_head.data == m->embed.data)
+		cb->lm_head = cb->embed;
+	else if ((rc = UP_W(m->lm_head, V * D, cb->lm_head)))
+		return rc;
+	if ((rc = UP_F(m->norm_f, D, cb->norm_f)))
+		return rc;
+	for (l = 0; l < c->n_layer; l++) {
+		const ssm_layer_weights *w = &m->layers[l];
+		cuda_layer *y = &cb->layers[l];
+
+		if ((rc = UP_F(w->norm, D, y->norm)) ||
+		    (rc = UP_W(w->in_proj_w, 2 * E * D, y->in_w)) ||
+		    (rc = UP_F(w->in_proj_b, 2 * E, y->in_b)) ||
+		    (rc = UP_F(w->conv_w, E * K, y->conv_w)) ||
+		    (rc = UP_F(w->conv_b, E, y->conv_b)) ||
+		    (rc = UP_W(w->x_proj_w, (R + 2 * N) * E, y->x_w)) ||
+		    (rc = UP_W(w->dt_proj_w, E * R, y->dt_w)) ||
+		    (rc = UP_F(w->dt_proj_b, E, y->dt_b)) ||
+		    (rc = upload_tensor(cb, &w->A_log, E * N, 0, 1, (void **)&y->A)) ||
+		    (rc = UP_F(w->D, E, y->Dp)) ||
+		    (rc = UP_W(w->out_proj_w, D * E, y->out_w)) ||
+		    (rc = UP_F(w->out_proj_b, D, y->out_b)))
+			return rc;
+		if (!y->norm || !y->in_w || !y->conv_w || !y->x_w || !y->dt_w ||
+		    !y->dt_b || !y->A || !y->Dp || !y->out_w)
+			return ssmd_err_set(SSMD_EFORMAT, "cuda: layer %d lacks a tensor", l);
+	}
+	if (!cb->embed || !cb->lm_head || !cb->norm_f)
+		return ssmd_err_set(SSMD_EFORMAT, "cuda: model lacks embedding, lm_head or norm_f");
+	return SSMD_OK;
+}
+
+/* ----------------------------------------------------------------- GEMM -- */
+
+/* Y (n, m) row-major f32, leading dim ldy  =  X (n, k) [ld ldx]  .  W^T, with
+ * W (m, k) row-major in the weight dtype. cuBLAS sees column-major
+ * Y^T = W^T' X^T: op(A) = W^T stored as (k, m) column-major. */
+static int gemm(cuda_backend *cb, const void *W, const void *X, int ldx,
+		float *Y, int ldy, int m, int n, int k)
+{
+	int rc = SSMD_OK;
+	const float one = 1.0f, zero = 0.0f;
+
+	CUBLAS_TRY(cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one,
+				W, cb->wtype, k, X, cb->wtype, ldx, &zero, Y,
+				CUDA_R_32F, ldy, CUBLAS_COMPUTE_32F,
+				CUBLAS_GEMM_DEFAULT));
+out:
+	return rc;
+}
+
+/* ------------------------------------------------------------- forward -- */
+
+#define NPL_SWITCH(npl, CALL)                                                \
+	switch (npl) {                                                       \
+	case 1: CALL(1); break;                                              \
+	case 2: CALL(2); break;                                              \
+	case 4: CALL(4); break;                                              \
+	case 8: CALL(8); break;                                              \
+	default: CALL(16); break;                                            \
+	}
+
+/*
+ * One decode step over rows [0, nb) of d_slots / d_tokens (padding rows have
+ * slot -1): logits (nb, vocab) in act.logits, every real slot advanced.
+ * Only enqueues work on cb->stream (it is what the graphs capture).
+ */
+template <typename T>
+static int decode_body(cuda_backend *cb, int nb)
+{
+	int rc = SSMD_OK;
+	const ssm_config *c = &cb->cfg;
+	const int D = c->d_model, E = c->d_inner, N = c->d_state, K = c->d_conv,
+		  R = c->dt_rank, V = c->vocab_size, W = R + 2 * N;
+	const size_t sf = cb->state_floats;
+	cuda_act *a = &cb->act;
+	cudaStream_t s = cb->stream;
+	int l;
+
+	k_embed<T><<<nb, 256, 0, s>>>(cb->d_tokens, (const T *)cb->embed, a->h, D);
+	CUDA_LAUNCHED();
+	for (l = 0; l < c->n_layer; l++) {
+		const cuda_layer *y = &cb->layers[l];
+		const cuda_layer *p = l ? &cb->layers[l - 1] : NULL;
+
+		k_add_norm<T><<<nb, 256, 0, s>>>(a->h, p ? a->mix : NULL,
+						 p ? p->out_b : NULL, y->norm,
+						 (T *)a->xn, D, c->eps, NULL,
+						 NULL, 0, 0);
+		CUDA_LAUNCHED();
+		if ((rc = gemm(cb, y->in_w, a->xn, D, a->xz, 2 * E, 2 * E, nb, D)))
+			goto out;
+		k_conv_step<T><<<dim3(cdiv(E, 128), nb), 128, 0, s>>>(
+			a->xz, y->in_b, y->conv_w, y->conv_b, cb->pool,
+			cb->d_slots, sf, cb->off_conv + (size_t)l * E * (K - 1),
+			E, K, a->xc, (T *)a->xcT);
+		CUDA_LAUNCHED();
+		if ((rc = gemm(cb, y->x_w, a->xcT, E, a->dbc, W, W, nb, E)))
+			goto out;
+#define SSM_STEP(npl)                                                         \
+	k_ssm_step<T, npl><<<dim3(cdiv(E, SSM_CH_PER_BLOCK), nb), 128, 0, s>>>( \
+		a->dbc, R, (const T *)y->dt_w, y->dt_b, y->A, y->Dp, a->xc,   \
+		a->xz, y->in_b, cb->pool, cb->d_slots, sf,                    \
+		(size_t)l * E * N, cb->off_dt_sum + (size_t)l * E, E,         \
+		(T *)a->yT)
+		NPL_SWITCH(N / SSM_LANES, SSM_STEP);
+#undef SSM_STEP
+		CUDA_LAUNCHED();
+		if ((rc = gemm(cb, y->out_w, a->yT, E, a->mix, D, D, nb, E)))
+			goto out;
+	}
+	k_add_norm<T><<<nb, 256, 0, s>>>(a->h, a->mix,
+					 cb->layers[c->n_layer - 1].out_b,
+					 cb->norm_f, (T *)a->xn, D, c->eps,
+					 cb->pool, cb->d_slots, sf, cb->off_hidden);
+	CUDA_LAUNCHED();
+	rc = gemm(cb, cb->lm_head, a->xn, D, a->logits, V, V, nb, D);
+out:
+	return rc;
+}
+
+static int decode_body_any(cuda_backend *cb, int nb)
+{
+	switch (cb->wdtype) {
+	case SSM_DTYPE_F32: return decode_body<float>(cb, nb);
+	case SSM_DTYPE_F16: return decode_body<__half>(cb, nb);
+	default: return decode_body<__nv_bfloat16>(cb, nb);
+	}
+}
+
+/*
+ * Prefill of L tokens (already in d_tokens) into slot. nq checkpoint
+ * positions (chunk-relative, ascending, distinct) are in d_ck_pos and qs:
+ * their full states land in d_ck[k]. Enqueues only.
+ */
+template <typename T>
+static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs, int nq)
+{
+	int rc = SSMD_OK;
+	const ssm_config *c = &cb->cfg;
+	const int D = c->d_model, E = c->d_inner, N = c->d_state, K = c->d_conv,
+		  R = c->dt_rank, W = R + 2 * N;
+	const size_t sf = cb->state_floats;
+	float *base = cb->pool + (size_t)slot * sf;
+	cuda_act *a = &cb->act;
+	cudaStream_t s = cb->stream;
+	int l, k;
+
+	k_embed<T><<<L, 256, 0, s>>>(cb->d_tokens, (const T *)cb->embed, a->h, D);
+	CUDA_LAUNCHED();
+	for (l = 0; l < c->n_layer; l++) {
+		const cuda_layer *y = &cb->layers[l];
+		const cuda_layer *p = l ? &cb->layers[l - 1] : NULL;
+		const size_t conv_off = cb->off_conv + (size_t)l * E * (K - 1);
+		const size_t ssm_off = (size_t)l * E * N;
+		const size_t dts_off = cb->off_dt_sum + (size_t)l * E;
+
+		k_add_norm<T><<<L, 256, 0, s>>>(a->h, p ? a->mix : NULL,
+						p ? p->out_b : NULL, y->norm,
+						(T *)a->xn, D, c->eps, NULL, NULL,
+						0, 0);
+		CUDA_LAUNCHED();
+		if ((rc = gemm(cb, y->in_w, a->xn, D, a->xz, 2 * E, 2 * E, L, D)))
+			goto out;
+		k_conv_seq<T><<<dim3(cdiv(E, 128), L), 128, 0, s>>>(
+			a->xz, y->in_b, y->conv_w, y->conv_b, base + conv_off, E,
+			K, a->xc, (T *)a->xcT);
+		CUDA_LAUNCHED();
+		if (nq) {
+			k_conv_window<<<cdiv(E, 128), 128, 0, s>>>(
+				a->xz, y->in_b, base + conv_off, cb->d_ck_pos, nq,
+				0, E, K, cb->d_ck + conv_off, sf);
+			CUDA_LAUNCHED();
+		}
+		/* the slot's own window moves last: the kernels above read it */
+		k_conv_window<<<cdiv(E, 128), 128, 0, s>>>(
+			a->xz, y->in_b, base + conv_off, NULL, 1, L, E, K,
+			base + conv_off, 0);
+		CUDA_LAUNCHED();
+		if ((rc = gemm(cb, y->x_w, a->xcT, E, a->dbc, W, W, L, E)))
+			goto out;
+		k_dt_low<T><<<L, 64, 0, s>>>(a->dbc, W, R, (T *)a->dlT);
+		CUDA_LAUNCHED();
+		if ((rc = gemm(cb, y->dt_w, a->dlT, R, a->dtr, E, E, L, R)))
+			goto out;
+#define SCAN(npl)                                                             \
+	k_scan<T, npl><<<cdiv(E, SSM_CH_PER_BLOCK), 128, 0, s>>>(              \
+		a->dtr, y->dt_b, a->dbc, R, a->xc, a->xz, y->in_b, y->A,      \
+		y->Dp, base + ssm_off, base + dts_off, E, L, cb->d_ck_pos, nq, \
+		cb->d_ck, sf, ssm_off, dts_off, (T *)a->yT)
+		NPL_SWITCH(N / SSM_LANES, SCAN);
+#undef SCAN
+		CUDA_LAUNCHED();
+		if ((rc = gemm(cb, y->out_w, a->yT, E, a->mix, D, D, L, E)))
+			goto out;
+	}
+	k_add_norm<T><<<L, 256, 0, s>>>(a->h, a->mix,
+					cb->layers[c->n_layer - 1].out_b,
+					cb->norm_f, (T *)a->xn, D, c->eps, NULL,
+					NULL, 0, 0);
+	CUDA_LAUNCHED();
+	CUDA_TRY(cudaMemcpyAsync(base + cb->off_hidden, a->h + (size_t)(L - 1) * D,
+				 D * sizeof(float), cudaMemcpyDeviceToDevice, s));
+	for (k = 0; k < nq; k++)
+		CUDA_TRY(cudaMemcpyAsync(cb->d_ck + k * sf + cb->off_hidden,
+					 a->h + (size_t)(qs[k] - 1) * D,
+					 D * sizeof(float),
+					 cudaMemcpyDeviceToDevice, s));
+out:
+	return rc;
+}
+
+static int prefill_body_any(cuda_backend *cb, int slot, int L, const int *qs, int nq)
+{
+	switch (cb->wdtype) {
+	case SSM_DTYPE_F32: return prefill_body<float>(cb, slot, L, qs, nq);
+	case SSM_DTYPE_F16: return prefill_body<__half>(cb, slot, L, qs, nq);
+	default: return prefill_body<__nv_bfloat16>(cb, slot, L, qs, nq);
+	}
+}
+
+/* Logits of rows [r0, r0 + n) of act.xn into act.logits rows [0, n). */
+static int logits_rows(cuda_backend *cb, int r0, int n)
+{
+	const int D = cb->cfg.d_model, V = cb->cfg.vocab_size;
+
+	return gemm(cb, cb->lm_head, (const char *)cb->act.xn + (size_t)r0 * D * cb->wsize,
+		    D, cb->act.logits, V, V, n, D);
+}
+
+/* -------------------------------------------------------------- decode -- */
+
+static int bucket_of(int n)
+{
+	int b = 1;
+
+	while (b < n)
+		b <<= 1;
+	return b;
+}
+
+static int log2_of(int b)
+{
+	int i = 0;
+
+	while ((1 << i) < b)
+		i++;
+	return i;
+}
+
+/* The instantiated graph of bucket nb, captured on first use. */
+static int graph_get(cuda_backend *cb, int nb, cudaGraphExec_t *out)
+{
+	int rc = SSMD_OK, capturing = 0;
+	cuda_graph *g = &cb->graphs[log2_of(nb)];
+	cudaGraph_t graph = NULL;
+
+	if (g->exec) {
+		*out = g->exec;
+		return SSMD_OK;
+	}
+	CUDA_TRY(cudaStreamBeginCapture(cb->stream, cudaStreamCaptureModeThreadLocal));
+	capturing = 1;
+	rc = decode_body_any(cb, nb);
+	capturing = 0;
+	{
+		cudaError_t e = cudaStreamEndCapture(cb->stream, &graph);
+		if (rc)
+			goto out;
+		CUDA_TRY(e);
+	}
+	CUDA_TRY(cudaGraphInstantiate(&g->exec, graph, 0));
+	g->graph = graph;
+	graph = NULL;
+	*out = g->exec;
+out:
+	if (capturing) {
+		cudaStreamEndCapture(cb->stream, &graph);
+		cudaGetLastError();
+	}
+	if (graph)
+		cudaGraphDestroy(graph);
+	return rc;
+}
+
+/* Runs one decode step on rows [0, n) (n <= max_batch): copies slots and
+ * tokens in, replays the bucket's graph. Leaves logits in act.logits. */
+static int decode_launch(cuda_backend *cb, const int *slots,
+			 const int32_t *tokens, int n)
+{
+	int rc = SSMD_OK, i;
+	const int nb = bucket_of(n);
+	cudaGraphExec_t exec = NULL;
+
+	for (i = 0; i < nb; i++) {
+		cb->h_slots[i] = i < n ? slots[i] : -1;
+		cb->h_tokens[i] = i < n ? tokens[i] : 0;
+	}
+	CUDA_TRY(cudaMemcpyAsync(cb->d_slots, cb->h_slots, nb * sizeof(int),
+				 cudaMemcpyHostToDevice, cb->stream));
+	CUDA_TRY(cudaMemcpyAsync(cb->d_tokens, cb->h_tokens, nb * sizeof(int32_t),
+				 cudaMemcpyHostToDevice, cb->stream));
+	if ((rc = graph_get(cb, nb, &exec)))
+		goto out;
+	CUDA_TRY(cudaGraphLaunch(exec, cb->stream));
+	for (i = 0; i < n; i++)
+		cb->n_tokens[slots[i]]++;
+out:
+	return rc;
+}
+
+static int cuda_decode(ssm_backend *b, const int *slots, const int32_t *tokens,
+		       int n, float *logits)
+{
+	cuda_backend *cb = cb_of(b);
+	const size_t V = cb->cfg.vocab_size;
+	int rc = SSMD_OK, off;
+
+	CUDA_TRY(cudaSetDevice(cb->device));
+	for (off = 0; off < n; off += cb->max_batch) {
+		int cnt = n - off < cb->max_batch ? n - off : cb->max_batch;
+
+		if ((rc = decode_launch(cb, slots + off, tokens + off, cnt)))
+			goto out;
+		CUDA_TRY(cudaMemcpyAsync(cb->h_logits, cb->act.logits,
+					 cnt * V * sizeof(float),
+					 cudaMemcpyDeviceToHost, cb->stream));
+		CUDA_TRY(cudaStreamSynchronize(cb->stream));
+		memcpy(logits + off * V, cb->h_logits, cnt * V * sizeof(float));
+	}
+out:
+	return rc;
+}
+
+static int cuda_decode_sample(ssm_backend *b, const int *slots,
+			      const int32_t *tokens, int n,
+			      const ssm_sampler *samplers, const uint64_t *index,
+			      int32_t *next)
+{
+	cuda_backend *cb = cb_of(b);
+	const int V = cb->cfg.vocab_size;
+	int rc = SSMD_OK, off, i;
+
+	CUDA_TRY(cudaSetDevice(cb->device));
+	for (off = 0; off < n; off += cb->max_batch) {
+		int cnt = n - off < cb->max_batch ? n - off : cb->max_batch;
+
+		if ((rc = decode_launch(cb, slots + off, tokens + off, cnt)))
+			goto out;
+		for (i = 0; i < cnt; i++) {
+			cuda_sampler *p = &cb->h_samp[i];
+			p->temperature = samplers[off + i].temperature;
+			p->top_k = samplers[off + i].top_k;
+			p->top_p = samplers[off + i].top_p;
+			p->seed = samplers[off + i].seed;
+			p->index = index[off + i];
+		}
+		if ((rc = cuda_sample_rows(cb, cnt)))
+			goto out;
+		CUDA_TRY(cudaStreamSynchronize(cb->stream));
+		for (i = 0; i < cnt; i++) {
+			if (!cb->h_fallback[i]) {
+				next[off + i] = cb->h_next[i];
+				continue;
+			}
+			/* the candidate set outgrew the kernel: the host picks */
+			CUDA_TRY(cudaMemcpy(cb->h_logits, cb->act.logits + (size_t)i * V,
+					    V * sizeof(float), cudaMemcpyDeviceToHost));
+			next[off + i] = ssm_sample(cb->h_logits, V, &samplers[off + i],
+						   index[off + i]);
+			if (next[off + i] < 0) {
+				rc = -next[off + i];
+				goto out;
+			}
+		}
+	}
+out:
+	return rc;
+}
+
+/* ------------------------------------------------------------- prefill -- */
+
+/* Fills cb->ck_state from host checkpoint k. */
+static void ck_to_state(cuda_backend *cb, int k, uint64_t n_tokens)
+{
+	const ssm_config *c = &cb->cfg;
+	const float *src = cb->h_ck + (size_t)k * cb->state_floats;
+	ssm_state *st = cb->ck_state;
+
+	memcpy(st->ssm, src, cb->off_conv * sizeof(float));
+	memcpy(st->conv, src + cb->off_conv,
+	       (size_t)c->n_layer * c->d_inner * (c->d_conv - 1) * sizeof(float));
+	memcpy(st->hidden, src + cb->off_hidden, c->d_model * sizeof(float));
+	memcpy(st->dt_sum, src + cb->off_dt_sum,
+	       (size_t)c->n_layer * c->d_inner * sizeof(float));
+	st->n_tokens = n_tokens;
+}
+
+static int cuda_prefill(ssm_backend *b, int slot, const ssm_prefill_args *a)
+{
+	cuda_backend *cb = cb_of(b);
+	const size_t V = cb->cfg.vocab_size, sf = cb->state_floats;
+	const uint64_t start_tokens = cb->n_tokens[slot];
+	int qs[CUDA_CK_MAX];
+	size_t pos = 0, ci = 0;
+	int rc = SSMD_OK;
+
+	CUDA_TRY(cudaSetDevice(cb->device));
+	while (pos < a->n_tokens) {
+		size_t L = a->n_tokens - pos < (size_t)cb->chunk ? a->n_tokens - pos
+								  : (size_t)cb->chunk;
+		size_t cj = ci, r;
+		int nq = 0, k;
+
+		/* the checkpoints of this chunk: at most ck_max distinct positions */
+		while (cj < a->n_ckpt && a->ckpt_pos[cj] <= pos + L) {
+			int q = (int)(a->ckpt_pos[cj] - pos);
+			if (!nq || qs[nq - 1] != q) {
+				if (nq == cb->ck_max) {
+					L = (size_t)qs[nq - 1];
+					break;
+				}
+				qs[nq++] = q;
+			}
+			cj++;
+		}
+		memcpy(cb->h_tokens, a->tokens + pos, L * sizeof(int32_t));
+		CUDA_TRY(cudaMemcpyAsync(cb->d_tokens, cb->h_tokens, L * sizeof(int32_t),
+					 cudaMemcpyHostToDevice, cb->stream));
+		if (nq) {
+			memcpy(cb->h_ck_pos, qs, nq * sizeof(int));
+			CUDA_TRY(cudaMemcpyAsync(cb->d_ck_pos, cb->h_ck_pos, nq * sizeof(int),
+						 cudaMemcpyHostToDevice, cb->stream));
+		}
+		if ((rc = prefill_body_any(cb, slot, (int)L, qs, nq)))
+			goto out;
+		cb->n_tokens[slot] = start_tokens + pos + L;
+		for (r = 0; a->all_logits && r < L; r += CUDA_LOGIT_ROWS) {
+			int n = L - r < CUDA_LOGIT_ROWS ? (int)(L - r) : CUDA_LOGIT_ROWS;
+			if ((rc = logits_rows(cb, (int)r, n)))
+				goto out;
+			CUDA_TRY(cudaMemcpyAsync(cb->h_logits, cb->act.logits,
+						 n * V * sizeof(float),
+						 cudaMemcpyDeviceToHost, cb->stream));
+			CUDA_TRY(cudaStreamSynchronize(cb->stream));
+			memcpy(a->all_logits + (pos + r) * V, cb->h_logits,
+			       n * V * sizeof(float));
+		}
+		if (a->last_logits && pos + L == a->n_tokens) {
+			if ((rc = logits_rows(cb, (int)L - 1, 1)))
+				goto out;
+			CUDA_TRY(cudaMemcpyAsync(cb->h_logits, cb->act.logits,
+						 V * sizeof(float),
+						 cudaMemcpyDeviceToHost, cb->stream));
+		}
+		if (nq)
+			CUDA_TRY(cudaMemcpyAsync(cb->h_ck, cb->d_ck, nq * sf * sizeof(float),
+						 cudaMemcpyDeviceToHost, cb->stream));
+		CUDA_TRY(cudaStreamSynchronize(cb->stream));
+		if (a->last_logits && pos + L == a->n_tokens)
+			memcpy(a->last_logits, cb->h_logits, V * sizeof(float));
+		for (k = 0; ci < cj; ci++) {
+			size_t p = a->ckpt_pos[ci];
+			while (qs[k] != (int)(p - pos))
+				k++;
+			ck_to_state(cb, k, start_tokens + p);
+			rc = a->ckpt_fn(a->ckpt_ctx, p, cb->ck_state);
+			if (rc) {
+				/* the slot holds the state at p, as the contract says */
+				CUDA_TRY(cudaMemcpyAsync(cb->pool + (size_t)slot * sf,
+							 cb->d_ck + (size_t)k * sf,
+							 sf * sizeof(float),
+							 cudaMemcpyDeviceToDevice,
+							 cb->stream));
+				CUDA_TRY(cudaStreamSynchronize(cb->stream));
+				cb->n_tokens[slot] = start_tokens + p;
+				goto out;
+			}
+		}
+		pos += L;
+	}
+out:
+	return rc;
+}
+
+/* ---------------------------------------------------------------- slots -- */
+
+static int cuda_slot_reset(ssm_backend *b, int slot)
+{
+	cuda_backend *cb = cb_of(b);
+	int rc = SSMD_OK;
+
+	CUDA_TRY(cudaSetDevice(cb->device));
+	CUDA_TRY(cudaMemsetAsync(cb->pool + (size_t)slot * cb->state_floats, 0,
+				 cb->state_floats * sizeof(float), cb->stream));
+	CUDA_TRY(cudaStreamSynchronize(cb->stream));
+	cb->n_tokens[slot] = 0;
+out:
+	return rc;
+}
+
+static int cuda_slot_copy(ssm_backend *b, int dst, int src)
+{
+	cuda_backend *cb = cb_of(b);
+	const size_t sf = cb->state_floats;
+	int rc = SSMD_OK;
+
+	CUDA_TRY(cudaSetDevice(cb->device));
+	if (dst != src)
+		CUDA_TRY(cudaMemcpyAsync(cb->pool + (size_t)dst * sf,
+					 cb->pool + (size_t)src * sf, sf * sizeof(float),
+					 cudaMemcpyDeviceToDevice, cb->stream));
+	CUDA_TRY(cudaStreamSynchronize(cb->stream));
+	cb->n_tokens[dst] = cb->n_tokens[src];
+out:
+	return rc;
+}
+
+/* Slot -> pinned buffer on the copy stream, after the work queued so far. */
+static int cuda_slot_get(ssm_backend *b, int slot, ssm_state *st)
+{
+	cuda_backend *cb = cb_of(b);
+	const ssm_config *c = &cb->cfg;
+	int rc = SSMD_OK;
+
+	CUDA_TRY(cudaSetDevice(cb->device));
+	CUDA_TRY(cudaEventRecord(cb->ev_compute, cb->stream));
+	CUDA_TRY(cudaStreamWaitEvent(cb->copy_stream, cb->ev_compute, 0));
+	CUDA_TRY(cudaMemcpyAsync(cb->h_state, cb->pool + (size_t)slot * cb->state_floats,
+				 cb->state_floats * sizeof(float),
+				 cudaMemcpyDeviceToHost, cb->copy_stream));
+	CUDA_TRY(cudaStreamSynchronize(cb->copy_stream));
+	memcpy(st->ssm, cb->h_state, cb->off_conv * sizeof(float));
+	memcpy(st->conv, cb->h_state + cb->off_conv,
+	       (size_t)c->n_layer * c->d_inner * (c->d_conv - 1) * sizeof(float));
+	memcpy(st->hidden, cb->h_state + cb->off_hidden, c->d_model * sizeof(float));
+	memcpy(st->dt_sum, cb->h_state + cb->off_dt_sum,
+	       (size_t)c->n_layer * c->d_inner * sizeof(float));
+	st->n_tokens = cb->n_tokens[slot];
+	memcpy(st->fingerprint, cb->model->fingerprint, SSM_FINGERPRINT_LEN);
+out:
+	return rc;
+}
+
+/* Pinned buffer -> slot on the copy stream; later computation waits for it. */
+static int cuda_slot_set(ssm_backend *b, int slot, const ssm_state *st)
+{
+	cuda_backend *cb = cb_of(b);
+	const ssm_config *c = &cb->cfg;
+	int rc = SSMD_OK;
+
+	CUDA_TRY(cudaSetDevice(cb->device));
+	memcpy(cb->h_state, st->ssm, cb->off_conv * sizeof(float));
+	memcpy(cb->h_state + cb->off_conv, st->conv,
+	       (size_t)c->n_layer * c->d_inner * (c->d_conv - 1) * sizeof(float));
+	memcpy(cb->h_state + cb->off_hidden, st->hidden, c->d_model * sizeof(float));
+	memcpy(cb->h_state + cb->off_dt_sum, st->dt_sum,
+	       (size_t)c->n_layer * c->d_inner * sizeof(float));
+	CUDA_TRY(cudaEventRecord(cb->ev_compute, cb->stream));
+	CUDA_TRY(cudaStreamWaitEvent(cb->copy_stream, cb->ev_compute, 0));
+	CUDA_TRY(cudaMemcpyAsync(cb->pool + (size_t)slot * cb->state_floats, cb->h_state,
+				 cb->state_floats * sizeof(float),
+				 cudaMemcpyHostToDevice, cb->copy_stream));
+	CUDA_TRY(cudaEventRecord(cb->ev_copy, cb->copy_stream));
+	CUDA_TRY(cudaStreamWaitEvent(cb->stream, cb->ev_copy, 0));
+	/* the pinned buffer is reused by the next get/set */
+	CUDA_TRY(cudaStreamSynchronize(cb->copy_stream));
+	cb->n_tokens[slot] = st->n_tokens;
+out:
+	return rc;
+}
+
+static int cuda_slot_logits(ssm_backend *b, int slot, float *logits)
+{
+	cuda_backend *cb = cb_of(b);
+	const ssm_config *c = &cb->cfg;
+	cuda_act *a = &cb->act;
+	int rc = SSMD_OK;
+
+	CUDA_TRY(cudaSetDevice(cb->device));
+	if (!cb->n_tokens[slot])
+		return ssmd_err_set(SSMD_EEMPTY, "cuda: slot %d has consumed no tokens", slot);
+	cb->h_slots[0] = slot;
+	CUDA_TRY(cudaMemcpyAsync(cb->d_slots, cb->h_slots, sizeof(int),
+				 cudaMemcpyHostToDevice, cb->stream));
+	k_load_hidden<<<1, 256, 0, cb->stream>>>(a->h, cb->pool, cb->d_slots,
+						 cb->state_floats, cb->off_hidden,
+						 c->d_model);
+	CUDA_LAUNCHED();
+	switch (cb->wdtype) {
+	case SSM_DTYPE_F32:
+		k_add_norm<float><<<1, 256, 0, cb->stream>>>(a->h, NULL, NULL, cb->norm_f,
+			(float *)a->xn, c->d_model, c->eps, NULL, NULL, 0, 0);
+		break;
+	case SSM_DTYPE_F16:
+		k_add_norm<__half><<<1, 256, 0, cb->stream>>>(a->h, NULL, NULL, cb->norm_f,
+			(__half *)a->xn, c->d_model, c->eps, NULL, NULL, 0, 0);
+		break;
+	default:
+		k_add_norm<__nv_bfloat16><<<1, 256, 0, cb->stream>>>(a->h, NULL, NULL,
+			cb->norm_f, (__nv_bfloat16 *)a->xn, c->d_model, c->eps, NULL,
+			NULL, 0, 0);
+		break;
+	}
+	CUDA_LAUNCHED();
+	if ((rc = logits_rows(cb, 0, 1)))
+		goto out;
+	CUDA_TRY(cudaMemcpyAsync(cb->h_logits, a->logits, c->vocab_size * sizeof(float),
+				 cudaMemcpyDeviceToHost, cb->stream));
+	CUDA_TRY(cudaStreamSynchronize(cb->stream));
+	memcpy(logits, cb->h_logits, c->vocab_size * sizeof(float));
+out:
+	return rc;
+}
+
+/* ------------------------------------------------------- open / close -- */
+
+static void cuda_close(ssm_backend *b)
+{
+	cuda_backend *cb = b ? cb_of(b) : NULL;
+	int i;
+
+	if (!cb)
+		return;
+	cudaSetDevice(cb->device);
+	if (cb->stream)
+		cudaStreamSynchronize(cb->stream);
+	if (cb->copy_stream)
+		cudaStreamSynchronize(cb->copy_stream);
+	for (i = 0; cb->graphs && i < cb->n_graphs; i++) {
+		if (cb->graphs[i].exec)
+			cudaGraphExecDestroy(cb->graphs[i].exec);
+		if (cb->graphs[i].graph)
+			cudaGraphDestroy(cb->graphs[i].graph);
+	}
+	free(cb->graphs);
+	for (i = 0; i < cb->n_allocs; i++)
+		cudaFree(cb->allocs[i]);
+	free(cb->allocs);
+	cudaFreeHost(cb->h_state);
+	cudaFreeHost(cb->h_slots);
+	cudaFreeHost(cb->h_tokens);
+	cudaFreeHost(cb->h_logits);
+	cudaFreeHost(cb->h_ck);
+	cudaFreeHost(cb->h_ck_pos);
+	cudaFreeHost(cb->h_samp);
+	cudaFreeHost(cb->h_next);
+	cudaFreeHost(cb->h_fallback);
+	if (cb->blas)
+		cublasDestroy(cb->blas);
+	if (cb->ev_compute)
+		cudaEventDestroy(cb->ev_compute);
+	if (cb->ev_copy)
+		cudaEventDestroy(cb->ev_copy);
+	if (cb->stream)
+		cudaStreamDestroy(cb->stream);
+	if (cb->copy_stream)
+		cudaStreamDestroy(cb->copy_stream);
+	ssm_state_free(cb->ck_state);
+	free(cb->layers);
+	free(cb->n_tokens);
+	free(cb);
+	b->impl = NULL;
+}
+
+static const ssm_backend_ops cuda_ops = {
+	"cuda",
+	cuda_close,
+	cuda_slot_reset,
+	cuda_slot_copy,
+	cuda_slot_get,
+	cuda_slot_set,
+	cuda_prefill,
+	cuda_decode,
+	cuda_slot_logits,
+	cuda_decode_sample,
+};
+
+/* Activation buffers for `rows` rows; logits for logit_rows rows. */
+static int act_alloc(cuda_backend *cb, int rows, int logit_rows)
+{
+	const ssm_config *c = &cb->cfg;
+	const size_t D = c->d_model, E = c->d_inner, R = c->dt_rank,
+		     W = R + 2 * (size_t)c->d_state, ws = cb->wsize, n = rows;
+	cuda_act *a = &cb->act;
+	int rc;
+
+	a->rows = rows;
+	a->logit_rows = logit_rows;
+	if ((rc = dev_alloc(cb, n * D * 4, (void **)&a->h)) ||
+	    (rc = dev_alloc(cb, n * D * ws, &a->xn)) ||
+	    (rc = dev_alloc(cb, n * 2 * E * 4, (void **)&a->xz)) ||
+	    (rc = dev_alloc(cb, n * E * 4, (void **)&a->xc)) ||
+	    (rc = dev_alloc(cb, n * E * ws, &a->xcT)) ||
+	    (rc = dev_alloc(cb, n * W * 4, (void **)&a->dbc)) ||
+	    (rc = dev_alloc(cb, n * R * ws, &a->dlT)) ||
+	    (rc = dev_alloc(cb, n * E * 4, (void **)&a->dtr)) ||
+	    (rc = dev_alloc(cb, n * E * ws, &a->yT)) ||
+	    (rc = dev_alloc(cb, n * D * 4, (void **)&a->mix)) ||
+	    (rc = dev_alloc(cb, (size_t)logit_rows * c->vocab_size * 4,
+			    (void **)&a->logits)))
+		return rc;
+	return SSMD_OK;
+}
+
+extern "C" int ssm_cuda_device_count(void)
+{
+	int n = 0;
+
+	if (cudaGetDeviceCount(&n) != cudaSuccess) {
+		cudaGetLastError();
+		return 0;
+	}
+	return n;
+}
+
+extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
+{
+	const ssm_config *c = &b->model->cfg;
+	cuda_backend *cb = NULL;
+	int rc = SSMD_OK, rows, n_dev = ssm_cuda_device_count();
+	const char *env;
+	size_t E, L;
+
+	if (n_dev <= 0)
+		return ssmd_err_set(SSMD_EUNSUPPORTED, "cuda: no CUDA device present");
+	if (opts->device < 0 || opts->device >= n_dev)
+		return ssmd_err_set(SSMD_EINVAL, "cuda: device %d of %d", opts->device, n_dev);
+	if (c->arch != SSM_ARCH_MAMBA1)
+		return ssmd_err_set(SSMD_EUNSUPPORTED, "cuda: architecture %u", c->arch);
+	if (c->d_state % SSM_LANES || c->d_state > 64 ||
+	    ((c->d_state / SSM_LANES) & (c->d_state / SSM_LANES - 1)))
+		return ssmd_err_set(SSMD_EUNSUPPORTED,
+				    "cuda: d_state %d (supported: 4, 8, 16, 32, 64)",
+				    c->d_state);
+	cb = (cuda_backend *)calloc(1, sizeof(*cb));
+	if (!cb)
+		return ssmd_err_set(SSMD_ENOMEM, "cuda: backend");
+	b->impl = cb;
+	b->ops = &cuda_ops;
+	cb->model = b->model;
+	cb->cfg = *c;
+	cb->device = opts->device;
+	cb->n_slots = opts->n_slots;
+	cb->wdtype = opts->weight_dtype;
+	switch (cb->wdtype) {
+	case SSM_DTYPE_F32: cb->wtype = CUDA_R_32F; cb->wsize = 4; break;
+	case SSM_DTYPE_F16: cb->wtype = CUDA_R_16F; cb->wsize = 2; break;
+	case SSM_DTYPE_BF16: cb->wtype = CUDA_R_16BF; cb->wsize = 2; break;
+	default:
+		rc = ssmd_err_set(SSMD_EINVAL, "cuda: weight dtype %d", (int)cb->wdtype);
+		goto out;
+	}
+	CUDA_TRY(cudaSetDevice(cb->device));
+	CUDA_TRY(cudaStreamCreateWithFlags(&cb->stream, cudaStreamNonBlocking));
+	CUDA_TRY(cudaStreamCreateWithFlags(&cb->copy_stream, cudaStreamNonBlocking));
+	CUDA_TRY(cudaEventCreateWithFlags(&cb->ev_compute, cudaEventDisableTiming));
+	CUDA_TRY(cudaEventCreateWithFlags(&cb->ev_copy, cudaEventDisableTiming));
+	CUBLAS_TRY(cublasCreate(&cb->blas));
+	CUBLAS_TRY(cublasSetStream(cb->blas, cb->stream));
+	/* a fixed workspace lets cuBLAS calls be captured into graphs */
+	cb->blas_ws_size = (size_t)32 << 20;
+	if ((rc = dev_alloc(cb, cb->blas_ws_size, &cb->blas_ws)))
+		goto out;
+	CUBLAS_TRY(cublasSetWorkspace(cb->blas, cb->blas_ws, cb->blas_ws_size));
+
+	cb->layers = (cuda_layer *)calloc(c->n_layer, sizeof(cuda_layer));
+	cb->n_tokens = (uint64_t *)calloc(cb->n_slots, sizeof(uint64_t));
+	if (!cb->layers || !cb->n_tokens) {
+		rc = ssmd_err_set(SSMD_ENOMEM, "cuda: backend tables");
+		goto out;
+	}
+	if ((rc = upload_weights(cb)))
+		goto out;
+
+	E = c->d_inner;
+	L = c->n_layer;
+	cb->off_conv = L * E * c->d_state;
+	cb->off_hidden = cb->off_conv + L * E * (c->d_conv - 1);
+	cb->off_dt_sum = cb->off_hidden + c->d_model;
+	cb->state_floats = cb->off_dt_sum + L * E;
+	if ((rc = dev_alloc(cb, (cb->n_slots + 1) * cb->state_floats * sizeof(float),
+			    (void **)&cb->pool)))
+		goto out;
+	CUDA_TRY(cudaMemset(cb->pool, 0,
+			    (cb->n_slots + 1) * cb->state_floats * sizeof(float)));
+
+	cb->max_batch = bucket_of(cb->n_slots);
+	if (cb->max_batch > CUDA_MAX_BUCKET)
+		cb->max_batch = CUDA_MAX_BUCKET;
+	cb->n_graphs = log2_of(cb->max_batch) + 1;
+	cb->graphs = (cuda_graph *)calloc(cb->n_graphs, sizeof(cuda_graph));
+	cb->chunk = CUDA_DEFAULT_CHUNK;
+	env = getenv("SSMD_CUDA_CHUNK");
+	if (env && atoi(env) > 0)
+		cb->chunk = atoi(env);
+	cb->ck_max = (int)(CUDA_CK_BUDGET / (cb->state_floats * sizeof(float)));
+	if (cb->ck_max < 1)
+		cb->ck_max = 1;
+	if (cb->ck_max > CUDA_CK_MAX)
+		cb->ck_max = CUDA_CK_MAX;
+	rows = cb->chunk > cb->max_batch ? cb->chunk : cb->max_batch;
+	if (!cb->graphs) {
+		rc = ssmd_err_set(SSMD_ENOMEM, "cuda: graph table");
+		goto out;
+	}
+	if ((rc = act_alloc(cb, rows, cb->max_batch > CUDA_LOGIT_ROWS
+					      ? cb->max_batch : CUDA_LOGIT_ROWS)))
+		goto out;
+	if ((rc = dev_alloc(cb, rows * sizeof(int), (void **)&cb->d_slots)) ||
+	    (rc = dev_alloc(cb, rows * sizeof(int32_t), (void **)&cb->d_tokens)) ||
+	    (rc = dev_alloc(cb, cb->ck_max * cb->state_floats * sizeof(float),
+			    (void **)&cb->d_ck)) ||
+	    (rc = dev_alloc(cb, cb->ck_max * sizeof(int), (void **)&cb->d_ck_pos)) ||
+	    (rc = dev_alloc(cb, cb->max_batch * sizeof(cuda_sampler),
+			    (void **)&cb->d_samp)) ||
+	    (rc = dev_alloc(cb, cb->max_batch * sizeof(int32_t), (void **)&cb->d_next)) ||
+	    (rc = dev_alloc(cb, cb->max_batch * sizeof(int), (void **)&cb->d_fallback)))
+		goto out;
+	CUDA_TRY(cudaMallocHost((void **)&cb->h_state, cb->state_floats * sizeof(float)));
+	CUDA_TRY(cudaMallocHost((void **)&cb->h_slots, rows * sizeof(int)));
+	CUDA_TRY(cudaMallocHost((void **)&cb->h_tokens, rows * sizeof(int32_t)));
+	CUDA_TRY(cudaMallocHost((void **)&cb->h_logits,
+				(size_t)cb->act.logit_rows * c->vocab_size * sizeof(float)));
+	CUDA_TRY(cudaMallocHost((void **)&cb->h_ck,
+				cb->ck_max * cb->state_floats * sizeof(float)));
+	CUDA_TRY(cudaMallocHost((void **)&cb->h_ck_pos, cb->ck_max * sizeof(int)));
+	CUDA_TRY(cudaMallocHost((void **)&cb->h_samp, cb->max_batch * sizeof(cuda_sampler)));
+	CUDA_TRY(cudaMallocHost((void **)&cb->h_next, cb->max_batch * sizeof(int32_t)));
+	CUDA_TRY(cudaMallocHost((void **)&cb->h_fallback, cb->max_batch * sizeof(int)));
+	if ((rc = ssm_model_state_alloc(cb->model, &cb->ck_state)))
+		goto out;
+	CUDA_TRY(cudaDeviceSynchronize());
+out:
+	if (rc) {
+		cuda_close(b);
+		b->ops = NULL;
+	}
+	return rc;
+}

@@ -1,0 +1,184 @@
+/*
+ * cuda_impl.h — private declarations of the CUDA backend (kernels/cuda/).
+ *
+ * The backend keeps, on one device:
+ *   - the weights, converted once at open from the model's mapped tensors to
+ *     the chosen dtype (BF16 default, F16 or F32) for the four projections and
+ *     the embedding / lm_head, and to f32 for every small per-channel vector;
+ *   - a slot pool of f32 canonical states, slot s at pool + s * state_floats,
+ *     each laid out exactly as ssm_state's arrays, back to back:
+ *       ssm    (n_layer, d_inner, d_state)
+ *       conv   (n_layer, d_inner, d_conv-1)   oldest input first
+ *       hidden (d_model)
+ *       dt_sum (n_layer, d_inner)
+ *     so a slot moves to or from the host in one copy;
+ *   - activation buffers shared by decode and prefill (one owner, one stream).
+ *
+ * Streams: every computation runs on `stream`; slot <-> host copies run on
+ * `copy_stream` from pinned buffers, ordered against `stream` by events.
+ * Decode steps are captured as CUDA graphs, one per batch-size bucket (powers
+ * of two up to max_batch), built on first use.
+ *
+ * Error handling: every CUDA / cuBLAS call goes through CUDA_TRY / CUBLAS_TRY,
+ * which record SSMD_EDEVICE with "file:line: call: reason" and jump to the
+ * function's single `out` label.
+ */
+#ifndef SSM_CUDA_IMPL_H
+#define SSM_CUDA_IMPL_H
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+extern "C" {
+#include "ssm_impl.h"
+}
+
+#define CUDA_TRY(call)                                                        \
+	do {                                                                  \
+		cudaError_t e_ = (call);                                      \
+		if (e_ != cudaSuccess) {                                      \
+			rc = ssmd_err_set(SSMD_EDEVICE, "%s:%d: %s: %s",      \
+					  cuda_file_name(__FILE__), __LINE__, \
+					  #call, cudaGetErrorString(e_));     \
+			goto out;                                             \
+		}                                                             \
+	} while (0)
+
+#define CUBLAS_TRY(call)                                                      \
+	do {                                                                  \
+		cublasStatus_t s_ = (call);                                   \
+		if (s_ != CUBLAS_STATUS_SUCCESS) {                            \
+			rc = ssmd_err_set(SSMD_EDEVICE, "%s:%d: %s: %s",      \
+					  cuda_file_name(__FILE__), __LINE__, \
+					  #call, cublasGetStatusString(s_));  \
+			goto out;                                             \
+		}                                                             \
+	} while (0)
+
+/* After a kernel launch: the launch configuration error, if any. */
+#define CUDA_LAUNCHED(name) CUDA_TRY(cudaPeekAtLastError())
+
+/* The file name without its directories, for error details. */
+static inline const char *cuda_file_name(const char *path)
+{
+	const char *s = path, *p;
+
+	for (p = path; *p; p++)
+		if (*p == '/')
+			s = p + 1;
+	return s;
+}
+
+/* Per-layer weights on the device. W* are (rows, cols) row-major in the
+ * backend's weight dtype; the rest are f32. Optional ones are NULL. */
+typedef struct cuda_layer {
+	float *norm;   /* (d_model) RMSNorm weight */
+	void *in_w;    /* (2*d_inner, d_model) */
+	float *in_b;   /* (2*d_inner) or NULL */
+	float *conv_w; /* (d_inner, d_conv) */
+	float *conv_b; /* (d_inner) or NULL */
+	void *x_w;     /* (dt_rank + 2*d_state, d_inner) */
+	void *dt_w;    /* (d_inner, dt_rank) */
+	float *dt_b;   /* (d_inner) */
+	float *A;      /* (d_inner, d_state) = -exp(A_log) */
+	float *Dp;     /* (d_inner) skip weight D */
+	void *out_w;   /* (d_model, d_inner) */
+	float *out_b;  /* (d_model) or NULL */
+} cuda_layer;
+
+/* Activation buffers, each for up to `rows` rows (decode batch or prefill
+ * chunk). "T" marks buffers in the weight dtype (GEMM inputs). */
+typedef struct cuda_act {
+	int rows;
+	float *h;     /* (rows, d_model) residual stream */
+	void *xn;     /* (rows, d_model) T, normalised hidden */
+	float *xz;    /* (rows, 2*d_inner) in_proj output: x | z */
+	float *xc;    /* (rows, d_inner) conv + SiLU output */
+	void *xcT;    /* (rows, d_inner) T, the same for x_proj */
+	float *dbc;   /* (rows, dt_rank + 2*d_state) x_proj output: dt_low | B | C */
+	void *dlT;    /* (rows, dt_rank) T, dt_low for the prefill dt_proj GEMM */
+	float *dtr;   /* (rows, d_inner) dt_proj output before bias/softplus */
+	void *yT;     /* (rows, d_inner) T, gated SSM output */
+	float *mix;   /* (rows, d_model) out_proj output */
+	float *logits; /* (logit_rows, vocab) */
+	int logit_rows;
+} cuda_act;
+
+/* A batch-size bucket's captured decode step. */
+typedef struct cuda_graph {
+	cudaGraph_t graph;
+	cudaGraphExec_t exec;
+} cuda_graph;
+
+typedef struct cuda_backend {
+	const ssm_model *model;
+	ssm_config cfg;
+	int device;
+	ssm_dtype wdtype;
+	cudaDataType_t wtype;  /* CUDA_R_32F / CUDA_R_16F / CUDA_R_16BF */
+	size_t wsize;          /* bytes per weight element */
+	int n_slots;
+
+	cudaStream_t stream;      /* all computation */
+	cudaStream_t copy_stream; /* slot <-> host copies */
+	cudaEvent_t ev_compute, ev_copy;
+	cublasHandle_t blas;
+	void *blas_ws;            /* cuBLAS workspace (needed for graph capture) */
+	size_t blas_ws_size;
+
+	/* Weights. */
+	void *embed;     /* (vocab, d_model) T */
+	void *lm_head;   /* (vocab, d_model) T; == embed when tied */
+	float *norm_f;   /* (d_model) */
+	cuda_layer *layers; /* (n_layer) host array of device pointers */
+	void **allocs;   /* every weight allocation, for close */
+	int n_allocs, cap_allocs;
+
+	/* States. */
+	size_t state_floats;  /* floats in one slot */
+	size_t off_conv, off_hidden, off_dt_sum; /* float offsets inside a slot */
+	float *pool;          /* (n_slots + 1, state_floats); the extra slot is
+				 prefill's restore area for an aborted checkpoint */
+	uint64_t *n_tokens;   /* (n_slots) host-side token counts */
+	float *h_state;       /* pinned (state_floats) staging for get/set */
+
+	/* Activations and decode inputs. */
+	cuda_act act;
+	int max_batch;        /* largest decode bucket */
+	int chunk;            /* prefill tokens per chunk */
+	int *d_slots;         /* (max_batch) slot per row, -1 = padding */
+	int32_t *d_tokens;    /* (max(max_batch, chunk)) token per row */
+	int *h_slots;         /* pinned (max_batch) */
+	int32_t *h_tokens;    /* pinned (max(max_batch, chunk)) */
+	float *h_logits;      /* pinned (act.logit_rows, vocab) */
+	cuda_graph *graphs;   /* indexed by log2(bucket) */
+	int n_graphs;
+
+	/* Prefill checkpoints: up to ck_max full states per chunk. */
+	int ck_max;
+	float *d_ck;          /* (ck_max, state_floats) */
+	float *h_ck;          /* pinned (ck_max, state_floats) */
+	int *d_ck_pos;        /* (ck_max) chunk-relative positions, ascending */
+	int *h_ck_pos;        /* pinned (ck_max) */
+	ssm_state *ck_state;  /* host state handed to the callback */
+
+	/* Sampling (decode_sample). */
+	struct cuda_sampler *d_samp; /* (max_batch) */
+	struct cuda_sampler *h_samp; /* pinned (max_batch) */
+	int32_t *d_next;      /* (max_batch) sampled tokens */
+	int32_t *h_next;      /* pinned (max_batch) */
+	int *d_fallback;      /* (max_batch) 1 when a row must be sampled on the host */
+	int *h_fallback;      /* pinned (max_batch) */
+} cuda_backend;
+
+/* Sampling parameters of one row, as the kernel reads them. */
+typedef struct cuda_sampler {
+	float temperature;
+	int top_k;
+	float top_p;
+	int pad;
+	uint64_t seed;
+	uint64_t index;
+} cuda_sampler;
+
+#endif

@@ -1,0 +1,376 @@
+/*
+ * cuda_kernels.cuh — the CUDA backend's own kernels (everything but GEMMs).
+ *
+ * Included by cuda_backend.cu only. T is the weight dtype (float, __half,
+ * __nv_bfloat16): GEMM inputs are written in T, everything the recurrence
+ * touches is f32. Shapes use B = rows (decode batch or prefill chunk),
+ * D = d_model, E = d_inner, N = d_state, K = d_conv, R = dt_rank,
+ * W = R + 2N (one x_proj output row: dt_low | B | C).
+ *
+ * The selective-SSM kernels give each channel LANES = 4 consecutive lanes of a
+ * warp, each lane holding NPL = N / 4 state entries in registers; the output
+ * y = C.h is reduced over the 4 lanes with two xor-shuffles.
+ */
+#ifndef SSM_CUDA_KERNELS_CUH
+#define SSM_CUDA_KERNELS_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#define SSM_LANES 4        /* lanes per channel in the SSM kernels */
+#define SSM_CH_PER_BLOCK 32 /* channels per 128-thread block */
+
+template <typename T> __device__ __forceinline__ float to_f32(T v);
+template <> __device__ __forceinline__ float to_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ float to_f32<__half>(__half v)
+{
+	return __half2float(v);
+}
+template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v)
+{
+	return __bfloat162float(v);
+}
+
+template <typename T> __device__ __forceinline__ T from_f32(float v);
+template <> __device__ __forceinline__ float from_f32<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_f32<__half>(float v)
+{
+	return __float2half_rn(v);
+}
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v)
+{
+	return __float2bfloat16_rn(v);
+}
+
+__device__ __forceinline__ float silu(float v) { return v / (1.0f + expf(-v)); }
+
+/* torch.nn.functional.softplus with its default threshold 20. */
+__device__ __forceinline__ float softplus(float v)
+{
+	return v > 20.0f ? v : log1pf(expf(v));
+}
+
+/* h[r, :] = embed[tok[r], :] as f32.  grid (B), block 256. */
+template <typename T>
+__global__ void k_embed(const int32_t *tok, const T *embed, float *h, int D)
+{
+	const T *src = embed + (size_t)tok[blockIdx.x] * D;
+	float *dst = h + (size_t)blockIdx.x * D;
+
+	for (int i = threadIdx.x; i < D; i += blockDim.x)
+		dst[i] = to_f32(src[i]);
+}
+
+/*
+ * Fused residual add + RMSNorm, one block (256 threads) per row:
+ *   h[r] += mix[r] + mix_b            (when mix != NULL)
+ *   xn[r] = h[r] * rsqrt(mean(h[r]^2) + eps) * w       (in T)
+ * When pool != NULL, h[r] is also stored as the hidden vector of slot
+ * slots[r] (skipped for padding rows, slot < 0).
+ */
+template <typename T>
+__global__ void k_add_norm(float *h, const float *mix, const float *mix_b,
+			   const float *w, T *xn, int D, float eps,
+			   float *pool, const int *slots, size_t state_floats,
+			   size_t off_hidden)
+{
+	__shared__ float red[32];
+	float *hr = h + (size_t)blockIdx.x * D;
+	float ss = 0.0f;
+
+	for (int i = threadIdx.x; i < D; i += blockDim.x) {
+		float v = hr[i];
+		if (mix) {
+			v += mix[(size_t)blockIdx.x * D + i];
+			if (mix_b)
+				v += mix_b[i];
+			hr[i] = v;
+		}
+		ss += v * v;
+	}
+	for (int o = 16; o > 0; o >>= 1)
+		ss += __shfl_xor_sync(0xffffffffu, ss, o);
+	if ((threadIdx.x & 31) == 0)
+		red[threadIdx.x >> 5] = ss;
+	__syncthreads();
+	if (threadIdx.x < 32) {
+		ss = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.0f;
+		for (int o = 16; o > 0; o >>= 1)
+			ss += __shfl_xor_sync(0xffffffffu, ss, o);
+		if (threadIdx.x == 0)
+			red[0] = ss;
+	}
+	__syncthreads();
+	const float scale = rsqrtf(red[0] / (float)D + eps);
+	T *xr = xn + (size_t)blockIdx.x * D;
+	float *hid = NULL;
+	if (pool && slots[blockIdx.x] >= 0)
+		hid = pool + (size_t)slots[blockIdx.x] * state_floats + off_hidden;
+	for (int i = threadIdx.x; i < D; i += blockDim.x) {
+		xr[i] = from_f32<T>(hr[i] * scale * w[i]);
+		if (hid)
+			hid[i] = hr[i];
+	}
+}
+
+/* Copies slot slots[r]'s hidden vector into h[r].  grid (B), block 256. */
+__global__ void k_load_hidden(float *h, const float *pool, const int *slots,
+			      size_t state_floats, size_t off_hidden, int D)
+{
+	const float *src = pool + (size_t)slots[blockIdx.x] * state_floats + off_hidden;
+
+	for (int i = threadIdx.x; i < D; i += blockDim.x)
+		h[(size_t)blockIdx.x * D + i] = src[i];
+}
+
+/*
+ * Decode conv step, one thread per (row r, channel e):
+ *   x   = xz[r, e] + in_b[e]
+ *   out = conv_b[e] + sum_{j<K-1} w[e, j] * win[j] + w[e, K-1] * x
+ *   win <- (win[1..K-2], x)           (the slot's conv state, oldest first)
+ *   xc[r, e] = SiLU(out)  (f32 and T)
+ * conv_off = float offset of this layer's conv state inside a slot.
+ * grid (ceil(E/128), B), block 128.
+ */
+template <typename T>
+__global__ void k_conv_step(const float *xz, const float *in_b, const float *cw,
+			    const float *cb, float *pool, const int *slots,
+			    size_t state_floats, size_t conv_off, int E, int K,
+			    float *xc, T *xcT)
+{
+	const int e = blockIdx.x * blockDim.x + threadIdx.x;
+	const int r = blockIdx.y;
+	if (e >= E)
+		return;
+	const int slot = slots[r];
+	const float x = xz[(size_t)r * 2 * E + e] + (in_b ? in_b[e] : 0.0f);
+	const float *w = cw + (size_t)e * K;
+	float acc = cb ? cb[e] : 0.0f;
+
+	if (slot >= 0) {
+		float *win = pool + (size_t)slot * state_floats + conv_off +
+			     (size_t)e * (K - 1);
+		for (int j = 0; j < K - 1; j++)
+			acc += w[j] * win[j];
+		for (int j = 0; j + 1 < K - 1; j++)
+			win[j] = win[j + 1];
+		win[K - 2] = x;
+	}
+	acc += w[K - 1] * x;
+	const float y = silu(acc);
+	xc[(size_t)r * E + e] = y;
+	xcT[(size_t)r * E + e] = from_f32<T>(y);
+}
+
+/*
+ * Decode SSM step, fused: per row r and channel e (4 lanes, NPL states each)
+ *   dt  = softplus(dt_w[e, :] . dbc[r, 0:R] + dt_b[e])
+ *   h_n = exp(dt * A[e, n]) * h_n + dt * B[r, n] * x        (slot state)
+ *   y   = (sum_n C[r, n] * h_n + D[e] * x) * SiLU(z + in_b[E + e])
+ *   dt_sum[e] += dt
+ * ssm_off / dts_off = float offsets of this layer's ssm / dt_sum inside a slot.
+ * grid (ceil(E/32), B), block 128.
+ */
+template <typename T, int NPL>
+__global__ void k_ssm_step(const float *dbc, int R, const T *dt_w,
+			   const float *dt_b, const float *A, const float *Dp,
+			   const float *xc, const float *xz, const float *in_b,
+			   float *pool, const int *slots, size_t state_floats,
+			   size_t ssm_off, size_t dts_off, int E, T *yT)
+{
+	const int N = NPL * SSM_LANES;
+	const int W = R + 2 * N;
+	const int g = threadIdx.x & (SSM_LANES - 1);
+	const int e = blockIdx.x * SSM_CH_PER_BLOCK + threadIdx.x / SSM_LANES;
+	const int r = blockIdx.y;
+	const bool valid = e < E;
+	const int ec = valid ? e : E - 1; /* keeps every lane in the shuffles */
+	const int slot = slots[r];
+	const float *row = dbc + (size_t)r * W;
+
+	float acc = 0.0f;
+	const T *wr = dt_w + (size_t)ec * R;
+	for (int j = g; j < R; j += SSM_LANES)
+		acc += to_f32(wr[j]) * row[j];
+	acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+	acc += __shfl_xor_sync(0xffffffffu, acc, 2);
+	const float dt = softplus(acc + dt_b[ec]);
+	const float x = xc[(size_t)r * E + ec];
+	const float z = xz[(size_t)r * 2 * E + E + ec] + (in_b ? in_b[E + ec] : 0.0f);
+
+	float *hs = NULL;
+	if (slot >= 0)
+		hs = pool + (size_t)slot * state_floats + ssm_off +
+		     (size_t)ec * N + g * NPL;
+	const float *a = A + (size_t)ec * N + g * NPL;
+	const float *Bv = row + R + g * NPL;
+	const float *Cv = row + R + N + g * NPL;
+	float y = 0.0f;
+#pragma unroll
+	for (int i = 0; i < NPL; i++) {
+		float hv = hs ? hs[i] : 0.0f;
+		hv = __expf(dt * a[i]) * hv + dt * Bv[i] * x;
+		y += Cv[i] * hv;
+		if (hs && valid)
+			hs[i] = hv;
+	}
+	y += __shfl_xor_sync(0xffffffffu, y, 1);
+	y += __shfl_xor_sync(0xffffffffu, y, 2);
+	if (valid && g == 0) {
+		y = (y + Dp[e] * x) * silu(z);
+		yT[(size_t)r * E + e] = from_f32<T>(y);
+		if (slot >= 0)
+			pool[(size_t)slot * state_floats + dts_off + e] += dt;
+	}
+}
+
+/*
+ * Prefill causal conv over a chunk of L tokens, one thread per (t, e):
+ *   in(p) = xz[p, e] + in_b[e] for p >= 0, else the slot's conv state
+ *           column K-1+p (the inputs before this chunk)
+ *   xc[t, e] = SiLU(conv_b[e] + sum_{j<K} w[e, j] * in(t - (K-1) + j))
+ * conv = this layer's (E, K-1) conv state in the slot (read only here).
+ * grid (ceil(E/128), L), block 128.
+ */
+template <typename T>
+__global__ void k_conv_seq(const float *xz, const float *in_b, const float *cw,
+			   const float *cb, const float *conv, int E, int K,
+			   float *xc, T *xcT)
+{
+	const int e = blockIdx.x * blockDim.x + threadIdx.x;
+	const int t = blockIdx.y;
+	if (e >= E)
+		return;
+	const float bias = in_b ? in_b[e] : 0.0f;
+	const float *w = cw + (size_t)e * K;
+	float acc = cb ? cb[e] : 0.0f;
+
+	for (int j = 0; j < K; j++) {
+		const int p = t - (K - 1) + j;
+		const float v = p >= 0 ? xz[(size_t)p * 2 * E + e] + bias
+				       : conv[(size_t)e * (K - 1) + (K - 1) + p];
+		acc += w[j] * v;
+	}
+	const float y = silu(acc);
+	xc[(size_t)t * E + e] = y;
+	xcT[(size_t)t * E + e] = from_f32<T>(y);
+}
+
+/*
+ * Conv windows after chunk position q (the newest K-1 inputs up to and
+ * including token q-1 of the chunk), for each q in qs[0..nq):
+ *   dst[k * dst_stride + e * (K-1) + j] = in(q - (K-1) + j),  j < K-1
+ * with in() as in k_conv_seq reading the old state `conv`. One thread per
+ * channel walks j upwards; it reads column q+j >= j+1 of the old state before
+ * any write to it, so dst may be `conv` itself (the final update, nq = 1).
+ * grid (ceil(E/128)), block 128.
+ */
+__global__ void k_conv_window(const float *xz, const float *in_b,
+			      const float *conv, const int *qs, int nq, int q1,
+			      int E, int K, float *dst, size_t dst_stride)
+{
+	const int e = blockIdx.x * blockDim.x + threadIdx.x;
+	if (e >= E)
+		return;
+	const float bias = in_b ? in_b[e] : 0.0f;
+
+	for (int k = 0; k < nq; k++) {
+		const int q = qs ? qs[k] : q1;
+		float *d = dst + (size_t)k * dst_stride + (size_t)e * (K - 1);
+		for (int j = 0; j < K - 1; j++) {
+			const int p = q - (K - 1) + j;
+			d[j] = p >= 0 ? xz[(size_t)p * 2 * E + e] + bias
+				      : conv[(size_t)e * (K - 1) + (K - 1) + p];
+		}
+	}
+}
+
+/* dlT[t, j] = dbc[t, j] for j < R, in T (the dt_proj GEMM's input).
+ * grid (L), block 64. */
+template <typename T>
+__global__ void k_dt_low(const float *dbc, int W, int R, T *dlT)
+{
+	for (int j = threadIdx.x; j < R; j += blockDim.x)
+		dlT[(size_t)blockIdx.x * R + j] = from_f32<T>(dbc[(size_t)blockIdx.x * W + j]);
+}
+
+/*
+ * Prefill selective scan over a chunk of L tokens. Each channel's state stays
+ * in registers across the whole chunk (4 lanes x NPL entries) and is written
+ * to memory only at the end and at the checkpoint positions ck_pos[0..n_ck)
+ * (chunk-relative, ascending, in [1, L]): at position q the state after
+ * token q-1 goes to ck + k * state_floats + ck_ssm_off (ssm) and
+ * + ck_dts_off (dt_sum).  Per token t:
+ *   dt  = softplus(dtr[t, e] + dt_b[e])
+ *   h_n = exp(dt * A[e, n]) * h_n + dt * B[t, n] * x[t, e]
+ *   y   = (sum_n C[t, n] h_n + D[e] x[t, e]) * SiLU(z[t, e])
+ * ssm (E, N) and dts (E) are this layer's parts of the slot.
+ * grid (ceil(E/32)), block 128.
+ */
+template <typename T, int NPL>
+__global__ void k_scan(const float *dtr, const float *dt_b, const float *dbc,
+		       int R, const float *xc, const float *xz,
+		       const float *in_b, const float *A, const float *Dp,
+		       float *ssm, float *dts, int E, int L, const int *ck_pos,
+		       int n_ck, float *ck, size_t state_floats,
+		       size_t ck_ssm_off, size_t ck_dts_off, T *yT)
+{
+	const int N = NPL * SSM_LANES;
+	const int W = R + 2 * N;
+	const int g = threadIdx.x & (SSM_LANES - 1);
+	const int e = blockIdx.x * SSM_CH_PER_BLOCK + threadIdx.x / SSM_LANES;
+	const bool valid = e < E;
+	const int ec = valid ? e : E - 1;
+
+	float h[NPL], a[NPL];
+#pragma unroll
+	for (int i = 0; i < NPL; i++) {
+		h[i] = ssm[(size_t)ec * N + g * NPL + i];
+		a[i] = A[(size_t)ec * N + g * NPL + i];
+	}
+	const float bdt = dt_b[ec];
+	const float dskip = Dp[ec];
+	const float zb = in_b ? in_b[E + ec] : 0.0f;
+	float dsum = dts[ec];
+	int k = 0;
+
+	for (int t = 0; t < L; t++) {
+		const float dt = softplus(dtr[(size_t)t * E + ec] + bdt);
+		const float x = xc[(size_t)t * E + ec];
+		const float *row = dbc + (size_t)t * W + R + g * NPL;
+		float y = 0.0f;
+#pragma unroll
+		for (int i = 0; i < NPL; i++) {
+			h[i] = __expf(dt * a[i]) * h[i] + dt * row[i] * x;
+			y += row[N + i] * h[i];
+		}
+		dsum += dt;
+		y += __shfl_xor_sync(0xffffffffu, y, 1);
+		y += __shfl_xor_sync(0xffffffffu, y, 2);
+		if (valid && g == 0) {
+			const float z = xz[(size_t)t * 2 * E + E + e] + zb;
+			yT[(size_t)t * E + e] = from_f32<T>((y + dskip * x) * silu(z));
+		}
+		while (k < n_ck && ck_pos[k] == t + 1) {
+			if (valid) {
+				float *c = ck + (size_t)k * state_floats;
+#pragma unroll
+				for (int i = 0; i < NPL; i++)
+					c[ck_ssm_off + (size_t)e * N + g * NPL + i] = h[i];
+				if (g == 0)
+					c[ck_dts_off + e] = dsum;
+			}
+			k++;
+		}
+	}
+	if (valid) {
+#pragma unroll
+		for (int i = 0; i < NPL; i++)
+			ssm[(size_t)e * N + g * NPL + i] = h[i];
+		if (g == 0)
+			dts[e] = dsum;
+	}
+}
+
+#endif

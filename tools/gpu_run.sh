@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# gpu_run.sh — runs the CUDA backend's conformance tests, sanitizers and
+# benchmarks on a GPU machine that has the CUDA driver, python3 with torch and
+# transformers, but no build tools or -dev packages of its own.
+#
+# Two halves:
+#   tools/gpu_run.sh stage [BUILD]   (on the build machine) copies the test and
+#       bench binaries, ssm-mkmodel, the shared libraries they load
+#       (../shared/gpu/carry-libs.sh), the tiny-mamba fixture and
+#       bench/hf_bench.py into .gpu/ (git-ignored), to be carried along.
+#   tools/gpu_run.sh [test] [sanitize] [bench] [hf]   (on the GPU machine)
+#       runs the chosen parts (all four when none is named), writes every log
+#       to $OUT (or ./gpu-out) and prints the results table last.
+set -u
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = stage ]; then
+	build=${2:-build-gpu}
+	rm -rf .gpu && mkdir -p .gpu/bin .gpu/lib .gpu/fix
+	for f in tests/cuda/test_cuda bench/bench_cuda kernels/ssm-mkmodel; do
+		[ -f "$build/$f" ] && cp "$build/$f" .gpu/bin/
+	done
+	strip .gpu/bin/*
+	../shared/gpu/carry-libs.sh .gpu/bin/* .gpu/lib >/dev/null
+	cp -r ../shared/fixtures/tiny-mamba .gpu/fix/
+	du -sh .gpu
+	exit 0
+fi
+
+out=${OUT:-$PWD/gpu-out}
+mkdir -p "$out"
+parts="$*"
+[ -n "$parts" ] || parts="test sanitize bench hf"
+want() { case " $parts " in *" $1 "*) return 0 ;; esac; return 1; }
+export LD_LIBRARY_PATH=$PWD/.gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export SSMD_SHARED_FIXTURES=$PWD/.gpu/fix
+export SSMD_TEST_FIXTURES=$PWD/tests/fixtures
+bin=$PWD/.gpu/bin
+models=/tmp/ssmd-models
+
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used \
+	--format=csv >"$out/gpu.txt" 2>&1
+cat "$out/gpu.txt"
+
+# Random-weight models of the real shapes (bf16 on disk, vocab 50280).
+mkmodel() { # name d_model n_layer
+	[ -f "$models/$1/config.json" ] && return 0
+	"$bin/ssm-mkmodel" --out "$models/$1" --d-model "$2" --n-layer "$3" \
+		--vocab 50280 --dtype bf16 --seed 1 >/dev/null
+}
+mkdir -p "$models"
+t0=$(date +%s)
+mkmodel m130 768 24
+if want bench; then
+	mkmodel m1.4b 2048 48
+	mkmodel m2.8b 2560 64
+fi
+echo "models ready in $(( $(date +%s) - t0 )) s"
+
+summary=""
+if want test; then
+	SSMD_CUDA_BIG_MODEL=$models/m130 "$bin/test_cuda" >"$out/test.log" 2>&1
+	echo "test_cuda exit $?" >>"$out/test.log"
+	summary="$summary$(tail -n 1 "$out/test.log" | head -c 200)
+$(grep -E 'cuda: [0-9]+ passed' "$out/test.log")
+"
+	cat "$out/test.log"
+fi
+if want sanitize; then
+	for tool in memcheck racecheck; do
+		timeout 400 compute-sanitizer --tool $tool --error-exitcode 9 \
+			"$bin/test_cuda" >"$out/sanitize-$tool.log" 2>&1
+		rc=$?
+		summary="$summary$tool: exit $rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' \
+			"$out/sanitize-$tool.log" | tail -n 1)
+"
+		tail -n 5 "$out/sanitize-$tool.log"
+	done
+fi
+if want bench; then
+	"$bin/bench_cuda" "130m=$models/m130" "1.4b=$models/m1.4b" \
+		"2.8b=$models/m2.8b" >"$out/bench.txt" 2>"$out/bench.err"
+	echo "bench_cuda exit $?" >>"$out/bench.err"
+	cat "$out/bench.err"
+fi
+if want hf; then
+	PYTHONUNBUFFERED=1 timeout 300 python3 bench/hf_bench.py >"$out/hf.txt" \
+		2>"$out/hf.err"
+	echo "hf_bench exit $?" >>"$out/hf.err"
+	tail -n 5 "$out/hf.err"
+fi
+echo "================================================================"
+printf '%s' "$summary"
+[ -f "$out/bench.txt" ] && cat "$out/bench.txt"
+[ -f "$out/hf.txt" ] && cat "$out/hf.txt"
+exit 0
