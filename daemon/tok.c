@@ -558,14 +558,16 @@ static int load_added(tok_tokenizer *tok, const cJSON *list, const char *path)
 		}
 		tok->n_added++;
 
-		/* The per-ID text of an added token is its content. */
+		/* The per-ID text of an added token is what it matches: its
+		 * content, NFC'd if normalized (Hugging Face decodes that form,
+		 * so "cafe\u0301" decodes as "caf\u00e9" mapped byte-level). */
 		if ((rc = ids_grow(tok, (size_t)a->id + 1)))
 			return rc;
-		if (tok->texts.len > UINT32_MAX - clen - 1)
+		if (tok->texts.len > UINT32_MAX - a->match_len - 1)
 			return ssmd_err_set(SSMD_EFORMAT, "%s: vocab too large", path);
 		tok->text_off[a->id] = (uint32_t)tok->texts.len;
-		tok->text_len[a->id] = (int32_t)clen;
-		if ((rc = tok_buf_append(&tok->texts, content->valuestring, clen + 1)))
+		tok->text_len[a->id] = (int32_t)a->match_len;
+		if ((rc = tok_buf_append(&tok->texts, a->match, a->match_len + 1)))
 			return rc;
 		struct tok_trie *t = a->normalized ? &tok->trie_norm : &tok->trie_raw;
 		if ((rc = trie_insert(t, (const uint8_t *)a->match, a->match_len,
