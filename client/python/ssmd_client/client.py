@@ -1,0 +1,446 @@
+"""ssmd's protocol over pynng: one Request out, one Reply back, events for
+streams. See proto/PROTOCOL.md for the wire rules this module follows.
+
+A Client owns one REQ socket (requests) and, from the first stream on, one
+SUB socket (events). Use a Client from one thread at a time; open one per
+thread for parallel requests.
+"""
+import os
+import secrets
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, List, Optional, Sequence
+
+import pynng
+
+try:
+    from . import ssmd_pb2 as pb  # installed package: generated at build
+except ImportError:  # source tree: the build generates it onto PYTHONPATH
+    import ssmd_pb2 as pb
+
+PROTOCOL_VERSION = 1
+DEFAULT_TIMEOUT_S = 300.0
+DEFAULT_CONNECT_TIMEOUT_S = 2.0
+# After the final reply of a stream, how long events still in transit on the
+# other socket are waited for before the rest is taken from the reply.
+STREAM_DRAIN_S = 0.2
+STREAM_POLL_MS = 20
+
+# Error codes of proto/ssmd_err.h (they travel on the wire and never change).
+ERROR_NAMES = {
+    1: "SSMD_ENOMEM", 2: "SSMD_EINVAL", 3: "SSMD_EIO", 4: "SSMD_ENOENT",
+    5: "SSMD_EFORMAT", 6: "SSMD_ECORRUPT", 7: "SSMD_EMODEL", 8: "SSMD_ENOSPC",
+    9: "SSMD_EBUSY", 10: "SSMD_ERANGE", 11: "SSMD_EUNSUPPORTED",
+    12: "SSMD_EEXIST", 13: "SSMD_EDEVICE", 14: "SSMD_EPROTO",
+    15: "SSMD_ETIMEDOUT", 16: "SSMD_ECLOSED", 17: "SSMD_ESTORE",
+    18: "SSMD_ENOTOK", 19: "SSMD_EEMPTY", 20: "SSMD_ECANCELED",
+}
+globals().update({name: code for code, name in ERROR_NAMES.items()})
+
+
+class SsmdError(Exception):
+    """A request failed: code is an SSMD_E* value, message the daemon's (or
+    this client's) explanation."""
+
+    def __init__(self, code: int, message: str):
+        self.code = code
+        self.name = ERROR_NAMES.get(code, f"error {code}")
+        self.message = message
+        super().__init__(f"{message} ({self.name})")
+
+
+def default_url() -> str:
+    """$SSMD_URL, else the daemon's default request socket:
+    ipc://$XDG_RUNTIME_DIR/ssmd/ssmd.sock, or ipc://run/ssmd.sock."""
+    env = os.environ.get("SSMD_URL")
+    if env:
+        return env
+    xdg = os.environ.get("XDG_RUNTIME_DIR")
+    return f"ipc://{xdg}/ssmd/ssmd.sock" if xdg else "ipc://run/ssmd.sock"
+
+
+def events_url_for(url: str) -> str:
+    """$SSMD_EVENTS_URL, else the events endpoint the daemon pairs with url:
+    ipc://DIR/NAME.sock -> ipc://DIR/NAME-events.sock, tcp://H:P -> tcp://H:P+1."""
+    env = os.environ.get("SSMD_EVENTS_URL")
+    if env:
+        return env
+    if url.startswith("ipc://"):
+        stem = url[:-5] if url.endswith(".sock") else url
+        return stem + "-events.sock"
+    if url.startswith("tcp://"):
+        host, _, port = url.rpartition(":")
+        if port.isdigit():
+            return f"{host}:{int(port) + 1}"
+    raise SsmdError(SSMD_EINVAL, f"{url}: cannot derive the events URL; give it")
+
+
+@dataclass
+class Chunk:
+    """Tokens of a stream since the previous chunk, and their text ("" when
+    the model has no tokenizer)."""
+    tokens: List[int]
+    text: str
+
+
+def _dial(sock, url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            sock.dial(url, block=True)
+            return
+        except pynng.NNGException as e:
+            if time.monotonic() >= deadline:
+                raise SsmdError(SSMD_ECLOSED,
+                                f"connect {url}: {e} (is ssmd running?)") from e
+            time.sleep(0.05)
+
+
+class Client:
+    """A connection to one ssmd daemon. Every method sends one request and
+    blocks for its reply; failures raise SsmdError."""
+
+    def __init__(self, url: Optional[str] = None, events_url: Optional[str] = None,
+                 timeout: float = DEFAULT_TIMEOUT_S,
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S):
+        self.url = url or default_url()
+        self._events_url = events_url
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.client_id = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(8)}"
+        self._req = pynng.Req0(recv_timeout=int(timeout * 1000),
+                               send_timeout=int(connect_timeout * 1000))
+        self._sub = None
+        try:
+            _dial(self._req, self.url, connect_timeout)
+        except BaseException:
+            self._req.close()
+            raise
+
+    # ------------------------------------------------------------ plumbing
+
+    def close(self) -> None:
+        """Disconnects; the client cannot be used afterwards."""
+        self._req.close()
+        if self._sub is not None:
+            self._sub.close()
+            self._sub = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _envelope(self, **op) -> "pb.Request":
+        req = pb.Request(version=PROTOCOL_VERSION,
+                         request_id=secrets.token_hex(16),
+                         client_id=self.client_id, **op)
+        return req
+
+    def _send(self, req: "pb.Request") -> None:
+        try:
+            self._req.send(req.SerializeToString())
+        except pynng.Timeout as e:
+            raise SsmdError(SSMD_ETIMEDOUT, "send: daemon not reachable") from e
+        except pynng.NNGException as e:
+            raise SsmdError(SSMD_ECLOSED, f"send: {e}") from e
+
+    @staticmethod
+    def _decode(data: bytes, req: "pb.Request", want: Optional[str]) -> "pb.Reply":
+        rep = pb.Reply()
+        try:
+            rep.ParseFromString(data)
+        except Exception as e:  # the protobuf runtime's DecodeError
+            raise SsmdError(SSMD_EPROTO, f"reply is not a valid message: {e}") from e
+        if rep.request_id != req.request_id:
+            raise SsmdError(SSMD_EPROTO, "reply answers another request")
+        if rep.code != 0:
+            raise SsmdError(rep.code, rep.message or ERROR_NAMES.get(rep.code, ""))
+        if want is not None and rep.WhichOneof("result") != want:
+            raise SsmdError(SSMD_EPROTO, f"reply carries {rep.WhichOneof('result')}, "
+                            f"expected {want}")
+        return rep
+
+    def _call(self, want: Optional[str], **op) -> "pb.Reply":
+        req = self._envelope(**op)
+        self._send(req)
+        try:
+            data = self._req.recv()
+        except pynng.Timeout as e:
+            raise SsmdError(SSMD_ETIMEDOUT, "no reply in time") from e
+        except pynng.NNGException as e:
+            raise SsmdError(SSMD_ECLOSED, f"receive: {e}") from e
+        return self._decode(data, req, want)
+
+    def _events(self):
+        if self._sub is None:
+            sub = pynng.Sub0(recv_timeout=STREAM_POLL_MS)
+            try:
+                _dial(sub, self._events_url or events_url_for(self.url),
+                      self.connect_timeout)
+            except BaseException:
+                sub.close()
+                raise
+            self._sub = sub
+        return self._sub
+
+    # ------------------------------------------------------------ daemon
+
+    def info(self) -> "pb.InfoReply":
+        """Daemon version, model, backend, state size and limits."""
+        return self._call("info", info=pb.InfoRequest()).info
+
+    def stats(self) -> "pb.StatsReply":
+        """Sessions, slots, queue, tokens/s, store size."""
+        return self._call("stats", stats=pb.StatsRequest()).stats
+
+    # ------------------------------------------------------------ sessions
+
+    def open_sessions(self, source: Optional[str] = None, *, fork: Optional[str] = None,
+                      count: int = 1, seed: Optional[int] = None,
+                      label: Optional[str] = None) -> List["pb.SessionInfo"]:
+        """Opens count sessions: empty, resumed from a state ID or tag
+        (source), or copied from a live session (fork)."""
+        op = pb.OpenRequest(count=count)
+        if source is not None:
+            setattr(op, "from", source)  # "from" is a Python keyword
+        if fork is not None:
+            op.fork = fork
+        if seed is not None:
+            op.seed = seed
+        if label is not None:
+            op.label = label
+        return list(self._call("sessions", open=op).sessions.sessions)
+
+    def open(self, source: Optional[str] = None, *, fork: Optional[str] = None,
+             seed: Optional[int] = None, label: Optional[str] = None) -> str:
+        """Opens one session (see open_sessions) and returns its ID."""
+        return self.open_sessions(source, fork=fork, seed=seed, label=label)[0].id
+
+    def fork(self, source: str, n: int = 1, seed: Optional[int] = None) -> List[str]:
+        """Forks a live session (copies its state) or a state ID or tag
+        (resumes it) n times; returns the new session IDs."""
+        op = pb.ForkRequest(source=source, count=n)
+        if seed is not None:
+            op.seed = seed
+        return [s.id for s in self._call("sessions", fork=op).sessions.sessions]
+
+    def append(self, session: str, text: Optional[str] = None,
+               tokens: Optional[Sequence[int]] = None) -> "pb.AppendReply":
+        """Feeds text (needs a tokenizer) or token IDs into a session."""
+        if (text is None) == (tokens is None):
+            raise SsmdError(SSMD_EINVAL, "append: give text or tokens")
+        op = pb.AppendRequest(session=session)
+        if text is not None:
+            op.text = text
+        else:
+            op.tokens.extend(tokens)
+        return self._call("append", append=op).append
+
+    @staticmethod
+    def _generate_op(session, max_tokens, temperature, top_k, top_p, seed, stop,
+                     stop_tokens, snapshot, tag, label, stream) -> "pb.GenerateRequest":
+        op = pb.GenerateRequest(session=session, stream=stream)
+        if max_tokens is not None:
+            op.max_tokens = max_tokens
+        if temperature is not None:
+            op.temperature = temperature
+        if top_k is not None:
+            op.top_k = top_k
+        if top_p is not None:
+            op.top_p = top_p
+        if seed is not None:
+            op.seed = seed
+        op.stop.extend(stop)
+        op.stop_tokens.extend(stop_tokens)
+        if snapshot:
+            op.snapshot_at_end = True
+            if tag is not None:
+                op.snapshot_tag = tag
+            if label is not None:
+                op.snapshot_label = label
+        elif tag is not None or label is not None:
+            raise SsmdError(SSMD_EINVAL, "generate: tag and label go with snapshot")
+        return op
+
+    def generate(self, session: str, max_tokens: Optional[int] = None, *,
+                 temperature: Optional[float] = None, top_k: Optional[int] = None,
+                 top_p: Optional[float] = None, seed: Optional[int] = None,
+                 stop: Iterable[str] = (), stop_tokens: Iterable[int] = (),
+                 snapshot: bool = False, tag: Optional[str] = None,
+                 label: Optional[str] = None) -> "pb.GenerateReply":
+        """Samples up to max_tokens tokens (each consumed by the session) and
+        returns the complete result: tokens, text, finish, session_tokens and,
+        with snapshot, state_id."""
+        op = self._generate_op(session, max_tokens, temperature, top_k, top_p, seed,
+                               stop, stop_tokens, snapshot, tag, label, False)
+        return self._call("generate", generate=op).generate
+
+    def stream(self, session: str, max_tokens: Optional[int] = None, *,
+               temperature: Optional[float] = None, top_k: Optional[int] = None,
+               top_p: Optional[float] = None, seed: Optional[int] = None,
+               stop: Iterable[str] = (), stop_tokens: Iterable[int] = (),
+               snapshot: bool = False, tag: Optional[str] = None,
+               label: Optional[str] = None) -> "Stream":
+        """Like generate, but returns a Stream: iterate it for Chunks as the
+        tokens are produced; afterwards stream.result is the complete reply.
+        Every token is yielded exactly once, in order, even when events are
+        lost in transit (the rest then comes from the final reply)."""
+        op = self._generate_op(session, max_tokens, temperature, top_k, top_p, seed,
+                               stop, stop_tokens, snapshot, tag, label, True)
+        return Stream(self, op)
+
+    def snapshot(self, session: str, tag: Optional[str] = None,
+                 label: Optional[str] = None) -> str:
+        """Stores the session's state; returns its ID once committed."""
+        op = pb.SnapshotRequest(session=session)
+        if tag is not None:
+            op.tag = tag
+        if label is not None:
+            op.label = label
+        return self._call("state_ref", snapshot=op).state_ref.state_id
+
+    def close_session(self, session: str, snapshot: bool = False,
+                      tag: Optional[str] = None,
+                      label: Optional[str] = None) -> Optional[str]:
+        """Ends a session; with snapshot, stores its state first and returns
+        the ID (None otherwise)."""
+        op = pb.CloseRequest(session=session, snapshot=snapshot)
+        if tag is not None:
+            op.tag = tag
+        if label is not None:
+            op.label = label
+        sid = self._call("state_ref", close=op).state_ref.state_id
+        return sid or None
+
+    # ------------------------------------------------------------ states
+
+    def states(self, tag_prefix: Optional[str] = None, *, session: Optional[str] = None,
+               kind: Optional[str] = None, all_models: bool = False,
+               limit: Optional[int] = None,
+               cursor: Optional[str] = None) -> "pb.StatesReply":
+        """One page of stored states, newest first (.states, .next_cursor)."""
+        op = pb.StatesRequest(all_models=all_models)
+        for name, value in (("tag_prefix", tag_prefix), ("session", session),
+                            ("kind", kind), ("limit", limit), ("cursor", cursor)):
+            if value is not None:
+                setattr(op, name, value)
+        return self._call("states", states=op).states
+
+    def state(self, ref: str) -> "pb.StateReply":
+        """A state (ID or tag) with its lineage (.info, .lineage parent first)."""
+        return self._call("state", state=pb.StateRequest(ref=ref, lineage=True)).state
+
+    def tag(self, name: str, ref: str) -> str:
+        """Points tag name at a state; returns the state's ID."""
+        return self._call("state_ref", tag=pb.TagRequest(name=name, ref=ref)).state_ref.state_id
+
+    def untag(self, name: str) -> None:
+        """Removes a tag (the state stays)."""
+        self._call(None, untag=pb.UntagRequest(name=name))
+
+    def delete(self, ref: str, force: bool = False) -> None:
+        """Deletes a state (refused while referenced, unless force)."""
+        self._call(None, delete_state=pb.DeleteRequest(ref=ref, force=force))
+
+    def export(self, ref: str) -> bytes:
+        """The state in the library's self-describing export format."""
+        return self._call("export_state", export_state=pb.ExportRequest(ref=ref)).export_state.data
+
+    def import_state(self, data: bytes, tag: Optional[str] = None) -> str:
+        """Stores an exported state; returns its new ID."""
+        op = pb.ImportRequest(data=data)
+        if tag is not None:
+            op.tag = tag
+        return self._call("state_ref", import_state=op).state_ref.state_id
+
+
+class Stream:
+    """A streaming generate in progress. Iterate it for Chunks; afterwards
+    .result holds the complete GenerateReply and .events_missed counts events
+    lost in transit (their tokens came from the reply)."""
+
+    def __init__(self, client: Client, op: "pb.GenerateRequest"):
+        self._client = client
+        self._op = op
+        self.result: Optional["pb.GenerateReply"] = None
+        self.events_missed = 0
+
+    def __iter__(self) -> Iterator[Chunk]:
+        c = self._client
+        sub = c._events()
+        req = c._envelope(generate=self._op)
+        topic = req.request_id.encode() + b"\0"
+        # Subscribe before sending so no event of this request is missed.
+        sub.subscribe(topic)
+        try:
+            yield from self._run(c, sub, req, topic)
+        finally:
+            sub.unsubscribe(topic)
+
+    def _run(self, c: Client, sub, req, topic: bytes) -> Iterator[Chunk]:
+        next_seq, broken, done = 0, False, False
+        tokens_given, text_given = 0, 0
+
+        def event(frame: bytes):
+            nonlocal next_seq, broken, done
+            if not frame.startswith(topic):
+                return None
+            ev = pb.Event()
+            try:
+                ev.ParseFromString(frame[len(topic):])
+            except Exception:
+                broken = True  # an unreadable event counts as a lost one
+                return None
+            if ev.seq != next_seq:
+                self.events_missed += max(0, ev.seq - next_seq)
+                broken = True
+            if broken:
+                return None
+            next_seq = ev.seq + 1
+            done = ev.done
+            if ev.tokens or ev.text:
+                return Chunk(list(ev.tokens), ev.text)
+            return None
+
+        c._send(req)
+        deadline = time.monotonic() + c.timeout
+        data = None
+        while data is None:
+            try:
+                chunk = event(sub.recv())
+                if chunk is not None:
+                    tokens_given += len(chunk.tokens)
+                    text_given += len(chunk.text.encode())
+                    yield chunk
+            except pynng.Timeout:
+                pass
+            try:
+                data = c._req.recv(block=False)
+            except pynng.TryAgain:
+                if time.monotonic() > deadline:
+                    raise SsmdError(SSMD_ETIMEDOUT, "no reply in time")
+        result = c._decode(data, req, "generate").generate
+
+        # The reply and the events travel on different sockets: wait briefly
+        # for events still on their way, then take the rest from the reply.
+        until = time.monotonic() + STREAM_DRAIN_S
+        while (not broken and not done and tokens_given < len(result.tokens)
+               and time.monotonic() < until):
+            try:
+                chunk = event(sub.recv())
+            except pynng.Timeout:
+                continue
+            if chunk is not None:
+                tokens_given += len(chunk.tokens)
+                text_given += len(chunk.text.encode())
+                yield chunk
+        if tokens_given < len(result.tokens):
+            if tokens_given and not broken:
+                self.events_missed += 1
+            text = result.text.encode()
+            rest = text[min(text_given, len(text)):].decode(errors="replace")
+            yield Chunk(list(result.tokens[tokens_given:]), rest)
+        self.result = result

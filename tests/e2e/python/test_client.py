@@ -1,0 +1,177 @@
+"""The Python client (client/python, package ssmd_client) against a running
+ssmd: every operation, streaming as an iterator, errors as SsmdError, and an
+exact resume across a daemon restart.
+
+Comparisons are of token IDs and therefore exact: a resumed state continues
+bit for bit (same CPU backend) and sampling is keyed by (seed, token index).
+"""
+import math
+
+import pytest
+
+from ssmd_client import Client, SsmdError, events_url_for
+from ssmd_client.client import (SSMD_EEMPTY, SSMD_EINVAL, SSMD_ENOENT, SSMD_ERANGE,
+                                SSMD_EEXIST)
+
+PROMPT = ("A river does not hurry, yet it reaches the sea; the stones along "
+          "its bed remember every flood.")
+
+
+def test_info(client):
+    info = client.info()
+    assert info.protocol_version == 1
+    assert info.has_tokenizer
+    assert info.vocab_size == 50280
+    assert info.d_model == 64 and info.n_layer == 2
+    assert info.backend == "cpu"
+    assert len(info.model_fingerprint) == 32
+    assert info.state_bytes > 0
+    assert info.limits.max_generate_tokens > 0
+
+
+def test_events_url_rule():
+    assert events_url_for("ipc:///run/x/ssmd.sock") == "ipc:///run/x/ssmd-events.sock"
+    assert events_url_for("tcp://127.0.0.1:7000") == "tcp://127.0.0.1:7001"
+
+
+def test_append_generate_stream(client):
+    s = client.open()
+    a = client.append(s, text=PROMPT)
+    assert a.appended > 0 and a.session_tokens == a.appended
+    fork = client.fork(s, 1)[0]
+
+    whole = client.generate(s, 30)
+    assert len(whole.tokens) == 30
+    assert whole.session_tokens == a.session_tokens + 30
+    assert whole.text
+
+    # The fork continues identically, streamed: the chunks add up to the
+    # complete reply, token for token and byte for byte.
+    st = client.stream(fork, 30)
+    chunks = list(st)
+    assert chunks, "no chunk"
+    assert [t for c in chunks for t in c.tokens] == list(whole.tokens)
+    assert "".join(c.text for c in chunks) == whole.text
+    assert list(st.result.tokens) == list(whole.tokens)
+
+
+def test_stop_string_and_tokens(client):
+    s = client.open()
+    client.append(s, text=PROMPT)
+    probe = client.fork(s, 1)[0]
+    ref = client.generate(probe, 20)
+    # Stop at the 5th emitted token: it is included.
+    stop_tok = ref.tokens[4]
+    first = list(ref.tokens).index(stop_tok)
+    g = client.generate(s, 20, stop_tokens=[stop_tok])
+    assert list(g.tokens) == list(ref.tokens[:first + 1])
+    assert g.finish == 3  # FINISH_STOP_TOKEN
+
+
+def test_forks_same_seed(client):
+    s = client.open()
+    client.append(s, text=PROMPT)
+    sid = client.snapshot(s)
+    forks = client.fork(sid, 4, seed=42)
+    outs = [list(client.generate(f, 15, temperature=1.0).tokens) for f in forks]
+    assert all(o == outs[0] for o in outs)
+    other = client.fork(sid, 1, seed=43)[0]
+    assert list(client.generate(other, 15, temperature=1.0).tokens) != outs[0]
+
+
+def test_states_tags_export_import(client):
+    s = client.open(label="py-test")
+    client.append(s, text=PROMPT)
+    sid = client.snapshot(s, tag="py/first", label="first")
+    client.append(s, text=" And then some more.")
+    sid2 = client.snapshot(s)
+
+    info = client.state(sid2)
+    assert info.info.id == sid2
+    assert info.info.parent == sid
+    assert [x.id for x in info.lineage][:1] == [sid]
+    assert client.state("py/first").info.id == sid
+
+    listed = client.states(tag_prefix="py/")
+    assert sid in [x.id for x in listed.states]
+    assert sid2 not in [x.id for x in listed.states]
+    assert client.tag("py/second", sid2) == sid2
+
+    data = client.export(sid2)
+    assert len(data) > 0
+    imported = client.import_state(data, tag="py/imported")
+    assert imported
+    r = client.open_sessions("py/imported")[0]
+    assert r.n_tokens == info.info.n_tokens
+
+    client.untag("py/second")
+    with pytest.raises(SsmdError) as e:
+        client.state("py/second")
+    assert e.value.code == SSMD_ENOENT
+    with pytest.raises(SsmdError) as e:
+        client.delete(sid)  # tagged, and the parent of sid2
+    assert e.value.code == SSMD_EEXIST
+    client.delete(sid2, force=True)
+    with pytest.raises(SsmdError) as e:
+        client.state(sid2)
+    assert e.value.code == SSMD_ENOENT
+
+
+def test_close_with_snapshot(client):
+    s = client.open()
+    client.append(s, tokens=[10, 20, 30])
+    sid = client.close_session(s, snapshot=True, tag="py/closed")
+    assert sid
+    assert client.state(sid).info.n_tokens == 3
+    with pytest.raises(SsmdError) as e:
+        client.append(s, tokens=[1])
+    assert e.value.code == SSMD_ENOENT
+    s2 = client.open()
+    assert client.close_session(s2) is None
+
+
+def test_errors(client):
+    with pytest.raises(SsmdError) as e:
+        client.append("s-nope", tokens=[1])
+    assert e.value.code == SSMD_ENOENT and e.value.message
+    s = client.open()
+    with pytest.raises(SsmdError) as e:
+        client.generate(s, 5)
+    assert e.value.code == SSMD_EEMPTY
+    client.append(s, tokens=[1, 2])
+    for kw in ({"temperature": math.nan}, {"top_p": 1.5}, {"top_p": -1.0}):
+        with pytest.raises(SsmdError) as e:
+            client.generate(s, 5, **kw)
+        assert e.value.code == SSMD_EINVAL, kw
+    with pytest.raises(SsmdError) as e:
+        client.generate(s, client.info().limits.max_generate_tokens + 1)
+    assert e.value.code == SSMD_ERANGE
+    with pytest.raises(SsmdError) as e:
+        client.append(s, tokens=[50280])
+    assert e.value.code == SSMD_EINVAL
+    assert len(client.generate(s, 3).tokens) == 3
+
+
+def test_stats(client):
+    st = client.stats()
+    assert st.sessions >= 1
+    assert st.tokens_total > 0
+    assert st.store_states >= 1
+
+
+def test_resume_after_restart(daemon):
+    with daemon.client() as c:
+        a = c.open()
+        c.append(a, text=PROMPT)
+        b = c.fork(a, 1)[0]
+        sid = c.snapshot(b)
+        greedy = list(c.generate(a, 50).tokens)
+        c2 = c.open(sid)
+        sampled = list(c.generate(c2, 50, temperature=0.8, top_p=0.9, seed=3).tokens)
+    assert daemon.stop() == 0
+    daemon.start()
+    with daemon.client() as c:
+        r = c.open(sid)
+        assert list(c.generate(r, 50).tokens) == greedy
+        r2 = c.open(sid)
+        assert list(c.generate(r2, 50, temperature=0.8, top_p=0.9, seed=3).tokens) == sampled
