@@ -1,0 +1,1493 @@
+/*
+ * scheduler.c — the scheduler thread: sessions, slots, paging and continuous
+ * batching (see scheduler.h for the contract).
+ *
+ * Life of a request on a session: it is queued on the session (requests on
+ * one session run in arrival order). When it reaches the head, operations
+ * that need the state in a slot (append, generate) first place the session:
+ * a free slot, or one taken from the least recently used idle session (paged
+ * out: stored if dirty); the session's state then comes from host memory, the
+ * zero state, or the library (an asynchronous page-in on the store thread).
+ * Once placed, every scheduler step advances it: one prefill chunk for an
+ * append, one token for a generate (all generating sessions share one batched
+ * ssm_decode). Operations that need no slot (snapshot, close, fork) run at
+ * once when they reach the head.
+ *
+ * Generation consumes every token it emits: a token is sampled from the
+ * logits of the session's last consumed token, keyed by (seed, index of the
+ * new token), then fed in the next step's batched decode. So after a
+ * generate the session's state covers everything it has emitted.
+ */
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "scheduler_impl.h"
+
+#define STOP_MAX 64          /* stop strings + stop tokens per generate */
+#define STOP_LEN_MAX 256     /* bytes of one stop string */
+#define RATE_WINDOW_S 5.0    /* tokens/s is averaged over this window */
+
+struct gen {
+	ssm_sampler smp;
+	uint32_t max_tokens;
+	int32_t *out;            /* (max_tokens) emitted tokens */
+	size_t n_out;
+	int32_t next;            /* sampled and not yet consumed, or -1 */
+	int finish;              /* SSMD__FINISH_REASON__* once decided, else 0 */
+	tok_decoder *dec;        /* NULL without a tokenizer */
+	char *text;              /* decoded output, NUL-terminated */
+	size_t len, cap;
+	size_t cut;              /* reported text length (before a stop string) */
+	size_t sent;             /* bytes of text already published */
+	size_t hold;             /* longest stop string - 1: held back from events */
+	uint64_t seq;            /* next event sequence number */
+};
+
+double sched_now(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void gen_free(struct gen *g)
+{
+	if (!g)
+		return;
+	tok_decoder_free(g->dec);
+	free(g->out);
+	free(g->text);
+	free(g);
+}
+
+/* ---------------------------------------------------------------- inbox -- */
+
+void sched_done_post(sched *s, struct done_msg *m)
+{
+	m->next = NULL;
+	pthread_mutex_lock(&s->lock);
+	if (s->done_tail)
+		s->done_tail->next = m;
+	else
+		s->done_head = m;
+	s->done_tail = m;
+	pthread_cond_signal(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+}
+
+int sched_submit(sched *s, struct job *j)
+{
+	size_t limit = (size_t)s->cfg->queue_depth;
+	int rc = SSMD_OK;
+
+	j->sched = s;
+	atomic_fetch_add(&s->requests_total, 1);
+	if (sched_op_is_store(j->req)) {
+		/* Library-only requests go straight to the store thread. */
+		if (s->stopping)
+			return ssmd_err_set(SSMD_ECLOSED, "the daemon is shutting down");
+		if (atomic_fetch_add(&s->store_jobs, 1) >= limit) {
+			atomic_fetch_sub(&s->store_jobs, 1);
+			return ssmd_err_set(SSMD_EBUSY,
+					    "store queue full (%zu requests); retry later",
+					    limit);
+		}
+		sched_store_request(s, j);
+		return SSMD_OK;
+	}
+	pthread_mutex_lock(&s->lock);
+	if (s->stopping) {
+		rc = ssmd_err_set(SSMD_ECLOSED, "the daemon is shutting down");
+	} else if (s->in_n >= limit) {
+		rc = ssmd_err_set(SSMD_EBUSY,
+				  "request queue full (%zu requests); retry later",
+				  limit);
+	} else {
+		j->next = NULL;
+		if (s->in_tail)
+			s->in_tail->next = j;
+		else
+			s->in_head = j;
+		s->in_tail = j;
+		s->in_n++;
+		pthread_cond_signal(&s->cond);
+	}
+	pthread_mutex_unlock(&s->lock);
+	return rc;
+}
+
+/* -------------------------------------------------------------- helpers -- */
+
+static void stats_publish(sched *s)
+{
+	size_t resident = 0, queued = 0;
+
+	for (size_t i = 0; i < s->sessions.n; i++) {
+		struct sess *x = s->sessions.v[i];
+		if (x->slot >= 0)
+			resident++;
+		for (struct job *j = x->head; j; j = j->next)
+			queued++;
+	}
+	atomic_store(&s->n_sessions, s->sessions.n);
+	atomic_store(&s->n_resident, resident);
+	atomic_store(&s->queued, queued);
+}
+
+static void tokens_count(sched *s, size_t n)
+{
+	double now = sched_now();
+	uint64_t total = atomic_fetch_add(&s->tokens_total, n) + n;
+
+	if (now - s->rate_t0 >= RATE_WINDOW_S) {
+		s->tokens_per_s = (double)(total - s->rate_n0) / (now - s->rate_t0);
+		s->rate_t0 = now;
+		s->rate_n0 = total;
+	}
+}
+
+/* Sets a SessionsReply of n sessions as the job's result. */
+static int reply_sessions(struct job *j, struct sess **v, size_t n)
+{
+	Ssmd__SessionsReply *r = arena_alloc(&j->arena, sizeof(*r));
+
+	if (!r)
+		return ssmd_err_set(SSMD_ENOMEM, "reply");
+	ssmd__sessions_reply__init(r);
+	r->sessions = arena_alloc(&j->arena, n * sizeof(*r->sessions));
+	if (!r->sessions)
+		return ssmd_err_set(SSMD_ENOMEM, "reply");
+	for (size_t i = 0; i < n; i++) {
+		Ssmd__SessionInfo *o = arena_alloc(&j->arena, sizeof(*o));
+		if (!o)
+			return ssmd_err_set(SSMD_ENOMEM, "reply");
+		ssmd__session_info__init(o);
+		o->id = arena_strdup(&j->arena, v[i]->id);
+		o->base_state = arena_strdup(&j->arena, v[i]->from_id);
+		if (!o->id || !o->base_state)
+			return ssmd_err_set(SSMD_ENOMEM, "reply");
+		o->has_n_tokens = 1;
+		o->n_tokens = v[i]->n_tokens;
+		r->sessions[r->n_sessions++] = o;
+	}
+	j->reply.result_case = SSMD__REPLY__RESULT_SESSIONS;
+	j->reply.sessions = r;
+	return SSMD_OK;
+}
+
+static int reply_state_ref(struct job *j, uint64_t n_tokens)
+{
+	Ssmd__StateRefReply *r = arena_alloc(&j->arena, sizeof(*r));
+
+	if (!r)
+		return ssmd_err_set(SSMD_ENOMEM, "reply");
+	ssmd__state_ref_reply__init(r);
+	r->state_id = "";
+	r->has_n_tokens = 1;
+	r->n_tokens = n_tokens;
+	j->reply.result_case = SSMD__REPLY__RESULT_STATE_REF;
+	j->reply.state_ref = r;
+	return SSMD_OK;
+}
+
+/* Checks an optional tag name (NULL or "" = none) and label. */
+static int tag_label_check(const char *tag, const char *label)
+{
+	if (tag && tag[0] && !store_tag_name_valid(tag))
+		return ssmd_err_set(SSMD_EINVAL,
+				    "'%.*s' is not a valid tag name (1..%d of A-Z a-z 0-9 -_.:@+=/, not shaped like a state ID)",
+				    STORE_TAG_MAX, tag, STORE_TAG_MAX);
+	if (label && strlen(label) > STORE_LABEL_MAX)
+		return ssmd_err_set(SSMD_ERANGE, "label longer than %d bytes",
+				    STORE_LABEL_MAX);
+	return SSMD_OK;
+}
+
+static const char *nonempty(const char *s)
+{
+	return s && s[0] ? s : NULL;
+}
+
+/* ---------------------------------------------------- slots and paging -- */
+
+/* A copy of the session's current state: from its slot, its host copy, or
+ * the zero state when it has consumed nothing. SSMD_EINVAL when it is paged
+ * out (its state is then its base). */
+static int sess_state_copy(sched *s, struct sess *x, ssm_state **out)
+{
+	ssm_state *st = NULL;
+	int rc = ssm_model_state_alloc(s->model, &st);
+
+	if (rc)
+		return rc;
+	if (x->slot >= 0 && !x->loading)
+		rc = ssm_slot_get(s->be, x->slot, st);
+	else if (x->mem)
+		rc = ssm_state_copy(st, x->mem);
+	else if (x->n_tokens != 0)
+		rc = ssmd_err_set(SSMD_EINVAL, "session %s is paged out", x->id);
+	if (rc) {
+		ssm_state_free(st);
+		return rc;
+	}
+	*out = st;
+	return SSMD_OK;
+}
+
+/* Queues a put of the session's current state as a child of its base, with
+ * its transcript; the new sref becomes its base. When job is set, the job is
+ * finished by the store thread after the commit (tag applied, ID in the
+ * reply). *ref_out (may be NULL) gets the new base, borrowed. */
+static int sess_store(sched *s, struct sess *x, store_kind kind,
+		      const char *tag, const char *label, struct job *job,
+		      int log_commit, struct sref **ref_out)
+{
+	struct put_args *a = calloc(1, sizeof(*a));
+	struct sref *ref = sref_alloc();
+	int rc = SSMD_OK;
+
+	if (!a || !ref) {
+		rc = ssmd_err_set(SSMD_ENOMEM, "snapshot");
+		goto fail;
+	}
+	rc = sess_state_copy(s, x, &a->st);
+	if (rc)
+		goto fail;
+	label = label ? label : x->label;
+	if ((label && !(a->label = strdup(label))) ||
+	    (tag && !(a->tag = strdup(tag)))) {
+		rc = ssmd_err_set(SSMD_ENOMEM, "snapshot");
+		goto fail;
+	}
+	a->s = s;
+	a->ref = sref_get(ref);
+	a->parent = x->base;     /* the session's reference moves to the task */
+	a->tokens = x->trans;
+	a->n_tokens = x->n_trans;
+	a->kind = kind;
+	a->job = job;
+	a->log_commit = log_commit;
+	memcpy(a->session, x->id, SESS_ID_SIZE);
+	x->base = ref;
+	x->trans = NULL;
+	x->n_trans = x->cap_trans = 0;
+	x->since_ckpt = 0;
+	if (ref_out)
+		*ref_out = ref;
+	sched_store_put(a);
+	return SSMD_OK;
+fail:
+	if (a) {
+		ssm_state_free(a->st);
+		free(a->label);
+		free(a->tag);
+		free(a);
+	}
+	sref_put(ref);
+	return rc;
+}
+
+static void slot_release(sched *s, struct sess *x)
+{
+	if (x->slot >= 0)
+		s->slot_owner[x->slot] = NULL;
+	x->slot = -1;
+	x->loading = 0;
+}
+
+/* Evicts x (idle, resident): stores it first when it has unsaved progress. */
+static int sess_page_out(sched *s, struct sess *x)
+{
+	int rc = SSMD_OK;
+
+	if (sess_dirty(x))
+		rc = sess_store(s, x, STORE_KIND_CHECKPOINT, NULL, NULL, NULL, 0,
+				NULL);
+	if (rc) {
+		log_warn("cannot page out session %s: %s", x->id, ssmd_errmsg());
+		return rc;
+	}
+	log_debug("paged out session %s (%llu tokens)", x->id,
+		  (unsigned long long)x->n_tokens);
+	slot_release(s, x);
+	atomic_fetch_add(&s->evictions, 1);
+	return SSMD_OK;
+}
+
+/* A free slot, freeing the least recently used idle session's if needed;
+ * -1 when every slot is busy. */
+static int slot_acquire(sched *s)
+{
+	struct sess *victim;
+
+	for (int i = 0; i < s->n_slots; i++)
+		if (!s->slot_owner[i])
+			return i;
+	victim = sess_table_lru_idle(&s->sessions);
+	if (victim) {
+		int slot = victim->slot;
+		if (sess_page_out(s, victim) == SSMD_OK)
+			return slot;
+	}
+	return -1;
+}
+
+/* Brings x's state into a slot. *ready = 1 when it is there now; 0 when the
+ * caller must wait (no slot free yet, or a page-in is in flight). */
+static int sess_place(sched *s, struct sess *x, int *ready)
+{
+	int slot, rc = SSMD_OK;
+
+	*ready = 0;
+	if (x->loading)
+		return SSMD_OK;
+	if (x->slot >= 0) {
+		*ready = 1;
+		return SSMD_OK;
+	}
+	slot = slot_acquire(s);
+	if (slot < 0)
+		return SSMD_OK;
+	s->slot_owner[slot] = x;
+	x->slot = slot;
+	if (x->mem) {
+		rc = ssm_slot_set(s->be, slot, x->mem);
+		if (!rc) {
+			ssm_state_free(x->mem);
+			x->mem = NULL;
+			*ready = 1;
+		}
+	} else if (x->n_tokens == 0) {
+		rc = ssm_slot_reset(s->be, slot);
+		*ready = !rc;
+	} else {
+		rc = sched_store_load(s, x, x->base);
+		x->loading = !rc;
+	}
+	if (rc)
+		slot_release(s, x);
+	return rc;
+}
+
+/* ------------------------------------------------------------ generate -- */
+
+static int generate_check(sched *s, const Ssmd__GenerateRequest *q)
+{
+	uint32_t max = q->has_max_tokens ? q->max_tokens : 16;
+
+	if (max < 1 || max > (uint32_t)s->cfg->max_generate_tokens)
+		return ssmd_err_set(SSMD_ERANGE, "max_tokens %u is outside 1..%d", max,
+				    s->cfg->max_generate_tokens);
+	if (q->has_temperature &&
+	    (!isfinite(q->temperature) || q->temperature > 100.0f))
+		return ssmd_err_set(SSMD_EINVAL,
+				    "temperature %g is not a finite number <= 100",
+				    (double)q->temperature);
+	if (q->has_top_p &&
+	    (!isfinite(q->top_p) || q->top_p <= 0.0f || q->top_p > 1.0f))
+		return ssmd_err_set(SSMD_EINVAL, "top_p %g is outside (0, 1]",
+				    (double)q->top_p);
+	if (q->n_stop + q->n_stop_tokens > STOP_MAX)
+		return ssmd_err_set(SSMD_ERANGE,
+				    "%zu stop strings and tokens; at most %d",
+				    q->n_stop + q->n_stop_tokens, STOP_MAX);
+	if (q->n_stop && !s->tok)
+		return ssmd_err_set(SSMD_ENOTOK,
+				    "stop strings need a tokenizer; model %s has no tokenizer.json",
+				    s->model_name);
+	for (size_t i = 0; i < q->n_stop; i++)
+		if (!q->stop[i][0] || strlen(q->stop[i]) > STOP_LEN_MAX)
+			return ssmd_err_set(SSMD_EINVAL,
+					    "stop string %zu is empty or longer than %d bytes",
+					    i, STOP_LEN_MAX);
+	for (size_t i = 0; i < q->n_stop_tokens; i++)
+		if (q->stop_tokens[i] < 0 || q->stop_tokens[i] >= s->vocab)
+			return ssmd_err_set(SSMD_EINVAL,
+					    "stop token %d is outside [0, %d)",
+					    q->stop_tokens[i], s->vocab);
+	return tag_label_check(q->snapshot_tag, q->snapshot_label);
+}
+
+/* Publishes text[sent..end) and tokens as the next event of j. */
+static void gen_publish(sched *s, struct job *j, const int32_t *tokens,
+			size_t n_tokens, size_t end, int done, int code)
+{
+	struct gen *g = j->gen;
+	Ssmd__Event ev = SSMD__EVENT__INIT;
+	char saved;
+	void *frame;
+	size_t len;
+
+	if (!s->publish || !j->req->generate->stream || !g->text)
+		return;
+	ev.request_id = j->req->request_id;
+	ev.has_seq = 1;
+	ev.seq = g->seq++;
+	ev.n_tokens = n_tokens;
+	ev.tokens = (int32_t *)tokens;
+	saved = g->text[end];
+	g->text[end] = 0;
+	ev.text = g->text + g->sent;
+	if (done) {
+		ev.has_done = ev.has_code = 1;
+		ev.done = 1;
+		ev.code = (uint32_t)code;
+	}
+	if (proto_event_frame(j->req->request_id, &ev, &frame, &len) == SSMD_OK) {
+		s->publish(s->publish_arg, frame, len);
+		free(frame);
+	}
+	g->text[end] = saved;
+	g->sent = end;
+}
+
+/* Appends len bytes to the generated text. */
+static int gen_text_add(struct gen *g, const char *p, size_t len)
+{
+	if (g->len + len + 1 > g->cap) {
+		size_t cap = g->cap ? g->cap : 256;
+		char *t;
+		while (cap < g->len + len + 1)
+			cap *= 2;
+		t = realloc(g->text, cap);
+		if (!t)
+			return ssmd_err_set(SSMD_ENOMEM, "generated text");
+		g->text = t;
+		g->cap = cap;
+	}
+	memcpy(g->text + g->len, p, len);
+	g->len += len;
+	g->text[g->len] = 0;
+	return SSMD_OK;
+}
+
+/* Samples the next token of j's session from logits (vocab floats), records
+ * it, decides whether generation stops after it, and streams it. */
+static int gen_emit(sched *s, struct job *j, const float *logits)
+{
+	const Ssmd__GenerateRequest *q = j->req->generate;
+	struct gen *g = j->gen;
+	struct sess *x = j->sess;
+	size_t old_len = g->len, end;
+	int32_t t = ssm_sample(logits, s->vocab, &g->smp, x->n_tokens);
+	int rc;
+
+	if (t < 0)
+		return ssmd_err_set(-t, "sampling");
+	g->out[g->n_out++] = t;
+	g->next = t;
+	if (g->dec) {
+		char *piece = NULL;
+		size_t plen = 0;
+		/* A token past the tokenizer's vocabulary (the embedding may
+		 * have padding rows) has no text. */
+		rc = tok_decoder_push(g->dec, t, &piece, &plen);
+		if (rc == SSMD_OK) {
+			rc = gen_text_add(g, piece, plen);
+			free(piece);
+			if (rc)
+				return rc;
+		}
+	}
+	for (size_t i = 0; i < q->n_stop; i++) {
+		size_t sl = strlen(q->stop[i]);
+		size_t from = old_len >= sl ? old_len - sl + 1 : 0;
+		const char *hit = g->len > from
+			? memmem(g->text + from, g->len - from, q->stop[i], sl)
+			: NULL;
+		if (hit && (size_t)(hit - g->text) < g->cut) {
+			g->cut = (size_t)(hit - g->text);
+			g->finish = SSMD__FINISH_REASON__FINISH_STOP_STRING;
+		}
+	}
+	for (size_t i = 0; !g->finish && i < q->n_stop_tokens; i++)
+		if (q->stop_tokens[i] == t)
+			g->finish = SSMD__FINISH_REASON__FINISH_STOP_TOKEN;
+	if (!g->finish && g->n_out >= g->max_tokens)
+		g->finish = SSMD__FINISH_REASON__FINISH_LENGTH;
+	/* Stream all text that no stop string can still claim, ending on a
+	 * whole UTF-8 character. */
+	end = g->finish ? g->len : (g->len > g->hold ? g->len - g->hold : 0);
+	if (end > g->cut)
+		end = g->cut;
+	while (end > g->sent && end < g->len &&
+	       ((unsigned char)g->text[end] & 0xC0) == 0x80)
+		end--;
+	if (end < g->sent)
+		end = g->sent;
+	gen_publish(s, j, &t, 1, end, 0, 0);
+	return SSMD_OK;
+}
+
+static void job_done(sched *s, struct job *j);
+
+/* Ends j's generation: final text, final event, reply (after the commit of
+ * the end snapshot, when asked). */
+static void gen_done(sched *s, struct job *j, int code)
+{
+	const Ssmd__GenerateRequest *q = j->req->generate;
+	struct gen *g = j->gen;
+	struct sess *x = j->sess;
+	Ssmd__GenerateReply *r;
+	int rc = code;
+
+	sess_job_pop(x);
+	if (!rc && g->dec) {
+		char *tail = NULL;
+		size_t tlen = 0;
+		rc = tok_decoder_flush(g->dec, &tail, &tlen);
+		if (!rc) {
+			rc = gen_text_add(g, tail, tlen);
+			free(tail);
+		}
+	}
+	if (g->cut > g->len)
+		g->cut = g->len;
+	gen_publish(s, j, NULL, 0, g->cut < g->sent ? g->sent : g->cut, 1, rc);
+	if (rc) {
+		job_finish(j, rc, NULL);
+		return;
+	}
+	r = arena_alloc(&j->arena, sizeof(*r));
+	if (!r) {
+		job_finish(j, SSMD_ENOMEM, "reply");
+		return;
+	}
+	ssmd__generate_reply__init(r);
+	g->text[g->cut] = 0;
+	r->text = g->text;
+	r->tokens = g->out;
+	r->n_tokens = g->n_out;
+	r->has_finish = 1;
+	r->finish = g->finish;
+	r->has_session_tokens = 1;
+	r->session_tokens = x->n_tokens;
+	j->reply.result_case = SSMD__REPLY__RESULT_GENERATE;
+	j->reply.generate = r;
+	if (q->snapshot_at_end) {
+		rc = sess_store(s, x, STORE_KIND_SNAPSHOT, nonempty(q->snapshot_tag),
+				nonempty(q->snapshot_label), j, 0, NULL);
+		if (rc)
+			job_finish(j, rc, NULL);
+		return;
+	}
+	job_done(s, j);
+}
+
+static int gen_start(sched *s, struct job *j)
+{
+	const Ssmd__GenerateRequest *q = j->req->generate;
+	struct sess *x = j->sess;
+	struct gen *g;
+	size_t hold = 0;
+	int rc;
+
+	if (x->n_tokens == 0)
+		return ssmd_err_set(SSMD_EEMPTY,
+				    "session %s has consumed no tokens: append a prompt (or a BOS token) before generating",
+				    x->id);
+	g = calloc(1, sizeof(*g));
+	if (!g)
+		return ssmd_err_set(SSMD_ENOMEM, "generate");
+	j->gen = g;
+	g->max_tokens = q->has_max_tokens ? q->max_tokens : 16;
+	g->smp.temperature = q->has_temperature ? q->temperature : 0.0f;
+	g->smp.top_k = q->has_top_k ? (int)(q->top_k > INT_MAX ? INT_MAX : q->top_k) : 0;
+	g->smp.top_p = q->has_top_p ? q->top_p : 1.0f;
+	g->smp.seed = q->has_seed ? q->seed : x->seed;
+	g->next = -1;
+	g->cut = SIZE_MAX;
+	for (size_t i = 0; i < q->n_stop; i++)
+		if (strlen(q->stop[i]) - 1 > hold)
+			hold = strlen(q->stop[i]) - 1;
+	g->hold = hold;
+	g->out = malloc(g->max_tokens * sizeof(*g->out));
+	if (!g->out || gen_text_add(g, "", 0))
+		return ssmd_err_set(SSMD_ENOMEM, "generate");
+	if (s->tok && (rc = tok_decoder_alloc(s->tok, &g->dec)))
+		return rc;
+	rc = ssm_slot_logits(s->be, x->slot, s->logits);
+	if (rc)
+		return rc;
+	return gen_emit(s, j, s->logits);
+}
+
+/* -------------------------------------------------------------- append -- */
+
+static int append_start(sched *s, struct job *j)
+{
+	const Ssmd__AppendRequest *q = j->req->append;
+
+	if (q->text) {
+		int rc = tok_encode(s->tok, q->text, strlen(q->text), &j->toks,
+				    &j->n_toks);
+		if (rc)
+			return rc;
+		if (j->n_toks > (size_t)s->cfg->max_append_tokens)
+			return ssmd_err_set(SSMD_ERANGE,
+					    "text is %zu tokens; at most %d per append",
+					    j->n_toks, s->cfg->max_append_tokens);
+	} else {
+		j->toks = malloc((q->n_tokens ? q->n_tokens : 1) * sizeof(int32_t));
+		if (!j->toks)
+			return ssmd_err_set(SSMD_ENOMEM, "append");
+		memcpy(j->toks, q->tokens, q->n_tokens * sizeof(int32_t));
+		j->n_toks = q->n_tokens;
+	}
+	return SSMD_OK;
+}
+
+static void append_done(sched *s, struct job *j, int code)
+{
+	Ssmd__AppendReply *r = arena_alloc(&j->arena, sizeof(*r));
+
+	sess_job_pop(j->sess);
+	if (code) {
+		job_finish(j, code, "%s (%zu of %zu tokens were consumed)",
+			   ssmd_errmsg(), j->n_done, j->n_toks);
+		return;
+	}
+	if (!r) {
+		job_finish(j, SSMD_ENOMEM, "reply");
+		return;
+	}
+	ssmd__append_reply__init(r);
+	r->has_appended = r->has_session_tokens = 1;
+	r->appended = (uint32_t)j->n_done;
+	r->session_tokens = j->sess->n_tokens;
+	j->reply.result_case = SSMD__REPLY__RESULT_APPEND;
+	j->reply.append = r;
+	job_done(s, j);
+}
+
+/* Records n consumed tokens on x and checkpoints when due. */
+static int sess_consume(sched *s, struct sess *x, struct job *j,
+			const int32_t *tokens, size_t n)
+{
+	struct sref *ref;
+	int rc = sess_trans_push(x, tokens, n);
+
+	if (rc)
+		return rc;
+	x->n_tokens += n;
+	x->since_ckpt += n;
+	tokens_count(s, n);
+	if (s->cfg->checkpoint_every &&
+	    x->since_ckpt >= (uint64_t)s->cfg->checkpoint_every) {
+		rc = sess_store(s, x, STORE_KIND_CHECKPOINT, NULL, NULL, NULL, 0, &ref);
+		if (rc)
+			log_warn("session %s: automatic checkpoint failed: %s", x->id,
+				 ssmd_errmsg());
+		else if (j)
+			job_ckpt_add(j, ref);
+	}
+	return SSMD_OK;
+}
+
+/* One prefill chunk of j; the chunk ends at the next automatic checkpoint
+ * position so the checkpoint sees exactly that state. */
+static void append_step(sched *s, struct job *j)
+{
+	struct sess *x = j->sess;
+	size_t n = j->n_toks - j->n_done;
+	ssm_prefill_args a;
+	int rc;
+
+	if (n > (size_t)s->cfg->prefill_chunk)
+		n = (size_t)s->cfg->prefill_chunk;
+	if (s->cfg->checkpoint_every &&
+	    n > (uint64_t)s->cfg->checkpoint_every - x->since_ckpt)
+		n = (size_t)((uint64_t)s->cfg->checkpoint_every - x->since_ckpt);
+	memset(&a, 0, sizeof(a));
+	a.tokens = j->toks + j->n_done;
+	a.n_tokens = n;
+	rc = ssm_prefill(s->be, x->slot, &a);
+	if (!rc)
+		rc = sess_consume(s, x, j, a.tokens, n);
+	if (!rc)
+		j->n_done += n;
+	if (rc || j->n_done == j->n_toks)
+		append_done(s, j, rc);
+}
+
+/* --------------------------------------------------------- other ops -- */
+
+/* Finishes a job whose reply may name checkpoints: those IDs exist only
+ * after their commits, so such replies leave through the store thread. */
+static void job_done(sched *s, struct job *j)
+{
+	if (j->n_ckpts)
+		sched_store_reply(s, j);
+	else
+		job_finish(j, SSMD_OK, NULL);
+}
+
+static int op_info(sched *s, struct job *j)
+{
+	Ssmd__InfoReply *r = arena_alloc(&j->arena, sizeof(*r));
+	Ssmd__Limits *l = arena_alloc(&j->arena, sizeof(*l));
+
+	if (!r || !l)
+		return ssmd_err_set(SSMD_ENOMEM, "reply");
+	ssmd__info_reply__init(r);
+	ssmd__limits__init(l);
+	r->version = (char *)SSMD_VERSION;
+	r->has_protocol_version = 1;
+	r->protocol_version = PROTO_VERSION;
+	r->model = s->model_name;
+	r->model_fingerprint = s->fp_hex;
+	r->arch = "mamba1";
+	r->has_d_model = r->has_n_layer = r->has_d_inner = r->has_d_state = 1;
+	r->d_model = (uint32_t)s->mc->d_model;
+	r->n_layer = (uint32_t)s->mc->n_layer;
+	r->d_inner = (uint32_t)s->mc->d_inner;
+	r->d_state = (uint32_t)s->mc->d_state;
+	r->has_vocab_size = 1;
+	r->vocab_size = (uint32_t)s->vocab;
+	r->backend = (char *)ssm_backend_name(s->be);
+	r->has_slots = 1;
+	r->slots = (uint32_t)s->n_slots;
+	r->has_state_bytes = 1;
+	r->state_bytes = s->state_bytes;
+	r->has_has_tokenizer = 1;
+	r->has_tokenizer = s->tok != NULL;
+	r->has_checkpoint_every = 1;
+	r->checkpoint_every = (uint32_t)s->cfg->checkpoint_every;
+	l->has_max_message_bytes = l->has_max_append_tokens = 1;
+	l->max_message_bytes = s->cfg->max_message;
+	l->max_append_tokens = (uint32_t)s->cfg->max_append_tokens;
+	l->has_max_generate_tokens = l->has_max_sessions = 1;
+	l->max_generate_tokens = (uint32_t)s->cfg->max_generate_tokens;
+	l->max_sessions = (uint32_t)s->cfg->max_sessions;
+	l->has_queue_depth = l->has_max_stop = 1;
+	l->queue_depth = (uint32_t)s->cfg->queue_depth;
+	l->max_stop = STOP_MAX;
+	r->limits = l;
+	j->reply.result_case = SSMD__REPLY__RESULT_INFO;
+	j->reply.info = r;
+	return SSMD_OK;
+}
+
+static int op_stats(sched *s, struct job *j)
+{
+	Ssmd__StatsReply *r = arena_alloc(&j->arena, sizeof(*r));
+	double now = sched_now();
+	uint64_t total = atomic_load(&s->tokens_total);
+	size_t used = 0, queued;
+
+	if (!r)
+		return ssmd_err_set(SSMD_ENOMEM, "reply");
+	ssmd__stats_reply__init(r);
+	for (int i = 0; i < s->n_slots; i++)
+		used += s->slot_owner[i] != NULL;
+	stats_publish(s);
+	queued = atomic_load(&s->queued);
+	pthread_mutex_lock(&s->lock);
+	queued += s->in_n;
+	pthread_mutex_unlock(&s->lock);
+	r->has_sessions = r->has_sessions_resident = r->has_slots = 1;
+	r->sessions = (uint32_t)s->sessions.n;
+	r->sessions_resident = (uint32_t)atomic_load(&s->n_resident);
+	r->slots = (uint32_t)s->n_slots;
+	r->has_slots_used = r->has_queue_depth = 1;
+	r->slots_used = (uint32_t)used;
+	r->queue_depth = (uint32_t)(queued + atomic_load(&s->store_jobs));
+	r->has_tokens_total = r->has_tokens_per_s = 1;
+	r->tokens_total = total;
+	/* The last full window, or the current one once it is overdue (the
+	 * rate is only refreshed while tokens flow). */
+	r->tokens_per_s = now - s->rate_t0 >= RATE_WINDOW_S
+		? (double)(total - s->rate_n0) / (now - s->rate_t0)
+		: s->tokens_per_s;
+	r->has_requests_total = r->has_evictions = r->has_uptime_s = 1;
+	r->requests_total = atomic_load(&s->requests_total);
+	r->evictions = atomic_load(&s->evictions);
+	r->uptime_s = now - s->start_s;
+	j->reply.result_case = SSMD__REPLY__RESULT_STATS;
+	j->reply.stats = r;
+	/* The library's size is read on the store thread. */
+	sched_store_request(s, j);
+	return SSMD_OK;
+}
+
+/* Adds count new sessions made by make() to the table and replies. */
+static int sessions_check_room(sched *s, uint32_t count)
+{
+	if (count < 1 || count > 1024)
+		return ssmd_err_set(SSMD_ERANGE, "count %u is outside 1..1024", count);
+	if (s->sessions.n + count > (size_t)s->cfg->max_sessions)
+		return ssmd_err_set(SSMD_ERANGE,
+				    "%zu sessions are open; the limit is %d",
+				    s->sessions.n, s->cfg->max_sessions);
+	return SSMD_OK;
+}
+
+/* Forks x (at the head of its queue, so its state is current) count times. */
+static int op_fork_live(sched *s, struct job *j, struct sess *x, uint32_t count,
+			int has_seed, uint64_t seed)
+{
+	struct sess **kids = calloc(count, sizeof(*kids));
+	uint32_t made = 0;
+	int rc = sessions_check_room(s, count);
+
+	if (!rc && !kids)
+		rc = ssmd_err_set(SSMD_ENOMEM, "fork");
+	for (; !rc && made < count; made++) {
+		struct sess *k;
+		rc = sess_alloc(has_seed ? seed : x->seed, x->label, &kids[made]);
+		if (rc)
+			break;
+		k = kids[made];
+		k->n_tokens = x->n_tokens;
+		k->since_ckpt = x->since_ckpt;
+		k->base = sref_get(x->base);
+		memcpy(k->from_id, x->from_id, sizeof(k->from_id));
+		rc = sess_trans_push(k, x->trans, x->n_trans);
+		if (rc)
+			break;
+		if (x->slot >= 0 || x->mem) {
+			/* A free slot takes a device-side copy; otherwise the
+			 * state waits in host memory until the fork is used. */
+			int slot = -1;
+			for (int i = 0; x->slot >= 0 && i < s->n_slots && slot < 0; i++)
+				if (!s->slot_owner[i])
+					slot = i;
+			if (slot >= 0) {
+				rc = ssm_slot_copy(s->be, slot, x->slot);
+				if (!rc) {
+					s->slot_owner[slot] = k;
+					k->slot = slot;
+					k->last_used = ++s->tick;
+				}
+			} else {
+				rc = sess_state_copy(s, x, &k->mem);
+			}
+		}
+	}
+	for (uint32_t i = 0; !rc && i < count; i++)
+		rc = sess_table_add(&s->sessions, kids[i]);
+	if (!rc)
+		rc = reply_sessions(j, kids, count);
+	if (rc) {
+		for (uint32_t i = 0; i < count && kids; i++) {
+			if (!kids[i])
+				continue;
+			sess_table_remove(&s->sessions, kids[i]);
+			slot_release(s, kids[i]);
+			sess_free(kids[i]);
+		}
+	}
+	free(kids);
+	return rc;
+}
+
+/* Opens count sessions on a state read from the library (DONE_OPENED). */
+static int op_open_stored(sched *s, struct job *j, ssm_state **st,
+			  const char *id, uint32_t count, uint64_t seed,
+			  const char *label)
+{
+	struct sess **v = calloc(count, sizeof(*v));
+	struct sref *base = sref_committed(id);
+	uint32_t made = 0;
+	int rc = sessions_check_room(s, count);
+
+	if (!rc && (!v || !base))
+		rc = ssmd_err_set(SSMD_ENOMEM, "open");
+	for (; !rc && made < count; made++) {
+		rc = sess_alloc(seed, label, &v[made]);
+		if (rc)
+			break;
+		v[made]->n_tokens = (*st)->n_tokens;
+		v[made]->base = sref_get(base);
+		snprintf(v[made]->from_id, sizeof(v[made]->from_id), "%s", id);
+	}
+	if (!rc) {
+		/* The first session keeps the state just read, so its first
+		 * use needs no second read; the others page in when used. */
+		v[0]->mem = *st;
+		*st = NULL;
+	}
+	for (uint32_t i = 0; !rc && i < count; i++)
+		rc = sess_table_add(&s->sessions, v[i]);
+	if (!rc)
+		rc = reply_sessions(j, v, count);
+	if (rc)
+		for (uint32_t i = 0; i < count && v; i++) {
+			if (v[i])
+				sess_table_remove(&s->sessions, v[i]);
+			sess_free(v[i]);
+		}
+	sref_put(base);
+	free(v);
+	return rc;
+}
+
+static int op_open_empty(sched *s, struct job *j, uint32_t count,
+			 uint64_t seed, const char *label)
+{
+	struct sess **v = calloc(count, sizeof(*v));
+	int rc = sessions_check_room(s, count);
+
+	if (!rc && !v)
+		rc = ssmd_err_set(SSMD_ENOMEM, "open");
+	for (uint32_t i = 0; !rc && i < count; i++)
+		rc = sess_alloc(seed, label, &v[i]);
+	for (uint32_t i = 0; !rc && i < count; i++)
+		rc = sess_table_add(&s->sessions, v[i]);
+	if (!rc)
+		rc = reply_sessions(j, v, count);
+	if (rc)
+		for (uint32_t i = 0; i < count && v; i++) {
+			if (v[i])
+				sess_table_remove(&s->sessions, v[i]);
+			sess_free(v[i]);
+		}
+	free(v);
+	return rc;
+}
+
+/* Snapshot or close at the head of x's queue. */
+static int op_store_session(sched *s, struct job *j, struct sess *x,
+			    const char *tag, const char *label, int closing,
+			    int want)
+{
+	int rc = reply_state_ref(j, x->n_tokens);
+
+	if (rc)
+		return rc;
+	if (!want || (closing && x->n_tokens == 0)) {
+		/* Nothing to store. */
+	} else if (sess_dirty(x) || !x->base) {
+		rc = sess_store(s, x, STORE_KIND_SNAPSHOT, tag, label, j, 0, NULL);
+		if (rc)
+			return rc;
+		j = NULL; /* the store thread replies after the commit */
+	} else {
+		/* No progress since the last stored state: that is the answer. */
+		j->reply_ref = sref_get(x->base);
+		if (tag && !(j->reply_tag = strdup(tag)))
+			return ssmd_err_set(SSMD_ENOMEM, "snapshot");
+		sched_store_reply(s, j);
+		j = NULL;
+	}
+	if (j)
+		job_done(s, j);
+	return SSMD_OK;
+}
+
+static void sess_close(sched *s, struct sess *x)
+{
+	struct job *j;
+
+	while ((j = sess_job_pop(x)))
+		job_finish(j, SSMD_ECLOSED, "session %s was closed", x->id);
+	slot_release(s, x);
+	sess_table_remove(&s->sessions, x);
+	sess_free(x);
+}
+
+/* ------------------------------------------------------ job dispatch -- */
+
+/* Starts the head job of x if it can start. */
+static void sess_service(sched *s, struct sess *x)
+{
+	struct job *j = x->head;
+	const Ssmd__Request *q;
+	int ready, rc = SSMD_OK;
+
+	if (!j || j->started)
+		return;
+	q = j->req;
+	x->last_used = ++s->tick;
+	switch (q->op_case) {
+	case SSMD__REQUEST__OP_APPEND:
+	case SSMD__REQUEST__OP_GENERATE:
+		if (q->op_case == SSMD__REQUEST__OP_GENERATE && x->n_tokens == 0) {
+			rc = gen_start(s, j); /* fails with the EEMPTY message */
+			break;
+		}
+		rc = sess_place(s, x, &ready);
+		if (rc || !ready)
+			break;
+		j->started = 1;
+		if (q->op_case == SSMD__REQUEST__OP_GENERATE) {
+			rc = gen_start(s, j);
+		} else {
+			rc = append_start(s, j);
+			if (!rc && j->n_toks == 0) {
+				append_done(s, j, SSMD_OK);
+				return;
+			}
+		}
+		break;
+	case SSMD__REQUEST__OP_SNAPSHOT:
+		sess_job_pop(x);
+		rc = op_store_session(s, j, x, nonempty(q->snapshot->tag),
+				      nonempty(q->snapshot->label), 0, 1);
+		if (rc)
+			job_finish(j, rc, NULL);
+		return;
+	case SSMD__REQUEST__OP_CLOSE:
+		sess_job_pop(x);
+		rc = op_store_session(s, j, x, nonempty(q->close->tag),
+				      nonempty(q->close->label), 1, q->close->snapshot);
+		if (rc)
+			job_finish(j, rc, NULL);
+		else
+			log_debug("closed session %s", x->id);
+		sess_close(s, x);
+		return;
+	case SSMD__REQUEST__OP_OPEN:
+	case SSMD__REQUEST__OP_FORK: {
+		int is_open = q->op_case == SSMD__REQUEST__OP_OPEN;
+		uint32_t count = is_open ? q->open->count : q->fork->count;
+		int has_seed = is_open ? q->open->has_seed : q->fork->has_seed;
+		uint64_t seed = is_open ? q->open->seed : q->fork->seed;
+		sess_job_pop(x);
+		rc = op_fork_live(s, j, x, count, has_seed, seed);
+		job_finish(j, rc, NULL);
+		return;
+	}
+	default:
+		rc = ssmd_err_set(SSMD_EPROTO, "operation not queued on sessions");
+		break;
+	}
+	if (rc) {
+		sess_job_pop(x);
+		if (q->op_case == SSMD__REQUEST__OP_GENERATE && j->gen)
+			gen_publish(s, j, NULL, 0, j->gen->sent, 1, rc);
+		job_finish(j, rc, NULL);
+	}
+}
+
+/* The session a request names; ENOENT with the ID in the message. */
+static struct sess *sess_lookup(sched *s, const char *id, int *rc)
+{
+	struct sess *x = id && id[0] ? sess_table_find(&s->sessions, id) : NULL;
+
+	if (!x)
+		*rc = id && id[0]
+			? ssmd_err_set(SSMD_ENOENT, "no open session '%.*s'", 64, id)
+			: ssmd_err_set(SSMD_EINVAL, "a session ID is required");
+	return x;
+}
+
+static int append_check(sched *s, const Ssmd__AppendRequest *q)
+{
+	if (q->text && q->n_tokens)
+		return ssmd_err_set(SSMD_EINVAL, "append takes text or tokens, not both");
+	if (!q->text && !q->n_tokens)
+		return ssmd_err_set(SSMD_EINVAL, "append needs text or tokens");
+	if (q->text && !s->tok)
+		return ssmd_err_set(SSMD_ENOTOK,
+				    "model %s has no tokenizer.json: append token IDs instead of text",
+				    s->model_name);
+	if (q->n_tokens > (size_t)s->cfg->max_append_tokens)
+		return ssmd_err_set(SSMD_ERANGE, "%zu tokens; at most %d per append",
+				    q->n_tokens, s->cfg->max_append_tokens);
+	for (size_t i = 0; i < q->n_tokens; i++)
+		if (q->tokens[i] < 0 || q->tokens[i] >= s->vocab)
+			return ssmd_err_set(SSMD_EINVAL,
+					    "token %d at position %zu is outside [0, %d)",
+					    q->tokens[i], i, s->vocab);
+	return SSMD_OK;
+}
+
+/* A new request arrives on the scheduler thread. */
+static void job_begin(sched *s, struct job *j)
+{
+	const Ssmd__Request *q = j->req;
+	struct sess *x = NULL;
+	int rc = SSMD_OK;
+
+	switch (q->op_case) {
+	case SSMD__REQUEST__OP_INFO:
+		rc = op_info(s, j);
+		if (!rc)
+			job_finish(j, SSMD_OK, NULL);
+		break;
+	case SSMD__REQUEST__OP_STATS:
+		rc = op_stats(s, j);
+		break;
+	case SSMD__REQUEST__OP_OPEN: {
+		const Ssmd__OpenRequest *o = q->open;
+		uint32_t count = o->has_count ? o->count : 1;
+		if (nonempty(o->from) && nonempty(o->fork)) {
+			rc = ssmd_err_set(SSMD_EINVAL, "open takes from or fork, not both");
+		} else if ((rc = tag_label_check(NULL, o->label)) ||
+			   (rc = sessions_check_room(s, count))) {
+			/* refused */
+		} else if (nonempty(o->fork)) {
+			if ((x = sess_lookup(s, o->fork, &rc)))
+				sess_job_push(x, j);
+		} else if (nonempty(o->from)) {
+			rc = sched_store_resolve(s, j, o->from);
+		} else {
+			rc = op_open_empty(s, j, count, o->seed, o->label);
+			if (!rc)
+				job_finish(j, SSMD_OK, NULL);
+		}
+		break;
+	}
+	case SSMD__REQUEST__OP_FORK: {
+		const Ssmd__ForkRequest *f = q->fork;
+		uint32_t count = f->has_count ? f->count : 1;
+		if (!nonempty(f->source))
+			rc = ssmd_err_set(SSMD_EINVAL,
+					  "fork needs a source: session ID, state ID or tag");
+		else if ((rc = sessions_check_room(s, count)))
+			break;
+		else if ((x = sess_table_find(&s->sessions, f->source)))
+			sess_job_push(x, j);
+		else
+			rc = sched_store_resolve(s, j, f->source);
+		break;
+	}
+	case SSMD__REQUEST__OP_APPEND:
+		if ((x = sess_lookup(s, q->append->session, &rc)) &&
+		    !(rc = append_check(s, q->append)))
+			sess_job_push(x, j);
+		break;
+	case SSMD__REQUEST__OP_GENERATE:
+		if ((x = sess_lookup(s, q->generate->session, &rc)) &&
+		    !(rc = generate_check(s, q->generate)))
+			sess_job_push(x, j);
+		break;
+	case SSMD__REQUEST__OP_SNAPSHOT:
+		if ((x = sess_lookup(s, q->snapshot->session, &rc)) &&
+		    !(rc = tag_label_check(q->snapshot->tag, q->snapshot->label)))
+			sess_job_push(x, j);
+		break;
+	case SSMD__REQUEST__OP_CLOSE:
+		if ((x = sess_lookup(s, q->close->session, &rc)) &&
+		    !(rc = tag_label_check(q->close->tag, q->close->label)))
+			sess_job_push(x, j);
+		break;
+	default:
+		rc = ssmd_err_set(SSMD_EPROTO, "operation %s is not served here",
+				  proto_op_name(q));
+		break;
+	}
+	if (rc)
+		job_finish(j, rc, NULL);
+}
+
+/* A store-thread completion arrives on the scheduler thread. */
+static void done_handle(sched *s, struct done_msg *m)
+{
+	if (m->type == DONE_LOADED) {
+		struct sess *x = m->sess;
+		int rc = m->rc;
+		x->loading = 0;
+		if (!rc)
+			rc = ssm_slot_set(s->be, x->slot, m->st);
+		if (rc) {
+			struct job *j = sess_job_pop(x);
+			slot_release(s, x);
+			if (j)
+				job_finish(j, rc, "paging in session %s failed: %s",
+					   x->id, m->rc ? m->err : ssmd_errmsg());
+		} else {
+			log_debug("paged in session %s", x->id);
+		}
+	} else {
+		struct job *j = m->job;
+		const Ssmd__Request *q = j->req;
+		int rc = m->rc;
+		if (rc) {
+			job_finish(j, rc, "%s", m->err);
+		} else {
+			int is_open = q->op_case == SSMD__REQUEST__OP_OPEN;
+			uint32_t count = is_open ? (q->open->has_count ? q->open->count : 1)
+						 : (q->fork->has_count ? q->fork->count : 1);
+			uint64_t seed = is_open ? q->open->seed : q->fork->seed;
+			const char *label = is_open ? q->open->label : NULL;
+			rc = op_open_stored(s, j, &m->st, m->id, count, seed, label);
+			job_finish(j, rc, NULL);
+		}
+	}
+	ssm_state_free(m->st);
+	free(m);
+}
+
+/* --------------------------------------------------------------- steps -- */
+
+/* One step: start what can start, one batched decode over every generating
+ * session, one prefill chunk per appending session. Returns 1 when work was
+ * done (so the loop does not sleep). */
+static int sched_step(sched *s)
+{
+	int n = 0, worked = 0, rc;
+
+	/* Backwards: a close removes its session by moving the last one into
+	 * its place, which this order has already visited. */
+	for (size_t i = s->sessions.n; !s->draining && i-- > 0;)
+		sess_service(s, s->sessions.v[i]);
+	for (size_t i = 0; i < s->sessions.n; i++) {
+		struct sess *x = s->sessions.v[i];
+		struct job *j = x->head;
+		if (!j || !j->started || x->loading || x->slot < 0)
+			continue;
+		if (j->req->op_case == SSMD__REQUEST__OP_GENERATE && j->gen &&
+		    j->gen->next >= 0) {
+			s->batch_slots[n] = x->slot;
+			s->batch_tokens[n] = j->gen->next;
+			s->batch_sess[n] = x;
+			n++;
+		}
+	}
+	if (n) {
+		worked = 1;
+		rc = ssm_decode(s->be, s->batch_slots, s->batch_tokens, n, s->logits);
+		for (int i = 0; i < n; i++) {
+			struct sess *x = s->batch_sess[i];
+			struct job *j = x->head;
+			struct gen *g = j->gen;
+			int32_t t = g->next;
+			int r = rc;
+			g->next = -1;
+			x->last_used = ++s->tick;
+			if (!r)
+				r = sess_consume(s, x, j, &t, 1);
+			if (r || g->finish)
+				gen_done(s, j, r);
+			else if ((r = gen_emit(s, j, s->logits + (size_t)i * s->vocab)))
+				gen_done(s, j, r);
+		}
+	}
+	for (size_t i = 0; i < s->sessions.n; i++) {
+		struct sess *x = s->sessions.v[i];
+		struct job *j = x->head;
+		if (j && j->started && !x->loading && x->slot >= 0 &&
+		    j->req->op_case == SSMD__REQUEST__OP_APPEND) {
+			worked = 1;
+			x->last_used = ++s->tick;
+			append_step(s, j);
+		}
+	}
+	return worked;
+}
+
+/* Work that waits only for the scheduler itself (not for the store
+ * thread or for a slot to free up). */
+static int sched_has_work(sched *s)
+{
+	for (size_t i = 0; i < s->sessions.n; i++) {
+		struct sess *x = s->sessions.v[i];
+		if (x->head && x->head->started && !x->loading && x->slot >= 0)
+			return 1;
+	}
+	return 0;
+}
+
+/* Shutdown on the scheduler thread: end running work, store every session
+ * with unsaved progress. */
+static void sched_drain(sched *s)
+{
+	int ended = 0;
+
+	s->draining = 1;
+	for (size_t i = 0; i < s->sessions.n; i++) {
+		struct sess *x = s->sessions.v[i];
+		struct job *j = x->head;
+		if (j && j->started && j->gen && !j->gen->finish)
+			j->gen->finish = SSMD__FINISH_REASON__FINISH_CANCELED;
+	}
+	/* One last step consumes the tokens already emitted. */
+	sched_step(s);
+	for (size_t i = 0; i < s->sessions.n; i++) {
+		struct sess *x = s->sessions.v[i];
+		struct job *j;
+		if (x->head && x->head->started &&
+		    x->head->req->op_case == SSMD__REQUEST__OP_APPEND) {
+			ssmd_err_set(SSMD_ECANCELED, "the daemon is shutting down");
+			append_done(s, x->head, SSMD_ECANCELED);
+		}
+		while ((j = sess_job_pop(x)))
+			job_finish(j, SSMD_ECLOSED, "the daemon is shutting down");
+		if (sess_dirty(x)) {
+			if (sess_store(s, x, STORE_KIND_CHECKPOINT, NULL, NULL, NULL,
+				       1, NULL))
+				log_error("session %s: final checkpoint failed: %s",
+					  x->id, ssmd_errmsg());
+			ended++;
+		}
+	}
+	log_info("stopping: storing %d session%s with unsaved progress", ended,
+		 ended == 1 ? "" : "s");
+}
+
+static void *sched_main(void *arg)
+{
+	sched *s = arg;
+
+	for (;;) {
+		struct job *jobs;
+		struct done_msg *done;
+		int stopping;
+
+		pthread_mutex_lock(&s->lock);
+		while (!s->stopping && !s->in_head && !s->done_head &&
+		       !sched_has_work(s))
+			pthread_cond_wait(&s->cond, &s->lock);
+		jobs = s->in_head;
+		done = s->done_head;
+		s->in_head = s->in_tail = NULL;
+		s->in_n = 0;
+		s->done_head = s->done_tail = NULL;
+		stopping = s->stopping;
+		pthread_mutex_unlock(&s->lock);
+
+		while (done) {
+			struct done_msg *next = done->next;
+			done_handle(s, done);
+			done = next;
+		}
+		while (jobs) {
+			struct job *next = jobs->next;
+			jobs->next = NULL;
+			if (stopping)
+				job_finish(jobs, SSMD_ECLOSED, "the daemon is shutting down");
+			else
+				job_begin(s, jobs);
+			jobs = next;
+		}
+		if (stopping)
+			break;
+		sched_step(s);
+		stats_publish(s);
+	}
+	sched_drain(s);
+	stats_publish(s);
+	return NULL;
+}
+
+/* ------------------------------------------------------------ lifecycle -- */
+
+int sched_start(const struct sched_opts *o, sched **out)
+{
+	sched *s = calloc(1, sizeof(*s));
+	ssm_backend_opts bo;
+	ssm_state *probe = NULL;
+	const char *kind = o->cfg->backend ? o->cfg->backend : "auto";
+	int rc;
+
+	if (!s)
+		return ssmd_err_set(SSMD_ENOMEM, "scheduler");
+	s->cfg = o->cfg;
+	s->model = o->model;
+	s->mc = ssm_model_config(o->model);
+	s->tok = o->tok;
+	s->store = o->store;
+	s->vocab = s->mc->vocab_size;
+	s->publish = o->publish;
+	s->publish_arg = o->publish_arg;
+	snprintf(s->model_name, sizeof(s->model_name), "%s",
+		 o->model_name ? o->model_name : "");
+	ssm_fingerprint_hex(ssm_model_fingerprint(o->model), s->fp_hex);
+	pthread_mutex_init(&s->lock, NULL);
+	pthread_cond_init(&s->cond, NULL);
+	s->start_s = s->rate_t0 = sched_now();
+
+	rc = ssm_model_state_alloc(o->model, &probe);
+	if (rc)
+		goto fail;
+	s->state_bytes = ssm_state_encoded_size(probe);
+	ssm_state_free(probe);
+
+	ssm_backend_opts_init(&bo);
+	bo.kind = strcmp(kind, "cpu") == 0    ? SSM_BACKEND_CPU
+		  : strcmp(kind, "cuda") == 0 ? SSM_BACKEND_CUDA
+					      : SSM_BACKEND_AUTO;
+	bo.n_slots = o->cfg->slots;
+	bo.n_threads = o->cfg->threads;
+	rc = ssm_backend_open(o->model, &bo, &s->be);
+	if (rc)
+		goto fail;
+	s->n_slots = ssm_backend_n_slots(s->be);
+	s->slot_owner = calloc((size_t)s->n_slots, sizeof(*s->slot_owner));
+	s->logits = malloc((size_t)s->n_slots * (size_t)s->vocab * sizeof(float));
+	s->batch_slots = malloc((size_t)s->n_slots * sizeof(int));
+	s->batch_tokens = malloc((size_t)s->n_slots * sizeof(int32_t));
+	s->batch_sess = malloc((size_t)s->n_slots * sizeof(*s->batch_sess));
+	if (!s->slot_owner || !s->logits || !s->batch_slots ||
+	    !s->batch_tokens || !s->batch_sess) {
+		rc = ssmd_err_set(SSMD_ENOMEM, "scheduler buffers for %d slots",
+				  s->n_slots);
+		goto fail;
+	}
+	rc = storeq_start(&s->sq);
+	if (rc)
+		goto fail;
+	if (pthread_create(&s->thread, NULL, sched_main, s) != 0) {
+		rc = ssmd_err_set(SSMD_EIO, "cannot start the scheduler thread");
+		goto fail;
+	}
+	s->thread_started = 1;
+	*out = s;
+	return SSMD_OK;
+fail:
+	sched_free(s);
+	return rc;
+}
+
+void sched_stop(sched *s)
+{
+	struct done_msg *m;
+
+	if (!s)
+		return;
+	pthread_mutex_lock(&s->lock);
+	if (s->stopped) {
+		pthread_mutex_unlock(&s->lock);
+		return;
+	}
+	s->stopping = 1;
+	s->stopped = 1;
+	pthread_cond_signal(&s->cond);
+	pthread_mutex_unlock(&s->lock);
+	if (s->thread_started)
+		pthread_join(s->thread, NULL);
+	/* Every queued commit completes before the library is closed. */
+	storeq_stop(s->sq);
+	s->sq = NULL;
+	/* Completions that arrived after the scheduler stopped. */
+	while ((m = s->done_head)) {
+		s->done_head = m->next;
+		if (m->job)
+			job_finish(m->job, SSMD_ECLOSED, "the daemon is shutting down");
+		ssm_state_free(m->st);
+		free(m);
+	}
+	s->done_tail = NULL;
+}
+
+void sched_free(sched *s)
+{
+	if (!s)
+		return;
+	sched_stop(s);
+	for (size_t i = 0; i < s->sessions.n; i++)
+		sess_free(s->sessions.v[i]);
+	sess_table_fini(&s->sessions);
+	ssm_backend_close(s->be);
+	free(s->slot_owner);
+	free(s->logits);
+	free(s->batch_slots);
+	free(s->batch_tokens);
+	free(s->batch_sess);
+	pthread_cond_destroy(&s->cond);
+	pthread_mutex_destroy(&s->lock);
+	free(s);
+}
+
+const char *sched_backend_name(const sched *s)
+{
+	return ssm_backend_name(s->be);
+}

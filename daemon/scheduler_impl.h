@@ -1,0 +1,138 @@
+/*
+ * scheduler_impl.h — internals shared by the scheduler (scheduler.c, scheduler
+ * thread) and its store-thread half (scheduler_store.c).
+ */
+#ifndef SSMD_SCHED_IMPL_H
+#define SSMD_SCHED_IMPL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "scheduler.h"
+#include "sess.h"
+#include "storeq.h"
+
+struct sched {
+	/* Fixed after start. */
+	const cfg *cfg;
+	const ssm_model *model;
+	const ssm_config *mc;
+	const tok_tokenizer *tok;
+	store *store;
+	ssm_backend *be;
+	int n_slots;
+	int vocab;
+	size_t state_bytes;        /* encoded canonical state */
+	char model_name[256];
+	char fp_hex[2 * SSM_FINGERPRINT_LEN + 1];
+	sched_publish_fn publish;
+	void *publish_arg;
+	storeq *sq;
+	double start_s;            /* monotonic seconds at start */
+
+	/* Inbox, under lock. */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct job *in_head, *in_tail;
+	size_t in_n;               /* jobs in the inbox */
+	struct done_msg *done_head, *done_tail;
+	int stopping;
+	int stopped;               /* the scheduler thread has finished */
+	pthread_t thread;
+	int thread_started;
+
+	/* Counters read by stats from any thread. */
+	atomic_size_t store_jobs;  /* requests queued on the store thread */
+	atomic_uint_fast64_t tokens_total, requests_total, evictions;
+	atomic_size_t n_sessions, n_resident, queued;
+
+	/* Scheduler thread only. */
+	struct sess_table sessions;
+	struct sess **slot_owner;  /* (n_slots) session in each slot, or NULL */
+	uint64_t tick;
+	int draining;              /* shutting down: start nothing new */
+	float *logits;             /* (n_slots, vocab) decode output */
+	int *batch_slots;          /* (n_slots) */
+	int32_t *batch_tokens;     /* (n_slots) */
+	struct sess **batch_sess;  /* (n_slots) */
+	double rate_t0;            /* tokens/s window start (seconds) */
+	uint64_t rate_n0;          /* tokens_total at rate_t0 */
+	double tokens_per_s;       /* over the last completed window */
+};
+
+/* A completion posted back to the scheduler by the store thread. */
+enum done_type {
+	DONE_LOADED,   /* page-in of sess finished: st or rc */
+	DONE_OPENED,   /* open/fork from a stored state: st + id, or rc */
+};
+
+struct done_msg {
+	struct storeq_task task;   /* the store-thread task that fills it */
+	struct sref *ref;          /* load: the state to read (reference) */
+	char ref_str[STORE_TAG_MAX + 1]; /* resolve: the ID or tag */
+	sched *s;
+	struct done_msg *next;
+	enum done_type type;
+	struct sess *sess;
+	struct job *job;
+	ssm_state *st;             /* owned */
+	char id[STORE_ID_SIZE];
+	int rc;
+	char err[512];
+};
+
+/* Posts a completion to the scheduler thread (store thread side). */
+void sched_done_post(sched *s, struct done_msg *m);
+
+/* --- store-thread tasks (scheduler_store.c), posted by the scheduler -------- */
+
+/* Stores st (taken) with transcript tokens (taken, n) as a child of parent
+ * (reference taken; NULL = root) and fills ref (reference taken) at commit;
+ * then, if job is set, finishes it as sched_store_reply() with ref and tag.
+ * Takes a (calloc'd) and everything it owns. */
+struct put_args {
+	struct storeq_task task;
+	sched *s;
+	struct sref *ref;
+	struct sref *parent;
+	ssm_state *st;
+	int32_t *tokens;
+	size_t n_tokens;
+	store_kind kind;
+	char *label;               /* owned, may be NULL */
+	char *tag;                 /* owned, may be NULL */
+	char session[SESS_ID_SIZE];
+	struct job *job;
+	int log_commit;            /* log "session → state" at info (shutdown) */
+};
+void sched_store_put(struct put_args *a);
+
+/* Reads the state of ref (or its kept copy after a failed put) for sess and
+ * answers with DONE_LOADED. SSMD_ENOMEM (nothing posted). */
+int sched_store_load(sched *s, struct sess *sess, struct sref *ref);
+
+/* Resolves the state ID or tag `ref` for job (open/fork) and answers with
+ * DONE_OPENED. SSMD_ENOMEM (nothing posted). */
+int sched_store_resolve(sched *s, struct job *job, const char *ref);
+
+/* Finishes job on the store thread after every earlier put: fills the IDs of
+ * its automatic checkpoints and, when job->reply_ref is set, puts that
+ * state's ID into the reply (StateRefReply or GenerateReply), pointing tag
+ * job->reply_tag at it first. */
+void sched_store_reply(sched *s, struct job *job);
+
+/* Runs a library-only request (states, state, tag, untag, delete_state,
+ * export_state, import_state) or finishes stats, on the store thread. */
+void sched_store_request(sched *s, struct job *job);
+
+/* 1 for operations that only touch the state library. */
+int sched_op_is_store(const Ssmd__Request *req);
+
+/* Frees generate state (scheduler.c). */
+void gen_free(struct gen *g);
+
+/* Monotonic seconds. */
+double sched_now(void);
+
+#endif

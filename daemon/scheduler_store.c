@@ -1,0 +1,651 @@
+/*
+ * scheduler_store.c — the scheduler's store-thread half: commits of snapshots and
+ * checkpoints, page-ins, resolving states to open, replies that must wait for
+ * commits, and the library-only requests.
+ *
+ * Every function whose name ends in _run executes on the store thread.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "log.h"
+#include "scheduler_impl.h"
+
+/* ------------------------------------------------------------ replies -- */
+
+/* Tags, fills the reply's checkpoint IDs and state ID, finishes the job. */
+static void reply_finish(struct job *j)
+{
+	sched *s = j->sched;
+	char **ckpt_ids = NULL;
+	size_t n_ids = 0;
+	char *id = NULL;
+
+	if (j->reply_ref) {
+		if (j->reply_ref->rc) {
+			job_finish(j, j->reply_ref->rc,
+				   "the state could not be stored (the session keeps it in memory): %s",
+				   ssmd_strerror(j->reply_ref->rc));
+			return;
+		}
+		id = j->reply_ref->id;
+		if (j->reply_tag) {
+			int rc = store_tag_set(s->store, j->reply_tag, id);
+			if (rc) {
+				job_finish(j, rc, "state %s stored, but tag '%s' failed: %s",
+					   id, j->reply_tag, ssmd_errmsg());
+				return;
+			}
+		}
+	}
+	if (j->n_ckpts) {
+		ckpt_ids = arena_alloc(&j->arena, j->n_ckpts * sizeof(char *));
+		if (!ckpt_ids) {
+			job_finish(j, SSMD_ENOMEM, "reply");
+			return;
+		}
+		for (size_t i = 0; i < j->n_ckpts; i++)
+			if (!j->ckpts[i]->rc)
+				ckpt_ids[n_ids++] = j->ckpts[i]->id;
+	}
+	switch (j->reply.result_case) {
+	case SSMD__REPLY__RESULT_APPEND:
+		j->reply.append->checkpoints = ckpt_ids;
+		j->reply.append->n_checkpoints = n_ids;
+		break;
+	case SSMD__REPLY__RESULT_GENERATE:
+		j->reply.generate->checkpoints = ckpt_ids;
+		j->reply.generate->n_checkpoints = n_ids;
+		j->reply.generate->state_id = id;
+		break;
+	case SSMD__REPLY__RESULT_STATE_REF:
+		j->reply.state_ref->state_id = id;
+		break;
+	default:
+		break;
+	}
+	job_finish(j, SSMD_OK, NULL);
+}
+
+static void reply_run(struct storeq_task *t)
+{
+	reply_finish((struct job *)t);
+}
+
+void sched_store_reply(sched *s, struct job *j)
+{
+	storeq_post(s->sq, &j->task, reply_run);
+}
+
+/* --------------------------------------------------------------- puts -- */
+
+/* The transcript from the nearest committed ancestor: the kept transcripts
+ * of failed puts in between, oldest first, then the put's own. *parent gets
+ * that ancestor (NULL = root). *joined is NULL when no join was needed. */
+static int put_transcript(struct put_args *a, struct sref **parent,
+			  const int32_t **tokens, size_t *n, int32_t **joined)
+{
+	struct sref *p = a->parent;
+	size_t total = a->n_tokens, at;
+	int32_t *buf;
+
+	*joined = NULL;
+	while (p && p->rc) {
+		total += p->n_kept;
+		p = p->kept_parent;
+	}
+	*parent = p;
+	if (total == a->n_tokens) {
+		*tokens = a->tokens;
+		*n = a->n_tokens;
+		return SSMD_OK;
+	}
+	buf = malloc(total * sizeof(*buf));
+	if (!buf)
+		return ssmd_err_set(SSMD_ENOMEM, "transcript of %zu tokens", total);
+	at = total - a->n_tokens;
+	memcpy(buf + at, a->tokens, a->n_tokens * sizeof(*buf));
+	for (p = a->parent; p && p->rc; p = p->kept_parent) {
+		at -= p->n_kept;
+		memcpy(buf + at, p->kept_tokens, p->n_kept * sizeof(*buf));
+	}
+	*joined = buf;
+	*tokens = buf;
+	*n = total;
+	return SSMD_OK;
+}
+
+static void put_run(struct storeq_task *t)
+{
+	struct put_args *a = (struct put_args *)t;
+	sched *s = a->s;
+	struct sref *parent = NULL;
+	const int32_t *tokens = NULL;
+	int32_t *joined = NULL;
+	size_t n_tokens = 0, raw_len = ssm_state_encoded_size(a->st);
+	void *raw = malloc(raw_len);
+	char metadata[64 + SESS_ID_SIZE];
+	char id[STORE_ID_SIZE];
+	int rc;
+
+	if (!raw) {
+		rc = ssmd_err_set(SSMD_ENOMEM, "encoding a state of %zu bytes", raw_len);
+		goto done;
+	}
+	rc = put_transcript(a, &parent, &tokens, &n_tokens, &joined);
+	if (rc)
+		goto done;
+	rc = ssm_state_encode(a->st, raw, raw_len);
+	if (rc)
+		goto done;
+	snprintf(metadata, sizeof(metadata), "{\"session\":\"%s\"}", a->session);
+	const char *parent_id = parent ? parent->id : NULL;
+	store_put p = {
+		.raw = raw,
+		.raw_len = raw_len,
+		.kind = a->kind,
+		.parents = parent ? &parent_id : NULL,
+		.n_parents = parent ? 1 : 0,
+		.label = a->label,
+		.metadata = metadata,
+		.tokens = tokens,
+		.n_tokens = n_tokens,
+	};
+	rc = store_state_put(s->store, &p, id);
+done:
+	if (rc == SSMD_OK) {
+		memcpy(a->ref->id, id, sizeof(id));
+		if (a->log_commit)
+			log_info("session %s -> state %s (%llu tokens)", a->session,
+				 id, (unsigned long long)a->st->n_tokens);
+		else
+			log_debug("session %s: stored %s %s (%llu tokens)",
+				  a->session, store_kind_name(a->kind), id,
+				  (unsigned long long)a->st->n_tokens);
+	} else {
+		/* Keep what could not be stored, so the session loses nothing:
+		 * its page-in and its next put reach back to it. */
+		log_error("session %s: storing its state failed (%s: %s); kept in memory",
+			  a->session, ssmd_strerror(rc), ssmd_errmsg());
+		a->ref->kept = a->st;
+		a->ref->kept_tokens = a->tokens;
+		a->ref->n_kept = a->n_tokens;
+		a->ref->kept_parent = a->parent;
+		a->st = NULL;
+		a->tokens = NULL;
+		a->parent = NULL;
+		a->ref->rc = rc;
+	}
+	if (a->job) {
+		a->job->reply_ref = sref_get(a->ref);
+		a->job->reply_tag = a->tag;
+		a->tag = NULL;
+		reply_finish(a->job);
+	}
+	free(raw);
+	free(joined);
+	free(a->tokens);
+	ssm_state_free(a->st);
+	free(a->label);
+	free(a->tag);
+	sref_put(a->ref);
+	sref_put(a->parent);
+	free(a);
+}
+
+void sched_store_put(struct put_args *a)
+{
+	storeq_post(a->s->sq, &a->task, put_run);
+}
+
+/* ------------------------------------------------------- loads, opens -- */
+
+/* Reads and checks a stored state: decoded, of the served model. */
+static int state_read(sched *s, const char *ref, ssm_state **out,
+		      char id[STORE_ID_SIZE])
+{
+	void *raw = NULL;
+	size_t len = 0;
+	store_state_info info;
+	ssm_state *st = NULL;
+	int rc;
+
+	memset(&info, 0, sizeof(info));
+	rc = store_state_get(s->store, ref, &raw, &len, &info);
+	if (rc)
+		return rc;
+	rc = ssm_state_decode(raw, len, &st);
+	if (rc)
+		goto out;
+	rc = ssm_model_check_state(s->model, st);
+	if (rc) {
+		rc = ssmd_err_set(SSMD_EMODEL,
+				  "state %s belongs to another model than %s (%s)",
+				  info.id, s->model_name, ssmd_errmsg());
+		goto out;
+	}
+	if (id)
+		memcpy(id, info.id, STORE_ID_SIZE);
+	*out = st;
+	st = NULL;
+out:
+	ssm_state_free(st);
+	free(raw);
+	store_state_info_fini(&info);
+	return rc;
+}
+
+static void done_fail(struct done_msg *m, int rc)
+{
+	m->rc = rc;
+	snprintf(m->err, sizeof(m->err), "%s", ssmd_errmsg());
+}
+
+static void load_run(struct storeq_task *t)
+{
+	struct done_msg *m = (struct done_msg *)t;
+	struct sref *r = m->ref;
+	int rc;
+
+	if (r->rc) {
+		/* The put failed: the state is the one kept in memory. */
+		rc = ssm_model_state_alloc(m->s->model, &m->st);
+		if (!rc)
+			rc = ssm_state_copy(m->st, r->kept);
+	} else {
+		rc = state_read(m->s, r->id, &m->st, NULL);
+	}
+	if (rc)
+		done_fail(m, rc);
+	sref_put(m->ref);
+	m->ref = NULL;
+	sched_done_post(m->s, m);
+}
+
+int sched_store_load(sched *s, struct sess *sess, struct sref *ref)
+{
+	struct done_msg *m = calloc(1, sizeof(*m));
+
+	if (!m)
+		return ssmd_err_set(SSMD_ENOMEM, "page-in");
+	m->type = DONE_LOADED;
+	m->s = s;
+	m->sess = sess;
+	m->ref = sref_get(ref);
+	storeq_post(s->sq, &m->task, load_run);
+	return SSMD_OK;
+}
+
+static void resolve_run(struct storeq_task *t)
+{
+	struct done_msg *m = (struct done_msg *)t;
+	int rc = state_read(m->s, m->ref_str, &m->st, m->id);
+
+	if (rc)
+		done_fail(m, rc);
+	sched_done_post(m->s, m);
+}
+
+int sched_store_resolve(sched *s, struct job *job, const char *ref)
+{
+	struct done_msg *m;
+
+	if (strlen(ref) > STORE_TAG_MAX)
+		return ssmd_err_set(SSMD_EINVAL, "state reference longer than %d bytes",
+				    STORE_TAG_MAX);
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		return ssmd_err_set(SSMD_ENOMEM, "open");
+	m->type = DONE_OPENED;
+	m->s = s;
+	m->job = job;
+	snprintf(m->ref_str, sizeof(m->ref_str), "%s", ref);
+	storeq_post(s->sq, &m->task, resolve_run);
+	return SSMD_OK;
+}
+
+/* ------------------------------------------------ library-only requests -- */
+
+int sched_op_is_store(const Ssmd__Request *req)
+{
+	switch (req->op_case) {
+	case SSMD__REQUEST__OP_STATES:
+	case SSMD__REQUEST__OP_STATE:
+	case SSMD__REQUEST__OP_TAG:
+	case SSMD__REQUEST__OP_UNTAG:
+	case SSMD__REQUEST__OP_DELETE_STATE:
+	case SSMD__REQUEST__OP_EXPORT_STATE:
+	case SSMD__REQUEST__OP_IMPORT_STATE:
+		return 1;
+	default:
+		return 0;
+	}
+}
+
+/* The session a state was written by, from its metadata, or "". */
+static void meta_session(const char *metadata, char out[SESS_ID_SIZE])
+{
+	cJSON *root = metadata ? cJSON_Parse(metadata) : NULL;
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "session");
+
+	out[0] = 0;
+	if (cJSON_IsString(v))
+		snprintf(out, SESS_ID_SIZE, "%s", v->valuestring);
+	cJSON_Delete(root);
+}
+
+/* Tags of every state, for listing (one query per request). */
+struct tag_list {
+	store_tag *v;
+	size_t n;
+};
+
+static Ssmd__StateInfo *info_to_proto(struct job *j, const store_state_info *in,
+				      const struct tag_list *tags)
+{
+	Ssmd__StateInfo *o = arena_alloc(&j->arena, sizeof(*o));
+	char fp[2 * STORE_FINGERPRINT_LEN + 1];
+	size_t nt = 0;
+
+	if (!o)
+		return NULL;
+	ssmd__state_info__init(o);
+	ssm_fingerprint_hex(in->fingerprint, fp);
+	o->id = arena_strdup(&j->arena, in->id);
+	o->parent = arena_strdup(&j->arena, in->n_parents ? in->parents[0] : "");
+	o->kind = (char *)store_kind_name(in->kind);
+	o->has_n_tokens = 1;
+	o->n_tokens = in->n_tokens;
+	o->has_created_ms = 1;
+	o->created_ms = in->created_ms;
+	o->label = arena_strdup(&j->arena, in->label);
+	o->metadata = arena_strdup(&j->arena, in->metadata ? in->metadata : "{}");
+	o->has_raw_bytes = o->has_stored_bytes = o->has_transcript_tokens = 1;
+	o->raw_bytes = in->raw_size;
+	o->stored_bytes = in->stored_size;
+	o->transcript_tokens = in->n_transcript;
+	o->model_fingerprint = arena_strdup(&j->arena, fp);
+	if (!o->id || !o->parent || !o->label || !o->metadata ||
+	    !o->model_fingerprint)
+		return NULL;
+	if (in->n_tags && tags) {
+		o->tags = arena_alloc(&j->arena, in->n_tags * sizeof(char *));
+		if (!o->tags)
+			return NULL;
+		for (size_t i = 0; i < tags->n && nt < in->n_tags; i++)
+			if (strcmp(tags->v[i].id, in->id) == 0 &&
+			    !(o->tags[nt++] = arena_strdup(&j->arena,
+							    tags->v[i].name)))
+				return NULL;
+		o->n_tags = nt;
+	}
+	return o;
+}
+
+static int op_states(sched *s, struct job *j, struct tag_list *tags)
+{
+	const Ssmd__StatesRequest *q = j->req->states;
+	uint32_t limit = q->has_limit ? q->limit : 100;
+	int want_session = q->session && q->session[0];
+	Ssmd__StatesReply *r;
+	store_filter f;
+	char cursor[STORE_ID_SIZE] = "";
+	int rc = SSMD_OK;
+
+	if (limit < 1 || limit > 1000)
+		return ssmd_err_set(SSMD_ERANGE, "limit %u is outside 1..1000", limit);
+	memset(&f, 0, sizeof(f));
+	f.fingerprint = q->all_models ? NULL : ssm_model_fingerprint(s->model);
+	f.tag_prefix = q->tag_prefix && q->tag_prefix[0] ? q->tag_prefix : NULL;
+	f.newest_first = 1;
+	if (q->kind && q->kind[0]) {
+		for (int k = STORE_KIND_CHECKPOINT; k <= STORE_KIND_IMPORT; k++)
+			if (strcmp(q->kind, store_kind_name(k)) == 0)
+				f.kind = k;
+		if (!f.kind)
+			return ssmd_err_set(SSMD_EINVAL,
+					    "kind '%s' is not checkpoint, snapshot, merge or import",
+					    q->kind);
+	}
+	if (q->cursor && q->cursor[0])
+		snprintf(cursor, sizeof(cursor), "%s", q->cursor);
+	r = arena_alloc(&j->arena, sizeof(*r));
+	if (!r)
+		return ssmd_err_set(SSMD_ENOMEM, "states reply");
+	ssmd__states_reply__init(r);
+	r->states = arena_alloc(&j->arena, limit * sizeof(*r->states));
+	if (!r->states)
+		return ssmd_err_set(SSMD_ENOMEM, "states reply");
+	/* Pages sized to what is still missing, so a page never has to be cut
+	 * in the middle: the store's cursor then stays exact. A session
+	 * filter reads on until enough match or the library ends. */
+	do {
+		store_state_info *v = NULL;
+		size_t n = 0;
+		f.limit = limit - r->n_states;
+		f.cursor = cursor[0] ? cursor : NULL;
+		rc = store_state_list(s->store, &f, &v, &n, cursor);
+		if (rc)
+			return rc;
+		for (size_t i = 0; i < n && !rc; i++) {
+			char sess[SESS_ID_SIZE];
+			if (want_session) {
+				meta_session(v[i].metadata, sess);
+				if (strcmp(sess, q->session) != 0)
+					continue;
+			}
+			r->states[r->n_states] = info_to_proto(j, &v[i], tags);
+			if (!r->states[r->n_states])
+				rc = ssmd_err_set(SSMD_ENOMEM, "states reply");
+			else
+				r->n_states++;
+		}
+		store_info_array_free(v, n);
+	} while (!rc && cursor[0] && r->n_states < limit);
+	if (rc)
+		return rc;
+	r->next_cursor = arena_strdup(&j->arena, cursor);
+	if (!r->next_cursor)
+		return ssmd_err_set(SSMD_ENOMEM, "states reply");
+	j->reply.result_case = SSMD__REPLY__RESULT_STATES;
+	j->reply.states = r;
+	return SSMD_OK;
+}
+
+static int op_state(sched *s, struct job *j, struct tag_list *tags)
+{
+	const Ssmd__StateRequest *q = j->req->state;
+	Ssmd__StateReply *r = arena_alloc(&j->arena, sizeof(*r));
+	store_state_info info, *anc = NULL;
+	size_t n_anc = 0;
+	int rc;
+
+	if (!q->ref || !q->ref[0])
+		return ssmd_err_set(SSMD_EINVAL, "state needs a state ID or tag");
+	if (!r)
+		return ssmd_err_set(SSMD_ENOMEM, "state reply");
+	ssmd__state_reply__init(r);
+	memset(&info, 0, sizeof(info));
+	rc = store_state_info_get(s->store, q->ref, &info);
+	if (rc)
+		return rc;
+	r->info = info_to_proto(j, &info, tags);
+	if (!r->info)
+		rc = ssmd_err_set(SSMD_ENOMEM, "state reply");
+	if (!rc && (!q->has_lineage || q->lineage))
+		rc = store_lineage(s->store, info.id, &anc, &n_anc, NULL, NULL);
+	if (!rc && n_anc) {
+		r->lineage = arena_alloc(&j->arena, n_anc * sizeof(*r->lineage));
+		if (!r->lineage)
+			rc = ssmd_err_set(SSMD_ENOMEM, "state reply");
+		for (size_t i = 0; !rc && i < n_anc; i++) {
+			r->lineage[i] = info_to_proto(j, &anc[i], tags);
+			if (!r->lineage[i])
+				rc = ssmd_err_set(SSMD_ENOMEM, "state reply");
+			r->n_lineage = i + 1;
+		}
+	}
+	store_info_array_free(anc, n_anc);
+	store_state_info_fini(&info);
+	if (rc)
+		return rc;
+	j->reply.result_case = SSMD__REPLY__RESULT_STATE;
+	j->reply.state = r;
+	return SSMD_OK;
+}
+
+/* Sets a StateRefReply with id and n_tokens as the result. */
+static int reply_state_ref(struct job *j, const char *id, uint64_t n_tokens)
+{
+	Ssmd__StateRefReply *r = arena_alloc(&j->arena, sizeof(*r));
+
+	if (!r)
+		return ssmd_err_set(SSMD_ENOMEM, "reply");
+	ssmd__state_ref_reply__init(r);
+	r->state_id = arena_strdup(&j->arena, id);
+	if (!r->state_id)
+		return ssmd_err_set(SSMD_ENOMEM, "reply");
+	r->has_n_tokens = 1;
+	r->n_tokens = n_tokens;
+	j->reply.result_case = SSMD__REPLY__RESULT_STATE_REF;
+	j->reply.state_ref = r;
+	return SSMD_OK;
+}
+
+/* Checks a tag name before the library sees it, for a clear message. */
+static int tag_check(const char *name)
+{
+	if (!name || !name[0])
+		return ssmd_err_set(SSMD_EINVAL, "a tag name is required");
+	if (!store_tag_name_valid(name))
+		return ssmd_err_set(SSMD_EINVAL,
+				    "'%.*s' is not a valid tag name (1..%d of A-Z a-z 0-9 -_.:@+=/, not shaped like a state ID)",
+				    STORE_TAG_MAX, name, STORE_TAG_MAX);
+	return SSMD_OK;
+}
+
+static int op_ref_required(const char *ref, const char *op)
+{
+	if (!ref || !ref[0])
+		return ssmd_err_set(SSMD_EINVAL, "%s needs a state ID or tag", op);
+	return SSMD_OK;
+}
+
+static int op_library(sched *s, struct job *j)
+{
+	const Ssmd__Request *q = j->req;
+	struct tag_list tags = {0};
+	store_state_info info;
+	char id[STORE_ID_SIZE];
+	int rc;
+
+	memset(&info, 0, sizeof(info));
+	switch (q->op_case) {
+	case SSMD__REQUEST__OP_STATES:
+	case SSMD__REQUEST__OP_STATE:
+		rc = store_tag_list(s->store, NULL, &tags.v, &tags.n);
+		if (!rc)
+			rc = q->op_case == SSMD__REQUEST__OP_STATES
+				     ? op_states(s, j, &tags)
+				     : op_state(s, j, &tags);
+		free(tags.v);
+		return rc;
+	case SSMD__REQUEST__OP_TAG:
+		if ((rc = tag_check(q->tag->name)) ||
+		    (rc = op_ref_required(q->tag->ref, "tag")) ||
+		    (rc = store_tag_set(s->store, q->tag->name, q->tag->ref)) ||
+		    (rc = store_state_info_get(s->store, q->tag->name, &info)))
+			return rc;
+		rc = reply_state_ref(j, info.id, info.n_tokens);
+		store_state_info_fini(&info);
+		return rc;
+	case SSMD__REQUEST__OP_UNTAG:
+		if ((rc = tag_check(q->untag->name)) ||
+		    (rc = store_resolve(s->store, q->untag->name, id)) ||
+		    (rc = store_tag_delete(s->store, q->untag->name)))
+			return rc;
+		return reply_state_ref(j, id, 0);
+	case SSMD__REQUEST__OP_DELETE_STATE:
+		if ((rc = op_ref_required(q->delete_state->ref, "delete")) ||
+		    (rc = store_state_info_get(s->store, q->delete_state->ref, &info)))
+			return rc;
+		rc = store_state_delete(s->store, info.id, q->delete_state->force);
+		if (!rc)
+			rc = reply_state_ref(j, info.id, info.n_tokens);
+		store_state_info_fini(&info);
+		return rc;
+	case SSMD__REQUEST__OP_EXPORT_STATE: {
+		Ssmd__ExportReply *r = arena_alloc(&j->arena, sizeof(*r));
+		void *buf;
+		size_t len;
+		if ((rc = op_ref_required(q->export_state->ref, "export")))
+			return rc;
+		if (!r)
+			return ssmd_err_set(SSMD_ENOMEM, "export reply");
+		ssmd__export_reply__init(r);
+		if ((rc = store_resolve(s->store, q->export_state->ref, id)) ||
+		    (rc = store_export(s->store, id, &buf, &len)))
+			return rc;
+		j->free_after = buf;
+		r->has_data = 1;
+		r->data.data = buf;
+		r->data.len = len;
+		r->state_id = arena_strdup(&j->arena, id);
+		if (!r->state_id)
+			return ssmd_err_set(SSMD_ENOMEM, "export reply");
+		j->reply.result_case = SSMD__REPLY__RESULT_EXPORT_STATE;
+		j->reply.export_state = r;
+		return SSMD_OK;
+	}
+	case SSMD__REQUEST__OP_IMPORT_STATE: {
+		const Ssmd__ImportRequest *im = q->import_state;
+		const char *tag = im->tag && im->tag[0] ? im->tag : NULL;
+		if (!im->has_data || im->data.len == 0)
+			return ssmd_err_set(SSMD_EINVAL, "import needs the exported bytes");
+		if (tag && (rc = tag_check(tag)))
+			return rc;
+		if ((rc = store_import(s->store, im->data.data, im->data.len, id)))
+			return rc;
+		if (tag && (rc = store_tag_set(s->store, tag, id)))
+			return ssmd_err_set(rc, "imported as %s, but tag '%s' failed: %s",
+					    id, tag, ssmd_errmsg());
+		if ((rc = store_state_info_get(s->store, id, &info)))
+			return rc;
+		rc = reply_state_ref(j, id, info.n_tokens);
+		store_state_info_fini(&info);
+		return rc;
+	}
+	case SSMD__REQUEST__OP_STATS: {
+		store_totals t;
+		if ((rc = store_total_size(s->store, &t)))
+			return rc;
+		j->reply.stats->has_store_bytes = j->reply.stats->has_store_states = 1;
+		j->reply.stats->store_bytes = t.file_bytes;
+		j->reply.stats->store_states = t.n_states;
+		return SSMD_OK;
+	}
+	default:
+		return ssmd_err_set(SSMD_EPROTO, "not a library operation");
+	}
+}
+
+static void request_run(struct storeq_task *t)
+{
+	struct job *j = (struct job *)t;
+	sched *s = j->sched;
+	int external = j->req->op_case != SSMD__REQUEST__OP_STATS;
+	int rc = op_library(s, j);
+
+	if (external)
+		atomic_fetch_sub(&s->store_jobs, 1);
+	job_finish(j, rc, NULL);
+}
+
+void sched_store_request(sched *s, struct job *j)
+{
+	storeq_post(s->sq, &j->task, request_run);
+}

@@ -1,0 +1,307 @@
+/*
+ * server.c — REP contexts and the PUB socket.
+ *
+ * Each context loops RECV → (WAIT for the job's reply) → SEND → RECV. The
+ * reply callback comes from the scheduler or store thread and only starts an
+ * asynchronous send, so no thread ever blocks on the network.
+ */
+#include "server.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <nng/nng.h>
+#include <nng/protocol/pubsub0/pub.h>
+#include <nng/protocol/reqrep0/rep.h>
+#include <nng/transport/ipc/ipc.h>
+
+#include "job.h"
+#include "log.h"
+#include "proto.h"
+
+enum ctx_state { CTX_RECV, CTX_WAIT, CTX_SEND };
+
+struct ctx {
+	server *srv;
+	nng_ctx ctx;
+	nng_aio *aio;
+	enum ctx_state state;
+	char client_id[PROTO_MAX_ID_LEN + 1];
+	char request_id[PROTO_MAX_ID_LEN + 1];
+};
+
+struct server {
+	nng_socket rep, pub;
+	int rep_open, pub_open;
+	nng_listener rep_l, pub_l;
+	struct ctx *ctxs;
+	int n_ctxs;
+	sched *sched;
+	rcache *cache;
+};
+
+static int nng_to_ssmd(int rv, const char *what, const char *url)
+{
+	int code = rv == NNG_EADDRINVAL || rv == NNG_ENOTSUP ? SSMD_EINVAL
+		   : rv == NNG_ENOMEM                       ? SSMD_ENOMEM
+							    : SSMD_EIO;
+	return ssmd_err_set(code, "%s %s: %s", what, url, nng_strerror(rv));
+}
+
+/* Creates, configures and starts a listener on url. */
+static int listen_on(nng_socket sock, const char *url, uint64_t max_message,
+		     nng_listener *out)
+{
+	nng_listener l;
+	int rv = nng_listener_create(&l, sock, url);
+
+	if (rv)
+		return nng_to_ssmd(rv, "cannot listen on", url);
+	rv = nng_listener_set_size(l, NNG_OPT_RECVMAXSZ, (size_t)max_message);
+	if (!rv && strncmp(url, "ipc://", 6) == 0)
+		rv = nng_listener_set_int(l, NNG_OPT_IPC_PERMISSIONS, 0600);
+	if (!rv)
+		rv = nng_listener_start(l, 0);
+	if (rv) {
+		nng_listener_close(l);
+		return nng_to_ssmd(rv, "cannot listen on", url);
+	}
+	*out = l;
+	return SSMD_OK;
+}
+
+int server_open(const struct server_opts *o, server **out)
+{
+	server *srv = calloc(1, sizeof(*srv));
+	int rv, rc;
+
+	if (!srv)
+		return ssmd_err_set(SSMD_ENOMEM, "server");
+	srv->n_ctxs = o->contexts;
+	srv->ctxs = calloc((size_t)o->contexts, sizeof(*srv->ctxs));
+	if (!srv->ctxs) {
+		rc = ssmd_err_set(SSMD_ENOMEM, "server contexts");
+		goto fail;
+	}
+	if ((rv = nng_rep0_open(&srv->rep))) {
+		rc = nng_to_ssmd(rv, "cannot open", "REP socket");
+		goto fail;
+	}
+	srv->rep_open = 1;
+	if ((rv = nng_pub0_open(&srv->pub))) {
+		rc = nng_to_ssmd(rv, "cannot open", "PUB socket");
+		goto fail;
+	}
+	srv->pub_open = 1;
+	/* The socket-level limit covers dialers added later too. */
+	nng_socket_set_size(srv->rep, NNG_OPT_RECVMAXSZ, (size_t)o->max_message);
+	if ((rc = listen_on(srv->rep, o->listen, o->max_message, &srv->rep_l)) ||
+	    (rc = listen_on(srv->pub, o->events, o->max_message, &srv->pub_l)))
+		goto fail;
+	*out = srv;
+	return SSMD_OK;
+fail:
+	server_close(srv);
+	return rc;
+}
+
+static void ctx_recv(struct ctx *c)
+{
+	c->state = CTX_RECV;
+	nng_ctx_recv(c->ctx, c->aio);
+}
+
+/* Sends len bytes of reply on c (any thread). */
+static void ctx_send(struct ctx *c, const void *reply, size_t len)
+{
+	nng_msg *msg;
+
+	if (!reply || nng_msg_alloc(&msg, 0) || nng_msg_append(msg, reply, len)) {
+		if (reply)
+			log_error("out of memory for a %zu-byte reply; dropped", len);
+		ctx_recv(c);
+		return;
+	}
+	c->state = CTX_SEND;
+	nng_aio_set_msg(c->aio, msg);
+	nng_ctx_send(c->ctx, c->aio);
+}
+
+/* A resend that waited for the first execution gets its reply. */
+static void waiter_reply(void *waiter, const void *reply, size_t len)
+{
+	ctx_send(waiter, reply, len);
+}
+
+/* The job of c's request finished (scheduler or store thread). */
+static void job_reply(void *arg, const void *reply, size_t len)
+{
+	struct ctx *c = arg;
+
+	/* Without a reply (out of memory) the entry is dropped, so a retry
+	 * runs afresh; waiters go back to receiving. */
+	rcache_finish(c->srv->cache, c->client_id, c->request_id, reply, len,
+		      reply != NULL, waiter_reply);
+	ctx_send(c, reply, len);
+}
+
+/* Answers c with an error without running anything. */
+static void ctx_error(struct ctx *c, const char *request_id, int code,
+		      const char *message)
+{
+	void *buf;
+	size_t len;
+
+	if (job_error_pack(request_id, code, message, &buf, &len)) {
+		ctx_recv(c);
+		return;
+	}
+	ctx_send(c, buf, len);
+	free(buf);
+}
+
+static void ctx_request(struct ctx *c, nng_msg *msg)
+{
+	Ssmd__Request *req = NULL;
+	struct job *j;
+	void *cached;
+	size_t len;
+	int state, rc;
+
+	rc = proto_request_decode(nng_msg_body(msg), nng_msg_len(msg), &req);
+	nng_msg_free(msg);
+	if (rc) {
+		log_debug("bad request: %s", ssmd_errmsg());
+		ctx_error(c, req ? req->request_id : "", rc, ssmd_errmsg());
+		proto_request_free(req);
+		return;
+	}
+	snprintf(c->client_id, sizeof(c->client_id), "%s",
+		 req->client_id ? req->client_id : "");
+	snprintf(c->request_id, sizeof(c->request_id), "%s", req->request_id);
+	/* WAIT before the cache sees c: as a waiter, c may be answered from
+	 * another thread at once, and that send must not be overwritten. */
+	c->state = CTX_WAIT;
+	rc = rcache_begin(c->srv->cache, c->client_id, c->request_id, c, &cached,
+			  &len, &state);
+	if (rc) {
+		ctx_error(c, req->request_id, rc, ssmd_errmsg());
+		proto_request_free(req);
+		return;
+	}
+	if (state == RCACHE_DONE) {
+		log_debug("request %s answered from the cache", c->request_id);
+		proto_request_free(req);
+		ctx_send(c, cached, len);
+		free(cached);
+		return;
+	}
+	if (state == RCACHE_PENDING) {
+		log_debug("request %s is running; the resend waits for it",
+			  c->request_id);
+		proto_request_free(req);
+		return;
+	}
+	log_debug("request %s: %s", c->request_id, proto_op_name(req));
+	rc = job_alloc(req, job_reply, c, &j);
+	if (!rc) {
+		rc = sched_submit(c->srv->sched, j);
+		if (rc)
+			job_free(j);
+	}
+	if (rc) {
+		/* Not executed: a retry must run afresh, so forget it. */
+		void *buf;
+		if (job_error_pack(c->request_id, rc, ssmd_errmsg(), &buf, &len)) {
+			rcache_finish(c->srv->cache, c->client_id, c->request_id,
+				      NULL, 0, 0, NULL);
+			ctx_recv(c);
+			return;
+		}
+		rcache_finish(c->srv->cache, c->client_id, c->request_id, buf, len,
+			      0, waiter_reply);
+		ctx_send(c, buf, len);
+		free(buf);
+	}
+}
+
+static void ctx_cb(void *arg)
+{
+	struct ctx *c = arg;
+	int rv = nng_aio_result(c->aio);
+
+	switch (c->state) {
+	case CTX_RECV:
+		if (rv == NNG_ECLOSED || rv == NNG_ECANCELED)
+			return;
+		if (rv) {
+			log_warn("receive failed: %s", nng_strerror(rv));
+			ctx_recv(c);
+			return;
+		}
+		ctx_request(c, nng_aio_get_msg(c->aio));
+		return;
+	case CTX_SEND:
+		if (rv) {
+			/* The client went away; its reply stays in the cache. */
+			nng_msg_free(nng_aio_get_msg(c->aio));
+			if (rv == NNG_ECLOSED || rv == NNG_ECANCELED)
+				return;
+			log_debug("reply not delivered: %s", nng_strerror(rv));
+		}
+		ctx_recv(c);
+		return;
+	case CTX_WAIT:
+		return;
+	}
+}
+
+int server_start(server *srv, sched *sc, rcache *cache)
+{
+	srv->sched = sc;
+	srv->cache = cache;
+	for (int i = 0; i < srv->n_ctxs; i++) {
+		struct ctx *c = &srv->ctxs[i];
+		int rv;
+		c->srv = srv;
+		if ((rv = nng_aio_alloc(&c->aio, ctx_cb, c)) ||
+		    (rv = nng_ctx_open(&c->ctx, srv->rep))) {
+			nng_aio_free(c->aio);
+			c->aio = NULL;
+			return nng_to_ssmd(rv, "cannot open", "a REP context");
+		}
+		ctx_recv(c);
+	}
+	return SSMD_OK;
+}
+
+void server_publish(void *arg, const void *frame, size_t len)
+{
+	server *srv = arg;
+	int rv = nng_send(srv->pub, (void *)frame, len, NNG_FLAG_NONBLOCK);
+
+	if (rv && rv != NNG_EAGAIN)
+		log_debug("event not published: %s", nng_strerror(rv));
+}
+
+void server_close(server *srv)
+{
+	if (!srv)
+		return;
+	for (int i = 0; i < srv->n_ctxs; i++)
+		if (srv->ctxs[i].aio)
+			nng_aio_stop(srv->ctxs[i].aio);
+	if (srv->rep_open)
+		nng_close(srv->rep);
+	if (srv->pub_open)
+		nng_close(srv->pub);
+	for (int i = 0; i < srv->n_ctxs; i++) {
+		if (srv->ctxs[i].aio) {
+			nng_aio_free(srv->ctxs[i].aio);
+			nng_ctx_close(srv->ctxs[i].ctx);
+		}
+	}
+	free(srv->ctxs);
+	free(srv);
+}

@@ -1,0 +1,106 @@
+/*
+ * test_rcache.c — the request cache: first execution, replay of a finished
+ * reply, attaching to one in progress, eviction order, forgetting on demand.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "daemon/rcache.h"
+
+struct seen {
+	int calls;
+	char reply[64];
+};
+
+static void on_reply(void *waiter, const void *reply, size_t len)
+{
+	struct seen *s = waiter;
+
+	s->calls++;
+	memcpy(s->reply, reply, len < sizeof(s->reply) ? len : sizeof(s->reply) - 1);
+}
+
+int main(void)
+{
+	rcache *c = NULL;
+	void *reply = NULL;
+	size_t len = 0;
+	int state = -1;
+	struct seen w1 = {0}, w2 = {0};
+	char id[32];
+
+	CHECK_RC(rcache_alloc(0, &c), SSMD_EINVAL);
+	CHECK_RC(rcache_alloc(3, &c), SSMD_OK);
+
+	/* First sight: execute. */
+	CHECK_RC(rcache_begin(c, "cli", "r1", &w1, &reply, &len, &state), SSMD_OK);
+	CHECK(state == RCACHE_NEW, "first sight is NEW, got %d", state);
+	/* Resent while in progress: attached, not executed. */
+	CHECK_RC(rcache_begin(c, "cli", "r1", &w1, &reply, &len, &state), SSMD_OK);
+	CHECK(state == RCACHE_PENDING, "resend in progress is PENDING, got %d", state);
+	CHECK_RC(rcache_begin(c, "cli", "r1", &w2, &reply, &len, &state), SSMD_OK);
+	CHECK(state == RCACHE_PENDING, "second resend is PENDING");
+	/* Same request ID from another client is a different request. */
+	CHECK_RC(rcache_begin(c, "other", "r1", NULL, &reply, &len, &state), SSMD_OK);
+	CHECK(state == RCACHE_NEW, "other client's r1 is NEW");
+	/* NULL client is the empty client, distinct from "cli". */
+	CHECK_RC(rcache_begin(c, NULL, "r1", NULL, &reply, &len, &state), SSMD_OK);
+	CHECK(state == RCACHE_NEW, "anonymous r1 is NEW");
+
+	CHECK_RC(rcache_finish(c, "cli", "r1", "answer", 7, 1, on_reply), SSMD_OK);
+	CHECK(w1.calls == 1 && w2.calls == 1, "both waiters called once (%d, %d)",
+	      w1.calls, w2.calls);
+	CHECK(strcmp(w1.reply, "answer") == 0, "waiter got the reply");
+	CHECK_RC(rcache_finish(c, "cli", "r1", "again", 6, 1, on_reply), SSMD_ENOENT);
+	CHECK(w1.calls == 1, "a finished entry is not finished twice");
+
+	/* Resent after completion: the stored reply. */
+	CHECK_RC(rcache_begin(c, "cli", "r1", NULL, &reply, &len, &state), SSMD_OK);
+	CHECK(state == RCACHE_DONE && len == 7 && memcmp(reply, "answer", 7) == 0,
+	      "finished request answered from the cache");
+	free(reply);
+
+	/* Not remembered (e.g. a busy reply): the retry executes afresh. */
+	CHECK_RC(rcache_finish(c, "other", "r1", "busy", 5, 0, on_reply), SSMD_OK);
+	CHECK_RC(rcache_begin(c, "other", "r1", NULL, &reply, &len, &state), SSMD_OK);
+	CHECK(state == RCACHE_NEW, "forgotten reply executes again");
+	CHECK_RC(rcache_finish(c, "other", "r1", "ok", 3, 1, NULL), SSMD_OK);
+	CHECK_RC(rcache_finish(c, NULL, "r1", "anon", 5, 1, NULL), SSMD_OK);
+	CHECK(rcache_size(c) == 3, "three finished replies kept, got %zu",
+	      rcache_size(c));
+
+	/* A fourth finished reply evicts the oldest (cli/r1). */
+	CHECK_RC(rcache_begin(c, "cli", "r2", NULL, &reply, &len, &state), SSMD_OK);
+	CHECK_RC(rcache_finish(c, "cli", "r2", "two", 4, 1, NULL), SSMD_OK);
+	CHECK(rcache_size(c) == 3, "capacity holds at 3");
+	CHECK_RC(rcache_begin(c, "cli", "r1", NULL, &reply, &len, &state), SSMD_OK);
+	CHECK(state == RCACHE_NEW, "the oldest reply was forgotten first");
+	CHECK_RC(rcache_begin(c, "other", "r1", NULL, &reply, &len, &state), SSMD_OK);
+	CHECK(state == RCACHE_DONE && len == 3, "a newer reply is still kept");
+	free(reply);
+	rcache_free(c);
+
+	/* Many entries: every one of the last `capacity` is found. */
+	CHECK_RC(rcache_alloc(100, &c), SSMD_OK);
+	for (int i = 0; i < 1000; i++) {
+		snprintf(id, sizeof(id), "req-%d", i);
+		rcache_begin(c, "c", id, NULL, &reply, &len, &state);
+		rcache_finish(c, "c", id, id, strlen(id) + 1, 1, NULL);
+	}
+	int found = 0;
+	for (int i = 900; i < 1000; i++) {
+		snprintf(id, sizeof(id), "req-%d", i);
+		rcache_begin(c, "c", id, NULL, &reply, &len, &state);
+		if (state == RCACHE_DONE && strcmp(reply, id) == 0)
+			found++;
+		if (state == RCACHE_DONE)
+			free(reply);
+	}
+	CHECK(found == 100, "last 100 of 1000 replies found, got %d", found);
+	/* An unfinished entry is dropped by rcache_free without a call. */
+	rcache_begin(c, "c", "open", &w1, &reply, &len, &state);
+	rcache_free(c);
+	rcache_free(NULL);
+	return check_summary("rcache");
+}
