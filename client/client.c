@@ -368,9 +368,10 @@ static int reply_decode(nng_msg *msg, const char *rid,
 		return code;
 	}
 	if (want != SSMD__REPLY__RESULT__NOT_SET && rep->result_case != want) {
+		int got = (int)rep->result_case;
 		ssmd__reply__free_unpacked(rep, NULL);
 		return ssmd_err_set(SSMD_EPROTO, "reply carries result %d, "
-				    "expected %d", (int)rep->result_case, (int)want);
+				    "expected %d", got, (int)want);
 	}
 	*out = rep;
 	return SSMD_OK;
