@@ -71,6 +71,8 @@ int32_t ssm_sample(const float *logits, int vocab, const ssm_sampler *s,
 	int32_t pick;
 	float inv_t;
 
+	if (!logits || !s || vocab < 1)
+		return -SSMD_EINVAL;
 	if (s->temperature <= 0.0f || s->top_k == 1 || vocab == 1)
 		return argmax(logits, vocab);
 	c = malloc((size_t)vocab * sizeof *c);

@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -878,6 +879,84 @@ static void mkmodel(const char *build_root)
 	rm_dir(dir);
 }
 
+/* ---------------------------------------------------------- ssm-forward -- */
+
+/* The command-line tool on a fixture: logits match the reference, the state
+ * file decodes; bad arguments exit 2 and a bad model exits 1. */
+static void forward_cli(const char *build_root, const char *fx_dir)
+{
+	char dir[256], cmd[16384], tok_path[512], lg_path[512], st_path[512];
+	ssm_model *m = NULL;
+	fixture fx;
+	FILE *f;
+	size_t len;
+	char *lg, *stb;
+	ssm_state *st = NULL;
+
+	CHECK_RC(ssm_model_load(fx_dir, &m), SSMD_OK);
+	if (!m)
+		return;
+	if (!fixture_load(fx_dir, ssm_model_config(m), &fx)) {
+		CHECK(0, "cannot read %s", fx_dir);
+		goto done;
+	}
+	snprintf(dir, sizeof dir, "/tmp/ssm_fw_XXXXXX");
+	if (!mkdtemp(dir)) {
+		CHECK(0, "mkdtemp");
+		goto done;
+	}
+	snprintf(tok_path, sizeof tok_path, "%s/tokens.txt", dir);
+	snprintf(lg_path, sizeof lg_path, "%s/logits.f32", dir);
+	snprintf(st_path, sizeof st_path, "%s/state.bin", dir);
+	f = fopen(tok_path, "w");
+	for (size_t i = 0; f && i < fx.n; i++)
+		fprintf(f, "%d\n", fx.tokens[i]);
+	if (f)
+		fclose(f);
+	snprintf(cmd, sizeof cmd, "%s/kernels/ssm-forward --model %s "
+		 "--tokens-file %s --logits %s --state %s --backend cpu "
+		 "--threads 2", build_root, fx_dir, tok_path, lg_path, st_path);
+	CHECK(system(cmd) == 0, "%s failed", cmd);
+	lg = slurp(lg_path, &len);
+	size_t V = (size_t)ssm_model_config(m)->vocab_size;
+	CHECK(lg && len == fx.n * V * 4, "ssm-forward wrote %zu bytes", len);
+	if (lg && len == fx.n * V * 4) {
+		double e = rel_err((float *)lg, fx.logits, fx.n * V);
+		CHECK(e <= TOL, "ssm-forward logits rel err %.3g", e);
+	}
+	free(lg);
+	stb = slurp(st_path, &len);
+	CHECK(stb && ssm_state_decode(stb, len, &st) == SSMD_OK,
+	      "ssm-forward state does not decode");
+	if (st) {
+		CHECK(st->n_tokens == fx.n, "state n_tokens %llu",
+		      (unsigned long long)st->n_tokens);
+		CHECK_RC(ssm_model_check_state(m, st), SSMD_OK);
+	}
+	free(stb);
+	ssm_state_free(st);
+
+	snprintf(cmd, sizeof cmd, "%s/kernels/ssm-forward --model %s --tokens "
+		 "1,x --logits %s 2>/dev/null", build_root, fx_dir, lg_path);
+	CHECK(WEXITSTATUS(system(cmd)) == 2, "bad --tokens accepted");
+	snprintf(cmd, sizeof cmd, "%s/kernels/ssm-forward --model %s --tokens "
+		 "1 2>/dev/null", build_root, fx_dir);
+	CHECK(WEXITSTATUS(system(cmd)) == 2, "missing --logits accepted");
+	snprintf(cmd, sizeof cmd, "%s/kernels/ssm-forward --model %s --tokens "
+		 "1,999999 --logits %s 2>/dev/null", build_root, fx_dir, lg_path);
+	CHECK(WEXITSTATUS(system(cmd)) == 1, "token beyond vocab accepted");
+	snprintf(cmd, sizeof cmd, "%s/kernels/ssm-forward --model %s/nope "
+		 "--tokens 1 --logits %s 2>/dev/null", build_root, dir, lg_path);
+	CHECK(WEXITSTATUS(system(cmd)) == 1, "missing model accepted");
+	unlink(tok_path);
+	unlink(lg_path);
+	unlink(st_path);
+	rmdir(dir);
+done:
+	fixture_free(&fx);
+	ssm_model_free(m);
+}
+
 /* ------------------------------------------------------------- dtypes -- */
 
 static void dtypes(void)
@@ -1038,5 +1117,6 @@ int main(void)
 	exact_properties(bias);
 	loader_errors(conv3); /* single file, no linear bias, tied */
 	mkmodel(build);
+	forward_cli(build, bias);
 	return check_summary("engine");
 }
