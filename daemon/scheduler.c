@@ -633,6 +633,12 @@ static int append_start(sched *s, struct job *j)
 			return ssmd_err_set(SSMD_ERANGE,
 					    "text is %zu tokens; at most %d per append",
 					    j->n_toks, s->cfg->max_append_tokens);
+		/* The tokenizer may know more IDs than the model embeds. */
+		for (size_t i = 0; i < j->n_toks; i++)
+			if (j->toks[i] >= s->vocab)
+				return ssmd_err_set(SSMD_EINVAL,
+						    "text token %d at position %zu is outside the model's vocabulary [0, %d)",
+						    j->toks[i], i, s->vocab);
 	} else {
 		j->toks = malloc((q->n_tokens ? q->n_tokens : 1) * sizeof(int32_t));
 		if (!j->toks)

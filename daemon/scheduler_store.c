@@ -223,9 +223,11 @@ static int state_read(sched *s, const char *ref, ssm_state **out,
 		goto out;
 	rc = ssm_model_check_state(s->model, st);
 	if (rc) {
+		char fp[2 * SSM_FINGERPRINT_LEN + 1];
+		ssm_fingerprint_hex(st->fingerprint, fp);
 		rc = ssmd_err_set(SSMD_EMODEL,
-				  "state %s belongs to another model than %s (%s)",
-				  info.id, s->model_name, ssmd_errmsg());
+				  "state %s belongs to another model (fingerprint %s); this daemon serves %s (fingerprint %s)",
+				  info.id, fp, s->model_name, s->fp_hex);
 		goto out;
 	}
 	if (id)
