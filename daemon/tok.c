@@ -5,6 +5,7 @@
 #include "tok.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -81,6 +82,27 @@ struct tok_tokenizer {
 	struct tok_trie trie_raw, trie_norm;
 
 	bool nfc, add_prefix_space, use_regex;
+
+	struct tok_cache_slot *cache; /* TOK_CACHE_SLOTS, shared by all threads */
+};
+
+/* The word cache: words repeat a lot in real text, so the BPE result of
+ * each short word is kept in a direct-mapped table shared by every thread.
+ * A slot is one cache line of 64-bit atomics guarded by a sequence lock:
+ * a writer makes seq odd while it fills the slot (and gives up if another
+ * writer holds it), a reader copies the slot and keeps the copy only if
+ * seq was even and unchanged across the copy. Nothing ever blocks; a lost
+ * race only costs a cache miss. */
+#define TOK_CACHE_SLOTS (1u << 16) /* x 64 bytes = 4 MiB */
+#define TOK_CACHE_WORD 16          /* longest cached word, in bytes */
+#define TOK_CACHE_IDS 6            /* most ids of a cached word */
+
+struct tok_cache_slot {
+	_Atomic uint64_t seq;
+	_Atomic uint64_t hash;     /* of the word; 0 while empty */
+	_Atomic uint64_t len;      /* word bytes | number of ids << 8 */
+	_Atomic uint64_t word[2];  /* the word, zero-padded */
+	_Atomic uint64_t ids[3];   /* the ids, two per word */
 };
 
 /* ---- GPT-2 byte-level alphabet --------------------------------------- */
@@ -659,6 +681,21 @@ int tok_load(const char *path, tok_tokenizer **out)
 		rc = ssmd_err_set(SSMD_ENOMEM, "tokenizer");
 		goto out;
 	}
+	tok->cache = aligned_alloc(64, TOK_CACHE_SLOTS * sizeof(*tok->cache));
+	if (!tok->cache) {
+		rc = ssmd_err_set(SSMD_ENOMEM, "tokenizer cache");
+		goto out;
+	}
+	for (size_t i = 0; i < TOK_CACHE_SLOTS; i++) {
+		struct tok_cache_slot *c = &tok->cache[i];
+		atomic_init(&c->seq, 0);
+		atomic_init(&c->hash, 0);
+		atomic_init(&c->len, 0);
+		for (int k = 0; k < 2; k++)
+			atomic_init(&c->word[k], 0);
+		for (int k = 0; k < 3; k++)
+			atomic_init(&c->ids[k], 0);
+	}
 	memset(tok->trie_raw.root, -1, sizeof(tok->trie_raw.root));
 	memset(tok->trie_norm.root, -1, sizeof(tok->trie_norm.root));
 
@@ -707,6 +744,7 @@ void tok_free(tok_tokenizer *tok)
 	free(tok->model_len);
 	free(tok->texts.p);
 	free(tok->decs.p);
+	free(tok->cache);
 	free(tok);
 }
 
@@ -743,12 +781,6 @@ struct bpe_cand {
 	int32_t pos, id;
 };
 
-/* Cache slot: a word's bytes (in the cache arena) and its ids. */
-struct cache_slot {
-	uint64_t hash; /* 0: empty */
-	uint32_t off, len;
-	uint32_t ids_off, n_ids;
-};
 
 /* Per-call state of tok_encode. */
 struct enc {
@@ -760,13 +792,9 @@ struct enc {
 	struct bpe_cand *heap;
 	size_t syms_cap, heap_n, heap_cap;
 
-	struct cache_slot *slots; /* direct-mapped word cache */
-	size_t cache_mask;
-	struct tok_buf cache_bytes;
-	int32_t *cache_ids;
-	size_t cache_ids_n, cache_ids_cap;
 
-	struct tok_buf prefixed; /* a piece with its prefix space added */
+	struct tok_buf prefixed;   /* a piece with its prefix space added */
+	struct tok_buf normalized; /* a piece of raw text in NFC */
 };
 
 static int emit(struct enc *e, const int32_t *ids, size_t n)
@@ -895,47 +923,73 @@ static int bpe_word(struct enc *e, const uint8_t *w, size_t n)
 	return SSMD_OK;
 }
 
-/* BPE through the per-call cache: words repeat a lot in real text. A slot
- * holds the last word hashed to it; arenas only grow, by at most the
- * input's size. */
+/* Looks w up in the shared cache; on a hit appends its ids and returns
+ * true. */
+static bool cache_get(struct enc *e, uint64_t h, const uint64_t key[2],
+		      size_t n)
+{
+	struct tok_cache_slot *slot = &e->tok->cache[h & (TOK_CACHE_SLOTS - 1)];
+	uint64_t seq = atomic_load_explicit(&slot->seq, memory_order_acquire);
+	if (seq & 1)
+		return false;
+	uint64_t len = atomic_load_explicit(&slot->len, memory_order_relaxed);
+	bool same = atomic_load_explicit(&slot->hash, memory_order_relaxed) == h &&
+		    (len & 0xFF) == n &&
+		    atomic_load_explicit(&slot->word[0], memory_order_relaxed) == key[0] &&
+		    atomic_load_explicit(&slot->word[1], memory_order_relaxed) == key[1];
+	uint64_t ids[3];
+	for (int i = 0; i < 3; i++)
+		ids[i] = atomic_load_explicit(&slot->ids[i], memory_order_relaxed);
+	atomic_thread_fence(memory_order_acquire);
+	if (!same || atomic_load_explicit(&slot->seq, memory_order_relaxed) != seq)
+		return false;
+	int32_t out[TOK_CACHE_IDS];
+	size_t n_ids = (size_t)(len >> 8);
+	for (size_t i = 0; i < n_ids; i++)
+		out[i] = (int32_t)(uint32_t)(ids[i / 2] >> (32 * (i % 2)));
+	return emit(e, out, n_ids) == SSMD_OK;
+}
+
+static void cache_put(struct enc *e, uint64_t h, const uint64_t key[2],
+		      size_t n, const int32_t *ids, size_t n_ids)
+{
+	struct tok_cache_slot *slot = &e->tok->cache[h & (TOK_CACHE_SLOTS - 1)];
+	uint64_t seq = atomic_load_explicit(&slot->seq, memory_order_relaxed);
+	if ((seq & 1) ||
+	    !atomic_compare_exchange_strong_explicit(&slot->seq, &seq, seq + 1,
+						     memory_order_acquire,
+						     memory_order_relaxed))
+		return; /* another writer is here: skip */
+	atomic_thread_fence(memory_order_release);
+	uint64_t packed[3] = {0, 0, 0};
+	for (size_t i = 0; i < n_ids; i++)
+		packed[i / 2] |= (uint64_t)(uint32_t)ids[i] << (32 * (i % 2));
+	atomic_store_explicit(&slot->hash, h, memory_order_relaxed);
+	atomic_store_explicit(&slot->len, n | n_ids << 8, memory_order_relaxed);
+	atomic_store_explicit(&slot->word[0], key[0], memory_order_relaxed);
+	atomic_store_explicit(&slot->word[1], key[1], memory_order_relaxed);
+	for (int i = 0; i < 3; i++)
+		atomic_store_explicit(&slot->ids[i], packed[i], memory_order_relaxed);
+	atomic_store_explicit(&slot->seq, seq + 2, memory_order_release);
+}
+
+/* BPE through the shared cache for words of up to TOK_CACHE_WORD bytes. */
 static int bpe_cached(struct enc *e, const uint8_t *w, size_t n)
 {
-	uint64_t h = text_hash(w, n);
-	struct cache_slot *slot = &e->slots[h & e->cache_mask];
-	int rc;
+	if (n > TOK_CACHE_WORD)
+		return bpe_word(e, w, n);
 
-	if (slot->hash == h && slot->len == n &&
-	    !memcmp(e->cache_bytes.p + slot->off, w, n))
-		return emit(e, e->cache_ids + slot->ids_off, slot->n_ids);
+	uint64_t key[2] = {0, 0};
+	memcpy(key, w, n);
+	uint64_t h = text_hash(w, n);
+	if (cache_get(e, h, key, n))
+		return SSMD_OK;
 
 	size_t first = e->n;
-	if ((rc = bpe_word(e, w, n)))
-		return rc;
-	size_t count = e->n - first;
-	if (e->cache_bytes.len + n > UINT32_MAX ||
-	    e->cache_ids_n + count > UINT32_MAX)
-		return SSMD_OK; /* arenas full: stop caching, still correct */
-	if (count > e->cache_ids_cap - e->cache_ids_n) {
-		size_t cap = e->cache_ids_cap ? e->cache_ids_cap : 1024;
-		while (count > cap - e->cache_ids_n)
-			cap *= 2;
-		int32_t *p = realloc(e->cache_ids, cap * sizeof(*p));
-		if (!p)
-			return ssmd_err_set(SSMD_ENOMEM, "tokenizer cache");
-		e->cache_ids = p;
-		e->cache_ids_cap = cap;
-	}
-	slot->hash = 0; /* invalid until filled */
-	slot->off = (uint32_t)e->cache_bytes.len;
-	if ((rc = tok_buf_append(&e->cache_bytes, w, n)))
-		return rc;
-	memcpy(e->cache_ids + e->cache_ids_n, e->ids + first, count * sizeof(int32_t));
-	slot->len = (uint32_t)n;
-	slot->ids_off = (uint32_t)e->cache_ids_n;
-	slot->n_ids = (uint32_t)count;
-	slot->hash = h;
-	e->cache_ids_n += count;
-	return SSMD_OK;
+	int rc = bpe_word(e, w, n);
+	if (!rc && e->n - first <= TOK_CACHE_IDS)
+		cache_put(e, h, key, n, e->ids + first, e->n - first);
+	return rc;
 }
 
 /* The ByteLevel pre-tokenizer over one piece of normalised text, then BPE
@@ -1045,31 +1099,64 @@ static int split_added(struct enc *e, const struct tok_trie *t,
 	return SSMD_OK;
 }
 
+/* Appends the NFC form of s[0..n) to out.
+ *
+ * Code points below U+0300 are NFC already, so only spans holding a byte
+ * >= 0xCC (the lead byte of U+0300 and above) need utf8proc. The text can
+ * be cut before any ASCII character: it is a starter that no composition
+ * takes as its second character, so NFC(a + b) = NFC(a) + NFC(b) when b
+ * starts with ASCII. A span therefore runs from the last ASCII character
+ * before such a byte (a combining mark may compose with it) to the next
+ * ASCII character. */
+static int nfc_append(struct tok_buf *out, const uint8_t *s, size_t n)
+{
+	size_t done = 0; /* s[0..done) has been appended */
+	int rc;
+
+	for (size_t k = 0; k < n; k++) {
+		if (s[k] < 0xCC)
+			continue;
+		size_t from = k, to = k;
+		while (from > done && s[from] >= 0x80)
+			from--;
+		while (to < n && s[to] >= 0x80)
+			to++;
+		utf8proc_uint8_t *nfc = NULL;
+		utf8proc_ssize_t m = utf8proc_map(s + from, (utf8proc_ssize_t)(to - from),
+						  &nfc, UTF8PROC_STABLE | UTF8PROC_COMPOSE);
+		if (m < 0)
+			return ssmd_err_set(SSMD_ENOMEM, "tokenizer NFC: %s",
+					    utf8proc_errmsg(m));
+		if (!(rc = tok_buf_append(out, s + done, from - done)))
+			rc = tok_buf_append(out, nfc, (size_t)m);
+		free(nfc);
+		if (rc)
+			return rc;
+		done = to;
+		k = to;
+	}
+	return tok_buf_append(out, s + done, n - done);
+}
+
 /* NFC-normalises one piece of the raw text (when the file asks for it)
  * and splits it on the normalised added tokens. */
 static int encode_normalized(struct enc *e, const uint8_t *s, size_t n)
 {
-	utf8proc_uint8_t *nfc = NULL;
 	int rc;
 
-	/* Every code point below U+0300 is NFC already and composes with
-	 * nothing before it, so text whose bytes are all below 0xCC (the
-	 * lead byte of U+0300) is its own NFC form. */
-	bool stable = true;
-	for (size_t i = 0; i < n && stable; i++)
-		stable = s[i] < 0xCC;
-	if (e->tok->nfc && !stable) {
-		utf8proc_ssize_t m = utf8proc_map(s, (utf8proc_ssize_t)n, &nfc,
-						  UTF8PROC_STABLE | UTF8PROC_COMPOSE);
-		if (m < 0)
-			return ssmd_err_set(SSMD_ENOMEM, "tokenizer NFC: %s",
-					    utf8proc_errmsg(m));
-		s = nfc;
-		n = (size_t)m;
+	if (e->tok->nfc) {
+		bool stable = true;
+		for (size_t i = 0; i < n && stable; i++)
+			stable = s[i] < 0xCC;
+		if (!stable) {
+			e->normalized.len = 0;
+			if ((rc = nfc_append(&e->normalized, s, n)))
+				return rc;
+			s = (const uint8_t *)e->normalized.p;
+			n = e->normalized.len;
+		}
 	}
-	rc = split_added(e, &e->tok->trie_norm, s, n, encode_pretok);
-	free(nfc);
-	return rc;
+	return split_added(e, &e->tok->trie_norm, s, n, encode_pretok);
 }
 
 int tok_encode(const tok_tokenizer *tok, const char *text, size_t len,
@@ -1089,18 +1176,6 @@ int tok_encode(const tok_tokenizer *tok, const char *text, size_t len,
 		len = fixed.len;
 	}
 
-	/* About one distinct word per 8 bytes of text, capped at 64 K slots
-	 * (1.5 MB) so one call's cache stays small. */
-	size_t slots = 256;
-	while (slots < len / 8 && slots < 65536)
-		slots *= 2;
-	e.cache_mask = slots - 1;
-	e.slots = calloc(slots, sizeof(*e.slots));
-	if (!e.slots) {
-		rc = ssmd_err_set(SSMD_ENOMEM, "tokenizer cache");
-		goto out;
-	}
-
 	if ((rc = split_added(&e, &tok->trie_raw, s, len, encode_normalized)))
 		goto out;
 	*ids = e.ids;
@@ -1110,10 +1185,8 @@ out:
 	free(e.ids);
 	free(e.syms);
 	free(e.heap);
-	free(e.slots);
-	free(e.cache_bytes.p);
-	free(e.cache_ids);
 	free(e.prefixed.p);
+	free(e.normalized.p);
 	free(fixed.p);
 	return rc;
 }

@@ -30,9 +30,10 @@
  * ByteLevel; decoder null or ByteLevel. Anything else is refused with
  * SSMD_EUNSUPPORTED rather than tokenised differently from the reference.
  *
- * Thread-safety: a loaded tok_tokenizer is immutable; any number of threads
- * may call tok_encode/tok_decode/tok_token_id/tok_decoder_alloc on it at once
- * (encode keeps its word cache per call). A tok_decoder has one owner.
+ * Thread-safety: a loaded tok_tokenizer is immutable but for its word cache
+ * (BPE results of short words, 4 MiB, lock-free and shared); any number of
+ * threads may call tok_encode/tok_decode/tok_token_id/tok_decoder_alloc on it
+ * at once. A tok_decoder has one owner.
  * Nothing here blocks except tok_load, which reads the file.
  * Every function returns 0 or a positive SSMD_E* code with a detail in
  * ssmd_errmsg(); out-parameters are written only on success.

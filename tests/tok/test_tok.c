@@ -369,46 +369,71 @@ static void test_errors(const tok_tokenizer *tok, const char *tmpdir)
 	free(e);
 }
 
+/* Two threads encode the same text with many distinct words (so they
+ * keep overwriting each other's slots of the shared word cache) and must
+ * both get what a separate, never-shared tokenizer gives. */
 struct job {
 	const tok_tokenizer *tok;
+	const char *text;
+	size_t len;
+	const int32_t *want;
+	size_t n_want;
 	int failures;
 };
 
 static void *encode_many(void *arg)
 {
 	struct job *j = arg;
-	static const char text[] =
-		"The state of a Mamba layer is fixed in size; ses\xC3\xB1ores, "
-		"\xE6\x97\xA5\xE6\x9C\xAC  tokens   and <|endoftext|> marks.";
-	int32_t *first = NULL;
-	size_t first_n = 0;
-	if (tok_encode(j->tok, text, sizeof(text) - 1, &first, &first_n)) {
-		j->failures++;
-		return NULL;
-	}
-	for (int i = 0; i < 200; i++) {
+	for (int i = 0; i < 3; i++) {
 		int32_t *ids = NULL;
 		size_t n = 0;
-		if (tok_encode(j->tok, text, sizeof(text) - 1, &ids, &n) ||
-		    n != first_n || memcmp(ids, first, n * sizeof(*ids)))
+		if (tok_encode(j->tok, j->text, j->len, &ids, &n) || n != j->n_want ||
+		    memcmp(ids, j->want, n * sizeof(*ids)))
 			j->failures++;
 		free(ids);
 	}
-	free(first);
 	return NULL;
 }
 
 static void test_threads(const tok_tokenizer *tok)
 {
-	pthread_t th[2];
-	struct job jobs[2] = {{tok, 0}, {tok, 0}};
-	for (int i = 0; i < 2; i++)
-		pthread_create(&th[i], NULL, encode_many, &jobs[i]);
-	for (int i = 0; i < 2; i++)
-		pthread_join(th[i], NULL);
-	CHECK(jobs[0].failures == 0 && jobs[1].failures == 0,
-	      "concurrent encodes disagree (%d, %d failures)", jobs[0].failures,
-	      jobs[1].failures);
+	/* 60000 random lower-case words of 1-12 letters: far more distinct
+	 * words than cache slots per hash bucket */
+	size_t cap = 60000 * 13 + 1, len = 0;
+	char *text = malloc(cap);
+	uint64_t s = 12345;
+	for (int w = 0; w < 60000; w++) {
+		s = s * 6364136223846793005ull + 1442695040888963407ull;
+		int letters = 1 + (int)((s >> 33) % 12);
+		for (int k = 0; k < letters; k++) {
+			s = s * 6364136223846793005ull + 1442695040888963407ull;
+			text[len++] = (char)('a' + (s >> 33) % 26);
+		}
+		text[len++] = ' ';
+	}
+
+	tok_tokenizer *fresh = NULL;
+	int32_t *want = NULL;
+	size_t n_want = 0;
+	CHECK_RC(tok_load(neox_path, &fresh), SSMD_OK);
+	CHECK_RC(fresh ? tok_encode(fresh, text, len, &want, &n_want) : SSMD_EINVAL,
+		 SSMD_OK);
+	if (want) {
+		pthread_t th[2];
+		struct job jobs[2];
+		for (int i = 0; i < 2; i++) {
+			jobs[i] = (struct job){tok, text, len, want, n_want, 0};
+			pthread_create(&th[i], NULL, encode_many, &jobs[i]);
+		}
+		for (int i = 0; i < 2; i++)
+			pthread_join(th[i], NULL);
+		CHECK(jobs[0].failures == 0 && jobs[1].failures == 0,
+		      "concurrent encodes differ from a private tokenizer's (%d, %d)",
+		      jobs[0].failures, jobs[1].failures);
+	}
+	free(want);
+	tok_free(fresh);
+	free(text);
 }
 
 int main(void)
