@@ -1,0 +1,391 @@
+/*
+ * test_server.c — ssmd as a process, spoken to with raw nng and packed
+ * protobuf (no client library): malformed input never kills it, resent
+ * request IDs are not executed twice, events stream with sequence numbers,
+ * SIGTERM stores unsaved sessions and exits 0, and a restart on the same run
+ * directory (stale socket files) comes back up.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <nng/nng.h>
+#include <nng/protocol/pubsub0/sub.h>
+#include <nng/protocol/reqrep0/req.h>
+
+#include "check.h"
+#include "proto.h"
+
+static char tmp[] = "/tmp/ssmd-test-server-XXXXXX";
+static char listen_url[700], events_url[700];
+static char log_path[600];
+
+/* Starts ssmd; waits for its ready line in the log. Returns the pid. */
+static pid_t daemon_start(const char *ssmd, const char *model)
+{
+	char store[600], run[600];
+	pid_t pid;
+	int fd;
+
+	snprintf(store, sizeof(store), "%s/lib.db", tmp);
+	snprintf(run, sizeof(run), "%s/run", tmp);
+	snprintf(log_path, sizeof(log_path), "%s/ssmd.log", tmp);
+	snprintf(listen_url, sizeof(listen_url), "ipc://%s/ssmd.sock", run);
+	snprintf(events_url, sizeof(events_url), "ipc://%s/ssmd-events.sock", run);
+	fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	pid = fork();
+	if (pid == 0) {
+		dup2(fd, 2);
+		execl(ssmd, ssmd, "--model", model, "--store", store, "--run-dir", run,
+		      "--slots", "2", "--max-message", "65536", "--log-level", "info",
+		      (char *)NULL);
+		_exit(127);
+	}
+	close(fd);
+	for (int i = 0; i < 600; i++) {
+		char buf[8192] = "";
+		FILE *f = fopen(log_path, "r");
+		size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+		if (f)
+			fclose(f);
+		buf[n] = 0;
+		if (strstr(buf, "ssmd ready"))
+			return pid;
+		if (waitpid(pid, NULL, WNOHANG) == pid)
+			return -1;
+		usleep(50000);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	return -1;
+}
+
+/* Exit status after SIGTERM, or -1 when it does not exit within 20 s. */
+static int daemon_stop(pid_t pid)
+{
+	int status;
+
+	kill(pid, SIGTERM);
+	for (int i = 0; i < 400; i++) {
+		if (waitpid(pid, &status, WNOHANG) == pid)
+			return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+		usleep(50000);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	return -1;
+}
+
+static nng_socket req_open(int timeout_ms)
+{
+	nng_socket s;
+
+	if (nng_req0_open(&s) || nng_dial(s, listen_url, NULL, 0))
+		abort();
+	nng_socket_set_ms(s, NNG_OPT_RECVTIMEO, timeout_ms);
+	nng_socket_set_ms(s, NNG_OPT_REQ_RESENDTIME, 600000);
+	return s;
+}
+
+/* Sends raw bytes, returns the unpacked reply or NULL (timeout). */
+static Ssmd__Reply *raw_call(nng_socket s, const void *buf, size_t len)
+{
+	void *rbuf;
+	size_t rlen;
+	Ssmd__Reply *r;
+
+	if (nng_send(s, (void *)buf, len, 0))
+		return NULL;
+	if (nng_recv(s, &rbuf, &rlen, NNG_FLAG_ALLOC))
+		return NULL;
+	r = ssmd__reply__unpack(NULL, rlen, rbuf);
+	nng_free(rbuf, rlen);
+	return r;
+}
+
+static Ssmd__Reply *call(nng_socket s, Ssmd__Request *q, const char *rid,
+			 const char *client)
+{
+	void *buf;
+	size_t len;
+	Ssmd__Reply *r;
+
+	q->has_version = 1;
+	q->version = PROTO_VERSION;
+	q->request_id = (char *)rid;
+	q->client_id = (char *)client;
+	if (proto_msg_pack(&q->base, &buf, &len))
+		abort();
+	r = raw_call(s, buf, len);
+	free(buf);
+	return r;
+}
+
+static unsigned code_of(Ssmd__Reply *r)
+{
+	return r ? r->code : 9999;
+}
+
+static char *open_session(nng_socket s, const char *rid)
+{
+	Ssmd__Request q = SSMD__REQUEST__INIT;
+	Ssmd__OpenRequest o = SSMD__OPEN_REQUEST__INIT;
+	Ssmd__Reply *r;
+	char *id = NULL;
+
+	q.op_case = SSMD__REQUEST__OP_OPEN;
+	q.open = &o;
+	r = call(s, &q, rid, "test");
+	if (r && !r->code)
+		id = strdup(r->sessions->sessions[0]->id);
+	if (r)
+		ssmd__reply__free_unpacked(r, NULL);
+	return id;
+}
+
+static Ssmd__Reply *append(nng_socket s, const char *sid, int32_t *t, size_t n,
+			   const char *rid, const char *client)
+{
+	Ssmd__Request q = SSMD__REQUEST__INIT;
+	Ssmd__AppendRequest a = SSMD__APPEND_REQUEST__INIT;
+
+	a.session = (char *)sid;
+	a.tokens = t;
+	a.n_tokens = n;
+	q.op_case = SSMD__REQUEST__OP_APPEND;
+	q.append = &a;
+	return call(s, &q, rid, client);
+}
+
+static int file_contains(const char *path, const char *needle)
+{
+	static char buf[1 << 16];
+	FILE *f = fopen(path, "r");
+	size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+
+	if (f)
+		fclose(f);
+	buf[n] = 0;
+	return strstr(buf, needle) != NULL;
+}
+
+int main(void)
+{
+	const char *build = getenv("SSMD_BUILD_ROOT");
+	const char *fixtures = getenv("SSMD_SHARED_FIXTURES");
+	char ssmd[1024], model[1024], cmd[700];
+	Ssmd__Reply *r;
+	nng_socket s;
+	pid_t pid;
+	char *sid;
+	int32_t toks[3] = {1, 2, 3};
+
+	if (!build || !fixtures) {
+		SKIP("SSMD_BUILD_ROOT / SSMD_SHARED_FIXTURES not set");
+		return check_summary("server");
+	}
+	snprintf(ssmd, sizeof(ssmd), "%s/daemon/ssmd", build);
+	snprintf(model, sizeof(model), "%s/tiny-mamba", fixtures);
+	if (!mkdtemp(tmp))
+		return 1;
+	pid = daemon_start(ssmd, model);
+	CHECK(pid > 0, "ssmd starts and prints its ready line");
+	if (pid <= 0)
+		return check_summary("server");
+	{
+		struct stat stt;
+		CHECK(stat(listen_url + 6, &stt) == 0 && (stt.st_mode & 0777) == 0600,
+		      "the ipc socket file has mode 0600");
+	}
+	s = req_open(20000);
+
+	/* Random bytes, a truncated request, a bad version, no operation. */
+	{
+		unsigned char junk[300];
+		srand((unsigned)time(NULL));
+		for (size_t i = 0; i < sizeof(junk); i++)
+			junk[i] = (unsigned char)rand();
+		junk[0] = 0xff; /* field 31, wire type 7: never valid */
+		r = raw_call(s, junk, sizeof(junk));
+		CHECK(code_of(r) == SSMD_EFORMAT, "random bytes: %u", code_of(r));
+		if (r)
+			ssmd__reply__free_unpacked(r, NULL);
+
+		Ssmd__Request q = SSMD__REQUEST__INIT;
+		Ssmd__StateRequest st = SSMD__STATE_REQUEST__INIT;
+		void *buf;
+		size_t len;
+		st.ref = "some-long-tag-name-so-that-truncation-cuts-a-string";
+		q.op_case = SSMD__REQUEST__OP_STATE;
+		q.state = &st;
+		q.has_version = 1;
+		q.version = 1;
+		q.request_id = "trunc";
+		proto_msg_pack(&q.base, &buf, &len);
+		r = raw_call(s, buf, len - 5);
+		CHECK(code_of(r) == SSMD_EFORMAT, "truncated protobuf: %u", code_of(r));
+		if (r)
+			ssmd__reply__free_unpacked(r, NULL);
+		free(buf);
+
+		q.version = 7;
+		q.request_id = "v7";
+		proto_msg_pack(&q.base, &buf, &len);
+		r = raw_call(s, buf, len);
+		free(buf);
+		CHECK(code_of(r) == SSMD_EPROTO && r && strcmp(r->request_id, "v7") == 0,
+		      "unknown version: %u, request ID echoed", code_of(r));
+		if (r)
+			ssmd__reply__free_unpacked(r, NULL);
+
+		/* An operation from the future: field 35 (reserved range),
+		 * length-delimited, empty. */
+		Ssmd__Request e = SSMD__REQUEST__INIT;
+		unsigned char fut[512];
+		e.has_version = 1;
+		e.version = 1;
+		e.request_id = "future";
+		len = ssmd__request__pack(&e, fut);
+		/* key (35 << 3) | 2 = 282 as a varint: 0x9a 0x02; length 0 */
+		fut[len++] = 0x9a;
+		fut[len++] = 0x02;
+		fut[len++] = 0x00;
+		r = raw_call(s, fut, len);
+		CHECK(code_of(r) == SSMD_EPROTO, "unknown operation: %u", code_of(r));
+		if (r)
+			ssmd__reply__free_unpacked(r, NULL);
+	}
+
+	/* Oversized: the daemon drops that connection; it stays up. */
+	{
+		nng_socket big = req_open(1500);
+		size_t n = 200000;
+		unsigned char *b = calloc(1, n);
+		b[0] = 0x0a; /* any bytes: the size alone is refused */
+		r = raw_call(big, b, n);
+		CHECK(r == NULL, "a 200 kB request (limit 64 KiB) gets no reply");
+		if (r)
+			ssmd__reply__free_unpacked(r, NULL);
+		free(b);
+		nng_close(big);
+	}
+
+	/* Unknown IDs, then normal service. */
+	r = append(s, "s-00000000000000000000000000000000", toks, 3, "unk", "test");
+	CHECK(code_of(r) == SSMD_ENOENT, "unknown session: %u", code_of(r));
+	if (r)
+		ssmd__reply__free_unpacked(r, NULL);
+	sid = open_session(s, "open1");
+	CHECK(sid != NULL, "open after bad input");
+
+	/* Idempotency: the same (client, request ID) twice runs once. */
+	{
+		Ssmd__Reply *r1 = append(s, sid, toks, 3, "dup", "client-a");
+		Ssmd__Reply *r2 = append(s, sid, toks, 3, "dup", "client-a");
+		CHECK(r1 && r2 && r1->code == 0 && r2->code == 0 &&
+		      r1->append->session_tokens == 3 && r2->append->session_tokens == 3,
+		      "a resent append is answered from its first execution");
+		Ssmd__Reply *r3 = append(s, sid, toks, 1, "dup", "client-b");
+		CHECK(r3 && r3->code == 0 && r3->append->session_tokens == 4,
+		      "the same request ID from another client runs (%llu tokens)",
+		      r3 && r3->append ? (unsigned long long)r3->append->session_tokens : 0ULL);
+		if (r1)
+			ssmd__reply__free_unpacked(r1, NULL);
+		if (r2)
+			ssmd__reply__free_unpacked(r2, NULL);
+		if (r3)
+			ssmd__reply__free_unpacked(r3, NULL);
+	}
+
+	/* Streamed events: consecutive seq, tokens equal the reply's. */
+	{
+		nng_socket sub;
+		char topic[64];
+		size_t tlen;
+		Ssmd__Request q = SSMD__REQUEST__INIT;
+		Ssmd__GenerateRequest g = SSMD__GENERATE_REQUEST__INIT;
+		nng_sub0_open(&sub);
+		proto_event_topic("gen1", topic, sizeof(topic), &tlen);
+		nng_socket_set(sub, NNG_OPT_SUB_SUBSCRIBE, topic, tlen);
+		nng_socket_set_ms(sub, NNG_OPT_RECVTIMEO, 5000);
+		nng_dial(sub, events_url, NULL, 0);
+		usleep(200000); /* let the subscription reach the publisher */
+		g.session = sid;
+		g.has_max_tokens = 1;
+		g.max_tokens = 10;
+		g.has_stream = 1;
+		g.stream = 1;
+		q.op_case = SSMD__REQUEST__OP_GENERATE;
+		q.generate = &g;
+		r = call(s, &q, "gen1", "test");
+		CHECK(code_of(r) == 0 && r->generate->n_tokens == 10, "generate 10");
+		size_t got = 0;
+		int ok = 1, done = 0;
+		for (uint64_t seq = 0; !done; seq++) {
+			void *buf;
+			size_t len;
+			Ssmd__Event *ev;
+			if (nng_recv(sub, &buf, &len, NNG_FLAG_ALLOC)) {
+				ok = 0;
+				break;
+			}
+			if (proto_event_parse(buf, len, &ev) == 0) {
+				ok &= ev->seq == seq;
+				for (size_t k = 0; k < ev->n_tokens; k++, got++)
+					ok &= r && r->generate && got < r->generate->n_tokens &&
+					      ev->tokens[k] == r->generate->tokens[got];
+				done = ev->done;
+				ssmd__event__free_unpacked(ev, NULL);
+			} else {
+				ok = 0;
+			}
+			nng_free(buf, len);
+		}
+		CHECK(ok && got == 10, "events: seq 0.., 10 tokens equal the reply's");
+		if (r)
+			ssmd__reply__free_unpacked(r, NULL);
+		nng_close(sub);
+	}
+
+	/* SIGTERM: unsaved progress is stored and logged; exit 0. */
+	nng_close(s);
+	CHECK(daemon_stop(pid) == 0, "ssmd exits 0 on SIGTERM");
+	{
+		char needle[128];
+		snprintf(needle, sizeof(needle), "session %s -> state", sid);
+		CHECK(file_contains(log_path, needle), "the final checkpoint is logged");
+	}
+
+	/* Restart on the same run directory (stale socket files). */
+	pid = daemon_start(ssmd, model);
+	CHECK(pid > 0, "ssmd restarts over stale sockets");
+	if (pid > 0) {
+		s = req_open(20000);
+		Ssmd__Request q = SSMD__REQUEST__INIT;
+		Ssmd__StatesRequest st = SSMD__STATES_REQUEST__INIT;
+		st.session = sid;
+		q.op_case = SSMD__REQUEST__OP_STATES;
+		q.states = &st;
+		r = call(s, &q, "list", "test");
+		CHECK(code_of(r) == 0 && r->states->n_states == 1 &&
+		      r->states->states[0]->n_tokens == 14,
+		      "the session's state (4 + 10 tokens) is found by session after restart");
+		if (r)
+			ssmd__reply__free_unpacked(r, NULL);
+		nng_close(s);
+		CHECK(daemon_stop(pid) == 0, "second stop exits 0");
+	}
+	free(sid);
+	snprintf(cmd, sizeof(cmd), "rm -rf %s", tmp);
+	if (system(cmd) != 0)
+		fprintf(stderr, "could not remove %s\n", tmp);
+	return check_summary("server");
+}
