@@ -27,7 +27,8 @@ struct tok_added {
 
 /* A trie over the added tokens of one kind (normalized or not), walked
  * from each position of the text to find the longest token starting
- * there. Node 0 is the root; children of a node form a sibling list. */
+ * there. The root is the table root[]; a node's children form a list
+ * through sibling. */
 struct tok_trie_node {
 	int32_t child, sibling; /* node indices, -1 for none */
 	int32_t added;          /* index into tok->added ending here, or -1 */
@@ -56,9 +57,10 @@ struct tok_mslot {
 struct tok_tokenizer {
 	size_t n_ids; /* one past the largest ID */
 
-	/* Per ID (n_ids entries): the token's text as written in the file
-	 * (added tokens override the model vocabulary) and its decoded
-	 * bytes, both as offsets into arenas; len -1 for IDs with no token. */
+	/* Per ID (n_ids entries): the token's text (an added token's, NFC'd
+	 * if normalized, overrides the model vocabulary's) and the bytes it
+	 * decodes to, both as offsets into arenas; len -1 for IDs with no
+	 * token. */
 	uint32_t *text_off, *dec_off;
 	int32_t *text_len, *dec_len;
 	struct tok_buf texts, decs;
@@ -69,7 +71,7 @@ struct tok_tokenizer {
 	uint32_t *model_off;
 	int32_t *model_len;
 	struct tok_vslot *vocab;
-	size_t vocab_mask;
+	size_t vocab_mask, n_vocab; /* n_vocab: entries in model.vocab */
 
 	struct tok_mslot *merges;
 	size_t merges_mask;
@@ -338,6 +340,13 @@ static int ids_grow(tok_tokenizer *tok, size_t want)
 	return SSMD_OK;
 }
 
+/* IDs are dense in real files; bounding them by the number of tokens
+ * defined keeps a hostile file from making the per-ID tables huge. */
+static size_t id_limit(size_t defined)
+{
+	return 2 * defined + 1024;
+}
+
 static int load_vocab(tok_tokenizer *tok, const cJSON *vocab, const char *path)
 {
 	size_t count = 0;
@@ -359,6 +368,11 @@ static int load_vocab(tok_tokenizer *tok, const cJSON *vocab, const char *path)
 			max_id = (int32_t)e->valuedouble;
 		count++;
 	}
+	if ((size_t)max_id >= id_limit(count))
+		return ssmd_err_set(SSMD_EFORMAT,
+				    "%s: vocab id %d is far beyond its %zu entries",
+				    path, (int)max_id, count);
+	tok->n_vocab = count;
 	if ((rc = ids_grow(tok, (size_t)max_id + 1)))
 		return rc;
 	tok->vocab_mask = table_size(count) - 1;
@@ -546,6 +560,12 @@ static int load_added(tok_tokenizer *tok, const cJSON *list, const char *path)
 			return ssmd_err_set(SSMD_EFORMAT,
 					    "%s: added token %zu needs an id and content",
 					    path, tok->n_added);
+		if ((size_t)id->valuedouble >=
+		    id_limit(tok->n_vocab + (size_t)cJSON_GetArraySize(list)))
+			return ssmd_err_set(SSMD_EFORMAT,
+					    "%s: added token id %.0f is far beyond the %zu tokens defined",
+					    path, id->valuedouble,
+					    tok->n_vocab + (size_t)cJSON_GetArraySize(list));
 		size_t clen = strlen(content->valuestring);
 		if (tok_utf8_valid_len((const uint8_t *)content->valuestring, clen) != clen)
 			return ssmd_err_set(SSMD_EFORMAT,

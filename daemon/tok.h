@@ -77,9 +77,10 @@ int tok_decode(const tok_tokenizer *tok, const int32_t *ids, size_t n,
  * have more rows than this; those rows have no text. */
 size_t tok_vocab_size(const tok_tokenizer *tok);
 
-/* The ID of the token whose text is token, exactly as written in
- * tokenizer.json (added tokens first, then the BPE vocabulary, whose entries
- * are in byte-level form, e.g. "Ġthe"); -1 if there is none. */
+/* The ID of the token whose text is token, as written in tokenizer.json
+ * (added tokens first, a normalized one in its NFC form; then the BPE
+ * vocabulary, whose entries are in byte-level form, e.g. "Ġthe"); -1 if
+ * there is none. token is a NUL-terminated string. */
 int32_t tok_token_id(const tok_tokenizer *tok, const char *token);
 
 /* Incremental decoder for streaming generated tokens: push IDs one at a time

@@ -310,6 +310,14 @@ static void test_errors(const tok_tokenizer *tok, const char *tmpdir)
 		{"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": -3}, \"merges\": []}, "
 		 "\"pre_tokenizer\": {\"type\": \"ByteLevel\"}, "
 		 "\"decoder\": {\"type\": \"ByteLevel\"}}", SSMD_EFORMAT},
+		/* an id that would need 8 GB of tables */
+		{"{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 2000000000}, "
+		 "\"merges\": []}, \"pre_tokenizer\": {\"type\": \"ByteLevel\"}, "
+		 "\"decoder\": {\"type\": \"ByteLevel\"}}", SSMD_EFORMAT},
+		{"{\"model\": {\"type\": \"BPE\", \"vocab\": {}, \"merges\": []}, "
+		 "\"added_tokens\": [{\"id\": 2000000000, \"content\": \"x\"}], "
+		 "\"pre_tokenizer\": {\"type\": \"ByteLevel\"}, "
+		 "\"decoder\": {\"type\": \"ByteLevel\"}}", SSMD_EFORMAT},
 	};
 	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		snprintf(path, sizeof(path), "%s/tok-bad-%d-%zu.json", tmpdir, (int)getpid(), i);
