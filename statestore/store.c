@@ -206,7 +206,37 @@ int store_write_end(store *s, int rc)
 		sqlite3_exec(s->wdb, "ROLLBACK", NULL, NULL, NULL);
 	}
 	pthread_mutex_unlock(&s->wlock);
+	if (!rc) {
+		pthread_mutex_lock(&s->clock);
+		s->ckpt_pending = 1;
+		pthread_cond_signal(&s->ccond);
+		pthread_mutex_unlock(&s->clock);
+	}
 	return rc;
+}
+
+/* The checkpointer thread: after each commit, a PASSIVE checkpoint, which
+ * never blocks the writer or readers. A checkpoint that cannot finish
+ * (readers still on old frames, or an error) simply runs again after the
+ * next commit; committed data is safe in the WAL meanwhile. */
+static void *checkpointer(void *arg)
+{
+	store *s = arg;
+
+	pthread_mutex_lock(&s->clock);
+	for (;;) {
+		while (!s->ckpt_pending && !s->stopping)
+			pthread_cond_wait(&s->ccond, &s->clock);
+		if (s->stopping)
+			break;
+		s->ckpt_pending = 0;
+		pthread_mutex_unlock(&s->clock);
+		sqlite3_wal_checkpoint_v2(s->cdb, NULL,
+					  SQLITE_CHECKPOINT_PASSIVE, NULL, NULL);
+		pthread_mutex_lock(&s->clock);
+	}
+	pthread_mutex_unlock(&s->clock);
+	return NULL;
 }
 
 int store_read_begin(store *s, sqlite3 **out)
@@ -324,6 +354,8 @@ int store_open(const char *path, const store_opts *opts, store **out)
 	pthread_mutex_init(&s->wlock, NULL);
 	pthread_mutex_init(&s->rlock, NULL);
 	pthread_cond_init(&s->rcond, NULL);
+	pthread_mutex_init(&s->clock, NULL);
+	pthread_cond_init(&s->ccond, NULL);
 	s->path = strdup(path);
 	s->rfree = calloc((size_t)s->opts.max_readers, sizeof(*s->rfree));
 	if (!s->path || !s->rfree) {
@@ -350,6 +382,17 @@ int store_open(const char *path, const store_opts *opts, store **out)
 	rc = schema_check(s);
 	if (rc)
 		goto fail;
+	/* Checkpoints run on their own thread (see checkpointer()). */
+	rc = store_sql_exec(s->wdb, "PRAGMA wal_autocheckpoint=0;");
+	if (!rc)
+		rc = conn_open(s, 0, &s->cdb);
+	if (rc)
+		goto fail;
+	if (pthread_create(&s->cthread, NULL, checkpointer, s)) {
+		rc = ssmd_err_set(SSMD_ENOMEM, "cannot start the checkpointer");
+		goto fail;
+	}
+	s->cthread_started = 1;
 	*out = s;
 	return SSMD_OK;
 fail:
@@ -361,9 +404,20 @@ void store_close(store *s)
 {
 	if (!s)
 		return;
+	if (s->cthread_started) {
+		pthread_mutex_lock(&s->clock);
+		s->stopping = 1;
+		pthread_cond_signal(&s->ccond);
+		pthread_mutex_unlock(&s->clock);
+		pthread_join(s->cthread, NULL);
+	}
+	sqlite3_close(s->cdb);
 	for (int i = 0; i < s->n_free; i++)
 		sqlite3_close(s->rfree[i]);
+	/* The last connection to close checkpoints and removes the WAL. */
 	sqlite3_close(s->wdb);
+	pthread_cond_destroy(&s->ccond);
+	pthread_mutex_destroy(&s->clock);
 	pthread_cond_destroy(&s->rcond);
 	pthread_mutex_destroy(&s->rlock);
 	pthread_mutex_destroy(&s->wlock);

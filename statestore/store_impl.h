@@ -23,6 +23,16 @@ struct store {
 	pthread_cond_t rcond;     /* signalled when a reader is returned */
 	sqlite3 **rfree;          /* (max_readers) idle read connections */
 	int n_free, n_open;
+	/* Checkpointer: copies committed WAL frames into the database file
+	 * on its own connection and thread, so a put pays only for its own
+	 * WAL write (SQLite's automatic checkpoint would run inside some
+	 * unlucky put and copy up to 64 MB there). Woken after each commit. */
+	sqlite3 *cdb;
+	pthread_t cthread;
+	int cthread_started;
+	pthread_mutex_t clock;
+	pthread_cond_t ccond;
+	int ckpt_pending, stopping;
 };
 
 /* Converts a SQLite result code into an SSMD code, keeping SQLite's text in
