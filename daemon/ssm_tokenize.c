@@ -9,8 +9,11 @@
  * cannot be handled (not JSON, no "text"/"ids", an unknown ID) gets
  * {"error": "..."} in its place and the exit status becomes 1; the lines
  * after it are still handled. Exit status 2: bad arguments or tokenizer file.
- * The JSON reader ends a "text" at an escaped U+0000 (it keeps C strings);
- * decoded text containing U+0000 is written out whole.
+ * Input text that is not valid UTF-8 is tokenised as tok_encode does
+ * (U+FFFD in place of each invalid sequence) and echoed in that repaired
+ * form, so the output is always valid JSON. An escaped U+0000 in an input
+ * "text" is refused (the JSON reader keeps C strings and would cut the
+ * text there); decoded text containing U+0000 is written out whole.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -20,6 +23,7 @@
 #include <cjson/cJSON.h>
 
 #include "tok.h"
+#include "tok_impl.h"
 
 /* Writes s[0..n) as a JSON string: quotes, backslashes and control
  * characters escaped, everything else (valid UTF-8, tok_decode's output)
@@ -55,28 +59,55 @@ static void put_error(const char *what, int rc)
 	fputs("}\n", stdout);
 }
 
-static int encode_line(const tok_tokenizer *tok, const cJSON *obj)
+/* Whether the JSON text holds the escape \u0000 (an escaping backslash:
+ * one preceded by an even number of backslashes). */
+static int has_nul_escape(const char *line, size_t len)
+{
+	for (size_t i = 0; i + 6 <= len; i++) {
+		if (memcmp(line + i, "\\u0000", 6))
+			continue;
+		size_t slashes = 0;
+		while (slashes < i && line[i - 1 - slashes] == '\\')
+			slashes++;
+		if (slashes % 2 == 0)
+			return 1;
+	}
+	return 0;
+}
+
+static int encode_line(const tok_tokenizer *tok, const cJSON *obj,
+		       const char *line, size_t line_len)
 {
 	const cJSON *text = cJSON_GetObjectItemCaseSensitive(obj, "text");
+	struct tok_buf echo = {0};
 	int32_t *ids = NULL;
 	size_t n = 0;
+	int rc;
 
 	if (!cJSON_IsString(text)) {
 		put_error("input", ssmd_err_set(SSMD_EFORMAT, "no \"text\" string"));
 		return 1;
 	}
+	if (has_nul_escape(line, line_len)) {
+		put_error("input", ssmd_err_set(SSMD_EUNSUPPORTED,
+						"text holds U+0000, which this tool cannot carry"));
+		return 1;
+	}
 	size_t len = strlen(text->valuestring);
-	int rc = tok_encode(tok, text->valuestring, len, &ids, &n);
-	if (rc) {
+	if ((rc = tok_encode(tok, text->valuestring, len, &ids, &n)) ||
+	    (rc = tok_utf8_repair(&echo, (const uint8_t *)text->valuestring, len,
+				  false, NULL))) {
 		put_error("encode", rc);
+		free(ids);
 		return 1;
 	}
 	fputs("{\"text\": ", stdout);
-	put_json_string(text->valuestring, len, stdout);
+	put_json_string(echo.p ? echo.p : "", echo.len, stdout);
 	fputs(", \"ids\": [", stdout);
 	for (size_t i = 0; i < n; i++)
 		printf(i ? ", %d" : "%d", (int)ids[i]);
 	fputs("]}\n", stdout);
+	free(echo.p);
 	free(ids);
 	return 0;
 }
@@ -178,7 +209,8 @@ int main(int argc, char **argv)
 			put_error("input", ssmd_err_set(SSMD_EFORMAT,
 							"not a JSON object"));
 			status = 1;
-		} else if (decode ? decode_line(tok, obj) : encode_line(tok, obj)) {
+		} else if (decode ? decode_line(tok, obj)
+				  : encode_line(tok, obj, line, len)) {
 			status = 1;
 		}
 		cJSON_Delete(obj);

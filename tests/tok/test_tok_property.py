@@ -224,3 +224,30 @@ def test_added_token_flags(neox, tmp_path):
 
     words = [t["content"] for t in extra] + ["café", "words", "sword", "_word", "état"]
     compare(variant(tmp_path, "added", edit), random_texts(rng_for("added"), 3000, words))
+
+
+def test_cli_bad_lines(neox):
+    """Bad lines get an error object in their place and the rest go on;
+    invalid UTF-8 is read as Python's errors="replace" reads it (U+FFFD per
+    maximal invalid subpart), ids as Hugging Face gives for that text."""
+    ref = Tokenizer.from_file(neox)
+    r = rng_for("bytes")
+    raw_texts = [bytes(r.randrange(1, 256) for _ in range(r.randint(1, 40))) for _ in range(300)]
+    raw_texts += [b"caf\xc3", b"\xed\xa0\x80x", b"\xf4\x90\x80\x80", b"ok \xe2\x82"]
+    lines = [b'{"text": "a\\u0000b"}', b"not json", b'{"ids": [1]}']
+    for t in raw_texts:
+        # JSON-escape only what JSON requires; leave the raw bytes alone
+        esc = t.replace(b"\\", b"\\\\").replace(b'"', b'\\"')
+        esc = b"".join(b"\\u%04x" % c if c < 0x20 else bytes([c]) for c in esc)
+        lines.append(b'{"text": "' + esc + b'"}')
+    proc = subprocess.run([BINARY, "--tokenizer", neox], input=b"\n".join(lines) + b"\n",
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 1, f"exit status {proc.returncode}, want 1 (some lines bad)"
+    out = [json.loads(x) for x in proc.stdout.decode("utf-8").split("\n") if x]
+    assert len(out) == len(lines)
+    assert all("error" in o for o in out[:3]), out[:3]
+    for t, o in zip(raw_texts, out[3:]):
+        text = t.decode("utf-8", errors="replace")
+        want = ref.encode(text, add_special_tokens=False).ids
+        assert o.get("text") == text and o.get("ids") == want, \
+            f"seed {SEED}: bytes {t!r}: got {o}, want {want}"
