@@ -459,6 +459,23 @@ static void exact_properties(const char *dir)
 		CHECK(states_equal(st[3], got), "batched decode state %d differs", i);
 	}
 
+	/* decode + sample in one call == decode, then ssm_sample per row */
+	{
+		ssm_sampler sm[3] = { { 0.8f, 0, 1.0f, 5 }, { 0.0f, 0, 1.0f, 5 },
+				      { 1.2f, 20, 0.9f, 6 } };
+		uint64_t idx[3] = { 11, 12, 13 };
+		int32_t got_tok[3];
+		for (int s = 0; s < 3; s++)
+			CHECK_RC(ssm_slot_set(b1, s, st[slots[s]]), SSMD_OK);
+		int s3[3] = { 0, 1, 2 };
+		CHECK_RC(ssm_decode_sample(b1, s3, next, 3, sm, idx, got_tok),
+			 SSMD_OK);
+		for (int i = 0; i < 3; i++)
+			CHECK(got_tok[i] == ssm_sample(batch + (size_t)i * V,
+						       (int)V, &sm[i], idx[i]),
+			      "decode_sample row %d differs", i);
+	}
+
 	/* get -> encode -> decode -> set, then continue == never stopping */
 	size_t len;
 	CHECK_RC(ssm_slot_get(b, 1, st[0]), SSMD_OK);
@@ -811,6 +828,35 @@ static void loader_errors(const char *src)
 		free(f.data);
 	} else {
 		CHECK(0, "cannot parse %s", path);
+	}
+	RESTORE();
+	/* Random damage never crashes the loader: 300 single-byte changes in
+	 * the header and 40 truncations each load or fail with a code. */
+	{
+		uint64_t hl = 0;
+		uint32_t seed = 2024;
+		int sane = 1;
+		for (int i = 0; i < 8; i++)
+			hl |= (uint64_t)(uint8_t)weights[i] << (8 * i);
+		for (int i = 0; i < 340; i++) {
+			char *bad = malloc(w_len);
+			size_t len = w_len;
+			memcpy(bad, weights, w_len);
+			seed = seed * 1664525u + 1013904223u;
+			if (i < 300)
+				bad[(seed >> 4) % (8 + hl)] = (char)(seed >> 24);
+			else
+				len = (seed >> 4) % w_len;
+			spew(path, bad, len);
+			free(bad);
+			int rc = ssm_model_load(dir, &m);
+			if (rc == SSMD_OK)
+				ssm_model_free(m);
+			else if (rc != SSMD_EFORMAT && rc != SSMD_EUNSUPPORTED)
+				sane = 0;
+			m = NULL;
+		}
+		CHECK(sane, "random damage gave an unexpected error code");
 	}
 	RESTORE();
 	/* a sharded index naming a shard that is not there */
