@@ -62,6 +62,39 @@ static int cmp_cand(const void *a, const void *b)
 	return x->id < y->id ? -1 : x->id > y->id;
 }
 
+/* Moves the k candidates that come first in cmp_cand's order to c[0..k), in
+ * no particular order, with a min-heap of the best k seen (the heap's root is
+ * the worst of them): O(vocab log k) instead of sorting the whole vocabulary.
+ * The order is total, so the set is the same as a full sort's first k. */
+static void sift_down(cand *h, int k, int i)
+{
+	for (;;) {
+		int w = i, l = 2 * i + 1, r = l + 1;
+		if (l < k && cmp_cand(&h[l], &h[w]) > 0)
+			w = l;
+		if (r < k && cmp_cand(&h[r], &h[w]) > 0)
+			w = r;
+		if (w == i)
+			return;
+		cand t = h[i];
+		h[i] = h[w];
+		h[w] = t;
+		i = w;
+	}
+}
+
+static int top_k_select(cand *c, int vocab, int k)
+{
+	for (int i = k / 2 - 1; i >= 0; i--)
+		sift_down(c, k, i);
+	for (int i = k; i < vocab; i++)
+		if (cmp_cand(&c[i], &c[0]) < 0) { /* better than the worst kept */
+			c[0] = c[i];
+			sift_down(c, k, 0);
+		}
+	return k;
+}
+
 int32_t ssm_sample(const float *logits, int vocab, const ssm_sampler *s,
 		   uint64_t index)
 {
@@ -83,10 +116,11 @@ int32_t ssm_sample(const float *logits, int vocab, const ssm_sampler *s,
 		c[i].v = clean(logits[i]) * inv_t;
 		c[i].id = i;
 	}
-	if ((s->top_k > 0 && s->top_k < vocab) || s->top_p < 1.0f) {
+	if (s->top_k > 0 && s->top_k < vocab) {
+		n = top_k_select(c, vocab, s->top_k);
+		qsort(c, (size_t)n, sizeof *c, cmp_cand);
+	} else if (s->top_p < 1.0f) {
 		qsort(c, (size_t)vocab, sizeof *c, cmp_cand);
-		if (s->top_k > 0 && s->top_k < vocab)
-			n = s->top_k;
 	}
 	float max = c[0].v;
 	for (int i = 1; i < n; i++)

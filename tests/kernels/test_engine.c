@@ -1094,6 +1094,43 @@ static void sampling(void)
 	      "top_k 3 support: %d %d %d %d %d %d", counts[0], counts[1],
 	      counts[2], counts[3], counts[4], counts[5]);
 
+	/* top-k on a large vocabulary: every draw is among the k largest
+	 * logits, and with a flat temperature most of them appear */
+	{
+		enum { NV = 5000, K = 40 };
+		float *big = malloc(NV * sizeof *big), kth;
+		float *sorted = malloc(NV * sizeof *sorted);
+		uint32_t sd = 77;
+		int ok = 1, distinct = 0;
+		unsigned char hit[NV] = { 0 };
+		for (int i = 0; i < NV; i++) {
+			sd = sd * 1664525u + 1013904223u;
+			big[i] = (float)((sd >> 8) % 100000) / 1000.0f;
+		}
+		memcpy(sorted, big, NV * sizeof *big);
+		for (int i = 0; i < K; i++) /* partial selection sort */
+			for (int j = i + 1; j < NV; j++)
+				if (sorted[j] > sorted[i]) {
+					float t = sorted[i];
+					sorted[i] = sorted[j];
+					sorted[j] = t;
+				}
+		kth = sorted[K - 1];
+		ssm_sampler sk = { .temperature = 50.0f, .top_k = K,
+				   .top_p = 1.0f, .seed = 8 };
+		for (uint64_t i = 0; i < 2000; i++) {
+			int32_t t = ssm_sample(big, NV, &sk, i);
+			ok &= t >= 0 && t < NV && big[t] >= kth;
+			if (t >= 0 && t < NV && !hit[t]++)
+				distinct++;
+		}
+		CHECK(ok, "top_k %d drew outside the %d largest", K, K);
+		CHECK(distinct >= K / 2, "top_k %d: only %d distinct draws", K,
+		      distinct);
+		free(big);
+		free(sorted);
+	}
+
 	/* top-p: probabilities 0.5, 0.3, 0.15, 0.05 -> top_p 0.7 keeps {0, 1} */
 	float pl[4] = { logf(0.5f), logf(0.3f), logf(0.15f), logf(0.05f) };
 	int pc[4] = { 0 };
