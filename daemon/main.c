@@ -141,7 +141,9 @@ int main(int argc, char **argv)
 		status = fail("cannot open the state library");
 		goto out;
 	}
-	if (rcache_alloc((size_t)c.request_cache, &cache)) {
+	/* Replies are small except exports (states, many MB), which are safe
+	 * to run again; the byte budget keeps a few of those at most. */
+	if (rcache_alloc((size_t)c.request_cache, 256u << 20, &cache)) {
 		status = fail("request cache");
 		goto out;
 	}

@@ -33,6 +33,7 @@ struct rcache {
 	struct entry **buckets;
 	size_t n_buckets;             /* power of two */
 	size_t capacity, n_done;
+	size_t max_bytes, bytes;      /* of the finished replies */
 	struct entry *oldest, *newest;
 };
 
@@ -54,7 +55,7 @@ static int key_make(const char *client_id, const char *request_id, char **key,
 	return SSMD_OK;
 }
 
-int rcache_alloc(size_t capacity, rcache **out)
+int rcache_alloc(size_t capacity, size_t max_bytes, rcache **out)
 {
 	rcache *c = calloc(1, sizeof(*c));
 	size_t nb = 64;
@@ -69,6 +70,7 @@ int rcache_alloc(size_t capacity, rcache **out)
 		goto fail;
 	c->n_buckets = nb;
 	c->capacity = capacity;
+	c->max_bytes = max_bytes;
 	pthread_mutex_init(&c->lock, NULL);
 	*out = c;
 	return SSMD_OK;
@@ -213,6 +215,8 @@ int rcache_finish(rcache *c, const char *client_id, const char *request_id,
 	}
 	waiters = e->waiters;
 	e->waiters = NULL;
+	if (len > c->max_bytes)
+		remember = 0;
 	if (remember) {
 		e->reply = malloc(len ? len : 1);
 		if (!e->reply) {
@@ -230,21 +234,31 @@ int rcache_finish(rcache *c, const char *client_id, const char *request_id,
 		else
 			c->oldest = e;
 		c->newest = e;
-		if (++c->n_done > c->capacity) {
-			evicted = c->oldest;
-			fifo_unlink(c, evicted);
-			*entry_link(c, evicted->hash, evicted->key,
-				    evicted->key_len) = evicted->chain;
+		c->n_done++;
+		c->bytes += len;
+		/* Evicted entries are chained through `chain` (unlinked from
+		 * their buckets) and freed after the lock is dropped. */
+		while (c->n_done > c->capacity || c->bytes > c->max_bytes) {
+			struct entry *old = c->oldest;
+			fifo_unlink(c, old);
+			*entry_link(c, old->hash, old->key, old->key_len) = old->chain;
 			c->n_done--;
+			c->bytes -= old->reply_len;
+			old->chain = evicted;
+			evicted = old;
 		}
 	} else {
 		*link = e->chain;
+		e->chain = NULL;
 		evicted = e;
 	}
 	pthread_mutex_unlock(&c->lock);
 	free(key);
-	if (evicted)
+	while (evicted) {
+		struct entry *next = evicted->chain;
 		entry_free(evicted);
+		evicted = next;
+	}
 	while (waiters) {
 		struct waiter *next = waiters->next;
 		if (fn)
@@ -261,6 +275,16 @@ size_t rcache_size(rcache *c)
 
 	pthread_mutex_lock(&c->lock);
 	n = c->n_done;
+	pthread_mutex_unlock(&c->lock);
+	return n;
+}
+
+size_t rcache_bytes(rcache *c)
+{
+	size_t n;
+
+	pthread_mutex_lock(&c->lock);
+	n = c->bytes;
 	pthread_mutex_unlock(&c->lock);
 	return n;
 }

@@ -9,9 +9,11 @@
  *   - seen and finished: the caller answers with a copy of the stored reply;
  *   - seen and still in progress: the caller's waiter is attached and gets
  *     the reply when the first execution finishes (no second execution).
- * At most `capacity` finished replies are kept; the oldest is forgotten
- * first. Entries in progress are never forgotten (their number is bounded by
- * the requests in flight).
+ * At most `capacity` finished replies, of at most `max_bytes` bytes in all,
+ * are kept; the oldest is forgotten first, and a single reply larger than
+ * max_bytes is not kept at all (such replies are exports, which are safe to
+ * run again). Entries in progress are never forgotten (their number is
+ * bounded by the requests in flight).
  *
  * Thread-safety: every function may be called from any thread (one mutex;
  * waiter callbacks run without it held).
@@ -35,8 +37,9 @@ enum rcache_state {
  * reply (len bytes) is borrowed for the duration of the call. */
 typedef void (*rcache_waiter_fn)(void *waiter, const void *reply, size_t len);
 
-/* Makes a cache keeping at most capacity (>= 1) finished replies. */
-int rcache_alloc(size_t capacity, rcache **out);
+/* Makes a cache keeping at most capacity (>= 1) finished replies of at most
+ * max_bytes bytes in all. SSMD_EINVAL on a zero capacity, SSMD_ENOMEM. */
+int rcache_alloc(size_t capacity, size_t max_bytes, rcache **out);
 
 /* Frees the cache and every stored reply; NULL is a no-op. Waiters still
  * attached are dropped without a call. */
@@ -61,5 +64,8 @@ int rcache_finish(rcache *c, const char *client_id, const char *request_id,
 
 /* Number of finished replies kept now. */
 size_t rcache_size(rcache *c);
+
+/* Bytes of the finished replies kept now. */
+size_t rcache_bytes(rcache *c);
 
 #endif

@@ -1000,15 +1000,17 @@ static void sess_close(sched *s, struct sess *x)
 
 /* ------------------------------------------------------ job dispatch -- */
 
-/* Starts the head job of x if it can start. */
-static void sess_service(sched *s, struct sess *x)
+/* Starts the head job of x if it can start. Returns 1 when that job ran to
+ * completion (so the next one may start now), 0 when the head is running or
+ * waiting, or the session was closed. */
+static int sess_service_one(sched *s, struct sess *x)
 {
 	struct job *j = x->head;
 	const Ssmd__Request *q;
 	int ready, rc = SSMD_OK;
 
 	if (!j || j->started)
-		return;
+		return 0;
 	q = j->req;
 	x->last_used = ++s->tick;
 	switch (q->op_case) {
@@ -1028,7 +1030,7 @@ static void sess_service(sched *s, struct sess *x)
 			rc = append_start(s, j);
 			if (!rc && j->n_toks == 0) {
 				append_done(s, j, SSMD_OK);
-				return;
+				return 1;
 			}
 		}
 		break;
@@ -1038,7 +1040,7 @@ static void sess_service(sched *s, struct sess *x)
 				      nonempty(q->snapshot->label), 0, 1);
 		if (rc)
 			job_finish(j, rc, NULL);
-		return;
+		return 1;
 	case SSMD__REQUEST__OP_CLOSE:
 		sess_job_pop(x);
 		rc = op_store_session(s, j, x, nonempty(q->close->tag),
@@ -1048,7 +1050,7 @@ static void sess_service(sched *s, struct sess *x)
 		else
 			log_debug("closed session %s", x->id);
 		sess_close(s, x);
-		return;
+		return 0;
 	case SSMD__REQUEST__OP_OPEN:
 	case SSMD__REQUEST__OP_FORK: {
 		int is_open = q->op_case == SSMD__REQUEST__OP_OPEN;
@@ -1058,7 +1060,7 @@ static void sess_service(sched *s, struct sess *x)
 		sess_job_pop(x);
 		rc = op_fork_live(s, j, x, count, has_seed, seed);
 		job_finish(j, rc, NULL);
-		return;
+		return 1;
 	}
 	default:
 		rc = ssmd_err_set(SSMD_EPROTO, "operation not queued on sessions");
@@ -1069,7 +1071,25 @@ static void sess_service(sched *s, struct sess *x)
 		if (q->op_case == SSMD__REQUEST__OP_GENERATE && j->gen)
 			gen_publish(s, j, NULL, 0, j->gen->sent, 1, rc);
 		job_finish(j, rc, NULL);
+		return 1;
 	}
+	return 0;
+}
+
+/* Starts x's queued requests until one keeps running or waits. */
+static void sess_service(sched *s, struct sess *x)
+{
+	while (sess_service_one(s, x))
+		;
+}
+
+/* sess_service() over every session. Backwards: a close removes its
+ * session by moving the last one into its place, which this order has
+ * already visited. */
+static void sched_service_all(sched *s)
+{
+	for (size_t i = s->sessions.n; !s->draining && i-- > 0;)
+		sess_service(s, s->sessions.v[i]);
 }
 
 /* The session a request names; ENOENT with the ID in the message. */
@@ -1231,10 +1251,7 @@ static int sched_step(sched *s)
 {
 	int n = 0, worked = 0, rc;
 
-	/* Backwards: a close removes its session by moving the last one into
-	 * its place, which this order has already visited. */
-	for (size_t i = s->sessions.n; !s->draining && i-- > 0;)
-		sess_service(s, s->sessions.v[i]);
+	sched_service_all(s);
 	for (size_t i = 0; i < s->sessions.n; i++) {
 		struct sess *x = s->sessions.v[i];
 		struct job *j = x->head;
@@ -1277,6 +1294,9 @@ static int sched_step(sched *s)
 			append_step(s, j);
 		}
 	}
+	/* Requests behind the ones that just finished start now, so the loop
+	 * knows whether there is work before it sleeps. */
+	sched_service_all(s);
 	return worked;
 }
 

@@ -30,8 +30,8 @@ int main(void)
 	struct seen w1 = {0}, w2 = {0};
 	char id[32];
 
-	CHECK_RC(rcache_alloc(0, &c), SSMD_EINVAL);
-	CHECK_RC(rcache_alloc(3, &c), SSMD_OK);
+	CHECK_RC(rcache_alloc(0, 1000, &c), SSMD_EINVAL);
+	CHECK_RC(rcache_alloc(3, 1000, &c), SSMD_OK);
 
 	/* First sight: execute. */
 	CHECK_RC(rcache_begin(c, "cli", "r1", &w1, &reply, &len, &state), SSMD_OK);
@@ -82,7 +82,7 @@ int main(void)
 	rcache_free(c);
 
 	/* Many entries: every one of the last `capacity` is found. */
-	CHECK_RC(rcache_alloc(100, &c), SSMD_OK);
+	CHECK_RC(rcache_alloc(100, 1 << 20, &c), SSMD_OK);
 	for (int i = 0; i < 1000; i++) {
 		snprintf(id, sizeof(id), "req-%d", i);
 		rcache_begin(c, "c", id, NULL, &reply, &len, &state);
@@ -98,6 +98,30 @@ int main(void)
 			free(reply);
 	}
 	CHECK(found == 100, "last 100 of 1000 replies found, got %d", found);
+	rcache_free(c);
+
+	/* The byte budget: 3 replies of 40 bytes fit in 100 only two at a
+	 * time; a reply over the budget is delivered but not kept. */
+	char big[200];
+	memset(big, 'x', sizeof(big));
+	CHECK_RC(rcache_alloc(10, 100, &c), SSMD_OK);
+	for (int i = 0; i < 3; i++) {
+		snprintf(id, sizeof(id), "b%d", i);
+		rcache_begin(c, "c", id, NULL, &reply, &len, &state);
+		rcache_finish(c, "c", id, big, 40, 1, NULL);
+	}
+	CHECK(rcache_size(c) == 2 && rcache_bytes(c) == 80,
+	      "byte budget keeps the newest two (%zu replies, %zu bytes)",
+	      rcache_size(c), rcache_bytes(c));
+	rcache_begin(c, "c", "b0", NULL, &reply, &len, &state);
+	CHECK(state == RCACHE_NEW, "the oldest went first");
+	rcache_finish(c, "c", "b0", big, 200, 1, NULL);
+	CHECK(rcache_size(c) == 2 && rcache_bytes(c) == 80,
+	      "a reply over the whole budget is not kept");
+	rcache_begin(c, "c", "b0", NULL, &reply, &len, &state);
+	CHECK(state == RCACHE_NEW, "so its retry runs again");
+	rcache_finish(c, "c", "b0", big, 10, 1, NULL);
+
 	/* An unfinished entry is dropped by rcache_free without a call. */
 	rcache_begin(c, "c", "open", &w1, &reply, &len, &state);
 	rcache_free(c);

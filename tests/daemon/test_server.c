@@ -355,6 +355,40 @@ int main(void)
 		nng_close(sub);
 	}
 
+	/* A client that vanishes mid-generate: the daemon finishes the work
+	 * (the session keeps the tokens) and serves the next client. */
+	{
+		nng_socket gone = req_open(20000);
+		Ssmd__Request q = SSMD__REQUEST__INIT;
+		Ssmd__GenerateRequest g = SSMD__GENERATE_REQUEST__INIT;
+		void *buf;
+		size_t len;
+		char *other = open_session(s, "open2");
+		append(s, other, toks, 3, "app2", "test");
+		g.session = other;
+		g.has_max_tokens = 1;
+		g.max_tokens = 2000;
+		g.has_stream = 1;
+		g.stream = 1;
+		q.op_case = SSMD__REQUEST__OP_GENERATE;
+		q.generate = &g;
+		q.has_version = 1;
+		q.version = 1;
+		q.request_id = "vanish";
+		proto_msg_pack(&q.base, &buf, &len);
+		nng_send(gone, buf, len, 0);
+		free(buf);
+		usleep(20000); /* delivered, still generating (2000 tokens) */
+		nng_close(gone);
+		Ssmd__Reply *r2 = append(s, other, toks, 1, "after-vanish", "test");
+		CHECK(code_of(r2) == 0 && r2->append->session_tokens == 2004,
+		      "after the client vanished the generate completed (session at %llu tokens)",
+		      r2 && r2->append ? (unsigned long long)r2->append->session_tokens : 0ULL);
+		if (r2)
+			ssmd__reply__free_unpacked(r2, NULL);
+		free(other);
+	}
+
 	/* SIGTERM: unsaved progress is stored and logged; exit 0. */
 	nng_close(s);
 	CHECK(daemon_stop(pid) == 0, "ssmd exits 0 on SIGTERM");
