@@ -15,11 +15,6 @@
 _Static_assert(STORE_FINGERPRINT_LEN == SSM_FINGERPRINT_LEN,
 	       "store and state fingerprints differ");
 
-/* Columns every state query selects, in the order info_from_row() reads. */
-#define STATE_COLS                                                          \
-	"n, id, kind, fingerprint, n_tokens, created_ms, label, metadata, "  \
-	"origin, codec, raw_size, stored_size, raw_hash, n_transcript"
-
 /* Schema version 1. Payloads and transcripts live in their own tables keyed
  * by the state's row key, so scans of states never page through blobs. */
 static const char schema_sql[] =
@@ -103,7 +98,7 @@ int store_sql_exec(sqlite3 *db, const char *sql)
 	return rc == SQLITE_OK ? SSMD_OK : store_sql_err(db, rc, sql);
 }
 
-static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st)
+int store_sql_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st)
 {
 	int rc = sqlite3_prepare_v2(db, sql, -1, st, NULL);
 
@@ -111,7 +106,7 @@ static int prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st)
 }
 
 /* Steps a statement that returns no row. */
-static int step_done(sqlite3 *db, sqlite3_stmt *st, const char *what)
+int store_sql_step(sqlite3 *db, sqlite3_stmt *st, const char *what)
 {
 	int rc = sqlite3_step(st);
 
@@ -119,20 +114,20 @@ static int step_done(sqlite3 *db, sqlite3_stmt *st, const char *what)
 }
 
 /* Runs a statement with one text parameter that returns no row. */
-static int exec_text(sqlite3 *db, const char *sql, const char *a)
+int store_sql_exec_text(sqlite3 *db, const char *sql, const char *a)
 {
 	sqlite3_stmt *st = NULL;
-	int rc = prepare(db, sql, &st);
+	int rc = store_sql_prepare(db, sql, &st);
 
 	if (!rc) {
 		sqlite3_bind_text(st, 1, a, -1, SQLITE_STATIC);
-		rc = step_done(db, st, sql);
+		rc = store_sql_step(db, st, sql);
 	}
 	sqlite3_finalize(st);
 	return rc;
 }
 
-static int64_t now_ms(void)
+int64_t store_now_ms(void)
 {
 	struct timespec ts;
 
@@ -293,7 +288,7 @@ static int schema_check(store *s)
 	rc = store_write_begin(s);
 	if (rc)
 		return rc;
-	rc = prepare(s->wdb,
+	rc = store_sql_prepare(s->wdb,
 		     "SELECT (SELECT application_id FROM pragma_application_id),"
 		     " (SELECT user_version FROM pragma_user_version),"
 		     " (SELECT count(*) FROM sqlite_schema)", &st);
@@ -462,7 +457,7 @@ void store_id_canon(const char *in, char out[STORE_ID_SIZE])
 int store_id_new(char id[STORE_ID_SIZE], int64_t *ms_out)
 {
 	uint8_t b[16];
-	int64_t ms = now_ms();
+	int64_t ms = store_now_ms();
 	size_t got = 0;
 
 	/* bytes 0-5: big-endian milliseconds, so IDs sort by time */
@@ -638,12 +633,12 @@ int store_metadata_check(const char *json)
 	return SSMD_OK;
 }
 
-static void copy_text(char *dst, size_t cap, const unsigned char *src)
+void store_copy_text(char *dst, size_t cap, const unsigned char *src)
 {
 	snprintf(dst, cap, "%s", src ? (const char *)src : "");
 }
 
-/* Fills info from a row of STATE_COLS (not parents, tags or metadata). */
+/* Fills info from a row of STORE_STATE_COLS (not parents, tags or metadata). */
 static void info_from_row(sqlite3_stmt *st, store_state_info *info,
 			  int64_t *rowkey)
 {
@@ -652,14 +647,14 @@ static void info_from_row(sqlite3_stmt *st, store_state_info *info,
 
 	memset(info, 0, sizeof(*info));
 	*rowkey = sqlite3_column_int64(st, 0);
-	copy_text(info->id, sizeof(info->id), sqlite3_column_text(st, 1));
+	store_copy_text(info->id, sizeof(info->id), sqlite3_column_text(st, 1));
 	info->kind = (store_kind)sqlite3_column_int(st, 2);
 	if (fp && fp_len == STORE_FINGERPRINT_LEN)
 		memcpy(info->fingerprint, fp, STORE_FINGERPRINT_LEN);
 	info->n_tokens = (uint64_t)sqlite3_column_int64(st, 4);
 	info->created_ms = sqlite3_column_int64(st, 5);
-	copy_text(info->label, sizeof(info->label), sqlite3_column_text(st, 6));
-	copy_text(info->origin, sizeof(info->origin),
+	store_copy_text(info->label, sizeof(info->label), sqlite3_column_text(st, 6));
+	store_copy_text(info->origin, sizeof(info->origin),
 		  sqlite3_column_text(st, 8));
 	info->codec = sqlite3_column_int(st, 9);
 	info->raw_size = (uint64_t)sqlite3_column_int64(st, 10);
@@ -680,14 +675,14 @@ static int info_finish(sqlite3 *db, sqlite3_stmt *row, store_state_info *info)
 		if (!info->metadata)
 			return SSMD_ENOMEM;
 	}
-	rc = prepare(db, "SELECT parent FROM parents WHERE child=?1 ORDER BY ord",
+	rc = store_sql_prepare(db, "SELECT parent FROM parents WHERE child=?1 ORDER BY ord",
 		     &st);
 	if (rc)
 		goto out;
 	sqlite3_bind_text(st, 1, info->id, -1, SQLITE_STATIC);
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW &&
 	       info->n_parents < STORE_PARENTS_MAX)
-		copy_text(info->parents[info->n_parents++], STORE_ID_SIZE,
+		store_copy_text(info->parents[info->n_parents++], STORE_ID_SIZE,
 			  sqlite3_column_text(st, 0));
 	sqlite3_finalize(st);
 	st = NULL;
@@ -695,7 +690,7 @@ static int info_finish(sqlite3 *db, sqlite3_stmt *row, store_state_info *info)
 		rc = store_sql_err(db, rc, "parents");
 		goto out;
 	}
-	rc = prepare(db, "SELECT count(*) FROM tags WHERE id=?1", &st);
+	rc = store_sql_prepare(db, "SELECT count(*) FROM tags WHERE id=?1", &st);
 	if (rc)
 		goto out;
 	sqlite3_bind_text(st, 1, info->id, -1, SQLITE_STATIC);
@@ -719,7 +714,7 @@ int store_info_db(sqlite3 *db, const char *id, store_state_info *info,
 	sqlite3_stmt *st = NULL;
 	int rc;
 
-	rc = prepare(db, "SELECT " STATE_COLS " FROM states WHERE id=?1", &st);
+	rc = store_sql_prepare(db, "SELECT " STORE_STATE_COLS " FROM states WHERE id=?1", &st);
 	if (rc)
 		return rc;
 	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
@@ -752,9 +747,9 @@ int store_resolve_db(sqlite3 *db, const char *id_or_tag,
 				    "tag name", id_or_tag);
 	if (by_id) {
 		store_id_canon(id_or_tag, canon);
-		rc = prepare(db, "SELECT id, n FROM states WHERE id=?1", &st);
+		rc = store_sql_prepare(db, "SELECT id, n FROM states WHERE id=?1", &st);
 	} else {
-		rc = prepare(db, "SELECT s.id, s.n FROM tags t JOIN states s"
+		rc = store_sql_prepare(db, "SELECT s.id, s.n FROM tags t JOIN states s"
 			     " ON s.id=t.id WHERE t.name=?1", &st);
 	}
 	if (rc)
@@ -762,7 +757,7 @@ int store_resolve_db(sqlite3 *db, const char *id_or_tag,
 	sqlite3_bind_text(st, 1, by_id ? canon : id_or_tag, -1, SQLITE_STATIC);
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
-		copy_text(id, STORE_ID_SIZE, sqlite3_column_text(st, 0));
+		store_copy_text(id, STORE_ID_SIZE, sqlite3_column_text(st, 0));
 		if (rowkey)
 			*rowkey = sqlite3_column_int64(st, 1);
 		rc = SSMD_OK;
@@ -824,7 +819,7 @@ int store_row_insert(store *s, const store_row *row)
 	int64_t key;
 	int rc;
 
-	rc = prepare(db, "INSERT INTO states(id, kind, fingerprint, n_tokens,"
+	rc = store_sql_prepare(db, "INSERT INTO states(id, kind, fingerprint, n_tokens,"
 		     " created_ms, label, metadata, origin, codec, raw_size,"
 		     " stored_size, raw_hash, n_transcript)"
 		     " VALUES(?1,?2,?3,?4,?5,?6,?7,?8,?9,?10,?11,?12,?13)", &st);
@@ -847,41 +842,41 @@ int store_row_insert(store *s, const store_row *row)
 	sqlite3_bind_int64(st, 11, (sqlite3_int64)row->payload_len);
 	sqlite3_bind_int64(st, 12, (sqlite3_int64)row->raw_hash);
 	sqlite3_bind_int64(st, 13, (sqlite3_int64)row->n_transcript);
-	rc = step_done(db, st, "insert state");
+	rc = store_sql_step(db, st, "insert state");
 	sqlite3_finalize(st);
 	st = NULL;
 	if (rc)
 		return rc;
 	key = sqlite3_last_insert_rowid(db);
 
-	rc = prepare(db, "INSERT INTO payloads(n, data) VALUES(?1, ?2)", &st);
+	rc = store_sql_prepare(db, "INSERT INTO payloads(n, data) VALUES(?1, ?2)", &st);
 	if (rc)
 		return rc;
 	sqlite3_bind_int64(st, 1, key);
 	sqlite3_bind_blob64(st, 2, row->payload, row->payload_len,
 			    SQLITE_STATIC);
-	rc = step_done(db, st, "insert payload");
+	rc = store_sql_step(db, st, "insert payload");
 	sqlite3_finalize(st);
 	st = NULL;
 	if (rc)
 		return rc;
 
 	if (row->n_transcript) {
-		rc = prepare(db, "INSERT INTO transcripts(n, tokens)"
+		rc = store_sql_prepare(db, "INSERT INTO transcripts(n, tokens)"
 			     " VALUES(?1, ?2)", &st);
 		if (rc)
 			return rc;
 		sqlite3_bind_int64(st, 1, key);
 		sqlite3_bind_blob64(st, 2, row->transcript, row->transcript_len,
 				    SQLITE_STATIC);
-		rc = step_done(db, st, "insert transcript");
+		rc = store_sql_step(db, st, "insert transcript");
 		sqlite3_finalize(st);
 		st = NULL;
 		if (rc)
 			return rc;
 	}
 
-	rc = prepare(db, "INSERT INTO parents(child, ord, parent)"
+	rc = store_sql_prepare(db, "INSERT INTO parents(child, ord, parent)"
 		     " VALUES(?1, ?2, ?3)", &st);
 	if (rc)
 		return rc;
@@ -889,7 +884,7 @@ int store_row_insert(store *s, const store_row *row)
 		sqlite3_bind_text(st, 1, row->id, -1, SQLITE_STATIC);
 		sqlite3_bind_int64(st, 2, (sqlite3_int64)i);
 		sqlite3_bind_text(st, 3, row->parents[i], -1, SQLITE_STATIC);
-		rc = step_done(db, st, "insert parent");
+		rc = store_sql_step(db, st, "insert parent");
 		sqlite3_reset(st);
 	}
 	sqlite3_finalize(st);
@@ -908,7 +903,7 @@ static int parents_check(store *s, const store_put *p,
 	uint64_t base = 0;
 	int rc;
 
-	rc = prepare(s->wdb, "SELECT fingerprint, n_tokens FROM states"
+	rc = store_sql_prepare(s->wdb, "SELECT fingerprint, n_tokens FROM states"
 		     " WHERE id=?1", &st);
 	if (rc)
 		return rc;
@@ -1168,11 +1163,9 @@ int store_resolve(store *s, const char *id_or_tag, char id[STORE_ID_SIZE])
 	return rc;
 }
 
-/* ----------------------------------------------------------------- list -- */
-
 /* Upper bound of a prefix range: names starting with prefix sort below
  * prefix + "\x7f", since every tag character is below 0x7f. */
-static char *prefix_end(const char *prefix)
+char *store_prefix_end(const char *prefix)
 {
 	size_t n = strlen(prefix);
 	char *e = malloc(n + 2);
@@ -1185,8 +1178,8 @@ static char *prefix_end(const char *prefix)
 	return e;
 }
 
-/* Runs a query of STATE_COLS rows into a growing info array. */
-static int infos_collect(sqlite3 *db, sqlite3_stmt *st, size_t max,
+/* Runs a query of STORE_STATE_COLS rows into a growing info array. */
+int store_infos_collect(sqlite3 *db, sqlite3_stmt *st, size_t max,
 			 store_state_info **out, size_t *n, int *more)
 {
 	store_state_info *arr = NULL;
@@ -1226,720 +1219,5 @@ static int infos_collect(sqlite3 *db, sqlite3_stmt *st, size_t max,
 	return SSMD_OK;
 fail:
 	store_info_array_free(arr, cnt);
-	return rc;
-}
-
-int store_state_list(store *s, const store_filter *f, store_state_info **out,
-		     size_t *n, char next_cursor[STORE_ID_SIZE])
-{
-	static const char where[] =
-		" WHERE (?1 IS NULL OR s.fingerprint=?1)"
-		" AND (?2=0 OR s.kind=?2)"
-		" AND (?3 IS NULL OR s.label=?3)"
-		" AND (?4=0 OR s.created_ms>=?4)"
-		" AND (?5=0 OR s.created_ms<?5)"
-		" AND (?6 IS NULL OR EXISTS(SELECT 1 FROM tags t WHERE t.id=s.id"
-		"  AND t.name>=?6 AND t.name<?7))";
-	static const char asc[] = "SELECT " STATE_COLS " FROM states s%s"
-		" AND (?8 IS NULL OR s.id>?8) ORDER BY s.id LIMIT ?9";
-	static const char desc[] = "SELECT " STATE_COLS " FROM states s%s"
-		" AND (?8 IS NULL OR s.id<?8) ORDER BY s.id DESC LIMIT ?9";
-	store_filter none = { 0 };
-	sqlite3_stmt *st = NULL;
-	sqlite3 *db = NULL;
-	store_state_info *arr = NULL;
-	char sql[1024], cursor[STORE_ID_SIZE], *pend = NULL;
-	size_t limit, cnt = 0;
-	int rc, more = 0;
-
-	if (!s || !out || !n || !next_cursor)
-		return ssmd_err_set(SSMD_EINVAL, "store_state_list: NULL argument");
-	if (!f)
-		f = &none;
-	limit = f->limit ? f->limit : 100;
-	if (limit > 10000)
-		limit = 10000;
-	if (f->cursor && *f->cursor && !store_id_valid(f->cursor))
-		return ssmd_err_set(SSMD_EINVAL, "bad list cursor");
-	if (f->tag_prefix && *f->tag_prefix) {
-		pend = prefix_end(f->tag_prefix);
-		if (!pend)
-			return SSMD_ENOMEM;
-	}
-	snprintf(sql, sizeof(sql), f->newest_first ? desc : asc, where);
-	rc = store_read_begin(s, &db);
-	if (rc)
-		goto out;
-	rc = prepare(db, sql, &st);
-	if (rc)
-		goto out;
-	if (f->fingerprint)
-		sqlite3_bind_blob(st, 1, f->fingerprint, STORE_FINGERPRINT_LEN,
-				  SQLITE_STATIC);
-	sqlite3_bind_int(st, 2, f->kind);
-	if (f->label)
-		sqlite3_bind_text(st, 3, f->label, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 4, f->since_ms);
-	sqlite3_bind_int64(st, 5, f->until_ms);
-	if (pend) {
-		sqlite3_bind_text(st, 6, f->tag_prefix, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 7, pend, -1, SQLITE_STATIC);
-	}
-	if (f->cursor && *f->cursor) {
-		store_id_canon(f->cursor, cursor);
-		sqlite3_bind_text(st, 8, cursor, -1, SQLITE_STATIC);
-	}
-	sqlite3_bind_int64(st, 9, (sqlite3_int64)limit + 1);
-	rc = infos_collect(db, st, limit, &arr, &cnt, &more);
-	if (rc)
-		goto out;
-	if (more && cnt)
-		memcpy(next_cursor, arr[cnt - 1].id, STORE_ID_SIZE);
-	else
-		next_cursor[0] = '\0';
-	*out = arr;
-	*n = cnt;
-out:
-	sqlite3_finalize(st);
-	if (db)
-		store_read_end(s, db);
-	free(pend);
-	return rc;
-}
-
-/* -------------------------------------------------------------- lineage -- */
-
-int store_lineage(store *s, const char *id_or_tag,
-		  store_state_info **ancestors, size_t *n_ancestors,
-		  store_state_info **children, size_t *n_children)
-{
-	sqlite3_stmt *st = NULL;
-	sqlite3 *db;
-	store_state_info *anc = NULL, *kids = NULL;
-	size_t na = 0, nk = 0;
-	char id[STORE_ID_SIZE];
-	int rc, more;
-
-	if (!s)
-		return ssmd_err_set(SSMD_EINVAL, "store_lineage: NULL argument");
-	rc = store_read_begin(s, &db);
-	if (rc)
-		return rc;
-	rc = store_resolve_db(db, id_or_tag, id, NULL);
-	if (rc)
-		goto out;
-	if (ancestors && n_ancestors) {
-		/* Every state reachable through parent links, each at its
-		 * smallest depth; IDs are time-ordered so the graph has no
-		 * cycles and the recursion ends. */
-		rc = prepare(db,
-			     "WITH RECURSIVE anc(id, depth) AS ("
-			     " SELECT parent, 1 FROM parents WHERE child=?1"
-			     " UNION SELECT p.parent, a.depth+1 FROM parents p"
-			     " JOIN anc a ON p.child=a.id)"
-			     " SELECT " STATE_COLS " FROM states s JOIN"
-			     " (SELECT id AS aid, min(depth) AS d FROM anc"
-			     "  GROUP BY id) ON s.id=aid ORDER BY d, s.id", &st);
-		if (rc)
-			goto out;
-		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-		rc = infos_collect(db, st, SIZE_MAX, &anc, &na, &more);
-		sqlite3_finalize(st);
-		st = NULL;
-		if (rc)
-			goto out;
-	}
-	if (children && n_children) {
-		rc = prepare(db, "SELECT " STATE_COLS " FROM states s WHERE"
-			     " s.id IN (SELECT child FROM parents WHERE parent=?1)"
-			     " ORDER BY s.id", &st);
-		if (rc)
-			goto out;
-		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-		rc = infos_collect(db, st, SIZE_MAX, &kids, &nk, &more);
-		sqlite3_finalize(st);
-		st = NULL;
-		if (rc)
-			goto out;
-	}
-	if (ancestors && n_ancestors) {
-		*ancestors = anc;
-		*n_ancestors = na;
-		anc = NULL;
-	}
-	if (children && n_children) {
-		*children = kids;
-		*n_children = nk;
-		kids = NULL;
-	}
-out:
-	store_read_end(s, db);
-	store_info_array_free(anc, na);
-	store_info_array_free(kids, nk);
-	return rc;
-}
-
-/* ----------------------------------------------------------- transcript -- */
-
-typedef struct piece {
-	uint8_t *bytes;
-	size_t len, n;
-} piece;
-
-int store_transcript_db(sqlite3 *db, const char *start, int32_t **ids,
-			size_t *n)
-{
-	sqlite3_stmt *st = NULL;
-	piece *pieces = NULL;
-	size_t np = 0, cap = 0, total = 0, pos = 0;
-	int32_t *res = NULL;
-	char cur[STORE_ID_SIZE];
-	int rc, found;
-
-	rc = prepare(db, "SELECT s.n_transcript, t.tokens,"
-		     " (SELECT parent FROM parents WHERE child=s.id AND ord=0)"
-		     " FROM states s LEFT JOIN transcripts t ON t.n=s.n"
-		     " WHERE s.id=?1", &st);
-	if (rc)
-		return rc;
-	snprintf(cur, sizeof(cur), "%s", start);
-	/* Walk up the first-parent chain, newest piece first. */
-	for (found = 1; found;) {
-		const void *b;
-		size_t len, cnt;
-
-		sqlite3_bind_text(st, 1, cur, -1, SQLITE_TRANSIENT);
-		rc = sqlite3_step(st);
-		if (rc == SQLITE_DONE) {
-			rc = ssmd_err_set(SSMD_ENOENT, "no state %s", cur);
-			goto out;
-		}
-		if (rc != SQLITE_ROW) {
-			rc = store_sql_err(db, rc, "transcript");
-			goto out;
-		}
-		cnt = (size_t)sqlite3_column_int64(st, 0);
-		b = sqlite3_column_blob(st, 1);
-		len = (size_t)sqlite3_column_bytes(st, 1);
-		if (cnt > STORE_TRANSCRIPT_MAX * (size_t)8 || (cnt && !b) ||
-		    total + cnt < total) {
-			rc = ssmd_err_set(SSMD_ECORRUPT,
-					  "transcript of %s: recorded %zu "
-					  "tokens, stored none", cur, cnt);
-			goto out;
-		}
-		if (np == cap) {
-			size_t nc = cap ? cap * 2 : 16;
-			piece *npc = realloc(pieces, nc * sizeof(*pieces));
-
-			if (!npc) {
-				rc = SSMD_ENOMEM;
-				goto out;
-			}
-			pieces = npc;
-			cap = nc;
-		}
-		pieces[np].len = len;
-		pieces[np].n = cnt;
-		pieces[np].bytes = malloc(len ? len : 1);
-		if (!pieces[np].bytes) {
-			rc = SSMD_ENOMEM;
-			goto out;
-		}
-		if (len)
-			memcpy(pieces[np].bytes, b, len);
-		np++;
-		total += cnt;
-		found = sqlite3_column_type(st, 2) != SQLITE_NULL;
-		if (found)
-			copy_text(cur, sizeof(cur), sqlite3_column_text(st, 2));
-		sqlite3_reset(st);
-	}
-	res = malloc(total ? total * sizeof(*res) : 1);
-	if (!res) {
-		rc = SSMD_ENOMEM;
-		goto out;
-	}
-	for (size_t i = np; i-- > 0;) {
-		rc = store_tokens_unpack(pieces[i].bytes, pieces[i].len,
-					 pieces[i].n, res + pos);
-		if (rc)
-			goto out;
-		pos += pieces[i].n;
-	}
-	if (total) {
-		*ids = res;
-		res = NULL;
-	} else {
-		*ids = NULL;
-	}
-	*n = total;
-	rc = SSMD_OK;
-out:
-	sqlite3_finalize(st);
-	for (size_t i = 0; i < np; i++)
-		free(pieces[i].bytes);
-	free(pieces);
-	free(res);
-	return rc;
-}
-
-int store_transcript(store *s, const char *id_or_tag, int32_t **ids,
-		     size_t *n)
-{
-	sqlite3 *db;
-	char id[STORE_ID_SIZE];
-	int rc;
-
-	if (!s || !ids || !n)
-		return ssmd_err_set(SSMD_EINVAL, "store_transcript: NULL argument");
-	rc = store_read_begin(s, &db);
-	if (rc)
-		return rc;
-	rc = store_resolve_db(db, id_or_tag, id, NULL);
-	if (!rc)
-		rc = store_transcript_db(db, id, ids, n);
-	store_read_end(s, db);
-	return rc;
-}
-
-/* --------------------------------------------------------------- totals -- */
-
-int store_total_size(store *s, store_totals *t)
-{
-	sqlite3_stmt *st = NULL;
-	sqlite3 *db;
-	int rc;
-
-	if (!s || !t)
-		return ssmd_err_set(SSMD_EINVAL, "store_total_size: NULL");
-	rc = store_read_begin(s, &db);
-	if (rc)
-		return rc;
-	rc = prepare(db, "SELECT count(*), total(stored_size), total(raw_size),"
-		     " (SELECT page_count FROM pragma_page_count) *"
-		     " (SELECT page_size FROM pragma_page_size) FROM states", &st);
-	if (!rc) {
-		rc = sqlite3_step(st);
-		if (rc == SQLITE_ROW) {
-			t->n_states = (uint64_t)sqlite3_column_int64(st, 0);
-			t->stored_bytes = (uint64_t)sqlite3_column_double(st, 1);
-			t->raw_bytes = (uint64_t)sqlite3_column_double(st, 2);
-			t->file_bytes = (uint64_t)sqlite3_column_int64(st, 3);
-			rc = SSMD_OK;
-		} else {
-			rc = store_sql_err(db, rc, "totals");
-		}
-	}
-	sqlite3_finalize(st);
-	store_read_end(s, db);
-	return rc;
-}
-
-/* ------------------------------------------------------- delete and gc -- */
-
-/* Deletes state id (canonical, existing) inside the write transaction,
- * re-linking its children as store_state_delete() documents. */
-static int delete_locked(store *s, const char *id, int64_t key)
-{
-	sqlite3 *db = s->wdb;
-	sqlite3_stmt *st = NULL, *links = NULL;
-	char gp[STORE_ID_SIZE] = "";
-	int rc;
-
-	/* The deleted state's own first parent, which inherits its children. */
-	rc = prepare(db, "SELECT parent FROM parents WHERE child=?1 AND ord=0",
-		     &st);
-	if (rc)
-		return rc;
-	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
-		copy_text(gp, sizeof(gp), sqlite3_column_text(st, 0));
-	else if (rc != SQLITE_DONE) {
-		rc = store_sql_err(db, rc, "delete");
-		goto out;
-	}
-	sqlite3_finalize(st);
-	st = NULL;
-
-	/* First-parent children: prefix their transcript with ours so the
-	 * tokens from the root stay the same. The varints simply concatenate. */
-	rc = prepare(db,
-		     "INSERT OR REPLACE INTO transcripts(n, tokens)"
-		     " SELECT c.n, coalesce((SELECT tokens FROM transcripts WHERE n=?2),"
-		     "  x'') || coalesce((SELECT tokens FROM transcripts WHERE n=c.n), x'')"
-		     " FROM states c JOIN parents p ON p.child=c.id"
-		     " WHERE p.parent=?1 AND p.ord=0"
-		     " AND (SELECT n_transcript FROM states WHERE n=?2) > 0", &st);
-	if (!rc) {
-		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 2, key);
-		rc = step_done(db, st, "delete: transcripts");
-	}
-	sqlite3_finalize(st);
-	st = NULL;
-	if (rc)
-		return rc;
-	rc = prepare(db,
-		     "UPDATE states SET n_transcript = n_transcript +"
-		     " (SELECT n_transcript FROM states WHERE n=?2)"
-		     " WHERE id IN (SELECT child FROM parents WHERE parent=?1"
-		     " AND ord=0)", &st);
-	if (!rc) {
-		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 2, key);
-		rc = step_done(db, st, "delete: transcript counts");
-	}
-	sqlite3_finalize(st);
-	st = NULL;
-	if (rc)
-		return rc;
-
-	/* Re-link every child: onto our first parent where the child does not
-	 * already name it, except that a first-parent link always moves (any
-	 * other link of that child to gp is then dropped). */
-	if (gp[0]) {
-		rc = prepare(db, "DELETE FROM parents WHERE parent=?2 AND ord>0"
-			     " AND child IN (SELECT child FROM parents WHERE"
-			     " parent=?1 AND ord=0)", &st);
-		if (!rc) {
-			sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-			sqlite3_bind_text(st, 2, gp, -1, SQLITE_STATIC);
-			rc = step_done(db, st, "delete: links");
-		}
-		sqlite3_finalize(st);
-		st = NULL;
-		if (rc)
-			return rc;
-		rc = prepare(db, "UPDATE parents SET parent=?2 WHERE parent=?1"
-			     " AND (ord=0 OR child NOT IN (SELECT child FROM"
-			     " parents WHERE parent=?2))", &links);
-		if (!rc) {
-			sqlite3_bind_text(links, 1, id, -1, SQLITE_STATIC);
-			sqlite3_bind_text(links, 2, gp, -1, SQLITE_STATIC);
-			rc = step_done(db, links, "delete: links");
-		}
-		sqlite3_finalize(links);
-		if (rc)
-			return rc;
-	}
-	rc = exec_text(db, "DELETE FROM parents WHERE parent=?1 OR child=?1", id);
-	if (rc)
-		return rc;
-	rc = exec_text(db, "DELETE FROM tags WHERE id=?1", id);
-	if (rc)
-		return rc;
-	rc = prepare(db, "DELETE FROM payloads WHERE n=?1", &st);
-	if (!rc) {
-		sqlite3_bind_int64(st, 1, key);
-		rc = step_done(db, st, "delete: payload");
-	}
-	sqlite3_finalize(st);
-	st = NULL;
-	if (rc)
-		return rc;
-	rc = prepare(db, "DELETE FROM transcripts WHERE n=?1", &st);
-	if (!rc) {
-		sqlite3_bind_int64(st, 1, key);
-		rc = step_done(db, st, "delete: transcript");
-	}
-	sqlite3_finalize(st);
-	st = NULL;
-	if (rc)
-		return rc;
-	return exec_text(db, "DELETE FROM states WHERE id=?1", id);
-out:
-	sqlite3_finalize(st);
-	return rc;
-}
-
-int store_state_delete(store *s, const char *id, int force)
-{
-	sqlite3_stmt *st = NULL;
-	char canon[STORE_ID_SIZE];
-	int64_t key = 0, tags = 0;
-	int rc;
-
-	if (!s || !id)
-		return ssmd_err_set(SSMD_EINVAL, "store_state_delete: NULL");
-	if (!store_id_valid(id))
-		return ssmd_err_set(SSMD_EINVAL,
-				    "delete takes a state ID, not '%.64s'", id);
-	store_id_canon(id, canon);
-	rc = store_write_begin(s);
-	if (rc)
-		return rc;
-	rc = prepare(s->wdb, "SELECT n, (SELECT count(*) FROM tags WHERE id=?1)"
-		     " FROM states WHERE id=?1", &st);
-	if (rc)
-		goto out;
-	sqlite3_bind_text(st, 1, canon, -1, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		key = sqlite3_column_int64(st, 0);
-		tags = sqlite3_column_int64(st, 1);
-		rc = SSMD_OK;
-	} else if (rc == SQLITE_DONE) {
-		rc = ssmd_err_set(SSMD_ENOENT, "no state %s", canon);
-	} else {
-		rc = store_sql_err(s->wdb, rc, "delete");
-	}
-	if (!rc && tags && !force)
-		rc = ssmd_err_set(SSMD_EEXIST,
-				  "state %s is tagged (%lld tags); untag it or "
-				  "force", canon, (long long)tags);
-	if (!rc)
-		rc = delete_locked(s, canon, key);
-out:
-	sqlite3_finalize(st);
-	return store_write_end(s, rc);
-}
-
-int store_gc(store *s, int64_t older_than_s, int dry_run, uint64_t *n_states,
-	     uint64_t *n_bytes)
-{
-	sqlite3_stmt *st = NULL;
-	char (*ids)[STORE_ID_SIZE] = NULL;
-	int64_t *keys = NULL;
-	size_t cnt = 0, cap = 0;
-	uint64_t bytes = 0;
-	int rc;
-
-	if (!s || older_than_s < 0)
-		return ssmd_err_set(SSMD_EINVAL, "store_gc: bad argument");
-	rc = store_write_begin(s);
-	if (rc)
-		return rc;
-	/* Everything a tag reaches through parent links is kept. */
-	rc = prepare(s->wdb,
-		     "WITH RECURSIVE keep(id) AS (SELECT id FROM tags"
-		     " UNION SELECT p.parent FROM parents p JOIN keep k"
-		     " ON p.child=k.id)"
-		     " SELECT id, n, stored_size FROM states WHERE created_ms<?1"
-		     " AND id NOT IN (SELECT id FROM keep) ORDER BY id", &st);
-	if (rc)
-		goto out;
-	sqlite3_bind_int64(st, 1, now_ms() - older_than_s * 1000);
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		if (cnt == cap) {
-			size_t nc = cap ? cap * 2 : 64;
-			void *ni = realloc(ids, nc * sizeof(*ids));
-
-			if (ni)
-				ids = ni;
-			void *nk = ni ? realloc(keys, nc * sizeof(*keys)) : NULL;
-
-			if (!ni || !nk) {
-				rc = SSMD_ENOMEM;
-				goto out;
-			}
-			keys = nk;
-			cap = nc;
-		}
-		copy_text(ids[cnt], STORE_ID_SIZE, sqlite3_column_text(st, 0));
-		keys[cnt] = sqlite3_column_int64(st, 1);
-		bytes += (uint64_t)sqlite3_column_int64(st, 2);
-		cnt++;
-	}
-	if (rc != SQLITE_DONE) {
-		rc = store_sql_err(s->wdb, rc, "gc");
-		goto out;
-	}
-	sqlite3_finalize(st);
-	st = NULL;
-	rc = SSMD_OK;
-	/* Oldest first, so each child is re-linked past every collected
-	 * ancestor in turn. */
-	for (size_t i = 0; i < cnt && !dry_run && !rc; i++)
-		rc = delete_locked(s, ids[i], keys[i]);
-out:
-	sqlite3_finalize(st);
-	free(ids);
-	free(keys);
-	/* A dry run changed nothing, so its commit is empty. */
-	rc = store_write_end(s, rc);
-	if (!rc) {
-		if (n_states)
-			*n_states = cnt;
-		if (n_bytes)
-			*n_bytes = bytes;
-	}
-	return rc;
-}
-
-/* ----------------------------------------------------------------- tags -- */
-
-int store_tag_set(store *s, const char *name, const char *id_or_tag)
-{
-	sqlite3_stmt *st = NULL;
-	char id[STORE_ID_SIZE];
-	int rc;
-
-	if (!s)
-		return ssmd_err_set(SSMD_EINVAL, "store_tag_set: NULL");
-	if (!store_tag_name_valid(name))
-		return ssmd_err_set(SSMD_EINVAL, "invalid tag name '%.64s'",
-				    name ? name : "");
-	rc = store_write_begin(s);
-	if (rc)
-		return rc;
-	rc = store_resolve_db(s->wdb, id_or_tag, id, NULL);
-	if (!rc)
-		rc = prepare(s->wdb, "INSERT OR REPLACE INTO tags(name, id,"
-			     " updated_ms) VALUES(?1, ?2, ?3)", &st);
-	if (!rc) {
-		sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 2, id, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 3, now_ms());
-		rc = step_done(s->wdb, st, "tag");
-	}
-	sqlite3_finalize(st);
-	return store_write_end(s, rc);
-}
-
-int store_tag_delete(store *s, const char *name)
-{
-	int rc;
-
-	if (!s)
-		return ssmd_err_set(SSMD_EINVAL, "store_tag_delete: NULL");
-	if (!store_tag_name_valid(name))
-		return ssmd_err_set(SSMD_EINVAL, "invalid tag name '%.64s'",
-				    name ? name : "");
-	rc = store_write_begin(s);
-	if (rc)
-		return rc;
-	rc = exec_text(s->wdb, "DELETE FROM tags WHERE name=?1", name);
-	if (!rc && sqlite3_changes(s->wdb) == 0)
-		rc = ssmd_err_set(SSMD_ENOENT, "no tag '%s'", name);
-	return store_write_end(s, rc);
-}
-
-int store_tag_list(store *s, const char *prefix, store_tag **out, size_t *n)
-{
-	sqlite3_stmt *st = NULL;
-	sqlite3 *db;
-	store_tag *arr = NULL;
-	size_t cnt = 0, cap = 0;
-	char *pend = NULL;
-	int rc;
-
-	if (!s || !out || !n)
-		return ssmd_err_set(SSMD_EINVAL, "store_tag_list: NULL");
-	if (!prefix)
-		prefix = "";
-	pend = prefix_end(prefix);
-	if (!pend)
-		return SSMD_ENOMEM;
-	rc = store_read_begin(s, &db);
-	if (rc)
-		goto done;
-	rc = prepare(db, "SELECT name, id, updated_ms FROM tags WHERE name>=?1"
-		     " AND name<?2 ORDER BY name", &st);
-	if (rc)
-		goto out;
-	sqlite3_bind_text(st, 1, prefix, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, pend, -1, SQLITE_STATIC);
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		if (cnt == cap) {
-			size_t nc = cap ? cap * 2 : 16;
-			store_tag *na = realloc(arr, nc * sizeof(*arr));
-
-			if (!na) {
-				rc = SSMD_ENOMEM;
-				goto out;
-			}
-			arr = na;
-			cap = nc;
-		}
-		copy_text(arr[cnt].name, sizeof(arr[cnt].name),
-			  sqlite3_column_text(st, 0));
-		copy_text(arr[cnt].id, sizeof(arr[cnt].id),
-			  sqlite3_column_text(st, 1));
-		arr[cnt].updated_ms = sqlite3_column_int64(st, 2);
-		cnt++;
-	}
-	if (rc != SQLITE_DONE) {
-		rc = store_sql_err(db, rc, "tag list");
-		goto out;
-	}
-	*out = arr;
-	*n = cnt;
-	arr = NULL;
-	rc = SSMD_OK;
-out:
-	sqlite3_finalize(st);
-	store_read_end(s, db);
-done:
-	free(arr);
-	free(pend);
-	return rc;
-}
-
-/* --------------------------------------------------------------- models -- */
-
-int store_model_put(store *s, const uint8_t fingerprint[STORE_FINGERPRINT_LEN],
-		    const char *config_json)
-{
-	sqlite3_stmt *st = NULL;
-	cJSON *doc;
-	int rc;
-
-	if (!s || !fingerprint || !config_json)
-		return ssmd_err_set(SSMD_EINVAL, "store_model_put: NULL");
-	if (strlen(config_json) > STORE_METADATA_MAX)
-		return ssmd_err_set(SSMD_EINVAL, "model config too long");
-	doc = cJSON_Parse(config_json);
-	if (!doc)
-		return ssmd_err_set(SSMD_EINVAL, "model config is not JSON");
-	cJSON_Delete(doc);
-	rc = store_write_begin(s);
-	if (rc)
-		return rc;
-	rc = prepare(s->wdb, "INSERT OR REPLACE INTO models(fingerprint, config,"
-		     " updated_ms) VALUES(?1, ?2, ?3)", &st);
-	if (!rc) {
-		sqlite3_bind_blob(st, 1, fingerprint, STORE_FINGERPRINT_LEN,
-				  SQLITE_STATIC);
-		sqlite3_bind_text(st, 2, config_json, -1, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 3, now_ms());
-		rc = step_done(s->wdb, st, "model");
-	}
-	sqlite3_finalize(st);
-	return store_write_end(s, rc);
-}
-
-int store_model_get(store *s, const uint8_t fingerprint[STORE_FINGERPRINT_LEN],
-		    char **config_json)
-{
-	sqlite3_stmt *st = NULL;
-	sqlite3 *db;
-	int rc;
-
-	if (!s || !fingerprint || !config_json)
-		return ssmd_err_set(SSMD_EINVAL, "store_model_get: NULL");
-	rc = store_read_begin(s, &db);
-	if (rc)
-		return rc;
-	rc = prepare(db, "SELECT config FROM models WHERE fingerprint=?1", &st);
-	if (!rc) {
-		sqlite3_bind_blob(st, 1, fingerprint, STORE_FINGERPRINT_LEN,
-				  SQLITE_STATIC);
-		rc = sqlite3_step(st);
-		if (rc == SQLITE_ROW) {
-			char *c = strdup((const char *)sqlite3_column_text(st, 0));
-
-			rc = c ? SSMD_OK : SSMD_ENOMEM;
-			if (c)
-				*config_json = c;
-		} else if (rc == SQLITE_DONE) {
-			rc = ssmd_err_set(SSMD_ENOENT, "model not recorded");
-		} else {
-			rc = store_sql_err(db, rc, "model");
-		}
-	}
-	sqlite3_finalize(st);
-	store_read_end(s, db);
 	return rc;
 }

@@ -42,7 +42,9 @@
  * behind a mutex; reads use a small pool of separate read connections, so
  * they run alongside a write and see only committed data (WAL snapshots).
  * Compression and decompression run outside the writer lock and outside any
- * read transaction. Every connection has a busy timeout, so callers do not
+ * read transaction. Each handle also runs one background thread that
+ * checkpoints the WAL into the database file after commits, so a put's
+ * latency covers only its own WAL write. Every connection has a busy timeout, so callers do not
  * get SSMD_EBUSY from ordinary contention (several processes may also open
  * the same file; writers then queue on SQLite's lock for up to the timeout).
  * store_close() must not race with other calls on the same handle.

@@ -39,8 +39,37 @@ struct store {
  * ssmd_errmsg() prefixed with what was being done. */
 int store_sql_err(sqlite3 *db, int rc, const char *what);
 
-/* Runs one SQL statement without results. */
+/* Runs one SQL statement (or several) without results. */
 int store_sql_exec(sqlite3 *db, const char *sql);
+
+/* sqlite3_prepare_v2() with the error converted. */
+int store_sql_prepare(sqlite3 *db, const char *sql, sqlite3_stmt **st);
+
+/* Steps a statement that returns no row; what names it in errors. */
+int store_sql_step(sqlite3 *db, sqlite3_stmt *st, const char *what);
+
+/* Runs a statement with one text parameter ?1 that returns no row. */
+int store_sql_exec_text(sqlite3 *db, const char *sql, const char *a);
+
+/* Unix time in milliseconds. */
+int64_t store_now_ms(void);
+
+/* Copies a SQLite text column (NULL = "") into dst of capacity cap. */
+void store_copy_text(char *dst, size_t cap, const unsigned char *src);
+
+/* Columns every state query selects, in the order store_infos_collect() reads. */
+#define STORE_STATE_COLS                                                  \
+	"n, id, kind, fingerprint, n_tokens, created_ms, label, metadata, " \
+	"origin, codec, raw_size, stored_size, raw_hash, n_transcript"
+
+/* Steps a query of STORE_STATE_COLS rows into a new info array of at most
+ * max entries; *more tells whether another row followed. */
+int store_infos_collect(sqlite3 *db, sqlite3_stmt *st, size_t max,
+			store_state_info **out, size_t *n, int *more);
+
+/* Upper bound of a tag-prefix range (prefix + "\x7f"; free()), or NULL. */
+char *store_prefix_end(const char *prefix);
+
 
 /* Takes the writer lock and begins an IMMEDIATE transaction. */
 int store_write_begin(store *s);
