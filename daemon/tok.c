@@ -409,9 +409,9 @@ static int load_vocab(tok_tokenizer *tok, const cJSON *vocab, const char *path)
 }
 
 /* Splits one merge entry ("a b" or ["a", "b"]) into its two token ids and
- * finds the id of their concatenation. */
+ * finds the id of their concatenation, built in scratch. */
 static int merge_ids(const tok_tokenizer *tok, const cJSON *m, size_t rank,
-		     int32_t ids[3], const char *path)
+		     int32_t ids[3], struct tok_buf *scratch, const char *path)
 {
 	const char *a, *b;
 	size_t alen, blen;
@@ -437,15 +437,14 @@ static int merge_ids(const tok_tokenizer *tok, const cJSON *m, size_t rank,
 	}
 	blen = strlen(b);
 
-	char *ab = malloc(alen + blen + 1);
-	if (!ab)
-		return ssmd_err_set(SSMD_ENOMEM, "tokenizer merges");
-	memcpy(ab, a, alen);
-	memcpy(ab + alen, b, blen + 1);
-	ids[0] = vocab_find(tok, ab, alen);
+	int rc;
+	scratch->len = 0;
+	if ((rc = tok_buf_append(scratch, a, alen)) ||
+	    (rc = tok_buf_append(scratch, b, blen)))
+		return rc;
+	ids[0] = vocab_find(tok, scratch->p, alen);
 	ids[1] = vocab_find(tok, b, blen);
-	ids[2] = vocab_find(tok, ab, alen + blen);
-	free(ab);
+	ids[2] = vocab_find(tok, scratch->p, alen + blen);
 	if (ids[0] < 0 || ids[1] < 0 || ids[2] < 0)
 		return ssmd_err_set(SSMD_EFORMAT,
 				    "%s: merge %zu names a token not in the vocabulary",
@@ -466,13 +465,14 @@ static int load_merges(tok_tokenizer *tok, const cJSON *merges, const char *path
 	for (size_t i = 0; i <= tok->merges_mask; i++)
 		tok->merges[i].key = UINT64_MAX;
 
+	struct tok_buf scratch = {0};
 	size_t rank = 0;
 	const cJSON *m;
+	int rc = SSMD_OK;
 	cJSON_ArrayForEach(m, merges) {
 		int32_t ids[3] = {-1, -1, -1};
-		int rc = merge_ids(tok, m, rank, ids, path);
-		if (rc)
-			return rc;
+		if ((rc = merge_ids(tok, m, rank, ids, &scratch, path)))
+			break;
 		uint64_t key = (uint64_t)(uint32_t)ids[0] << 32 | (uint32_t)ids[1];
 		size_t i = pair_slot(key, tok->merges_mask);
 		while (tok->merges[i].key != UINT64_MAX && tok->merges[i].key != key)
@@ -484,7 +484,8 @@ static int load_merges(tok_tokenizer *tok, const cJSON *merges, const char *path
 		tok->merges[i].id = ids[2];
 		rank++;
 	}
-	return SSMD_OK;
+	free(scratch.p);
+	return rc;
 }
 
 static int trie_node_new(struct tok_trie *t, uint8_t byte, int32_t *out)
@@ -943,15 +944,15 @@ static int bpe_word(struct enc *e, const uint8_t *w, size_t n)
 	return SSMD_OK;
 }
 
-/* Looks w up in the shared cache; on a hit appends its ids and returns
- * true. */
-static bool cache_get(struct enc *e, uint64_t h, const uint64_t key[2],
-		      size_t n)
+/* Looks w up in the shared cache; on a hit appends its ids and sets *hit. */
+static int cache_get(struct enc *e, uint64_t h, const uint64_t key[2],
+		     size_t n, bool *hit)
 {
 	struct tok_cache_slot *slot = &e->tok->cache[h & (TOK_CACHE_SLOTS - 1)];
 	uint64_t seq = atomic_load_explicit(&slot->seq, memory_order_acquire);
+	*hit = false;
 	if (seq & 1)
-		return false;
+		return SSMD_OK;
 	uint64_t len = atomic_load_explicit(&slot->len, memory_order_relaxed);
 	bool same = atomic_load_explicit(&slot->hash, memory_order_relaxed) == h &&
 		    (len & 0xFF) == n &&
@@ -962,12 +963,13 @@ static bool cache_get(struct enc *e, uint64_t h, const uint64_t key[2],
 		ids[i] = atomic_load_explicit(&slot->ids[i], memory_order_relaxed);
 	atomic_thread_fence(memory_order_acquire);
 	if (!same || atomic_load_explicit(&slot->seq, memory_order_relaxed) != seq)
-		return false;
+		return SSMD_OK;
 	int32_t out[TOK_CACHE_IDS];
 	size_t n_ids = (size_t)(len >> 8);
 	for (size_t i = 0; i < n_ids; i++)
 		out[i] = (int32_t)(uint32_t)(ids[i / 2] >> (32 * (i % 2)));
-	return emit(e, out, n_ids) == SSMD_OK;
+	*hit = true;
+	return emit(e, out, n_ids);
 }
 
 static void cache_put(struct enc *e, uint64_t h, const uint64_t key[2],
@@ -1002,11 +1004,13 @@ static int bpe_cached(struct enc *e, const uint8_t *w, size_t n)
 	uint64_t key[2] = {0, 0};
 	memcpy(key, w, n);
 	uint64_t h = text_hash(w, n);
-	if (cache_get(e, h, key, n))
-		return SSMD_OK;
+	bool hit;
+	int rc = cache_get(e, h, key, n, &hit);
+	if (rc || hit)
+		return rc;
 
 	size_t first = e->n;
-	int rc = bpe_word(e, w, n);
+	rc = bpe_word(e, w, n);
 	if (!rc && e->n - first <= TOK_CACHE_IDS)
 		cache_put(e, h, key, n, e->ids + first, e->n - first);
 	return rc;
