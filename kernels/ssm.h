@@ -36,7 +36,13 @@ typedef enum ssm_dtype {
 	SSM_DTYPE_BF16 = 2,
 } ssm_dtype;
 
-/* Every field is read from config.json; none is assumed. */
+/* Every field is read from config.json. A field the file omits takes the
+ * value transformers' MambaConfig gives it (state_size 16, conv_kernel 4,
+ * expand 2, time_step_rank "auto", use_bias true, use_conv_bias true,
+ * residual_in_fp32 true, layer_norm_epsilon 1e-5, tie_word_embeddings true,
+ * intermediate_size expand * hidden_size), so a directory loads as it would
+ * there; hidden_size, num_hidden_layers and vocab_size are required. Every
+ * tensor's shape is then checked against the result. */
 typedef struct ssm_config {
 	uint32_t arch;          /* SSM_ARCH_MAMBA1 */
 	int d_model;            /* hidden_size */
