@@ -55,6 +55,7 @@ struct ssm_mapping {
 typedef struct entry {
 	ssm_tensor t;
 	int map;      /* index into maps */
+	int dtype_ok; /* F32, F16 or BF16: a dtype the engine computes with */
 	size_t begin; /* offset of the data from the start of the file */
 } entry;
 
@@ -436,11 +437,11 @@ static int shard_load(struct ssm_mapping *mp, int map_idx, entries *es)
 				goto done;
 			}
 		}
-		b = cJSON_GetArrayItem(offs, 0)->valuedouble;
-		en = cJSON_GetArrayItem(offs, 1)->valuedouble;
-		if (!cJSON_IsNumber(cJSON_GetArrayItem(offs, 0)) ||
-		    !cJSON_IsNumber(cJSON_GetArrayItem(offs, 1)) || b < 0 ||
-		    en < b || b != floor(b) || en != floor(en) ||
+		const cJSON *ob = cJSON_GetArrayItem(offs, 0);
+		const cJSON *oe = cJSON_GetArrayItem(offs, 1);
+		b = cJSON_IsNumber(ob) ? ob->valuedouble : -1.0;
+		en = cJSON_IsNumber(oe) ? oe->valuedouble : -1.0;
+		if (b < 0 || en < b || b != floor(b) || en != floor(en) ||
 		    en > (double)data_len) {
 			rc = ssmd_err_set(SSMD_EFORMAT, "%s: tensor %s: data_offsets "
 					  "[%.0f, %.0f] out of range (data area "
@@ -448,11 +449,11 @@ static int shard_load(struct ssm_mapping *mp, int map_idx, entries *es)
 					  data_len);
 			goto done;
 		}
-		if (!parse_dtype(dt->valuestring, &e.t.dtype)) {
-			/* Tensors of other dtypes are legal safetensors; they
-			 * are rejected only if the model needs them (bind). */
-			e.t.dtype = (ssm_dtype)-1;
-		} else if ((size_t)(en - b) != numel * dtype_size(e.t.dtype)) {
+		e.dtype_ok = parse_dtype(dt->valuestring, &e.t.dtype);
+		/* Tensors of other dtypes are legal safetensors; they are
+		 * rejected only if the model needs them (bind). */
+		if (e.dtype_ok &&
+		    (size_t)(en - b) != numel * dtype_size(e.t.dtype)) {
 			rc = ssmd_err_set(SSMD_EFORMAT, "%s: tensor %s: %.0f bytes "
 					  "for %zu %s elements", path, e.t.name,
 					  en - b, numel, dt->valuestring);
@@ -639,8 +640,7 @@ static int bind(const ssm_model *m, const entries *es, const char *name,
 		return ssmd_err_set(SSMD_EFORMAT, "%s: tensor %s missing from "
 				    "the weights", m->dir, name);
 	}
-	if (e->t.dtype != SSM_DTYPE_F32 && e->t.dtype != SSM_DTYPE_F16 &&
-	    e->t.dtype != SSM_DTYPE_BF16)
+	if (!e->dtype_ok)
 		return ssmd_err_set(SSMD_EFORMAT, "%s: tensor %s has an "
 				    "unsupported dtype (need F32, F16 or BF16)",
 				    m->maps[e->map].path, name);
