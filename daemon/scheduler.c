@@ -88,21 +88,22 @@ int sched_submit(sched *s, struct job *j)
 
 	j->sched = s;
 	atomic_fetch_add(&s->requests_total, 1);
-	if (sched_op_is_store(j->req)) {
-		/* Library-only requests go straight to the store thread. */
-		if (s->stopping)
-			return ssmd_err_set(SSMD_ECLOSED, "the daemon is shutting down");
-		if (atomic_fetch_add(&s->store_jobs, 1) >= limit) {
-			atomic_fetch_sub(&s->store_jobs, 1);
-			return ssmd_err_set(SSMD_EBUSY,
-					    "store queue full (%zu requests); retry later",
-					    limit);
-		}
-		sched_store_request(s, j);
-		return SSMD_OK;
-	}
 	pthread_mutex_lock(&s->lock);
-	if (s->stopping) {
+	if (sched_op_is_store(j->req)) {
+		/* Library-only requests go straight to the store thread. Under
+		 * the lock, so none is posted once sched_stop() has begun to
+		 * drain the store thread. */
+		if (s->stopping) {
+			rc = ssmd_err_set(SSMD_ECLOSED, "the daemon is shutting down");
+		} else if (atomic_load(&s->store_jobs) >= limit) {
+			rc = ssmd_err_set(SSMD_EBUSY,
+					  "store queue full (%zu requests); retry later",
+					  limit);
+		} else {
+			atomic_fetch_add(&s->store_jobs, 1);
+			sched_store_request(s, j);
+		}
+	} else if (s->stopping) {
 		rc = ssmd_err_set(SSMD_ECLOSED, "the daemon is shutting down");
 	} else if (s->in_n >= limit) {
 		rc = ssmd_err_set(SSMD_EBUSY,

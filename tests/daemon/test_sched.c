@@ -338,6 +338,7 @@ static void test_tiny(const char *fixtures)
 	snprintf(path, sizeof(path), "%s/lib.db", tmp);
 	CHECK_RC(store_open(path, NULL, &st), SSMD_OK);
 	cfg_init(&c);
+	cfg_set(&c, "backend", "cpu"); /* the references below run on the CPU */
 	c.slots = 1;
 	c.prefill_chunk = 7; /* several chunks per append */
 	c.max_generate_tokens = 64;
@@ -697,6 +698,7 @@ static void test_text(const char *shared)
 	snprintf(path, sizeof(path), "%s/text.db", tmp);
 	CHECK_RC(store_open(path, NULL, &st), SSMD_OK);
 	cfg_init(&c);
+	cfg_set(&c, "backend", "cpu");
 	c.slots = 2;
 	s = start(&c, m, tok, st);
 

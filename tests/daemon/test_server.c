@@ -46,6 +46,7 @@ static pid_t daemon_start(const char *ssmd, const char *model)
 		dup2(fd, 2);
 		execl(ssmd, ssmd, "--model", model, "--store", store, "--run-dir", run,
 		      "--slots", "2", "--max-message", "65536", "--log-level", "info",
+		      "--backend", "cpu",
 		      (char *)NULL);
 		_exit(127);
 	}
