@@ -802,7 +802,6 @@ struct bpe_cand {
 	int32_t pos, id;
 };
 
-
 /* Per-call state of tok_encode. */
 struct enc {
 	const tok_tokenizer *tok;
@@ -812,7 +811,6 @@ struct enc {
 	struct bpe_sym *syms; /* scratch for one word */
 	struct bpe_cand *heap;
 	size_t syms_cap, heap_n, heap_cap;
-
 
 	struct tok_buf prefixed;   /* a piece with its prefix space added */
 	struct tok_buf normalized; /* a piece of raw text in NFC */
