@@ -62,11 +62,12 @@ tokenizer=${SSMD_TOKENIZER:-$root/../shared/models/gpt-neox-20b-tokenizer.json}
 	--seed 7 --tokenizer "$tokenizer"
 du -sh "$work/model"
 
+# The daemon's sockets go in its run directory: ssmd.sock for requests and
+# ssmd-events.sock for token streams, which ssmctl derives from $SSMD_URL.
 export SSMD_URL="ipc://$work/ssmd.sock"
-events="ipc://$work/events.sock"
 start_daemon() {
-	"$ssmd" --model "$work/model" --store "$work/states.db" --listen "$SSMD_URL" \
-		--events "$events" --backend cpu --log-level warn &
+	"$ssmd" --model "$work/model" --store "$work/states.db" --run-dir "$work" \
+		--backend cpu --log-level warn &
 	daemon_pid=$!
 	for _ in $(seq 100); do
 		"$ssmctl" info >/dev/null 2>&1 && return 0
@@ -90,8 +91,11 @@ echo "session $S"
 run "$ssmctl" append "$S" --text "The state of a Mamba model is a fixed-size summary of everything it has read, so"
 ID=$("$ssmctl" snapshot "$S" --tag quickstart/demo --label "after the prompt")
 echo "state $ID"
-printf '$ %s generate %s --max-tokens 24\n' "$ssmctl" "$S"
-first=$("$ssmctl" generate "$S" --max-tokens 24)
+# Seeded sampling: the sampler's random numbers are keyed by (seed, token
+# index), so a resumed session draws exactly the same ones.
+gen="--max-tokens 24 --temperature 0.9 --top-p 0.95 --seed 11"
+printf '$ %s generate %s %s\n' "$ssmctl" "$S" "$gen"
+first=$("$ssmctl" generate "$S" $gen)
 echo "$first"
 
 step "stop the daemon, start it again"
@@ -103,8 +107,8 @@ run "$ssmctl" state quickstart/demo
 step "resume from the state ID and generate again"
 R=$("$ssmctl" open --from "$ID")
 echo "session $R (resumed from $ID)"
-printf '$ %s generate %s --max-tokens 24\n' "$ssmctl" "$R"
-second=$("$ssmctl" generate "$R" --max-tokens 24)
+printf '$ %s generate %s %s\n' "$ssmctl" "$R" "$gen"
+second=$("$ssmctl" generate "$R" $gen)
 echo "$second"
 
 step "result"
