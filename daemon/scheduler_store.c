@@ -156,6 +156,17 @@ static void put_run(struct storeq_task *t)
 		.n_tokens = n_tokens,
 	};
 	rc = store_state_put(s->store, &p, id);
+	if (rc == SSMD_ENOENT && parent) {
+		/* The parent was deleted while the session built on it: keep
+		 * the state, as a root; its tokens before this one are gone. */
+		log_warn("session %s: parent state %s was deleted; storing its state as a root without transcript",
+			 a->session, parent->id);
+		p.parents = NULL;
+		p.n_parents = 0;
+		p.tokens = NULL;
+		p.n_tokens = 0;
+		rc = store_state_put(s->store, &p, id);
+	}
 done:
 	if (rc == SSMD_OK) {
 		memcpy(a->ref->id, id, sizeof(id));

@@ -656,6 +656,37 @@ static void test_tiny(const char *fixtures)
 		free(x);
 	}
 
+	/* The state a live session builds on is deleted: the session's next
+	 * snapshot still succeeds (as a root). */
+	{
+		char *z = sess_open(s, NULL, 0, 0);
+		int32_t t3[3] = {4, 5, 6};
+		sess_append(s, z, t3, 3);
+		char *id1 = sess_snapshot(s, z, NULL);
+		Ssmd__Request q = SSMD__REQUEST__INIT;
+		Ssmd__DeleteRequest d = SSMD__DELETE_REQUEST__INIT;
+		d.ref = id1;
+		q.op_case = SSMD__REQUEST__OP_DELETE_STATE;
+		q.delete_state = &d;
+		r = call(s, &q);
+		CHECK(r->code == 0, "delete the session's base state");
+		reply_free(r);
+		sess_append(s, z, t3, 2);
+		char *id2 = sess_snapshot(s, z, NULL);
+		CHECK(id2 != NULL, "the next snapshot is stored anyway");
+		if (id2) {
+			store_state_info info;
+			memset(&info, 0, sizeof(info));
+			store_state_info_get(st, id2, &info);
+			CHECK(info.n_tokens == 5 && info.n_parents == 0,
+			      "as a root holding all 5 tokens");
+			store_state_info_fini(&info);
+		}
+		free(id1);
+		free(id2);
+		free(z);
+	}
+
 	/* close --snapshot returns the ID; the session is gone afterwards. */
 	{
 		char *y = sess_open(s, NULL, 0, 0);
