@@ -91,7 +91,7 @@ static void check_stream(const tok_tokenizer *tok, const int32_t *ids, size_t n,
 		CHECK(rc == SSMD_OK, "%s: push %zu: %s", label, i, ssmd_errmsg());
 		if (rc)
 			break;
-		if (!valid_utf8(out, len) || strlen(out) != len)
+		if (!valid_utf8(out, len) || out[len] != '\0')
 			chunks_ok = 0;
 		if (all_len + len <= want_len + 4 * n) {
 			memcpy(all + all_len, out, len);
@@ -264,6 +264,60 @@ static void test_round_trip(const tok_tokenizer *tok, uint64_t seed)
 	}
 	CHECK(bad == 0, "%d random NFC strings did not round-trip (seed %llu)", bad,
 	      (unsigned long long)seed);
+}
+
+/* Random id sequences, half of them single-byte tokens so characters are
+ * cut between tokens and bytes are invalid: streaming them must give whole
+ * UTF-8 chunks that add up to tok_decode's text (itself checked against
+ * Hugging Face by the property test). */
+static void test_stream_random(const tok_tokenizer *tok, uint64_t seed)
+{
+	int32_t singles[256];
+	size_t n_singles = 0;
+	for (int b = 0; b < 256; b++) {
+		/* a single byte b, encoded alone, is one token when b is ASCII;
+		 * other bytes come from "\xC3\xA9"-style pairs below */
+		char c = (char)b;
+		int32_t *ids = NULL;
+		size_t n = 0;
+		if (b < 0x80 && !tok_encode(tok, &c, 1, &ids, &n) && n == 1)
+			singles[n_singles++] = ids[0];
+		free(ids);
+	}
+	static const char *const multi[] = {"\xF0\x9F\x98\x80\xF0\x9F\x9A\x80",
+					    "\xE6\x97\xA5\xE6\x9C\xAC\xE8\xAA\x9E",
+					    "\xF0\x9F\x91\xA9\xE2\x80\x8D\xF0\x9F\x92\xBB"};
+	for (size_t m = 0; m < 3; m++) {
+		int32_t *ids = NULL;
+		size_t n = 0;
+		if (!tok_encode(tok, multi[m], strlen(multi[m]), &ids, &n))
+			for (size_t i = 0; i < n && n_singles < 256; i++)
+				singles[n_singles++] = ids[i];
+		free(ids);
+	}
+	CHECK(n_singles > 100, "only %zu short tokens found", n_singles);
+
+	uint64_t s = seed;
+	int32_t ids[40];
+	for (int iter = 0; iter < 400; iter++) {
+		s = s * 6364136223846793005ull + 1442695040888963407ull;
+		size_t n = 1 + (size_t)((s >> 33) % 40);
+		for (size_t i = 0; i < n; i++) {
+			s = s * 6364136223846793005ull + 1442695040888963407ull;
+			uint32_t r = (uint32_t)(s >> 32);
+			ids[i] = r % 2 ? singles[(r >> 1) % n_singles]
+				       : (int32_t)((r >> 1) % tok_vocab_size(tok));
+		}
+		char *text = NULL;
+		size_t len = 0;
+		CHECK_RC(tok_decode(tok, ids, n, &text, &len), SSMD_OK);
+		char label[64];
+		snprintf(label, sizeof(label), "random ids #%d (seed %llu)", iter,
+			 (unsigned long long)seed);
+		if (text)
+			check_stream(tok, ids, n, text, len, label);
+		free(text);
+	}
 }
 
 static void test_errors(const tok_tokenizer *tok, const char *tmpdir)
@@ -472,6 +526,7 @@ int main(void)
 	test_nul(tok);
 	uint64_t seed = (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
 	test_round_trip(tok, seed);
+	test_stream_random(tok, seed);
 	test_errors(tok, tmp ? tmp : "/tmp");
 	test_threads(tok);
 	tok_free(tok);

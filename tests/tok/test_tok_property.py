@@ -251,3 +251,33 @@ def test_cli_bad_lines(neox):
         want = ref.encode(text, add_special_tokens=False).ids
         assert o.get("text") == text and o.get("ids") == want, \
             f"seed {SEED}: bytes {t!r}: got {o}, want {want}"
+
+
+def byte_token_ids(ref):
+    """Ids of the 256 single-byte tokens (GPT-2's byte-to-character map)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    ids = (ref.token_to_id(chr(c)) for c in cs)
+    return [i for i in ids if i is not None]
+
+
+def test_decode_random_ids(neox):
+    """Random id sequences, rich in single-byte tokens so that characters
+    are cut and bytes are invalid: the text must equal Hugging Face's
+    decode (both replace bad UTF-8 as from_utf8_lossy does)."""
+    ref = Tokenizer.from_file(neox)
+    r = rng_for("ids")
+    size = ref.get_vocab_size()
+    singles = byte_token_ids(ref)
+    seqs = [[r.choice(singles) if r.random() < 0.6 else r.randrange(size)
+             for _ in range(r.randint(1, 30))] for _ in range(3000)]
+    got = run_tool(neox, [{"ids": s} for s in seqs], decode=True)
+    for s, g in zip(seqs, got):
+        want = ref.decode(s, skip_special_tokens=False)
+        assert g["text"] == want, f"seed {SEED}: ids {s}: {g['text']!r} vs {want!r}"
