@@ -25,10 +25,12 @@
  * Hugging Face does; a caller that must not let users inject them should
  * check the IDs it gets back (tok_token_id gives their IDs).
  *
- * Supported files: model.type "BPE" without dropout, unk token, subword
- * prefix/suffix or byte fallback; normalizer null or NFC; pre_tokenizer
- * ByteLevel; decoder null or ByteLevel. Anything else is refused with
- * SSMD_EUNSUPPORTED rather than tokenised differently from the reference.
+ * Supported files: model.type "BPE" without dropout, continuing-subword
+ * prefix, end-of-word suffix or ignore_merges (unk_token and byte_fallback
+ * are accepted: every byte of UTF-8 has a symbol, so they never act);
+ * normalizer null or NFC; pre_tokenizer ByteLevel; decoder ByteLevel.
+ * Anything else is refused with SSMD_EUNSUPPORTED rather than tokenised
+ * differently from the reference.
  *
  * Thread-safety: a loaded tok_tokenizer is immutable but for its word cache
  * (BPE results of short words, 4 MiB, lock-free and shared); any number of
@@ -52,8 +54,9 @@ typedef struct tok_decoder tok_decoder;
 /* Reads and parses the tokenizer.json at path. On success *out holds a new
  * tokenizer owned by the caller (release with tok_free). Errors: SSMD_EIO or
  * SSMD_ENOENT (cannot read), SSMD_EFORMAT (not JSON, missing or inconsistent
- * fields, a merge naming an unknown token), SSMD_EUNSUPPORTED (a tokenizer
- * type this module does not implement), SSMD_ENOMEM. */
+ * fields, a merge naming an unknown token, a byte without its byte-level
+ * symbol, IDs far beyond the number of tokens defined), SSMD_EUNSUPPORTED (a
+ * tokenizer type this module does not implement), SSMD_ENOMEM. */
 int tok_load(const char *path, tok_tokenizer **out);
 
 /* Releases tok; NULL is allowed. No call on tok may be running. */
