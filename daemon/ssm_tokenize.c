@@ -16,6 +16,7 @@
  * text there); decoded text containing U+0000 is written out whole.
  */
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,9 +133,12 @@ static int decode_line(const tok_tokenizer *tok, const cJSON *obj)
 		return 1;
 	}
 	cJSON_ArrayForEach(e, arr) {
-		if (!cJSON_IsNumber(e) || e->valuedouble != (double)(int32_t)e->valuedouble) {
+		/* range first: casting an out-of-range double is undefined */
+		if (!cJSON_IsNumber(e) || e->valuedouble < INT32_MIN ||
+		    e->valuedouble > INT32_MAX ||
+		    e->valuedouble != (double)(int32_t)e->valuedouble) {
 			put_error("input", ssmd_err_set(SSMD_EFORMAT,
-							"ids[%zu] is not an integer", n));
+							"ids[%zu] is not a 32-bit integer", n));
 			goto out;
 		}
 		ids[n++] = (int32_t)e->valuedouble;
