@@ -365,7 +365,9 @@ int main(void)
 		void *buf;
 		size_t len;
 		char *other = open_session(s, "open2");
-		append(s, other, toks, 3, "app2", "test");
+		Ssmd__Reply *r1 = append(s, other, toks, 3, "app2", "test");
+		if (r1)
+			ssmd__reply__free_unpacked(r1, NULL);
 		g.session = other;
 		g.has_max_tokens = 1;
 		g.max_tokens = 2000;
