@@ -228,4 +228,47 @@ int ssm_decode_sample(ssm_backend *b, const int *slots, const int32_t *tokens,
 		      int n, const ssm_sampler *samplers, const uint64_t *index,
 		      int32_t *next);
 
+/* ---------------------------------------------------------------- merge -- */
+
+/* Merges build a new canonical state from stored ones (DESIGN.md "Merge").
+ * They are pure functions of their arguments: no backend, no I/O, nothing
+ * shared, so any thread may call them (on distinct out states). Sources are
+ * borrowed for the call; out is a state allocated by the caller with the
+ * sources' shape (ssm_model_state_alloc or ssm_state_alloc) and may be one of
+ * the sources. Each output value is computed in double and rounded once to
+ * f32. On any error out is left exactly as it was. The daemon's `replay` mode
+ * needs no function here: it resumes A and prefills B's transcript. */
+
+/* Interpolate ("state soup"): the weighted mean of n >= 1 states, part by
+ * part — ssm, conv, hidden and dt_sum all become
+ *   out[i] = sum_j w_j * src[j][i] / sum_j w_j
+ * Weights are relative: they are divided by their sum, so {1, 1} is the
+ * average and {3, 1} is 0.75 / 0.25. weights NULL means equal weights.
+ * n_tokens = round(sum_j w_j * n_tokens_j / sum_j w_j), halves away from
+ * zero. The fingerprint is the sources'.
+ * Errors: SSMD_EINVAL for n == 0, a NULL pointer, a weight that is NaN,
+ * infinite or negative, weights summing to 0 (or overflowing), or out shaped
+ * unlike the sources; SSMD_EMODEL when the sources differ in architecture,
+ * shape or fingerprint (states of different models never merge);
+ * SSMD_ENOMEM. */
+int ssm_merge_interpolate(const ssm_state *const *src, const double *weights,
+			  size_t n, ssm_state *out);
+
+/* Compose ("A then B"): the state of having read A's tokens and then B's,
+ * in the approximation that B's tokens produce the same SSM inputs after A
+ * as they did from the zero state. For every layer l, channel c, state n:
+ *   ssm[l][c][n] = exp(A[l][c][n] * dt_sum_B[l][c]) * ssm_A[l][c][n]
+ *                  + ssm_B[l][c][n],          A = -exp(A_log) of model m,
+ * which is exact for one linear SSM layer given the same per-token (dt, B, x)
+ * (the decay of h_A over B's tokens is prod_t exp(A dt_t)). conv and hidden
+ * are B's (the newest inputs); dt_sum = dt_sum_A + dt_sum_B and
+ * n_tokens = n_tokens_A + n_tokens_B. The model is borrowed for the call.
+ * Errors: SSMD_EINVAL for a NULL pointer, out shaped unlike the states, or
+ * a dt_sum of B that is negative or not finite (no state of a model has
+ * one); SSMD_EMODEL when a or b is not a state of m (shape or fingerprint);
+ * SSMD_ERANGE when the token counts overflow; SSMD_EUNSUPPORTED for an
+ * architecture other than SSM_ARCH_MAMBA1; SSMD_ENOMEM. */
+int ssm_merge_compose(const ssm_model *m, const ssm_state *a,
+		      const ssm_state *b, ssm_state *out);
+
 #endif
