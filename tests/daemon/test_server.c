@@ -166,6 +166,23 @@ static Ssmd__Reply *append(nng_socket s, const char *sid, int32_t *t, size_t n,
 	return call(s, &q, rid, client);
 }
 
+/* Runs ssmd with args (NULL-terminated) to completion; its exit status. */
+static int run_status(const char *ssmd, char **args)
+{
+	pid_t pid = fork();
+	int status;
+
+	if (pid == 0) {
+		int fd = open("/dev/null", O_WRONLY);
+		dup2(fd, 1);
+		dup2(fd, 2);
+		execv(ssmd, args);
+		_exit(127);
+	}
+	waitpid(pid, &status, 0);
+	return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
 static int file_contains(const char *path, const char *needle)
 {
 	static char buf[1 << 16];
@@ -197,6 +214,21 @@ int main(void)
 	snprintf(model, sizeof(model), "%s/tiny-mamba", fixtures);
 	if (!mkdtemp(tmp))
 		return 1;
+	/* Usage errors exit 2, start-up failures 1, --help 0. */
+	{
+		char store[700], bad[700];
+		snprintf(store, sizeof(store), "%s/x.db", tmp);
+		snprintf(bad, sizeof(bad), "%s/no-such-model", tmp);
+		char *no_model[] = {ssmd, "--store", store, NULL};
+		char *bad_flag[] = {ssmd, "--model", model, "--store", store, "--slots", "zero", NULL};
+		char *bad_dir[] = {ssmd, "--model", bad, "--store", store, NULL};
+		char *help[] = {ssmd, "--help", NULL};
+		CHECK(run_status(ssmd, no_model) == 2, "missing --model exits 2");
+		CHECK(run_status(ssmd, bad_flag) == 2, "a bad flag value exits 2");
+		CHECK(run_status(ssmd, bad_dir) == 1, "a missing model directory exits 1");
+		CHECK(run_status(ssmd, help) == 0, "--help exits 0");
+	}
+
 	pid = daemon_start(ssmd, model);
 	CHECK(pid > 0, "ssmd starts and prints its ready line");
 	if (pid <= 0)
