@@ -18,6 +18,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <nng/nng.h>
+#include <nng/protocol/reqrep0/req.h>
+
 #include "check.h"
 #include "harness.h"
 #include "proto.h"
@@ -373,6 +376,63 @@ static void test_resend(const e2e_daemon *d, ssmd_client *c)
 	CHECK_RC(ssmd_append_tokens(c, s.id, &one, 1, &r), SSMD_OK);
 	CHECK(r.n_tokens == 6, "session holds %" PRIu64 " tokens, want 6",
 	      r.n_tokens);
+
+	/* A resend that arrives while the first execution is still running
+	 * (a long generate, sent twice on two connections back to back) waits
+	 * for it and gets the same reply. */
+	Ssmd__Request req = SSMD__REQUEST__INIT;
+	Ssmd__GenerateRequest op = SSMD__GENERATE_REQUEST__INIT;
+	nng_socket sk[2];
+	Ssmd__Reply *rep[2] = {NULL, NULL};
+	void *buf;
+	size_t len;
+
+	snprintf(rid, sizeof rid, "resend-gen-%s", s.id);
+	req.has_version = 1;
+	req.version = PROTO_VERSION;
+	req.request_id = rid;
+	req.client_id = "e2e-resend";
+	req.op_case = SSMD__REQUEST__OP_GENERATE;
+	req.generate = &op;
+	op.session = s.id;
+	op.has_max_tokens = 1;
+	op.max_tokens = 1000;
+	if (proto_msg_pack(&req.base, &buf, &len) != SSMD_OK) {
+		CHECK(0, "pack");
+		return;
+	}
+	for (int i = 0; i < 2; i++) {
+		CHECK(nng_req0_open(&sk[i]) == 0 &&
+		      nng_socket_set_ms(sk[i], NNG_OPT_RECVTIMEO, 60000) == 0 &&
+		      nng_dial(sk[i], d->url, NULL, 0) == 0 &&
+		      nng_send(sk[i], buf, len, 0) == 0, "send copy %d", i);
+	}
+	for (int i = 0; i < 2; i++) {
+		void *data;
+		size_t n;
+		if (nng_recv(sk[i], &data, &n, NNG_FLAG_ALLOC) == 0) {
+			rep[i] = ssmd__reply__unpack(NULL, n, data);
+			nng_free(data, n);
+		}
+		nng_close(sk[i]);
+	}
+	free(buf);
+	CHECK(rep[0] && rep[1] && rep[0]->code == 0 && rep[1]->code == 0 &&
+	      rep[0]->result_case == SSMD__REPLY__RESULT_GENERATE &&
+	      rep[1]->result_case == SSMD__REPLY__RESULT_GENERATE,
+	      "both copies of the generate answered");
+	if (rep[0] && rep[1] && rep[0]->generate && rep[1]->generate) {
+		const Ssmd__GenerateReply *a = rep[0]->generate, *b = rep[1]->generate;
+		CHECK(a->n_tokens == 1000 && b->n_tokens == 1000 &&
+		      memcmp(a->tokens, b->tokens, 1000 * sizeof *a->tokens) == 0 &&
+		      a->session_tokens == b->session_tokens,
+		      "the two copies got different replies");
+	}
+	ssmd__reply__free_unpacked(rep[0], NULL);
+	ssmd__reply__free_unpacked(rep[1], NULL);
+	CHECK_RC(ssmd_append_tokens(c, s.id, &one, 1, &r), SSMD_OK);
+	CHECK(r.n_tokens == 6 + 1000 + 1, "session holds %" PRIu64 " tokens, "
+	      "want %d: the generate ran twice", r.n_tokens, 6 + 1000 + 1);
 }
 
 static void test_no_tokenizer(ssmd_client *c)
