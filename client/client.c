@@ -165,15 +165,6 @@ int ssmd_events_url(const char *url, char *out, size_t cap)
 		if (len > 5 && strcmp(url + len - 5, ".sock") == 0)
 			stem = len - 5;
 		n = snprintf(out, cap, "%.*s-events.sock", (int)stem, url);
-	} else if (strncmp(url, "tcp://", 6) == 0) {
-		const char *colon = strrchr(url, ':');
-		char *end;
-		long port = colon ? strtol(colon + 1, &end, 10) : 0;
-		if (!colon || colon < url + 6 || *end || port <= 0 || port >= 65535)
-			return ssmd_err_set(SSMD_EINVAL, "%s: no port to derive "
-					    "the events URL from", url);
-		n = snprintf(out, cap, "%.*s:%ld", (int)(colon - url), url,
-			     port + 1);
 	} else {
 		return ssmd_err_set(SSMD_EINVAL, "%s: cannot derive the events "
 				    "URL; give it explicitly", url);

@@ -53,6 +53,9 @@ static const char usage_text[] =
 "URL defaults to $SSMD_URL, else the daemon's default ipc socket.\n";
 
 static int json_out;
+/* No events URL is known (another transport than ipc, none given): generate
+ * prints its result at the end instead of streaming it. */
+static int no_stream;
 
 static int usage(const char *fmt, const char *arg)
 {
@@ -632,7 +635,11 @@ static int cmd_generate(cmd_ctx *x)
 			goto done;
 		}
 		out.ids = !info.has_tokenizer;
-		rc = ssmd_generate(x->c, x->argv[optind], &a, on_tokens, &out, &g);
+		rc = ssmd_generate(x->c, x->argv[optind], &a,
+				   no_stream ? NULL : on_tokens, &out, &g);
+		if (rc == SSMD_OK && no_stream)
+			on_tokens(&out, g->tokens, g->n_tokens, g->text,
+				  strlen(g->text));
 		if (out.printed)
 			putchar('\n');
 	}
@@ -1073,6 +1080,14 @@ int main(int argc, char **argv)
 	}
 	if (optind >= argc)
 		return usage("no command", NULL);
+	if (!co.events_url) {
+		static char url[SSMD_URL_MAX];
+		char events[SSMD_URL_MAX];
+		if (!co.url && ssmd_default_url(url, sizeof url) == SSMD_OK)
+			co.url = url;
+		no_stream = !co.url ||
+			    ssmd_events_url(co.url, events, sizeof events) != SSMD_OK;
+	}
 	x.argc = argc - optind;
 	x.argv = argv + optind;
 	for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {

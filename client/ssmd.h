@@ -79,8 +79,9 @@ int ssmd_default_url(char *url, size_t cap);
 
 /* Writes the events URL that goes with request URL url into out (capacity
  * cap): $SSMD_EVENTS_URL when set, else for "ipc://DIR/NAME.sock" the sibling
- * "ipc://DIR/NAME-events.sock" and for "tcp://HOST:PORT" the port above.
- * SSMD_EINVAL for another scheme, SSMD_ERANGE when cap is too small. */
+ * "ipc://DIR/NAME-events.sock" (the daemon's default pair in its run
+ * directory). Other transports have no such rule: SSMD_EINVAL (give the
+ * events URL in ssmd_client_opts), SSMD_ERANGE when cap is too small. */
 int ssmd_events_url(const char *url, char *out, size_t cap);
 
 /* Connects to the daemon and returns a client in *out. opts may be NULL (all

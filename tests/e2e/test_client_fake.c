@@ -249,9 +249,7 @@ static void test_urls(void)
 	unsetenv("SSMD_EVENTS_URL");
 	CHECK_RC(ssmd_events_url("ipc:///run/u/ssmd/ssmd.sock", out, sizeof out), SSMD_OK);
 	CHECK(strcmp(out, "ipc:///run/u/ssmd/ssmd-events.sock") == 0, "got %s", out);
-	CHECK_RC(ssmd_events_url("tcp://10.0.0.1:7400", out, sizeof out), SSMD_OK);
-	CHECK(strcmp(out, "tcp://10.0.0.1:7401") == 0, "got %s", out);
-	CHECK_RC(ssmd_events_url("tcp://nohost", out, sizeof out), SSMD_EINVAL);
+	CHECK_RC(ssmd_events_url("tcp://10.0.0.1:7400", out, sizeof out), SSMD_EINVAL);
 	CHECK_RC(ssmd_events_url("inproc://x", out, sizeof out), SSMD_EINVAL);
 	CHECK_RC(ssmd_events_url("ipc:///a/b.sock", tiny, sizeof tiny), SSMD_ERANGE);
 	setenv("SSMD_EVENTS_URL", "tcp://h:1", 1);

@@ -61,18 +61,15 @@ def default_url() -> str:
 
 
 def events_url_for(url: str) -> str:
-    """$SSMD_EVENTS_URL, else the events endpoint the daemon pairs with url:
-    ipc://DIR/NAME.sock -> ipc://DIR/NAME-events.sock, tcp://H:P -> tcp://H:P+1."""
+    """$SSMD_EVENTS_URL, else the events endpoint the daemon pairs with url
+    in its run directory: ipc://DIR/NAME.sock -> ipc://DIR/NAME-events.sock.
+    Other transports have no such rule: pass events_url to Client."""
     env = os.environ.get("SSMD_EVENTS_URL")
     if env:
         return env
     if url.startswith("ipc://"):
         stem = url[:-5] if url.endswith(".sock") else url
         return stem + "-events.sock"
-    if url.startswith("tcp://"):
-        host, _, port = url.rpartition(":")
-        if port.isdigit():
-            return f"{host}:{int(port) + 1}"
     raise SsmdError(SSMD_EINVAL, f"{url}: cannot derive the events URL; give it")
 
 
