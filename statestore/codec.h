@@ -7,13 +7,18 @@
  *      rounded to bf16 or f16 and kept as 16-bit values; the header, hidden
  *      and dt_sum stay as they are. The "decoded" state is then the rounded
  *      one widened back to f32, and its hash is what the store records.
- *   2. shuffle: within each array, byte k of every element is grouped
- *      together (4 groups for f32, 2 for 16-bit), so the slowly varying sign
- *      and exponent bytes sit next to each other; the 64-byte header is kept
- *      as is.
- *   3. LZ4 frame (content checksum and content size on).
- * The encoder tries LZ4 on the shuffled and the unshuffled bytes and keeps
- * the smallest of those two and the uncompressed bytes.
+ *   2. shuffle: each array is cut into chunks of 1 MB of stored bytes, and
+ *      within a chunk byte k of every element is grouped together (4 groups
+ *      for f32, 2 for 16-bit), so the slowly varying sign and exponent bytes
+ *      sit next to each other; the 64-byte header is kept as is.
+ *   3. LZ4 frame (content checksum and content size on, one block per
+ *      chunk). States over 2 MB stored lossless are written as two frames
+ *      back to back, each over half the chunks, compressed and decompressed
+ *      on two threads.
+ * The encoder keeps LZ4 only when it is smaller than the uncompressed
+ * bytes. Shuffled or not: states up to 2 MB try both in full and keep the
+ * smaller; larger ones decide by compressing 4 of their chunks, spread over
+ * the state, both ways (a full second trial would double the CPU time).
  *
  * Lossless codecs are bit-exact for every f32 value (-0.0, denormals,
  * infinities, NaN payloads): nothing but bytes is moved. The decoder treats
@@ -22,7 +27,8 @@
  * frame checksum, the exact output length, the state header and the
  * xxHash64 of the result. Any mismatch is SSMD_ECORRUPT.
  *
- * Thread-safety: functions touch only their arguments.
+ * Thread-safety: functions touch only their arguments; encode and decode
+ * of a large state briefly run one helper thread each.
  */
 #ifndef SSMD_STORE_CODEC_H
 #define SSMD_STORE_CODEC_H

@@ -3,6 +3,7 @@
  * trips of random and adversarial f32 values, lossy bf16/f16 rounding checked
  * against independent references, and decoding of damaged input.
  */
+#include <lz4frame.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -391,6 +392,132 @@ static void test_oversized_frame(void)
 	free(small);
 }
 
+/* A state of mamba-130m's shape (~3 MB): large enough that the encoder
+ * samples instead of trying both transforms, and splits a lossless payload
+ * into two LZ4 frames compressed (and decompressed) on two threads. */
+static void *make_large(int smooth, size_t *len)
+{
+	ssm_state *st;
+	size_t n;
+	void *buf;
+
+	if (ssm_state_alloc(SSM_ARCH_MAMBA1, 24, 1536, 16, 4, 768, &st))
+		abort();
+	n = (ssm_state_encoded_size(st) - SSM_STATE_HEADER_SIZE) / 4;
+	for (size_t i = 0; i < n; i++)
+		st->ssm[i] = smooth ? (float)sin((double)i * 1e-3) :
+				      bits_f((uint32_t)next_u64());
+	*len = ssm_state_encoded_size(st);
+	buf = malloc(*len);
+	if (!buf || ssm_state_encode(st, buf, *len))
+		abort();
+	ssm_state_free(st);
+	return buf;
+}
+
+/* Bytes of the first LZ4 frame at p (decoding it with LZ4F), 0 if none. */
+static size_t first_frame_len(const uint8_t *p, size_t n, size_t raw_len)
+{
+	LZ4F_dctx *d;
+	uint8_t *tmp = malloc(raw_len);
+	size_t in = 0, out = 0, ret = 1;
+
+	LZ4F_createDecompressionContext(&d, LZ4F_VERSION);
+	while (ret && in < n) {
+		size_t ssz = n - in, dsz = raw_len - out;
+
+		ret = LZ4F_decompress(d, tmp + out, &dsz, p + in, &ssz, NULL);
+		if (LZ4F_isError(ret) || (!ssz && !dsz))
+			break;
+		in += ssz;
+		out += dsz;
+	}
+	LZ4F_freeDecompressionContext(d);
+	free(tmp);
+	return ret == 0 ? in : 0;
+}
+
+static void test_large(void)
+{
+	for (int smooth = 0; smooth < 2; smooth++) {
+		for (int lossy = STORE_LOSSY_NONE; lossy <= STORE_LOSSY_F16;
+		     lossy++) {
+			void *raw, *enc = NULL, *dec = NULL;
+			size_t len, elen = 0;
+			uint64_t hash = 0;
+			int codec = -1;
+
+			raw = make_large(smooth, &len);
+			CHECK_RC(store_codec_encode(raw, len, lossy, &enc, &elen,
+						    &codec, &hash), SSMD_OK);
+			CHECK_RC(store_codec_decode(enc, elen, codec, len, hash,
+						    &dec), SSMD_OK);
+			if (lossy == STORE_LOSSY_NONE)
+				CHECK(dec && memcmp(dec, raw, len) == 0,
+				      "large %s state: bit-exact (%s)",
+				      smooth ? "smooth" : "random",
+				      store_codec_name(codec));
+			else
+				CHECK(dec && hash == XXH64(dec, len, 0),
+				      "large lossy state decodes to its hash");
+			if (smooth)
+				CHECK(codec & STORE_CODEC_SHUFFLE,
+				      "large smooth state: shuffle chosen (%s)",
+				      store_codec_name(codec));
+			free(dec);
+			free(enc);
+			free(raw);
+		}
+	}
+
+	/* two frames: damage in either, a missing second frame, the frames
+	 * swapped — each refused */
+	{
+		void *raw, *enc = NULL, *dec = NULL;
+		size_t len, elen, f1;
+		uint64_t hash;
+		int codec, bad = 0, tried = 0;
+		uint8_t *e, *sw;
+
+		raw = make_large(1, &len);
+		if (store_codec_encode(raw, len, STORE_LOSSY_NONE, &enc, &elen,
+				       &codec, &hash))
+			abort();
+		e = enc;
+		f1 = first_frame_len(e, elen, len);
+		CHECK(f1 > 0 && f1 < elen, "lossless large payload is two "
+		      "frames (first %zu of %zu bytes)", f1, elen);
+		for (size_t pos = 0; pos < elen; pos += 1 + elen / 150) {
+			uint8_t mask = (uint8_t)(1u << (next_u64() % 8));
+			int rc;
+
+			e[pos] ^= mask;
+			dec = NULL;
+			rc = store_codec_decode(enc, elen, codec, len, hash, &dec);
+			if (rc == SSMD_OK ? memcmp(dec, raw, len) != 0 :
+			    rc != SSMD_ECORRUPT || dec)
+				bad++;
+			tried++;
+			free(dec);
+			e[pos] ^= mask;
+		}
+		CHECK(bad == 0, "two frames: %d of %d flips served wrong bytes",
+		      bad, tried);
+		dec = NULL;
+		CHECK_RC(store_codec_decode(enc, f1, codec, len, hash, &dec),
+			 SSMD_ECORRUPT);
+		sw = malloc(elen);
+		memcpy(sw, e + f1, elen - f1);
+		memcpy(sw + (elen - f1), e, f1);
+		CHECK_RC(store_codec_decode(sw, elen, codec, len, hash, &dec),
+			 SSMD_ECORRUPT);
+		CHECK(dec == NULL, "nothing returned");
+		free(sw);
+		free(enc);
+		free(raw);
+	}
+}
+
 static void test_bad_input(void)
 {
 	void *out = NULL;
@@ -420,6 +547,7 @@ int main(void)
 	test_lossy_specials();
 	test_damage();
 	test_oversized_frame();
+	test_large();
 	test_bad_input();
 	return check_summary("statestore_codec");
 }
