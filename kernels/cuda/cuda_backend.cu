@@ -181,6 +181,61 @@ out:
 	return rc;
 }
 
+/* Largest decode bucket served by ssmk_gemv instead of cuBLAS: it reads the
+ * batch's inputs once per 16-byte weight load, so beyond 4 rows its L1
+ * traffic outgrows the weight stream (measured: 1.4b batch 16 took 7.6 ms
+ * with it against 2.9 ms with cuBLAS; batch 1 1.89 against 2.27 ms). */
+#define GEMV_MAX_BATCH 4
+
+template <typename T, int SPLIT>
+static void gemv_launch(cuda_backend *cb, const void *W, const void *X, int ldx,
+			float *Y, int ldy, int m, int n, int k)
+{
+	const int blocks = cdiv(m, 8 / SPLIT);
+	cudaStream_t s = cb->stream;
+
+	switch (n) {
+	case 1: ssmk_gemv<T, 1, SPLIT><<<blocks, 256, 0, s>>>((const T *)W, (const T *)X, ldx, Y, ldy, m, k); break;
+	case 2: ssmk_gemv<T, 2, SPLIT><<<blocks, 256, 0, s>>>((const T *)W, (const T *)X, ldx, Y, ldy, m, k); break;
+	case 4: ssmk_gemv<T, 4, SPLIT><<<blocks, 256, 0, s>>>((const T *)W, (const T *)X, ldx, Y, ldy, m, k); break;
+	case 8: ssmk_gemv<T, 8, SPLIT><<<blocks, 256, 0, s>>>((const T *)W, (const T *)X, ldx, Y, ldy, m, k); break;
+	default: ssmk_gemv<T, 16, SPLIT><<<blocks, 256, 0, s>>>((const T *)W, (const T *)X, ldx, Y, ldy, m, k); break;
+	}
+}
+
+/*
+ * Decode-sized products: ssmk_gemv when the batch is a bucket <= 4 and the
+ * rows allow 16-byte loads, else cuBLAS. Short matrices (m < 2048 rows)
+ * split each row over 8 warps so the whole GPU streams them.
+ */
+static int dgemm(cuda_backend *cb, const void *W, const void *X, int ldx,
+		 float *Y, int ldy, int m, int n, int k)
+{
+	int rc = SSMD_OK;
+	const int vec = (int)(16 / cb->wsize);
+	const int split = m < 2048 ? 8 : 1;
+
+	if (n > GEMV_MAX_BATCH || (n & (n - 1)) || k % vec || ldx % vec)
+		return gemm(cb, W, X, ldx, Y, ldy, m, n, k);
+	switch (cb->wdtype) {
+	case SSM_DTYPE_F32:
+		if (split == 8) gemv_launch<float, 8>(cb, W, X, ldx, Y, ldy, m, n, k);
+		else gemv_launch<float, 1>(cb, W, X, ldx, Y, ldy, m, n, k);
+		break;
+	case SSM_DTYPE_F16:
+		if (split == 8) gemv_launch<__half, 8>(cb, W, X, ldx, Y, ldy, m, n, k);
+		else gemv_launch<__half, 1>(cb, W, X, ldx, Y, ldy, m, n, k);
+		break;
+	default:
+		if (split == 8) gemv_launch<__nv_bfloat16, 8>(cb, W, X, ldx, Y, ldy, m, n, k);
+		else gemv_launch<__nv_bfloat16, 1>(cb, W, X, ldx, Y, ldy, m, n, k);
+		break;
+	}
+	CUDA_LAUNCHED();
+out:
+	return rc;
+}
+
 /* ------------------------------------------------------------- forward -- */
 
 #define NPL_SWITCH(npl, CALL)                                                \
@@ -209,28 +264,28 @@ static int decode_body(cuda_backend *cb, int nb)
 	cudaStream_t s = cb->stream;
 	int l;
 
-	k_embed<T><<<nb, 256, 0, s>>>(cb->d_tokens, (const T *)cb->embed, a->h, D);
+	ssmk_embed<T><<<nb, 256, 0, s>>>(cb->d_tokens, (const T *)cb->embed, a->h, D);
 	CUDA_LAUNCHED();
 	for (l = 0; l < c->n_layer; l++) {
 		const cuda_layer *y = &cb->layers[l];
 		const cuda_layer *p = l ? &cb->layers[l - 1] : NULL;
 
-		k_add_norm<T><<<nb, 256, 0, s>>>(a->h, p ? a->mix : NULL,
+		ssmk_add_norm<T><<<nb, 256, 0, s>>>(a->h, p ? a->mix : NULL,
 						 p ? p->out_b : NULL, y->norm,
 						 (T *)a->xn, D, c->eps, NULL,
 						 NULL, 0, 0);
 		CUDA_LAUNCHED();
-		if ((rc = gemm(cb, y->in_w, a->xn, D, a->xz, 2 * E, 2 * E, nb, D)))
+		if ((rc = dgemm(cb, y->in_w, a->xn, D, a->xz, 2 * E, 2 * E, nb, D)))
 			goto out;
-		k_conv_step<T><<<dim3(cdiv(E, 128), nb), 128, 0, s>>>(
+		ssmk_conv_step<T><<<dim3(cdiv(E, 128), nb), 128, 0, s>>>(
 			a->xz, y->in_b, y->conv_w, y->conv_b, cb->pool,
 			cb->d_slots, sf, cb->off_conv + (size_t)l * E * (K - 1),
 			E, K, a->xc, (T *)a->xcT);
 		CUDA_LAUNCHED();
-		if ((rc = gemm(cb, y->x_w, a->xcT, E, a->dbc, W, W, nb, E)))
+		if ((rc = dgemm(cb, y->x_w, a->xcT, E, a->dbc, W, W, nb, E)))
 			goto out;
 #define SSM_STEP(npl)                                                         \
-	k_ssm_step<T, npl><<<dim3(cdiv(E, SSM_CH_PER_BLOCK), nb), 128, 0, s>>>( \
+	ssmk_ssm_step<T, npl><<<dim3(cdiv(E, SSM_CH_PER_BLOCK), nb), 128, 0, s>>>( \
 		a->dbc, R, (const T *)y->dt_w, y->dt_b, y->A, y->Dp, a->xc,   \
 		a->xz, y->in_b, cb->pool, cb->d_slots, sf,                    \
 		(size_t)l * E * N, cb->off_dt_sum + (size_t)l * E, E,         \
@@ -238,15 +293,19 @@ static int decode_body(cuda_backend *cb, int nb)
 		NPL_SWITCH(N / SSM_LANES, SSM_STEP);
 #undef SSM_STEP
 		CUDA_LAUNCHED();
-		if ((rc = gemm(cb, y->out_w, a->yT, E, a->mix, D, D, nb, E)))
+		if ((rc = dgemm(cb, y->out_w, a->yT, E, a->mix, D, D, nb, E)))
 			goto out;
 	}
-	k_add_norm<T><<<nb, 256, 0, s>>>(a->h, a->mix,
+	ssmk_add_norm<T><<<nb, 256, 0, s>>>(a->h, a->mix,
 					 cb->layers[c->n_layer - 1].out_b,
 					 cb->norm_f, (T *)a->xn, D, c->eps,
 					 cb->pool, cb->d_slots, sf, cb->off_hidden);
 	CUDA_LAUNCHED();
-	rc = gemm(cb, cb->lm_head, a->xn, D, a->logits, V, V, nb, D);
+	if ((rc = dgemm(cb, cb->lm_head, a->xn, D, a->logits, V, V, nb, D)))
+		goto out;
+	/* every row's next token too (decode_sample reads it, decode not) */
+	ssmk_sample<<<nb, SAMPLE_THREADS, 0, s>>>(a->logits, V, cb->d_samp, cb->d_next);
+	CUDA_LAUNCHED();
 out:
 	return rc;
 }
@@ -263,10 +322,11 @@ static int decode_body_any(cuda_backend *cb, int nb)
 /*
  * Prefill of L tokens (already in d_tokens) into slot. nq checkpoint
  * positions (chunk-relative, ascending, distinct) are in d_ck_pos and qs:
- * their full states land in d_ck[k]. Enqueues only.
+ * their full states land in d_ck + k * state_floats. Enqueues only.
  */
 template <typename T>
-static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs, int nq)
+static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
+			int nq, float *d_ck)
 {
 	int rc = SSMD_OK;
 	const ssm_config *c = &cb->cfg;
@@ -276,9 +336,11 @@ static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs, int nq
 	float *base = cb->pool + (size_t)slot * sf;
 	cuda_act *a = &cb->act;
 	cudaStream_t s = cb->stream;
+	const int nseg = cdiv(L, SCAN_SEG);
+	const size_t smem = scan_smem_bytes(N);
 	int l, k;
 
-	k_embed<T><<<L, 256, 0, s>>>(cb->d_tokens, (const T *)cb->embed, a->h, D);
+	ssmk_embed<T><<<L, 256, 0, s>>>(cb->d_tokens, (const T *)cb->embed, a->h, D);
 	CUDA_LAUNCHED();
 	for (l = 0; l < c->n_layer; l++) {
 		const cuda_layer *y = &cb->layers[l];
@@ -287,46 +349,67 @@ static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs, int nq
 		const size_t ssm_off = (size_t)l * E * N;
 		const size_t dts_off = cb->off_dt_sum + (size_t)l * E;
 
-		k_add_norm<T><<<L, 256, 0, s>>>(a->h, p ? a->mix : NULL,
+		ssmk_add_norm<T><<<L, 256, 0, s>>>(a->h, p ? a->mix : NULL,
 						p ? p->out_b : NULL, y->norm,
 						(T *)a->xn, D, c->eps, NULL, NULL,
 						0, 0);
 		CUDA_LAUNCHED();
 		if ((rc = gemm(cb, y->in_w, a->xn, D, a->xz, 2 * E, 2 * E, L, D)))
 			goto out;
-		k_conv_seq<T><<<dim3(cdiv(E, 128), L), 128, 0, s>>>(
+		ssmk_conv_seq<T><<<dim3(cdiv(E, 128), L), 128, 0, s>>>(
 			a->xz, y->in_b, y->conv_w, y->conv_b, base + conv_off, E,
 			K, a->xc, (T *)a->xcT);
 		CUDA_LAUNCHED();
 		if (nq) {
-			k_conv_window<<<cdiv(E, 128), 128, 0, s>>>(
+			ssmk_conv_window<<<cdiv(E, 128), 128, 0, s>>>(
 				a->xz, y->in_b, base + conv_off, cb->d_ck_pos, nq,
-				0, E, K, cb->d_ck + conv_off, sf);
+				0, E, K, d_ck + conv_off, sf);
 			CUDA_LAUNCHED();
 		}
 		/* the slot's own window moves last: the kernels above read it */
-		k_conv_window<<<cdiv(E, 128), 128, 0, s>>>(
+		ssmk_conv_window<<<cdiv(E, 128), 128, 0, s>>>(
 			a->xz, y->in_b, base + conv_off, NULL, 1, L, E, K,
 			base + conv_off, 0);
 		CUDA_LAUNCHED();
 		if ((rc = gemm(cb, y->x_w, a->xcT, E, a->dbc, W, W, L, E)))
 			goto out;
-		k_dt_low<T><<<L, 64, 0, s>>>(a->dbc, W, R, (T *)a->dlT);
+		ssmk_dt_low<T><<<L, 64, 0, s>>>(a->dbc, W, R, (T *)a->dlT);
 		CUDA_LAUNCHED();
 		if ((rc = gemm(cb, y->dt_w, a->dlT, R, a->dtr, E, E, L, R)))
 			goto out;
 #define SCAN(npl)                                                             \
-	k_scan<T, npl><<<cdiv(E, SSM_CH_PER_BLOCK), 128, 0, s>>>(              \
-		a->dtr, y->dt_b, a->dbc, R, a->xc, a->xz, y->in_b, y->A,      \
-		y->Dp, base + ssm_off, base + dts_off, E, L, cb->d_ck_pos, nq, \
-		cb->d_ck, sf, ssm_off, dts_off, (T *)a->yT)
+	do {                                                                  \
+		if (nseg > 1) {                                               \
+			ssmk_scan<T, npl, true><<<dim3(cdiv(E, SSM_CH_PER_BLOCK), nseg), \
+					       128, smem, s>>>(                \
+				a->dtr, y->dt_b, a->dbc, R, a->xc, a->xz,     \
+				y->in_b, y->A, y->Dp, NULL, NULL, 0, 0,       \
+				a->seg_h, a->seg_dt, NULL, NULL, E, L, NULL,  \
+				0, NULL, 0, 0, 0, (T *)a->yT);                \
+			CUDA_LAUNCHED();                                      \
+			ssmk_scan_combine<<<cdiv(E * N, 256), 256, 0, s>>>(      \
+				y->A, base + ssm_off, base + dts_off,         \
+				a->seg_h, a->seg_dt, a->start_h, a->start_d,  \
+				E, N, nseg);                                  \
+			CUDA_LAUNCHED();                                      \
+		}                                                             \
+		ssmk_scan<T, npl, false><<<dim3(cdiv(E, SSM_CH_PER_BLOCK), nseg), \
+					128, smem, s>>>(                       \
+			a->dtr, y->dt_b, a->dbc, R, a->xc, a->xz, y->in_b,    \
+			y->A, y->Dp,                                          \
+			nseg > 1 ? a->start_h : base + ssm_off,               \
+			nseg > 1 ? a->start_d : base + dts_off,               \
+			(size_t)E * N, (size_t)E, NULL, NULL, base + ssm_off, \
+			base + dts_off, E, L, cb->d_ck_pos, nq, d_ck, sf,     \
+			ssm_off, dts_off, (T *)a->yT);                        \
+	} while (0)
 		NPL_SWITCH(N / SSM_LANES, SCAN);
 #undef SCAN
 		CUDA_LAUNCHED();
 		if ((rc = gemm(cb, y->out_w, a->yT, E, a->mix, D, D, L, E)))
 			goto out;
 	}
-	k_add_norm<T><<<L, 256, 0, s>>>(a->h, a->mix,
+	ssmk_add_norm<T><<<L, 256, 0, s>>>(a->h, a->mix,
 					cb->layers[c->n_layer - 1].out_b,
 					cb->norm_f, (T *)a->xn, D, c->eps, NULL,
 					NULL, 0, 0);
@@ -334,7 +417,7 @@ static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs, int nq
 	CUDA_TRY(cudaMemcpyAsync(base + cb->off_hidden, a->h + (size_t)(L - 1) * D,
 				 D * sizeof(float), cudaMemcpyDeviceToDevice, s));
 	for (k = 0; k < nq; k++)
-		CUDA_TRY(cudaMemcpyAsync(cb->d_ck + k * sf + cb->off_hidden,
+		CUDA_TRY(cudaMemcpyAsync(d_ck + k * sf + cb->off_hidden,
 					 a->h + (size_t)(qs[k] - 1) * D,
 					 D * sizeof(float),
 					 cudaMemcpyDeviceToDevice, s));
@@ -342,12 +425,13 @@ out:
 	return rc;
 }
 
-static int prefill_body_any(cuda_backend *cb, int slot, int L, const int *qs, int nq)
+static int prefill_body_any(cuda_backend *cb, int slot, int L, const int *qs,
+			    int nq, float *d_ck)
 {
 	switch (cb->wdtype) {
-	case SSM_DTYPE_F32: return prefill_body<float>(cb, slot, L, qs, nq);
-	case SSM_DTYPE_F16: return prefill_body<__half>(cb, slot, L, qs, nq);
-	default: return prefill_body<__nv_bfloat16>(cb, slot, L, qs, nq);
+	case SSM_DTYPE_F32: return prefill_body<float>(cb, slot, L, qs, nq, d_ck);
+	case SSM_DTYPE_F16: return prefill_body<__half>(cb, slot, L, qs, nq, d_ck);
+	default: return prefill_body<__nv_bfloat16>(cb, slot, L, qs, nq, d_ck);
 	}
 }
 
@@ -427,10 +511,12 @@ static int decode_launch(cuda_backend *cb, const int *slots,
 	for (i = 0; i < nb; i++) {
 		cb->h_slots[i] = i < n ? slots[i] : -1;
 		cb->h_tokens[i] = i < n ? tokens[i] : 0;
+		if (i >= n)
+			memset(&cb->h_samp[i], 0, sizeof(cuda_sampler)); /* greedy */
 	}
-	CUDA_TRY(cudaMemcpyAsync(cb->d_slots, cb->h_slots, nb * sizeof(int),
-				 cudaMemcpyHostToDevice, cb->stream));
-	CUDA_TRY(cudaMemcpyAsync(cb->d_tokens, cb->h_tokens, nb * sizeof(int32_t),
+	/* slots, samplers and the first nb tokens in one copy */
+	CUDA_TRY(cudaMemcpyAsync(cb->d_io, cb->h_io,
+				 (char *)(cb->h_tokens + nb) - (char *)cb->h_io,
 				 cudaMemcpyHostToDevice, cb->stream));
 	if ((rc = graph_get(cb, nb, &exec)))
 		goto out;
@@ -477,8 +563,6 @@ static int cuda_decode_sample(ssm_backend *b, const int *slots,
 	for (off = 0; off < n; off += cb->max_batch) {
 		int cnt = n - off < cb->max_batch ? n - off : cb->max_batch;
 
-		if ((rc = decode_launch(cb, slots + off, tokens + off, cnt)))
-			goto out;
 		for (i = 0; i < cnt; i++) {
 			cuda_sampler *p = &cb->h_samp[i];
 			p->temperature = samplers[off + i].temperature;
@@ -487,21 +571,23 @@ static int cuda_decode_sample(ssm_backend *b, const int *slots,
 			p->seed = samplers[off + i].seed;
 			p->index = index[off + i];
 		}
-		if ((rc = cuda_sample_rows(cb, cnt)))
+		if ((rc = decode_launch(cb, slots + off, tokens + off, cnt)))
 			goto out;
+		CUDA_TRY(cudaMemcpyAsync(cb->h_next, cb->d_next, cnt * sizeof(int32_t),
+					 cudaMemcpyDeviceToHost, cb->stream));
 		CUDA_TRY(cudaStreamSynchronize(cb->stream));
 		for (i = 0; i < cnt; i++) {
-			if (!cb->h_fallback[i]) {
+			if (cb->h_next[i] >= 0) {
 				next[off + i] = cb->h_next[i];
 				continue;
 			}
-			/* the candidate set outgrew the kernel: the host picks */
+			/* top-k / top-p, or too close to call: the host picks */
 			CUDA_TRY(cudaMemcpy(cb->h_logits, cb->act.logits + (size_t)i * V,
 					    V * sizeof(float), cudaMemcpyDeviceToHost));
 			next[off + i] = ssm_sample(cb->h_logits, V, &samplers[off + i],
 						   index[off + i]);
 			if (next[off + i] < 0) {
-				rc = -next[off + i];
+				rc = ssmd_err_set(-next[off + i], "cuda: host sampling");
 				goto out;
 			}
 		}
@@ -512,59 +598,108 @@ out:
 
 /* ------------------------------------------------------------- prefill -- */
 
-/* Fills cb->ck_state from host checkpoint k. */
-static void ck_to_state(cuda_backend *cb, int k, uint64_t n_tokens)
-{
-	const ssm_config *c = &cb->cfg;
-	const float *src = cb->h_ck + (size_t)k * cb->state_floats;
-	ssm_state *st = cb->ck_state;
+/* A prefill chunk whose checkpoint states are on their way to the host
+ * (h_ck buffer `buf`): checkpoint indices [ci, cj) of the prefill, at
+ * chunk-relative positions qs[0..nq) of the chunk starting at pos. */
+typedef struct ck_pending {
+	int active, buf, nq;
+	size_t pos, ci, cj;
+	int qs[CUDA_CK_MAX];
+} ck_pending;
 
-	memcpy(st->ssm, src, cb->off_conv * sizeof(float));
-	memcpy(st->conv, src + cb->off_conv,
-	       (size_t)c->n_layer * c->d_inner * (c->d_conv - 1) * sizeof(float));
-	memcpy(st->hidden, src + cb->off_hidden, c->d_model * sizeof(float));
-	memcpy(st->dt_sum, src + cb->off_dt_sum,
-	       (size_t)c->n_layer * c->d_inner * sizeof(float));
-	st->n_tokens = n_tokens;
+static float *ck_dev(cuda_backend *cb, int buf)
+{
+	return cb->d_ck + (size_t)buf * cb->ck_max * cb->state_floats;
 }
 
+/* Waits for p's copy and calls the callback for each of its checkpoints with
+ * a view of the pinned buffer (no host copy). If the callback aborts, the
+ * slot is set back to that checkpoint's state (still intact in d_ck: later
+ * chunks write the other buffer) and its code is returned. */
+static int ck_deliver(cuda_backend *cb, int slot, const ssm_prefill_args *a,
+		      uint64_t start_tokens, ck_pending *p)
+{
+	const size_t sf = cb->state_floats;
+	ssm_state *st = &cb->ck_view;
+	int rc = SSMD_OK, k = 0;
+	size_t i;
+
+	p->active = 0;
+	CUDA_TRY(cudaEventSynchronize(cb->ev_ck[p->buf]));
+	for (i = p->ci; i < p->cj; i++) {
+		const size_t pos = a->ckpt_pos[i];
+		const float *src;
+
+		while (p->qs[k] != (int)(pos - p->pos))
+			k++;
+		src = cb->h_ck + ((size_t)p->buf * cb->ck_max + k) * sf;
+		st->ssm = (float *)src;
+		st->conv = (float *)src + cb->off_conv;
+		st->hidden = (float *)src + cb->off_hidden;
+		st->dt_sum = (float *)src + cb->off_dt_sum;
+		st->n_tokens = start_tokens + pos;
+		rc = a->ckpt_fn(a->ckpt_ctx, pos, st);
+		if (rc) {
+			CUDA_TRY(cudaMemcpyAsync(cb->pool + (size_t)slot * sf,
+						 ck_dev(cb, p->buf) + (size_t)k * sf,
+						 sf * sizeof(float),
+						 cudaMemcpyDeviceToDevice, cb->stream));
+			CUDA_TRY(cudaStreamSynchronize(cb->stream));
+			cb->n_tokens[slot] = start_tokens + pos;
+			goto out;
+		}
+	}
+out:
+	return rc;
+}
+
+/*
+ * Chunks of at most cb->chunk tokens (cut short so that a chunk holds at
+ * most ck_max distinct checkpoint positions). A chunk's checkpoint states go
+ * to the host on the copy stream while the next chunk computes (two
+ * buffers), and their callbacks run meanwhile.
+ */
 static int cuda_prefill(ssm_backend *b, int slot, const ssm_prefill_args *a)
 {
 	cuda_backend *cb = cb_of(b);
 	const size_t V = cb->cfg.vocab_size, sf = cb->state_floats;
 	const uint64_t start_tokens = cb->n_tokens[slot];
-	int qs[CUDA_CK_MAX];
+	ck_pending pend[2];
 	size_t pos = 0, ci = 0;
-	int rc = SSMD_OK;
+	int rc = SSMD_OK, chunk_no = 0;
 
+	memset(pend, 0, sizeof(pend));
 	CUDA_TRY(cudaSetDevice(cb->device));
 	while (pos < a->n_tokens) {
 		size_t L = a->n_tokens - pos < (size_t)cb->chunk ? a->n_tokens - pos
 								  : (size_t)cb->chunk;
+		const int buf = chunk_no & 1;
+		ck_pending *p = &pend[buf];
 		size_t cj = ci, r;
-		int nq = 0, k;
+		int nq = 0;
 
 		/* the checkpoints of this chunk: at most ck_max distinct positions */
 		while (cj < a->n_ckpt && a->ckpt_pos[cj] <= pos + L) {
 			int q = (int)(a->ckpt_pos[cj] - pos);
-			if (!nq || qs[nq - 1] != q) {
+			if (!nq || p->qs[nq - 1] != q) {
 				if (nq == cb->ck_max) {
-					L = (size_t)qs[nq - 1];
+					L = (size_t)p->qs[nq - 1];
 					break;
 				}
-				qs[nq++] = q;
+				p->qs[nq++] = q;
 			}
 			cj++;
 		}
-		memcpy(cb->h_tokens, a->tokens + pos, L * sizeof(int32_t));
-		CUDA_TRY(cudaMemcpyAsync(cb->d_tokens, cb->h_tokens, L * sizeof(int32_t),
+		/* pageable sources: the copies are staged before these return */
+		CUDA_TRY(cudaMemcpyAsync(cb->d_tokens, a->tokens + pos, L * sizeof(int32_t),
 					 cudaMemcpyHostToDevice, cb->stream));
 		if (nq) {
-			memcpy(cb->h_ck_pos, qs, nq * sizeof(int));
-			CUDA_TRY(cudaMemcpyAsync(cb->d_ck_pos, cb->h_ck_pos, nq * sizeof(int),
+			CUDA_TRY(cudaMemcpyAsync(cb->d_ck_pos, p->qs, nq * sizeof(int),
 						 cudaMemcpyHostToDevice, cb->stream));
+			/* d_ck[buf] is free once its last copy to the host is done */
+			CUDA_TRY(cudaStreamWaitEvent(cb->stream, cb->ev_ck[buf], 0));
 		}
-		if ((rc = prefill_body_any(cb, slot, (int)L, qs, nq)))
+		if ((rc = prefill_body_any(cb, slot, (int)L, p->qs, nq, ck_dev(cb, buf))))
 			goto out;
 		cb->n_tokens[slot] = start_tokens + pos + L;
 		for (r = 0; a->all_logits && r < L; r += CUDA_LOGIT_ROWS) {
@@ -585,32 +720,34 @@ static int cuda_prefill(ssm_backend *b, int slot, const ssm_prefill_args *a)
 						 V * sizeof(float),
 						 cudaMemcpyDeviceToHost, cb->stream));
 		}
-		if (nq)
-			CUDA_TRY(cudaMemcpyAsync(cb->h_ck, cb->d_ck, nq * sf * sizeof(float),
-						 cudaMemcpyDeviceToHost, cb->stream));
-		CUDA_TRY(cudaStreamSynchronize(cb->stream));
-		if (a->last_logits && pos + L == a->n_tokens)
-			memcpy(a->last_logits, cb->h_logits, V * sizeof(float));
-		for (k = 0; ci < cj; ci++) {
-			size_t p = a->ckpt_pos[ci];
-			while (qs[k] != (int)(p - pos))
-				k++;
-			ck_to_state(cb, k, start_tokens + p);
-			rc = a->ckpt_fn(a->ckpt_ctx, p, cb->ck_state);
-			if (rc) {
-				/* the slot holds the state at p, as the contract says */
-				CUDA_TRY(cudaMemcpyAsync(cb->pool + (size_t)slot * sf,
-							 cb->d_ck + (size_t)k * sf,
-							 sf * sizeof(float),
-							 cudaMemcpyDeviceToDevice,
-							 cb->stream));
-				CUDA_TRY(cudaStreamSynchronize(cb->stream));
-				cb->n_tokens[slot] = start_tokens + p;
-				goto out;
-			}
+		if (nq) {
+			CUDA_TRY(cudaEventRecord(cb->ev_compute, cb->stream));
+			CUDA_TRY(cudaStreamWaitEvent(cb->copy_stream, cb->ev_compute, 0));
+			CUDA_TRY(cudaMemcpyAsync(cb->h_ck + (size_t)buf * cb->ck_max * sf,
+						 ck_dev(cb, buf), nq * sf * sizeof(float),
+						 cudaMemcpyDeviceToHost, cb->copy_stream));
+			CUDA_TRY(cudaEventRecord(cb->ev_ck[buf], cb->copy_stream));
+			p->active = 1;
+			p->buf = buf;
+			p->nq = nq;
+			p->pos = pos;
+			p->ci = ci;
+			p->cj = cj;
 		}
+		ci = cj;
+		/* the previous chunk's callbacks run while this chunk computes */
+		if (pend[buf ^ 1].active &&
+		    (rc = ck_deliver(cb, slot, a, start_tokens, &pend[buf ^ 1])))
+			goto out;
 		pos += L;
+		chunk_no++;
 	}
+	if (pend[(chunk_no - 1) & 1].active &&
+	    (rc = ck_deliver(cb, slot, a, start_tokens, &pend[(chunk_no - 1) & 1])))
+		goto out;
+	CUDA_TRY(cudaStreamSynchronize(cb->stream));
+	if (a->last_logits)
+		memcpy(a->last_logits, cb->h_logits, V * sizeof(float));
 out:
 	return rc;
 }
@@ -715,21 +852,21 @@ static int cuda_slot_logits(ssm_backend *b, int slot, float *logits)
 	cb->h_slots[0] = slot;
 	CUDA_TRY(cudaMemcpyAsync(cb->d_slots, cb->h_slots, sizeof(int),
 				 cudaMemcpyHostToDevice, cb->stream));
-	k_load_hidden<<<1, 256, 0, cb->stream>>>(a->h, cb->pool, cb->d_slots,
+	ssmk_load_hidden<<<1, 256, 0, cb->stream>>>(a->h, cb->pool, cb->d_slots,
 						 cb->state_floats, cb->off_hidden,
 						 c->d_model);
 	CUDA_LAUNCHED();
 	switch (cb->wdtype) {
 	case SSM_DTYPE_F32:
-		k_add_norm<float><<<1, 256, 0, cb->stream>>>(a->h, NULL, NULL, cb->norm_f,
+		ssmk_add_norm<float><<<1, 256, 0, cb->stream>>>(a->h, NULL, NULL, cb->norm_f,
 			(float *)a->xn, c->d_model, c->eps, NULL, NULL, 0, 0);
 		break;
 	case SSM_DTYPE_F16:
-		k_add_norm<__half><<<1, 256, 0, cb->stream>>>(a->h, NULL, NULL, cb->norm_f,
+		ssmk_add_norm<__half><<<1, 256, 0, cb->stream>>>(a->h, NULL, NULL, cb->norm_f,
 			(__half *)a->xn, c->d_model, c->eps, NULL, NULL, 0, 0);
 		break;
 	default:
-		k_add_norm<__nv_bfloat16><<<1, 256, 0, cb->stream>>>(a->h, NULL, NULL,
+		ssmk_add_norm<__nv_bfloat16><<<1, 256, 0, cb->stream>>>(a->h, NULL, NULL,
 			cb->norm_f, (__nv_bfloat16 *)a->xn, c->d_model, c->eps, NULL,
 			NULL, 0, 0);
 		break;
@@ -741,6 +878,54 @@ static int cuda_slot_logits(ssm_backend *b, int slot, float *logits)
 				 cudaMemcpyDeviceToHost, cb->stream));
 	CUDA_TRY(cudaStreamSynchronize(cb->stream));
 	memcpy(logits, cb->h_logits, c->vocab_size * sizeof(float));
+out:
+	return rc;
+}
+
+/* --------------------------------------------------------------- timing -- */
+
+static void cuda_close(ssm_backend *b);
+
+static const ssm_backend_ops cuda_ops = {
+	"cuda",
+	cuda_close,
+	cuda_slot_reset,
+	cuda_slot_copy,
+	cuda_slot_get,
+	cuda_slot_set,
+	cuda_prefill,
+	cuda_decode,
+	cuda_slot_logits,
+	cuda_decode_sample,
+};
+
+static int cuda_backend_check(ssm_backend *b)
+{
+	if (!b || b->ops != &cuda_ops)
+		return ssmd_err_set(SSMD_EINVAL, "cuda timer: not a CUDA backend");
+	return SSMD_OK;
+}
+
+extern "C" int ssm_cuda_timer_start(ssm_backend *b)
+{
+	int rc;
+
+	if ((rc = cuda_backend_check(b)))
+		return rc;
+	CUDA_TRY(cudaEventRecord(cb_of(b)->ev_t0, cb_of(b)->stream));
+out:
+	return rc;
+}
+
+extern "C" int ssm_cuda_timer_stop(ssm_backend *b, float *ms)
+{
+	int rc;
+
+	if ((rc = cuda_backend_check(b)))
+		return rc;
+	CUDA_TRY(cudaEventRecord(cb_of(b)->ev_t1, cb_of(b)->stream));
+	CUDA_TRY(cudaEventSynchronize(cb_of(b)->ev_t1));
+	CUDA_TRY(cudaEventElapsedTime(ms, cb_of(b)->ev_t0, cb_of(b)->ev_t1));
 out:
 	return rc;
 }
@@ -770,43 +955,33 @@ static void cuda_close(ssm_backend *b)
 		cudaFree(cb->allocs[i]);
 	free(cb->allocs);
 	cudaFreeHost(cb->h_state);
-	cudaFreeHost(cb->h_slots);
-	cudaFreeHost(cb->h_tokens);
+	cudaFreeHost(cb->h_io);
 	cudaFreeHost(cb->h_logits);
 	cudaFreeHost(cb->h_ck);
-	cudaFreeHost(cb->h_ck_pos);
-	cudaFreeHost(cb->h_samp);
 	cudaFreeHost(cb->h_next);
-	cudaFreeHost(cb->h_fallback);
 	if (cb->blas)
 		cublasDestroy(cb->blas);
 	if (cb->ev_compute)
 		cudaEventDestroy(cb->ev_compute);
 	if (cb->ev_copy)
 		cudaEventDestroy(cb->ev_copy);
+	for (i = 0; i < 2; i++)
+		if (cb->ev_ck[i])
+			cudaEventDestroy(cb->ev_ck[i]);
+	if (cb->ev_t0)
+		cudaEventDestroy(cb->ev_t0);
+	if (cb->ev_t1)
+		cudaEventDestroy(cb->ev_t1);
 	if (cb->stream)
 		cudaStreamDestroy(cb->stream);
 	if (cb->copy_stream)
 		cudaStreamDestroy(cb->copy_stream);
-	ssm_state_free(cb->ck_state);
 	free(cb->layers);
 	free(cb->n_tokens);
 	free(cb);
 	b->impl = NULL;
 }
 
-static const ssm_backend_ops cuda_ops = {
-	"cuda",
-	cuda_close,
-	cuda_slot_reset,
-	cuda_slot_copy,
-	cuda_slot_get,
-	cuda_slot_set,
-	cuda_prefill,
-	cuda_decode,
-	cuda_slot_logits,
-	cuda_decode_sample,
-};
 
 /* Activation buffers for `rows` rows; logits for logit_rows rows. */
 static int act_alloc(cuda_backend *cb, int rows, int logit_rows)
@@ -831,6 +1006,12 @@ static int act_alloc(cuda_backend *cb, int rows, int logit_rows)
 	    (rc = dev_alloc(cb, n * D * 4, (void **)&a->mix)) ||
 	    (rc = dev_alloc(cb, (size_t)logit_rows * c->vocab_size * 4,
 			    (void **)&a->logits)))
+		return rc;
+	a->n_seg = cdiv(cb->chunk, SCAN_SEG);
+	if ((rc = dev_alloc(cb, (size_t)a->n_seg * E * c->d_state * 4, (void **)&a->seg_h)) ||
+	    (rc = dev_alloc(cb, (size_t)a->n_seg * E * 4, (void **)&a->seg_dt)) ||
+	    (rc = dev_alloc(cb, (size_t)a->n_seg * E * c->d_state * 4, (void **)&a->start_h)) ||
+	    (rc = dev_alloc(cb, (size_t)a->n_seg * E * 4, (void **)&a->start_d)))
 		return rc;
 	return SSMD_OK;
 }
@@ -888,6 +1069,10 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	CUDA_TRY(cudaStreamCreateWithFlags(&cb->copy_stream, cudaStreamNonBlocking));
 	CUDA_TRY(cudaEventCreateWithFlags(&cb->ev_compute, cudaEventDisableTiming));
 	CUDA_TRY(cudaEventCreateWithFlags(&cb->ev_copy, cudaEventDisableTiming));
+	CUDA_TRY(cudaEventCreateWithFlags(&cb->ev_ck[0], cudaEventDisableTiming));
+	CUDA_TRY(cudaEventCreateWithFlags(&cb->ev_ck[1], cudaEventDisableTiming));
+	CUDA_TRY(cudaEventCreate(&cb->ev_t0));
+	CUDA_TRY(cudaEventCreate(&cb->ev_t1));
 	CUBLAS_TRY(cublasCreate(&cb->blas));
 	CUBLAS_TRY(cublasSetStream(cb->blas, cb->stream));
 	/* a fixed workspace lets cuBLAS calls be captured into graphs */
@@ -939,29 +1124,42 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	if ((rc = act_alloc(cb, rows, cb->max_batch > CUDA_LOGIT_ROWS
 					      ? cb->max_batch : CUDA_LOGIT_ROWS)))
 		goto out;
-	if ((rc = dev_alloc(cb, rows * sizeof(int), (void **)&cb->d_slots)) ||
-	    (rc = dev_alloc(cb, rows * sizeof(int32_t), (void **)&cb->d_tokens)) ||
-	    (rc = dev_alloc(cb, cb->ck_max * cb->state_floats * sizeof(float),
+	/* the io block: slots | samplers | tokens (cuda_sampler is 8-aligned) */
+	{
+		const size_t s_off = ((size_t)cb->max_batch * sizeof(int) + 15) & ~(size_t)15;
+		const size_t t_off = s_off + (size_t)cb->max_batch * sizeof(cuda_sampler);
+
+		cb->io_bytes = t_off + (size_t)rows * sizeof(int32_t);
+		if ((rc = dev_alloc(cb, cb->io_bytes, &cb->d_io)))
+			goto out;
+		CUDA_TRY(cudaMallocHost(&cb->h_io, cb->io_bytes));
+		memset(cb->h_io, 0, cb->io_bytes);
+		CUDA_TRY(cudaMemset(cb->d_io, 0, cb->io_bytes));
+		cb->d_slots = (int *)cb->d_io;
+		cb->h_slots = (int *)cb->h_io;
+		cb->d_samp = (cuda_sampler *)((char *)cb->d_io + s_off);
+		cb->h_samp = (cuda_sampler *)((char *)cb->h_io + s_off);
+		cb->d_tokens = (int32_t *)((char *)cb->d_io + t_off);
+		cb->h_tokens = (int32_t *)((char *)cb->h_io + t_off);
+	}
+	if ((rc = dev_alloc(cb, 2 * cb->ck_max * cb->state_floats * sizeof(float),
 			    (void **)&cb->d_ck)) ||
 	    (rc = dev_alloc(cb, cb->ck_max * sizeof(int), (void **)&cb->d_ck_pos)) ||
-	    (rc = dev_alloc(cb, cb->max_batch * sizeof(cuda_sampler),
-			    (void **)&cb->d_samp)) ||
-	    (rc = dev_alloc(cb, cb->max_batch * sizeof(int32_t), (void **)&cb->d_next)) ||
-	    (rc = dev_alloc(cb, cb->max_batch * sizeof(int), (void **)&cb->d_fallback)))
+	    (rc = dev_alloc(cb, cb->max_batch * sizeof(int32_t), (void **)&cb->d_next)))
 		goto out;
 	CUDA_TRY(cudaMallocHost((void **)&cb->h_state, cb->state_floats * sizeof(float)));
-	CUDA_TRY(cudaMallocHost((void **)&cb->h_slots, rows * sizeof(int)));
-	CUDA_TRY(cudaMallocHost((void **)&cb->h_tokens, rows * sizeof(int32_t)));
 	CUDA_TRY(cudaMallocHost((void **)&cb->h_logits,
 				(size_t)cb->act.logit_rows * c->vocab_size * sizeof(float)));
 	CUDA_TRY(cudaMallocHost((void **)&cb->h_ck,
-				cb->ck_max * cb->state_floats * sizeof(float)));
-	CUDA_TRY(cudaMallocHost((void **)&cb->h_ck_pos, cb->ck_max * sizeof(int)));
-	CUDA_TRY(cudaMallocHost((void **)&cb->h_samp, cb->max_batch * sizeof(cuda_sampler)));
+				2 * cb->ck_max * cb->state_floats * sizeof(float)));
 	CUDA_TRY(cudaMallocHost((void **)&cb->h_next, cb->max_batch * sizeof(int32_t)));
-	CUDA_TRY(cudaMallocHost((void **)&cb->h_fallback, cb->max_batch * sizeof(int)));
-	if ((rc = ssm_model_state_alloc(cb->model, &cb->ck_state)))
-		goto out;
+	cb->ck_view.arch = c->arch;
+	cb->ck_view.n_layer = c->n_layer;
+	cb->ck_view.d_inner = c->d_inner;
+	cb->ck_view.d_state = c->d_state;
+	cb->ck_view.d_conv = c->d_conv;
+	cb->ck_view.d_model = c->d_model;
+	memcpy(cb->ck_view.fingerprint, cb->model->fingerprint, SSM_FINGERPRINT_LEN);
 	CUDA_TRY(cudaDeviceSynchronize());
 out:
 	if (rc) {

@@ -30,6 +30,7 @@
 #include <cuda_runtime.h>
 
 extern "C" {
+#include "ssm_cuda.h"
 #include "ssm_impl.h"
 }
 
@@ -99,6 +100,11 @@ typedef struct cuda_act {
 	void *dlT;    /* (rows, dt_rank) T, dt_low for the prefill dt_proj GEMM */
 	float *dtr;   /* (rows, d_inner) dt_proj output before bias/softplus */
 	void *yT;     /* (rows, d_inner) T, gated SSM output */
+	float *seg_h;   /* (n_seg, d_inner, d_state) segment end states from zero */
+	float *seg_dt;  /* (n_seg, d_inner) segment dt sums */
+	float *start_h; /* (n_seg, d_inner, d_state) segment start states */
+	float *start_d; /* (n_seg, d_inner) dt_sum at segment starts */
+	int n_seg;      /* segments of a full prefill chunk */
 	float *mix;   /* (rows, d_model) out_proj output */
 	float *logits; /* (logit_rows, vocab) */
 	int logit_rows;
@@ -122,6 +128,7 @@ typedef struct cuda_backend {
 	cudaStream_t stream;      /* all computation */
 	cudaStream_t copy_stream; /* slot <-> host copies */
 	cudaEvent_t ev_compute, ev_copy;
+	cudaEvent_t ev_t0, ev_t1;  /* ssm_cuda_timer_start / _stop */
 	cublasHandle_t blas;
 	void *blas_ws;            /* cuBLAS workspace (needed for graph capture) */
 	size_t blas_ws_size;
@@ -146,29 +153,29 @@ typedef struct cuda_backend {
 	cuda_act act;
 	int max_batch;        /* largest decode bucket */
 	int chunk;            /* prefill tokens per chunk */
-	int *d_slots;         /* (max_batch) slot per row, -1 = padding */
-	int32_t *d_tokens;    /* (max(max_batch, chunk)) token per row */
-	int *h_slots;         /* pinned (max_batch) */
-	int32_t *h_tokens;    /* pinned (max(max_batch, chunk)) */
+	/* Decode inputs travel in one copy: h_io -> d_io, laid out as
+	 *   int slots[max_batch] (-1 = padding row) | cuda_sampler samp[max_batch]
+	 *   | int32 tokens[max(max_batch, chunk)]  (prefill tokens too). */
+	void *d_io, *h_io;    /* device / pinned */
+	size_t io_bytes;
+	int *d_slots, *h_slots;
+	struct cuda_sampler *d_samp, *h_samp;
+	int32_t *d_tokens, *h_tokens;
+	int32_t *d_next;      /* (max_batch) sampled tokens, -1 = sample on the host */
+	int32_t *h_next;      /* pinned (max_batch) */
 	float *h_logits;      /* pinned (act.logit_rows, vocab) */
 	cuda_graph *graphs;   /* indexed by log2(bucket) */
 	int n_graphs;
 
-	/* Prefill checkpoints: up to ck_max full states per chunk. */
+	/* Prefill checkpoints: up to ck_max full states per chunk, two buffers
+	 * so one chunk's states travel to the host while the next computes. */
 	int ck_max;
-	float *d_ck;          /* (ck_max, state_floats) */
-	float *h_ck;          /* pinned (ck_max, state_floats) */
+	float *d_ck;          /* (2, ck_max, state_floats) */
+	float *h_ck;          /* pinned (2, ck_max, state_floats) */
+	cudaEvent_t ev_ck[2]; /* buffer b's copy to the host is done */
 	int *d_ck_pos;        /* (ck_max) chunk-relative positions, ascending */
-	int *h_ck_pos;        /* pinned (ck_max) */
-	ssm_state *ck_state;  /* host state handed to the callback */
+	ssm_state ck_view;    /* the callback's state: arrays point into h_ck */
 
-	/* Sampling (decode_sample). */
-	struct cuda_sampler *d_samp; /* (max_batch) */
-	struct cuda_sampler *h_samp; /* pinned (max_batch) */
-	int32_t *d_next;      /* (max_batch) sampled tokens */
-	int32_t *h_next;      /* pinned (max_batch) */
-	int *d_fallback;      /* (max_batch) 1 when a row must be sampled on the host */
-	int *h_fallback;      /* pinned (max_batch) */
 } cuda_backend;
 
 /* Sampling parameters of one row, as the kernel reads them. */

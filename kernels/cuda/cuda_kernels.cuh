@@ -7,7 +7,8 @@
  * D = d_model, E = d_inner, N = d_state, K = d_conv, R = dt_rank,
  * W = R + 2N (one x_proj output row: dt_low | B | C).
  *
- * The selective-SSM kernels give each channel LANES = 4 consecutive lanes of a
+ * Kernel names start with ssmk_ (the racecheck run of tools/gpu_run.sh
+ * selects them by that prefix). The selective-SSM kernels give each channel LANES = 4 consecutive lanes of a
  * warp, each lane holding NPL = N / 4 state entries in registers; the output
  * y = C.h is reduced over the 4 lanes with two xor-shuffles.
  */
@@ -53,7 +54,7 @@ __device__ __forceinline__ float softplus(float v)
 
 /* h[r, :] = embed[tok[r], :] as f32.  grid (B), block 256. */
 template <typename T>
-__global__ void k_embed(const int32_t *tok, const T *embed, float *h, int D)
+__global__ void ssmk_embed(const int32_t *tok, const T *embed, float *h, int D)
 {
 	const T *src = embed + (size_t)tok[blockIdx.x] * D;
 	float *dst = h + (size_t)blockIdx.x * D;
@@ -70,7 +71,7 @@ __global__ void k_embed(const int32_t *tok, const T *embed, float *h, int D)
  * slots[r] (skipped for padding rows, slot < 0).
  */
 template <typename T>
-__global__ void k_add_norm(float *h, const float *mix, const float *mix_b,
+__global__ void ssmk_add_norm(float *h, const float *mix, const float *mix_b,
 			   const float *w, T *xn, int D, float eps,
 			   float *pool, const int *slots, size_t state_floats,
 			   size_t off_hidden)
@@ -115,7 +116,7 @@ __global__ void k_add_norm(float *h, const float *mix, const float *mix_b,
 }
 
 /* Copies slot slots[r]'s hidden vector into h[r].  grid (B), block 256. */
-__global__ void k_load_hidden(float *h, const float *pool, const int *slots,
+__global__ void ssmk_load_hidden(float *h, const float *pool, const int *slots,
 			      size_t state_floats, size_t off_hidden, int D)
 {
 	const float *src = pool + (size_t)slots[blockIdx.x] * state_floats + off_hidden;
@@ -134,7 +135,7 @@ __global__ void k_load_hidden(float *h, const float *pool, const int *slots,
  * grid (ceil(E/128), B), block 128.
  */
 template <typename T>
-__global__ void k_conv_step(const float *xz, const float *in_b, const float *cw,
+__global__ void ssmk_conv_step(const float *xz, const float *in_b, const float *cw,
 			    const float *cb, float *pool, const int *slots,
 			    size_t state_floats, size_t conv_off, int E, int K,
 			    float *xc, T *xcT)
@@ -173,7 +174,7 @@ __global__ void k_conv_step(const float *xz, const float *in_b, const float *cw,
  * grid (ceil(E/32), B), block 128.
  */
 template <typename T, int NPL>
-__global__ void k_ssm_step(const float *dbc, int R, const T *dt_w,
+__global__ void ssmk_ssm_step(const float *dbc, int R, const T *dt_w,
 			   const float *dt_b, const float *A, const float *Dp,
 			   const float *xc, const float *xz, const float *in_b,
 			   float *pool, const int *slots, size_t state_floats,
@@ -234,7 +235,7 @@ __global__ void k_ssm_step(const float *dbc, int R, const T *dt_w,
  * grid (ceil(E/128), L), block 128.
  */
 template <typename T>
-__global__ void k_conv_seq(const float *xz, const float *in_b, const float *cw,
+__global__ void ssmk_conv_seq(const float *xz, const float *in_b, const float *cw,
 			   const float *cb, const float *conv, int E, int K,
 			   float *xc, T *xcT)
 {
@@ -261,12 +262,12 @@ __global__ void k_conv_seq(const float *xz, const float *in_b, const float *cw,
  * Conv windows after chunk position q (the newest K-1 inputs up to and
  * including token q-1 of the chunk), for each q in qs[0..nq):
  *   dst[k * dst_stride + e * (K-1) + j] = in(q - (K-1) + j),  j < K-1
- * with in() as in k_conv_seq reading the old state `conv`. One thread per
+ * with in() as in ssmk_conv_seq reading the old state `conv`. One thread per
  * channel walks j upwards; it reads column q+j >= j+1 of the old state before
  * any write to it, so dst may be `conv` itself (the final update, nq = 1).
  * grid (ceil(E/128)), block 128.
  */
-__global__ void k_conv_window(const float *xz, const float *in_b,
+__global__ void ssmk_conv_window(const float *xz, const float *in_b,
 			      const float *conv, const int *qs, int nq, int q1,
 			      int E, int K, float *dst, size_t dst_stride)
 {
@@ -289,87 +290,295 @@ __global__ void k_conv_window(const float *xz, const float *in_b,
 /* dlT[t, j] = dbc[t, j] for j < R, in T (the dt_proj GEMM's input).
  * grid (L), block 64. */
 template <typename T>
-__global__ void k_dt_low(const float *dbc, int W, int R, T *dlT)
+__global__ void ssmk_dt_low(const float *dbc, int W, int R, T *dlT)
 {
 	for (int j = threadIdx.x; j < R; j += blockDim.x)
 		dlT[(size_t)blockIdx.x * R + j] = from_f32<T>(dbc[(size_t)blockIdx.x * W + j]);
 }
 
+/* Eight f32 values (or four for f32 storage) from one 16-byte load. */
+__device__ __forceinline__ void unpack16(const uint4 &v, float *f, float)
+{
+	f[0] = __uint_as_float(v.x);
+	f[1] = __uint_as_float(v.y);
+	f[2] = __uint_as_float(v.z);
+	f[3] = __uint_as_float(v.w);
+}
+__device__ __forceinline__ void unpack16(const uint4 &v, float *f, __nv_bfloat16)
+{
+	const __nv_bfloat162 *p = (const __nv_bfloat162 *)&v;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		float2 t = __bfloat1622float2(p[i]);
+		f[2 * i] = t.x;
+		f[2 * i + 1] = t.y;
+	}
+}
+__device__ __forceinline__ void unpack16(const uint4 &v, float *f, __half)
+{
+	const __half2 *p = (const __half2 *)&v;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		float2 t = __half22float2(p[i]);
+		f[2 * i] = t.x;
+		f[2 * i + 1] = t.y;
+	}
+}
+
 /*
- * Prefill selective scan over a chunk of L tokens. Each channel's state stays
- * in registers across the whole chunk (4 lanes x NPL entries) and is written
- * to memory only at the end and at the checkpoint positions ck_pos[0..n_ck)
- * (chunk-relative, ascending, in [1, L]): at position q the state after
- * token q-1 goes to ck + k * state_floats + ck_ssm_off (ssm) and
- * + ck_dts_off (dt_sum).  Per token t:
+ * Small-batch GEMM for decode, bound by reading W once:
+ *   Y[b, r] = sum_j X[b, j] * W[r, j]     b < NB, r < m, j < k
+ * W (m, k) and X (NB, ldx) in T, Y (NB, ldy) f32. Each warp streams rows of W
+ * with 16-byte loads (k and ldx multiples of 16 / sizeof(T)); X comes
+ * through L1. SPLIT warps share a row (for short, wide matrices such as
+ * x_proj) and add their partial sums through shared memory.
+ * grid (ceil(m / (8 / SPLIT))), block 256.
+ */
+template <typename T, int NB, int SPLIT>
+__global__ void __launch_bounds__(256)
+ssmk_gemv(const T *W, const T *X, int ldx, float *Y, int ldy, int m, int k)
+{
+	constexpr int VEC = 16 / sizeof(T);
+	constexpr int RPB = 8 / SPLIT;
+	__shared__ float red[8][NB];
+	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+	const int r = blockIdx.x * RPB + warp / SPLIT;
+	const int part = warp % SPLIT;
+	float acc[NB];
+
+#pragma unroll
+	for (int b = 0; b < NB; b++)
+		acc[b] = 0.0f;
+	if (r < m) {
+		const T *w = W + (size_t)r * k;
+#pragma unroll 4
+		for (int j = (part * 32 + lane) * VEC; j < k; j += 32 * SPLIT * VEC) {
+			float wf[VEC], xf[VEC];
+			unpack16(__ldg((const uint4 *)(w + j)), wf, T());
+#pragma unroll
+			for (int b = 0; b < NB; b++) {
+				unpack16(*(const uint4 *)(X + (size_t)b * ldx + j), xf, T());
+#pragma unroll
+				for (int i = 0; i < VEC; i++)
+					acc[b] += wf[i] * xf[i];
+			}
+		}
+	}
+#pragma unroll
+	for (int b = 0; b < NB; b++)
+		for (int o = 16; o > 0; o >>= 1)
+			acc[b] += __shfl_xor_sync(0xffffffffu, acc[b], o);
+	if (SPLIT == 1) {
+		if (r < m && lane == 0)
+#pragma unroll
+			for (int b = 0; b < NB; b++)
+				Y[(size_t)b * ldy + r] = acc[b];
+		return;
+	}
+	if (lane == 0)
+#pragma unroll
+		for (int b = 0; b < NB; b++)
+			red[warp][b] = acc[b];
+	__syncthreads();
+	if (threadIdx.x < NB && r < m) {
+		float sum = 0.0f;
+		for (int w2 = 0; w2 < SPLIT; w2++)
+			sum += red[w2][threadIdx.x];
+		Y[(size_t)threadIdx.x * ldy + r] = sum;
+	}
+}
+
+/*
+ * Prefill selective scan over a chunk of L tokens, parallel over channels and
+ * over time. Per token t and channel e:
  *   dt  = softplus(dtr[t, e] + dt_b[e])
  *   h_n = exp(dt * A[e, n]) * h_n + dt * B[t, n] * x[t, e]
  *   y   = (sum_n C[t, n] h_n + D[e] x[t, e]) * SiLU(z[t, e])
- * ssm (E, N) and dts (E) are this layer's parts of the slot.
- * grid (ceil(E/32)), block 128.
+ * The chunk is cut into segments of SCAN_SEG tokens (grid.y). Because the
+ * recurrence is linear in h, a segment's end state is
+ *   h_end = exp(A * sum_seg dt) * h_start + h_local
+ * with h_local the segment's end state from zero. So, with nseg > 1:
+ *   pass 1 (ssmk_scan<LOCAL=true>): every segment from zero -> seg_h, seg_dt;
+ *   pass 2 (ssmk_scan_combine): walks the segments in order per (e, n) ->
+ *          start_h, start_d of every segment;
+ *   pass 3 (ssmk_scan<LOCAL=false>): every segment again from its true start,
+ *          writing y, the checkpoint states and (last segment) the slot.
+ * With nseg == 1 only pass 3 runs, starting from the slot.
+ * Each channel's state stays in registers (4 lanes x NPL entries) within a
+ * segment and reaches memory only at segment ends, checkpoints
+ * (ck_pos[0..n_ck), chunk-relative in [1, L]: the state after token q-1 goes
+ * to ck + k * state_floats + ck_ssm_off / + ck_dts_off) and the chunk's end.
+ *
+ * The block's 32 channels walk a segment in tiles of SCAN_TILE tokens: the
+ * block first loads the tile's dt (softplus once per token and channel), x,
+ * SiLU(z), B and C into shared memory with coalesced loads, runs the
+ * recurrence from shared memory, then stores y with coalesced writes.
+ * grid (ceil(E/32), nseg), block 128, shared memory scan_smem_bytes(N).
  */
-template <typename T, int NPL>
-__global__ void k_scan(const float *dtr, const float *dt_b, const float *dbc,
-		       int R, const float *xc, const float *xz,
-		       const float *in_b, const float *A, const float *Dp,
-		       float *ssm, float *dts, int E, int L, const int *ck_pos,
-		       int n_ck, float *ck, size_t state_floats,
-		       size_t ck_ssm_off, size_t ck_dts_off, T *yT)
+#define SCAN_TILE 32
+#define SCAN_SEG 64
+
+static inline size_t scan_smem_bytes(int N)
+{
+	return sizeof(float) * SCAN_TILE * (4 * SSM_CH_PER_BLOCK + 2 * N);
+}
+
+template <typename T, int NPL, bool LOCAL>
+__global__ void __launch_bounds__(128)
+ssmk_scan(const float *dtr, const float *dt_b, const float *dbc, int R,
+       const float *xc, const float *xz, const float *in_b, const float *A,
+       const float *Dp, const float *start_h, const float *start_d,
+       size_t start_stride_h, size_t start_stride_d, float *seg_h,
+       float *seg_dt, float *ssm, float *dts, int E, int L, const int *ck_pos,
+       int n_ck, float *ck, size_t state_floats, size_t ck_ssm_off,
+       size_t ck_dts_off, T *yT)
 {
 	const int N = NPL * SSM_LANES;
 	const int W = R + 2 * N;
+	const int CB = SSM_CH_PER_BLOCK;
+	extern __shared__ float smem[];
+	float *s_dt = smem;                  /* (SCAN_TILE, CB) */
+	float *s_x = s_dt + SCAN_TILE * CB;  /* (SCAN_TILE, CB) */
+	float *s_g = s_x + SCAN_TILE * CB;   /* (SCAN_TILE, CB) SiLU(z) */
+	float *s_y = s_g + SCAN_TILE * CB;   /* (SCAN_TILE, CB) output */
+	float *s_bc = s_y + SCAN_TILE * CB;  /* (SCAN_TILE, 2N) B | C */
+	const int e0 = blockIdx.x * CB;
+	const int ch = threadIdx.x / SSM_LANES;
 	const int g = threadIdx.x & (SSM_LANES - 1);
-	const int e = blockIdx.x * SSM_CH_PER_BLOCK + threadIdx.x / SSM_LANES;
+	const int e = e0 + ch;
 	const bool valid = e < E;
 	const int ec = valid ? e : E - 1;
+	const int seg = blockIdx.y;
+	const int ts = seg * SCAN_SEG;
+	const int te = ts + SCAN_SEG < L ? ts + SCAN_SEG : L;
+	const bool last = te == L;
 
-	float h[NPL], a[NPL];
+	float h[NPL], a[NPL], dsum = 0.0f;
 #pragma unroll
 	for (int i = 0; i < NPL; i++) {
-		h[i] = ssm[(size_t)ec * N + g * NPL + i];
+		h[i] = LOCAL ? 0.0f
+			     : start_h[seg * start_stride_h + (size_t)ec * N + g * NPL + i];
 		a[i] = A[(size_t)ec * N + g * NPL + i];
 	}
-	const float bdt = dt_b[ec];
+	if (!LOCAL)
+		dsum = start_d[seg * start_stride_d + ec];
 	const float dskip = Dp[ec];
-	const float zb = in_b ? in_b[E + ec] : 0.0f;
-	float dsum = dts[ec];
 	int k = 0;
-
-	for (int t = 0; t < L; t++) {
-		const float dt = softplus(dtr[(size_t)t * E + ec] + bdt);
-		const float x = xc[(size_t)t * E + ec];
-		const float *row = dbc + (size_t)t * W + R + g * NPL;
-		float y = 0.0f;
-#pragma unroll
-		for (int i = 0; i < NPL; i++) {
-			h[i] = __expf(dt * a[i]) * h[i] + dt * row[i] * x;
-			y += row[N + i] * h[i];
-		}
-		dsum += dt;
-		y += __shfl_xor_sync(0xffffffffu, y, 1);
-		y += __shfl_xor_sync(0xffffffffu, y, 2);
-		if (valid && g == 0) {
-			const float z = xz[(size_t)t * 2 * E + E + e] + zb;
-			yT[(size_t)t * E + e] = from_f32<T>((y + dskip * x) * silu(z));
-		}
-		while (k < n_ck && ck_pos[k] == t + 1) {
-			if (valid) {
-				float *c = ck + (size_t)k * state_floats;
-#pragma unroll
-				for (int i = 0; i < NPL; i++)
-					c[ck_ssm_off + (size_t)e * N + g * NPL + i] = h[i];
-				if (g == 0)
-					c[ck_dts_off + e] = dsum;
-			}
+	if (!LOCAL)
+		while (k < n_ck && ck_pos[k] <= ts)
 			k++;
+	int next_ck = !LOCAL && k < n_ck ? ck_pos[k] : -1;
+
+	for (int t0 = ts; t0 < te; t0 += SCAN_TILE) {
+		const int nt = te - t0 < SCAN_TILE ? te - t0 : SCAN_TILE;
+
+		for (int idx = threadIdx.x; idx < nt * CB; idx += blockDim.x) {
+			const int tt = idx / CB, c = idx % CB, ee = e0 + c;
+			float dt = 0.0f, x = 0.0f, gz = 0.0f;
+			if (ee < E) {
+				const size_t t = (size_t)(t0 + tt);
+				dt = softplus(dtr[t * E + ee] + dt_b[ee]);
+				x = xc[t * E + ee];
+				if (!LOCAL)
+					gz = silu(xz[t * 2 * E + E + ee] +
+						  (in_b ? in_b[E + ee] : 0.0f));
+			}
+			s_dt[idx] = dt;
+			s_x[idx] = x;
+			s_g[idx] = gz;
 		}
+		for (int idx = threadIdx.x; idx < nt * 2 * N; idx += blockDim.x) {
+			const int tt = idx / (2 * N), j = idx % (2 * N);
+			s_bc[idx] = dbc[(size_t)(t0 + tt) * W + R + j];
+		}
+		__syncthreads();
+
+		for (int tt = 0; tt < nt; tt++) {
+			const float dt = s_dt[tt * CB + ch];
+			const float x = s_x[tt * CB + ch];
+			const float *Bv = s_bc + tt * 2 * N + g * NPL;
+			const float *Cv = Bv + N;
+			const float dx = dt * x;
+			float y = 0.0f;
+#pragma unroll
+			for (int i = 0; i < NPL; i++) {
+				h[i] = __expf(dt * a[i]) * h[i] + dx * Bv[i];
+				if (!LOCAL)
+					y += Cv[i] * h[i];
+			}
+			dsum += dt;
+			if (LOCAL)
+				continue;
+			y += __shfl_xor_sync(0xffffffffu, y, 1);
+			y += __shfl_xor_sync(0xffffffffu, y, 2);
+			if (g == 0)
+				s_y[tt * CB + ch] = (y + dskip * x) * s_g[tt * CB + ch];
+			while (next_ck == t0 + tt + 1) {
+				if (valid) {
+					float *c = ck + (size_t)k * state_floats;
+#pragma unroll
+					for (int i = 0; i < NPL; i++)
+						c[ck_ssm_off + (size_t)e * N + g * NPL + i] = h[i];
+					if (g == 0)
+						c[ck_dts_off + e] = dsum;
+				}
+				k++;
+				next_ck = k < n_ck ? ck_pos[k] : -1;
+			}
+		}
+		__syncthreads();
+
+		if (!LOCAL)
+			for (int idx = threadIdx.x; idx < nt * CB; idx += blockDim.x) {
+				const int tt = idx / CB, c = idx % CB;
+				if (e0 + c < E)
+					yT[(size_t)(t0 + tt) * E + e0 + c] = from_f32<T>(s_y[idx]);
+			}
+		/* the next tile's loads overwrite shared memory only after this */
+		__syncthreads();
 	}
-	if (valid) {
+	if (!valid)
+		return;
+	if (LOCAL) {
+#pragma unroll
+		for (int i = 0; i < NPL; i++)
+			seg_h[((size_t)seg * E + e) * N + g * NPL + i] = h[i];
+		if (g == 0)
+			seg_dt[(size_t)seg * E + e] = dsum;
+	} else if (last) {
 #pragma unroll
 		for (int i = 0; i < NPL; i++)
 			ssm[(size_t)e * N + g * NPL + i] = h[i];
 		if (g == 0)
 			dts[e] = dsum;
+	}
+}
+
+/*
+ * Pass 2 of the segmented scan, one thread per (e, n): from the slot's state
+ * (ssm (E, N), dts (E)) walks the segments in order,
+ *   start_h[s] = h;  h = exp(A[e, n] * seg_dt[s, e]) * h + seg_h[s, e, n]
+ * and likewise start_d[s] = d;  d += seg_dt[s, e]  (written by n == 0).
+ * grid (ceil(E*N/256)), block 256.
+ */
+__global__ void ssmk_scan_combine(const float *A, const float *ssm, const float *dts,
+			       const float *seg_h, const float *seg_dt,
+			       float *start_h, float *start_d, int E, int N, int nseg)
+{
+	const int i = blockIdx.x * blockDim.x + threadIdx.x;
+	if (i >= E * N)
+		return;
+	const int e = i / N, n = i % N;
+	const float a = A[i];
+	float h = ssm[i], d = dts[e];
+
+	for (int s = 0; s < nseg; s++) {
+		const float sd = seg_dt[(size_t)s * E + e];
+		start_h[(size_t)s * E * N + i] = h;
+		if (n == 0)
+			start_d[(size_t)s * E + e] = d;
+		h = __expf(a * sd) * h + seg_h[(size_t)s * E * N + i];
+		d += sd;
 	}
 }
 

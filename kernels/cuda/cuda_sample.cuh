@@ -1,17 +1,51 @@
 /*
- * cuda_sample.cuh — next-token selection on the device for decode_sample.
+ * cuda_sample.cuh — next-token selection on the device (decode_sample),
+ * following ssm_sample()'s procedure (ssm.h) step by step.
  *
- * Included by cuda_backend.cu only. Rows whose sampler the kernel cannot
- * reproduce exactly are flagged in d_fallback and picked on the host by
- * ssm_sample() from that row's logits, so every row gets exactly the token
- * ssm_sample() would give.
+ * Included by cuda_backend.cu only. One block per row of logits:
+ *   - greedy rows (temperature <= 0, top_k == 1 or vocab == 1): argmax, NaN
+ *     counting as -inf, the lowest ID winning ties — exact;
+ *   - temperature rows without top-k / top-p: v_i = logit_i * (1/T) in
+ *     float, w_i = exp((double)v_i - max v), u = ssm_rng_uniform(seed,
+ *     index) * sum w, the pick is the first i whose running sum of w exceeds
+ *     u. The device sums in a different order than the host, which moves the
+ *     sums by at most about vocab * 2^-53 of the total (5.6e-12 at vocab
+ *     50280); whenever u lies within SAMPLE_MARGIN * total of the chosen
+ *     token's bounds the row is handed to the host instead, so the token is
+ *     always the one ssm_sample() picks;
+ *   - rows with top-k or top-p (a sort of the vocabulary) and rows whose
+ *     logits are all -inf or NaN are handed to the host.
+ * A row handed to the host gets next = -1; the caller runs ssm_sample() on
+ * that row's logits.
  */
 #ifndef SSM_CUDA_SAMPLE_CUH
 #define SSM_CUDA_SAMPLE_CUH
 
 #define SAMPLE_THREADS 1024
+#define SAMPLE_MARGIN 1e-10
 
-/* Keeps the larger logit, the lower token ID on ties (ssm_sample's argmax). */
+/* splitmix64's output function, as in sample.c. */
+__device__ __forceinline__ uint64_t rng_mix64(uint64_t z)
+{
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+/* ssm_rng_uniform(): the (index+1)-th splitmix64 output from mix(seed). */
+__device__ __forceinline__ double rng_uniform(uint64_t seed, uint64_t index)
+{
+	uint64_t r = rng_mix64(rng_mix64(seed) + (index + 1) * 0x9e3779b97f4a7c15ull);
+
+	return (double)(r >> 11) * 0x1p-53;
+}
+
+__device__ __forceinline__ float clean_logit(float x)
+{
+	return isnan(x) ? -INFINITY : x;
+}
+
+/* Keeps the larger value, the lower ID on ties. */
 __device__ __forceinline__ void argmax_merge(float *v, int *i, float ov, int oi)
 {
 	if (ov > *v || (ov == *v && oi < *i)) {
@@ -20,78 +54,124 @@ __device__ __forceinline__ void argmax_merge(float *v, int *i, float ov, int oi)
 	}
 }
 
-/*
- * One block per row r of logits (rows, V). Greedy rows (ssm_sample's step 1:
- * temperature <= 0 or top_k == 1 or V == 1) get the argmax, NaN counting as
- * -inf and the lowest ID winning ties; the others are flagged for the host.
- */
-__global__ void k_sample(const float *logits, int V, const cuda_sampler *sp,
-			 int32_t *next, int *fallback)
+__global__ void __launch_bounds__(SAMPLE_THREADS)
+ssmk_sample(const float *logits, int V, const cuda_sampler *sp, int32_t *next)
 {
-	__shared__ float sv[SAMPLE_THREADS / 32];
-	__shared__ int si[SAMPLE_THREADS / 32];
+	__shared__ float s_f[32];
+	__shared__ int s_i[32];
+	__shared__ double s_d[32];
+	__shared__ int s_pick;
 	const cuda_sampler s = sp[blockIdx.x];
 	const float *row = logits + (size_t)blockIdx.x * V;
-	float best = -INFINITY;
-	int bi = V;
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+	const int nw = blockDim.x >> 5;
 
 	if (!(s.temperature <= 0.0f || s.top_k == 1 || V == 1)) {
-		if (threadIdx.x == 0) {
-			fallback[blockIdx.x] = 1;
-			next[blockIdx.x] = -1;
+		if ((s.top_k > 0 && s.top_k < V) || s.top_p < 1.0f) {
+			if (threadIdx.x == 0)
+				next[blockIdx.x] = -1;
+			return;
 		}
+		/* temperature sampling over the whole vocabulary, in ID order */
+		const float inv_t = 1.0f / s.temperature;
+		float mx = -INFINITY;
+		for (int i = threadIdx.x; i < V; i += blockDim.x) {
+			const float v = clean_logit(row[i]) * inv_t;
+			if (v > mx)
+				mx = v;
+		}
+		for (int o = 16; o > 0; o >>= 1)
+			mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+		if (lane == 0)
+			s_f[warp] = mx;
+		if (threadIdx.x == 0)
+			s_pick = V;
+		__syncthreads();
+		mx = s_f[0];
+		for (int w = 1; w < nw; w++)
+			mx = fmaxf(mx, s_f[w]);
+		if (mx == -INFINITY) {
+			if (threadIdx.x == 0)
+				next[blockIdx.x] = -1;
+			return;
+		}
+		/* each thread a contiguous run of IDs; exclusive scan of run sums */
+		const int run = (V + blockDim.x - 1) / blockDim.x;
+		const int lo = threadIdx.x * run, hi = lo + run < V ? lo + run : V;
+		double part = 0.0, incl;
+		for (int i = lo; i < hi; i++)
+			part += exp((double)(clean_logit(row[i]) * inv_t) - mx);
+		incl = part;
+		for (int o = 1; o < 32; o <<= 1) {
+			double t = __shfl_up_sync(0xffffffffu, incl, o);
+			if (lane >= o)
+				incl += t;
+		}
+		if (lane == 31)
+			s_d[warp] = incl;
+		__syncthreads();
+		if (warp == 0) {
+			double v = lane < nw ? s_d[lane] : 0.0;
+			for (int o = 1; o < 32; o <<= 1) {
+				double t = __shfl_up_sync(0xffffffffu, v, o);
+				if (lane >= o)
+					v += t;
+			}
+			s_d[lane] = v;
+		}
+		__syncthreads();
+		const double total = s_d[nw - 1];
+		const double pre = (warp ? s_d[warp - 1] : 0.0) + incl - part;
+		const double u = rng_uniform(s.seed, s.index) * total;
+		const double margin = SAMPLE_MARGIN * total;
+		if (lo < hi && pre <= u && u < pre + part) {
+			double acc = pre;
+			for (int i = lo; i < hi; i++) {
+				const double prev = acc;
+				acc += exp((double)(clean_logit(row[i]) * inv_t) - mx);
+				if (u < acc) {
+					/* V + i: "found but too close to call" */
+					const bool sure = u - prev > margin && acc - u > margin;
+					atomicMin(&s_pick, sure ? i : V + i);
+					break;
+				}
+			}
+		}
+		__syncthreads();
+		if (threadIdx.x == 0)
+			next[blockIdx.x] = s_pick < V ? s_pick : -1;
 		return;
 	}
+
+	float best = -INFINITY;
+	int bi = V;
 	for (int i = threadIdx.x; i < V; i += blockDim.x)
-		argmax_merge(&best, &bi, isnan(row[i]) ? -INFINITY : row[i], i);
+		argmax_merge(&best, &bi, clean_logit(row[i]), i);
 	for (int o = 16; o > 0; o >>= 1) {
 		float ov = __shfl_xor_sync(0xffffffffu, best, o);
 		int oi = __shfl_xor_sync(0xffffffffu, bi, o);
 		argmax_merge(&best, &bi, ov, oi);
 	}
-	if ((threadIdx.x & 31) == 0) {
-		sv[threadIdx.x >> 5] = best;
-		si[threadIdx.x >> 5] = bi;
+	if (lane == 0) {
+		s_f[warp] = best;
+		s_i[warp] = bi;
 	}
 	__syncthreads();
-	if (threadIdx.x < 32) {
+	if (warp == 0) {
 		best = -INFINITY;
 		bi = V;
-		if (threadIdx.x < (blockDim.x >> 5)) {
-			best = sv[threadIdx.x];
-			bi = si[threadIdx.x];
+		if (lane < nw) {
+			best = s_f[lane];
+			bi = s_i[lane];
 		}
 		for (int o = 16; o > 0; o >>= 1) {
 			float ov = __shfl_xor_sync(0xffffffffu, best, o);
 			int oi = __shfl_xor_sync(0xffffffffu, bi, o);
 			argmax_merge(&best, &bi, ov, oi);
 		}
-		if (threadIdx.x == 0) {
+		if (lane == 0)
 			next[blockIdx.x] = bi;
-			fallback[blockIdx.x] = 0;
-		}
 	}
-}
-
-/* Samples rows [0, n) of act.logits with h_samp[0..n) into h_next and
- * h_fallback (valid once cb->stream is synchronised). Enqueues only. */
-static int cuda_sample_rows(cuda_backend *cb, int n)
-{
-	int rc = SSMD_OK;
-
-	CUDA_TRY(cudaMemcpyAsync(cb->d_samp, cb->h_samp, n * sizeof(cuda_sampler),
-				 cudaMemcpyHostToDevice, cb->stream));
-	k_sample<<<n, SAMPLE_THREADS, 0, cb->stream>>>(cb->act.logits,
-						       cb->cfg.vocab_size,
-						       cb->d_samp, cb->d_next,
-						       cb->d_fallback);
-	CUDA_LAUNCHED();
-	CUDA_TRY(cudaMemcpyAsync(cb->h_next, cb->d_next, n * sizeof(int32_t),
-				 cudaMemcpyDeviceToHost, cb->stream));
-	CUDA_TRY(cudaMemcpyAsync(cb->h_fallback, cb->d_fallback, n * sizeof(int),
-				 cudaMemcpyDeviceToHost, cb->stream));
-out:
-	return rc;
 }
 
 #endif

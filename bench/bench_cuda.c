@@ -1,0 +1,355 @@
+/*
+ * bench_cuda — the CUDA backend's benchmark table (issue 5).
+ *
+ *   bench_cuda LABEL=MODEL_DIR ...      e.g. 130m=/tmp/m130 1.4b=/tmp/m14b
+ *
+ * For each model (random weights of a real shape, from ssm-mkmodel), BF16
+ * weights on the device, 64 slots whose states were first filled by a
+ * 32-token prefill (never timed on zero states):
+ *   - decode ms/step at batch 1, 4, 16, 64 (ssm_decode_sample, greedy: the
+ *     logits stay on the device), median of 100 steps after 20 warm-up;
+ *   - prefill tokens/s at 2048 and 16384 tokens, median of 5 / 3 runs;
+ *   - prefill slowdown with checkpoints every 64 / 256 / 1024 tokens (16k);
+ *   - decode throughput loss at batch 16 while slot 0 is snapshotted
+ *     (ssm_slot_get) every 256 steps, over 1024 steps;
+ *   - snapshot latency (slot -> host state) and restore latency (host state
+ *     -> slot -> logits -> first token), median of 20.
+ * Device times come from CUDA events on the backend's stream
+ * (ssm_cuda_timer_*) around the synchronous calls. The roofline column is
+ * the floor time over the measured time, the floor being the larger of
+ * bytes / 4.3 TB/s and FLOPs / 790 TFLOP/s (H200, measured ceilings).
+ * Prints one table on stdout; progress on stderr.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ssm.h"
+#include "ssm_cuda.h"
+
+#define HBM_BPS 4.3e12
+#define BF16_FLOPS 790e12
+#define N_SLOTS 64
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static double median(double *v, int n)
+{
+	qsort(v, n, sizeof(double), cmp_d);
+	return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static void die(const char *what, int rc)
+{
+	fprintf(stderr, "bench_cuda: %s: %s (%s)\n", what, ssmd_strerror(rc), ssmd_errmsg());
+	exit(1);
+}
+
+#define TRY(what, call)                      \
+	do {                                 \
+		int rc_ = (call);            \
+		if (rc_)                     \
+			die(what, rc_);      \
+	} while (0)
+
+static uint64_t lcg = 0x12345678;
+
+static void fill_tokens(int32_t *t, size_t n, int vocab)
+{
+	for (size_t i = 0; i < n; i++) {
+		lcg = lcg * 6364136223846793005ull + 1442695040888963407ull;
+		t[i] = (int32_t)((lcg >> 33) % (uint64_t)vocab);
+	}
+}
+
+/* Sizes of the model, for the roofline. */
+typedef struct shape {
+	double w_bytes;   /* bytes of weights one decode step reads (bf16 matrices + f32 vectors) */
+	double mm_params; /* multiply-accumulates per token in the GEMMs, without lm_head */
+	double head;      /* lm_head multiply-accumulates per token */
+	double state_bytes; /* one canonical state's arrays */
+	double state_rw;  /* state bytes a decode step reads + writes per slot */
+} shape;
+
+static shape shape_of(const ssm_config *c)
+{
+	const double D = c->d_model, E = c->d_inner, N = c->d_state, K = c->d_conv,
+		     R = c->dt_rank, V = c->vocab_size, L = c->n_layer;
+	shape s;
+
+	s.mm_params = L * (2 * E * D + (R + 2 * N) * E + E * R + D * E);
+	s.head = V * D;
+	s.w_bytes = 2 * (s.mm_params + s.head) +
+		    4 * L * (D + E * K + 3 * E + E * N);
+	s.state_bytes = 4 * (L * E * N + L * E * (K - 1) + D + L * E);
+	s.state_rw = 2 * 4 * (L * E * N + L * E * (K - 1) + L * E) + 4 * D;
+	return s;
+}
+
+static void row(const char *model, const char *figure, double value,
+		const char *unit, double roof, const char *note)
+{
+	char r[32];
+
+	if (roof > 0)
+		snprintf(r, sizeof r, "%5.1f%%", 100 * roof);
+	else
+		snprintf(r, sizeof r, "%6s", "-");
+	printf("| %-5s | bf16  | %-34s | %10.3f | %-8s | %s %s\n", model, figure,
+	       value, unit, r, note);
+	fflush(stdout);
+}
+
+typedef struct ck_count {
+	int n;
+} ck_count;
+
+static int ck_cb(void *ctx, size_t pos, const ssm_state *st)
+{
+	(void)pos;
+	(void)st;
+	((ck_count *)ctx)->n++;
+	return 0;
+}
+
+/* Device time of one prefill of n tokens into slot 0 (reset first). */
+static double prefill_ms(ssm_backend *b, const int32_t *toks, size_t n,
+			 size_t every, float *logits)
+{
+	size_t *pos = NULL, np = 0;
+	ck_count cc = {0};
+	ssm_prefill_args pa = {0};
+	float ms;
+
+	if (every) {
+		pos = malloc((n / every + 1) * sizeof(size_t));
+		if (!pos)
+			die("prefill", SSMD_ENOMEM);
+		for (size_t p = every; p <= n; p += every)
+			pos[np++] = p;
+	}
+	pa.tokens = toks;
+	pa.n_tokens = n;
+	pa.last_logits = logits;
+	pa.ckpt_pos = pos;
+	pa.n_ckpt = np;
+	pa.ckpt_fn = np ? ck_cb : NULL;
+	pa.ckpt_ctx = &cc;
+	TRY("reset", ssm_slot_reset(b, 0));
+	TRY("timer", ssm_cuda_timer_start(b));
+	TRY("prefill", ssm_prefill(b, 0, &pa));
+	TRY("timer", ssm_cuda_timer_stop(b, &ms));
+	if ((size_t)cc.n != np)
+		die("prefill: checkpoint count", SSMD_EINVAL);
+	free(pos);
+	return ms;
+}
+
+static void bench_model(const char *label, const char *dir)
+{
+	ssm_model *m = NULL;
+	ssm_backend *b = NULL;
+	ssm_backend_opts o;
+	const ssm_config *c;
+	shape sh;
+	int32_t *toks, next[N_SLOTS], cur[N_SLOTS];
+	int slots[N_SLOTS];
+	uint64_t index[N_SLOTS];
+	ssm_sampler sp[N_SLOTS];
+	ssm_state *st = NULL;
+	float *logits, ms;
+	double t[128], t0, plain = 0, snap = 0, base16k = 0;
+	static const int batches[] = {1, 4, 16, 64};
+	static const size_t prefills[] = {2048, 16384};
+	static const size_t everies[] = {64, 256, 1024};
+	char fig[64], note[96];
+	int i, k, s;
+
+	t0 = now_s();
+	TRY("load", ssm_model_load(dir, &m));
+	c = ssm_model_config(m);
+	sh = shape_of(c);
+	ssm_backend_opts_init(&o);
+	o.kind = SSM_BACKEND_CUDA;
+	o.n_slots = N_SLOTS;
+	o.weight_dtype = SSM_DTYPE_BF16;
+	TRY("open", ssm_backend_open(m, &o, &b));
+	fprintf(stderr, "%s: %dx%d, vocab %d loaded and uploaded in %.1f s\n", label,
+		c->d_model, c->n_layer, c->vocab_size, now_s() - t0);
+	toks = malloc(16384 * sizeof(int32_t));
+	logits = malloc((size_t)c->vocab_size * sizeof(float));
+	if (!toks || !logits || ssm_model_state_alloc(m, &st))
+		die("alloc", SSMD_ENOMEM);
+
+	/* every slot gets a real state first */
+	for (s = 0; s < N_SLOTS; s++) {
+		ssm_prefill_args pa = {0};
+		fill_tokens(toks, 32, c->vocab_size);
+		pa.tokens = toks;
+		pa.n_tokens = 32;
+		TRY("prefill", ssm_prefill(b, s, &pa));
+		slots[s] = s;
+		index[s] = 32;
+		sp[s] = (ssm_sampler){.temperature = 0, .top_k = 0, .top_p = 1, .seed = s};
+	}
+	fill_tokens(cur, N_SLOTS, c->vocab_size);
+
+	/* decode */
+	for (i = 0; i < 4; i++) {
+		int n = batches[i];
+		double bytes = sh.w_bytes + n * (sh.state_rw + 4.0 * c->vocab_size);
+		double flops = 2.0 * n * (sh.mm_params + sh.head);
+		double floor_s, med;
+
+		for (k = 0; k < 120; k++) {
+			TRY("timer", ssm_cuda_timer_start(b));
+			TRY("decode", ssm_decode_sample(b, slots, cur, n, sp, index, next));
+			TRY("timer", ssm_cuda_timer_stop(b, &ms));
+			memcpy(cur, next, n * sizeof(int32_t));
+			for (s = 0; s < n; s++)
+				index[s]++;
+			if (k >= 20)
+				t[k - 20] = ms;
+		}
+		med = median(t, 100);
+		floor_s = fmax(bytes / HBM_BPS, flops / BF16_FLOPS);
+		snprintf(fig, sizeof fig, "decode batch %d", n);
+		snprintf(note, sizeof note, "(floor %.3f ms: %.0f MB moved)",
+			 floor_s * 1e3, bytes / 1e6);
+		row(label, fig, med, "ms/step", floor_s * 1e3 / med, note);
+	}
+
+	/* prefill */
+	for (i = 0; i < 2; i++) {
+		size_t n = prefills[i];
+		int runs = n > 4096 ? 3 : 5;
+		double flops = 2.0 * n * sh.mm_params + 2.0 * sh.head;
+		double med;
+
+		fill_tokens(toks, n, c->vocab_size);
+		prefill_ms(b, toks, n, 0, logits); /* warm-up */
+		for (k = 0; k < runs; k++)
+			t[k] = prefill_ms(b, toks, n, 0, logits);
+		med = median(t, runs);
+		if (n == 16384)
+			base16k = med;
+		snprintf(fig, sizeof fig, "prefill %zu tokens", n);
+		snprintf(note, sizeof note, "(%.1f ms; floor %.2f ms of GEMM FLOPs)", med,
+			 flops / BF16_FLOPS * 1e3);
+		row(label, fig, n / (med * 1e-3), "tok/s", flops / BF16_FLOPS * 1e3 / med, note);
+	}
+
+	/* checkpoints inside a 16k prefill */
+	for (i = 0; i < 3; i++) {
+		size_t e = everies[i];
+		double med;
+
+		for (k = 0; k < 3; k++)
+			t[k] = prefill_ms(b, toks, 16384, e, logits);
+		med = median(t, 3);
+		snprintf(fig, sizeof fig, "prefill 16k, checkpoint every %zu", e);
+		snprintf(note, sizeof note, "(%.1f ms vs %.1f ms; %zu states of %.1f MB)",
+			 med, base16k, 16384 / e, sh.state_bytes / 1e6);
+		row(label, fig, 100 * (med - base16k) / base16k, "% slower", 0, note);
+	}
+
+	/* decode throughput loss while slot 0 is snapshotted every 256 steps:
+	 * alternate plain and snapshotting runs of 1024 steps, medians */
+	{
+		double tp[3], ts[3];
+		int r;
+
+		for (r = 0; r < 3; r++) {
+			for (int with = 0; with < 2; with++) {
+				t0 = now_s();
+				for (k = 0; k < 1024; k++) {
+					TRY("decode", ssm_decode_sample(b, slots, cur, 16, sp,
+									index, next));
+					memcpy(cur, next, 16 * sizeof(int32_t));
+					for (s = 0; s < 16; s++)
+						index[s]++;
+					if (with && k % 256 == 255)
+						TRY("snapshot", ssm_slot_get(b, 0, st));
+				}
+				(with ? ts : tp)[r] = now_s() - t0;
+			}
+		}
+		plain = median(tp, 3);
+		snap = median(ts, 3);
+		snprintf(note, sizeof note, "(1024 steps: %.1f ms plain, %.1f ms with 4 snapshots)",
+			 plain * 1e3, snap * 1e3);
+		row(label, "decode b16 loss, snapshot every 256", 100 * (snap - plain) / plain,
+		    "%", 0, note);
+	}
+
+	/* snapshot and restore latency */
+	{
+		double tr[20];
+
+		for (k = 0; k < 20; k++) {
+			t0 = now_s();
+			TRY("snapshot", ssm_slot_get(b, 1, st));
+			t[k] = (now_s() - t0) * 1e3;
+		}
+		for (k = 0; k < 20; k++) {
+			int32_t first;
+			t0 = now_s();
+			TRY("restore", ssm_slot_set(b, 2, st));
+			TRY("restore", ssm_slot_logits(b, 2, logits));
+			first = ssm_sample(logits, c->vocab_size, &sp[2], st->n_tokens);
+			tr[k] = (now_s() - t0) * 1e3;
+			if (first < 0)
+				die("sample", -first);
+		}
+		double ms_get = median(t, 20), ms_set = median(tr, 20);
+		snprintf(note, sizeof note, "(%.1f MB, %.1f GB/s over PCIe)", sh.state_bytes / 1e6,
+			 sh.state_bytes / (ms_get * 1e-3) / 1e9);
+		row(label, "snapshot slot -> host", ms_get, "ms", 0, note);
+		snprintf(note, sizeof note, "(host -> slot -> logits -> token)");
+		row(label, "restore host -> first token", ms_set, "ms", 0, note);
+	}
+
+	ssm_state_free(st);
+	free(toks);
+	free(logits);
+	ssm_backend_close(b);
+	ssm_model_free(m);
+}
+
+int main(int argc, char **argv)
+{
+	int i;
+
+	if (argc < 2) {
+		fprintf(stderr, "usage: bench_cuda LABEL=MODEL_DIR ...\n");
+		return 2;
+	}
+	printf("| model | dtype | %-34s | %10s | %-8s | roofline\n", "figure", "value", "unit");
+	printf("|-------|-------|------------------------------------|------------|----------|---------\n");
+	for (i = 1; i < argc; i++) {
+		char *eq = strchr(argv[i], '=');
+		if (!eq) {
+			fprintf(stderr, "bench_cuda: argument '%s' is not LABEL=DIR\n", argv[i]);
+			return 2;
+		}
+		*eq = 0;
+		bench_model(argv[i], eq + 1);
+	}
+	return 0;
+}

@@ -1,0 +1,744 @@
+/*
+ * test_cuda.c — conformance of the CUDA backend (issue 5). GPU only: exits 77
+ * when the CUDA backend is not built or no GPU is present.
+ *
+ * References, none written by this project's CUDA code:
+ *   - the Hugging Face fixtures (float64 forward of transformers'
+ *     MambaForCausalLM): $SSMD_SHARED_FIXTURES/tiny-mamba and
+ *     $SSMD_TEST_FIXTURES/<each dir>;
+ *   - the CPU backend (the float32 reference of this engine).
+ * Errors are normwise: rel(a, b) = ||a - b||_2 / ||b||_2.
+ *
+ * Optional: $SSMD_CUDA_BIG_MODEL names a model directory of mamba-130m shape
+ * (random weights from ssm-mkmodel) for the BF16-vs-F32 256-step check;
+ * $SSMD_CUDA_QUICK shortens the fixtures' greedy runs to 16 steps.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "check.h"
+#include "ssm.h"
+
+/* F32 weights against float64 references: float32 arithmetic over a few
+ * layers lands near 1e-6; 1e-4 leaves room for exp/log1p approximations. */
+#define TOL_REF 1e-4
+/* F32 GPU against the F32 CPU backend: same math, different summation
+ * order and __expf: a few float32 ulps per operation. */
+#define TOL_CPU 2e-5
+/* BF16 weights (8-bit mantissa, 2^-9 = 2e-3 relative per rounded operand)
+ * against F32, through up to 24 layers of rounded GEMM inputs. */
+#define TOL_BF16 3e-2
+/* Batched against alone, same weights: only GEMM reduction order differs
+ * (cuBLAS for a batch of 64, the small-batch kernel alone). With BF16
+ * weights every GEMM input is rounded to bf16 (2^-9 relative), so an order
+ * difference flips roundings and the two runs differ at the bf16 level, as
+ * BF16 differs from F32 (measured 1.6e-3): a third of TOL_BF16. */
+#define TOL_BATCH 1e-5
+#define TOL_BATCH_BF16 1e-2
+
+static double rel(const float *a, const float *b, size_t n)
+{
+	double num = 0, den = 0;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		double d = (double)a[i] - b[i];
+		if (isnan(a[i]))
+			return INFINITY;
+		num += d * d;
+		den += (double)b[i] * b[i];
+	}
+	return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+static void *read_all(const char *path, size_t *len)
+{
+	FILE *f = fopen(path, "rb");
+	char *buf = NULL;
+	long n;
+
+	if (!f)
+		return NULL;
+	if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 &&
+	    fseek(f, 0, SEEK_SET) == 0 && (buf = malloc(n + 1)) &&
+	    fread(buf, 1, n, f) == (size_t)n) {
+		buf[n] = 0;
+		*len = n;
+	} else {
+		free(buf);
+		buf = NULL;
+	}
+	fclose(f);
+	return buf;
+}
+
+typedef struct fixture {
+	char dir[1024];
+	int32_t tokens[256];
+	size_t n_tokens;
+	float *logits;   /* (n_tokens, vocab) */
+	float *ssm;      /* (layer, d_inner, d_state) */
+	float *conv;     /* (layer, d_inner, d_conv), newest last */
+} fixture;
+
+static int fixture_load(fixture *fx, const char *dir)
+{
+	char path[1200];
+	size_t len;
+	char *js;
+	cJSON *root, *t;
+
+	memset(fx, 0, sizeof(*fx));
+	snprintf(fx->dir, sizeof(fx->dir), "%s", dir);
+	snprintf(path, sizeof(path), "%s/reference.json", dir);
+	if (!(js = read_all(path, &len)))
+		return -1;
+	root = cJSON_Parse(js);
+	free(js);
+	if (!root)
+		return -1;
+	cJSON_ArrayForEach(t, cJSON_GetObjectItem(root, "tokens"))
+		if (fx->n_tokens < 256)
+			fx->tokens[fx->n_tokens++] = (int32_t)t->valuedouble;
+	cJSON_Delete(root);
+	snprintf(path, sizeof(path), "%s/ref_logits.f32", dir);
+	fx->logits = read_all(path, &len);
+	snprintf(path, sizeof(path), "%s/ref_ssm_state.f32", dir);
+	fx->ssm = read_all(path, &len);
+	snprintf(path, sizeof(path), "%s/ref_conv_state.f32", dir);
+	fx->conv = read_all(path, &len);
+	return fx->logits && fx->ssm && fx->conv && fx->n_tokens ? 0 : -1;
+}
+
+static void fixture_free(fixture *fx)
+{
+	free(fx->logits);
+	free(fx->ssm);
+	free(fx->conv);
+}
+
+static int open_backend(const ssm_model *m, ssm_backend_kind kind, ssm_dtype dt,
+			int n_slots, ssm_backend **out)
+{
+	ssm_backend_opts o;
+
+	ssm_backend_opts_init(&o);
+	o.kind = kind;
+	o.n_slots = n_slots;
+	o.weight_dtype = dt;
+	o.n_threads = 2;
+	return ssm_backend_open(m, &o, out);
+}
+
+static int argmax(const float *v, int n)
+{
+	int i, b = 0;
+
+	for (i = 1; i < n; i++)
+		if (v[i] > v[b])
+			b = i;
+	return b;
+}
+
+/* Random tokens in [0, vocab) from a fixed LCG (the test's own inputs). */
+static void fill_tokens(int32_t *t, size_t n, int vocab, uint64_t *seed)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		*seed = *seed * 6364136223846793005ull + 1442695040888963407ull;
+		t[i] = (int32_t)((*seed >> 33) % (uint64_t)vocab);
+	}
+}
+
+/* Relative error of every part of two states, worst of the four. */
+static double state_rel(const ssm_state *a, const ssm_state *b)
+{
+	size_t ne = (size_t)a->n_layer * a->d_inner;
+	double e = rel(a->ssm, b->ssm, ne * a->d_state), f;
+
+	if ((f = rel(a->conv, b->conv, ne * (a->d_conv - 1))) > e)
+		e = f;
+	if ((f = rel(a->hidden, b->hidden, a->d_model)) > e)
+		e = f;
+	if ((f = rel(a->dt_sum, b->dt_sum, ne)) > e)
+		e = f;
+	return e;
+}
+
+/* ------------------------------------------------ HF fixture conformance -- */
+
+/* Greedy steps of the BF16-vs-F32 comparisons: 256, or 16 in quick mode
+ * (SSMD_CUDA_QUICK, used under compute-sanitizer where each launch is slow). */
+static int steps = 256;
+
+static void test_fixture(const char *dir)
+{
+	fixture fx;
+	ssm_model *m = NULL;
+	ssm_backend *gpu = NULL, *cpu = NULL, *bf = NULL;
+	ssm_state *st = NULL;
+	const ssm_config *c;
+	float *logits = NULL, *cpu_logits = NULL, *bf_logits = NULL, *conv = NULL;
+	size_t V, t, ne, j;
+	int rc, i, k;
+	double e, worst = 0, worst_bf = 0;
+	int32_t tok_f32[256], tok_bf[256];
+
+	if (fixture_load(&fx, dir)) {
+		SKIP("%s: no reference files", dir);
+		goto out;
+	}
+	CHECK_RC(rc = ssm_model_load(dir, &m), SSMD_OK);
+	if (rc)
+		goto out;
+	c = ssm_model_config(m);
+	V = c->vocab_size;
+	CHECK_RC(rc = open_backend(m, SSM_BACKEND_CUDA, SSM_DTYPE_F32, 2, &gpu), SSMD_OK);
+	if (rc)
+		goto out;
+	CHECK_RC(rc = open_backend(m, SSM_BACKEND_CPU, SSM_DTYPE_F32, 1, &cpu), SSMD_OK);
+	if (rc)
+		goto out;
+	CHECK_RC(rc = open_backend(m, SSM_BACKEND_CUDA, SSM_DTYPE_BF16, 1, &bf), SSMD_OK);
+	if (rc)
+		goto out;
+	logits = malloc(fx.n_tokens * V * sizeof(float));
+	cpu_logits = malloc(fx.n_tokens * V * sizeof(float));
+	bf_logits = malloc(fx.n_tokens * V * sizeof(float));
+	ne = (size_t)c->n_layer * c->d_inner;
+	conv = malloc(ne * (c->d_conv - 1) * sizeof(float));
+	if (!logits || !cpu_logits || !bf_logits || !conv ||
+	    ssm_model_state_alloc(m, &st)) {
+		CHECK(0, "out of memory");
+		goto out;
+	}
+
+	/* one prefill, logits at every position */
+	ssm_prefill_args pa = {0};
+	pa.tokens = fx.tokens;
+	pa.n_tokens = fx.n_tokens;
+	pa.all_logits = logits;
+	CHECK_RC(ssm_prefill(gpu, 0, &pa), SSMD_OK);
+	e = rel(logits, fx.logits, fx.n_tokens * V);
+	CHECK(e <= TOL_REF, "%s: prefill logits rel %.3g > %g", dir, e, TOL_REF);
+	CHECK_RC(ssm_slot_get(gpu, 0, st), SSMD_OK);
+	e = rel(st->ssm, fx.ssm, ne * c->d_state);
+	CHECK(e <= TOL_REF, "%s: ssm state rel %.3g > %g", dir, e, TOL_REF);
+	/* HF keeps d_conv columns, newest last; the canonical state the newest
+	 * d_conv-1, oldest first */
+	for (j = 0; j < ne; j++)
+		for (k = 0; k < c->d_conv - 1; k++)
+			conv[j * (c->d_conv - 1) + k] = fx.conv[j * c->d_conv + k + 1];
+	e = rel(st->conv, conv, ne * (c->d_conv - 1));
+	CHECK(e <= TOL_REF, "%s: conv state rel %.3g > %g", dir, e, TOL_REF);
+	CHECK(st->n_tokens == fx.n_tokens, "%s: n_tokens %llu", dir,
+	      (unsigned long long)st->n_tokens);
+
+	/* the CPU reference backend, same tokens */
+	pa.all_logits = cpu_logits;
+	CHECK_RC(ssm_prefill(cpu, 0, &pa), SSMD_OK);
+	e = rel(logits, cpu_logits, fx.n_tokens * V);
+	CHECK(e <= TOL_CPU, "%s: GPU vs CPU prefill logits rel %.3g > %g", dir, e, TOL_CPU);
+
+	/* token by token through decode on slot 1 */
+	for (t = 0; t < fx.n_tokens; t++) {
+		int s1 = 1;
+		CHECK_RC(ssm_decode(gpu, &s1, &fx.tokens[t], 1, logits + t * V), SSMD_OK);
+	}
+	e = rel(logits, fx.logits, fx.n_tokens * V);
+	CHECK(e <= TOL_REF, "%s: decode logits rel %.3g > %g", dir, e, TOL_REF);
+
+	/* BF16 weights: logits near F32, and greedy continuations agree */
+	pa.all_logits = bf_logits;
+	CHECK_RC(ssm_prefill(bf, 0, &pa), SSMD_OK);
+	e = rel(bf_logits, fx.logits, fx.n_tokens * V);
+	CHECK(e <= TOL_BF16, "%s: BF16 prefill logits rel %.3g > %g", dir, e, TOL_BF16);
+	memcpy(logits, cpu_logits + (fx.n_tokens - 1) * V, V * sizeof(float));
+	memcpy(bf_logits, bf_logits + (fx.n_tokens - 1) * V, V * sizeof(float));
+	for (i = 0; i < steps; i++) {
+		int s0 = 0;
+		tok_f32[i] = argmax(logits, V);
+		tok_bf[i] = argmax(bf_logits, V);
+		CHECK_RC(ssm_decode(cpu, &s0, &tok_f32[i], 1, logits), SSMD_OK);
+		CHECK_RC(ssm_decode(bf, &s0, &tok_f32[i], 1, bf_logits), SSMD_OK);
+		e = rel(bf_logits, logits, V);
+		if (e > worst_bf)
+			worst_bf = e;
+	}
+	for (i = 0; i < steps && tok_f32[i] == tok_bf[i]; i++)
+		;
+	CHECK(i == steps, "%s: BF16 greedy token %d differs (%d vs %d)", dir, i,
+	      tok_bf[i < steps ? i : 0], tok_f32[i < steps ? i : 0]);
+	CHECK(worst_bf <= TOL_BF16, "%s: BF16 decode logits rel %.3g > %g", dir,
+	      worst_bf, TOL_BF16);
+	printf("  %-40s F32 ok, BF16 worst decode rel %.2e\n", dir, worst_bf);
+	(void)worst;
+out:
+	ssm_state_free(st);
+	free(logits);
+	free(cpu_logits);
+	free(bf_logits);
+	free(conv);
+	ssm_backend_close(bf);
+	ssm_backend_close(cpu);
+	ssm_backend_close(gpu);
+	ssm_model_free(m);
+	fixture_free(&fx);
+}
+
+/* ------------------------------------------------- states across backends -- */
+
+/* Prefill 200 tokens on `from`, move the state to `to` through the canonical
+ * form, and continue both with the same 16 tokens: the logits must agree. */
+static void test_cross(const ssm_model *m, ssm_backend *from, ssm_backend *to,
+		       const char *what)
+{
+	const int V = ssm_model_config(m)->vocab_size;
+	int32_t toks[216];
+	uint64_t seed = 7;
+	float *la = malloc(V * sizeof(float)), *lb = malloc(V * sizeof(float));
+	ssm_state *st = NULL;
+	ssm_prefill_args pa = {0};
+	double worst = 0, e;
+	int i, s0 = 0;
+
+	if (!la || !lb || ssm_model_state_alloc(m, &st)) {
+		CHECK(0, "out of memory");
+		goto out;
+	}
+	fill_tokens(toks, 216, V, &seed);
+	pa.tokens = toks;
+	pa.n_tokens = 200; /* several scan segments of one chunk */
+	CHECK_RC(ssm_slot_reset(from, 0), SSMD_OK);
+	CHECK_RC(ssm_prefill(from, 0, &pa), SSMD_OK);
+	CHECK_RC(ssm_slot_get(from, 0, st), SSMD_OK);
+	CHECK_RC(ssm_slot_set(to, 0, st), SSMD_OK);
+	CHECK_RC(ssm_slot_logits(from, 0, la), SSMD_OK);
+	CHECK_RC(ssm_slot_logits(to, 0, lb), SSMD_OK);
+	worst = rel(lb, la, V);
+	for (i = 200; i < 216; i++) {
+		CHECK_RC(ssm_decode(from, &s0, &toks[i], 1, la), SSMD_OK);
+		CHECK_RC(ssm_decode(to, &s0, &toks[i], 1, lb), SSMD_OK);
+		if ((e = rel(lb, la, V)) > worst)
+			worst = e;
+		CHECK(argmax(la, V) == argmax(lb, V), "%s: greedy token differs at %d", what, i);
+	}
+	CHECK(worst <= TOL_CPU, "%s: continued logits rel %.3g > %g", what, worst, TOL_CPU);
+	printf("  %-40s continued 16 tokens, worst rel %.2e\n", what, worst);
+out:
+	ssm_state_free(st);
+	free(la);
+	free(lb);
+}
+
+/* ----------------------------------------------------- batched decoding -- */
+
+/* 64 slots with different histories decode one batch (in a shuffled order)
+ * and, on a twin backend, one at a time: same logits, states and tokens. */
+static void test_batch(const ssm_model *m, ssm_dtype dt, int n)
+{
+	const ssm_config *c = ssm_model_config(m);
+	const int V = c->vocab_size;
+	ssm_backend *a = NULL, *b = NULL;
+	ssm_state *sa = NULL, *sb = NULL;
+	int32_t toks[128], step[64];
+	int slots[64], i, j, step_no;
+	float *la = malloc((size_t)64 * V * sizeof(float));
+	float *lb = malloc((size_t)V * sizeof(float));
+	uint64_t seed = 99;
+	double worst = 0, worst_state = 0, e;
+	const double tol = dt == SSM_DTYPE_F32 ? TOL_BATCH : TOL_BATCH_BF16;
+
+	if (!la || !lb || ssm_model_state_alloc(m, &sa) || ssm_model_state_alloc(m, &sb)) {
+		CHECK(0, "out of memory");
+		goto out;
+	}
+	if (open_backend(m, SSM_BACKEND_CUDA, dt, 64, &a) ||
+	    open_backend(m, SSM_BACKEND_CUDA, dt, 64, &b)) {
+		CHECK(0, "open: %s", ssmd_errmsg());
+		goto out;
+	}
+	for (i = 0; i < 64; i++) {
+		ssm_prefill_args pa = {0};
+		fill_tokens(toks, 128, V, &seed);
+		pa.tokens = toks;
+		pa.n_tokens = 1 + (size_t)(i * 37) % 100;
+		CHECK_RC(ssm_prefill(a, i, &pa), SSMD_OK);
+		CHECK_RC(ssm_prefill(b, i, &pa), SSMD_OK);
+		slots[i] = (i * 29 + 5) % 64; /* a permutation of 0..63 */
+	}
+	fill_tokens(step, 64, V, &seed);
+	for (step_no = 0; step_no < 4; step_no++) {
+		CHECK_RC(ssm_decode(a, slots, step, n, la), SSMD_OK);
+		for (i = 0; i < n; i++) {
+			CHECK_RC(ssm_decode(b, &slots[i], &step[i], 1, lb), SSMD_OK);
+			if ((e = rel(la + (size_t)i * V, lb, V)) > worst)
+				worst = e;
+			j = argmax(lb, V);
+			CHECK(argmax(la + (size_t)i * V, V) == j,
+			      "batch %d: slot %d greedy token differs", n, slots[i]);
+			step[i] = j;
+		}
+	}
+	for (i = 0; i < 64; i++) {
+		CHECK_RC(ssm_slot_get(a, i, sa), SSMD_OK);
+		CHECK_RC(ssm_slot_get(b, i, sb), SSMD_OK);
+		if ((e = state_rel(sa, sb)) > worst_state)
+			worst_state = e;
+		CHECK(sa->n_tokens == sb->n_tokens, "batch %d: slot %d n_tokens", n, i);
+	}
+	CHECK(worst <= tol, "batch %d: logits rel %.3g > %g", n, worst, tol);
+	CHECK(worst_state <= tol, "batch %d: state rel %.3g > %g", n, worst_state, tol);
+	printf("  batch %2d (%s) vs alone: logits rel %.2e, states rel %.2e\n", n,
+	       dt == SSM_DTYPE_F32 ? "f32" : "bf16", worst, worst_state);
+out:
+	ssm_state_free(sa);
+	ssm_state_free(sb);
+	ssm_backend_close(a);
+	ssm_backend_close(b);
+	free(la);
+	free(lb);
+}
+
+/* ------------------------------------------------------- checkpoints ----- */
+
+typedef struct ck_ctx {
+	ssm_state *got[16];
+	size_t pos[16];
+	int n, abort_at;
+} ck_ctx;
+
+static int ck_collect(void *ctx, size_t pos, const ssm_state *st)
+{
+	ck_ctx *k = ctx;
+
+	if (k->n == k->abort_at)
+		return SSMD_ECANCELED;
+	k->pos[k->n] = pos;
+	ssm_state_copy(k->got[k->n], st);
+	k->n++;
+	return 0;
+}
+
+/* Checkpoints inside a prefill (crossing chunk boundaries when the backend
+ * was opened with a small SSMD_CUDA_CHUNK) equal the CPU reference's state
+ * after prefilling exactly that many tokens; an aborting callback leaves the
+ * slot at that checkpoint. */
+static void test_checkpoints(const ssm_model *m, ssm_backend *gpu, ssm_backend *cpu)
+{
+	const int V = ssm_model_config(m)->vocab_size;
+	static const size_t want[] = {1, 17, 64, 65, 128, 200, 255, 300};
+	const int nw = sizeof(want) / sizeof(want[0]);
+	int32_t toks[300];
+	uint64_t seed = 1234;
+	ck_ctx k = {.n = 0, .abort_at = -1};
+	ssm_state *ref = NULL, *cur = NULL;
+	ssm_prefill_args pa = {0};
+	double worst = 0, e;
+	int i;
+
+	if (ssm_model_state_alloc(m, &ref) || ssm_model_state_alloc(m, &cur)) {
+		CHECK(0, "out of memory");
+		goto out;
+	}
+	for (i = 0; i < nw; i++)
+		if (ssm_model_state_alloc(m, &k.got[i])) {
+			CHECK(0, "out of memory");
+			goto out;
+		}
+	fill_tokens(toks, 300, V, &seed);
+	pa.tokens = toks;
+	pa.n_tokens = 300;
+	pa.ckpt_pos = want;
+	pa.n_ckpt = nw;
+	pa.ckpt_fn = ck_collect;
+	pa.ckpt_ctx = &k;
+	CHECK_RC(ssm_slot_reset(gpu, 0), SSMD_OK);
+	CHECK_RC(ssm_prefill(gpu, 0, &pa), SSMD_OK);
+	CHECK(k.n == nw, "checkpoints: %d callbacks, want %d", k.n, nw);
+	for (i = 0; i < k.n; i++) {
+		ssm_prefill_args pr = {0};
+		CHECK(k.pos[i] == want[i], "checkpoint %d at %zu", i, k.pos[i]);
+		CHECK_RC(ssm_slot_reset(cpu, 0), SSMD_OK);
+		pr.tokens = toks;
+		pr.n_tokens = want[i];
+		CHECK_RC(ssm_prefill(cpu, 0, &pr), SSMD_OK);
+		CHECK_RC(ssm_slot_get(cpu, 0, ref), SSMD_OK);
+		if ((e = state_rel(k.got[i], ref)) > worst)
+			worst = e;
+		CHECK(k.got[i]->n_tokens == want[i], "checkpoint %d n_tokens %llu", i,
+		      (unsigned long long)k.got[i]->n_tokens);
+	}
+	CHECK(worst <= TOL_CPU, "checkpoint states rel %.3g > %g", worst, TOL_CPU);
+	printf("  %d checkpoints in a 300-token prefill vs CPU prefill-to-position: rel %.2e\n",
+	       k.n, worst);
+
+	/* abort at the fourth checkpoint (position 65): the slot stays there */
+	k.n = 0;
+	k.abort_at = 3;
+	CHECK_RC(ssm_slot_reset(gpu, 0), SSMD_OK);
+	CHECK_RC(ssm_prefill(gpu, 0, &pa), SSMD_ECANCELED);
+	CHECK_RC(ssm_slot_get(gpu, 0, cur), SSMD_OK);
+	CHECK(cur->n_tokens == want[3], "aborted prefill left n_tokens %llu",
+	      (unsigned long long)cur->n_tokens);
+	CHECK_RC(ssm_slot_reset(cpu, 0), SSMD_OK);
+	pa.ckpt_pos = NULL;
+	pa.n_ckpt = 0;
+	pa.n_tokens = want[3];
+	CHECK_RC(ssm_prefill(cpu, 0, &pa), SSMD_OK);
+	CHECK_RC(ssm_slot_get(cpu, 0, ref), SSMD_OK);
+	e = state_rel(cur, ref);
+	CHECK(e <= TOL_CPU, "aborted prefill state rel %.3g", e);
+out:
+	for (i = 0; i < nw; i++)
+		ssm_state_free(k.got[i]);
+	ssm_state_free(ref);
+	ssm_state_free(cur);
+}
+
+/* --------------------------------------------- slots: exact round trips -- */
+
+static void test_slots(const ssm_model *m, ssm_backend *gpu)
+{
+	const int V = ssm_model_config(m)->vocab_size;
+	ssm_state *a = NULL, *b = NULL;
+	int32_t toks[40];
+	uint64_t seed = 5;
+	float *la = malloc(V * sizeof(float)), *lb = malloc(V * sizeof(float));
+	ssm_prefill_args pa = {0};
+	int s0 = 0, s1 = 1, i;
+
+	if (!la || !lb || ssm_model_state_alloc(m, &a) || ssm_model_state_alloc(m, &b)) {
+		CHECK(0, "out of memory");
+		goto out;
+	}
+	fill_tokens(toks, 40, V, &seed);
+	pa.tokens = toks;
+	pa.n_tokens = 32;
+	pa.last_logits = la;
+	CHECK_RC(ssm_slot_reset(gpu, 0), SSMD_OK);
+	CHECK_RC(ssm_prefill(gpu, 0, &pa), SSMD_OK);
+	CHECK_RC(ssm_slot_logits(gpu, 0, lb), SSMD_OK);
+	CHECK(rel(lb, la, V) <= 1e-6, "slot_logits vs prefill last logits rel %.3g",
+	      rel(lb, la, V));
+	/* get -> set -> get is bit-exact, and continuing is bit-identical */
+	CHECK_RC(ssm_slot_get(gpu, 0, a), SSMD_OK);
+	CHECK_RC(ssm_slot_set(gpu, 1, a), SSMD_OK);
+	CHECK_RC(ssm_slot_get(gpu, 1, b), SSMD_OK);
+	CHECK(!memcmp(a->ssm, b->ssm, sizeof(float) * a->n_layer * a->d_inner * a->d_state) &&
+	      !memcmp(a->hidden, b->hidden, sizeof(float) * a->d_model) &&
+	      a->n_tokens == b->n_tokens, "slot set/get round trip not exact");
+	for (i = 32; i < 40; i++) {
+		CHECK_RC(ssm_decode(gpu, &s0, &toks[i], 1, la), SSMD_OK);
+		CHECK_RC(ssm_decode(gpu, &s1, &toks[i], 1, lb), SSMD_OK);
+		CHECK(!memcmp(la, lb, V * sizeof(float)), "resumed slot differs at %d", i);
+	}
+	/* fork: copy continues identically too */
+	CHECK_RC(ssm_slot_copy(gpu, 1, 0), SSMD_OK);
+	CHECK_RC(ssm_decode(gpu, &s0, &toks[0], 1, la), SSMD_OK);
+	CHECK_RC(ssm_decode(gpu, &s1, &toks[0], 1, lb), SSMD_OK);
+	CHECK(!memcmp(la, lb, V * sizeof(float)), "forked slot differs");
+	/* reset empties a slot */
+	CHECK_RC(ssm_slot_reset(gpu, 1), SSMD_OK);
+	CHECK_RC(ssm_slot_logits(gpu, 1, lb), SSMD_EEMPTY);
+out:
+	ssm_state_free(a);
+	ssm_state_free(b);
+	free(la);
+	free(lb);
+}
+
+/* ------------------------------------------------ sampling on the device -- */
+
+/* decode_sample on one backend gives exactly ssm_sample() of ssm_decode()'s
+ * logits on a twin backend, greedy and sampled rows mixed. */
+static void test_decode_sample(const ssm_model *m, ssm_dtype dt)
+{
+	const int V = ssm_model_config(m)->vocab_size, n = 16;
+	ssm_backend *a = NULL, *b = NULL;
+	ssm_sampler sp[16];
+	uint64_t idx[16], seed = 77;
+	int32_t tok[16], next[16];
+	int slots[16], i, step, mism = 0;
+	float *lg = malloc((size_t)n * V * sizeof(float));
+
+	if (!lg || open_backend(m, SSM_BACKEND_CUDA, dt, n, &a) ||
+	    open_backend(m, SSM_BACKEND_CUDA, dt, n, &b)) {
+		CHECK(0, "open: %s", ssmd_errmsg());
+		goto out;
+	}
+	fill_tokens(tok, n, V, &seed);
+	for (i = 0; i < n; i++) {
+		slots[i] = i;
+		sp[i].temperature = i % 4 == 0 ? 0.0f : 0.5f + 0.1f * i;
+		sp[i].top_k = i % 3 == 1 ? 20 : 0;
+		sp[i].top_p = i % 5 == 2 ? 0.9f : 1.0f;
+		sp[i].seed = 1000 + i;
+		idx[i] = 0;
+	}
+	for (step = 0; step < 8; step++) {
+		CHECK_RC(ssm_decode_sample(a, slots, tok, n, sp, idx, next), SSMD_OK);
+		CHECK_RC(ssm_decode(b, slots, tok, n, lg), SSMD_OK);
+		for (i = 0; i < n; i++) {
+			int32_t want = ssm_sample(lg + (size_t)i * V, V, &sp[i], idx[i]);
+			if (want != next[i])
+				mism++;
+			tok[i] = want;
+			idx[i]++;
+		}
+	}
+	CHECK(mism == 0, "decode_sample: %d of %d tokens differ from ssm_sample", mism, 8 * n);
+out:
+	ssm_backend_close(a);
+	ssm_backend_close(b);
+	free(lg);
+}
+
+/* ----------------------------------------------- a mamba-130m-shaped model -- */
+
+static void test_big(const char *dir)
+{
+	ssm_model *m = NULL;
+	ssm_backend *f = NULL, *h = NULL;
+	int32_t toks[64], tf, tb;
+	uint64_t seed = 3;
+	float *lf = NULL, *lh = NULL;
+	ssm_prefill_args pa = {0};
+	double worst = 0, e;
+	int V, i, s0 = 0, same = 1, first_diff = -1;
+
+	CHECK_RC(ssm_model_load(dir, &m), SSMD_OK);
+	if (!m)
+		return;
+	V = ssm_model_config(m)->vocab_size;
+	lf = malloc(V * sizeof(float));
+	lh = malloc(V * sizeof(float));
+	if (!lf || !lh || open_backend(m, SSM_BACKEND_CUDA, SSM_DTYPE_F32, 1, &f) ||
+	    open_backend(m, SSM_BACKEND_CUDA, SSM_DTYPE_BF16, 1, &h)) {
+		CHECK(0, "open: %s", ssmd_errmsg());
+		goto out;
+	}
+	fill_tokens(toks, 64, V, &seed);
+	pa.tokens = toks;
+	pa.n_tokens = 64;
+	pa.last_logits = lf;
+	CHECK_RC(ssm_prefill(f, 0, &pa), SSMD_OK);
+	pa.last_logits = lh;
+	CHECK_RC(ssm_prefill(h, 0, &pa), SSMD_OK);
+	worst = rel(lh, lf, V);
+	for (i = 0; i < 256; i++) {
+		tf = argmax(lf, V);
+		tb = argmax(lh, V);
+		if (tf != tb && same) {
+			same = 0;
+			first_diff = i;
+		}
+		CHECK_RC(ssm_decode(f, &s0, &tf, 1, lf), SSMD_OK);
+		CHECK_RC(ssm_decode(h, &s0, &tf, 1, lh), SSMD_OK);
+		if ((e = rel(lh, lf, V)) > worst)
+			worst = e;
+	}
+	CHECK(same, "%s: BF16 greedy differs from F32 at step %d", dir, first_diff);
+	CHECK(worst <= TOL_BF16, "%s: BF16 logits rel %.3g > %g", dir, worst, TOL_BF16);
+	printf("  %-40s BF16 vs F32 over 256 greedy steps: worst rel %.2e, tokens %s\n",
+	       dir, worst, same ? "identical" : "differ");
+out:
+	free(lf);
+	free(lh);
+	ssm_backend_close(h);
+	ssm_backend_close(f);
+	ssm_model_free(m);
+}
+
+int main(void)
+{
+	const char *shared = getenv("SSMD_SHARED_FIXTURES");
+	const char *local = getenv("SSMD_TEST_FIXTURES");
+	const char *big = getenv("SSMD_CUDA_BIG_MODEL");
+	static const char *const dirs[] = {"bf16-deep", "bias-untied", "conv3-rank7",
+					   "f16-sharded"};
+	char path[1024];
+	ssm_model *m = NULL;
+	ssm_backend *gpu = NULL, *cpu = NULL;
+	ssm_backend_opts o;
+	size_t i;
+	int rc;
+
+	setvbuf(stdout, NULL, _IOLBF, 0); /* progress survives a timeout */
+	if (getenv("SSMD_CUDA_QUICK"))
+		steps = 16;
+	snprintf(path, sizeof(path), "%s/tiny-mamba", shared ? shared : "");
+	if (ssm_model_load(path, &m)) {
+		SKIP("no tiny-mamba fixture at %s: %s", path, ssmd_errmsg());
+		return check_summary("cuda");
+	}
+	ssm_backend_opts_init(&o);
+	o.kind = SSM_BACKEND_CUDA;
+	rc = ssm_backend_open(m, &o, &gpu);
+	if (rc == SSMD_EUNSUPPORTED) {
+		SKIP("CUDA backend not available: %s", ssmd_errmsg());
+		ssm_model_free(m);
+		return check_summary("cuda");
+	}
+	CHECK_RC(rc, SSMD_OK);
+	ssm_backend_close(gpu);
+	gpu = NULL;
+
+	printf("HF fixtures (F32 tol %g vs float64, %g vs CPU; BF16 tol %g):\n",
+	       TOL_REF, TOL_CPU, TOL_BF16);
+	test_fixture(path);
+	for (i = 0; local && i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+		char d[1024];
+		snprintf(d, sizeof(d), "%s/%s", local, dirs[i]);
+		test_fixture(d);
+	}
+
+	printf("states across backends (tol %g):\n", TOL_CPU);
+	if (open_backend(m, SSM_BACKEND_CUDA, SSM_DTYPE_F32, 2, &gpu) ||
+	    open_backend(m, SSM_BACKEND_CPU, SSM_DTYPE_F32, 1, &cpu)) {
+		CHECK(0, "open: %s", ssmd_errmsg());
+		goto out;
+	}
+	test_cross(m, gpu, cpu, "GPU state -> CPU");
+	test_cross(m, cpu, gpu, "CPU state -> GPU");
+	test_slots(m, gpu);
+	ssm_backend_close(gpu);
+	gpu = NULL;
+
+	printf("batched decode (tol %g f32, %g bf16):\n", TOL_BATCH, TOL_BATCH_BF16);
+	test_batch(m, SSM_DTYPE_F32, 64);
+	test_batch(m, SSM_DTYPE_F32, 37);
+	test_batch(m, SSM_DTYPE_BF16, 64);
+
+	/* chunks of 160 tokens: scan segments of 64, 64 and 32, two chunks */
+	printf("checkpoints inside prefill (tol %g), prefill chunks of 160 tokens:\n", TOL_CPU);
+	setenv("SSMD_CUDA_CHUNK", "160", 1);
+	if (open_backend(m, SSM_BACKEND_CUDA, SSM_DTYPE_F32, 1, &gpu)) {
+		CHECK(0, "open: %s", ssmd_errmsg());
+		goto out;
+	}
+	unsetenv("SSMD_CUDA_CHUNK");
+	test_checkpoints(m, gpu, cpu);
+	ssm_backend_close(gpu);
+	gpu = NULL;
+
+	printf("sampling on the device:\n");
+	test_decode_sample(m, SSM_DTYPE_F32);
+	test_decode_sample(m, SSM_DTYPE_BF16);
+
+	if (big) {
+		printf("mamba-130m-shaped random model:\n");
+		test_big(big);
+	}
+out:
+	ssm_backend_close(gpu);
+	ssm_backend_close(cpu);
+	ssm_model_free(m);
+	return check_summary("cuda");
+}
