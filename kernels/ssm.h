@@ -263,6 +263,8 @@ int ssm_merge_interpolate(const ssm_state *const *src, const double *weights,
  * (the decay of h_A over B's tokens is prod_t exp(A dt_t)). conv and hidden
  * are B's (the newest inputs); dt_sum = dt_sum_A + dt_sum_B and
  * n_tokens = n_tokens_A + n_tokens_B. The model is borrowed for the call.
+ * More than two states compose left to right, compose(compose(A, B), C),
+ * which in exact arithmetic equals compose(A, compose(B, C)).
  * Errors: SSMD_EINVAL for a NULL pointer, out shaped unlike the states, or
  * a dt_sum of B that is negative or not finite (no state of a model has
  * one); SSMD_EMODEL when a or b is not a state of m (shape or fingerprint);
