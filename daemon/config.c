@@ -31,6 +31,7 @@ static const struct key keys[] = {
 	KS(store, "state library file, created if missing"),
 	KS(listen, "request/reply URL (default ipc://RUN_DIR/ssmd.sock)"),
 	KS(events, "event publish URL (default ipc://RUN_DIR/ssmd-events.sock)"),
+	KS(jobs, "fire-and-forget pull URL (default ipc://RUN_DIR/ssmd-jobs.sock)"),
 	KS(run_dir, "directory of the default ipc sockets"),
 	KS(backend, "auto | cpu | cuda"),
 	KI(slots, 1, 65536, "live states on the backend"),
@@ -394,6 +395,9 @@ int cfg_finish(cfg *c)
 	if (!c->events && (rc = str_printf(&c->events,
 					   "ipc://%s/ssmd-events.sock",
 					   c->run_dir)))
+		return rc;
+	if (!c->jobs && (rc = str_printf(&c->jobs, "ipc://%s/ssmd-jobs.sock",
+					 c->run_dir)))
 		return rc;
 	return SSMD_OK;
 }

@@ -25,6 +25,8 @@ typedef struct cfg {
 	char *store;            /* state library file (required; created if missing) */
 	char *listen;           /* request/reply URL; default ipc://RUN_DIR/ssmd.sock */
 	char *events;           /* publish URL; default ipc://RUN_DIR/ssmd-events.sock */
+	char *jobs;             /* pull URL of fire-and-forget requests;
+				 * default ipc://RUN_DIR/ssmd-jobs.sock */
 	char *run_dir;          /* default $XDG_RUNTIME_DIR/ssmd, else ./run */
 	char *backend;          /* auto | cpu | cuda */
 	int slots;              /* live states on the backend */
@@ -62,8 +64,8 @@ int cfg_load_file(cfg *c, const char *path);
 int cfg_parse_args(cfg *c, int argc, char **argv);
 
 /* Checks the required keys and fills the derived defaults (run_dir, listen,
- * events). SSMD_EINVAL when model or store is missing, SSMD_ENOMEM. Does not
- * touch the file system. */
+ * events, jobs). SSMD_EINVAL when model or store is missing, SSMD_ENOMEM.
+ * Does not touch the file system. */
 int cfg_finish(cfg *c);
 
 /* Prints the flags and their defaults. */

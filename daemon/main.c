@@ -147,13 +147,15 @@ int main(int argc, char **argv)
 		status = fail("request cache");
 		goto out;
 	}
-	if ((rc = ipc_dir_make(c.listen)) || (rc = ipc_dir_make(c.events))) {
+	if ((rc = ipc_dir_make(c.listen)) || (rc = ipc_dir_make(c.events)) ||
+	    (rc = ipc_dir_make(c.jobs))) {
 		status = fail("run directory");
 		goto out;
 	}
 	struct server_opts so = {
 		.listen = c.listen,
 		.events = c.events,
+		.jobs = c.jobs,
 		.max_message = c.max_message,
 		.contexts = c.contexts,
 	};
@@ -181,7 +183,8 @@ int main(int argc, char **argv)
 	log_info("model %s, backend %s, %d slots, store %s", name,
 		 sched_backend_name(sc), c.slots, c.store);
 	/* The line tests and scripts wait for. */
-	fprintf(stderr, "ssmd ready listen=%s events=%s\n", c.listen, c.events);
+	fprintf(stderr, "ssmd ready listen=%s events=%s jobs=%s\n", c.listen,
+		c.events, c.jobs);
 	fflush(stderr);
 
 	if (sigwait(&sigs, &sig) == 0)

@@ -161,6 +161,8 @@ int rcache_begin(rcache *c, const char *client_id, const char *request_id,
 		*reply = copy;
 		*len = e->reply_len;
 		*state = RCACHE_DONE;
+	} else if (e && !waiter) {
+		*state = RCACHE_PENDING;
 	} else if (e) {
 		struct waiter *w = malloc(sizeof(*w));
 		if (!w) {

@@ -47,7 +47,8 @@ void rcache_free(rcache *c);
 
 /* Looks (client_id, request_id) up; client_id may be NULL (= ""). Writes
  * *state; for RCACHE_DONE also *reply (malloc'd copy, caller frees) and
- * *len; for RCACHE_PENDING, waiter (not NULL) is attached. SSMD_ENOMEM
+ * *len; for RCACHE_PENDING, waiter is attached (unless it is NULL: then the
+ * caller just leaves the answer to the first execution). SSMD_ENOMEM
  * (nothing changed). */
 int rcache_begin(rcache *c, const char *client_id, const char *request_id,
 		 void *waiter, void **reply, size_t *len, int *state);

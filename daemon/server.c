@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include <nng/nng.h>
+#include <nng/protocol/pipeline0/pull.h>
 #include <nng/protocol/pubsub0/pub.h>
 #include <nng/protocol/reqrep0/rep.h>
 #include <nng/transport/ipc/ipc.h>
@@ -31,10 +32,18 @@ struct ctx {
 	char request_id[PROTO_MAX_ID_LEN + 1];
 };
 
+/* A request pushed to the jobs endpoint, on its way. */
+struct push {
+	server *srv;
+	char client_id[PROTO_MAX_ID_LEN + 1];
+	char request_id[PROTO_MAX_ID_LEN + 1];
+};
+
 struct server {
-	nng_socket rep, pub;
-	int rep_open, pub_open;
-	nng_listener rep_l, pub_l;
+	nng_socket rep, pub, pull;
+	int rep_open, pub_open, pull_open;
+	nng_listener rep_l, pub_l, pull_l;
+	nng_aio *pull_aio;
 	struct ctx *ctxs;
 	int n_ctxs;
 	sched *sched;
@@ -96,8 +105,15 @@ int server_open(const struct server_opts *o, server **out)
 	srv->pub_open = 1;
 	/* The socket-level limit covers dialers added later too. */
 	nng_socket_set_size(srv->rep, NNG_OPT_RECVMAXSZ, (size_t)o->max_message);
+	if ((rv = nng_pull0_open(&srv->pull))) {
+		rc = nng_to_ssmd(rv, "cannot open", "PULL socket");
+		goto fail;
+	}
+	srv->pull_open = 1;
+	nng_socket_set_size(srv->pull, NNG_OPT_RECVMAXSZ, (size_t)o->max_message);
 	if ((rc = listen_on(srv->rep, o->listen, o->max_message, &srv->rep_l)) ||
-	    (rc = listen_on(srv->pub, o->events, o->max_message, &srv->pub_l)))
+	    (rc = listen_on(srv->pub, o->events, o->max_message, &srv->pub_l)) ||
+	    (rc = listen_on(srv->pull, o->jobs, o->max_message, &srv->pull_l)))
 		goto fail;
 	*out = srv;
 	return SSMD_OK;
@@ -131,7 +147,8 @@ static void ctx_send(struct ctx *c, const void *reply, size_t len)
 /* A resend that waited for the first execution gets its reply. */
 static void waiter_reply(void *waiter, const void *reply, size_t len)
 {
-	ctx_send(waiter, reply, len);
+	if (waiter)
+		ctx_send(waiter, reply, len);
 }
 
 /* The job of c's request finished (scheduler or store thread). */
@@ -257,13 +274,155 @@ static void ctx_cb(void *arg)
 	}
 }
 
+/* ------------------------------------------------ jobs endpoint (PULL) -- */
+
+/* Publishes a packed Reply as the result event of a pushed request. */
+static void push_publish(server *srv, const char *request_id, const void *reply,
+			 size_t len)
+{
+	Ssmd__Event ev = SSMD__EVENT__INIT;
+	Ssmd__Reply *r = reply ? ssmd__reply__unpack(NULL, len, reply) : NULL;
+	void *frame;
+	size_t flen;
+
+	if (!r) {
+		log_error("request %s: result not published (out of memory)",
+			  request_id);
+		return;
+	}
+	ev.request_id = (char *)request_id;
+	ev.has_seq = ev.has_done = ev.has_code = 1;
+	ev.done = 1;
+	ev.code = r->code;
+	ev.reply = r;
+	if (proto_event_frame(request_id, &ev, &frame, &flen) == SSMD_OK) {
+		server_publish(srv, frame, flen);
+		free(frame);
+	}
+	ssmd__reply__free_unpacked(r, NULL);
+}
+
+/* Publishes an error result for a pushed request that never ran. */
+static void push_error(server *srv, const char *request_id, int code,
+		       const char *message)
+{
+	void *buf;
+	size_t len;
+
+	if (!request_id || !request_id[0]) {
+		log_warn("pushed request dropped (no request ID to answer under): %s",
+			 message);
+		return;
+	}
+	if (job_error_pack(request_id, code, message, &buf, &len) == SSMD_OK) {
+		push_publish(srv, request_id, buf, len);
+		free(buf);
+	}
+}
+
+/* The job of a pushed request finished. */
+static void push_reply(void *arg, const void *reply, size_t len)
+{
+	struct push *p = arg;
+
+	rcache_finish(p->srv->cache, p->client_id, p->request_id, reply, len,
+		      reply != NULL, waiter_reply);
+	push_publish(p->srv, p->request_id, reply, len);
+	free(p);
+}
+
+static void push_request(server *srv, nng_msg *msg)
+{
+	Ssmd__Request *req = NULL;
+	struct push *p = NULL;
+	struct job *j;
+	void *cached;
+	size_t len;
+	int state, rc;
+
+	rc = proto_request_decode(nng_msg_body(msg), nng_msg_len(msg), &req);
+	nng_msg_free(msg);
+	if (rc) {
+		push_error(srv, req ? req->request_id : NULL, rc, ssmd_errmsg());
+		proto_request_free(req);
+		return;
+	}
+	rc = rcache_begin(srv->cache, req->client_id, req->request_id, NULL,
+			  &cached, &len, &state);
+	if (rc) {
+		push_error(srv, req->request_id, rc, ssmd_errmsg());
+		proto_request_free(req);
+		return;
+	}
+	if (state != RCACHE_NEW) {
+		/* Pushed again: republish a finished result; one in progress
+		 * publishes its own. */
+		if (state == RCACHE_DONE) {
+			push_publish(srv, req->request_id, cached, len);
+			free(cached);
+		}
+		proto_request_free(req);
+		return;
+	}
+	p = calloc(1, sizeof(*p));
+	if (!p) {
+		rc = ssmd_err_set(SSMD_ENOMEM, "pushed request");
+	} else {
+		p->srv = srv;
+		snprintf(p->client_id, sizeof(p->client_id), "%s",
+			 req->client_id ? req->client_id : "");
+		snprintf(p->request_id, sizeof(p->request_id), "%s", req->request_id);
+	}
+	if (!rc && !(rc = job_alloc(req, push_reply, p, &j))) {
+		req = NULL; /* the job owns it now */
+		if ((rc = sched_submit(srv->sched, j)))
+			job_free(j);
+		else
+			return;
+	}
+	/* Not executed: publish the error and forget the request, so that
+	 * pushing it again runs it. */
+	{
+		void *buf;
+		const char *rid = p ? p->request_id : req->request_id;
+		char saved[PROTO_MAX_ID_LEN + 1], client[PROTO_MAX_ID_LEN + 1];
+		snprintf(saved, sizeof(saved), "%s", rid);
+		snprintf(client, sizeof(client), "%s",
+			 p ? p->client_id : (req->client_id ? req->client_id : ""));
+		if (job_error_pack(saved, rc, ssmd_errmsg(), &buf, &len) == SSMD_OK) {
+			rcache_finish(srv->cache, client, saved, buf, len, 0, waiter_reply);
+			push_publish(srv, saved, buf, len);
+			free(buf);
+		} else {
+			rcache_finish(srv->cache, client, saved, NULL, 0, 0, waiter_reply);
+		}
+	}
+	proto_request_free(req);
+	free(p);
+}
+
+static void pull_cb(void *arg)
+{
+	server *srv = arg;
+	int rv = nng_aio_result(srv->pull_aio);
+
+	if (rv == NNG_ECLOSED || rv == NNG_ECANCELED)
+		return;
+	if (rv)
+		log_warn("jobs endpoint: receive failed: %s", nng_strerror(rv));
+	else
+		push_request(srv, nng_aio_get_msg(srv->pull_aio));
+	nng_recv_aio(srv->pull, srv->pull_aio);
+}
+
 int server_start(server *srv, sched *sc, rcache *cache)
 {
+	int rv;
+
 	srv->sched = sc;
 	srv->cache = cache;
 	for (int i = 0; i < srv->n_ctxs; i++) {
 		struct ctx *c = &srv->ctxs[i];
-		int rv;
 		c->srv = srv;
 		if ((rv = nng_aio_alloc(&c->aio, ctx_cb, c)) ||
 		    (rv = nng_ctx_open(&c->ctx, srv->rep))) {
@@ -273,6 +432,9 @@ int server_start(server *srv, sched *sc, rcache *cache)
 		}
 		ctx_recv(c);
 	}
+	if ((rv = nng_aio_alloc(&srv->pull_aio, pull_cb, srv)))
+		return nng_to_ssmd(rv, "cannot start", "the jobs endpoint");
+	nng_recv_aio(srv->pull, srv->pull_aio);
 	return SSMD_OK;
 }
 
@@ -292,10 +454,15 @@ void server_close(server *srv)
 	for (int i = 0; i < srv->n_ctxs; i++)
 		if (srv->ctxs[i].aio)
 			nng_aio_stop(srv->ctxs[i].aio);
+	if (srv->pull_aio)
+		nng_aio_stop(srv->pull_aio);
 	if (srv->rep_open)
 		nng_close(srv->rep);
+	if (srv->pull_open)
+		nng_close(srv->pull);
 	if (srv->pub_open)
 		nng_close(srv->pub);
+	nng_aio_free(srv->pull_aio);
 	for (int i = 0; i < srv->n_ctxs; i++) {
 		if (srv->ctxs[i].aio) {
 			nng_aio_free(srv->ctxs[i].aio);

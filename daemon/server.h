@@ -6,9 +6,11 @@
  * never block: they decode the request, consult the request cache (a resent
  * request is answered from its first execution), and hand new work to the
  * scheduler; the reply is sent when the scheduler or the store thread
- * finishes the job. A PUB socket carries token-stream events. Every listener
- * has NNG_OPT_RECVMAXSZ set; ipc:// listeners create their socket file with
- * mode 0600.
+ * finishes the job. A PUB socket carries token-stream events. A PULL socket
+ * takes the same requests fire-and-forget: each one's Reply is published on
+ * the PUB socket, in an Event with `reply` set, under its request ID. Every
+ * listener has NNG_OPT_RECVMAXSZ set; ipc:// listeners create their socket
+ * file with mode 0600.
  *
  * Lifecycle: server_open() (binds both URLs) → server_start() (starts the
  * contexts) → ... → sched_stop() (so every job has replied) →
@@ -29,13 +31,14 @@
 struct server_opts {
 	const char *listen;     /* REP URL */
 	const char *events;     /* PUB URL */
+	const char *jobs;       /* PULL URL */
 	uint64_t max_message;   /* bytes; larger requests close their pipe */
 	int contexts;           /* requests in flight */
 };
 
 typedef struct server server;
 
-/* Opens and binds both sockets. SSMD_EIO (with nng's message) when a URL
+/* Opens and binds the three sockets. SSMD_EIO (with nng's message) when a URL
  * cannot be bound, SSMD_EINVAL on a malformed URL, SSMD_ENOMEM. */
 int server_open(const struct server_opts *o, server **out);
 
@@ -47,7 +50,7 @@ int server_start(server *srv, sched *sc, rcache *cache);
  * Matches sched_publish_fn; arg is the server. */
 void server_publish(void *arg, const void *frame, size_t len);
 
-/* Closes both sockets and frees the contexts; NULL is a no-op. Call after
+/* Closes the sockets and frees the contexts; NULL is a no-op. Call after
  * sched_stop() so no job still holds a context. */
 void server_close(server *srv);
 

@@ -48,6 +48,9 @@ int main(void)
 	CHECK_RC(rcache_begin(c, NULL, "r1", NULL, &reply, &len, &state), SSMD_OK);
 	CHECK(state == RCACHE_NEW, "anonymous r1 is NEW");
 
+	/* A NULL waiter (a pushed request) is told PENDING, not attached. */
+	CHECK_RC(rcache_begin(c, "cli", "r1", NULL, &reply, &len, &state), SSMD_OK);
+	CHECK(state == RCACHE_PENDING, "NULL waiter: PENDING");
 	CHECK_RC(rcache_finish(c, "cli", "r1", "answer", 7, 1, on_reply), SSMD_OK);
 	CHECK(w1.calls == 1 && w2.calls == 1, "both waiters called once (%d, %d)",
 	      w1.calls, w2.calls);

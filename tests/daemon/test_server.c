@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <nng/nng.h>
+#include <nng/protocol/pipeline0/push.h>
 #include <nng/protocol/pubsub0/sub.h>
 #include <nng/protocol/reqrep0/req.h>
 
@@ -25,7 +26,7 @@
 #include "proto.h"
 
 static char tmp[] = "/tmp/ssmd-test-server-XXXXXX";
-static char listen_url[700], events_url[700];
+static char listen_url[700], events_url[700], jobs_url[700];
 static char log_path[600];
 
 /* Starts ssmd; waits for its ready line in the log. Returns the pid. */
@@ -40,6 +41,7 @@ static pid_t daemon_start(const char *ssmd, const char *model)
 	snprintf(log_path, sizeof(log_path), "%s/ssmd.log", tmp);
 	snprintf(listen_url, sizeof(listen_url), "ipc://%s/ssmd.sock", run);
 	snprintf(events_url, sizeof(events_url), "ipc://%s/ssmd-events.sock", run);
+	snprintf(jobs_url, sizeof(jobs_url), "ipc://%s/ssmd-jobs.sock", run);
 	fd = open(log_path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	pid = fork();
 	if (pid == 0) {
@@ -385,6 +387,75 @@ int main(void)
 		CHECK(ok && got == 10, "events: seq 0.., 10 tokens equal the reply's");
 		if (r)
 			ssmd__reply__free_unpacked(r, NULL);
+		nng_close(sub);
+	}
+
+	/* Fire-and-forget: requests pushed to the jobs endpoint publish their
+	 * Reply as an event under their request ID. */
+	{
+		nng_socket push, sub;
+		char topic[64];
+		size_t tlen;
+		void *buf;
+		size_t len;
+		Ssmd__Event *res[4] = {0};
+		const char *rids[4] = {"job1", "job2", "jobbad", "job1"};
+		nng_push0_open(&push);
+		nng_dial(push, jobs_url, NULL, 0);
+		nng_sub0_open(&sub);
+		for (int i = 0; i < 3; i++) {
+			proto_event_topic(rids[i], topic, sizeof(topic), &tlen);
+			nng_socket_set(sub, NNG_OPT_SUB_SUBSCRIBE, topic, tlen);
+		}
+		nng_socket_set_ms(sub, NNG_OPT_RECVTIMEO, 5000);
+		nng_dial(sub, events_url, NULL, 0);
+		usleep(200000);
+		for (int i = 0; i < 4; i++) {
+			Ssmd__Request q = SSMD__REQUEST__INIT;
+			Ssmd__OpenRequest o = SSMD__OPEN_REQUEST__INIT;
+			Ssmd__AppendRequest a = SSMD__APPEND_REQUEST__INIT;
+			q.has_version = 1;
+			q.version = i == 2 ? 0 : 1;
+			q.request_id = (char *)rids[i];
+			q.client_id = "pusher";
+			if (i == 1) {
+				a.session = "s-00000000000000000000000000000000";
+				a.tokens = toks;
+				a.n_tokens = 1;
+				q.op_case = SSMD__REQUEST__OP_APPEND;
+				q.append = &a;
+			} else {
+				q.op_case = SSMD__REQUEST__OP_OPEN;
+				q.open = &o;
+			}
+			proto_msg_pack(&q.base, &buf, &len);
+			nng_send(push, buf, len, 0);
+			free(buf);
+			/* One at a time, so the events arrive in this order. */
+			void *ebuf;
+			size_t elen;
+			if (nng_recv(sub, &ebuf, &elen, NNG_FLAG_ALLOC) == 0) {
+				proto_event_parse(ebuf, elen, &res[i]);
+				nng_free(ebuf, elen);
+			}
+		}
+		CHECK(res[0] && res[0]->reply && res[0]->done && res[0]->code == 0 &&
+		      res[0]->reply->sessions && res[0]->reply->sessions->n_sessions == 1,
+		      "a pushed open publishes its reply");
+		CHECK(res[1] && res[1]->reply && res[1]->code == SSMD_ENOENT &&
+		      res[1]->reply->code == SSMD_ENOENT,
+		      "a pushed append to an unknown session publishes its error");
+		CHECK(res[2] && res[2]->reply && res[2]->code == SSMD_EPROTO,
+		      "a pushed request with a bad version publishes SSMD_EPROTO");
+		CHECK(res[0] && res[3] && res[3]->reply && res[3]->reply->sessions &&
+		      res[0]->reply->sessions &&
+		      strcmp(res[3]->reply->sessions->sessions[0]->id,
+			     res[0]->reply->sessions->sessions[0]->id) == 0,
+		      "pushing the same request ID again republishes, not reruns");
+		for (int i = 0; i < 4; i++)
+			if (res[i])
+				ssmd__event__free_unpacked(res[i], NULL);
+		nng_close(push);
 		nng_close(sub);
 	}
 
