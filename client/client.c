@@ -460,26 +460,29 @@ int ssmd_stats_get(ssmd_client *c, ssmd_stats *out)
 
 /* ------------------------------------------------------- sessions -- */
 
-/* Copies a SessionsReply with exactly want sessions into out. */
+/* Copies a SessionsReply with exactly want sessions into out; checks every
+ * entry first so that out is written only when all of them are sound. */
 static int sessions_copy(const Ssmd__SessionsReply *r, uint32_t want,
 			 ssmd_session *out)
 {
-	int rc;
-
 	if (r->n_sessions != want)
 		return ssmd_err_set(SSMD_EPROTO, "reply has %zu sessions, "
 				    "asked for %u", r->n_sessions, want);
 	for (size_t i = 0; i < r->n_sessions; i++) {
-		ssmd_session s;
-		memset(&s, 0, sizeof s);
-		if ((rc = copy_id(s.id, r->sessions[i]->id)) ||
-		    (rc = copy_id(s.base_state, r->sessions[i]->base_state)))
-			return rc;
-		if (!s.id[0])
+		const Ssmd__SessionInfo *si = r->sessions[i];
+		if (!si->id || !si->id[0])
 			return ssmd_err_set(SSMD_EPROTO, "reply has a session "
 					    "without an ID");
-		s.n_tokens = r->sessions[i]->n_tokens;
-		out[i] = s;
+		if (strlen(si->id) >= SSMD_ID_MAX ||
+		    (si->base_state && strlen(si->base_state) >= SSMD_ID_MAX))
+			return ssmd_err_set(SSMD_EPROTO, "reply carries an ID "
+					    "longer than %d bytes", SSMD_ID_MAX - 1);
+	}
+	for (size_t i = 0; i < r->n_sessions; i++) {
+		memset(&out[i], 0, sizeof out[i]);
+		copy_id(out[i].id, r->sessions[i]->id);
+		copy_id(out[i].base_state, r->sessions[i]->base_state);
+		out[i].n_tokens = r->sessions[i]->n_tokens;
 	}
 	return SSMD_OK;
 }

@@ -331,7 +331,9 @@ int main(void)
 	CHECK_RC(ssmd_session_open(c, &oa, sess), SSMD_EPROTO);
 	CHECK_RC(ssmd_session_open(c, NULL, sess), SSMD_OK);
 	CHECK(strcmp(sess[0].id, "s-1") == 0, "session '%s'", sess[0].id);
+	memset(sess, 0xAB, sizeof sess);
 	CHECK_RC(ssmd_session_open(c, NULL, sess), SSMD_EPROTO); /* ID too long */
+	CHECK((unsigned char)sess[0].id[0] == 0xAB, "out-param written on failure");
 
 	check_stream(c, "complete stream", 0);
 	check_stream(c, "stream with a gap", 1);
