@@ -835,18 +835,26 @@ static int sessions_check_room(sched *s, uint32_t count)
 	return SSMD_OK;
 }
 
-/* Forks x (at the head of its queue, so its state is current) count times. */
+/* Forks x (at the head of its queue, so its state is current) count times.
+ * Children take device-side copies while free slots last. The others start
+ * paged out on x's stored state, so a large fork costs no host memory: when
+ * x has unsaved progress it is checkpointed once first. */
 static int op_fork_live(sched *s, struct job *j, struct sess *x, uint32_t count,
 			int has_seed, uint64_t seed)
 {
 	struct sess **kids = calloc(count, sizeof(*kids));
-	uint32_t made = 0;
+	uint32_t made = 0, n_free = 0;
 	int rc = sessions_check_room(s, count);
 
 	if (!rc && !kids)
 		rc = ssmd_err_set(SSMD_ENOMEM, "fork");
+	for (int i = 0; x->slot >= 0 && !x->loading && i < s->n_slots; i++)
+		n_free += !s->slot_owner[i];
+	if (!rc && sess_dirty(x) && (x->slot < 0 || n_free < count))
+		rc = sess_store(s, x, STORE_KIND_CHECKPOINT, NULL, NULL, NULL, 0, NULL);
 	for (; !rc && made < count; made++) {
 		struct sess *k;
+		int slot = -1;
 		rc = sess_alloc(has_seed ? seed : x->seed, x->label, &kids[made]);
 		if (rc)
 			break;
@@ -858,24 +866,20 @@ static int op_fork_live(sched *s, struct job *j, struct sess *x, uint32_t count,
 		rc = sess_trans_push(k, x->trans, x->n_trans);
 		if (rc)
 			break;
-		if (x->slot >= 0 || x->mem) {
-			/* A free slot takes a device-side copy; otherwise the
-			 * state waits in host memory until the fork is used. */
-			int slot = -1;
-			for (int i = 0; x->slot >= 0 && i < s->n_slots && slot < 0; i++)
-				if (!s->slot_owner[i])
-					slot = i;
-			if (slot >= 0) {
-				rc = ssm_slot_copy(s->be, slot, x->slot);
-				if (!rc) {
-					s->slot_owner[slot] = k;
-					k->slot = slot;
-					k->last_used = ++s->tick;
-				}
-			} else {
-				rc = sess_state_copy(s, x, &k->mem);
+		for (int i = 0; x->slot >= 0 && !x->loading && i < s->n_slots &&
+				slot < 0; i++)
+			if (!s->slot_owner[i])
+				slot = i;
+		if (slot >= 0) {
+			rc = ssm_slot_copy(s->be, slot, x->slot);
+			if (!rc) {
+				s->slot_owner[slot] = k;
+				k->slot = slot;
+				k->last_used = ++s->tick;
 			}
 		}
+		/* Otherwise k is paged out: its state is its base (x is clean
+		 * now) and its first request pages it in. */
 	}
 	for (uint32_t i = 0; !rc && i < count; i++)
 		rc = sess_table_add(&s->sessions, kids[i]);

@@ -501,6 +501,27 @@ static void test_tiny(const char *fixtures)
 			      "a fork with another seed differs (T=0.7, 12 tokens)");
 		}
 		reply_free(r);
+
+		/* A live session with unsaved progress forked 3 times on one
+		 * slot (no free slot: the forks start paged out on one
+		 * checkpoint): each continues exactly like the parent. */
+		int32_t more[2] = {33, 44};
+		CHECK_RC(sess_append(s, v[1], more, 2), SSMD_OK);
+		f.source = v[1];
+		r = call(s, &q);
+		CHECK(r->code == 0 && r->sessions->n_sessions == 3,
+		      "fork of a live session into 3");
+		if (r->code == 0 && r->sessions->n_sessions == 3) {
+			int32_t fk[3][6], par[6];
+			for (int i = 0; i < 3; i++)
+				CHECK_RC(sess_generate(s, r->sessions->sessions[i]->id, 6,
+						       0.8f, 11, fk[i], &n), SSMD_OK);
+			CHECK_RC(sess_generate(s, v[1], 6, 0.8f, 11, par, &n), SSMD_OK);
+			for (int i = 0; i < 3; i++)
+				CHECK(memcmp(fk[i], par, sizeof(par)) == 0,
+				      "live fork %d continues like its parent", i);
+		}
+		reply_free(r);
 		free(id);
 		free(w);
 		for (int i = 0; i < 3; i++)
