@@ -163,8 +163,11 @@ static int conn_open(store *s, int writer, sqlite3 **out)
 	if (writer && s->opts.max_bytes) {
 		/* page_size is fixed once the file exists; a new file gets
 		 * NEW_PAGE_SIZE, set in store_open() before this matters. */
+		uint64_t pages = s->opts.max_bytes / NEW_PAGE_SIZE;
+
+		/* 0 would mean "no limit" to SQLite */
 		snprintf(sql, sizeof(sql), "PRAGMA max_page_count=%llu;",
-			 (unsigned long long)(s->opts.max_bytes / NEW_PAGE_SIZE));
+			 (unsigned long long)(pages ? pages : 1));
 		rc = store_sql_exec(db, sql);
 		if (rc)
 			goto out;
