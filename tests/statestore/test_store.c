@@ -438,6 +438,62 @@ static void test_corruption(void)
 	      "other states still read");
 	free(got);
 	free(exp);
+
+	/* damaged bookkeeping instead of payload bytes: each column the
+	 * decoder relies on, changed behind the library's back */
+	{
+		static const char *const edits[] = {
+			"UPDATE states SET raw_size=raw_size+4 WHERE id=?1",
+			"UPDATE states SET raw_size=1e12 WHERE id=?1",
+			"UPDATE states SET stored_size=stored_size-1 WHERE id=?1",
+			"UPDATE states SET codec=99 WHERE id=?1",
+			"UPDATE states SET codec=codec|16 WHERE id=?1",
+			"UPDATE states SET raw_hash=raw_hash+1 WHERE id=?1",
+			"DELETE FROM payloads WHERE n=(SELECT n FROM states"
+			" WHERE id=?1)",
+		};
+		char id[STORE_ID_SIZE];
+
+		for (size_t i = 0; i < sizeof(edits) / sizeof(*edits); i++) {
+			sqlite3 *db;
+			sqlite3_stmt *st;
+
+			CHECK_RC(put(s, STORE_KIND_SNAPSHOT, 1, 20 + i, 0, NULL, 0,
+				     NULL, 0, 0, id), SSMD_OK);
+			sqlite3_open(p, &db);
+			sqlite3_prepare_v2(db, edits[i], -1, &st, NULL);
+			sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+			CHECK(sqlite3_step(st) == SQLITE_DONE, "edit %zu", i);
+			sqlite3_finalize(st);
+			sqlite3_close(db);
+			got = NULL;
+			CHECK_RC(store_state_get(s, id, &got, &glen, NULL),
+				 SSMD_ECORRUPT);
+			CHECK(got == NULL, "edit %zu: nothing served", i);
+		}
+	}
+	/* a damaged transcript is reported, not decoded into garbage */
+	{
+		const int32_t toks[3] = { 1, 2, 3 };
+		char id[STORE_ID_SIZE];
+		int32_t *ids = NULL;
+		size_t n = 0;
+		sqlite3 *db;
+		sqlite3_stmt *st;
+
+		CHECK_RC(put(s, STORE_KIND_SNAPSHOT, 3, 40, 0, NULL, 0, toks, 3, 0,
+			     id), SSMD_OK);
+		sqlite3_open(p, &db);
+		sqlite3_prepare_v2(db, "UPDATE transcripts SET tokens=x'8080'"
+				   " WHERE n=(SELECT n FROM states WHERE id=?1)",
+				   -1, &st, NULL);
+		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+		sqlite3_step(st);
+		sqlite3_finalize(st);
+		sqlite3_close(db);
+		CHECK_RC(store_transcript(s, id, &ids, &n), SSMD_ECORRUPT);
+		CHECK(ids == NULL, "no tokens from a damaged transcript");
+	}
 	store_close(s);
 }
 
