@@ -163,6 +163,11 @@ void e2e_daemon_init(e2e_daemon *d, const char *name, const char *model,
 	snprintf(d->events, sizeof d->events, "ipc://%s/%s-events.sock",
 		 e2e_tmpdir(), name);
 	snprintf(d->log, sizeof d->log, "%s/%s.log", e2e_tmpdir(), name);
+	/* Sockets the test does not name (the daemon's defaults) go in a run
+	 * directory of the daemon's own, so that daemons never collide. */
+	snprintf(d->run_dir, sizeof d->run_dir, "%s/%s-run", e2e_tmpdir(), name);
+	if (mkdir(d->run_dir, 0700) != 0 && errno != EEXIST)
+		die("mkdir: %s", strerror(errno));
 }
 
 int e2e_daemon_start(e2e_daemon *d)
@@ -182,7 +187,7 @@ int e2e_daemon_start(e2e_daemon *d)
 	argv[n++] = "--events";
 	argv[n++] = d->events;
 	argv[n++] = "--run-dir";
-	argv[n++] = (char *)e2e_tmpdir();
+	argv[n++] = d->run_dir;
 	argv[n++] = "--backend";
 	argv[n++] = "cpu";
 	argv[n++] = "--threads";

@@ -31,6 +31,7 @@ typedef struct e2e_daemon {
 	char url[E2E_PATH_MAX];      /* request endpoint */
 	char events[E2E_PATH_MAX];   /* events endpoint */
 	char log[E2E_PATH_MAX];      /* the daemon's stderr */
+	char run_dir[E2E_PATH_MAX];  /* its own run directory (other sockets) */
 	const char *extra[8];        /* more ssmd arguments, NULL-terminated */
 } e2e_daemon;
 

@@ -32,6 +32,10 @@ class Daemon:
         self.events = f"ipc://{tmp}/{name}-events.sock"
         self.store = os.path.join(tmp, f"{name}.db")
         self.log = os.path.join(tmp, f"{name}.log")
+        # Sockets the test does not name (the daemon's defaults) go in a run
+        # directory of the daemon's own, so that daemons never collide.
+        self.run_dir = os.path.join(tmp, f"{name}-run")
+        os.makedirs(self.run_dir, exist_ok=True)
         self.proc = None
 
     def start(self):
@@ -39,7 +43,7 @@ class Daemon:
             self.proc = subprocess.Popen(
                 [SSMD, "--model", self.model, "--store", self.store,
                  "--listen", self.url, "--events", self.events,
-                 "--run-dir", self.tmp, "--backend", "cpu", "--threads", "1",
+                 "--run-dir", self.run_dir, "--backend", "cpu", "--threads", "1",
                  *self.extra], stdout=log, stderr=log)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
