@@ -30,8 +30,8 @@ static const struct key keys[] = {
 	KS(model, "model directory (Hugging Face MambaForCausalLM)"),
 	KS(store, "state library file, created if missing"),
 	KS(listen, "request/reply URL (default ipc://RUN_DIR/ssmd.sock)"),
-	KS(events, "event publish URL (default ipc://RUN_DIR/ssmd-events.sock)"),
-	KS(jobs, "fire-and-forget pull URL (default ipc://RUN_DIR/ssmd-jobs.sock)"),
+	KS(events, "event publish URL (default: the listen socket's sibling NAME-events.sock)"),
+	KS(jobs, "fire-and-forget pull URL, or off (default: sibling NAME-jobs.sock)"),
 	KS(run_dir, "directory of the default ipc sockets"),
 	KS(backend, "auto | cpu | cuda"),
 	KI(slots, 1, 65536, "live states on the backend"),
@@ -392,13 +392,32 @@ int cfg_finish(cfg *c)
 	if (!c->listen && (rc = str_printf(&c->listen, "ipc://%s/ssmd.sock",
 					   c->run_dir)))
 		return rc;
-	if (!c->events && (rc = str_printf(&c->events,
-					   "ipc://%s/ssmd-events.sock",
-					   c->run_dir)))
-		return rc;
-	if (!c->jobs && (rc = str_printf(&c->jobs, "ipc://%s/ssmd-jobs.sock",
-					 c->run_dir)))
-		return rc;
+	/* The other sockets sit beside an ipc:// listen socket
+	 * (ipc://D/NAME.sock -> ipc://D/NAME-events.sock), the rule clients
+	 * use to find them, so daemons sharing a run directory with their
+	 * own listen sockets never collide. */
+	if (strncmp(c->listen, "ipc://", 6) == 0) {
+		size_t n = strlen(c->listen);
+		int stem = (int)(n > 5 && strcmp(c->listen + n - 5, ".sock") == 0
+				 ? n - 5 : n);
+		if (!c->events &&
+		    asprintf(&c->events, "%.*s-events.sock", stem, c->listen) < 0)
+			c->events = NULL, rc = ssmd_err_set(SSMD_ENOMEM, "config");
+		if (!rc && !c->jobs &&
+		    asprintf(&c->jobs, "%.*s-jobs.sock", stem, c->listen) < 0)
+			c->jobs = NULL, rc = ssmd_err_set(SSMD_ENOMEM, "config");
+		if (rc)
+			return rc;
+	} else {
+		/* No sibling of a network address: events go to the run
+		 * directory, and the jobs endpoint is opened only on request. */
+		if (!c->events && (rc = str_printf(&c->events,
+						   "ipc://%s/ssmd-events.sock",
+						   c->run_dir)))
+			return rc;
+		if (!c->jobs && (rc = cfg_set(c, "jobs", "off")))
+			return rc;
+	}
 	return SSMD_OK;
 }
 

@@ -24,9 +24,12 @@ typedef struct cfg {
 	char *model;            /* model directory (required) */
 	char *store;            /* state library file (required; created if missing) */
 	char *listen;           /* request/reply URL; default ipc://RUN_DIR/ssmd.sock */
-	char *events;           /* publish URL; default ipc://RUN_DIR/ssmd-events.sock */
-	char *jobs;             /* pull URL of fire-and-forget requests;
-				 * default ipc://RUN_DIR/ssmd-jobs.sock */
+	char *events;           /* publish URL; default: beside an ipc:// listen
+				 * socket (D/NAME.sock -> D/NAME-events.sock),
+				 * else ipc://RUN_DIR/ssmd-events.sock */
+	char *jobs;             /* pull URL of fire-and-forget requests, or
+				 * "off"; default: D/NAME-jobs.sock beside an
+				 * ipc:// listen socket, else off */
 	char *run_dir;          /* default $XDG_RUNTIME_DIR/ssmd, else ./run */
 	char *backend;          /* auto | cpu | cuda */
 	int slots;              /* live states on the backend */

@@ -148,7 +148,7 @@ int main(int argc, char **argv)
 		goto out;
 	}
 	if ((rc = ipc_dir_make(c.listen)) || (rc = ipc_dir_make(c.events)) ||
-	    (rc = ipc_dir_make(c.jobs))) {
+	    (strcmp(c.jobs, "off") != 0 && (rc = ipc_dir_make(c.jobs)))) {
 		status = fail("run directory");
 		goto out;
 	}

@@ -105,16 +105,20 @@ int server_open(const struct server_opts *o, server **out)
 	srv->pub_open = 1;
 	/* The socket-level limit covers dialers added later too. */
 	nng_socket_set_size(srv->rep, NNG_OPT_RECVMAXSZ, (size_t)o->max_message);
-	if ((rv = nng_pull0_open(&srv->pull))) {
-		rc = nng_to_ssmd(rv, "cannot open", "PULL socket");
-		goto fail;
-	}
-	srv->pull_open = 1;
-	nng_socket_set_size(srv->pull, NNG_OPT_RECVMAXSZ, (size_t)o->max_message);
 	if ((rc = listen_on(srv->rep, o->listen, o->max_message, &srv->rep_l)) ||
-	    (rc = listen_on(srv->pub, o->events, o->max_message, &srv->pub_l)) ||
-	    (rc = listen_on(srv->pull, o->jobs, o->max_message, &srv->pull_l)))
+	    (rc = listen_on(srv->pub, o->events, o->max_message, &srv->pub_l)))
 		goto fail;
+	if (o->jobs && strcmp(o->jobs, "off") != 0) {
+		if ((rv = nng_pull0_open(&srv->pull))) {
+			rc = nng_to_ssmd(rv, "cannot open", "PULL socket");
+			goto fail;
+		}
+		srv->pull_open = 1;
+		nng_socket_set_size(srv->pull, NNG_OPT_RECVMAXSZ,
+				    (size_t)o->max_message);
+		if ((rc = listen_on(srv->pull, o->jobs, o->max_message, &srv->pull_l)))
+			goto fail;
+	}
 	*out = srv;
 	return SSMD_OK;
 fail:
@@ -432,6 +436,8 @@ int server_start(server *srv, sched *sc, rcache *cache)
 		}
 		ctx_recv(c);
 	}
+	if (!srv->pull_open)
+		return SSMD_OK;
 	if ((rv = nng_aio_alloc(&srv->pull_aio, pull_cb, srv)))
 		return nng_to_ssmd(rv, "cannot start", "the jobs endpoint");
 	nng_recv_aio(srv->pull, srv->pull_aio);

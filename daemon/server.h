@@ -31,7 +31,7 @@
 struct server_opts {
 	const char *listen;     /* REP URL */
 	const char *events;     /* PUB URL */
-	const char *jobs;       /* PULL URL */
+	const char *jobs;       /* PULL URL, or NULL / "off": no jobs endpoint */
 	uint64_t max_message;   /* bytes; larger requests close their pipe */
 	int contexts;           /* requests in flight */
 };

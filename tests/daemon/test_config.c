@@ -53,6 +53,30 @@ int main(void)
 	      c.listen);
 	CHECK(strcmp(c.events, "ipc://run/ssmd-events.sock") == 0,
 	      "events default: %s", c.events);
+	CHECK(strcmp(c.jobs, "ipc://run/ssmd-jobs.sock") == 0, "jobs default: %s",
+	      c.jobs);
+	cfg_fini(&c);
+
+	/* The other sockets sit beside an ipc listen socket; a network listen
+	 * address leaves events in the run directory and jobs off. */
+	cfg_init(&c);
+	cfg_set(&c, "model", "m");
+	cfg_set(&c, "store", "s");
+	cfg_set(&c, "run_dir", "/r");
+	cfg_set(&c, "listen", "ipc:///x/a.sock");
+	CHECK_RC(cfg_finish(&c), SSMD_OK);
+	CHECK(strcmp(c.events, "ipc:///x/a-events.sock") == 0 &&
+	      strcmp(c.jobs, "ipc:///x/a-jobs.sock") == 0,
+	      "siblings of ipc:///x/a.sock: %s %s", c.events, c.jobs);
+	cfg_fini(&c);
+	cfg_init(&c);
+	cfg_set(&c, "model", "m");
+	cfg_set(&c, "store", "s");
+	cfg_set(&c, "run_dir", "/r");
+	cfg_set(&c, "listen", "tcp://127.0.0.1:7000");
+	CHECK_RC(cfg_finish(&c), SSMD_OK);
+	CHECK(strcmp(c.events, "ipc:///r/ssmd-events.sock") == 0 &&
+	      strcmp(c.jobs, "off") == 0, "tcp listen: %s %s", c.events, c.jobs);
 	cfg_fini(&c);
 
 	/* XDG_RUNTIME_DIR is honoured. */
