@@ -324,8 +324,9 @@ int ssmd_tag_set(ssmd_client *c, const char *name, const char *ref,
 /* Removes tag name (the state stays). SSMD_ENOENT when no such tag. */
 int ssmd_tag_delete(ssmd_client *c, const char *name);
 
-/* Deletes a stored state. SSMD_EEXIST while tags point at it or other
- * states descend from it, unless force. */
+/* Deletes a stored state. SSMD_EEXIST while tags point at it, unless force
+ * (which removes those tags too); its children are re-parented onto its
+ * parent. */
 int ssmd_state_delete(ssmd_client *c, const char *ref, int force);
 
 /* Exports a state in the library's self-describing format: *data (len

@@ -339,7 +339,8 @@ class Client:
         self._call(None, untag=pb.UntagRequest(name=name))
 
     def delete(self, ref: str, force: bool = False) -> None:
-        """Deletes a state (refused while referenced, unless force)."""
+        """Deletes a state (refused while tags point at it, unless force,
+        which removes them); its children are re-parented onto its parent."""
         self._call(None, delete_state=pb.DeleteRequest(ref=ref, force=force))
 
     def export(self, ref: str) -> bytes:

@@ -110,7 +110,7 @@ def test_states_tags_export_import(client):
         client.state("py/second")
     assert e.value.code == SSMD_ENOENT
     with pytest.raises(SsmdError) as e:
-        client.delete(sid)  # tagged, and the parent of sid2
+        client.delete(sid)  # a tag points at it
     assert e.value.code == SSMD_EEXIST
     client.delete(sid2, force=True)
     with pytest.raises(SsmdError) as e:
