@@ -176,3 +176,20 @@ def test_resume_after_restart(daemon):
         assert list(c.generate(r, 50).tokens) == greedy
         r2 = c.open(sid)
         assert list(c.generate(r2, 50, temperature=0.8, top_p=0.9, seed=3).tokens) == sampled
+
+
+def test_delete_reparents_children(client):
+    s = client.open()
+    client.append(s, tokens=[1, 2])
+    a = client.snapshot(s)
+    client.append(s, tokens=[3])
+    b = client.snapshot(s)
+    client.append(s, tokens=[4])
+    c = client.snapshot(s)
+    assert client.state(c).info.parent == b
+    client.delete(b)
+    st = client.state(c)
+    assert st.info.parent == a
+    assert [x.id for x in st.lineage] == [a]
+    # The child still loads, with every token it had.
+    assert client.open_sessions(c)[0].n_tokens == 4
