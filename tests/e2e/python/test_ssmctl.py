@@ -63,6 +63,9 @@ def test_session_commands(daemon):
 
     listed = ctl_json(daemon, "states", "--tag", "ctl/")
     assert [x["id"] for x in listed] == [sid]
+    mine = ctl_json(daemon, "states", "--session", s)
+    assert {x["id"] for x in mine} == {sid, g2["state_id"]}
+    assert all(json.loads(x["metadata"])["session"] == s for x in mine)
     assert sid in ctl(daemon, "states").stdout
 
     (tg,) = ctl_json(daemon, "tag", "ctl/latest", g2["state_id"])
