@@ -164,6 +164,25 @@ static void test_resume(void)
 	CHECK_RC(e2e_connect(&d, 0, &c), SSMD_OK);
 	if (!c)
 		goto out;
+	/* SIGTERM stored every session with unsaved progress, findable by
+	 * session; a session without progress since its snapshot got nothing
+	 * new. */
+	ssmd_states_filter f = {.session = s1.id};
+	ssmd_state_list *l = NULL;
+	CHECK_RC(ssmd_states_list(c, &f, &l), SSMD_OK);
+	CHECK(l && l->n == 1 && g_greedy &&
+	      l->states[0].n_tokens == g_greedy->session_tokens,
+	      "session %s left %zu states at shutdown, want 1 of %" PRIu64
+	      " tokens", s1.id, l ? l->n : 0,
+	      g_greedy ? g_greedy->session_tokens : 0);
+	ssmd_state_list_free(l);
+	l = NULL;
+	f.session = s2.id;
+	CHECK_RC(ssmd_states_list(c, &f, &l), SSMD_OK);
+	CHECK(l && l->n == 1 && strcmp(l->states[0].id, snap.id) == 0,
+	      "unchanged session %s stored again at shutdown", s2.id);
+	ssmd_state_list_free(l);
+
 	ssmd_open_args oa = {.from = snap.id};
 	CHECK_RC(ssmd_session_open(c, &oa, &r1), SSMD_OK);
 	CHECK(r1.n_tokens == snap.n_tokens, "resumed at %" PRIu64 ", stored %" PRIu64,
@@ -467,6 +486,69 @@ static void test_no_tokenizer(ssmd_client *c)
 	ssmd_generation_free(g);
 }
 
+/* Automatic checkpoints every N consumed tokens, inside an append and a
+ * generate, each stored with its transcript. */
+static void test_checkpoints(void)
+{
+	char store[E2E_PATH_MAX];
+	e2e_daemon d;
+	ssmd_client *c = NULL;
+	ssmd_session s;
+	ssmd_append_result r;
+	ssmd_generation *g = NULL;
+	ssmd_generate_args a;
+	ssmd_state_list *l = NULL;
+	int32_t toks[40];
+
+	snprintf(store, sizeof store, "%s/ckpt.db", e2e_tmpdir());
+	e2e_daemon_init(&d, "ckpt", e2e_tiny_model(), store);
+	d.extra[0] = "--checkpoint-every";
+	d.extra[1] = "16";
+	if (e2e_daemon_start(&d) != 0) {
+		CHECK(0, "daemon with --checkpoint-every did not start");
+		return;
+	}
+	CHECK_RC(e2e_connect(&d, 0, &c), SSMD_OK);
+	if (!c)
+		goto out;
+	for (int i = 0; i < 40; i++)
+		toks[i] = (i * 13) % 512;
+	CHECK_RC(ssmd_session_open(c, NULL, &s), SSMD_OK);
+	CHECK_RC(ssmd_append_tokens(c, s.id, toks, 40, &r), SSMD_OK);
+	CHECK(r.n_checkpoints == 2, "40 tokens every 16: %u checkpoints, want 2",
+	      r.n_checkpoints);
+	ssmd_generate_args_init(&a);
+	a.max_tokens = 10; /* crosses 48 */
+	CHECK_RC(ssmd_generate(c, s.id, &a, NULL, NULL, &g), SSMD_OK);
+	CHECK(g && g->n_checkpoints == 1, "generate to 50: %u checkpoints, want 1",
+	      g ? g->n_checkpoints : 0);
+	ssmd_generation_free(g);
+
+	ssmd_states_filter f = {.session = s.id, .kind = "checkpoint"};
+	CHECK_RC(ssmd_states_list(c, &f, &l), SSMD_OK);
+	if (l) {
+		/* Newest first: 48, 32, 16 tokens, each with the 16 tokens
+		 * since its parent as transcript. */
+		CHECK(l->n == 3, "%zu checkpoints listed, want 3", l->n);
+		for (size_t i = 0; i < l->n && i < 3; i++) {
+			CHECK(l->states[i].n_tokens == 48 - 16 * i,
+			      "checkpoint %zu at %" PRIu64 " tokens", i,
+			      l->states[i].n_tokens);
+			CHECK(l->states[i].transcript_tokens == 16,
+			      "checkpoint %zu has %" PRIu64 " transcript tokens", i,
+			      l->states[i].transcript_tokens);
+		}
+		if (l->n == 3)
+			CHECK(strcmp(l->states[0].parent, l->states[1].id) == 0 &&
+			      strcmp(l->states[1].parent, l->states[2].id) == 0,
+			      "checkpoints do not form a chain");
+	}
+	ssmd_state_list_free(l);
+out:
+	ssmd_client_close(c);
+	CHECK(e2e_daemon_stop(&d) == 0, "daemon did not exit cleanly");
+}
+
 int main(void)
 {
 	char store[E2E_PATH_MAX];
@@ -478,6 +560,7 @@ int main(void)
 		return check_summary("e2e_sessions");
 	}
 	test_resume();
+	test_checkpoints();
 
 	snprintf(store, sizeof store, "%s/tiny.db", e2e_tmpdir());
 	e2e_daemon_init(&d, "tiny", e2e_tiny_model(), store);
