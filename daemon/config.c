@@ -43,10 +43,10 @@ static const struct key keys[] = {
 	KI(max_append_tokens, 1, 1 << 26, "tokens per append"),
 	KI(max_generate_tokens, 1, 1 << 20, "max_tokens per generate"),
 	KI(max_sessions, 1, 1 << 24, "open sessions"),
-	KI(queue_depth, 1, 1 << 20, "requests waiting; beyond that EBUSY"),
+	KI(queue_depth, 1, 1 << 20, "requests waiting to start; beyond that EBUSY"),
 	KI(prefill_chunk, 1, 1 << 20, "tokens per appending session per step"),
 	KI(request_cache, 16, 1 << 24, "replies remembered for retries"),
-	KI(contexts, 1, 4096, "requests in flight"),
+	KI(contexts, 1, 65536, "requests in flight on the request endpoint"),
 };
 
 void cfg_init(cfg *c)
@@ -63,7 +63,7 @@ void cfg_init(cfg *c)
 	c->queue_depth = 256;
 	c->prefill_chunk = 512;
 	c->request_cache = 4096;
-	c->contexts = 64;
+	c->contexts = 1024;
 }
 
 void cfg_fini(cfg *c)

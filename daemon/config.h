@@ -40,7 +40,7 @@ typedef struct cfg {
 	int max_append_tokens;  /* tokens per append request */
 	int max_generate_tokens;/* max_tokens per generate request */
 	int max_sessions;       /* open sessions (resident or paged out) */
-	int queue_depth;        /* requests waiting for the scheduler; beyond: EBUSY */
+	int queue_depth;        /* requests submitted and not started; beyond: EBUSY */
 	int prefill_chunk;      /* tokens one appending session prefills per step */
 	int request_cache;      /* remembered replies for idempotent retries */
 	int contexts;           /* requests in flight on the REP socket */

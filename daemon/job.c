@@ -80,10 +80,19 @@ int job_alloc(Ssmd__Request *req, job_reply_fn fn, void *arg,
 	return SSMD_OK;
 }
 
+void job_unqueue(struct job *j)
+{
+	if (j->waiting) {
+		atomic_fetch_sub(j->waiting, 1);
+		j->waiting = NULL;
+	}
+}
+
 void job_free(struct job *j)
 {
 	if (!j)
 		return;
+	job_unqueue(j);
 	for (size_t i = 0; i < j->n_ckpts; i++)
 		sref_put(j->ckpts[i]);
 	free(j->ckpts);

@@ -13,6 +13,7 @@
 #ifndef SSMD_JOB_H
 #define SSMD_JOB_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -57,6 +58,8 @@ struct job {
 
 	/* Scheduler bookkeeping. */
 	struct sched *sched;       /* set by sched_submit() */
+	atomic_size_t *waiting;    /* counter of requests not yet started that
+				    * counts this one, or NULL */
 	struct sess *sess;         /* the session it runs on, if any */
 	int started;
 
@@ -89,6 +92,10 @@ int job_alloc(Ssmd__Request *req, job_reply_fn fn, void *arg,
  * job. Any thread. */
 void job_finish(struct job *j, int code, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+
+/* The job has started running (or is finishing): it no longer counts as
+ * waiting. Idempotent. */
+void job_unqueue(struct job *j);
 
 /* Frees a job without replying (only for jobs never handed out). NULL ok. */
 void job_free(struct job *j);

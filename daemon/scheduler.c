@@ -88,28 +88,23 @@ int sched_submit(sched *s, struct job *j)
 
 	j->sched = s;
 	atomic_fetch_add(&s->requests_total, 1);
+	/* Under the lock, so nothing is posted to the store thread once
+	 * sched_stop() has begun to drain it. */
 	pthread_mutex_lock(&s->lock);
-	if (sched_op_is_store(j->req)) {
-		/* Library-only requests go straight to the store thread. Under
-		 * the lock, so none is posted once sched_stop() has begun to
-		 * drain the store thread. */
-		if (s->stopping) {
-			rc = ssmd_err_set(SSMD_ECLOSED, "the daemon is shutting down");
-		} else if (atomic_load(&s->store_jobs) >= limit) {
-			rc = ssmd_err_set(SSMD_EBUSY,
-					  "store queue full (%zu requests); retry later",
-					  limit);
-		} else {
-			atomic_fetch_add(&s->store_jobs, 1);
-			sched_store_request(s, j);
-		}
-	} else if (s->stopping) {
+	if (s->stopping) {
 		rc = ssmd_err_set(SSMD_ECLOSED, "the daemon is shutting down");
-	} else if (s->in_n >= limit) {
+	} else if (atomic_load(&s->waiting) >= limit) {
 		rc = ssmd_err_set(SSMD_EBUSY,
-				  "request queue full (%zu requests); retry later",
+				  "%zu requests are already waiting; retry later",
 				  limit);
+	} else if (sched_op_is_store(j->req)) {
+		/* Library-only requests go straight to the store thread. */
+		atomic_fetch_add(&s->waiting, 1);
+		j->waiting = &s->waiting;
+		sched_store_request(s, j);
 	} else {
+		atomic_fetch_add(&s->waiting, 1);
+		j->waiting = &s->waiting;
 		j->next = NULL;
 		if (s->in_tail)
 			s->in_tail->next = j;
@@ -127,18 +122,12 @@ int sched_submit(sched *s, struct job *j)
 
 static void stats_publish(sched *s)
 {
-	size_t resident = 0, queued = 0;
+	size_t resident = 0;
 
-	for (size_t i = 0; i < s->sessions.n; i++) {
-		struct sess *x = s->sessions.v[i];
-		if (x->slot >= 0)
-			resident++;
-		for (struct job *j = x->head; j; j = j->next)
-			queued++;
-	}
+	for (size_t i = 0; i < s->sessions.n; i++)
+		resident += s->sessions.v[i]->slot >= 0;
 	atomic_store(&s->n_sessions, s->sessions.n);
 	atomic_store(&s->n_resident, resident);
-	atomic_store(&s->queued, queued);
 }
 
 static void tokens_count(sched *s, size_t n)
@@ -786,7 +775,7 @@ static int op_stats(sched *s, struct job *j)
 	Ssmd__StatsReply *r = arena_alloc(&j->arena, sizeof(*r));
 	double now = sched_now();
 	uint64_t total = atomic_load(&s->tokens_total);
-	size_t used = 0, queued;
+	size_t used = 0;
 
 	if (!r)
 		return ssmd_err_set(SSMD_ENOMEM, "reply");
@@ -794,17 +783,14 @@ static int op_stats(sched *s, struct job *j)
 	for (int i = 0; i < s->n_slots; i++)
 		used += s->slot_owner[i] != NULL;
 	stats_publish(s);
-	queued = atomic_load(&s->queued);
-	pthread_mutex_lock(&s->lock);
-	queued += s->in_n;
-	pthread_mutex_unlock(&s->lock);
 	r->has_sessions = r->has_sessions_resident = r->has_slots = 1;
 	r->sessions = (uint32_t)s->sessions.n;
 	r->sessions_resident = (uint32_t)atomic_load(&s->n_resident);
 	r->slots = (uint32_t)s->n_slots;
 	r->has_slots_used = r->has_queue_depth = 1;
 	r->slots_used = (uint32_t)used;
-	r->queue_depth = (uint32_t)(queued + atomic_load(&s->store_jobs));
+	/* Not counting this stats request itself. */
+	r->queue_depth = (uint32_t)(atomic_load(&s->waiting) - (j->waiting != NULL));
 	r->has_tokens_total = r->has_tokens_per_s = 1;
 	r->tokens_total = total;
 	/* The last full window, or the current one once it is overdue (the
@@ -1029,6 +1015,7 @@ static int sess_service_one(sched *s, struct sess *x)
 		if (rc || !ready)
 			break;
 		j->started = 1;
+		job_unqueue(j);
 		if (q->op_case == SSMD__REQUEST__OP_GENERATE) {
 			rc = gen_start(s, j);
 		} else {

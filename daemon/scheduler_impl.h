@@ -43,9 +43,9 @@ struct sched {
 	int thread_started;
 
 	/* Counters read by stats from any thread. */
-	atomic_size_t store_jobs;  /* requests queued on the store thread */
+	atomic_size_t waiting;     /* requests submitted and not yet started */
 	atomic_uint_fast64_t tokens_total, requests_total, evictions;
-	atomic_size_t n_sessions, n_resident, queued;
+	atomic_size_t n_sessions, n_resident;
 
 	/* Scheduler thread only. */
 	struct sess_table sessions;

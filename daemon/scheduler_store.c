@@ -649,12 +649,10 @@ static int op_library(sched *s, struct job *j)
 static void request_run(struct storeq_task *t)
 {
 	struct job *j = (struct job *)t;
-	sched *s = j->sched;
-	int external = j->req->op_case != SSMD__REQUEST__OP_STATS;
-	int rc = op_library(s, j);
+	int rc;
 
-	if (external)
-		atomic_fetch_sub(&s->store_jobs, 1);
+	job_unqueue(j);
+	rc = op_library(j->sched, j);
 	job_finish(j, rc, NULL);
 }
 

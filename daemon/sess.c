@@ -88,6 +88,8 @@ void sess_free(struct sess *s)
 
 int sess_trans_push(struct sess *s, const int32_t *tokens, size_t n)
 {
+	if (n == 0)
+		return SSMD_OK; /* tokens may be NULL then */
 	if (s->n_trans + n > s->cap_trans) {
 		size_t cap = s->cap_trans ? s->cap_trans : 256;
 		int32_t *p;

@@ -100,6 +100,43 @@ static Ssmd__Reply *call(sched *s, Ssmd__Request *q)
 	return r;
 }
 
+/* Submits q without waiting: returns sched_submit()'s code; on success the
+ * reply arrives in *b (wait with box_wait()). */
+static int submit_async(sched *s, Ssmd__Request *q, const char *rid,
+			struct box *b)
+{
+	Ssmd__Request *dec;
+	struct job *j;
+	void *buf;
+	size_t len;
+	int rc;
+
+	q->has_version = 1;
+	q->version = PROTO_VERSION;
+	q->request_id = (char *)rid;
+	if (proto_msg_pack(&q->base, &buf, &len) ||
+	    proto_request_decode(buf, len, &dec) || job_alloc(dec, on_reply, b, &j))
+		abort();
+	free(buf);
+	rc = sched_submit(s, j);
+	if (rc)
+		job_free(j);
+	return rc;
+}
+
+static Ssmd__Reply *box_wait(struct box *b)
+{
+	Ssmd__Reply *r;
+
+	pthread_mutex_lock(&b->m);
+	while (!b->done)
+		pthread_cond_wait(&b->c, &b->m);
+	pthread_mutex_unlock(&b->m);
+	r = ssmd__reply__unpack(NULL, b->len, b->buf);
+	free(b->buf);
+	return r;
+}
+
 static void reply_free(Ssmd__Reply *r)
 {
 	ssmd__reply__free_unpacked(r, NULL);
@@ -608,6 +645,63 @@ static void test_tiny(const char *fixtures)
 		free(raw);
 		ssm_state_free(st2);
 	}
+
+	/* Back-pressure: with queue_depth 4, requests queued behind a long
+	 * generate beyond the 4th are refused with SSMD_EBUSY (not queued);
+	 * the accepted ones all run. */
+	sched_free(s);
+	c.queue_depth = 4;
+	s = start(&c, m, NULL, st);
+	{
+		char *x = sess_open(s, NULL, 0, 0);
+		int32_t one = 7;
+		struct box boxes[21];
+		int accepted[21] = {0}, busy = 0, n_ok = 0;
+		char rids[21][16];
+		CHECK_RC(sess_append(s, x, &one, 1), SSMD_OK);
+		for (int i = 0; i < 21; i++) {
+			Ssmd__Request q = SSMD__REQUEST__INIT;
+			Ssmd__GenerateRequest g = SSMD__GENERATE_REQUEST__INIT;
+			Ssmd__AppendRequest ap = SSMD__APPEND_REQUEST__INIT;
+			memset(&boxes[i], 0, sizeof(boxes[i]));
+			pthread_mutex_init(&boxes[i].m, NULL);
+			pthread_cond_init(&boxes[i].c, NULL);
+			snprintf(rids[i], sizeof(rids[i]), "bp%d", i);
+			if (i == 0) {
+				g.session = x;
+				g.has_max_tokens = 1;
+				g.max_tokens = 64;
+				q.op_case = SSMD__REQUEST__OP_GENERATE;
+				q.generate = &g;
+			} else {
+				ap.session = x;
+				ap.tokens = &one;
+				ap.n_tokens = 1;
+				q.op_case = SSMD__REQUEST__OP_APPEND;
+				q.append = &ap;
+			}
+			int rc = submit_async(s, &q, rids[i], &boxes[i]);
+			accepted[i] = rc == SSMD_OK;
+			busy += rc == SSMD_EBUSY;
+		}
+		for (int i = 0; i < 21; i++) {
+			if (!accepted[i])
+				continue;
+			r = box_wait(&boxes[i]);
+			n_ok += r->code == 0;
+			reply_free(r);
+		}
+		int n_acc = 0;
+		for (int i = 0; i < 21; i++)
+			n_acc += accepted[i];
+		CHECK(busy >= 1 && n_acc + busy == 21,
+		      "requests beyond the queue depth are refused busy (%d busy)", busy);
+		CHECK(n_ok == n_acc, "every accepted request ran (%d of %d)", n_ok, n_acc);
+		CHECK(sess_generate(s, x, 1, 0, 0, out, &n) == SSMD_OK,
+		      "the queue drains and serves again");
+		free(x);
+	}
+	c.queue_depth = 256;
 
 	/* Automatic checkpoints every 4 tokens through an append of 10 and a
 	 * generate of 6, each with its transcript. */
