@@ -5,7 +5,6 @@
  *
  * Every function whose name ends in _run executes on the store thread.
  */
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
