@@ -646,6 +646,53 @@ static void test_tiny(const char *fixtures)
 		ssm_state_free(st2);
 	}
 
+	/* Continuous batching: 3 sessions generating at once (one batched
+	 * decode per step, on 3 slots) each give the tokens they give alone. */
+	sched_free(s);
+	c.slots = 3;
+	s = start(&c, m, NULL, st);
+	{
+		int32_t prompt[3][4] = {{9, 8, 7, 6}, {1, 1, 2, 3}, {400, 300, 200, 100}};
+		int32_t solo[3][40];
+		char *v[3], rids[3][16];
+		struct box boxes[3];
+		int same = 0, consumed = 0;
+		for (int i = 0; i < 3; i++) {
+			reference_run(m, prompt[i], 4, 40, 0.8f, 100 + i, solo[i]);
+			v[i] = sess_open(s, NULL, 0, 0);
+			CHECK_RC(sess_append(s, v[i], prompt[i], 4), SSMD_OK);
+		}
+		for (int i = 0; i < 3; i++) {
+			Ssmd__Request q = SSMD__REQUEST__INIT;
+			Ssmd__GenerateRequest g = SSMD__GENERATE_REQUEST__INIT;
+			memset(&boxes[i], 0, sizeof(boxes[i]));
+			pthread_mutex_init(&boxes[i].m, NULL);
+			pthread_cond_init(&boxes[i].c, NULL);
+			snprintf(rids[i], sizeof(rids[i]), "cb%d", i);
+			g.session = v[i];
+			g.has_max_tokens = g.has_temperature = g.has_seed = 1;
+			g.max_tokens = 40;
+			g.temperature = 0.8f;
+			g.seed = 100 + (uint64_t)i;
+			q.op_case = SSMD__REQUEST__OP_GENERATE;
+			q.generate = &g;
+			CHECK_RC(submit_async(s, &q, rids[i], &boxes[i]), SSMD_OK);
+		}
+		for (int i = 0; i < 3; i++) {
+			r = box_wait(&boxes[i]);
+			same += r->code == 0 && r->generate->n_tokens == 40 &&
+				memcmp(r->generate->tokens, solo[i], sizeof(solo[i])) == 0;
+			reply_free(r);
+			free(v[i]);
+		}
+		r = stats(s);
+		consumed = r->code == 0 && r->stats->tokens_total == 3 * (4 + 40);
+		reply_free(r);
+		CHECK(same == 3, "3 sessions generating together equal each alone (%d)", same);
+		CHECK(consumed, "all 132 tokens consumed");
+	}
+	c.slots = 1;
+
 	/* Back-pressure: with queue_depth 4, requests queued behind a long
 	 * generate beyond the 4th are refused with SSMD_EBUSY (not queued);
 	 * the accepted ones all run. */
