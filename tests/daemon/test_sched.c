@@ -13,7 +13,10 @@
  *     exact token equality, same backend and arithmetic;
  *   - paging: several sessions on one slot, generating in turns, produce
  *     exactly the tokens each produces alone; resume from a snapshot and fork
- *     continue exactly;
+ *     (of a state, and of a live session with no free slot) continue exactly;
+ *   - batching: sessions generating at once equal each alone;
+ *   - back-pressure: requests beyond queue_depth are refused with
+ *     SSMD_EBUSY and every accepted one runs;
  *   - automatic checkpoints land every N tokens with their transcripts;
  *   - bad parameters get their error codes, and the next request still works;
  *   - shutdown stores every session with unsaved progress;
