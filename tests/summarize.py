@@ -11,7 +11,7 @@ import re
 import sys
 
 SUITE = re.compile(r"^(?:([\w.+-]+): )?(\d+) passed(?:, (\d+) failed)?(?:, (\d+) skipped)?\s*$")
-PYTEST = re.compile(r"=+ (.*) in [\d.]+s")
+PYTEST = re.compile(r"^=*\s*((?:\d+ \w+(?:, )?)+) in [\d.]+s")
 
 
 def parse(stdout):
