@@ -45,6 +45,7 @@ static const struct key keys[] = {
 	KI(max_sessions, 1, 1 << 24, "open sessions"),
 	KI(queue_depth, 1, 1 << 20, "requests waiting to start; beyond that EBUSY"),
 	KI(prefill_chunk, 1, 1 << 20, "tokens per appending session per step"),
+	KI(idle_timeout, 0, 1 << 30, "seconds until an idle session is stored and closed (0 = never)"),
 	KI(request_cache, 16, 1 << 24, "replies remembered for retries"),
 	KI(contexts, 1, 65536, "requests in flight on the request endpoint"),
 };

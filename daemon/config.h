@@ -42,6 +42,8 @@ typedef struct cfg {
 	int max_sessions;       /* open sessions (resident or paged out) */
 	int queue_depth;        /* requests submitted and not started; beyond: EBUSY */
 	int prefill_chunk;      /* tokens one appending session prefills per step */
+	int idle_timeout;       /* seconds after which an idle session is stored
+				 * and closed; 0 = never */
 	int request_cache;      /* remembered replies for idempotent retries */
 	int contexts;           /* requests in flight on the REP socket */
 } cfg;

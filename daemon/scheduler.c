@@ -1341,6 +1341,63 @@ static void sched_drain(sched *s)
 		 ended == 1 ? "" : "s");
 }
 
+/* Stores (if dirty) and closes every session idle for idle_timeout
+ * seconds. Returns the monotonic time of the next expiry, or 0 for none. */
+static double sched_expire(sched *s)
+{
+	double timeout = s->cfg->idle_timeout, now = sched_now(), next = 0;
+
+	if (timeout <= 0)
+		return 0;
+	for (size_t i = s->sessions.n; i-- > 0;) {
+		struct sess *x = s->sessions.v[i];
+		double due = x->active_s + timeout;
+		if (x->head || x->loading)
+			continue;
+		if (due > now) {
+			if (!next || due < next)
+				next = due;
+			continue;
+		}
+		if (sess_dirty(x) &&
+		    sess_store(s, x, STORE_KIND_CHECKPOINT, NULL, NULL, NULL, 1, NULL)) {
+			log_warn("session %s: idle, but cannot be stored: %s", x->id,
+				 ssmd_errmsg());
+			continue;
+		}
+		log_info("session %s expired after %d s idle", x->id,
+			 s->cfg->idle_timeout);
+		slot_release(s, x);
+		sess_table_remove(&s->sessions, x);
+		sess_free(x);
+	}
+	return next;
+}
+
+/* Waits on the inbox until abs_mono (monotonic seconds; 0 = forever). */
+static void sched_wait(sched *s, double abs_mono)
+{
+	struct timespec ts;
+	double rel;
+
+	if (!abs_mono) {
+		pthread_cond_wait(&s->cond, &s->lock);
+		return;
+	}
+	/* The condition variable uses the realtime clock. */
+	rel = abs_mono - sched_now();
+	if (rel <= 0)
+		return;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += (time_t)rel;
+	ts.tv_nsec += (long)((rel - (double)(time_t)rel) * 1e9);
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_cond_timedwait(&s->cond, &s->lock, &ts);
+}
+
 static void *sched_main(void *arg)
 {
 	sched *s = arg;
@@ -1348,12 +1405,14 @@ static void *sched_main(void *arg)
 	for (;;) {
 		struct job *jobs;
 		struct done_msg *done;
+		double next_expiry = sched_expire(s);
 		int stopping;
 
 		pthread_mutex_lock(&s->lock);
 		while (!s->stopping && !s->in_head && !s->done_head &&
-		       !sched_has_work(s))
-			pthread_cond_wait(&s->cond, &s->lock);
+		       !sched_has_work(s) &&
+		       (!next_expiry || sched_now() < next_expiry))
+			sched_wait(s, next_expiry);
 		jobs = s->in_head;
 		done = s->done_head;
 		s->in_head = s->in_tail = NULL;

@@ -7,8 +7,17 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 
 #include "job.h"
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 struct sref *sref_alloc(void)
 {
@@ -69,6 +78,7 @@ int sess_alloc(uint64_t seed, const char *label, struct sess **out)
 	}
 	s->seed = seed;
 	s->slot = -1;
+	s->active_s = now_s();
 	*out = s;
 	return SSMD_OK;
 nomem:
@@ -111,6 +121,7 @@ void sess_job_push(struct sess *s, struct job *j)
 {
 	j->next = NULL;
 	j->sess = s;
+	s->active_s = now_s();
 	if (s->tail)
 		s->tail->next = j;
 	else
@@ -123,6 +134,7 @@ struct job *sess_job_pop(struct sess *s)
 	struct job *j = s->head;
 
 	if (j) {
+		s->active_s = now_s();
 		s->head = j->next;
 		if (!s->head)
 			s->tail = NULL;

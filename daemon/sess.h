@@ -64,6 +64,8 @@ struct sess {
 	ssm_state *mem;           /* state waiting in host memory (owned), or NULL */
 	uint64_t n_tokens;        /* tokens consumed since the zero state */
 	uint64_t last_used;       /* scheduler tick of the last use, for LRU */
+	double active_s;          /* monotonic seconds of its last request
+				   * arriving or ending, for idle expiry */
 	struct sref *base;        /* last stored state (reference), NULL = zero state */
 	char from_id[STORE_ID_SIZE]; /* state it was opened from, "" otherwise */
 	int32_t *trans;           /* (n_trans) tokens consumed since base */
@@ -89,7 +91,8 @@ static inline int sess_dirty(const struct sess *s)
 	return s->n_trans > 0;
 }
 
-/* Queues a job on the session (it runs after the ones before it). */
+/* Queues a job on the session (it runs after the ones before it). This and
+ * sess_job_pop() stamp active_s. */
 void sess_job_push(struct sess *s, struct job *j);
 
 /* Removes and returns the head job, or NULL. */

@@ -872,6 +872,36 @@ static void test_tiny(const char *fixtures)
 		CHECK(sess_append(s, y, t3, 1) == SSMD_ENOENT, "closed session is gone");
 		free(y);
 	}
+	/* Idle expiry: a session idle for idle_timeout (1 s) is stored and
+	 * closed; its state is found by session. */
+	sched_free(s);
+	c.idle_timeout = 1;
+	s = start(&c, m, NULL, st);
+	{
+		char *e = sess_open(s, NULL, 0, 0);
+		int32_t t3[3] = {7, 8, 9};
+		uint32_t left = 1;
+		CHECK_RC(sess_append(s, e, t3, 3), SSMD_OK);
+		for (int i = 0; i < 50 && left; i++) {
+			usleep(100000);
+			r = stats(s);
+			left = r->code == 0 ? r->stats->sessions : 1;
+			reply_free(r);
+		}
+		CHECK(left == 0, "the idle session expired within 5 s");
+		CHECK(sess_append(s, e, t3, 1) == SSMD_ENOENT, "an expired session is gone");
+		Ssmd__Request lq = SSMD__REQUEST__INIT;
+		Ssmd__StatesRequest sr = SSMD__STATES_REQUEST__INIT;
+		sr.session = e;
+		lq.op_case = SSMD__REQUEST__OP_STATES;
+		lq.states = &sr;
+		r = call(s, &lq);
+		CHECK(r->code == 0 && r->states->n_states == 1 &&
+		      r->states->states[0]->n_tokens == 3,
+		      "its 3 tokens were stored on expiry");
+		reply_free(r);
+		free(e);
+	}
 	sched_free(s);
 	free(a);
 	cfg_fini(&c);
