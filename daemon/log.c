@@ -22,11 +22,6 @@ void log_level_set(int level)
 	atomic_store(&log_level, level);
 }
 
-int log_level_get(void)
-{
-	return atomic_load(&log_level);
-}
-
 int log_level_parse(const char *s, int *level)
 {
 	for (int i = 0; i <= LOG_DEBUG; i++) {

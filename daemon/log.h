@@ -21,9 +21,6 @@ enum log_level {
 /* Sets the most verbose level that is printed. */
 void log_level_set(int level);
 
-/* The current level. */
-int log_level_get(void);
-
 /* Parses "error", "warn", "info" or "debug" (or 0..3) into *level.
  * SSMD_EINVAL (with a detail) on anything else. */
 int log_level_parse(const char *s, int *level);

@@ -10,7 +10,6 @@ struct storeq {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	struct storeq_task *head, *tail;
-	size_t depth;     /* queued + running */
 	int stopping;
 	pthread_t thread;
 };
@@ -34,7 +33,6 @@ static void *storeq_main(void *arg)
 		pthread_mutex_unlock(&q->lock);
 		t->fn(t); /* may free t */
 		pthread_mutex_lock(&q->lock);
-		q->depth--;
 	}
 	pthread_mutex_unlock(&q->lock);
 	return NULL;
@@ -68,19 +66,8 @@ void storeq_post(storeq *q, struct storeq_task *t, storeq_fn fn)
 	else
 		q->head = t;
 	q->tail = t;
-	q->depth++;
 	pthread_cond_signal(&q->cond);
 	pthread_mutex_unlock(&q->lock);
-}
-
-size_t storeq_depth(storeq *q)
-{
-	size_t n;
-
-	pthread_mutex_lock(&q->lock);
-	n = q->depth;
-	pthread_mutex_unlock(&q->lock);
-	return n;
 }
 
 void storeq_stop(storeq *q)

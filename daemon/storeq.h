@@ -36,9 +36,6 @@ int storeq_start(storeq **out);
 /* Queues t to run fn(t) on the store thread, after every earlier task. */
 void storeq_post(storeq *q, struct storeq_task *t, storeq_fn fn);
 
-/* Tasks queued and not yet finished. */
-size_t storeq_depth(storeq *q);
-
 /* Runs every queued task (including ones those tasks post), then stops and
  * joins the thread and frees q. NULL is a no-op. */
 void storeq_stop(storeq *q);
