@@ -8,8 +8,9 @@
 #       bench binaries, ssm-mkmodel, the shared libraries they load
 #       (../shared/gpu/carry-libs.sh), the tiny-mamba fixture and
 #       bench/hf_bench.py into .gpu/ (git-ignored), to be carried along.
-#   tools/gpu_run.sh [test] [sanitize] [bench] [hf]   (on the GPU machine)
-#       runs the chosen parts (all four when none is named; the sanitizers
+#   tools/gpu_run.sh [test] [sanitize|memcheck|racecheck] [bench] [hf]
+#       (on the GPU machine) runs the chosen parts (test, sanitize, bench and
+#       hf when none is named; the sanitizers
 #       last, on the test's quick mode, since they are the slowest), writes
 #       every log to $OUT (or ./gpu-out) and prints the results table last.
 set -u
@@ -82,14 +83,20 @@ if want hf; then
 	echo "hf_bench exit $?" >>"$out/hf.err"
 	tail -n 5 "$out/hf.err"
 fi
-if want sanitize; then
+if want sanitize || want memcheck || want racecheck; then
 	# racecheck looks at shared memory only: restrict it to this project's
-	# kernels (names ssmk_*); cuBLAS's Hopper kernels make it fail with an
-	# internal error ("failed to handle a hardware exception")
+	# kernels (names ssmk_*). It fails internally ("failed to handle a
+	# hardware exception") once cuBLAS's Hopper bf16 GEMMs run, even
+	# uninstrumented, so its run keeps all weights in f32.
 	for tool in memcheck racecheck; do
-		filter=""
-		[ $tool = racecheck ] && filter="--kernel-name kns=ssmk_"
-		SSMD_CUDA_QUICK=1 timeout 200 compute-sanitizer --tool $tool $filter \
+		want sanitize || want $tool || continue
+		opts=""
+		envs="SSMD_CUDA_QUICK=1"
+		if [ $tool = racecheck ]; then
+			opts="--kernel-name kns=ssmk_"
+			envs="$envs SSMD_CUDA_F32_ONLY=1"
+		fi
+		env $envs timeout 150 compute-sanitizer --tool $tool $opts \
 			--error-exitcode 9 "$bin/test_cuda" >"$out/sanitize-$tool.log" 2>&1
 		rc=$?
 		summary="$summary$tool: exit $rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|^cuda:' \

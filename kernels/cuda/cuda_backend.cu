@@ -181,54 +181,43 @@ out:
 	return rc;
 }
 
-/* Largest decode bucket served by ssmk_gemv instead of cuBLAS: it reads the
- * batch's inputs once per 16-byte weight load, so beyond 4 rows its L1
- * traffic outgrows the weight stream (measured: 1.4b batch 16 took 7.6 ms
- * with it against 2.9 ms with cuBLAS; batch 1 1.89 against 2.27 ms). */
-#define GEMV_MAX_BATCH 4
-
 template <typename T, int SPLIT>
 static void gemv_launch(cuda_backend *cb, const void *W, const void *X, int ldx,
-			float *Y, int ldy, int m, int n, int k)
+			float *Y, int ldy, int m, int k)
 {
-	const int blocks = cdiv(m, 8 / SPLIT);
-	cudaStream_t s = cb->stream;
-
-	switch (n) {
-	case 1: ssmk_gemv<T, 1, SPLIT><<<blocks, 256, 0, s>>>((const T *)W, (const T *)X, ldx, Y, ldy, m, k); break;
-	case 2: ssmk_gemv<T, 2, SPLIT><<<blocks, 256, 0, s>>>((const T *)W, (const T *)X, ldx, Y, ldy, m, k); break;
-	case 4: ssmk_gemv<T, 4, SPLIT><<<blocks, 256, 0, s>>>((const T *)W, (const T *)X, ldx, Y, ldy, m, k); break;
-	case 8: ssmk_gemv<T, 8, SPLIT><<<blocks, 256, 0, s>>>((const T *)W, (const T *)X, ldx, Y, ldy, m, k); break;
-	default: ssmk_gemv<T, 16, SPLIT><<<blocks, 256, 0, s>>>((const T *)W, (const T *)X, ldx, Y, ldy, m, k); break;
-	}
+	ssmk_gemv<T, 1, SPLIT><<<cdiv(m, 8 / SPLIT), 256, 0, cb->stream>>>(
+		(const T *)W, (const T *)X, ldx, Y, ldy, m, k);
 }
 
 /*
- * Decode-sized products: ssmk_gemv when the batch is a bucket <= 4 and the
- * rows allow 16-byte loads, else cuBLAS. Short matrices (m < 2048 rows)
- * split each row over 8 warps so the whole GPU streams them.
+ * Decode-sized products: ssmk_gemv for a single row whose length allows
+ * 16-byte loads, else cuBLAS. Short matrices (m < 2048 rows) split each row
+ * over 8 warps so the whole GPU streams them. ssmk_gemv reads the batch's
+ * inputs once per 16-byte weight load, so its L1 traffic grows with the
+ * batch; measured on 1.4b, batch 1: 1.87 ms per step against 2.27 ms with
+ * cuBLAS, but batch 4: 2.84 ms and batch 16: 7.6 ms against 2.9 ms.
  */
 static int dgemm(cuda_backend *cb, const void *W, const void *X, int ldx,
 		 float *Y, int ldy, int m, int n, int k)
 {
 	int rc = SSMD_OK;
 	const int vec = (int)(16 / cb->wsize);
-	const int split = m < 2048 ? 8 : 1;
+	const bool split = m < 2048;
 
-	if (n > GEMV_MAX_BATCH || (n & (n - 1)) || k % vec || ldx % vec)
+	if (n != 1 || k % vec || ldx % vec)
 		return gemm(cb, W, X, ldx, Y, ldy, m, n, k);
 	switch (cb->wdtype) {
 	case SSM_DTYPE_F32:
-		if (split == 8) gemv_launch<float, 8>(cb, W, X, ldx, Y, ldy, m, n, k);
-		else gemv_launch<float, 1>(cb, W, X, ldx, Y, ldy, m, n, k);
+		if (split) gemv_launch<float, 8>(cb, W, X, ldx, Y, ldy, m, k);
+		else gemv_launch<float, 1>(cb, W, X, ldx, Y, ldy, m, k);
 		break;
 	case SSM_DTYPE_F16:
-		if (split == 8) gemv_launch<__half, 8>(cb, W, X, ldx, Y, ldy, m, n, k);
-		else gemv_launch<__half, 1>(cb, W, X, ldx, Y, ldy, m, n, k);
+		if (split) gemv_launch<__half, 8>(cb, W, X, ldx, Y, ldy, m, k);
+		else gemv_launch<__half, 1>(cb, W, X, ldx, Y, ldy, m, k);
 		break;
 	default:
-		if (split == 8) gemv_launch<__nv_bfloat16, 8>(cb, W, X, ldx, Y, ldy, m, n, k);
-		else gemv_launch<__nv_bfloat16, 1>(cb, W, X, ldx, Y, ldy, m, n, k);
+		if (split) gemv_launch<__nv_bfloat16, 8>(cb, W, X, ldx, Y, ldy, m, k);
+		else gemv_launch<__nv_bfloat16, 1>(cb, W, X, ldx, Y, ldy, m, k);
 		break;
 	}
 	CUDA_LAUNCHED();
