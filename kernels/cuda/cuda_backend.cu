@@ -1,9 +1,12 @@
 /*
  * cuda_backend.cu — the CUDA backend: weights on the device, a slot pool of
- * f32 states, cuBLAS GEMMs for the four projections and lm_head, own kernels
- * for everything else (cuda_kernels.cuh), decode steps captured as CUDA
- * graphs per batch-size bucket, a chunked prefill whose scan keeps states in
- * registers and writes them only at the chunk's end and at checkpoints.
+ * f32 states, cuBLAS GEMMs for the four projections and lm_head (an own
+ * GEMV for single-row decode), own kernels for everything else
+ * (cuda_kernels.cuh), decode steps with their sampling captured as CUDA
+ * graphs per batch-size bucket (cuda_sample.cuh), a chunked prefill whose
+ * time-segmented scan keeps states in registers and writes them only at
+ * segment ends, the chunk's end and checkpoints, whose states travel to the
+ * host on a copy stream while the next chunk computes.
  *
  * See cuda_impl.h for the data layout and ssm_impl.h for the ops contract
  * (arguments are validated by backend.c before they reach us).
@@ -1085,11 +1088,10 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	cb->off_hidden = cb->off_conv + L * E * (c->d_conv - 1);
 	cb->off_dt_sum = cb->off_hidden + c->d_model;
 	cb->state_floats = cb->off_dt_sum + L * E;
-	if ((rc = dev_alloc(cb, (cb->n_slots + 1) * cb->state_floats * sizeof(float),
+	if ((rc = dev_alloc(cb, cb->n_slots * cb->state_floats * sizeof(float),
 			    (void **)&cb->pool)))
 		goto out;
-	CUDA_TRY(cudaMemset(cb->pool, 0,
-			    (cb->n_slots + 1) * cb->state_floats * sizeof(float)));
+	CUDA_TRY(cudaMemset(cb->pool, 0, cb->n_slots * cb->state_floats * sizeof(float)));
 
 	cb->max_batch = bucket_of(cb->n_slots);
 	if (cb->max_batch > CUDA_MAX_BUCKET)

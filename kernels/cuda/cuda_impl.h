@@ -138,14 +138,13 @@ typedef struct cuda_backend {
 	void *lm_head;   /* (vocab, d_model) T; == embed when tied */
 	float *norm_f;   /* (d_model) */
 	cuda_layer *layers; /* (n_layer) host array of device pointers */
-	void **allocs;   /* every weight allocation, for close */
+	void **allocs;   /* every device allocation, for close */
 	int n_allocs, cap_allocs;
 
 	/* States. */
 	size_t state_floats;  /* floats in one slot */
 	size_t off_conv, off_hidden, off_dt_sum; /* float offsets inside a slot */
-	float *pool;          /* (n_slots + 1, state_floats); the extra slot is
-				 prefill's restore area for an aborted checkpoint */
+	float *pool;          /* (n_slots, state_floats) */
 	uint64_t *n_tokens;   /* (n_slots) host-side token counts */
 	float *h_state;       /* pinned (state_floats) staging for get/set */
 
@@ -155,7 +154,8 @@ typedef struct cuda_backend {
 	int chunk;            /* prefill tokens per chunk */
 	/* Decode inputs travel in one copy: h_io -> d_io, laid out as
 	 *   int slots[max_batch] (-1 = padding row) | cuda_sampler samp[max_batch]
-	 *   | int32 tokens[max(max_batch, chunk)]  (prefill tokens too). */
+	 *   | int32 tokens[max(max_batch, chunk)]
+	 * (prefill copies its tokens into d_tokens straight from the caller). */
 	void *d_io, *h_io;    /* device / pinned */
 	size_t io_bytes;
 	int *d_slots, *h_slots;
@@ -175,7 +175,6 @@ typedef struct cuda_backend {
 	cudaEvent_t ev_ck[2]; /* buffer b's copy to the host is done */
 	int *d_ck_pos;        /* (ck_max) chunk-relative positions, ascending */
 	ssm_state ck_view;    /* the callback's state: arrays point into h_ck */
-
 } cuda_backend;
 
 /* Sampling parameters of one row, as the kernel reads them. */
