@@ -133,6 +133,9 @@ const char *proto_op_name(const Ssmd__Request *req)
 	case SSMD__REQUEST__OP_EXPORT_STATE: return "export";
 	case SSMD__REQUEST__OP_IMPORT_STATE: return "import";
 	case SSMD__REQUEST__OP_STATS: return "stats";
+	case SSMD__REQUEST__OP_MERGE: return "merge";
+	case SSMD__REQUEST__OP_SCORE: return "score";
+	case SSMD__REQUEST__OP_RESULT: return "result";
 	default: return "none";
 	}
 }
