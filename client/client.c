@@ -549,10 +549,11 @@ int ssmd_session_fork(ssmd_client *c, const char *source, uint32_t count,
 }
 
 static int append_call(ssmd_client *c, Ssmd__AppendRequest *op,
-		       ssmd_append_result *out)
+		       ssmd_append_result *out, ssmd_checkpoint **checkpoints)
 {
 	Ssmd__Request req = SSMD__REQUEST__INIT;
 	Ssmd__Reply *rep;
+	ssmd_checkpoint *ck = NULL;
 	int rc;
 
 	if (!op->session)
@@ -561,13 +562,38 @@ static int append_call(ssmd_client *c, Ssmd__AppendRequest *op,
 	req.append = op;
 	if ((rc = client_call(c, &req, SSMD__REPLY__RESULT_APPEND, &rep)))
 		return rc;
-	if (out) {
-		out->n_appended = rep->append->appended;
-		out->n_tokens = rep->append->session_tokens;
-		out->n_checkpoints = (uint32_t)rep->append->n_checkpoints;
+	const Ssmd__AppendReply *r = rep->append;
+	if (checkpoints && r->n_checkpoints) {
+		if (r->n_checkpoint_tokens != r->n_checkpoints) {
+			rc = ssmd_err_set(SSMD_EPROTO, "append reply: %zu "
+					  "checkpoints but %zu positions",
+					  r->n_checkpoints, r->n_checkpoint_tokens);
+			goto done;
+		}
+		if (!(ck = calloc(r->n_checkpoints, sizeof *ck))) {
+			rc = ssmd_err_set(SSMD_ENOMEM, "append: out of memory");
+			goto done;
+		}
+		for (size_t i = 0; i < r->n_checkpoints && !rc; i++) {
+			rc = copy_id(ck[i].id, r->checkpoints[i]);
+			ck[i].n_tokens = r->checkpoint_tokens[i];
+		}
+		if (rc)
+			goto done;
 	}
+	if (out) {
+		out->n_appended = r->appended;
+		out->n_tokens = r->session_tokens;
+		out->n_checkpoints = (uint32_t)r->n_checkpoints;
+	}
+	if (checkpoints) {
+		*checkpoints = ck;
+		ck = NULL;
+	}
+done:
+	free(ck);
 	ssmd__reply__free_unpacked(rep, NULL);
-	return SSMD_OK;
+	return rc;
 }
 
 int ssmd_append_text(ssmd_client *c, const char *session, const char *text,
@@ -579,7 +605,7 @@ int ssmd_append_text(ssmd_client *c, const char *session, const char *text,
 		return ssmd_err_set(SSMD_EINVAL, "append: no text");
 	op.session = (char *)session;
 	op.text = (char *)text;
-	return append_call(c, &op, out);
+	return append_call(c, &op, out, NULL);
 }
 
 int ssmd_append_tokens(ssmd_client *c, const char *session,
@@ -592,7 +618,37 @@ int ssmd_append_tokens(ssmd_client *c, const char *session,
 	op.session = (char *)session;
 	op.n_tokens = n;
 	op.tokens = (int32_t *)tokens;
-	return append_call(c, &op, out);
+	return append_call(c, &op, out, NULL);
+}
+
+int ssmd_append(ssmd_client *c, const char *session,
+		const ssmd_append_args *args, ssmd_append_result *out,
+		ssmd_checkpoint **checkpoints)
+{
+	Ssmd__AppendRequest op = SSMD__APPEND_REQUEST__INIT;
+
+	if (!args)
+		return ssmd_err_set(SSMD_EINVAL, "append: no arguments");
+	if ((args->text != NULL) + (args->tokens != NULL) +
+	    (args->texts != NULL) != 1)
+		return ssmd_err_set(SSMD_EINVAL, "append: give exactly one of "
+				    "text, tokens, texts");
+	if (checkpoints && !out)
+		return ssmd_err_set(SSMD_EINVAL, "append: checkpoints need out "
+				    "for their count");
+	op.session = (char *)session;
+	op.text = (char *)args->text;
+	op.n_tokens = args->tokens ? args->n_tokens : 0;
+	op.tokens = (int32_t *)args->tokens;
+	op.n_texts = args->texts ? args->n_texts : 0;
+	op.texts = (char **)args->texts;
+	if (args->checkpoint_every) {
+		op.has_checkpoint_every = 1;
+		op.checkpoint_every = args->checkpoint_every;
+	}
+	op.n_boundaries = args->boundaries ? args->n_boundaries : 0;
+	op.boundaries = (uint32_t *)args->boundaries;
+	return append_call(c, &op, out, checkpoints);
 }
 
 const char *ssmd_finish_name(int finish)
@@ -1133,6 +1189,142 @@ int ssmd_state_import(ssmd_client *c, const void *data, size_t len,
 	req.op_case = SSMD__REQUEST__OP_IMPORT_STATE;
 	req.import_state = &op;
 	return state_ref_call(c, &req, out);
+}
+
+/* ---------------------------------------------------- merge, score -- */
+
+int ssmd_merge(ssmd_client *c, const ssmd_merge_args *args, ssmd_state_ref *out,
+	       ssmd_session *session)
+{
+	Ssmd__Request req = SSMD__REQUEST__INIT;
+	Ssmd__MergeRequest op = SSMD__MERGE_REQUEST__INIT;
+	Ssmd__Reply *rep;
+	ssmd_state_ref ref;
+	ssmd_session ses;
+	int rc;
+
+	if (!args || !args->sources || args->n_sources < 2)
+		return ssmd_err_set(SSMD_EINVAL, "merge: needs at least 2 sources");
+	op.n_sources = args->n_sources;
+	op.sources = (char **)args->sources;
+	op.n_weights = args->weights ? args->n_weights : 0;
+	op.weights = (double *)args->weights;
+	op.mode = (char *)args->mode;
+	op.tag = (char *)args->tag;
+	op.label = (char *)args->label;
+	if (args->open) {
+		op.has_open = 1;
+		op.open = 1;
+	}
+	if (args->seed) {
+		op.has_seed = 1;
+		op.seed = *args->seed;
+	}
+	req.op_case = SSMD__REQUEST__OP_MERGE;
+	req.merge = &op;
+	if ((rc = client_call(c, &req, SSMD__REPLY__RESULT_MERGE, &rep)))
+		return rc;
+	const Ssmd__MergeReply *r = rep->merge;
+	memset(&ref, 0, sizeof ref);
+	memset(&ses, 0, sizeof ses);
+	rc = copy_id(ref.id, r->state_id);
+	ref.n_tokens = r->n_tokens;
+	if (!rc && !ref.id[0])
+		rc = ssmd_err_set(SSMD_EPROTO, "merge reply without a state ID");
+	if (!rc && args->open) {
+		if (!r->session || !r->session->id || !r->session->id[0])
+			rc = ssmd_err_set(SSMD_EPROTO, "merge reply without the "
+					  "session it was asked to open");
+		else if (!(rc = copy_id(ses.id, r->session->id)))
+			rc = copy_id(ses.base_state, r->session->base_state);
+		ses.n_tokens = r->session ? r->session->n_tokens : 0;
+	}
+	ssmd__reply__free_unpacked(rep, NULL);
+	if (rc)
+		return rc;
+	if (out)
+		*out = ref;
+	if (session && args->open)
+		*session = ses;
+	return SSMD_OK;
+}
+
+static int score_call(ssmd_client *c, Ssmd__ScoreRequest *op, ssmd_score **out)
+{
+	Ssmd__Request req = SSMD__REQUEST__INIT;
+	Ssmd__Reply *rep;
+	ssmd_score *sc = NULL;
+	int rc;
+
+	if (!op->source)
+		return ssmd_err_set(SSMD_EINVAL, "score: no source");
+	req.op_case = SSMD__REQUEST__OP_SCORE;
+	req.score = op;
+	if ((rc = client_call(c, &req, SSMD__REPLY__RESULT_SCORE, &rep)))
+		return rc;
+	const Ssmd__ScoreReply *r = rep->score;
+	if (r->unscored > r->n_tokens ||
+	    r->n_token_logprobs != r->n_tokens - r->unscored) {
+		rc = ssmd_err_set(SSMD_EPROTO, "score reply: %zu log-probabilities "
+				  "for %zu tokens, %u unscored", r->n_token_logprobs,
+				  r->n_tokens, r->unscored);
+		goto done;
+	}
+	if (!(sc = calloc(1, sizeof *sc)) ||
+	    !(sc->tokens = malloc((r->n_tokens ? r->n_tokens : 1) * sizeof *sc->tokens)) ||
+	    !(sc->token_logprobs = malloc((r->n_token_logprobs ? r->n_token_logprobs : 1) *
+					  sizeof *sc->token_logprobs))) {
+		rc = ssmd_err_set(SSMD_ENOMEM, "score: out of memory");
+		goto done;
+	}
+	sc->logprob = r->logprob;
+	sc->n_tokens = r->n_tokens;
+	sc->unscored = r->unscored;
+	if (r->n_tokens)
+		memcpy(sc->tokens, r->tokens, r->n_tokens * sizeof *sc->tokens);
+	if (r->n_token_logprobs)
+		memcpy(sc->token_logprobs, r->token_logprobs,
+		       r->n_token_logprobs * sizeof *sc->token_logprobs);
+	*out = sc;
+	sc = NULL;
+done:
+	ssmd_score_free(sc);
+	ssmd__reply__free_unpacked(rep, NULL);
+	return rc;
+}
+
+int ssmd_score_text(ssmd_client *c, const char *source, const char *text,
+		    ssmd_score **out)
+{
+	Ssmd__ScoreRequest op = SSMD__SCORE_REQUEST__INIT;
+
+	if (!text)
+		return ssmd_err_set(SSMD_EINVAL, "score: no text");
+	op.source = (char *)source;
+	op.text = (char *)text;
+	return score_call(c, &op, out);
+}
+
+int ssmd_score_tokens(ssmd_client *c, const char *source,
+		      const int32_t *tokens, size_t n, ssmd_score **out)
+{
+	Ssmd__ScoreRequest op = SSMD__SCORE_REQUEST__INIT;
+
+	if (!tokens || !n)
+		return ssmd_err_set(SSMD_EINVAL, "score: no tokens");
+	op.source = (char *)source;
+	op.n_tokens = n;
+	op.tokens = (int32_t *)tokens;
+	return score_call(c, &op, out);
+}
+
+void ssmd_score_free(ssmd_score *s)
+{
+	if (!s)
+		return;
+	free(s->tokens);
+	free(s->token_logprobs);
+	free(s);
 }
 
 void ssmd_free(void *p)

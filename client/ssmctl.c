@@ -37,7 +37,8 @@ static const char usage_text[] =
 "  info                                   daemon, model, backend, limits\n"
 "  open [--from ID|TAG] [--fork SESSION] [-n K] [--seed N] [--label L]\n"
 "                                         open session(s); prints their IDs\n"
-"  append SESSION (--text T | --file F | --tokens 1,2,3)\n"
+"  append SESSION (--text T | --file F | --tokens 1,2,3 | --message T...)\n"
+"         [--checkpoint-every N] [--boundaries 10,20]   (prints checkpoints)\n"
 "  generate SESSION [--max-tokens N] [--temperature T] [--top-k K]\n"
 "           [--top-p P] [--seed S] [--stop STR]... [--stop-token ID]...\n"
 "           [--snapshot] [--tag NAME]   prints tokens as they stream\n"
@@ -49,6 +50,9 @@ static const char usage_text[] =
 "  state ID|TAG                           one state and its lineage\n"
 "  tag NAME ID|TAG     untag NAME     rm ID|TAG [--force]\n"
 "  export ID|TAG FILE  import FILE [--tag NAME]     stats\n"
+"  merge ID|TAG ID|TAG... [--mode interpolate|compose|replay]\n"
+"        [--weights 0.7,0.3] [--tag NAME] [--label L] [--open [--seed S]]\n"
+"  score SESSION|ID|TAG (--text T | --file F | --tokens 1,2,3)\n"
 "\n"
 "URL defaults to $SSMD_URL, else the daemon's default ipc socket.\n";
 
@@ -431,7 +435,285 @@ static size_t next_cut(const char *text, size_t from, size_t len)
 	return len;
 }
 
+/* Parses "10,20,30" into a malloc'd array of positive offsets. */
+static int parse_offsets(const char *s, uint32_t **out, size_t *n)
+{
+	int32_t *v;
+	uint32_t *u;
+
+	if (parse_tokens(s, &v, n))
+		return -1;
+	u = malloc(*n * sizeof *u);
+	if (!u) {
+		free(v);
+		return -1;
+	}
+	for (size_t i = 0; i < *n; i++)
+		u[i] = (uint32_t)v[i];
+	free(v);
+	*out = u;
+	return 0;
+}
+
+/* Appends the checkpoints of one request to the running list. */
+static int add_checkpoints(ssmd_checkpoint **all, size_t *n_all,
+			   ssmd_checkpoint *ck, size_t n)
+{
+	ssmd_checkpoint *grown;
+
+	if (!n)
+		return 0;
+	grown = realloc(*all, (*n_all + n) * sizeof *grown);
+	if (!grown)
+		return -1;
+	memcpy(grown + *n_all, ck, n * sizeof *ck);
+	*all = grown;
+	*n_all += n;
+	return 0;
+}
+
 static int cmd_append(cmd_ctx *x)
+{
+	static const struct option opts[] = {
+		{"text", required_argument, NULL, 't'},
+		{"file", required_argument, NULL, 'f'},
+		{"tokens", required_argument, NULL, 'k'},
+		{"message", required_argument, NULL, 'm'},
+		{"checkpoint-every", required_argument, NULL, 'c'},
+		{"boundaries", required_argument, NULL, 'b'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *text = NULL, *file = NULL, *toks = NULL, *bounds = NULL;
+	const char *session;
+	const char **messages;
+	size_t n_messages = 0, n_ck_all = 0;
+	ssmd_append_args a;
+	ssmd_append_result r, total;
+	ssmd_checkpoint *ck_all = NULL, *ck = NULL;
+	int32_t *ids = NULL;
+	uint32_t *offsets = NULL;
+	char *buf = NULL;
+	int o, rc = 0, ret = EXIT_USAGE;
+
+	memset(&a, 0, sizeof a);
+	memset(&total, 0, sizeof total);
+	if (!(messages = calloc((size_t)x->argc, sizeof *messages)))
+		return fail("append", ssmd_err_set(SSMD_ENOMEM, "out of memory"));
+	while ((o = getopt_long(x->argc, x->argv, "", opts, NULL)) != -1) {
+		switch (o) {
+		case 't': text = optarg; break;
+		case 'f': file = optarg; break;
+		case 'k': toks = optarg; break;
+		case 'm': messages[n_messages++] = optarg; break;
+		case 'b': bounds = optarg; break;
+		case 'c':
+			if (parse_u32(optarg, &a.checkpoint_every) ||
+			    !a.checkpoint_every) {
+				usage("bad --checkpoint-every: %s", optarg);
+				goto done;
+			}
+			break;
+		default:
+			usage(NULL, NULL);
+			goto done;
+		}
+	}
+	if (optind + 1 != x->argc) {
+		usage("append needs one SESSION", NULL);
+		goto done;
+	}
+	if ((text != NULL) + (file != NULL) + (toks != NULL) + (n_messages > 0) != 1) {
+		usage("append needs exactly one of --text, --file, --tokens, "
+		      "--message...", NULL);
+		goto done;
+	}
+	if (bounds && parse_offsets(bounds, &offsets, &a.n_boundaries)) {
+		usage("bad --boundaries: %s (want 10,20,30)", bounds);
+		goto done;
+	}
+	a.boundaries = offsets;
+	session = x->argv[optind];
+
+	if (toks) {
+		if (parse_tokens(toks, &ids, &a.n_tokens)) {
+			usage("bad --tokens: %s (want 1,2,3)", toks);
+			goto done;
+		}
+		a.tokens = ids;
+	} else if (text) {
+		a.text = text;
+	} else if (n_messages) {
+		a.texts = messages;
+		a.n_texts = n_messages;
+	}
+	if (!file) {
+		rc = ssmd_append(x->c, session, &a, &total, &ck);
+		if (rc == SSMD_OK && add_checkpoints(&ck_all, &n_ck_all, ck,
+						      total.n_checkpoints))
+			rc = ssmd_err_set(SSMD_ENOMEM, "out of memory");
+		ssmd_free(ck);
+		ck = NULL;
+	} else {
+		size_t len, from = 0;
+		int bar;
+		if ((rc = read_file(file, &buf, &len))) {
+			ret = fail("append", rc);
+			goto done;
+		}
+		/* Checkpoint offsets count from the start of one append:
+		 * with them the file goes whole. */
+		int whole = a.checkpoint_every || a.n_boundaries;
+		bar = !whole && isatty(STDERR_FILENO) && len > APPEND_CHUNK;
+		while (from < len && rc == SSMD_OK) {
+			size_t cut = whole ? len : next_cut(buf, from, len);
+			char saved = buf[cut];
+			buf[cut] = '\0';
+			a.text = buf + from;
+			rc = ssmd_append(x->c, session, &a, &r, &ck);
+			buf[cut] = saved;
+			if (rc == SSMD_OK) {
+				total.n_appended += r.n_appended;
+				total.n_tokens = r.n_tokens;
+				total.n_checkpoints += r.n_checkpoints;
+				if (add_checkpoints(&ck_all, &n_ck_all, ck,
+						    r.n_checkpoints))
+					rc = ssmd_err_set(SSMD_ENOMEM, "out of memory");
+				from = cut;
+				if (bar)
+					progress(from, len);
+			}
+			ssmd_free(ck);
+			ck = NULL;
+		}
+		if (bar && rc != SSMD_OK)
+			fputc('\n', stderr);
+	}
+	if (rc) {
+		ret = fail("append", rc);
+		goto done;
+	}
+	if (json_out) {
+		cJSON *o2 = cJSON_CreateObject();
+		cJSON *arr;
+		cJSON_AddStringToObject(o2, "session", session);
+		cJSON_AddNumberToObject(o2, "appended", total.n_appended);
+		cJSON_AddNumberToObject(o2, "n_tokens", (double)total.n_tokens);
+		arr = cJSON_AddArrayToObject(o2, "checkpoints");
+		for (size_t i = 0; i < n_ck_all; i++) {
+			cJSON *e = cJSON_CreateObject();
+			cJSON_AddStringToObject(e, "id", ck_all[i].id);
+			cJSON_AddNumberToObject(e, "n_tokens", (double)ck_all[i].n_tokens);
+			cJSON_AddItemToArray(arr, e);
+		}
+		json_print(o2);
+	} else {
+		printf("appended %u tokens (session %s now at %" PRIu64 " tokens)\n",
+		       total.n_appended, session, total.n_tokens);
+		for (size_t i = 0; i < n_ck_all; i++)
+			printf("checkpoint %s at %" PRIu64 " tokens\n", ck_all[i].id,
+			       ck_all[i].n_tokens);
+	}
+	ret = 0;
+done:
+	free(buf);
+	free(ck_all);
+	free(ids);
+	free(offsets);
+	free(messages);
+	return ret;
+}
+
+static int cmd_merge(cmd_ctx *x)
+{
+	static const struct option opts[] = {
+		{"weights", required_argument, NULL, 'w'},
+		{"mode", required_argument, NULL, 'm'},
+		{"tag", required_argument, NULL, 't'},
+		{"label", required_argument, NULL, 'l'},
+		{"open", no_argument, NULL, 'o'},
+		{"seed", required_argument, NULL, 's'},
+		{NULL, 0, NULL, 0},
+	};
+	ssmd_merge_args a;
+	ssmd_state_ref r;
+	ssmd_session ses;
+	double *weights = NULL;
+	uint64_t seed;
+	int o, rc, ret = EXIT_USAGE;
+
+	memset(&a, 0, sizeof a);
+	if (!(weights = calloc((size_t)x->argc + 1, sizeof *weights)))
+		return fail("merge", ssmd_err_set(SSMD_ENOMEM, "out of memory"));
+	while ((o = getopt_long(x->argc, x->argv, "", opts, NULL)) != -1) {
+		switch (o) {
+		case 'w': {
+			/* "0.7,0.3" or repeated --weights */
+			char *copy = strdup(optarg), *tok, *save = NULL, *end;
+			int bad = !copy;
+			for (tok = copy ? strtok_r(copy, ",", &save) : NULL; tok;
+			     tok = strtok_r(NULL, ",", &save)) {
+				errno = 0;
+				double w = strtod(tok, &end);
+				if (errno || end == tok || *end || a.n_weights >= (size_t)x->argc) {
+					bad = 1;
+					break;
+				}
+				weights[a.n_weights++] = w;
+			}
+			free(copy);
+			if (bad) {
+				usage("bad --weights: %s (want 0.7,0.3)", optarg);
+				goto done;
+			}
+			break;
+		}
+		case 'm': a.mode = optarg; break;
+		case 't': a.tag = optarg; break;
+		case 'l': a.label = optarg; break;
+		case 'o': a.open = 1; break;
+		case 's':
+			if (parse_u64(optarg, &seed)) {
+				usage("bad --seed: %s", optarg);
+				goto done;
+			}
+			a.seed = &seed;
+			break;
+		default:
+			usage(NULL, NULL);
+			goto done;
+		}
+	}
+	if (x->argc - optind < 2) {
+		usage("merge needs at least two IDs or tags", NULL);
+		goto done;
+	}
+	a.sources = (const char *const *)(x->argv + optind);
+	a.n_sources = (size_t)(x->argc - optind);
+	if (a.n_weights)
+		a.weights = weights;
+	if ((rc = ssmd_merge(x->c, &a, &r, &ses))) {
+		ret = fail("merge", rc);
+		goto done;
+	}
+	if (json_out) {
+		cJSON *j = cJSON_CreateObject();
+		cJSON_AddStringToObject(j, "state_id", r.id);
+		cJSON_AddNumberToObject(j, "n_tokens", (double)r.n_tokens);
+		if (a.open)
+			cJSON_AddStringToObject(j, "session", ses.id);
+		json_print(j);
+	} else {
+		puts(r.id);
+		if (a.open)
+			puts(ses.id);
+	}
+	ret = 0;
+done:
+	free(weights);
+	return ret;
+}
+
+static int cmd_score(cmd_ctx *x)
 {
 	static const struct option opts[] = {
 		{"text", required_argument, NULL, 't'},
@@ -439,9 +721,12 @@ static int cmd_append(cmd_ctx *x)
 		{"tokens", required_argument, NULL, 'k'},
 		{NULL, 0, NULL, 0},
 	};
-	const char *text = NULL, *file = NULL, *toks = NULL, *session;
-	ssmd_append_result r, total;
-	int o, rc = 0;
+	const char *text = NULL, *file = NULL, *toks = NULL;
+	ssmd_score *sc = NULL;
+	int32_t *ids = NULL;
+	char *buf = NULL;
+	size_t n, len;
+	int o, rc;
 
 	while ((o = getopt_long(x->argc, x->argv, "", opts, NULL)) != -1) {
 		switch (o) {
@@ -452,60 +737,42 @@ static int cmd_append(cmd_ctx *x)
 		}
 	}
 	if (optind + 1 != x->argc)
-		return usage("append needs one SESSION", NULL);
+		return usage("score needs one SESSION, state ID or tag", NULL);
 	if ((text != NULL) + (file != NULL) + (toks != NULL) != 1)
-		return usage("append needs exactly one of --text, --file, --tokens", NULL);
-	session = x->argv[optind];
-	memset(&total, 0, sizeof total);
-
+		return usage("score needs exactly one of --text, --file, --tokens", NULL);
 	if (toks) {
-		int32_t *ids;
-		size_t n;
 		if (parse_tokens(toks, &ids, &n))
 			return usage("bad --tokens: %s (want 1,2,3)", toks);
-		rc = ssmd_append_tokens(x->c, session, ids, n, &total);
+		rc = ssmd_score_tokens(x->c, x->argv[optind], ids, n, &sc);
 		free(ids);
-	} else if (text) {
-		rc = ssmd_append_text(x->c, session, text, &total);
 	} else {
-		char *buf;
-		size_t len, from = 0;
-		int bar;
-		if ((rc = read_file(file, &buf, &len)))
-			return fail("append", rc);
-		bar = isatty(STDERR_FILENO) && len > APPEND_CHUNK;
-		while (from < len && rc == SSMD_OK) {
-			size_t cut = next_cut(buf, from, len);
-			char saved = buf[cut];
-			buf[cut] = '\0';
-			rc = ssmd_append_text(x->c, session, buf + from, &r);
-			buf[cut] = saved;
-			if (rc == SSMD_OK) {
-				total.n_appended += r.n_appended;
-				total.n_tokens = r.n_tokens;
-				total.n_checkpoints += r.n_checkpoints;
-				from = cut;
-				if (bar)
-					progress(from, len);
-			}
-		}
-		if (bar && rc != SSMD_OK)
-			fputc('\n', stderr);
+		if (file && (rc = read_file(file, &buf, &len)))
+			return fail("score", rc);
+		rc = ssmd_score_text(x->c, x->argv[optind], file ? buf : text, &sc);
 		free(buf);
 	}
 	if (rc)
-		return fail("append", rc);
+		return fail("score", rc);
+	size_t scored = sc->n_tokens - sc->unscored;
 	if (json_out) {
-		cJSON *o2 = cJSON_CreateObject();
-		cJSON_AddStringToObject(o2, "session", session);
-		cJSON_AddNumberToObject(o2, "appended", total.n_appended);
-		cJSON_AddNumberToObject(o2, "n_tokens", (double)total.n_tokens);
-		cJSON_AddNumberToObject(o2, "checkpoints", total.n_checkpoints);
-		json_print(o2);
+		cJSON *j = cJSON_CreateObject();
+		cJSON *t = cJSON_AddArrayToObject(j, "tokens");
+		cJSON *l = cJSON_AddArrayToObject(j, "token_logprobs");
+		cJSON_AddNumberToObject(j, "logprob", sc->logprob);
+		cJSON_AddNumberToObject(j, "unscored", sc->unscored);
+		for (size_t i = 0; i < sc->n_tokens; i++)
+			cJSON_AddItemToArray(t, cJSON_CreateNumber(sc->tokens[i]));
+		for (size_t i = 0; i < scored; i++)
+			cJSON_AddItemToArray(l, cJSON_CreateNumber(sc->token_logprobs[i]));
+		json_print(j);
+	} else if (scored) {
+		printf("logprob %.4f over %zu tokens (%.4f per token, perplexity %.2f)\n",
+		       sc->logprob, scored, sc->logprob / (double)scored,
+		       exp(-sc->logprob / (double)scored));
 	} else {
-		printf("appended %u tokens (session %s now at %" PRIu64 " tokens)\n",
-		       total.n_appended, session, total.n_tokens);
+		printf("no token scored\n");
 	}
+	ssmd_score_free(sc);
 	return 0;
 }
 
@@ -1041,6 +1308,7 @@ static const struct {
 	{"untag", cmd_untag},     {"rm", cmd_rm},
 	{"export", cmd_export},   {"import", cmd_import},
 	{"stats", cmd_stats},
+	{"merge", cmd_merge},     {"score", cmd_score},
 };
 
 int main(int argc, char **argv)

@@ -187,6 +187,37 @@ int ssmd_append_text(ssmd_client *c, const char *session, const char *text,
 int ssmd_append_tokens(ssmd_client *c, const char *session,
 		       const int32_t *tokens, size_t n, ssmd_append_result *out);
 
+/* A checkpoint stored during an append: its state ID and the session's
+ * n_tokens there. */
+typedef struct ssmd_checkpoint {
+	char id[SSMD_ID_MAX];
+	uint64_t n_tokens;
+} ssmd_checkpoint;
+
+typedef struct ssmd_append_args {
+	const char *text;              /* text to tokenize, or NULL */
+	const int32_t *tokens;         /* n_tokens token IDs, or NULL */
+	size_t n_tokens;
+	const char *const *texts;      /* n_texts messages, each tokenized on
+					* its own, a checkpoint after each; or NULL */
+	size_t n_texts;
+	uint32_t checkpoint_every;     /* a checkpoint after every N tokens of
+					* this append; 0 = none */
+	const uint32_t *boundaries;    /* n_boundaries offsets into this append
+					* (ascending, 1..tokens appended) to
+					* checkpoint at, or NULL */
+	size_t n_boundaries;
+} ssmd_append_args;
+
+/* The general append: exactly one of args->text / tokens / texts, with
+ * checkpoints inside the prefill, each equal to the state of an append that
+ * stopped there. out may be NULL. When checkpoints is not NULL (out must then
+ * be given), *checkpoints receives a malloc'd array of out->n_checkpoints
+ * entries in order (free with ssmd_free(); NULL when there are none). */
+int ssmd_append(ssmd_client *c, const char *session,
+		const ssmd_append_args *args, ssmd_append_result *out,
+		ssmd_checkpoint **checkpoints);
+
 enum ssmd_finish {
 	SSMD_FINISH_NONE = 0,
 	SSMD_FINISH_LENGTH = 1,       /* max_tokens reached */
@@ -341,8 +372,55 @@ int ssmd_state_export(ssmd_client *c, const char *ref, void **data,
 int ssmd_state_import(ssmd_client *c, const void *data, size_t len,
 		      const char *tag, ssmd_state_ref *out);
 
-/* Frees memory returned by this library (ssmd_state_export); NULL is a
- * no-op. */
+typedef struct ssmd_merge_args {
+	const char *const *sources;   /* n_sources >= 2 state IDs or tags */
+	size_t n_sources;
+	const double *weights;        /* interpolate: one per source, or NULL
+				       * for equal weights */
+	size_t n_weights;
+	const char *mode;             /* "interpolate" (NULL), "compose" or
+				       * "replay" */
+	const char *tag;              /* tag the merged state, or NULL */
+	const char *label;            /* its label, or NULL */
+	int open;                     /* also open a session on it */
+	const uint64_t *seed;         /* that session's seed, or NULL */
+} ssmd_merge_args;
+
+/* Merges stored states into a new stored state (kind "merge", the sources
+ * as parents): interpolate = weighted mean of every part, compose = A then B
+ * through B's dt_sum, replay = resume the first source and feed the others'
+ * transcripts (exact). out (may be NULL) receives the new state; with
+ * args->open, session (may be NULL) the session opened on it. SSMD_EMODEL
+ * for sources of another model, SSMD_EINVAL for bad weights or mode. */
+int ssmd_merge(ssmd_client *c, const ssmd_merge_args *args, ssmd_state_ref *out,
+	       ssmd_session *session);
+
+/* The log-probability of tokens following a state. */
+typedef struct ssmd_score {
+	double logprob;               /* sum of token_logprobs (natural log) */
+	int32_t *tokens;              /* (n_tokens) the scored text's tokens */
+	size_t n_tokens;
+	uint32_t unscored;            /* leading tokens read as context only:
+				       * 1 after an empty source, else 0 */
+	float *token_logprobs;        /* (n_tokens - unscored): entry i is the
+				       * log-probability of tokens[i + unscored]
+				       * given everything before it */
+} ssmd_score;
+
+/* Scores text (tokenized by the daemon) or n tokens after source — a live
+ * session (scored at its current state, in order with its other requests)
+ * or a state ID or tag — without changing the source. *out is freed with
+ * ssmd_score_free(). */
+int ssmd_score_text(ssmd_client *c, const char *source, const char *text,
+		    ssmd_score **out);
+int ssmd_score_tokens(ssmd_client *c, const char *source,
+		      const int32_t *tokens, size_t n, ssmd_score **out);
+
+/* Frees a score; NULL is a no-op. */
+void ssmd_score_free(ssmd_score *s);
+
+/* Frees memory returned by this library (ssmd_state_export, ssmd_append
+ * checkpoints); NULL is a no-op. */
 void ssmd_free(void *p);
 
 #ifdef __cplusplus

@@ -225,15 +225,27 @@ class Client:
         return [s.id for s in self._call("sessions", fork=op).sessions.sessions]
 
     def append(self, session: str, text: Optional[str] = None,
-               tokens: Optional[Sequence[int]] = None) -> "pb.AppendReply":
-        """Feeds text (needs a tokenizer) or token IDs into a session."""
-        if (text is None) == (tokens is None):
-            raise SsmdError(SSMD_EINVAL, "append: give text or tokens")
+               tokens: Optional[Sequence[int]] = None, *,
+               texts: Optional[Sequence[str]] = None,
+               checkpoint_every: Optional[int] = None,
+               boundaries: Sequence[int] = ()) -> "pb.AppendReply":
+        """Feeds text (needs a tokenizer), token IDs, or a list of messages
+        (texts: each tokenized on its own, a checkpoint after each) into a
+        session. checkpoint_every / boundaries store checkpoints at offsets
+        inside this append; the reply lists them (checkpoints with
+        checkpoint_tokens)."""
+        if sum(x is not None for x in (text, tokens, texts)) != 1:
+            raise SsmdError(SSMD_EINVAL, "append: give one of text, tokens, texts")
         op = pb.AppendRequest(session=session)
         if text is not None:
             op.text = text
-        else:
+        elif tokens is not None:
             op.tokens.extend(tokens)
+        else:
+            op.texts.extend(texts)
+        if checkpoint_every is not None:
+            op.checkpoint_every = checkpoint_every
+        op.boundaries.extend(boundaries)
         return self._call("append", append=op).append
 
     @staticmethod
@@ -346,6 +358,42 @@ class Client:
     def export(self, ref: str) -> bytes:
         """The state in the library's self-describing export format."""
         return self._call("export_state", export_state=pb.ExportRequest(ref=ref)).export_state.data
+
+    def merge(self, sources: Sequence[str], *, mode: Optional[str] = None,
+              weights: Sequence[float] = (), tag: Optional[str] = None,
+              label: Optional[str] = None, open: bool = False,
+              seed: Optional[int] = None) -> "pb.MergeReply":
+        """Merges stored states (IDs or tags) into a new stored state:
+        mode "interpolate" (default, with weights), "compose" or "replay".
+        With open, the reply's session is a new session on it."""
+        op = pb.MergeRequest(sources=list(sources), weights=list(weights), open=open)
+        for name, value in (("mode", mode), ("tag", tag), ("label", label),
+                            ("seed", seed)):
+            if value is not None:
+                setattr(op, name, value)
+        return self._call("merge", merge=op).merge
+
+    def score(self, source: str, text: Optional[str] = None,
+              tokens: Optional[Sequence[int]] = None) -> "pb.ScoreReply":
+        """Log-probability of text or tokens after a live session or a state
+        ID or tag, leaving the source unchanged (.logprob, .tokens,
+        .token_logprobs, .unscored)."""
+        if (text is None) == (tokens is None):
+            raise SsmdError(SSMD_EINVAL, "score: give text or tokens")
+        op = pb.ScoreRequest(source=source)
+        if text is not None:
+            op.text = text
+        else:
+            op.tokens.extend(tokens)
+        return self._call("score", score=op).score
+
+    def result(self, request_id: str, client_id: Optional[str] = None) -> "pb.Reply":
+        """The final reply of an earlier request (by default one of this
+        client's), from the daemon's request cache; waits while it runs."""
+        op = pb.ResultRequest(request_id=request_id)
+        if client_id is not None:
+            op.client_id = client_id
+        return self._call("fetched", result=op).fetched.reply
 
     def import_state(self, data: bytes, tag: Optional[str] = None) -> str:
         """Stores an exported state; returns its new ID."""
