@@ -10,8 +10,8 @@ import math
 import pytest
 
 from ssmd_client import Client, SsmdError, events_url_for
-from ssmd_client.client import (SSMD_EEMPTY, SSMD_EINVAL, SSMD_ENOENT, SSMD_ERANGE,
-                                SSMD_EEXIST)
+from ssmd_client.client import (SSMD_EEMPTY, SSMD_EEXIST, SSMD_EINVAL, SSMD_ENOENT,
+                                SSMD_EPROTO, SSMD_ERANGE, SSMD_EUNSUPPORTED)
 
 PROMPT = ("A river does not hurry, yet it reaches the sea; the stones along "
           "its bed remember every flood.")
@@ -193,3 +193,131 @@ def test_delete_reparents_children(client):
     assert [x.id for x in st.lineage] == [a]
     # The child still loads, with every token it had.
     assert client.open_sessions(c)[0].n_tokens == 4
+
+
+def supported(fn):
+    """Runs fn; skips the test when the daemon does not implement the
+    operation yet (it answers SSMD_EPROTO or SSMD_EUNSUPPORTED)."""
+    try:
+        return fn()
+    except SsmdError as e:
+        if e.code in (SSMD_EPROTO, SSMD_EUNSUPPORTED):
+            pytest.skip(f"daemon does not serve this operation: {e}")
+        raise
+
+
+def continuation(client, source, n=5):
+    """Greedy tokens after a state ID/tag or a copy of a live session."""
+    s = client.fork(source, 1)[0]
+    return list(client.generate(s, n).tokens)
+
+
+def test_append_checkpoints(client):
+    toks = [(i * 37) % 50000 + 1 for i in range(40)]
+    s = client.open()
+    r = supported(lambda: client.append(s, tokens=toks, checkpoint_every=16,
+                                        boundaries=[5, 16]))
+    # 16 is named twice and stored once.
+    assert list(r.checkpoint_tokens) == [5, 16, 32]
+    assert len(r.checkpoints) == 3 and r.session_tokens == 40
+    for ck, pos in zip(r.checkpoints, r.checkpoint_tokens):
+        # Each checkpoint is the state of an append that stopped there.
+        ref = client.open()
+        client.append(ref, tokens=toks[:pos])
+        assert continuation(client, ck) == continuation(client, ref), pos
+        assert client.state(ck).info.kind == "checkpoint"
+    # Checkpoints chain, each the parent of the next.
+    assert client.state(r.checkpoints[2]).info.parent == r.checkpoints[1]
+
+    # Messages: each tokenized on its own, a checkpoint after each.
+    msgs = ["One fish.", " Two fish, red fish."]
+    s2 = client.open()
+    r2 = client.append(s2, texts=msgs)
+    first = client.append(client.open(), text=msgs[0]).appended
+    assert list(r2.checkpoint_tokens) == [first, r2.session_tokens]
+
+
+def test_merge(client):
+    a_toks, b_toks = [11, 12, 13, 14], [21, 22, 23]
+    sa, sb, sab = client.open(), client.open(), client.open()
+    client.append(sa, tokens=a_toks)
+    client.append(sb, tokens=b_toks)
+    client.append(sab, tokens=a_toks + b_toks)
+    a, b = client.snapshot(sa), client.snapshot(sb)
+
+    # replay is exact: the state of reading A's tokens then B's.
+    m = supported(lambda: client.merge([a, b], mode="replay", open=True,
+                                       tag="py/merged"))
+    assert m.n_tokens == 7 and m.session.id
+    assert list(client.generate(m.session.id, 5).tokens) == continuation(client, sab)
+    info = client.state("py/merged").info
+    assert info.kind == "merge" and info.parent == a
+
+    # interpolate with weights (1, 0) is A itself, bit for bit: 1*x + 0*y = x.
+    w = client.merge([a, b], weights=[1.0, 0.0])
+    assert w.n_tokens == 4
+    assert continuation(client, w.state_id) == continuation(client, a)
+
+    c = client.merge([a, b], mode="compose")
+    assert c.n_tokens == 7 and client.state(c.state_id).info.kind == "merge"
+
+    for kw, code in (({"sources": [a]}, SSMD_EINVAL),
+                     ({"sources": [a, b], "mode": "blend"}, SSMD_EINVAL),
+                     ({"sources": [a, b], "weights": [1.0, -1.0]}, SSMD_EINVAL),
+                     ({"sources": [a, b], "weights": [0.0, 0.0]}, SSMD_EINVAL),
+                     ({"sources": [a, b], "mode": "compose", "weights": [1.0, 1.0]},
+                      SSMD_EINVAL),
+                     ({"sources": [a, "py/no-such-tag"]}, SSMD_ENOENT)):
+        with pytest.raises(SsmdError) as e:
+            client.merge(**kw)
+        assert e.value.code == code, kw
+
+
+def test_score(client):
+    s = client.open()
+    client.append(s, text=PROMPT)
+    greedy = list(client.generate(client.fork(s, 1)[0], 8).tokens)
+    sc = supported(lambda: client.score(s, tokens=greedy))
+    assert list(sc.tokens) == greedy and sc.unscored == 0
+    assert len(sc.token_logprobs) == 8
+    # A greedy token is the most probable one, so its probability is at
+    # least 1/vocab: log p in [-ln V, 0] (1e-4 of slack for f32 rounding).
+    bound = math.log(client.info().vocab_size)
+    assert all(-bound - 1e-4 <= lp <= 1e-4 for lp in sc.token_logprobs)
+    # The total is the sum (f32 terms summed in f64: 1e-4 relative).
+    assert math.isclose(sc.logprob, sum(sc.token_logprobs), rel_tol=1e-4)
+    # The source is unchanged: it still continues with the same tokens.
+    assert list(client.generate(s, 8).tokens) == greedy
+
+    # The same state scored from the library gives the same numbers.
+    t = client.open()
+    client.append(t, text=PROMPT)
+    sid = client.snapshot(t)
+    lib = client.score(sid, tokens=greedy)
+    assert list(lib.token_logprobs) == list(sc.token_logprobs)
+    # Text is scored as its tokens.
+    by_text = client.score(sid, text=" and the tide came in.")
+    by_toks = client.score(sid, tokens=list(by_text.tokens))
+    assert by_text.logprob == by_toks.logprob
+    # From an empty session the first token has no prediction.
+    empty = client.score(client.open(), tokens=[5, 6, 7])
+    assert empty.unscored == 1 and len(empty.token_logprobs) == 2
+
+
+def test_result_by_request_id(daemon, client):
+    import pynng
+    from ssmd_client.client import pb
+    s = client.open()
+    client.append(s, tokens=[1, 2, 3])
+    req = pb.Request(version=1, request_id="py-result-1", client_id="py-result",
+                     generate=pb.GenerateRequest(session=s, max_tokens=6))
+    with pynng.Req0(dial=daemon.url, recv_timeout=30000) as raw:
+        raw.send(req.SerializeToString())
+        first = pb.Reply()
+        first.ParseFromString(raw.recv())
+    again = supported(lambda: client.result("py-result-1", client_id="py-result"))
+    assert again.request_id == "py-result-1"
+    assert list(again.generate.tokens) == list(first.generate.tokens)
+    with pytest.raises(SsmdError) as e:
+        client.result("never-sent")
+    assert e.value.code == SSMD_ENOENT
