@@ -127,3 +127,27 @@ def test_large_file_in_pieces(daemon, tmp_path):
         whole = c.append(b, text=text)
         assert r["n_tokens"] == whole.session_tokens
         assert list(c.generate(a, 5).tokens) == list(c.generate(b, 5).tokens)
+
+
+def test_checkpoints_merge_score(daemon):
+    s = ctl(daemon, "open").stdout.strip()
+    (a,) = ctl_json(daemon, "append", s, "--tokens", ",".join(str(i) for i in range(1, 21)),
+                    "--checkpoint-every", "8", "--boundaries", "3")
+    assert [c["n_tokens"] for c in a["checkpoints"]] == [3, 8, 16]
+    human = ctl(daemon, "append", s, "--message", "Hi.", "--message", " Bye.").stdout
+    assert human.count("checkpoint ") == 2
+
+    ids = [c["id"] for c in a["checkpoints"]]
+    out = ctl(daemon, "merge", ids[0], ids[1], "--mode", "replay", "--open").stdout.split()
+    assert len(out) == 2  # the state ID, then the opened session
+    (st,) = ctl_json(daemon, "state", out[0])
+    assert st["kind"] == "merge" and st["n_tokens"] == 3 + 8
+    (m,) = ctl_json(daemon, "merge", ids[0], ids[1], "--weights", "0.25,0.75",
+                    "--tag", "ctl/soup")
+    assert m["state_id"] and m["n_tokens"] == 7  # 0.25*3 + 0.75*8 = 6.75
+    assert ctl(daemon, "merge", ids[0], check=False).returncode == 2
+
+    (sc,) = ctl_json(daemon, "score", "ctl/soup", "--tokens", "5,6,7")
+    assert len(sc["token_logprobs"]) == 3 and sc["unscored"] == 0
+    assert abs(sc["logprob"] - sum(sc["token_logprobs"])) < 1e-3
+    assert "perplexity" in ctl(daemon, "score", s, "--text", "Hello.").stdout
