@@ -45,6 +45,7 @@ static const struct key keys[] = {
 	KI(max_sessions, 1, 1 << 24, "open sessions"),
 	KI(queue_depth, 1, 1 << 20, "requests waiting to start; beyond that EBUSY"),
 	KI(prefill_chunk, 1, 1 << 20, "tokens per appending session per step"),
+	KI(step_tokens, 1, 1 << 24, "tokens per scheduler step: decode plus prefill of every session"),
 	KI(idle_timeout, 0, 1 << 30, "seconds until an idle session is stored and closed (0 = never)"),
 	KI(request_cache, 16, 1 << 24, "replies remembered for retries"),
 	KI(contexts, 1, 65536, "requests in flight on the request endpoint"),
@@ -63,6 +64,7 @@ void cfg_init(cfg *c)
 	c->max_sessions = 4096;
 	c->queue_depth = 256;
 	c->prefill_chunk = 512;
+	c->step_tokens = 2048;
 	c->request_cache = 4096;
 	c->contexts = 1024;
 }

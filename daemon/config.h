@@ -42,6 +42,9 @@ typedef struct cfg {
 	int max_sessions;       /* open sessions (resident or paged out) */
 	int queue_depth;        /* requests submitted and not started; beyond: EBUSY */
 	int prefill_chunk;      /* tokens one appending session prefills per step */
+	int step_tokens;        /* tokens one scheduler step feeds in all: one
+				 * per generating session plus the prefill
+				 * chunks, shared round-robin among appenders */
 	int idle_timeout;       /* seconds after which an idle session is stored
 				 * and closed; 0 = never */
 	int request_cache;      /* remembered replies for idempotent retries */

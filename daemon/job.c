@@ -96,23 +96,33 @@ void job_free(struct job *j)
 	for (size_t i = 0; i < j->n_ckpts; i++)
 		sref_put(j->ckpts[i]);
 	free(j->ckpts);
+	free(j->ckpt_tokens);
 	sref_put(j->reply_ref);
 	free(j->reply_tag);
 	free(j->free_after);
 	gen_free(j->gen);
+	score_free(j->score);
+	merge_free(j->merge);
 	free(j->toks);
+	free(j->marks);
 	arena_fini(&j->arena);
 	proto_request_free(j->req);
 	free(j);
 }
 
-int job_ckpt_add(struct job *j, struct sref *ref)
+int job_ckpt_add(struct job *j, struct sref *ref, uint64_t n_tokens)
 {
 	struct sref **p = realloc(j->ckpts, (j->n_ckpts + 1) * sizeof(*p));
+	uint64_t *t;
 
 	if (!p)
 		return ssmd_err_set(SSMD_ENOMEM, "checkpoint list");
 	j->ckpts = p;
+	t = realloc(j->ckpt_tokens, (j->n_ckpts + 1) * sizeof(*t));
+	if (!t)
+		return ssmd_err_set(SSMD_ENOMEM, "checkpoint list");
+	j->ckpt_tokens = t;
+	t[j->n_ckpts] = n_tokens;
 	j->ckpts[j->n_ckpts++] = sref_get(ref);
 	return SSMD_OK;
 }

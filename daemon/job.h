@@ -63,9 +63,19 @@ struct job {
 	struct sess *sess;         /* the session it runs on, if any */
 	int started;
 
-	/* append: the tokens to consume and how many were. */
+	/* append (also score, and the replay of a merge): the tokens to
+	 * consume and how many were. */
 	int32_t *toks;
 	size_t n_toks, n_done;
+	/* append: checkpoint positions asked for inside it (offsets into toks,
+	 * ascending, unique, in 1..n_toks) and the first not yet reached. */
+	size_t *marks;
+	size_t n_marks, next_mark;
+
+	/* score: its buffers and results (scheduler.c). */
+	struct score *score;
+	/* merge: sources read by the store thread (scheduler_store.c). */
+	struct merge *merge;
 
 	/* generate: sampling state (scheduler.c). */
 	struct gen *gen;
@@ -73,6 +83,7 @@ struct job {
 	/* Automatic checkpoints stored while the job ran: their IDs go into the
 	 * reply once committed. */
 	struct sref **ckpts;
+	uint64_t *ckpt_tokens;     /* (n_ckpts) session n_tokens at each */
 	size_t n_ckpts;
 
 	/* Store-thread reply (sched_store_reply()): the state whose ID the
@@ -100,9 +111,9 @@ void job_unqueue(struct job *j);
 /* Frees a job without replying (only for jobs never handed out). NULL ok. */
 void job_free(struct job *j);
 
-/* Remembers an automatic checkpoint made while the job ran (takes a
- * reference). SSMD_ENOMEM. */
-int job_ckpt_add(struct job *j, struct sref *ref);
+/* Remembers a checkpoint made while the job ran (takes a reference), with
+ * the session's n_tokens at that checkpoint. SSMD_ENOMEM. */
+int job_ckpt_add(struct job *j, struct sref *ref, uint64_t n_tokens);
 
 /* Packs a reply that carries only an error, for requests that never became
  * jobs (unparsable bytes). *buf is malloc'd. */

@@ -136,8 +136,11 @@ static void fifo_unlink(rcache *c, struct entry *e)
 	e->older = e->newer = NULL;
 }
 
-int rcache_begin(rcache *c, const char *client_id, const char *request_id,
-		 void *waiter, void **reply, size_t *len, int *state)
+/* rcache_begin() and rcache_lookup(): create says whether an unknown key
+ * becomes a new entry (begin) or SSMD_ENOENT (lookup). */
+static int cache_find(rcache *c, const char *client_id, const char *request_id,
+		      void *waiter, void **reply, size_t *len, int *state,
+		      int create)
 {
 	char *key;
 	size_t key_len;
@@ -173,6 +176,10 @@ int rcache_begin(rcache *c, const char *client_id, const char *request_id,
 		w->next = e->waiters;
 		e->waiters = w;
 		*state = RCACHE_PENDING;
+	} else if (!create) {
+		rc = ssmd_err_set(SSMD_ENOENT,
+				  "request '%.128s' is unknown or no longer remembered",
+				  request_id);
 	} else {
 		e = calloc(1, sizeof(*e));
 		if (!e) {
@@ -190,6 +197,18 @@ out:
 	pthread_mutex_unlock(&c->lock);
 	free(key);
 	return rc;
+}
+
+int rcache_begin(rcache *c, const char *client_id, const char *request_id,
+		 void *waiter, void **reply, size_t *len, int *state)
+{
+	return cache_find(c, client_id, request_id, waiter, reply, len, state, 1);
+}
+
+int rcache_lookup(rcache *c, const char *client_id, const char *request_id,
+		  void *waiter, void **reply, size_t *len, int *state)
+{
+	return cache_find(c, client_id, request_id, waiter, reply, len, state, 0);
 }
 
 int rcache_finish(rcache *c, const char *client_id, const char *request_id,

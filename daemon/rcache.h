@@ -53,6 +53,13 @@ void rcache_free(rcache *c);
 int rcache_begin(rcache *c, const char *client_id, const char *request_id,
 		 void *waiter, void **reply, size_t *len, int *state);
 
+/* As rcache_begin(), but only for a key already known: RCACHE_DONE or
+ * RCACHE_PENDING (waiter attached unless NULL); SSMD_ENOENT for a key never
+ * seen or already forgotten (nothing is made). For fetching a result by
+ * request ID. */
+int rcache_lookup(rcache *c, const char *client_id, const char *request_id,
+		  void *waiter, void **reply, size_t *len, int *state);
+
 /* Completes an entry made by rcache_begin() == RCACHE_NEW: calls fn for each
  * attached waiter with reply, then keeps a copy of the reply when remember
  * is set (forgetting the oldest beyond capacity), or drops the entry when it

@@ -31,6 +31,9 @@
 #define STOP_MAX 64          /* stop strings + stop tokens per generate */
 #define STOP_LEN_MAX 256     /* bytes of one stop string */
 #define RATE_WINDOW_S 5.0    /* tokens/s is averaged over this window */
+#define APPEND_MARKS_MAX 65536 /* checkpoints asked for inside one append */
+#define SCORE_CHUNK 64       /* tokens per score step: bounds its logits
+			      * buffer to (64, vocab) floats */
 
 struct gen {
 	ssm_sampler smp;
@@ -168,6 +171,11 @@ static int reply_sessions(struct job *j, struct sess **v, size_t n)
 	}
 	j->reply.result_case = SSMD__REPLY__RESULT_SESSIONS;
 	j->reply.sessions = r;
+	/* The last step of every open: the new sessions go into the library's
+	 * session table, so their IDs outlive this process. */
+	for (size_t i = 0; i < n; i++)
+		if (sched_store_session(j->sched, v[i], 0))
+			log_warn("session %s: %s", v[i]->id, ssmd_errmsg());
 	return SSMD_OK;
 }
 
@@ -230,13 +238,16 @@ static int sess_state_copy(sched *s, struct sess *x, ssm_state **out)
 	return SSMD_OK;
 }
 
-/* Queues a put of the session's current state as a child of its base, with
- * its transcript; the new sref becomes its base. When job is set, the job is
- * finished by the store thread after the commit (tag applied, ID in the
- * reply). *ref_out (may be NULL) gets the new base, borrowed. */
-static int sess_store(sched *s, struct sess *x, store_kind kind,
-		      const char *tag, const char *label, struct job *job,
-		      int log_commit, struct sref **ref_out)
+/* Prepares a put of st (taken, also on failure) as the session's new state:
+ * a child of its base, with its transcript; the new sref becomes its base.
+ * The caller posts *out with sched_store_put() (after adding to it). When
+ * job is set, the job is finished by the store thread after the commit (tag
+ * applied, ID in the reply). *ref_out (may be NULL) gets the new base,
+ * borrowed. */
+static int sess_put_prepare(sched *s, struct sess *x, ssm_state *st,
+			    store_kind kind, const char *tag, const char *label,
+			    struct job *job, int log_commit,
+			    struct put_args **out, struct sref **ref_out)
 {
 	struct put_args *a = calloc(1, sizeof(*a));
 	struct sref *ref = sref_alloc();
@@ -246,12 +257,12 @@ static int sess_store(sched *s, struct sess *x, store_kind kind,
 		rc = ssmd_err_set(SSMD_ENOMEM, "snapshot");
 		goto fail;
 	}
-	rc = sess_state_copy(s, x, &a->st);
-	if (rc)
-		goto fail;
+	a->st = st;
+	st = NULL;
 	label = label ? label : x->label;
 	if ((label && !(a->label = strdup(label))) ||
-	    (tag && !(a->tag = strdup(tag)))) {
+	    (tag && !(a->tag = strdup(tag))) ||
+	    (x->label && !(a->sess_label = strdup(x->label)))) {
 		rc = ssmd_err_set(SSMD_ENOMEM, "snapshot");
 		goto fail;
 	}
@@ -263,6 +274,8 @@ static int sess_store(sched *s, struct sess *x, store_kind kind,
 	a->kind = kind;
 	a->job = job;
 	a->log_commit = log_commit;
+	a->persist = !x->scratch;
+	a->seed = x->seed;
 	memcpy(a->session, x->id, SESS_ID_SIZE);
 	x->base = ref;
 	x->trans = NULL;
@@ -270,16 +283,35 @@ static int sess_store(sched *s, struct sess *x, store_kind kind,
 	x->since_ckpt = 0;
 	if (ref_out)
 		*ref_out = ref;
-	sched_store_put(a);
+	*out = a;
 	return SSMD_OK;
 fail:
+	ssm_state_free(st);
 	if (a) {
 		ssm_state_free(a->st);
 		free(a->label);
 		free(a->tag);
+		free(a->sess_label);
 		free(a);
 	}
 	sref_put(ref);
+	return rc;
+}
+
+/* Queues a put of the session's current state (see sess_put_prepare()). */
+static int sess_store(sched *s, struct sess *x, store_kind kind,
+		      const char *tag, const char *label, struct job *job,
+		      int log_commit, struct sref **ref_out)
+{
+	struct put_args *a;
+	ssm_state *st = NULL;
+	int rc = sess_state_copy(s, x, &st);
+
+	if (!rc)
+		rc = sess_put_prepare(s, x, st, kind, tag, label, job, log_commit,
+				      &a, ref_out);
+	if (!rc)
+		sched_store_put(a);
 	return rc;
 }
 
@@ -610,25 +642,115 @@ static int gen_start(sched *s, struct job *j)
 
 /* -------------------------------------------------------------- append -- */
 
+/* Tokenizes text into j->toks (appending) and checks the IDs against the
+ * model's vocabulary. */
+static int text_tokens_add(sched *s, struct job *j, const char *text)
+{
+	int32_t *t = NULL, *all;
+	size_t n = 0;
+	int rc = tok_encode(s->tok, text, strlen(text), &t, &n);
+
+	if (rc)
+		return rc;
+	if (j->n_toks + n > (size_t)s->cfg->max_append_tokens) {
+		free(t);
+		return ssmd_err_set(SSMD_ERANGE,
+				    "text is %zu tokens; at most %d per request",
+				    j->n_toks + n, s->cfg->max_append_tokens);
+	}
+	/* The tokenizer may know more IDs than the model embeds. */
+	for (size_t i = 0; i < n; i++)
+		if (t[i] >= s->vocab) {
+			rc = ssmd_err_set(SSMD_EINVAL,
+					  "text token %d at position %zu is outside the model's vocabulary [0, %d)",
+					  t[i], j->n_toks + i, s->vocab);
+			free(t);
+			return rc;
+		}
+	all = realloc(j->toks, (j->n_toks + n + 1) * sizeof(*all));
+	if (!all) {
+		free(t);
+		return ssmd_err_set(SSMD_ENOMEM, "tokens");
+	}
+	if (n)
+		memcpy(all + j->n_toks, t, n * sizeof(*t));
+	j->toks = all;
+	j->n_toks += n;
+	free(t);
+	return SSMD_OK;
+}
+
+static int size_cmp(const void *a, const void *b)
+{
+	size_t x = *(const size_t *)a, y = *(const size_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Adds checkpoint position pos (1..n_toks) to j->marks (capacity checked by
+ * the caller). */
+static void mark_add(struct job *j, size_t pos)
+{
+	if (pos >= 1 && pos <= j->n_toks)
+		j->marks[j->n_marks++] = pos;
+}
+
+/* The positions inside this append where a checkpoint was asked for:
+ * multiples of checkpoint_every, the boundaries, the end of each text;
+ * sorted, each once. */
+static int append_marks(sched *s, struct job *j, const size_t *text_ends,
+			size_t n_texts)
+{
+	const Ssmd__AppendRequest *q = j->req->append;
+	size_t every = q->checkpoint_every, cap = q->n_boundaries + n_texts, u = 0;
+
+	for (size_t i = 0; i < q->n_boundaries; i++)
+		if (q->boundaries[i] > j->n_toks)
+			return ssmd_err_set(SSMD_ERANGE,
+					    "boundary %u is past the %zu tokens appended",
+					    q->boundaries[i], j->n_toks);
+	if (every)
+		cap += j->n_toks / every;
+	if (cap > APPEND_MARKS_MAX)
+		return ssmd_err_set(SSMD_ERANGE,
+				    "%zu checkpoints asked for in one append; at most %d",
+				    cap, APPEND_MARKS_MAX);
+	if (!cap)
+		return SSMD_OK;
+	(void)s;
+	j->marks = malloc(cap * sizeof(*j->marks));
+	if (!j->marks)
+		return ssmd_err_set(SSMD_ENOMEM, "checkpoint positions");
+	for (size_t i = 0; i < q->n_boundaries; i++)
+		mark_add(j, q->boundaries[i]);
+	for (size_t i = 0; i < n_texts; i++)
+		mark_add(j, text_ends[i]);
+	for (size_t p = every; every && p <= j->n_toks; p += every)
+		mark_add(j, p);
+	qsort(j->marks, j->n_marks, sizeof(*j->marks), size_cmp);
+	for (size_t i = 0; i < j->n_marks; i++)
+		if (!u || j->marks[i] != j->marks[u - 1])
+			j->marks[u++] = j->marks[i];
+	j->n_marks = u;
+	return SSMD_OK;
+}
+
 static int append_start(sched *s, struct job *j)
 {
 	const Ssmd__AppendRequest *q = j->req->append;
+	size_t *ends = NULL;
+	int rc = SSMD_OK;
 
-	if (q->text) {
-		int rc = tok_encode(s->tok, q->text, strlen(q->text), &j->toks,
-				    &j->n_toks);
-		if (rc)
-			return rc;
-		if (j->n_toks > (size_t)s->cfg->max_append_tokens)
-			return ssmd_err_set(SSMD_ERANGE,
-					    "text is %zu tokens; at most %d per append",
-					    j->n_toks, s->cfg->max_append_tokens);
-		/* The tokenizer may know more IDs than the model embeds. */
-		for (size_t i = 0; i < j->n_toks; i++)
-			if (j->toks[i] >= s->vocab)
-				return ssmd_err_set(SSMD_EINVAL,
-						    "text token %d at position %zu is outside the model's vocabulary [0, %d)",
-						    j->toks[i], i, s->vocab);
+	if (q->n_texts) {
+		ends = malloc(q->n_texts * sizeof(*ends));
+		if (!ends)
+			return ssmd_err_set(SSMD_ENOMEM, "append");
+		for (size_t i = 0; !rc && i < q->n_texts; i++) {
+			rc = text_tokens_add(s, j, q->texts[i]);
+			ends[i] = j->n_toks;
+		}
+	} else if (q->text) {
+		rc = text_tokens_add(s, j, q->text);
 	} else {
 		j->toks = malloc((q->n_tokens ? q->n_tokens : 1) * sizeof(int32_t));
 		if (!j->toks)
@@ -636,7 +758,10 @@ static int append_start(sched *s, struct job *j)
 		memcpy(j->toks, q->tokens, q->n_tokens * sizeof(int32_t));
 		j->n_toks = q->n_tokens;
 	}
-	return SSMD_OK;
+	if (!rc)
+		rc = append_marks(s, j, ends, q->n_texts);
+	free(ends);
+	return rc;
 }
 
 static void append_done(sched *s, struct job *j, int code)
@@ -662,11 +787,10 @@ static void append_done(sched *s, struct job *j, int code)
 	job_done(s, j);
 }
 
-/* Records n consumed tokens on x and checkpoints when due. */
-static int sess_consume(sched *s, struct sess *x, struct job *j,
-			const int32_t *tokens, size_t n)
+/* Records n tokens consumed by x's slot: transcript, counts. */
+static int sess_advance(sched *s, struct sess *x, const int32_t *tokens,
+			size_t n)
 {
-	struct sref *ref;
 	int rc = sess_trans_push(x, tokens, n);
 
 	if (rc)
@@ -674,42 +798,299 @@ static int sess_consume(sched *s, struct sess *x, struct job *j,
 	x->n_tokens += n;
 	x->since_ckpt += n;
 	tokens_count(s, n);
-	if (s->cfg->checkpoint_every &&
+	return SSMD_OK;
+}
+
+/* Records n consumed tokens on x and checkpoints when due (decode). */
+static int sess_consume(sched *s, struct sess *x, struct job *j,
+			const int32_t *tokens, size_t n)
+{
+	struct sref *ref;
+	int rc = sess_advance(s, x, tokens, n);
+
+	if (rc)
+		return rc;
+	if (s->cfg->checkpoint_every && !x->scratch &&
 	    x->since_ckpt >= (uint64_t)s->cfg->checkpoint_every) {
 		rc = sess_store(s, x, STORE_KIND_CHECKPOINT, NULL, NULL, NULL, 0, &ref);
 		if (rc)
 			log_warn("session %s: automatic checkpoint failed: %s", x->id,
 				 ssmd_errmsg());
 		else if (j)
-			job_ckpt_add(j, ref);
+			job_ckpt_add(j, ref, x->n_tokens);
 	}
 	return SSMD_OK;
 }
 
-/* One prefill chunk of j; the chunk ends at the next automatic checkpoint
- * position so the checkpoint sees exactly that state. */
-static void append_step(sched *s, struct job *j)
+/* The prefill of one chunk, seen from its checkpoint callback. */
+struct chunk_ctx {
+	sched *s;
+	struct sess *x;
+	struct job *j;
+	const int32_t *toks;     /* (n) the chunk */
+	size_t at;               /* tokens of the chunk already recorded */
+};
+
+/* The engine hands out the state after the first pos tokens of the chunk:
+ * record those tokens, then store that state as a checkpoint. */
+static int chunk_ckpt(void *arg, size_t pos, const ssm_state *st)
 {
+	struct chunk_ctx *c = arg;
+	struct put_args *a;
+	struct sref *ref;
+	ssm_state *copy = NULL;
+	int rc = sess_advance(c->s, c->x, c->toks + c->at, pos - c->at);
+
+	if (rc)
+		return rc;
+	c->at = pos;
+	rc = ssm_model_state_alloc(c->s->model, &copy);
+	if (!rc)
+		rc = ssm_state_copy(copy, st);
+	if (rc) {
+		ssm_state_free(copy);
+		return rc;
+	}
+	rc = sess_put_prepare(c->s, c->x, copy, STORE_KIND_CHECKPOINT, NULL, NULL,
+			      NULL, 0, &a, &ref);
+	if (rc)
+		return rc;
+	sched_store_put(a);
+	return job_ckpt_add(c->j, ref, c->x->n_tokens);
+}
+
+static void merge_replay_done(sched *s, struct job *j, int code);
+
+/* One prefill chunk of j (append, or the replay of a merge) of at most
+ * budget tokens. Checkpoint positions inside it (those asked for, and the
+ * automatic ones every checkpoint_every tokens of the session) come out of
+ * the one prefill through chunk_ckpt(). Returns the tokens consumed. */
+static size_t append_step(sched *s, struct job *j, size_t budget)
+{
+	struct sess *x = j->sess;
+	size_t n = j->n_toks - j->n_done, np = 0, at = 0, mi = j->next_mark;
+	uint64_t every = x->scratch ? 0 : (uint64_t)s->cfg->checkpoint_every;
+	uint64_t sc = x->since_ckpt;
+	size_t *pos = NULL;
+	struct chunk_ctx c = {s, x, j, j->toks + j->n_done, 0};
+	ssm_prefill_args a;
+	int rc = SSMD_OK;
+
+	if (n > (size_t)s->cfg->prefill_chunk)
+		n = (size_t)s->cfg->prefill_chunk;
+	if (n > budget)
+		n = budget;
+	/* Positions within the chunk, 1..n: the next asked-for mark or the
+	 * next automatic one, whichever comes first; either restarts the
+	 * automatic count. */
+	if (every || mi < j->n_marks) {
+		size_t cap = (every ? n / every + 1 : 0) + (j->n_marks - mi);
+		pos = malloc(cap * sizeof(*pos));
+		if (!pos)
+			rc = ssmd_err_set(SSMD_ENOMEM, "checkpoint positions");
+		while (!rc) {
+			size_t next_auto = every ? at + (sc >= every ? 1 : every - sc)
+						 : SIZE_MAX;
+			size_t next_mark = mi < j->n_marks ? j->marks[mi] - j->n_done
+							   : SIZE_MAX;
+			size_t p = next_auto < next_mark ? next_auto : next_mark;
+			if (p > n)
+				break;
+			pos[np++] = p;
+			at = p;
+			sc = 0;
+			if (p == next_mark)
+				mi++;
+		}
+	}
+	if (!rc) {
+		memset(&a, 0, sizeof(a));
+		a.tokens = c.toks;
+		a.n_tokens = n;
+		a.ckpt_pos = pos;
+		a.n_ckpt = np;
+		a.ckpt_fn = chunk_ckpt;
+		a.ckpt_ctx = &c;
+		rc = ssm_prefill(s->be, x->slot, &a);
+		if (!rc)
+			rc = sess_advance(s, x, c.toks + c.at, n - c.at);
+		else
+			n = c.at; /* the slot holds the state at the last checkpoint */
+	}
+	free(pos);
+	j->n_done += n;
+	while (j->next_mark < j->n_marks && j->marks[j->next_mark] <= j->n_done)
+		j->next_mark++;
+	if (rc || j->n_done == j->n_toks) {
+		if (j->req->op_case == SSMD__REQUEST__OP_APPEND)
+			append_done(s, j, rc);
+		else
+			merge_replay_done(s, j, rc);
+	}
+	return n;
+}
+
+/* --------------------------------------------------------------- score -- */
+
+struct score {
+	ssm_state *saved;        /* the source's state, put back at the end */
+	float *logits;           /* (SCORE_CHUNK, vocab) logits of one chunk */
+	float *prev;             /* (vocab) logits before the next token */
+	int has_prev;            /* 0 until a token has been consumed */
+	float *lp;               /* (n_toks) log-probability of each token */
+	double total;
+	uint32_t unscored;
+};
+
+void score_free(struct score *sc)
+{
+	if (!sc)
+		return;
+	ssm_state_free(sc->saved);
+	free(sc->logits);
+	free(sc->prev);
+	free(sc->lp);
+	free(sc);
+}
+
+/* log softmax(logits)[t] = logits[t] - log sum_v exp(logits[v]), in double
+ * with the maximum subtracted first so exp() cannot overflow. */
+static double log_prob(const float *logits, int vocab, int32_t t)
+{
+	double max = logits[0], sum = 0;
+
+	for (int v = 1; v < vocab; v++)
+		if (logits[v] > max)
+			max = logits[v];
+	for (int v = 0; v < vocab; v++)
+		sum += exp((double)logits[v] - max);
+	return (double)logits[t] - (max + log(sum));
+}
+
+static int score_start(sched *s, struct job *j)
+{
+	const Ssmd__ScoreRequest *q = j->req->score;
+	struct sess *x = j->sess;
+	struct score *sc = calloc(1, sizeof(*sc));
+	int rc;
+
+	if (!sc)
+		return ssmd_err_set(SSMD_ENOMEM, "score");
+	j->score = sc;
+	if (q->text) {
+		rc = text_tokens_add(s, j, q->text);
+	} else {
+		j->toks = malloc(q->n_tokens * sizeof(int32_t));
+		rc = j->toks ? SSMD_OK : ssmd_err_set(SSMD_ENOMEM, "score");
+		if (!rc) {
+			memcpy(j->toks, q->tokens, q->n_tokens * sizeof(int32_t));
+			j->n_toks = q->n_tokens;
+		}
+	}
+	if (rc)
+		return rc;
+	sc->logits = malloc((size_t)SCORE_CHUNK * (size_t)s->vocab * sizeof(float));
+	sc->prev = malloc((size_t)s->vocab * sizeof(float));
+	sc->lp = malloc((j->n_toks ? j->n_toks : 1) * sizeof(float));
+	if (!sc->logits || !sc->prev || !sc->lp)
+		return ssmd_err_set(SSMD_ENOMEM, "score");
+	rc = ssm_model_state_alloc(s->model, &sc->saved);
+	if (!rc)
+		rc = ssm_slot_get(s->be, x->slot, sc->saved);
+	if (rc)
+		return rc;
+	if (x->n_tokens > 0) {
+		rc = ssm_slot_logits(s->be, x->slot, sc->prev);
+		sc->has_prev = !rc;
+	} else {
+		sc->unscored = j->n_toks > 0;
+	}
+	return rc;
+}
+
+static void sess_close(sched *s, struct sess *x);
+
+/* Puts the source's state back and replies. */
+static void score_done(sched *s, struct job *j, int code)
+{
+	struct score *sc = j->score;
+	struct sess *x = j->sess;
+	Ssmd__ScoreReply *r;
+	int rc = code;
+
+	sess_job_pop(x);
+	if (sc && sc->saved) {
+		int r2 = ssm_slot_set(s->be, x->slot, sc->saved);
+		if (r2) {
+			/* The slot no longer holds the session's state: page
+			 * it back in from its base rather than serve a wrong
+			 * state. Its unsaved tokens are only in the slot. */
+			log_error("session %s: restoring after score failed: %s",
+				  x->id, ssmd_errmsg());
+			rc = rc ? rc : r2;
+		}
+	}
+	if (!rc) {
+		r = arena_alloc(&j->arena, sizeof(*r));
+		if (!r) {
+			rc = ssmd_err_set(SSMD_ENOMEM, "reply");
+		} else {
+			ssmd__score_reply__init(r);
+			r->has_logprob = r->has_unscored = 1;
+			r->logprob = sc->total;
+			r->unscored = sc->unscored;
+			r->tokens = j->toks;
+			r->n_tokens = j->n_toks;
+			r->token_logprobs = sc->lp;
+			r->n_token_logprobs = j->n_toks - sc->unscored;
+			j->reply.result_case = SSMD__REPLY__RESULT_SCORE;
+			j->reply.score = r;
+		}
+	}
+	job_finish(j, rc, NULL);
+	if (x->scratch)
+		sess_close(s, x);
+}
+
+/* Scores the next chunk of at most budget tokens: a prefill that returns
+ * the logits at every position. Token i is scored with the logits after
+ * token i-1 (the previous chunk's last row, or the source's own logits for
+ * the first token). Returns the tokens consumed. */
+static size_t score_step(sched *s, struct job *j, size_t budget)
+{
+	struct score *sc = j->score;
 	struct sess *x = j->sess;
 	size_t n = j->n_toks - j->n_done;
 	ssm_prefill_args a;
 	int rc;
 
-	if (n > (size_t)s->cfg->prefill_chunk)
-		n = (size_t)s->cfg->prefill_chunk;
-	if (s->cfg->checkpoint_every &&
-	    n > (uint64_t)s->cfg->checkpoint_every - x->since_ckpt)
-		n = (size_t)((uint64_t)s->cfg->checkpoint_every - x->since_ckpt);
+	if (n > SCORE_CHUNK)
+		n = SCORE_CHUNK;
+	if (n > budget)
+		n = budget;
 	memset(&a, 0, sizeof(a));
 	a.tokens = j->toks + j->n_done;
 	a.n_tokens = n;
+	a.all_logits = sc->logits;
 	rc = ssm_prefill(s->be, x->slot, &a);
-	if (!rc)
-		rc = sess_consume(s, x, j, a.tokens, n);
-	if (!rc)
+	for (size_t i = 0; !rc && i < n; i++) {
+		const float *before = i ? sc->logits + (i - 1) * (size_t)s->vocab
+					: sc->has_prev ? sc->prev : NULL;
+		if (before) {
+			double lp = log_prob(before, s->vocab, a.tokens[i]);
+			sc->lp[j->n_done + i - sc->unscored] = (float)lp;
+			sc->total += lp;
+		}
+	}
+	if (!rc) {
+		memcpy(sc->prev, sc->logits + (n - 1) * (size_t)s->vocab,
+		       (size_t)s->vocab * sizeof(float));
+		sc->has_prev = 1;
 		j->n_done += n;
+	}
 	if (rc || j->n_done == j->n_toks)
-		append_done(s, j, rc);
+		score_done(s, j, rc);
+	return n;
 }
 
 /* --------------------------------------------------------- other ops -- */
@@ -984,9 +1365,222 @@ static void sess_close(sched *s, struct sess *x)
 
 	while ((j = sess_job_pop(x)))
 		job_finish(j, SSMD_ECLOSED, "session %s was closed", x->id);
+	if (!x->scratch && sched_store_session(s, x, 1))
+		log_warn("session %s: %s", x->id, ssmd_errmsg());
 	slot_release(s, x);
 	sess_table_remove(&s->sessions, x);
 	sess_free(x);
+}
+
+/* --------------------------------------------------------------- merge -- */
+
+void merge_free(struct merge *m)
+{
+	if (!m)
+		return;
+	free(m->tokens);
+	free(m);
+}
+
+/* Checks a merge request and makes job->merge. */
+static int merge_check(sched *s, struct job *j)
+{
+	const Ssmd__MergeRequest *q = j->req->merge;
+	const char *mode = nonempty(q->mode) ? q->mode : "interpolate";
+	struct merge *m;
+	double sum = 0;
+	int rc;
+
+	if (q->n_sources < 2 || q->n_sources > STORE_PARENTS_MAX)
+		return ssmd_err_set(SSMD_EINVAL,
+				    "merge takes 2..%d sources (state IDs or tags), not %zu",
+				    STORE_PARENTS_MAX, q->n_sources);
+	for (size_t i = 0; i < q->n_sources; i++)
+		if (!q->sources[i][0] || strlen(q->sources[i]) > STORE_TAG_MAX)
+			return ssmd_err_set(SSMD_EINVAL,
+					    "merge source %zu is empty or longer than %d bytes",
+					    i, STORE_TAG_MAX);
+	if ((rc = tag_label_check(q->tag, q->label)))
+		return rc;
+	if (q->open && (rc = sessions_check_room(s, 1)))
+		return rc;
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		return ssmd_err_set(SSMD_ENOMEM, "merge");
+	j->merge = m;
+	m->open = q->open;
+	m->n = q->n_sources;
+	if (strcmp(mode, "interpolate") == 0) {
+		m->mode = MERGE_INTERPOLATE;
+	} else if (strcmp(mode, "compose") == 0) {
+		m->mode = MERGE_COMPOSE;
+	} else if (strcmp(mode, "replay") == 0) {
+		m->mode = MERGE_REPLAY;
+	} else {
+		return ssmd_err_set(SSMD_EINVAL,
+				    "merge mode '%.32s' is not interpolate, compose or replay",
+				    mode);
+	}
+	if (q->n_weights && m->mode != MERGE_INTERPOLATE)
+		return ssmd_err_set(SSMD_EINVAL,
+				    "merge mode %s takes no weights", mode);
+	if (q->n_weights && q->n_weights != q->n_sources)
+		return ssmd_err_set(SSMD_EINVAL,
+				    "%zu weights for %zu sources: give one per source",
+				    q->n_weights, q->n_sources);
+	for (size_t i = 0; i < q->n_weights; i++) {
+		if (!isfinite(q->weights[i]) || q->weights[i] < 0)
+			return ssmd_err_set(SSMD_EINVAL,
+					    "weight %zu is %g: weights must be finite and >= 0",
+					    i, q->weights[i]);
+		sum += q->weights[i];
+	}
+	if (q->n_weights && !(sum > 0 && isfinite(sum)))
+		return ssmd_err_set(SSMD_EINVAL,
+				    "the weights sum to %g: they must sum to a finite number > 0",
+				    sum);
+	return SSMD_OK;
+}
+
+int reply_merge(struct job *j, uint64_t n_tokens, const struct sess *x)
+{
+	Ssmd__MergeReply *r = arena_alloc(&j->arena, sizeof(*r));
+
+	if (!r)
+		return ssmd_err_set(SSMD_ENOMEM, "reply");
+	ssmd__merge_reply__init(r);
+	r->state_id = "";
+	r->has_n_tokens = 1;
+	r->n_tokens = n_tokens;
+	if (x) {
+		Ssmd__SessionInfo *o = arena_alloc(&j->arena, sizeof(*o));
+		if (!o)
+			return ssmd_err_set(SSMD_ENOMEM, "reply");
+		ssmd__session_info__init(o);
+		o->id = arena_strdup(&j->arena, x->id);
+		o->base_state = arena_strdup(&j->arena, x->from_id);
+		if (!o->id || !o->base_state)
+			return ssmd_err_set(SSMD_ENOMEM, "reply");
+		o->has_n_tokens = 1;
+		o->n_tokens = x->n_tokens;
+		r->session = o;
+	}
+	j->reply.result_case = SSMD__REPLY__RESULT_MERGE;
+	j->reply.merge = r;
+	return SSMD_OK;
+}
+
+/* A session on stored state *st (taken; ID id), for j to run on: a scratch
+ * session (score of a stored state, replay) or a real one (an opened merge
+ * result). j (may be NULL) is queued on it. *out (may be NULL) gets it. */
+static int scratch_open(sched *s, struct job *j, ssm_state **st,
+			const char *id, uint64_t seed, int scratch,
+			struct sess **out)
+{
+	struct sess *x = NULL;
+	int rc = sessions_check_room(s, 1);
+
+	if (!rc)
+		rc = sess_alloc(seed, NULL, &x);
+	if (!rc && !(x->base = sref_committed(id)))
+		rc = ssmd_err_set(SSMD_ENOMEM, "session");
+	if (!rc)
+		rc = sess_table_add(&s->sessions, x);
+	if (rc) {
+		sess_free(x);
+		return rc;
+	}
+	x->scratch = scratch;
+	x->n_tokens = (*st)->n_tokens;
+	x->mem = *st;
+	*st = NULL;
+	if (!scratch)
+		snprintf(x->from_id, sizeof(x->from_id), "%s", id);
+	if (j)
+		sess_job_push(x, j);
+	if (out)
+		*out = x;
+	return SSMD_OK;
+}
+
+/* A merge's state came back from the store thread: open a session on the
+ * stored result, or replay the other sources' tokens onto the first. */
+static void merge_opened(sched *s, struct job *j, ssm_state **st,
+			 const char *id)
+{
+	struct merge *m = j->merge;
+	const Ssmd__MergeRequest *q = j->req->merge;
+	struct sess *x = NULL;
+	int rc;
+
+	if (m->mode == MERGE_REPLAY) {
+		rc = scratch_open(s, j, st, id, q->seed, 1, &x);
+		if (!rc) {
+			/* The job runs as a prefill of these tokens. */
+			j->toks = m->tokens;
+			j->n_toks = m->n_tokens;
+			m->tokens = NULL;
+		}
+	} else {
+		uint64_t n_tokens = (*st)->n_tokens;
+		rc = scratch_open(s, NULL, st, id, q->seed, 0, &x);
+		if (!rc)
+			rc = reply_merge(j, n_tokens, x);
+		if (!rc)
+			rc = sched_store_session(s, x, 0);
+		if (!rc) {
+			j->reply.merge->state_id = arena_strdup(&j->arena, id);
+			rc = j->reply.merge->state_id ? SSMD_OK
+				: ssmd_err_set(SSMD_ENOMEM, "reply");
+		}
+		if (rc && x)
+			sess_close(s, x);
+		if (!rc)
+			job_finish(j, SSMD_OK, NULL);
+	}
+	if (rc)
+		job_finish(j, rc, NULL);
+}
+
+/* The replay of a merge consumed its tokens: store the result as a merge
+ * of every source (the replayed tokens are its transcript from the first),
+ * then close the scratch session, or keep it as the opened session. */
+static void merge_replay_done(sched *s, struct job *j, int code)
+{
+	const Ssmd__MergeRequest *q = j->req->merge;
+	struct merge *m = j->merge;
+	struct sess *x = j->sess;
+	struct put_args *a = NULL;
+	char (*extra)[STORE_ID_SIZE] = NULL;
+	ssm_state *st = NULL;
+	int rc = code;
+
+	sess_job_pop(x);
+	if (!rc)
+		rc = reply_merge(j, x->n_tokens, m->open ? x : NULL);
+	if (!rc && !(extra = malloc((m->n - 1) * sizeof(*extra))))
+		rc = ssmd_err_set(SSMD_ENOMEM, "merge parents");
+	if (!rc)
+		rc = sess_state_copy(s, x, &st);
+	if (!rc) {
+		/* An opened result is a session like any other from now on
+		 * (its put records it in the session table). */
+		x->scratch = !m->open;
+		rc = sess_put_prepare(s, x, st, STORE_KIND_MERGE, nonempty(q->tag),
+				      nonempty(q->label), j, 0, &a, NULL);
+	}
+	if (!rc) {
+		memcpy(extra, m->ids + 1, (m->n - 1) * sizeof(*extra));
+		a->extra = extra;
+		a->n_extra = m->n - 1;
+		extra = NULL;
+		sched_store_put(a); /* finishes j after the commit */
+	} else {
+		job_finish(j, rc, NULL);
+	}
+	free(extra);
+	if (rc || !m->open)
+		sess_close(s, x);
 }
 
 /* ------------------------------------------------------ job dispatch -- */
@@ -1026,6 +1620,29 @@ static int sess_service_one(sched *s, struct sess *x)
 			}
 		}
 		break;
+	case SSMD__REQUEST__OP_SCORE:
+	case SSMD__REQUEST__OP_MERGE:
+		/* A score, or the replay of a merge on its scratch session:
+		 * prefill work once the state is in a slot. */
+		rc = sess_place(s, x, &ready);
+		if (!rc && !ready)
+			return 0;
+		j->started = 1;
+		job_unqueue(j);
+		if (q->op_case == SSMD__REQUEST__OP_SCORE) {
+			if (!rc)
+				rc = score_start(s, j);
+			if (rc || j->n_toks == 0) {
+				int scratch = x->scratch;
+				score_done(s, j, rc);
+				return !scratch;
+			}
+		} else if (rc || j->n_toks == 0) {
+			int scratch = x->scratch && !j->merge->open;
+			merge_replay_done(s, j, rc);
+			return !scratch;
+		}
+		return 0;
 	case SSMD__REQUEST__OP_SNAPSHOT:
 		sess_job_pop(x);
 		rc = op_store_session(s, j, x, nonempty(q->snapshot->tag),
@@ -1096,24 +1713,48 @@ static struct sess *sess_lookup(sched *s, const char *id, int *rc)
 	return x;
 }
 
-static int append_check(sched *s, const Ssmd__AppendRequest *q)
+/* Checks text or token IDs given to append or score. */
+static int tokens_check(sched *s, const char *op, const char *text,
+			const int32_t *tokens, size_t n_tokens, size_t n_texts)
 {
-	if (q->text && q->n_tokens)
-		return ssmd_err_set(SSMD_EINVAL, "append takes text or tokens, not both");
-	if (!q->text && !q->n_tokens)
-		return ssmd_err_set(SSMD_EINVAL, "append needs text or tokens");
-	if (q->text && !s->tok)
+	int n_src = (text != NULL) + (n_tokens > 0) + (n_texts > 0);
+
+	if (n_src > 1)
+		return ssmd_err_set(SSMD_EINVAL, "%s takes one of text, tokens%s",
+				    op, n_texts ? " or texts" : "");
+	if (n_src == 0)
+		return ssmd_err_set(SSMD_EINVAL, "%s needs text or tokens", op);
+	if ((text || n_texts) && !s->tok)
 		return ssmd_err_set(SSMD_ENOTOK,
-				    "model %s has no tokenizer.json: append token IDs instead of text",
+				    "model %s has no tokenizer.json: send token IDs instead of text",
 				    s->model_name);
-	if (q->n_tokens > (size_t)s->cfg->max_append_tokens)
-		return ssmd_err_set(SSMD_ERANGE, "%zu tokens; at most %d per append",
-				    q->n_tokens, s->cfg->max_append_tokens);
-	for (size_t i = 0; i < q->n_tokens; i++)
-		if (q->tokens[i] < 0 || q->tokens[i] >= s->vocab)
+	if (n_tokens > (size_t)s->cfg->max_append_tokens)
+		return ssmd_err_set(SSMD_ERANGE, "%zu tokens; at most %d per request",
+				    n_tokens, s->cfg->max_append_tokens);
+	for (size_t i = 0; i < n_tokens; i++)
+		if (tokens[i] < 0 || tokens[i] >= s->vocab)
 			return ssmd_err_set(SSMD_EINVAL,
 					    "token %d at position %zu is outside [0, %d)",
-					    q->tokens[i], i, s->vocab);
+					    tokens[i], i, s->vocab);
+	return SSMD_OK;
+}
+
+static int append_check(sched *s, const Ssmd__AppendRequest *q)
+{
+	int rc = tokens_check(s, "append", q->text, q->tokens, q->n_tokens,
+			      q->n_texts);
+
+	if (rc)
+		return rc;
+	if (q->n_texts > APPEND_MARKS_MAX)
+		return ssmd_err_set(SSMD_ERANGE, "%zu texts; at most %d per append",
+				    q->n_texts, APPEND_MARKS_MAX);
+	for (size_t i = 0; i < q->n_boundaries; i++)
+		if (q->boundaries[i] == 0 ||
+		    (i && q->boundaries[i] <= q->boundaries[i - 1]))
+			return ssmd_err_set(SSMD_EINVAL,
+					    "boundaries must be ascending token offsets >= 1 (boundary %zu is %u)",
+					    i, q->boundaries[i]);
 	return SSMD_OK;
 }
 
@@ -1187,6 +1828,24 @@ static void job_begin(sched *s, struct job *j)
 		    !(rc = tag_label_check(q->close->tag, q->close->label)))
 			sess_job_push(x, j);
 		break;
+	case SSMD__REQUEST__OP_SCORE: {
+		const Ssmd__ScoreRequest *sq = q->score;
+		if (!nonempty(sq->source))
+			rc = ssmd_err_set(SSMD_EINVAL,
+					  "score needs a source: session ID, state ID or tag");
+		else if ((rc = tokens_check(s, "score", sq->text, sq->tokens,
+					    sq->n_tokens, 0)))
+			break;
+		else if ((x = sess_table_find(&s->sessions, sq->source)))
+			sess_job_push(x, j);
+		else if (!(rc = sessions_check_room(s, 1)))
+			rc = sched_store_resolve(s, j, sq->source);
+		break;
+	}
+	case SSMD__REQUEST__OP_MERGE:
+		if (!(rc = merge_check(s, j)))
+			sched_store_merge(s, j);
+		break;
 	default:
 		rc = ssmd_err_set(SSMD_EPROTO, "operation %s is not served here",
 				  proto_op_name(q));
@@ -1220,6 +1879,12 @@ static void done_handle(sched *s, struct done_msg *m)
 		int rc = m->rc;
 		if (rc) {
 			job_finish(j, rc, "%s", m->err);
+		} else if (m->type == DONE_MERGED) {
+			merge_opened(s, j, &m->st, m->id);
+		} else if (q->op_case == SSMD__REQUEST__OP_SCORE) {
+			rc = scratch_open(s, j, &m->st, m->id, 0, 1, NULL);
+			if (rc)
+				job_finish(j, rc, NULL);
 		} else {
 			int is_open = q->op_case == SSMD__REQUEST__OP_OPEN;
 			uint32_t count = is_open ? (q->open->has_count ? q->open->count : 1)
@@ -1242,6 +1907,7 @@ static void done_handle(sched *s, struct done_msg *m)
 static int sched_step(sched *s)
 {
 	int n = 0, worked = 0, rc;
+	size_t budget;
 
 	sched_service_all(s);
 	for (size_t i = 0; i < s->sessions.n; i++) {
@@ -1276,15 +1942,28 @@ static int sched_step(sched *s)
 				gen_done(s, j, r);
 		}
 	}
-	for (size_t i = 0; i < s->sessions.n; i++) {
-		struct sess *x = s->sessions.v[i];
-		struct job *j = x->head;
-		if (j && j->started && !x->loading && x->slot >= 0 &&
-		    j->req->op_case == SSMD__REQUEST__OP_APPEND) {
-			worked = 1;
-			x->last_used = ++s->tick;
-			append_step(s, j);
-		}
+	/* Prefill work (appends, scores, replays) shares what the decode left
+	 * of the step's token budget, round-robin from where the last step
+	 * stopped; at least one token per step, so nothing waits forever. */
+	budget = (size_t)s->cfg->step_tokens > (size_t)n
+			 ? (size_t)s->cfg->step_tokens - (size_t)n : 1;
+	for (size_t k = 0, m = s->sessions.n; budget && k < m; k++) {
+		size_t i = (s->rr + k) % m;
+		struct sess *x;
+		struct job *j;
+		if (i >= s->sessions.n)
+			continue; /* a step just ended a scratch session */
+		x = s->sessions.v[i];
+		j = x->head;
+		if (!j || !j->started || x->loading || x->slot < 0 ||
+		    j->req->op_case == SSMD__REQUEST__OP_GENERATE)
+			continue;
+		worked = 1;
+		x->last_used = ++s->tick;
+		budget -= j->req->op_case == SSMD__REQUEST__OP_SCORE
+				  ? score_step(s, j, budget)
+				  : append_step(s, j, budget);
+		s->rr = i + 1;
 	}
 	/* Requests behind the ones that just finished start now, so the loop
 	 * knows whether there is work before it sleeps. */
@@ -1319,13 +1998,26 @@ static void sched_drain(sched *s)
 	}
 	/* One last step consumes the tokens already emitted. */
 	sched_step(s);
-	for (size_t i = 0; i < s->sessions.n; i++) {
+	/* Backwards: ending a scratch session moves the last one into its
+	 * place, which this order has already visited. */
+	for (size_t i = s->sessions.n; i-- > 0;) {
 		struct sess *x = s->sessions.v[i];
-		struct job *j;
-		if (x->head && x->head->started &&
-		    x->head->req->op_case == SSMD__REQUEST__OP_APPEND) {
+		struct job *j = x->head;
+		int op = j ? (int)j->req->op_case : 0;
+		if (j && j->started) {
 			ssmd_err_set(SSMD_ECANCELED, "the daemon is shutting down");
-			append_done(s, x->head, SSMD_ECANCELED);
+			if (op == SSMD__REQUEST__OP_APPEND)
+				append_done(s, j, SSMD_ECANCELED);
+			else if (op == SSMD__REQUEST__OP_SCORE)
+				score_done(s, j, SSMD_ECANCELED);
+			else if (op == SSMD__REQUEST__OP_MERGE)
+				merge_replay_done(s, j, SSMD_ECANCELED);
+		}
+		if (i >= s->sessions.n || s->sessions.v[i] != x)
+			continue; /* a scratch session, ended */
+		if (x->scratch) {
+			sess_close(s, x);
+			continue;
 		}
 		while ((j = sess_job_pop(x)))
 			job_finish(j, SSMD_ECLOSED, "the daemon is shutting down");
@@ -1367,6 +2059,8 @@ static double sched_expire(sched *s)
 		}
 		log_info("session %s expired after %d s idle", x->id,
 			 s->cfg->idle_timeout);
+		if (sched_store_session(s, x, 1))
+			log_warn("session %s: %s", x->id, ssmd_errmsg());
 		slot_release(s, x);
 		sess_table_remove(&s->sessions, x);
 		sess_free(x);
@@ -1447,6 +2141,67 @@ static void *sched_main(void *arg)
 
 /* ------------------------------------------------------------ lifecycle -- */
 
+/* Reopens the sessions the library's session table lists as open (the
+ * daemon stopped without closing them): each paged out on its last stored
+ * state, so its next request resumes it. Runs before the threads start. */
+static int sessions_restore(sched *s)
+{
+	store_session *v = NULL;
+	size_t n = 0, restored = 0;
+	int rc = store_session_list(s->store, &v, &n);
+
+	if (rc)
+		return rc;
+	for (size_t i = 0; !rc && i < n; i++) {
+		store_state_info info;
+		struct sess *x = NULL;
+		int r = SSMD_OK;
+		memset(&info, 0, sizeof(info));
+		if (strlen(v[i].id) >= SESS_ID_SIZE)
+			continue; /* not a session ID of this daemon */
+		if (v[i].state[0]) {
+			r = store_state_info_get(s->store, v[i].state, &info);
+			if (!r && memcmp(info.fingerprint, ssm_model_fingerprint(s->model),
+					 STORE_FINGERPRINT_LEN) != 0) {
+				/* Another model's session in a shared library. */
+				store_state_info_fini(&info);
+				continue;
+			}
+			if (r) {
+				log_warn("session %s continues from state %s, which cannot be read (%s): closing it",
+					 v[i].id, v[i].state, ssmd_errmsg());
+				store_session_close(s->store, v[i].id);
+				continue;
+			}
+		}
+		if (s->sessions.n >= (size_t)s->cfg->max_sessions) {
+			log_warn("%zu more sessions in the session table than max_sessions allows; they stay closed here",
+				 n - i);
+			store_state_info_fini(&info);
+			break;
+		}
+		rc = sess_alloc(v[i].seed, v[i].label, &x);
+		if (!rc) {
+			memcpy(x->id, v[i].id, strlen(v[i].id) + 1);
+			x->n_tokens = v[i].state[0] ? info.n_tokens : 0;
+			if (v[i].state[0] && !(x->base = sref_committed(v[i].state)))
+				rc = ssmd_err_set(SSMD_ENOMEM, "session");
+		}
+		if (!rc)
+			rc = sess_table_add(&s->sessions, x);
+		if (rc)
+			sess_free(x);
+		else
+			restored++;
+		store_state_info_fini(&info);
+	}
+	free(v);
+	if (restored)
+		log_info("reopened %zu session%s from the session table", restored,
+			 restored == 1 ? "" : "s");
+	return rc;
+}
+
 int sched_start(const struct sched_opts *o, sched **out)
 {
 	sched *s = calloc(1, sizeof(*s));
@@ -1499,6 +2254,9 @@ int sched_start(const struct sched_opts *o, sched **out)
 				  s->n_slots);
 		goto fail;
 	}
+	rc = sessions_restore(s);
+	if (rc)
+		goto fail;
 	rc = storeq_start(&s->sq);
 	if (rc)
 		goto fail;

@@ -51,6 +51,8 @@ struct sched {
 	struct sess_table sessions;
 	struct sess **slot_owner;  /* (n_slots) session in each slot, or NULL */
 	uint64_t tick;
+	size_t rr;                 /* session index where the next step's
+				    * prefill round-robin starts */
 	int draining;              /* shutting down: start nothing new */
 	float *logits;             /* (n_slots, vocab) decode output */
 	int *batch_slots;          /* (n_slots) */
@@ -64,7 +66,20 @@ struct sched {
 /* A completion posted back to the scheduler by the store thread. */
 enum done_type {
 	DONE_LOADED,   /* page-in of sess finished: st or rc */
-	DONE_OPENED,   /* open/fork from a stored state: st + id, or rc */
+	DONE_OPENED,   /* open/fork/score of a stored state: st + id, or rc */
+	DONE_MERGED,   /* merge: st + id to open, or to replay onto */
+};
+
+enum merge_mode { MERGE_INTERPOLATE, MERGE_COMPOSE, MERGE_REPLAY };
+
+/* A merge request on its way (job->merge). */
+struct merge {
+	enum merge_mode mode;
+	int open;                  /* open a session on the result */
+	char ids[STORE_PARENTS_MAX][STORE_ID_SIZE]; /* (n) the sources */
+	size_t n;
+	int32_t *tokens;           /* replay: the transcripts to feed (owned) */
+	size_t n_tokens;
 };
 
 struct done_msg {
@@ -103,6 +118,13 @@ struct put_args {
 	char *label;               /* owned, may be NULL */
 	char *tag;                 /* owned, may be NULL */
 	char session[SESS_ID_SIZE];
+	int persist;               /* record the state as the session's latest
+				    * in the library's session table, with: */
+	uint64_t seed;             /* the session's seed */
+	char *sess_label;          /* its label (owned, may be NULL) */
+	/* A merge's further parents (after parent), by ID. */
+	char (*extra)[STORE_ID_SIZE];
+	size_t n_extra;
 	struct job *job;
 	int log_commit;            /* log "session → state" at info (shutdown) */
 };
@@ -122,6 +144,19 @@ int sched_store_resolve(sched *s, struct job *job, const char *ref);
  * job->reply_tag at it first. */
 void sched_store_reply(sched *s, struct job *job);
 
+/* Reads the sources of a merge (job->merge set, checked) on the store
+ * thread; interpolate and compose are computed and stored there (the job
+ * is finished there unless it opens a session); replay and opens come back
+ * as DONE_MERGED. */
+void sched_store_merge(sched *s, struct job *job);
+
+/* Records a session (ID, base state, seed, label) as open in the library's
+ * session table, or as closed; SSMD_ENOMEM (nothing posted). */
+int sched_store_session(sched *s, const struct sess *x, int closed);
+
+/* Sets a MergeReply with n_tokens (and the session, when x is set). */
+int reply_merge(struct job *j, uint64_t n_tokens, const struct sess *x);
+
 /* Runs a library-only request (states, state, tag, untag, delete_state,
  * export_state, import_state) or finishes stats, on the store thread. */
 void sched_store_request(sched *s, struct job *job);
@@ -129,8 +164,11 @@ void sched_store_request(sched *s, struct job *job);
 /* 1 for operations that only touch the state library. */
 int sched_op_is_store(const Ssmd__Request *req);
 
-/* Frees generate state (scheduler.c). */
+/* Free generate and score state (scheduler.c), merge sources
+ * (scheduler_store.c). NULL is a no-op. */
 void gen_free(struct gen *g);
+void score_free(struct score *sc);
+void merge_free(struct merge *m);
 
 /* Monotonic seconds. */
 double sched_now(void);

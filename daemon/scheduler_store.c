@@ -21,6 +21,7 @@ static void reply_finish(struct job *j)
 {
 	sched *s = j->sched;
 	char **ckpt_ids = NULL;
+	uint64_t *ckpt_tokens = NULL;
 	size_t n_ids = 0;
 	char *id = NULL;
 
@@ -43,18 +44,26 @@ static void reply_finish(struct job *j)
 	}
 	if (j->n_ckpts) {
 		ckpt_ids = arena_alloc(&j->arena, j->n_ckpts * sizeof(char *));
-		if (!ckpt_ids) {
+		ckpt_tokens = arena_alloc(&j->arena, j->n_ckpts * sizeof(uint64_t));
+		if (!ckpt_ids || !ckpt_tokens) {
 			job_finish(j, SSMD_ENOMEM, "reply");
 			return;
 		}
 		for (size_t i = 0; i < j->n_ckpts; i++)
-			if (!j->ckpts[i]->rc)
+			if (!j->ckpts[i]->rc) {
+				ckpt_tokens[n_ids] = j->ckpt_tokens[i];
 				ckpt_ids[n_ids++] = j->ckpts[i]->id;
+			}
 	}
 	switch (j->reply.result_case) {
 	case SSMD__REPLY__RESULT_APPEND:
 		j->reply.append->checkpoints = ckpt_ids;
 		j->reply.append->n_checkpoints = n_ids;
+		j->reply.append->checkpoint_tokens = ckpt_tokens;
+		j->reply.append->n_checkpoint_tokens = n_ids;
+		break;
+	case SSMD__REPLY__RESULT_MERGE:
+		j->reply.merge->state_id = id;
 		break;
 	case SSMD__REPLY__RESULT_GENERATE:
 		j->reply.generate->checkpoints = ckpt_ids;
@@ -142,13 +151,19 @@ static void put_run(struct storeq_task *t)
 	if (rc)
 		goto done;
 	snprintf(metadata, sizeof(metadata), "{\"session\":\"%s\"}", a->session);
-	const char *parent_id = parent ? parent->id : NULL;
+	/* The first parent (the transcript's start), then a merge's others. */
+	const char *parents[STORE_PARENTS_MAX];
+	size_t n_parents = 0;
+	if (parent)
+		parents[n_parents++] = parent->id;
+	for (size_t i = 0; i < a->n_extra && n_parents < STORE_PARENTS_MAX; i++)
+		parents[n_parents++] = a->extra[i];
 	store_put p = {
 		.raw = raw,
 		.raw_len = raw_len,
 		.kind = a->kind,
-		.parents = parent ? &parent_id : NULL,
-		.n_parents = parent ? 1 : 0,
+		.parents = n_parents ? parents : NULL,
+		.n_parents = n_parents,
 		.label = a->label,
 		.metadata = metadata,
 		.tokens = tokens,
@@ -160,13 +175,17 @@ static void put_run(struct storeq_task *t)
 		 * the state, as a root; its tokens before this one are gone. */
 		log_warn("session %s: parent state %s was deleted; storing its state as a root without transcript",
 			 a->session, parent->id);
-		p.parents = NULL;
-		p.n_parents = 0;
+		p.parents = a->n_extra ? parents + 1 : NULL;
+		p.n_parents = a->n_extra;
 		p.tokens = NULL;
 		p.n_tokens = 0;
 		rc = store_state_put(s->store, &p, id);
 	}
 done:
+	if (rc == SSMD_OK && a->persist &&
+	    store_session_put(s->store, a->session, id, a->seed, a->sess_label))
+		log_warn("session %s: recording it as continuing from %s failed: %s",
+			 a->session, id, ssmd_errmsg());
 	if (rc == SSMD_OK) {
 		memcpy(a->ref->id, id, sizeof(id));
 		if (a->log_commit)
@@ -202,6 +221,8 @@ done:
 	ssm_state_free(a->st);
 	free(a->label);
 	free(a->tag);
+	free(a->sess_label);
+	free(a->extra);
 	sref_put(a->ref);
 	sref_put(a->parent);
 	free(a);
@@ -317,6 +338,201 @@ int sched_store_resolve(sched *s, struct job *job, const char *ref)
 	m->job = job;
 	snprintf(m->ref_str, sizeof(m->ref_str), "%s", ref);
 	storeq_post(s->sq, &m->task, resolve_run);
+	return SSMD_OK;
+}
+
+/* ------------------------------------------------------------- merges -- */
+
+/* Stores a merged state (kind merge, parents = the sources in order) and
+ * tags it; id gets its ID. */
+static int merge_put(sched *s, struct job *j, const ssm_state *st,
+		     char id[STORE_ID_SIZE])
+{
+	const Ssmd__MergeRequest *q = j->req->merge;
+	struct merge *m = j->merge;
+	const char *parents[STORE_PARENTS_MAX];
+	size_t raw_len = ssm_state_encoded_size(st);
+	void *raw = malloc(raw_len);
+	int rc;
+
+	if (!raw)
+		return ssmd_err_set(SSMD_ENOMEM, "encoding a state of %zu bytes",
+				    raw_len);
+	for (size_t i = 0; i < m->n; i++)
+		parents[i] = m->ids[i];
+	rc = ssm_state_encode(st, raw, raw_len);
+	if (!rc) {
+		store_put p = {
+			.raw = raw,
+			.raw_len = raw_len,
+			.kind = STORE_KIND_MERGE,
+			.parents = parents,
+			.n_parents = m->n,
+			.label = q->label,
+			.metadata = m->mode == MERGE_COMPOSE ? "{\"merge\":\"compose\"}"
+							     : "{\"merge\":\"interpolate\"}",
+		};
+		rc = store_state_put(s->store, &p, id);
+	}
+	free(raw);
+	if (!rc && q->tag && q->tag[0] && (rc = store_tag_set(s->store, q->tag, id)))
+		rc = ssmd_err_set(rc, "merged state %s stored, but tag '%s' failed: %s",
+				  id, q->tag, ssmd_errmsg());
+	return rc;
+}
+
+/* The tokens that replay sources 1..n-1 onto source 0: each one's whole
+ * transcript from its root, in order. */
+static int merge_replay_tokens(sched *s, struct merge *m, ssm_state **st)
+{
+	size_t total = 0;
+
+	for (size_t i = 1; i < m->n; i++) {
+		int32_t *t = NULL, *all;
+		size_t n = 0;
+		int rc = store_transcript(s->store, m->ids[i], &t, &n);
+		if (rc)
+			return rc;
+		if (n != st[i]->n_tokens) {
+			free(t);
+			return ssmd_err_set(SSMD_EINVAL,
+					    "state %s cannot be replayed: its transcript holds %zu of its %llu tokens (a merge, import or deleted transcript in its lineage)",
+					    m->ids[i], n,
+					    (unsigned long long)st[i]->n_tokens);
+		}
+		if (total + n > (size_t)s->cfg->max_append_tokens) {
+			free(t);
+			return ssmd_err_set(SSMD_ERANGE,
+					    "replay of %zu tokens; at most %d",
+					    total + n, s->cfg->max_append_tokens);
+		}
+		all = realloc(m->tokens, (total + n + 1) * sizeof(*all));
+		if (!all) {
+			free(t);
+			return ssmd_err_set(SSMD_ENOMEM, "replay tokens");
+		}
+		if (n)
+			memcpy(all + total, t, n * sizeof(*t));
+		m->tokens = all;
+		total += n;
+		free(t);
+	}
+	m->n_tokens = total;
+	return SSMD_OK;
+}
+
+static void merge_run(struct storeq_task *t)
+{
+	struct job *j = (struct job *)t;
+	sched *s = j->sched;
+	const Ssmd__MergeRequest *q = j->req->merge;
+	struct merge *m = j->merge;
+	ssm_state *st[STORE_PARENTS_MAX] = {0}, *out = NULL;
+	struct done_msg *dm = NULL;
+	char id[STORE_ID_SIZE];
+	int rc = SSMD_OK;
+
+	job_unqueue(j);
+	for (size_t i = 0; !rc && i < m->n; i++)
+		rc = state_read(s, q->sources[i], &st[i], m->ids[i]);
+	if (!rc && m->mode == MERGE_REPLAY) {
+		rc = merge_replay_tokens(s, m, st);
+		if (!rc) {
+			out = st[0];
+			st[0] = NULL;
+			memcpy(id, m->ids[0], sizeof(id));
+		}
+	} else if (!rc) {
+		rc = ssm_model_state_alloc(s->model, &out);
+		if (!rc && m->mode == MERGE_INTERPOLATE)
+			rc = ssm_merge_interpolate((const ssm_state *const *)st,
+						   q->n_weights ? q->weights : NULL,
+						   m->n, out);
+		for (size_t i = 0; !rc && m->mode == MERGE_COMPOSE && i < m->n; i++)
+			rc = i == 0 ? ssm_state_copy(out, st[0])
+				    : ssm_merge_compose(s->model, out, st[i], out);
+		if (!rc)
+			rc = merge_put(s, j, out, id);
+		if (!rc && !m->open) {
+			rc = reply_merge(j, out->n_tokens, NULL);
+			if (!rc && !(j->reply.merge->state_id = arena_strdup(&j->arena, id)))
+				rc = ssmd_err_set(SSMD_ENOMEM, "reply");
+			if (!rc)
+				job_finish(j, SSMD_OK, NULL);
+			j = NULL;
+		}
+	}
+	if (!rc && j && !(dm = calloc(1, sizeof(*dm))))
+		rc = ssmd_err_set(SSMD_ENOMEM, "merge");
+	if (rc && j)
+		job_finish(j, rc, NULL);
+	else if (dm) {
+		/* Replay, or open a session on the result: the scheduler. */
+		dm->type = DONE_MERGED;
+		dm->s = s;
+		dm->job = j;
+		dm->st = out;
+		out = NULL;
+		memcpy(dm->id, id, sizeof(id));
+		sched_done_post(s, dm);
+	}
+	ssm_state_free(out);
+	for (size_t i = 0; i < m->n; i++)
+		ssm_state_free(st[i]);
+}
+
+void sched_store_merge(sched *s, struct job *j)
+{
+	storeq_post(s->sq, &j->task, merge_run);
+}
+
+/* ----------------------------------------------------------- sessions -- */
+
+struct sess_task {
+	struct storeq_task task;
+	sched *s;
+	char id[SESS_ID_SIZE];
+	struct sref *base;         /* reference; NULL = zero state */
+	uint64_t seed;
+	char *label;               /* owned, may be NULL */
+	int closed;
+};
+
+static void sess_task_run(struct storeq_task *t)
+{
+	struct sess_task *a = (struct sess_task *)t;
+	struct sref *b = a->base;
+	int rc;
+
+	/* A put that failed keeps its state in memory: the row names the
+	 * nearest ancestor that was stored. */
+	while (b && b->rc)
+		b = b->kept_parent;
+	rc = a->closed ? store_session_close(a->s->store, a->id)
+		       : store_session_put(a->s->store, a->id, b ? b->id : NULL,
+					   a->seed, a->label);
+	if (rc && rc != SSMD_ENOENT)
+		log_warn("session %s: recording it in the session table failed: %s",
+			 a->id, ssmd_errmsg());
+	sref_put(a->base);
+	free(a->label);
+	free(a);
+}
+
+int sched_store_session(sched *s, const struct sess *x, int closed)
+{
+	struct sess_task *a = calloc(1, sizeof(*a));
+
+	if (!a || (x->label && !(a->label = strdup(x->label)))) {
+		free(a);
+		return ssmd_err_set(SSMD_ENOMEM, "session table");
+	}
+	a->s = s;
+	memcpy(a->id, x->id, SESS_ID_SIZE);
+	a->base = sref_get(x->base);
+	a->seed = x->seed;
+	a->closed = closed;
+	storeq_post(s->sq, &a->task, sess_task_run);
 	return SSMD_OK;
 }
 

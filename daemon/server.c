@@ -30,6 +30,9 @@ struct ctx {
 	enum ctx_state state;
 	char client_id[PROTO_MAX_ID_LEN + 1];
 	char request_id[PROTO_MAX_ID_LEN + 1];
+	/* A `result` request waiting for the reply of another: that reply
+	 * goes out wrapped in this request's own. */
+	int fetching;
 };
 
 /* A request pushed to the jobs endpoint, on its way. */
@@ -148,11 +151,44 @@ static void ctx_send(struct ctx *c, const void *reply, size_t len)
 	nng_ctx_send(c->ctx, c->aio);
 }
 
-/* A resend that waited for the first execution gets its reply. */
+/* Answers c's `result` request with the earlier reply (len bytes). */
+static void result_send(struct ctx *c, const void *reply, size_t len)
+{
+	Ssmd__Reply out = SSMD__REPLY__INIT;
+	Ssmd__ResultReply r = SSMD__RESULT_REPLY__INIT;
+	Ssmd__Reply *earlier = reply ? ssmd__reply__unpack(NULL, len, reply) : NULL;
+	void *buf = NULL;
+	size_t blen = 0;
+
+	c->fetching = 0;
+	out.request_id = c->request_id;
+	out.has_code = 1;
+	if (earlier) {
+		r.reply = earlier;
+		out.result_case = SSMD__REPLY__RESULT_FETCHED;
+		out.fetched = &r;
+	} else {
+		out.code = SSMD_ENOMEM;
+		out.message = "the earlier reply could not be read";
+	}
+	if (proto_msg_pack(&out.base, &buf, &blen))
+		buf = NULL;
+	ctx_send(c, buf, blen);
+	free(buf);
+	if (earlier)
+		ssmd__reply__free_unpacked(earlier, NULL);
+}
+
+/* A resend that waited for the first execution gets its reply; so does a
+ * `result` request that waited for it. */
 static void waiter_reply(void *waiter, const void *reply, size_t len)
 {
-	if (waiter)
-		ctx_send(waiter, reply, len);
+	struct ctx *c = waiter;
+
+	if (c && c->fetching)
+		result_send(c, reply, len);
+	else if (c)
+		ctx_send(c, reply, len);
 }
 
 /* The job of c's request finished (scheduler or store thread). */
@@ -182,6 +218,38 @@ static void ctx_error(struct ctx *c, const char *request_id, int code,
 	free(buf);
 }
 
+/* `result`: the reply of an earlier request, from the request cache (not
+ * itself cached: it changes nothing and may be asked again). */
+static void result_request(struct ctx *c, const Ssmd__Request *req)
+{
+	const Ssmd__ResultRequest *q = req->result;
+	const char *cid = q->client_id ? q->client_id : req->client_id;
+	void *cached = NULL;
+	size_t len = 0;
+	int state, rc;
+
+	snprintf(c->request_id, sizeof(c->request_id), "%s", req->request_id);
+	if (!q->request_id || !q->request_id[0] ||
+	    strlen(q->request_id) > PROTO_MAX_ID_LEN) {
+		ctx_error(c, req->request_id, SSMD_EINVAL,
+			  "result needs the request_id (1..128 bytes) of an earlier request");
+		return;
+	}
+	/* As a waiter, c may be answered from another thread at once. */
+	c->state = CTX_WAIT;
+	c->fetching = 1;
+	rc = rcache_lookup(c->srv->cache, cid, q->request_id, c, &cached, &len,
+			   &state);
+	if (rc) {
+		c->fetching = 0;
+		ctx_error(c, req->request_id, rc, ssmd_errmsg());
+	} else if (state == RCACHE_DONE) {
+		result_send(c, cached, len);
+		free(cached);
+	}
+	/* RCACHE_PENDING: waiter_reply() answers when it finishes. */
+}
+
 static void ctx_request(struct ctx *c, nng_msg *msg)
 {
 	Ssmd__Request *req = NULL;
@@ -195,6 +263,11 @@ static void ctx_request(struct ctx *c, nng_msg *msg)
 	if (rc) {
 		log_debug("bad request: %s", ssmd_errmsg());
 		ctx_error(c, req ? req->request_id : "", rc, ssmd_errmsg());
+		proto_request_free(req);
+		return;
+	}
+	if (req->op_case == SSMD__REQUEST__OP_RESULT) {
+		result_request(c, req);
 		proto_request_free(req);
 		return;
 	}

@@ -71,6 +71,10 @@ struct sess {
 	int32_t *trans;           /* (n_trans) tokens consumed since base */
 	size_t n_trans, cap_trans;
 	uint64_t since_ckpt;      /* tokens since the last automatic checkpoint */
+	int scratch;              /* internal (a score of a stored state, a
+				   * replay merge): never checkpointed, listed
+				   * or kept across restarts; closed when its
+				   * one request ends */
 	struct job *head, *tail;  /* its requests in arrival order; head runs */
 };
 

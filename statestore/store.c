@@ -327,6 +327,10 @@ static int schema_check(store *s)
 		rc = ssmd_err_set(SSMD_EFORMAT, "%s: no schema version",
 				  s->path);
 	}
+	/* Added within schema version 1: older builds never read it, and a
+	 * library made by one gets it on its first open here. */
+	if (!rc)
+		rc = store_sql_exec(s->wdb, store_sessions_sql);
 out:
 	sqlite3_finalize(st);
 	return store_write_end(s, rc);

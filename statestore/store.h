@@ -302,6 +302,38 @@ int store_model_put(store *s, const uint8_t fingerprint[STORE_FINGERPRINT_LEN],
 int store_model_get(store *s, const uint8_t fingerprint[STORE_FINGERPRINT_LEN],
 		    char **config_json);
 
+/* -------------------------------------------------------------- sessions -- */
+
+/* The session table: a daemon records its open sessions here (ID, the
+ * latest stored state it continues from, sampling seed, label) so that a
+ * session ID stays usable across restarts of the daemon; closed sessions
+ * are marked, not forgotten. Session IDs are opaque printable strings of
+ * 1..STORE_SESSION_ID_MAX bytes. The table names states by ID only: a
+ * deleted state leaves the row in place (the daemon decides what a session
+ * whose state is gone becomes). */
+#define STORE_SESSION_ID_MAX 64
+
+typedef struct store_session {
+	char id[STORE_SESSION_ID_MAX + 1];
+	char state[STORE_ID_SIZE];   /* "" = nothing stored yet (zero state) */
+	uint64_t seed;
+	char label[STORE_LABEL_MAX + 1];
+	int64_t updated_ms;
+} store_session;
+
+/* Records session id as open, continuing from state (an ID, or NULL/"" for
+ * none), with seed and label (NULL = ""): inserts it, or replaces the row,
+ * reopening it if it was closed. SSMD_EINVAL on a bad ID or label. */
+int store_session_put(store *s, const char *id, const char *state,
+		      uint64_t seed, const char *label);
+
+/* Marks session id closed. SSMD_ENOENT when there is no such row. */
+int store_session_close(store *s, const char *id);
+
+/* The open sessions, oldest update first, into *out (free(); NULL when *n
+ * is 0). */
+int store_session_list(store *s, store_session **out, size_t *n);
+
 /* -------------------------------------------------------- export/import -- */
 
 /*

@@ -71,6 +71,9 @@ int store_infos_collect(sqlite3 *db, sqlite3_stmt *st, size_t max,
 char *store_prefix_end(const char *prefix);
 
 
+/* The session table (session.c), created when missing at every open. */
+extern const char store_sessions_sql[];
+
 /* Takes the writer lock and begins an IMMEDIATE transaction. */
 int store_write_begin(store *s);
 
