@@ -430,6 +430,7 @@ static void merge_run(struct storeq_task *t)
 	ssm_state *st[STORE_PARENTS_MAX] = {0}, *out = NULL;
 	struct done_msg *dm = NULL;
 	char id[STORE_ID_SIZE];
+	size_t n = m->n;           /* m goes with j when j finishes */
 	int rc = SSMD_OK;
 
 	job_unqueue(j);
@@ -477,7 +478,7 @@ static void merge_run(struct storeq_task *t)
 		sched_done_post(s, dm);
 	}
 	ssm_state_free(out);
-	for (size_t i = 0; i < m->n; i++)
+	for (size_t i = 0; i < n; i++)
 		ssm_state_free(st[i]);
 }
 

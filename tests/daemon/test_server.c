@@ -390,6 +390,50 @@ int main(void)
 		nng_close(sub);
 	}
 
+	/* A subscriber that missed events fetches the final reply by request
+	 * ID: the same tokens as the reply the requester got. */
+	{
+		Ssmd__Request q = SSMD__REQUEST__INIT;
+		Ssmd__ResultRequest rq = SSMD__RESULT_REQUEST__INIT;
+		Ssmd__GenerateRequest g = SSMD__GENERATE_REQUEST__INIT;
+		Ssmd__Reply *first, *fetched;
+		g.session = sid;
+		g.has_max_tokens = 1;
+		g.max_tokens = 5;
+		q.op_case = SSMD__REQUEST__OP_GENERATE;
+		q.generate = &g;
+		first = call(s, &q, "gen-fetch", "writer");
+		rq.request_id = "gen-fetch";
+		rq.client_id = "writer";
+		q.op_case = SSMD__REQUEST__OP_RESULT;
+		q.result = &rq;
+		fetched = call(s, &q, "fetch1", "reader");
+		CHECK(code_of(first) == 0 && code_of(fetched) == 0 && fetched->fetched &&
+		      fetched->fetched->reply && fetched->fetched->reply->generate &&
+		      strcmp(fetched->fetched->reply->request_id, "gen-fetch") == 0 &&
+		      fetched->fetched->reply->generate->n_tokens == 5 &&
+		      memcmp(fetched->fetched->reply->generate->tokens,
+			     first->generate->tokens, 5 * sizeof(int32_t)) == 0,
+		      "result by request ID returns the generate's reply with its tokens");
+		if (first)
+			ssmd__reply__free_unpacked(first, NULL);
+		if (fetched)
+			ssmd__reply__free_unpacked(fetched, NULL);
+		rq.client_id = NULL; /* the caller's own client ID: not the writer's */
+		fetched = call(s, &q, "fetch2", "reader");
+		CHECK(code_of(fetched) == SSMD_ENOENT,
+		      "result under another client ID: ENOENT (%u)", code_of(fetched));
+		if (fetched)
+			ssmd__reply__free_unpacked(fetched, NULL);
+		rq.request_id = "never-sent";
+		rq.client_id = "writer";
+		fetched = call(s, &q, "fetch3", "reader");
+		CHECK(code_of(fetched) == SSMD_ENOENT, "result of an unknown request: ENOENT (%u)",
+		      code_of(fetched));
+		if (fetched)
+			ssmd__reply__free_unpacked(fetched, NULL);
+	}
+
 	/* Fire-and-forget: requests pushed to the jobs endpoint publish their
 	 * Reply as an event under their request ID. */
 	{
@@ -516,8 +560,15 @@ int main(void)
 		q.states = &st;
 		r = call(s, &q, "list", "test");
 		CHECK(code_of(r) == 0 && r->states->n_states == 1 &&
-		      r->states->states[0]->n_tokens == 14,
-		      "the session's state (4 + 10 tokens) is found by session after restart");
+		      r->states->states[0]->n_tokens == 19,
+		      "the session's state (4 + 10 + 5 tokens) is found by session after restart");
+		if (r)
+			ssmd__reply__free_unpacked(r, NULL);
+		/* The session ID itself works after the restart. */
+		r = append(s, sid, toks, 1, "after-restart", "test");
+		CHECK(code_of(r) == 0 && r->append->session_tokens == 20,
+		      "the session opened before the restart continues after it (at %llu tokens)",
+		      r && r->append ? (unsigned long long)r->append->session_tokens : 0ULL);
 		if (r)
 			ssmd__reply__free_unpacked(r, NULL);
 		nng_close(s);
