@@ -24,13 +24,19 @@ static char dir[256];
 
 static uint64_t rng_state = 0x243f6a8885a308d3ull;
 
-static uint64_t rnd(void)
+/* splitmix64 step on *st; rnd() uses the file's shared stream. */
+static uint64_t rnd_from(uint64_t *st)
 {
-	uint64_t z = (rng_state += 0x9e3779b97f4a7c15ull);
+	uint64_t z = (*st += 0x9e3779b97f4a7c15ull);
 
 	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
 	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
 	return z ^ (z >> 31);
+}
+
+static uint64_t rnd(void)
+{
+	return rnd_from(&rng_state);
 }
 
 static const uint8_t fp_a[16] = "model-A-fingerp";
@@ -43,7 +49,7 @@ static void *make_state(const uint8_t fp[16], uint64_t n_tokens,
 			uint64_t seed, int noisy, size_t *len)
 {
 	ssm_state *st;
-	uint64_t saved = rng_state;
+	uint64_t local = seed * 7919 + 1; /* own stream: called from threads */
 	void *buf;
 	float *f;
 	size_t n = 2 * 32 * 16 + 2 * 32 * 3 + 16 + 2 * 32;
@@ -53,17 +59,15 @@ static void *make_state(const uint8_t fp[16], uint64_t n_tokens,
 	st->n_tokens = n_tokens;
 	memcpy(st->fingerprint, fp, 16);
 	f = st->ssm;
-	rng_state = seed * 7919 + 1;
 	for (size_t i = 0; i < n; i++) {
 		if (noisy) {
-			uint32_t u = (uint32_t)rnd();
+			uint32_t u = (uint32_t)rnd_from(&local);
 
 			memcpy(&f[i], &u, 4);
 		} else {
 			f[i] = (float)sin((double)(i + seed) * 0.05);
 		}
 	}
-	rng_state = saved;
 	*len = ssm_state_encoded_size(st);
 	buf = malloc(*len);
 	if (!buf || ssm_state_encode(st, buf, *len))
@@ -582,6 +586,7 @@ static void *reader(void *arg)
 			__atomic_add_fetch(&c->busy, 1, __ATOMIC_RELAXED);
 		if (rc) {
 			__atomic_add_fetch(&c->errors, 1, __ATOMIC_RELAXED);
+			fprintf(stderr, "reader: list: %s\n", ssmd_errmsg());
 			continue;
 		}
 		for (size_t i = 0; i < n; i++) {
@@ -593,9 +598,12 @@ static void *reader(void *arg)
 					 (int)(arr[i].n_tokens % 2), &elen);
 			if (rc == SSMD_EBUSY)
 				__atomic_add_fetch(&c->busy, 1, __ATOMIC_RELAXED);
-			if (rc || glen != elen || memcmp(got, exp, elen))
+			if (rc || glen != elen || memcmp(got, exp, elen)) {
 				__atomic_add_fetch(&c->errors, 1,
 						   __ATOMIC_RELAXED);
+				fprintf(stderr, "reader: get %s: rc %d (%s)\n",
+					arr[i].id, rc, rc ? ssmd_errmsg() : "wrong bytes");
+			}
 			__atomic_add_fetch(&c->reads, 1, __ATOMIC_RELAXED);
 			free(got);
 			free(exp);
