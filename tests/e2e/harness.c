@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -23,6 +24,84 @@
 static char tmpdir[E2E_PATH_MAX];
 static char text_model[E2E_PATH_MAX];
 static pid_t owner_pid;
+
+/* Daemons started and not yet reaped, for the fatal-signal handler. */
+#define MAX_DAEMONS 8
+static e2e_daemon *volatile running[MAX_DAEMONS];
+
+/* Async-signal-safe: writes a string to stderr. */
+static void say(const char *s)
+{
+	ssize_t r = write(2, s, strlen(s));
+	(void)r;
+}
+
+/* On a watchdog alarm or a kill by the test runner: print every running
+ * daemon's log (the test is stuck: the log says where), kill the daemons so
+ * none outlives the test, and exit failed. Uses only async-signal-safe
+ * calls. */
+static void on_fatal_signal(int sig)
+{
+	char buf[4096];
+
+	say(sig == SIGALRM ? "\ne2e: watchdog expired, the test is stuck"
+			   : "\ne2e: killed");
+	say("; its files are kept in ");
+	say(tmpdir);
+	say("\n");
+	for (int i = 0; i < MAX_DAEMONS; i++) {
+		e2e_daemon *d = running[i];
+		if (!d || d->pid <= 0)
+			continue;
+		say("---- ");
+		say(d->log);
+		say("\n");
+		int fd = open(d->log, O_RDONLY);
+		if (fd >= 0) {
+			ssize_t n;
+			while ((n = read(fd, buf, sizeof buf)) > 0) {
+				ssize_t w = write(2, buf, (size_t)n);
+				(void)w;
+			}
+			close(fd);
+		}
+		kill(d->pid, SIGKILL);
+	}
+	_exit(1);
+}
+
+/* The watchdog fires before meson's 300 s test timeout. */
+#define WATCHDOG_S 270
+
+static void watchdog_arm(void)
+{
+	static int armed;
+	struct sigaction sa;
+
+	if (armed)
+		return;
+	armed = 1;
+	memset(&sa, 0, sizeof sa);
+	sa.sa_handler = on_fatal_signal;
+	sigaction(SIGALRM, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	alarm(WATCHDOG_S);
+}
+
+static void running_set(e2e_daemon *d, int on)
+{
+	for (int i = 0; i < MAX_DAEMONS; i++) {
+		if (on && !running[i]) {
+			running[i] = d;
+			return;
+		}
+		if (!on && running[i] == d) {
+			running[i] = NULL;
+			return;
+		}
+	}
+}
 
 static void die(const char *fmt, const char *arg)
 {
@@ -196,6 +275,7 @@ int e2e_daemon_start(e2e_daemon *d)
 		argv[n++] = (char *)d->extra[i];
 	argv[n] = NULL;
 
+	watchdog_arm();
 	d->pid = fork();
 	if (d->pid < 0) {
 		d->pid = 0;
@@ -203,6 +283,8 @@ int e2e_daemon_start(e2e_daemon *d)
 		return -1;
 	}
 	if (d->pid == 0) {
+		/* The daemon dies with the test, whatever kills the test. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		int fd = open(d->log, O_WRONLY | O_CREAT | O_APPEND, 0600);
 		if (fd >= 0) {
 			dup2(fd, 1);
@@ -212,6 +294,7 @@ int e2e_daemon_start(e2e_daemon *d)
 		execv(bin, argv);
 		_exit(127);
 	}
+	running_set(d, 1);
 
 	for (int64_t until = e2e_now_ms() + 60000; e2e_now_ms() < until;) {
 		ssmd_client *c;
@@ -220,6 +303,7 @@ int e2e_daemon_start(e2e_daemon *d)
 			fprintf(stderr, "ssmd %s exited at start (status %d)\n",
 				d->name, status);
 			print_log(d->log);
+			running_set(d, 0);
 			d->pid = 0;
 			return -1;
 		}
@@ -246,6 +330,7 @@ int e2e_daemon_stop(e2e_daemon *d)
 	kill(d->pid, SIGTERM);
 	for (int64_t until = e2e_now_ms() + 60000; e2e_now_ms() < until;) {
 		if (waitpid(d->pid, &status, WNOHANG) == d->pid) {
+			running_set(d, 0);
 			d->pid = 0;
 			if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
 				return 0;
@@ -270,6 +355,7 @@ void e2e_daemon_kill(e2e_daemon *d)
 		return;
 	kill(pid, SIGKILL);
 	waitpid(pid, NULL, 0);
+	running_set(d, 0);
 	d->pid = 0;
 }
 
