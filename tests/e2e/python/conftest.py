@@ -23,6 +23,14 @@ MKMODEL = os.path.join(BUILD, "kernels", "ssm-mkmodel")
 SSMCTL = os.path.join(BUILD, "client", "ssmctl")
 
 
+def _die_with_parent():
+    """In the daemon's child process: be killed when the test process dies,
+    however it dies, so that no daemon outlives its test."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
 class Daemon:
     """One ssmd process; restartable on the same store."""
 
@@ -44,7 +52,8 @@ class Daemon:
                 [SSMD, "--model", self.model, "--store", self.store,
                  "--listen", self.url, "--events", self.events,
                  "--run-dir", self.run_dir, "--backend", "cpu", "--threads", "1",
-                 *self.extra], stdout=log, stderr=log)
+                 *self.extra], stdout=log, stderr=log,
+                preexec_fn=_die_with_parent)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
