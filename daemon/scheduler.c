@@ -1638,9 +1638,8 @@ static int sess_service_one(sched *s, struct sess *x)
 				return !scratch;
 			}
 		} else if (rc || j->n_toks == 0) {
-			int scratch = x->scratch && !j->merge->open;
+			/* Closes x unless it became the opened result. */
 			merge_replay_done(s, j, rc);
-			return !scratch;
 		}
 		return 0;
 	case SSMD__REQUEST__OP_SNAPSHOT:

@@ -168,6 +168,10 @@ static void put_run(struct storeq_task *t)
 		.metadata = metadata,
 		.tokens = tokens,
 		.n_tokens = n_tokens,
+		/* The session continues from this state, in the same commit. */
+		.session = a->persist ? a->session : NULL,
+		.session_seed = a->seed,
+		.session_label = a->sess_label,
 	};
 	rc = store_state_put(s->store, &p, id);
 	if (rc == SSMD_ENOENT && parent) {
@@ -182,10 +186,6 @@ static void put_run(struct storeq_task *t)
 		rc = store_state_put(s->store, &p, id);
 	}
 done:
-	if (rc == SSMD_OK && a->persist &&
-	    store_session_put(s->store, a->session, id, a->seed, a->sess_label))
-		log_warn("session %s: recording it as continuing from %s failed: %s",
-			 a->session, id, ssmd_errmsg());
 	if (rc == SSMD_OK) {
 		memcpy(a->ref->id, id, sizeof(id));
 		if (a->log_commit)

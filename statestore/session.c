@@ -25,14 +25,8 @@ static int session_id_valid(const char *id)
 	return 1;
 }
 
-int store_session_put(store *s, const char *id, const char *state,
-		      uint64_t seed, const char *label)
+int store_session_check(const char *id, const char *state, const char *label)
 {
-	sqlite3_stmt *st = NULL;
-	int rc;
-
-	if (!s)
-		return ssmd_err_set(SSMD_EINVAL, "store_session_put: NULL");
 	if (!session_id_valid(id))
 		return ssmd_err_set(SSMD_EINVAL, "invalid session ID '%.80s'",
 				    id ? id : "");
@@ -41,12 +35,17 @@ int store_session_put(store *s, const char *id, const char *state,
 	if (label && strlen(label) > STORE_LABEL_MAX)
 		return ssmd_err_set(SSMD_EINVAL, "label longer than %d bytes",
 				    STORE_LABEL_MAX);
-	rc = store_write_begin(s);
-	if (rc)
-		return rc;
-	rc = store_sql_prepare(s->wdb, "INSERT OR REPLACE INTO sessions(id, state,"
+	return SSMD_OK;
+}
+
+int store_session_row_put(sqlite3 *db, const char *id, const char *state,
+			  uint64_t seed, const char *label)
+{
+	sqlite3_stmt *st = NULL;
+	int rc = store_sql_prepare(db, "INSERT OR REPLACE INTO sessions(id, state,"
 		     " seed, label, closed, updated_ms) VALUES(?1, ?2, ?3, ?4, 0, ?5)",
 		     &st);
+
 	if (!rc) {
 		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 2, state ? state : "", -1, SQLITE_STATIC);
@@ -55,9 +54,26 @@ int store_session_put(store *s, const char *id, const char *state,
 		sqlite3_bind_int64(st, 3, (sqlite3_int64)seed);
 		sqlite3_bind_text(st, 4, label ? label : "", -1, SQLITE_STATIC);
 		sqlite3_bind_int64(st, 5, store_now_ms());
-		rc = store_sql_step(s->wdb, st, "session put");
+		rc = store_sql_step(db, st, "session put");
 	}
 	sqlite3_finalize(st);
+	return rc;
+}
+
+int store_session_put(store *s, const char *id, const char *state,
+		      uint64_t seed, const char *label)
+{
+	int rc;
+
+	if (!s)
+		return ssmd_err_set(SSMD_EINVAL, "store_session_put: NULL");
+	rc = store_session_check(id, state, label);
+	if (rc)
+		return rc;
+	rc = store_write_begin(s);
+	if (rc)
+		return rc;
+	rc = store_session_row_put(s->wdb, id, state, seed, label);
 	return store_write_end(s, rc);
 }
 

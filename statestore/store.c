@@ -985,6 +985,8 @@ int store_state_put(store *s, const store_put *p, char id[STORE_ID_SIZE])
 				    STORE_PARENTS_MAX);
 	if (p->kind == STORE_KIND_MERGE && p->n_parents < 2)
 		return ssmd_err_set(SSMD_EINVAL, "a merge needs >= 2 parents");
+	if (p->session && store_session_check(p->session, NULL, p->session_label))
+		return SSMD_EINVAL;
 	if (p->n_tokens > STORE_TRANSCRIPT_MAX || (p->n_tokens && !p->tokens))
 		return ssmd_err_set(SSMD_EINVAL, "transcript of %zu tokens",
 				    p->n_tokens);
@@ -1058,6 +1060,9 @@ int store_state_put(store *s, const store_put *p, char id[STORE_ID_SIZE])
 
 		rc = store_row_insert(s, &row);
 	}
+	if (!rc && p->session)
+		rc = store_session_row_put(s->wdb, p->session, new_id,
+					   p->session_seed, p->session_label);
 	rc = store_write_end(s, rc);
 	if (!rc)
 		memcpy(id, new_id, STORE_ID_SIZE);

@@ -137,6 +137,12 @@ typedef struct store_put {
 	const int32_t *tokens;
 	size_t n_tokens;
 	store_lossy lossy;
+	/* When session is set, the same transaction records that session as
+	 * open and continuing from the new state, with session_seed and
+	 * session_label (NULL = ""), as store_session_put() does. */
+	const char *session;
+	uint64_t session_seed;
+	const char *session_label;
 } store_put;
 
 typedef struct store_state_info {

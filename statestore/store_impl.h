@@ -74,6 +74,15 @@ char *store_prefix_end(const char *prefix);
 /* The session table (session.c), created when missing at every open. */
 extern const char store_sessions_sql[];
 
+/* Checks a session row's ID, state ID (may be NULL) and label (may be
+ * NULL). SSMD_EINVAL. */
+int store_session_check(const char *id, const char *state, const char *label);
+
+/* Inserts or replaces an open session row, inside the caller's write
+ * transaction on db. */
+int store_session_row_put(sqlite3 *db, const char *id, const char *state,
+			  uint64_t seed, const char *label);
+
 /* Takes the writer lock and begins an IMMEDIATE transaction. */
 int store_write_begin(store *s);
 

@@ -2,7 +2,8 @@
  * test_session.c — the library's session table (store_session_*): rows
  * round-trip (every seed bit, label, state ID), closed sessions drop out of
  * the list and reopen when put again, bad input is refused with its code,
- * the table survives closing and reopening the library, and a library made
+ * a state put that names a session records it in the same commit, the
+ * table survives closing and reopening the library, and a library made
  * before the table existed gets it on open.
  */
 #include <stdio.h>
@@ -92,6 +93,33 @@ int main(void)
 	CHECK(n == 1 && !find(v, n, "s-full"), "a closed session is not listed");
 	free(v);
 	CHECK_RC(store_session_close(st, "s-nothing"), SSMD_ENOENT);
+
+	/* A put that names a session records it in the same commit. */
+	{
+		ssm_state *x = NULL;
+		char pid[STORE_ID_SIZE];
+		size_t len;
+		void *raw;
+		ssm_state_alloc(SSM_ARCH_MAMBA1, 1, 4, 2, 4, 3, &x);
+		len = ssm_state_encoded_size(x);
+		raw = malloc(len);
+		ssm_state_encode(x, raw, len);
+		store_put p = {.raw = raw, .raw_len = len, .kind = STORE_KIND_CHECKPOINT,
+			       .session = "s-put", .session_seed = 42,
+			       .session_label = "via put"};
+		CHECK_RC(store_state_put(st, &p, pid), SSMD_OK);
+		CHECK_RC(store_session_list(st, &v, &n), SSMD_OK);
+		a = find(v, n, "s-put");
+		CHECK(a && strcmp(a->state, pid) == 0 && a->seed == 42 &&
+		      strcmp(a->label, "via put") == 0,
+		      "store_state_put with a session records it continuing from the new state");
+		free(v);
+		p.session = "bad id";
+		CHECK_RC(store_state_put(st, &p, pid), SSMD_EINVAL);
+		CHECK_RC(store_session_close(st, "s-put"), SSMD_OK);
+		free(raw);
+		ssm_state_free(x);
+	}
 
 	/* Bad input. */
 	memset(longid, 'x', sizeof(longid) - 1);
