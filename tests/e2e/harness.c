@@ -83,6 +83,7 @@ static void watchdog_arm(void)
 	armed = 1;
 	memset(&sa, 0, sizeof sa);
 	sa.sa_handler = on_fatal_signal;
+	sa.sa_flags = SA_RESETHAND; /* a second signal is not handled again */
 	sigaction(SIGALRM, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGINT, &sa, NULL);
