@@ -13,8 +13,8 @@ protobuf runtime::
             print(chunk.text, end="", flush=True)
 """
 from .client import (Chunk, Client, Stream, SsmdError, default_url,
-                     events_url_for, ERROR_NAMES)
+                     events_url_for, jobs_url_for, ERROR_NAMES)
 
 __all__ = ["Chunk", "Client", "Stream", "SsmdError", "default_url",
-           "events_url_for", "ERROR_NAMES"]
+           "events_url_for", "jobs_url_for", "ERROR_NAMES"]
 __version__ = "0.1.0"

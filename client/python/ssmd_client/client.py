@@ -73,6 +73,19 @@ def events_url_for(url: str) -> str:
     raise SsmdError(SSMD_EINVAL, f"{url}: cannot derive the events URL; give it")
 
 
+def jobs_url_for(url: str) -> str:
+    """$SSMD_JOBS_URL, else the jobs endpoint the daemon pairs with url:
+    ipc://DIR/NAME.sock -> ipc://DIR/NAME-jobs.sock. Other transports have no
+    such rule: pass jobs_url to Client."""
+    env = os.environ.get("SSMD_JOBS_URL")
+    if env:
+        return env
+    if url.startswith("ipc://"):
+        stem = url[:-5] if url.endswith(".sock") else url
+        return stem + "-jobs.sock"
+    raise SsmdError(SSMD_EINVAL, f"{url}: cannot derive the jobs URL; give it")
+
+
 @dataclass
 class Chunk:
     """Tokens of a stream since the previous chunk, and their text ("" when
@@ -100,9 +113,12 @@ class Client:
 
     def __init__(self, url: Optional[str] = None, events_url: Optional[str] = None,
                  timeout: float = DEFAULT_TIMEOUT_S,
-                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S):
+                 connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_S,
+                 jobs_url: Optional[str] = None):
         self.url = url or default_url()
         self._events_url = events_url
+        self._jobs_url = jobs_url
+        self._push = None
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self.client_id = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(8)}"
@@ -120,9 +136,11 @@ class Client:
     def close(self) -> None:
         """Disconnects; the client cannot be used afterwards."""
         self._req.close()
-        if self._sub is not None:
-            self._sub.close()
-            self._sub = None
+        for name in ("_sub", "_push"):
+            sock = getattr(self, name)
+            if sock is not None:
+                sock.close()
+                setattr(self, name, None)
 
     def __enter__(self):
         return self
@@ -394,6 +412,35 @@ class Client:
         if client_id is not None:
             op.client_id = client_id
         return self._call("fetched", result=op).fetched.reply
+
+    def submit(self, op: str, **fields) -> str:
+        """Pushes one request to the jobs endpoint, fire and forget: op names
+        an operation ("append", "generate", "merge", ...), fields are those
+        of its request message (OpenRequest's "from" as **{"from": ...}).
+        Returns the request ID; the complete reply is published on the events
+        endpoint, and result(request_id) returns it, waiting while it runs."""
+        field = pb.Request.DESCRIPTOR.fields_by_name.get(op)
+        if field is None or field.containing_oneof is None:
+            raise SsmdError(SSMD_EINVAL, f"submit: no operation {op!r}")
+        try:
+            msg = getattr(pb, field.message_type.name)(**fields)
+        except (TypeError, ValueError) as e:
+            raise SsmdError(SSMD_EINVAL, f"submit {op}: {e}") from e
+        req = self._envelope(**{op: msg})
+        if self._push is None:
+            push = pynng.Push0(send_timeout=int(self.connect_timeout * 1000))
+            try:
+                _dial(push, self._jobs_url or jobs_url_for(self.url),
+                      self.connect_timeout)
+            except BaseException:
+                push.close()
+                raise
+            self._push = push
+        try:
+            self._push.send(req.SerializeToString())
+        except pynng.NNGException as e:
+            raise SsmdError(SSMD_ECLOSED, f"submit: {e}") from e
+        return req.request_id
 
     def import_state(self, data: bytes, tag: Optional[str] = None) -> str:
         """Stores an exported state; returns its new ID."""

@@ -321,3 +321,19 @@ def test_result_by_request_id(daemon, client):
     with pytest.raises(SsmdError) as e:
         client.result("never-sent")
     assert e.value.code == SSMD_ENOENT
+
+
+def test_jobs(client):
+    s = client.open()
+    rid = client.submit("append", session=s, text=PROMPT)
+    rep = client.result(rid)  # waits while the job runs
+    assert rep.request_id == rid and rep.code == 0 and rep.append.appended > 0
+    bad = client.submit("append", session="s-nope", tokens=[1])
+    rep = client.result(bad)
+    assert rep.code == SSMD_ENOENT and rep.message
+    opened = client.result(client.submit("open", **{"from": client.snapshot(s)}))
+    assert opened.sessions.sessions[0].n_tokens == client.state(
+        client.snapshot(s)).info.n_tokens
+    with pytest.raises(SsmdError) as e:
+        client.submit("frobnicate")
+    assert e.value.code == SSMD_EINVAL
