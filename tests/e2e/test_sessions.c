@@ -288,10 +288,14 @@ typedef struct worker {
 	const e2e_daemon *d;
 	int32_t first;
 	ssmd_generation *g;
+	sink streamed;         /* what the streaming callback received */
 	int rc;
 } worker;
 
-static int run_session(ssmd_client *c, int32_t first, ssmd_generation **g)
+/* A session on 64 tokens derived from first, then 40 greedy tokens,
+ * streamed into st when st is not NULL. */
+static int run_session(ssmd_client *c, int32_t first, sink *st,
+		       ssmd_generation **g)
 {
 	int32_t toks[64];
 	ssmd_session s;
@@ -305,7 +309,7 @@ static int run_session(ssmd_client *c, int32_t first, ssmd_generation **g)
 	if ((rc = ssmd_session_open(c, NULL, &s)) ||
 	    (rc = ssmd_append_tokens(c, s.id, toks, 64, NULL)))
 		return rc;
-	return ssmd_generate(c, s.id, &a, NULL, NULL, g);
+	return ssmd_generate(c, s.id, &a, st ? on_tokens : NULL, st, g);
 }
 
 static void *worker_main(void *arg)
@@ -315,21 +319,26 @@ static void *worker_main(void *arg)
 
 	w->rc = e2e_connect(w->d, 0, &c);
 	if (w->rc == SSMD_OK) {
-		w->rc = run_session(c, w->first, &w->g);
+		w->rc = run_session(c, w->first, &w->streamed, &w->g);
 		ssmd_client_close(c);
 	}
 	return NULL;
 }
 
+/* Two clients in two threads, each streaming its own session at the same
+ * time: each gets exactly its own tokens, as when run alone. */
 static void test_two_clients(const e2e_daemon *d, ssmd_client *c)
 {
-	worker w[2] = {{d, 3, NULL, -1}, {d, 250, NULL, -1}};
+	static worker w[2];
 	ssmd_generation *alone[2] = {0};
 	pthread_t th[2];
 
-	/* Reference: each session run alone. */
+	memset(w, 0, sizeof w);
+	w[0].d = w[1].d = d;
+	w[0].first = 3;
+	w[1].first = 250;
 	for (int i = 0; i < 2; i++)
-		CHECK_RC(run_session(c, w[i].first, &alone[i]), SSMD_OK);
+		CHECK_RC(run_session(c, w[i].first, NULL, &alone[i]), SSMD_OK);
 	for (int i = 0; i < 2; i++)
 		pthread_create(&th[i], NULL, worker_main, &w[i]);
 	for (int i = 0; i < 2; i++) {
@@ -337,6 +346,10 @@ static void test_two_clients(const e2e_daemon *d, ssmd_client *c)
 		CHECK(w[i].rc == SSMD_OK, "client %d: %s", i, ssmd_strerror(w[i].rc));
 		CHECK(same_tokens(w[i].g, alone[i]),
 		      "client %d: concurrent run differs from running alone", i);
+		CHECK(w[i].g && w[i].streamed.n == w[i].g->n_tokens &&
+		      memcmp(w[i].streamed.tokens, w[i].g->tokens,
+			     w[i].streamed.n * sizeof(int32_t)) == 0,
+		      "client %d: its stream differs from its reply", i);
 		ssmd_generation_free(w[i].g);
 		ssmd_generation_free(alone[i]);
 	}
