@@ -11,7 +11,6 @@
  * have, on the same backend, and the sampler's RNG is keyed by
  * (seed, token index), so there is no tolerance to state.
  */
-#include <math.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
