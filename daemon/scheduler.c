@@ -698,7 +698,7 @@ static void mark_add(struct job *j, size_t pos)
 /* The positions inside this append where a checkpoint was asked for:
  * multiples of checkpoint_every, the boundaries, the end of each text;
  * sorted, each once. */
-static int append_marks(sched *s, struct job *j, const size_t *text_ends,
+static int append_marks(struct job *j, const size_t *text_ends,
 			size_t n_texts)
 {
 	const Ssmd__AppendRequest *q = j->req->append;
@@ -717,7 +717,6 @@ static int append_marks(sched *s, struct job *j, const size_t *text_ends,
 				    cap, APPEND_MARKS_MAX);
 	if (!cap)
 		return SSMD_OK;
-	(void)s;
 	j->marks = malloc(cap * sizeof(*j->marks));
 	if (!j->marks)
 		return ssmd_err_set(SSMD_ENOMEM, "checkpoint positions");
@@ -759,7 +758,7 @@ static int append_start(sched *s, struct job *j)
 		j->n_toks = q->n_tokens;
 	}
 	if (!rc)
-		rc = append_marks(s, j, ends, q->n_texts);
+		rc = append_marks(j, ends, q->n_texts);
 	free(ends);
 	return rc;
 }
@@ -1022,11 +1021,14 @@ static void score_done(sched *s, struct job *j, int code)
 	if (sc && sc->saved) {
 		int r2 = ssm_slot_set(s->be, x->slot, sc->saved);
 		if (r2) {
-			/* The slot no longer holds the session's state: page
-			 * it back in from its base rather than serve a wrong
-			 * state. Its unsaved tokens are only in the slot. */
+			/* The slot no longer holds the session's state: give
+			 * the slot up and keep the state in host memory, where
+			 * the session's next placement loads it from. */
 			log_error("session %s: restoring after score failed: %s",
 				  x->id, ssmd_errmsg());
+			slot_release(s, x);
+			x->mem = sc->saved;
+			sc->saved = NULL;
 			rc = rc ? rc : r2;
 		}
 	}
