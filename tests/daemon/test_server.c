@@ -299,19 +299,9 @@ int main(void)
 			ssmd__reply__free_unpacked(r, NULL);
 	}
 
-	/* Oversized: the daemon drops that connection; it stays up. */
-	{
-		nng_socket big = req_open(1500);
-		size_t n = 200000;
-		unsigned char *b = calloc(1, n);
-		b[0] = 0x0a; /* any bytes: the size alone is refused */
-		r = raw_call(big, b, n);
-		CHECK(r == NULL, "a 200 kB request (limit 64 KiB) gets no reply");
-		if (r)
-			ssmd__reply__free_unpacked(r, NULL);
-		free(b);
-		nng_close(big);
-	}
+	/* Oversized messages are tested in tests/e2e/test_faults.c over a plain
+	 * Unix socket: closing an nng socket in the middle of a large send can
+	 * hang inside nng 1.5.2, which would hang this test, not the daemon. */
 
 	/* Unknown IDs, then normal service. */
 	r = append(s, "s-00000000000000000000000000000000", toks, 3, "unk", "test");
