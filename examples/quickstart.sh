@@ -6,7 +6,7 @@
 #   examples/quickstart.sh            # builds into build/
 #   SSMD_BUILD=DIR examples/quickstart.sh
 #   SSMD_TOKENIZER=FILE               # tokenizer.json (default: the GPT-NeoX one
-#                                     # in ../shared/models beside the checkout)
+#                                     # bundled in models/gpt-neox-20b/)
 #
 # The model is made by ssm-mkmodel with random weights (a small Mamba shape with
 # the GPT-NeoX tokenizer): its text is gibberish, but every step below is the
@@ -56,7 +56,7 @@ cleanup() {
 trap cleanup EXIT
 
 step "model"
-tokenizer=${SSMD_TOKENIZER:-$root/../shared/models/gpt-neox-20b-tokenizer.json}
+tokenizer=${SSMD_TOKENIZER:-$root/models/gpt-neox-20b/tokenizer.json}
 [ -f "$tokenizer" ] || { echo "no tokenizer at $tokenizer (set SSMD_TOKENIZER)"; exit 1; }
 "$mkmodel" --out "$work/model" --d-model 256 --n-layer 4 --vocab 50280 \
 	--seed 7 --tokenizer "$tokenizer"
