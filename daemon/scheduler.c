@@ -173,9 +173,8 @@ static int reply_sessions(struct job *j, struct sess **v, size_t n)
 	j->reply.sessions = r;
 	/* The last step of every open: the new sessions go into the library's
 	 * session table, so their IDs outlive this process. */
-	for (size_t i = 0; i < n; i++)
-		if (sched_store_session(j->sched, v[i], 0))
-			log_warn("session %s: %s", v[i]->id, ssmd_errmsg());
+	if (sched_store_sessions(j->sched, v, n, 0))
+		log_warn("%zu new sessions: %s", n, ssmd_errmsg());
 	return SSMD_OK;
 }
 

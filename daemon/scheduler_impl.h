@@ -150,9 +150,11 @@ void sched_store_reply(sched *s, struct job *job);
  * as DONE_MERGED. */
 void sched_store_merge(sched *s, struct job *job);
 
-/* Records a session (ID, base state, seed, label) as open in the library's
- * session table, or as closed; SSMD_ENOMEM (nothing posted). */
-int sched_store_session(sched *s, const struct sess *x, int closed);
+/* Records sessions (ID, base state, seed, label) as open in the library's
+ * session table, or as closed, in one transaction on the store thread;
+ * SSMD_ENOMEM (nothing posted). */
+int sched_store_sessions(sched *s, struct sess *const *v, size_t n, int closed);
+int sched_store_session(sched *s, struct sess *x, int closed);
 
 /* Sets a MergeReply with n_tokens (and the session, when x is set). */
 int reply_merge(struct job *j, uint64_t n_tokens, const struct sess *x);

@@ -489,52 +489,73 @@ void sched_store_merge(sched *s, struct job *j)
 
 /* ----------------------------------------------------------- sessions -- */
 
+/* Session table rows to write (open) or mark closed, in one transaction. */
 struct sess_task {
 	struct storeq_task task;
 	sched *s;
-	char id[SESS_ID_SIZE];
-	struct sref *base;         /* reference; NULL = zero state */
-	uint64_t seed;
-	char *label;               /* owned, may be NULL */
 	int closed;
+	size_t n;
+	struct sref **base;        /* (n) references; NULL = zero state */
+	store_session rows[];      /* (n) id, seed, label; state filled at run */
 };
 
 static void sess_task_run(struct storeq_task *t)
 {
 	struct sess_task *a = (struct sess_task *)t;
-	struct sref *b = a->base;
-	int rc;
+	int rc = SSMD_OK;
 
-	/* A put that failed keeps its state in memory: the row names the
-	 * nearest ancestor that was stored. */
-	while (b && b->rc)
-		b = b->kept_parent;
-	rc = a->closed ? store_session_close(a->s->store, a->id)
-		       : store_session_put(a->s->store, a->id, b ? b->id : NULL,
-					   a->seed, a->label);
-	if (rc && rc != SSMD_ENOENT)
-		log_warn("session %s: recording it in the session table failed: %s",
-			 a->id, ssmd_errmsg());
-	sref_put(a->base);
-	free(a->label);
+	for (size_t i = 0; i < a->n; i++) {
+		/* A put that failed keeps its state in memory: the row names
+		 * the nearest ancestor that was stored. */
+		struct sref *b = a->base[i];
+		while (b && b->rc)
+			b = b->kept_parent;
+		snprintf(a->rows[i].state, sizeof(a->rows[i].state), "%s",
+			 b ? b->id : "");
+	}
+	if (a->closed) {
+		for (size_t i = 0; i < a->n; i++) {
+			int r = store_session_close(a->s->store, a->rows[i].id);
+			if (r && r != SSMD_ENOENT)
+				rc = r;
+		}
+	} else {
+		rc = store_session_put_many(a->s->store, a->rows, a->n);
+	}
+	if (rc)
+		log_warn("recording %zu session%s in the session table failed: %s",
+			 a->n, a->n == 1 ? "" : "s", ssmd_errmsg());
+	for (size_t i = 0; i < a->n; i++)
+		sref_put(a->base[i]);
+	free(a->base);
 	free(a);
 }
 
-int sched_store_session(sched *s, const struct sess *x, int closed)
+int sched_store_sessions(sched *s, struct sess *const *v, size_t n, int closed)
 {
-	struct sess_task *a = calloc(1, sizeof(*a));
+	struct sess_task *a = calloc(1, sizeof(*a) + n * sizeof(a->rows[0]));
 
-	if (!a || (x->label && !(a->label = strdup(x->label)))) {
+	if (!a || !(a->base = calloc(n ? n : 1, sizeof(*a->base)))) {
 		free(a);
 		return ssmd_err_set(SSMD_ENOMEM, "session table");
 	}
 	a->s = s;
-	memcpy(a->id, x->id, SESS_ID_SIZE);
-	a->base = sref_get(x->base);
-	a->seed = x->seed;
 	a->closed = closed;
+	a->n = n;
+	for (size_t i = 0; i < n; i++) {
+		memcpy(a->rows[i].id, v[i]->id, SESS_ID_SIZE);
+		a->rows[i].seed = v[i]->seed;
+		snprintf(a->rows[i].label, sizeof(a->rows[i].label), "%s",
+			 v[i]->label ? v[i]->label : "");
+		a->base[i] = sref_get(v[i]->base);
+	}
 	storeq_post(s->sq, &a->task, sess_task_run);
 	return SSMD_OK;
+}
+
+int sched_store_session(sched *s, struct sess *x, int closed)
+{
+	return sched_store_sessions(s, &x, 1, closed);
 }
 
 /* ------------------------------------------------ library-only requests -- */

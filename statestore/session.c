@@ -77,6 +77,25 @@ int store_session_put(store *s, const char *id, const char *state,
 	return store_write_end(s, rc);
 }
 
+int store_session_put_many(store *s, const store_session *rows, size_t n)
+{
+	int rc = SSMD_OK;
+
+	if (!s || (n && !rows))
+		return ssmd_err_set(SSMD_EINVAL, "store_session_put_many: NULL");
+	for (size_t i = 0; !rc && i < n; i++)
+		rc = store_session_check(rows[i].id, rows[i].state, rows[i].label);
+	if (rc || !n)
+		return rc;
+	rc = store_write_begin(s);
+	if (rc)
+		return rc;
+	for (size_t i = 0; !rc && i < n; i++)
+		rc = store_session_row_put(s->wdb, rows[i].id, rows[i].state,
+					   rows[i].seed, rows[i].label);
+	return store_write_end(s, rc);
+}
+
 int store_session_close(store *s, const char *id)
 {
 	int rc;

@@ -333,6 +333,10 @@ typedef struct store_session {
 int store_session_put(store *s, const char *id, const char *state,
 		      uint64_t seed, const char *label);
 
+/* store_session_put() of n rows (id, state, seed, label of each; updated_ms
+ * is ignored) in one transaction: all or none. */
+int store_session_put_many(store *s, const store_session *rows, size_t n);
+
 /* Marks session id closed. SSMD_ENOENT when there is no such row. */
 int store_session_close(store *s, const char *id);
 

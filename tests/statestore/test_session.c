@@ -1,10 +1,10 @@
 /*
  * test_session.c — the library's session table (store_session_*): rows
- * round-trip (every seed bit, label, state ID), closed sessions drop out of
- * the list and reopen when put again, bad input is refused with its code,
- * a state put that names a session records it in the same commit, the
- * table survives closing and reopening the library, and a library made
- * before the table existed gets it on open.
+ * round-trip (every seed bit, label, state ID), alone or in an all-or-none
+ * batch; closed sessions drop out of the list and reopen when put again;
+ * bad input is refused with its code; a state put that names a session
+ * records it in the same commit; the table survives closing and reopening
+ * the library, and a library made before the table existed gets it on open.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,6 +119,32 @@ int main(void)
 		CHECK_RC(store_session_close(st, "s-put"), SSMD_OK);
 		free(raw);
 		ssm_state_free(x);
+	}
+
+	/* Many rows in one transaction: all or none. */
+	{
+		store_session rows[3];
+		memset(rows, 0, sizeof(rows));
+		for (int i = 0; i < 3; i++) {
+			snprintf(rows[i].id, sizeof(rows[i].id), "s-many-%d", i);
+			rows[i].seed = (uint64_t)i;
+		}
+		snprintf(rows[1].state, sizeof(rows[1].state), "%s", sid);
+		snprintf(rows[2].id, sizeof(rows[2].id), "bad id");
+		CHECK_RC(store_session_put_many(st, rows, 3), SSMD_EINVAL);
+		CHECK_RC(store_session_list(st, &v, &n), SSMD_OK);
+		CHECK(!find(v, n, "s-many-0"), "a batch with a bad row writes nothing");
+		free(v);
+		snprintf(rows[2].id, sizeof(rows[2].id), "s-many-2");
+		CHECK_RC(store_session_put_many(st, rows, 3), SSMD_OK);
+		CHECK_RC(store_session_list(st, &v, &n), SSMD_OK);
+		a = find(v, n, "s-many-1");
+		CHECK(find(v, n, "s-many-0") && find(v, n, "s-many-2") && a &&
+		      strcmp(a->state, sid) == 0 && a->seed == 1,
+		      "a batch of 3 rows is listed");
+		free(v);
+		for (int i = 0; i < 3; i++)
+			CHECK_RC(store_session_close(st, rows[i].id), SSMD_OK);
 	}
 
 	/* Bad input. */
