@@ -123,13 +123,17 @@ int sched_submit(sched *s, struct job *j)
 
 /* -------------------------------------------------------------- helpers -- */
 
+/* Counts the clients' sessions (not the internal scratch ones). */
 static void stats_publish(sched *s)
 {
-	size_t resident = 0;
+	size_t resident = 0, open = 0;
 
-	for (size_t i = 0; i < s->sessions.n; i++)
-		resident += s->sessions.v[i]->slot >= 0;
-	atomic_store(&s->n_sessions, s->sessions.n);
+	for (size_t i = 0; i < s->sessions.n; i++) {
+		const struct sess *x = s->sessions.v[i];
+		open += !x->scratch;
+		resident += !x->scratch && x->slot >= 0;
+	}
+	atomic_store(&s->n_sessions, open);
 	atomic_store(&s->n_resident, resident);
 }
 
@@ -1166,7 +1170,7 @@ static int op_stats(sched *s, struct job *j)
 		used += s->slot_owner[i] != NULL;
 	stats_publish(s);
 	r->has_sessions = r->has_sessions_resident = r->has_slots = 1;
-	r->sessions = (uint32_t)s->sessions.n;
+	r->sessions = (uint32_t)atomic_load(&s->n_sessions);
 	r->sessions_resident = (uint32_t)atomic_load(&s->n_resident);
 	r->slots = (uint32_t)s->n_slots;
 	r->has_slots_used = r->has_queue_depth = 1;
