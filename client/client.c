@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <nng/nng.h>
+#include <nng/protocol/pipeline0/push.h>
 #include <nng/protocol/pubsub0/sub.h>
 #include <nng/protocol/reqrep0/req.h>
 #include <nng/supplemental/util/platform.h>
@@ -39,10 +40,13 @@ struct ssmd_client {
 	nng_socket req;        /* request endpoint (REQ) */
 	nng_socket sub;        /* events endpoint (SUB), opened on first stream */
 	int sub_open;
+	nng_socket push;       /* jobs endpoint (PUSH), opened on first submit */
+	int push_open;
 	int timeout_ms;
 	int connect_timeout_ms;
 	char url[SSMD_URL_MAX];
 	char events_url[SSMD_URL_MAX];
+	char jobs_url[SSMD_URL_MAX];
 	char id[128];          /* client ID sent with every request */
 };
 
@@ -151,9 +155,12 @@ int ssmd_default_url(char *url, size_t cap)
 	return SSMD_OK;
 }
 
-int ssmd_events_url(const char *url, char *out, size_t cap)
+/* The daemon's sibling rule: $env when set, else for "ipc://DIR/NAME.sock"
+ * the socket "ipc://DIR/NAME-<what>.sock". */
+static int sibling_url(const char *url, const char *env_name, const char *what,
+		       char *out, size_t cap)
 {
-	const char *env = getenv("SSMD_EVENTS_URL");
+	const char *env = getenv(env_name);
 	int n;
 
 	if (env && *env) {
@@ -163,14 +170,25 @@ int ssmd_events_url(const char *url, char *out, size_t cap)
 		size_t stem = len;
 		if (len > 5 && strcmp(url + len - 5, ".sock") == 0)
 			stem = len - 5;
-		n = snprintf(out, cap, "%.*s-events.sock", (int)stem, url);
+		n = snprintf(out, cap, "%.*s-%s.sock", (int)stem, url, what);
 	} else {
-		return ssmd_err_set(SSMD_EINVAL, "%s: cannot derive the events "
-				    "URL; give it explicitly", url);
+		return ssmd_err_set(SSMD_EINVAL, "%s: cannot derive the %s "
+				    "URL; give it explicitly", url, what);
 	}
 	if (n < 0 || (size_t)n >= cap)
-		return ssmd_err_set(SSMD_ERANGE, "events URL longer than %zu", cap);
+		return ssmd_err_set(SSMD_ERANGE, "%s URL longer than %zu", what,
+				    cap);
 	return SSMD_OK;
+}
+
+int ssmd_events_url(const char *url, char *out, size_t cap)
+{
+	return sibling_url(url, "SSMD_EVENTS_URL", "events", out, cap);
+}
+
+int ssmd_jobs_url(const char *url, char *out, size_t cap)
+{
+	return sibling_url(url, "SSMD_JOBS_URL", "jobs", out, cap);
 }
 
 /* -------------------------------------------------------- connection -- */
@@ -209,8 +227,15 @@ int ssmd_client_open(const ssmd_client_opts *opts, ssmd_client **out)
 		}
 		strcpy(c->events_url, opts->events_url);
 	}
-	/* An underivable events URL matters only to streaming; leave it
-	 * empty and report when a stream is asked for. */
+	if (opts->jobs_url) {
+		if (strlen(opts->jobs_url) >= sizeof c->jobs_url) {
+			rc = ssmd_err_set(SSMD_ERANGE, "jobs URL too long");
+			goto fail;
+		}
+		strcpy(c->jobs_url, opts->jobs_url);
+	}
+	/* An underivable events or jobs URL matters only to streaming or
+	 * submitting; leave it empty and report when one is asked for. */
 
 	if (gethostname(host, sizeof host) != 0)
 		strcpy(host, "localhost");
@@ -267,6 +292,8 @@ void ssmd_client_close(ssmd_client *c)
 	nng_close(c->req);
 	if (c->sub_open)
 		nng_close(c->sub);
+	if (c->push_open)
+		nng_close(c->push);
 	free(c);
 }
 
@@ -303,6 +330,38 @@ static int client_sub_open(ssmd_client *c)
 		return err_from_nng(rv, what);
 	}
 	c->sub_open = 1;
+	return SSMD_OK;
+}
+
+/* Connects the PUSH socket to the jobs endpoint once; later submits reuse
+ * it. A send waits up to connect_timeout_ms for the daemon to take the
+ * message (PUSH holds it until a pipe is there). */
+static int client_push_open(ssmd_client *c)
+{
+	int rv, rc;
+
+	if (c->push_open)
+		return SSMD_OK;
+	if (!c->jobs_url[0] &&
+	    (rc = ssmd_jobs_url(c->url, c->jobs_url, sizeof c->jobs_url)))
+		return rc;
+	if ((rv = nng_push0_open(&c->push)) != 0)
+		return err_from_nng(rv, "open jobs socket");
+	nng_socket_set_ms(c->push, NNG_OPT_SENDTIMEO, c->connect_timeout_ms);
+	for (int waited = 0;; waited += 50) {
+		rv = nng_dial(c->push, c->jobs_url, NULL, 0);
+		if (rv == 0 || (rv != NNG_ECONNREFUSED && rv != NNG_ENOENT) ||
+		    waited >= c->connect_timeout_ms)
+			break;
+		nng_msleep(50);
+	}
+	if (rv != 0) {
+		char what[SSMD_URL_MAX + 24];
+		snprintf(what, sizeof what, "connect jobs %s", c->jobs_url);
+		nng_close(c->push);
+		return err_from_nng(rv, what);
+	}
+	c->push_open = 1;
 	return SSMD_OK;
 }
 
@@ -486,30 +545,41 @@ static int sessions_copy(const Ssmd__SessionsReply *r, uint32_t want,
 	return SSMD_OK;
 }
 
+/* Fills an open request from args (NULL: one empty session); *count
+ * receives the number of sessions it asks for. op borrows args' strings. */
+static int open_op_fill(Ssmd__OpenRequest *op, const ssmd_open_args *args,
+			uint32_t *count)
+{
+	*count = 1;
+	if (!args)
+		return SSMD_OK;
+	if (args->from && args->fork)
+		return ssmd_err_set(SSMD_EINVAL, "open: give from or fork, "
+				    "not both");
+	*count = args->count ? args->count : 1;
+	op->from = (char *)args->from;
+	op->fork = (char *)args->fork;
+	op->has_count = 1;
+	op->count = *count;
+	if (args->seed) {
+		op->has_seed = 1;
+		op->seed = *args->seed;
+	}
+	op->label = (char *)args->label;
+	return SSMD_OK;
+}
+
 int ssmd_session_open(ssmd_client *c, const ssmd_open_args *args,
 		      ssmd_session *out)
 {
 	Ssmd__Request req = SSMD__REQUEST__INIT;
 	Ssmd__OpenRequest op = SSMD__OPEN_REQUEST__INIT;
 	Ssmd__Reply *rep;
-	uint32_t count = 1;
+	uint32_t count;
 	int rc;
 
-	if (args) {
-		if (args->from && args->fork)
-			return ssmd_err_set(SSMD_EINVAL, "open: give from or "
-					    "fork, not both");
-		count = args->count ? args->count : 1;
-		op.from = (char *)args->from;
-		op.fork = (char *)args->fork;
-		op.has_count = 1;
-		op.count = count;
-		if (args->seed) {
-			op.has_seed = 1;
-			op.seed = *args->seed;
-		}
-		op.label = (char *)args->label;
-	}
+	if ((rc = open_op_fill(&op, args, &count)))
+		return rc;
 	req.op_case = SSMD__REQUEST__OP_OPEN;
 	req.open = &op;
 	if ((rc = client_call(c, &req, SSMD__REPLY__RESULT_SESSIONS, &rep)))
@@ -547,21 +617,14 @@ int ssmd_session_fork(ssmd_client *c, const char *source, uint32_t count,
 	return rc;
 }
 
-static int append_call(ssmd_client *c, Ssmd__AppendRequest *op,
-		       ssmd_append_result *out, ssmd_checkpoint **checkpoints)
+/* Copies an append reply into out (may be NULL) and, when checkpoints is
+ * not NULL, its checkpoints into a malloc'd array (NULL when none). */
+static int append_copy(const Ssmd__AppendReply *r, ssmd_append_result *out,
+		       ssmd_checkpoint **checkpoints)
 {
-	Ssmd__Request req = SSMD__REQUEST__INIT;
-	Ssmd__Reply *rep;
 	ssmd_checkpoint *ck = NULL;
-	int rc;
+	int rc = SSMD_OK;
 
-	if (!op->session)
-		return ssmd_err_set(SSMD_EINVAL, "append: no session");
-	req.op_case = SSMD__REQUEST__OP_APPEND;
-	req.append = op;
-	if ((rc = client_call(c, &req, SSMD__REPLY__RESULT_APPEND, &rep)))
-		return rc;
-	const Ssmd__AppendReply *r = rep->append;
 	if (checkpoints && r->n_checkpoints) {
 		if (r->n_checkpoint_tokens != r->n_checkpoints) {
 			rc = ssmd_err_set(SSMD_EPROTO, "append reply: %zu "
@@ -591,6 +654,23 @@ static int append_call(ssmd_client *c, Ssmd__AppendRequest *op,
 	}
 done:
 	free(ck);
+	return rc;
+}
+
+static int append_call(ssmd_client *c, Ssmd__AppendRequest *op,
+		       ssmd_append_result *out, ssmd_checkpoint **checkpoints)
+{
+	Ssmd__Request req = SSMD__REQUEST__INIT;
+	Ssmd__Reply *rep;
+	int rc;
+
+	if (!op->session)
+		return ssmd_err_set(SSMD_EINVAL, "append: no session");
+	req.op_case = SSMD__REQUEST__OP_APPEND;
+	req.append = op;
+	if ((rc = client_call(c, &req, SSMD__REPLY__RESULT_APPEND, &rep)))
+		return rc;
+	rc = append_copy(rep->append, out, checkpoints);
 	ssmd__reply__free_unpacked(rep, NULL);
 	return rc;
 }
@@ -620,33 +700,45 @@ int ssmd_append_tokens(ssmd_client *c, const char *session,
 	return append_call(c, &op, out, NULL);
 }
 
-int ssmd_append(ssmd_client *c, const char *session,
-		const ssmd_append_args *args, ssmd_append_result *out,
-		ssmd_checkpoint **checkpoints)
+/* Fills an append request from args; op borrows args' arrays. */
+static int append_op_fill(Ssmd__AppendRequest *op, const char *session,
+			  const ssmd_append_args *args)
 {
-	Ssmd__AppendRequest op = SSMD__APPEND_REQUEST__INIT;
-
+	if (!session)
+		return ssmd_err_set(SSMD_EINVAL, "append: no session");
 	if (!args)
 		return ssmd_err_set(SSMD_EINVAL, "append: no arguments");
 	if ((args->text != NULL) + (args->tokens != NULL) +
 	    (args->texts != NULL) != 1)
 		return ssmd_err_set(SSMD_EINVAL, "append: give exactly one of "
 				    "text, tokens, texts");
+	op->session = (char *)session;
+	op->text = (char *)args->text;
+	op->n_tokens = args->tokens ? args->n_tokens : 0;
+	op->tokens = (int32_t *)args->tokens;
+	op->n_texts = args->texts ? args->n_texts : 0;
+	op->texts = (char **)args->texts;
+	if (args->checkpoint_every) {
+		op->has_checkpoint_every = 1;
+		op->checkpoint_every = args->checkpoint_every;
+	}
+	op->n_boundaries = args->boundaries ? args->n_boundaries : 0;
+	op->boundaries = (uint32_t *)args->boundaries;
+	return SSMD_OK;
+}
+
+int ssmd_append(ssmd_client *c, const char *session,
+		const ssmd_append_args *args, ssmd_append_result *out,
+		ssmd_checkpoint **checkpoints)
+{
+	Ssmd__AppendRequest op = SSMD__APPEND_REQUEST__INIT;
+	int rc;
+
 	if (checkpoints && !out)
 		return ssmd_err_set(SSMD_EINVAL, "append: checkpoints need out "
 				    "for their count");
-	op.session = (char *)session;
-	op.text = (char *)args->text;
-	op.n_tokens = args->tokens ? args->n_tokens : 0;
-	op.tokens = (int32_t *)args->tokens;
-	op.n_texts = args->texts ? args->n_texts : 0;
-	op.texts = (char **)args->texts;
-	if (args->checkpoint_every) {
-		op.has_checkpoint_every = 1;
-		op.checkpoint_every = args->checkpoint_every;
-	}
-	op.n_boundaries = args->boundaries ? args->n_boundaries : 0;
-	op.boundaries = (uint32_t *)args->boundaries;
+	if ((rc = append_op_fill(&op, session, args)))
+		return rc;
 	return append_call(c, &op, out, checkpoints);
 }
 
@@ -795,77 +887,62 @@ done:
 	return rc;
 }
 
-int ssmd_generate(ssmd_client *c, const char *session,
-		  const ssmd_generate_args *args, ssmd_token_fn fn, void *ctx,
-		  ssmd_generation **out)
+/* Fills a generate request from args (NULL: defaults); op borrows args'
+ * arrays. */
+static int generate_op_fill(Ssmd__GenerateRequest *op, const char *session,
+			    const ssmd_generate_args *args, int stream)
 {
-	Ssmd__Request req = SSMD__REQUEST__INIT;
-	Ssmd__GenerateRequest op = SSMD__GENERATE_REQUEST__INIT;
-	ssmd_generate_args defaults;
-	stream_state s;
-	Ssmd__Reply *rep = NULL;
-	ssmd_generation *g = NULL;
-	int rc;
-
 	if (!session)
 		return ssmd_err_set(SSMD_EINVAL, "generate: no session");
-	if (!args) {
-		ssmd_generate_args_init(&defaults);
-		args = &defaults;
-	}
-	op.session = (char *)session;
+	op->session = (char *)session;
+	op->has_stream = 1;
+	op->stream = stream != 0;
+	if (!args)
+		return SSMD_OK;
 	if (args->max_tokens) {
-		op.has_max_tokens = 1;
-		op.max_tokens = args->max_tokens;
+		op->has_max_tokens = 1;
+		op->max_tokens = args->max_tokens;
 	}
 	/* NaN and infinities are sent as given: the daemon judges them. */
 	if (args->temperature != 0.0f) {
-		op.has_temperature = 1;
-		op.temperature = args->temperature;
+		op->has_temperature = 1;
+		op->temperature = args->temperature;
 	}
 	if (args->top_k) {
-		op.has_top_k = 1;
-		op.top_k = args->top_k;
+		op->has_top_k = 1;
+		op->top_k = args->top_k;
 	}
 	if (args->top_p != 0.0f) {
-		op.has_top_p = 1;
-		op.top_p = args->top_p;
+		op->has_top_p = 1;
+		op->top_p = args->top_p;
 	}
 	if (args->seed) {
-		op.has_seed = 1;
-		op.seed = *args->seed;
+		op->has_seed = 1;
+		op->seed = *args->seed;
 	}
-	op.n_stop = args->n_stop;
-	op.stop = (char **)args->stop;
-	op.n_stop_tokens = args->n_stop_tokens;
-	op.stop_tokens = (int32_t *)args->stop_tokens;
-	op.has_stream = 1;
-	op.stream = fn != NULL;
+	op->n_stop = args->n_stop;
+	op->stop = (char **)args->stop;
+	op->n_stop_tokens = args->n_stop_tokens;
+	op->stop_tokens = (int32_t *)args->stop_tokens;
 	if (args->snapshot) {
-		op.has_snapshot_at_end = 1;
-		op.snapshot_at_end = 1;
-		op.snapshot_tag = (char *)args->snapshot_tag;
-		op.snapshot_label = (char *)args->snapshot_label;
+		op->has_snapshot_at_end = 1;
+		op->snapshot_at_end = 1;
+		op->snapshot_tag = (char *)args->snapshot_tag;
+		op->snapshot_label = (char *)args->snapshot_label;
 	}
-	req.op_case = SSMD__REQUEST__OP_GENERATE;
-	req.generate = &op;
+	return SSMD_OK;
+}
 
-	memset(&s, 0, sizeof s);
-	s.fn = fn;
-	s.ctx = ctx;
-	if (fn)
-		rc = generate_streaming(c, &req, &s, &rep);
-	else
-		rc = client_call(c, &req, SSMD__REPLY__RESULT_GENERATE, &rep);
-	if (rc)
-		return rc;
+/* Copies a generate reply into a new generation; missed = stream events
+ * lost in transit. */
+static int generation_copy(const Ssmd__GenerateReply *r, uint64_t missed,
+			   ssmd_generation **out)
+{
+	ssmd_generation *g = calloc(1, sizeof *g);
+	int rc;
 
-	const Ssmd__GenerateReply *r = rep->generate;
-	g = calloc(1, sizeof *g);
-	if (!g) {
-		rc = ssmd_err_set(SSMD_ENOMEM, "generate: out of memory");
-		goto fail;
-	}
+	if (!g)
+		return ssmd_err_set(SSMD_ENOMEM, "generate: out of memory");
 	g->tokens = malloc((r->n_tokens ? r->n_tokens : 1) * sizeof *g->tokens);
 	g->text = dup_str(r->text);
 	if (!g->tokens || !g->text) {
@@ -880,12 +957,39 @@ int ssmd_generate(ssmd_client *c, const char *session,
 	if ((rc = copy_id(g->state_id, r->state_id)))
 		goto fail;
 	g->n_checkpoints = (uint32_t)r->n_checkpoints;
-	g->events_missed = s.missed;
-	ssmd__reply__free_unpacked(rep, NULL);
+	g->events_missed = missed;
 	*out = g;
 	return SSMD_OK;
 fail:
 	ssmd_generation_free(g);
+	return rc;
+}
+
+int ssmd_generate(ssmd_client *c, const char *session,
+		  const ssmd_generate_args *args, ssmd_token_fn fn, void *ctx,
+		  ssmd_generation **out)
+{
+	Ssmd__Request req = SSMD__REQUEST__INIT;
+	Ssmd__GenerateRequest op = SSMD__GENERATE_REQUEST__INIT;
+	stream_state s;
+	Ssmd__Reply *rep = NULL;
+	int rc;
+
+	if ((rc = generate_op_fill(&op, session, args, fn != NULL)))
+		return rc;
+	req.op_case = SSMD__REQUEST__OP_GENERATE;
+	req.generate = &op;
+
+	memset(&s, 0, sizeof s);
+	s.fn = fn;
+	s.ctx = ctx;
+	if (fn)
+		rc = generate_streaming(c, &req, &s, &rep);
+	else
+		rc = client_call(c, &req, SSMD__REPLY__RESULT_GENERATE, &rep);
+	if (rc)
+		return rc;
+	rc = generation_copy(rep->generate, s.missed, out);
 	ssmd__reply__free_unpacked(rep, NULL);
 	return rc;
 }
@@ -1192,6 +1296,29 @@ int ssmd_state_import(ssmd_client *c, const void *data, size_t len,
 
 /* ---------------------------------------------------- merge, score -- */
 
+/* Fills a merge request from args; op borrows args' arrays. */
+static int merge_op_fill(Ssmd__MergeRequest *op, const ssmd_merge_args *args)
+{
+	if (!args || !args->sources || args->n_sources < 2)
+		return ssmd_err_set(SSMD_EINVAL, "merge: needs at least 2 sources");
+	op->n_sources = args->n_sources;
+	op->sources = (char **)args->sources;
+	op->n_weights = args->weights ? args->n_weights : 0;
+	op->weights = (double *)args->weights;
+	op->mode = (char *)args->mode;
+	op->tag = (char *)args->tag;
+	op->label = (char *)args->label;
+	if (args->open) {
+		op->has_open = 1;
+		op->open = 1;
+	}
+	if (args->seed) {
+		op->has_seed = 1;
+		op->seed = *args->seed;
+	}
+	return SSMD_OK;
+}
+
 int ssmd_merge(ssmd_client *c, const ssmd_merge_args *args, ssmd_state_ref *out,
 	       ssmd_session *session)
 {
@@ -1202,23 +1329,8 @@ int ssmd_merge(ssmd_client *c, const ssmd_merge_args *args, ssmd_state_ref *out,
 	ssmd_session ses;
 	int rc;
 
-	if (!args || !args->sources || args->n_sources < 2)
-		return ssmd_err_set(SSMD_EINVAL, "merge: needs at least 2 sources");
-	op.n_sources = args->n_sources;
-	op.sources = (char **)args->sources;
-	op.n_weights = args->weights ? args->n_weights : 0;
-	op.weights = (double *)args->weights;
-	op.mode = (char *)args->mode;
-	op.tag = (char *)args->tag;
-	op.label = (char *)args->label;
-	if (args->open) {
-		op.has_open = 1;
-		op.open = 1;
-	}
-	if (args->seed) {
-		op.has_seed = 1;
-		op.seed = *args->seed;
-	}
+	if ((rc = merge_op_fill(&op, args)))
+		return rc;
 	req.op_case = SSMD__REQUEST__OP_MERGE;
 	req.merge = &op;
 	if ((rc = client_call(c, &req, SSMD__REPLY__RESULT_MERGE, &rep)))
@@ -1324,6 +1436,215 @@ void ssmd_score_free(ssmd_score *s)
 	free(s->tokens);
 	free(s->token_logprobs);
 	free(s);
+}
+
+/* ------------------------------------------------------------- jobs -- */
+
+int ssmd_submit(ssmd_client *c, const ssmd_job *job,
+		char request_id[SSMD_REQUEST_ID_MAX])
+{
+	Ssmd__Request req = SSMD__REQUEST__INIT;
+	Ssmd__OpenRequest open = SSMD__OPEN_REQUEST__INIT;
+	Ssmd__AppendRequest append = SSMD__APPEND_REQUEST__INIT;
+	Ssmd__GenerateRequest generate = SSMD__GENERATE_REQUEST__INIT;
+	Ssmd__SnapshotRequest snapshot = SSMD__SNAPSHOT_REQUEST__INIT;
+	Ssmd__CloseRequest close = SSMD__CLOSE_REQUEST__INIT;
+	Ssmd__MergeRequest merge = SSMD__MERGE_REQUEST__INIT;
+	char rid[SSMD_REQUEST_ID_MAX];
+	uint32_t count;
+	size_t len;
+	nng_msg *msg;
+	int rv, rc;
+
+	if (!job)
+		return ssmd_err_set(SSMD_EINVAL, "submit: no job");
+	switch (job->op) {
+	case SSMD_OP_OPEN:
+		rc = open_op_fill(&open, job->open, &count);
+		req.op_case = SSMD__REQUEST__OP_OPEN;
+		req.open = &open;
+		break;
+	case SSMD_OP_APPEND:
+		rc = append_op_fill(&append, job->session, job->append);
+		req.op_case = SSMD__REQUEST__OP_APPEND;
+		req.append = &append;
+		break;
+	case SSMD_OP_GENERATE:
+		rc = generate_op_fill(&generate, job->session, job->generate,
+				      job->stream);
+		req.op_case = SSMD__REQUEST__OP_GENERATE;
+		req.generate = &generate;
+		break;
+	case SSMD_OP_SNAPSHOT:
+	case SSMD_OP_CLOSE:
+		rc = job->session ? SSMD_OK
+			: ssmd_err_set(SSMD_EINVAL, "submit: no session");
+		snapshot.session = close.session = (char *)job->session;
+		snapshot.tag = close.tag = (char *)job->tag;
+		snapshot.label = close.label = (char *)job->label;
+		close.has_snapshot = 1;
+		close.snapshot = job->snapshot != 0;
+		if (job->op == SSMD_OP_SNAPSHOT) {
+			req.op_case = SSMD__REQUEST__OP_SNAPSHOT;
+			req.snapshot = &snapshot;
+		} else {
+			req.op_case = SSMD__REQUEST__OP_CLOSE;
+			req.close = &close;
+		}
+		break;
+	case SSMD_OP_MERGE:
+		rc = merge_op_fill(&merge, job->merge);
+		req.op_case = SSMD__REQUEST__OP_MERGE;
+		req.merge = &merge;
+		break;
+	default:
+		rc = ssmd_err_set(SSMD_EINVAL, "submit: no operation %d", job->op);
+	}
+	if (rc)
+		return rc;
+
+	if (job->request_id) {
+		len = strlen(job->request_id);
+		if (len == 0 || len >= SSMD_REQUEST_ID_MAX)
+			return ssmd_err_set(SSMD_EINVAL, "submit: a request ID "
+					    "has 1..%d bytes", SSMD_REQUEST_ID_MAX - 1);
+		memcpy(rid, job->request_id, len + 1);
+	} else {
+		hex_random(rid, REQUEST_ID_LEN / 2);
+	}
+	req.has_version = 1;
+	req.version = PROTO_VERSION;
+	req.request_id = rid;
+	req.client_id = c->id;
+
+	if ((rc = client_push_open(c)))
+		return rc;
+	len = ssmd__request__get_packed_size(&req);
+	if ((rv = nng_msg_alloc(&msg, len)) != 0)
+		return err_from_nng(rv, "submit");
+	ssmd__request__pack(&req, nng_msg_body(msg));
+	if ((rv = nng_sendmsg(c->push, msg, 0)) != 0) {
+		nng_msg_free(msg);
+		return err_from_nng(rv, "submit");
+	}
+	memcpy(request_id, rid, strlen(rid) + 1);
+	return SSMD_OK;
+}
+
+void ssmd_reply_free(ssmd_reply *r)
+{
+	if (!r)
+		return;
+	free(r->message);
+	free(r->sessions);
+	free(r->checkpoints);
+	ssmd_generation_free(r->generation);
+	free(r);
+}
+
+/* Converts a daemon reply into an ssmd_reply (see ssmd.h for which results
+ * are carried). */
+static int reply_copy(const Ssmd__Reply *rep, ssmd_reply **out)
+{
+	ssmd_reply *r = calloc(1, sizeof *r);
+	size_t n;
+	int rc = SSMD_OK;
+
+	if (!r || !(r->message = dup_str(rep->message))) {
+		rc = ssmd_err_set(SSMD_ENOMEM, "result: out of memory");
+		goto fail;
+	}
+	n = rep->request_id ? strlen(rep->request_id) : 0;
+	if (n >= SSMD_REQUEST_ID_MAX) {
+		rc = ssmd_err_set(SSMD_EPROTO, "result: request ID of %zu bytes", n);
+		goto fail;
+	}
+	memcpy(r->request_id, rep->request_id ? rep->request_id : "", n + 1);
+	r->code = (int)rep->code;
+	switch (rep->result_case) {
+	case SSMD__REPLY__RESULT_SESSIONS:
+		r->kind = SSMD_REPLY_SESSIONS;
+		n = rep->sessions->n_sessions;
+		if (!(r->sessions = calloc(n ? n : 1, sizeof *r->sessions))) {
+			rc = ssmd_err_set(SSMD_ENOMEM, "result: out of memory");
+			goto fail;
+		}
+		if ((rc = sessions_copy(rep->sessions, (uint32_t)n, r->sessions)))
+			goto fail;
+		r->n_sessions = n;
+		break;
+	case SSMD__REPLY__RESULT_APPEND:
+		r->kind = SSMD_REPLY_APPEND;
+		if ((rc = append_copy(rep->append, &r->append, &r->checkpoints)))
+			goto fail;
+		break;
+	case SSMD__REPLY__RESULT_GENERATE:
+		r->kind = SSMD_REPLY_GENERATE;
+		if ((rc = generation_copy(rep->generate, 0, &r->generation)))
+			goto fail;
+		break;
+	case SSMD__REPLY__RESULT_STATE_REF:
+		r->kind = SSMD_REPLY_STATE;
+		if ((rc = copy_id(r->state.id, rep->state_ref->state_id)))
+			goto fail;
+		r->state.n_tokens = rep->state_ref->n_tokens;
+		break;
+	case SSMD__REPLY__RESULT_MERGE:
+		r->kind = SSMD_REPLY_MERGE;
+		if ((rc = copy_id(r->state.id, rep->merge->state_id)))
+			goto fail;
+		r->state.n_tokens = rep->merge->n_tokens;
+		if (rep->merge->session && rep->merge->session->id &&
+		    rep->merge->session->id[0]) {
+			Ssmd__SessionInfo *one[1] = {rep->merge->session};
+			Ssmd__SessionsReply sr = SSMD__SESSIONS_REPLY__INIT;
+			sr.n_sessions = 1;
+			sr.sessions = one;
+			if (!(r->sessions = calloc(1, sizeof *r->sessions))) {
+				rc = ssmd_err_set(SSMD_ENOMEM, "result: out of memory");
+				goto fail;
+			}
+			if ((rc = sessions_copy(&sr, 1, r->sessions)))
+				goto fail;
+			r->n_sessions = 1;
+		}
+		break;
+	case SSMD__REPLY__RESULT__NOT_SET:
+		r->kind = SSMD_REPLY_NONE;
+		break;
+	default:
+		r->kind = SSMD_REPLY_OTHER;
+		break;
+	}
+	*out = r;
+	return SSMD_OK;
+fail:
+	ssmd_reply_free(r);
+	return rc;
+}
+
+int ssmd_result(ssmd_client *c, const char *request_id, const char *client_id,
+		ssmd_reply **out)
+{
+	Ssmd__Request req = SSMD__REQUEST__INIT;
+	Ssmd__ResultRequest op = SSMD__RESULT_REQUEST__INIT;
+	Ssmd__Reply *rep;
+	int rc;
+
+	if (!request_id || !request_id[0])
+		return ssmd_err_set(SSMD_EINVAL, "result: no request ID");
+	op.request_id = (char *)request_id;
+	op.client_id = (char *)client_id;
+	req.op_case = SSMD__REQUEST__OP_RESULT;
+	req.result = &op;
+	if ((rc = client_call(c, &req, SSMD__REPLY__RESULT_FETCHED, &rep)))
+		return rc;
+	if (!rep->fetched->reply)
+		rc = ssmd_err_set(SSMD_EPROTO, "result reply without the reply");
+	else
+		rc = reply_copy(rep->fetched->reply, out);
+	ssmd__reply__free_unpacked(rep, NULL);
+	return rc;
 }
 
 void ssmd_free(void *p)

@@ -9,7 +9,8 @@
  * nng and protobuf; this header is the whole interface.
  *
  * Every operation is one blocking call that sends one request and waits for
- * its reply (up to the client's timeout). Each returns 0 (SSMD_OK) or a
+ * its reply (up to the client's timeout), except ssmd_submit(), which pushes
+ * a request to the daemon's jobs endpoint without waiting for its result. Each returns 0 (SSMD_OK) or a
  * positive SSMD_E* code (ssmd_err.h): the daemon's code when the daemon
  * refused the request, or a local one (SSMD_ETIMEDOUT, SSMD_ECLOSED when the
  * daemon cannot be reached, SSMD_EPROTO for a reply that makes no sense,
@@ -66,6 +67,9 @@ typedef struct ssmd_client_opts {
 	/* Longest wait for the daemon's socket to accept the connection;
 	 * 0 = 2000 ms. */
 	int connect_timeout_ms;
+	/* Jobs endpoint for ssmd_submit(); NULL = derived from url
+	 * (ssmd_jobs_url()). Borrowed. */
+	const char *jobs_url;
 } ssmd_client_opts;
 
 /* Sets opts to the defaults above (all NULL / 0). */
@@ -84,10 +88,15 @@ int ssmd_default_url(char *url, size_t cap);
  * events URL in ssmd_client_opts), SSMD_ERANGE when cap is too small. */
 int ssmd_events_url(const char *url, char *out, size_t cap);
 
+/* The same for the jobs endpoint: $SSMD_JOBS_URL when set, else for
+ * "ipc://DIR/NAME.sock" the sibling "ipc://DIR/NAME-jobs.sock". */
+int ssmd_jobs_url(const char *url, char *out, size_t cap);
+
 /* Connects to the daemon and returns a client in *out. opts may be NULL (all
  * defaults). Blocks until the request socket is connected or
  * connect_timeout_ms passes (SSMD_ECLOSED: nothing listens there). The events
- * socket is connected on the first streaming generate. */
+ * socket is connected on the first streaming generate, the jobs socket on
+ * the first ssmd_submit(). */
 int ssmd_client_open(const ssmd_client_opts *opts, ssmd_client **out);
 
 /* Disconnects and frees the client; NULL is a no-op. */
@@ -418,6 +427,97 @@ int ssmd_score_tokens(ssmd_client *c, const char *source,
 
 /* Frees a score; NULL is a no-op. */
 void ssmd_score_free(ssmd_score *s);
+
+/* ----------------------------------------------------------------- jobs -- */
+
+/* Capacity of a request ID array, NUL included (request IDs have 1..128
+ * bytes). */
+#define SSMD_REQUEST_ID_MAX 129
+
+/* Operations that can be pushed to the jobs endpoint. */
+enum ssmd_op {
+	SSMD_OP_OPEN = 1,
+	SSMD_OP_APPEND = 2,
+	SSMD_OP_GENERATE = 3,
+	SSMD_OP_SNAPSHOT = 4,
+	SSMD_OP_CLOSE = 5,
+	SSMD_OP_MERGE = 6,
+};
+
+/* One fire-and-forget request: op and the fields that op reads (the others
+ * are ignored). Zero it, then set what is needed. */
+typedef struct ssmd_job {
+	int op;                               /* enum ssmd_op */
+	const char *request_id;               /* 1..128 bytes, unique for this
+					       * client; NULL = a fresh random
+					       * ID (choose one to subscribe to
+					       * its events before submitting) */
+	const char *session;                  /* append, generate, snapshot,
+					       * close */
+	const ssmd_open_args *open;           /* open; NULL = one empty session */
+	const ssmd_append_args *append;       /* append */
+	const ssmd_generate_args *generate;   /* generate; NULL = defaults */
+	int stream;                           /* generate: also publish each
+					       * token as a stream event */
+	int snapshot;                         /* close: store the state first */
+	const char *tag;                      /* snapshot, close: tag, or NULL */
+	const char *label;                    /* snapshot, close: label, or NULL */
+	const ssmd_merge_args *merge;         /* merge */
+} ssmd_job;
+
+/* Pushes job to the daemon's jobs endpoint and returns without waiting for
+ * it to run; its request ID is written into request_id. The daemon runs it
+ * like the same request on the request endpoint (requests on one session
+ * still run in the order they arrive) and publishes its complete reply on
+ * the events endpoint as an event under the request ID (topic = request ID
+ * + NUL byte, see proto/PROTOCOL.md): subscribe before submitting to
+ * receive it. ssmd_result() fetches the same reply. Blocks only until the
+ * daemon's socket accepts the message (up to connect_timeout_ms:
+ * SSMD_ETIMEDOUT, or SSMD_ECLOSED when no jobs endpoint listens);
+ * SSMD_EINVAL for an unknown op or arguments the blocking call would refuse
+ * locally. Errors of the job itself arrive in its reply. */
+int ssmd_submit(ssmd_client *c, const ssmd_job *job,
+		char request_id[SSMD_REQUEST_ID_MAX]);
+
+/* Which result an ssmd_reply carries. */
+enum ssmd_reply_kind {
+	SSMD_REPLY_NONE = 0,      /* none: an error, or untag / delete */
+	SSMD_REPLY_SESSIONS = 1,  /* open, fork: sessions */
+	SSMD_REPLY_APPEND = 2,    /* append: append, checkpoints */
+	SSMD_REPLY_GENERATE = 3,  /* generate: generation */
+	SSMD_REPLY_STATE = 4,     /* snapshot, close, tag, import: state */
+	SSMD_REPLY_MERGE = 5,     /* merge: state, and with open sessions[0] */
+	SSMD_REPLY_OTHER = 6,     /* info, states, ...: not converted here
+				   * (use the blocking call) */
+};
+
+/* The final reply of an earlier request. Every pointer is owned by it. */
+typedef struct ssmd_reply {
+	char request_id[SSMD_REQUEST_ID_MAX];
+	int code;                     /* the request's outcome: 0 or SSMD_E* */
+	char *message;                /* its detail; "" on success */
+	int kind;                     /* enum ssmd_reply_kind */
+	ssmd_session *sessions;       /* (n_sessions) */
+	size_t n_sessions;
+	ssmd_append_result append;
+	ssmd_checkpoint *checkpoints; /* (append.n_checkpoints), or NULL */
+	ssmd_generation *generation;
+	ssmd_state_ref state;
+} ssmd_reply;
+
+/* Fetches the final reply of an earlier request by its request ID, from the
+ * daemon's cache of recent replies: a pushed job, or a stream whose events
+ * were lost. client_id is the client that sent it (ssmd_client_id()); NULL
+ * = this client. Waits while the request still runs (up to the client's
+ * timeout). Returns SSMD_OK with the reply in *out (free with
+ * ssmd_reply_free()) whatever the request's own outcome, which is
+ * (*out)->code; SSMD_ENOENT when the daemon does not know the request (never
+ * received, or already forgotten). */
+int ssmd_result(ssmd_client *c, const char *request_id, const char *client_id,
+		ssmd_reply **out);
+
+/* Frees a reply; NULL is a no-op. */
+void ssmd_reply_free(ssmd_reply *r);
 
 /* Frees memory returned by this library (ssmd_state_export, ssmd_append
  * checkpoints); NULL is a no-op. */

@@ -1,0 +1,334 @@
+/*
+ * test_scale.c — many sessions on few slots, end to end (issue 4):
+ *   - 200 sessions on a daemon with --slots 4, driven by 4 client threads
+ *     round-robin: each session appends its own prompt, then generates
+ *     greedily in 5 turns of 4 tokens. Sessions are paged out to the library
+ *     and back all the time, and up to 4 share a batched decode step. Every
+ *     session's 20 tokens equal those of the same session run alone (a
+ *     daemon with a slot for every session, one session at a time);
+ *   - the same workload with a SIGTERM in the middle (after half of the
+ *     generate turns, with requests in flight): after the restart every
+ *     session continues by its session ID (the library's session table)
+ *     and its tokens equal the uninterrupted run's. A generate running at
+ *     the SIGTERM ends early with its tokens so far, and requests refused
+ *     while the daemon stops are sent again, so each session asks for
+ *     exactly the tokens it still lacks.
+ *
+ * Comparisons are exact (token IDs): on one backend a state paged out and
+ * resumed continues bit-for-bit, and greedy decoding depends only on the
+ * tokens consumed, so there is no tolerance to state.
+ */
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <nng/nng.h>
+#include <nng/supplemental/util/platform.h>
+
+#include "check.h"
+#include "harness.h"
+
+#define N_SESS 200
+#define N_WORKERS 4
+#define N_ROUNDS 5
+#define ROUND_TOKENS 4
+#define N_GEN (N_ROUNDS * ROUND_TOKENS)
+#define PROMPT_MAX 8
+/* While the daemon restarts, a refused request is sent again after
+ * RETRY_MS, at most RETRY_MAX times (60 s: far beyond a restart). */
+#define RETRY_MS 100
+#define RETRY_MAX 600
+
+/* One session of the workload: its prompt and the tokens it got. */
+typedef struct sess_rec {
+	ssmd_session s;
+	int32_t prompt[PROMPT_MAX];
+	size_t n_prompt;
+	int32_t got[N_GEN];
+	size_t n_got;
+	uint64_t session_tokens;  /* n_tokens reported by its last generate */
+} sess_rec;
+
+typedef struct workload {
+	e2e_daemon *d;
+	sess_rec *recs;               /* (N_SESS) */
+	int retry;                    /* resend requests refused during a
+				       * restart */
+	pthread_barrier_t prompts_in; /* every prompt appended */
+	atomic_int gens;              /* generate replies received */
+	atomic_int canceled;          /* of which ended by the SIGTERM */
+	atomic_int resent;            /* requests sent again */
+} workload;
+
+typedef struct worker {
+	workload *wl;
+	int index;
+	int rc;
+	char what[160];               /* the failing step */
+} worker;
+
+/* Session i's prompt: 3..7 tokens below vocab, different for each i. */
+static void prompt_make(sess_rec *r, int i, uint32_t vocab)
+{
+	r->n_prompt = 3 + (size_t)(i % 5);
+	for (size_t j = 0; j < r->n_prompt; j++)
+		r->prompt[j] = (int32_t)(((uint32_t)i * 131u + (uint32_t)j * 17u
+					  + 1u) % vocab);
+}
+
+/* Refusals that a restart explains: the stopping daemon answers ECLOSED,
+ * and a request sent while no daemon listens times out in the send. */
+static int restart_refusal(int rc)
+{
+	return rc == SSMD_ECLOSED || rc == SSMD_ETIMEDOUT;
+}
+
+/* Greedy tokens until r holds want of them. A generate cut short by a
+ * SIGTERM returns its tokens so far (finish canceled); the next request asks
+ * for the rest. */
+static int generate_until(workload *wl, ssmd_client *c, sess_rec *r,
+			  size_t want)
+{
+	ssmd_generate_args a;
+	ssmd_generation *g = NULL;
+	int tries = 0, rc;
+
+	while (r->n_got < want) {
+		ssmd_generate_args_init(&a);
+		a.max_tokens = (uint32_t)(want - r->n_got);
+		rc = ssmd_generate(c, r->s.id, &a, NULL, NULL, &g);
+		if (rc != SSMD_OK) {
+			if (!wl->retry || !restart_refusal(rc) ||
+			    ++tries > RETRY_MAX)
+				return rc;
+			atomic_fetch_add(&wl->resent, 1);
+			nng_msleep(RETRY_MS);
+			continue;
+		}
+		if (g->n_tokens > want - r->n_got) {
+			ssmd_generation_free(g);
+			return ssmd_err_set(SSMD_EPROTO, "generate gave more "
+					    "tokens than max_tokens");
+		}
+		memcpy(r->got + r->n_got, g->tokens, g->n_tokens * sizeof *g->tokens);
+		r->n_got += g->n_tokens;
+		r->session_tokens = g->session_tokens;
+		if (g->finish == SSMD_FINISH_CANCELED)
+			atomic_fetch_add(&wl->canceled, 1);
+		ssmd_generation_free(g);
+		atomic_fetch_add(&wl->gens, 1);
+	}
+	return SSMD_OK;
+}
+
+/* Worker w owns sessions w, w + N_WORKERS, ...: opens them and appends
+ * their prompts, waits for the others, then runs the generate turns
+ * round-robin over its sessions. */
+static void *worker_main(void *arg)
+{
+	worker *w = arg;
+	workload *wl = w->wl;
+	ssmd_client *c = NULL;
+	int rc;
+
+	if ((rc = e2e_connect(wl->d, 60000, &c)) != SSMD_OK) {
+		snprintf(w->what, sizeof w->what, "connect");
+		goto prompts_done;
+	}
+	for (int i = w->index; i < N_SESS && !rc; i += N_WORKERS) {
+		sess_rec *r = &wl->recs[i];
+		rc = ssmd_session_open(c, NULL, &r->s);
+		if (!rc)
+			rc = ssmd_append_tokens(c, r->s.id, r->prompt, r->n_prompt,
+						NULL);
+		if (rc)
+			snprintf(w->what, sizeof w->what, "session %d: open and "
+				 "append: %s", i, ssmd_errmsg());
+	}
+prompts_done:
+	/* Every worker reaches the barrier, failed or not. */
+	pthread_barrier_wait(&wl->prompts_in);
+	for (int round = 0; round < N_ROUNDS && !rc; round++) {
+		for (int i = w->index; i < N_SESS && !rc; i += N_WORKERS) {
+			rc = generate_until(wl, c, &wl->recs[i],
+					    (size_t)(round + 1) * ROUND_TOKENS);
+			if (rc)
+				snprintf(w->what, sizeof w->what, "session %d, "
+					 "round %d: %s", i, round, ssmd_errmsg());
+		}
+	}
+	w->rc = rc;
+	ssmd_client_close(c);
+	return NULL;
+}
+
+/* Runs the workload on d (started) into recs; with stop_at > 0 the daemon
+ * is stopped by SIGTERM once stop_at generate replies have arrived, and
+ * started again on the same library. */
+static void workload_run(e2e_daemon *d, sess_rec *recs, int stop_at)
+{
+	static workload wl;
+	worker w[N_WORKERS];
+	pthread_t th[N_WORKERS];
+
+	memset(&wl, 0, sizeof wl);
+	wl.d = d;
+	wl.recs = recs;
+	wl.retry = stop_at > 0;
+	pthread_barrier_init(&wl.prompts_in, NULL, N_WORKERS);
+	for (int i = 0; i < N_WORKERS; i++) {
+		memset(&w[i], 0, sizeof w[i]);
+		w[i].wl = &wl;
+		w[i].index = i;
+		pthread_create(&th[i], NULL, worker_main, &w[i]);
+	}
+	if (stop_at > 0) {
+		int at;
+		while ((at = atomic_load(&wl.gens)) < stop_at)
+			nng_msleep(1);
+		/* The workers keep sending while the daemon stops. */
+		CHECK(e2e_daemon_stop(d) == 0, "daemon did not exit cleanly on "
+		      "SIGTERM");
+		CHECK(at < N_SESS * N_ROUNDS, "the stop came after the workload");
+		CHECK(e2e_daemon_start(d) == 0, "daemon did not restart");
+		printf("restart after %d of %d generate turns; %d generates "
+		       "canceled by the stop, %d requests sent again\n", at,
+		       N_SESS * N_ROUNDS, atomic_load(&wl.canceled),
+		       atomic_load(&wl.resent));
+	}
+	for (int i = 0; i < N_WORKERS; i++) {
+		pthread_join(th[i], NULL);
+		CHECK(w[i].rc == SSMD_OK, "worker %d: %s (%s)", i, w[i].what,
+		      ssmd_strerror(w[i].rc));
+	}
+	pthread_barrier_destroy(&wl.prompts_in);
+}
+
+/* Each session alone: one after another on a daemon with a slot for each,
+ * so none is ever paged out or shares a decode step. */
+static int reference_run(e2e_daemon *d, sess_rec *recs)
+{
+	static workload wl;
+	ssmd_client *c = NULL;
+	int rc;
+
+	memset(&wl, 0, sizeof wl);
+	if ((rc = e2e_connect(d, 0, &c)) != SSMD_OK)
+		return rc;
+	for (int i = 0; i < N_SESS && !rc; i++) {
+		sess_rec *r = &recs[i];
+		rc = ssmd_session_open(c, NULL, &r->s);
+		if (!rc)
+			rc = ssmd_append_tokens(c, r->s.id, r->prompt, r->n_prompt,
+						NULL);
+		for (int round = 0; round < N_ROUNDS && !rc; round++)
+			rc = generate_until(&wl, c, r,
+					    (size_t)(round + 1) * ROUND_TOKENS);
+	}
+	ssmd_client_close(c);
+	return rc;
+}
+
+/* Every session of got has the reference's tokens and length. */
+static void compare(const char *run, const sess_rec *got, const sess_rec *ref)
+{
+	int differ = 0, first = -1;
+
+	for (int i = 0; i < N_SESS; i++) {
+		int same = got[i].n_got == N_GEN && ref[i].n_got == N_GEN &&
+			   memcmp(got[i].got, ref[i].got, sizeof got[i].got) == 0 &&
+			   got[i].session_tokens == got[i].n_prompt + N_GEN;
+		if (!same) {
+			differ++;
+			if (first < 0)
+				first = i;
+		}
+	}
+	CHECK(differ == 0, "%s: %d of %d sessions differ from running alone "
+	      "(first: session %d)", run, differ, N_SESS, first);
+}
+
+/* The sessions of the workload opened paged-out states: evictions happened
+ * (else the test would not test paging). */
+static void check_paged(const e2e_daemon *d, const char *run)
+{
+	ssmd_client *c = NULL;
+	ssmd_stats st;
+
+	CHECK_RC(e2e_connect(d, 0, &c), SSMD_OK);
+	if (!c)
+		return;
+	CHECK_RC(ssmd_stats_get(c, &st), SSMD_OK);
+	CHECK(st.slots == 4 && st.evictions >= N_SESS,
+	      "%s: %" PRIu64 " evictions on %u slots; the workload did not page",
+	      run, st.evictions, st.slots);
+	CHECK(st.sessions == N_SESS, "%s: %u sessions open, want %d", run,
+	      st.sessions, N_SESS);
+	ssmd_client_close(c);
+}
+
+int main(void)
+{
+	static sess_rec ref[N_SESS], rr[N_SESS], rs[N_SESS];
+	char store[E2E_PATH_MAX];
+	e2e_daemon alone, d, dr;
+	ssmd_client *c = NULL;
+	ssmd_info info;
+
+	if (!e2e_have_daemon()) {
+		SKIP("ssmd or ssm-mkmodel not built");
+		return check_summary("e2e_scale");
+	}
+
+	snprintf(store, sizeof store, "%s/alone.db", e2e_tmpdir());
+	e2e_daemon_init(&alone, "alone", e2e_tiny_model(), store);
+	alone.extra[0] = "--slots";
+	alone.extra[1] = "256";
+	if (e2e_daemon_start(&alone) != 0) {
+		CHECK(0, "reference daemon did not start");
+		return check_summary("e2e_scale");
+	}
+	CHECK_RC(e2e_connect(&alone, 0, &c), SSMD_OK);
+	CHECK_RC(c ? ssmd_info_get(c, &info) : SSMD_ECLOSED, SSMD_OK);
+	ssmd_client_close(c);
+	if (check_failed)
+		return check_summary("e2e_scale");
+	for (int i = 0; i < N_SESS; i++) {
+		prompt_make(&ref[i], i, info.vocab_size);
+		rr[i] = rs[i] = ref[i];
+	}
+	CHECK_RC(reference_run(&alone, ref), SSMD_OK);
+	CHECK(e2e_daemon_stop(&alone) == 0, "reference daemon exit");
+
+	/* 200 sessions round-robin on 4 slots. */
+	snprintf(store, sizeof store, "%s/rr.db", e2e_tmpdir());
+	e2e_daemon_init(&d, "rr", e2e_tiny_model(), store);
+	d.extra[0] = "--slots";
+	d.extra[1] = "4";
+	if (e2e_daemon_start(&d) == 0) {
+		workload_run(&d, rr, 0);
+		compare("round-robin on 4 slots", rr, ref);
+		check_paged(&d, "round-robin");
+		CHECK(e2e_daemon_stop(&d) == 0, "round-robin daemon exit");
+	} else {
+		CHECK(0, "round-robin daemon did not start");
+	}
+
+	/* The same with a SIGTERM and a restart halfway through the turns. */
+	snprintf(store, sizeof store, "%s/restart.db", e2e_tmpdir());
+	e2e_daemon_init(&dr, "restart", e2e_tiny_model(), store);
+	dr.extra[0] = "--slots";
+	dr.extra[1] = "4";
+	if (e2e_daemon_start(&dr) == 0) {
+		workload_run(&dr, rs, N_SESS * N_ROUNDS / 2);
+		compare("restart in the middle", rs, ref);
+		if (dr.pid)
+			CHECK(e2e_daemon_stop(&dr) == 0, "restarted daemon exit");
+	} else {
+		CHECK(0, "restart daemon did not start");
+	}
+	return check_summary("e2e_scale");
+}
