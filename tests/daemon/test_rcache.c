@@ -125,6 +125,29 @@ int main(void)
 	CHECK(state == RCACHE_NEW, "so its retry runs again");
 	rcache_finish(c, "c", "b0", big, 10, 1, NULL);
 
+	/* Lookup (the result operation): never makes an entry. */
+	{
+		struct seen w3 = {0};
+		CHECK_RC(rcache_lookup(c, "c", "unknown", &w3, &reply, &len, &state),
+			 SSMD_ENOENT);
+		CHECK_RC(rcache_begin(c, "c", "unknown", NULL, &reply, &len, &state),
+			 SSMD_OK);
+		CHECK(state == RCACHE_NEW, "a lookup of an unknown key leaves it unknown");
+		CHECK_RC(rcache_lookup(c, "c", "unknown", &w3, &reply, &len, &state),
+			 SSMD_OK);
+		CHECK(state == RCACHE_PENDING, "a lookup of a running request is PENDING");
+		rcache_finish(c, "c", "unknown", "done", 5, 1, on_reply);
+		CHECK(w3.calls == 1 && strcmp(w3.reply, "done") == 0,
+		      "a lookup's waiter gets the reply when it finishes");
+		reply = NULL;
+		CHECK_RC(rcache_lookup(c, "c", "unknown", NULL, &reply, &len, &state),
+			 SSMD_OK);
+		CHECK(state == RCACHE_DONE && len == 5 && reply &&
+		      memcmp(reply, "done", 5) == 0,
+		      "a lookup of a finished request returns a copy of its reply");
+		free(reply);
+	}
+
 	/* An unfinished entry is dropped by rcache_free without a call. */
 	rcache_begin(c, "c", "open", &w1, &reply, &len, &state);
 	rcache_free(c);
