@@ -165,7 +165,8 @@ static void put_run(struct storeq_task *t)
 		.parents = n_parents ? parents : NULL,
 		.n_parents = n_parents,
 		.label = a->label,
-		.metadata = metadata,
+		/* An internal session (a replay not opened) is no one's. */
+		.metadata = a->persist ? metadata : NULL,
 		.tokens = tokens,
 		.n_tokens = n_tokens,
 		/* The session continues from this state, in the same commit. */
