@@ -1,7 +1,8 @@
 /*
  * ssmctl — command line client of ssmd.
  *
- *   ssmctl [--url URL] [--events-url URL] [--timeout MS] [--json] COMMAND ...
+ *   ssmctl [--url URL] [--events-url URL] [--jobs-url URL] [--timeout MS]
+ *          [--json] COMMAND ...
  *
  * One command per run, one request (or a few) to the daemon through
  * libssmd-client. Output is human-readable by default and one JSON object
@@ -30,9 +31,12 @@
 /* A text file is appended in pieces of about this many bytes, so a large
  * file stays under the daemon's per-request limits and shows progress. */
 #define APPEND_CHUNK (256 * 1024)
+/* Pause after pushing a job before the process exits (100 ms). */
+#define SUBMIT_SETTLE_NS 100000000L
 
 static const char usage_text[] =
-"usage: ssmctl [--url URL] [--events-url URL] [--timeout MS] [--json] COMMAND\n"
+"usage: ssmctl [--url URL] [--events-url URL] [--jobs-url URL] [--timeout MS]\n"
+"              [--json] COMMAND\n"
 "\n"
 "  info                                   daemon, model, backend, limits\n"
 "  open [--from ID|TAG] [--fork SESSION] [-n K] [--seed N] [--label L]\n"
@@ -53,6 +57,12 @@ static const char usage_text[] =
 "  merge ID|TAG ID|TAG... [--mode interpolate|compose|replay]\n"
 "        [--weights 0.7,0.3] [--tag NAME] [--label L] [--open [--seed S]]\n"
 "  score SESSION|ID|TAG (--text T | --file F | --tokens 1,2,3)\n"
+"  submit open [--from ID|TAG] | append SESSION (--text T | --file F |\n"
+"         --tokens 1,2,3) [--checkpoint-every N] | snapshot SESSION\n"
+"         [--tag NAME] [--label L] | close SESSION [--snapshot [--tag NAME]]\n"
+"                                         push a job to the jobs endpoint;\n"
+"                                         prints REQUEST_ID CLIENT_ID\n"
+"  result REQUEST_ID [--client CLIENT_ID] the final reply of a request\n"
 "\n"
 "URL defaults to $SSMD_URL, else the daemon's default ipc socket.\n";
 
@@ -1004,6 +1014,211 @@ static int cmd_close(cmd_ctx *x)
 	return 0;
 }
 
+/* ------------------------------------------------------------- jobs -- */
+
+/* ssmctl submit OP ...: pushes one request to the jobs endpoint and prints
+ * its request ID and this process's client ID, which `ssmctl result` needs
+ * to find it (request IDs are scoped by client). */
+static int cmd_submit(cmd_ctx *x)
+{
+	static const struct option opts[] = {
+		{"from", required_argument, NULL, 'F'},
+		{"text", required_argument, NULL, 't'},
+		{"file", required_argument, NULL, 'f'},
+		{"tokens", required_argument, NULL, 'k'},
+		{"checkpoint-every", required_argument, NULL, 'c'},
+		{"tag", required_argument, NULL, 'g'},
+		{"label", required_argument, NULL, 'l'},
+		{"snapshot", no_argument, NULL, 's'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *text = NULL, *file = NULL, *toks = NULL, *op;
+	char rid[SSMD_REQUEST_ID_MAX];
+	ssmd_open_args oa;
+	ssmd_append_args aa;
+	ssmd_job job;
+	int32_t *ids = NULL;
+	char *buf = NULL;
+	size_t len;
+	int o, rc, ret = EXIT_USAGE, want_session;
+
+	memset(&oa, 0, sizeof oa);
+	memset(&aa, 0, sizeof aa);
+	memset(&job, 0, sizeof job);
+	if (x->argc < 2)
+		return usage("submit needs an operation: open, append, snapshot "
+			     "or close", NULL);
+	op = x->argv[1];
+	x->argc--;
+	x->argv++;
+	while ((o = getopt_long(x->argc, x->argv, "", opts, NULL)) != -1) {
+		switch (o) {
+		case 'F': oa.from = optarg; break;
+		case 't': text = optarg; break;
+		case 'f': file = optarg; break;
+		case 'k': toks = optarg; break;
+		case 'g': job.tag = optarg; break;
+		case 'l': job.label = optarg; break;
+		case 's': job.snapshot = 1; break;
+		case 'c':
+			if (parse_u32(optarg, &aa.checkpoint_every) ||
+			    !aa.checkpoint_every) {
+				usage("bad --checkpoint-every: %s", optarg);
+				goto done;
+			}
+			break;
+		default:
+			usage(NULL, NULL);
+			goto done;
+		}
+	}
+	if (strcmp(op, "open") == 0) {
+		job.op = SSMD_OP_OPEN;
+		job.open = &oa;
+	} else if (strcmp(op, "append") == 0) {
+		job.op = SSMD_OP_APPEND;
+		job.append = &aa;
+	} else if (strcmp(op, "snapshot") == 0) {
+		job.op = SSMD_OP_SNAPSHOT;
+	} else if (strcmp(op, "close") == 0) {
+		job.op = SSMD_OP_CLOSE;
+	} else {
+		usage("submit: no operation %s (open, append, snapshot, close)", op);
+		goto done;
+	}
+	/* Each option belongs to one operation: refuse the others'. */
+	if ((oa.from && job.op != SSMD_OP_OPEN) ||
+	    ((text || file || toks || aa.checkpoint_every) &&
+	     job.op != SSMD_OP_APPEND) ||
+	    ((job.tag || job.label) && job.op != SSMD_OP_SNAPSHOT &&
+	     !(job.op == SSMD_OP_CLOSE && job.snapshot)) ||
+	    (job.snapshot && job.op != SSMD_OP_CLOSE)) {
+		usage("submit %s: an option of another operation", op);
+		goto done;
+	}
+	want_session = job.op != SSMD_OP_OPEN;
+	if (optind + want_session != x->argc) {
+		usage(want_session ? "submit %s needs one SESSION"
+		      : "submit %s takes no SESSION", op);
+		goto done;
+	}
+	job.session = want_session ? x->argv[optind] : NULL;
+	if (job.op == SSMD_OP_APPEND) {
+		if ((text != NULL) + (file != NULL) + (toks != NULL) != 1) {
+			usage("submit append needs exactly one of --text, --file, "
+			      "--tokens", NULL);
+			goto done;
+		}
+		if (toks && parse_tokens(toks, &ids, &aa.n_tokens)) {
+			usage("bad --tokens: %s (want 1,2,3)", toks);
+			goto done;
+		}
+		aa.tokens = ids;
+		/* A job is one request: the file goes whole (the blocking
+		 * append sends large files in pieces). */
+		if (file && (rc = read_file(file, &buf, &len))) {
+			ret = fail("submit", rc);
+			goto done;
+		}
+		aa.text = file ? buf : text;
+	}
+	if ((rc = ssmd_submit(x->c, &job, rid))) {
+		ret = fail("submit", rc);
+		goto done;
+	}
+	/* ssmctl exits right away, and closing the client could drop a job
+	 * still queued in the jobs socket (see ssmd_submit()): leave the
+	 * transport a moment to hand it over. */
+	nanosleep(&(struct timespec){.tv_nsec = SUBMIT_SETTLE_NS}, NULL);
+	if (json_out) {
+		cJSON *j = cJSON_CreateObject();
+		cJSON_AddStringToObject(j, "request_id", rid);
+		cJSON_AddStringToObject(j, "client_id", ssmd_client_id(x->c));
+		json_print(j);
+	} else {
+		printf("%s %s\n", rid, ssmd_client_id(x->c));
+	}
+	ret = 0;
+done:
+	free(ids);
+	free(buf);
+	return ret;
+}
+
+/* ssmctl result REQUEST_ID [--client ID]: prints the final reply of an
+ * earlier request; exits 1 with its message when that request failed. */
+static int cmd_result(cmd_ctx *x)
+{
+	static const struct option opts[] = {
+		{"client", required_argument, NULL, 'c'},
+		{NULL, 0, NULL, 0},
+	};
+	const char *client = NULL;
+	ssmd_reply *r = NULL;
+	int o, rc;
+
+	while ((o = getopt_long(x->argc, x->argv, "", opts, NULL)) != -1) {
+		switch (o) {
+		case 'c': client = optarg; break;
+		default: return usage(NULL, NULL);
+		}
+	}
+	if (optind + 1 != x->argc)
+		return usage("result needs one REQUEST_ID", NULL);
+	if ((rc = ssmd_result(x->c, x->argv[optind], client, &r)))
+		return fail("result", rc);
+	if (r->code != SSMD_OK) {
+		ssmd_err_set(r->code, "%s", r->message);
+		rc = fail(x->argv[optind], r->code);
+		ssmd_reply_free(r);
+		return rc;
+	}
+	if (json_out) {
+		cJSON *j = cJSON_CreateObject();
+		cJSON_AddStringToObject(j, "request_id", r->request_id);
+		if (r->kind == SSMD_REPLY_SESSIONS || r->n_sessions) {
+			cJSON *arr = cJSON_AddArrayToObject(j, "sessions");
+			for (size_t i = 0; i < r->n_sessions; i++)
+				cJSON_AddItemToArray(arr, cJSON_CreateString(
+					r->sessions[i].id));
+		}
+		if (r->kind == SSMD_REPLY_APPEND) {
+			cJSON_AddNumberToObject(j, "appended", r->append.n_appended);
+			cJSON_AddNumberToObject(j, "n_tokens",
+						(double)r->append.n_tokens);
+		}
+		if (r->kind == SSMD_REPLY_GENERATE) {
+			cJSON *arr = cJSON_AddArrayToObject(j, "tokens");
+			for (size_t i = 0; i < r->generation->n_tokens; i++)
+				cJSON_AddItemToArray(arr, cJSON_CreateNumber(
+					r->generation->tokens[i]));
+			cJSON_AddStringToObject(j, "text", r->generation->text);
+			cJSON_AddNumberToObject(j, "n_tokens",
+				(double)r->generation->session_tokens);
+		}
+		if (r->kind == SSMD_REPLY_STATE || r->kind == SSMD_REPLY_MERGE) {
+			cJSON_AddStringToObject(j, "state_id", r->state.id);
+			cJSON_AddNumberToObject(j, "n_tokens",
+						(double)r->state.n_tokens);
+		}
+		json_print(j);
+	} else {
+		for (size_t i = 0; i < r->n_sessions; i++)
+			puts(r->sessions[i].id);
+		if (r->kind == SSMD_REPLY_APPEND)
+			printf("appended %u tokens (session now at %" PRIu64
+			       " tokens)\n", r->append.n_appended,
+			       r->append.n_tokens);
+		if (r->kind == SSMD_REPLY_GENERATE)
+			printf("%s\n", r->generation->text);
+		if ((r->kind == SSMD_REPLY_STATE || r->kind == SSMD_REPLY_MERGE)
+		    && r->state.id[0])
+			puts(r->state.id);
+	}
+	ssmd_reply_free(r);
+	return 0;
+}
+
 static cJSON *state_json(const ssmd_state_info *s)
 {
 	cJSON *o = cJSON_CreateObject();
@@ -1309,6 +1524,7 @@ static const struct {
 	{"export", cmd_export},   {"import", cmd_import},
 	{"stats", cmd_stats},
 	{"merge", cmd_merge},     {"score", cmd_score},
+	{"submit", cmd_submit},   {"result", cmd_result},
 };
 
 int main(int argc, char **argv)
@@ -1316,6 +1532,7 @@ int main(int argc, char **argv)
 	static const struct option opts[] = {
 		{"url", required_argument, NULL, 'u'},
 		{"events-url", required_argument, NULL, 'e'},
+		{"jobs-url", required_argument, NULL, 'J'},
 		{"timeout", required_argument, NULL, 't'},
 		{"json", no_argument, NULL, 'j'},
 		{"help", no_argument, NULL, 'h'},
@@ -1332,6 +1549,7 @@ int main(int argc, char **argv)
 		switch (o) {
 		case 'u': co.url = optarg; break;
 		case 'e': co.events_url = optarg; break;
+		case 'J': co.jobs_url = optarg; break;
 		case 'j': json_out = 1; break;
 		case 't':
 			if (parse_u32(optarg, &timeout) || timeout == 0 ||

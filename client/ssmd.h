@@ -475,7 +475,10 @@ typedef struct ssmd_job {
  * daemon's socket accepts the message (up to connect_timeout_ms:
  * SSMD_ETIMEDOUT, or SSMD_ECLOSED when no jobs endpoint listens);
  * SSMD_EINVAL for an unknown op or arguments the blocking call would refuse
- * locally. Errors of the job itself arrive in its reply. */
+ * locally. Errors of the job itself arrive in its reply. The message may
+ * still sit in the jobs socket when this returns, and nng sends nothing
+ * after the socket is closed: ssmd_client_close() at once may drop the job;
+ * wait for its event or result (or a moment) before closing. */
 int ssmd_submit(ssmd_client *c, const ssmd_job *job,
 		char request_id[SSMD_REQUEST_ID_MAX]);
 
