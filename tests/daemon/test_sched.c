@@ -35,213 +35,9 @@
 #include <cjson/cJSON.h>
 
 #include "check.h"
-#include "daemon/config.h"
-#include "daemon/job.h"
-#include "daemon/scheduler.h"
-#include "daemon/tok.h"
-#include "proto.h"
-#include "ssm.h"
-#include "store.h"
+#include "sched_harness.h"
 
-/* ------------------------------------------------------------ plumbing -- */
-
-struct box {
-	pthread_mutex_t m;
-	pthread_cond_t c;
-	int done;
-	void *buf;
-	size_t len;
-};
-
-static void on_reply(void *arg, const void *reply, size_t len)
-{
-	struct box *b = arg;
-
-	pthread_mutex_lock(&b->m);
-	b->buf = malloc(len ? len : 1);
-	memcpy(b->buf, reply, len);
-	b->len = len;
-	b->done = 1;
-	pthread_cond_signal(&b->c);
-	pthread_mutex_unlock(&b->m);
-}
-
-static int next_id;
-
-/* Sends q (request_id and version are filled in) and waits for the reply. */
-static Ssmd__Reply *call(sched *s, Ssmd__Request *q)
-{
-	static char rid[32]; /* outlives the call: tests compare events to it */
-	struct box b = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0,
-			NULL, 0};
-	Ssmd__Request *dec;
-	struct job *j;
-	void *buf;
-	size_t len;
-	Ssmd__Reply *r;
-
-	snprintf(rid, sizeof(rid), "t%d", ++next_id);
-	q->has_version = 1;
-	q->version = PROTO_VERSION;
-	q->request_id = rid;
-	if (proto_msg_pack(&q->base, &buf, &len) ||
-	    proto_request_decode(buf, len, &dec) || job_alloc(dec, on_reply, &b, &j))
-		abort();
-	free(buf);
-	if (sched_submit(s, j))
-		abort();
-	pthread_mutex_lock(&b.m);
-	while (!b.done)
-		pthread_cond_wait(&b.c, &b.m);
-	pthread_mutex_unlock(&b.m);
-	r = ssmd__reply__unpack(NULL, b.len, b.buf);
-	free(b.buf);
-	if (!r)
-		abort();
-	if (r->code && getenv("SSMD_TEST_VERBOSE"))
-		fprintf(stderr, "  reply %s: %u %s\n", rid, r->code, r->message);
-	return r;
-}
-
-/* Submits q without waiting: returns sched_submit()'s code; on success the
- * reply arrives in *b (wait with box_wait()). */
-static int submit_async(sched *s, Ssmd__Request *q, const char *rid,
-			struct box *b)
-{
-	Ssmd__Request *dec;
-	struct job *j;
-	void *buf;
-	size_t len;
-	int rc;
-
-	q->has_version = 1;
-	q->version = PROTO_VERSION;
-	q->request_id = (char *)rid;
-	if (proto_msg_pack(&q->base, &buf, &len) ||
-	    proto_request_decode(buf, len, &dec) || job_alloc(dec, on_reply, b, &j))
-		abort();
-	free(buf);
-	rc = sched_submit(s, j);
-	if (rc)
-		job_free(j);
-	return rc;
-}
-
-static Ssmd__Reply *box_wait(struct box *b)
-{
-	Ssmd__Reply *r;
-
-	pthread_mutex_lock(&b->m);
-	while (!b->done)
-		pthread_cond_wait(&b->c, &b->m);
-	pthread_mutex_unlock(&b->m);
-	r = ssmd__reply__unpack(NULL, b->len, b->buf);
-	free(b->buf);
-	return r;
-}
-
-static void reply_free(Ssmd__Reply *r)
-{
-	ssmd__reply__free_unpacked(r, NULL);
-}
-
-/* Opens one session (empty, or from a state/tag); returns its ID (malloc). */
-static char *sess_open(sched *s, const char *from, int has_seed, uint64_t seed)
-{
-	Ssmd__Request q = SSMD__REQUEST__INIT;
-	Ssmd__OpenRequest o = SSMD__OPEN_REQUEST__INIT;
-	Ssmd__Reply *r;
-	char *id = NULL;
-
-	o.from = (char *)from;
-	o.has_seed = has_seed;
-	o.seed = seed;
-	q.op_case = SSMD__REQUEST__OP_OPEN;
-	q.open = &o;
-	r = call(s, &q);
-	if (r->code == 0 && r->sessions && r->sessions->n_sessions == 1)
-		id = strdup(r->sessions->sessions[0]->id);
-	reply_free(r);
-	return id;
-}
-
-static int sess_append(sched *s, const char *sid, const int32_t *t, size_t n)
-{
-	Ssmd__Request q = SSMD__REQUEST__INIT;
-	Ssmd__AppendRequest a = SSMD__APPEND_REQUEST__INIT;
-	Ssmd__Reply *r;
-	int code;
-
-	a.session = (char *)sid;
-	a.tokens = (int32_t *)t;
-	a.n_tokens = n;
-	q.op_case = SSMD__REQUEST__OP_APPEND;
-	q.append = &a;
-	r = call(s, &q);
-	code = (int)r->code;
-	reply_free(r);
-	return code;
-}
-
-/* Generates max tokens (temperature temp, seed) into out; returns the code. */
-static int sess_generate(sched *s, const char *sid, uint32_t max, float temp,
-			 uint64_t seed, int32_t *out, size_t *n_out)
-{
-	Ssmd__Request q = SSMD__REQUEST__INIT;
-	Ssmd__GenerateRequest g = SSMD__GENERATE_REQUEST__INIT;
-	Ssmd__Reply *r;
-	int code;
-
-	g.session = (char *)sid;
-	g.has_max_tokens = 1;
-	g.max_tokens = max;
-	g.has_temperature = temp > 0;
-	g.temperature = temp;
-	g.has_seed = 1;
-	g.seed = seed;
-	q.op_case = SSMD__REQUEST__OP_GENERATE;
-	q.generate = &g;
-	r = call(s, &q);
-	code = (int)r->code;
-	*n_out = 0;
-	if (!code && r->generate) {
-		memcpy(out, r->generate->tokens, r->generate->n_tokens * sizeof(int32_t));
-		*n_out = r->generate->n_tokens;
-	}
-	reply_free(r);
-	return code;
-}
-
-/* Snapshots (tag may be NULL); returns the state ID (malloc) or NULL. */
-static char *sess_snapshot(sched *s, const char *sid, const char *tag)
-{
-	Ssmd__Request q = SSMD__REQUEST__INIT;
-	Ssmd__SnapshotRequest sn = SSMD__SNAPSHOT_REQUEST__INIT;
-	Ssmd__Reply *r;
-	char *id = NULL;
-
-	sn.session = (char *)sid;
-	sn.tag = (char *)tag;
-	q.op_case = SSMD__REQUEST__OP_SNAPSHOT;
-	q.snapshot = &sn;
-	r = call(s, &q);
-	if (!r->code && r->state_ref && r->state_ref->state_id[0])
-		id = strdup(r->state_ref->state_id);
-	reply_free(r);
-	return id;
-}
-
-static Ssmd__Reply *stats(sched *s)
-{
-	Ssmd__Request q = SSMD__REQUEST__INIT;
-	Ssmd__StatsRequest st = SSMD__STATS_REQUEST__INIT;
-
-	q.op_case = SSMD__REQUEST__OP_STATS;
-	q.stats = &st;
-	return call(s, &q);
-}
-
-/* Events published by the scheduler. */
+/* Events published by the scheduler: the stream test reads them. */
 static pthread_mutex_t ev_lock = PTHREAD_MUTEX_INITIALIZER;
 static Ssmd__Event *events[4096];
 static int n_events;
@@ -260,49 +56,7 @@ static void on_event(void *arg, const void *frame, size_t len)
 	pthread_mutex_unlock(&ev_lock);
 }
 
-/* ----------------------------------------------------- direct reference -- */
-
-/* The backend of both the scheduler and the references: "cpu", or "cuda"
- * when SSMD_TEST_BACKEND says so (on a GPU machine). */
-static const char *test_backend(void)
-{
-	const char *b = getenv("SSMD_TEST_BACKEND");
-
-	return b && strcmp(b, "cuda") == 0 ? "cuda" : "cpu";
-}
-
-/* The engine alone: prefill prompt into a fresh backend, then emit max
- * tokens, each sampled at index n_consumed and then fed back. */
-static void reference_run(const ssm_model *m, const int32_t *prompt, size_t n,
-			  uint32_t max, float temp, uint64_t seed, int32_t *out)
-{
-	ssm_backend_opts bo;
-	ssm_backend *b;
-	ssm_prefill_args a;
-	ssm_sampler smp = {temp, 0, 1.0f, seed};
-	int vocab = ssm_model_config(m)->vocab_size;
-	float *logits = malloc((size_t)vocab * sizeof(float));
-	int slot = 0;
-
-	ssm_backend_opts_init(&bo);
-	bo.kind = strcmp(test_backend(), "cuda") == 0 ? SSM_BACKEND_CUDA : SSM_BACKEND_CPU;
-	bo.n_slots = 1;
-	if (ssm_backend_open(m, &bo, &b))
-		abort();
-	memset(&a, 0, sizeof(a));
-	a.tokens = prompt;
-	a.n_tokens = n;
-	a.last_logits = logits;
-	if (ssm_prefill(b, 0, &a))
-		abort();
-	for (uint32_t i = 0; i < max; i++) {
-		out[i] = ssm_sample(logits, vocab, &smp, n + i);
-		if (ssm_decode(b, &slot, &out[i], 1, logits))
-			abort();
-	}
-	free(logits);
-	ssm_backend_close(b);
-}
+/* ------------------------------------------------------------ fixtures -- */
 
 static float *read_f32(const char *path, size_t n)
 {
@@ -354,17 +108,6 @@ static int read_ref_tokens(const char *dir, int32_t *t, size_t *n)
 
 static char tmp[] = "/tmp/ssmd-test-sched-XXXXXX";
 
-static sched *start(cfg *c, const ssm_model *m, const tok_tokenizer *tok,
-		    store *st)
-{
-	struct sched_opts o = {c, m, tok, st, "test-model", on_event, NULL};
-	sched *s;
-
-	if (sched_start(&o, &s))
-		abort();
-	return s;
-}
-
 static void test_tiny(const char *fixtures)
 {
 	char dir[1024], path[1200];
@@ -377,6 +120,8 @@ static void test_tiny(const char *fixtures)
 	float *ref_logits;
 	Ssmd__Reply *r;
 	int vocab;
+	/* The scheduler and the references run on the same backend. */
+	const char *backend = harness_backend_name();
 
 	snprintf(dir, sizeof(dir), "%s/tiny-mamba", fixtures);
 	if (ssm_model_load(dir, &m)) {
@@ -387,11 +132,11 @@ static void test_tiny(const char *fixtures)
 	snprintf(path, sizeof(path), "%s/lib.db", tmp);
 	CHECK_RC(store_open(path, NULL, &st), SSMD_OK);
 	cfg_init(&c);
-	cfg_set(&c, "backend", test_backend()); /* the references use the same */
+	cfg_set(&c, "backend", backend);
 	c.slots = 1;
 	c.prefill_chunk = 7; /* several chunks per append */
 	c.max_generate_tokens = 64;
-	s = start(&c, m, NULL, st);
+	s = harness_start(&c, m, NULL, st, on_event);
 
 	/* info */
 	{
@@ -399,18 +144,18 @@ static void test_tiny(const char *fixtures)
 		Ssmd__InfoRequest i = SSMD__INFO_REQUEST__INIT;
 		q.op_case = SSMD__REQUEST__OP_INFO;
 		q.info = &i;
-		r = call(s, &q);
+		r = harness_call(s, &q);
 		CHECK(r->code == 0 && r->info && r->info->vocab_size == 512 &&
 		      r->info->d_model == 64 && r->info->n_layer == 2 &&
 		      !r->info->has_tokenizer && r->info->slots == 1,
 		      "info reports the fixture's shape (vocab 512, d_model 64, 2 layers)");
-		reply_free(r);
+		harness_reply_free(r);
 	}
 
 	/* Generate on an empty session: EEMPTY; text without tokenizer: ENOTOK. */
-	char *a = sess_open(s, NULL, 0, 0);
+	char *a = harness_open(s, NULL, 0, 0);
 	CHECK(a != NULL, "open an empty session");
-	CHECK(sess_generate(s, a, 4, 0, 0, out, &n) == SSMD_EEMPTY,
+	CHECK(harness_generate(s, a, 4, 0, 1, 0, out, &n) == SSMD_EEMPTY,
 	      "generate on an empty session is SSMD_EEMPTY");
 	{
 		Ssmd__Request q = SSMD__REQUEST__INIT;
@@ -419,9 +164,9 @@ static void test_tiny(const char *fixtures)
 		ap.text = "hello";
 		q.op_case = SSMD__REQUEST__OP_APPEND;
 		q.append = &ap;
-		r = call(s, &q);
+		r = harness_call(s, &q);
 		CHECK(r->code == SSMD_ENOTOK, "text without tokenizer: %u", r->code);
-		reply_free(r);
+		harness_reply_free(r);
 	}
 
 	/* The first greedy token after the fixture's tokens is Hugging
@@ -440,8 +185,8 @@ static void test_tiny(const char *fixtures)
 		for (int i = 0; i < 512; i++)
 			if (i != best && (second < 0 || last[i] > last[second]))
 				second = i;
-		CHECK_RC(sess_append(s, a, ref_tokens, 48), SSMD_OK);
-		CHECK_RC(sess_generate(s, a, 1, 0, 0, out, &n), SSMD_OK);
+		CHECK_RC(harness_append(s, a, ref_tokens, 48), SSMD_OK);
+		CHECK_RC(harness_generate(s, a, 1, 0, 1, 0, out, &n), SSMD_OK);
 		/* CPU f32 matches the reference to ~1e-5 relative, so a 1e-3
 		 * margin decides the argmax; CUDA keeps bf16 weights (relative
 		 * error up to 2^-8 per weight), so it needs 5% of the logit
@@ -449,7 +194,7 @@ static void test_tiny(const char *fixtures)
 		float scale = 0;
 		for (int i = 0; i < 512; i++)
 			scale = fabsf(last[i]) > scale ? fabsf(last[i]) : scale;
-		float margin = strcmp(test_backend(), "cuda") == 0 ? 0.05f * scale : 1e-3f;
+		float margin = strcmp(harness_backend_name(), "cuda") == 0 ? 0.05f * scale : 1e-3f;
 		if (last[best] - last[second] > margin)
 			CHECK(n == 1 && out[0] == best,
 			      "first greedy token %d is Hugging Face's argmax %d", out[0],
@@ -462,16 +207,16 @@ static void test_tiny(const char *fixtures)
 	/* Greedy and seeded generation equal the engine run directly. */
 	{
 		int32_t prompt[10] = {1, 17, 42, 99, 3, 250, 7, 8, 511, 0};
-		char *b = sess_open(s, NULL, 0, 0);
-		CHECK_RC(sess_append(s, b, prompt, 10), SSMD_OK);
-		CHECK_RC(sess_generate(s, b, 20, 0, 0, out, &n), SSMD_OK);
-		reference_run(m, prompt, 10, 20, 0, 0, ref);
+		char *b = harness_open(s, NULL, 0, 0);
+		CHECK_RC(harness_append(s, b, prompt, 10), SSMD_OK);
+		CHECK_RC(harness_generate(s, b, 20, 0, 1, 0, out, &n), SSMD_OK);
+		harness_reference_run(m, backend, prompt, 10, 20, 0, 0, ref);
 		CHECK(n == 20 && memcmp(out, ref, sizeof(int32_t) * 20) == 0,
 		      "greedy tokens equal the direct engine run");
-		char *c2 = sess_open(s, NULL, 0, 0);
-		CHECK_RC(sess_append(s, c2, prompt, 10), SSMD_OK);
-		CHECK_RC(sess_generate(s, c2, 20, 1.0f, 1234, out, &n), SSMD_OK);
-		reference_run(m, prompt, 10, 20, 1.0f, 1234, ref);
+		char *c2 = harness_open(s, NULL, 0, 0);
+		CHECK_RC(harness_append(s, c2, prompt, 10), SSMD_OK);
+		CHECK_RC(harness_generate(s, c2, 20, 1.0f, 1, 1234, out, &n), SSMD_OK);
+		harness_reference_run(m, backend, prompt, 10, 20, 1.0f, 1234, ref);
 		CHECK(n == 20 && memcmp(out, ref, sizeof(int32_t) * 20) == 0,
 		      "seeded tokens (T=1, seed 1234) equal the direct engine run");
 		free(b);
@@ -484,38 +229,38 @@ static void test_tiny(const char *fixtures)
 		char *v[3];
 		int32_t prompt[3][5] = {{5, 6, 7, 8, 9}, {100, 200, 300, 400, 500}, {2, 4, 8, 16, 32}};
 		for (int i = 0; i < 3; i++) {
-			reference_run(m, prompt[i], 5, 24, i == 1 ? 0.9f : 0.0f, 77 + i,
+			harness_reference_run(m, backend, prompt[i], 5, 24, i == 1 ? 0.9f : 0.0f, 77 + i,
 				      alone[i]);
-			v[i] = sess_open(s, NULL, 1, 77 + i);
-			CHECK_RC(sess_append(s, v[i], prompt[i], 5), SSMD_OK);
+			v[i] = harness_open(s, NULL, 1, 77 + i);
+			CHECK_RC(harness_append(s, v[i], prompt[i], 5), SSMD_OK);
 		}
 		for (int turn = 0; turn < 3; turn++)
 			for (int i = 0; i < 3; i++) {
-				CHECK_RC(sess_generate(s, v[i], 8, i == 1 ? 0.9f : 0.0f,
+				CHECK_RC(harness_generate(s, v[i], 8, i == 1 ? 0.9f : 0.0f, 1,
 						       77 + i, got[i] + 8 * turn, &n),
 					 SSMD_OK);
 			}
 		for (int i = 0; i < 3; i++)
 			CHECK(memcmp(got[i], alone[i], sizeof(alone[i])) == 0,
 			      "session %d paged in and out 3 times equals it alone", i);
-		r = stats(s);
+		r = harness_stats(s);
 		CHECK(r->code == 0 && r->stats->evictions >= 6 && r->stats->slots_used == 1,
 		      "evictions counted (%llu), one slot used",
 		      r->code ? 0ULL : (unsigned long long)r->stats->evictions);
 		CHECK(r->stats && r->stats->store_states >= 6,
 		      "page-outs stored checkpoints (%llu states)",
 		      r->stats ? (unsigned long long)r->stats->store_states : 0ULL);
-		reply_free(r);
+		harness_reply_free(r);
 
 		/* Snapshot, then resume from it and fork it: each continues
 		 * exactly as the original session does. */
-		char *id = sess_snapshot(s, v[0], "test/p0");
+		char *id = harness_snapshot(s, v[0], "test/p0");
 		CHECK(id != NULL, "snapshot returns an ID after commit");
-		char *w = sess_open(s, "test/p0", 0, 0);
+		char *w = harness_open(s, "test/p0", 0, 0);
 		CHECK(w != NULL, "open from a tag");
 		int32_t cont_orig[12], cont_res[12];
-		CHECK_RC(sess_generate(s, w, 12, 0.7f, 5, cont_res, &n), SSMD_OK);
-		CHECK_RC(sess_generate(s, v[0], 12, 0.7f, 5, cont_orig, &n), SSMD_OK);
+		CHECK_RC(harness_generate(s, w, 12, 0.7f, 1, 5, cont_res, &n), SSMD_OK);
+		CHECK_RC(harness_generate(s, v[0], 12, 0.7f, 1, 5, cont_orig, &n), SSMD_OK);
 		CHECK(memcmp(cont_orig, cont_res, sizeof(cont_orig)) == 0,
 		      "resumed session continues like the original (seeded)");
 
@@ -526,13 +271,13 @@ static void test_tiny(const char *fixtures)
 		f.count = 3;
 		q.op_case = SSMD__REQUEST__OP_FORK;
 		q.fork = &f;
-		r = call(s, &q);
+		r = harness_call(s, &q);
 		CHECK(r->code == 0 && r->sessions && r->sessions->n_sessions == 3,
 		      "fork of a state into 3 sessions");
 		if (r->code == 0 && r->sessions->n_sessions == 3) {
 			int32_t fk[3][12];
 			for (int i = 0; i < 3; i++)
-				sess_generate(s, r->sessions->sessions[i]->id, 12, 0.7f,
+				harness_generate(s, r->sessions->sessions[i]->id, 12, 0.7f, 1,
 					      i < 2 ? 5 : 6, fk[i], &n);
 			CHECK(memcmp(fk[0], cont_orig, sizeof(fk[0])) == 0 &&
 			      memcmp(fk[1], cont_orig, sizeof(fk[1])) == 0,
@@ -540,28 +285,28 @@ static void test_tiny(const char *fixtures)
 			CHECK(memcmp(fk[2], cont_orig, sizeof(fk[2])) != 0,
 			      "a fork with another seed differs (T=0.7, 12 tokens)");
 		}
-		reply_free(r);
+		harness_reply_free(r);
 
 		/* A live session with unsaved progress forked 3 times on one
 		 * slot (no free slot: the forks start paged out on one
 		 * checkpoint): each continues exactly like the parent. */
 		int32_t more[2] = {33, 44};
-		CHECK_RC(sess_append(s, v[1], more, 2), SSMD_OK);
+		CHECK_RC(harness_append(s, v[1], more, 2), SSMD_OK);
 		f.source = v[1];
-		r = call(s, &q);
+		r = harness_call(s, &q);
 		CHECK(r->code == 0 && r->sessions->n_sessions == 3,
 		      "fork of a live session into 3");
 		if (r->code == 0 && r->sessions->n_sessions == 3) {
 			int32_t fk[3][6], par[6];
 			for (int i = 0; i < 3; i++)
-				CHECK_RC(sess_generate(s, r->sessions->sessions[i]->id, 6,
-						       0.8f, 11, fk[i], &n), SSMD_OK);
-			CHECK_RC(sess_generate(s, v[1], 6, 0.8f, 11, par, &n), SSMD_OK);
+				CHECK_RC(harness_generate(s, r->sessions->sessions[i]->id, 6,
+						       0.8f, 1, 11, fk[i], &n), SSMD_OK);
+			CHECK_RC(harness_generate(s, v[1], 6, 0.8f, 1, 11, par, &n), SSMD_OK);
 			for (int i = 0; i < 3; i++)
 				CHECK(memcmp(fk[i], par, sizeof(par)) == 0,
 				      "live fork %d continues like its parent", i);
 		}
-		reply_free(r);
+		harness_reply_free(r);
 		free(id);
 		free(w);
 		for (int i = 0; i < 3; i++)
@@ -578,47 +323,47 @@ static void test_tiny(const char *fixtures)
 		g.session = a;
 		g.has_temperature = 1;
 		g.temperature = NAN;
-		r = call(s, &q);
+		r = harness_call(s, &q);
 		CHECK(r->code == SSMD_EINVAL, "NaN temperature: %u", r->code);
-		reply_free(r);
+		harness_reply_free(r);
 		g.temperature = 0;
 		g.has_top_p = 1;
 		g.top_p = 1.5f;
-		r = call(s, &q);
+		r = harness_call(s, &q);
 		CHECK(r->code == SSMD_EINVAL, "top_p 1.5: %u", r->code);
-		reply_free(r);
+		harness_reply_free(r);
 		g.has_top_p = 0;
 		g.has_max_tokens = 1;
 		g.max_tokens = 65;
-		r = call(s, &q);
+		r = harness_call(s, &q);
 		CHECK(r->code == SSMD_ERANGE, "max_tokens over the limit: %u", r->code);
-		reply_free(r);
+		harness_reply_free(r);
 		g.max_tokens = 0;
-		r = call(s, &q);
+		r = harness_call(s, &q);
 		CHECK(r->code == SSMD_ERANGE, "max_tokens 0: %u", r->code);
-		reply_free(r);
+		harness_reply_free(r);
 		g.max_tokens = 2;
 		g.n_stop = 1;
 		g.stop = (char *[]){"x"};
-		r = call(s, &q);
+		r = harness_call(s, &q);
 		CHECK(r->code == SSMD_ENOTOK, "stop strings without tokenizer: %u", r->code);
-		reply_free(r);
+		harness_reply_free(r);
 		g.n_stop = 0;
 		g.n_stop_tokens = 1;
 		g.stop_tokens = &bad_tok;
-		r = call(s, &q);
+		r = harness_call(s, &q);
 		CHECK(r->code == SSMD_EINVAL, "stop token out of range: %u", r->code);
-		reply_free(r);
-		CHECK(sess_append(s, a, &bad_tok, 1) == SSMD_EINVAL, "token = vocab refused");
-		CHECK(sess_append(s, a, &neg, 1) == SSMD_EINVAL, "negative token refused");
-		CHECK(sess_append(s, "s-nope", &neg, 1) == SSMD_ENOENT, "unknown session");
-		CHECK(sess_generate(s, "", 1, 0, 0, out, &n) == SSMD_EINVAL,
+		harness_reply_free(r);
+		CHECK(harness_append(s, a, &bad_tok, 1) == SSMD_EINVAL, "token = vocab refused");
+		CHECK(harness_append(s, a, &neg, 1) == SSMD_EINVAL, "negative token refused");
+		CHECK(harness_append(s, "s-nope", &neg, 1) == SSMD_ENOENT, "unknown session");
+		CHECK(harness_generate(s, "", 1, 0, 1, 0, out, &n) == SSMD_EINVAL,
 		      "missing session ID");
-		CHECK(sess_open(s, "no-such-tag", 0, 0) == NULL, "open from an unknown tag");
-		CHECK(sess_open(s, "01ARZ3NDEKTSV4RRFFQ69G5FAV", 0, 0) == NULL,
+		CHECK(harness_open(s, "no-such-tag", 0, 0) == NULL, "open from an unknown tag");
+		CHECK(harness_open(s, "01ARZ3NDEKTSV4RRFFQ69G5FAV", 0, 0) == NULL,
 		      "open from an unknown ID");
-		CHECK(sess_snapshot(s, a, "bad//tag") == NULL, "invalid tag refused");
-		CHECK_RC(sess_generate(s, a, 2, 0, 0, out, &n), SSMD_OK);
+		CHECK(harness_snapshot(s, a, "bad//tag") == NULL, "invalid tag refused");
+		CHECK_RC(harness_generate(s, a, 2, 0, 1, 0, out, &n), SSMD_OK);
 		CHECK(n == 2, "the session still generates after bad requests");
 	}
 
@@ -641,10 +386,10 @@ static void test_tiny(const char *fixtures)
 		o.from = id;
 		q.op_case = SSMD__REQUEST__OP_OPEN;
 		q.open = &o;
-		r = call(s, &q);
+		r = harness_call(s, &q);
 		CHECK(r->code == SSMD_EMODEL && strstr(r->message, "another model"),
 		      "state of another model: %u %s", r->code, r->message);
-		reply_free(r);
+		harness_reply_free(r);
 		free(raw);
 		ssm_state_free(st2);
 	}
@@ -653,24 +398,22 @@ static void test_tiny(const char *fixtures)
 	 * decode per step, on 3 slots) each give the tokens they give alone. */
 	sched_free(s);
 	c.slots = 3;
-	s = start(&c, m, NULL, st);
+	s = harness_start(&c, m, NULL, st, on_event);
 	{
 		int32_t prompt[3][4] = {{9, 8, 7, 6}, {1, 1, 2, 3}, {400, 300, 200, 100}};
 		int32_t solo[3][40];
 		char *v[3], rids[3][16];
-		struct box boxes[3];
+		struct harness_box boxes[3];
 		int same = 0, consumed = 0;
 		for (int i = 0; i < 3; i++) {
-			reference_run(m, prompt[i], 4, 40, 0.8f, 100 + i, solo[i]);
-			v[i] = sess_open(s, NULL, 0, 0);
-			CHECK_RC(sess_append(s, v[i], prompt[i], 4), SSMD_OK);
+			harness_reference_run(m, backend, prompt[i], 4, 40, 0.8f, 100 + i, solo[i]);
+			v[i] = harness_open(s, NULL, 0, 0);
+			CHECK_RC(harness_append(s, v[i], prompt[i], 4), SSMD_OK);
 		}
 		for (int i = 0; i < 3; i++) {
 			Ssmd__Request q = SSMD__REQUEST__INIT;
 			Ssmd__GenerateRequest g = SSMD__GENERATE_REQUEST__INIT;
-			memset(&boxes[i], 0, sizeof(boxes[i]));
-			pthread_mutex_init(&boxes[i].m, NULL);
-			pthread_cond_init(&boxes[i].c, NULL);
+			harness_box_init(&boxes[i]);
 			snprintf(rids[i], sizeof(rids[i]), "cb%d", i);
 			g.session = v[i];
 			g.has_max_tokens = g.has_temperature = g.has_seed = 1;
@@ -679,18 +422,18 @@ static void test_tiny(const char *fixtures)
 			g.seed = 100 + (uint64_t)i;
 			q.op_case = SSMD__REQUEST__OP_GENERATE;
 			q.generate = &g;
-			CHECK_RC(submit_async(s, &q, rids[i], &boxes[i]), SSMD_OK);
+			CHECK_RC(harness_submit(s, &q, rids[i], &boxes[i]), SSMD_OK);
 		}
 		for (int i = 0; i < 3; i++) {
-			r = box_wait(&boxes[i]);
+			r = harness_box_wait(&boxes[i]);
 			same += r->code == 0 && r->generate->n_tokens == 40 &&
 				memcmp(r->generate->tokens, solo[i], sizeof(solo[i])) == 0;
-			reply_free(r);
+			harness_reply_free(r);
 			free(v[i]);
 		}
-		r = stats(s);
+		r = harness_stats(s);
 		consumed = r->code == 0 && r->stats->tokens_total == 3 * (4 + 40);
-		reply_free(r);
+		harness_reply_free(r);
 		CHECK(same == 3, "3 sessions generating together equal each alone (%d)", same);
 		CHECK(consumed, "all 132 tokens consumed");
 	}
@@ -701,21 +444,19 @@ static void test_tiny(const char *fixtures)
 	 * the accepted ones all run. */
 	sched_free(s);
 	c.queue_depth = 4;
-	s = start(&c, m, NULL, st);
+	s = harness_start(&c, m, NULL, st, on_event);
 	{
-		char *x = sess_open(s, NULL, 0, 0);
+		char *x = harness_open(s, NULL, 0, 0);
 		int32_t one = 7;
-		struct box boxes[21];
+		struct harness_box boxes[21];
 		int accepted[21] = {0}, busy = 0, n_ok = 0;
 		char rids[21][16];
-		CHECK_RC(sess_append(s, x, &one, 1), SSMD_OK);
+		CHECK_RC(harness_append(s, x, &one, 1), SSMD_OK);
 		for (int i = 0; i < 21; i++) {
 			Ssmd__Request q = SSMD__REQUEST__INIT;
 			Ssmd__GenerateRequest g = SSMD__GENERATE_REQUEST__INIT;
 			Ssmd__AppendRequest ap = SSMD__APPEND_REQUEST__INIT;
-			memset(&boxes[i], 0, sizeof(boxes[i]));
-			pthread_mutex_init(&boxes[i].m, NULL);
-			pthread_cond_init(&boxes[i].c, NULL);
+			harness_box_init(&boxes[i]);
 			snprintf(rids[i], sizeof(rids[i]), "bp%d", i);
 			if (i == 0) {
 				g.session = x;
@@ -730,16 +471,16 @@ static void test_tiny(const char *fixtures)
 				q.op_case = SSMD__REQUEST__OP_APPEND;
 				q.append = &ap;
 			}
-			int rc = submit_async(s, &q, rids[i], &boxes[i]);
+			int rc = harness_submit(s, &q, rids[i], &boxes[i]);
 			accepted[i] = rc == SSMD_OK;
 			busy += rc == SSMD_EBUSY;
 		}
 		for (int i = 0; i < 21; i++) {
 			if (!accepted[i])
 				continue;
-			r = box_wait(&boxes[i]);
+			r = harness_box_wait(&boxes[i]);
 			n_ok += r->code == 0;
-			reply_free(r);
+			harness_reply_free(r);
 		}
 		int n_acc = 0;
 		for (int i = 0; i < 21; i++)
@@ -747,7 +488,7 @@ static void test_tiny(const char *fixtures)
 		CHECK(busy >= 1 && n_acc + busy == 21,
 		      "requests beyond the queue depth are refused busy (%d busy)", busy);
 		CHECK(n_ok == n_acc, "every accepted request ran (%d of %d)", n_ok, n_acc);
-		CHECK(sess_generate(s, x, 1, 0, 0, out, &n) == SSMD_OK,
+		CHECK(harness_generate(s, x, 1, 0, 1, 0, out, &n) == SSMD_OK,
 		      "the queue drains and serves again");
 		free(x);
 	}
@@ -757,10 +498,10 @@ static void test_tiny(const char *fixtures)
 	 * generate of 6, each with its transcript. */
 	sched_free(s);
 	c.checkpoint_every = 4;
-	s = start(&c, m, NULL, st);
+	s = harness_start(&c, m, NULL, st, on_event);
 	{
 		int32_t prompt[10] = {10, 11, 12, 13, 14, 15, 16, 17, 18, 19};
-		char *x = sess_open(s, NULL, 0, 0);
+		char *x = harness_open(s, NULL, 0, 0);
 		Ssmd__Request q = SSMD__REQUEST__INIT;
 		Ssmd__AppendRequest ap = SSMD__APPEND_REQUEST__INIT;
 		ap.session = x;
@@ -768,7 +509,7 @@ static void test_tiny(const char *fixtures)
 		ap.n_tokens = 10;
 		q.op_case = SSMD__REQUEST__OP_APPEND;
 		q.append = &ap;
-		r = call(s, &q);
+		r = harness_call(s, &q);
 		CHECK(r->code == 0 && r->append->n_checkpoints == 2 &&
 		      r->append->appended == 10 && r->append->session_tokens == 10,
 		      "append of 10 with checkpoint_every 4: 2 checkpoints");
@@ -791,19 +532,19 @@ static void test_tiny(const char *fixtures)
 			      "its transcript is the first 8 tokens");
 			free(tr);
 		}
-		reply_free(r);
+		harness_reply_free(r);
 
 		/* Shutdown stores the 2 unsaved tokens; the state is found by
 		 * session. */
-		CHECK_RC(sess_generate(s, x, 3, 0, 0, out, &n), SSMD_OK);
+		CHECK_RC(harness_generate(s, x, 3, 0, 1, 0, out, &n), SSMD_OK);
 		sched_free(s);
-		s = start(&c, m, NULL, st);
+		s = harness_start(&c, m, NULL, st, on_event);
 		Ssmd__Request lq = SSMD__REQUEST__INIT;
 		Ssmd__StatesRequest sr = SSMD__STATES_REQUEST__INIT;
 		sr.session = x;
 		lq.op_case = SSMD__REQUEST__OP_STATES;
 		lq.states = &sr;
-		r = call(s, &lq);
+		r = harness_call(s, &lq);
 		/* Checkpoints at 4, 8, 12 tokens; shutdown stores the 13th. */
 		CHECK(r->code == 0 && r->states->n_states == 4 &&
 		      r->states->states[0]->n_tokens == 13,
@@ -817,27 +558,27 @@ static void test_tiny(const char *fixtures)
 			      "its transcript is prompt + generated tokens");
 			free(tr);
 		}
-		reply_free(r);
+		harness_reply_free(r);
 		free(x);
 	}
 
 	/* The state a live session builds on is deleted: the session's next
 	 * snapshot still succeeds (as a root). */
 	{
-		char *z = sess_open(s, NULL, 0, 0);
+		char *z = harness_open(s, NULL, 0, 0);
 		int32_t t3[3] = {4, 5, 6};
-		sess_append(s, z, t3, 3);
-		char *id1 = sess_snapshot(s, z, NULL);
+		harness_append(s, z, t3, 3);
+		char *id1 = harness_snapshot(s, z, NULL);
 		Ssmd__Request q = SSMD__REQUEST__INIT;
 		Ssmd__DeleteRequest d = SSMD__DELETE_REQUEST__INIT;
 		d.ref = id1;
 		q.op_case = SSMD__REQUEST__OP_DELETE_STATE;
 		q.delete_state = &d;
-		r = call(s, &q);
+		r = harness_call(s, &q);
 		CHECK(r->code == 0, "delete the session's base state");
-		reply_free(r);
-		sess_append(s, z, t3, 2);
-		char *id2 = sess_snapshot(s, z, NULL);
+		harness_reply_free(r);
+		harness_append(s, z, t3, 2);
+		char *id2 = harness_snapshot(s, z, NULL);
 		CHECK(id2 != NULL, "the next snapshot is stored anyway");
 		if (id2) {
 			store_state_info info;
@@ -854,9 +595,9 @@ static void test_tiny(const char *fixtures)
 
 	/* close --snapshot returns the ID; the session is gone afterwards. */
 	{
-		char *y = sess_open(s, NULL, 0, 0);
+		char *y = harness_open(s, NULL, 0, 0);
 		int32_t t3[3] = {1, 2, 3};
-		sess_append(s, y, t3, 3);
+		harness_append(s, y, t3, 3);
 		Ssmd__Request q = SSMD__REQUEST__INIT;
 		Ssmd__CloseRequest cl = SSMD__CLOSE_REQUEST__INIT;
 		cl.session = y;
@@ -864,42 +605,42 @@ static void test_tiny(const char *fixtures)
 		cl.snapshot = 1;
 		q.op_case = SSMD__REQUEST__OP_CLOSE;
 		q.close = &cl;
-		r = call(s, &q);
+		r = harness_call(s, &q);
 		CHECK(r->code == 0 && r->state_ref && strlen(r->state_ref->state_id) == 26 &&
 		      r->state_ref->n_tokens == 3, "close with snapshot returns the ID (%u %s %s)",
 		      r->code, r->message, r->state_ref ? r->state_ref->state_id : "-");
-		reply_free(r);
-		CHECK(sess_append(s, y, t3, 1) == SSMD_ENOENT, "closed session is gone");
+		harness_reply_free(r);
+		CHECK(harness_append(s, y, t3, 1) == SSMD_ENOENT, "closed session is gone");
 		free(y);
 	}
 	/* Idle expiry: a session idle for idle_timeout (1 s) is stored and
 	 * closed; its state is found by session. */
 	sched_free(s);
 	c.idle_timeout = 1;
-	s = start(&c, m, NULL, st);
+	s = harness_start(&c, m, NULL, st, on_event);
 	{
-		char *e = sess_open(s, NULL, 0, 0);
+		char *e = harness_open(s, NULL, 0, 0);
 		int32_t t3[3] = {7, 8, 9};
 		uint32_t left = 1;
-		CHECK_RC(sess_append(s, e, t3, 3), SSMD_OK);
+		CHECK_RC(harness_append(s, e, t3, 3), SSMD_OK);
 		for (int i = 0; i < 50 && left; i++) {
 			usleep(100000);
-			r = stats(s);
+			r = harness_stats(s);
 			left = r->code == 0 ? r->stats->sessions : 1;
-			reply_free(r);
+			harness_reply_free(r);
 		}
 		CHECK(left == 0, "the idle session expired within 5 s");
-		CHECK(sess_append(s, e, t3, 1) == SSMD_ENOENT, "an expired session is gone");
+		CHECK(harness_append(s, e, t3, 1) == SSMD_ENOENT, "an expired session is gone");
 		Ssmd__Request lq = SSMD__REQUEST__INIT;
 		Ssmd__StatesRequest sr = SSMD__STATES_REQUEST__INIT;
 		sr.session = e;
 		lq.op_case = SSMD__REQUEST__OP_STATES;
 		lq.states = &sr;
-		r = call(s, &lq);
+		r = harness_call(s, &lq);
 		CHECK(r->code == 0 && r->states->n_states == 1 &&
 		      r->states->states[0]->n_tokens == 3,
 		      "its 3 tokens were stored on expiry");
-		reply_free(r);
+		harness_reply_free(r);
 		free(e);
 	}
 	sched_free(s);
@@ -913,53 +654,47 @@ static void test_tiny(const char *fixtures)
  * tokenizer. */
 static void test_text(const char *shared)
 {
-	char tool[1200], dir[1200], cmd[4096], path[1300];
-	const char *build = getenv("SSMD_BUILD_ROOT");
+	char dir[1200], path[1300];
 	ssm_model *m;
 	tok_tokenizer *tok;
 	store *st;
 	cfg c;
 	sched *s;
 	Ssmd__Reply *r;
+	int rc;
 
-	snprintf(tool, sizeof(tool), "%s/kernels/ssm-mkmodel", build ? build : ".");
-	snprintf(path, sizeof(path), "%s/../models/gpt-neox-20b-tokenizer.json", shared);
-	if (access(tool, X_OK) || access(path, R_OK)) {
-		SKIP("ssm-mkmodel or the tokenizer is missing");
-		return;
-	}
 	snprintf(dir, sizeof(dir), "%s/textmodel", tmp);
-	snprintf(cmd, sizeof(cmd),
-		 "%s --out %s --d-model 32 --n-layer 2 --vocab 50280 --seed 3 --tokenizer %s >/dev/null",
-		 tool, dir, path);
-	if (system(cmd) != 0 || ssm_model_load(dir, &m)) {
-		CHECK(0, "making a text model with ssm-mkmodel");
+	rc = harness_text_model(shared, dir, &m, &tok);
+	if (rc == SSMD_ENOENT) {
+		SKIP("%s", ssmd_errmsg());
 		return;
 	}
-	snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
-	CHECK_RC(tok_load(path, &tok), SSMD_OK);
+	CHECK(rc == SSMD_OK, "a model made by ssm-mkmodel loads with its tokenizer (%s)",
+	      rc ? ssmd_errmsg() : "ok");
+	if (rc)
+		return;
 	snprintf(path, sizeof(path), "%s/text.db", tmp);
 	CHECK_RC(store_open(path, NULL, &st), SSMD_OK);
 	cfg_init(&c);
-	cfg_set(&c, "backend", test_backend());
+	cfg_set(&c, "backend", harness_backend_name());
 	c.slots = 2;
-	s = start(&c, m, tok, st);
+	s = harness_start(&c, m, tok, st, on_event);
 
 	const char *prompt = "The quick brown fox jumps over the lazy dog.";
 	int32_t *ids;
 	size_t n_ids;
 	tok_encode(tok, prompt, strlen(prompt), &ids, &n_ids);
-	char *x = sess_open(s, NULL, 0, 0);
+	char *x = harness_open(s, NULL, 0, 0);
 	Ssmd__Request q = SSMD__REQUEST__INIT;
 	Ssmd__AppendRequest ap = SSMD__APPEND_REQUEST__INIT;
 	ap.session = x;
 	ap.text = (char *)prompt;
 	q.op_case = SSMD__REQUEST__OP_APPEND;
 	q.append = &ap;
-	r = call(s, &q);
+	r = harness_call(s, &q);
 	CHECK(r->code == 0 && r->append->appended == n_ids,
 	      "text append consumes the tokenizer's %zu tokens", n_ids);
-	reply_free(r);
+	harness_reply_free(r);
 	free(ids);
 
 	/* Fork, so both continuations start from the same state. */
@@ -968,9 +703,9 @@ static void test_text(const char *shared)
 	f.source = x;
 	fq.op_case = SSMD__REQUEST__OP_FORK;
 	fq.fork = &f;
-	r = call(s, &fq);
+	r = harness_call(s, &fq);
 	char *y = r->code == 0 ? strdup(r->sessions->sessions[0]->id) : NULL;
-	reply_free(r);
+	harness_reply_free(r);
 	CHECK(y != NULL, "fork of a live session");
 
 	Ssmd__Request gq = SSMD__REQUEST__INIT;
@@ -987,7 +722,7 @@ static void test_text(const char *shared)
 	gq.op_case = SSMD__REQUEST__OP_GENERATE;
 	gq.generate = &g;
 	n_events = 0;
-	r = call(s, &gq);
+	r = harness_call(s, &gq);
 	CHECK(r->code == 0 && r->generate->n_tokens == 40 &&
 	      r->generate->finish == SSMD__FINISH_REASON__FINISH_LENGTH,
 	      "40 tokens, finish = length");
@@ -1019,7 +754,7 @@ static void test_text(const char *shared)
 			ssmd__event__free_unpacked(events[i], NULL);
 		n_events = 0;
 	}
-	reply_free(r);
+	harness_reply_free(r);
 
 	/* A stop string taken from the middle of the unstopped output: the
 	 * same generation stops where it first occurs, text cut before it. */
@@ -1032,7 +767,7 @@ static void test_text(const char *shared)
 		g.session = y;
 		g.n_stop = 1;
 		g.stop = (char *[]){stop};
-		r = call(s, &gq);
+		r = harness_call(s, &gq);
 		CHECK(r->code == 0 &&
 		      r->generate->finish == SSMD__FINISH_REASON__FINISH_STOP_STRING &&
 		      strlen(r->generate->text) == (size_t)(hit - full) &&
@@ -1050,7 +785,7 @@ static void test_text(const char *shared)
 		CHECK(r->code == 0 && tl == strlen(r->generate->text),
 		      "streamed text stops at the cut (%zu bytes)", tl);
 		n_events = 0;
-		reply_free(r);
+		harness_reply_free(r);
 	} else {
 		SKIP("generated text too short for a stop-string check");
 	}

@@ -21,205 +21,15 @@
  *     engine; a closed session stays closed.
  */
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "check.h"
-#include "daemon/config.h"
-#include "daemon/job.h"
-#include "daemon/scheduler.h"
-#include "daemon/tok.h"
-#include "proto.h"
-#include "ssm.h"
+#include "sched_harness.h"
 #include "ssm_impl.h"
-#include "store.h"
 
-/* ------------------------------------------------------------ plumbing -- */
-
-struct box {
-	pthread_mutex_t m;
-	pthread_cond_t c;
-	int done;
-	void *buf;
-	size_t len;
-};
-
-static void on_reply(void *arg, const void *reply, size_t len)
-{
-	struct box *b = arg;
-
-	pthread_mutex_lock(&b->m);
-	b->buf = malloc(len ? len : 1);
-	memcpy(b->buf, reply, len);
-	b->len = len;
-	b->done = 1;
-	pthread_cond_signal(&b->c);
-	pthread_mutex_unlock(&b->m);
-}
-
-static int next_id;
-
-/* Submits q without waiting; the reply arrives in *b. */
-static void submit(sched *s, Ssmd__Request *q, struct box *b)
-{
-	static char rid[32];
-	Ssmd__Request *dec;
-	struct job *j;
-	void *buf;
-	size_t len;
-
-	snprintf(rid, sizeof(rid), "t%d", ++next_id);
-	q->has_version = 1;
-	q->version = PROTO_VERSION;
-	q->request_id = rid;
-	if (proto_msg_pack(&q->base, &buf, &len) ||
-	    proto_request_decode(buf, len, &dec) || job_alloc(dec, on_reply, b, &j))
-		abort();
-	free(buf);
-	if (sched_submit(s, j))
-		abort();
-}
-
-static int box_done(struct box *b)
-{
-	int d;
-
-	pthread_mutex_lock(&b->m);
-	d = b->done;
-	pthread_mutex_unlock(&b->m);
-	return d;
-}
-
-static Ssmd__Reply *box_wait(struct box *b)
-{
-	Ssmd__Reply *r;
-
-	pthread_mutex_lock(&b->m);
-	while (!b->done)
-		pthread_cond_wait(&b->c, &b->m);
-	pthread_mutex_unlock(&b->m);
-	r = ssmd__reply__unpack(NULL, b->len, b->buf);
-	free(b->buf);
-	if (!r)
-		abort();
-	if (r->code && getenv("SSMD_TEST_VERBOSE"))
-		fprintf(stderr, "  reply: %u %s\n", r->code, r->message);
-	return r;
-}
-
-#define BOX_INIT {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, NULL, 0}
-
-static Ssmd__Reply *call(sched *s, Ssmd__Request *q)
-{
-	struct box b = BOX_INIT;
-
-	submit(s, q, &b);
-	return box_wait(&b);
-}
-
-static void reply_free(Ssmd__Reply *r)
-{
-	ssmd__reply__free_unpacked(r, NULL);
-}
-
-static char *sess_open(sched *s, int has_seed, uint64_t seed)
-{
-	Ssmd__Request q = SSMD__REQUEST__INIT;
-	Ssmd__OpenRequest o = SSMD__OPEN_REQUEST__INIT;
-	Ssmd__Reply *r;
-	char *id = NULL;
-
-	o.has_seed = has_seed;
-	o.seed = seed;
-	q.op_case = SSMD__REQUEST__OP_OPEN;
-	q.open = &o;
-	r = call(s, &q);
-	if (r->code == 0 && r->sessions && r->sessions->n_sessions == 1)
-		id = strdup(r->sessions->sessions[0]->id);
-	reply_free(r);
-	return id;
-}
-
-static int sess_append(sched *s, const char *sid, const int32_t *t, size_t n)
-{
-	Ssmd__Request q = SSMD__REQUEST__INIT;
-	Ssmd__AppendRequest a = SSMD__APPEND_REQUEST__INIT;
-	Ssmd__Reply *r;
-	int code;
-
-	a.session = (char *)sid;
-	a.tokens = (int32_t *)t;
-	a.n_tokens = n;
-	q.op_case = SSMD__REQUEST__OP_APPEND;
-	q.append = &a;
-	r = call(s, &q);
-	code = (int)r->code;
-	reply_free(r);
-	return code;
-}
-
-/* Generates max tokens at temperature temp with the session's own seed. */
-static int sess_generate(sched *s, const char *sid, uint32_t max, float temp,
-			 int32_t *out, size_t *n_out)
-{
-	Ssmd__Request q = SSMD__REQUEST__INIT;
-	Ssmd__GenerateRequest g = SSMD__GENERATE_REQUEST__INIT;
-	Ssmd__Reply *r;
-	int code;
-
-	g.session = (char *)sid;
-	g.has_max_tokens = 1;
-	g.max_tokens = max;
-	g.has_temperature = temp > 0;
-	g.temperature = temp;
-	q.op_case = SSMD__REQUEST__OP_GENERATE;
-	q.generate = &g;
-	r = call(s, &q);
-	code = (int)r->code;
-	*n_out = 0;
-	if (!code && r->generate) {
-		memcpy(out, r->generate->tokens, r->generate->n_tokens * sizeof(int32_t));
-		*n_out = r->generate->n_tokens;
-	}
-	reply_free(r);
-	return code;
-}
-
-static char *sess_snapshot(sched *s, const char *sid)
-{
-	Ssmd__Request q = SSMD__REQUEST__INIT;
-	Ssmd__SnapshotRequest sn = SSMD__SNAPSHOT_REQUEST__INIT;
-	Ssmd__Reply *r;
-	char *id = NULL;
-
-	sn.session = (char *)sid;
-	q.op_case = SSMD__REQUEST__OP_SNAPSHOT;
-	q.snapshot = &sn;
-	r = call(s, &q);
-	if (!r->code && r->state_ref && r->state_ref->state_id[0])
-		id = strdup(r->state_ref->state_id);
-	reply_free(r);
-	return id;
-}
-
-static int sess_close(sched *s, const char *sid)
-{
-	Ssmd__Request q = SSMD__REQUEST__INIT;
-	Ssmd__CloseRequest c = SSMD__CLOSE_REQUEST__INIT;
-	Ssmd__Reply *r;
-	int code;
-
-	c.session = (char *)sid;
-	q.op_case = SSMD__REQUEST__OP_CLOSE;
-	q.close = &c;
-	r = call(s, &q);
-	code = (int)r->code;
-	reply_free(r);
-	return code;
-}
+/* ------------------------------------------------------------ requests -- */
 
 /* Merges sources (n) by mode with weights (nw, may be 0). */
 static Ssmd__Reply *merge(sched *s, const char **src, size_t n, const char *mode,
@@ -237,7 +47,7 @@ static Ssmd__Reply *merge(sched *s, const char **src, size_t n, const char *mode
 	m.open = open;
 	q.op_case = SSMD__REQUEST__OP_MERGE;
 	q.merge = &m;
-	return call(s, &q);
+	return harness_call(s, &q);
 }
 
 static Ssmd__Reply *score(sched *s, const char *source, const int32_t *t,
@@ -252,7 +62,7 @@ static Ssmd__Reply *score(sched *s, const char *source, const int32_t *t,
 	sc.text = (char *)text;
 	q.op_case = SSMD__REQUEST__OP_SCORE;
 	q.score = &sc;
-	return call(s, &q);
+	return harness_call(s, &q);
 }
 
 /* A stored state's raw (decoded) payload. */
@@ -290,59 +100,7 @@ static int same_payload(store *st, const char *a, const char *b)
 	return same;
 }
 
-/* ----------------------------------------------------- direct reference -- */
-
-static ssm_backend *ref_backend(const ssm_model *m)
-{
-	ssm_backend_opts bo;
-	ssm_backend *b;
-
-	ssm_backend_opts_init(&bo);
-	bo.kind = SSM_BACKEND_CPU;
-	bo.n_slots = 1;
-	if (ssm_backend_open(m, &bo, &b))
-		abort();
-	return b;
-}
-
-/* The engine alone: prefill prompt, then emit max tokens, token i sampled
- * at index n + i with (temp, seed) and fed back. */
-static void reference_run(const ssm_model *m, const int32_t *prompt, size_t n,
-			  uint32_t max, float temp, uint64_t seed, int32_t *out)
-{
-	ssm_backend *b = ref_backend(m);
-	ssm_prefill_args a;
-	ssm_sampler smp = {temp, 0, 1.0f, seed};
-	int vocab = ssm_model_config(m)->vocab_size, slot = 0;
-	float *logits = malloc((size_t)vocab * sizeof(float));
-
-	memset(&a, 0, sizeof(a));
-	a.tokens = prompt;
-	a.n_tokens = n;
-	a.last_logits = logits;
-	if (ssm_prefill(b, 0, &a))
-		abort();
-	for (uint32_t i = 0; i < max; i++) {
-		out[i] = ssm_sample(logits, vocab, &smp, n + i);
-		if (ssm_decode(b, &slot, &out[i], 1, logits))
-			abort();
-	}
-	free(logits);
-	ssm_backend_close(b);
-}
-
 static char tmp[] = "/tmp/ssmd-test-service-XXXXXX";
-
-static sched *start(cfg *c, const ssm_model *m, const tok_tokenizer *tok,
-		    store *st)
-{
-	struct sched_opts o = {c, m, tok, st, "test-model", NULL, NULL};
-	sched *s;
-
-	if (sched_start(&o, &s))
-		abort();
-	return s;
-}
 
 /* Pseudo-random tokens in [0, vocab). */
 static void tokens_fill(int32_t *t, size_t n, int vocab, uint32_t seed)
@@ -365,7 +123,7 @@ static void test_checkpoints(sched *s, store *st, int vocab)
 	Ssmd__Request q = SSMD__REQUEST__INIT;
 	Ssmd__AppendRequest ap = SSMD__APPEND_REQUEST__INIT;
 	Ssmd__Reply *r;
-	char *a = sess_open(s, 0, 0), *b = sess_open(s, 0, 0);
+	char *a = harness_open(s, NULL, 0, 0), *b = harness_open(s, NULL, 0, 0);
 	char *ids[6] = {0};
 	size_t n_ids = 0;
 
@@ -379,7 +137,7 @@ static void test_checkpoints(sched *s, store *st, int vocab)
 	ap.n_boundaries = 2;
 	q.op_case = SSMD__REQUEST__OP_APPEND;
 	q.append = &ap;
-	r = call(s, &q);
+	r = harness_call(s, &q);
 	CHECK(r->code == 0 && r->append && r->append->n_checkpoints == 6 &&
 	      r->append->n_checkpoint_tokens == 6,
 	      "append with checkpoint_every 25 and boundaries 10, 37 stores 6 checkpoints (code %u)",
@@ -393,7 +151,7 @@ static void test_checkpoints(sched *s, store *st, int vocab)
 		n_ids = 6;
 		CHECK(pos_ok, "checkpoint positions are 10, 25, 37, 50, 75, 100");
 	}
-	reply_free(r);
+	harness_reply_free(r);
 
 	/* The same tokens appended piece by piece, snapshotted at each mark. */
 	for (size_t i = 0; i < n_ids; i++) {
@@ -402,8 +160,8 @@ static void test_checkpoints(sched *s, store *st, int vocab)
 		store_state_info info;
 		int32_t *tr = NULL;
 		size_t n_tr = 0;
-		CHECK_RC(sess_append(s, b, toks + from, (size_t)want[i] - from), SSMD_OK);
-		snap = sess_snapshot(s, b);
+		CHECK_RC(harness_append(s, b, toks + from, (size_t)want[i] - from), SSMD_OK);
+		snap = harness_snapshot(s, b, NULL);
 		CHECK(snap && same_payload(st, ids[i], snap),
 		      "checkpoint at %llu is byte-for-byte the state of stopping there",
 		      (unsigned long long)want[i]);
@@ -430,14 +188,14 @@ static void test_checkpoints(sched *s, store *st, int vocab)
 		ap.has_checkpoint_every = 0;
 		ap.boundaries = bad;
 		ap.n_boundaries = 2;
-		r = call(s, &q);
+		r = harness_call(s, &q);
 		CHECK(r->code == SSMD_EINVAL, "boundaries not ascending: EINVAL (%u)", r->code);
-		reply_free(r);
+		harness_reply_free(r);
 		ap.boundaries = past;
 		ap.n_boundaries = 1;
-		r = call(s, &q);
+		r = harness_call(s, &q);
 		CHECK(r->code == SSMD_ERANGE, "boundary past the append: ERANGE (%u)", r->code);
-		reply_free(r);
+		harness_reply_free(r);
 	}
 	for (size_t i = 0; i < n_ids; i++)
 		free(ids[i]);
@@ -466,7 +224,8 @@ static void test_merge(sched *s, store *st, const ssm_model *m)
 	const ssm_config *mc = ssm_model_config(m);
 	int vocab = mc->vocab_size;
 	int32_t x[30], y[20], xy[50], out[8], ref[8];
-	char *sa = sess_open(s, 0, 0), *sb = sess_open(s, 0, 0), *sc = sess_open(s, 0, 0);
+	char *sa = harness_open(s, NULL, 0, 0), *sb = harness_open(s, NULL, 0, 0);
+	char *sc = harness_open(s, NULL, 0, 0);
 	char *ida, *idb, *idxy;
 	ssm_state *A, *B, *M;
 	Ssmd__Reply *r;
@@ -476,12 +235,12 @@ static void test_merge(sched *s, store *st, const ssm_model *m)
 	tokens_fill(y, 20, vocab, 22);
 	memcpy(xy, x, sizeof(x));
 	memcpy(xy + 30, y, sizeof(y));
-	sess_append(s, sa, x, 30);
-	sess_append(s, sb, y, 20);
-	sess_append(s, sc, xy, 50);
-	ida = sess_snapshot(s, sa);
-	idb = sess_snapshot(s, sb);
-	idxy = sess_snapshot(s, sc);
+	harness_append(s, sa, x, 30);
+	harness_append(s, sb, y, 20);
+	harness_append(s, sc, xy, 50);
+	ida = harness_snapshot(s, sa, NULL);
+	idb = harness_snapshot(s, sb, NULL);
+	idxy = harness_snapshot(s, sc, NULL);
 	A = state_of(st, ida);
 	B = state_of(st, idb);
 	if (!A || !B || !idxy) {
@@ -533,7 +292,7 @@ static void test_merge(sched *s, store *st, const ssm_model *m)
 			store_state_info_fini(&info);
 		}
 		ssm_state_free(M);
-		reply_free(r);
+		harness_reply_free(r);
 	}
 
 	/* compose: h = exp(A_l dt_sum_B) h_A + h_B with A_l = -exp(A_log),
@@ -578,7 +337,7 @@ static void test_merge(sched *s, store *st, const ssm_model *m)
 			free(dts);
 		}
 		ssm_state_free(M);
-		reply_free(r);
+		harness_reply_free(r);
 	}
 
 	/* replay: exactly the state of appending x then y; opened, it
@@ -592,8 +351,8 @@ static void test_merge(sched *s, store *st, const ssm_model *m)
 			      "replay of y onto x is byte-for-byte the state of appending x then y");
 			CHECK(r->merge->n_tokens == 50 && r->merge->session->n_tokens == 50,
 			      "replay result and its session hold 50 tokens");
-			CHECK_RC(sess_generate(s, r->merge->session->id, 8, 0, out, &n), SSMD_OK);
-			reference_run(m, xy, 50, 8, 0, 0, ref);
+			CHECK_RC(harness_generate(s, r->merge->session->id, 8, 0, 0, 0, out, &n), SSMD_OK);
+			harness_reference_run(m, "cpu", xy, 50, 8, 0, 0, ref);
 			CHECK(n == 8 && memcmp(out, ref, sizeof(ref)) == 0,
 			      "the opened replay session continues like x + y run directly");
 			store_state_info info;
@@ -604,7 +363,7 @@ static void test_merge(sched *s, store *st, const ssm_model *m)
 			      "replay result: kind merge, 2 parents, y's 20 tokens as its transcript");
 			store_state_info_fini(&info);
 		}
-		reply_free(r);
+		harness_reply_free(r);
 	}
 
 	/* Refusals. */
@@ -627,7 +386,7 @@ static void test_merge(sched *s, store *st, const ssm_model *m)
 			r = merge(s, bad[i].src, bad[i].n, bad[i].mode, bad[i].w, bad[i].nw, 0);
 			CHECK(r->code == bad[i].code, "merge with %s: code %u, want %u",
 			      bad[i].what, r->code, bad[i].code);
-			reply_free(r);
+			harness_reply_free(r);
 		}
 	}
 
@@ -647,7 +406,7 @@ static void test_merge(sched *s, store *st, const ssm_model *m)
 		r = merge(s, mixed, 2, "interpolate", NULL, 0, 0);
 		CHECK(r->code == SSMD_EMODEL, "merge with another model's state: EMODEL (%u)",
 		      r->code);
-		reply_free(r);
+		harness_reply_free(r);
 		free(raw);
 		ssm_state_free(o);
 	}
@@ -680,8 +439,8 @@ static void test_score(sched *s, store *st, const ssm_model *m)
 	int vocab = ssm_model_config(m)->vocab_size, slot = 0;
 	int32_t p[12], t[20], out[6], ref[6];
 	double want[20], total = 0, worst = 0;
-	char *a = sess_open(s, 0, 0), *sid;
-	ssm_backend *b = ref_backend(m);
+	char *a = harness_open(s, NULL, 0, 0), *sid;
+	ssm_backend *b = harness_backend_open(m, "cpu");
 	float *logits = malloc((size_t)vocab * sizeof(float));
 	ssm_prefill_args pa;
 	Ssmd__Reply *r;
@@ -701,7 +460,7 @@ static void test_score(sched *s, store *st, const ssm_model *m)
 		if (ssm_decode(b, &slot, &t[i], 1, logits))
 			abort();
 	}
-	sess_append(s, a, p, 12);
+	harness_append(s, a, p, 12);
 	r = score(s, a, t, 20, NULL);
 	CHECK(r->code == 0 && r->score && r->score->n_token_logprobs == 20 &&
 	      r->score->unscored == 0 && r->score->n_tokens == 20,
@@ -720,38 +479,38 @@ static void test_score(sched *s, store *st, const ssm_model *m)
 		CHECK(fabs(r->score->logprob - total) <= 1e-5 * fabs(total),
 		      "total %.6f is the sum %.6f (1e-5 relative)", r->score->logprob, total);
 	}
-	reply_free(r);
+	harness_reply_free(r);
 	/* The session is where it was: it generates what p alone generates. */
-	CHECK_RC(sess_generate(s, a, 6, 0, out, &n), SSMD_OK);
-	reference_run(m, p, 12, 6, 0, 0, ref);
+	CHECK_RC(harness_generate(s, a, 6, 0, 0, 0, out, &n), SSMD_OK);
+	harness_reference_run(m, "cpu", p, 12, 6, 0, 0, ref);
 	CHECK(n == 6 && memcmp(out, ref, sizeof(ref)) == 0,
 	      "after score the session continues as if nothing was scored");
 
 	/* From a stored state: the same numbers; from nothing: the first
 	 * token is context only. */
 	{
-		char *b2 = sess_open(s, 0, 0);
-		sess_append(s, b2, p, 12);
-		sid = sess_snapshot(s, b2);
+		char *b2 = harness_open(s, NULL, 0, 0);
+		harness_append(s, b2, p, 12);
+		sid = harness_snapshot(s, b2, NULL);
 		r = score(s, sid, t, 20, NULL);
 		CHECK(r->code == 0 && r->score && r->score->n_token_logprobs == 20 &&
 		      fabs(r->score->logprob - total) <= 1e-5 * fabs(total),
 		      "score of a stored state equals the live session's (code %u)", r->code);
-		reply_free(r);
-		char *e = sess_open(s, 0, 0);
+		harness_reply_free(r);
+		char *e = harness_open(s, NULL, 0, 0);
 		r = score(s, e, t, 20, NULL);
 		CHECK(r->code == 0 && r->score && r->score->unscored == 1 &&
 		      r->score->n_token_logprobs == 19,
 		      "score from an empty session leaves the first token unscored");
-		reply_free(r);
+		harness_reply_free(r);
 		r = score(s, "no-such-session", t, 20, NULL);
 		CHECK(r->code == SSMD_ENOENT, "score of an unknown source: ENOENT (%u)", r->code);
-		reply_free(r);
+		harness_reply_free(r);
 		int32_t badt[1] = {vocab};
 		r = score(s, sid, badt, 1, NULL);
 		CHECK(r->code == SSMD_EINVAL, "score of a token outside the vocabulary: EINVAL (%u)",
 		      r->code);
-		reply_free(r);
+		harness_reply_free(r);
 		free(b2);
 		free(e);
 		free(sid);
@@ -769,7 +528,7 @@ static void test_budget(const ssm_model *m, store *st)
 	enum { LONG = 40000 };
 	int vocab = ssm_model_config(m)->vocab_size;
 	int32_t *big = malloc(LONG * sizeof(int32_t)), p[4] = {1, 2, 3, 4}, out[4];
-	struct box bl = BOX_INIT;
+	struct harness_box bl;
 	Ssmd__Request q = SSMD__REQUEST__INIT;
 	Ssmd__AppendRequest ap = SSMD__APPEND_REQUEST__INIT;
 	Ssmd__Reply *r;
@@ -777,29 +536,31 @@ static void test_budget(const ssm_model *m, store *st)
 	sched *s;
 	size_t n;
 
+	harness_box_init(&bl);
 	cfg_init(&c);
 	cfg_set(&c, "backend", "cpu");
 	c.slots = 2;
 	c.prefill_chunk = 64;
 	c.step_tokens = 8;   /* the append advances <= 7 tokens per step */
-	s = start(&c, m, NULL, st);
-	char *lng = sess_open(s, 0, 0), *shrt = sess_open(s, 0, 0);
-	sess_append(s, shrt, p, 4);
+	s = harness_start(&c, m, NULL, st, NULL);
+	char *lng = harness_open(s, NULL, 0, 0), *shrt = harness_open(s, NULL, 0, 0);
+	harness_append(s, shrt, p, 4);
 	tokens_fill(big, LONG, vocab, 41);
 	ap.session = lng;
 	ap.tokens = big;
 	ap.n_tokens = LONG;
 	q.op_case = SSMD__REQUEST__OP_APPEND;
 	q.append = &ap;
-	submit(s, &q, &bl);
+	if (harness_submit(s, &q, NULL, &bl))
+		abort();
 	/* The append needs > 5700 steps; the generate 4. */
-	CHECK_RC(sess_generate(s, shrt, 4, 0, out, &n), SSMD_OK);
-	CHECK(!box_done(&bl), "a 4-token generate completes while a %d-token append is running",
+	CHECK_RC(harness_generate(s, shrt, 4, 0, 0, 0, out, &n), SSMD_OK);
+	CHECK(!harness_box_done(&bl), "a 4-token generate completes while a %d-token append is running",
 	      LONG);
-	r = box_wait(&bl);
+	r = harness_box_wait(&bl);
 	CHECK(r->code == 0 && r->append && r->append->appended == LONG,
 	      "the long append completes with every token (code %u)", r->code);
-	reply_free(r);
+	harness_reply_free(r);
 	sched_free(s);
 	cfg_fini(&c);
 	free(big);
@@ -826,14 +587,14 @@ static void test_restart(const ssm_model *m, const char *path)
 	cfg_set(&c, "backend", "cpu");
 	c.slots = 4;
 	CHECK_RC(store_open(path, NULL, &st), SSMD_OK);
-	s = start(&c, m, NULL, st);
+	s = harness_start(&c, m, NULL, st, NULL);
 	for (int i = 0; i < NS; i++) {
 		tokens_fill(prompt[i], PLEN, vocab, 100 + i);
-		ids[i] = sess_open(s, 1, 1000 + i);
-		ok &= sess_append(s, ids[i], prompt[i], PLEN) == 0;
+		ids[i] = harness_open(s, NULL, 1, 1000 + i);
+		ok &= harness_append(s, ids[i], prompt[i], PLEN) == 0;
 	}
-	gone = sess_open(s, 0, 0);
-	sess_close(s, gone);
+	gone = harness_open(s, NULL, 0, 0);
+	harness_close(s, gone);
 	for (int t = 0; t < TURNS; t++)
 		for (int i = 0; i < NS; i++) {
 			if (t == 1 && i == NS / 2) {
@@ -843,15 +604,15 @@ static void test_restart(const ssm_model *m, const char *path)
 				sched_free(s);
 				store_close(st);
 				CHECK_RC(store_open(path, NULL, &st), SSMD_OK);
-				s = start(&c, m, NULL, st);
+				s = harness_start(&c, m, NULL, st, NULL);
 			}
-			ok &= sess_generate(s, ids[i], PER, 0.9f, got[i] + t * PER, &n) == 0 &&
+			ok &= harness_generate(s, ids[i], PER, 0.9f, 0, 0, got[i] + t * PER, &n) == 0 &&
 			      n == PER;
 		}
 	CHECK(ok, "every request of the workload succeeds across the restart");
 	ok = 1;
 	for (int i = 0; i < NS; i++) {
-		reference_run(m, prompt[i], PLEN, TURNS * PER, 0.9f, 1000 + i, ref);
+		harness_reference_run(m, "cpu", prompt[i], PLEN, TURNS * PER, 0.9f, 1000 + i, ref);
 		ok &= memcmp(got[i], ref, sizeof(ref)) == 0;
 		if (memcmp(got[i], ref, sizeof(ref)) != 0)
 			fprintf(stderr, "session %d differs from its direct run\n", i);
@@ -860,7 +621,7 @@ static void test_restart(const ssm_model *m, const char *path)
 	      NS);
 	{
 		int32_t one = 1;
-		CHECK(sess_append(s, gone, &one, 1) == SSMD_ENOENT,
+		CHECK(harness_append(s, gone, &one, 1) == SSMD_ENOENT,
 		      "a session closed before the restart stays closed");
 	}
 	sched_free(s);
@@ -874,8 +635,7 @@ static void test_restart(const ssm_model *m, const char *path)
 /* append texts: one checkpoint after each message; score of text. */
 static void test_texts(const char *shared)
 {
-	char tool[1200], dir[1200], cmd[4096], path[1300];
-	const char *build = getenv("SSMD_BUILD_ROOT");
+	char dir[1200], path[1300];
 	const char *texts[3] = {"Chapter one. It was a dark night.",
 				" Chapter two: the storm.", " The end."};
 	ssm_model *m;
@@ -885,29 +645,24 @@ static void test_texts(const char *shared)
 	sched *s;
 	Ssmd__Reply *r;
 	uint64_t ends[3], at = 0;
+	int rc;
 
-	snprintf(tool, sizeof(tool), "%s/kernels/ssm-mkmodel", build ? build : ".");
-	snprintf(path, sizeof(path), "%s/../models/gpt-neox-20b-tokenizer.json", shared);
-	if (access(tool, X_OK) || access(path, R_OK)) {
-		SKIP("ssm-mkmodel or the tokenizer is missing");
-		return;
-	}
 	snprintf(dir, sizeof(dir), "%s/textmodel", tmp);
-	snprintf(cmd, sizeof(cmd),
-		 "%s --out %s --d-model 32 --n-layer 2 --vocab 50280 --seed 3 --tokenizer %s >/dev/null",
-		 tool, dir, path);
-	if (system(cmd) != 0 || ssm_model_load(dir, &m)) {
-		CHECK(0, "making a text model with ssm-mkmodel");
+	rc = harness_text_model(shared, dir, &m, &tok);
+	if (rc == SSMD_ENOENT) {
+		SKIP("%s", ssmd_errmsg());
 		return;
 	}
-	snprintf(path, sizeof(path), "%s/tokenizer.json", dir);
-	CHECK_RC(tok_load(path, &tok), SSMD_OK);
+	CHECK(rc == SSMD_OK, "a model made by ssm-mkmodel loads with its tokenizer (%s)",
+	      rc ? ssmd_errmsg() : "ok");
+	if (rc)
+		return;
 	snprintf(path, sizeof(path), "%s/text.db", tmp);
 	CHECK_RC(store_open(path, NULL, &st), SSMD_OK);
 	cfg_init(&c);
 	cfg_set(&c, "backend", "cpu");
 	c.slots = 2;
-	s = start(&c, m, tok, st);
+	s = harness_start(&c, m, tok, st, NULL);
 	for (int i = 0; i < 3; i++) {
 		int32_t *ids;
 		size_t n;
@@ -916,7 +671,7 @@ static void test_texts(const char *shared)
 		ends[i] = at;
 		free(ids);
 	}
-	char *x = sess_open(s, 0, 0);
+	char *x = harness_open(s, NULL, 0, 0);
 	Ssmd__Request q = SSMD__REQUEST__INIT;
 	Ssmd__AppendRequest ap = SSMD__APPEND_REQUEST__INIT;
 	ap.session = x;
@@ -924,7 +679,7 @@ static void test_texts(const char *shared)
 	ap.n_texts = 3;
 	q.op_case = SSMD__REQUEST__OP_APPEND;
 	q.append = &ap;
-	r = call(s, &q);
+	r = harness_call(s, &q);
 	CHECK(r->code == 0 && r->append && r->append->n_checkpoints == 3 &&
 	      r->append->n_checkpoint_tokens == 3 &&
 	      r->append->checkpoint_tokens[0] == ends[0] &&
@@ -934,17 +689,17 @@ static void test_texts(const char *shared)
 	      "append of 3 texts checkpoints after each (at %llu, %llu, %llu tokens)",
 	      (unsigned long long)ends[0], (unsigned long long)ends[1],
 	      (unsigned long long)ends[2]);
-	reply_free(r);
+	harness_reply_free(r);
 	r = score(s, x, NULL, 0, " Chapter three.");
 	CHECK(r->code == 0 && r->score && r->score->n_tokens > 0 &&
 	      r->score->n_token_logprobs == r->score->n_tokens && r->score->logprob < 0,
 	      "score of text after a session: one negative log-probability per token (code %u)",
 	      r->code);
-	reply_free(r);
+	harness_reply_free(r);
 	ap.text = "both";
-	r = call(s, &q);
+	r = harness_call(s, &q);
 	CHECK(r->code == SSMD_EINVAL, "append of text and texts together: EINVAL (%u)", r->code);
-	reply_free(r);
+	harness_reply_free(r);
 	free(x);
 	sched_free(s);
 	store_close(st);
@@ -981,7 +736,7 @@ int main(void)
 	cfg_set(&c, "backend", "cpu");
 	c.slots = 2;
 	c.prefill_chunk = 16; /* checkpoints fall inside and across chunks */
-	s = start(&c, m, NULL, st);
+	s = harness_start(&c, m, NULL, st, NULL);
 	test_checkpoints(s, st, ssm_model_config(m)->vocab_size);
 	test_merge(s, st, m);
 	test_score(s, st, m);
