@@ -1195,7 +1195,7 @@ static int op_stats(sched *s, struct job *j)
 	return SSMD_OK;
 }
 
-/* Adds count new sessions made by make() to the table and replies. */
+/* SSMD_ERANGE unless count (1..1024) more sessions fit under max_sessions. */
 static int sessions_check_room(sched *s, uint32_t count)
 {
 	if (count < 1 || count > 1024)
@@ -1205,6 +1205,30 @@ static int sessions_check_room(sched *s, uint32_t count)
 				    "%zu sessions are open; the limit is %d",
 				    s->sessions.n, s->cfg->max_sessions);
 	return SSMD_OK;
+}
+
+/* Ends an open or fork of the count new sessions v (entries may be NULL
+ * after a failure): when rc is still 0, adds them to the table and replies
+ * with them; otherwise, or when that fails, every one is taken out of the
+ * table and its slot and freed, so a failed open leaves nothing behind. v
+ * stays the caller's. Returns the final code. */
+static int sessions_finish(sched *s, struct job *j, struct sess **v,
+			   uint32_t count, int rc)
+{
+	for (uint32_t i = 0; !rc && i < count; i++)
+		rc = sess_table_add(&s->sessions, v[i]);
+	if (!rc)
+		rc = reply_sessions(j, v, count);
+	if (rc) {
+		for (uint32_t i = 0; i < count && v; i++) {
+			if (!v[i])
+				continue;
+			sess_table_remove(&s->sessions, v[i]);
+			slot_release(s, v[i]);
+			sess_free(v[i]);
+		}
+	}
+	return rc;
 }
 
 /* Forks x (at the head of its queue, so its state is current) count times.
@@ -1253,19 +1277,7 @@ static int op_fork_live(sched *s, struct job *j, struct sess *x, uint32_t count,
 		/* Otherwise k is paged out: its state is its base (x is clean
 		 * now) and its first request pages it in. */
 	}
-	for (uint32_t i = 0; !rc && i < count; i++)
-		rc = sess_table_add(&s->sessions, kids[i]);
-	if (!rc)
-		rc = reply_sessions(j, kids, count);
-	if (rc) {
-		for (uint32_t i = 0; i < count && kids; i++) {
-			if (!kids[i])
-				continue;
-			sess_table_remove(&s->sessions, kids[i]);
-			slot_release(s, kids[i]);
-			sess_free(kids[i]);
-		}
-	}
+	rc = sessions_finish(s, j, kids, count, rc);
 	free(kids);
 	return rc;
 }
@@ -1296,16 +1308,7 @@ static int op_open_stored(sched *s, struct job *j, ssm_state **st,
 		v[0]->mem = *st;
 		*st = NULL;
 	}
-	for (uint32_t i = 0; !rc && i < count; i++)
-		rc = sess_table_add(&s->sessions, v[i]);
-	if (!rc)
-		rc = reply_sessions(j, v, count);
-	if (rc)
-		for (uint32_t i = 0; i < count && v; i++) {
-			if (v[i])
-				sess_table_remove(&s->sessions, v[i]);
-			sess_free(v[i]);
-		}
+	rc = sessions_finish(s, j, v, count, rc);
 	sref_put(base);
 	free(v);
 	return rc;
@@ -1321,16 +1324,7 @@ static int op_open_empty(sched *s, struct job *j, uint32_t count,
 		rc = ssmd_err_set(SSMD_ENOMEM, "open");
 	for (uint32_t i = 0; !rc && i < count; i++)
 		rc = sess_alloc(seed, label, &v[i]);
-	for (uint32_t i = 0; !rc && i < count; i++)
-		rc = sess_table_add(&s->sessions, v[i]);
-	if (!rc)
-		rc = reply_sessions(j, v, count);
-	if (rc)
-		for (uint32_t i = 0; i < count && v; i++) {
-			if (v[i])
-				sess_table_remove(&s->sessions, v[i]);
-			sess_free(v[i]);
-		}
+	rc = sessions_finish(s, j, v, count, rc);
 	free(v);
 	return rc;
 }
