@@ -117,7 +117,6 @@ int store_export(store *s, const char *id_or_tag, void **buf, size_t *len)
 	int32_t *tokens = NULL;
 	size_t n_tok = 0, jlen, total;
 	uint8_t *out = NULL, *p;
-	int64_t key;
 	int rc;
 
 	if (!s || !buf || !len)
@@ -127,11 +126,7 @@ int store_export(store *s, const char *id_or_tag, void **buf, size_t *len)
 	if (rc)
 		return rc;
 	/* One read transaction, so state, transcript and model agree. */
-	rc = store_resolve_db(db, id_or_tag, id, NULL);
-	if (!rc)
-		rc = store_info_db(db, id, &in, &key);
-	if (!rc)
-		rc = store_payload_db(db, key, in.stored_size, &stored);
+	rc = store_state_read_db(db, id_or_tag, id, &in, &stored);
 	if (!rc)
 		rc = store_transcript_db(db, id, &tokens, &n_tok);
 	store_read_end(s, db);

@@ -778,8 +778,10 @@ int store_resolve_db(sqlite3 *db, const char *id_or_tag,
 	return rc;
 }
 
-int store_payload_db(sqlite3 *db, int64_t rowkey, size_t stored_size,
-		     void **out)
+/* Reads the stored payload of row rowkey (stored_size bytes expected) into
+ * *out (free()). */
+static int payload_read(sqlite3 *db, int64_t rowkey, size_t stored_size,
+			void **out)
 {
 	sqlite3_blob *blob = NULL;
 	void *buf = NULL;
@@ -816,6 +818,48 @@ int store_payload_db(sqlite3 *db, int64_t rowkey, size_t stored_size,
 out:
 	free(buf);
 	sqlite3_blob_close(blob);
+	return rc;
+}
+
+int store_state_read_db(sqlite3 *db, const char *id_or_tag,
+			char id[STORE_ID_SIZE], store_state_info *info,
+			void **stored)
+{
+	int64_t key;
+	int rc;
+
+	rc = store_resolve_db(db, id_or_tag, id, NULL);
+	if (!rc)
+		rc = store_info_db(db, id, info, &key);
+	if (rc || !stored)
+		return rc;
+	/* A recorded size past the codec's worst case is corruption; refuse
+	 * it before allocating for it. */
+	if (info->stored_size > CODEC_RAW_MAX + (CODEC_RAW_MAX >> 4))
+		rc = ssmd_err_set(SSMD_ECORRUPT, "state %s: stored size %llu "
+				  "out of range", id,
+				  (unsigned long long)info->stored_size);
+	else
+		rc = payload_read(db, key, info->stored_size, stored);
+	if (rc)
+		store_state_info_fini(info);
+	return rc;
+}
+
+/* Runs sql, an INSERT of ?1 = key and ?2 = the len bytes at blob, once. */
+static int blob_insert(sqlite3 *db, const char *sql, int64_t key,
+		       const void *blob, size_t len, const char *what)
+{
+	sqlite3_stmt *st = NULL;
+	int rc;
+
+	rc = store_sql_prepare(db, sql, &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_int64(st, 1, key);
+	sqlite3_bind_blob64(st, 2, blob, len, SQLITE_STATIC);
+	rc = store_sql_step(db, st, what);
+	sqlite3_finalize(st);
 	return rc;
 }
 
@@ -856,32 +900,14 @@ int store_row_insert(store *s, const store_row *row)
 		return rc;
 	key = sqlite3_last_insert_rowid(db);
 
-	rc = store_sql_prepare(db, "INSERT INTO payloads(n, data) VALUES(?1, ?2)", &st);
+	rc = blob_insert(db, "INSERT INTO payloads(n, data) VALUES(?1, ?2)", key,
+			 row->payload, row->payload_len, "insert payload");
+	if (!rc && row->n_transcript)
+		rc = blob_insert(db, "INSERT INTO transcripts(n, tokens) VALUES(?1, ?2)",
+				 key, row->transcript, row->transcript_len,
+				 "insert transcript");
 	if (rc)
 		return rc;
-	sqlite3_bind_int64(st, 1, key);
-	sqlite3_bind_blob64(st, 2, row->payload, row->payload_len,
-			    SQLITE_STATIC);
-	rc = store_sql_step(db, st, "insert payload");
-	sqlite3_finalize(st);
-	st = NULL;
-	if (rc)
-		return rc;
-
-	if (row->n_transcript) {
-		rc = store_sql_prepare(db, "INSERT INTO transcripts(n, tokens)"
-			     " VALUES(?1, ?2)", &st);
-		if (rc)
-			return rc;
-		sqlite3_bind_int64(st, 1, key);
-		sqlite3_bind_blob64(st, 2, row->transcript, row->transcript_len,
-				    SQLITE_STATIC);
-		rc = store_sql_step(db, st, "insert transcript");
-		sqlite3_finalize(st);
-		st = NULL;
-		if (rc)
-			return rc;
-	}
 
 	rc = store_sql_prepare(db, "INSERT INTO parents(child, ord, parent)"
 		     " VALUES(?1, ?2, ?3)", &st);
@@ -1083,7 +1109,6 @@ int store_state_get(store *s, const char *id_or_tag, void **raw, size_t *len,
 	sqlite3 *db;
 	char id[STORE_ID_SIZE];
 	void *stored = NULL, *dec = NULL;
-	int64_t key;
 	int rc;
 
 	if (!s || !raw || !len)
@@ -1092,15 +1117,7 @@ int store_state_get(store *s, const char *id_or_tag, void **raw, size_t *len,
 	rc = store_read_begin(s, &db);
 	if (rc)
 		return rc;
-	rc = store_resolve_db(db, id_or_tag, id, NULL);
-	if (!rc)
-		rc = store_info_db(db, id, &in, &key);
-	if (!rc && in.stored_size > CODEC_RAW_MAX + (CODEC_RAW_MAX >> 4))
-		rc = ssmd_err_set(SSMD_ECORRUPT, "state %s: stored size %llu "
-				  "out of range", id,
-				  (unsigned long long)in.stored_size);
-	if (!rc)
-		rc = store_payload_db(db, key, in.stored_size, &stored);
+	rc = store_state_read_db(db, id_or_tag, id, &in, &stored);
 	store_read_end(s, db);
 	/* Decompress and verify outside the read transaction. */
 	if (!rc) {
@@ -1128,7 +1145,6 @@ int store_state_info_get(store *s, const char *id_or_tag,
 {
 	sqlite3 *db;
 	char id[STORE_ID_SIZE];
-	int64_t key;
 	int rc;
 
 	if (!s || !info)
@@ -1136,9 +1152,7 @@ int store_state_info_get(store *s, const char *id_or_tag,
 	rc = store_read_begin(s, &db);
 	if (rc)
 		return rc;
-	rc = store_resolve_db(db, id_or_tag, id, NULL);
-	if (!rc)
-		rc = store_info_db(db, id, info, &key);
+	rc = store_state_read_db(db, id_or_tag, id, info, NULL);
 	store_read_end(s, db);
 	return rc;
 }

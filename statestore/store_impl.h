@@ -111,10 +111,15 @@ int store_resolve_db(sqlite3 *db, const char *id_or_tag,
 int store_info_db(sqlite3 *db, const char *id, store_state_info *info,
 		  int64_t *rowkey);
 
-/* Reads the stored payload of row rowkey (stored_size bytes expected) into
- * *buf (free()). */
-int store_payload_db(sqlite3 *db, int64_t rowkey, size_t stored_size,
-		     void **buf);
+/* Resolves id_or_tag into id, fills info from its row (release with
+ * store_state_info_fini()) and, when stored is not NULL, reads its stored
+ * payload (info->stored_size bytes, free()) — all in the caller's read
+ * transaction on db, so row and payload agree. SSMD_ECORRUPT for a stored
+ * size out of range or a payload that does not match the row. On error
+ * info holds nothing to release and *stored is untouched. */
+int store_state_read_db(sqlite3 *db, const char *id_or_tag,
+			char id[STORE_ID_SIZE], store_state_info *info,
+			void **stored);
 
 /* Tokens from the root to id, concatenated along the first-parent chain. */
 int store_transcript_db(sqlite3 *db, const char *id, int32_t **ids,
