@@ -92,16 +92,32 @@ out:
 
 /* -------------------------------------------------------------- lineage -- */
 
+/* Every state row that sql (selecting STORE_STATE_COLS, with ?1 bound to
+ * id) yields, into *out (n of them; free with store_info_array_free()). */
+static int infos_of(sqlite3 *db, const char *sql, const char *id,
+		    store_state_info **out, size_t *n)
+{
+	sqlite3_stmt *st = NULL;
+	int rc, more;
+
+	rc = store_sql_prepare(db, sql, &st);
+	if (rc)
+		return rc;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	rc = store_infos_collect(db, st, SIZE_MAX, out, n, &more);
+	sqlite3_finalize(st);
+	return rc;
+}
+
 int store_lineage(store *s, const char *id_or_tag,
 		  store_state_info **ancestors, size_t *n_ancestors,
 		  store_state_info **children, size_t *n_children)
 {
-	sqlite3_stmt *st = NULL;
 	sqlite3 *db;
 	store_state_info *anc = NULL, *kids = NULL;
 	size_t na = 0, nk = 0;
 	char id[STORE_ID_SIZE];
-	int rc, more;
+	int rc;
 
 	if (!s)
 		return ssmd_err_set(SSMD_EINVAL, "store_lineage: NULL argument");
@@ -115,33 +131,22 @@ int store_lineage(store *s, const char *id_or_tag,
 		/* Every state reachable through parent links, each at its
 		 * smallest depth; IDs are time-ordered so the graph has no
 		 * cycles and the recursion ends. */
-		rc = store_sql_prepare(db,
-			     "WITH RECURSIVE anc(id, depth) AS ("
-			     " SELECT parent, 1 FROM parents WHERE child=?1"
-			     " UNION SELECT p.parent, a.depth+1 FROM parents p"
-			     " JOIN anc a ON p.child=a.id)"
-			     " SELECT " STORE_STATE_COLS " FROM states s JOIN"
-			     " (SELECT id AS aid, min(depth) AS d FROM anc"
-			     "  GROUP BY id) ON s.id=aid ORDER BY d, s.id", &st);
-		if (rc)
-			goto out;
-		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-		rc = store_infos_collect(db, st, SIZE_MAX, &anc, &na, &more);
-		sqlite3_finalize(st);
-		st = NULL;
+		rc = infos_of(db,
+			      "WITH RECURSIVE anc(id, depth) AS ("
+			      " SELECT parent, 1 FROM parents WHERE child=?1"
+			      " UNION SELECT p.parent, a.depth+1 FROM parents p"
+			      " JOIN anc a ON p.child=a.id)"
+			      " SELECT " STORE_STATE_COLS " FROM states s JOIN"
+			      " (SELECT id AS aid, min(depth) AS d FROM anc"
+			      "  GROUP BY id) ON s.id=aid ORDER BY d, s.id",
+			      id, &anc, &na);
 		if (rc)
 			goto out;
 	}
 	if (children && n_children) {
-		rc = store_sql_prepare(db, "SELECT " STORE_STATE_COLS " FROM states s WHERE"
-			     " s.id IN (SELECT child FROM parents WHERE parent=?1)"
-			     " ORDER BY s.id", &st);
-		if (rc)
-			goto out;
-		sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-		rc = store_infos_collect(db, st, SIZE_MAX, &kids, &nk, &more);
-		sqlite3_finalize(st);
-		st = NULL;
+		rc = infos_of(db, "SELECT " STORE_STATE_COLS " FROM states s WHERE"
+			      " s.id IN (SELECT child FROM parents WHERE parent=?1)"
+			      " ORDER BY s.id", id, &kids, &nk);
 		if (rc)
 			goto out;
 	}
