@@ -23,6 +23,7 @@
 #include <cjson/cJSON.h>
 
 #include "check.h"
+#include "testutil.h"
 #include "ssm.h"
 
 /* F32 weights against float64 references: float32 arithmetic over a few
@@ -57,27 +58,6 @@ static double rel(const float *a, const float *b, size_t n)
 	return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-static void *read_all(const char *path, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	char *buf = NULL;
-	long n;
-
-	if (!f)
-		return NULL;
-	if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 &&
-	    fseek(f, 0, SEEK_SET) == 0 && (buf = malloc(n + 1)) &&
-	    fread(buf, 1, n, f) == (size_t)n) {
-		buf[n] = 0;
-		*len = n;
-	} else {
-		free(buf);
-		buf = NULL;
-	}
-	fclose(f);
-	return buf;
-}
-
 typedef struct fixture {
 	char dir[1024];
 	int32_t tokens[256];
@@ -97,7 +77,7 @@ static int fixture_load(fixture *fx, const char *dir)
 	memset(fx, 0, sizeof(*fx));
 	snprintf(fx->dir, sizeof(fx->dir), "%s", dir);
 	snprintf(path, sizeof(path), "%s/reference.json", dir);
-	if (!(js = read_all(path, &len)))
+	if (!(js = test_file_read(path, &len)))
 		return -1;
 	root = cJSON_Parse(js);
 	free(js);
@@ -108,11 +88,11 @@ static int fixture_load(fixture *fx, const char *dir)
 			fx->tokens[fx->n_tokens++] = (int32_t)t->valuedouble;
 	cJSON_Delete(root);
 	snprintf(path, sizeof(path), "%s/ref_logits.f32", dir);
-	fx->logits = read_all(path, &len);
+	fx->logits = test_file_read(path, &len);
 	snprintf(path, sizeof(path), "%s/ref_ssm_state.f32", dir);
-	fx->ssm = read_all(path, &len);
+	fx->ssm = test_file_read(path, &len);
 	snprintf(path, sizeof(path), "%s/ref_conv_state.f32", dir);
-	fx->conv = read_all(path, &len);
+	fx->conv = test_file_read(path, &len);
 	return fx->logits && fx->ssm && fx->conv && fx->n_tokens ? 0 : -1;
 }
 

@@ -36,6 +36,7 @@
 
 #include "check.h"
 #include "sched_harness.h"
+#include "testutil.h"
 
 /* Events published by the scheduler: the stream test reads them. */
 static pthread_mutex_t ev_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -76,21 +77,12 @@ static float *read_f32(const char *path, size_t n)
 static int read_ref_tokens(const char *dir, int32_t *t, size_t *n)
 {
 	char path[1100];
-	FILE *f;
 	char *text;
-	long len;
 	cJSON *root, *ids = NULL, *it;
 
 	snprintf(path, sizeof(path), "%s/reference.json", dir);
-	if (!(f = fopen(path, "rb")))
+	if (!(text = test_file_read(path, NULL)))
 		return -1;
-	fseek(f, 0, SEEK_END);
-	len = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	text = calloc(1, (size_t)len + 1);
-	if (fread(text, 1, (size_t)len, f) != (size_t)len)
-		len = 0;
-	fclose(f);
 	root = cJSON_Parse(text);
 	free(text);
 	cJSON_ArrayForEach(it, root) {

@@ -34,35 +34,11 @@
 
 #include "ssm_impl.h"
 #include "check.h"
+#include "testutil.h"
 
 #define TOL 1e-5
 
 /* ------------------------------------------------------------- helpers -- */
-
-static char *slurp(const char *path, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	char *buf;
-	long n;
-
-	if (!f)
-		return NULL;
-	fseek(f, 0, SEEK_END);
-	n = ftell(f);
-	fseek(f, 0, SEEK_SET);
-	buf = malloc((size_t)n + 1);
-	if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-		free(buf);
-		buf = NULL;
-	}
-	fclose(f);
-	if (buf) {
-		buf[n] = 0;
-		if (len)
-			*len = (size_t)n;
-	}
-	return buf;
-}
 
 static int spew(const char *path, const void *data, size_t len)
 {
@@ -138,7 +114,7 @@ static int copy_dir(const char *src, char *dst /* cap 256 */)
 			continue;
 		snprintf(ps, sizeof ps, "%s/%s", src, e->d_name);
 		snprintf(pd, sizeof pd, "%s/%s", dst, e->d_name);
-		buf = slurp(ps, &len);
+		buf = test_file_read(ps, &len);
 		if (!buf || !spew(pd, buf, len)) {
 			free(buf);
 			closedir(d);
@@ -188,7 +164,7 @@ static float *read_f32(const char *dir, const cJSON *part, size_t want)
 	if (!cJSON_IsString(file))
 		return NULL;
 	snprintf(path, sizeof path, "%s/%s", dir, file->valuestring);
-	buf = slurp(path, &len);
+	buf = test_file_read(path, &len);
 	if (buf && len != want * 4) {
 		fprintf(stderr, "%s: %zu bytes, want %zu\n", path, len, want * 4);
 		free(buf);
@@ -206,7 +182,7 @@ static int fixture_load(const char *dir, const ssm_config *c, fixture *fx)
 
 	memset(fx, 0, sizeof *fx);
 	snprintf(path, sizeof path, "%s/reference.json", dir);
-	text = slurp(path, NULL);
+	text = test_file_read(path, NULL);
 	ref = text ? cJSON_Parse(text) : NULL;
 	free(text);
 	toks = cJSON_GetObjectItem(ref, "tokens");
@@ -595,7 +571,7 @@ static int st_read(const char *dir, st_file *f)
 	uint64_t hl = 0;
 
 	snprintf(path, sizeof path, "%s/model.safetensors", dir);
-	buf = slurp(path, &len);
+	buf = test_file_read(path, &len);
 	if (!buf)
 		return 0;
 	for (int i = 0; i < 8; i++)
@@ -661,7 +637,7 @@ static void config_edit(const char *dir, const char *key, cJSON *val)
 	cJSON *root;
 
 	snprintf(path, sizeof path, "%s/config.json", dir);
-	text = slurp(path, NULL);
+	text = test_file_read(path, NULL);
 	root = cJSON_Parse(text);
 	free(text);
 	if (val)
@@ -689,8 +665,8 @@ static void loader_errors(const char *src)
 	}
 	snprintf(path, sizeof path, "%s/model.safetensors", dir);
 	snprintf(cfg_path, sizeof cfg_path, "%s/config.json", dir);
-	cfg = slurp(cfg_path, &cfg_len);
-	weights = slurp(path, &w_len);
+	cfg = test_file_read(cfg_path, &cfg_len);
+	weights = test_file_read(path, &w_len);
 #define RESTORE() (spew(cfg_path, cfg, cfg_len), spew(path, weights, w_len))
 
 	/* the pristine copy loads, and fingerprints like the original */
@@ -963,7 +939,7 @@ static void forward_cli(const char *build_root, const char *fx_dir)
 		 "--tokens-file %s --logits %s --state %s --backend cpu "
 		 "--threads 2", build_root, fx_dir, tok_path, lg_path, st_path);
 	CHECK(system(cmd) == 0, "%s failed", cmd);
-	lg = slurp(lg_path, &len);
+	lg = test_file_read(lg_path, &len);
 	size_t V = (size_t)ssm_model_config(m)->vocab_size;
 	CHECK(lg && len == fx.n * V * 4, "ssm-forward wrote %zu bytes", len);
 	if (lg && len == fx.n * V * 4) {
@@ -971,7 +947,7 @@ static void forward_cli(const char *build_root, const char *fx_dir)
 		CHECK(e <= TOL, "ssm-forward logits rel err %.3g", e);
 	}
 	free(lg);
-	stb = slurp(st_path, &len);
+	stb = test_file_read(st_path, &len);
 	CHECK(stb && ssm_state_decode(stb, len, &st) == SSMD_OK,
 	      "ssm-forward state does not decode");
 	if (st) {

@@ -52,54 +52,22 @@
 
 #include "ssm.h"
 #include "check.h"
+#include "testutil.h"
 
 /* ------------------------------------------------------------- helpers -- */
 
+/* The test's random stream (splitmix64), seeded in main(). */
 static uint64_t rng_s;
-
-/* splitmix64 */
-static uint64_t rng_next(void)
-{
-	uint64_t z = (rng_s += 0x9e3779b97f4a7c15ull);
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
 
 /* uniform in [0, 1) */
 static double rng_unit(void)
 {
-	return (double)(rng_next() >> 11) * 0x1p-53;
+	return (double)(test_splitmix64(&rng_s) >> 11) * 0x1p-53;
 }
 
 static uint32_t rng_below(uint32_t n)
 {
-	return (uint32_t)(rng_next() % n);
-}
-
-static char *slurp(const char *path, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	char *buf = NULL;
-	long n;
-
-	if (!f)
-		return NULL;
-	if (fseek(f, 0, SEEK_END) == 0 && (n = ftell(f)) >= 0 &&
-	    fseek(f, 0, SEEK_SET) == 0) {
-		buf = malloc((size_t)n + 1);
-		if (buf && fread(buf, 1, (size_t)n, f) != (size_t)n) {
-			free(buf);
-			buf = NULL;
-		}
-		if (buf) {
-			buf[n] = 0;
-			if (len)
-				*len = (size_t)n;
-		}
-	}
-	fclose(f);
-	return buf;
+	return (uint32_t)(test_splitmix64(&rng_s) % n);
 }
 
 static size_t n_ssm(const ssm_state *s)
@@ -194,7 +162,7 @@ static double *st_read(const char *dir, const char *name, size_t want)
 	size_t len, hlen, begin, end, esz;
 
 	snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
-	if ((text = slurp(path, NULL))) {
+	if ((text = test_file_read(path, NULL))) {
 		idx = cJSON_Parse(text);
 		e = cJSON_GetObjectItem(cJSON_GetObjectItem(idx, "weight_map"), name);
 		if (cJSON_IsString(e))
@@ -203,7 +171,7 @@ static double *st_read(const char *dir, const char *name, size_t want)
 		free(text);
 	}
 	snprintf(path, sizeof path, "%s/%s", dir, file);
-	buf = slurp(path, &len);
+	buf = test_file_read(path, &len);
 	if (!buf || len < 8)
 		goto done;
 	hlen = 0;
@@ -489,7 +457,7 @@ static void random_fill(ssm_state *st)
 	for (int a = 0; a < 4; a++)
 		for (size_t i = 0; i < lens[a]; i++)
 			arrs[a][i] = (float)((2.0 * rng_unit() - 1.0) * scale);
-	st->n_tokens = rng_next() % 100000;
+	st->n_tokens = test_splitmix64(&rng_s) % 100000;
 }
 
 /* out against sum_j w_j x_j / W in double, element by element. */
@@ -556,7 +524,7 @@ static void interpolate_random(void)
 		char what[64];
 
 		for (int i = 0; i < SSM_FINGERPRINT_LEN; i++)
-			fp[i] = (uint8_t)rng_next();
+			fp[i] = (uint8_t)test_splitmix64(&rng_s);
 		for (size_t j = 0; j < n; j++) {
 			ok &= !ssm_state_alloc(SSM_ARCH_MAMBA1, L, di, N, K, d,
 					       &src[j]);

@@ -11,6 +11,7 @@
 #include <xxhash.h>
 
 #include "check.h"
+#include "testutil.h"
 #include "codec.h"
 #include "ssm_state.h"
 #include "store.h"
@@ -24,16 +25,6 @@
 #define DM 32
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
-
-static uint64_t next_u64(void)
-{
-	/* splitmix64 */
-	uint64_t z = (rng += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
 
 static float bits_f(uint32_t u)
 {
@@ -75,15 +66,15 @@ static void make_state(fill how, void **buf, size_t *len)
 
 	if (ssm_state_alloc(SSM_ARCH_MAMBA1, NL, DI, DS, DC, DM, &st))
 		abort();
-	st->n_tokens = next_u64() >> 20;
+	st->n_tokens = test_splitmix64(&rng) >> 20;
 	for (int i = 0; i < SSM_FINGERPRINT_LEN; i++)
-		st->fingerprint[i] = (uint8_t)next_u64();
+		st->fingerprint[i] = (uint8_t)test_splitmix64(&rng);
 	f = st->ssm; /* one block holds all four arrays */
 	n = N_FLOATS;
 	for (size_t i = 0; i < n; i++) {
 		switch (how) {
 		case FILL_RANDOM_BITS:
-			f[i] = bits_f((uint32_t)next_u64());
+			f[i] = bits_f((uint32_t)test_splitmix64(&rng));
 			break;
 		case FILL_SPECIALS:
 			f[i] = bits_f(specials[i % (sizeof(specials) / 4)] ^
@@ -97,10 +88,10 @@ static void make_state(fill how, void **buf, size_t *len)
 			break;
 		case FILL_NORMAL: {
 			/* sign, exponent in [-20, 20], random mantissa */
-			uint32_t m = (uint32_t)next_u64() & 0x7fffffu;
-			uint32_t e = (uint32_t)(127 - 20 + next_u64() % 41);
+			uint32_t m = (uint32_t)test_splitmix64(&rng) & 0x7fffffu;
+			uint32_t e = (uint32_t)(127 - 20 + test_splitmix64(&rng) % 41);
 
-			f[i] = bits_f((uint32_t)(next_u64() & 1) << 31 | e << 23 | m);
+			f[i] = bits_f((uint32_t)(test_splitmix64(&rng) & 1) << 31 | e << 23 | m);
 			break;
 		}
 		}
@@ -210,7 +201,7 @@ static void test_lossy(int lossy)
 
 		for (size_t i = 0; i < (size_t)NL * DI * (DS + DC - 1); i++)
 			f[i] = bits_f((f_bits(f[i]) & 0x807fffffu) |
-				      (uint32_t)(127 - 14 + next_u64() % 30) << 23);
+				      (uint32_t)(127 - 14 + test_splitmix64(&rng) % 30) << 23);
 	}
 	CHECK_RC(ssm_state_layout_of(raw, len, &lay), SSMD_OK);
 	CHECK_RC(store_codec_encode(raw, len, lossy, &enc, &elen, &codec, &hash),
@@ -316,7 +307,7 @@ static void test_damage(void)
 		/* every byte position of a small payload, a random bit each */
 		for (size_t pos = 0; pos < elen; pos += 1 + elen / 400) {
 			uint8_t *e = enc;
-			uint8_t mask = (uint8_t)(1u << (next_u64() % 8));
+			uint8_t mask = (uint8_t)(1u << (test_splitmix64(&rng) % 8));
 
 			e[pos] ^= mask;
 			dec = NULL;
@@ -406,7 +397,7 @@ static void *make_large(int smooth, size_t *len)
 	n = (ssm_state_encoded_size(st) - SSM_STATE_HEADER_SIZE) / 4;
 	for (size_t i = 0; i < n; i++)
 		st->ssm[i] = smooth ? (float)sin((double)i * 1e-3) :
-				      bits_f((uint32_t)next_u64());
+				      bits_f((uint32_t)test_splitmix64(&rng));
 	*len = ssm_state_encoded_size(st);
 	buf = malloc(*len);
 	if (!buf || ssm_state_encode(st, buf, *len))
@@ -488,7 +479,7 @@ static void test_large(void)
 		CHECK(f1 > 0 && f1 < elen, "lossless large payload is two "
 		      "frames (first %zu of %zu bytes)", f1, elen);
 		for (size_t pos = 0; pos < elen; pos += 1 + elen / 150) {
-			uint8_t mask = (uint8_t)(1u << (next_u64() % 8));
+			uint8_t mask = (uint8_t)(1u << (test_splitmix64(&rng) % 8));
 			int rc;
 
 			e[pos] ^= mask;

@@ -16,28 +16,15 @@
 #include <xxhash.h>
 
 #include "check.h"
+#include "testutil.h"
 #include "codec.h"
 #include "ssm_state.h"
 #include "store.h"
 
 static char dir[256];
 
+/* The file's shared random stream (splitmix64); threads use their own. */
 static uint64_t rng_state = 0x243f6a8885a308d3ull;
-
-/* splitmix64 step on *st; rnd() uses the file's shared stream. */
-static uint64_t rnd_from(uint64_t *st)
-{
-	uint64_t z = (*st += 0x9e3779b97f4a7c15ull);
-
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-	return z ^ (z >> 31);
-}
-
-static uint64_t rnd(void)
-{
-	return rnd_from(&rng_state);
-}
 
 static const uint8_t fp_a[16] = "model-A-fingerp";
 static const uint8_t fp_b[16] = "model-B-fingerp";
@@ -61,7 +48,7 @@ static void *make_state(const uint8_t fp[16], uint64_t n_tokens,
 	f = st->ssm;
 	for (size_t i = 0; i < n; i++) {
 		if (noisy) {
-			uint32_t u = (uint32_t)rnd_from(&local);
+			uint32_t u = (uint32_t)test_splitmix64(&local);
 
 			memcpy(&f[i], &u, 4);
 		} else {
@@ -726,7 +713,7 @@ static void test_export_import(void)
 			uint8_t junk[4096];
 
 			for (size_t i = 0; i < sizeof(junk); i++)
-				junk[i] = (uint8_t)rnd();
+				junk[i] = (uint8_t)test_splitmix64(&rng_state);
 			CHECK_RC(store_import(b, junk, sizeof(junk), id),
 				 SSMD_EFORMAT);
 		}

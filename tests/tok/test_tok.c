@@ -26,29 +26,9 @@
 
 #include "daemon/tok.h"
 #include "check.h"
+#include "testutil.h"
 
 static char neox_path[4096];
-
-static char *read_all(const char *path, size_t *len)
-{
-	FILE *f = fopen(path, "rb");
-	if (!f)
-		return NULL;
-	fseek(f, 0, SEEK_END);
-	long size = ftell(f);
-	rewind(f);
-	char *buf = malloc((size_t)size + 1);
-	if (buf && fread(buf, 1, (size_t)size, f) != (size_t)size) {
-		free(buf);
-		buf = NULL;
-	}
-	fclose(f);
-	if (buf) {
-		buf[size] = '\0';
-		*len = (size_t)size;
-	}
-	return buf;
-}
 
 static int write_file(const char *path, const char *data, size_t len)
 {
@@ -330,7 +310,7 @@ static void test_errors(const tok_tokenizer *tok, const char *tmpdir)
 
 	/* the real file cut in half: not JSON any more */
 	size_t len = 0;
-	char *data = read_all(neox_path, &len);
+	char *data = test_file_read(neox_path, &len);
 	CHECK(data != NULL, "cannot read %s", neox_path);
 	if (data) {
 		snprintf(path, sizeof(path), "%s/tok-truncated-%d.json", tmpdir, (int)getpid());
