@@ -188,18 +188,25 @@ out:
 
 /* ----------------------------------------------------------------- tags -- */
 
+/* Checks the arguments of fn (a tag writer) and begins the write
+ * transaction, which the caller ends with store_write_end(). */
+static int tag_write_begin(store *s, const char *name, const char *fn)
+{
+	if (!s)
+		return ssmd_err_set(SSMD_EINVAL, "%s: NULL", fn);
+	if (!store_tag_name_valid(name))
+		return ssmd_err_set(SSMD_EINVAL, "invalid tag name '%.64s'",
+				    name ? name : "");
+	return store_write_begin(s);
+}
+
 int store_tag_set(store *s, const char *name, const char *id_or_tag)
 {
 	sqlite3_stmt *st = NULL;
 	char id[STORE_ID_SIZE];
 	int rc;
 
-	if (!s)
-		return ssmd_err_set(SSMD_EINVAL, "store_tag_set: NULL");
-	if (!store_tag_name_valid(name))
-		return ssmd_err_set(SSMD_EINVAL, "invalid tag name '%.64s'",
-				    name ? name : "");
-	rc = store_write_begin(s);
+	rc = tag_write_begin(s, name, "store_tag_set");
 	if (rc)
 		return rc;
 	rc = store_resolve_db(s->wdb, id_or_tag, id, NULL);
@@ -220,12 +227,7 @@ int store_tag_delete(store *s, const char *name)
 {
 	int rc;
 
-	if (!s)
-		return ssmd_err_set(SSMD_EINVAL, "store_tag_delete: NULL");
-	if (!store_tag_name_valid(name))
-		return ssmd_err_set(SSMD_EINVAL, "invalid tag name '%.64s'",
-				    name ? name : "");
-	rc = store_write_begin(s);
+	rc = tag_write_begin(s, name, "store_tag_delete");
 	if (rc)
 		return rc;
 	rc = store_sql_exec_text(s->wdb, "DELETE FROM tags WHERE name=?1", name);
