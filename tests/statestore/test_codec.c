@@ -290,6 +290,38 @@ static void test_lossy_specials(void)
 	}
 }
 
+/* Flips one random bit at every step-th byte of the encoded payload enc
+ * (elen bytes, restored after each try) and decodes it against raw (len
+ * bytes, hash, codec). Counts the tries, the flips refused with
+ * SSMD_ECORRUPT, and returns how many were served wrong: bytes other than
+ * raw, or an error other than SSMD_ECORRUPT, or bytes with an error.
+ * LZ4 has redundant encodings (a match offset into a run of zeros): a flip
+ * may still decode to the very same state, which the hash then proves;
+ * that is not counted wrong. */
+static int flip_sweep(uint8_t *enc, size_t elen, size_t step, int codec,
+		      const void *raw, size_t len, uint64_t hash, int *tried,
+		      int *rejected)
+{
+	int bad = 0;
+
+	for (size_t pos = 0; pos < elen; pos += step) {
+		uint8_t mask = (uint8_t)(1u << (test_splitmix64(&rng) % 8));
+		void *dec = NULL;
+		int rc;
+
+		enc[pos] ^= mask;
+		rc = store_codec_decode(enc, elen, codec, len, hash, &dec);
+		if (rc == SSMD_OK ? memcmp(dec, raw, len) != 0 :
+		    rc != SSMD_ECORRUPT || dec)
+			bad++;
+		*rejected += rc == SSMD_ECORRUPT;
+		(*tried)++;
+		free(dec);
+		enc[pos] ^= mask;
+	}
+	return bad;
+}
+
 /* Decoding damaged or mislabelled bytes: always an error, never a crash,
  * never bytes back. */
 static void test_damage(void)
@@ -298,32 +330,16 @@ static void test_damage(void)
 		void *raw, *enc = NULL, *dec;
 		size_t len, elen;
 		uint64_t hash;
-		int codec, rc, bad = 0, rejected = 0, tried = 0;
+		int codec, bad, rejected = 0, tried = 0;
 
 		make_state(how, &raw, &len);
 		if (store_codec_encode(raw, len, STORE_LOSSY_NONE, &enc, &elen,
 				       &codec, &hash))
 			abort();
-		/* every byte position of a small payload, a random bit each */
-		for (size_t pos = 0; pos < elen; pos += 1 + elen / 400) {
-			uint8_t *e = enc;
-			uint8_t mask = (uint8_t)(1u << (test_splitmix64(&rng) % 8));
-
-			e[pos] ^= mask;
-			dec = NULL;
-			/* LZ4 has redundant encodings (a match offset into a
-			 * run of zeros): a flip may still decode to the very
-			 * same state, which the hash then proves. Anything
-			 * else must be refused. */
-			rc = store_codec_decode(enc, elen, codec, len, hash, &dec);
-			if (rc == SSMD_OK ? memcmp(dec, raw, len) != 0 :
-			    rc != SSMD_ECORRUPT || dec)
-				bad++;
-			rejected += rc == SSMD_ECORRUPT;
-			tried++;
-			free(dec);
-			e[pos] ^= mask;
-		}
+		/* about 400 byte positions of a small payload, a random bit
+		 * each */
+		bad = flip_sweep(enc, elen, 1 + elen / 400, codec, raw, len, hash,
+				 &tried, &rejected);
 		CHECK(bad == 0, "%s (%s): %d flipped payloads served wrong bytes",
 		      fill_name(how), store_codec_name(codec), bad);
 		/* at most a few flips land on a redundant bit */
@@ -467,7 +483,7 @@ static void test_large(void)
 		void *raw, *enc = NULL, *dec = NULL;
 		size_t len, elen, f1;
 		uint64_t hash;
-		int codec, bad = 0, tried = 0;
+		int codec, bad, tried = 0, rejected = 0;
 		uint8_t *e, *sw;
 
 		raw = make_large(1, &len);
@@ -478,20 +494,8 @@ static void test_large(void)
 		f1 = first_frame_len(e, elen, len);
 		CHECK(f1 > 0 && f1 < elen, "lossless large payload is two "
 		      "frames (first %zu of %zu bytes)", f1, elen);
-		for (size_t pos = 0; pos < elen; pos += 1 + elen / 150) {
-			uint8_t mask = (uint8_t)(1u << (test_splitmix64(&rng) % 8));
-			int rc;
-
-			e[pos] ^= mask;
-			dec = NULL;
-			rc = store_codec_decode(enc, elen, codec, len, hash, &dec);
-			if (rc == SSMD_OK ? memcmp(dec, raw, len) != 0 :
-			    rc != SSMD_ECORRUPT || dec)
-				bad++;
-			tried++;
-			free(dec);
-			e[pos] ^= mask;
-		}
+		bad = flip_sweep(e, elen, 1 + elen / 150, codec, raw, len, hash,
+				 &tried, &rejected);
 		CHECK(bad == 0, "two frames: %d of %d flips served wrong bytes",
 		      bad, tried);
 		dec = NULL;
