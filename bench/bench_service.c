@@ -32,19 +32,13 @@
  *   page-out + page-in: 3.7 ms (d64 x 2L, mostly the commit's fsync),
  *   27 ms (d768 x 24L: 73 ms per paged 1-token request, 47 ms resident).
  */
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "daemon/config.h"
-#include "daemon/job.h"
-#include "daemon/scheduler.h"
-#include "proto.h"
-#include "ssm.h"
-#include "store.h"
+#include "sched_harness.h"
 
 static double now_s(void)
 {
@@ -61,101 +55,41 @@ static int cmp_double(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-/* A reply slot a request's job fills from the scheduler's thread. */
-struct box {
-	pthread_mutex_t m;
-	pthread_cond_t c;
-	int done;
-	unsigned code;
-	char *first_id;          /* open: the session ID */
-};
-
-static void on_reply(void *arg, const void *reply, size_t len)
+/* Ends the benchmark when a request failed: its figures would mean nothing. */
+static void check_ok(int code)
 {
-	struct box *b = arg;
-	Ssmd__Reply *r = ssmd__reply__unpack(NULL, len, reply);
-
-	pthread_mutex_lock(&b->m);
-	b->code = r ? r->code : SSMD_ENOMEM;
-	if (r && r->result_case == SSMD__REPLY__RESULT_SESSIONS &&
-	    r->sessions->n_sessions)
-		b->first_id = strdup(r->sessions->sessions[0]->id);
-	if (r)
-		ssmd__reply__free_unpacked(r, NULL);
-	b->done = 1;
-	pthread_cond_signal(&b->c);
-	pthread_mutex_unlock(&b->m);
-}
-
-static void submit(sched *s, Ssmd__Request *q, struct box *b)
-{
-	static unsigned long next;
-	char rid[32];
-	Ssmd__Request *dec;
-	struct job *j;
-	void *buf;
-	size_t len;
-
-	pthread_mutex_init(&b->m, NULL);
-	pthread_cond_init(&b->c, NULL);
-	b->done = 0;
-	b->first_id = NULL;
-	snprintf(rid, sizeof(rid), "b%lu", ++next);
-	q->has_version = 1;
-	q->version = PROTO_VERSION;
-	q->request_id = rid;
-	if (proto_msg_pack(&q->base, &buf, &len) ||
-	    proto_request_decode(buf, len, &dec) || job_alloc(dec, on_reply, b, &j) ||
-	    sched_submit(s, j)) {
-		fprintf(stderr, "bench_service: submit failed: %s\n", ssmd_errmsg());
+	if (code) {
+		fprintf(stderr, "bench_service: request failed with code %d (%s)\n",
+			code, ssmd_strerror(code));
 		exit(1);
 	}
-	free(buf);
 }
 
-static unsigned wait_box(struct box *b)
+/* Waits for b's reply and checks its code. */
+static void wait_ok(struct harness_box *b)
 {
-	pthread_mutex_lock(&b->m);
-	while (!b->done)
-		pthread_cond_wait(&b->c, &b->m);
-	pthread_mutex_unlock(&b->m);
-	pthread_cond_destroy(&b->c);
-	pthread_mutex_destroy(&b->m);
-	if (b->code) {
-		fprintf(stderr, "bench_service: request failed with code %u\n", b->code);
-		exit(1);
-	}
-	return b->code;
+	Ssmd__Reply *r = harness_box_wait(b);
+
+	check_ok((int)r->code);
+	harness_reply_free(r);
 }
 
+/* Opens an empty session; its ID (malloc). */
 static char *open_session(sched *s)
 {
-	Ssmd__Request q = SSMD__REQUEST__INIT;
-	Ssmd__OpenRequest o = SSMD__OPEN_REQUEST__INIT;
-	struct box b;
+	char *id = harness_open(s, NULL, 0, 0);
 
-	q.op_case = SSMD__REQUEST__OP_OPEN;
-	q.open = &o;
-	submit(s, &q, &b);
-	wait_box(&b);
-	return b.first_id;
+	if (!id) {
+		fprintf(stderr, "bench_service: open refused\n");
+		exit(1);
+	}
+	return id;
 }
 
-static void append_async(sched *s, const char *sid, int32_t *t, size_t n,
-			 struct box *b)
-{
-	Ssmd__Request q = SSMD__REQUEST__INIT;
-	Ssmd__AppendRequest a = SSMD__APPEND_REQUEST__INIT;
-
-	a.session = (char *)sid;
-	a.tokens = t;
-	a.n_tokens = n;
-	q.op_case = SSMD__REQUEST__OP_APPEND;
-	q.append = &a;
-	submit(s, &q, b);
-}
-
-static void generate_async(sched *s, const char *sid, uint32_t n, struct box *b)
+/* Queues a greedy generate of n tokens on session sid; its reply arrives
+ * in *b. */
+static void generate_async(sched *s, const char *sid, uint32_t n,
+			   struct harness_box *b)
 {
 	Ssmd__Request q = SSMD__REQUEST__INIT;
 	Ssmd__GenerateRequest g = SSMD__GENERATE_REQUEST__INIT;
@@ -165,7 +99,8 @@ static void generate_async(sched *s, const char *sid, uint32_t n, struct box *b)
 	g.max_tokens = n;
 	q.op_case = SSMD__REQUEST__OP_GENERATE;
 	q.generate = &g;
-	submit(s, &q, b);
+	harness_box_init(b);
+	check_ok(harness_submit(s, &q, NULL, b));
 }
 
 struct opts {
@@ -222,7 +157,7 @@ static double round_robin(const struct opts *o, const ssm_model *m, int slots)
 {
 	int vocab = ssm_model_config(m)->vocab_size, n = o->sessions;
 	char path[1024], **ids = calloc((size_t)n, sizeof(*ids));
-	struct box *b = calloc((size_t)n, sizeof(*b));
+	struct harness_box *b = calloc((size_t)n, sizeof(*b));
 	int32_t *prompt = malloc((size_t)o->prompt * sizeof(int32_t));
 	store *st;
 	cfg c;
@@ -234,15 +169,14 @@ static double round_robin(const struct opts *o, const ssm_model *m, int slots)
 	for (int i = 0; i < n; i++) {
 		for (int k = 0; k < o->prompt; k++)
 			prompt[k] = (int32_t)((i * 7919 + k * 104729) % vocab);
-		append_async(s, ids[i], prompt, (size_t)o->prompt, &b[i]);
-		wait_box(&b[i]);
+		check_ok(harness_append(s, ids[i], prompt, (size_t)o->prompt));
 	}
 	t0 = now_s();
 	for (int r = 0; r < o->rounds; r++) {
 		for (int i = 0; i < n; i++)
 			generate_async(s, ids[i], (uint32_t)o->tokens, &b[i]);
 		for (int i = 0; i < n; i++)
-			wait_box(&b[i]);
+			wait_ok(&b[i]);
 	}
 	t = now_s() - t0;
 	stop(s, &c, st, path);
@@ -259,22 +193,20 @@ static double alternate(const struct opts *o, const ssm_model *m, int slots)
 {
 	char path[1024], *ids[2];
 	double *ms = malloc((size_t)o->reps * sizeof(double)), med;
-	int32_t prompt[4] = {1, 2, 3, 4};
-	struct box b;
+	int32_t prompt[4] = {1, 2, 3, 4}, out[1];
+	size_t n_out;
 	store *st;
 	cfg c;
 	sched *s = start(o, m, slots, &c, &st, path, sizeof(path));
 
 	for (int i = 0; i < 2; i++) {
 		ids[i] = open_session(s);
-		append_async(s, ids[i], prompt, 4, &b);
-		wait_box(&b);
+		check_ok(harness_append(s, ids[i], prompt, 4));
 	}
 	for (int r = -2; r < o->reps; r++) {
 		for (int i = 0; i < 2; i++) {
 			double t0 = now_s();
-			generate_async(s, ids[i], 1, &b);
-			wait_box(&b);
+			check_ok(harness_generate(s, ids[i], 1, 0, 0, 0, out, &n_out));
 			/* Two warm-up rounds; then the second session's time. */
 			if (r >= 0 && i == 1)
 				ms[r] = (now_s() - t0) * 1e3;

@@ -81,6 +81,9 @@ Ssmd__Reply *harness_box_wait(struct harness_box *b)
 	while (!b->done)
 		pthread_cond_wait(&b->c, &b->m);
 	pthread_mutex_unlock(&b->m);
+	/* The scheduler thread let go of b when it unlocked after signalling. */
+	pthread_cond_destroy(&b->c);
+	pthread_mutex_destroy(&b->m);
 	r = ssmd__reply__unpack(NULL, b->len, b->buf);
 	free(b->buf);
 	b->buf = NULL;

@@ -1,6 +1,6 @@
 /*
  * sched_harness.h — drives the scheduler in-process for the daemon's tests
- * (test_sched, test_service), without sockets: each request is packed as it
+ * (test_sched, test_service) and bench_service, without sockets: each request is packed as it
  * would come from the network, decoded, wrapped in a job and handed to
  * sched_submit(); the packed reply comes back through a harness_box and is
  * unpacked here.
@@ -51,11 +51,13 @@ void harness_box_init(struct harness_box *b);
 int harness_submit(sched *s, Ssmd__Request *q, const char *rid,
 		   struct harness_box *b);
 
-/* 1 once b holds its reply; does not block. */
+/* 1 once b holds its reply; does not block. Only before
+ * harness_box_wait(). */
 int harness_box_done(struct harness_box *b);
 
 /* Blocks until b holds its reply and returns it unpacked (free with
- * harness_reply_free()). */
+ * harness_reply_free()). This finishes b: harness_box_init() makes it
+ * ready for another request. */
 Ssmd__Reply *harness_box_wait(struct harness_box *b);
 
 /* harness_submit() with a fresh request ID, then harness_box_wait(); aborts
