@@ -12,7 +12,11 @@
  *     and its tokens equal the uninterrupted run's. A generate running at
  *     the SIGTERM ends early with its tokens so far, and requests refused
  *     while the daemon stops are sent again, so each session asks for
- *     exactly the tokens it still lacks.
+ *     exactly the tokens it still lacks;
+ *   - at that SIGTERM one more session is in the middle of a long streamed
+ *     generate (20,000 tokens): it ends early with finish "canceled" and
+ *     the tokens so far, and after the restart the same session ID
+ *     generates the rest, together equal to the 20,000 tokens run alone.
  *
  * Comparisons are exact (token IDs): on one backend a state paged out and
  * resumed continues bit-for-bit, and greedy decoding depends only on the
@@ -41,6 +45,11 @@
  * RETRY_MS, at most RETRY_MAX times (60 s: far beyond a restart). */
 #define RETRY_MS 100
 #define RETRY_MAX 600
+/* The long generate cut by the SIGTERM; the daemons allow it in one
+ * request. It takes far longer than a stop, so the stop cuts it. */
+#define N_LONG 20000
+#define N_LONG_ARG "20000"
+static const int32_t long_prompt[] = {5, 6, 7};
 
 /* One session of the workload: its prompt and the tokens it got. */
 typedef struct sess_rec {
@@ -62,6 +71,18 @@ typedef struct workload {
 	atomic_int canceled;          /* of which ended by the SIGTERM */
 	atomic_int resent;            /* requests sent again */
 } workload;
+
+/* The long generate: its session, what it got, and whether it streams. */
+typedef struct long_gen {
+	e2e_daemon *d;
+	char session[SSMD_ID_MAX];
+	atomic_int streaming;         /* the first tokens arrived */
+	atomic_int returned;          /* the generate returned */
+	int rc;
+	int finish;
+	int32_t *got;                 /* (N_LONG) */
+	size_t n_got;
+} long_gen;
 
 typedef struct worker {
 	workload *wl;
@@ -165,10 +186,96 @@ prompts_done:
 	return NULL;
 }
 
+static void long_on_tokens(void *ctx, const int32_t *t, size_t n,
+			   const char *text, size_t text_len)
+{
+	(void)t;
+	(void)n;
+	(void)text;
+	(void)text_len;
+	atomic_store(&((long_gen *)ctx)->streaming, 1);
+}
+
+/* One streamed generate of up to N_LONG tokens on lg->session. */
+static void *long_main(void *arg)
+{
+	long_gen *lg = arg;
+	ssmd_client *c = NULL;
+	ssmd_generation *g = NULL;
+	ssmd_generate_args a;
+
+	if ((lg->rc = e2e_connect(lg->d, 0, &c)) == SSMD_OK) {
+		ssmd_generate_args_init(&a);
+		a.max_tokens = N_LONG;
+		lg->rc = ssmd_generate(c, lg->session, &a, long_on_tokens, lg, &g);
+	}
+	if (lg->rc == SSMD_OK && g->n_tokens <= N_LONG) {
+		memcpy(lg->got, g->tokens, g->n_tokens * sizeof *g->tokens);
+		lg->n_got = g->n_tokens;
+		lg->finish = g->finish;
+	}
+	ssmd_generation_free(g);
+	ssmd_client_close(c);
+	atomic_store(&lg->returned, 1);
+	return NULL;
+}
+
+/* Greedy tokens on session until got holds N_LONG (retrying refusals of a
+ * daemon that is restarting). */
+static int long_finish(const e2e_daemon *d, const char *session, int32_t *got,
+		       size_t *n_got)
+{
+	ssmd_client *c = NULL;
+	ssmd_generate_args a;
+	int tries = 0, rc;
+
+	if ((rc = e2e_connect(d, 0, &c)) != SSMD_OK)
+		return rc;
+	while (*n_got < N_LONG && rc == SSMD_OK) {
+		ssmd_generation *g = NULL;
+		ssmd_generate_args_init(&a);
+		a.max_tokens = (uint32_t)(N_LONG - *n_got);
+		rc = ssmd_generate(c, session, &a, NULL, NULL, &g);
+		if (rc == SSMD_OK) {
+			size_t n = g->n_tokens <= N_LONG - *n_got ? g->n_tokens
+				   : N_LONG - *n_got;
+			memcpy(got + *n_got, g->tokens, n * sizeof *got);
+			*n_got += n;
+		} else if (restart_refusal(rc) && ++tries <= RETRY_MAX) {
+			nng_msleep(RETRY_MS);
+			rc = SSMD_OK;
+		}
+		ssmd_generation_free(g);
+	}
+	ssmd_client_close(c);
+	return rc;
+}
+
+/* Opens the long generate's session with its prompt; its ID into id. */
+static int long_open(const e2e_daemon *d, char id[SSMD_ID_MAX])
+{
+	ssmd_client *c = NULL;
+	ssmd_session s;
+	int rc;
+
+	if ((rc = e2e_connect(d, 0, &c)) != SSMD_OK)
+		return rc;
+	rc = ssmd_session_open(c, NULL, &s);
+	if (!rc)
+		rc = ssmd_append_tokens(c, s.id, long_prompt,
+					sizeof long_prompt / sizeof long_prompt[0],
+					NULL);
+	if (!rc)
+		memcpy(id, s.id, SSMD_ID_MAX);
+	ssmd_client_close(c);
+	return rc;
+}
+
 /* Runs the workload on d (started) into recs; with stop_at > 0 the daemon
- * is stopped by SIGTERM once stop_at generate replies have arrived, and
- * started again on the same library. */
-static void workload_run(e2e_daemon *d, sess_rec *recs, int stop_at)
+ * is stopped by SIGTERM once stop_at generate replies have arrived and lg's
+ * long generate is streaming, and started again on the same library. */
+static void workload_run(e2e_daemon *d, sess_rec *recs, int stop_at,
+			 long_gen *lg)
 {
 	static workload wl;
 	worker w[N_WORKERS];
@@ -186,18 +293,28 @@ static void workload_run(e2e_daemon *d, sess_rec *recs, int stop_at)
 		pthread_create(&th[i], NULL, worker_main, &w[i]);
 	}
 	if (stop_at > 0) {
+		pthread_t tl;
 		int at;
 		while ((at = atomic_load(&wl.gens)) < stop_at)
+			nng_msleep(1);
+		pthread_create(&tl, NULL, long_main, lg);
+		while (!atomic_load(&lg->streaming) && !atomic_load(&lg->returned))
 			nng_msleep(1);
 		/* The workers keep sending while the daemon stops. */
 		CHECK(e2e_daemon_stop(d) == 0, "daemon did not exit cleanly on "
 		      "SIGTERM");
 		CHECK(at < N_SESS * N_ROUNDS, "the stop came after the workload");
 		CHECK(e2e_daemon_start(d) == 0, "daemon did not restart");
-		printf("restart after %d of %d generate turns; %d generates "
-		       "canceled by the stop, %d requests sent again\n", at,
+		pthread_join(tl, NULL);
+		printf("restart after %d of %d generate turns; %d short "
+		       "generates canceled by the stop, %d requests sent again; "
+		       "the long generate stopped after %zu tokens\n", at,
 		       N_SESS * N_ROUNDS, atomic_load(&wl.canceled),
-		       atomic_load(&wl.resent));
+		       atomic_load(&wl.resent), lg->n_got);
+		CHECK(lg->rc == SSMD_OK && lg->finish == SSMD_FINISH_CANCELED &&
+		      lg->n_got < N_LONG, "long generate at the SIGTERM: %s, "
+		      "finish %s after %zu tokens", ssmd_strerror(lg->rc),
+		      ssmd_finish_name(lg->finish), lg->n_got);
 	}
 	for (int i = 0; i < N_WORKERS; i++) {
 		pthread_join(th[i], NULL);
@@ -273,6 +390,8 @@ static void check_paged(const e2e_daemon *d, const char *run)
 int main(void)
 {
 	static sess_rec ref[N_SESS], rr[N_SESS], rs[N_SESS];
+	static int32_t long_got[N_LONG], long_ref[N_LONG];
+	static long_gen lg, ref_long = {.got = long_ref};
 	char store[E2E_PATH_MAX];
 	e2e_daemon alone, d, dr;
 	ssmd_client *c = NULL;
@@ -287,6 +406,8 @@ int main(void)
 	e2e_daemon_init(&alone, "alone", e2e_tiny_model(), store);
 	alone.extra[0] = "--slots";
 	alone.extra[1] = "256";
+	alone.extra[2] = "--max-generate-tokens";
+	alone.extra[3] = N_LONG_ARG;
 	if (e2e_daemon_start(&alone) != 0) {
 		CHECK(0, "reference daemon did not start");
 		return check_summary("e2e_scale");
@@ -301,6 +422,10 @@ int main(void)
 		rr[i] = rs[i] = ref[i];
 	}
 	CHECK_RC(reference_run(&alone, ref), SSMD_OK);
+	/* The long generate alone. */
+	CHECK_RC(long_open(&alone, ref_long.session), SSMD_OK);
+	CHECK_RC(long_finish(&alone, ref_long.session, ref_long.got,
+			     &ref_long.n_got), SSMD_OK);
 	CHECK(e2e_daemon_stop(&alone) == 0, "reference daemon exit");
 
 	/* 200 sessions round-robin on 4 slots. */
@@ -309,7 +434,7 @@ int main(void)
 	d.extra[0] = "--slots";
 	d.extra[1] = "4";
 	if (e2e_daemon_start(&d) == 0) {
-		workload_run(&d, rr, 0);
+		workload_run(&d, rr, 0, NULL);
 		compare("round-robin on 4 slots", rr, ref);
 		check_paged(&d, "round-robin");
 		CHECK(e2e_daemon_stop(&d) == 0, "round-robin daemon exit");
@@ -322,9 +447,21 @@ int main(void)
 	e2e_daemon_init(&dr, "restart", e2e_tiny_model(), store);
 	dr.extra[0] = "--slots";
 	dr.extra[1] = "4";
+	dr.extra[2] = "--max-generate-tokens";
+	dr.extra[3] = N_LONG_ARG;
 	if (e2e_daemon_start(&dr) == 0) {
-		workload_run(&dr, rs, N_SESS * N_ROUNDS / 2);
+		memset(&lg, 0, sizeof lg);
+		lg.d = &dr;
+		lg.got = long_got;
+		CHECK_RC(long_open(&dr, lg.session), SSMD_OK);
+		workload_run(&dr, rs, N_SESS * N_ROUNDS / 2, &lg);
 		compare("restart in the middle", rs, ref);
+		/* The cut generate continues by its session ID. */
+		CHECK_RC(long_finish(&dr, lg.session, lg.got, &lg.n_got), SSMD_OK);
+		CHECK(lg.n_got == N_LONG && ref_long.n_got == N_LONG &&
+		      memcmp(lg.got, ref_long.got, sizeof long_got) == 0,
+		      "the long generate cut by the restart and finished after it "
+		      "differs from running it alone");
 		if (dr.pid)
 			CHECK(e2e_daemon_stop(&dr) == 0, "restarted daemon exit");
 	} else {
