@@ -236,11 +236,12 @@ static int long_finish(const e2e_daemon *d, const char *session, int32_t *got,
 		ssmd_generate_args_init(&a);
 		a.max_tokens = (uint32_t)(N_LONG - *n_got);
 		rc = ssmd_generate(c, session, &a, NULL, NULL, &g);
-		if (rc == SSMD_OK) {
-			size_t n = g->n_tokens <= N_LONG - *n_got ? g->n_tokens
-				   : N_LONG - *n_got;
-			memcpy(got + *n_got, g->tokens, n * sizeof *got);
-			*n_got += n;
+		if (rc == SSMD_OK && g->n_tokens > N_LONG - *n_got) {
+			rc = ssmd_err_set(SSMD_EPROTO, "generate gave more "
+					  "tokens than max_tokens");
+		} else if (rc == SSMD_OK) {
+			memcpy(got + *n_got, g->tokens, g->n_tokens * sizeof *got);
+			*n_got += g->n_tokens;
 		} else if (restart_refusal(rc) && ++tries <= RETRY_MAX) {
 			nng_msleep(RETRY_MS);
 			rc = SSMD_OK;
