@@ -60,7 +60,8 @@ enum tok_cls tok_cls_of(int32_t cp);
 
 /* Whether cp is a "word" character of the \w used to check single_word
  * added tokens: letters, marks, decimal and letter numbers, connector
- * punctuation, and the zero-width (non-)joiners. */
+ * punctuation, the enclosed letters that Unicode counts as Alphabetic, and
+ * the zero-width (non-)joiners. */
 bool tok_is_word_char(int32_t cp);
 
 /* The GPT-2 split: given valid UTF-8 s[0..n) and a split boundary i < n,

@@ -197,6 +197,12 @@ bool tok_is_word_char(int32_t cp)
 {
 	if (cp == 0x200C || cp == 0x200D)
 		return true;
+	/* \w takes the Alphabetic property, not only the letter categories:
+	 * Other_Alphabetic also holds these enclosed letters of category So
+	 * (circled, squared, negative circled and negative squared Latin). */
+	if ((cp >= 0x24B6 && cp <= 0x24E9) || (cp >= 0x1F130 && cp <= 0x1F149) ||
+	    (cp >= 0x1F150 && cp <= 0x1F169) || (cp >= 0x1F170 && cp <= 0x1F189))
+		return true;
 	switch (utf8proc_category(cp)) {
 	case UTF8PROC_CATEGORY_LU:
 	case UTF8PROC_CATEGORY_LL:
