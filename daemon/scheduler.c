@@ -2025,6 +2025,9 @@ static void sched_drain(sched *s)
 				log_error("session %s: final checkpoint failed: %s",
 					  x->id, ssmd_errmsg());
 			ended++;
+		} else if (sched_store_retry(s, x, 1)) {
+			log_error("session %s: final checkpoint failed: %s", x->id,
+				  ssmd_errmsg());
 		}
 	}
 	log_info("stopping: storing %d session%s with unsaved progress", ended,
@@ -2049,8 +2052,9 @@ static double sched_expire(sched *s)
 				next = due;
 			continue;
 		}
-		if (sess_dirty(x) &&
-		    sess_store(s, x, STORE_KIND_CHECKPOINT, NULL, NULL, NULL, 1, NULL)) {
+		if (sess_dirty(x)
+			    ? sess_store(s, x, STORE_KIND_CHECKPOINT, NULL, NULL, NULL, 1, NULL)
+			    : sched_store_retry(s, x, 1)) {
 			log_warn("session %s: idle, but cannot be stored: %s", x->id,
 				 ssmd_errmsg());
 			continue;

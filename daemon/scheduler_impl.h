@@ -130,6 +130,15 @@ struct put_args {
 };
 void sched_store_put(struct put_args *a);
 
+/* For a session that is ending (shutdown, idle expiry) and has no progress
+ * since its base: when the put of that base failed (disk full), stores the
+ * state it kept again, as a checkpoint with the kept transcripts, so the
+ * session's last state is not lost with the process or the session. Whether
+ * it failed is known only on the store thread, after the earlier puts; a
+ * stored base needs nothing. Dirty, scratch and never-stored sessions are
+ * left alone (SSMD_OK). SSMD_ENOMEM (nothing posted). */
+int sched_store_retry(sched *s, struct sess *x, int log_commit);
+
 /* Reads the state of ref (or its kept copy after a failed put) for sess and
  * answers with DONE_LOADED. SSMD_ENOMEM (nothing posted). */
 int sched_store_load(sched *s, struct sess *sess, struct sref *ref);

@@ -127,6 +127,22 @@ static int put_transcript(struct put_args *a, struct sref **parent,
 	return SSMD_OK;
 }
 
+/* Frees a put's arguments and everything they own; NULL is a no-op. */
+static void put_args_free(struct put_args *a)
+{
+	if (!a)
+		return;
+	free(a->tokens);
+	ssm_state_free(a->st);
+	free(a->label);
+	free(a->tag);
+	free(a->sess_label);
+	free(a->extra);
+	sref_put(a->ref);
+	sref_put(a->parent);
+	free(a);
+}
+
 static void put_run(struct storeq_task *t)
 {
 	struct put_args *a = (struct put_args *)t;
@@ -218,20 +234,61 @@ done:
 	}
 	free(raw);
 	free(joined);
-	free(a->tokens);
-	ssm_state_free(a->st);
-	free(a->label);
-	free(a->tag);
-	free(a->sess_label);
-	free(a->extra);
-	sref_put(a->ref);
-	sref_put(a->parent);
-	free(a);
+	put_args_free(a);
 }
 
 void sched_store_put(struct put_args *a)
 {
 	storeq_post(a->s->sq, &a->task, put_run);
+}
+
+/* A session that ends (shutdown, idle expiry) with no progress since its
+ * base: when the put of that base failed, its state lives only in the sref,
+ * so it is put again now (after every earlier put, so the outcome is
+ * known), reaching back over the failed ones as any put does. */
+static void retry_run(struct storeq_task *t)
+{
+	struct put_args *a = (struct put_args *)t;
+	int rc;
+
+	if (!a->parent->rc) {
+		put_args_free(a); /* stored: nothing to do */
+		return;
+	}
+	rc = ssm_model_state_alloc(a->s->model, &a->st);
+	if (!rc)
+		rc = ssm_state_copy(a->st, a->parent->kept);
+	if (rc) {
+		log_error("session %s: its unsaved state cannot be stored again: %s",
+			  a->session, ssmd_errmsg());
+		put_args_free(a);
+		return;
+	}
+	put_run(t);
+}
+
+int sched_store_retry(sched *s, struct sess *x, int log_commit)
+{
+	struct put_args *a;
+
+	if (!x->base || sess_dirty(x) || x->scratch)
+		return SSMD_OK;
+	a = calloc(1, sizeof(*a));
+	if (!a || !(a->ref = sref_alloc()) ||
+	    (x->label && !(a->label = strdup(x->label))) ||
+	    (x->label && !(a->sess_label = strdup(x->label)))) {
+		put_args_free(a);
+		return ssmd_err_set(SSMD_ENOMEM, "storing session %s again", x->id);
+	}
+	a->s = s;
+	a->parent = sref_get(x->base);
+	a->kind = STORE_KIND_CHECKPOINT;
+	a->log_commit = log_commit;
+	a->persist = 1;
+	a->seed = x->seed;
+	memcpy(a->session, x->id, SESS_ID_SIZE);
+	storeq_post(s->sq, &a->task, retry_run);
+	return SSMD_OK;
 }
 
 /* ------------------------------------------------------- loads, opens -- */
