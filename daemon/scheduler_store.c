@@ -516,9 +516,10 @@ static void merge_run(struct storeq_task *t)
 			rc = reply_merge(j, out->n_tokens, NULL);
 			if (!rc && !(j->reply.merge->state_id = arena_strdup(&j->arena, id)))
 				rc = ssmd_err_set(SSMD_ENOMEM, "reply");
-			if (!rc)
+			if (!rc) {
 				job_finish(j, SSMD_OK, NULL);
-			j = NULL;
+				j = NULL;
+			}
 		}
 	}
 	if (!rc && j && !(dm = calloc(1, sizeof(*dm))))
