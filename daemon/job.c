@@ -100,6 +100,7 @@ void job_free(struct job *j)
 	sref_put(j->reply_ref);
 	free(j->reply_tag);
 	free(j->free_after);
+	free(j->closed);
 	gen_free(j->gen);
 	score_free(j->score);
 	merge_free(j->merge);

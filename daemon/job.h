@@ -46,6 +46,7 @@ typedef void (*job_reply_fn)(void *arg, const void *reply, size_t len);
 struct sess;
 struct sref;
 struct gen;
+struct done_msg;
 
 struct job {
 	struct storeq_task task;   /* when queued on the store thread */
@@ -91,6 +92,10 @@ struct job {
 	struct sref *reply_ref;
 	char *reply_tag;
 	void *free_after;          /* malloc'd reply payload (export bytes) */
+	/* close with a snapshot: posted to the scheduler (DONE_CLOSED, rc of
+	 * reply_ref) before the reply, which closes the session only once its
+	 * state is stored (owned until posted). */
+	struct done_msg *closed;
 };
 
 /* Makes a job owning req (taken even on failure). SSMD_ENOMEM. */

@@ -318,6 +318,38 @@ static int sess_store(sched *s, struct sess *x, store_kind kind,
 	return rc;
 }
 
+/* For a session with no progress since its base (not dirty, base set):
+ * stores the base's state again if its put failed (sched_store_heal()),
+ * with the given kind, tag and label; job (may be NULL) replies with it. */
+static int sess_store_again(sched *s, struct sess *x, store_kind kind,
+			    const char *tag, const char *label, struct job *job,
+			    int log_commit)
+{
+	struct put_args *a = calloc(1, sizeof(*a));
+
+	label = label ? label : x->label;
+	if (!a || (label && !(a->label = strdup(label))) ||
+	    (tag && !(a->tag = strdup(tag))) ||
+	    (x->label && !(a->sess_label = strdup(x->label)))) {
+		if (a) {
+			free(a->label);
+			free(a->tag);
+		}
+		free(a);
+		return ssmd_err_set(SSMD_ENOMEM, "snapshot");
+	}
+	a->s = s;
+	a->ref = sref_get(x->base);
+	a->kind = kind;
+	a->job = job;
+	a->log_commit = log_commit;
+	a->persist = !x->scratch;
+	a->seed = x->seed;
+	memcpy(a->session, x->id, SESS_ID_SIZE);
+	sched_store_heal(a);
+	return SSMD_OK;
+}
+
 static void slot_release(sched *s, struct sess *x)
 {
 	if (x->slot >= 0)
@@ -1329,28 +1361,42 @@ static int op_open_empty(sched *s, struct job *j, uint32_t count,
 	return rc;
 }
 
-/* Snapshot or close at the head of x's queue. */
+/* Snapshot or close at the head of x's queue. A close that stores a state
+ * sets x->closing: the session is closed only once that state is committed
+ * (DONE_CLOSED), and stays open with its state when the put fails. */
 static int op_store_session(sched *s, struct job *j, struct sess *x,
 			    const char *tag, const char *label, int closing,
 			    int want)
 {
 	int rc = reply_state_ref(j, x->n_tokens);
+	int stores = want && !(closing && x->n_tokens == 0);
 
 	if (rc)
 		return rc;
-	if (!want || (closing && x->n_tokens == 0)) {
+	if (stores && closing) {
+		/* Set before the job reaches the store thread, which posts it
+		 * back; freed with the job if nothing is posted. */
+		if (!(j->closed = calloc(1, sizeof(*j->closed))))
+			return ssmd_err_set(SSMD_ENOMEM, "close");
+		j->closed->type = DONE_CLOSED;
+		j->closed->s = s;
+		j->closed->sess = x;
+	}
+	if (!stores) {
 		/* Nothing to store. */
 	} else if (sess_dirty(x) || !x->base) {
 		rc = sess_store(s, x, STORE_KIND_SNAPSHOT, tag, label, j, 0, NULL);
 		if (rc)
 			return rc;
+		x->closing = closing;
 		j = NULL; /* the store thread replies after the commit */
 	} else {
-		/* No progress since the last stored state: that is the answer. */
-		j->reply_ref = sref_get(x->base);
-		if (tag && !(j->reply_tag = strdup(tag)))
-			return ssmd_err_set(SSMD_ENOMEM, "snapshot");
-		sched_store_reply(s, j);
+		/* No progress since the last stored state: that is the answer,
+		 * stored again first if its put had failed. */
+		rc = sess_store_again(s, x, STORE_KIND_SNAPSHOT, tag, label, j, 0);
+		if (rc)
+			return rc;
+		x->closing = closing;
 		j = NULL;
 	}
 	if (j)
@@ -1593,7 +1639,7 @@ static int sess_service_one(sched *s, struct sess *x)
 	const Ssmd__Request *q;
 	int ready, rc = SSMD_OK;
 
-	if (!j || j->started)
+	if (!j || j->started || x->closing)
 		return 0;
 	q = j->req;
 	x->last_used = ++s->tick;
@@ -1654,7 +1700,9 @@ static int sess_service_one(sched *s, struct sess *x)
 				      nonempty(q->close->label), 1, q->close->snapshot);
 		if (rc)
 			job_finish(j, rc, NULL);
-		else
+		if (x->closing)
+			return 0; /* closed at DONE_CLOSED */
+		if (!rc)
 			log_debug("closed session %s", x->id);
 		sess_close(s, x);
 		return 0;
@@ -1704,6 +1752,10 @@ static struct sess *sess_lookup(sched *s, const char *id, int *rc)
 {
 	struct sess *x = id && id[0] ? sess_table_find(&s->sessions, id) : NULL;
 
+	if (x && x->closing) {
+		*rc = ssmd_err_set(SSMD_ENOENT, "session '%s' is being closed", x->id);
+		return NULL;
+	}
 	if (!x)
 		*rc = id && id[0]
 			? ssmd_err_set(SSMD_ENOENT, "no open session '%.*s'", 64, id)
@@ -1856,7 +1908,15 @@ static void job_begin(sched *s, struct job *j)
 /* A store-thread completion arrives on the scheduler thread. */
 static void done_handle(sched *s, struct done_msg *m)
 {
-	if (m->type == DONE_LOADED) {
+	if (m->type == DONE_CLOSED) {
+		/* The close's reply is on its way; on failure the session
+		 * keeps its state (in memory) and takes requests again. */
+		m->sess->closing = 0;
+		if (!m->rc) {
+			log_debug("closed session %s", m->sess->id);
+			sess_close(s, m->sess);
+		}
+	} else if (m->type == DONE_LOADED) {
 		struct sess *x = m->sess;
 		int rc = m->rc;
 		x->loading = 0;
@@ -2025,7 +2085,9 @@ static void sched_drain(sched *s)
 				log_error("session %s: final checkpoint failed: %s",
 					  x->id, ssmd_errmsg());
 			ended++;
-		} else if (sched_store_retry(s, x, 1)) {
+		} else if (x->base &&
+			   sess_store_again(s, x, STORE_KIND_CHECKPOINT, NULL, NULL,
+					    NULL, 1)) {
 			log_error("session %s: final checkpoint failed: %s", x->id,
 				  ssmd_errmsg());
 		}
@@ -2045,7 +2107,7 @@ static double sched_expire(sched *s)
 	for (size_t i = s->sessions.n; i-- > 0;) {
 		struct sess *x = s->sessions.v[i];
 		double due = x->active_s + timeout;
-		if (x->head || x->loading)
+		if (x->head || x->loading || x->closing)
 			continue;
 		if (due > now) {
 			if (!next || due < next)
@@ -2054,7 +2116,8 @@ static double sched_expire(sched *s)
 		}
 		if (sess_dirty(x)
 			    ? sess_store(s, x, STORE_KIND_CHECKPOINT, NULL, NULL, NULL, 1, NULL)
-			    : sched_store_retry(s, x, 1)) {
+			    : x->base && sess_store_again(s, x, STORE_KIND_CHECKPOINT,
+							  NULL, NULL, NULL, 1)) {
 			log_warn("session %s: idle, but cannot be stored: %s", x->id,
 				 ssmd_errmsg());
 			continue;
@@ -2297,6 +2360,13 @@ void sched_stop(sched *s)
 	/* Completions that arrived after the scheduler stopped. */
 	while ((m = s->done_head)) {
 		s->done_head = m->next;
+		/* A close whose state was stored: the session table must not
+		 * reopen it at the next start. */
+		if (m->type == DONE_CLOSED && !m->rc) {
+			int rc = store_session_close(s->store, m->sess->id);
+			if (rc && rc != SSMD_ENOENT)
+				log_warn("session %s: %s", m->sess->id, ssmd_errmsg());
+		}
 		if (m->job)
 			job_finish(m->job, SSMD_ECLOSED, "the daemon is shutting down");
 		ssm_state_free(m->st);

@@ -68,6 +68,8 @@ enum done_type {
 	DONE_LOADED,   /* page-in of sess finished: st or rc */
 	DONE_OPENED,   /* open/fork/score of a stored state: st + id, or rc */
 	DONE_MERGED,   /* merge: st + id to open, or to replay onto */
+	DONE_CLOSED,   /* a close's snapshot of sess: committed (rc 0, close
+			* it now) or failed (rc: it stays open) */
 };
 
 enum merge_mode { MERGE_INTERPOLATE, MERGE_COMPOSE, MERGE_REPLAY };
@@ -130,14 +132,14 @@ struct put_args {
 };
 void sched_store_put(struct put_args *a);
 
-/* For a session that is ending (shutdown, idle expiry) and has no progress
- * since its base: when the put of that base failed (disk full), stores the
- * state it kept again, as a checkpoint with the kept transcripts, so the
- * session's last state is not lost with the process or the session. Whether
- * it failed is known only on the store thread, after the earlier puts; a
- * stored base needs nothing. Dirty, scratch and never-stored sessions are
- * left alone (SSMD_OK). SSMD_ENOMEM (nothing posted). */
-int sched_store_retry(sched *s, struct sess *x, int log_commit);
+/* For a session with no progress since its base a->ref (reference taken;
+ * a->st, a->parent and a->tokens unset): when the put of that base failed
+ * (disk full), stores the state it kept now, as a put of a's kind, label
+ * and session would, and the sref becomes that committed state in place.
+ * Whether it failed is known only here, after the earlier puts. Then, if
+ * a->job is set, finishes it as sched_store_reply() with the sref and a->tag
+ * (an error when it is still not stored). Takes a. */
+void sched_store_heal(struct put_args *a);
 
 /* Reads the state of ref (or its kept copy after a failed put) for sess and
  * answers with DONE_LOADED. SSMD_ENOMEM (nothing posted). */

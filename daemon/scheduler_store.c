@@ -25,10 +25,19 @@ static void reply_finish(struct job *j)
 	size_t n_ids = 0;
 	char *id = NULL;
 
+	if (j->closed) {
+		/* Before the reply, so a client that retries the close
+		 * after a failure finds its session open again. */
+		j->closed->rc = j->reply_ref ? j->reply_ref->rc : SSMD_OK;
+		sched_done_post(s, j->closed);
+		j->closed = NULL;
+	}
 	if (j->reply_ref) {
 		if (j->reply_ref->rc) {
 			job_finish(j, j->reply_ref->rc,
-				   "the state could not be stored (the session keeps it in memory): %s",
+				   "the state could not be stored (the session keeps it in memory%s): %s",
+				   j->req->op_case == SSMD__REQUEST__OP_CLOSE
+					   ? " and stays open" : "",
 				   ssmd_strerror(j->reply_ref->rc));
 			return;
 		}
@@ -143,17 +152,19 @@ static void put_args_free(struct put_args *a)
 	free(a);
 }
 
-static void put_run(struct storeq_task *t)
+/* Encodes st and stores it as a's put describes (kind, label, first parent
+ * a->parent reaching back over failed puts, transcript a->tokens, a merge's
+ * further parents, the session row); id gets the new ID at commit. */
+static int put_store(struct put_args *a, const ssm_state *st,
+		     char id[STORE_ID_SIZE])
 {
-	struct put_args *a = (struct put_args *)t;
 	sched *s = a->s;
 	struct sref *parent = NULL;
 	const int32_t *tokens = NULL;
 	int32_t *joined = NULL;
-	size_t n_tokens = 0, raw_len = ssm_state_encoded_size(a->st);
+	size_t n_tokens = 0, raw_len = ssm_state_encoded_size(st);
 	void *raw = malloc(raw_len);
 	char metadata[64 + SESS_ID_SIZE];
-	char id[STORE_ID_SIZE];
 	int rc;
 
 	if (!raw) {
@@ -163,7 +174,7 @@ static void put_run(struct storeq_task *t)
 	rc = put_transcript(a, &parent, &tokens, &n_tokens, &joined);
 	if (rc)
 		goto done;
-	rc = ssm_state_encode(a->st, raw, raw_len);
+	rc = ssm_state_encode(st, raw, raw_len);
 	if (rc)
 		goto done;
 	snprintf(metadata, sizeof(metadata), "{\"session\":\"%s\"}", a->session);
@@ -203,6 +214,17 @@ static void put_run(struct storeq_task *t)
 		rc = store_state_put(s->store, &p, id);
 	}
 done:
+	free(raw);
+	free(joined);
+	return rc;
+}
+
+static void put_run(struct storeq_task *t)
+{
+	struct put_args *a = (struct put_args *)t;
+	char id[STORE_ID_SIZE];
+	int rc = put_store(a, a->st, id);
+
 	if (rc == SSMD_OK) {
 		memcpy(a->ref->id, id, sizeof(id));
 		if (a->log_commit)
@@ -232,8 +254,6 @@ done:
 		a->tag = NULL;
 		reply_finish(a->job);
 	}
-	free(raw);
-	free(joined);
 	put_args_free(a);
 }
 
@@ -242,53 +262,56 @@ void sched_store_put(struct put_args *a)
 	storeq_post(a->s->sq, &a->task, put_run);
 }
 
-/* A session that ends (shutdown, idle expiry) with no progress since its
- * base: when the put of that base failed, its state lives only in the sref,
- * so it is put again now (after every earlier put, so the outcome is
- * known), reaching back over the failed ones as any put does. */
-static void retry_run(struct storeq_task *t)
+/* a->ref is the base of a session with no progress since. When its put
+ * failed, its kept state is stored now, reaching back over the failed puts
+ * before it as a put would, and on commit the sref becomes that committed
+ * state in place: every holder of it (the session, its forks) now builds on
+ * a stored state. Then the job, if any, replies with the sref. */
+static void heal_run(struct storeq_task *t)
 {
 	struct put_args *a = (struct put_args *)t;
+	struct sref *r = a->ref;
+	char id[STORE_ID_SIZE];
 	int rc;
 
-	if (!a->parent->rc) {
-		put_args_free(a); /* stored: nothing to do */
-		return;
+	if (r->rc) {
+		/* Borrowed from r for the put. */
+		a->parent = r->kept_parent;
+		a->tokens = r->kept_tokens;
+		a->n_tokens = r->n_kept;
+		rc = put_store(a, r->kept, id);
+		a->parent = NULL;
+		a->tokens = NULL;
+		a->n_tokens = 0;
+		if (rc == SSMD_OK) {
+			log_info("session %s -> state %s (%llu tokens), stored on a second attempt",
+				 a->session, id, (unsigned long long)r->kept->n_tokens);
+			memcpy(r->id, id, sizeof(id));
+			ssm_state_free(r->kept);
+			free(r->kept_tokens);
+			sref_put(r->kept_parent);
+			r->kept = NULL;
+			r->kept_tokens = NULL;
+			r->n_kept = 0;
+			r->kept_parent = NULL;
+			r->rc = SSMD_OK;
+		} else {
+			log_error("session %s: storing its state failed again (%s: %s); kept in memory",
+				  a->session, ssmd_strerror(rc), ssmd_errmsg());
+		}
 	}
-	rc = ssm_model_state_alloc(a->s->model, &a->st);
-	if (!rc)
-		rc = ssm_state_copy(a->st, a->parent->kept);
-	if (rc) {
-		log_error("session %s: its unsaved state cannot be stored again: %s",
-			  a->session, ssmd_errmsg());
-		put_args_free(a);
-		return;
+	if (a->job) {
+		a->job->reply_ref = sref_get(r);
+		a->job->reply_tag = a->tag;
+		a->tag = NULL;
+		reply_finish(a->job);
 	}
-	put_run(t);
+	put_args_free(a);
 }
 
-int sched_store_retry(sched *s, struct sess *x, int log_commit)
+void sched_store_heal(struct put_args *a)
 {
-	struct put_args *a;
-
-	if (!x->base || sess_dirty(x) || x->scratch)
-		return SSMD_OK;
-	a = calloc(1, sizeof(*a));
-	if (!a || !(a->ref = sref_alloc()) ||
-	    (x->label && !(a->label = strdup(x->label))) ||
-	    (x->label && !(a->sess_label = strdup(x->label)))) {
-		put_args_free(a);
-		return ssmd_err_set(SSMD_ENOMEM, "storing session %s again", x->id);
-	}
-	a->s = s;
-	a->parent = sref_get(x->base);
-	a->kind = STORE_KIND_CHECKPOINT;
-	a->log_commit = log_commit;
-	a->persist = 1;
-	a->seed = x->seed;
-	memcpy(a->session, x->id, SESS_ID_SIZE);
-	storeq_post(s->sq, &a->task, retry_run);
-	return SSMD_OK;
+	storeq_post(a->s->sq, &a->task, heal_run);
 }
 
 /* ------------------------------------------------------- loads, opens -- */

@@ -12,7 +12,9 @@
  * store thread fills in the ID at commit. Because the store thread runs its
  * tasks in order, any later task sees the ID of an earlier put. If a put
  * fails (disk full), the sref keeps the state and its transcript in memory,
- * so the session loses nothing and its next put reaches back over it.
+ * so the session loses nothing and its next put reaches back over it; a
+ * snapshot, close, shutdown or idle expiry with no progress since stores it
+ * again, and the sref then becomes that stored state in place.
  *
  * Threads: sessions and the session table belong to the scheduler thread.
  * An sref's reference count is atomic; its other fields are written at
@@ -71,6 +73,8 @@ struct sess {
 	int32_t *trans;           /* (n_trans) tokens consumed since base */
 	size_t n_trans, cap_trans;
 	uint64_t since_ckpt;      /* tokens since the last automatic checkpoint */
+	int closing;              /* a close waits for its snapshot's commit
+				   * (DONE_CLOSED): no new requests */
 	int scratch;              /* internal (a score of a stored state, a
 				   * replay merge): never checkpointed, listed
 				   * or kept across restarts; closed when its

@@ -7,6 +7,9 @@
  * with no newer progress must still reach the library before it ends:
  *   - at shutdown (SIGTERM stores every session's unsaved state), and
  *   - when it expires after idle_timeout.
+ * A close with a snapshot that cannot be stored fails and leaves the session
+ * open with its state (as the error says), so closing it again once there is
+ * room stores it.
  * Checked against what the test itself sent: the state the library lists for
  * the session holds exactly the appended tokens (count and transcript).
  *
@@ -173,6 +176,73 @@ static void check_saved(store *st, const char *x, const int32_t *tokens,
 	store_info_array_free(list, nl);
 }
 
+/* Closes sid with a snapshot; returns the reply's code and, on success, the
+ * state ID in id. */
+static int close_snapshot(sched *s, const char *sid, char id[STORE_ID_SIZE])
+{
+	Ssmd__Request q = SSMD__REQUEST__INIT;
+	Ssmd__CloseRequest c = SSMD__CLOSE_REQUEST__INIT;
+	Ssmd__Reply *r;
+	int code;
+
+	c.session = (char *)sid;
+	c.has_snapshot = c.snapshot = 1;
+	q.op_case = SSMD__REQUEST__OP_CLOSE;
+	q.close = &c;
+	r = harness_call(s, &q);
+	code = (int)r->code;
+	id[0] = 0;
+	if (!code && r->state_ref && r->state_ref->state_id)
+		snprintf(id, STORE_ID_SIZE, "%s", r->state_ref->state_id);
+	harness_reply_free(r);
+	return code;
+}
+
+/* A close whose snapshot fails, from a dirty session (its put carries the
+ * reply) and from a clean one whose last checkpoint failed (the reply waits
+ * for that put): the session stays open with its state. */
+static void test_close(const ssm_model *m, cfg *c, const int32_t *tokens,
+		       int dirty)
+{
+	char path[1200], id[STORE_ID_SIZE];
+	const char *when = dirty ? "close of a dirty session"
+				 : "close after a failed checkpoint";
+	store_state_info info;
+	int32_t *tr = NULL;
+	size_t ntr = 0;
+	store *st;
+	sched *s;
+	char *x;
+
+	snprintf(path, sizeof(path), "%s/close-%d.db", tmp, dirty);
+	st = full_store(path, m);
+	s = harness_start(c, m, NULL, st, NULL);
+	if (dirty) {
+		x = harness_open(s, NULL, 0, 0);
+		CHECK_RC(harness_append(s, x, tokens, N_APPEND), SSMD_OK);
+	} else {
+		x = evicted_unsaved(s, tokens);
+	}
+	CHECK_RC(close_snapshot(s, x, id), SSMD_ENOSPC);
+	room_make(st);
+	CHECK_RC(close_snapshot(s, x, id), SSMD_OK);
+	memset(&info, 0, sizeof(info));
+	CHECK(id[0] && store_state_info_get(st, id, &info) == SSMD_OK &&
+	      info.n_tokens == N_APPEND,
+	      "%s: closed again once there is room, its state holds its %d tokens",
+	      when, N_APPEND);
+	store_state_info_fini(&info);
+	if (id[0])
+		CHECK_RC(store_transcript(st, id, &tr, &ntr), SSMD_OK);
+	CHECK(ntr == N_APPEND && memcmp(tr, tokens, N_APPEND * sizeof(*tokens)) == 0,
+	      "%s: its transcript is the appended tokens", when);
+	free(tr);
+	CHECK_RC(harness_close(s, x), SSMD_ENOENT);
+	sched_free(s);
+	free(x);
+	store_close(st);
+}
+
 static void test_full(const char *fixtures)
 {
 	char dir[1024], path[1200];
@@ -206,6 +276,9 @@ static void test_full(const char *fixtures)
 	check_row(st, x, "shutdown");
 	free(x);
 	store_close(st);
+
+	test_close(m, &c, tokens, 1);
+	test_close(m, &c, tokens, 0);
 
 	/* Idle expiry: the same, when the session is closed for idleness. */
 	snprintf(path, sizeof(path), "%s/expire.db", tmp);
