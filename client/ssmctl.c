@@ -11,6 +11,7 @@
  * Exit status: 0 on success, 1 when the daemon or the connection fails (the
  * message goes to stderr), 2 on a usage error.
  */
+#include <assert.h>
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -242,13 +243,198 @@ static int write_file(const char *path, const void *data, size_t len)
 	return SSMD_OK;
 }
 
-/* --------------------------------------------------------- commands -- */
+/* ---------------------------------------------------------- options -- */
 
 typedef struct cmd_ctx {
 	ssmd_client *c;
 	int argc;
 	char **argv;   /* argv[0] is the command name */
+	uint64_t seed; /* the value of --seed, which the args structs point at */
 } cmd_ctx;
+
+/* How a command option stores its value; opt_spec.dst points at the type
+ * named first. */
+typedef enum opt_kind {
+	OPT_FLAG,  /* int: set to 1 (the option takes no value) */
+	OPT_STR,   /* const char *: the value, borrowed from argv */
+	OPT_U32,   /* uint32_t: a number within [min, max] (max 0: no bound) */
+	OPT_FLOAT, /* float (NaN and the like are the daemon's to refuse) */
+	OPT_SEED,  /* const uint64_t *: set to &cmd_ctx.seed, holding the value */
+	OPT_STRS,  /* opt_list of const char *: each use adds its value */
+	OPT_I32S,  /* opt_list of int32_t: each use adds one number */
+	OPT_F64S,  /* opt_list of double: each use adds "0.7,0.3" */
+} opt_kind;
+
+/* One option of a command; a command's table ends with {NULL}. */
+typedef struct opt_spec {
+	const char *name;  /* long name, without the dashes */
+	opt_kind kind;
+	void *dst;         /* where the value goes, of the type kind says */
+	char short_name;   /* also -X, or 0 */
+	uint32_t min, max; /* OPT_U32: the accepted range */
+	const char *bad;   /* usage message for a bad value (%s: the value);
+			      NULL: "bad --NAME: VALUE" */
+} opt_spec;
+
+/* Table rows: an option stored as kind says; a number within [min, max]
+ * (max 0: no bound); the end of the table. */
+#define OPT(name, kind, dst) {(name), (kind), (dst), 0, 0, 0, NULL}
+#define OPT_RANGE(name, dst, min, max) \
+	{(name), OPT_U32, (dst), 0, (min), (max), NULL}
+#define OPT_END {NULL, OPT_FLAG, NULL, 0, 0, 0, NULL}
+
+/* The values of a repeatable option. v holds argc entries, allocated by
+ * opts_parse() (a repeated option cannot appear more often than there are
+ * words); the command frees v, also when parsing failed. */
+typedef struct opt_list {
+	void *v;
+	size_t n;
+} opt_list;
+
+/* The most options one command has. */
+#define OPTS_MAX 16
+/* getopt_long value of a long-only option: this plus its index in the table. */
+#define OPT_LONG_ONLY 256
+
+static int opt_bad(const opt_spec *s, const char *arg)
+{
+	char fmt[64];
+
+	if (s->bad)
+		return usage(s->bad, arg);
+	snprintf(fmt, sizeof fmt, "bad --%s: %%s", s->name);
+	return usage(fmt, arg);
+}
+
+/* Adds each number of "0.7,0.3" to l (at most cap entries); -1 when one is
+ * not a number or there are too many. */
+static int parse_doubles(const char *s, opt_list *l, size_t cap)
+{
+	char *copy = strdup(s), *tok, *save = NULL, *end;
+	int bad = !copy;
+
+	for (tok = copy ? strtok_r(copy, ",", &save) : NULL; tok && !bad;
+	     tok = strtok_r(NULL, ",", &save)) {
+		errno = 0;
+		double w = strtod(tok, &end);
+		bad = errno || end == tok || *end || l->n >= cap;
+		if (!bad)
+			((double *)l->v)[l->n++] = w;
+	}
+	free(copy);
+	return bad ? -1 : 0;
+}
+
+/* Stores arg as s says; returns 0, or the exit status after the usage
+ * message when the value is bad. */
+static int opt_store(cmd_ctx *x, const opt_spec *s, const char *arg)
+{
+	opt_list *l = s->dst;
+	size_t cap = (size_t)x->argc;
+	uint32_t u;
+	int ok = 1;
+
+	switch (s->kind) {
+	case OPT_FLAG:
+		*(int *)s->dst = 1;
+		break;
+	case OPT_STR:
+		*(const char **)s->dst = arg;
+		break;
+	case OPT_U32:
+		ok = !parse_u32(arg, &u) && u >= s->min &&
+		     (!s->max || u <= s->max);
+		if (ok)
+			*(uint32_t *)s->dst = u;
+		break;
+	case OPT_FLOAT:
+		ok = !parse_float(arg, s->dst);
+		break;
+	case OPT_SEED:
+		ok = !parse_u64(arg, &x->seed);
+		if (ok)
+			*(const uint64_t **)s->dst = &x->seed;
+		break;
+	case OPT_STRS:
+		ok = l->n < cap;
+		if (ok)
+			((const char **)l->v)[l->n++] = arg;
+		break;
+	case OPT_I32S:
+		ok = l->n < cap && !parse_i32(arg, &((int32_t *)l->v)[l->n]);
+		if (ok)
+			l->n++;
+		break;
+	case OPT_F64S:
+		ok = !parse_doubles(arg, l, cap);
+		break;
+	}
+	return ok ? 0 : opt_bad(s, arg);
+}
+
+static size_t opt_list_elem(opt_kind kind)
+{
+	switch (kind) {
+	case OPT_STRS: return sizeof(const char *);
+	case OPT_I32S: return sizeof(int32_t);
+	case OPT_F64S: return sizeof(double);
+	default: return 0;
+	}
+}
+
+/* Parses the options of the command in x->argv by the table specs (options
+ * and operands may come in any order); optind then indexes the first
+ * operand. Returns 0, or the exit status after printing why not. */
+static int opts_parse(cmd_ctx *x, const opt_spec *specs)
+{
+	struct option lo[OPTS_MAX + 1];
+	char shorts[2 * OPTS_MAX + 1];
+	size_t n, ns = 0;
+	int o, rc;
+
+	for (n = 0; specs[n].name; n++) {
+		const opt_spec *s = &specs[n];
+		int has_arg = s->kind == OPT_FLAG ? no_argument : required_argument;
+		size_t elem = opt_list_elem(s->kind);
+
+		assert(n < OPTS_MAX);
+		lo[n] = (struct option){s->name, has_arg, NULL,
+			s->short_name ? s->short_name : OPT_LONG_ONLY + (int)n};
+		if (s->short_name) {
+			shorts[ns++] = s->short_name;
+			if (has_arg)
+				shorts[ns++] = ':';
+		}
+		if (elem && !(((opt_list *)s->dst)->v = calloc((size_t)x->argc, elem)))
+			return fail(x->argv[0], ssmd_err_set(SSMD_ENOMEM, "out of memory"));
+	}
+	lo[n] = (struct option){NULL, 0, NULL, 0};
+	shorts[ns] = '\0';
+	while ((o = getopt_long(x->argc, x->argv, shorts, lo, NULL)) != -1) {
+		const opt_spec *s = NULL;
+		for (size_t i = 0; i < n && !s; i++)
+			if (lo[i].val == o)
+				s = &specs[i];
+		if (!s)
+			return usage(NULL, NULL);
+		if ((rc = opt_store(x, s, optarg)))
+			return rc;
+	}
+	return 0;
+}
+
+/* Checks that between min and max operands (max -1: any number) follow the
+ * options; else prints the usage message msg (%s: the first extra one). */
+static int args_check(const cmd_ctx *x, int min, int max, const char *msg)
+{
+	int n = x->argc - optind;
+
+	if (n < min || (max >= 0 && n > max))
+		return usage(msg, x->argv[optind]);
+	return 0;
+}
+
+/* --------------------------------------------------------- commands -- */
 
 static int cmd_info(cmd_ctx *x)
 {
@@ -305,6 +491,10 @@ static int cmd_info(cmd_ctx *x)
 	return 0;
 }
 
+/* -n K, --count K of open and fork: how many sessions. */
+#define COUNT_OPT(dst) \
+	{"count", OPT_U32, (dst), 'n', 1, 4096, "bad -n: %s (1..4096)"}
+
 static void print_sessions(const ssmd_session *s, uint32_t n)
 {
 	for (uint32_t k = 0; k < n; k++) {
@@ -322,42 +512,21 @@ static void print_sessions(const ssmd_session *s, uint32_t n)
 
 static int cmd_open(cmd_ctx *x)
 {
-	static const struct option opts[] = {
-		{"from", required_argument, NULL, 'f'},
-		{"fork", required_argument, NULL, 'F'},
-		{"seed", required_argument, NULL, 's'},
-		{"label", required_argument, NULL, 'l'},
-		{"count", required_argument, NULL, 'n'},
-		{NULL, 0, NULL, 0},
+	ssmd_open_args a = {.count = 1};
+	const opt_spec opts[] = {
+		OPT("from", OPT_STR, &a.from),
+		OPT("fork", OPT_STR, &a.fork),
+		OPT("seed", OPT_SEED, &a.seed),
+		OPT("label", OPT_STR, &a.label),
+		COUNT_OPT(&a.count),
+		OPT_END,
 	};
-	ssmd_open_args a;
 	ssmd_session *s;
-	uint64_t seed;
-	int o, rc;
+	int rc;
 
-	memset(&a, 0, sizeof a);
-	a.count = 1;
-	while ((o = getopt_long(x->argc, x->argv, "n:", opts, NULL)) != -1) {
-		switch (o) {
-		case 'f': a.from = optarg; break;
-		case 'F': a.fork = optarg; break;
-		case 'l': a.label = optarg; break;
-		case 's':
-			if (parse_u64(optarg, &seed))
-				return usage("bad --seed: %s", optarg);
-			a.seed = &seed;
-			break;
-		case 'n':
-			if (parse_u32(optarg, &a.count) || a.count == 0 ||
-			    a.count > 4096)
-				return usage("bad -n: %s (1..4096)", optarg);
-			break;
-		default:
-			return usage(NULL, NULL);
-		}
-	}
-	if (optind != x->argc)
-		return usage("open: unexpected argument %s", x->argv[optind]);
+	if ((rc = opts_parse(x, opts)) ||
+	    (rc = args_check(x, 0, 0, "open: unexpected argument %s")))
+		return rc;
 	if (a.from && a.fork)
 		return usage("open: give --from or --fork, not both", NULL);
 	if (!(s = calloc(a.count, sizeof *s)))
@@ -373,34 +542,19 @@ static int cmd_open(cmd_ctx *x)
 
 static int cmd_fork(cmd_ctx *x)
 {
-	static const struct option opts[] = {
-		{"seed", required_argument, NULL, 's'},
-		{"count", required_argument, NULL, 'n'},
-		{NULL, 0, NULL, 0},
-	};
 	uint32_t count = 1;
-	uint64_t seed;
 	const uint64_t *seedp = NULL;
+	const opt_spec opts[] = {
+		OPT("seed", OPT_SEED, &seedp),
+		COUNT_OPT(&count),
+		OPT_END,
+	};
 	ssmd_session *s;
-	int o, rc;
+	int rc;
 
-	while ((o = getopt_long(x->argc, x->argv, "n:", opts, NULL)) != -1) {
-		switch (o) {
-		case 's':
-			if (parse_u64(optarg, &seed))
-				return usage("bad --seed: %s", optarg);
-			seedp = &seed;
-			break;
-		case 'n':
-			if (parse_u32(optarg, &count) || count == 0 || count > 4096)
-				return usage("bad -n: %s (1..4096)", optarg);
-			break;
-		default:
-			return usage(NULL, NULL);
-		}
-	}
-	if (optind + 1 != x->argc)
-		return usage("fork needs one SESSION, state ID or tag", NULL);
+	if ((rc = opts_parse(x, opts)) ||
+	    (rc = args_check(x, 1, 1, "fork needs one SESSION, state ID or tag")))
+		return rc;
 	if (!(s = calloc(count, sizeof *s)))
 		return fail("fork", ssmd_err_set(SSMD_ENOMEM, "out of memory"));
 	if ((rc = ssmd_session_fork(x->c, x->argv[optind], count, seedp, s))) {
@@ -482,57 +636,76 @@ static int add_checkpoints(ssmd_checkpoint **all, size_t *n_all,
 	return 0;
 }
 
+/* The input of append, score and submit append: --text, --file or --tokens. */
+typedef struct cmd_input {
+	const char *text;   /* --text, or the file's contents once loaded */
+	const char *file;   /* --file */
+	const char *tokens; /* --tokens "1,2,3" */
+	int32_t *ids;       /* n_ids tokens parsed from --tokens (malloc'd) */
+	size_t n_ids;
+	char *buf;          /* the file's contents (malloc'd, len bytes) */
+	size_t len;
+} cmd_input;
+
+#define INPUT_OPTS(in)                        \
+	OPT("text", OPT_STR, &(in)->text),     \
+	OPT("file", OPT_STR, &(in)->file),     \
+	OPT("tokens", OPT_STR, &(in)->tokens)
+
+/* How many of --text, --file and --tokens were given. */
+static int input_given(const cmd_input *in)
+{
+	return (in->text != NULL) + (in->file != NULL) + (in->tokens != NULL);
+}
+
+/* Parses --tokens into in->ids or reads --file into in->buf (in->text then
+ * points at it). Returns 0, or the exit status after printing why not
+ * (cmd: the command named in a failure). */
+static int input_load(cmd_input *in, const char *cmd)
+{
+	int rc;
+
+	if (in->tokens && parse_tokens(in->tokens, &in->ids, &in->n_ids))
+		return usage("bad --tokens: %s (want 1,2,3)", in->tokens);
+	if (in->file) {
+		if ((rc = read_file(in->file, &in->buf, &in->len)))
+			return fail(cmd, rc);
+		in->text = in->buf;
+	}
+	return 0;
+}
+
+static void input_fini(cmd_input *in)
+{
+	free(in->ids);
+	free(in->buf);
+}
+
 static int cmd_append(cmd_ctx *x)
 {
-	static const struct option opts[] = {
-		{"text", required_argument, NULL, 't'},
-		{"file", required_argument, NULL, 'f'},
-		{"tokens", required_argument, NULL, 'k'},
-		{"message", required_argument, NULL, 'm'},
-		{"checkpoint-every", required_argument, NULL, 'c'},
-		{"boundaries", required_argument, NULL, 'b'},
-		{NULL, 0, NULL, 0},
+	ssmd_append_args a = {0};
+	cmd_input in = {0};
+	opt_list messages = {0};
+	const char *bounds = NULL;
+	const opt_spec opts[] = {
+		INPUT_OPTS(&in),
+		OPT("message", OPT_STRS, &messages),
+		OPT_RANGE("checkpoint-every", &a.checkpoint_every, 1, 0),
+		OPT("boundaries", OPT_STR, &bounds),
+		OPT_END,
 	};
-	const char *text = NULL, *file = NULL, *toks = NULL, *bounds = NULL;
 	const char *session;
-	const char **messages;
-	size_t n_messages = 0, n_ck_all = 0;
-	ssmd_append_args a;
-	ssmd_append_result r, total;
+	size_t n_ck_all = 0;
+	ssmd_append_result r, total = {0};
 	ssmd_checkpoint *ck_all = NULL, *ck = NULL;
-	int32_t *ids = NULL;
 	uint32_t *offsets = NULL;
-	char *buf = NULL;
-	int o, rc = 0, ret = EXIT_USAGE;
+	int rc = 0, ret;
 
-	memset(&a, 0, sizeof a);
-	memset(&total, 0, sizeof total);
-	if (!(messages = calloc((size_t)x->argc, sizeof *messages)))
-		return fail("append", ssmd_err_set(SSMD_ENOMEM, "out of memory"));
-	while ((o = getopt_long(x->argc, x->argv, "", opts, NULL)) != -1) {
-		switch (o) {
-		case 't': text = optarg; break;
-		case 'f': file = optarg; break;
-		case 'k': toks = optarg; break;
-		case 'm': messages[n_messages++] = optarg; break;
-		case 'b': bounds = optarg; break;
-		case 'c':
-			if (parse_u32(optarg, &a.checkpoint_every) ||
-			    !a.checkpoint_every) {
-				usage("bad --checkpoint-every: %s", optarg);
-				goto done;
-			}
-			break;
-		default:
-			usage(NULL, NULL);
-			goto done;
-		}
-	}
-	if (optind + 1 != x->argc) {
-		usage("append needs one SESSION", NULL);
+	if ((ret = opts_parse(x, opts)) ||
+	    (ret = args_check(x, 1, 1, "append needs one SESSION")))
 		goto done;
-	}
-	if ((text != NULL) + (file != NULL) + (toks != NULL) + (n_messages > 0) != 1) {
+	ret = EXIT_USAGE;
+	if (input_given(&in) + (messages.n > 0) != 1) {
 		usage("append needs exactly one of --text, --file, --tokens, "
 		      "--message...", NULL);
 		goto done;
@@ -543,20 +716,16 @@ static int cmd_append(cmd_ctx *x)
 	}
 	a.boundaries = offsets;
 	session = x->argv[optind];
-
-	if (toks) {
-		if (parse_tokens(toks, &ids, &a.n_tokens)) {
-			usage("bad --tokens: %s (want 1,2,3)", toks);
-			goto done;
-		}
-		a.tokens = ids;
-	} else if (text) {
-		a.text = text;
-	} else if (n_messages) {
-		a.texts = messages;
-		a.n_texts = n_messages;
+	if ((ret = input_load(&in, "append")))
+		goto done;
+	a.tokens = in.ids;
+	a.n_tokens = in.n_ids;
+	if (messages.n) {
+		a.texts = messages.v;
+		a.n_texts = messages.n;
 	}
-	if (!file) {
+	if (!in.file) {
+		a.text = in.text;
 		rc = ssmd_append(x->c, session, &a, &total, &ck);
 		if (rc == SSMD_OK && add_checkpoints(&ck_all, &n_ck_all, ck,
 						      total.n_checkpoints))
@@ -564,12 +733,9 @@ static int cmd_append(cmd_ctx *x)
 		ssmd_free(ck);
 		ck = NULL;
 	} else {
-		size_t len, from = 0;
+		char *buf = in.buf;
+		size_t len = in.len, from = 0;
 		int bar;
-		if ((rc = read_file(file, &buf, &len))) {
-			ret = fail("append", rc);
-			goto done;
-		}
 		/* Checkpoint offsets count from the start of one append:
 		 * with them the file goes whole. */
 		int whole = a.checkpoint_every || a.n_boundaries;
@@ -625,82 +791,41 @@ static int cmd_append(cmd_ctx *x)
 	}
 	ret = 0;
 done:
-	free(buf);
+	input_fini(&in);
 	free(ck_all);
-	free(ids);
 	free(offsets);
-	free(messages);
+	free(messages.v);
 	return ret;
 }
 
 static int cmd_merge(cmd_ctx *x)
 {
-	static const struct option opts[] = {
-		{"weights", required_argument, NULL, 'w'},
-		{"mode", required_argument, NULL, 'm'},
-		{"tag", required_argument, NULL, 't'},
-		{"label", required_argument, NULL, 'l'},
-		{"open", no_argument, NULL, 'o'},
-		{"seed", required_argument, NULL, 's'},
-		{NULL, 0, NULL, 0},
+	ssmd_merge_args a = {0};
+	opt_list weights = {0};
+	const opt_spec opts[] = {
+		/* "0.7,0.3" or repeated --weights */
+		{"weights", OPT_F64S, &weights, 0, 0, 0,
+		 "bad --weights: %s (want 0.7,0.3)"},
+		OPT("mode", OPT_STR, &a.mode),
+		OPT("tag", OPT_STR, &a.tag),
+		OPT("label", OPT_STR, &a.label),
+		OPT("open", OPT_FLAG, &a.open),
+		OPT("seed", OPT_SEED, &a.seed),
+		OPT_END,
 	};
-	ssmd_merge_args a;
 	ssmd_state_ref r;
 	ssmd_session ses;
-	double *weights = NULL;
-	uint64_t seed;
-	int o, rc, ret = EXIT_USAGE;
+	int rc, ret;
 
-	memset(&a, 0, sizeof a);
-	if (!(weights = calloc((size_t)x->argc + 1, sizeof *weights)))
-		return fail("merge", ssmd_err_set(SSMD_ENOMEM, "out of memory"));
-	while ((o = getopt_long(x->argc, x->argv, "", opts, NULL)) != -1) {
-		switch (o) {
-		case 'w': {
-			/* "0.7,0.3" or repeated --weights */
-			char *copy = strdup(optarg), *tok, *save = NULL, *end;
-			int bad = !copy;
-			for (tok = copy ? strtok_r(copy, ",", &save) : NULL; tok;
-			     tok = strtok_r(NULL, ",", &save)) {
-				errno = 0;
-				double w = strtod(tok, &end);
-				if (errno || end == tok || *end || a.n_weights >= (size_t)x->argc) {
-					bad = 1;
-					break;
-				}
-				weights[a.n_weights++] = w;
-			}
-			free(copy);
-			if (bad) {
-				usage("bad --weights: %s (want 0.7,0.3)", optarg);
-				goto done;
-			}
-			break;
-		}
-		case 'm': a.mode = optarg; break;
-		case 't': a.tag = optarg; break;
-		case 'l': a.label = optarg; break;
-		case 'o': a.open = 1; break;
-		case 's':
-			if (parse_u64(optarg, &seed)) {
-				usage("bad --seed: %s", optarg);
-				goto done;
-			}
-			a.seed = &seed;
-			break;
-		default:
-			usage(NULL, NULL);
-			goto done;
-		}
-	}
-	if (x->argc - optind < 2) {
-		usage("merge needs at least two IDs or tags", NULL);
+	if ((ret = opts_parse(x, opts)) ||
+	    (ret = args_check(x, 2, -1, "merge needs at least two IDs or tags")))
 		goto done;
-	}
 	a.sources = (const char *const *)(x->argv + optind);
 	a.n_sources = (size_t)(x->argc - optind);
-	if (a.n_weights)
-		a.weights = weights;
+	if (weights.n) {
+		a.weights = weights.v;
+		a.n_weights = weights.n;
+	}
 	if ((rc = ssmd_merge(x->c, &a, &r, &ses))) {
 		ret = fail("merge", rc);
 		goto done;
@@ -719,48 +844,34 @@ static int cmd_merge(cmd_ctx *x)
 	}
 	ret = 0;
 done:
-	free(weights);
+	free(weights.v);
 	return ret;
 }
 
 static int cmd_score(cmd_ctx *x)
 {
-	static const struct option opts[] = {
-		{"text", required_argument, NULL, 't'},
-		{"file", required_argument, NULL, 'f'},
-		{"tokens", required_argument, NULL, 'k'},
-		{NULL, 0, NULL, 0},
+	cmd_input in = {0};
+	const opt_spec opts[] = {
+		INPUT_OPTS(&in),
+		OPT_END,
 	};
-	const char *text = NULL, *file = NULL, *toks = NULL;
 	ssmd_score *sc = NULL;
-	int32_t *ids = NULL;
-	char *buf = NULL;
-	size_t n, len;
-	int o, rc;
+	int rc;
 
-	while ((o = getopt_long(x->argc, x->argv, "", opts, NULL)) != -1) {
-		switch (o) {
-		case 't': text = optarg; break;
-		case 'f': file = optarg; break;
-		case 'k': toks = optarg; break;
-		default: return usage(NULL, NULL);
-		}
-	}
-	if (optind + 1 != x->argc)
-		return usage("score needs one SESSION, state ID or tag", NULL);
-	if ((text != NULL) + (file != NULL) + (toks != NULL) != 1)
+	if ((rc = opts_parse(x, opts)) ||
+	    (rc = args_check(x, 1, 1, "score needs one SESSION, state ID or tag")))
+		return rc;
+	if (input_given(&in) != 1)
 		return usage("score needs exactly one of --text, --file, --tokens", NULL);
-	if (toks) {
-		if (parse_tokens(toks, &ids, &n))
-			return usage("bad --tokens: %s (want 1,2,3)", toks);
-		rc = ssmd_score_tokens(x->c, x->argv[optind], ids, n, &sc);
-		free(ids);
-	} else {
-		if (file && (rc = read_file(file, &buf, &len)))
-			return fail("score", rc);
-		rc = ssmd_score_text(x->c, x->argv[optind], file ? buf : text, &sc);
-		free(buf);
+	if ((rc = input_load(&in, "score"))) {
+		input_fini(&in);
+		return rc;
 	}
+	if (in.tokens)
+		rc = ssmd_score_tokens(x->c, x->argv[optind], in.ids, in.n_ids, &sc);
+	else
+		rc = ssmd_score_text(x->c, x->argv[optind], in.text, &sc);
+	input_fini(&in);
 	if (rc)
 		return fail("score", rc);
 	size_t scored = sc->n_tokens - sc->unscored;
@@ -810,99 +921,38 @@ static void on_tokens(void *ctx, const int32_t *tokens, size_t n,
 
 static int cmd_generate(cmd_ctx *x)
 {
-	static const struct option opts[] = {
-		{"max-tokens", required_argument, NULL, 'm'},
-		{"temperature", required_argument, NULL, 't'},
-		{"top-k", required_argument, NULL, 'k'},
-		{"top-p", required_argument, NULL, 'p'},
-		{"seed", required_argument, NULL, 's'},
-		{"stop", required_argument, NULL, 'S'},
-		{"stop-token", required_argument, NULL, 'T'},
-		{"snapshot", no_argument, NULL, 'n'},
-		{"tag", required_argument, NULL, 'g'},
-		{"label", required_argument, NULL, 'l'},
-		{NULL, 0, NULL, 0},
-	};
 	ssmd_generate_args a;
+	opt_list stops = {0}, stop_tokens = {0};
+	const opt_spec opts[] = {
+		OPT_RANGE("max-tokens", &a.max_tokens, 1, 0),
+		OPT("temperature", OPT_FLOAT, &a.temperature),
+		OPT("top-k", OPT_U32, &a.top_k),
+		OPT("top-p", OPT_FLOAT, &a.top_p),
+		OPT("seed", OPT_SEED, &a.seed),
+		OPT("stop", OPT_STRS, &stops),
+		OPT("stop-token", OPT_I32S, &stop_tokens),
+		OPT("snapshot", OPT_FLAG, &a.snapshot),
+		OPT("tag", OPT_STR, &a.snapshot_tag),
+		OPT("label", OPT_STR, &a.snapshot_label),
+		OPT_END,
+	};
 	ssmd_generation *g = NULL;
 	ssmd_info info;
 	gen_out out = {0, 0};
-	uint64_t seed;
-	const char **stops = NULL;
-	int32_t *stop_tokens = NULL;
-	size_t n_stop = 0, n_stop_tokens = 0;
-	int o, rc, ret = EXIT_USAGE;
+	int rc, ret;
 
 	ssmd_generate_args_init(&a);
-	stops = calloc((size_t)x->argc, sizeof *stops);
-	stop_tokens = calloc((size_t)x->argc, sizeof *stop_tokens);
-	if (!stops || !stop_tokens) {
-		ret = fail("generate", ssmd_err_set(SSMD_ENOMEM, "out of memory"));
+	if ((ret = opts_parse(x, opts)) ||
+	    (ret = args_check(x, 1, 1, "generate needs one SESSION")))
 		goto done;
-	}
-	while ((o = getopt_long(x->argc, x->argv, "", opts, NULL)) != -1) {
-		switch (o) {
-		case 'm':
-			if (parse_u32(optarg, &a.max_tokens) || !a.max_tokens) {
-				usage("bad --max-tokens: %s", optarg);
-				goto done;
-			}
-			break;
-		case 't':
-			/* NaN and the like are the daemon's to refuse. */
-			if (parse_float(optarg, &a.temperature)) {
-				usage("bad --temperature: %s", optarg);
-				goto done;
-			}
-			break;
-		case 'k':
-			if (parse_u32(optarg, &a.top_k)) {
-				usage("bad --top-k: %s", optarg);
-				goto done;
-			}
-			break;
-		case 'p':
-			if (parse_float(optarg, &a.top_p)) {
-				usage("bad --top-p: %s", optarg);
-				goto done;
-			}
-			break;
-		case 's':
-			if (parse_u64(optarg, &seed)) {
-				usage("bad --seed: %s", optarg);
-				goto done;
-			}
-			a.seed = &seed;
-			break;
-		case 'S':
-			stops[n_stop++] = optarg;
-			break;
-		case 'T':
-			if (parse_i32(optarg, &stop_tokens[n_stop_tokens++])) {
-				usage("bad --stop-token: %s", optarg);
-				goto done;
-			}
-			break;
-		case 'n': a.snapshot = 1; break;
-		case 'g': a.snapshot_tag = optarg; break;
-		case 'l': a.snapshot_label = optarg; break;
-		default:
-			usage(NULL, NULL);
-			goto done;
-		}
-	}
-	if (optind + 1 != x->argc) {
-		usage("generate needs one SESSION", NULL);
-		goto done;
-	}
 	if ((a.snapshot_tag || a.snapshot_label) && !a.snapshot) {
-		usage("--tag and --label go with --snapshot", NULL);
+		ret = usage("--tag and --label go with --snapshot", NULL);
 		goto done;
 	}
-	a.stop = stops;
-	a.n_stop = n_stop;
-	a.stop_tokens = stop_tokens;
-	a.n_stop_tokens = n_stop_tokens;
+	a.stop = stops.v;
+	a.n_stop = stops.n;
+	a.stop_tokens = stop_tokens.v;
+	a.n_stop_tokens = stop_tokens.n;
 
 	if (json_out) {
 		rc = ssmd_generate(x->c, x->argv[optind], &a, NULL, NULL, &g);
@@ -941,8 +991,8 @@ static int cmd_generate(cmd_ctx *x)
 	ret = 0;
 done:
 	ssmd_generation_free(g);
-	free(stops);
-	free(stop_tokens);
+	free(stops.v);
+	free(stop_tokens.v);
 	return ret;
 }
 
@@ -960,24 +1010,18 @@ static void print_state_ref(const char *key, const ssmd_state_ref *r)
 
 static int cmd_snapshot(cmd_ctx *x)
 {
-	static const struct option opts[] = {
-		{"tag", required_argument, NULL, 't'},
-		{"label", required_argument, NULL, 'l'},
-		{NULL, 0, NULL, 0},
-	};
 	const char *tag = NULL, *label = NULL;
+	const opt_spec opts[] = {
+		OPT("tag", OPT_STR, &tag),
+		OPT("label", OPT_STR, &label),
+		OPT_END,
+	};
 	ssmd_state_ref r;
-	int o, rc;
+	int rc;
 
-	while ((o = getopt_long(x->argc, x->argv, "", opts, NULL)) != -1) {
-		switch (o) {
-		case 't': tag = optarg; break;
-		case 'l': label = optarg; break;
-		default: return usage(NULL, NULL);
-		}
-	}
-	if (optind + 1 != x->argc)
-		return usage("snapshot needs one SESSION", NULL);
+	if ((rc = opts_parse(x, opts)) ||
+	    (rc = args_check(x, 1, 1, "snapshot needs one SESSION")))
+		return rc;
 	if ((rc = ssmd_session_snapshot(x->c, x->argv[optind], tag, label, &r)))
 		return fail("snapshot", rc);
 	print_state_ref("state_id", &r);
@@ -986,26 +1030,19 @@ static int cmd_snapshot(cmd_ctx *x)
 
 static int cmd_close(cmd_ctx *x)
 {
-	static const struct option opts[] = {
-		{"snapshot", no_argument, NULL, 's'},
-		{"tag", required_argument, NULL, 't'},
-		{"label", required_argument, NULL, 'l'},
-		{NULL, 0, NULL, 0},
-	};
 	const char *tag = NULL, *label = NULL;
-	int snap = 0, o, rc;
+	int snap = 0, rc;
+	const opt_spec opts[] = {
+		OPT("snapshot", OPT_FLAG, &snap),
+		OPT("tag", OPT_STR, &tag),
+		OPT("label", OPT_STR, &label),
+		OPT_END,
+	};
 	ssmd_state_ref r;
 
-	while ((o = getopt_long(x->argc, x->argv, "", opts, NULL)) != -1) {
-		switch (o) {
-		case 's': snap = 1; break;
-		case 't': tag = optarg; break;
-		case 'l': label = optarg; break;
-		default: return usage(NULL, NULL);
-		}
-	}
-	if (optind + 1 != x->argc)
-		return usage("close needs one SESSION", NULL);
+	if ((rc = opts_parse(x, opts)) ||
+	    (rc = args_check(x, 1, 1, "close needs one SESSION")))
+		return rc;
 	if ((tag || label) && !snap)
 		return usage("--tag and --label go with --snapshot", NULL);
 	if ((rc = ssmd_session_close(x->c, x->argv[optind], snap, tag, label, &r)))
@@ -1021,57 +1058,32 @@ static int cmd_close(cmd_ctx *x)
  * to find it (request IDs are scoped by client). */
 static int cmd_submit(cmd_ctx *x)
 {
-	static const struct option opts[] = {
-		{"from", required_argument, NULL, 'F'},
-		{"text", required_argument, NULL, 't'},
-		{"file", required_argument, NULL, 'f'},
-		{"tokens", required_argument, NULL, 'k'},
-		{"checkpoint-every", required_argument, NULL, 'c'},
-		{"tag", required_argument, NULL, 'g'},
-		{"label", required_argument, NULL, 'l'},
-		{"snapshot", no_argument, NULL, 's'},
-		{NULL, 0, NULL, 0},
+	ssmd_open_args oa = {0};
+	ssmd_append_args aa = {0};
+	ssmd_job job = {0};
+	cmd_input in = {0};
+	const opt_spec opts[] = {
+		OPT("from", OPT_STR, &oa.from),
+		INPUT_OPTS(&in),
+		OPT_RANGE("checkpoint-every", &aa.checkpoint_every, 1, 0),
+		OPT("tag", OPT_STR, &job.tag),
+		OPT("label", OPT_STR, &job.label),
+		OPT("snapshot", OPT_FLAG, &job.snapshot),
+		OPT_END,
 	};
-	const char *text = NULL, *file = NULL, *toks = NULL, *op;
+	const char *op;
 	char rid[SSMD_REQUEST_ID_MAX];
-	ssmd_open_args oa;
-	ssmd_append_args aa;
-	ssmd_job job;
-	int32_t *ids = NULL;
-	char *buf = NULL;
-	size_t len;
-	int o, rc, ret = EXIT_USAGE, want_session;
+	int rc, ret, want_session;
 
-	memset(&oa, 0, sizeof oa);
-	memset(&aa, 0, sizeof aa);
-	memset(&job, 0, sizeof job);
 	if (x->argc < 2)
 		return usage("submit needs an operation: open, append, snapshot "
 			     "or close", NULL);
 	op = x->argv[1];
 	x->argc--;
 	x->argv++;
-	while ((o = getopt_long(x->argc, x->argv, "", opts, NULL)) != -1) {
-		switch (o) {
-		case 'F': oa.from = optarg; break;
-		case 't': text = optarg; break;
-		case 'f': file = optarg; break;
-		case 'k': toks = optarg; break;
-		case 'g': job.tag = optarg; break;
-		case 'l': job.label = optarg; break;
-		case 's': job.snapshot = 1; break;
-		case 'c':
-			if (parse_u32(optarg, &aa.checkpoint_every) ||
-			    !aa.checkpoint_every) {
-				usage("bad --checkpoint-every: %s", optarg);
-				goto done;
-			}
-			break;
-		default:
-			usage(NULL, NULL);
-			goto done;
-		}
-	}
+	if ((ret = opts_parse(x, opts)))
+		goto done;
+	ret = EXIT_USAGE;
 	if (strcmp(op, "open") == 0) {
 		job.op = SSMD_OP_OPEN;
 		job.open = &oa;
@@ -1088,7 +1100,7 @@ static int cmd_submit(cmd_ctx *x)
 	}
 	/* Each option belongs to one operation: refuse the others'. */
 	if ((oa.from && job.op != SSMD_OP_OPEN) ||
-	    ((text || file || toks || aa.checkpoint_every) &&
+	    ((input_given(&in) || aa.checkpoint_every) &&
 	     job.op != SSMD_OP_APPEND) ||
 	    ((job.tag || job.label) && job.op != SSMD_OP_SNAPSHOT &&
 	     !(job.op == SSMD_OP_CLOSE && job.snapshot)) ||
@@ -1104,23 +1116,18 @@ static int cmd_submit(cmd_ctx *x)
 	}
 	job.session = want_session ? x->argv[optind] : NULL;
 	if (job.op == SSMD_OP_APPEND) {
-		if ((text != NULL) + (file != NULL) + (toks != NULL) != 1) {
+		if (input_given(&in) != 1) {
 			usage("submit append needs exactly one of --text, --file, "
 			      "--tokens", NULL);
 			goto done;
 		}
-		if (toks && parse_tokens(toks, &ids, &aa.n_tokens)) {
-			usage("bad --tokens: %s (want 1,2,3)", toks);
-			goto done;
-		}
-		aa.tokens = ids;
 		/* A job is one request: the file goes whole (the blocking
 		 * append sends large files in pieces). */
-		if (file && (rc = read_file(file, &buf, &len))) {
-			ret = fail("submit", rc);
+		if ((ret = input_load(&in, "submit")))
 			goto done;
-		}
-		aa.text = file ? buf : text;
+		aa.tokens = in.ids;
+		aa.n_tokens = in.n_ids;
+		aa.text = in.text;
 	}
 	if ((rc = ssmd_submit(x->c, &job, rid))) {
 		ret = fail("submit", rc);
@@ -1140,8 +1147,7 @@ static int cmd_submit(cmd_ctx *x)
 	}
 	ret = 0;
 done:
-	free(ids);
-	free(buf);
+	input_fini(&in);
 	return ret;
 }
 
@@ -1149,22 +1155,17 @@ done:
  * earlier request; exits 1 with its message when that request failed. */
 static int cmd_result(cmd_ctx *x)
 {
-	static const struct option opts[] = {
-		{"client", required_argument, NULL, 'c'},
-		{NULL, 0, NULL, 0},
-	};
 	const char *client = NULL;
+	const opt_spec opts[] = {
+		OPT("client", OPT_STR, &client),
+		OPT_END,
+	};
 	ssmd_reply *r = NULL;
-	int o, rc;
+	int rc;
 
-	while ((o = getopt_long(x->argc, x->argv, "", opts, NULL)) != -1) {
-		switch (o) {
-		case 'c': client = optarg; break;
-		default: return usage(NULL, NULL);
-		}
-	}
-	if (optind + 1 != x->argc)
-		return usage("result needs one REQUEST_ID", NULL);
+	if ((rc = opts_parse(x, opts)) ||
+	    (rc = args_check(x, 1, 1, "result needs one REQUEST_ID")))
+		return rc;
 	if ((rc = ssmd_result(x->c, x->argv[optind], client, &r)))
 		return fail("result", rc);
 	if (r->code != SSMD_OK) {
@@ -1260,36 +1261,22 @@ static void print_tags(const ssmd_state_info *s)
 
 static int cmd_states(cmd_ctx *x)
 {
-	static const struct option opts[] = {
-		{"tag", required_argument, NULL, 't'},
-		{"session", required_argument, NULL, 's'},
-		{"kind", required_argument, NULL, 'k'},
-		{"all-models", no_argument, NULL, 'a'},
-		{"limit", required_argument, NULL, 'l'},
-		{"cursor", required_argument, NULL, 'c'},
-		{NULL, 0, NULL, 0},
+	ssmd_states_filter f = {0};
+	const opt_spec opts[] = {
+		OPT("tag", OPT_STR, &f.tag_prefix),
+		OPT("session", OPT_STR, &f.session),
+		OPT("kind", OPT_STR, &f.kind),
+		OPT("all-models", OPT_FLAG, &f.all_models),
+		OPT_RANGE("limit", &f.limit, 1, 0),
+		OPT("cursor", OPT_STR, &f.cursor),
+		OPT_END,
 	};
-	ssmd_states_filter f;
 	ssmd_state_list *l;
-	int o, rc;
+	int rc;
 
-	memset(&f, 0, sizeof f);
-	while ((o = getopt_long(x->argc, x->argv, "", opts, NULL)) != -1) {
-		switch (o) {
-		case 't': f.tag_prefix = optarg; break;
-		case 's': f.session = optarg; break;
-		case 'k': f.kind = optarg; break;
-		case 'a': f.all_models = 1; break;
-		case 'c': f.cursor = optarg; break;
-		case 'l':
-			if (parse_u32(optarg, &f.limit) || !f.limit)
-				return usage("bad --limit: %s", optarg);
-			break;
-		default: return usage(NULL, NULL);
-		}
-	}
-	if (optind != x->argc)
-		return usage("states: unexpected argument %s", x->argv[optind]);
+	if ((rc = opts_parse(x, opts)) ||
+	    (rc = args_check(x, 0, 0, "states: unexpected argument %s")))
+		return rc;
 	if ((rc = ssmd_states_list(x->c, &f, &l)))
 		return fail("states", rc);
 	if (!json_out && l->n)
@@ -1395,19 +1382,15 @@ static int cmd_untag(cmd_ctx *x)
 
 static int cmd_rm(cmd_ctx *x)
 {
-	static const struct option opts[] = {
-		{"force", no_argument, NULL, 'f'},
-		{NULL, 0, NULL, 0},
+	int force = 0, rc;
+	const opt_spec opts[] = {
+		{"force", OPT_FLAG, &force, 'f', 0, 0, NULL},
+		OPT_END,
 	};
-	int force = 0, o, rc;
 
-	while ((o = getopt_long(x->argc, x->argv, "f", opts, NULL)) != -1) {
-		if (o != 'f')
-			return usage(NULL, NULL);
-		force = 1;
-	}
-	if (optind + 1 != x->argc)
-		return usage("rm needs one ID", NULL);
+	if ((rc = opts_parse(x, opts)) ||
+	    (rc = args_check(x, 1, 1, "rm needs one ID")))
+		return rc;
 	if ((rc = ssmd_state_delete(x->c, x->argv[optind], force)))
 		return fail("rm", rc);
 	if (json_out) {
@@ -1446,23 +1429,19 @@ static int cmd_export(cmd_ctx *x)
 
 static int cmd_import(cmd_ctx *x)
 {
-	static const struct option opts[] = {
-		{"tag", required_argument, NULL, 't'},
-		{NULL, 0, NULL, 0},
-	};
 	const char *tag = NULL;
+	const opt_spec opts[] = {
+		OPT("tag", OPT_STR, &tag),
+		OPT_END,
+	};
 	ssmd_state_ref r;
 	char *data;
 	size_t len;
-	int o, rc;
+	int rc;
 
-	while ((o = getopt_long(x->argc, x->argv, "", opts, NULL)) != -1) {
-		if (o != 't')
-			return usage(NULL, NULL);
-		tag = optarg;
-	}
-	if (optind + 1 != x->argc)
-		return usage("import needs one FILE", NULL);
+	if ((rc = opts_parse(x, opts)) ||
+	    (rc = args_check(x, 1, 1, "import needs one FILE")))
+		return rc;
 	if ((rc = read_file(x->argv[optind], &data, &len)))
 		return fail("import", rc);
 	rc = ssmd_state_import(x->c, data, len, tag, &r);
