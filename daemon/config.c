@@ -40,6 +40,8 @@ static const struct key keys[] = {
 	{"log_level", KEY_LEVEL, offsetof(cfg, log_level), 0, 0, "error | warn | info | debug"},
 	{"max_message", KEY_U64, offsetof(cfg, max_message), 1024, 1LL << 31,
 	 "largest request in bytes"},
+	{"max_store_bytes", KEY_U64, offsetof(cfg, max_store_bytes), 0, INT64_MAX,
+	 "state library size limit in bytes; writes past it get SSMD_ENOSPC (0 = none)"},
 	KI(max_append_tokens, 1, 1 << 26, "tokens per append"),
 	KI(max_generate_tokens, 1, 1 << 20, "max_tokens per generate"),
 	KI(max_sessions, 1, 1 << 24, "open sessions"),

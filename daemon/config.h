@@ -37,6 +37,9 @@ typedef struct cfg {
 	int threads;            /* CPU backend threads; 0 = all cores */
 	int log_level;          /* LOG_* */
 	uint64_t max_message;   /* NNG_OPT_RECVMAXSZ of every listener, bytes */
+	uint64_t max_store_bytes; /* state library file size limit (store_opts
+				 * max_bytes): a write past it is SSMD_ENOSPC;
+				 * 0 = none */
 	int max_append_tokens;  /* tokens per append request */
 	int max_generate_tokens;/* max_tokens per generate request */
 	int max_sessions;       /* open sessions (resident or paged out) */

@@ -137,7 +137,8 @@ int main(int argc, char **argv)
 	} else {
 		log_warn("%s has no tokenizer.json: serving token IDs only", c.model);
 	}
-	if (store_open(c.store, NULL, &st)) {
+	store_opts sto = {.max_bytes = c.max_store_bytes};
+	if (store_open(c.store, &sto, &st)) {
 		status = fail("cannot open the state library");
 		goto out;
 	}

@@ -153,6 +153,16 @@ int main(void)
 	cfg_fini(&c);
 	cfg_fini(NULL);
 
+	/* The state library's size limit: none by default, any byte count
+	 * that fits int64, never negative. */
+	cfg_init(&c);
+	CHECK(c.max_store_bytes == 0, "no store size limit by default");
+	CHECK_RC(cfg_set(&c, "max-store-bytes", "1073741824"), SSMD_OK);
+	CHECK(c.max_store_bytes == 1073741824ull, "store size limit from a flag");
+	CHECK_RC(cfg_set(&c, "max_store_bytes", "-1"), SSMD_EINVAL);
+	CHECK_RC(cfg_set(&c, "max_store_bytes", "99999999999999999999"), SSMD_EINVAL);
+	cfg_fini(&c);
+
 	char cmd[300];
 	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
 	CHECK(system(cmd) == 0, "cleanup");
