@@ -193,6 +193,42 @@ int ssmd_jobs_url(const char *url, char *out, size_t cap)
 
 /* -------------------------------------------------------- connection -- */
 
+/* Copies an optional URL from the options into dst (cap bytes); what names
+ * it in the error when it does not fit. */
+static int url_copy(char *dst, size_t cap, const char *url, const char *what)
+{
+	if (!url)
+		return SSMD_OK;
+	if (strlen(url) >= cap)
+		return ssmd_err_set(SSMD_ERANGE, "%s too long", what);
+	strcpy(dst, url);
+	return SSMD_OK;
+}
+
+/* Dials url on s. A synchronous dial fails at once when nothing listens;
+ * it is retried every 50 ms within connect_timeout_ms so that a client
+ * started together with the daemon still connects. what names the step in
+ * the error ("connect events": "connect events URL: ..."). */
+static int socket_dial(const ssmd_client *c, nng_socket s, const char *what,
+		       const char *url)
+{
+	int rv;
+
+	for (int waited = 0;; waited += 50) {
+		rv = nng_dial(s, url, NULL, 0);
+		if (rv == 0 || (rv != NNG_ECONNREFUSED && rv != NNG_ENOENT) ||
+		    waited >= c->connect_timeout_ms)
+			break;
+		nng_msleep(50);
+	}
+	if (rv != 0) {
+		char step[SSMD_URL_MAX + 32];
+		snprintf(step, sizeof step, "%s %s", what, url);
+		return err_from_nng(rv, step);
+	}
+	return SSMD_OK;
+}
+
 int ssmd_client_open(const ssmd_client_opts *opts, ssmd_client **out)
 {
 	ssmd_client_opts defaults;
@@ -211,29 +247,13 @@ int ssmd_client_open(const ssmd_client_opts *opts, ssmd_client **out)
 	c->connect_timeout_ms = opts->connect_timeout_ms > 0
 		? opts->connect_timeout_ms : DEFAULT_CONNECT_TIMEOUT_MS;
 
-	if (opts->url) {
-		if (strlen(opts->url) >= sizeof c->url) {
-			rc = ssmd_err_set(SSMD_ERANGE, "URL too long");
-			goto fail;
-		}
-		strcpy(c->url, opts->url);
-	} else if ((rc = ssmd_default_url(c->url, sizeof c->url)) != SSMD_OK) {
+	if ((rc = url_copy(c->url, sizeof c->url, opts->url, "URL")) ||
+	    (!opts->url && (rc = ssmd_default_url(c->url, sizeof c->url))) ||
+	    (rc = url_copy(c->events_url, sizeof c->events_url,
+			   opts->events_url, "events URL")) ||
+	    (rc = url_copy(c->jobs_url, sizeof c->jobs_url, opts->jobs_url,
+			   "jobs URL")))
 		goto fail;
-	}
-	if (opts->events_url) {
-		if (strlen(opts->events_url) >= sizeof c->events_url) {
-			rc = ssmd_err_set(SSMD_ERANGE, "events URL too long");
-			goto fail;
-		}
-		strcpy(c->events_url, opts->events_url);
-	}
-	if (opts->jobs_url) {
-		if (strlen(opts->jobs_url) >= sizeof c->jobs_url) {
-			rc = ssmd_err_set(SSMD_ERANGE, "jobs URL too long");
-			goto fail;
-		}
-		strcpy(c->jobs_url, opts->jobs_url);
-	}
 	/* An underivable events or jobs URL matters only to streaming or
 	 * submitting; leave it empty and report when one is asked for. */
 
@@ -258,23 +278,7 @@ int ssmd_client_open(const ssmd_client_opts *opts, ssmd_client **out)
 	 * beyond what the daemon chose to send. */
 	nng_socket_set_size(c->req, NNG_OPT_RECVMAXSZ, 0);
 
-	/* A synchronous dial fails at once when nothing listens; retry within
-	 * connect_timeout_ms so a client started together with the daemon
-	 * still connects. */
-	for (int waited = 0;; waited += 50) {
-		rv = nng_dial(c->req, c->url, NULL, 0);
-		if (rv == 0)
-			break;
-		if (rv != NNG_ECONNREFUSED && rv != NNG_ENOENT)
-			break;
-		if (waited >= c->connect_timeout_ms)
-			break;
-		nng_msleep(50);
-	}
-	if (rv != 0) {
-		char what[SSMD_URL_MAX + 16];
-		snprintf(what, sizeof what, "connect %s", c->url);
-		rc = err_from_nng(rv, what);
+	if ((rc = socket_dial(c, c->req, "connect", c->url))) {
 		nng_close(c->req);
 		goto fail;
 	}
@@ -316,18 +320,9 @@ static int client_sub_open(ssmd_client *c)
 		return err_from_nng(rv, "open events socket");
 	nng_socket_set_ms(c->sub, NNG_OPT_RECVTIMEO, STREAM_POLL_MS);
 	nng_socket_set_size(c->sub, NNG_OPT_RECVMAXSZ, 0);
-	for (int waited = 0;; waited += 50) {
-		rv = nng_dial(c->sub, c->events_url, NULL, 0);
-		if (rv == 0 || (rv != NNG_ECONNREFUSED && rv != NNG_ENOENT) ||
-		    waited >= c->connect_timeout_ms)
-			break;
-		nng_msleep(50);
-	}
-	if (rv != 0) {
-		char what[SSMD_URL_MAX + 24];
-		snprintf(what, sizeof what, "connect events %s", c->events_url);
+	if ((rc = socket_dial(c, c->sub, "connect events", c->events_url))) {
 		nng_close(c->sub);
-		return err_from_nng(rv, what);
+		return rc;
 	}
 	c->sub_open = 1;
 	return SSMD_OK;
@@ -348,18 +343,9 @@ static int client_push_open(ssmd_client *c)
 	if ((rv = nng_push0_open(&c->push)) != 0)
 		return err_from_nng(rv, "open jobs socket");
 	nng_socket_set_ms(c->push, NNG_OPT_SENDTIMEO, c->connect_timeout_ms);
-	for (int waited = 0;; waited += 50) {
-		rv = nng_dial(c->push, c->jobs_url, NULL, 0);
-		if (rv == 0 || (rv != NNG_ECONNREFUSED && rv != NNG_ENOENT) ||
-		    waited >= c->connect_timeout_ms)
-			break;
-		nng_msleep(50);
-	}
-	if (rv != 0) {
-		char what[SSMD_URL_MAX + 24];
-		snprintf(what, sizeof what, "connect jobs %s", c->jobs_url);
+	if ((rc = socket_dial(c, c->push, "connect jobs", c->jobs_url))) {
 		nng_close(c->push);
-		return err_from_nng(rv, what);
+		return rc;
 	}
 	c->push_open = 1;
 	return SSMD_OK;
@@ -441,6 +427,19 @@ static int client_call(ssmd_client *c, Ssmd__Request *req,
 	if ((rv = nng_recvmsg(c->req, &msg, 0)) != 0)
 		return err_from_nng(rv, "receive reply");
 	return reply_decode(msg, rid, want, out);
+}
+
+/* One blocking round trip whose reply carries no result (the daemon's code
+ * says it all). */
+static int client_call_ack(ssmd_client *c, Ssmd__Request *req)
+{
+	Ssmd__Reply *rep;
+	int rc;
+
+	if ((rc = client_call(c, req, SSMD__REPLY__RESULT__NOT_SET, &rep)))
+		return rc;
+	ssmd__reply__free_unpacked(rep, NULL);
+	return SSMD_OK;
 }
 
 /* ----------------------------------------------------------- info -- */
@@ -545,6 +544,20 @@ static int sessions_copy(const Ssmd__SessionsReply *r, uint32_t want,
 	return SSMD_OK;
 }
 
+/* Runs a request answered by count sessions and copies them into out. */
+static int sessions_call(ssmd_client *c, Ssmd__Request *req, uint32_t count,
+			 ssmd_session *out)
+{
+	Ssmd__Reply *rep;
+	int rc;
+
+	if ((rc = client_call(c, req, SSMD__REPLY__RESULT_SESSIONS, &rep)))
+		return rc;
+	rc = sessions_copy(rep->sessions, count, out);
+	ssmd__reply__free_unpacked(rep, NULL);
+	return rc;
+}
+
 /* Fills an open request from args (NULL: one empty session); *count
  * receives the number of sessions it asks for. op borrows args' strings. */
 static int open_op_fill(Ssmd__OpenRequest *op, const ssmd_open_args *args,
@@ -574,7 +587,6 @@ int ssmd_session_open(ssmd_client *c, const ssmd_open_args *args,
 {
 	Ssmd__Request req = SSMD__REQUEST__INIT;
 	Ssmd__OpenRequest op = SSMD__OPEN_REQUEST__INIT;
-	Ssmd__Reply *rep;
 	uint32_t count;
 	int rc;
 
@@ -582,11 +594,7 @@ int ssmd_session_open(ssmd_client *c, const ssmd_open_args *args,
 		return rc;
 	req.op_case = SSMD__REQUEST__OP_OPEN;
 	req.open = &op;
-	if ((rc = client_call(c, &req, SSMD__REPLY__RESULT_SESSIONS, &rep)))
-		return rc;
-	rc = sessions_copy(rep->sessions, count, out);
-	ssmd__reply__free_unpacked(rep, NULL);
-	return rc;
+	return sessions_call(c, &req, count, out);
 }
 
 int ssmd_session_fork(ssmd_client *c, const char *source, uint32_t count,
@@ -594,8 +602,6 @@ int ssmd_session_fork(ssmd_client *c, const char *source, uint32_t count,
 {
 	Ssmd__Request req = SSMD__REQUEST__INIT;
 	Ssmd__ForkRequest op = SSMD__FORK_REQUEST__INIT;
-	Ssmd__Reply *rep;
-	int rc;
 
 	if (!source)
 		return ssmd_err_set(SSMD_EINVAL, "fork: no source");
@@ -610,11 +616,7 @@ int ssmd_session_fork(ssmd_client *c, const char *source, uint32_t count,
 	}
 	req.op_case = SSMD__REQUEST__OP_FORK;
 	req.fork = &op;
-	if ((rc = client_call(c, &req, SSMD__REPLY__RESULT_SESSIONS, &rep)))
-		return rc;
-	rc = sessions_copy(rep->sessions, count, out);
-	ssmd__reply__free_unpacked(rep, NULL);
-	return rc;
+	return sessions_call(c, &req, count, out);
 }
 
 /* Copies an append reply into out (may be NULL) and, when checkpoints is
@@ -1213,26 +1215,19 @@ int ssmd_tag_delete(ssmd_client *c, const char *name)
 {
 	Ssmd__Request req = SSMD__REQUEST__INIT;
 	Ssmd__UntagRequest op = SSMD__UNTAG_REQUEST__INIT;
-	Ssmd__Reply *rep;
-	int rc;
 
 	if (!name)
 		return ssmd_err_set(SSMD_EINVAL, "untag: no tag name");
 	op.name = (char *)name;
 	req.op_case = SSMD__REQUEST__OP_UNTAG;
 	req.untag = &op;
-	if ((rc = client_call(c, &req, SSMD__REPLY__RESULT__NOT_SET, &rep)))
-		return rc;
-	ssmd__reply__free_unpacked(rep, NULL);
-	return SSMD_OK;
+	return client_call_ack(c, &req);
 }
 
 int ssmd_state_delete(ssmd_client *c, const char *ref, int force)
 {
 	Ssmd__Request req = SSMD__REQUEST__INIT;
 	Ssmd__DeleteRequest op = SSMD__DELETE_REQUEST__INIT;
-	Ssmd__Reply *rep;
-	int rc;
 
 	if (!ref)
 		return ssmd_err_set(SSMD_EINVAL, "delete: no state");
@@ -1241,10 +1236,7 @@ int ssmd_state_delete(ssmd_client *c, const char *ref, int force)
 	op.force = force != 0;
 	req.op_case = SSMD__REQUEST__OP_DELETE_STATE;
 	req.delete_state = &op;
-	if ((rc = client_call(c, &req, SSMD__REPLY__RESULT__NOT_SET, &rep)))
-		return rc;
-	ssmd__reply__free_unpacked(rep, NULL);
-	return SSMD_OK;
+	return client_call_ack(c, &req);
 }
 
 int ssmd_state_export(ssmd_client *c, const char *ref, void **data,
