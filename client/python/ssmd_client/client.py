@@ -60,30 +60,30 @@ def default_url() -> str:
     return f"ipc://{xdg}/ssmd/ssmd.sock" if xdg else "ipc://run/ssmd.sock"
 
 
-def events_url_for(url: str) -> str:
-    """$SSMD_EVENTS_URL, else the events endpoint the daemon pairs with url
-    in its run directory: ipc://DIR/NAME.sock -> ipc://DIR/NAME-events.sock.
-    Other transports have no such rule: pass events_url to Client."""
-    env = os.environ.get("SSMD_EVENTS_URL")
+def _sibling_url(url: str, env_name: str, name: str) -> str:
+    """$env_name, else the endpoint called name that the daemon pairs with
+    url in its run directory: ipc://DIR/NAME.sock -> ipc://DIR/NAME-name.sock."""
+    env = os.environ.get(env_name)
     if env:
         return env
     if url.startswith("ipc://"):
         stem = url[:-5] if url.endswith(".sock") else url
-        return stem + "-events.sock"
-    raise SsmdError(SSMD_EINVAL, f"{url}: cannot derive the events URL; give it")
+        return f"{stem}-{name}.sock"
+    raise SsmdError(SSMD_EINVAL, f"{url}: cannot derive the {name} URL; give it")
+
+
+def events_url_for(url: str) -> str:
+    """$SSMD_EVENTS_URL, else the events endpoint the daemon pairs with url
+    in its run directory: ipc://DIR/NAME.sock -> ipc://DIR/NAME-events.sock.
+    Other transports have no such rule: pass events_url to Client."""
+    return _sibling_url(url, "SSMD_EVENTS_URL", "events")
 
 
 def jobs_url_for(url: str) -> str:
     """$SSMD_JOBS_URL, else the jobs endpoint the daemon pairs with url:
     ipc://DIR/NAME.sock -> ipc://DIR/NAME-jobs.sock. Other transports have no
     such rule: pass jobs_url to Client."""
-    env = os.environ.get("SSMD_JOBS_URL")
-    if env:
-        return env
-    if url.startswith("ipc://"):
-        stem = url[:-5] if url.endswith(".sock") else url
-        return stem + "-jobs.sock"
-    raise SsmdError(SSMD_EINVAL, f"{url}: cannot derive the jobs URL; give it")
+    return _sibling_url(url, "SSMD_JOBS_URL", "jobs")
 
 
 @dataclass
@@ -94,17 +94,33 @@ class Chunk:
     text: str
 
 
-def _dial(sock, url: str, timeout_s: float) -> None:
+def _dial(sock, url: str, timeout_s: float):
+    """Connects sock to url, retrying while nothing listens there for up to
+    timeout_s (a daemon that is still starting); returns sock, or closes it
+    and raises."""
     deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            sock.dial(url, block=True)
-            return
-        except pynng.NNGException as e:
-            if time.monotonic() >= deadline:
-                raise SsmdError(SSMD_ECLOSED,
-                                f"connect {url}: {e} (is ssmd running?)") from e
-            time.sleep(0.05)
+    try:
+        while True:
+            try:
+                sock.dial(url, block=True)
+                return sock
+            except pynng.NNGException as e:
+                if time.monotonic() >= deadline:
+                    raise SsmdError(SSMD_ECLOSED,
+                                    f"connect {url}: {e} (is ssmd running?)") from e
+                time.sleep(0.05)
+    except BaseException:
+        sock.close()
+        raise
+
+
+def _set_given(msg, **fields):
+    """Sets each field of the protobuf message msg whose value is not None
+    (an unset optional field keeps the daemon's default); returns msg."""
+    for name, value in fields.items():
+        if value is not None:
+            setattr(msg, name, value)
+    return msg
 
 
 class Client:
@@ -125,11 +141,7 @@ class Client:
         self._req = pynng.Req0(recv_timeout=int(timeout * 1000),
                                send_timeout=int(connect_timeout * 1000))
         self._sub = None
-        try:
-            _dial(self._req, self.url, connect_timeout)
-        except BaseException:
-            self._req.close()
-            raise
+        _dial(self._req, self.url, connect_timeout)
 
     # ------------------------------------------------------------ plumbing
 
@@ -191,14 +203,9 @@ class Client:
 
     def _events(self):
         if self._sub is None:
-            sub = pynng.Sub0(recv_timeout=STREAM_POLL_MS)
-            try:
-                _dial(sub, self._events_url or events_url_for(self.url),
-                      self.connect_timeout)
-            except BaseException:
-                sub.close()
-                raise
-            self._sub = sub
+            self._sub = _dial(pynng.Sub0(recv_timeout=STREAM_POLL_MS),
+                              self._events_url or events_url_for(self.url),
+                              self.connect_timeout)
         return self._sub
 
     # ------------------------------------------------------------ daemon
@@ -218,15 +225,9 @@ class Client:
                       label: Optional[str] = None) -> List["pb.SessionInfo"]:
         """Opens count sessions: empty, resumed from a state ID or tag
         (source), or copied from a live session (fork)."""
-        op = pb.OpenRequest(count=count)
-        if source is not None:
-            setattr(op, "from", source)  # "from" is a Python keyword
-        if fork is not None:
-            op.fork = fork
-        if seed is not None:
-            op.seed = seed
-        if label is not None:
-            op.label = label
+        # "from" is a Python keyword
+        op = _set_given(pb.OpenRequest(count=count), fork=fork, seed=seed,
+                        label=label, **{"from": source})
         return list(self._call("sessions", open=op).sessions.sessions)
 
     def open(self, source: Optional[str] = None, *, fork: Optional[str] = None,
@@ -237,9 +238,7 @@ class Client:
     def fork(self, source: str, n: int = 1, seed: Optional[int] = None) -> List[str]:
         """Forks a live session (copies its state) or a state ID or tag
         (resumes it) n times; returns the new session IDs."""
-        op = pb.ForkRequest(source=source, count=n)
-        if seed is not None:
-            op.seed = seed
+        op = _set_given(pb.ForkRequest(source=source, count=n), seed=seed)
         return [s.id for s in self._call("sessions", fork=op).sessions.sessions]
 
     def append(self, session: str, text: Optional[str] = None,
@@ -261,33 +260,21 @@ class Client:
             op.tokens.extend(tokens)
         else:
             op.texts.extend(texts)
-        if checkpoint_every is not None:
-            op.checkpoint_every = checkpoint_every
+        _set_given(op, checkpoint_every=checkpoint_every)
         op.boundaries.extend(boundaries)
         return self._call("append", append=op).append
 
     @staticmethod
     def _generate_op(session, max_tokens, temperature, top_k, top_p, seed, stop,
                      stop_tokens, snapshot, tag, label, stream) -> "pb.GenerateRequest":
-        op = pb.GenerateRequest(session=session, stream=stream)
-        if max_tokens is not None:
-            op.max_tokens = max_tokens
-        if temperature is not None:
-            op.temperature = temperature
-        if top_k is not None:
-            op.top_k = top_k
-        if top_p is not None:
-            op.top_p = top_p
-        if seed is not None:
-            op.seed = seed
+        op = _set_given(pb.GenerateRequest(session=session, stream=stream),
+                        max_tokens=max_tokens, temperature=temperature,
+                        top_k=top_k, top_p=top_p, seed=seed)
         op.stop.extend(stop)
         op.stop_tokens.extend(stop_tokens)
         if snapshot:
             op.snapshot_at_end = True
-            if tag is not None:
-                op.snapshot_tag = tag
-            if label is not None:
-                op.snapshot_label = label
+            _set_given(op, snapshot_tag=tag, snapshot_label=label)
         elif tag is not None or label is not None:
             raise SsmdError(SSMD_EINVAL, "generate: tag and label go with snapshot")
         return op
@@ -322,11 +309,7 @@ class Client:
     def snapshot(self, session: str, tag: Optional[str] = None,
                  label: Optional[str] = None) -> str:
         """Stores the session's state; returns its ID once committed."""
-        op = pb.SnapshotRequest(session=session)
-        if tag is not None:
-            op.tag = tag
-        if label is not None:
-            op.label = label
+        op = _set_given(pb.SnapshotRequest(session=session), tag=tag, label=label)
         return self._call("state_ref", snapshot=op).state_ref.state_id
 
     def close_session(self, session: str, snapshot: bool = False,
@@ -334,11 +317,8 @@ class Client:
                       label: Optional[str] = None) -> Optional[str]:
         """Ends a session; with snapshot, stores its state first and returns
         the ID (None otherwise)."""
-        op = pb.CloseRequest(session=session, snapshot=snapshot)
-        if tag is not None:
-            op.tag = tag
-        if label is not None:
-            op.label = label
+        op = _set_given(pb.CloseRequest(session=session, snapshot=snapshot),
+                        tag=tag, label=label)
         sid = self._call("state_ref", close=op).state_ref.state_id
         return sid or None
 
@@ -349,11 +329,9 @@ class Client:
                limit: Optional[int] = None,
                cursor: Optional[str] = None) -> "pb.StatesReply":
         """One page of stored states, newest first (.states, .next_cursor)."""
-        op = pb.StatesRequest(all_models=all_models)
-        for name, value in (("tag_prefix", tag_prefix), ("session", session),
-                            ("kind", kind), ("limit", limit), ("cursor", cursor)):
-            if value is not None:
-                setattr(op, name, value)
+        op = _set_given(pb.StatesRequest(all_models=all_models),
+                        tag_prefix=tag_prefix, session=session, kind=kind,
+                        limit=limit, cursor=cursor)
         return self._call("states", states=op).states
 
     def state(self, ref: str) -> "pb.StateReply":
@@ -384,11 +362,9 @@ class Client:
         """Merges stored states (IDs or tags) into a new stored state:
         mode "interpolate" (default, with weights), "compose" or "replay".
         With open, the reply's session is a new session on it."""
-        op = pb.MergeRequest(sources=list(sources), weights=list(weights), open=open)
-        for name, value in (("mode", mode), ("tag", tag), ("label", label),
-                            ("seed", seed)):
-            if value is not None:
-                setattr(op, name, value)
+        op = _set_given(pb.MergeRequest(sources=list(sources), weights=list(weights),
+                                        open=open),
+                        mode=mode, tag=tag, label=label, seed=seed)
         return self._call("merge", merge=op).merge
 
     def score(self, source: str, text: Optional[str] = None,
@@ -408,9 +384,7 @@ class Client:
     def result(self, request_id: str, client_id: Optional[str] = None) -> "pb.Reply":
         """The final reply of an earlier request (by default one of this
         client's), from the daemon's request cache; waits while it runs."""
-        op = pb.ResultRequest(request_id=request_id)
-        if client_id is not None:
-            op.client_id = client_id
+        op = _set_given(pb.ResultRequest(request_id=request_id), client_id=client_id)
         return self._call("fetched", result=op).fetched.reply
 
     def submit(self, op: str, **fields) -> str:
@@ -428,14 +402,9 @@ class Client:
             raise SsmdError(SSMD_EINVAL, f"submit {op}: {e}") from e
         req = self._envelope(**{op: msg})
         if self._push is None:
-            push = pynng.Push0(send_timeout=int(self.connect_timeout * 1000))
-            try:
-                _dial(push, self._jobs_url or jobs_url_for(self.url),
-                      self.connect_timeout)
-            except BaseException:
-                push.close()
-                raise
-            self._push = push
+            self._push = _dial(
+                pynng.Push0(send_timeout=int(self.connect_timeout * 1000)),
+                self._jobs_url or jobs_url_for(self.url), self.connect_timeout)
         try:
             self._push.send(req.SerializeToString())
         except pynng.NNGException as e:
@@ -444,9 +413,7 @@ class Client:
 
     def import_state(self, data: bytes, tag: Optional[str] = None) -> str:
         """Stores an exported state; returns its new ID."""
-        op = pb.ImportRequest(data=data)
-        if tag is not None:
-            op.tag = tag
+        op = _set_given(pb.ImportRequest(data=data), tag=tag)
         return self._call("state_ref", import_state=op).state_ref.state_id
 
 
