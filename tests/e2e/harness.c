@@ -232,13 +232,12 @@ const char *e2e_text_model(void)
 	return text_model;
 }
 
-void e2e_daemon_init(e2e_daemon *d, const char *name, const char *model,
-		     const char *store)
+void e2e_daemon_init(e2e_daemon *d, const char *name, const char *model)
 {
 	memset(d, 0, sizeof *d);
 	snprintf(d->name, sizeof d->name, "%s", name);
 	snprintf(d->model, sizeof d->model, "%s", model);
-	snprintf(d->store, sizeof d->store, "%s", store);
+	snprintf(d->store, sizeof d->store, "%s/%s.db", e2e_tmpdir(), name);
 	snprintf(d->url, sizeof d->url, "ipc://%s/%s.sock", e2e_tmpdir(), name);
 	snprintf(d->events, sizeof d->events, "ipc://%s/%s-events.sock",
 		 e2e_tmpdir(), name);

@@ -52,11 +52,11 @@ const char *e2e_tiny_model(void);
  * program with ssm-mkmodel (d_model 64, 2 layers, vocab 50280). */
 const char *e2e_text_model(void);
 
-/* Prepares d to serve model from store with sockets in the temporary
- * directory, named after name. Extra ssmd arguments may be put in d->extra
- * before e2e_daemon_start(). */
-void e2e_daemon_init(e2e_daemon *d, const char *name, const char *model,
-		     const char *store);
+/* Prepares d to serve model with its store (name.db), sockets and log in the
+ * temporary directory, named after name (one name per daemon of a test; a
+ * daemon restarted under the same name finds its store again). Extra ssmd
+ * arguments may be put in d->extra before e2e_daemon_start(). */
+void e2e_daemon_init(e2e_daemon *d, const char *name, const char *model);
 
 /* Starts ssmd and waits until it answers info (up to 60 s). Returns 0, or -1
  * with the reason printed (daemon log included). */

@@ -138,7 +138,6 @@ static void verify_all(e2e_daemon *d, int round)
 
 int main(void)
 {
-	char store[E2E_PATH_MAX];
 	e2e_daemon d;
 	unsigned seed;
 
@@ -148,8 +147,7 @@ int main(void)
 	}
 	e2e_random(&seed, sizeof seed);
 	printf("kill delays from seed %u\n", seed);
-	snprintf(store, sizeof store, "%s/crash.db", e2e_tmpdir());
-	e2e_daemon_init(&d, "crash", e2e_tiny_model(), store);
+	e2e_daemon_init(&d, "crash", e2e_tiny_model());
 	for (int round = 1; round <= ROUNDS; round++) {
 		if (e2e_daemon_start(&d) != 0) {
 			CHECK(0, "round %d: daemon did not start", round);

@@ -315,7 +315,6 @@ static void test_bad_params(ssmd_client *c)
 /* A state exported by a daemon serving another model is refused here. */
 static void test_other_model(ssmd_client *c)
 {
-	char store[E2E_PATH_MAX];
 	e2e_daemon other;
 	ssmd_client *oc = NULL;
 	ssmd_session s, r;
@@ -324,8 +323,7 @@ static void test_other_model(ssmd_client *c)
 	size_t len = 0;
 	int rc;
 
-	snprintf(store, sizeof store, "%s/other.db", e2e_tmpdir());
-	e2e_daemon_init(&other, "other", e2e_text_model(), store);
+	e2e_daemon_init(&other, "other", e2e_text_model());
 	if (e2e_daemon_start(&other) != 0) {
 		CHECK(0, "second daemon did not start");
 		return;
@@ -426,16 +424,15 @@ static void test_vanishing_client(ssmd_client *c)
 
 int main(void)
 {
-	char store[E2E_PATH_MAX], maxmsg[32];
+	char maxmsg[32];
 	ssmd_client *c = NULL;
 
 	if (!e2e_have_daemon()) {
 		SKIP("ssmd or ssm-mkmodel not built");
 		return check_summary("e2e_faults");
 	}
-	snprintf(store, sizeof store, "%s/faults.db", e2e_tmpdir());
 	snprintf(maxmsg, sizeof maxmsg, "%d", MAX_MESSAGE);
-	e2e_daemon_init(&tiny, "faults", e2e_tiny_model(), store);
+	e2e_daemon_init(&tiny, "faults", e2e_tiny_model());
 	tiny.extra[0] = "--max-message";
 	tiny.extra[1] = maxmsg;
 	if (e2e_daemon_start(&tiny) != 0) {

@@ -243,7 +243,6 @@ static void test_prefill_checkpoints(ssmd_client *c)
 
 int main(void)
 {
-	char store[E2E_PATH_MAX];
 	e2e_daemon d;
 	ssmd_client *c = NULL;
 
@@ -251,8 +250,7 @@ int main(void)
 		SKIP("ssmd or ssm-mkmodel not built");
 		return check_summary("e2e_ingest");
 	}
-	snprintf(store, sizeof store, "%s/ingest.db", e2e_tmpdir());
-	e2e_daemon_init(&d, "ingest", e2e_tiny_model(), store);
+	e2e_daemon_init(&d, "ingest", e2e_tiny_model());
 	/* Small chunks make the ingest take many scheduler steps. */
 	d.extra[0] = "--prefill-chunk";
 	d.extra[1] = "64";

@@ -538,7 +538,6 @@ static void test_stream_gap(const e2e_daemon *d, ssmd_client *c)
 
 int main(void)
 {
-	char store[E2E_PATH_MAX];
 	e2e_daemon d;
 	ssmd_client *c = NULL;
 
@@ -546,8 +545,7 @@ int main(void)
 		SKIP("ssmd or ssm-mkmodel not built");
 		return check_summary("e2e_jobs");
 	}
-	snprintf(store, sizeof store, "%s/jobs.db", e2e_tmpdir());
-	e2e_daemon_init(&d, "jobs", e2e_tiny_model(), store);
+	e2e_daemon_init(&d, "jobs", e2e_tiny_model());
 	if (e2e_daemon_start(&d) != 0) {
 		CHECK(0, "daemon did not start");
 		return check_summary("e2e_jobs");

@@ -393,7 +393,6 @@ int main(void)
 	static sess_rec ref[N_SESS], rr[N_SESS], rs[N_SESS];
 	static int32_t long_got[N_LONG], long_ref[N_LONG];
 	static long_gen lg, ref_long = {.got = long_ref};
-	char store[E2E_PATH_MAX];
 	e2e_daemon alone, d, dr;
 	ssmd_client *c = NULL;
 	ssmd_info info;
@@ -403,8 +402,7 @@ int main(void)
 		return check_summary("e2e_scale");
 	}
 
-	snprintf(store, sizeof store, "%s/alone.db", e2e_tmpdir());
-	e2e_daemon_init(&alone, "alone", e2e_tiny_model(), store);
+	e2e_daemon_init(&alone, "alone", e2e_tiny_model());
 	alone.extra[0] = "--slots";
 	alone.extra[1] = "256";
 	alone.extra[2] = "--max-generate-tokens";
@@ -430,8 +428,7 @@ int main(void)
 	CHECK(e2e_daemon_stop(&alone) == 0, "reference daemon exit");
 
 	/* 200 sessions round-robin on 4 slots. */
-	snprintf(store, sizeof store, "%s/rr.db", e2e_tmpdir());
-	e2e_daemon_init(&d, "rr", e2e_tiny_model(), store);
+	e2e_daemon_init(&d, "rr", e2e_tiny_model());
 	d.extra[0] = "--slots";
 	d.extra[1] = "4";
 	if (e2e_daemon_start(&d) == 0) {
@@ -444,8 +441,7 @@ int main(void)
 	}
 
 	/* The same with a SIGTERM and a restart halfway through the turns. */
-	snprintf(store, sizeof store, "%s/restart.db", e2e_tmpdir());
-	e2e_daemon_init(&dr, "restart", e2e_tiny_model(), store);
+	e2e_daemon_init(&dr, "restart", e2e_tiny_model());
 	dr.extra[0] = "--slots";
 	dr.extra[1] = "4";
 	dr.extra[2] = "--max-generate-tokens";

@@ -94,7 +94,6 @@ static ssmd_generate_args sampled(const uint64_t *seed)
 /* Resume across a restart, on the text model. */
 static void test_resume(void)
 {
-	char store[E2E_PATH_MAX];
 	e2e_daemon d;
 	ssmd_client *c = NULL;
 	ssmd_session s1, s2, s3, r1, r2;
@@ -104,8 +103,7 @@ static void test_resume(void)
 	ssmd_generate_args a;
 	sink st;
 
-	snprintf(store, sizeof store, "%s/resume.db", e2e_tmpdir());
-	e2e_daemon_init(&d, "resume", e2e_text_model(), store);
+	e2e_daemon_init(&d, "resume", e2e_text_model());
 	if (e2e_daemon_start(&d) != 0) {
 		CHECK(0, "daemon did not start");
 		return;
@@ -502,7 +500,6 @@ static void test_no_tokenizer(ssmd_client *c)
  * generate, each stored with its transcript. */
 static void test_checkpoints(void)
 {
-	char store[E2E_PATH_MAX];
 	e2e_daemon d;
 	ssmd_client *c = NULL;
 	ssmd_session s;
@@ -512,8 +509,7 @@ static void test_checkpoints(void)
 	ssmd_state_list *l = NULL;
 	int32_t toks[40];
 
-	snprintf(store, sizeof store, "%s/ckpt.db", e2e_tmpdir());
-	e2e_daemon_init(&d, "ckpt", e2e_tiny_model(), store);
+	e2e_daemon_init(&d, "ckpt", e2e_tiny_model());
 	d.extra[0] = "--checkpoint-every";
 	d.extra[1] = "16";
 	if (e2e_daemon_start(&d) != 0) {
@@ -563,7 +559,6 @@ out:
 
 int main(void)
 {
-	char store[E2E_PATH_MAX];
 	e2e_daemon d;
 	ssmd_client *c = NULL;
 
@@ -574,8 +569,7 @@ int main(void)
 	test_resume();
 	test_checkpoints();
 
-	snprintf(store, sizeof store, "%s/tiny.db", e2e_tmpdir());
-	e2e_daemon_init(&d, "tiny", e2e_tiny_model(), store);
+	e2e_daemon_init(&d, "tiny", e2e_tiny_model());
 	if (e2e_daemon_start(&d) != 0) {
 		CHECK(0, "daemon on tiny-mamba did not start");
 		return check_summary("e2e_sessions");
