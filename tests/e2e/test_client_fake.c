@@ -21,6 +21,7 @@
 #include <nng/supplemental/util/platform.h>
 
 #include "check.h"
+#include "fake_io.h"
 #include "proto.h"
 #include "ssmd.h"
 
@@ -52,17 +53,6 @@ typedef struct fake {
 	uint32_t versions[32];
 	int n_seen;
 } fake;
-
-static void send_reply(fake *f, Ssmd__Reply *rep)
-{
-	void *buf;
-	size_t len;
-
-	if (proto_msg_pack(&rep->base, &buf, &len) == SSMD_OK) {
-		nng_send(f->rep, buf, len, 0);
-		free(buf);
-	}
-}
 
 /* Publishes one event: seq, and the tokens [from, to) with their letters. */
 static void publish(fake *f, const char *rid, uint64_t seq, int from, int to,
@@ -101,15 +91,11 @@ static void *fake_main(void *arg)
 		Ssmd__GenerateReply gen = SSMD__GENERATE_REPLY__INIT;
 		Ssmd__Request *req = NULL;
 		char long_id[200];
-		void *buf;
-		size_t len;
 
 		if (f->script[step] == S_STOP)
 			break;
-		if (nng_recv(f->rep, &buf, &len, NNG_FLAG_ALLOC) != 0)
+		if (fake_recv_request(f->rep, &req) != 0)
 			break;
-		proto_request_decode(buf, len, &req);
-		nng_free(buf, len);
 		if (!req)
 			continue;
 		if (f->n_seen < 32) {
@@ -130,23 +116,23 @@ static void *fake_main(void *arg)
 			info.model = "fake-model";
 			rep.result_case = SSMD__REPLY__RESULT_INFO;
 			rep.info = &info;
-			send_reply(f, &rep);
+			fake_send(f->rep, &rep.base);
 			break;
 		case S_ERROR:
 			rep.code = SSMD_ENOENT;
 			rep.message = "no session s-bad";
-			send_reply(f, &rep);
+			fake_send(f->rep, &rep.base);
 			break;
 		case S_WRONG_ID:
 			rep.request_id = "someone-else";
 			rep.result_case = SSMD__REPLY__RESULT_INFO;
 			rep.info = &info;
-			send_reply(f, &rep);
+			fake_send(f->rep, &rep.base);
 			break;
 		case S_WRONG_RESULT:
 			rep.result_case = SSMD__REPLY__RESULT_STATS;
 			rep.stats = &stats;
-			send_reply(f, &rep);
+			fake_send(f->rep, &rep.base);
 			break;
 		case S_GARBAGE:
 			nng_send(f->rep, "\xff\xff\xff\xff garbage", 12, 0);
@@ -162,7 +148,7 @@ static void *fake_main(void *arg)
 			sessions.sessions = &sip;
 			rep.result_case = SSMD__REPLY__RESULT_SESSIONS;
 			rep.sessions = &sessions;
-			send_reply(f, &rep);
+			fake_send(f->rep, &rep.base);
 			break;
 		case S_STREAM:
 		case S_STREAM_GAP:
@@ -187,7 +173,7 @@ static void *fake_main(void *arg)
 			gen.session_tokens = 105;
 			rep.result_case = SSMD__REPLY__RESULT_GENERATE;
 			rep.generate = &gen;
-			send_reply(f, &rep);
+			fake_send(f->rep, &rep.base);
 			break;
 		case S_STOP:
 			break;

@@ -19,6 +19,7 @@
 #include <nng/protocol/reqrep0/rep.h>
 
 #include "check.h"
+#include "fake_io.h"
 #include "proto.h"
 #include "ssmd.h"
 
@@ -65,13 +66,9 @@ static void *fake_main(void *arg)
 		static int32_t toks[3] = {7, 8, 9};
 		char long_id[100];
 		Ssmd__Request *req = NULL;
-		void *buf;
-		size_t len;
 
-		if (nng_recv(f->rep, &buf, &len, NNG_FLAG_ALLOC) != 0)
+		if (fake_recv_request(f->rep, &req) != 0)
 			break;
-		proto_request_decode(buf, len, &req);
-		nng_free(buf, len);
 		if (!req)
 			continue;
 		if (req->op_case == SSMD__REQUEST__OP_RESULT) {
@@ -164,10 +161,7 @@ static void *fake_main(void *arg)
 		default:
 			break;
 		}
-		if (proto_msg_pack(&outer.base, &buf, &len) == SSMD_OK) {
-			nng_send(f->rep, buf, len, 0);
-			free(buf);
-		}
+		fake_send(f->rep, &outer.base);
 		proto_request_free(req);
 	}
 	return NULL;
@@ -177,16 +171,8 @@ static void *fake_main(void *arg)
 static Ssmd__Request *pulled(nng_socket pull)
 {
 	Ssmd__Request *req = NULL;
-	void *buf;
-	size_t len;
 
-	if (nng_recv(pull, &buf, &len, NNG_FLAG_ALLOC) != 0)
-		return NULL;
-	if (proto_request_decode(buf, len, &req) != SSMD_OK) {
-		proto_request_free(req);
-		req = NULL;
-	}
-	nng_free(buf, len);
+	fake_recv_request(pull, &req);
 	return req;
 }
 
