@@ -383,14 +383,17 @@ static size_t opt_list_elem(opt_kind kind)
 }
 
 /* Parses the options of the command in x->argv by the table specs (options
- * and operands may come in any order); optind then indexes the first
- * operand. Returns 0, or the exit status after printing why not. */
-static int opts_parse(cmd_ctx *x, const opt_spec *specs)
+ * and operands may come in any order) and checks that between min_args and
+ * max_args operands (max_args -1: any number) follow, else prints the usage
+ * message args_msg (%s: the first extra operand). optind then indexes the
+ * first operand. Returns 0, or the exit status after printing why not. */
+static int opts_parse(cmd_ctx *x, const opt_spec *specs, int min_args,
+		      int max_args, const char *args_msg)
 {
 	struct option lo[OPTS_MAX + 1];
 	char shorts[2 * OPTS_MAX + 1];
 	size_t n, ns = 0;
-	int o, rc;
+	int o, rc, n_args;
 
 	for (n = 0; specs[n].name; n++) {
 		const opt_spec *s = &specs[n];
@@ -420,17 +423,9 @@ static int opts_parse(cmd_ctx *x, const opt_spec *specs)
 		if ((rc = opt_store(x, s, optarg)))
 			return rc;
 	}
-	return 0;
-}
-
-/* Checks that between min and max operands (max -1: any number) follow the
- * options; else prints the usage message msg (%s: the first extra one). */
-static int args_check(const cmd_ctx *x, int min, int max, const char *msg)
-{
-	int n = x->argc - optind;
-
-	if (n < min || (max >= 0 && n > max))
-		return usage(msg, x->argv[optind]);
+	n_args = x->argc - optind;
+	if (n_args < min_args || (max_args >= 0 && n_args > max_args))
+		return usage(args_msg, x->argv[optind]);
 	return 0;
 }
 
@@ -524,8 +519,7 @@ static int cmd_open(cmd_ctx *x)
 	ssmd_session *s;
 	int rc;
 
-	if ((rc = opts_parse(x, opts)) ||
-	    (rc = args_check(x, 0, 0, "open: unexpected argument %s")))
+	if ((rc = opts_parse(x, opts, 0, 0, "open: unexpected argument %s")))
 		return rc;
 	if (a.from && a.fork)
 		return usage("open: give --from or --fork, not both", NULL);
@@ -552,8 +546,8 @@ static int cmd_fork(cmd_ctx *x)
 	ssmd_session *s;
 	int rc;
 
-	if ((rc = opts_parse(x, opts)) ||
-	    (rc = args_check(x, 1, 1, "fork needs one SESSION, state ID or tag")))
+	if ((rc = opts_parse(x, opts, 1, 1,
+				 "fork needs one SESSION, state ID or tag")))
 		return rc;
 	if (!(s = calloc(count, sizeof *s)))
 		return fail("fork", ssmd_err_set(SSMD_ENOMEM, "out of memory"));
@@ -701,8 +695,7 @@ static int cmd_append(cmd_ctx *x)
 	uint32_t *offsets = NULL;
 	int rc = 0, ret;
 
-	if ((ret = opts_parse(x, opts)) ||
-	    (ret = args_check(x, 1, 1, "append needs one SESSION")))
+	if ((ret = opts_parse(x, opts, 1, 1, "append needs one SESSION")))
 		goto done;
 	ret = EXIT_USAGE;
 	if (input_given(&in) + (messages.n > 0) != 1) {
@@ -817,8 +810,8 @@ static int cmd_merge(cmd_ctx *x)
 	ssmd_session ses;
 	int rc, ret;
 
-	if ((ret = opts_parse(x, opts)) ||
-	    (ret = args_check(x, 2, -1, "merge needs at least two IDs or tags")))
+	if ((ret = opts_parse(x, opts, 2, -1,
+				 "merge needs at least two IDs or tags")))
 		goto done;
 	a.sources = (const char *const *)(x->argv + optind);
 	a.n_sources = (size_t)(x->argc - optind);
@@ -858,8 +851,8 @@ static int cmd_score(cmd_ctx *x)
 	ssmd_score *sc = NULL;
 	int rc;
 
-	if ((rc = opts_parse(x, opts)) ||
-	    (rc = args_check(x, 1, 1, "score needs one SESSION, state ID or tag")))
+	if ((rc = opts_parse(x, opts, 1, 1,
+				 "score needs one SESSION, state ID or tag")))
 		return rc;
 	if (input_given(&in) != 1)
 		return usage("score needs exactly one of --text, --file, --tokens", NULL);
@@ -942,8 +935,7 @@ static int cmd_generate(cmd_ctx *x)
 	int rc, ret;
 
 	ssmd_generate_args_init(&a);
-	if ((ret = opts_parse(x, opts)) ||
-	    (ret = args_check(x, 1, 1, "generate needs one SESSION")))
+	if ((ret = opts_parse(x, opts, 1, 1, "generate needs one SESSION")))
 		goto done;
 	if ((a.snapshot_tag || a.snapshot_label) && !a.snapshot) {
 		ret = usage("--tag and --label go with --snapshot", NULL);
@@ -1019,8 +1011,7 @@ static int cmd_snapshot(cmd_ctx *x)
 	ssmd_state_ref r;
 	int rc;
 
-	if ((rc = opts_parse(x, opts)) ||
-	    (rc = args_check(x, 1, 1, "snapshot needs one SESSION")))
+	if ((rc = opts_parse(x, opts, 1, 1, "snapshot needs one SESSION")))
 		return rc;
 	if ((rc = ssmd_session_snapshot(x->c, x->argv[optind], tag, label, &r)))
 		return fail("snapshot", rc);
@@ -1040,8 +1031,7 @@ static int cmd_close(cmd_ctx *x)
 	};
 	ssmd_state_ref r;
 
-	if ((rc = opts_parse(x, opts)) ||
-	    (rc = args_check(x, 1, 1, "close needs one SESSION")))
+	if ((rc = opts_parse(x, opts, 1, 1, "close needs one SESSION")))
 		return rc;
 	if ((tag || label) && !snap)
 		return usage("--tag and --label go with --snapshot", NULL);
@@ -1081,7 +1071,8 @@ static int cmd_submit(cmd_ctx *x)
 	op = x->argv[1];
 	x->argc--;
 	x->argv++;
-	if ((ret = opts_parse(x, opts)))
+	/* The operands are counted once the operation is known. */
+	if ((ret = opts_parse(x, opts, 0, -1, NULL)))
 		goto done;
 	ret = EXIT_USAGE;
 	if (strcmp(op, "open") == 0) {
@@ -1163,8 +1154,7 @@ static int cmd_result(cmd_ctx *x)
 	ssmd_reply *r = NULL;
 	int rc;
 
-	if ((rc = opts_parse(x, opts)) ||
-	    (rc = args_check(x, 1, 1, "result needs one REQUEST_ID")))
+	if ((rc = opts_parse(x, opts, 1, 1, "result needs one REQUEST_ID")))
 		return rc;
 	if ((rc = ssmd_result(x->c, x->argv[optind], client, &r)))
 		return fail("result", rc);
@@ -1274,8 +1264,7 @@ static int cmd_states(cmd_ctx *x)
 	ssmd_state_list *l;
 	int rc;
 
-	if ((rc = opts_parse(x, opts)) ||
-	    (rc = args_check(x, 0, 0, "states: unexpected argument %s")))
+	if ((rc = opts_parse(x, opts, 0, 0, "states: unexpected argument %s")))
 		return rc;
 	if ((rc = ssmd_states_list(x->c, &f, &l)))
 		return fail("states", rc);
@@ -1388,8 +1377,7 @@ static int cmd_rm(cmd_ctx *x)
 		OPT_END,
 	};
 
-	if ((rc = opts_parse(x, opts)) ||
-	    (rc = args_check(x, 1, 1, "rm needs one ID")))
+	if ((rc = opts_parse(x, opts, 1, 1, "rm needs one ID")))
 		return rc;
 	if ((rc = ssmd_state_delete(x->c, x->argv[optind], force)))
 		return fail("rm", rc);
@@ -1439,8 +1427,7 @@ static int cmd_import(cmd_ctx *x)
 	size_t len;
 	int rc;
 
-	if ((rc = opts_parse(x, opts)) ||
-	    (rc = args_check(x, 1, 1, "import needs one FILE")))
+	if ((rc = opts_parse(x, opts, 1, 1, "import needs one FILE")))
 		return rc;
 	if ((rc = read_file(x->argv[optind], &data, &len)))
 		return fail("import", rc);
