@@ -1598,11 +1598,14 @@ static void merge_replay_done(sched *s, struct job *j, int code)
 	struct put_args *a = NULL;
 	char (*extra)[STORE_ID_SIZE] = NULL;
 	ssm_state *st = NULL;
+	/* Read now: m goes with j, which the store thread (or the error
+	 * reply below) frees. */
+	const int open = m->open;
 	int rc = code;
 
 	sess_job_pop(x);
 	if (!rc)
-		rc = reply_merge(j, x->n_tokens, m->open ? x : NULL);
+		rc = reply_merge(j, x->n_tokens, open ? x : NULL);
 	if (!rc && !(extra = malloc((m->n - 1) * sizeof(*extra))))
 		rc = ssmd_err_set(SSMD_ENOMEM, "merge parents");
 	if (!rc)
@@ -1610,7 +1613,7 @@ static void merge_replay_done(sched *s, struct job *j, int code)
 	if (!rc) {
 		/* An opened result is a session like any other from now on
 		 * (its put records it in the session table). */
-		x->scratch = !m->open;
+		x->scratch = !open;
 		rc = sess_put_prepare(s, x, st, STORE_KIND_MERGE, nonempty(q->tag),
 				      nonempty(q->label), j, 0, &a, NULL);
 	}
@@ -1624,7 +1627,7 @@ static void merge_replay_done(sched *s, struct job *j, int code)
 		job_finish(j, rc, NULL);
 	}
 	free(extra);
-	if (rc || !m->open)
+	if (rc || !open)
 		sess_close(s, x);
 }
 
