@@ -7,6 +7,8 @@ bit for bit (same CPU backend) and sampling is keyed by (seed, token index).
 """
 import math
 
+import time
+
 import pytest
 
 from ssmd_client import Client, SsmdError, events_url_for
@@ -323,15 +325,31 @@ def test_result_by_request_id(daemon, client):
     assert e.value.code == SSMD_ENOENT
 
 
+def job_result(client, rid, tries=500):
+    """The final reply of a pushed job. A push is not acknowledged and travels
+    on another socket than `result`, so `result` may reach the daemon before
+    the job does and answer "unknown request" (raised as SSMD_ENOENT): ask
+    again, a bounded number of times. Once the job is known, `result` waits
+    for it to finish."""
+    for _ in range(tries):
+        try:
+            return client.result(rid)
+        except SsmdError as e:
+            if e.code != SSMD_ENOENT:
+                raise
+            time.sleep(0.01)
+    return client.result(rid)
+
+
 def test_jobs(client):
     s = client.open()
     rid = client.submit("append", session=s, text=PROMPT)
-    rep = client.result(rid)  # waits while the job runs
+    rep = job_result(client, rid)
     assert rep.request_id == rid and rep.code == 0 and rep.append.appended > 0
     bad = client.submit("append", session="s-nope", tokens=[1])
-    rep = client.result(bad)
+    rep = job_result(client, bad)
     assert rep.code == SSMD_ENOENT and rep.message
-    opened = client.result(client.submit("open", **{"from": client.snapshot(s)}))
+    opened = job_result(client, client.submit("open", **{"from": client.snapshot(s)}))
     assert opened.sessions.sessions[0].n_tokens == client.state(
         client.snapshot(s)).info.n_tokens
     with pytest.raises(SsmdError) as e:

@@ -6,6 +6,7 @@ usage errors.
 import json
 import os
 import subprocess
+import time
 
 from conftest import SSMCTL
 
@@ -27,8 +28,14 @@ def submit(daemon, *args):
 
 
 def result(daemon, rid, cid):
-    """The job's reply as JSON (waits while it runs)."""
-    p = ctl(daemon, "--json", "result", rid, "--client", cid)
+    """The job's reply as JSON (waits while it runs). A push is not
+    acknowledged, so `result` may reach the daemon before the job does and
+    hear "unknown": ask again, a bounded number of times."""
+    for _ in range(200):
+        p = ctl(daemon, "--json", "result", rid, "--client", cid)
+        if p.returncode == 0 or "no longer remembered" not in p.stderr:
+            break
+        time.sleep(0.02)
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout)
 
