@@ -1,6 +1,7 @@
 /*
  * testutil.h — small helpers several ssmd test programs share, next to
- * check.h: reading a whole fixture file and a seeded random stream.
+ * check.h: reading a whole fixture file, a seeded random stream and removing
+ * a test's temporary folder.
  *
  * Header-only (static inline), so each test program links nothing more;
  * every function is safe to call from any thread on its own arguments.
@@ -8,9 +9,31 @@
 #ifndef SSMD_TEST_TESTUTIL_H
 #define SSMD_TEST_TESTUTIL_H
 
+#include <ftw.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+
+static inline int test_dir_remove_one(const char *path, const struct stat *sb,
+				     int type, struct FTW *ftw)
+{
+	(void)sb;
+	(void)type;
+	(void)ftw;
+	return remove(path);
+}
+
+/* Removes dir and everything below it (without following links), as
+ * `rm -rf` does; prints a line to stderr and returns -1 when something could
+ * not be removed, 0 otherwise. */
+static inline int test_dir_remove(const char *dir)
+{
+	if (nftw(dir, test_dir_remove_one, 16, FTW_DEPTH | FTW_PHYS) != 0) {
+		fprintf(stderr, "could not remove %s\n", dir);
+		return -1;
+	}
+	return 0;
+}
 
 /* The whole file at path in a malloc'd buffer with one NUL byte after its
  * end (so a text file reads as a string); *len, when len is not NULL, gets

@@ -126,7 +126,6 @@ static void test_replay_stop(const char *fixtures)
 int main(void)
 {
 	const char *fixtures = getenv("SSMD_SHARED_FIXTURES");
-	char cmd[256];
 
 	if (!fixtures) {
 		SKIP("SSMD_SHARED_FIXTURES is not set");
@@ -137,8 +136,6 @@ int main(void)
 		return 1;
 	}
 	test_replay_stop(fixtures);
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", tmp);
-	if (system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", tmp);
+	test_dir_remove(tmp);
 	return check_summary("cancel");
 }

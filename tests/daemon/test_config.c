@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "testutil.h"
 #include "daemon/config.h"
 #include "daemon/log.h"
 #include "ssmd_err.h"
@@ -163,8 +164,6 @@ int main(void)
 	CHECK_RC(cfg_set(&c, "max_store_bytes", "99999999999999999999"), SSMD_EINVAL);
 	cfg_fini(&c);
 
-	char cmd[300];
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-	CHECK(system(cmd) == 0, "cleanup");
+	CHECK(test_dir_remove(dir) == 0, "cleanup");
 	return check_summary("config");
 }

@@ -794,7 +794,6 @@ static void test_text(const char *shared)
 int main(void)
 {
 	const char *fixtures = getenv("SSMD_SHARED_FIXTURES");
-	char cmd[256];
 
 	if (!fixtures) {
 		SKIP("SSMD_SHARED_FIXTURES is not set");
@@ -806,8 +805,6 @@ int main(void)
 	}
 	test_tiny(fixtures);
 	test_text(fixtures);
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", tmp);
-	if (system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", tmp);
+	test_dir_remove(tmp);
 	return check_summary("sched");
 }

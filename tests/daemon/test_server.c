@@ -23,6 +23,7 @@
 #include <nng/protocol/reqrep0/req.h>
 
 #include "check.h"
+#include "testutil.h"
 #include "proto.h"
 
 static char tmp[] = "/tmp/ssmd-test-server-XXXXXX";
@@ -201,7 +202,7 @@ int main(void)
 {
 	const char *build = getenv("SSMD_BUILD_ROOT");
 	const char *fixtures = getenv("SSMD_SHARED_FIXTURES");
-	char ssmd[1024], model[1024], cmd[700];
+	char ssmd[1024], model[1024];
 	Ssmd__Reply *r;
 	nng_socket s;
 	pid_t pid;
@@ -565,8 +566,6 @@ int main(void)
 		CHECK(daemon_stop(pid) == 0, "second stop exits 0");
 	}
 	free(sid);
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", tmp);
-	if (system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", tmp);
+	test_dir_remove(tmp);
 	return check_summary("server");
 }

@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "testutil.h"
 #include "sched_harness.h"
 #include "ssm_impl.h"
 
@@ -711,7 +712,7 @@ static void test_texts(const char *shared)
 int main(void)
 {
 	const char *fixtures = getenv("SSMD_SHARED_FIXTURES");
-	char dir[1024], path[1200], cmd[256];
+	char dir[1024], path[1200];
 	ssm_model *m;
 	store *st;
 	cfg c;
@@ -748,8 +749,6 @@ int main(void)
 	test_restart(m, path);
 	test_texts(fixtures);
 	ssm_model_free(m);
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", tmp);
-	if (system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", tmp);
+	test_dir_remove(tmp);
 	return check_summary("service");
 }

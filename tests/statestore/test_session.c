@@ -14,6 +14,7 @@
 #include <sqlite3.h>
 
 #include "check.h"
+#include "testutil.h"
 #include "ssm_state.h"
 #include "store.h"
 
@@ -50,7 +51,7 @@ static const store_session *find(const store_session *v, size_t n,
 int main(void)
 {
 	char path[256], old[256], sid[STORE_ID_SIZE], big[STORE_LABEL_MAX + 2];
-	char longid[STORE_SESSION_ID_MAX + 2], cmd[300];
+	char longid[STORE_SESSION_ID_MAX + 2];
 	store *st;
 	store_session *v = NULL;
 	size_t n = 0;
@@ -187,8 +188,6 @@ int main(void)
 	free(v);
 	store_close(st);
 
-	snprintf(cmd, sizeof(cmd), "rm -rf %s", tmp);
-	if (system(cmd) != 0)
-		fprintf(stderr, "could not remove %s\n", tmp);
+	test_dir_remove(tmp);
 	return check_summary("statestore_session");
 }
