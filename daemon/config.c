@@ -49,6 +49,7 @@ static const struct key keys[] = {
 	KI(prefill_chunk, 1, 1 << 20, "tokens per appending session per step"),
 	KI(step_tokens, 1, 1 << 24, "tokens per scheduler step: decode plus prefill of every session"),
 	KI(idle_timeout, 0, 1 << 30, "seconds until an idle session is stored and closed (0 = never)"),
+	KI(host_cache_mb, 0, 1 << 24, "MB of host memory keeping the states of paged-out sessions, so paging one in needs no library read (0 = off)"),
 	KI(request_cache, 16, 1 << 24, "replies remembered for retries"),
 	KI(contexts, 1, 65536, "requests in flight on the request endpoint"),
 };
@@ -67,6 +68,7 @@ void cfg_init(cfg *c)
 	c->queue_depth = 256;
 	c->prefill_chunk = 512;
 	c->step_tokens = 2048;
+	c->host_cache_mb = 1024;
 	c->request_cache = 4096;
 	c->contexts = 1024;
 }

@@ -50,6 +50,8 @@ typedef struct cfg {
 				 * chunks, shared round-robin among appenders */
 	int idle_timeout;       /* seconds after which an idle session is stored
 				 * and closed; 0 = never */
+	int host_cache_mb;      /* host memory for the states of paged-out
+				 * sessions (the host tier), MB; 0 = off */
 	int request_cache;      /* remembered replies for idempotent retries */
 	int contexts;           /* requests in flight on the REP socket */
 } cfg;

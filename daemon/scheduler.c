@@ -135,6 +135,9 @@ static void stats_publish(sched *s)
 	}
 	atomic_store(&s->n_sessions, open);
 	atomic_store(&s->n_resident, resident);
+	pthread_mutex_lock(&s->lock);
+	hostcache_stats_get(s->hc, &s->tier);
+	pthread_mutex_unlock(&s->lock);
 }
 
 static void tokens_count(sched *s, size_t n)
@@ -328,10 +331,12 @@ static int sess_store_again(sched *s, struct sess *x, store_kind kind,
 	struct put_args *a = calloc(1, sizeof(*a));
 
 	label = label ? label : x->label;
-	if (!a || (label && !(a->label = strdup(label))) ||
+	if (!a || !(a->done = calloc(1, sizeof(*a->done))) ||
+	    (label && !(a->label = strdup(label))) ||
 	    (tag && !(a->tag = strdup(tag))) ||
 	    (x->label && !(a->sess_label = strdup(x->label)))) {
 		if (a) {
+			free(a->done);
 			free(a->label);
 			free(a->tag);
 		}
@@ -358,14 +363,55 @@ static void slot_release(sched *s, struct sess *x)
 	x->loading = 0;
 }
 
-/* Evicts x (idle, resident): stores it first when it has unsaved progress. */
+/* Queues the checkpoint of x (dirty, resident) that its page-out needs,
+ * keeping the state in the host tier when there is room: the put then
+ * borrows the tier's copy (the entry is pinned until DONE_COMMITTED), so
+ * the state leaves the slot once and the next page-in needs no library
+ * read. Without room, the put owns the state as any other put. */
+static int sess_page_out_store(sched *s, struct sess *x)
+{
+	struct put_args *a = NULL;
+	struct done_msg *m = calloc(1, sizeof(*m));
+	struct sref *ref = NULL;
+	ssm_state *st = NULL;
+	int rc = m ? sess_state_copy(s, x, &st)
+		   : ssmd_err_set(SSMD_ENOMEM, "page-out");
+
+	if (!rc)
+		rc = sess_put_prepare(s, x, st, STORE_KIND_CHECKPOINT, NULL, NULL,
+				      NULL, 0, &a, &ref);
+	if (rc) {
+		free(m);
+		return rc;
+	}
+	if (hostcache_add(s->hc, ref, a->st, 1) == SSMD_OK) {
+		a->borrowed = 1;
+		a->done = m;
+		m = NULL;
+	}
+	free(m);
+	sched_store_put(a);
+	return SSMD_OK;
+}
+
+/* Evicts x (idle, resident). With unsaved progress it is checkpointed (on
+ * the store thread, after the slot is free again) and its state stays in
+ * the host tier while room lasts. Without, its state is its base's: a copy
+ * goes into the tier unless the base already has one there. */
 static int sess_page_out(sched *s, struct sess *x)
 {
 	int rc = SSMD_OK;
 
-	if (sess_dirty(x))
-		rc = sess_store(s, x, STORE_KIND_CHECKPOINT, NULL, NULL, NULL, 0,
-				NULL);
+	if (sess_dirty(x)) {
+		rc = sess_page_out_store(s, x);
+	} else if (x->base && !hostcache_has(s->hc, x->base)) {
+		/* Best effort: without a copy, the page-in reads the library. */
+		ssm_state *st = NULL;
+		if (sess_state_copy(s, x, &st) == SSMD_OK &&
+		    hostcache_add(s->hc, x->base, st, 0) == SSMD_OK)
+			st = NULL;
+		ssm_state_free(st);
+	}
 	if (rc) {
 		log_warn("cannot page out session %s: %s", x->id, ssmd_errmsg());
 		return rc;
@@ -399,6 +445,7 @@ static int slot_acquire(sched *s)
  * caller must wait (no slot free yet, or a page-in is in flight). */
 static int sess_place(sched *s, struct sess *x, int *ready)
 {
+	const ssm_state *st;
 	int slot, rc = SSMD_OK;
 
 	*ready = 0;
@@ -423,6 +470,13 @@ static int sess_place(sched *s, struct sess *x, int *ready)
 	} else if (x->n_tokens == 0) {
 		rc = ssm_slot_reset(s->be, slot);
 		*ready = !rc;
+	} else if ((st = hostcache_get(s->hc, x->base))) {
+		/* Paged out with no unsaved progress: its state is its base's,
+		 * still in the host tier (committed or not). */
+		rc = ssm_slot_set(s->be, slot, st);
+		*ready = !rc;
+		if (!rc)
+			log_debug("paged in session %s from host memory", x->id);
 	} else {
 		rc = sched_store_load(s, x, x->base);
 		x->loading = !rc;
@@ -1911,7 +1965,12 @@ static void job_begin(sched *s, struct job *j)
 /* A store-thread completion arrives on the scheduler thread. */
 static void done_handle(sched *s, struct done_msg *m)
 {
-	if (m->type == DONE_CLOSED) {
+	if (m->type == DONE_COMMITTED) {
+		hostcache_unpin(s->hc, m->ref, m->rc == SSMD_OK);
+	} else if (m->type == DONE_HEALED) {
+		if (hostcache_adopt(s->hc, m->ref, m->st))
+			m->st = NULL;
+	} else if (m->type == DONE_CLOSED) {
 		/* The close's reply is on its way; on failure the session
 		 * keeps its state (in memory) and takes requests again. */
 		m->sess->closing = 0;
@@ -1957,6 +2016,7 @@ static void done_handle(sched *s, struct done_msg *m)
 		}
 	}
 	ssm_state_free(m->st);
+	sref_put(m->ref);
 	free(m);
 }
 
@@ -2322,6 +2382,9 @@ int sched_start(const struct sched_opts *o, sched **out)
 				  s->n_slots);
 		goto fail;
 	}
+	rc = hostcache_alloc((size_t)o->cfg->host_cache_mb << 20, &s->hc);
+	if (rc)
+		goto fail;
 	rc = sessions_restore(s);
 	if (rc)
 		goto fail;
@@ -2370,12 +2433,25 @@ void sched_stop(sched *s)
 			if (rc && rc != SSMD_ENOENT)
 				log_warn("session %s: %s", m->sess->id, ssmd_errmsg());
 		}
+		/* The host tier's entries, unpinned as their commits ended. */
+		if (m->type == DONE_COMMITTED)
+			hostcache_unpin(s->hc, m->ref, m->rc == SSMD_OK);
+		if (m->type == DONE_HEALED && hostcache_adopt(s->hc, m->ref, m->st))
+			m->st = NULL;
 		if (m->job)
 			job_finish(m->job, SSMD_ECLOSED, "the daemon is shutting down");
 		ssm_state_free(m->st);
+		sref_put(m->ref);
 		free(m);
 	}
 	s->done_tail = NULL;
+	if (s->hc) {
+		struct hostcache_stats t;
+		hostcache_stats_get(s->hc, &t);
+		log_info("host tier: %llu page-ins served, %llu read from the library; peak %.1f of %.1f MB",
+			 (unsigned long long)t.hits, (unsigned long long)t.misses,
+			 (double)t.peak_bytes / 1048576.0, (double)t.budget / 1048576.0);
+	}
 }
 
 void sched_free(sched *s)
@@ -2386,6 +2462,7 @@ void sched_free(sched *s)
 	for (size_t i = 0; i < s->sessions.n; i++)
 		sess_free(s->sessions.v[i]);
 	sess_table_fini(&s->sessions);
+	hostcache_free(s->hc);
 	ssm_backend_close(s->be);
 	free(s->slot_owner);
 	free(s->logits);
@@ -2400,4 +2477,11 @@ void sched_free(sched *s)
 const char *sched_backend_name(const sched *s)
 {
 	return ssm_backend_name(s->be);
+}
+
+void sched_tier_stats(sched *s, struct hostcache_stats *out)
+{
+	pthread_mutex_lock(&s->lock);
+	*out = s->tier;
+	pthread_mutex_unlock(&s->lock);
 }

@@ -10,16 +10,23 @@
  * Requests on one session run one after the other, in arrival order.
  *
  * Slots are fewer than sessions: when a request needs a slot and none is
- * free, the least recently used idle session is snapshotted (if it has
- * unsaved progress) and evicted; its next request pages it back in from the
- * state library, exactly. A store thread (storeq.h) does every library
+ * free, the least recently used idle session is evicted (paged out): its
+ * state is copied to host memory and the slot is free at once; if it has
+ * unsaved progress, that state is also checkpointed to the library on the
+ * store thread (write-behind). Its next request pages it back in, exactly:
+ * from the host tier (hostcache.h, cfg->host_cache_mb) while it is there,
+ * else from the state library. The tier is bounded; entries whose commit
+ * has not ended are never dropped (a full tier sends further page-outs
+ * through the library only), and a failed commit keeps the state in memory
+ * (sess.h) so nothing is lost. A store thread (storeq.h) does every library
  * access: compression and commits of snapshots and checkpoints, page-ins,
  * listings, tags, export and import. A snapshot's reply leaves only after
  * its commit.
  *
  * Lifecycle: sched_start() → sched_submit()... → sched_stop() (refuses new
  * jobs, ends running ones, stores every session with unsaved progress and
- * logs session → state ID, waits for the store thread) → sched_free().
+ * logs session → state ID, waits for the store thread, so every commit in
+ * flight, page-outs' included, ends before it returns) → sched_free().
  *
  * Threads: sched_submit() and sched_stop() from any thread.
  */
@@ -29,6 +36,7 @@
 #include <stddef.h>
 
 #include "config.h"
+#include "hostcache.h"
 #include "job.h"
 #include "ssm.h"
 #include "ssmd_err.h"
@@ -68,5 +76,10 @@ void sched_free(sched *s);
 
 /* The backend's name ("cpu", "cuda"). */
 const char *sched_backend_name(const sched *s);
+
+/* The host tier's counters (hostcache.h) as of the end of the scheduler's
+ * last step or its last stats request, whichever came later; any thread.
+ * (The stats reply has no fields for them.) */
+void sched_tier_stats(sched *s, struct hostcache_stats *out);
 
 #endif

@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 
+#include "hostcache.h"
 #include "scheduler.h"
 #include "sess.h"
 #include "storeq.h"
@@ -30,6 +31,8 @@ struct sched {
 	void *publish_arg;
 	storeq *sq;
 	double start_s;            /* monotonic seconds at start */
+	hostcache *hc;             /* the host tier (scheduler thread; after
+				    * the thread ends, sched_stop()'s) */
 
 	/* Inbox, under lock. */
 	pthread_mutex_t lock;
@@ -46,6 +49,7 @@ struct sched {
 	atomic_size_t waiting;     /* requests submitted and not yet started */
 	atomic_uint_fast64_t tokens_total, requests_total, evictions;
 	atomic_size_t n_sessions, n_resident;
+	struct hostcache_stats tier; /* copy of hc's, under lock */
 
 	/* Scheduler thread only. */
 	struct sess_table sessions;
@@ -70,6 +74,11 @@ enum done_type {
 	DONE_MERGED,   /* merge: st + id to open, or to replay onto */
 	DONE_CLOSED,   /* a close's snapshot of sess: committed (rc 0, close
 			* it now) or failed (rc: it stays open) */
+	DONE_COMMITTED,/* a put that borrowed ref's state from the host tier
+			* ended: rc 0, or the put failed and ref's kept copy
+			* is now that state */
+	DONE_HEALED,   /* ref's kept copy st (owned) was stored by a later
+			* put and gave it up: the host tier may borrow it */
 };
 
 enum merge_mode { MERGE_INTERPOLATE, MERGE_COMPOSE, MERGE_REPLAY };
@@ -86,7 +95,8 @@ struct merge {
 
 struct done_msg {
 	struct storeq_task task;   /* the store-thread task that fills it */
-	struct sref *ref;          /* load: the state to read (reference) */
+	struct sref *ref;          /* load: the state to read; committed,
+				    * healed: the state (reference) */
 	char ref_str[STORE_TAG_MAX + 1]; /* resolve: the ID or tag */
 	sched *s;
 	struct done_msg *next;
@@ -129,13 +139,21 @@ struct put_args {
 	size_t n_extra;
 	struct job *job;
 	int log_commit;            /* log "session → state" at info (shutdown) */
+	int borrowed;              /* st belongs to ref's host tier entry: the
+				    * put reads it and, when it fails, makes
+				    * it ref's kept copy; then it posts done */
+	struct done_msg *done;     /* borrowed: the DONE_COMMITTED to post;
+				    * heal: a DONE_HEALED to post if the
+				    * kept copy is stored (owned) */
 };
 void sched_store_put(struct put_args *a);
 
 /* For a session with no progress since its base a->ref (reference taken;
  * a->st, a->parent and a->tokens unset): when the put of that base failed
  * (disk full), stores the state it kept now, as a put of a's kind, label
- * and session would, and the sref becomes that committed state in place.
+ * and session would, and the sref becomes that committed state in place;
+ * the kept state then goes back to the scheduler in a->done (DONE_HEALED),
+ * since the host tier may be reading it.
  * Whether it failed is known only here, after the earlier puts. Then, if
  * a->job is set, finishes it as sched_store_reply() with the sref and a->tag
  * (an error when it is still not stored). Takes a. */

@@ -5,6 +5,7 @@
  *
  * Every function whose name ends in _run executes on the store thread.
  */
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -142,7 +143,9 @@ static void put_args_free(struct put_args *a)
 	if (!a)
 		return;
 	free(a->tokens);
-	ssm_state_free(a->st);
+	if (!a->borrowed)
+		ssm_state_free(a->st);
+	free(a->done);
 	free(a->label);
 	free(a->tag);
 	free(a->sess_label);
@@ -248,6 +251,18 @@ static void put_run(struct storeq_task *t)
 		a->parent = NULL;
 		a->ref->rc = rc;
 	}
+	if (a->borrowed) {
+		/* The host tier's entry may be dropped from now on; after a
+		 * failure it only borrows the state, which is the kept copy. */
+		struct done_msg *m = a->done;
+		a->done = NULL;
+		a->st = NULL;
+		m->type = DONE_COMMITTED;
+		m->s = a->s;
+		m->ref = sref_get(a->ref);
+		m->rc = rc;
+		sched_done_post(a->s, m);
+	}
 	if (a->job) {
 		a->job->reply_ref = sref_get(a->ref);
 		a->job->reply_tag = a->tag;
@@ -274,6 +289,7 @@ static void heal_run(struct storeq_task *t)
 	char id[STORE_ID_SIZE];
 	int rc;
 
+	assert(a->done);
 	if (r->rc) {
 		/* Borrowed from r for the put. */
 		a->parent = r->kept_parent;
@@ -287,7 +303,15 @@ static void heal_run(struct storeq_task *t)
 			log_info("session %s -> state %s (%llu tokens), stored on a second attempt",
 				 a->session, id, (unsigned long long)r->kept->n_tokens);
 			memcpy(r->id, id, sizeof(id));
-			ssm_state_free(r->kept);
+			/* The host tier may be reading the kept state (a
+			 * page-out's put that failed): the scheduler frees
+			 * it, or its tier entry owns it again. */
+			a->done->type = DONE_HEALED;
+			a->done->s = a->s;
+			a->done->ref = sref_get(r);
+			a->done->st = r->kept;
+			sched_done_post(a->s, a->done);
+			a->done = NULL;
 			free(r->kept_tokens);
 			sref_put(r->kept_parent);
 			r->kept = NULL;
