@@ -15,6 +15,7 @@ Characters come from blocks assigned by Unicode 6 or earlier, so the
 Unicode tables of utf8proc and of the reference (which may be newer) agree.
 """
 import copy
+import gzip
 import json
 import os
 import random
@@ -29,6 +30,8 @@ BUILD = os.environ.get("SSMD_BUILD_ROOT", "build")
 FIXTURES = os.environ.get("SSMD_SHARED_FIXTURES", "../shared/fixtures")
 BINARY = os.path.join(BUILD, "daemon", "ssm-tokenize")
 NEOX = os.path.join(FIXTURES, "..", "models", "gpt-neox-20b-tokenizer.json")
+# The demo model's own byte-level BPE (8192 tokens, trained by tools/demo).
+DEMO = os.path.join(os.path.dirname(__file__), "..", "..", "models", "demo", "tokenizer.json")
 
 SEED = int(os.environ.get("SSMD_TOK_SEED") or random.SystemRandom().randrange(1 << 62))
 
@@ -162,6 +165,28 @@ def test_neox_random_text(neox):
         parts = re.split(r"(<\|endoftext\|>|<\|padding\|>)", t)
         want = "".join(unicodedata.normalize("NFC", p) for p in parts)
         assert b["text"] == want, f"seed {SEED}: round trip of {t!r} gave {b['text']!r}"
+
+
+def test_demo_tokenizer_random_text():
+    """The demo model's tokenizer: a smaller vocabulary, so other merges and
+    more single-byte tokens than GPT-NeoX's on the same random text."""
+    assert os.path.exists(BINARY), f"{BINARY} not built"
+    compare(DEMO, random_texts(rng_for("demo"), 5000))
+
+
+def test_demo_tokenizer_man_pages():
+    """Real English prose and markup from this machine's manual pages (any
+    that are installed; the property holds for all text)."""
+    base = "/usr/share/man/man1"
+    pages = sorted(os.listdir(base))[:200] if os.path.isdir(base) else []
+    texts = []
+    for name in pages:
+        path = os.path.join(base, name)
+        if name.endswith(".gz") and os.path.isfile(path):
+            with gzip.open(path, "rb") as f:
+                texts.append(f.read().decode("utf-8", "replace"))
+    texts.append("The Debian Reference: apt-get install debian-reference-en; man 1 apt.")
+    compare(DEMO, texts)
 
 
 def test_neox_long_text(neox):
