@@ -123,6 +123,16 @@ int sched_submit(sched *s, struct job *j)
 
 /* -------------------------------------------------------------- helpers -- */
 
+/* Copies the host tier's counters for sched_tier_stats(); called after
+ * every change of the tier, so the copy is current once a request that
+ * paged a session in or out has its reply. */
+static void tier_publish(sched *s)
+{
+	pthread_mutex_lock(&s->lock);
+	hostcache_stats_get(s->hc, &s->tier);
+	pthread_mutex_unlock(&s->lock);
+}
+
 /* Counts the clients' sessions (not the internal scratch ones). */
 static void stats_publish(sched *s)
 {
@@ -135,9 +145,6 @@ static void stats_publish(sched *s)
 	}
 	atomic_store(&s->n_sessions, open);
 	atomic_store(&s->n_resident, resident);
-	pthread_mutex_lock(&s->lock);
-	hostcache_stats_get(s->hc, &s->tier);
-	pthread_mutex_unlock(&s->lock);
 }
 
 static void tokens_count(sched *s, size_t n)
@@ -416,6 +423,7 @@ static int sess_page_out(sched *s, struct sess *x)
 		log_warn("cannot page out session %s: %s", x->id, ssmd_errmsg());
 		return rc;
 	}
+	tier_publish(s);
 	log_debug("paged out session %s (%llu tokens)", x->id,
 		  (unsigned long long)x->n_tokens);
 	slot_release(s, x);
@@ -477,9 +485,11 @@ static int sess_place(sched *s, struct sess *x, int *ready)
 		*ready = !rc;
 		if (!rc)
 			log_debug("paged in session %s from host memory", x->id);
+		tier_publish(s);
 	} else {
 		rc = sched_store_load(s, x, x->base);
 		x->loading = !rc;
+		tier_publish(s); /* the miss */
 	}
 	if (rc)
 		slot_release(s, x);
@@ -1967,6 +1977,7 @@ static void done_handle(sched *s, struct done_msg *m)
 {
 	if (m->type == DONE_COMMITTED) {
 		hostcache_unpin(s->hc, m->ref, m->rc == SSMD_OK);
+		tier_publish(s);
 	} else if (m->type == DONE_HEALED) {
 		if (hostcache_adopt(s->hc, m->ref, m->st))
 			m->st = NULL;
@@ -2445,8 +2456,9 @@ void sched_stop(sched *s)
 		free(m);
 	}
 	s->done_tail = NULL;
-	if (s->hc) {
+	if (s->hc && s->cfg->host_cache_mb) {
 		struct hostcache_stats t;
+		tier_publish(s);
 		hostcache_stats_get(s->hc, &t);
 		log_info("host tier: %llu page-ins served, %llu read from the library; peak %.1f of %.1f MB",
 			 (unsigned long long)t.hits, (unsigned long long)t.misses,

@@ -77,9 +77,10 @@ void sched_free(sched *s);
 /* The backend's name ("cpu", "cuda"). */
 const char *sched_backend_name(const sched *s);
 
-/* The host tier's counters (hostcache.h) as of the end of the scheduler's
- * last step or its last stats request, whichever came later; any thread.
- * (The stats reply has no fields for them.) */
+/* The host tier's counters (hostcache.h), current as of the tier's last
+ * change: a request that paged a session in or out changed it before its
+ * reply; a commit's end unpins an entry a little after the store thread
+ * finished it. Any thread. (The stats reply has no fields for them.) */
 void sched_tier_stats(sched *s, struct hostcache_stats *out);
 
 #endif
