@@ -14,6 +14,8 @@
  *     (ssm_slot_get) every 256 steps, over 1024 steps;
  *   - snapshot latency (slot -> host state) and restore latency (host state
  *     -> slot -> logits -> first token), median of 20.
+ * With BENCH_CUDA_PROFILE set, only decode at batch 1 and 64 (20 timed
+ * steps each) and one 2k prefill run, for a profiler's kernel summary.
  * Device times come from CUDA events on the backend's stream
  * (ssm_cuda_timer_*) around the synchronous calls. The roofline column is
  * the floor time over the measured time, the floor being the larger of
@@ -69,6 +71,7 @@ static void die(const char *what, int rc)
 	} while (0)
 
 static uint64_t lcg = 0x12345678;
+static int profile; /* BENCH_CUDA_PROFILE: the short run described above */
 
 static void fill_tokens(int32_t *t, size_t n, int vocab)
 {
@@ -213,11 +216,15 @@ static void bench_model(const char *label, const char *dir)
 	/* decode */
 	for (i = 0; i < 4; i++) {
 		int n = batches[i];
+		const int steps = profile ? 20 : 100;
+
+		if (profile && n != 1 && n != 64)
+			continue;
 		double bytes = sh.w_bytes + n * (sh.state_rw + 4.0 * c->vocab_size);
 		double flops = 2.0 * n * (sh.mm_params + sh.head);
 		double floor_s, med;
 
-		for (k = 0; k < 120; k++) {
+		for (k = 0; k < 20 + steps; k++) {
 			TRY("timer", ssm_cuda_timer_start(b));
 			TRY("decode", ssm_decode_sample(b, slots, cur, n, sp, index, next));
 			TRY("timer", ssm_cuda_timer_stop(b, &ms));
@@ -227,7 +234,7 @@ static void bench_model(const char *label, const char *dir)
 			if (k >= 20)
 				t[k - 20] = ms;
 		}
-		med = median(t, 100);
+		med = median(t, steps);
 		floor_s = fmax(bytes / HBM_BPS, flops / BF16_FLOPS);
 		snprintf(fig, sizeof fig, "decode batch %d", n);
 		snprintf(note, sizeof note, "(floor %.3f ms: %.0f MB moved)",
@@ -238,9 +245,12 @@ static void bench_model(const char *label, const char *dir)
 	/* prefill */
 	for (i = 0; i < 2; i++) {
 		size_t n = prefills[i];
-		int runs = n > 4096 ? 3 : 5;
+		int runs = profile ? 1 : n > 4096 ? 3 : 5;
 		double flops = 2.0 * n * sh.mm_params + 2.0 * sh.head;
 		double med;
+
+		if (profile && n != 2048)
+			continue;
 
 		fill_tokens(toks, n, c->vocab_size);
 		prefill_ms(b, toks, n, 0, logits); /* warm-up */
@@ -255,6 +265,8 @@ static void bench_model(const char *label, const char *dir)
 		row(label, fig, n / (med * 1e-3), "tok/s", flops / BF16_FLOPS * 1e3 / med, note);
 	}
 
+	if (profile)
+		goto done;
 	/* checkpoints inside a 16k prefill */
 	for (i = 0; i < 3; i++) {
 		size_t e = everies[i];
@@ -325,6 +337,7 @@ static void bench_model(const char *label, const char *dir)
 		row(label, "restore host -> first token", ms_set, "ms", 0, note);
 	}
 
+done:
 	ssm_state_free(st);
 	free(toks);
 	free(logits);
@@ -340,6 +353,7 @@ int main(int argc, char **argv)
 		fprintf(stderr, "usage: bench_cuda LABEL=MODEL_DIR ...\n");
 		return 2;
 	}
+	profile = getenv("BENCH_CUDA_PROFILE") != NULL;
 	printf("| model | dtype | %-34s | %10s | %-8s | roofline\n", "figure", "value", "unit");
 	printf("|-------|-------|------------------------------------|------------|----------|---------\n");
 	for (i = 1; i < argc; i++) {

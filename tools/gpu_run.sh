@@ -8,9 +8,10 @@
 #       bench binaries, ssm-mkmodel, the shared libraries they load
 #       (../shared/gpu/carry-libs.sh), the tiny-mamba fixture and
 #       bench/hf_bench.py into .gpu/ (git-ignored), to be carried along.
-#   tools/gpu_run.sh [test] [sanitize|memcheck|racecheck] [bench] [hf]
+#   tools/gpu_run.sh [test] [profile] [sanitize|memcheck|racecheck] [bench] [hf]
 #       (on the GPU machine) runs the chosen parts (test, sanitize, bench and
-#       hf when none is named; the sanitizers
+#       hf when none is named; profile: an Nsight Systems kernel summary of
+#       bench_cuda's short mode on the 1.4b shape, where nsys exists; the sanitizers
 #       last, on the test's quick mode, since they are the slowest), writes
 #       every log to $OUT (or ./gpu-out) and prints the results table last.
 set -u
@@ -56,7 +57,7 @@ mkmodel m130 768 24
 echo "m130 ready in $(( $(date +%s) - t0 )) s"
 # the big ones are written in the background while the tests run
 big_pids=""
-if want bench; then
+if want bench || want profile; then
 	mkmodel m1.4b 2048 48 & big_pids="$big_pids $!"
 	mkmodel m2.8b 2560 64 & big_pids="$big_pids $!"
 fi
@@ -68,6 +69,26 @@ if want test; then
 	summary="$summary$(grep -E '^cuda: [0-9]+ passed' "$out/test.log")
 "
 	cat "$out/test.log"
+fi
+if want profile; then
+	for p in $big_pids; do wait "$p"; done
+	big_pids=""
+	nsys=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys \
+		/usr/local/cuda/nsight-systems*/bin/nsys 2>/dev/null | head -n 1)
+	if [ -n "$nsys" ]; then
+		# decode b1 and b64, one 2k prefill; every graph node traced
+		BENCH_CUDA_PROFILE=1 timeout 150 "$nsys" profile --cuda-graph-trace=node \
+			--force-overwrite true -o "$out/prof" "$bin/bench_cuda" \
+			"1.4b=$models/m1.4b" >"$out/prof-run.txt" 2>&1
+		for r in cuda_gpu_kern_gb_sum cuda_gpu_kern_sum; do
+			"$nsys" stats --force-export true --report $r "$out/prof.nsys-rep" \
+				>"$out/prof-$r.txt" 2>&1
+		done
+		rm -f "$out/prof.nsys-rep" "$out/prof.sqlite"
+		cut -c1-220 "$out/prof-cuda_gpu_kern_sum.txt" | head -n 45
+	else
+		echo "profile: no nsys on this machine"
+	fi
 fi
 if want bench; then
 	for p in $big_pids; do wait "$p"; done

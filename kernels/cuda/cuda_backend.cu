@@ -1,9 +1,10 @@
 /*
  * cuda_backend.cu — the CUDA backend: weights on the device, a slot pool of
- * f32 states, cuBLAS GEMMs for the four projections and lm_head (an own
- * GEMV for single-row decode), own kernels for everything else
- * (cuda_kernels.cuh), decode steps with their sampling captured as CUDA
- * graphs per batch-size bucket (cuda_sample.cuh), a chunked prefill whose
+ * f32 states, cuBLAS GEMMs for the four projections and lm_head, own kernels
+ * for everything else (cuda_kernels.cuh), a fused small-batch decode path
+ * (cuda_gemv.cuh: own GEMVs with the small kernels folded in, chained by
+ * programmatic dependent launch), decode steps with their sampling captured
+ * as CUDA graphs per batch-size bucket (cuda_sample.cuh), a chunked prefill whose
  * time-segmented scan keeps states in registers and writes them only at
  * segment ends, the chunk's end and checkpoints, whose states travel to the
  * host on a copy stream while the next chunk computes.
@@ -17,6 +18,7 @@
 
 #include "cuda_impl.h"
 #include "cuda_kernels.cuh"
+#include "cuda_gemv.cuh"
 #include "cuda_sample.cuh"
 
 /* Prefill tokens per chunk (bounds activation memory); SSMD_CUDA_CHUNK
@@ -184,48 +186,25 @@ out:
 	return rc;
 }
 
-template <typename T, int SPLIT>
-static void gemv_launch(cuda_backend *cb, const void *W, const void *X, int ldx,
-			float *Y, int ldy, int m, int k)
+/* A kernel launch with programmatic dependent launch allowed (see pdl_wait
+ * in cuda_kernels.cuh): the kernel may start before the previous one in the
+ * stream completes and must pdl_wait before touching its results. */
+template <typename... P, typename... A>
+static cudaError_t launch_pdl(void (*kern)(P...), dim3 grid, dim3 block, size_t smem,
+			      cudaStream_t s, A... args)
 {
-	ssmk_gemv<T, 1, SPLIT><<<cdiv(m, 8 / SPLIT), 256, 0, cb->stream>>>(
-		(const T *)W, (const T *)X, ldx, Y, ldy, m, k);
-}
+	cudaLaunchAttribute at[1] = {};
+	cudaLaunchConfig_t lc = {};
 
-/*
- * Decode-sized products: ssmk_gemv for a single row whose length allows
- * 16-byte loads, else cuBLAS. Short matrices (m < 2048 rows) split each row
- * over 8 warps so the whole GPU streams them. ssmk_gemv reads the batch's
- * inputs once per 16-byte weight load, so its L1 traffic grows with the
- * batch; measured on 1.4b, batch 1: 1.87 ms per step against 2.27 ms with
- * cuBLAS, but batch 4: 2.84 ms and batch 16: 7.6 ms against 2.9 ms.
- */
-static int dgemm(cuda_backend *cb, const void *W, const void *X, int ldx,
-		 float *Y, int ldy, int m, int n, int k)
-{
-	int rc = SSMD_OK;
-	const int vec = (int)(16 / cb->wsize);
-	const bool split = m < 2048;
-
-	if (n != 1 || k % vec || ldx % vec)
-		return gemm(cb, W, X, ldx, Y, ldy, m, n, k);
-	switch (cb->wdtype) {
-	case SSM_DTYPE_F32:
-		if (split) gemv_launch<float, 8>(cb, W, X, ldx, Y, ldy, m, k);
-		else gemv_launch<float, 1>(cb, W, X, ldx, Y, ldy, m, k);
-		break;
-	case SSM_DTYPE_F16:
-		if (split) gemv_launch<__half, 8>(cb, W, X, ldx, Y, ldy, m, k);
-		else gemv_launch<__half, 1>(cb, W, X, ldx, Y, ldy, m, k);
-		break;
-	default:
-		if (split) gemv_launch<__nv_bfloat16, 8>(cb, W, X, ldx, Y, ldy, m, k);
-		else gemv_launch<__nv_bfloat16, 1>(cb, W, X, ldx, Y, ldy, m, k);
-		break;
-	}
-	CUDA_LAUNCHED();
-out:
-	return rc;
+	at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+	at[0].val.programmaticStreamSerializationAllowed = 1;
+	lc.gridDim = grid;
+	lc.blockDim = block;
+	lc.dynamicSmemBytes = smem;
+	lc.stream = s;
+	lc.attrs = at;
+	lc.numAttrs = 1;
+	return cudaLaunchKernelEx(&lc, kern, args...);
 }
 
 /* ------------------------------------------------------------- forward -- */
@@ -267,25 +246,26 @@ static int decode_body(cuda_backend *cb, int nb)
 						 (T *)a->xn, D, c->eps, NULL,
 						 NULL, 0, 0);
 		CUDA_LAUNCHED();
-		if ((rc = dgemm(cb, y->in_w, a->xn, D, a->xz, 2 * E, 2 * E, nb, D)))
+		if ((rc = gemm(cb, y->in_w, a->xn, D, a->xz, 2 * E, 2 * E, nb, D)))
 			goto out;
 		ssmk_conv_step<T><<<dim3(cdiv(E, 128), nb), 128, 0, s>>>(
 			a->xz, y->in_b, y->conv_w, y->conv_b, cb->pool,
 			cb->d_slots, sf, cb->off_conv + (size_t)l * E * (K - 1),
 			E, K, a->xc, (T *)a->xcT);
 		CUDA_LAUNCHED();
-		if ((rc = dgemm(cb, y->x_w, a->xcT, E, a->dbc, W, W, nb, E)))
+		if ((rc = gemm(cb, y->x_w, a->xcT, E, a->dbc, W, W, nb, E)))
 			goto out;
 #define SSM_STEP(npl)                                                         \
-	ssmk_ssm_step<T, npl><<<dim3(cdiv(E, SSM_CH_PER_BLOCK), nb), 128, 0, s>>>( \
+	ssmk_ssm_step<T, npl><<<dim3(cdiv(E, SSM_CH_PER_BLOCK),               \
+				     cdiv(nb, SSM_STEP_ROWS)), 128, 0, s>>>(   \
 		a->dbc, R, (const T *)y->dt_w, y->dt_b, y->A, y->Dp, a->xc,   \
 		a->xz, y->in_b, cb->pool, cb->d_slots, sf,                    \
-		(size_t)l * E * N, cb->off_dt_sum + (size_t)l * E, E,         \
-		(T *)a->yT)
+		(size_t)l * E * N, cb->off_dt_sum + (size_t)l * E, E, nb,     \
+		SSM_STEP_ROWS, (T *)a->yT)
 		NPL_SWITCH(N / SSM_LANES, SSM_STEP);
 #undef SSM_STEP
 		CUDA_LAUNCHED();
-		if ((rc = dgemm(cb, y->out_w, a->yT, E, a->mix, D, D, nb, E)))
+		if ((rc = gemm(cb, y->out_w, a->yT, E, a->mix, D, D, nb, E)))
 			goto out;
 	}
 	ssmk_add_norm<T><<<nb, 256, 0, s>>>(a->h, a->mix,
@@ -293,7 +273,7 @@ static int decode_body(cuda_backend *cb, int nb)
 					 cb->norm_f, (T *)a->xn, D, c->eps,
 					 cb->pool, cb->d_slots, sf, cb->off_hidden);
 	CUDA_LAUNCHED();
-	if ((rc = dgemm(cb, cb->lm_head, a->xn, D, a->logits, V, V, nb, D)))
+	if ((rc = gemm(cb, cb->lm_head, a->xn, D, a->logits, V, V, nb, D)))
 		goto out;
 	/* every row's next token too (decode_sample reads it, decode not) */
 	ssmk_sample<<<nb, SAMPLE_THREADS, 0, s>>>(a->logits, V, cb->d_samp, cb->d_next);
@@ -302,12 +282,135 @@ out:
 	return rc;
 }
 
+/* Block shape (gemv_cfg) for a matrix of m rows: four rows per warp, one
+ * row per warp, or each row split over the 8 warps, whichever first still
+ * gives >= 200 blocks (132 SMs and a short tail). */
+static int gemv_cfg_of(int m)
+{
+	if (m / gemv_cfg<2>::RPB >= 200)
+		return 2;
+	if (m / gemv_cfg<1>::RPB >= 200)
+		return 1;
+	return 0;
+}
+
+#define CFG_SWITCH(cfg, CALL)                                                \
+	switch (cfg) {                                                       \
+	case 0: CALL(0); break;                                              \
+	case 1: CALL(1); break;                                              \
+	default: CALL(2); break;                                             \
+	}
+
+/*
+ * The small-batch decode step (NB rows, cuda_gemv.cuh): the same
+ * contract as decode_body, four kernels per layer chained by programmatic
+ * dependent launch. The residual stream h carries each layer's sum (out_proj
+ * adds into it), so a.mix is not used.
+ */
+template <typename T, int NB>
+static int decode_small(cuda_backend *cb)
+{
+	int rc = SSMD_OK;
+	const ssm_config *c = &cb->cfg;
+	const int D = c->d_model, E = c->d_inner, N = c->d_state, K = c->d_conv,
+		  R = c->dt_rank, V = c->vocab_size, W = R + 2 * N;
+	const size_t sf = cb->state_floats, ws = sizeof(T);
+	const int cfg_in = gemv_cfg_of(2 * E), cfg_x = gemv_cfg_of(W),
+		  cfg_out = gemv_cfg_of(D), cfg_head = gemv_cfg_of(V);
+	cuda_act *a = &cb->act;
+	cudaStream_t s = cb->stream;
+	int l;
+
+	ssmk_embed<T><<<NB, 256, 0, s>>>(cb->d_tokens, (const T *)cb->embed, a->h, D);
+	CUDA_LAUNCHED();
+	for (l = 0; l < c->n_layer; l++) {
+		const cuda_layer *y = &cb->layers[l];
+
+#define IN(cfg)                                                               \
+	CUDA_TRY(launch_pdl(ssmk_gemv_in<T, NB, cfg>,                         \
+			    cdiv(2 * E, gemv_cfg<cfg>::RPB), GEMV_THREADS,    \
+			    NB * D * ws, s, (const T *)y->in_w,               \
+			    (const float *)a->h, (const float *)y->norm,      \
+			    c->eps, D, E, (const float *)y->in_b,             \
+			    (const float *)y->conv_w, (const float *)y->conv_b, \
+			    cb->pool, (const int *)cb->d_slots, sf,           \
+			    cb->off_conv + (size_t)l * E * (K - 1), K, a->xz, \
+			    a->xc, (T *)a->xcT))
+		CFG_SWITCH(cfg_in, IN);
+#undef IN
+#define XP(cfg)                                                               \
+	CUDA_TRY(launch_pdl(ssmk_gemv_plain<T, NB, cfg>,                      \
+			    cdiv(W, gemv_cfg<cfg>::RPB), GEMV_THREADS, 0, s,  \
+			    (const T *)y->x_w,                                \
+			    (const T *)a->xcT, W, E, a->dbc))
+		CFG_SWITCH(cfg_x, XP);
+#undef XP
+#define SSM_STEP(npl)                                                         \
+	CUDA_TRY(launch_pdl(ssmk_ssm_step<T, npl>,                            \
+			    dim3(cdiv(E, SSM_CH_PER_BLOCK), NB), 128, 0, s,   \
+			    (const float *)a->dbc, R, (const T *)y->dt_w,     \
+			    (const float *)y->dt_b, (const float *)y->A,      \
+			    (const float *)y->Dp, (const float *)a->xc,       \
+			    (const float *)a->xz, (const float *)y->in_b,     \
+			    cb->pool, (const int *)cb->d_slots, sf,           \
+			    (size_t)l * E * N, cb->off_dt_sum + (size_t)l * E, \
+			    E, NB, 1, (T *)a->yT))
+		NPL_SWITCH(N / SSM_LANES, SSM_STEP);
+#undef SSM_STEP
+#define OUT(cfg)                                                              \
+	CUDA_TRY(launch_pdl(ssmk_gemv_res<T, NB, cfg>,                        \
+			    cdiv(D, gemv_cfg<cfg>::RPB), GEMV_THREADS, 0, s,  \
+			    (const T *)y->out_w,                              \
+			    (const T *)a->yT, D, E, (const float *)y->out_b,  \
+			    a->h))
+		CFG_SWITCH(cfg_out, OUT);
+#undef OUT
+	}
+#define HEAD(cfg)                                                             \
+	CUDA_TRY(launch_pdl(ssmk_gemv_head<T, NB, cfg>,                       \
+			    cdiv(V, gemv_cfg<cfg>::RPB), GEMV_THREADS,        \
+			    NB * D * ws, s, (const T *)cb->lm_head,           \
+			    (const float *)a->h, (const float *)cb->norm_f,   \
+			    c->eps, D, V, a->logits, cb->pool,                \
+			    (const int *)cb->d_slots, sf, cb->off_hidden))
+	CFG_SWITCH(cfg_head, HEAD);
+#undef HEAD
+	ssmk_sample<<<NB, SAMPLE_THREADS, 0, s>>>(a->logits, V, cb->d_samp, cb->d_next);
+	CUDA_LAUNCHED();
+out:
+	return rc;
+}
+
+/*
+ * Whether a bucket of nb <= GEMV_MAX_NB rows can take decode_small: every
+ * GEMV row length (d_model, d_inner) a whole number of 16-byte pieces, and
+ * the normalised input rows staged by ssmk_gemv_in / _head within the 48 KB
+ * of shared memory a block gets without opting in (less 2 KB for the static
+ * reduction arrays).
+ */
+static int decode_small_ok(const cuda_backend *cb, int nb)
+{
+	const int D = cb->cfg.d_model, E = cb->cfg.d_inner;
+	const int vec = (int)(16 / cb->wsize);
+
+	return D % vec == 0 && E % vec == 0 && nb == GEMV_MAX_NB &&
+	       (size_t)nb * D * cb->wsize <= (size_t)46 << 10;
+}
+
+template <typename T>
+static int decode_any_nb(cuda_backend *cb, int nb)
+{
+	if (decode_small_ok(cb, nb))
+		return decode_small<T, GEMV_MAX_NB>(cb);
+	return decode_body<T>(cb, nb);
+}
+
 static int decode_body_any(cuda_backend *cb, int nb)
 {
 	switch (cb->wdtype) {
-	case SSM_DTYPE_F32: return decode_body<float>(cb, nb);
-	case SSM_DTYPE_F16: return decode_body<__half>(cb, nb);
-	default: return decode_body<__nv_bfloat16>(cb, nb);
+	case SSM_DTYPE_F32: return decode_any_nb<float>(cb, nb);
+	case SSM_DTYPE_F16: return decode_any_nb<__half>(cb, nb);
+	default: return decode_any_nb<__nv_bfloat16>(cb, nb);
 	}
 }
 

@@ -52,6 +52,53 @@ __device__ __forceinline__ float softplus(float v)
 	return v > 20.0f ? v : log1pf(expf(v));
 }
 
+/* Eight f32 values (or four for f32 storage) from one 16-byte load. */
+__device__ __forceinline__ void unpack16(const uint4 &v, float *f, float)
+{
+	f[0] = __uint_as_float(v.x);
+	f[1] = __uint_as_float(v.y);
+	f[2] = __uint_as_float(v.z);
+	f[3] = __uint_as_float(v.w);
+}
+__device__ __forceinline__ void unpack16(const uint4 &v, float *f, __nv_bfloat16)
+{
+	const __nv_bfloat162 *p = (const __nv_bfloat162 *)&v;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		float2 t = __bfloat1622float2(p[i]);
+		f[2 * i] = t.x;
+		f[2 * i + 1] = t.y;
+	}
+}
+__device__ __forceinline__ void unpack16(const uint4 &v, float *f, __half)
+{
+	const __half2 *p = (const __half2 *)&v;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		float2 t = __half22float2(p[i]);
+		f[2 * i] = t.x;
+		f[2 * i + 1] = t.y;
+	}
+}
+
+/*
+ * Programmatic dependent launch (sm_90). A kernel launched with the
+ * programmatic-stream-serialization attribute may start while the kernel
+ * before it in the stream still runs: pdl_launch_dependents lets the next
+ * kernel be scheduled once every block of this one has started, and
+ * pdl_wait returns when the previous kernel has completed with its writes
+ * visible. Without the attribute both are no-ops.
+ */
+__device__ __forceinline__ void pdl_launch_dependents(void)
+{
+	asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
+__device__ __forceinline__ void pdl_wait(void)
+{
+	asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+
 /* h[r, :] = embed[tok[r], :] as f32.  grid (B), block 256. */
 template <typename T>
 __global__ void ssmk_embed(const int32_t *tok, const T *embed, float *h, int D)
@@ -126,26 +173,21 @@ __global__ void ssmk_load_hidden(float *h, const float *pool, const int *slots,
 }
 
 /*
- * Decode conv step, one thread per (row r, channel e):
- *   x   = xz[r, e] + in_b[e]
+ * Decode conv step of channel e, batch row r, given the in_proj output xin:
+ *   x   = xin + in_b[e]
  *   out = conv_b[e] + sum_{j<K-1} w[e, j] * win[j] + w[e, K-1] * x
  *   win <- (win[1..K-2], x)           (the slot's conv state, oldest first)
  *   xc[r, e] = SiLU(out)  (f32 and T)
- * conv_off = float offset of this layer's conv state inside a slot.
- * grid (ceil(E/128), B), block 128.
+ * conv_off = float offset of this layer's conv state inside a slot; a
+ * padding row (slot < 0) has no state (zeros) and keeps none.
  */
 template <typename T>
-__global__ void ssmk_conv_step(const float *xz, const float *in_b, const float *cw,
-			    const float *cb, float *pool, const int *slots,
-			    size_t state_floats, size_t conv_off, int E, int K,
-			    float *xc, T *xcT)
+__device__ __forceinline__ void ssm_conv_channel(float xin, int e, int r, const float *in_b,
+						 const float *cw, const float *cb, float *pool,
+						 int slot, size_t state_floats, size_t conv_off,
+						 int E, int K, float *xc, T *xcT)
 {
-	const int e = blockIdx.x * blockDim.x + threadIdx.x;
-	const int r = blockIdx.y;
-	if (e >= E)
-		return;
-	const int slot = slots[r];
-	const float x = xz[(size_t)r * 2 * E + e] + (in_b ? in_b[e] : 0.0f);
+	const float x = xin + (in_b ? in_b[e] : 0.0f);
 	const float *w = cw + (size_t)e * K;
 	float acc = cb ? cb[e] : 0.0f;
 
@@ -164,6 +206,22 @@ __global__ void ssmk_conv_step(const float *xz, const float *in_b, const float *
 	xcT[(size_t)r * E + e] = from_f32<T>(y);
 }
 
+/* The conv step (ssm_conv_channel) on the in_proj output in xz, one thread
+ * per (row r, channel e). grid (ceil(E/128), B), block 128. */
+template <typename T>
+__global__ void ssmk_conv_step(const float *xz, const float *in_b, const float *cw,
+			    const float *cb, float *pool, const int *slots,
+			    size_t state_floats, size_t conv_off, int E, int K,
+			    float *xc, T *xcT)
+{
+	const int e = blockIdx.x * blockDim.x + threadIdx.x;
+	const int r = blockIdx.y;
+
+	if (e < E)
+		ssm_conv_channel<T>(xz[(size_t)r * 2 * E + e], e, r, in_b, cw, cb, pool,
+				    slots[r], state_floats, conv_off, E, K, xc, xcT);
+}
+
 /*
  * Decode SSM step, fused: per row r and channel e (4 lanes, NPL states each)
  *   dt  = softplus(dt_w[e, :] . dbc[r, 0:R] + dt_b[e])
@@ -171,58 +229,85 @@ __global__ void ssmk_conv_step(const float *xz, const float *in_b, const float *
  *   y   = (sum_n C[r, n] * h_n + D[e] * x) * SiLU(z + in_b[E + e])
  *   dt_sum[e] += dt
  * ssm_off / dts_off = float offsets of this layer's ssm / dt_sum inside a slot.
- * grid (ceil(E/32), B), block 128.
+ * A block takes `rpb` consecutive rows of its 32 channels in turn, so their
+ * dt_w rows (read with 16-byte loads when R allows) come from L1 after the
+ * first row instead of once per row from L2 (64 rows x d_inner x R at batch
+ * 64). Launched with programmatic dependent launch on the small-batch path:
+ * A is loaded before waiting for x_proj (pdl_wait).
+ * grid (ceil(E/32), ceil(B/rpb)), block 128.
  */
+#define SSM_STEP_ROWS 4 /* rows per block on the batched (cuBLAS) path */
+
 template <typename T, int NPL>
 __global__ void ssmk_ssm_step(const float *dbc, int R, const T *dt_w,
 			   const float *dt_b, const float *A, const float *Dp,
 			   const float *xc, const float *xz, const float *in_b,
 			   float *pool, const int *slots, size_t state_floats,
-			   size_t ssm_off, size_t dts_off, int E, T *yT)
+			   size_t ssm_off, size_t dts_off, int E, int B, int rpb,
+			   T *yT)
 {
+	constexpr int VEC = 16 / sizeof(T);
 	const int N = NPL * SSM_LANES;
 	const int W = R + 2 * N;
 	const int g = threadIdx.x & (SSM_LANES - 1);
 	const int e = blockIdx.x * SSM_CH_PER_BLOCK + threadIdx.x / SSM_LANES;
-	const int r = blockIdx.y;
 	const bool valid = e < E;
 	const int ec = valid ? e : E - 1; /* keeps every lane in the shuffles */
-	const int slot = slots[r];
-	const float *row = dbc + (size_t)r * W;
-
-	float acc = 0.0f;
+	const int r1 = (blockIdx.y + 1) * rpb < B ? (blockIdx.y + 1) * rpb : B;
 	const T *wr = dt_w + (size_t)ec * R;
-	for (int j = g; j < R; j += SSM_LANES)
-		acc += to_f32(wr[j]) * row[j];
-	acc += __shfl_xor_sync(0xffffffffu, acc, 1);
-	acc += __shfl_xor_sync(0xffffffffu, acc, 2);
-	const float dt = softplus(acc + dt_b[ec]);
-	const float x = xc[(size_t)r * E + ec];
-	const float z = xz[(size_t)r * 2 * E + E + ec] + (in_b ? in_b[E + ec] : 0.0f);
+	float a[NPL];
 
-	float *hs = NULL;
-	if (slot >= 0)
-		hs = pool + (size_t)slot * state_floats + ssm_off +
-		     (size_t)ec * N + g * NPL;
-	const float *a = A + (size_t)ec * N + g * NPL;
-	const float *Bv = row + R + g * NPL;
-	const float *Cv = row + R + N + g * NPL;
-	float y = 0.0f;
+	pdl_launch_dependents();
 #pragma unroll
-	for (int i = 0; i < NPL; i++) {
-		float hv = hs ? hs[i] : 0.0f;
-		hv = __expf(dt * a[i]) * hv + dt * Bv[i] * x;
-		y += Cv[i] * hv;
-		if (hs && valid)
-			hs[i] = hv;
-	}
-	y += __shfl_xor_sync(0xffffffffu, y, 1);
-	y += __shfl_xor_sync(0xffffffffu, y, 2);
-	if (valid && g == 0) {
-		y = (y + Dp[e] * x) * silu(z);
-		yT[(size_t)r * E + e] = from_f32<T>(y);
+	for (int i = 0; i < NPL; i++)
+		a[i] = A[(size_t)ec * N + g * NPL + i];
+	pdl_wait();
+	for (int r = blockIdx.y * rpb; r < r1; r++) {
+		const int slot = slots[r];
+		const float *row = dbc + (size_t)r * W;
+		float acc = 0.0f;
+
+		if (R % VEC == 0) {
+			for (int j = g * VEC; j < R; j += SSM_LANES * VEC) {
+				float wf[VEC];
+				unpack16(__ldg((const uint4 *)(wr + j)), wf, T());
+#pragma unroll
+				for (int i = 0; i < VEC; i++)
+					acc += wf[i] * row[j + i];
+			}
+		} else {
+			for (int j = g; j < R; j += SSM_LANES)
+				acc += to_f32(wr[j]) * row[j];
+		}
+		acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+		acc += __shfl_xor_sync(0xffffffffu, acc, 2);
+		const float dt = softplus(acc + dt_b[ec]);
+		const float x = xc[(size_t)r * E + ec];
+		const float z = xz[(size_t)r * 2 * E + E + ec] + (in_b ? in_b[E + ec] : 0.0f);
+
+		float *hs = NULL;
 		if (slot >= 0)
-			pool[(size_t)slot * state_floats + dts_off + e] += dt;
+			hs = pool + (size_t)slot * state_floats + ssm_off +
+			     (size_t)ec * N + g * NPL;
+		const float *Bv = row + R + g * NPL;
+		const float *Cv = row + R + N + g * NPL;
+		float y = 0.0f;
+#pragma unroll
+		for (int i = 0; i < NPL; i++) {
+			float hv = hs ? hs[i] : 0.0f;
+			hv = __expf(dt * a[i]) * hv + dt * Bv[i] * x;
+			y += Cv[i] * hv;
+			if (hs && valid)
+				hs[i] = hv;
+		}
+		y += __shfl_xor_sync(0xffffffffu, y, 1);
+		y += __shfl_xor_sync(0xffffffffu, y, 2);
+		if (valid && g == 0) {
+			y = (y + Dp[e] * x) * silu(z);
+			yT[(size_t)r * E + e] = from_f32<T>(y);
+			if (slot >= 0)
+				pool[(size_t)slot * state_floats + dts_off + e] += dt;
+		}
 	}
 }
 
@@ -294,98 +379,6 @@ __global__ void ssmk_dt_low(const float *dbc, int W, int R, T *dlT)
 {
 	for (int j = threadIdx.x; j < R; j += blockDim.x)
 		dlT[(size_t)blockIdx.x * R + j] = from_f32<T>(dbc[(size_t)blockIdx.x * W + j]);
-}
-
-/* Eight f32 values (or four for f32 storage) from one 16-byte load. */
-__device__ __forceinline__ void unpack16(const uint4 &v, float *f, float)
-{
-	f[0] = __uint_as_float(v.x);
-	f[1] = __uint_as_float(v.y);
-	f[2] = __uint_as_float(v.z);
-	f[3] = __uint_as_float(v.w);
-}
-__device__ __forceinline__ void unpack16(const uint4 &v, float *f, __nv_bfloat16)
-{
-	const __nv_bfloat162 *p = (const __nv_bfloat162 *)&v;
-#pragma unroll
-	for (int i = 0; i < 4; i++) {
-		float2 t = __bfloat1622float2(p[i]);
-		f[2 * i] = t.x;
-		f[2 * i + 1] = t.y;
-	}
-}
-__device__ __forceinline__ void unpack16(const uint4 &v, float *f, __half)
-{
-	const __half2 *p = (const __half2 *)&v;
-#pragma unroll
-	for (int i = 0; i < 4; i++) {
-		float2 t = __half22float2(p[i]);
-		f[2 * i] = t.x;
-		f[2 * i + 1] = t.y;
-	}
-}
-
-/*
- * Small-batch GEMM for decode, bound by reading W once:
- *   Y[b, r] = sum_j X[b, j] * W[r, j]     b < NB, r < m, j < k
- * W (m, k) and X (NB, ldx) in T, Y (NB, ldy) f32. Each warp streams rows of W
- * with 16-byte loads (k and ldx multiples of 16 / sizeof(T)); X comes
- * through L1. SPLIT warps share a row (for short, wide matrices such as
- * x_proj) and add their partial sums through shared memory.
- * grid (ceil(m / (8 / SPLIT))), block 256.
- */
-template <typename T, int NB, int SPLIT>
-__global__ void __launch_bounds__(256)
-ssmk_gemv(const T *W, const T *X, int ldx, float *Y, int ldy, int m, int k)
-{
-	constexpr int VEC = 16 / sizeof(T);
-	constexpr int RPB = 8 / SPLIT;
-	__shared__ float red[8][NB];
-	const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-	const int r = blockIdx.x * RPB + warp / SPLIT;
-	const int part = warp % SPLIT;
-	float acc[NB];
-
-#pragma unroll
-	for (int b = 0; b < NB; b++)
-		acc[b] = 0.0f;
-	if (r < m) {
-		const T *w = W + (size_t)r * k;
-#pragma unroll 4
-		for (int j = (part * 32 + lane) * VEC; j < k; j += 32 * SPLIT * VEC) {
-			float wf[VEC], xf[VEC];
-			unpack16(__ldg((const uint4 *)(w + j)), wf, T());
-#pragma unroll
-			for (int b = 0; b < NB; b++) {
-				unpack16(*(const uint4 *)(X + (size_t)b * ldx + j), xf, T());
-#pragma unroll
-				for (int i = 0; i < VEC; i++)
-					acc[b] += wf[i] * xf[i];
-			}
-		}
-	}
-#pragma unroll
-	for (int b = 0; b < NB; b++)
-		for (int o = 16; o > 0; o >>= 1)
-			acc[b] += __shfl_xor_sync(0xffffffffu, acc[b], o);
-	if (SPLIT == 1) {
-		if (r < m && lane == 0)
-#pragma unroll
-			for (int b = 0; b < NB; b++)
-				Y[(size_t)b * ldy + r] = acc[b];
-		return;
-	}
-	if (lane == 0)
-#pragma unroll
-		for (int b = 0; b < NB; b++)
-			red[warp][b] = acc[b];
-	__syncthreads();
-	if (threadIdx.x < NB && r < m) {
-		float sum = 0.0f;
-		for (int w2 = 0; w2 < SPLIT; w2++)
-			sum += red[w2][threadIdx.x];
-		Y[(size_t)threadIdx.x * ldy + r] = sum;
-	}
 }
 
 /*
