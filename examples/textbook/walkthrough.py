@@ -23,7 +23,8 @@ tagged state stays byte for byte what it was.
     examples/textbook/walkthrough.py [--build build] [--model models/demo]
         [--backend cpu|cuda|auto] [--chapters N] [--json FILE] ...
 
-Run from anywhere; paths are taken relative to the current directory. The
+Run from anywhere: --build and --model default to the checkout's build/
+and models/demo, and paths given are relative to the current directory. The
 Python client comes from an installed ssmd-client package, else from
 client/python plus the protocol classes generated in the build folder.
 """
@@ -487,8 +488,10 @@ def format_table(res):
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--build", default="build", help="build folder holding ssmd [build]")
-    ap.add_argument("--model", default="models/demo", help="model directory [models/demo]")
+    ap.add_argument("--build", default=os.path.join(ROOT, "build"),
+                    help="build folder holding ssmd [the checkout's build/]")
+    ap.add_argument("--model", default=os.path.join(ROOT, "models", "demo"),
+                    help="model directory [the checkout's models/demo]")
     ap.add_argument("--backend", default="cpu", choices=("cpu", "cuda", "auto"),
                     help="ssmd --backend [cpu]")
     ap.add_argument("--threads", type=int, help="ssmd --threads (CPU backend)")
@@ -521,6 +524,10 @@ def main(argv=None):
         raise SystemExit(f"no model at {a.model} (give --model DIR)")
     if not os.path.isfile(tokenizer):
         raise SystemExit(f"{a.model} has no tokenizer.json: the walkthrough reads text")
+    for tool in ("ssmd", "ssm-tokenize"):
+        if not os.access(os.path.join(a.build, "daemon", tool), os.X_OK):
+            raise SystemExit(f"{a.build}/daemon/{tool} not built "
+                             f"(meson setup {a.build} && ninja -C {a.build})")
     mod = import_client(a.build)
 
     book = load_book(a.book, a.chapters or None, a.chapter_chars)
