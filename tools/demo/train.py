@@ -51,9 +51,10 @@ class SelectiveScan(torch.autograd.Function):
     h[l] = exp(dt[l] A) * h[l-1] + dt[l] x[l] B[l]   (h[-1] = 0).
     x, dt: (B,L,D); A: (D,N); Bm, Cm: (B,L,N); all float32.
     The states are kept time-major, (L,B,D,N), so each step's update is one
-    contiguous in-place kernel."""
+    contiguous in-place kernel. Under autocast it still runs in float32."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(ctx, x, dt, A, Bm, Cm):
         xt, dtt = x.transpose(0, 1), dt.transpose(0, 1)
         Bt, Ct = Bm.transpose(0, 1), Cm.transpose(0, 1)
@@ -66,6 +67,7 @@ class SelectiveScan(torch.autograd.Function):
         return y.transpose(0, 1)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, gy):
         x, dt, A, Bm, Cm, dA, H = ctx.saved_tensors
         xt, dtt = x.transpose(0, 1), dt.transpose(0, 1)
