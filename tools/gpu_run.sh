@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 if [ "${1:-}" = stage ]; then
 	build=${2:-build-gpu}
 	rm -rf .gpu && mkdir -p .gpu/bin .gpu/lib .gpu/fix
-	for f in tests/cuda/test_cuda bench/bench_cuda kernels/ssm-mkmodel; do
+	for f in tests/cuda/test_cuda bench/bench_cuda bench/bench_service kernels/ssm-mkmodel; do
 		[ -f "$build/$f" ] && cp "$build/$f" .gpu/bin/
 	done
 	strip .gpu/bin/*

@@ -3,6 +3,8 @@
 transformers itself (not by this project).
 
 usage: make_fixtures.py OUTDIR
+       make_fixtures.py --model MODEL_DIR OUTDIR   (reference files only, for a
+           model that exists, e.g. models/demo, on a sentence of its tokenizer)
 
 For each configuration below: a randomly initialised MambaForCausalLM is saved
 with save_pretrained in the fixture's weight dtype; the reference is a float64
@@ -133,9 +135,23 @@ def make(fx, root):
         with open(path, "w") as f:
             json.dump(c, f, indent=2, sort_keys=True)
 
-    ref = model.to(torch.float64)
     g = torch.Generator().manual_seed(fx["seed"] + 1000)
     tokens = torch.randint(0, cfg.vocab_size, (1, fx["n_tokens"]), generator=g)
+    generator = ("transformers %s MambaForCausalLM, random init (seed %d), "
+                 "weights saved as %s, float64 forward on CPU of the stored "
+                 "weights, stored as float32 little-endian"
+                 % (transformers.__version__, fx["seed"],
+                    str(fx["dtype"]).replace("torch.", "")))
+    reference(model, tokens, d, generator)
+    size = sum(os.path.getsize(os.path.join(d, n)) for n in os.listdir(d))
+    print(f"{fx['name']}: {sorted(os.listdir(d))} {size} bytes")
+
+
+def reference(model, tokens, d, generator):
+    """Writes reference.json and ref_*.f32 into d: a float64 forward of the
+    model's weights as stored over tokens (shape [1, T])."""
+    cfg = model.config
+    ref = model.to(torch.float64)
     with torch.no_grad():
         out = ref(input_ids=tokens, use_cache=True)
     ssm, conv = find_states(out.cache_params, cfg.num_hidden_layers,
@@ -147,13 +163,9 @@ def make(fx, root):
         f.write(f32_bytes(ssm))
     with open(os.path.join(d, "ref_conv_state.f32"), "wb") as f:
         f.write(f32_bytes(conv))
-    L, T, V = cfg.num_hidden_layers, fx["n_tokens"], cfg.vocab_size
+    L, T, V = cfg.num_hidden_layers, tokens.shape[1], cfg.vocab_size
     meta = {
-        "generator": "transformers %s MambaForCausalLM, random init (seed %d), "
-                     "weights saved as %s, float64 forward on CPU of the stored "
-                     "weights, stored as float32 little-endian"
-                     % (transformers.__version__, fx["seed"],
-                        str(fx["dtype"]).replace("torch.", "")),
+        "generator": generator,
         "tokens": tokens[0].tolist(),
         "logits": {"file": "ref_logits.f32", "shape": [T, V]},
         "ssm_state": {"file": "ref_ssm_state.f32",
@@ -165,12 +177,33 @@ def make(fx, root):
     }
     with open(os.path.join(d, "reference.json"), "w") as f:
         json.dump(meta, f, indent=1)
-    size = sum(os.path.getsize(os.path.join(d, n)) for n in os.listdir(d))
-    print(f"{fx['name']}: {sorted(os.listdir(d))} {size} bytes, "
-          f"max|logit| {out.logits.abs().max().item():.3g}")
+    print(f"{d}: max|logit| {out.logits.abs().max().item():.3g}")
+
+
+DEMO_TEXT = ("The apt-get command installs packages and their dependencies; "
+             "see the manual page for its options.")
+
+
+def make_for_model(model_dir, out):
+    """Reference files for an existing model, over DEMO_TEXT as its own
+    tokenizer.json encodes it (Hugging Face tokenizers)."""
+    from tokenizers import Tokenizer
+    model = MambaForCausalLM.from_pretrained(model_dir).eval()
+    tok = Tokenizer.from_file(os.path.join(model_dir, "tokenizer.json"))
+    tokens = torch.tensor([tok.encode(DEMO_TEXT, add_special_tokens=False).ids])
+    os.makedirs(out, exist_ok=True)
+    reference(model, tokens, out,
+              "transformers %s MambaForCausalLM.from_pretrained of %s (weights as "
+              "stored), float64 forward on CPU over %r tokenised by its "
+              "tokenizer.json, stored as float32 little-endian"
+              % (transformers.__version__, os.path.basename(os.path.normpath(model_dir)),
+                 DEMO_TEXT))
 
 
 def main():
+    if len(sys.argv) == 4 and sys.argv[1] == "--model":
+        make_for_model(sys.argv[2], sys.argv[3])
+        return
     if len(sys.argv) != 2:
         sys.exit(__doc__)
     torch.set_num_threads(4)
