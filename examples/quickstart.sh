@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# ssmd in one command: install the build dependencies (Debian 12), build, make a
-# small model, start the daemon on a fresh state library, and show that a
-# session snapshotted before a daemon restart resumes exactly where it stopped.
+# ssmd in one command: install the build dependencies (Debian 12), build, start
+# the daemon on the bundled demo model (models/demo, CPU backend) with a fresh
+# state library, and show that a session snapshotted before a daemon restart
+# resumes exactly where it stopped.
 #
 #   examples/quickstart.sh            # builds into build/
 #   SSMD_BUILD=DIR examples/quickstart.sh
-#   SSMD_TOKENIZER=FILE               # tokenizer.json (default: the GPT-NeoX one
-#                                     # bundled in models/gpt-neox-20b/)
+#   SSMD_MODEL=DIR                    # another Hugging Face Mamba model folder
+#                                     # (default: models/demo)
 #
-# The model is made by ssm-mkmodel with random weights (a small Mamba shape with
-# the GPT-NeoX tokenizer): its text is gibberish, but every step below is the
-# real thing — the resumed continuation must equal the uninterrupted one.
+# The demo model is small (11 M parameters, see models/demo/MODEL.md): it
+# writes the form of its training text with little sense, but every step below
+# is the real thing — the resumed continuation must equal the uninterrupted one.
 set -eu
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -41,8 +42,7 @@ step "build ($build)"
 ninja -C "$build" >/dev/null
 ssmd=$build/daemon/ssmd
 ssmctl=$build/client/ssmctl
-mkmodel=$(find "$build" -name ssm-mkmodel -type f -perm -u+x | head -n 1)
-for bin in "$ssmd" "$ssmctl" "$mkmodel"; do
+for bin in "$ssmd" "$ssmctl"; do
 	[ -x "$bin" ] || { echo "not built: $bin"; exit 1; }
 done
 
@@ -56,17 +56,15 @@ cleanup() {
 trap cleanup EXIT
 
 step "model"
-tokenizer=${SSMD_TOKENIZER:-$root/models/gpt-neox-20b/tokenizer.json}
-[ -f "$tokenizer" ] || { echo "no tokenizer at $tokenizer (set SSMD_TOKENIZER)"; exit 1; }
-"$mkmodel" --out "$work/model" --d-model 256 --n-layer 4 --vocab 50280 \
-	--seed 7 --tokenizer "$tokenizer"
-du -sh "$work/model"
+model=${SSMD_MODEL:-$root/models/demo}
+[ -f "$model/config.json" ] || { echo "no model at $model (set SSMD_MODEL)"; exit 1; }
+ls -l "$model"
 
 # The daemon's sockets go in its run directory: ssmd.sock for requests and
 # ssmd-events.sock for token streams, which ssmctl derives from $SSMD_URL.
 export SSMD_URL="ipc://$work/ssmd.sock"
 start_daemon() {
-	"$ssmd" --model "$work/model" --store "$work/states.db" --run-dir "$work" \
+	"$ssmd" --model "$model" --store "$work/states.db" --run-dir "$work" \
 		--backend cpu --log-level warn &
 	daemon_pid=$!
 	for _ in $(seq 100); do
@@ -88,12 +86,12 @@ run "$ssmctl" info
 step "a session: append text, snapshot it, then generate"
 S=$("$ssmctl" open)
 echo "session $S"
-run "$ssmctl" append "$S" --text "The state of a Mamba model is a fixed-size summary of everything it has read, so"
+run "$ssmctl" append "$S" --text "The cp command copies files and directories. To copy a whole directory,"
 ID=$("$ssmctl" snapshot "$S" --tag quickstart/demo --label "after the prompt")
 echo "state $ID"
 # Seeded sampling: the sampler's random numbers are keyed by (seed, token
 # index), so a resumed session draws exactly the same ones.
-gen="--max-tokens 24 --temperature 0.9 --top-p 0.95 --seed 11"
+gen="--max-tokens 40 --temperature 0.8 --top-p 0.95 --seed 11"
 printf '$ %s generate %s %s\n' "$ssmctl" "$S" "$gen"
 first=$("$ssmctl" generate "$S" $gen)
 echo "$first"
@@ -110,6 +108,10 @@ echo "session $R (resumed from $ID)"
 printf '$ %s generate %s %s\n' "$ssmctl" "$R" "$gen"
 second=$("$ssmctl" generate "$R" $gen)
 echo "$second"
+
+step "score: the log-probability of a text after the snapshot, state unchanged"
+run "$ssmctl" score "$ID" --text " use the -r option."
+run "$ssmctl" score "$ID" --text " option the use -r."
 
 step "result"
 if [ "$first" = "$second" ]; then
