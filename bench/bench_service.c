@@ -25,7 +25,9 @@
  *                alternating on 1 slot: a page-out whose checkpoint commits
  *                behind, then a page-in), through the tier and through the
  *                library, and the same with 2 slots (both resident); the
- *                differences are the cost of a page-out + page-in;
+ *                differences are the cost of a page-out + page-in. The three
+ *                run side by side, one request pair of each in turn, so the
+ *                machine's drifting load falls on all three alike;
  *   copy         the backend's own slot -> host copy (into a new state, as
  *                a page-out makes, and into a reused one) and host -> slot
  *                copy, median of --reps: the floor of the tier's path.
@@ -238,41 +240,67 @@ static double round_robin(const struct opts *o, const ssm_model *m, int slots,
 	return (double)n * o->rounds / t;
 }
 
-/* Median ms of one 1-token generate, two sessions alternating on slots. */
-static double alternate(const struct opts *o, const ssm_model *m, int slots,
-			int tier_mb, struct pageins *pi)
-{
+/* One scheduler of the request rows: two sessions alternating on slots. */
+struct alt {
 	char path[1024], *ids[2];
-	double *ms = malloc((size_t)o->reps * sizeof(double)), med;
-	int32_t prompt[4] = {1, 2, 3, 4}, out[1];
-	struct hostcache_stats t0s;
-	size_t n_out;
+	double *ms;                 /* (reps) the second session's times */
+	struct hostcache_stats t0;
 	store *st;
 	cfg c;
-	sched *s = start(o, m, slots, tier_mb, &c, &st, path, sizeof(path));
+	sched *s;
+};
 
-	for (int i = 0; i < 2; i++) {
-		ids[i] = open_session(s);
-		check_ok(harness_append(s, ids[i], prompt, 4));
-	}
-	for (int r = -2; r < o->reps; r++) {
-		if (r == 0)
-			sched_tier_stats(s, &t0s);
+/* Median ms of one 1-token generate, two sessions alternating on 1 slot
+ * through the tier (k 0), through the library (k 1), and on 2 slots (k 2,
+ * resident). The three schedulers run side by side, one request pair of each
+ * in turn, so that the machine's load drifts over all three alike (on a
+ * shared CPU, three runs one after the other differ by more than what is
+ * measured). A request's time includes its own page-out's commit running
+ * beside it on the store thread; what is left of that commit after the
+ * reply is waited for, untimed (a stats request ends after it), before the
+ * next scheduler's turn, so one scheduler's commit never slows another's
+ * request. */
+static void alternate(const struct opts *o, const ssm_model *m, double med[3],
+		      struct pageins pi[3])
+{
+	static const int slots[3] = {1, 1, 2};
+	int32_t prompt[4] = {1, 2, 3, 4}, out[1];
+	struct alt a[3];
+	size_t n_out;
+
+	for (int k = 0; k < 3; k++) {
+		a[k].ms = malloc((size_t)o->reps * sizeof(double));
+		a[k].s = start(o, m, slots[k], k == 1 ? 0 : o->host_cache_mb, &a[k].c,
+			       &a[k].st, a[k].path, sizeof(a[k].path));
 		for (int i = 0; i < 2; i++) {
-			double t0 = now_s();
-			check_ok(harness_generate(s, ids[i], 1, 0, 0, 0, out, &n_out));
-			/* Two warm-up rounds; then the second session's time. */
-			if (r >= 0 && i == 1)
-				ms[r] = (now_s() - t0) * 1e3;
+			a[k].ids[i] = open_session(a[k].s);
+			check_ok(harness_append(a[k].s, a[k].ids[i], prompt, 4));
 		}
 	}
-	*pi = pageins_since(s, &t0s);
-	med = median(ms, o->reps);
-	stop(s, &c, st, path);
-	free(ids[0]);
-	free(ids[1]);
-	free(ms);
-	return med;
+	for (int r = -2; r < o->reps; r++) {
+		for (int k = 0; k < 3; k++) {
+			if (r == 0)
+				sched_tier_stats(a[k].s, &a[k].t0);
+			for (int i = 0; i < 2; i++) {
+				double t0 = now_s();
+				check_ok(harness_generate(a[k].s, a[k].ids[i], 1, 0, 0, 0,
+							  out, &n_out));
+				/* Two warm-up rounds; then the second
+				 * session's time. */
+				if (r >= 0 && i == 1)
+					a[k].ms[r] = (now_s() - t0) * 1e3;
+			}
+			harness_reply_free(harness_stats(a[k].s));
+		}
+	}
+	for (int k = 0; k < 3; k++) {
+		pi[k] = pageins_since(a[k].s, &a[k].t0);
+		med[k] = median(a[k].ms, o->reps);
+		stop(a[k].s, &a[k].c, a[k].st, a[k].path);
+		free(a[k].ids[0]);
+		free(a[k].ids[1]);
+		free(a[k].ms);
+	}
 }
 
 /* The backend's slot <-> host copies on a one-slot backend whose slot holds
@@ -464,9 +492,11 @@ static void bench_model(const struct opts *o, const char *dir)
 	row(shape, mc, mb, o->backend, o->sessions, o->sessions, "all resident",
 	    "%.1f sessions/s", rr_res);
 
-	double req_tier = alternate(o, m, 1, o->host_cache_mb, &pt);
-	double req_lib = alternate(o, m, 1, 0, &pl);
-	double req_res = alternate(o, m, 2, o->host_cache_mb, &pr);
+	double req[3];
+	struct pageins pq[3];
+	alternate(o, m, req, pq);
+	double req_tier = req[0], req_lib = req[1], req_res = req[2];
+	pt = pq[0];
 	row(shape, mc, mb, o->backend, 1, 2, "request, paged, tier",
 	    "%.2f ms per 1-token generate (page-ins: %llu tier, %llu library)",
 	    req_tier, (unsigned long long)pt.tier, (unsigned long long)pt.library);
