@@ -26,6 +26,16 @@ if [ "${1:-}" = stage ]; then
 	strip .gpu/bin/*
 	../shared/gpu/carry-libs.sh .gpu/bin/* .gpu/lib >/dev/null
 	cp -r ../shared/fixtures/tiny-mamba .gpu/fix/
+	# the daemon as the textbook walkthrough finds it in a build folder
+	mkdir -p .gpu/build/daemon .gpu/build/client
+	for f in daemon/ssmd daemon/ssm-tokenize; do
+		[ -f "$build/$f" ] && cp "$build/$f" .gpu/build/daemon/
+	done
+	strip .gpu/build/daemon/*
+	cp "$build/client/ssmd_pb2.py" .gpu/build/client/ 2>/dev/null || true
+	../shared/gpu/carry-libs.sh .gpu/build/daemon/* .gpu/lib >/dev/null
+	book=/usr/share/debian-reference/debian-reference.en.txt.gz
+	[ -f "$book" ] && cp "$book" .gpu/
 	du -sh .gpu
 	exit 0
 fi
@@ -104,6 +114,25 @@ if want hf; then
 	echo "hf_bench exit $?" >>"$out/hf.err"
 	tail -n 5 "$out/hf.err"
 fi
+if want service; then
+	# paging a 1.4b-shaped session through the host tier and the library
+	"$bin/bench_service" --backend cuda --shape 1.4b --mkmodel "$bin/ssm-mkmodel" \
+		--dir /tmp --slots 4 --sessions 40 --rounds 3 --tokens 4 --reps 20 \
+		--host-cache-mb 4096 >"$out/service.txt" 2>"$out/service.err"
+	echo "bench_service exit $?" >>"$out/service.err"
+	tail -n 2 "$out/service.err"
+fi
+if want textbook; then
+	if [ -d .whl ]; then
+		python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+			--upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+	fi
+	PYTHONUNBUFFERED=1 timeout 300 python3 examples/textbook/walkthrough.py \
+		--build .gpu/build --backend cuda --book .gpu/debian-reference.en.txt.gz \
+		--json "$out/textbook.json" >"$out/textbook.txt" 2>"$out/textbook.err"
+	echo "walkthrough exit $?" >>"$out/textbook.err"
+	tail -n 3 "$out/textbook.err"
+fi
 if want sanitize || want memcheck || want racecheck; then
 	# racecheck looks at shared memory only: restrict it to this project's
 	# kernels (names ssmk_*). It fails internally ("failed to handle a
@@ -130,4 +159,6 @@ echo "================================================================"
 printf '%s' "$summary"
 [ -f "$out/bench.txt" ] && cat "$out/bench.txt"
 [ -f "$out/hf.txt" ] && cat "$out/hf.txt"
+[ -f "$out/service.txt" ] && cat "$out/service.txt"
+[ -f "$out/textbook.txt" ] && tail -n 14 "$out/textbook.txt"
 exit 0
