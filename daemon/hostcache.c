@@ -2,12 +2,16 @@
  * hostcache.c — the host tier of paged-out states (see hostcache.h).
  *
  * Entries sit on one list ordered from the first to drop (head) to the last
- * (tail), and in a chained hash table keyed by the sref's address.
+ * (tail), and in a chained hash table keyed by the sref's address. Spares
+ * sit in a small stack: a page-out takes one and gives it back as an entry
+ * at once, so a few cover a burst of page-outs while commits catch up.
  */
 #include "hostcache.h"
 
 #include <assert.h>
 #include <stdlib.h>
+
+#define SPARES_MAX 4
 
 struct entry {
 	struct sref *key;          /* reference held */
@@ -25,6 +29,7 @@ struct hostcache {
 	struct entry *head, *tail;
 	struct entry **buckets;    /* (n_buckets) chains */
 	size_t n_buckets;          /* a power of two */
+	ssm_state *spares[SPARES_MAX]; /* (st.spares) owned */
 };
 
 static size_t bucket_of(const hostcache *hc, const struct sref *key)
@@ -103,8 +108,9 @@ static void list_push_head(hostcache *hc, struct entry *e)
 	hc->head = e;
 }
 
-/* Takes e out of the tier and frees it with what it owns. */
-static void entry_remove(hostcache *hc, struct entry *e)
+/* Takes e out of the tier and frees it with what it owns, except its
+ * state when keep is set: *keep gets it (NULL when e only borrowed it). */
+static void entry_remove(hostcache *hc, struct entry *e, ssm_state **keep)
 {
 	struct entry **p = &hc->buckets[bucket_of(hc, e->key)];
 
@@ -115,7 +121,9 @@ static void entry_remove(hostcache *hc, struct entry *e)
 	list_unlink(hc, e);
 	hc->st.bytes -= e->bytes;
 	hc->st.entries--;
-	if (!e->borrowed)
+	if (keep)
+		*keep = e->borrowed ? NULL : e->st;
+	else if (!e->borrowed)
 		ssm_state_free(e->st);
 	/* Last: a borrowed state may die with the sref's last reference. */
 	sref_put(e->key);
@@ -142,8 +150,10 @@ void hostcache_free(hostcache *hc)
 		return;
 	while (hc->head) {
 		assert(!hc->head->pinned);
-		entry_remove(hc, hc->head);
+		entry_remove(hc, hc->head, NULL);
 	}
+	while (hc->st.spares)
+		ssm_state_free(hc->spares[--hc->st.spares]);
 	free(hc->buckets);
 	free(hc);
 }
@@ -168,10 +178,15 @@ int hostcache_add(hostcache *hc, struct sref *key, ssm_state *st, int pinned)
 	if (!e)
 		return ssmd_err_set(SSMD_ENOMEM, "host tier entry");
 	freeable = hc->st.budget - bytes;
+	while (hc->st.spares && hc->st.bytes + hc->st.spare_bytes > freeable) {
+		ssm_state *sp = hc->spares[--hc->st.spares];
+		hc->st.spare_bytes -= ssm_state_encoded_size(sp);
+		ssm_state_free(sp);
+	}
 	for (struct entry *d = hc->head; d && hc->st.bytes > freeable; d = next) {
 		next = d->next;
 		if (!d->pinned) {
-			entry_remove(hc, d);
+			entry_remove(hc, d, NULL);
 			hc->st.dropped++;
 		}
 	}
@@ -190,8 +205,8 @@ int hostcache_add(hostcache *hc, struct sref *key, ssm_state *st, int pinned)
 	hc->st.bytes += bytes;
 	hc->st.entries++;
 	hc->st.added++;
-	if (hc->st.bytes > hc->st.peak_bytes)
-		hc->st.peak_bytes = hc->st.bytes;
+	if (hc->st.bytes + hc->st.spare_bytes > hc->st.peak_bytes)
+		hc->st.peak_bytes = hc->st.bytes + hc->st.spare_bytes;
 	return SSMD_OK;
 }
 
@@ -234,6 +249,53 @@ int hostcache_adopt(hostcache *hc, const struct sref *key, ssm_state *st)
 		return 0;
 	e->borrowed = 0;
 	return 1;
+}
+
+void hostcache_release(hostcache *hc, struct sref *key)
+{
+	struct entry *e = key ? find(hc, key) : NULL;
+
+	/* Two references: the caller's and the entry's. Another thread may
+	 * only drop references it holds, never add one to a key it does not
+	 * hold: so 2 cannot turn into more behind this check, and a count
+	 * that is about to fall only keeps the entry a while longer. */
+	if (e && !e->pinned && atomic_load(&key->refs) == 2) {
+		ssm_state *st;
+		entry_remove(hc, e, &st);
+		hc->st.released++;
+		hostcache_spare_put(hc, st);
+	}
+	sref_put(key);
+}
+
+ssm_state *hostcache_spare_take(hostcache *hc)
+{
+	ssm_state *st;
+
+	if (!hc->st.spares)
+		return NULL;
+	st = hc->spares[--hc->st.spares];
+	hc->st.spare_bytes -= ssm_state_encoded_size(st);
+	hc->st.reused++;
+	return st;
+}
+
+void hostcache_spare_put(hostcache *hc, ssm_state *st)
+{
+	size_t bytes;
+
+	if (!st)
+		return;
+	bytes = ssm_state_encoded_size(st);
+	if (hc->st.spares == SPARES_MAX ||
+	    bytes > hc->st.budget - hc->st.bytes - hc->st.spare_bytes) {
+		ssm_state_free(st);
+		return;
+	}
+	hc->spares[hc->st.spares++] = st;
+	hc->st.spare_bytes += bytes;
+	if (hc->st.bytes + hc->st.spare_bytes > hc->st.peak_bytes)
+		hc->st.peak_bytes = hc->st.bytes + hc->st.spare_bytes;
 }
 
 void hostcache_stats_get(const hostcache *hc, struct hostcache_stats *out)

@@ -17,11 +17,21 @@
  * kept copy (sess.h) instead: the entry then only borrows it, and
  * hostcache_adopt() gives it back once a later put stored it.
  *
- * The budget: the bytes of every entry (the encoded size of its state, the
- * measure ssm_state_encoded_size() gives: header and f32 arrays) never
- * exceed it. hostcache_add() makes room by dropping unpinned entries, least
- * recently added or served first, and refuses when pinned ones leave too
- * little. An entry that was just served (hostcache_get()) becomes the first
+ * Spare states: a page-out needs a state of the model's size to copy its
+ * slot into. A fresh one is a large allocation whose every page faults on
+ * first touch (and whose free unmaps it again), which costs about as much as
+ * the copy itself. So an entry whose key nobody else holds any more (the
+ * session moved on from it, and no fork or pending put refers to it) gives
+ * its state back as a spare (hostcache_release()), and the next page-out
+ * copies into that (hostcache_spare_take()). A spare is nobody's state: it
+ * left the tier's table before it was handed out, so it never aliases an
+ * entry, a put's state or a session's.
+ *
+ * The budget: the bytes of every entry and spare (the encoded size of its
+ * state, the measure ssm_state_encoded_size() gives: header and f32 arrays)
+ * never exceed it. hostcache_add() makes room by freeing spares, then
+ * dropping unpinned entries, least recently added or served first, and
+ * refuses when pinned ones leave too little. An entry that was just served (hostcache_get()) becomes the first
  * to go: the session it paged in usually moves on from it at once; it stays
  * for other sessions on the same state (forks) while room lasts.
  *
@@ -53,6 +63,10 @@ struct hostcache_stats {
 	uint64_t hits, misses;    /* hostcache_get() that found / did not find */
 	uint64_t added, dropped;  /* entries added / dropped for room */
 	uint64_t refused;         /* hostcache_add() refused for lack of room */
+	size_t spares;            /* spare states now (bytes not counted above) */
+	size_t spare_bytes;       /* their bytes: bytes + spare_bytes <= budget */
+	uint64_t released;        /* entries whose key nobody held any more */
+	uint64_t reused;          /* spares handed out by hostcache_spare_take() */
 };
 
 /* A new empty tier of budget bytes (0: every add is refused). SSMD_ENOMEM. */
@@ -87,6 +101,20 @@ void hostcache_unpin(hostcache *hc, const struct sref *key, int owned);
  * key's entry borrows exactly st, the entry owns it again and 1 is returned;
  * otherwise 0, and st stays the caller's. */
 int hostcache_adopt(hostcache *hc, const struct sref *key, ssm_state *st);
+
+/* Gives up the caller's reference to key (taken; NULL is a no-op). When
+ * the only other reference is the tier's own, no one can ask for key's
+ * state any more: its entry goes (unless pinned), and its state, when the
+ * entry owns it, becomes a spare. */
+void hostcache_release(hostcache *hc, struct sref *key);
+
+/* A spare state of the tier's model (contents undefined), now the caller's,
+ * or NULL when there is none. Its bytes leave the tier's count. */
+ssm_state *hostcache_spare_take(hostcache *hc);
+
+/* Gives st (taken; NULL is a no-op) to the tier as a spare, or frees it
+ * when the spares are full or the budget has no room for it. */
+void hostcache_spare_put(hostcache *hc, ssm_state *st);
 
 /* The counters above. */
 void hostcache_stats_get(const hostcache *hc, struct hostcache_stats *out);

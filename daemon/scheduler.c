@@ -362,6 +362,25 @@ static int sess_store_again(sched *s, struct sess *x, store_kind kind,
 	return SSMD_OK;
 }
 
+/* The state of x (resident) for its page-out, copied into one of the host
+ * tier's spares when it has one (see hostcache.h), else into a new state. */
+static int sess_state_page_out(sched *s, struct sess *x, ssm_state **out)
+{
+	ssm_state *st = x->slot >= 0 && !x->loading ? hostcache_spare_take(s->hc)
+						    : NULL;
+	int rc;
+
+	if (!st)
+		return sess_state_copy(s, x, out);
+	rc = ssm_slot_get(s->be, x->slot, st);
+	if (rc) {
+		hostcache_spare_put(s->hc, st);
+		return rc;
+	}
+	*out = st;
+	return SSMD_OK;
+}
+
 static void slot_release(sched *s, struct sess *x)
 {
 	if (x->slot >= 0)
@@ -381,7 +400,7 @@ static int sess_page_out_store(sched *s, struct sess *x)
 	struct done_msg *m = calloc(1, sizeof(*m));
 	struct sref *ref = NULL;
 	ssm_state *st = NULL;
-	int rc = m ? sess_state_copy(s, x, &st)
+	int rc = m ? sess_state_page_out(s, x, &st)
 		   : ssmd_err_set(SSMD_ENOMEM, "page-out");
 
 	if (!rc)
@@ -414,10 +433,10 @@ static int sess_page_out(sched *s, struct sess *x)
 	} else if (x->base && !hostcache_has(s->hc, x->base)) {
 		/* Best effort: without a copy, the page-in reads the library. */
 		ssm_state *st = NULL;
-		if (sess_state_copy(s, x, &st) == SSMD_OK &&
+		if (sess_state_page_out(s, x, &st) == SSMD_OK &&
 		    hostcache_add(s->hc, x->base, st, 0) == SSMD_OK)
 			st = NULL;
-		ssm_state_free(st);
+		hostcache_spare_put(s->hc, st);
 	}
 	if (rc) {
 		log_warn("cannot page out session %s: %s", x->id, ssmd_errmsg());
@@ -1478,6 +1497,9 @@ static void sess_close(sched *s, struct sess *x)
 		log_warn("session %s: %s", x->id, ssmd_errmsg());
 	slot_release(s, x);
 	sess_table_remove(&s->sessions, x);
+	/* Nobody asks for its base's state again unless a fork holds it. */
+	hostcache_release(s->hc, x->base);
+	x->base = NULL;
 	sess_free(x);
 }
 
@@ -1977,6 +1999,13 @@ static void done_handle(sched *s, struct done_msg *m)
 {
 	if (m->type == DONE_COMMITTED) {
 		hostcache_unpin(s->hc, m->ref, m->rc == SSMD_OK);
+		/* The put no longer needs its parent: when the session moved
+		 * on from it and nothing else holds it, its entry's state is
+		 * a spare for the next page-out. The put's own state may be
+		 * one too when its session was closed meanwhile. */
+		hostcache_release(s->hc, m->parent);
+		hostcache_release(s->hc, m->ref);
+		m->parent = m->ref = NULL;
 		tier_publish(s);
 	} else if (m->type == DONE_HEALED) {
 		if (hostcache_adopt(s->hc, m->ref, m->st))
@@ -2028,6 +2057,7 @@ static void done_handle(sched *s, struct done_msg *m)
 	}
 	ssm_state_free(m->st);
 	sref_put(m->ref);
+	sref_put(m->parent);
 	free(m);
 }
 
@@ -2453,6 +2483,7 @@ void sched_stop(sched *s)
 			job_finish(m->job, SSMD_ECLOSED, "the daemon is shutting down");
 		ssm_state_free(m->st);
 		sref_put(m->ref);
+		sref_put(m->parent);
 		free(m);
 	}
 	s->done_tail = NULL;
@@ -2475,6 +2506,7 @@ void sched_free(sched *s)
 		sess_free(s->sessions.v[i]);
 	sess_table_fini(&s->sessions);
 	hostcache_free(s->hc);
+	free(s->put_raw);
 	ssm_backend_close(s->be);
 	free(s->slot_owner);
 	free(s->logits);

@@ -30,6 +30,10 @@ struct sched {
 	sched_publish_fn publish;
 	void *publish_arg;
 	storeq *sq;
+	void *put_raw;             /* store thread only: put_store()'s encode
+				    * buffer, (put_raw_cap) bytes, kept from
+				    * put to put (freed by sched_free()) */
+	size_t put_raw_cap;
 	double start_s;            /* monotonic seconds at start */
 	hostcache *hc;             /* the host tier (scheduler thread; after
 				    * the thread ends, sched_stop()'s) */
@@ -97,6 +101,8 @@ struct done_msg {
 	struct storeq_task task;   /* the store-thread task that fills it */
 	struct sref *ref;          /* load: the state to read; committed,
 				    * healed: the state (reference) */
+	struct sref *parent;       /* committed: the put's parent, when it
+				    * succeeded (reference), or NULL */
 	char ref_str[STORE_TAG_MAX + 1]; /* resolve: the ID or tag */
 	sched *s;
 	struct done_msg *next;

@@ -166,13 +166,23 @@ static int put_store(struct put_args *a, const ssm_state *st,
 	const int32_t *tokens = NULL;
 	int32_t *joined = NULL;
 	size_t n_tokens = 0, raw_len = ssm_state_encoded_size(st);
-	void *raw = malloc(raw_len);
+	void *raw = s->put_raw;
 	char metadata[64 + SESS_ID_SIZE];
 	int rc;
 
-	if (!raw) {
-		rc = ssmd_err_set(SSMD_ENOMEM, "encoding a state of %zu bytes", raw_len);
-		goto done;
+	/* One buffer for every put: a fresh one of a 1.4b state's 15.7 MB
+	 * costs a page fault per 4 kB page on first touch (about as long as
+	 * the encode), and its free gives the pages back to be faulted in
+	 * again by the next put. */
+	if (raw_len > s->put_raw_cap) {
+		free(s->put_raw);
+		s->put_raw_cap = 0;
+		if (!(raw = s->put_raw = malloc(raw_len))) {
+			rc = ssmd_err_set(SSMD_ENOMEM, "encoding a state of %zu bytes",
+					  raw_len);
+			goto done;
+		}
+		s->put_raw_cap = raw_len;
 	}
 	rc = put_transcript(a, &parent, &tokens, &n_tokens, &joined);
 	if (rc)
@@ -217,7 +227,6 @@ static int put_store(struct put_args *a, const ssm_state *st,
 		rc = store_state_put(s->store, &p, id);
 	}
 done:
-	free(raw);
 	free(joined);
 	return rc;
 }
@@ -225,6 +234,8 @@ done:
 static void put_run(struct storeq_task *t)
 {
 	struct put_args *a = (struct put_args *)t;
+	struct done_msg *m = NULL;
+	sched *s;
 	char id[STORE_ID_SIZE];
 	int rc = put_store(a, a->st, id);
 
@@ -254,14 +265,15 @@ static void put_run(struct storeq_task *t)
 	if (a->borrowed) {
 		/* The host tier's entry may be dropped from now on; after a
 		 * failure it only borrows the state, which is the kept copy. */
-		struct done_msg *m = a->done;
+		m = a->done;
 		a->done = NULL;
 		a->st = NULL;
 		m->type = DONE_COMMITTED;
 		m->s = a->s;
 		m->ref = sref_get(a->ref);
+		m->parent = a->parent; /* the reference moves */
+		a->parent = NULL;
 		m->rc = rc;
-		sched_done_post(a->s, m);
 	}
 	if (a->job) {
 		a->job->reply_ref = sref_get(a->ref);
@@ -269,7 +281,12 @@ static void put_run(struct storeq_task *t)
 		a->tag = NULL;
 		reply_finish(a->job);
 	}
+	s = a->s;
 	put_args_free(a);
+	/* Last, after the put's own references are gone: the scheduler then
+	 * sees whether it holds the last ones (hostcache_release()). */
+	if (m)
+		sched_done_post(s, m);
 }
 
 void sched_store_put(struct put_args *a)

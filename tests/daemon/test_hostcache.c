@@ -16,7 +16,16 @@
  *     no longer frees; adopt() of another pointer is refused and of that
  *     state makes the entry its owner again (run under ASan in CI: a double
  *     free or a leak here fails the run);
- *   - budget 0 refuses every add.
+ *   - budget 0 refuses every add;
+ *   - spares: release() of a key someone else still holds, or of a pinned
+ *     entry, keeps the entry; of a key only the tier holds, it removes the
+ *     entry and its state (the very pointer) becomes the spare that
+ *     spare_take() hands out, which no remaining entry serves (a reused
+ *     buffer never aliases a live state); a borrowed state never becomes a
+ *     spare (the sref frees it: ASan would catch a double free); spares
+ *     count against the budget, at most 4 are kept, and an add frees them
+ *     before it drops entries. The random sequence also releases keys and
+ *     takes and gives back spares, and its bound covers entries + spares.
  * All sizes are exact byte counts: ssm_state_encoded_size() is deterministic.
  */
 #include <stdio.h>
@@ -97,6 +106,109 @@ static void test_basic(void)
 	sref_put(b);
 }
 
+/* Whether any entry of keys[0..n) serves st. */
+static int served_by_any(hostcache *hc, struct sref **keys, int n,
+			 const ssm_state *st)
+{
+	for (int i = 0; i < n; i++)
+		if (keys[i] && hostcache_has(hc, keys[i]) &&
+		    hostcache_get(hc, keys[i]) == st)
+			return 1;
+	return 0;
+}
+
+static void test_spares(void)
+{
+	hostcache *hc;
+	struct hostcache_stats t;
+	struct sref *a = sref_alloc(), *b = sref_alloc(), *c = sref_alloc();
+	struct sref *keys[2];
+	ssm_state *sa = state_new(8), *sb = state_new(8), *sc = state_new(8), *got;
+	size_t one = ssm_state_encoded_size(sa);
+
+	CHECK_RC(hostcache_alloc(3 * one, &hc), SSMD_OK);
+	CHECK_RC(hostcache_add(hc, a, sa, 0), SSMD_OK);
+	CHECK_RC(hostcache_add(hc, b, sb, 1), SSMD_OK);
+	/* a: the test holds it besides the caller of release (a fork). */
+	hostcache_release(hc, sref_get(a));
+	/* b: the caller's is the last reference but the entry is pinned. */
+	hostcache_release(hc, sref_get(b));
+	hostcache_stats_get(hc, &t);
+	CHECK(hostcache_has(hc, a) && hostcache_has(hc, b) && t.spares == 0 &&
+	      t.released == 0,
+	      "release() keeps an entry whose key another holds, and a pinned one");
+	CHECK(hostcache_spare_take(hc) == NULL, "no spare before any release");
+	/* a: now only the tier holds it besides the caller. */
+	hostcache_release(hc, a);
+	hostcache_stats_get(hc, &t);
+	CHECK(t.entries == 1 && t.spares == 1 && t.released == 1 &&
+	      t.bytes == one && t.spare_bytes == one,
+	      "release() of a key only the tier holds makes its state a spare (entries %zu, spares %zu, bytes %zu + %zu)",
+	      t.entries, t.spares, t.bytes, t.spare_bytes);
+	got = hostcache_spare_take(hc);
+	keys[0] = b;
+	keys[1] = NULL;
+	CHECK(got == sa && !served_by_any(hc, keys, 2, got),
+	      "the spare is the released entry's state and no entry serves it");
+	hostcache_stats_get(hc, &t);
+	CHECK(t.spares == 0 && t.spare_bytes == 0 && t.reused == 1 &&
+	      hostcache_spare_take(hc) == NULL,
+	      "a spare is handed out once");
+	/* Given back as a new entry's state: it is that entry's now. */
+	a = sref_alloc();
+	CHECK_RC(hostcache_add(hc, a, got, 0), SSMD_OK);
+	CHECK(hostcache_get(hc, a) == got, "a spare added back is served by its new key");
+
+	/* A borrowed state (the sref's kept copy) is never a spare. */
+	CHECK_RC(hostcache_add(hc, c, sc, 1), SSMD_OK);
+	hostcache_unpin(hc, c, 0);
+	c->kept = sc;
+	hostcache_release(hc, c); /* frees c and, with it, sc */
+	hostcache_stats_get(hc, &t);
+	CHECK(t.entries == 2 && t.spares == 0 && t.released == 2,
+	      "a dead entry that borrowed its state goes without leaving a spare");
+
+	/* Spares count against the budget: budget 3, entries a and b, so
+	 * room for one spare; a second one given is freed. */
+	hostcache_spare_put(hc, state_new(8));
+	hostcache_spare_put(hc, state_new(8));
+	hostcache_spare_put(hc, NULL);
+	hostcache_stats_get(hc, &t);
+	CHECK(t.spares == 1 && t.bytes + t.spare_bytes <= t.budget &&
+	      t.peak_bytes <= t.budget,
+	      "spares fit in the budget with the entries (%zu spares, %zu + %zu of %zu bytes)",
+	      t.spares, t.bytes, t.spare_bytes, t.budget);
+	/* An add needing that room frees the spare before dropping an entry. */
+	c = sref_alloc();
+	CHECK_RC(hostcache_add(hc, c, state_new(8), 0), SSMD_OK);
+	hostcache_stats_get(hc, &t);
+	CHECK(t.spares == 0 && t.entries == 3 && t.dropped == 0,
+	      "an add frees spares before it drops entries");
+	hostcache_unpin(hc, b, 1);
+	hostcache_release(hc, b);
+	hostcache_release(hc, c);
+	hostcache_release(hc, a);
+	hostcache_stats_get(hc, &t);
+	CHECK(t.entries == 0 && t.spares == 3 && t.bytes == 0,
+	      "releasing the last keys leaves their states as spares (%zu)", t.spares);
+	hostcache_free(hc); /* frees the spares */
+
+	/* At most 4 spares, and none with budget 0. */
+	CHECK_RC(hostcache_alloc(100 * one, &hc), SSMD_OK);
+	for (int i = 0; i < 6; i++)
+		hostcache_spare_put(hc, state_new(8));
+	hostcache_stats_get(hc, &t);
+	CHECK(t.spares == 4, "at most 4 spares are kept (%zu)", t.spares);
+	hostcache_free(hc);
+	CHECK_RC(hostcache_alloc(0, &hc), SSMD_OK);
+	hostcache_spare_put(hc, state_new(8));
+	hostcache_release(hc, NULL);
+	hostcache_stats_get(hc, &t);
+	CHECK(t.spares == 0 && hostcache_spare_take(hc) == NULL,
+	      "a tier of budget 0 keeps no spare");
+	hostcache_free(hc);
+}
+
 /* The random sequence against the model above. */
 static void test_random(void)
 {
@@ -119,7 +231,7 @@ static void test_random(void)
 		me[i].key = sref_alloc();
 	for (int step = 0; step < 20000; step++) {
 		int i = (int)(test_splitmix64(&rng) % N_KEYS);
-		int op = (int)(test_splitmix64(&rng) % 4);
+		int op = (int)(test_splitmix64(&rng) % 6);
 		struct hostcache_stats t;
 		size_t sum = 0, pinned_bytes = 0;
 
@@ -161,6 +273,20 @@ static void test_random(void)
 		} else if (op == 2 && me[i].present) {
 			hostcache_unpin(hc, me[i].key, 1);
 			me[i].pinned = 0;
+		} else if (op == 4 && !(me[i].present && me[i].pinned)) {
+			/* The key's last holder lets go: an unpinned entry
+			 * goes (as a spare); the key is then replaced. */
+			hostcache_release(hc, me[i].key);
+			me[i].key = sref_alloc();
+			me[i].present = 0;
+		} else if (op == 5) {
+			/* A page-out takes a spare and gives it back (its add
+			 * refused) or frees it. */
+			ssm_state *sp = hostcache_spare_take(hc);
+			if (test_splitmix64(&rng) % 2)
+				hostcache_spare_put(hc, sp);
+			else
+				ssm_state_free(sp);
 		} else if (op == 3) {
 			const ssm_state *got = hostcache_get(hc, me[i].key);
 			ok_order &= (got != NULL) == me[i].present;
@@ -175,11 +301,12 @@ static void test_random(void)
 			sum += me[k].present ? me[k].bytes : 0;
 		}
 		ok_sum &= t.bytes == sum;
-		ok_bound &= t.bytes <= budget && t.peak_bytes <= budget;
+		ok_bound &= t.bytes + t.spare_bytes <= budget &&
+			    t.peak_bytes <= budget;
 		if (t.peak_bytes > peak)
 			peak = t.peak_bytes;
 	}
-	CHECK(ok_bound, "the tier's bytes and peak never exceed the budget of %zu", budget);
+	CHECK(ok_bound, "the tier's bytes (entries and spares) and peak never exceed the budget of %zu", budget);
 	CHECK(ok_sum, "the tier's bytes are the sum of its entries' encoded sizes");
 	CHECK(ok_refuse, "an add is refused exactly when the pinned entries leave no room");
 	CHECK(ok_pinned, "a pinned entry is never dropped");
@@ -196,6 +323,7 @@ static void test_random(void)
 int main(void)
 {
 	test_basic();
+	test_spares();
 	test_random();
 	return check_summary("hostcache");
 }

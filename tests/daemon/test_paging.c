@@ -18,6 +18,13 @@
  *     paged in from the tier and stays exact; once there is room a snapshot
  *     stores the kept state (the tier's entry gets it back) and the session
  *     goes on, exact; shutdown stores its final state with every token;
+ *   - spare states: two sessions and a fork of one (sharing its base's
+ *     entry) alternating on 1 slot, each request waited on until every
+ *     commit has ended: entries the sessions moved on from become spares
+ *     and later page-outs copy into them (the tier's released and reused
+ *     counters), while every token stays exact, before and after a restart
+ *     from the library (the commits encoded the tier's states: a spare that
+ *     aliased a live entry would corrupt a stored checkpoint or a page-in);
  *   - a page-out whose commit is delayed (another connection holds the
  *     library's write lock): the session is paged out and in again, twice,
  *     while its commits cannot happen, and generates exactly; after the lock
@@ -206,6 +213,82 @@ static void test_bound(const ssm_model *m)
 	CHECK(t.hits > 0 && t.misses > 0,
 	      "some page-ins come from the tier (%llu), the others from the library (%llu)",
 	      (unsigned long long)t.hits, (unsigned long long)t.misses);
+}
+
+/* A fork of session sid (its ID, malloc), or NULL when refused. */
+static char *fork_of(sched *s, const char *sid)
+{
+	Ssmd__Request q = SSMD__REQUEST__INIT;
+	Ssmd__OpenRequest o = SSMD__OPEN_REQUEST__INIT;
+	Ssmd__Reply *r;
+	char *id = NULL;
+
+	o.fork = (char *)sid;
+	q.op_case = SSMD__REQUEST__OP_OPEN;
+	q.open = &o;
+	r = harness_call(s, &q);
+	if (r->code == 0 && r->sessions && r->sessions->n_sessions == 1)
+		id = strdup(r->sessions->sessions[0]->id);
+	harness_reply_free(r);
+	return id;
+}
+
+static void test_spares(const ssm_model *m)
+{
+	int vocab = ssm_model_config(m)->vocab_size, ok = 1;
+	struct track tr[3] = {0};
+	struct hostcache_stats t;
+	char path[1200], *ids[3];
+	store *st;
+	cfg c;
+	sched *s;
+
+	cfg_init(&c);
+	cfg_set(&c, "backend", harness_backend_name());
+	c.slots = 1;
+	s = start(m, &c, "spares", &st, path, sizeof(path));
+	prompt_fill(tr[0].prompt, vocab);
+	prompt_fill(tr[1].prompt, vocab);
+	/* The fork continues from the first session's prompt: its greedy
+	 * tokens are that prompt's direct run. */
+	memcpy(tr[2].prompt, tr[0].prompt, sizeof(tr[2].prompt));
+	ids[0] = harness_open(s, NULL, 0, 0);
+	ids[1] = harness_open(s, NULL, 0, 0);
+	if (!ids[0] || !ids[1])
+		abort();
+	ok &= harness_append(s, ids[0], tr[0].prompt, PLEN) == 0;
+	ok &= harness_append(s, ids[1], tr[1].prompt, PLEN) == 0;
+	ok &= (ids[2] = fork_of(s, ids[0])) != NULL;
+	for (int turn = 0; ok && turn < 5; turn++)
+		for (int i = 0; i < 3; i++) {
+			ok &= gen(s, ids[i], &tr[i], 2);
+			tier_settled(s);
+		}
+	t = tier_settled(s);
+	CHECK(ok, "spares: every request succeeds");
+	CHECK(t.hits >= 12 && t.misses == 0,
+	      "spares: every page-in is served from the tier (%llu hits, %llu library reads)",
+	      (unsigned long long)t.hits, (unsigned long long)t.misses);
+	CHECK(t.released >= 10 && t.reused >= 10,
+	      "entries the sessions left became spares (%llu) and page-outs copied into them (%llu)",
+	      (unsigned long long)t.released, (unsigned long long)t.reused);
+	CHECK(track_exact(m, &tr[0]) && track_exact(m, &tr[1]) && track_exact(m, &tr[2]),
+	      "spares: both sessions and the fork equal their direct runs");
+	sched_free(s);
+	store_close(st);
+	if (store_open(path, NULL, &st))
+		abort();
+	s = harness_start(&c, m, NULL, st, NULL);
+	for (int i = 0; i < 3; i++)
+		ok &= gen(s, ids[i], &tr[i], 3);
+	CHECK(ok && track_exact(m, &tr[0]) && track_exact(m, &tr[1]) &&
+	      track_exact(m, &tr[2]),
+	      "spares: after a restart from the library all three continue exactly");
+	sched_free(s);
+	store_close(st);
+	cfg_fini(&c);
+	for (int i = 0; i < 3; i++)
+		free(ids[i]);
 }
 
 /* ------------------------------------------------ a failing commit -- */
@@ -423,6 +506,7 @@ int main(void)
 	}
 	test_hits(m);
 	test_bound(m);
+	test_spares(m);
 	test_commit_fails(m);
 	test_commit_delayed(m);
 	ssm_model_free(m);
