@@ -45,10 +45,21 @@
  *   64 x 2L    0.021MB  4/40            1314-5342/s        106/s    4278/s
  *   768 x 24L  2.952MB  2/20            8.2/s              7.1/s    17.2/s
  *   page-out + page-in: 64 x 2L tier 0.00 ms, library 5.5 ms (the commit's
- *   fsync); 768 x 24L tier 26 ms, library 68 ms (71.6 ms per resident
- *   1-token request). The 130m tier figure is not the copies (1.2 ms, the
- *   copy row) but the store thread's LZ4 encode of each 3 MB checkpoint
- *   competing with the CPU backend for the 2 cores.
+ *   fsync); 768 x 24L, with the request rows side by side: tier 21 ms,
+ *   library 28-31 ms (42 ms per resident 1-token request; round-robin
+ *   13.4-14.6/s tier, 11.2-11.8/s library, 31-34/s resident). Where the
+ *   130m tier figure goes, from timestamps in the scheduler and store
+ *   threads: the page-out and page-in themselves take 1.1 ms of the
+ *   scheduler thread (slot -> spare state 0.45 ms, slot set 0.5 ms, tier
+ *   and queueing 0.05 ms); the rest is the checkpoint's commit (LZ4 on the
+ *   codec's 2 threads, then SQLite, 22-35 ms of wall time) running beside
+ *   the request on the 2 cores the CPU backend's workers use, which makes
+ *   its logits and decode 17 ms slower. Through the library the request
+ *   waits for that commit instead, with the cores otherwise idle. The
+ *   request waits on nothing else: no lock, no poll, the reply leaves at
+ *   once. A store thread at nice 10 brought the tier figure to 7-13 ms on
+ *   an otherwise idle machine (no gain while other processes load it).
+ */
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -186,6 +197,7 @@ static void stop(sched *s, cfg *c, store *st, const char *path)
 /* Page-ins of the timed part: from the tier, from the library. */
 struct pageins {
 	uint64_t tier, library, refused;
+	uint64_t spares;           /* page-outs that copied into a spare state */
 };
 
 static struct pageins pageins_since(sched *s, const struct hostcache_stats *t0)
@@ -197,6 +209,7 @@ static struct pageins pageins_since(sched *s, const struct hostcache_stats *t0)
 	p.tier = t.hits - t0->hits;
 	p.library = t.misses - t0->misses;
 	p.refused = t.refused - t0->refused;
+	p.spares = t.reused - t0->reused;
 	return p;
 }
 
@@ -498,8 +511,9 @@ static void bench_model(const struct opts *o, const char *dir)
 	double req_tier = req[0], req_lib = req[1], req_res = req[2];
 	pt = pq[0];
 	row(shape, mc, mb, o->backend, 1, 2, "request, paged, tier",
-	    "%.2f ms per 1-token generate (page-ins: %llu tier, %llu library)",
-	    req_tier, (unsigned long long)pt.tier, (unsigned long long)pt.library);
+	    "%.2f ms per 1-token generate (page-ins: %llu tier, %llu library; %llu page-outs into spare states)",
+	    req_tier, (unsigned long long)pt.tier, (unsigned long long)pt.library,
+	    (unsigned long long)pt.spares);
 	row(shape, mc, mb, o->backend, 1, 2, "request, paged, library",
 	    "%.2f ms per 1-token generate", req_lib);
 	row(shape, mc, mb, o->backend, 2, 2, "request, resident",
