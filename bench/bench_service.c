@@ -60,7 +60,6 @@
  *   once. A store thread at nice 10 brought the tier figure to 7-13 ms on
  *   an otherwise idle machine (no gain while other processes load it).
  */
- */
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
