@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "daemon/job.h"
+#include "testutil.h"
 
 /* ---------------------------------------------------------------- boxes -- */
 
@@ -111,6 +112,23 @@ void harness_reply_free(Ssmd__Reply *r)
 }
 
 /* ------------------------------------------------------------- requests -- */
+
+char *harness_fork(sched *s, const char *sid)
+{
+	Ssmd__Request q = SSMD__REQUEST__INIT;
+	Ssmd__OpenRequest o = SSMD__OPEN_REQUEST__INIT;
+	Ssmd__Reply *r;
+	char *id = NULL;
+
+	o.fork = (char *)sid;
+	q.op_case = SSMD__REQUEST__OP_OPEN;
+	q.open = &o;
+	r = harness_call(s, &q);
+	if (r->code == 0 && r->sessions && r->sessions->n_sessions == 1)
+		id = strdup(r->sessions->sessions[0]->id);
+	harness_reply_free(r);
+	return id;
+}
 
 char *harness_open(sched *s, const char *from, int has_seed, uint64_t seed)
 {
@@ -310,4 +328,45 @@ int harness_text_model(const char *shared, const char *dir, ssm_model **m,
 	}
 	*m = mm;
 	return SSMD_OK;
+}
+
+/* -------------------------------------------------------------- fillers -- */
+
+int harness_fill(struct harness_fillers *f, store *st, const ssm_model *m, int random)
+{
+	ssm_state *x = NULL;
+	void *raw = NULL;
+	size_t len;
+	int rc = ssm_model_state_alloc(m, &x);
+
+	if (rc)
+		return rc;
+	len = ssm_state_encoded_size(x);
+	raw = malloc(len);
+	while (!rc && f->n < HARNESS_FILLERS_MAX) {
+		size_t nf = (size_t)x->n_layer * x->d_inner * x->d_state;
+		for (size_t i = 0; random && i < nf; i++)
+			x->ssm[i] = (float)(test_splitmix64(&f->rng) >> 40) / (1 << 24) - 0.5f;
+		rc = raw ? ssm_state_encode(x, raw, len) : SSMD_ENOMEM;
+		if (!rc) {
+			store_put p = {.raw = raw, .raw_len = len,
+				       .kind = STORE_KIND_SNAPSHOT};
+			rc = store_state_put(st, &p, f->id[f->n]);
+			if (!rc)
+				f->n++;
+		}
+	}
+	free(raw);
+	ssm_state_free(x);
+	return rc;
+}
+
+int harness_unfill(struct harness_fillers *f, store *st)
+{
+	int bad = 0;
+
+	for (size_t i = 0; i < f->n; i++)
+		bad += store_state_delete(st, f->id[i], 1) != SSMD_OK;
+	f->n = 0;
+	return bad;
 }

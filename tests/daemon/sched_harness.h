@@ -70,6 +70,8 @@ void harness_reply_free(Ssmd__Reply *r);
 /* Opens one session, empty (from NULL) or from a state ID or tag, with the
  * given seed when has_seed. Returns its ID (malloc), or NULL when refused. */
 char *harness_open(sched *s, const char *from, int has_seed, uint64_t seed);
+/* A fork of session sid (its ID, malloc), or NULL when refused. */
+char *harness_fork(sched *s, const char *sid);
 
 /* Appends n tokens to session sid; returns the reply's code. */
 int harness_append(sched *s, const char *sid, const int32_t *t, size_t n);
@@ -100,6 +102,20 @@ sched *harness_start(const cfg *c, const ssm_model *m, const tok_tokenizer *tok,
 /* The backend the tests run on: "cpu", or "cuda" when SSMD_TEST_BACKEND
  * says so (on a GPU machine). */
 const char *harness_backend_name(void);
+
+/* States stored to fill a library up to its size cap. */
+#define HARNESS_FILLERS_MAX 4096
+struct harness_fillers {
+	char id[HARNESS_FILLERS_MAX][STORE_ID_SIZE];
+	size_t n;
+	uint64_t rng;
+};
+/* Puts states of m into st until SSMD_ENOSPC: random floats when random
+ * (drawn from f->rng), else zeros (which compress to almost nothing). Returns
+ * the last code: SSMD_ENOSPC once the library is full. */
+int harness_fill(struct harness_fillers *f, store *st, const ssm_model *m, int random);
+/* Deletes every filler; the number of deletions that failed. */
+int harness_unfill(struct harness_fillers *f, store *st);
 
 /* A fresh one-slot backend ("cpu" or "cuda") of m, for references computed
  * in the test; aborts on failure. Close with ssm_backend_close(). */

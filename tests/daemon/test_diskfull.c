@@ -29,43 +29,10 @@
 #include "testutil.h"
 
 #define N_APPEND 20
-#define FILLERS_MAX 4096
 
 static char tmp[] = "/tmp/ssmd-test-diskfull-XXXXXX";
-static char fillers[FILLERS_MAX][STORE_ID_SIZE];
-static size_t n_fillers;
+static struct harness_fillers fillers = {.rng = 7};
 static uint64_t rng = 7;
-
-/* Puts states of m into st until SSMD_ENOSPC: random floats when random,
- * else zeros. Returns the last code (SSMD_ENOSPC when the library filled). */
-static int fill(store *st, const ssm_model *m, int random)
-{
-	ssm_state *x = NULL;
-	void *raw = NULL;
-	size_t len;
-	int rc = ssm_model_state_alloc(m, &x);
-
-	if (rc)
-		return rc;
-	len = ssm_state_encoded_size(x);
-	raw = malloc(len);
-	while (!rc && n_fillers < FILLERS_MAX) {
-		size_t nf = (size_t)x->n_layer * x->d_inner * x->d_state;
-		for (size_t i = 0; random && i < nf; i++)
-			x->ssm[i] = (float)(test_splitmix64(&rng) >> 40) / (1 << 24) - 0.5f;
-		rc = raw ? ssm_state_encode(x, raw, len) : SSMD_ENOMEM;
-		if (!rc) {
-			store_put p = {.raw = raw, .raw_len = len,
-				       .kind = STORE_KIND_SNAPSHOT};
-			rc = store_state_put(st, &p, fillers[n_fillers]);
-			if (!rc)
-				n_fillers++;
-		}
-	}
-	free(raw);
-	ssm_state_free(x);
-	return rc;
-}
 
 /* A full library at path (fresh): max_bytes is the size of the new file. */
 static store *full_store(const char *path, const ssm_model *m)
@@ -81,20 +48,17 @@ static store *full_store(const char *path, const ssm_model *m)
 	o.max_bytes = t.file_bytes;
 	if (store_open(path, &o, &st))
 		abort();
-	n_fillers = 0;
-	CHECK_RC(fill(st, m, 1), SSMD_ENOSPC);
-	CHECK_RC(fill(st, m, 0), SSMD_ENOSPC);
+	fillers.n = 0;
+	CHECK_RC(harness_fill(&fillers, st, m, 1), SSMD_ENOSPC);
+	CHECK_RC(harness_fill(&fillers, st, m, 0), SSMD_ENOSPC);
 	return st;
 }
 
 static void room_make(store *st)
 {
-	int bad = 0;
+	int bad = harness_unfill(&fillers, st);
 
-	for (size_t i = 0; i < n_fillers; i++)
-		bad += store_state_delete(st, fillers[i], 1) != SSMD_OK;
 	CHECK(bad == 0, "fillers deleted (%d failed: %s)", bad, ssmd_errmsg());
-	n_fillers = 0;
 }
 
 /* Opens x and appends tokens, then opens y and appends, which evicts x from

@@ -43,7 +43,6 @@
 #include "testutil.h"
 
 #define PLEN 5        /* prompt tokens of every session */
-#define FILLERS_MAX 4096
 
 static char tmp[] = "/tmp/ssmd-test-paging-XXXXXX";
 static uint64_t rng = 5;
@@ -215,24 +214,6 @@ static void test_bound(const ssm_model *m)
 	      (unsigned long long)t.hits, (unsigned long long)t.misses);
 }
 
-/* A fork of session sid (its ID, malloc), or NULL when refused. */
-static char *fork_of(sched *s, const char *sid)
-{
-	Ssmd__Request q = SSMD__REQUEST__INIT;
-	Ssmd__OpenRequest o = SSMD__OPEN_REQUEST__INIT;
-	Ssmd__Reply *r;
-	char *id = NULL;
-
-	o.fork = (char *)sid;
-	q.op_case = SSMD__REQUEST__OP_OPEN;
-	q.open = &o;
-	r = harness_call(s, &q);
-	if (r->code == 0 && r->sessions && r->sessions->n_sessions == 1)
-		id = strdup(r->sessions->sessions[0]->id);
-	harness_reply_free(r);
-	return id;
-}
-
 static void test_spares(const ssm_model *m)
 {
 	int vocab = ssm_model_config(m)->vocab_size, ok = 1;
@@ -258,7 +239,7 @@ static void test_spares(const ssm_model *m)
 		abort();
 	ok &= harness_append(s, ids[0], tr[0].prompt, PLEN) == 0;
 	ok &= harness_append(s, ids[1], tr[1].prompt, PLEN) == 0;
-	ok &= (ids[2] = fork_of(s, ids[0])) != NULL;
+	ok &= (ids[2] = harness_fork(s, ids[0])) != NULL;
 	for (int turn = 0; ok && turn < 5; turn++)
 		for (int i = 0; i < 3; i++) {
 			ok &= gen(s, ids[i], &tr[i], 2);
@@ -293,39 +274,7 @@ static void test_spares(const ssm_model *m)
 
 /* ------------------------------------------------ a failing commit -- */
 
-static char fillers[FILLERS_MAX][STORE_ID_SIZE];
-static size_t n_fillers;
-
-/* Puts states of m into st until SSMD_ENOSPC: random floats when random,
- * else zeros (which compress to almost nothing), as test_diskfull does. */
-static int fill(store *st, const ssm_model *m, int random)
-{
-	ssm_state *x = NULL;
-	void *raw = NULL;
-	size_t len;
-	int rc = ssm_model_state_alloc(m, &x);
-
-	if (rc)
-		return rc;
-	len = ssm_state_encoded_size(x);
-	raw = malloc(len);
-	while (!rc && n_fillers < FILLERS_MAX) {
-		size_t nf = (size_t)x->n_layer * x->d_inner * x->d_state;
-		for (size_t i = 0; random && i < nf; i++)
-			x->ssm[i] = (float)(test_splitmix64(&rng) >> 40) / (1 << 24) - 0.5f;
-		rc = raw ? ssm_state_encode(x, raw, len) : SSMD_ENOMEM;
-		if (!rc) {
-			store_put p = {.raw = raw, .raw_len = len,
-				       .kind = STORE_KIND_SNAPSHOT};
-			rc = store_state_put(st, &p, fillers[n_fillers]);
-			if (!rc)
-				n_fillers++;
-		}
-	}
-	free(raw);
-	ssm_state_free(x);
-	return rc;
-}
+static struct harness_fillers fillers = {.rng = 5};
 
 /* The newest state of session x in the library holds n tokens. */
 static int newest_holds(store *st, const char *x, uint64_t n)
@@ -371,8 +320,8 @@ static void test_commit_fails(const ssm_model *m)
 	o.max_bytes = tot.file_bytes + (1u << 20);
 	if (store_open(path, &o, &st))
 		abort();
-	CHECK_RC(fill(st, m, 1), SSMD_ENOSPC);
-	CHECK_RC(fill(st, m, 0), SSMD_ENOSPC);
+	CHECK_RC(harness_fill(&fillers, st, m, 1), SSMD_ENOSPC);
+	CHECK_RC(harness_fill(&fillers, st, m, 0), SSMD_ENOSPC);
 
 	cfg_init(&c);
 	cfg_set(&c, "backend", harness_backend_name());
@@ -398,9 +347,7 @@ static void test_commit_fails(const ssm_model *m)
 
 	/* Room again; x is paged out with no progress since its failed
 	 * checkpoint: the snapshot stores the kept state. */
-	for (size_t i = 0; i < n_fillers; i++)
-		ok &= store_state_delete(st, fillers[i], 1) == SSMD_OK;
-	n_fillers = 0;
+	ok &= harness_unfill(&fillers, st) == 0;
 	snap = harness_snapshot(s, x, NULL);
 	memset(&info, 0, sizeof(info));
 	CHECK(snap && store_state_info_get(st, snap, &info) == SSMD_OK &&
