@@ -113,16 +113,15 @@ void harness_reply_free(Ssmd__Reply *r)
 
 /* ------------------------------------------------------------- requests -- */
 
-char *harness_fork(sched *s, const char *sid)
+/* One open request: its one session's ID (malloc), or NULL when refused. */
+static char *open_one(sched *s, Ssmd__OpenRequest *o)
 {
 	Ssmd__Request q = SSMD__REQUEST__INIT;
-	Ssmd__OpenRequest o = SSMD__OPEN_REQUEST__INIT;
 	Ssmd__Reply *r;
 	char *id = NULL;
 
-	o.fork = (char *)sid;
 	q.op_case = SSMD__REQUEST__OP_OPEN;
-	q.open = &o;
+	q.open = o;
 	r = harness_call(s, &q);
 	if (r->code == 0 && r->sessions && r->sessions->n_sessions == 1)
 		id = strdup(r->sessions->sessions[0]->id);
@@ -130,23 +129,22 @@ char *harness_fork(sched *s, const char *sid)
 	return id;
 }
 
+char *harness_fork(sched *s, const char *sid)
+{
+	Ssmd__OpenRequest o = SSMD__OPEN_REQUEST__INIT;
+
+	o.fork = (char *)sid;
+	return open_one(s, &o);
+}
+
 char *harness_open(sched *s, const char *from, int has_seed, uint64_t seed)
 {
-	Ssmd__Request q = SSMD__REQUEST__INIT;
 	Ssmd__OpenRequest o = SSMD__OPEN_REQUEST__INIT;
-	Ssmd__Reply *r;
-	char *id = NULL;
 
 	o.from = (char *)from;
 	o.has_seed = has_seed;
 	o.seed = seed;
-	q.op_case = SSMD__REQUEST__OP_OPEN;
-	q.open = &o;
-	r = harness_call(s, &q);
-	if (r->code == 0 && r->sessions && r->sessions->n_sessions == 1)
-		id = strdup(r->sessions->sessions[0]->id);
-	harness_reply_free(r);
-	return id;
+	return open_one(s, &o);
 }
 
 int harness_append(sched *s, const char *sid, const int32_t *t, size_t n)
