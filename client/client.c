@@ -511,6 +511,11 @@ int ssmd_stats_get(ssmd_client *c, ssmd_stats *out)
 	out->requests_total = r->requests_total;
 	out->evictions = r->evictions;
 	out->uptime_s = r->uptime_s;
+	out->tier_bytes = r->tier_bytes;
+	out->tier_budget = r->tier_budget;
+	out->tier_pending = r->tier_pending;
+	out->tier_hits = r->tier_hits;
+	out->tier_misses = r->tier_misses;
 	ssmd__reply__free_unpacked(rep, NULL);
 	return SSMD_OK;
 }

@@ -1462,12 +1462,21 @@ static int cmd_stats(cmd_ctx *x)
 		cJSON_AddNumberToObject(o, "requests_total", (double)s.requests_total);
 		cJSON_AddNumberToObject(o, "evictions", (double)s.evictions);
 		cJSON_AddNumberToObject(o, "uptime_s", s.uptime_s);
+		cJSON_AddNumberToObject(o, "tier_bytes", (double)s.tier_bytes);
+		cJSON_AddNumberToObject(o, "tier_budget", (double)s.tier_budget);
+		cJSON_AddNumberToObject(o, "tier_pending", s.tier_pending);
+		cJSON_AddNumberToObject(o, "tier_hits", (double)s.tier_hits);
+		cJSON_AddNumberToObject(o, "tier_misses", (double)s.tier_misses);
 		json_print(o);
 		return 0;
 	}
 	printf("sessions     %u open, %u resident\n", s.sessions, s.sessions_resident);
 	printf("slots        %u of %u used, %" PRIu64 " evictions\n", s.slots_used,
 	       s.slots, s.evictions);
+	printf("host tier    %.1f of %.1f MB, %u awaiting commit; page-ins: %" PRIu64
+	       " from the tier, %" PRIu64 " from the library\n",
+	       (double)s.tier_bytes / 1e6, (double)s.tier_budget / 1e6, s.tier_pending,
+	       s.tier_hits, s.tier_misses);
 	printf("queue        %u waiting\n", s.queue_depth);
 	printf("tokens       %" PRIu64 " consumed, %.1f tokens/s\n", s.tokens_total,
 	       s.tokens_per_s);

@@ -143,6 +143,11 @@ typedef struct ssmd_stats {
 	uint64_t requests_total;
 	uint64_t evictions;
 	double uptime_s;
+	uint64_t tier_bytes;           /* host tier of paged-out states: bytes held */
+	uint64_t tier_budget;          /* bytes allowed (--host-cache-mb) */
+	uint32_t tier_pending;         /* states whose commit has not finished */
+	uint64_t tier_hits;            /* page-ins served from the tier */
+	uint64_t tier_misses;          /* page-ins read from the library */
 } ssmd_stats;
 
 /* The daemon's counters. */

@@ -1303,6 +1303,15 @@ static int op_stats(sched *s, struct job *j)
 	r->requests_total = atomic_load(&s->requests_total);
 	r->evictions = atomic_load(&s->evictions);
 	r->uptime_s = now - s->start_s;
+	pthread_mutex_lock(&s->lock);
+	r->tier_bytes = s->tier.bytes + s->tier.spare_bytes;
+	r->tier_budget = s->tier.budget;
+	r->tier_pending = (uint32_t)s->tier.pinned;
+	r->tier_hits = s->tier.hits;
+	r->tier_misses = s->tier.misses;
+	pthread_mutex_unlock(&s->lock);
+	r->has_tier_bytes = r->has_tier_budget = r->has_tier_pending = 1;
+	r->has_tier_hits = r->has_tier_misses = 1;
 	j->reply.result_case = SSMD__REPLY__RESULT_STATS;
 	j->reply.stats = r;
 	/* The library's size is read on the store thread. */

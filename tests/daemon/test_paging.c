@@ -80,6 +80,29 @@ static struct hostcache_stats tier_settled(sched *s)
 	return tier_now(s);
 }
 
+/* The stats reply reports the tier as the scheduler's own counters do. */
+static void check_stats_reply(sched *s, const struct hostcache_stats *t, const char *name)
+{
+	Ssmd__Reply *r = harness_stats(s);
+
+	CHECK(r->code == 0 && r->stats, "%s: stats reply", name);
+	if (r->code == 0 && r->stats) {
+		const Ssmd__StatsReply *st = r->stats;
+		CHECK(st->has_tier_hits && st->tier_hits == t->hits &&
+		      st->tier_misses == t->misses,
+		      "%s: stats reports %llu/%llu tier hits/misses, the tier %llu/%llu", name,
+		      (unsigned long long)st->tier_hits, (unsigned long long)st->tier_misses,
+		      (unsigned long long)t->hits, (unsigned long long)t->misses);
+		CHECK(st->tier_budget == t->budget &&
+		      st->tier_bytes == t->bytes + t->spare_bytes &&
+		      st->tier_pending == t->pinned,
+		      "%s: stats reports tier bytes %llu of %llu, %u pending", name,
+		      (unsigned long long)st->tier_bytes, (unsigned long long)st->tier_budget,
+		      st->tier_pending);
+	}
+	harness_reply_free(r);
+}
+
 /* Greedy tokens of session i so far, and the direct run they must equal. */
 struct track {
 	int32_t prompt[PLEN];
@@ -161,6 +184,7 @@ static struct hostcache_stats workload(const ssm_model *m, int slots, int mb,
 			}
 		}
 	out = tier_settled(s);
+	check_stats_reply(s, &out, name);
 	sched_free(s);
 	store_close(st);
 	*exact = 1;
