@@ -14,6 +14,9 @@
  *     (ssm_slot_get) every 256 steps, over 1024 steps;
  *   - snapshot latency (slot -> host state) and restore latency (host state
  *     -> slot -> logits -> first token), median of 20.
+ *   - where a 2k prefill's device time goes: the mean of 3 runs of
+ *     ssm_cuda_prefill_split() (an event after each part of each layer),
+ *     summed per part over the layers;
  * With BENCH_CUDA_PROFILE set, only decode at batch 1 and 64 (20 timed
  * steps each) and one 2k prefill run, for a profiler's kernel summary.
  * Device times come from CUDA events on the backend's stream
@@ -164,6 +167,31 @@ static double prefill_ms(ssm_backend *b, const int32_t *toks, size_t n,
 	return ms;
 }
 
+/* Rows of the per-part device time of a 2k prefill, mean of 3 runs. */
+static void prefill_split(const char *label, ssm_backend *b, const int32_t *toks,
+			  float *logits)
+{
+	double ms[SSM_CUDA_N_PARTS] = {0}, total = 0;
+	ssm_prefill_args pa = {0};
+	char fig[64], note[64];
+
+	pa.tokens = toks;
+	pa.n_tokens = 2048;
+	pa.last_logits = logits;
+	for (int r = 0; r < 3; r++) {
+		TRY("reset", ssm_slot_reset(b, 0));
+		TRY("prefill split", ssm_cuda_prefill_split(b, 0, &pa, ms));
+	}
+	for (int p = 0; p < SSM_CUDA_N_PARTS; p++)
+		total += ms[p] / 3;
+	for (int p = 0; p < SSM_CUDA_N_PARTS; p++) {
+		snprintf(fig, sizeof fig, "prefill 2k split: %s", ssm_cuda_part_names[p]);
+		snprintf(note, sizeof note, "(%.1f%% of %.2f ms, all layers)",
+			 100 * ms[p] / 3 / total, total);
+		row(label, fig, ms[p] / 3, "ms", 0, note);
+	}
+}
+
 static void bench_model(const char *label, const char *dir)
 {
 	ssm_model *m = NULL;
@@ -263,6 +291,8 @@ static void bench_model(const char *label, const char *dir)
 		snprintf(note, sizeof note, "(%.1f ms; floor %.2f ms of GEMM FLOPs)", med,
 			 flops / BF16_FLOPS * 1e3);
 		row(label, fig, n / (med * 1e-3), "tok/s", flops / BF16_FLOPS * 1e3 / med, note);
+		if (n == 2048)
+			prefill_split(label, b, toks, logits);
 	}
 
 	if (profile)

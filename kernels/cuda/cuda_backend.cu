@@ -419,6 +419,20 @@ static int decode_body_any(cuda_backend *cb, int nb)
  * positions (chunk-relative, ascending, distinct) are in d_ck_pos and qs:
  * their full states land in d_ck + k * state_floats. Enqueues only.
  */
+/* ssm_cuda_prefill_split(): the end of a part of the prefill. Recording an
+ * event is enqueue-only; a failure shows in the split's elapsed times. */
+#define SPLIT_CAP 8192
+static void split_mark(cuda_backend *cb, int part)
+{
+	if (cb->split_n < 0)
+		return;
+	if (cb->split_n < SPLIT_CAP) {
+		cb->split_part[cb->split_n] = (unsigned char)part;
+		cudaEventRecord(cb->split_ev[cb->split_n], cb->stream);
+	}
+	cb->split_n++;
+}
+
 template <typename T>
 static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
 			int nq, float *d_ck)
@@ -437,6 +451,7 @@ static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
 
 	ssmk_embed<T><<<L, 256, 0, s>>>(cb->d_tokens, (const T *)cb->embed, a->h, D);
 	CUDA_LAUNCHED();
+	split_mark(cb, SSM_CUDA_TAIL);
 	for (l = 0; l < c->n_layer; l++) {
 		const cuda_layer *y = &cb->layers[l];
 		const cuda_layer *p = l ? &cb->layers[l - 1] : NULL;
@@ -449,8 +464,10 @@ static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
 						(T *)a->xn, D, c->eps, NULL, NULL,
 						0, 0);
 		CUDA_LAUNCHED();
+		split_mark(cb, SSM_CUDA_NORM);
 		if ((rc = gemm(cb, y->in_w, a->xn, D, a->xz, 2 * E, 2 * E, L, D)))
 			goto out;
+		split_mark(cb, SSM_CUDA_IN_PROJ);
 		ssmk_conv_seq<T><<<dim3(cdiv(E, 128), L), 128, 0, s>>>(
 			a->xz, y->in_b, y->conv_w, y->conv_b, base + conv_off, E,
 			K, a->xc, (T *)a->xcT);
@@ -466,12 +483,15 @@ static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
 			a->xz, y->in_b, base + conv_off, NULL, 1, L, E, K,
 			base + conv_off, 0);
 		CUDA_LAUNCHED();
+		split_mark(cb, SSM_CUDA_CONV);
 		if ((rc = gemm(cb, y->x_w, a->xcT, E, a->dbc, W, W, L, E)))
 			goto out;
+		split_mark(cb, SSM_CUDA_X_PROJ);
 		ssmk_dt_low<T><<<L, 64, 0, s>>>(a->dbc, W, R, (T *)a->dlT);
 		CUDA_LAUNCHED();
 		if ((rc = gemm(cb, y->dt_w, a->dlT, R, a->dtr, E, E, L, R)))
 			goto out;
+		split_mark(cb, SSM_CUDA_DT);
 #define SCAN(npl)                                                             \
 	do {                                                                  \
 		if (nseg > 1) {                                               \
@@ -488,6 +508,7 @@ static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
 				E, N, nseg);                                  \
 			CUDA_LAUNCHED();                                      \
 		}                                                             \
+		split_mark(cb, SSM_CUDA_SCAN1);                               \
 		ssmk_scan<T, npl, false><<<dim3(cdiv(E, SSM_CH_PER_BLOCK), nseg), \
 					128, smem, s>>>(                       \
 			a->dtr, y->dt_b, a->dbc, R, a->xc, a->xz, y->in_b,    \
@@ -501,8 +522,10 @@ static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
 		NPL_SWITCH(N / SSM_LANES, SCAN);
 #undef SCAN
 		CUDA_LAUNCHED();
+		split_mark(cb, SSM_CUDA_SCAN2);
 		if ((rc = gemm(cb, y->out_w, a->yT, E, a->mix, D, D, L, E)))
 			goto out;
+		split_mark(cb, SSM_CUDA_OUT_PROJ);
 	}
 	ssmk_add_norm<T><<<L, 256, 0, s>>>(a->h, a->mix,
 					cb->layers[c->n_layer - 1].out_b,
@@ -516,6 +539,7 @@ static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
 					 a->h + (size_t)(qs[k] - 1) * D,
 					 D * sizeof(float),
 					 cudaMemcpyDeviceToDevice, s));
+	split_mark(cb, SSM_CUDA_TAIL);
 out:
 	return rc;
 }
@@ -1025,6 +1049,50 @@ out:
 	return rc;
 }
 
+const char *const ssm_cuda_part_names[SSM_CUDA_N_PARTS] = {
+	"norm", "in_proj", "conv", "x_proj", "dt_proj", "scan pass 1",
+	"scan pass 2", "out_proj", "embed/final", "other",
+};
+
+extern "C" int ssm_cuda_prefill_split(ssm_backend *b, int slot,
+				      const ssm_prefill_args *a,
+				      double ms[SSM_CUDA_N_PARTS])
+{
+	cuda_backend *cb;
+	int rc, i, n;
+	float t;
+
+	if ((rc = cuda_backend_check(b)))
+		return rc;
+	cb = cb_of(b);
+	if (!cb->split_ev) {
+		cb->split_ev = (cudaEvent_t *)calloc(SPLIT_CAP, sizeof(cudaEvent_t));
+		cb->split_part = (unsigned char *)calloc(SPLIT_CAP, 1);
+		if (!cb->split_ev || !cb->split_part)
+			return ssmd_err_set(SSMD_ENOMEM, "prefill split: no memory");
+		for (i = 0; i < SPLIT_CAP; i++)
+			CUDA_TRY(cudaEventCreate(&cb->split_ev[i]));
+	}
+	cb->split_n = 0;
+	split_mark(cb, SSM_CUDA_OTHER); /* the start: its part is not used */
+	rc = ssm_prefill(b, slot, a);
+	split_mark(cb, SSM_CUDA_OTHER);
+	n = cb->split_n;
+	cb->split_n = -1;
+	if (rc)
+		return rc;
+	if (n > SPLIT_CAP)
+		return ssmd_err_set(SSMD_EINVAL, "prefill split: %d parts, at most %d",
+				    n, SPLIT_CAP);
+	CUDA_TRY(cudaEventSynchronize(cb->split_ev[n - 1]));
+	for (i = 1; i < n; i++) {
+		CUDA_TRY(cudaEventElapsedTime(&t, cb->split_ev[i - 1], cb->split_ev[i]));
+		ms[cb->split_part[i]] += t;
+	}
+out:
+	return rc;
+}
+
 /* ------------------------------------------------------- open / close -- */
 
 static void cuda_close(ssm_backend *b)
@@ -1046,6 +1114,11 @@ static void cuda_close(ssm_backend *b)
 			cudaGraphDestroy(cb->graphs[i].graph);
 	}
 	free(cb->graphs);
+	for (i = 0; cb->split_ev && i < SPLIT_CAP; i++)
+		if (cb->split_ev[i])
+			cudaEventDestroy(cb->split_ev[i]);
+	free(cb->split_ev);
+	free(cb->split_part);
 	for (i = 0; i < cb->n_allocs; i++)
 		cudaFree(cb->allocs[i]);
 	free(cb->allocs);
@@ -1202,6 +1275,7 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	cb->n_graphs = log2_of(cb->max_batch) + 1;
 	cb->graphs = (cuda_graph *)calloc(cb->n_graphs, sizeof(cuda_graph));
 	cb->chunk = CUDA_DEFAULT_CHUNK;
+	cb->split_n = -1;
 	env = getenv("SSMD_CUDA_CHUNK");
 	if (env && atoi(env) > 0)
 		cb->chunk = atoi(env);

@@ -129,6 +129,11 @@ typedef struct cuda_backend {
 	cudaStream_t copy_stream; /* slot <-> host copies */
 	cudaEvent_t ev_compute, ev_copy;
 	cudaEvent_t ev_t0, ev_t1;  /* ssm_cuda_timer_start / _stop */
+	/* ssm_cuda_prefill_split(): an event after each part of the prefill
+	 * while split_n >= 0 (split_n marks so far; -1: not timing). */
+	cudaEvent_t *split_ev;
+	unsigned char *split_part;
+	int split_n;
 	cublasHandle_t blas;
 	void *blas_ws;            /* cuBLAS workspace (needed for graph capture) */
 	size_t blas_ws_size;

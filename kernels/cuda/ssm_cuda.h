@@ -19,4 +19,31 @@ int ssm_cuda_timer_start(ssm_backend *b);
  * last ssm_cuda_timer_start() in milliseconds to *ms. Blocks. */
 int ssm_cuda_timer_stop(ssm_backend *b, float *ms);
 
+/* The parts of a prefill that ssm_cuda_prefill_split() times, per layer
+ * summed over the layers, plus the embedding and final norm (TAIL) and what
+ * follows the layers' kernels inside ssm_prefill (OTHER: the logits GEMM,
+ * checkpoint copies, host work between chunks). */
+enum ssm_cuda_part {
+	SSM_CUDA_NORM,      /* residual add + RMSNorm */
+	SSM_CUDA_IN_PROJ,   /* in_proj GEMM */
+	SSM_CUDA_CONV,      /* causal conv + SiLU, conv windows */
+	SSM_CUDA_X_PROJ,    /* x_proj GEMM */
+	SSM_CUDA_DT,        /* dt_proj input + GEMM */
+	SSM_CUDA_SCAN1,     /* segmented scan: local pass + segment combine */
+	SSM_CUDA_SCAN2,     /* scan from the true starts: y, states, checkpoints */
+	SSM_CUDA_OUT_PROJ,  /* out_proj GEMM */
+	SSM_CUDA_TAIL,      /* embedding, final norm, last hidden vectors */
+	SSM_CUDA_OTHER,
+	SSM_CUDA_N_PARTS
+};
+extern const char *const ssm_cuda_part_names[SSM_CUDA_N_PARTS];
+
+/* Runs ssm_prefill(b, slot, a) with a CUDA event after each part of each
+ * layer and adds each part's device time in milliseconds to ms[part]. The
+ * events cost a little time of their own, so the parts add up to slightly
+ * more than an untimed prefill. Blocks. SSMD_EINVAL: not a CUDA backend, or
+ * a prefill of more parts than the event pool holds (8192). */
+int ssm_cuda_prefill_split(ssm_backend *b, int slot, const ssm_prefill_args *a,
+			   double ms[SSM_CUDA_N_PARTS]);
+
 #endif
