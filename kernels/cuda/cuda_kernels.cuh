@@ -486,6 +486,8 @@ ssmk_scan(const float *dtr, const float *dt_b, const float *dbc, int R,
 		}
 		__syncthreads();
 
+		/* unrolled so the next tokens' shared-memory loads overlap this one's chain */
+#pragma unroll 4
 		for (int tt = 0; tt < nt; tt++) {
 			const float dt = s_dt[tt * CB + ch];
 			const float x = s_x[tt * CB + ch];
