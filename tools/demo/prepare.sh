@@ -20,9 +20,6 @@ mkdir -p "$out/debs" "$out/root"
 (cd "$out/debs" && apt-get download $pkgs)
 for deb in "$out"/debs/*.deb; do
 	dpkg-deb -x "$deb" "$out/root"
-done
-dpkg-query -W -f='${Package} ${Version}\n' >/dev/null 2>&1 || true
-for deb in "$out"/debs/*.deb; do
 	dpkg-deb -f "$deb" Package Version | paste -sd' '
 done >"$out/packages.txt"
 python3 tools/demo/prepare.py --root "$out/root" --packages "$out/packages.txt" --out "$out"
