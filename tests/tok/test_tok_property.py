@@ -174,18 +174,23 @@ def test_demo_tokenizer_random_text():
     compare(DEMO, random_texts(rng_for("demo"), 5000))
 
 
-def test_demo_tokenizer_man_pages():
-    """Real English prose and markup from this machine's manual pages (any
-    that are installed; the property holds for all text)."""
-    base = "/usr/share/man/man1"
-    pages = sorted(os.listdir(base))[:200] if os.path.isdir(base) else []
+def test_demo_tokenizer_real_text():
+    """Real English prose, markup and code: this project's own documents and
+    sources (always there), plus up to 200 of this machine's manual pages
+    when it has any."""
+    root = os.path.join(os.path.dirname(__file__), "..", "..")
+    docs = ["README.md", "models/demo/MODEL.md", "proto/PROTOCOL.md", "bench/NOTES.md",
+            "examples/textbook/README.md", "daemon/scheduler.c", "tools/demo/train.py"]
     texts = []
-    for name in pages:
+    for name in docs:
+        with open(os.path.join(root, name), encoding="utf-8") as f:
+            texts.append(f.read())
+    base = "/usr/share/man/man1"
+    for name in sorted(os.listdir(base))[:200] if os.path.isdir(base) else []:
         path = os.path.join(base, name)
         if name.endswith(".gz") and os.path.isfile(path):
             with gzip.open(path, "rb") as f:
                 texts.append(f.read().decode("utf-8", "replace"))
-    texts.append("The Debian Reference: apt-get install debian-reference-en; man 1 apt.")
     compare(DEMO, texts)
 
 
