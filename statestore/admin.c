@@ -149,17 +149,8 @@ int store_gc(store *s, int64_t older_than_s, int dry_run, uint64_t *n_states,
 		goto out;
 	sqlite3_bind_int64(st, 1, store_now_ms() - older_than_s * 1000);
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		if (cnt == cap) {
-			size_t nc = cap ? cap * 2 : 64;
-			struct victim *nv = realloc(v, nc * sizeof(*v));
-
-			if (!nv) {
-				rc = SSMD_ENOMEM;
-				goto out;
-			}
-			v = nv;
-			cap = nc;
-		}
+		if (cnt == cap && (rc = store_grow(&v, &cap, sizeof(*v), 64, "gc")))
+			goto out;
 		store_copy_text(v[cnt].id, STORE_ID_SIZE, sqlite3_column_text(st, 0));
 		v[cnt].key = sqlite3_column_int64(st, 1);
 		bytes += (uint64_t)sqlite3_column_int64(st, 2);
@@ -262,17 +253,9 @@ int store_tag_list(store *s, const char *prefix, store_tag **out, size_t *n)
 	sqlite3_bind_text(st, 1, prefix, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, pend, -1, SQLITE_STATIC);
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		if (cnt == cap) {
-			size_t nc = cap ? cap * 2 : 16;
-			store_tag *na = realloc(arr, nc * sizeof(*arr));
-
-			if (!na) {
-				rc = SSMD_ENOMEM;
-				goto out;
-			}
-			arr = na;
-			cap = nc;
-		}
+		if (cnt == cap &&
+		    (rc = store_grow(&arr, &cap, sizeof(*arr), 16, "tag list")))
+			goto out;
 		store_copy_text(arr[cnt].name, sizeof(arr[cnt].name),
 			  sqlite3_column_text(st, 0));
 		store_copy_text(arr[cnt].id, sizeof(arr[cnt].id),

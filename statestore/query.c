@@ -216,17 +216,9 @@ int store_transcript_db(sqlite3 *db, const char *start, int32_t **ids,
 					  "tokens, stored none", cur, cnt);
 			goto out;
 		}
-		if (np == cap) {
-			size_t nc = cap ? cap * 2 : 16;
-			piece *npc = realloc(pieces, nc * sizeof(*pieces));
-
-			if (!npc) {
-				rc = SSMD_ENOMEM;
-				goto out;
-			}
-			pieces = npc;
-			cap = nc;
-		}
+		if (np == cap &&
+		    (rc = store_grow(&pieces, &cap, sizeof(*pieces), 16, "transcript")))
+			goto out;
 		pieces[np].len = len;
 		pieces[np].n = cnt;
 		pieces[np].bytes = malloc(len ? len : 1);

@@ -133,16 +133,9 @@ int store_session_list(store *s, store_session **out, size_t *n)
 	if (rc)
 		goto out;
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		if (cnt == cap) {
-			size_t nc = cap ? cap * 2 : 16;
-			store_session *na = realloc(arr, nc * sizeof(*arr));
-			if (!na) {
-				rc = ssmd_err_set(SSMD_ENOMEM, "session list");
-				goto out;
-			}
-			arr = na;
-			cap = nc;
-		}
+		if (cnt == cap &&
+		    (rc = store_grow(&arr, &cap, sizeof(*arr), 16, "session list")))
+			goto out;
 		store_copy_text(arr[cnt].id, sizeof(arr[cnt].id),
 				sqlite3_column_text(st, 0));
 		store_copy_text(arr[cnt].state, sizeof(arr[cnt].state),

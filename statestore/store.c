@@ -645,6 +645,19 @@ void store_copy_text(char *dst, size_t cap, const unsigned char *src)
 	snprintf(dst, cap, "%s", src ? (const char *)src : "");
 }
 
+int store_grow(void *arrp, size_t *cap, size_t elem, size_t first_cap, const char *what)
+{
+	void *arr, *na;
+	size_t nc = *cap ? *cap * 2 : first_cap;
+
+	memcpy(&arr, arrp, sizeof(arr));
+	if (!(na = realloc(arr, nc * elem)))
+		return ssmd_err_set(SSMD_ENOMEM, "%s: no memory for %zu rows", what, nc);
+	memcpy(arrp, &na, sizeof(na));
+	*cap = nc;
+	return SSMD_OK;
+}
+
 /* Fills info from a row of STORE_STATE_COLS (not parents, tags or metadata). */
 static void info_from_row(sqlite3_stmt *st, store_state_info *info,
 			  int64_t *rowkey)
@@ -1219,17 +1232,9 @@ int store_infos_collect(sqlite3 *db, sqlite3_stmt *st, size_t max,
 			*more = 1;
 			break;
 		}
-		if (cnt == cap) {
-			size_t nc = cap ? cap * 2 : 16;
-			store_state_info *na = realloc(arr, nc * sizeof(*arr));
-
-			if (!na) {
-				rc = SSMD_ENOMEM;
-				goto fail;
-			}
-			arr = na;
-			cap = nc;
-		}
+		if (cnt == cap &&
+		    (rc = store_grow(&arr, &cap, sizeof(*arr), 16, "state list")))
+			goto fail;
 		info_from_row(st, &arr[cnt], &key);
 		rc = info_finish(db, st, &arr[cnt]);
 		if (rc)

@@ -57,6 +57,11 @@ int64_t store_now_ms(void);
 /* Copies a SQLite text column (NULL = "") into dst of capacity cap. */
 void store_copy_text(char *dst, size_t cap, const unsigned char *src);
 
+/* Doubles the array *arrp (a pointer to a T * holding *cap elements of elem
+ * bytes; first size first_cap) so a row can be appended. On SSMD_ENOMEM
+ * (message names what) the array is left as it was. */
+int store_grow(void *arrp, size_t *cap, size_t elem, size_t first_cap, const char *what);
+
 /* Columns every state query selects, in the order store_infos_collect() reads. */
 #define STORE_STATE_COLS                                                  \
 	"n, id, kind, fingerprint, n_tokens, created_ms, label, metadata, " \
