@@ -333,7 +333,7 @@ static int sess_store(sched *s, struct sess *x, store_kind kind,
  * with the given kind, tag and label; job (may be NULL) replies with it. */
 static int sess_store_again(sched *s, struct sess *x, store_kind kind,
 			    const char *tag, const char *label, struct job *job,
-			    int log_commit)
+			    int log_commit, struct done_msg *closed)
 {
 	struct put_args *a = calloc(1, sizeof(*a));
 
@@ -357,6 +357,7 @@ static int sess_store_again(sched *s, struct sess *x, store_kind kind,
 	a->log_commit = log_commit;
 	a->persist = !x->scratch;
 	a->seed = x->seed;
+	a->closed = closed;
 	memcpy(a->session, x->id, SESS_ID_SIZE);
 	sched_store_heal(a);
 	return SSMD_OK;
@@ -1485,7 +1486,7 @@ static int op_store_session(sched *s, struct job *j, struct sess *x,
 	} else {
 		/* No progress since the last stored state: that is the answer,
 		 * stored again first if its put had failed. */
-		rc = sess_store_again(s, x, STORE_KIND_SNAPSHOT, tag, label, j, 0);
+		rc = sess_store_again(s, x, STORE_KIND_SNAPSHOT, tag, label, j, 0, NULL);
 		if (rc)
 			return rc;
 		x->closing = closing;
@@ -2020,12 +2021,16 @@ static void done_handle(sched *s, struct done_msg *m)
 		if (hostcache_adopt(s->hc, m->ref, m->st))
 			m->st = NULL;
 	} else if (m->type == DONE_CLOSED) {
-		/* The close's reply is on its way; on failure the session
-		 * keeps its state (in memory) and takes requests again. */
+		/* A close request's reply is on its way; on failure the
+		 * session keeps its state (in memory), takes requests again
+		 * and, if it was expiring, expires again after another idle
+		 * period. */
 		m->sess->closing = 0;
 		if (!m->rc) {
 			log_debug("closed session %s", m->sess->id);
 			sess_close(s, m->sess);
+		} else {
+			m->sess->active_s = sched_now();
 		}
 	} else if (m->type == DONE_LOADED) {
 		struct sess *x = m->sess;
@@ -2200,7 +2205,7 @@ static void sched_drain(sched *s)
 			ended++;
 		} else if (x->base &&
 			   sess_store_again(s, x, STORE_KIND_CHECKPOINT, NULL, NULL,
-					    NULL, 1)) {
+					    NULL, 1, NULL)) {
 			log_error("session %s: final checkpoint failed: %s", x->id,
 				  ssmd_errmsg());
 		}
@@ -2209,8 +2214,48 @@ static void sched_drain(sched *s)
 		 ended == 1 ? "" : "s");
 }
 
-/* Stores (if dirty) and closes every session idle for idle_timeout
- * seconds. Returns the monotonic time of the next expiry, or 0 for none. */
+/* Expires x: stores its state (a checkpoint, or its base again if that
+ * put had failed) and closes it once that is committed (DONE_CLOSED, like a
+ * close request); when the put fails the session stays open with its state
+ * in memory and expires again later. A session that never consumed anything
+ * closes at once. */
+static void sess_expire(sched *s, struct sess *x)
+{
+	struct done_msg *cm;
+	struct put_args *a;
+	ssm_state *st = NULL;
+	int rc;
+
+	if (!sess_dirty(x) && !x->base) {
+		sess_close(s, x);
+		return;
+	}
+	if (!(cm = calloc(1, sizeof(*cm)))) {
+		log_warn("session %s: idle, but cannot be stored: no memory", x->id);
+		return;
+	}
+	cm->type = DONE_CLOSED;
+	cm->s = s;
+	cm->sess = x;
+	if (!sess_dirty(x)) {
+		rc = sess_store_again(s, x, STORE_KIND_CHECKPOINT, NULL, NULL, NULL, 1, cm);
+	} else if (!(rc = sess_state_copy(s, x, &st)) &&
+		   !(rc = sess_put_prepare(s, x, st, STORE_KIND_CHECKPOINT, NULL, NULL,
+					   NULL, 1, &a, NULL))) {
+		a->closed = cm;
+		sched_store_put(a);
+	}
+	if (rc) {
+		free(cm);
+		log_warn("session %s: idle, but cannot be stored: %s", x->id, ssmd_errmsg());
+		return;
+	}
+	x->closing = 1;
+	log_info("session %s expires after %d s idle", x->id, s->cfg->idle_timeout);
+}
+
+/* Expires every session idle for idle_timeout seconds. Returns the
+ * monotonic time of the next expiry, or 0 for none. */
 static double sched_expire(sched *s)
 {
 	double timeout = s->cfg->idle_timeout, now = sched_now(), next = 0;
@@ -2227,21 +2272,7 @@ static double sched_expire(sched *s)
 				next = due;
 			continue;
 		}
-		if (sess_dirty(x)
-			    ? sess_store(s, x, STORE_KIND_CHECKPOINT, NULL, NULL, NULL, 1, NULL)
-			    : x->base && sess_store_again(s, x, STORE_KIND_CHECKPOINT,
-							  NULL, NULL, NULL, 1)) {
-			log_warn("session %s: idle, but cannot be stored: %s", x->id,
-				 ssmd_errmsg());
-			continue;
-		}
-		log_info("session %s expired after %d s idle", x->id,
-			 s->cfg->idle_timeout);
-		if (sched_store_session(s, x, 1))
-			log_warn("session %s: %s", x->id, ssmd_errmsg());
-		slot_release(s, x);
-		sess_table_remove(&s->sessions, x);
-		sess_free(x);
+		sess_expire(s, x);
 	}
 	return next;
 }
@@ -2345,10 +2376,16 @@ static int sessions_restore(sched *s)
 				store_state_info_fini(&info);
 				continue;
 			}
-			if (r) {
-				log_warn("session %s continues from state %s, which cannot be read (%s): closing it",
+			if (r == SSMD_ENOENT) {
+				log_warn("session %s continues from state %s, which is gone (%s): closing it",
 					 v[i].id, v[i].state, ssmd_errmsg());
 				store_session_close(s->store, v[i].id);
+				continue;
+			}
+			if (r) {
+				/* A read error need not last: the row stays for the next start. */
+				log_warn("session %s: its state %s cannot be read now (%s); not resumed this time",
+					 v[i].id, v[i].state, ssmd_errmsg());
 				continue;
 			}
 		}

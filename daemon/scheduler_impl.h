@@ -151,6 +151,9 @@ struct put_args {
 	struct done_msg *done;     /* borrowed: the DONE_COMMITTED to post;
 				    * heal: a DONE_HEALED to post if the
 				    * kept copy is stored (owned) */
+	struct done_msg *closed;   /* a DONE_CLOSED (idle expiry) posted last
+				    * with rc = whether the state is stored
+				    * (owned, may be NULL) */
 };
 void sched_store_put(struct put_args *a);
 

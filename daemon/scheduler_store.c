@@ -138,6 +138,17 @@ static int put_transcript(struct put_args *a, struct sref **parent,
 }
 
 /* Frees a put's arguments and everything they own; NULL is a no-op. */
+/* Posts a's close completion, if any, with rc (SSMD_OK: the state is in
+ * the library, so the session may close). */
+static void closed_post(struct put_args *a, int rc)
+{
+	if (!a->closed)
+		return;
+	a->closed->rc = rc;
+	sched_done_post(a->s, a->closed);
+	a->closed = NULL;
+}
+
 static void put_args_free(struct put_args *a)
 {
 	if (!a)
@@ -146,6 +157,7 @@ static void put_args_free(struct put_args *a)
 	if (!a->borrowed)
 		ssm_state_free(a->st);
 	free(a->done);
+	free(a->closed);
 	free(a->label);
 	free(a->tag);
 	free(a->sess_label);
@@ -282,6 +294,7 @@ static void put_run(struct storeq_task *t)
 		reply_finish(a->job);
 	}
 	s = a->s;
+	closed_post(a, a->ref->rc);
 	put_args_free(a);
 	/* Last, after the put's own references are gone: the scheduler then
 	 * sees whether it holds the last ones (hostcache_release()). */
@@ -347,6 +360,7 @@ static void heal_run(struct storeq_task *t)
 		a->tag = NULL;
 		reply_finish(a->job);
 	}
+	closed_post(a, r->rc);
 	put_args_free(a);
 }
 

@@ -6,7 +6,8 @@
  * that state in memory and goes on, unsaved. When room comes back, a session
  * with no newer progress must still reach the library before it ends:
  *   - at shutdown (SIGTERM stores every session's unsaved state), and
- *   - when it expires after idle_timeout.
+ *   - when it expires after idle_timeout; and an idle session whose expiry
+ *     checkpoint fails (library still full) stays open with its state.
  * A close with a snapshot that cannot be stored fails and leaves the session
  * open with its state (as the error says), so closing it again once there is
  * room stores it.
@@ -52,6 +53,27 @@ static store *full_store(const char *path, const ssm_model *m)
 	CHECK_RC(harness_fill(&fillers, st, m, 1), SSMD_ENOSPC);
 	CHECK_RC(harness_fill(&fillers, st, m, 0), SSMD_ENOSPC);
 	return st;
+}
+
+/* Open sessions, as the stats reply counts them (-1: no reply). */
+static int open_sessions(sched *s)
+{
+	Ssmd__Reply *r = harness_stats(s);
+	int open = r->code == 0 ? (int)r->stats->sessions : -1;
+
+	harness_reply_free(r);
+	return open;
+}
+
+/* Waits (up to 60 s) until n sessions are open. */
+static int wait_open_sessions(sched *s, int n)
+{
+	for (int tries = 0; tries < 600; tries++) {
+		if (open_sessions(s) == n)
+			return 1;
+		usleep(100000);
+	}
+	return 0;
 }
 
 static void room_make(store *st)
@@ -251,17 +273,29 @@ static void test_full(const char *fixtures)
 	s = harness_start(&c, m, NULL, st, NULL);
 	x = evicted_unsaved(s, tokens);
 	room_make(st);
-	/* Wait (up to 60 s) until the session has expired: stats count it. */
-	for (int tries = 0; tries < 600; tries++) {
-		Ssmd__Reply *r = harness_stats(s);
-		int open = r->code == 0 ? (int)r->stats->sessions : -1;
-		harness_reply_free(r);
-		if (open == 0)
-			break;
-		usleep(100000);
-	}
+	CHECK(wait_open_sessions(s, 0), "the idle session expired");
 	sched_free(s);
 	check_saved(st, x, tokens, "idle expiry");
+	free(x);
+	store_close(st);
+
+	/* Idle expiry while the library is still full: the session's
+	 * checkpoint (its unsaved appends) fails, so it must stay open with
+	 * that state, and expire, stored, once there is room. */
+	snprintf(path, sizeof(path), "%s/expire-full.db", tmp);
+	st = full_store(path, m);
+	s = harness_start(&c, m, NULL, st, NULL);
+	x = harness_open(s, NULL, 0, 0);
+	if (!x)
+		abort();
+	CHECK(harness_append(s, x, tokens, N_APPEND) == 0, "append");
+	usleep(2500000); /* over two idle periods: expiry is tried, and fails */
+	CHECK(open_sessions(s) == 1,
+	      "a session whose expiry checkpoint cannot be stored stays open");
+	room_make(st);
+	CHECK(wait_open_sessions(s, 0), "the idle session expired once there was room");
+	sched_free(s);
+	check_saved(st, x, tokens, "idle expiry of unsaved appends");
 	free(x);
 	store_close(st);
 
