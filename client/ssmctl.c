@@ -606,8 +606,14 @@ static int parse_offsets(const char *s, uint32_t **out, size_t *n)
 		free(v);
 		return -1;
 	}
-	for (size_t i = 0; i < *n; i++)
+	for (size_t i = 0; i < *n; i++) {
+		if (v[i] == 0) { /* parse_tokens() refused negatives */
+			free(v);
+			free(u);
+			return -1;
+		}
 		u[i] = (uint32_t)v[i];
+	}
 	free(v);
 	*out = u;
 	return 0;

@@ -134,6 +134,9 @@ def test_checkpoints_merge_score(daemon):
     (a,) = ctl_json(daemon, "append", s, "--tokens", ",".join(str(i) for i in range(1, 21)),
                     "--checkpoint-every", "8", "--boundaries", "3")
     assert [c["n_tokens"] for c in a["checkpoints"]] == [3, 8, 16]
+    for bad in ("0,3", "-1", "3,x"):  # offsets are positive token counts
+        r = ctl(daemon, "append", s, "--tokens", "1,2,3", "--boundaries", bad, check=False)
+        assert r.returncode == 2 and "bad --boundaries" in r.stderr
     human = ctl(daemon, "append", s, "--message", "Hi.", "--message", " Bye.").stdout
     assert human.count("checkpoint ") == 2
 
