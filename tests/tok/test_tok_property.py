@@ -15,6 +15,7 @@ Characters come from blocks assigned by Unicode 6 or earlier, so the
 Unicode tables of utf8proc and of the reference (which may be newer) agree.
 """
 import copy
+import glob
 import gzip
 import json
 import os
@@ -175,23 +176,32 @@ def test_demo_tokenizer_random_text():
 
 
 def test_demo_tokenizer_real_text():
-    """Real English prose, markup and code: this project's own documents and
-    sources (always there), plus up to 200 of this machine's manual pages
-    when it has any."""
+    """Real English prose, markup and code: every Markdown document and C
+    source of this project (always there), plus up to 200 of this machine's
+    manual pages when it has any. Each text's source is named on failure."""
     root = os.path.join(os.path.dirname(__file__), "..", "..")
-    docs = ["README.md", "models/demo/MODEL.md", "proto/PROTOCOL.md", "bench/NOTES.md",
-            "examples/textbook/README.md", "daemon/scheduler.c", "tools/demo/train.py"]
-    texts = []
-    for name in docs:
-        with open(os.path.join(root, name), encoding="utf-8") as f:
-            texts.append(f.read())
+    names = sorted(glob.glob(os.path.join(root, "**", "*.md"), recursive=True) +
+                   glob.glob(os.path.join(root, "daemon", "*.c")))
+    names = [n for n in names if "/build" not in n.replace(root, "")]
     base = "/usr/share/man/man1"
-    for name in sorted(os.listdir(base))[:200] if os.path.isdir(base) else []:
-        path = os.path.join(base, name)
-        if name.endswith(".gz") and os.path.isfile(path):
-            with gzip.open(path, "rb") as f:
-                texts.append(f.read().decode("utf-8", "replace"))
-    compare(DEMO, texts)
+    if os.path.isdir(base):
+        names += [os.path.join(base, n) for n in sorted(os.listdir(base))[:200]
+                  if n.endswith(".gz")]
+    assert len(names) > 10, f"only {len(names)} texts found"
+    texts = []
+    for name in names:
+        opener = gzip.open if name.endswith(".gz") else open
+        with opener(name, "rb") as f:
+            texts.append(f.read().decode("utf-8", "replace"))
+    try:
+        compare(DEMO, texts)
+    except AssertionError:
+        for name, text in zip(names, texts):  # name the failing source
+            try:
+                compare(DEMO, [text])
+            except AssertionError as e:
+                raise AssertionError(f"{name}: {e}") from None
+        raise
 
 
 def test_neox_long_text(neox):
