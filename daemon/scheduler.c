@@ -2281,23 +2281,15 @@ static double sched_expire(sched *s)
 static void sched_wait(sched *s, double abs_mono)
 {
 	struct timespec ts;
-	double rel;
 
 	if (!abs_mono) {
 		pthread_cond_wait(&s->cond, &s->lock);
 		return;
 	}
-	/* The condition variable uses the realtime clock. */
-	rel = abs_mono - sched_now();
-	if (rel <= 0)
-		return;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	ts.tv_sec += (time_t)rel;
-	ts.tv_nsec += (long)((rel - (double)(time_t)rel) * 1e9);
-	if (ts.tv_nsec >= 1000000000L) {
-		ts.tv_sec++;
-		ts.tv_nsec -= 1000000000L;
-	}
+	/* The condition variable runs on the monotonic clock (sched_start()),
+	 * so a change of the wall clock neither stretches nor cuts the wait. */
+	ts.tv_sec = (time_t)abs_mono;
+	ts.tv_nsec = (long)((abs_mono - (double)ts.tv_sec) * 1e9);
 	pthread_cond_timedwait(&s->cond, &s->lock, &ts);
 }
 
@@ -2439,7 +2431,13 @@ int sched_start(const struct sched_opts *o, sched **out)
 		 o->model_name ? o->model_name : "");
 	ssm_fingerprint_hex(ssm_model_fingerprint(o->model), s->fp_hex);
 	pthread_mutex_init(&s->lock, NULL);
-	pthread_cond_init(&s->cond, NULL);
+	{
+		pthread_condattr_t ca;
+		pthread_condattr_init(&ca);
+		pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+		pthread_cond_init(&s->cond, &ca);
+		pthread_condattr_destroy(&ca);
+	}
 	s->start_s = s->rate_t0 = sched_now();
 
 	rc = ssm_model_state_alloc(o->model, &probe);
