@@ -17,7 +17,7 @@
  *   - where a 2k prefill's device time goes: the mean of 3 runs of
  *     ssm_cuda_prefill_split() (an event after each part of each layer),
  *     summed per part over the layers;
- * With BENCH_CUDA_PROFILE set, only decode at batch 1 and 64 (20 timed
+ * With BENCH_CUDA_DECODE_ONLY set, the decode rows alone. With BENCH_CUDA_PROFILE set, only decode at batch 1 and 64 (20 timed
  * steps each) and one 2k prefill run, for a profiler's kernel summary.
  * Device times come from CUDA events on the backend's stream
  * (ssm_cuda_timer_*) around the synchronous calls. The roofline column is
@@ -75,6 +75,7 @@ static void die(const char *what, int rc)
 
 static uint64_t lcg = 0x12345678;
 static int profile; /* BENCH_CUDA_PROFILE: the short run described above */
+static int decode_only; /* BENCH_CUDA_DECODE_ONLY: the decode rows alone */
 
 static void fill_tokens(int32_t *t, size_t n, int vocab)
 {
@@ -192,6 +193,28 @@ static void prefill_split(const char *label, ssm_backend *b, const int32_t *toks
 	}
 }
 
+/* Where a batch-1 step's time goes inside the persistent kernel: the mean
+ * share of each phase over 3 traced steps, times the measured step. */
+static void decode1_split(const char *label, ssm_backend *b, double step_ms)
+{
+	double share[SSM_CUDA_N_PHASES] = {0};
+	char fig[64], note[64];
+	int r, rc;
+
+	for (r = 0; r < 3; r++)
+		if ((rc = ssm_cuda_decode1_split(b, 3, 7, share))) {
+			if (rc == SSMD_EUNSUPPORTED)
+				return;
+			die("decode split", rc);
+		}
+	for (int p = 0; p < SSM_CUDA_N_PHASES; p++) {
+		snprintf(fig, sizeof fig, "decode b1 split: %s", ssm_cuda_phase_names[p]);
+		snprintf(note, sizeof note, "(%.1f%% of the step, all layers)",
+			 100 * share[p] / 3);
+		row(label, fig, step_ms * share[p] / 3, "ms", 0, note);
+	}
+}
+
 static void bench_model(const char *label, const char *dir)
 {
 	ssm_model *m = NULL;
@@ -268,8 +291,12 @@ static void bench_model(const char *label, const char *dir)
 		snprintf(note, sizeof note, "(floor %.3f ms: %.0f MB moved)",
 			 floor_s * 1e3, bytes / 1e6);
 		row(label, fig, med, "ms/step", floor_s * 1e3 / med, note);
+		if (n == 1)
+			decode1_split(label, b, med);
 	}
 
+	if (decode_only)
+		goto done;
 	/* prefill */
 	for (i = 0; i < 2; i++) {
 		size_t n = prefills[i];
@@ -384,6 +411,7 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	profile = getenv("BENCH_CUDA_PROFILE") != NULL;
+	decode_only = getenv("BENCH_CUDA_DECODE_ONLY") != NULL;
 	printf("| model | dtype | %-34s | %10s | %-8s | roofline\n", "figure", "value", "unit");
 	printf("|-------|-------|------------------------------------|------------|----------|---------\n");
 	for (i = 1; i < argc; i++) {
