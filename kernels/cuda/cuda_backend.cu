@@ -449,7 +449,7 @@ static int decode_persist(cuda_backend *cb)
 	at[0].val.cooperative = 1;
 	lc.gridDim = dim3(cb->pk_grid);
 	lc.blockDim = dim3(PK_THREADS);
-	lc.dynamicSmemBytes = pk_smem_bytes(p.D, p.E, p.W, p.P, sizeof(T));
+	lc.dynamicSmemBytes = pk_smem_bytes(p.D, p.E, p.W, p.P, sizeof(T), p.n_layer);
 	lc.stream = s;
 	lc.attrs = at;
 	lc.numAttrs = 1;
@@ -1314,7 +1314,7 @@ static int persist_init_t(cuda_backend *cb)
 		P = max_p;
 	if (P < 1)
 		P = 1;
-	smem = pk_smem_bytes(c->d_model, c->d_inner, W, P, sizeof(T));
+	smem = pk_smem_bytes(c->d_model, c->d_inner, W, P, sizeof(T), c->n_layer);
 	if (smem > (size_t)46 << 10)
 		return SSMD_OK;
 #define OCC(npl)                                                                   \

@@ -6,10 +6,11 @@
  * the weight bytes over the memory bandwidth plus whatever keeps the memory
  * idle: launch gaps and the latency at the start of each dependent step. One
  * kernel with one block per SM runs the whole step; its blocks meet at a
- * grid barrier (pk_barrier) where a result is needed by every block, four
- * times per layer:
- *   A  RMSNorm of h (every block, into shared memory) . in_proj -> x | z,
- *      the conv step + SiLU on x                          -> xz, xc, xcT
+ * grid barrier (pk_arrive / pk_wait) where a result is needed by every
+ * block, four times per layer:
+ *   A  RMSNorm of h (every block stages h * norm in shared memory; the
+ *      scale multiplies the sums) . in_proj -> x | z, the conv step +
+ *      SiLU on x                                          -> xz, xc, xcT
  *   B  x_proj on xcT, each row cut into P parts           -> part (W, P)
  *   C  dt_low | B | C = the sums of the parts (every block), then per
  *      channel dt_proj + softplus + state update + gate   -> yT
@@ -19,10 +20,13 @@
  *
  * What hides the latency: nothing a phase loads from the weights or from the
  * slot's state depends on an earlier phase of the same step, so each warp
- * loads the first pieces of its first item of the next phase (pk_fetch)
- * before it waits at the barrier, and the next item's while it computes the
- * current one. Data written during the step by another block (h, xz, xc,
- * xcT, part, yT) is read with ld.global.cg (L2, never a stale L1 line).
+ * loads the first pieces of its first item of the next phase (pk_fetch; the
+ * conv window, the SSM state and per-channel vectors likewise) between
+ * arriving at the barrier and waiting for it, and the next item's while it
+ * computes the current one. The layer table lives in shared memory, so no
+ * phase waits for a pointer. Data written during the step by another block
+ * (h, xz, xc, xcT, part, yT) is read with ld.global.cg (L2, never a stale
+ * L1 line).
  *
  * Work split. Global warp gw = warp * G + block (G blocks of PK_THREADS), so
  * consecutive items land on different SMs; warp gw takes items gw, gw + NW,
@@ -32,13 +36,15 @@
  * phase's epilogue. The SSM phase gives each channel 4 lanes (NPL states
  * each), channel e on block e % G, as ssmk_ssm_step does.
  *
- * The numbers are those of the four-kernel GEMV path it replaces: inputs
- * rounded to T as the cuBLAS path rounds them, f32 sums, the same formulas
- * (ssm_conv_channel's conv step, ssmk_ssm_step's update).
+ * The numbers follow the four-kernel GEMV path it replaces: GEMM inputs
+ * rounded to T as the cuBLAS path rounds them (the norm's input before its
+ * scale), f32 sums in a fixed order (every run gives the same bits), the
+ * same formulas (ssm_conv_channel's conv step, ssmk_ssm_step's update).
  *
- * Requirements (decode_persist_ok): d_model and d_inner whole numbers of
- * 16-byte pieces; 2 * d_conv + 1 <= 32 (the conv epilogue's lanes); every
- * block resident at once, which the cooperative launch guarantees or refuses.
+ * Requirements (persist_init_t): d_model and d_inner whole numbers of
+ * 16-byte pieces; 2 * d_conv + 1 <= 32 (the conv epilogue's lanes); the
+ * shared memory within 46 KB; every block resident at once, which the
+ * cooperative launch guarantees or refuses.
  */
 #ifndef SSM_CUDA_PERSIST_CUH
 #define SSM_CUDA_PERSIST_CUH
@@ -126,6 +132,15 @@ __device__ __forceinline__ unsigned long long pk_base(const pk_bar *bar, int n_l
 	return c - c % per;
 }
 
+/* Bytes of the layer table at the start of shared memory (copied from the
+ * device table in 16-byte pieces). */
+static_assert(sizeof(cuda_layer) % 16 == 0, "cuda_layer: whole 16-byte pieces");
+
+__host__ __device__ __forceinline__ int pk_lay_bytes(int n_layer)
+{
+	return (int)(n_layer * sizeof(cuda_layer));
+}
+
 /* This warp's global index and the number of warps. */
 __device__ __forceinline__ int pk_gw(void)
 {
@@ -164,6 +179,14 @@ __device__ __forceinline__ void pk_fetch(const T *W, int m, int k, int P, int it
 			pre[i] = __ldg((const uint4 *)(W + (size_t)row * k) + q);
 	}
 	(void)VEC;
+}
+
+/* Asks L2 for bytes at a (16-byte aligned, a multiple of 16 long). */
+__device__ __forceinline__ void pk_l2(const void *a, size_t bytes)
+{
+	if (bytes)
+		asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;"
+			     :: "l"(a), "r"((unsigned)bytes) : "memory");
 }
 
 /*
@@ -254,7 +277,7 @@ __device__ __forceinline__ float pk_stage_norm(const float *h, const T *emb, con
 /* Phase C's loads that depend on nothing of this step, for channel e. */
 template <typename T, int NPL>
 struct pk_chan {
-	float a[NPL], hs[NPL], dts;
+	float a[NPL], hs[NPL], dts, dt_b, dp, zb;
 	uint4 w[PK_PFC];
 };
 
@@ -274,6 +297,9 @@ __device__ __forceinline__ void pk_chan_fetch(const pk_args &p, const cuda_layer
 		c->a[i] = y->A[(size_t)e * p.N + g * NPL + i];
 		c->hs[i] = slot >= 0 ? hs[i] : 0.0f;
 	}
+	c->dt_b = y->dt_b[e];
+	c->dp = y->Dp[e];
+	c->zb = y->in_b ? y->in_b[p.E + e] : 0.0f;
 	c->dts = slot >= 0 && g == 0 ? p.pool[(size_t)slot * p.state_floats + p.off_dt_sum +
 					      (size_t)l * p.E + e]
 				     : 0.0f;
@@ -344,7 +370,7 @@ __device__ __forceinline__ void pk_chan_step(const pk_args &p, const cuda_layer 
 	acc += __shfl_xor_sync(0xffffffffu, acc, 2);
 	if (!valid)
 		return;
-	const float dt = softplus(acc + y->dt_b[e]);
+	const float dt = softplus(acc + c.dt_b);
 	const float *Bv = dbc + R + g * NPL, *Cv = dbc + R + N + g * NPL;
 	float *hs = p.pool + (size_t)slot * p.state_floats + (size_t)l * E * N +
 		    (size_t)e * N + g * NPL;
@@ -360,7 +386,7 @@ __device__ __forceinline__ void pk_chan_step(const pk_args &p, const cuda_layer 
 	yv += __shfl_xor_sync(0x0000000fu << (threadIdx.x & 28), yv, 1);
 	yv += __shfl_xor_sync(0x0000000fu << (threadIdx.x & 28), yv, 2);
 	if (g == 0) {
-		yv = (yv + y->Dp[e] * x) * silu(z + (y->in_b ? y->in_b[E + e] : 0.0f));
+		yv = (yv + c.dp * x) * silu(z + c.zb);
 		((T *)p.yT)[e] = from_f32<T>(yv);
 		if (slot >= 0)
 			p.pool[(size_t)slot * p.state_floats + p.off_dt_sum + (size_t)l * E + e] =
@@ -425,8 +451,10 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 	extern __shared__ uint4 pk_smem[];
 	__shared__ float red[PK_WARPS];
 	__shared__ unsigned long long base;
-	T *xs = (T *)pk_smem;             /* staged input vector, max(D, E) */
-	float *parts = (float *)pk_smem;  /* phase C: x_proj parts (W, P) */
+	cuda_layer *lay = (cuda_layer *)pk_smem; /* the layer table */
+	uint4 *area = pk_smem + pk_lay_bytes(p.n_layer) / 16;
+	T *xs = (T *)area;                /* staged input vector, max(D, E) */
+	float *parts = (float *)area;     /* phase C: x_proj parts (W, P) */
 	const int D = p.D, E = p.E, W = p.W, P = p.P, G = gridDim.x, lane = threadIdx.x & 31;
 	float *dbc = parts + W * P;       /* phase C: dt_low | B | C (W) */
 	const T *emb = (const T *)p.embed + (size_t)p.tokens[0] * D;
@@ -438,12 +466,14 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 	if (threadIdx.x == 0)
 		base = pk_base(p.bar, p.n_layer);
 	pk_fetch<T>((const T *)p.layers[0].in_w, 2 * E, D, 1, pk_gw(), cur);
-	cw = pk_cw_fetch(p, &p.layers[0], 0, pk_gw());
+	for (int i = threadIdx.x; i < pk_lay_bytes(p.n_layer) / 16; i += PK_THREADS)
+		pk_smem[i] = ((const uint4 *)p.layers)[i];
 	__syncthreads();
+	cw = pk_cw_fetch(p, &lay[0], 0, pk_gw());
 	target = base;
 	PK_MARK(0);
 	for (int l = 0; l < p.n_layer; l++) {
-		const cuda_layer *y = &p.layers[l];
+		const cuda_layer *y = &lay[l];
 
 		/* A: norm . in_proj, the conv step on x rows */
 		scale = pk_stage_norm<T>(p.h, l ? NULL : emb, y->norm, D, p.eps, xs, red);
@@ -533,10 +563,14 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 		PK_MARK(l * 8 + 7);
 		pk_arrive(p.bar);
 		if (l + 1 < p.n_layer) {
-			pk_fetch<T>((const T *)p.layers[l + 1].in_w, 2 * E, D, 1, pk_gw(), cur);
-			cw = pk_cw_fetch(p, &p.layers[l + 1], l + 1, pk_gw());
+			pk_fetch<T>((const T *)y[1].in_w, 2 * E, D, 1, pk_gw(), cur);
+			if (threadIdx.x == 0)
+				pk_l2(y[1].norm, (size_t)D * sizeof(float));
+			cw = pk_cw_fetch(p, &y[1], l + 1, pk_gw());
 		} else {
 			pk_fetch<T>((const T *)p.lm_head, p.V, D, 1, pk_gw(), cur);
+			if (threadIdx.x == 0)
+				pk_l2(p.norm_f, (size_t)D * sizeof(float));
 		}
 		pk_wait(p.bar, target += G);
 		PK_MARK(l * 8 + 8);
@@ -556,13 +590,14 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 	PK_MARK(p.n_layer * 8 + 1);
 }
 
-/* Dynamic shared memory of ssmk_decode_persist: the larger input vector in
- * T, or phase C's parts (W, P) and sums (W) in f32. */
-static inline size_t pk_smem_bytes(int D, int E, int W, int P, size_t wsize)
+/* Dynamic shared memory of ssmk_decode_persist: the layer table, then the
+ * larger of the input vector in T and phase C's parts (W, P) and sums (W)
+ * in f32. */
+static inline size_t pk_smem_bytes(int D, int E, int W, int P, size_t wsize, int n_layer)
 {
 	size_t v = (size_t)(D > E ? D : E) * wsize, c = (size_t)W * (P + 1) * sizeof(float);
 
-	return v > c ? v : c;
+	return (size_t)pk_lay_bytes(n_layer) + (v > c ? v : c);
 }
 
 #endif
