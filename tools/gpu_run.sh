@@ -12,8 +12,10 @@
 #       (on the GPU machine) runs the chosen parts (test, sanitize, bench and
 #       hf when none is named; profile: an Nsight Systems kernel summary of
 #       bench_cuda's short mode on the 1.4b shape, where nsys exists; the sanitizers
-#       last, on the test's quick mode, since they are the slowest), writes
-#       every log to $OUT (or ./gpu-out) and prints the results table last.
+#       last, on the test's quick mode, since they are the slowest: racecheck
+#       runs the test's groups side by side, SANITIZE_TIMEOUT seconds each,
+#       default 150), writes every log to $OUT (or ./gpu-out) and prints the
+#       results table last.
 set -u
 cd "$(dirname "$0")/.."
 
@@ -142,17 +144,31 @@ if want sanitize || want memcheck || want racecheck; then
 		want sanitize || want $tool || continue
 		opts=""
 		envs="SSMD_CUDA_QUICK=1"
+		groups="all"
 		if [ $tool = racecheck ]; then
 			opts="--kernel-name kns=ssmk_"
 			envs="$envs SSMD_CUDA_F32_ONLY=1"
+			# the test's groups side by side, each under its own tool run
+			groups="fixtures cross batch checkpoints sampling big"
 		fi
-		env $envs timeout 150 compute-sanitizer --tool $tool $opts \
-			--error-exitcode 9 "$bin/test_cuda" >"$out/sanitize-$tool.log" 2>&1
-		rc=$?
-		summary="$summary$tool: exit $rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|^cuda:' \
-			"$out/sanitize-$tool.log" | tr '\n' ' ')
+		pids=""
+		for g in $groups; do
+			only=""
+			[ "$g" = all ] || only="SSMD_CUDA_ONLY=$g"
+			env $envs $only timeout ${SANITIZE_TIMEOUT:-150} compute-sanitizer \
+				--tool $tool $opts --error-exitcode 9 "$bin/test_cuda" \
+				>"$out/sanitize-$tool-$g.log" 2>&1 &
+			pids="$pids $!:$g"
+		done
+		for pg in $pids; do
+			wait "${pg%%:*}"
+			rc=$?
+			g=${pg#*:}
+			summary="$summary$tool $g: exit $rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|^cuda:' \
+				"$out/sanitize-$tool-$g.log" | tr '\n' ' ')
 "
-		tail -n 5 "$out/sanitize-$tool.log"
+			tail -n 3 "$out/sanitize-$tool-$g.log"
+		done
 	done
 fi
 echo "================================================================"
