@@ -19,6 +19,7 @@
 #include "cuda_impl.h"
 #include "cuda_kernels.cuh"
 #include "cuda_gemv.cuh"
+#include "cuda_persist.cuh"
 #include "cuda_sample.cuh"
 
 /* Prefill tokens per chunk (bounds activation memory); SSMD_CUDA_CHUNK
@@ -413,9 +414,89 @@ static int decode_small_ok(const cuda_backend *cb, int nb)
 	       (size_t)nb * D * cb->wsize <= (size_t)46 << 10;
 }
 
+/*
+ * The batch-1 step as one persistent kernel (cuda_persist.cuh), then the
+ * sampling kernel: the same contract as decode_body at nb = 1. Launched
+ * cooperatively, so every block is resident (or the launch fails).
+ */
+template <typename T>
+static int decode_persist(cuda_backend *cb)
+{
+	int rc = SSMD_OK;
+	const ssm_config *c = &cb->cfg;
+	cuda_act *a = &cb->act;
+	cudaStream_t s = cb->stream;
+	cudaLaunchAttribute at[1] = {};
+	cudaLaunchConfig_t lc = {};
+	pk_args p = {};
+
+	p.layers = cb->d_layers;
+	p.embed = cb->embed;
+	p.lm_head = cb->lm_head;
+	p.norm_f = cb->norm_f;
+	p.pool = cb->pool;
+	p.slots = cb->d_slots;
+	p.tokens = cb->d_tokens;
+	p.state_floats = cb->state_floats;
+	p.off_conv = cb->off_conv;
+	p.off_hidden = cb->off_hidden;
+	p.off_dt_sum = cb->off_dt_sum;
+	p.D = c->d_model;
+	p.E = c->d_inner;
+	p.N = c->d_state;
+	p.K = c->d_conv;
+	p.R = c->dt_rank;
+	p.V = c->vocab_size;
+	p.W = c->dt_rank + 2 * c->d_state;
+	p.n_layer = c->n_layer;
+	p.P = cb->pk_parts;
+	p.eps = c->eps;
+	p.xz = a->xz;
+	p.xc = a->xc;
+	p.part = cb->pk_part;
+	p.h = a->h;
+	p.logits = a->logits;
+	p.xcT = a->xcT;
+	p.yT = a->yT;
+	p.bar = cb->pk_bar;
+	p.trace = cb->pk_trace;
+
+	at[0].id = cudaLaunchAttributeCooperative;
+	at[0].val.cooperative = 1;
+	lc.gridDim = dim3(cb->pk_grid);
+	lc.blockDim = dim3(PK_THREADS);
+	lc.dynamicSmemBytes = pk_smem_bytes(p.D, p.E, p.W, p.P, sizeof(T));
+	lc.stream = s;
+	lc.attrs = at;
+	lc.numAttrs = 1;
+#define PERSIST(npl) CUDA_TRY(cudaLaunchKernelEx(&lc, ssmk_decode_persist<T, npl>, p))
+	NPL_SWITCH(c->d_state / SSM_LANES, PERSIST);
+#undef PERSIST
+	ssmk_sample<<<1, SAMPLE_THREADS, 0, s>>>(a->logits, p.V, cb->d_samp, cb->d_next);
+	CUDA_LAUNCHED();
+out:
+	return rc;
+}
+
+/* Whether the persistent kernel serves this backend (decode_persist_init
+ * found a grid) and the step is one row; SSMD_CUDA_DECODE1=gemv picks the
+ * four-kernel path instead, for comparison. */
+static int decode_persist_ok(const cuda_backend *cb, int nb)
+{
+	static int gemv = -1;
+
+	if (gemv < 0) {
+		const char *v = getenv("SSMD_CUDA_DECODE1");
+		gemv = v && !strcmp(v, "gemv");
+	}
+	return nb == 1 && cb->pk_grid > 0 && !gemv;
+}
+
 template <typename T>
 static int decode_any_nb(cuda_backend *cb, int nb)
 {
+	if (decode_persist_ok(cb, nb))
+		return decode_persist<T>(cb);
 	if (decode_small_ok(cb, nb))
 		return decode_small<T, GEMV_MAX_NB>(cb);
 	return decode_body<T>(cb, nb);
@@ -1097,6 +1178,61 @@ const char *const ssm_cuda_part_names[SSM_CUDA_N_PARTS] = {
 	"scan pass 2", "out_proj", "embed/final", "other",
 };
 
+extern "C" const char *const ssm_cuda_phase_names[SSM_CUDA_N_PHASES] = {
+	"A: norm, in_proj, conv", "A: barrier", "B: x_proj", "B: barrier",
+	"C: ssm step", "C: barrier", "D: out_proj", "D: barrier", "final norm, lm_head",
+};
+
+extern "C" int ssm_cuda_decode1_split(ssm_backend *b, int slot, int32_t token,
+				      double share[SSM_CUDA_N_PHASES])
+{
+	cuda_backend *cb;
+	int rc, l, ph, n;
+	long long *tr = NULL;
+	double total;
+
+	if ((rc = cuda_backend_check(b)))
+		return rc;
+	cb = cb_of(b);
+	if (!decode_persist_ok(cb, 1))
+		return ssmd_err_set(SSMD_EUNSUPPORTED, "decode split: no persistent kernel here");
+	n = 8 * cb->cfg.n_layer + 2;
+	tr = (long long *)malloc(n * sizeof(long long));
+	if (!tr)
+		return ssmd_err_set(SSMD_ENOMEM, "decode split: no memory");
+	if (!cb->pk_trace_buf &&
+	    (rc = dev_alloc(cb, n * sizeof(long long), (void **)&cb->pk_trace_buf)))
+		goto out;
+	/* one greedy step outside the bucket's graph, with the marks on */
+	memset(&cb->h_samp[0], 0, sizeof(cuda_sampler));
+	cb->h_slots[0] = slot;
+	cb->h_tokens[0] = token;
+	CUDA_TRY(cudaMemcpyAsync(cb->d_io, cb->h_io,
+				 (char *)(cb->h_tokens + 1) - (char *)cb->h_io,
+				 cudaMemcpyHostToDevice, cb->stream));
+	cb->pk_trace = cb->pk_trace_buf;
+	switch (cb->wdtype) {
+	case SSM_DTYPE_F32: rc = decode_persist<float>(cb); break;
+	case SSM_DTYPE_F16: rc = decode_persist<__half>(cb); break;
+	default: rc = decode_persist<__nv_bfloat16>(cb); break;
+	}
+	cb->pk_trace = NULL;
+	if (rc)
+		goto out;
+	cb->n_tokens[slot]++;
+	CUDA_TRY(cudaMemcpyAsync(tr, cb->pk_trace_buf, n * sizeof(long long),
+				 cudaMemcpyDeviceToHost, cb->stream));
+	CUDA_TRY(cudaStreamSynchronize(cb->stream));
+	total = (double)(tr[n - 1] - tr[0]);
+	for (l = 0; l < cb->cfg.n_layer; l++)
+		for (ph = 0; ph < 8; ph++)
+			share[ph] += (tr[l * 8 + ph + 1] - tr[l * 8 + ph]) / total;
+	share[SSM_CUDA_N_PHASES - 1] += (tr[n - 1] - tr[n - 2]) / total;
+out:
+	free(tr);
+	return rc;
+}
+
 extern "C" int ssm_cuda_prefill_split(ssm_backend *b, int slot,
 				      const ssm_prefill_args *a,
 				      double ms[SSM_CUDA_N_PARTS])
@@ -1193,6 +1329,64 @@ static void cuda_close(ssm_backend *b)
 	b->impl = NULL;
 }
 
+
+/*
+ * Sets up the persistent batch-1 kernel (cuda_persist.cuh) where it can run:
+ * row lengths in whole 16-byte pieces, the conv epilogue's 2 * d_conv + 1
+ * lanes in a warp, its shared memory within the default 48 KB, cooperative
+ * launch, and one block per SM resident. Otherwise pk_grid stays 0 and
+ * batch 1 takes the four-kernel path.
+ */
+template <typename T>
+static int persist_init_t(cuda_backend *cb)
+{
+	int rc = SSMD_OK, occ = 0, sms = 0, coop = 0, P, max_p;
+	const ssm_config *c = &cb->cfg;
+	const int vec = 16 / sizeof(T), W = c->dt_rank + 2 * c->d_state;
+	size_t smem;
+
+	if (c->d_model % vec || c->d_inner % vec || 2 * c->d_conv + 1 > 32)
+		return SSMD_OK;
+	CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, cb->device));
+	CUDA_TRY(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, cb->device));
+	/* x_proj rows in parts, so its few rows still occupy every warp,
+	 * each part at least one piece per lane */
+	max_p = c->d_inner / vec / 32;
+	P = sms * PK_WARPS / W;
+	if (P > max_p)
+		P = max_p;
+	if (P < 1)
+		P = 1;
+	smem = pk_smem_bytes(c->d_model, c->d_inner, W, P, sizeof(T));
+	if (smem > (size_t)46 << 10)
+		return SSMD_OK;
+#define OCC(npl)                                                                   \
+	CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(                    \
+		&occ, ssmk_decode_persist<T, npl>, PK_THREADS, smem))
+	NPL_SWITCH(c->d_state / SSM_LANES, OCC);
+#undef OCC
+	if (!coop || occ < 1)
+		return SSMD_OK;
+	if ((rc = dev_upload(cb, cb->layers, c->n_layer * sizeof(cuda_layer),
+			     (void **)&cb->d_layers)) ||
+	    (rc = dev_alloc(cb, sizeof(pk_bar), (void **)&cb->pk_bar)) ||
+	    (rc = dev_alloc(cb, (size_t)W * P * sizeof(float), (void **)&cb->pk_part)))
+		goto out;
+	CUDA_TRY(cudaMemset(cb->pk_bar, 0, sizeof(pk_bar)));
+	cb->pk_grid = sms;
+	cb->pk_parts = P;
+out:
+	return rc;
+}
+
+static int persist_init(cuda_backend *cb)
+{
+	switch (cb->wdtype) {
+	case SSM_DTYPE_F32: return persist_init_t<float>(cb);
+	case SSM_DTYPE_F16: return persist_init_t<__half>(cb);
+	default: return persist_init_t<__nv_bfloat16>(cb);
+	}
+}
 
 /* Activation buffers for `rows` rows; logits for logit_rows rows. */
 static int act_alloc(cuda_backend *cb, int rows, int logit_rows)
@@ -1363,6 +1557,8 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 			    (void **)&cb->d_ck)) ||
 	    (rc = dev_alloc(cb, cb->ck_max * sizeof(int), (void **)&cb->d_ck_pos)) ||
 	    (rc = dev_alloc(cb, cb->max_batch * sizeof(int32_t), (void **)&cb->d_next)))
+		goto out;
+	if ((rc = persist_init(cb)))
 		goto out;
 	CUDA_TRY(cudaMallocHost((void **)&cb->h_state, cb->state_floats * sizeof(float)));
 	CUDA_TRY(cudaMallocHost((void **)&cb->h_logits,
