@@ -19,6 +19,8 @@
  *     summed per part over the layers;
  * With BENCH_CUDA_DECODE_ONLY set, the decode rows alone. With BENCH_CUDA_PROFILE set, only decode at batch 1 and 64 (20 timed
  * steps each) and one 2k prefill run, for a profiler's kernel summary.
+ * With BENCH_CUDA_PREFILL_ONLY set, the prefill rows alone (tokens/s,
+ * split, checkpoints).
  * Device times come from CUDA events on the backend's stream
  * (ssm_cuda_timer_*) around the synchronous calls. The roofline column is
  * the floor time over the measured time, the floor being the larger of
@@ -76,6 +78,7 @@ static void die(const char *what, int rc)
 static uint64_t lcg = 0x12345678;
 static int profile; /* BENCH_CUDA_PROFILE: the short run described above */
 static int decode_only; /* BENCH_CUDA_DECODE_ONLY: the decode rows alone */
+static int prefill_only; /* BENCH_CUDA_PREFILL_ONLY: the prefill rows alone */
 
 static void fill_tokens(int32_t *t, size_t n, int vocab)
 {
@@ -269,7 +272,7 @@ static void bench_model(const char *label, const char *dir)
 		int n = batches[i];
 		const int steps = profile ? 20 : 100;
 
-		if (profile && n != 1 && n != 64)
+		if ((profile && n != 1 && n != 64) || prefill_only)
 			continue;
 		double bytes = sh.w_bytes + n * (sh.state_rw + 4.0 * c->vocab_size);
 		double flops = 2.0 * n * (sh.mm_params + sh.head);
@@ -337,6 +340,8 @@ static void bench_model(const char *label, const char *dir)
 			 med, base16k, 16384 / e, sh.state_bytes / 1e6);
 		row(label, fig, 100 * (med - base16k) / base16k, "% slower", 0, note);
 	}
+	if (prefill_only)
+		goto done;
 
 	/* decode throughput loss while slot 0 is snapshotted every 256 steps:
 	 * alternate plain and snapshotting runs of 1024 steps, medians */
@@ -412,6 +417,7 @@ int main(int argc, char **argv)
 	}
 	profile = getenv("BENCH_CUDA_PROFILE") != NULL;
 	decode_only = getenv("BENCH_CUDA_DECODE_ONLY") != NULL;
+	prefill_only = getenv("BENCH_CUDA_PREFILL_ONLY") != NULL;
 	printf("| model | dtype | %-34s | %10s | %-8s | roofline\n", "figure", "value", "unit");
 	printf("|-------|-------|------------------------------------|------------|----------|---------\n");
 	for (i = 1; i < argc; i++) {

@@ -187,6 +187,22 @@ out:
 	return rc;
 }
 
+/* Y += X . W^T, shapes as gemm(): the prefill's out_proj adding straight
+ * into the residual stream (C = Y, beta = 1). */
+static int gemm_acc(cuda_backend *cb, const void *W, const void *X, int ldx,
+		    float *Y, int ldy, int m, int n, int k)
+{
+	int rc = SSMD_OK;
+	const float one = 1.0f;
+
+	CUBLAS_TRY(cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one,
+				W, cb->wtype, k, X, cb->wtype, ldx, &one, Y,
+				CUDA_R_32F, ldy, CUBLAS_COMPUTE_32F,
+				CUBLAS_GEMM_DEFAULT));
+out:
+	return rc;
+}
+
 /* A kernel launch with programmatic dependent launch allowed (see pdl_wait
  * in cuda_kernels.cuh): the kernel may start before the previous one in the
  * stream completes and must pdl_wait before touching its results. */
@@ -526,8 +542,10 @@ static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
 	float *base = cb->pool + (size_t)slot * sf;
 	cuda_act *a = &cb->act;
 	cudaStream_t s = cb->stream;
-	const int nseg = cdiv(L, SCAN_SEG);
-	const size_t smem = scan_smem_bytes(N);
+	const int seg_len = cb->scan_seg;
+	const int nseg = cdiv(L, seg_len);
+	const size_t smem1 = scan_smem_bytes(N, true), smem3 = scan_smem_bytes(N, false);
+	const bool norm_v4 = D % 4 == 0 && D <= 4 * 256 * NORM_V4;
 	int l, k;
 
 	ssmk_embed<T><<<L, 256, 0, s>>>(cb->d_tokens, (const T *)cb->embed, a->h, D);
@@ -539,19 +557,31 @@ static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
 		const size_t conv_off = cb->off_conv + (size_t)l * E * (K - 1);
 		const size_t ssm_off = (size_t)l * E * N;
 		const size_t dts_off = cb->off_dt_sum + (size_t)l * E;
+		/* every out_proj but the last adds into h itself (GEMM beta = 1) */
+		const bool acc = norm_v4 && l + 1 < c->n_layer;
 
-		ssmk_add_norm<T><<<L, 256, 0, s>>>(a->h, p ? a->mix : NULL,
-						p ? p->out_b : NULL, y->norm,
-						(T *)a->xn, D, c->eps, NULL, NULL,
-						0, 0);
+		if (norm_v4)
+			ssmk_norm_rows<T><<<L, 256, 0, s>>>(a->h, p ? p->out_b : NULL,
+							 y->norm, (T *)a->xn, D,
+							 c->eps);
+		else
+			ssmk_add_norm<T><<<L, 256, 0, s>>>(a->h, p ? a->mix : NULL,
+							p ? p->out_b : NULL, y->norm,
+							(T *)a->xn, D, c->eps, NULL,
+							NULL, 0, 0);
 		CUDA_LAUNCHED();
 		split_mark(cb, SSM_CUDA_NORM);
 		if ((rc = gemm(cb, y->in_w, a->xn, D, a->xz, 2 * E, 2 * E, L, D)))
 			goto out;
 		split_mark(cb, SSM_CUDA_IN_PROJ);
-		ssmk_conv_seq<T><<<dim3(cdiv(E, 128), L), 128, 0, s>>>(
-			a->xz, y->in_b, y->conv_w, y->conv_b, base + conv_off, E,
-			K, a->xc, (T *)a->xcT);
+		if (K == 4 && E % 4 == 0)
+			ssmk_conv_run<T, 4><<<dim3(cdiv(E, 512), cdiv(L, CONV_RUN)), 128, 0, s>>>(
+				a->xz, y->in_b, y->conv_w, y->conv_b, base + conv_off, E,
+				L, a->xc, (T *)a->xcT);
+		else
+			ssmk_conv_seq<T><<<dim3(cdiv(E, 128), L), 128, 0, s>>>(
+				a->xz, y->in_b, y->conv_w, y->conv_b, base + conv_off, E,
+				K, a->xc, (T *)a->xcT);
 		CUDA_LAUNCHED();
 		if (nq) {
 			ssmk_conv_window<<<cdiv(E, 128), 128, 0, s>>>(
@@ -573,15 +603,27 @@ static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
 		if ((rc = gemm(cb, y->dt_w, a->dlT, R, a->dtr, E, E, L, R)))
 			goto out;
 		split_mark(cb, SSM_CUDA_DT);
+		/* pass 1 covers segments 0 .. nseg-2 (the last one's end state
+		 * from zero is never needed) and leaves softplus'd dt there */
 #define SCAN(npl)                                                             \
 	do {                                                                  \
+		if (smem3 > 48 * 1024)                                        \
+			CUDA_TRY(cudaFuncSetAttribute(                        \
+				ssmk_scan<T, npl, false>,                     \
+				cudaFuncAttributeMaxDynamicSharedMemorySize,  \
+				(int)smem3));                                 \
+		if (smem1 > 48 * 1024)                                        \
+			CUDA_TRY(cudaFuncSetAttribute(                        \
+				ssmk_scan<T, npl, true>,                      \
+				cudaFuncAttributeMaxDynamicSharedMemorySize,  \
+				(int)smem1));                                 \
 		if (nseg > 1) {                                               \
-			ssmk_scan<T, npl, true><<<dim3(cdiv(E, SSM_CH_PER_BLOCK), nseg), \
-					       128, smem, s>>>(                \
-				a->dtr, y->dt_b, a->dbc, R, a->xc, a->xz,     \
+			ssmk_scan<T, npl, true><<<dim3(cdiv(E, SSM_CH_PER_BLOCK), nseg - 1), \
+					       128, smem1, s>>>(               \
+				a->dtr, y->dt_b, 0, a->dbc, R, a->xc, a->xz,  \
 				y->in_b, y->A, y->Dp, NULL, NULL, 0, 0,       \
-				a->seg_h, a->seg_dt, NULL, NULL, E, L, NULL,  \
-				0, NULL, 0, 0, 0, (T *)a->yT);                \
+				a->seg_h, a->seg_dt, NULL, NULL, E, L,        \
+				seg_len, NULL, 0, NULL, 0, 0, 0, (T *)a->yT); \
 			CUDA_LAUNCHED();                                      \
 			ssmk_scan_combine<<<cdiv(E * N, 256), 256, 0, s>>>(      \
 				y->A, base + ssm_off, base + dts_off,         \
@@ -591,20 +633,21 @@ static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
 		}                                                             \
 		split_mark(cb, SSM_CUDA_SCAN1);                               \
 		ssmk_scan<T, npl, false><<<dim3(cdiv(E, SSM_CH_PER_BLOCK), nseg), \
-					128, smem, s>>>(                       \
-			a->dtr, y->dt_b, a->dbc, R, a->xc, a->xz, y->in_b,    \
-			y->A, y->Dp,                                          \
+					128, smem3, s>>>(                      \
+			a->dtr, y->dt_b, nseg - 1, a->dbc, R, a->xc, a->xz,   \
+			y->in_b, y->A, y->Dp,                                 \
 			nseg > 1 ? a->start_h : base + ssm_off,               \
 			nseg > 1 ? a->start_d : base + dts_off,               \
 			(size_t)E * N, (size_t)E, NULL, NULL, base + ssm_off, \
-			base + dts_off, E, L, cb->d_ck_pos, nq, d_ck, sf,     \
-			ssm_off, dts_off, (T *)a->yT);                        \
+			base + dts_off, E, L, seg_len, cb->d_ck_pos, nq, d_ck,\
+			sf, ssm_off, dts_off, (T *)a->yT);                    \
 	} while (0)
 		NPL_SWITCH(N / SSM_LANES, SCAN);
 #undef SCAN
 		CUDA_LAUNCHED();
 		split_mark(cb, SSM_CUDA_SCAN2);
-		if ((rc = gemm(cb, y->out_w, a->yT, E, a->mix, D, D, L, E)))
+		if ((rc = acc ? gemm_acc(cb, y->out_w, a->yT, E, a->h, D, D, L, E)
+			      : gemm(cb, y->out_w, a->yT, E, a->mix, D, D, L, E)))
 			goto out;
 		split_mark(cb, SSM_CUDA_OUT_PROJ);
 	}
@@ -1369,7 +1412,7 @@ static int act_alloc(cuda_backend *cb, int rows, int logit_rows)
 	    (rc = dev_alloc(cb, (size_t)logit_rows * c->vocab_size * 4,
 			    (void **)&a->logits)))
 		return rc;
-	a->n_seg = cdiv(cb->chunk, SCAN_SEG);
+	a->n_seg = cdiv(cb->chunk, cb->scan_seg);
 	if ((rc = dev_alloc(cb, (size_t)a->n_seg * E * c->d_state * 4, (void **)&a->seg_h)) ||
 	    (rc = dev_alloc(cb, (size_t)a->n_seg * E * 4, (void **)&a->seg_dt)) ||
 	    (rc = dev_alloc(cb, (size_t)a->n_seg * E * c->d_state * 4, (void **)&a->start_h)) ||
@@ -1473,6 +1516,12 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	env = getenv("SSMD_CUDA_CHUNK");
 	if (env && atoi(env) > 0)
 		cb->chunk = atoi(env);
+	/* the scan's segment length (a multiple of its tile); SSMD_CUDA_SCAN_SEG
+	 * overrides it for tuning */
+	cb->scan_seg = SCAN_SEG;
+	env = getenv("SSMD_CUDA_SCAN_SEG");
+	if (env && atoi(env) >= SCAN_TILE)
+		cb->scan_seg = atoi(env) / SCAN_TILE * SCAN_TILE;
 	cb->ck_max = (int)(CUDA_CK_BUDGET / (cb->state_floats * sizeof(float)));
 	if (cb->ck_max < 1)
 		cb->ck_max = 1;
