@@ -511,11 +511,6 @@ static int decode_body_any(cuda_backend *cb, int nb)
 	}
 }
 
-/*
- * Prefill of L tokens (already in d_tokens) into slot. nq checkpoint
- * positions (chunk-relative, ascending, distinct) are in d_ck_pos and qs:
- * their full states land in d_ck + k * state_floats. Enqueues only.
- */
 /* ssm_cuda_prefill_split(): the end of a part of the prefill. Recording an
  * event is enqueue-only; a failure shows in the split's elapsed times. */
 #define SPLIT_CAP 8192
@@ -530,9 +525,34 @@ static void split_mark(cuda_backend *cb, int part)
 	cb->split_n++;
 }
 
+/*
+ * Copies floats [off, off + width) of the nq checkpoint states in d_ck to the
+ * same place in h_ck, on the copy stream once the compute stream has come
+ * this far: a layer's part of every checkpoint travels while the next layers
+ * compute.
+ */
+static int ck_copy_part(cuda_backend *cb, const float *d_ck, float *h_ck, int nq,
+			size_t off, size_t width)
+{
+	int rc = SSMD_OK;
+	const size_t pitch = cb->state_floats * sizeof(float);
+
+	CUDA_TRY(cudaMemcpy2DAsync(h_ck + off, pitch, d_ck + off, pitch, width * sizeof(float),
+				   nq, cudaMemcpyDeviceToHost, cb->copy_stream));
+out:
+	return rc;
+}
+
+/*
+ * Prefill of L tokens (already in d_tokens) into slot. nq checkpoint
+ * positions (chunk-relative, ascending, distinct) are in d_ck_pos and qs:
+ * their full states land in d_ck + k * state_floats, and each layer's part
+ * of them goes on to h_ck (pinned, same layout) on the copy stream right
+ * after that layer. Enqueues only.
+ */
 template <typename T>
 static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
-			int nq, float *d_ck)
+			int nq, float *d_ck, float *h_ck)
 {
 	int rc = SSMD_OK;
 	const ssm_config *c = &cb->cfg;
@@ -646,6 +666,14 @@ static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
 #undef SCAN
 		CUDA_LAUNCHED();
 		split_mark(cb, SSM_CUDA_SCAN2);
+		if (nq) {
+			CUDA_TRY(cudaEventRecord(cb->ev_compute, s));
+			CUDA_TRY(cudaStreamWaitEvent(cb->copy_stream, cb->ev_compute, 0));
+			if ((rc = ck_copy_part(cb, d_ck, h_ck, nq, ssm_off, (size_t)E * N)) ||
+			    (rc = ck_copy_part(cb, d_ck, h_ck, nq, conv_off, (size_t)E * (K - 1))) ||
+			    (rc = ck_copy_part(cb, d_ck, h_ck, nq, dts_off, (size_t)E)))
+				goto out;
+		}
 		if ((rc = acc ? gemm_acc(cb, y->out_w, a->yT, E, a->h, D, D, L, E)
 			      : gemm(cb, y->out_w, a->yT, E, a->mix, D, D, L, E)))
 			goto out;
@@ -663,18 +691,24 @@ static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
 					 a->h + (size_t)(qs[k] - 1) * D,
 					 D * sizeof(float),
 					 cudaMemcpyDeviceToDevice, s));
+	if (nq) {
+		CUDA_TRY(cudaEventRecord(cb->ev_compute, s));
+		CUDA_TRY(cudaStreamWaitEvent(cb->copy_stream, cb->ev_compute, 0));
+		if ((rc = ck_copy_part(cb, d_ck, h_ck, nq, cb->off_hidden, (size_t)D)))
+			goto out;
+	}
 	split_mark(cb, SSM_CUDA_TAIL);
 out:
 	return rc;
 }
 
 static int prefill_body_any(cuda_backend *cb, int slot, int L, const int *qs,
-			    int nq, float *d_ck)
+			    int nq, float *d_ck, float *h_ck)
 {
 	switch (cb->wdtype) {
-	case SSM_DTYPE_F32: return prefill_body<float>(cb, slot, L, qs, nq, d_ck);
-	case SSM_DTYPE_F16: return prefill_body<__half>(cb, slot, L, qs, nq, d_ck);
-	default: return prefill_body<__nv_bfloat16>(cb, slot, L, qs, nq, d_ck);
+	case SSM_DTYPE_F32: return prefill_body<float>(cb, slot, L, qs, nq, d_ck, h_ck);
+	case SSM_DTYPE_F16: return prefill_body<__half>(cb, slot, L, qs, nq, d_ck, h_ck);
+	default: return prefill_body<__nv_bfloat16>(cb, slot, L, qs, nq, d_ck, h_ck);
 	}
 }
 
@@ -899,8 +933,8 @@ out:
 /*
  * Chunks of at most cb->chunk tokens (cut short so that a chunk holds at
  * most ck_max distinct checkpoint positions). A chunk's checkpoint states go
- * to the host on the copy stream while the next chunk computes (two
- * buffers), and their callbacks run meanwhile.
+ * to the host on the copy stream layer by layer as the chunk computes (two
+ * buffers), and their callbacks run while the next chunk computes.
  */
 static int cuda_prefill(ssm_backend *b, int slot, const ssm_prefill_args *a)
 {
@@ -942,7 +976,8 @@ static int cuda_prefill(ssm_backend *b, int slot, const ssm_prefill_args *a)
 			/* d_ck[buf] is free once its last copy to the host is done */
 			CUDA_TRY(cudaStreamWaitEvent(cb->stream, cb->ev_ck[buf], 0));
 		}
-		if ((rc = prefill_body_any(cb, slot, (int)L, p->qs, nq, ck_dev(cb, buf))))
+		if ((rc = prefill_body_any(cb, slot, (int)L, p->qs, nq, ck_dev(cb, buf),
+					   cb->h_ck + (size_t)buf * cb->ck_max * sf)))
 			goto out;
 		cb->n_tokens[slot] = start_tokens + pos + L;
 		for (r = 0; a->all_logits && r < L; r += CUDA_LOGIT_ROWS) {
@@ -964,11 +999,7 @@ static int cuda_prefill(ssm_backend *b, int slot, const ssm_prefill_args *a)
 						 cudaMemcpyDeviceToHost, cb->stream));
 		}
 		if (nq) {
-			CUDA_TRY(cudaEventRecord(cb->ev_compute, cb->stream));
-			CUDA_TRY(cudaStreamWaitEvent(cb->copy_stream, cb->ev_compute, 0));
-			CUDA_TRY(cudaMemcpyAsync(cb->h_ck + (size_t)buf * cb->ck_max * sf,
-						 ck_dev(cb, buf), nq * sf * sizeof(float),
-						 cudaMemcpyDeviceToHost, cb->copy_stream));
+			/* the layers' parts were enqueued by prefill_body */
 			CUDA_TRY(cudaEventRecord(cb->ev_ck[buf], cb->copy_stream));
 			p->active = 1;
 			p->buf = buf;
