@@ -8,10 +8,13 @@
 #       bench binaries, ssm-mkmodel, the shared libraries they load
 #       (../shared/gpu/carry-libs.sh), the tiny-mamba fixture and
 #       bench/hf_bench.py into .gpu/ (git-ignored), to be carried along.
-#   tools/gpu_run.sh [test] [profile] [sanitize|memcheck|racecheck] [bench] [hf]
+#   tools/gpu_run.sh [test] [profile] [sanitize|memcheck|racecheck] [bench] [decode] [hf]
 #       (on the GPU machine) runs the chosen parts (test, sanitize, bench and
 #       hf when none is named; profile: an Nsight Systems kernel summary of
-#       bench_cuda's short mode on the 1.4b shape, where nsys exists; the sanitizers
+#       bench_cuda's short mode on the 1.4b shape, where nsys exists; decode:
+#       only bench_cuda's decode rows and splits, on the batched path and on
+#       the cuBLAS path (SSMD_CUDA_BATCH_CUBLAS) for comparison ($DECODE_PATHS
+#       picks: "batch cublas" by default); the sanitizers
 #       last, on the test's quick mode, since they are the slowest), writes
 #       every log to $OUT (or ./gpu-out) and prints the results table last.
 set -u
@@ -67,7 +70,7 @@ mkmodel m130 768 24
 echo "m130 ready in $(( $(date +%s) - t0 )) s"
 # the big ones are written in the background while the tests run
 big_pids=""
-if want bench || want profile; then
+if want bench || want profile || want decode; then
 	mkmodel m1.4b 2048 48 & big_pids="$big_pids $!"
 	mkmodel m2.8b 2560 64 & big_pids="$big_pids $!"
 fi
@@ -107,6 +110,19 @@ if want bench; then
 		"2.8b=$models/m2.8b" >"$out/bench.txt" 2>"$out/bench.err"
 	echo "bench_cuda exit $?" >>"$out/bench.err"
 	cat "$out/bench.err"
+fi
+if want decode; then
+	for p in $big_pids; do wait "$p"; done
+	big_pids=""
+	echo "all models ready after $(( $(date +%s) - t0 )) s"
+	for v in ${DECODE_PATHS:-batch cublas}; do
+		sel=""
+		[ $v = cublas ] && sel=SSMD_CUDA_BATCH_CUBLAS=1
+		env BENCH_CUDA_ONLY=decode $sel timeout 150 "$bin/bench_cuda" "130m=$models/m130" "1.4b=$models/m1.4b" \
+			"2.8b=$models/m2.8b" >"$out/decode-$v.txt" 2>"$out/decode-$v.err"
+		echo "bench_cuda ($v) exit $?" >>"$out/decode-$v.err"
+		tail -n 3 "$out/decode-$v.err"
+	done
 fi
 if want hf; then
 	PYTHONUNBUFFERED=1 timeout 240 python3 bench/hf_bench.py >"$out/hf.txt" \
@@ -158,6 +174,9 @@ fi
 echo "================================================================"
 printf '%s' "$summary"
 [ -f "$out/bench.txt" ] && cat "$out/bench.txt"
+for v in batch cublas; do
+	[ -f "$out/decode-$v.txt" ] && { echo "decode, $v path:"; cat "$out/decode-$v.txt"; }
+done
 [ -f "$out/hf.txt" ] && cat "$out/hf.txt"
 [ -f "$out/service.txt" ] && cat "$out/service.txt"
 [ -f "$out/textbook.txt" ] && tail -n 14 "$out/textbook.txt"
