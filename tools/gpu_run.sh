@@ -12,9 +12,9 @@
 #       (on the GPU machine) runs the chosen parts (test, sanitize, bench and
 #       hf when none is named; profile: an Nsight Systems kernel summary of
 #       bench_cuda's short mode on the 1.4b shape, where nsys exists; decode:
-#       only bench_cuda's decode rows and splits, on the batched path and on
-#       the cuBLAS path (SSMD_CUDA_BATCH_CUBLAS) for comparison ($DECODE_PATHS
-#       picks: "batch cublas" by default); the sanitizers
+#       only bench_cuda's decode rows and splits, once per word of
+#       $DECODE_VARIANTS (default: "default"; a word VAR=VALUE runs with that
+#       environment variable set, to compare settings); the sanitizers
 #       last, on the test's quick mode, since they are the slowest), writes
 #       every log to $OUT (or ./gpu-out) and prints the results table last.
 set -u
@@ -115,13 +115,14 @@ if want decode; then
 	for p in $big_pids; do wait "$p"; done
 	big_pids=""
 	echo "all models ready after $(( $(date +%s) - t0 )) s"
-	for v in ${DECODE_PATHS:-batch cublas}; do
+	for v in ${DECODE_VARIANTS:-default}; do
 		sel=""
-		[ $v = cublas ] && sel=SSMD_CUDA_BATCH_CUBLAS=1
-		env BENCH_CUDA_ONLY=decode $sel timeout 150 "$bin/bench_cuda" "130m=$models/m130" "1.4b=$models/m1.4b" \
-			"2.8b=$models/m2.8b" >"$out/decode-$v.txt" 2>"$out/decode-$v.err"
-		echo "bench_cuda ($v) exit $?" >>"$out/decode-$v.err"
-		tail -n 3 "$out/decode-$v.err"
+		[ "$v" = default ] || sel=$v
+		env BENCH_CUDA_ONLY=decode $sel timeout 150 "$bin/bench_cuda" \
+			"130m=$models/m130" "1.4b=$models/m1.4b" "2.8b=$models/m2.8b" \
+			>"$out/decode-${v//=/-}.txt" 2>"$out/decode-${v//=/-}.err"
+		echo "bench_cuda ($v) exit $?" >>"$out/decode-${v//=/-}.err"
+		tail -n 1 "$out/decode-${v//=/-}.err"
 	done
 fi
 if want hf; then
@@ -174,8 +175,8 @@ fi
 echo "================================================================"
 printf '%s' "$summary"
 [ -f "$out/bench.txt" ] && cat "$out/bench.txt"
-for v in batch cublas; do
-	[ -f "$out/decode-$v.txt" ] && { echo "decode, $v path:"; cat "$out/decode-$v.txt"; }
+for v in ${DECODE_VARIANTS:-default}; do
+	[ -f "$out/decode-${v//=/-}.txt" ] && { echo "decode, $v:"; cat "$out/decode-${v//=/-}.txt"; }
 done
 [ -f "$out/hf.txt" ] && cat "$out/hf.txt"
 [ -f "$out/service.txt" ] && cat "$out/service.txt"

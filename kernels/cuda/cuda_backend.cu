@@ -3,9 +3,7 @@
  * f32 states, cuBLAS GEMMs for the four projections and lm_head, own kernels
  * for everything else (cuda_kernels.cuh), a fused small-batch decode path
  * (cuda_gemv.cuh: own GEMVs with the small kernels folded in, chained by
- * programmatic dependent launch), a batched decode path for buckets of 2..64
- * rows (cuda_batch.cuh: a tensor-core GEMM that streams each weight once,
- * likewise chained), decode steps with their sampling captured
+ * programmatic dependent launch), decode steps with their sampling captured
  * as CUDA graphs per batch-size bucket (cuda_sample.cuh), a chunked prefill whose
  * time-segmented scan keeps states in registers and writes them only at
  * segment ends, the chunk's end and checkpoints, whose states travel to the
@@ -21,7 +19,6 @@
 #include "cuda_impl.h"
 #include "cuda_kernels.cuh"
 #include "cuda_gemv.cuh"
-#include "cuda_batch.cuh"
 #include "cuda_sample.cuh"
 
 /* Prefill tokens per chunk (bounds activation memory); SSMD_CUDA_CHUNK
@@ -278,8 +275,8 @@ static int decode_body(cuda_backend *cb, int nb)
 			goto out;
 		split_mark(cb, SSM_CUDA_X_PROJ);
 #define SSM_STEP(npl)                                                         \
-	ssmk_ssm_step_b<T, npl><<<dim3(cdiv(E, SSM_CH_PER_BLOCK),             \
-				       cdiv(nb, SSM_STEP_ROWS)), 128, 0, s>>>( \
+	ssmk_ssm_step_b<T, npl, SSM_STEP_ROWS><<<dim3(cdiv(E, SSM_CH_PER_BLOCK), \
+			cdiv(nb, SSM_STEP_ROWS)), 128, 0, s>>>(                \
 		a->dbc, R, (const T *)y->dt_w, y->dt_b, y->A, y->Dp, a->xc,   \
 		a->xz, y->in_b, cb->pool, cb->d_slots, sf,                    \
 		(size_t)l * E * N, cb->off_dt_sum + (size_t)l * E, E, nb,     \
@@ -300,281 +297,6 @@ static int decode_body(cuda_backend *cb, int nb)
 	if ((rc = gemm(cb, cb->lm_head, a->xn, D, a->logits, V, V, nb, D)))
 		goto out;
 	/* every row's next token too (decode_sample reads it, decode not) */
-	ssmk_sample<<<nb, SAMPLE_THREADS, 0, s>>>(a->logits, V, cb->d_samp, cb->d_next);
-	CUDA_LAUNCHED();
-	split_mark(cb, SSM_CUDA_HEAD);
-out:
-	return rc;
-}
-
-/* ssmk_bgemm's BT (tiles of 16 batch rows) for nb <= BG_MAX_NB rows. */
-static int bgemm_bt(int nb)
-{
-	const int t = cdiv(nb, 16);
-
-	return t <= 2 ? t : 4;
-}
-
-/* Dynamic shared memory of ssmk_bgemm: the larger of the X slab (rows
- * batch rows of at most steps 32-k steps, in 16-bit elements) and the
- * partial tiles (kw K groups x rows x (16 mw + 4) floats). */
-static size_t bgemm_smem(int rows, int steps, int mw)
-{
-	const size_t slab = (size_t)rows * bg_ldk(steps) * 2;
-	const size_t part = (size_t)(BG_WARPS / mw) * rows * (16 * mw + 4) * 4;
-
-	return slab > part ? slab : part;
-}
-
-/* Waves of a launch of ssmk_bgemm<T, BT, EPI> on (M, ks, mw, smem): its
- * clusters (or blocks) over how many of them the device holds at once. */
-template <typename T, int BT, int EPI>
-static int bgemm_waves(const cuda_backend *cb, int M, int ks, int mw, size_t smem,
-		       int *waves)
-{
-	int rc = SSMD_OK, n = 0;
-	const int mb = cdiv(M, 16 * mw);
-	cudaLaunchAttribute at[1] = {};
-	cudaLaunchConfig_t lc = {};
-
-	if (ks == 1) {
-		CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-			&n, ssmk_bgemm<T, BT, EPI>, BG_THREADS, smem));
-		n *= cb->n_sm;
-	} else {
-		at[0].id = cudaLaunchAttributeClusterDimension;
-		at[0].val.clusterDim.x = 1;
-		at[0].val.clusterDim.y = ks;
-		at[0].val.clusterDim.z = 1;
-		lc.gridDim = dim3(mb, ks);
-		lc.blockDim = dim3(BG_THREADS);
-		lc.dynamicSmemBytes = smem;
-		lc.attrs = at;
-		lc.numAttrs = 1;
-		CUDA_TRY(cudaOccupancyMaxActiveClusters(&n, (const void *)ssmk_bgemm<T, BT, EPI>,
-							&lc));
-	}
-	*waves = n > 0 ? cdiv(mb, n) : 1 << 20;
-out:
-	return rc;
-}
-
-/*
- * ssmk_bgemm's shape for an (M, K) weight matrix and nb batch rows, chosen
- * once per (M, K, BT, EPI) and kept in cb->bg_plans: among K splits ks of
- * 1..8 (powers of two, the portable cluster size) whose X slab fits
- * BG_SMEM_MAX and row groups per block mw of 8, 4, 2, 1, the one that runs
- * in the fewest waves (the occupancy calculator's count of co-resident
- * clusters), then gives every multiprocessor a block, then shares each
- * slab among the most warps (largest mw), then splits K least.
- * SSMD_EINVAL when no split fits (decode_batch_ok refuses such models).
- */
-template <typename T, int BT, int EPI>
-static int bgemm_plan(cuda_backend *cb, int M, int K, bg_plan *out)
-{
-	const int rows = 16 * BT, steps = K / 32;
-	int rc = SSMD_OK, i, ks, mw, best_key[4] = {0}, found = 0;
-	bg_plan p = {};
-
-	for (i = 0; i < cb->n_bg_plans; i++) {
-		const bg_plan *q = &cb->bg_plans[i];
-		if (q->M == M && q->K == K && q->bt == BT && q->epi == EPI) {
-			*out = *q;
-			return SSMD_OK;
-		}
-	}
-	for (ks = 1; ks <= 8 && ks <= steps; ks *= 2)
-		for (mw = 8; mw >= 1; mw /= 2) {
-			const size_t smem = bgemm_smem(rows, cdiv(steps, ks), mw);
-			int waves = 0, key[4], k, better = !found;
-
-			if (smem > BG_SMEM_MAX)
-				continue;
-			if ((rc = bgemm_waves<T, BT, EPI>(cb, M, ks, mw, smem, &waves)))
-				return rc;
-			key[0] = waves;
-			key[1] = cdiv(M, 16 * mw) * ks < cb->n_sm;
-			key[2] = -mw;
-			key[3] = ks;
-			for (k = 0; k < 4 && found; k++)
-				if (key[k] != best_key[k]) {
-					better = key[k] < best_key[k];
-					break;
-				}
-			if (better) {
-				memcpy(best_key, key, sizeof(key));
-				p.ks = ks;
-				p.mw = mw;
-				p.smem = smem;
-				found = 1;
-			}
-		}
-	if (!found)
-		return ssmd_err_set(SSMD_EINVAL, "cuda: no batched GEMM shape for K %d", K);
-	p.M = M;
-	p.K = K;
-	p.bt = BT;
-	p.epi = EPI;
-	if (cb->n_bg_plans < CUDA_BG_PLANS)
-		cb->bg_plans[cb->n_bg_plans++] = p;
-	*out = p;
-	return SSMD_OK;
-}
-
-/* Y (nb, M) = X (nb, K) [ld ldx] . W^T through ssmk_bgemm with epilogue EPI
- * (arguments in ep): clusters of the K split, programmatic dependent launch. */
-template <typename T, int BT, int EPI>
-static int bgemm_bt_launch(cuda_backend *cb, const void *W, const void *X, int ldx,
-			   int M, int K, int nb, const bg_epi &ep)
-{
-	int rc;
-	bg_plan p = {};
-	cudaLaunchAttribute at[2] = {};
-	cudaLaunchConfig_t lc = {};
-
-	if ((rc = bgemm_plan<T, BT, EPI>(cb, M, K, &p)))
-		return rc;
-	at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-	at[0].val.programmaticStreamSerializationAllowed = 1;
-	at[1].id = cudaLaunchAttributeClusterDimension;
-	at[1].val.clusterDim.x = 1;
-	at[1].val.clusterDim.y = p.ks;
-	at[1].val.clusterDim.z = 1;
-	lc.gridDim = dim3(cdiv(M, 16 * p.mw), p.ks);
-	lc.blockDim = dim3(BG_THREADS);
-	lc.dynamicSmemBytes = p.smem;
-	lc.stream = cb->stream;
-	lc.attrs = at;
-	lc.numAttrs = p.ks > 1 ? 2 : 1;
-	CUDA_TRY(cudaLaunchKernelEx(&lc, ssmk_bgemm<T, BT, EPI>, (const T *)W,
-				    (const T *)X, ldx, M, K, nb, p.mw, ep));
-out:
-	return rc;
-}
-
-template <typename T, int EPI>
-static int bgemm(cuda_backend *cb, const void *W, const void *X, int ldx, int M,
-		 int K, int nb, const bg_epi &ep)
-{
-	switch (bgemm_bt(nb)) {
-	case 1: return bgemm_bt_launch<T, 1, EPI>(cb, W, X, ldx, M, K, nb, ep);
-	case 2: return bgemm_bt_launch<T, 2, EPI>(cb, W, X, ldx, M, K, nb, ep);
-	default: return bgemm_bt_launch<T, 4, EPI>(cb, W, X, ldx, M, K, nb, ep);
-	}
-}
-
-/* Lets every ssmk_bgemm instance of weight type T use BG_SMEM_MAX bytes
- * of dynamic shared memory (more than the 48 KB default). */
-template <typename T>
-static int bgemm_setup(void)
-{
-	int rc = SSMD_OK;
-
-#define ATTR(bt, epi)                                                         \
-	CUDA_TRY(cudaFuncSetAttribute(ssmk_bgemm<T, bt, epi>,                 \
-				      cudaFuncAttributeMaxDynamicSharedMemorySize, \
-				      BG_SMEM_MAX))
-	ATTR(1, BG_STORE); ATTR(2, BG_STORE); ATTR(4, BG_STORE);
-	ATTR(1, BG_RES); ATTR(2, BG_RES); ATTR(4, BG_RES);
-	ATTR(1, BG_CONV); ATTR(2, BG_CONV); ATTR(4, BG_CONV);
-#undef ATTR
-out:
-	return rc;
-}
-
-/* Whether bucket nb takes decode_batch: 16-bit weights, at most BG_MAX_NB
- * rows, every GEMM's K (d_model, d_inner) a whole number of 32-k steps and
- * its X slab within BG_SMEM_MAX once split 8 ways (K up to ~12k), d_conv
- * at most BG_KMAX. */
-static int decode_batch_ok(const cuda_backend *cb, int nb)
-{
-	const int D = cb->cfg.d_model, E = cb->cfg.d_inner;
-
-	return !cb->batch_cublas && cb->wsize == 2 && nb <= BG_MAX_NB &&
-	       D % 32 == 0 && E % 32 == 0 && cb->cfg.d_conv <= BG_KMAX &&
-	       bgemm_smem(BG_MAX_NB, cdiv(D / 32, 8), 8) <= BG_SMEM_MAX &&
-	       bgemm_smem(BG_MAX_NB, cdiv(E / 32, 8), 8) <= BG_SMEM_MAX;
-}
-/*
- * The batched decode step (cuda_batch.cuh): the same contract as
- * decode_body, five kernels per layer chained by programmatic dependent
- * launch. out_proj adds into the residual stream h, so a.mix is not used.
- */
-template <typename T>
-static int decode_batch(cuda_backend *cb, int nb)
-{
-	int rc = SSMD_OK;
-	const ssm_config *c = &cb->cfg;
-	const int D = c->d_model, E = c->d_inner, N = c->d_state, K = c->d_conv,
-		  R = c->dt_rank, V = c->vocab_size, W = R + 2 * N;
-	const size_t sf = cb->state_floats;
-	cuda_act *a = &cb->act;
-	cudaStream_t s = cb->stream;
-	bg_epi ep;
-	int l;
-
-	ssmk_embed<T><<<nb, 256, 0, s>>>(cb->d_tokens, (const T *)cb->embed, a->h, D);
-	CUDA_LAUNCHED();
-	split_mark(cb, SSM_CUDA_TAIL);
-	for (l = 0; l < c->n_layer; l++) {
-		const cuda_layer *y = &cb->layers[l];
-
-		CUDA_TRY(launch_pdl(ssmk_norm_b<T>, nb, 256, 0, s, (const float *)a->h,
-				    (const float *)y->norm, (T *)a->xn, D, c->eps));
-		split_mark(cb, SSM_CUDA_NORM);
-		memset(&ep, 0, sizeof(ep));
-		ep.y = a->xz;
-		ep.ldy = 2 * E;
-		ep.in_b = y->in_b;
-		ep.cw = y->conv_w;
-		ep.cb = y->conv_b;
-		ep.pool = cb->pool;
-		ep.slots = cb->d_slots;
-		ep.state_floats = sf;
-		ep.conv_off = cb->off_conv + (size_t)l * E * (K - 1);
-		ep.E = E;
-		ep.K = K;
-		ep.xc = a->xc;
-		ep.xcT = a->xcT;
-		if ((rc = bgemm<T, BG_CONV>(cb, y->in_w, a->xn, D, 2 * E, D, nb, ep)))
-			goto out;
-		split_mark(cb, SSM_CUDA_IN_PROJ);
-		memset(&ep, 0, sizeof(ep));
-		ep.y = a->dbc;
-		ep.ldy = W;
-		if ((rc = bgemm<T, BG_STORE>(cb, y->x_w, a->xcT, E, W, E, nb, ep)))
-			goto out;
-		split_mark(cb, SSM_CUDA_X_PROJ);
-#define SSM_STEP(npl)                                                         \
-	CUDA_TRY(launch_pdl(ssmk_ssm_step_b<T, npl>,                          \
-			    dim3(cdiv(E, SSM_CH_PER_BLOCK), cdiv(nb, SSM_STEP_ROWS)), \
-			    128, 0, s, (const float *)a->dbc, R,              \
-			    (const T *)y->dt_w, (const float *)y->dt_b,       \
-			    (const float *)y->A, (const float *)y->Dp,        \
-			    (const float *)a->xc, (const float *)a->xz,       \
-			    (const float *)y->in_b, cb->pool,                 \
-			    (const int *)cb->d_slots, sf, (size_t)l * E * N,  \
-			    cb->off_dt_sum + (size_t)l * E, E, nb, (T *)a->yT))
-		NPL_SWITCH(N / SSM_LANES, SSM_STEP);
-#undef SSM_STEP
-		split_mark(cb, SSM_CUDA_SSM_STEP);
-		memset(&ep, 0, sizeof(ep));
-		ep.y = a->h;
-		ep.ldy = D;
-		ep.bias = y->out_b;
-		if ((rc = bgemm<T, BG_RES>(cb, y->out_w, a->yT, E, D, E, nb, ep)))
-			goto out;
-		split_mark(cb, SSM_CUDA_OUT_PROJ);
-	}
-	ssmk_add_norm<T><<<nb, 256, 0, s>>>(a->h, NULL, NULL, cb->norm_f, (T *)a->xn,
-					 D, c->eps, cb->pool, cb->d_slots, sf,
-					 cb->off_hidden);
-	CUDA_LAUNCHED();
-	memset(&ep, 0, sizeof(ep));
-	ep.y = a->logits;
-	ep.ldy = V;
-	if ((rc = bgemm<T, BG_STORE>(cb, cb->lm_head, a->xn, D, V, D, nb, ep)))
-		goto out;
 	ssmk_sample<<<nb, SAMPLE_THREADS, 0, s>>>(a->logits, V, cb->d_samp, cb->d_next);
 	CUDA_LAUNCHED();
 	split_mark(cb, SSM_CUDA_HEAD);
@@ -702,9 +424,6 @@ static int decode_any_nb(cuda_backend *cb, int nb)
 {
 	if (decode_small_ok(cb, nb))
 		return decode_small<T, GEMV_MAX_NB>(cb);
-	if constexpr (sizeof(T) == 2)
-		if (decode_batch_ok(cb, nb))
-			return decode_batch<T>(cb, nb);
 	return decode_body<T>(cb, nb);
 }
 
@@ -1427,6 +1146,7 @@ extern "C" int ssm_cuda_decode_split(ssm_backend *b, const int *slots,
 	cb->split_n = 0;
 	split_mark(cb, SSM_CUDA_OTHER); /* the start: its part is not used */
 	rc = decode_body_any(cb, bucket_of(n));
+	split_mark(cb, SSM_CUDA_OTHER);
 	k = cb->split_n;
 	cb->split_n = -1;
 	if (rc)
@@ -1595,13 +1315,6 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	CUDA_TRY(cudaEventCreateWithFlags(&cb->ev_ck[1], cudaEventDisableTiming));
 	CUDA_TRY(cudaEventCreate(&cb->ev_t0));
 	CUDA_TRY(cudaEventCreate(&cb->ev_t1));
-	CUDA_TRY(cudaDeviceGetAttribute(&cb->n_sm, cudaDevAttrMultiProcessorCount,
-					cb->device));
-	cb->batch_cublas = getenv("SSMD_CUDA_BATCH_CUBLAS") != NULL;
-	if (cb->wdtype == SSM_DTYPE_BF16 && (rc = bgemm_setup<__nv_bfloat16>()))
-		goto out;
-	if (cb->wdtype == SSM_DTYPE_F16 && (rc = bgemm_setup<__half>()))
-		goto out;
 	CUBLAS_TRY(cublasCreate(&cb->blas));
 	CUBLAS_TRY(cublasSetStream(cb->blas, cb->stream));
 	/* a fixed workspace lets cuBLAS calls be captured into graphs */

@@ -110,16 +110,6 @@ typedef struct cuda_act {
 	int logit_rows;
 } cuda_act;
 
-/* The launch shape of one batched GEMM (cuda_batch.cuh's ssmk_bgemm) for
- * an (M, K) weight matrix, BT tiles of 16 batch rows and epilogue EPI. */
-typedef struct bg_plan {
-	int M, K, bt, epi;
-	int ks;      /* K split: blocks per cluster */
-	int mw;      /* row groups of 16 weight rows per block */
-	size_t smem; /* dynamic shared memory per block */
-} bg_plan;
-#define CUDA_BG_PLANS 48
-
 /* A batch-size bucket's captured decode step. */
 typedef struct cuda_graph {
 	cudaGraph_t graph;
@@ -144,13 +134,6 @@ typedef struct cuda_backend {
 	cudaEvent_t *split_ev;
 	unsigned char *split_part;
 	int split_n;
-	/* decode_batch (cuda_batch.cuh) serves buckets 2..64 of 16-bit weights
-	 * unless SSMD_CUDA_BATCH_CUBLAS is set at open (then decode_body, the
-	 * cuBLAS path, does: kept to compare the two). */
-	int batch_cublas;
-	int n_sm;                 /* multiprocessors (the batched GEMM's shape) */
-	bg_plan bg_plans[CUDA_BG_PLANS]; /* batched GEMM shapes chosen so far */
-	int n_bg_plans;
 	cublasHandle_t blas;
 	void *blas_ws;            /* cuBLAS workspace (needed for graph capture) */
 	size_t blas_ws_size;

@@ -22,10 +22,10 @@ int ssm_cuda_timer_stop(ssm_backend *b, float *ms);
 /* The parts of a prefill that ssm_cuda_prefill_split() times, per layer
  * summed over the layers, plus the embedding and final norm (TAIL) and what
  * follows the layers' kernels inside ssm_prefill (OTHER: the logits GEMM,
- * checkpoint copies, host work between chunks). A decode step
- * (ssm_cuda_decode_split) has NORM, IN_PROJ (with the conv step on the
- * batched path), CONV (cuBLAS path only), X_PROJ, SSM_STEP, OUT_PROJ, TAIL
- * (the embedding) and HEAD. */
+ * checkpoint copies, host work between chunks). A decode step of 2 or more
+ * rows (ssm_cuda_decode_split) has NORM, IN_PROJ, CONV, X_PROJ, SSM_STEP,
+ * OUT_PROJ, TAIL (the embedding) and HEAD; one of a single row (the fused
+ * batch-1 kernels) is not split: all of it is OTHER. */
 enum ssm_cuda_part {
 	SSM_CUDA_NORM,      /* residual add + RMSNorm */
 	SSM_CUDA_IN_PROJ,   /* in_proj GEMM */

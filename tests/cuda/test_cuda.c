@@ -36,8 +36,7 @@
  * against F32, through up to 24 layers of rounded GEMM inputs. */
 #define TOL_BF16 3e-2
 /* Batched against alone, same weights: only GEMM reduction order differs
- * (cuBLAS for F32 batches of 3, 37 and 64 rows, the tensor-core GEMM of
- * cuda_batch.cuh for BF16 batches of 2, 20 and 64, the batch-1 GEMV kernels
+ * (cuBLAS for batches of 2, 3, 20, 37 and 64 rows, the batch-1 GEMV kernels
  * alone). With BF16
  * weights every GEMM input is rounded to bf16 (2^-9 relative), so an order
  * difference flips roundings and the two runs differ at the bf16 level, as
