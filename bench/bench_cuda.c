@@ -20,9 +20,10 @@
  *   - where a decode step's device time goes at batch 16 and 64: the mean of
  *     10 ungraphed steps of ssm_cuda_decode_split() (an event after each
  *     part of each layer), summed per part over the layers;
- * With BENCH_CUDA_PROFILE set, only decode at batch 1 and 64 (20 timed
+ * With BENCH_CUDA_DECODE_ONLY set, the decode rows alone. With BENCH_CUDA_PROFILE set, only decode at batch 1 and 64 (20 timed
  * steps each) and one 2k prefill run, for a profiler's kernel summary.
- * With BENCH_CUDA_ONLY=decode, only the decode rows and their splits.
+ * With BENCH_CUDA_PREFILL_ONLY set, the prefill rows alone (tokens/s,
+ * split, checkpoints).
  * Device times come from CUDA events on the backend's stream
  * (ssm_cuda_timer_*) around the synchronous calls. The roofline column is
  * the floor time over the measured time, the floor being the larger of
@@ -79,7 +80,8 @@ static void die(const char *what, int rc)
 
 static uint64_t lcg = 0x12345678;
 static int profile; /* BENCH_CUDA_PROFILE: the short run described above */
-static int only_decode; /* BENCH_CUDA_ONLY=decode */
+static int decode_only; /* BENCH_CUDA_DECODE_ONLY: the decode rows alone */
+static int prefill_only; /* BENCH_CUDA_PREFILL_ONLY: the prefill rows alone */
 
 static void fill_tokens(int32_t *t, size_t n, int vocab)
 {
@@ -234,6 +236,28 @@ static void decode_split(const char *label, ssm_backend *b, const int *slots,
 	}
 }
 
+/* Where a batch-1 step's time goes inside the persistent kernel: the mean
+ * share of each phase over 3 traced steps, times the measured step. */
+static void decode1_split(const char *label, ssm_backend *b, double step_ms)
+{
+	double share[SSM_CUDA_N_PHASES] = {0};
+	char fig[64], note[64];
+	int r, rc;
+
+	for (r = 0; r < 3; r++)
+		if ((rc = ssm_cuda_decode1_split(b, 3, 7, share))) {
+			if (rc == SSMD_EUNSUPPORTED)
+				return;
+			die("decode split", rc);
+		}
+	for (int p = 0; p < SSM_CUDA_N_PHASES; p++) {
+		snprintf(fig, sizeof fig, "decode b1 split: %s", ssm_cuda_phase_names[p]);
+		snprintf(note, sizeof note, "(%.1f%% of the step, all layers)",
+			 100 * share[p] / 3);
+		row(label, fig, step_ms * share[p] / 3, "ms", 0, note);
+	}
+}
+
 static void bench_model(const char *label, const char *dir)
 {
 	ssm_model *m = NULL;
@@ -288,7 +312,7 @@ static void bench_model(const char *label, const char *dir)
 		int n = batches[i];
 		const int steps = profile ? 20 : 100;
 
-		if (profile && n != 1 && n != 64)
+		if ((profile && n != 1 && n != 64) || prefill_only)
 			continue;
 		double bytes = sh.w_bytes + n * (sh.state_rw + 4.0 * c->vocab_size);
 		double flops = 2.0 * n * (sh.mm_params + sh.head);
@@ -310,13 +334,15 @@ static void bench_model(const char *label, const char *dir)
 		snprintf(note, sizeof note, "(floor %.3f ms: %.0f MB moved)",
 			 floor_s * 1e3, bytes / 1e6);
 		row(label, fig, med, "ms/step", floor_s * 1e3 / med, note);
+		if (n == 1)
+			decode1_split(label, b, med);
 	}
-	if (!profile)
+	if (!profile && !prefill_only)
 		for (i = 0; i < 2; i++)
 			decode_split(label, b, slots, cur, i ? 64 : 16, c->n_layer);
-	if (only_decode)
-		goto done;
 
+	if (decode_only)
+		goto done;
 	/* prefill */
 	for (i = 0; i < 2; i++) {
 		size_t n = prefills[i];
@@ -357,6 +383,8 @@ static void bench_model(const char *label, const char *dir)
 			 med, base16k, 16384 / e, sh.state_bytes / 1e6);
 		row(label, fig, 100 * (med - base16k) / base16k, "% slower", 0, note);
 	}
+	if (prefill_only)
+		goto done;
 
 	/* decode throughput loss while slot 0 is snapshotted every 256 steps:
 	 * alternate plain and snapshotting runs of 1024 steps, medians */
@@ -431,7 +459,8 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	profile = getenv("BENCH_CUDA_PROFILE") != NULL;
-	only_decode = getenv("BENCH_CUDA_ONLY") && !strcmp(getenv("BENCH_CUDA_ONLY"), "decode");
+	decode_only = getenv("BENCH_CUDA_DECODE_ONLY") != NULL;
+	prefill_only = getenv("BENCH_CUDA_PREFILL_ONLY") != NULL;
 	printf("| model | dtype | %-34s | %10s | %-8s | roofline\n", "figure", "value", "unit");
 	printf("|-------|-------|------------------------------------|------------|----------|---------\n");
 	for (i = 1; i < argc; i++) {

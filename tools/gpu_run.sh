@@ -15,8 +15,10 @@
 #       only bench_cuda's decode rows and splits, once per word of
 #       $DECODE_VARIANTS (default: "default"; a word VAR=VALUE runs with that
 #       environment variable set, to compare settings); the sanitizers
-#       last, on the test's quick mode, since they are the slowest), writes
-#       every log to $OUT (or ./gpu-out) and prints the results table last.
+#       last, on the test's quick mode, since they are the slowest: racecheck
+#       runs the test's groups side by side, SANITIZE_TIMEOUT seconds each,
+#       default 150), writes every log to $OUT (or ./gpu-out) and prints the
+#       results table last.
 set -u
 cd "$(dirname "$0")/.."
 
@@ -118,7 +120,7 @@ if want decode; then
 	for v in ${DECODE_VARIANTS:-default}; do
 		sel=""
 		[ "$v" = default ] || sel=$v
-		env BENCH_CUDA_ONLY=decode $sel timeout 150 "$bin/bench_cuda" \
+		env BENCH_CUDA_DECODE_ONLY=1 $sel timeout 150 "$bin/bench_cuda" \
 			"130m=$models/m130" "1.4b=$models/m1.4b" "2.8b=$models/m2.8b" \
 			>"$out/decode-${v//=/-}.txt" 2>"$out/decode-${v//=/-}.err"
 		echo "bench_cuda ($v) exit $?" >>"$out/decode-${v//=/-}.err"
@@ -159,17 +161,31 @@ if want sanitize || want memcheck || want racecheck; then
 		want sanitize || want $tool || continue
 		opts=""
 		envs="SSMD_CUDA_QUICK=1"
+		groups="all"
 		if [ $tool = racecheck ]; then
 			opts="--kernel-name kns=ssmk_"
 			envs="$envs SSMD_CUDA_F32_ONLY=1"
+			# the test's groups side by side, each under its own tool run
+			groups="fixtures cross batch checkpoints sampling big"
 		fi
-		env $envs timeout 150 compute-sanitizer --tool $tool $opts \
-			--error-exitcode 9 "$bin/test_cuda" >"$out/sanitize-$tool.log" 2>&1
-		rc=$?
-		summary="$summary$tool: exit $rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|^cuda:' \
-			"$out/sanitize-$tool.log" | tr '\n' ' ')
+		pids=""
+		for g in $groups; do
+			only=""
+			[ "$g" = all ] || only="SSMD_CUDA_ONLY=$g"
+			env $envs $only timeout ${SANITIZE_TIMEOUT:-150} compute-sanitizer \
+				--tool $tool $opts --error-exitcode 9 "$bin/test_cuda" \
+				>"$out/sanitize-$tool-$g.log" 2>&1 &
+			pids="$pids $!:$g"
+		done
+		for pg in $pids; do
+			wait "${pg%%:*}"
+			rc=$?
+			g=${pg#*:}
+			summary="$summary$tool $g: exit $rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|^cuda:' \
+				"$out/sanitize-$tool-$g.log" | tr '\n' ' ')
 "
-		tail -n 5 "$out/sanitize-$tool.log"
+			tail -n 3 "$out/sanitize-$tool-$g.log"
+		done
 	done
 fi
 echo "================================================================"

@@ -19,6 +19,7 @@
 #include "cuda_impl.h"
 #include "cuda_kernels.cuh"
 #include "cuda_gemv.cuh"
+#include "cuda_persist.cuh"
 #include "cuda_sample.cuh"
 
 /* Prefill tokens per chunk (bounds activation memory); SSMD_CUDA_CHUNK
@@ -180,6 +181,22 @@ static int gemm(cuda_backend *cb, const void *W, const void *X, int ldx,
 
 	CUBLAS_TRY(cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one,
 				W, cb->wtype, k, X, cb->wtype, ldx, &zero, Y,
+				CUDA_R_32F, ldy, CUBLAS_COMPUTE_32F,
+				CUBLAS_GEMM_DEFAULT));
+out:
+	return rc;
+}
+
+/* Y += X . W^T, shapes as gemm(): the prefill's out_proj adding straight
+ * into the residual stream (C = Y, beta = 1). */
+static int gemm_acc(cuda_backend *cb, const void *W, const void *X, int ldx,
+		    float *Y, int ldy, int m, int n, int k)
+{
+	int rc = SSMD_OK;
+	const float one = 1.0f;
+
+	CUBLAS_TRY(cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one,
+				W, cb->wtype, k, X, cb->wtype, ldx, &one, Y,
 				CUDA_R_32F, ldy, CUBLAS_COMPUTE_32F,
 				CUBLAS_GEMM_DEFAULT));
 out:
@@ -419,9 +436,89 @@ static int decode_small_ok(const cuda_backend *cb, int nb)
 	       (size_t)nb * D * cb->wsize <= (size_t)46 << 10;
 }
 
+/*
+ * The batch-1 step as one persistent kernel (cuda_persist.cuh), then the
+ * sampling kernel: the same contract as decode_body at nb = 1. Launched
+ * cooperatively, so every block is resident (or the launch fails).
+ */
+template <typename T>
+static int decode_persist(cuda_backend *cb)
+{
+	int rc = SSMD_OK;
+	const ssm_config *c = &cb->cfg;
+	cuda_act *a = &cb->act;
+	cudaStream_t s = cb->stream;
+	cudaLaunchAttribute at[1] = {};
+	cudaLaunchConfig_t lc = {};
+	pk_args p = {};
+
+	p.layers = cb->d_layers;
+	p.embed = cb->embed;
+	p.lm_head = cb->lm_head;
+	p.norm_f = cb->norm_f;
+	p.pool = cb->pool;
+	p.slots = cb->d_slots;
+	p.tokens = cb->d_tokens;
+	p.state_floats = cb->state_floats;
+	p.off_conv = cb->off_conv;
+	p.off_hidden = cb->off_hidden;
+	p.off_dt_sum = cb->off_dt_sum;
+	p.D = c->d_model;
+	p.E = c->d_inner;
+	p.N = c->d_state;
+	p.K = c->d_conv;
+	p.R = c->dt_rank;
+	p.V = c->vocab_size;
+	p.W = c->dt_rank + 2 * c->d_state;
+	p.n_layer = c->n_layer;
+	p.P = cb->pk_parts;
+	p.eps = c->eps;
+	p.xz = a->xz;
+	p.xc = a->xc;
+	p.part = cb->pk_part;
+	p.h = a->h;
+	p.logits = a->logits;
+	p.xcT = a->xcT;
+	p.yT = a->yT;
+	p.bar = cb->pk_bar;
+	p.trace = cb->pk_trace;
+
+	at[0].id = cudaLaunchAttributeCooperative;
+	at[0].val.cooperative = 1;
+	lc.gridDim = dim3(cb->pk_grid);
+	lc.blockDim = dim3(PK_THREADS);
+	lc.dynamicSmemBytes = pk_smem_bytes(p.D, p.E, p.W, p.P, sizeof(T), p.n_layer);
+	lc.stream = s;
+	lc.attrs = at;
+	lc.numAttrs = 1;
+#define PERSIST(npl) CUDA_TRY(cudaLaunchKernelEx(&lc, ssmk_decode_persist<T, npl>, p))
+	NPL_SWITCH(c->d_state / SSM_LANES, PERSIST);
+#undef PERSIST
+	ssmk_sample<<<1, SAMPLE_THREADS, 0, s>>>(a->logits, p.V, cb->d_samp, cb->d_next);
+	CUDA_LAUNCHED();
+out:
+	return rc;
+}
+
+/* Whether the persistent kernel serves this backend (decode_persist_init
+ * found a grid) and the step is one row; SSMD_CUDA_DECODE1=gemv picks the
+ * four-kernel path instead, for comparison. */
+static int decode_persist_ok(const cuda_backend *cb, int nb)
+{
+	static int gemv = -1;
+
+	if (gemv < 0) {
+		const char *v = getenv("SSMD_CUDA_DECODE1");
+		gemv = v && !strcmp(v, "gemv");
+	}
+	return nb == 1 && cb->pk_grid > 0 && !gemv;
+}
+
 template <typename T>
 static int decode_any_nb(cuda_backend *cb, int nb)
 {
+	if (decode_persist_ok(cb, nb))
+		return decode_persist<T>(cb);
 	if (decode_small_ok(cb, nb))
 		return decode_small<T, GEMV_MAX_NB>(cb);
 	return decode_body<T>(cb, nb);
@@ -442,9 +539,34 @@ static int decode_body_any(cuda_backend *cb, int nb)
  * their full states land in d_ck + k * state_floats. Enqueues only.
  */
 
+/*
+ * Copies floats [off, off + width) of the nq checkpoint states in d_ck to the
+ * same place in h_ck, on the copy stream once the compute stream has come
+ * this far: a layer's part of every checkpoint travels while the next layers
+ * compute.
+ */
+static int ck_copy_part(cuda_backend *cb, const float *d_ck, float *h_ck, int nq,
+			size_t off, size_t width)
+{
+	int rc = SSMD_OK;
+	const size_t pitch = cb->state_floats * sizeof(float);
+
+	CUDA_TRY(cudaMemcpy2DAsync(h_ck + off, pitch, d_ck + off, pitch, width * sizeof(float),
+				   nq, cudaMemcpyDeviceToHost, cb->copy_stream));
+out:
+	return rc;
+}
+
+/*
+ * Prefill of L tokens (already in d_tokens) into slot. nq checkpoint
+ * positions (chunk-relative, ascending, distinct) are in d_ck_pos and qs:
+ * their full states land in d_ck + k * state_floats, and each layer's part
+ * of them goes on to h_ck (pinned, same layout) on the copy stream right
+ * after that layer. Enqueues only.
+ */
 template <typename T>
 static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
-			int nq, float *d_ck)
+			int nq, float *d_ck, float *h_ck)
 {
 	int rc = SSMD_OK;
 	const ssm_config *c = &cb->cfg;
@@ -454,8 +576,10 @@ static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
 	float *base = cb->pool + (size_t)slot * sf;
 	cuda_act *a = &cb->act;
 	cudaStream_t s = cb->stream;
-	const int nseg = cdiv(L, SCAN_SEG);
-	const size_t smem = scan_smem_bytes(N);
+	const int seg_len = cb->scan_seg;
+	const int nseg = cdiv(L, seg_len);
+	const size_t smem1 = scan_smem_bytes(N, true), smem3 = scan_smem_bytes(N, false);
+	const bool norm_v4 = D % 4 == 0 && D <= 4 * 256 * NORM_V4;
 	int l, k;
 
 	ssmk_embed<T><<<L, 256, 0, s>>>(cb->d_tokens, (const T *)cb->embed, a->h, D);
@@ -467,19 +591,31 @@ static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
 		const size_t conv_off = cb->off_conv + (size_t)l * E * (K - 1);
 		const size_t ssm_off = (size_t)l * E * N;
 		const size_t dts_off = cb->off_dt_sum + (size_t)l * E;
+		/* every out_proj but the last adds into h itself (GEMM beta = 1) */
+		const bool acc = norm_v4 && l + 1 < c->n_layer;
 
-		ssmk_add_norm<T><<<L, 256, 0, s>>>(a->h, p ? a->mix : NULL,
-						p ? p->out_b : NULL, y->norm,
-						(T *)a->xn, D, c->eps, NULL, NULL,
-						0, 0);
+		if (norm_v4)
+			ssmk_norm_rows<T><<<L, 256, 0, s>>>(a->h, p ? p->out_b : NULL,
+							 y->norm, (T *)a->xn, D,
+							 c->eps);
+		else
+			ssmk_add_norm<T><<<L, 256, 0, s>>>(a->h, p ? a->mix : NULL,
+							p ? p->out_b : NULL, y->norm,
+							(T *)a->xn, D, c->eps, NULL,
+							NULL, 0, 0);
 		CUDA_LAUNCHED();
 		split_mark(cb, SSM_CUDA_NORM);
 		if ((rc = gemm(cb, y->in_w, a->xn, D, a->xz, 2 * E, 2 * E, L, D)))
 			goto out;
 		split_mark(cb, SSM_CUDA_IN_PROJ);
-		ssmk_conv_seq<T><<<dim3(cdiv(E, 128), L), 128, 0, s>>>(
-			a->xz, y->in_b, y->conv_w, y->conv_b, base + conv_off, E,
-			K, a->xc, (T *)a->xcT);
+		if (K == 4 && E % 4 == 0)
+			ssmk_conv_run<T, 4><<<dim3(cdiv(E, 512), cdiv(L, CONV_RUN)), 128, 0, s>>>(
+				a->xz, y->in_b, y->conv_w, y->conv_b, base + conv_off, E,
+				L, a->xc, (T *)a->xcT);
+		else
+			ssmk_conv_seq<T><<<dim3(cdiv(E, 128), L), 128, 0, s>>>(
+				a->xz, y->in_b, y->conv_w, y->conv_b, base + conv_off, E,
+				K, a->xc, (T *)a->xcT);
 		CUDA_LAUNCHED();
 		if (nq) {
 			ssmk_conv_window<<<cdiv(E, 128), 128, 0, s>>>(
@@ -501,15 +637,27 @@ static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
 		if ((rc = gemm(cb, y->dt_w, a->dlT, R, a->dtr, E, E, L, R)))
 			goto out;
 		split_mark(cb, SSM_CUDA_DT);
+		/* pass 1 covers segments 0 .. nseg-2 (the last one's end state
+		 * from zero is never needed) and leaves softplus'd dt there */
 #define SCAN(npl)                                                             \
 	do {                                                                  \
+		if (smem3 > 48 * 1024)                                        \
+			CUDA_TRY(cudaFuncSetAttribute(                        \
+				ssmk_scan<T, npl, false>,                     \
+				cudaFuncAttributeMaxDynamicSharedMemorySize,  \
+				(int)smem3));                                 \
+		if (smem1 > 48 * 1024)                                        \
+			CUDA_TRY(cudaFuncSetAttribute(                        \
+				ssmk_scan<T, npl, true>,                      \
+				cudaFuncAttributeMaxDynamicSharedMemorySize,  \
+				(int)smem1));                                 \
 		if (nseg > 1) {                                               \
-			ssmk_scan<T, npl, true><<<dim3(cdiv(E, SSM_CH_PER_BLOCK), nseg), \
-					       128, smem, s>>>(                \
-				a->dtr, y->dt_b, a->dbc, R, a->xc, a->xz,     \
+			ssmk_scan<T, npl, true><<<dim3(cdiv(E, SSM_CH_PER_BLOCK), nseg - 1), \
+					       128, smem1, s>>>(               \
+				a->dtr, y->dt_b, 0, a->dbc, R, a->xc, a->xz,  \
 				y->in_b, y->A, y->Dp, NULL, NULL, 0, 0,       \
-				a->seg_h, a->seg_dt, NULL, NULL, E, L, NULL,  \
-				0, NULL, 0, 0, 0, (T *)a->yT);                \
+				a->seg_h, a->seg_dt, NULL, NULL, E, L,        \
+				seg_len, NULL, 0, NULL, 0, 0, 0, (T *)a->yT); \
 			CUDA_LAUNCHED();                                      \
 			ssmk_scan_combine<<<cdiv(E * N, 256), 256, 0, s>>>(      \
 				y->A, base + ssm_off, base + dts_off,         \
@@ -519,20 +667,29 @@ static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
 		}                                                             \
 		split_mark(cb, SSM_CUDA_SCAN1);                               \
 		ssmk_scan<T, npl, false><<<dim3(cdiv(E, SSM_CH_PER_BLOCK), nseg), \
-					128, smem, s>>>(                       \
-			a->dtr, y->dt_b, a->dbc, R, a->xc, a->xz, y->in_b,    \
-			y->A, y->Dp,                                          \
+					128, smem3, s>>>(                      \
+			a->dtr, y->dt_b, nseg - 1, a->dbc, R, a->xc, a->xz,   \
+			y->in_b, y->A, y->Dp,                                 \
 			nseg > 1 ? a->start_h : base + ssm_off,               \
 			nseg > 1 ? a->start_d : base + dts_off,               \
 			(size_t)E * N, (size_t)E, NULL, NULL, base + ssm_off, \
-			base + dts_off, E, L, cb->d_ck_pos, nq, d_ck, sf,     \
-			ssm_off, dts_off, (T *)a->yT);                        \
+			base + dts_off, E, L, seg_len, cb->d_ck_pos, nq, d_ck,\
+			sf, ssm_off, dts_off, (T *)a->yT);                    \
 	} while (0)
 		NPL_SWITCH(N / SSM_LANES, SCAN);
 #undef SCAN
 		CUDA_LAUNCHED();
 		split_mark(cb, SSM_CUDA_SCAN2);
-		if ((rc = gemm(cb, y->out_w, a->yT, E, a->mix, D, D, L, E)))
+		if (nq) {
+			CUDA_TRY(cudaEventRecord(cb->ev_compute, s));
+			CUDA_TRY(cudaStreamWaitEvent(cb->copy_stream, cb->ev_compute, 0));
+			if ((rc = ck_copy_part(cb, d_ck, h_ck, nq, ssm_off, (size_t)E * N)) ||
+			    (rc = ck_copy_part(cb, d_ck, h_ck, nq, conv_off, (size_t)E * (K - 1))) ||
+			    (rc = ck_copy_part(cb, d_ck, h_ck, nq, dts_off, (size_t)E)))
+				goto out;
+		}
+		if ((rc = acc ? gemm_acc(cb, y->out_w, a->yT, E, a->h, D, D, L, E)
+			      : gemm(cb, y->out_w, a->yT, E, a->mix, D, D, L, E)))
 			goto out;
 		split_mark(cb, SSM_CUDA_OUT_PROJ);
 	}
@@ -548,18 +705,24 @@ static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
 					 a->h + (size_t)(qs[k] - 1) * D,
 					 D * sizeof(float),
 					 cudaMemcpyDeviceToDevice, s));
+	if (nq) {
+		CUDA_TRY(cudaEventRecord(cb->ev_compute, s));
+		CUDA_TRY(cudaStreamWaitEvent(cb->copy_stream, cb->ev_compute, 0));
+		if ((rc = ck_copy_part(cb, d_ck, h_ck, nq, cb->off_hidden, (size_t)D)))
+			goto out;
+	}
 	split_mark(cb, SSM_CUDA_TAIL);
 out:
 	return rc;
 }
 
 static int prefill_body_any(cuda_backend *cb, int slot, int L, const int *qs,
-			    int nq, float *d_ck)
+			    int nq, float *d_ck, float *h_ck)
 {
 	switch (cb->wdtype) {
-	case SSM_DTYPE_F32: return prefill_body<float>(cb, slot, L, qs, nq, d_ck);
-	case SSM_DTYPE_F16: return prefill_body<__half>(cb, slot, L, qs, nq, d_ck);
-	default: return prefill_body<__nv_bfloat16>(cb, slot, L, qs, nq, d_ck);
+	case SSM_DTYPE_F32: return prefill_body<float>(cb, slot, L, qs, nq, d_ck, h_ck);
+	case SSM_DTYPE_F16: return prefill_body<__half>(cb, slot, L, qs, nq, d_ck, h_ck);
+	default: return prefill_body<__nv_bfloat16>(cb, slot, L, qs, nq, d_ck, h_ck);
 	}
 }
 
@@ -797,8 +960,8 @@ out:
 /*
  * Chunks of at most cb->chunk tokens (cut short so that a chunk holds at
  * most ck_max distinct checkpoint positions). A chunk's checkpoint states go
- * to the host on the copy stream while the next chunk computes (two
- * buffers), and their callbacks run meanwhile.
+ * to the host on the copy stream layer by layer as the chunk computes (two
+ * buffers), and their callbacks run while the next chunk computes.
  */
 static int cuda_prefill(ssm_backend *b, int slot, const ssm_prefill_args *a)
 {
@@ -840,7 +1003,8 @@ static int cuda_prefill(ssm_backend *b, int slot, const ssm_prefill_args *a)
 			/* d_ck[buf] is free once its last copy to the host is done */
 			CUDA_TRY(cudaStreamWaitEvent(cb->stream, cb->ev_ck[buf], 0));
 		}
-		if ((rc = prefill_body_any(cb, slot, (int)L, p->qs, nq, ck_dev(cb, buf))))
+		if ((rc = prefill_body_any(cb, slot, (int)L, p->qs, nq, ck_dev(cb, buf),
+					   cb->h_ck + (size_t)buf * cb->ck_max * sf)))
 			goto out;
 		cb->n_tokens[slot] = start_tokens + pos + L;
 		for (r = 0; a->all_logits && r < L; r += CUDA_LOGIT_ROWS) {
@@ -862,11 +1026,7 @@ static int cuda_prefill(ssm_backend *b, int slot, const ssm_prefill_args *a)
 						 cudaMemcpyDeviceToHost, cb->stream));
 		}
 		if (nq) {
-			CUDA_TRY(cudaEventRecord(cb->ev_compute, cb->stream));
-			CUDA_TRY(cudaStreamWaitEvent(cb->copy_stream, cb->ev_compute, 0));
-			CUDA_TRY(cudaMemcpyAsync(cb->h_ck + (size_t)buf * cb->ck_max * sf,
-						 ck_dev(cb, buf), nq * sf * sizeof(float),
-						 cudaMemcpyDeviceToHost, cb->copy_stream));
+			/* the layers' parts were enqueued by prefill_body */
 			CUDA_TRY(cudaEventRecord(cb->ev_ck[buf], cb->copy_stream));
 			p->active = 1;
 			p->buf = buf;
@@ -1077,6 +1237,61 @@ const char *const ssm_cuda_part_names[SSM_CUDA_N_PARTS] = {
 	"final norm/lm_head/sample",
 };
 
+extern "C" const char *const ssm_cuda_phase_names[SSM_CUDA_N_PHASES] = {
+	"A: norm, in_proj, conv", "A: barrier", "B: x_proj", "B: barrier",
+	"C: ssm step", "C: barrier", "D: out_proj", "D: barrier", "final norm, lm_head",
+};
+
+extern "C" int ssm_cuda_decode1_split(ssm_backend *b, int slot, int32_t token,
+				      double share[SSM_CUDA_N_PHASES])
+{
+	cuda_backend *cb;
+	int rc, l, ph, n;
+	long long *tr = NULL;
+	double total;
+
+	if ((rc = cuda_backend_check(b)))
+		return rc;
+	cb = cb_of(b);
+	if (!decode_persist_ok(cb, 1))
+		return ssmd_err_set(SSMD_EUNSUPPORTED, "decode split: no persistent kernel here");
+	n = 8 * cb->cfg.n_layer + 2;
+	tr = (long long *)malloc(n * sizeof(long long));
+	if (!tr)
+		return ssmd_err_set(SSMD_ENOMEM, "decode split: no memory");
+	if (!cb->pk_trace_buf &&
+	    (rc = dev_alloc(cb, n * sizeof(long long), (void **)&cb->pk_trace_buf)))
+		goto out;
+	/* one greedy step outside the bucket's graph, with the marks on */
+	memset(&cb->h_samp[0], 0, sizeof(cuda_sampler));
+	cb->h_slots[0] = slot;
+	cb->h_tokens[0] = token;
+	CUDA_TRY(cudaMemcpyAsync(cb->d_io, cb->h_io,
+				 (char *)(cb->h_tokens + 1) - (char *)cb->h_io,
+				 cudaMemcpyHostToDevice, cb->stream));
+	cb->pk_trace = cb->pk_trace_buf;
+	switch (cb->wdtype) {
+	case SSM_DTYPE_F32: rc = decode_persist<float>(cb); break;
+	case SSM_DTYPE_F16: rc = decode_persist<__half>(cb); break;
+	default: rc = decode_persist<__nv_bfloat16>(cb); break;
+	}
+	cb->pk_trace = NULL;
+	if (rc)
+		goto out;
+	cb->n_tokens[slot]++;
+	CUDA_TRY(cudaMemcpyAsync(tr, cb->pk_trace_buf, n * sizeof(long long),
+				 cudaMemcpyDeviceToHost, cb->stream));
+	CUDA_TRY(cudaStreamSynchronize(cb->stream));
+	total = (double)(tr[n - 1] - tr[0]);
+	for (l = 0; l < cb->cfg.n_layer; l++)
+		for (ph = 0; ph < 8; ph++)
+			share[ph] += (tr[l * 8 + ph + 1] - tr[l * 8 + ph]) / total;
+	share[SSM_CUDA_N_PHASES - 1] += (tr[n - 1] - tr[n - 2]) / total;
+out:
+	free(tr);
+	return rc;
+}
+
 extern "C" int ssm_cuda_prefill_split(ssm_backend *b, int slot,
 				      const ssm_prefill_args *a,
 				      double ms[SSM_CUDA_N_PARTS])
@@ -1225,6 +1440,64 @@ static void cuda_close(ssm_backend *b)
 }
 
 
+/*
+ * Sets up the persistent batch-1 kernel (cuda_persist.cuh) where it can run:
+ * row lengths in whole 16-byte pieces, the conv epilogue's 2 * d_conv + 1
+ * lanes in a warp, its shared memory within the default 48 KB, cooperative
+ * launch, and one block per SM resident. Otherwise pk_grid stays 0 and
+ * batch 1 takes the four-kernel path.
+ */
+template <typename T>
+static int persist_init_t(cuda_backend *cb)
+{
+	int rc = SSMD_OK, occ = 0, sms = 0, coop = 0, P, max_p;
+	const ssm_config *c = &cb->cfg;
+	const int vec = 16 / sizeof(T), W = c->dt_rank + 2 * c->d_state;
+	size_t smem;
+
+	if (c->d_model % vec || c->d_inner % vec || 2 * c->d_conv + 1 > 32)
+		return SSMD_OK;
+	CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, cb->device));
+	CUDA_TRY(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, cb->device));
+	/* x_proj rows in parts, so its few rows still occupy every warp,
+	 * each part at least one piece per lane */
+	max_p = c->d_inner / vec / 32;
+	P = sms * PK_WARPS / W;
+	if (P > max_p)
+		P = max_p;
+	if (P < 1)
+		P = 1;
+	smem = pk_smem_bytes(c->d_model, c->d_inner, W, P, sizeof(T), c->n_layer);
+	if (smem > (size_t)46 << 10)
+		return SSMD_OK;
+#define OCC(npl)                                                                   \
+	CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(                    \
+		&occ, ssmk_decode_persist<T, npl>, PK_THREADS, smem))
+	NPL_SWITCH(c->d_state / SSM_LANES, OCC);
+#undef OCC
+	if (!coop || occ < 1)
+		return SSMD_OK;
+	if ((rc = dev_upload(cb, cb->layers, c->n_layer * sizeof(cuda_layer),
+			     (void **)&cb->d_layers)) ||
+	    (rc = dev_alloc(cb, sizeof(pk_bar), (void **)&cb->pk_bar)) ||
+	    (rc = dev_alloc(cb, (size_t)W * P * sizeof(float), (void **)&cb->pk_part)))
+		goto out;
+	CUDA_TRY(cudaMemset(cb->pk_bar, 0, sizeof(pk_bar)));
+	cb->pk_grid = sms;
+	cb->pk_parts = P;
+out:
+	return rc;
+}
+
+static int persist_init(cuda_backend *cb)
+{
+	switch (cb->wdtype) {
+	case SSM_DTYPE_F32: return persist_init_t<float>(cb);
+	case SSM_DTYPE_F16: return persist_init_t<__half>(cb);
+	default: return persist_init_t<__nv_bfloat16>(cb);
+	}
+}
+
 /* Activation buffers for `rows` rows; logits for logit_rows rows. */
 static int act_alloc(cuda_backend *cb, int rows, int logit_rows)
 {
@@ -1249,7 +1522,7 @@ static int act_alloc(cuda_backend *cb, int rows, int logit_rows)
 	    (rc = dev_alloc(cb, (size_t)logit_rows * c->vocab_size * 4,
 			    (void **)&a->logits)))
 		return rc;
-	a->n_seg = cdiv(cb->chunk, SCAN_SEG);
+	a->n_seg = cdiv(cb->chunk, cb->scan_seg);
 	if ((rc = dev_alloc(cb, (size_t)a->n_seg * E * c->d_state * 4, (void **)&a->seg_h)) ||
 	    (rc = dev_alloc(cb, (size_t)a->n_seg * E * 4, (void **)&a->seg_dt)) ||
 	    (rc = dev_alloc(cb, (size_t)a->n_seg * E * c->d_state * 4, (void **)&a->start_h)) ||
@@ -1353,6 +1626,12 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	env = getenv("SSMD_CUDA_CHUNK");
 	if (env && atoi(env) > 0)
 		cb->chunk = atoi(env);
+	/* the scan's segment length (a multiple of its tile); SSMD_CUDA_SCAN_SEG
+	 * overrides it for tuning */
+	cb->scan_seg = SCAN_SEG;
+	env = getenv("SSMD_CUDA_SCAN_SEG");
+	if (env && atoi(env) >= SCAN_TILE)
+		cb->scan_seg = atoi(env) / SCAN_TILE * SCAN_TILE;
 	cb->ck_max = (int)(CUDA_CK_BUDGET / (cb->state_floats * sizeof(float)));
 	if (cb->ck_max < 1)
 		cb->ck_max = 1;
@@ -1388,6 +1667,8 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 			    (void **)&cb->d_ck)) ||
 	    (rc = dev_alloc(cb, cb->ck_max * sizeof(int), (void **)&cb->d_ck_pos)) ||
 	    (rc = dev_alloc(cb, cb->max_batch * sizeof(int32_t), (void **)&cb->d_next)))
+		goto out;
+	if ((rc = persist_init(cb)))
 		goto out;
 	CUDA_TRY(cudaMallocHost((void **)&cb->h_state, cb->state_floats * sizeof(float)));
 	CUDA_TRY(cudaMallocHost((void **)&cb->h_logits,

@@ -157,6 +157,7 @@ typedef struct cuda_backend {
 	cuda_act act;
 	int max_batch;        /* largest decode bucket */
 	int chunk;            /* prefill tokens per chunk */
+	int scan_seg;         /* prefill scan segment length (tokens) */
 	/* Decode inputs travel in one copy: h_io -> d_io, laid out as
 	 *   int slots[max_batch] (-1 = padding row) | cuda_sampler samp[max_batch]
 	 *   | int32 tokens[max(max_batch, chunk)]
@@ -171,6 +172,16 @@ typedef struct cuda_backend {
 	float *h_logits;      /* pinned (act.logit_rows, vocab) */
 	cuda_graph *graphs;   /* indexed by log2(bucket) */
 	int n_graphs;
+
+	/* The batch-1 persistent decode kernel (cuda_persist.cuh): its grid
+	 * (0: not usable here), x_proj parts, barrier words, partial sums and a
+	 * device copy of `layers`. */
+	int pk_grid, pk_parts;
+	struct pk_bar *pk_bar;
+	float *pk_part;
+	cuda_layer *d_layers;
+	long long *pk_trace;     /* where the kernel marks phases now, or NULL */
+	long long *pk_trace_buf; /* ssm_cuda_decode1_split()'s marks */
 
 	/* Prefill checkpoints: up to ck_max full states per chunk, two buffers
 	 * so one chunk's states travel to the host while the next computes. */

@@ -52,6 +52,22 @@ __device__ __forceinline__ float softplus(float v)
 	return v > 20.0f ? v : log1pf(expf(v));
 }
 
+/* The prefill scan's variants, fewer instructions for the per-(token,
+ * channel) gate and dt: __expf (ex2.approx after a multiply by log2 e; at
+ * most 2 + floor(|1.173 v|) ulp, so ~3e-6 relative at |v| = 20, ~1e-6 at
+ * the |v| < 5 that dt and z mostly take) and __fdividef (2 ulp) instead of
+ * the correctly rounded expf and division. silu_fast(v) -> -0 for v below
+ * about -88, where the denominator overflows, as silu does. */
+__device__ __forceinline__ float silu_fast(float v)
+{
+	return __fdividef(v, 1.0f + __expf(-v));
+}
+
+__device__ __forceinline__ float softplus_fast(float v)
+{
+	return v > 20.0f ? v : log1pf(__expf(v));
+}
+
 /* Eight f32 values (or four for f32 storage) from one 16-byte load. */
 __device__ __forceinline__ void unpack16(const uint4 &v, float *f, float)
 {
@@ -159,6 +175,74 @@ __global__ void ssmk_add_norm(float *h, const float *mix, const float *mix_b,
 		xr[i] = from_f32<T>(hr[i] * scale * w[i]);
 		if (hid)
 			hid[i] = hr[i];
+	}
+}
+
+/*
+ * Prefill RMSNorm of L rows, one block (256 threads) per row, the row held
+ * in registers as float4 (D % 4 == 0, D <= 4 * 256 * NORM_V4):
+ *   h[r] += bias                      (when bias != NULL: the previous
+ *                                      layer's out_proj bias)
+ *   xn[r] = h[r] * rsqrt(mean(h[r]^2) + eps) * w       (in T)
+ * The residual add itself happens in the out_proj GEMM (beta = 1 into h).
+ * grid (L), block 256.
+ */
+#define NORM_V4 4
+
+template <typename T>
+__global__ void __launch_bounds__(256)
+ssmk_norm_rows(float *__restrict__ h, const float *__restrict__ bias,
+	       const float *__restrict__ w, T *__restrict__ xn, int D, float eps)
+{
+	__shared__ float red[32];
+	float4 *hr = (float4 *)(h + (size_t)blockIdx.x * D);
+	const float4 *b4 = (const float4 *)bias, *w4 = (const float4 *)w;
+	const int D4 = D / 4;
+	float4 v[NORM_V4];
+	float ss = 0.0f;
+
+#pragma unroll
+	for (int k = 0; k < NORM_V4; k++) {
+		const int i = threadIdx.x + k * blockDim.x;
+		if (i < D4) {
+			v[k] = hr[i];
+			if (bias) {
+				const float4 bb = b4[i];
+				v[k].x += bb.x;
+				v[k].y += bb.y;
+				v[k].z += bb.z;
+				v[k].w += bb.w;
+				hr[i] = v[k];
+			}
+			ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z +
+			      v[k].w * v[k].w;
+		}
+	}
+	for (int o = 16; o > 0; o >>= 1)
+		ss += __shfl_xor_sync(0xffffffffu, ss, o);
+	if ((threadIdx.x & 31) == 0)
+		red[threadIdx.x >> 5] = ss;
+	__syncthreads();
+	if (threadIdx.x < 32) {
+		ss = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.0f;
+		for (int o = 16; o > 0; o >>= 1)
+			ss += __shfl_xor_sync(0xffffffffu, ss, o);
+		if (threadIdx.x == 0)
+			red[0] = ss;
+	}
+	__syncthreads();
+	const float scale = rsqrtf(red[0] / (float)D + eps);
+	T *xr = xn + (size_t)blockIdx.x * D;
+#pragma unroll
+	for (int k = 0; k < NORM_V4; k++) {
+		const int i = threadIdx.x + k * blockDim.x;
+		if (i < D4) {
+			const float4 ww = w4[i];
+			xr[4 * i] = from_f32<T>(v[k].x * scale * ww.x);
+			xr[4 * i + 1] = from_f32<T>(v[k].y * scale * ww.y);
+			xr[4 * i + 2] = from_f32<T>(v[k].z * scale * ww.z);
+			xr[4 * i + 3] = from_f32<T>(v[k].w * scale * ww.w);
+		}
 	}
 }
 
@@ -495,6 +579,76 @@ __global__ void ssmk_conv_seq(const float *xz, const float *in_b, const float *c
 }
 
 /*
+ * The prefill conv of ssmk_conv_seq for d_conv == K, one thread per 4
+ * consecutive channels (E % 4 == 0) and run of CONV_RUN tokens: the run's
+ * K-1 + CONV_RUN input rows are loaded once into registers as float4 (a warp
+ * reads 512 contiguous bytes of a row, all loads in flight together), and
+ * each output is formed from them with the same sum order as ssmk_conv_seq.
+ * grid (ceil(E/512), ceil(L/CONV_RUN)), block 128.
+ */
+#define CONV_RUN 16
+
+__device__ __forceinline__ float4 f4_add(float4 a, float4 b)
+{
+	return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
+
+template <typename T, int K>
+__global__ void __launch_bounds__(128)
+ssmk_conv_run(const float *__restrict__ xz, const float *__restrict__ in_b,
+	      const float *__restrict__ cw, const float *__restrict__ cb,
+	      const float *__restrict__ conv, int E, int L, float *__restrict__ xc,
+	      T *__restrict__ xcT)
+{
+	const int e = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
+	const int t0 = blockIdx.y * CONV_RUN;
+	if (e >= E)
+		return;
+	const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+	const float4 bias = in_b ? *(const float4 *)(in_b + e) : zero;
+	const float4 acc0 = cb ? *(const float4 *)(cb + e) : zero;
+	float w[4][K];
+	float4 v[CONV_RUN + K - 1];
+
+#pragma unroll
+	for (int c = 0; c < 4; c++)
+#pragma unroll
+		for (int j = 0; j < K; j++)
+			w[c][j] = cw[(size_t)(e + c) * K + j];
+#pragma unroll
+	for (int j = 0; j < CONV_RUN + K - 1; j++) {
+		const int p = t0 - (K - 1) + j;
+		if (p < 0) {
+			const float *cs = conv + (size_t)e * (K - 1) + (K - 1) + p;
+			v[j] = make_float4(cs[0], cs[K - 1], cs[2 * (K - 1)], cs[3 * (K - 1)]);
+		} else {
+			v[j] = p < L ? f4_add(*(const float4 *)(xz + (size_t)p * 2 * E + e), bias)
+				     : zero;
+		}
+	}
+#pragma unroll
+	for (int i = 0; i < CONV_RUN; i++) {
+		if (t0 + i >= L)
+			break;
+		float4 acc = acc0;
+#pragma unroll
+		for (int j = 0; j < K; j++) {
+			acc.x += w[0][j] * v[i + j].x;
+			acc.y += w[1][j] * v[i + j].y;
+			acc.z += w[2][j] * v[i + j].z;
+			acc.w += w[3][j] * v[i + j].w;
+		}
+		const float4 y = make_float4(silu(acc.x), silu(acc.y), silu(acc.z), silu(acc.w));
+		const size_t o = (size_t)(t0 + i) * E + e;
+		*(float4 *)(xc + o) = y;
+		xcT[o] = from_f32<T>(y.x);
+		xcT[o + 1] = from_f32<T>(y.y);
+		xcT[o + 2] = from_f32<T>(y.z);
+		xcT[o + 3] = from_f32<T>(y.w);
+	}
+}
+
+/*
  * Conv windows after chunk position q (the newest K-1 inputs up to and
  * including token q-1 of the chunk), for each q in qs[0..nq):
  *   dst[k * dst_stride + e * (K-1) + j] = in(q - (K-1) + j),  j < K-1
@@ -533,154 +687,294 @@ __global__ void ssmk_dt_low(const float *dbc, int W, int R, T *dlT)
 }
 
 /*
+ * Asynchronous global -> shared copies (sm_80+): cp.async with a source
+ * size, so a column past the end of a row is zero-filled instead of read.
+ * A thread's copies are grouped by cp_async_commit; cp_async_wait<n> returns
+ * once at most n of its groups are still in flight (then a barrier makes
+ * every thread's landed copies visible to the block).
+ */
+__device__ __forceinline__ void cp_async4(float *dst, const float *src, bool ok)
+{
+	const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+	asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" ::"r"(d), "l"(src),
+		     "r"(ok ? 4 : 0) : "memory");
+}
+
+__device__ __forceinline__ void cp_async16(float *dst, const float *src, bool ok)
+{
+	const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src),
+		     "r"(ok ? 16 : 0) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit(void)
+{
+	asm volatile("cp.async.commit_group;" ::: "memory");
+}
+
+template <int n> __device__ __forceinline__ void cp_async_wait(void)
+{
+	asm volatile("cp.async.wait_group %0;" ::"n"(n) : "memory");
+}
+
+/*
+ * dst (nt, nc) dense in shared memory  <-  src rows [0, nt) (row stride ld
+ * floats), columns [c0, c0 + nc); columns >= cmax are zero-filled. vec: 16-byte
+ * copies, valid when ld, c0, nc, cmax are multiples of 4 and src is 16-byte
+ * aligned. Called by every thread of the block.
+ */
+__device__ __forceinline__ void tile_load(float *dst, const float *src, size_t ld, int nt,
+					  int c0, int nc, int cmax, bool vec)
+{
+	if (vec) {
+		const int nq = nc / 4;
+		for (int i = threadIdx.x; i < nt * nq; i += blockDim.x) {
+			const int tt = i / nq, c = c0 + 4 * (i % nq);
+			cp_async16(dst + 4 * i, src + (size_t)tt * ld + (c < cmax ? c : 0),
+				   c < cmax);
+		}
+	} else {
+		for (int i = threadIdx.x; i < nt * nc; i += blockDim.x) {
+			const int tt = i / nc, c = c0 + i % nc;
+			cp_async4(dst + i, src + (size_t)tt * ld + (c < cmax ? c : 0), c < cmax);
+		}
+	}
+}
+
+/* dst[0..n) = src[0..n) from shared memory in the widest loads n allows
+ * (src aligned to 4n bytes when n <= 4, to 16 bytes beyond). */
+template <int n> __device__ __forceinline__ void lds_vec(float *dst, const float *src)
+{
+	if (n % 4 == 0) {
+#pragma unroll
+		for (int q = 0; q < n / 4; q++) {
+			const float4 v = ((const float4 *)src)[q];
+			dst[4 * q] = v.x;
+			dst[4 * q + 1] = v.y;
+			dst[4 * q + 2] = v.z;
+			dst[4 * q + 3] = v.w;
+		}
+	} else if (n == 2) {
+		const float2 v = *(const float2 *)src;
+		dst[0] = v.x;
+		dst[1] = v.y;
+	} else {
+#pragma unroll
+		for (int q = 0; q < n; q++)
+			dst[q] = src[q];
+	}
+}
+
+/* 2^v with the special-function unit (ex2.approx.ftz: 2 ulp, what __expf
+ * uses after its own multiply by log2(e)). */
+__device__ __forceinline__ float ex2_approx(float v)
+{
+	float r;
+	asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
+	return r;
+}
+
+/*
  * Prefill selective scan over a chunk of L tokens, parallel over channels and
  * over time. Per token t and channel e:
  *   dt  = softplus(dtr[t, e] + dt_b[e])
  *   h_n = exp(dt * A[e, n]) * h_n + dt * B[t, n] * x[t, e]
  *   y   = (sum_n C[t, n] h_n + D[e] x[t, e]) * SiLU(z[t, e])
- * The chunk is cut into segments of SCAN_SEG tokens (grid.y). Because the
+ * The chunk is cut into nseg segments of seg_len tokens (grid.y). Because the
  * recurrence is linear in h, a segment's end state is
  *   h_end = exp(A * sum_seg dt) * h_start + h_local
  * with h_local the segment's end state from zero. So, with nseg > 1:
- *   pass 1 (ssmk_scan<LOCAL=true>): every segment from zero -> seg_h, seg_dt;
+ *   pass 1 (ssmk_scan<LOCAL=true>, segments 0 .. nseg-2): every segment from
+ *          zero -> seg_h, seg_dt; it also stores dt = softplus(dtr + dt_b)
+ *          back into dtr, so pass 3 reads dt instead of recomputing it;
  *   pass 2 (ssmk_scan_combine): walks the segments in order per (e, n) ->
  *          start_h, start_d of every segment;
  *   pass 3 (ssmk_scan<LOCAL=false>): every segment again from its true start,
  *          writing y, the checkpoint states and (last segment) the slot.
- * With nseg == 1 only pass 3 runs, starting from the slot.
+ *          Segments >= seg_raw (the last one, or all when nseg == 1: then only
+ *          pass 3 runs, from the slot) still hold the raw dtr and apply the
+ *          softplus themselves.
  * Each channel's state stays in registers (4 lanes x NPL entries) within a
  * segment and reaches memory only at segment ends, checkpoints
  * (ck_pos[0..n_ck), chunk-relative in [1, L]: the state after token q-1 goes
  * to ck + k * state_floats + ck_ssm_off / + ck_dts_off) and the chunk's end.
  *
- * The block's 32 channels walk a segment in tiles of SCAN_TILE tokens: the
- * block first loads the tile's dt (softplus once per token and channel), x,
- * SiLU(z), B and C into shared memory with coalesced loads, runs the
- * recurrence from shared memory, then stores y with coalesced writes.
- * grid (ceil(E/32), nseg), block 128, shared memory scan_smem_bytes(N).
+ * The block's 32 channels walk a segment in tiles of SCAN_TILE tokens, double
+ * buffered in shared memory: while the recurrence runs on tile i, cp.async
+ * brings tile i+1 (dt, x, B | C and, in pass 3, z) in. exp(dt A) is one ex2
+ * of dt * (A log2 e). In pass 3 each channel's y = C.h (reduced over its 4
+ * lanes) goes to s_y; the block then applies D x and SiLU(z) and stores the
+ * tile's y with coalesced writes.
+ * grid (ceil(E/32), nseg or nseg-1), block 128, shared memory
+ * scan_smem_bytes(N, LOCAL).
  */
 #define SCAN_TILE 32
-#define SCAN_SEG 64
+#define SCAN_SEG 64 /* tokens per segment (the backend's default) */
 
-static inline size_t scan_smem_bytes(int N)
+/* floats of one tile buffer: dt, x (SCAN_TILE, 32) | B[|C] (SCAN_TILE, N or
+ * 2N) | pass 3 only: z (SCAN_TILE, 32) */
+static inline __host__ __device__ int scan_buf_floats(int N, bool local)
 {
-	return sizeof(float) * SCAN_TILE * (4 * SSM_CH_PER_BLOCK + 2 * N);
+	return SCAN_TILE * ((local ? 2 : 3) * SSM_CH_PER_BLOCK + (local ? N : 2 * N));
+}
+
+/* two tile buffers, and pass 3's y (SCAN_TILE, 32) */
+static inline size_t scan_smem_bytes(int N, bool local)
+{
+	return sizeof(float) * (2 * scan_buf_floats(N, local) +
+				(local ? 0 : SCAN_TILE * SSM_CH_PER_BLOCK));
 }
 
 template <typename T, int NPL, bool LOCAL>
 __global__ void __launch_bounds__(128)
-ssmk_scan(const float *dtr, const float *dt_b, const float *dbc, int R,
+ssmk_scan(float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
        const float *xc, const float *xz, const float *in_b, const float *A,
        const float *Dp, const float *start_h, const float *start_d,
        size_t start_stride_h, size_t start_stride_d, float *seg_h,
-       float *seg_dt, float *ssm, float *dts, int E, int L, const int *ck_pos,
-       int n_ck, float *ck, size_t state_floats, size_t ck_ssm_off,
-       size_t ck_dts_off, T *yT)
+       float *seg_dt, float *ssm, float *dts, int E, int L, int seg_len,
+       const int *ck_pos, int n_ck, float *ck, size_t state_floats,
+       size_t ck_ssm_off, size_t ck_dts_off, T *yT)
 {
 	const int N = NPL * SSM_LANES;
 	const int W = R + 2 * N;
 	const int CB = SSM_CH_PER_BLOCK;
-	extern __shared__ float smem[];
-	float *s_dt = smem;                  /* (SCAN_TILE, CB) */
-	float *s_x = s_dt + SCAN_TILE * CB;  /* (SCAN_TILE, CB) */
-	float *s_g = s_x + SCAN_TILE * CB;   /* (SCAN_TILE, CB) SiLU(z) */
-	float *s_y = s_g + SCAN_TILE * CB;   /* (SCAN_TILE, CB) output */
-	float *s_bc = s_y + SCAN_TILE * CB;  /* (SCAN_TILE, 2N) B | C */
+	const int NBC = LOCAL ? N : 2 * N; /* B (and C) floats per token */
+	const int BUF = scan_buf_floats(N, LOCAL);
+	extern __shared__ __align__(16) float smem[];
+	float *s_y = smem + 2 * BUF; /* (SCAN_TILE, CB) pass 3: C.h */
 	const int e0 = blockIdx.x * CB;
 	const int ch = threadIdx.x / SSM_LANES;
 	const int g = threadIdx.x & (SSM_LANES - 1);
 	const int e = e0 + ch;
 	const bool valid = e < E;
 	const int ec = valid ? e : E - 1;
+	/* the channel this thread loads, transforms and stores (blockDim % CB == 0) */
+	const int cl = threadIdx.x % CB;
+	const int ecl = e0 + cl < E ? e0 + cl : E - 1;
 	const int seg = blockIdx.y;
-	const int ts = seg * SCAN_SEG;
-	const int te = ts + SCAN_SEG < L ? ts + SCAN_SEG : L;
+	const int ts = seg * seg_len;
+	const int te = ts + seg_len < L ? ts + seg_len : L;
 	const bool last = te == L;
+	const bool raw = LOCAL || seg >= seg_raw;
+	const bool vec_x = E % 4 == 0, vec_bc = R % 4 == 0;
+	const float LOG2E = 1.4426950408889634f;
 
 	float h[NPL], a[NPL], dsum = 0.0f;
 #pragma unroll
 	for (int i = 0; i < NPL; i++) {
 		h[i] = LOCAL ? 0.0f
 			     : start_h[seg * start_stride_h + (size_t)ec * N + g * NPL + i];
-		a[i] = A[(size_t)ec * N + g * NPL + i];
+		a[i] = A[(size_t)ec * N + g * NPL + i] * LOG2E;
 	}
 	if (!LOCAL)
 		dsum = start_d[seg * start_stride_d + ec];
-	const float dskip = Dp[ec];
+	const float dskip = Dp[ecl];
+	const float dtb = dt_b[ecl];
+	const float zb = in_b ? in_b[E + ecl] : 0.0f;
 	int k = 0;
 	if (!LOCAL)
 		while (k < n_ck && ck_pos[k] <= ts)
 			k++;
 	int next_ck = !LOCAL && k < n_ck ? ck_pos[k] : -1;
 
-	for (int t0 = ts; t0 < te; t0 += SCAN_TILE) {
-		const int nt = te - t0 < SCAN_TILE ? te - t0 : SCAN_TILE;
-
-		for (int idx = threadIdx.x; idx < nt * CB; idx += blockDim.x) {
-			const int tt = idx / CB, c = idx % CB, ee = e0 + c;
-			float dt = 0.0f, x = 0.0f, gz = 0.0f;
-			if (ee < E) {
-				const size_t t = (size_t)(t0 + tt);
-				dt = softplus(dtr[t * E + ee] + dt_b[ee]);
-				x = xc[t * E + ee];
-				if (!LOCAL)
-					gz = silu(xz[t * 2 * E + E + ee] +
-						  (in_b ? in_b[E + ee] : 0.0f));
-			}
-			s_dt[idx] = dt;
-			s_x[idx] = x;
-			s_g[idx] = gz;
+	const int ntiles = (te - ts + SCAN_TILE - 1) / SCAN_TILE;
+	for (int i = -1; i < ntiles; i++) {
+		/* issue tile i+1 into buffer (i+1)&1: its last readers finished
+		 * before the barrier that ended iteration i-1 */
+		if (i + 1 < ntiles) {
+			const int t1 = ts + (i + 1) * SCAN_TILE;
+			const int n1 = te - t1 < SCAN_TILE ? te - t1 : SCAN_TILE;
+			float *b = smem + ((i + 1) & 1) * BUF;
+			tile_load(b, dtr + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
+			tile_load(b + SCAN_TILE * CB, xc + (size_t)t1 * E, E, n1, e0, CB, E,
+				  vec_x);
+			tile_load(b + 2 * SCAN_TILE * CB, dbc + (size_t)t1 * W + R, W, n1, 0,
+				  NBC, NBC, vec_bc);
+			if (!LOCAL)
+				tile_load(b + 2 * SCAN_TILE * CB + SCAN_TILE * NBC,
+					  xz + (size_t)t1 * 2 * E + E, 2 * E, n1, e0, CB, E,
+					  vec_x);
 		}
-		for (int idx = threadIdx.x; idx < nt * 2 * N; idx += blockDim.x) {
-			const int tt = idx / (2 * N), j = idx % (2 * N);
-			s_bc[idx] = dbc[(size_t)(t0 + tt) * W + R + j];
-		}
+		cp_async_commit();
+		if (i < 0)
+			continue;
+		cp_async_wait<1>(); /* all but the newest group: tile i */
 		__syncthreads();
 
-		/* unrolled so the next tokens' shared-memory loads overlap this one's chain */
-#pragma unroll 4
-		for (int tt = 0; tt < nt; tt++) {
+		const int t0 = ts + i * SCAN_TILE;
+		const int nt = te - t0 < SCAN_TILE ? te - t0 : SCAN_TILE;
+		float *s_dt = smem + (i & 1) * BUF; /* (SCAN_TILE, CB) */
+		const float *s_x = s_dt + SCAN_TILE * CB;
+		const float *s_bc = s_x + SCAN_TILE * CB;
+		const float *s_z = s_bc + SCAN_TILE * NBC;
+
+		if (raw) {
+			for (int idx = threadIdx.x; idx < nt * CB; idx += blockDim.x) {
+				const float dt = softplus_fast(s_dt[idx] + dtb);
+				s_dt[idx] = dt;
+				if (LOCAL && e0 + cl < E)
+					dtr[(size_t)(t0 + idx / CB) * E + e0 + cl] = dt;
+			}
+			__syncthreads();
+		}
+
+		/* one token of the recurrence for this lane's states */
+		auto step = [&](int tt) {
 			const float dt = s_dt[tt * CB + ch];
 			const float x = s_x[tt * CB + ch];
-			const float *Bv = s_bc + tt * 2 * N + g * NPL;
-			const float *Cv = Bv + N;
+			float Bv[NPL], Cv[NPL];
+			lds_vec<NPL>(Bv, s_bc + tt * NBC + g * NPL);
+			if (!LOCAL)
+				lds_vec<NPL>(Cv, s_bc + tt * NBC + N + g * NPL);
 			const float dx = dt * x;
 			float y = 0.0f;
 #pragma unroll
-			for (int i = 0; i < NPL; i++) {
-				h[i] = __expf(dt * a[i]) * h[i] + dx * Bv[i];
+			for (int j = 0; j < NPL; j++) {
+				h[j] = ex2_approx(dt * a[j]) * h[j] + dx * Bv[j];
 				if (!LOCAL)
-					y += Cv[i] * h[i];
+					y += Cv[j] * h[j];
 			}
 			dsum += dt;
 			if (LOCAL)
-				continue;
+				return;
 			y += __shfl_xor_sync(0xffffffffu, y, 1);
 			y += __shfl_xor_sync(0xffffffffu, y, 2);
 			if (g == 0)
-				s_y[tt * CB + ch] = (y + dskip * x) * s_g[tt * CB + ch];
-			while (next_ck == t0 + tt + 1) {
-				if (valid) {
-					float *c = ck + (size_t)k * state_floats;
+				s_y[tt * CB + ch] = y;
+		};
+		/* unrolled so the next tokens' shared-memory loads and exponentials
+		 * overlap this one's chain; a tile without a checkpoint skips the
+		 * per-token test */
+		if (next_ck > t0 && next_ck <= t0 + nt) {
+#pragma unroll 4
+			for (int tt = 0; tt < nt; tt++) {
+				step(tt);
+				while (next_ck == t0 + tt + 1) {
+					if (valid) {
+						float *c = ck + (size_t)k * state_floats;
 #pragma unroll
-					for (int i = 0; i < NPL; i++)
-						c[ck_ssm_off + (size_t)e * N + g * NPL + i] = h[i];
-					if (g == 0)
-						c[ck_dts_off + e] = dsum;
+						for (int j = 0; j < NPL; j++)
+							c[ck_ssm_off + (size_t)e * N + g * NPL + j] = h[j];
+						if (g == 0)
+							c[ck_dts_off + e] = dsum;
+					}
+					k++;
+					next_ck = k < n_ck ? ck_pos[k] : -1;
 				}
-				k++;
-				next_ck = k < n_ck ? ck_pos[k] : -1;
 			}
+		} else {
+#pragma unroll 4
+			for (int tt = 0; tt < nt; tt++)
+				step(tt);
 		}
-		__syncthreads();
-
-		if (!LOCAL)
-			for (int idx = threadIdx.x; idx < nt * CB; idx += blockDim.x) {
-				const int tt = idx / CB, c = idx % CB;
-				if (e0 + c < E)
-					yT[(size_t)(t0 + tt) * E + e0 + c] = from_f32<T>(s_y[idx]);
-			}
-		/* the next tile's loads overwrite shared memory only after this */
+		if (!LOCAL) {
+			__syncthreads();
+			for (int idx = threadIdx.x; idx < nt * CB; idx += blockDim.x)
+				if (e0 + cl < E)
+					yT[(size_t)(t0 + idx / CB) * E + e0 + cl] = from_f32<T>(
+						(s_y[idx] + dskip * s_x[idx]) * silu_fast(s_z[idx] + zb));
+		}
+		/* the next iteration's copies overwrite this buffer only after this */
 		__syncthreads();
 	}
 	if (!valid)
@@ -704,12 +998,18 @@ ssmk_scan(const float *dtr, const float *dt_b, const float *dbc, int R,
  * Pass 2 of the segmented scan, one thread per (e, n): from the slot's state
  * (ssm (E, N), dts (E)) walks the segments in order,
  *   start_h[s] = h;  h = exp(A[e, n] * seg_dt[s, e]) * h + seg_h[s, e, n]
- * and likewise start_d[s] = d;  d += seg_dt[s, e]  (written by n == 0).
+ * and likewise start_d[s] = d;  d += seg_dt[s, e]  (written by n == 0), for
+ * s < nseg (seg_h / seg_dt of segments < nseg - 1 are read). The loads of
+ * 8 segments are issued together: the walk is a chain of dependent updates,
+ * not of dependent loads.
  * grid (ceil(E*N/256)), block 256.
  */
-__global__ void ssmk_scan_combine(const float *A, const float *ssm, const float *dts,
-			       const float *seg_h, const float *seg_dt,
-			       float *start_h, float *start_d, int E, int N, int nseg)
+#define COMBINE_BATCH 8
+
+__global__ void ssmk_scan_combine(const float *__restrict__ A, const float *__restrict__ ssm,
+			       const float *__restrict__ dts, const float *__restrict__ seg_h,
+			       const float *__restrict__ seg_dt, float *__restrict__ start_h,
+			       float *__restrict__ start_d, int E, int N, int nseg)
 {
 	const int i = blockIdx.x * blockDim.x + threadIdx.x;
 	if (i >= E * N)
@@ -718,13 +1018,26 @@ __global__ void ssmk_scan_combine(const float *A, const float *ssm, const float 
 	const float a = A[i];
 	float h = ssm[i], d = dts[e];
 
-	for (int s = 0; s < nseg; s++) {
-		const float sd = seg_dt[(size_t)s * E + e];
-		start_h[(size_t)s * E * N + i] = h;
-		if (n == 0)
-			start_d[(size_t)s * E + e] = d;
-		h = __expf(a * sd) * h + seg_h[(size_t)s * E * N + i];
-		d += sd;
+	start_h[i] = h;
+	if (n == 0)
+		start_d[e] = d;
+	for (int s0 = 0; s0 + 1 < nseg; s0 += COMBINE_BATCH) {
+		float sd[COMBINE_BATCH], sh[COMBINE_BATCH];
+#pragma unroll
+		for (int j = 0; j < COMBINE_BATCH; j++)
+			if (s0 + j + 1 < nseg) {
+				sd[j] = seg_dt[(size_t)(s0 + j) * E + e];
+				sh[j] = seg_h[(size_t)(s0 + j) * E * N + i];
+			}
+#pragma unroll
+		for (int j = 0; j < COMBINE_BATCH; j++)
+			if (s0 + j + 1 < nseg) {
+				h = __expf(a * sd[j]) * h + sh[j];
+				d += sd[j];
+				start_h[(size_t)(s0 + j + 1) * E * N + i] = h;
+				if (n == 0)
+					start_d[(size_t)(s0 + j + 1) * E + e] = d;
+			}
 	}
 }
 

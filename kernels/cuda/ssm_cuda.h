@@ -61,4 +61,17 @@ int ssm_cuda_prefill_split(ssm_backend *b, int slot, const ssm_prefill_args *a,
 int ssm_cuda_decode_split(ssm_backend *b, const int *slots, const int32_t *tokens,
 			  int n, double ms[SSM_CUDA_N_PARTS]);
 
+/* The phases of the batch-1 decode kernel per layer (A..D, each followed by
+ * the grid barrier that ends it) and the final norm + lm_head. */
+#define SSM_CUDA_N_PHASES 9
+extern const char *const ssm_cuda_phase_names[SSM_CUDA_N_PHASES];
+
+/* Runs one batch-1 decode step of `token` on slot (greedy, advancing the
+ * slot) through the persistent kernel with its first block's clock read at
+ * each phase end, and adds each phase's share of the step (summed over the
+ * layers; the shares of one call add up to 1) to share[]. Blocks.
+ * SSMD_EUNSUPPORTED where the persistent kernel does not run. */
+int ssm_cuda_decode1_split(ssm_backend *b, int slot, int32_t token,
+			   double share[SSM_CUDA_N_PHASES]);
+
 #endif

@@ -1,0 +1,603 @@
+/*
+ * cuda_persist.cuh — the batch-1 decode step as one persistent kernel.
+ *
+ * Included by cuda_backend.cu only, after cuda_kernels.cuh. At batch 1 a
+ * decode step reads every weight once and does little else, so its time is
+ * the weight bytes over the memory bandwidth plus whatever keeps the memory
+ * idle: launch gaps and the latency at the start of each dependent step. One
+ * kernel with one block per SM runs the whole step; its blocks meet at a
+ * grid barrier (pk_arrive / pk_wait) where a result is needed by every
+ * block, four times per layer:
+ *   A  RMSNorm of h (every block stages h * norm in shared memory; the
+ *      scale multiplies the sums) . in_proj -> x | z, the conv step +
+ *      SiLU on x                                          -> xz, xc, xcT
+ *   B  x_proj on xcT, each row cut into P parts           -> part (W, P)
+ *   C  dt_low | B | C = the sums of the parts (every block), then per
+ *      channel dt_proj + softplus + state update + gate   -> yT
+ *   D  out_proj on yT, added into h with the bias         -> h
+ * and after the last layer the final RMSNorm . lm_head -> logits, with the
+ * hidden vector stored into the slot. Sampling follows as its own kernel.
+ *
+ * What hides the latency: nothing a phase loads from the weights or from the
+ * slot's state depends on an earlier phase of the same step, so each warp
+ * loads the first pieces of its first item of the next phase (pk_fetch; the
+ * conv window, the SSM state and per-channel vectors likewise) between
+ * arriving at the barrier and waiting for it, and the next item's while it
+ * computes the current one. The layer table lives in shared memory, so no
+ * phase waits for a pointer. Data written during the step by another block
+ * (h, xz, xc, xcT, part, yT) is read with ld.global.cg (L2, never a stale
+ * L1 line).
+ *
+ * Work split. Global warp gw = warp * G + block (G blocks of PK_THREADS), so
+ * consecutive items land on different SMs; warp gw takes items gw, gw + NW,
+ * ... (NW = G * PK_WARPS). A GEMV item is (row, part): a warp's lanes read
+ * 16-byte pieces q = p0 + lane + 32 i of that part of the row and meet each
+ * with the staged input vector in shared memory; the warp's sum goes to the
+ * phase's epilogue. The SSM phase gives each channel 4 lanes (NPL states
+ * each), channel e on block e % G, as ssmk_ssm_step does.
+ *
+ * The numbers follow the four-kernel GEMV path it replaces: GEMM inputs
+ * rounded to T as the cuBLAS path rounds them (the norm's input before its
+ * scale), f32 sums in a fixed order (every run gives the same bits), the
+ * same formulas (ssm_conv_channel's conv step, ssmk_ssm_step's update).
+ *
+ * Requirements (persist_init_t): d_model and d_inner whole numbers of
+ * 16-byte pieces; 2 * d_conv + 1 <= 32 (the conv epilogue's lanes); the
+ * shared memory within 46 KB; every block resident at once, which the
+ * cooperative launch guarantees or refuses.
+ */
+#ifndef SSM_CUDA_PERSIST_CUH
+#define SSM_CUDA_PERSIST_CUH
+
+#define PK_THREADS 512
+#define PK_WARPS (PK_THREADS / 32)
+#define PK_PF 8    /* 16-byte weight pieces per lane fetched ahead */
+#define PK_PFC 4   /* dt_proj pieces per lane fetched ahead in phase C */
+
+/* The grid barrier's arrival count. It only grows: each launch adds
+ * gridDim.x * pk_n_barriers(), so a launch finds its base at start. */
+typedef struct pk_bar {
+	unsigned long long count;
+} pk_bar;
+
+/* Everything the kernel reads, by value. */
+typedef struct pk_args {
+	const cuda_layer *layers; /* device copy of cb->layers */
+	const void *embed, *lm_head;
+	const float *norm_f;
+	float *pool;
+	const int *slots;         /* slots[0]: the row's slot, < 0 padding */
+	const int32_t *tokens;
+	size_t state_floats, off_conv, off_hidden, off_dt_sum;
+	int D, E, N, K, R, V, W, n_layer, P;
+	float eps;
+	float *xz, *xc, *part, *h, *logits;
+	void *xcT, *yT;
+	pk_bar *bar;
+	/* ssm_cuda_decode1_split(): block 0's clock at each phase's end and
+	 * after each barrier (8 per layer, then the end), or NULL */
+	long long *trace;
+} pk_args;
+
+/* Block 0's clock into trace[i] (when tracing). */
+#define PK_MARK(i)                                                      \
+	do {                                                            \
+		if (p.trace && blockIdx.x == 0 && threadIdx.x == 0)     \
+			p.trace[i] = clock64();                         \
+	} while (0)
+
+__device__ __forceinline__ unsigned long long pk_ld_acquire(const unsigned long long *p)
+{
+	unsigned long long v;
+
+	asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+	return v;
+}
+
+/* Grid barriers per launch: four per layer. */
+__device__ __forceinline__ int pk_n_barriers(int n_layer) { return 4 * n_layer; }
+
+/*
+ * The grid barrier in two halves, so a block loads what the next phase needs
+ * from the weights between them. pk_arrive: every thread of the block is
+ * done with the phase, and thread 0 adds the block's arrival with release
+ * semantics (its fence covers the block's writes, ordered before it by
+ * __syncthreads). pk_wait: thread 0 waits, with acquire loads, until every
+ * block has arrived (count >= target), then releases the block. Writes
+ * before pk_arrive in any block are visible after pk_wait in every block.
+ */
+__device__ __forceinline__ void pk_arrive(pk_bar *bar)
+{
+	__syncthreads();
+	if (threadIdx.x == 0)
+		asm volatile("red.release.gpu.global.add.u64 [%0], 1;"
+			     :: "l"(&bar->count) : "memory");
+}
+
+__device__ __forceinline__ void pk_wait(const pk_bar *bar, unsigned long long target)
+{
+	if (threadIdx.x == 0)
+		while (pk_ld_acquire(&bar->count) < target)
+			;
+	__syncthreads();
+}
+
+/* The count at this launch's start, rounded down to a whole launch: blocks
+ * may already have arrived at the first barrier, never past it. */
+__device__ __forceinline__ unsigned long long pk_base(const pk_bar *bar, int n_layer)
+{
+	const unsigned long long c = pk_ld_acquire(&bar->count),
+				 per = (unsigned long long)gridDim.x * pk_n_barriers(n_layer);
+
+	return c - c % per;
+}
+
+/* Bytes of the layer table at the start of shared memory (copied from the
+ * device table in 16-byte pieces). */
+static_assert(sizeof(cuda_layer) % 16 == 0, "cuda_layer: whole 16-byte pieces");
+
+__host__ __device__ __forceinline__ int pk_lay_bytes(int n_layer)
+{
+	return (int)(n_layer * sizeof(cuda_layer));
+}
+
+/* This warp's global index and the number of warps. */
+__device__ __forceinline__ int pk_gw(void)
+{
+	return (threadIdx.x >> 5) * gridDim.x + blockIdx.x;
+}
+
+__device__ __forceinline__ int pk_nw(void) { return gridDim.x * PK_WARPS; }
+
+/* The piece range [p0, p1) of item `it` of a (m, k) matrix cut in P parts. */
+template <typename T>
+__device__ __forceinline__ void pk_range(int it, int k, int P, int *row, int *p0, int *p1)
+{
+	constexpr int VEC = 16 / sizeof(T);
+	const int np = k / VEC, pp = (np + P - 1) / P, part = it % P;
+
+	*row = it / P;
+	*p0 = part * pp;
+	*p1 = *p0 + pp < np ? *p0 + pp : np;
+}
+
+/* The first PK_PF pieces of this lane of item `it` (zeros past its end or
+ * past the last item m * P). */
+template <typename T>
+__device__ __forceinline__ void pk_fetch(const T *W, int m, int k, int P, int it, uint4 *pre)
+{
+	constexpr int VEC = 16 / sizeof(T);
+	const int lane = threadIdx.x & 31;
+	int row, p0, p1;
+
+	pk_range<T>(it, k, P, &row, &p0, &p1);
+#pragma unroll
+	for (int i = 0; i < PK_PF; i++) {
+		const int q = p0 + lane + 32 * i;
+		pre[i] = make_uint4(0, 0, 0, 0);
+		if (it < m * P && q < p1)
+			pre[i] = __ldg((const uint4 *)(W + (size_t)row * k) + q);
+	}
+	(void)VEC;
+}
+
+/* Asks L2 for bytes at a (16-byte aligned, a multiple of 16 long). */
+__device__ __forceinline__ void pk_l2(const void *a, size_t bytes)
+{
+	if (bytes)
+		asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;"
+			     :: "l"(a), "r"((unsigned)bytes) : "memory");
+}
+
+/*
+ * One GEMV phase: for each item of this warp, v = W[row, part] . xs[part]
+ * (xs: the input vector in shared memory, in T), summed over the warp, then
+ * epi(row, part, v) on every lane. cur holds the first item's first pieces
+ * (pk_fetch); the next item's are fetched while the current one computes.
+ */
+template <typename T, typename Epi>
+__device__ __forceinline__ void pk_gemv(const T *W, int m, int k, int P, const T *xs,
+					uint4 *cur, Epi epi)
+{
+	constexpr int VEC = 16 / sizeof(T);
+	const int lane = threadIdx.x & 31, nw = pk_nw();
+	uint4 nxt[PK_PF];
+
+	for (int it = pk_gw(); it < m * P; it += nw) {
+		int row, p0, p1;
+		float acc = 0.0f, wf[VEC], xf[VEC];
+
+		pk_fetch<T>(W, m, k, P, it + nw, nxt);
+		pk_range<T>(it, k, P, &row, &p0, &p1);
+#pragma unroll
+		for (int i = 0; i < PK_PF; i++) {
+			const int q = p0 + lane + 32 * i;
+			if (q < p1) {
+				unpack16(cur[i], wf, T());
+				unpack16(*(const uint4 *)(xs + q * VEC), xf, T());
+#pragma unroll
+				for (int j = 0; j < VEC; j++)
+					acc += wf[j] * xf[j];
+			}
+		}
+		const uint4 *wr = (const uint4 *)(W + (size_t)row * k);
+#pragma unroll 4
+		for (int q = p0 + lane + 32 * PK_PF; q < p1; q += 32) {
+			unpack16(__ldg(wr + q), wf, T());
+			unpack16(*(const uint4 *)(xs + q * VEC), xf, T());
+#pragma unroll
+			for (int j = 0; j < VEC; j++)
+				acc += wf[j] * xf[j];
+		}
+		for (int o = 16; o > 0; o >>= 1)
+			acc += __shfl_xor_sync(0xffffffffu, acc, o);
+		epi(row, it % P, acc);
+#pragma unroll
+		for (int i = 0; i < PK_PF; i++)
+			cur[i] = nxt[i];
+	}
+}
+
+/* xs = n 16-byte pieces of src (written during this step: read through L2). */
+__device__ __forceinline__ void pk_stage(const void *src, int n, void *xs)
+{
+	for (int i = threadIdx.x; i < n; i += PK_THREADS)
+		((uint4 *)xs)[i] = __ldcg((const uint4 *)src + i);
+}
+
+/*
+ * The RMSNorm of v = h (written during this step) or, when emb is set, the
+ * embedding row emb (the input of layer 0), in one pass: xs = v * nw in T,
+ * and the returned scale rsqrt(mean(v^2) + eps) multiplies each dot product
+ * afterwards (RMSNorm(v) . w = scale * ((v * nw) . w)), so no block waits
+ * for the sum of squares before its weight stream. red: shared (PK_WARPS).
+ */
+template <typename T>
+__device__ __forceinline__ float pk_stage_norm(const float *h, const T *emb, const float *nw,
+					       int D, float eps, T *xs, float *red)
+{
+	float ss = 0.0f;
+
+	for (int i = threadIdx.x; i < D; i += PK_THREADS) {
+		const float v = emb ? to_f32(emb[i]) : __ldcg(h + i);
+		ss += v * v;
+		xs[i] = from_f32<T>(v * nw[i]);
+	}
+	for (int o = 16; o > 0; o >>= 1)
+		ss += __shfl_xor_sync(0xffffffffu, ss, o);
+	if ((threadIdx.x & 31) == 0)
+		red[threadIdx.x >> 5] = ss;
+	__syncthreads();
+	ss = 0.0f;
+	for (int w = 0; w < PK_WARPS; w++)
+		ss += red[w];
+	return rsqrtf(ss / (float)D + eps);
+}
+
+/* Phase C's loads that depend on nothing of this step, for channel e. */
+template <typename T, int NPL>
+struct pk_chan {
+	float a[NPL], hs[NPL], dts, dt_b, dp, zb;
+	uint4 w[PK_PFC];
+};
+
+template <typename T, int NPL>
+__device__ __forceinline__ void pk_chan_fetch(const pk_args &p, const cuda_layer *y, int l,
+					      int e, pk_chan<T, NPL> *c)
+{
+	constexpr int VEC = 16 / sizeof(T);
+	const int g = threadIdx.x & (SSM_LANES - 1), slot = p.slots[0];
+
+	if (e >= p.E)
+		return;
+	const float *hs = p.pool + (size_t)slot * p.state_floats +
+			  (size_t)l * p.E * p.N + (size_t)e * p.N + g * NPL;
+#pragma unroll
+	for (int i = 0; i < NPL; i++) {
+		c->a[i] = y->A[(size_t)e * p.N + g * NPL + i];
+		c->hs[i] = slot >= 0 ? hs[i] : 0.0f;
+	}
+	c->dt_b = y->dt_b[e];
+	c->dp = y->Dp[e];
+	c->zb = y->in_b ? y->in_b[p.E + e] : 0.0f;
+	c->dts = slot >= 0 && g == 0 ? p.pool[(size_t)slot * p.state_floats + p.off_dt_sum +
+					      (size_t)l * p.E + e]
+				     : 0.0f;
+	if (p.R % VEC == 0)
+#pragma unroll
+		for (int i = 0; i < PK_PFC; i++) {
+			const int j = (g + SSM_LANES * i) * VEC;
+			if (j < p.R)
+				c->w[i] = __ldg((const uint4 *)((const T *)y->dt_w +
+								(size_t)e * p.R + j));
+		}
+}
+
+/* This lane's channel of phase C: 4 lanes per channel, channel e on block
+ * e % G, the block's channel groups in turn. */
+__device__ __forceinline__ int pk_chan0(void)
+{
+	return (threadIdx.x / SSM_LANES) * gridDim.x + blockIdx.x;
+}
+
+__device__ __forceinline__ int pk_nchan(void)
+{
+	return gridDim.x * (PK_THREADS / SSM_LANES);
+}
+
+/*
+ * Phase C for channel e (the ssmk_ssm_step formulas at batch 1):
+ *   dt = softplus(dt_w[e, :] . dbc[0:R] + dt_b[e]), the state update on the
+ *   slot, y = (C . h + D x) * SiLU(z + in_b) -> yT[e], dt_sum[e] += dt.
+ * dbc: shared (W), the sums of phase B's parts; x = xc[e], z = xz[E + e].
+ */
+template <typename T, int NPL>
+__device__ __forceinline__ void pk_chan_step(const pk_args &p, const cuda_layer *y, int l,
+					     int e, const pk_chan<T, NPL> &c, const float *dbc,
+					     float x, float z)
+{
+	constexpr int VEC = 16 / sizeof(T);
+	const int N = p.N, R = p.R, E = p.E, g = threadIdx.x & (SSM_LANES - 1);
+	const int slot = p.slots[0];
+	const bool valid = e < E;
+	const int ec = valid ? e : E - 1;
+	float acc = 0.0f;
+
+	if (R % VEC == 0) {
+		const T *wr = (const T *)y->dt_w + (size_t)ec * R;
+		float wf[VEC];
+#pragma unroll
+		for (int i = 0; i < PK_PFC; i++) {
+			const int j = (g + SSM_LANES * i) * VEC;
+			if (valid && j < R) {
+				unpack16(c.w[i], wf, T());
+#pragma unroll
+				for (int q = 0; q < VEC; q++)
+					acc += wf[q] * dbc[j + q];
+			}
+		}
+		for (int j = (g + SSM_LANES * PK_PFC) * VEC; j < R; j += SSM_LANES * VEC) {
+			unpack16(__ldg((const uint4 *)(wr + j)), wf, T());
+#pragma unroll
+			for (int q = 0; q < VEC; q++)
+				acc += wf[q] * dbc[j + q];
+		}
+	} else {
+		for (int j = g; j < R; j += SSM_LANES)
+			acc += to_f32(((const T *)y->dt_w)[(size_t)ec * R + j]) * dbc[j];
+	}
+	acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+	acc += __shfl_xor_sync(0xffffffffu, acc, 2);
+	if (!valid)
+		return;
+	const float dt = softplus(acc + c.dt_b);
+	const float *Bv = dbc + R + g * NPL, *Cv = dbc + R + N + g * NPL;
+	float *hs = p.pool + (size_t)slot * p.state_floats + (size_t)l * E * N +
+		    (size_t)e * N + g * NPL;
+	float yv = 0.0f;
+
+#pragma unroll
+	for (int i = 0; i < NPL; i++) {
+		const float hv = __expf(dt * c.a[i]) * c.hs[i] + dt * Bv[i] * x;
+		yv += Cv[i] * hv;
+		if (slot >= 0)
+			hs[i] = hv;
+	}
+	yv += __shfl_xor_sync(0x0000000fu << (threadIdx.x & 28), yv, 1);
+	yv += __shfl_xor_sync(0x0000000fu << (threadIdx.x & 28), yv, 2);
+	if (g == 0) {
+		yv = (yv + c.dp * x) * silu(z + c.zb);
+		((T *)p.yT)[e] = from_f32<T>(yv);
+		if (slot >= 0)
+			p.pool[(size_t)slot * p.state_floats + p.off_dt_sum + (size_t)l * E + e] =
+				c.dts + dt;
+	}
+}
+
+/*
+ * The conv epilogue of phase A for channel r, on all lanes of the warp with
+ * v = in_proj row r . xn: lanes j < K-1 hold the slot's conv window entry j,
+ * lanes K-1 + j the conv weight j, lane 2K-1 the conv bias, lane 2K the
+ * in_proj bias (cw fetched with the row, pk_cw_fetch). The ssm_conv_channel
+ * formula, its sum in the same order.
+ */
+__device__ __forceinline__ float pk_cw_fetch(const pk_args &p, const cuda_layer *y, int l,
+					     int r)
+{
+	const int lane = threadIdx.x & 31, K = p.K, slot = p.slots[0];
+
+	if (r >= p.E)
+		return 0.0f;
+	if (lane < K - 1)
+		return slot >= 0 ? p.pool[(size_t)slot * p.state_floats + p.off_conv +
+					  ((size_t)l * p.E + r) * (K - 1) + lane]
+				 : 0.0f;
+	if (lane < 2 * K - 1)
+		return y->conv_w[(size_t)r * K + lane - (K - 1)];
+	if (lane == 2 * K - 1)
+		return y->conv_b ? y->conv_b[r] : 0.0f;
+	if (lane == 2 * K)
+		return y->in_b ? y->in_b[r] : 0.0f;
+	return 0.0f;
+}
+
+template <typename T>
+__device__ __forceinline__ void pk_conv_epi(const pk_args &p, int l, int r, float v, float cw)
+{
+	const int lane = threadIdx.x & 31, K = p.K, slot = p.slots[0];
+	const float x = v + __shfl_sync(0xffffffffu, cw, 2 * K);
+	float acc = __shfl_sync(0xffffffffu, cw, 2 * K - 1);
+
+	for (int j = 0; j < K - 1; j++)
+		acc += __shfl_sync(0xffffffffu, cw, K - 1 + j) * __shfl_sync(0xffffffffu, cw, j);
+	acc += __shfl_sync(0xffffffffu, cw, 2 * K - 2) * x;
+	/* the window shifts by one: entry j takes entry j + 1, the last x */
+	const float next = __shfl_down_sync(0xffffffffu, cw, 1);
+	if (slot >= 0 && lane < K - 1)
+		p.pool[(size_t)slot * p.state_floats + p.off_conv +
+		       ((size_t)l * p.E + r) * (K - 1) + lane] = lane < K - 2 ? next : x;
+	if (lane == 0) {
+		const float o = silu(acc);
+		p.xc[r] = o;
+		((T *)p.xcT)[r] = from_f32<T>(o);
+	}
+}
+
+/* The whole batch-1 decode step. grid (G) cooperative, block PK_THREADS,
+ * dynamic shared memory pk_smem_bytes(). */
+template <typename T, int NPL>
+__global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_args p)
+{
+	extern __shared__ uint4 pk_smem[];
+	__shared__ float red[PK_WARPS];
+	__shared__ unsigned long long base;
+	cuda_layer *lay = (cuda_layer *)pk_smem; /* the layer table */
+	uint4 *area = pk_smem + pk_lay_bytes(p.n_layer) / 16;
+	T *xs = (T *)area;                /* staged input vector, max(D, E) */
+	float *parts = (float *)area;     /* phase C: x_proj parts (W, P) */
+	const int D = p.D, E = p.E, W = p.W, P = p.P, G = gridDim.x, lane = threadIdx.x & 31;
+	float *dbc = parts + W * P;       /* phase C: dt_low | B | C (W) */
+	const T *emb = (const T *)p.embed + (size_t)p.tokens[0] * D;
+	uint4 cur[PK_PF];
+	float cw = 0.0f, scale;
+	unsigned long long target;
+	pk_chan<T, NPL> ch;
+
+	if (threadIdx.x == 0)
+		base = pk_base(p.bar, p.n_layer);
+	pk_fetch<T>((const T *)p.layers[0].in_w, 2 * E, D, 1, pk_gw(), cur);
+	for (int i = threadIdx.x; i < pk_lay_bytes(p.n_layer) / 16; i += PK_THREADS)
+		pk_smem[i] = ((const uint4 *)p.layers)[i];
+	__syncthreads();
+	cw = pk_cw_fetch(p, &lay[0], 0, pk_gw());
+	target = base;
+	PK_MARK(0);
+	for (int l = 0; l < p.n_layer; l++) {
+		const cuda_layer *y = &lay[l];
+
+		/* A: norm . in_proj, the conv step on x rows */
+		scale = pk_stage_norm<T>(p.h, l ? NULL : emb, y->norm, D, p.eps, xs, red);
+		pk_gemv<T>((const T *)y->in_w, 2 * E, D, 1, xs, cur,
+			   [&](int r, int, float v) {
+				   v *= scale;
+				   if (lane == 0)
+					   p.xz[r] = v;
+				   if (r < E)
+					   pk_conv_epi<T>(p, l, r, v, cw);
+				   cw = pk_cw_fetch(p, y, l, r + pk_nw());
+			   });
+		PK_MARK(l * 8 + 1);
+		pk_arrive(p.bar);
+		pk_fetch<T>((const T *)y->x_w, W, E, P, pk_gw(), cur);
+		pk_wait(p.bar, target += G);
+		PK_MARK(l * 8 + 2);
+
+		/* B: x_proj in parts */
+		pk_stage(p.xcT, E * (int)sizeof(T) / 16, xs);
+		__syncthreads();
+		pk_gemv<T>((const T *)y->x_w, W, E, P, xs, cur, [&](int r, int part, float v) {
+			if (lane == 0)
+				p.part[r * P + part] = v;
+		});
+		PK_MARK(l * 8 + 3);
+		pk_arrive(p.bar);
+		pk_chan_fetch<T, NPL>(p, y, l, pk_chan0(), &ch);
+		pk_wait(p.bar, target += G);
+		PK_MARK(l * 8 + 4);
+
+		/* C: the SSM step per channel; x, z and the parts loaded at once */
+		{
+			const int e = pk_chan0();
+			float x = e < E ? __ldcg(p.xc + e) : 0.0f;
+			float z = e < E ? __ldcg(p.xz + E + e) : 0.0f;
+
+			for (int j = threadIdx.x; j < W * P; j += PK_THREADS)
+				parts[j] = __ldcg(p.part + j);
+			__syncthreads();
+			for (int j = threadIdx.x; j < W; j += PK_THREADS) {
+				float s = 0.0f;
+				for (int q = 0; q < P; q++)
+					s += parts[j * P + q];
+				dbc[j] = s;
+			}
+			__syncthreads();
+			for (int e0 = 0; e0 < E; e0 += pk_nchan()) {
+				if (e0) {
+					pk_chan_fetch<T, NPL>(p, y, l, e0 + e, &ch);
+					x = e0 + e < E ? __ldcg(p.xc + e0 + e) : 0.0f;
+					z = e0 + e < E ? __ldcg(p.xz + E + e0 + e) : 0.0f;
+				}
+				pk_chan_step<T, NPL>(p, y, l, e0 + e, ch, dbc, x, z);
+			}
+		}
+		PK_MARK(l * 8 + 5);
+		pk_arrive(p.bar);
+		pk_fetch<T>((const T *)y->out_w, D, E, 1, pk_gw(), cur);
+		{
+			/* lane 0 of a row's warp: the residual input, lane 1: the bias */
+			const int r = pk_gw();
+			cw = 0.0f;
+			if (r < D && lane == 0)
+				cw = l ? p.h[r] : to_f32(emb[r]);
+			if (r < D && lane == 1 && y->out_b)
+				cw = y->out_b[r];
+		}
+		pk_wait(p.bar, target += G);
+		PK_MARK(l * 8 + 6);
+
+		/* D: out_proj + residual */
+		pk_stage(p.yT, E * (int)sizeof(T) / 16, xs);
+		__syncthreads();
+		pk_gemv<T>((const T *)y->out_w, D, E, 1, xs, cur, [&](int r, int, float v) {
+			const float hin = __shfl_sync(0xffffffffu, cw, 0);
+			const float b = __shfl_sync(0xffffffffu, cw, 1);
+			if (lane == 0)
+				p.h[r] = (v + hin) + b;
+			const int rn = r + pk_nw();
+			cw = 0.0f;
+			if (rn < D && lane == 0)
+				cw = l ? p.h[rn] : to_f32(emb[rn]);
+			if (rn < D && lane == 1 && y->out_b)
+				cw = y->out_b[rn];
+		});
+		PK_MARK(l * 8 + 7);
+		pk_arrive(p.bar);
+		if (l + 1 < p.n_layer) {
+			pk_fetch<T>((const T *)y[1].in_w, 2 * E, D, 1, pk_gw(), cur);
+			if (threadIdx.x == 0)
+				pk_l2(y[1].norm, (size_t)D * sizeof(float));
+			cw = pk_cw_fetch(p, &y[1], l + 1, pk_gw());
+		} else {
+			pk_fetch<T>((const T *)p.lm_head, p.V, D, 1, pk_gw(), cur);
+			if (threadIdx.x == 0)
+				pk_l2(p.norm_f, (size_t)D * sizeof(float));
+		}
+		pk_wait(p.bar, target += G);
+		PK_MARK(l * 8 + 8);
+	}
+
+	/* the final norm . lm_head; block 0 keeps the hidden vector in the slot */
+	if (blockIdx.x == 0 && p.slots[0] >= 0)
+		for (int i = threadIdx.x; i < D; i += PK_THREADS)
+			p.pool[(size_t)p.slots[0] * p.state_floats + p.off_hidden + i] =
+				__ldcg(p.h + i);
+	scale = pk_stage_norm<T>(p.h, NULL, p.norm_f, D, p.eps, xs, red);
+	pk_gemv<T>((const T *)p.lm_head, p.V, D, 1, xs, cur, [&](int r, int, float v) {
+		if (lane == 0)
+			p.logits[r] = v * scale;
+	});
+	__syncthreads();
+	PK_MARK(p.n_layer * 8 + 1);
+}
+
+/* Dynamic shared memory of ssmk_decode_persist: the layer table, then the
+ * larger of the input vector in T and phase C's parts (W, P) and sums (W)
+ * in f32. */
+static inline size_t pk_smem_bytes(int D, int E, int W, int P, size_t wsize, int n_layer)
+{
+	size_t v = (size_t)(D > E ? D : E) * wsize, c = (size_t)W * (P + 1) * sizeof(float);
+
+	return (size_t)pk_lay_bytes(n_layer) + (v > c ? v : c);
+}
+
+#endif
