@@ -17,6 +17,9 @@
  *   - where a 2k prefill's device time goes: the mean of 3 runs of
  *     ssm_cuda_prefill_split() (an event after each part of each layer),
  *     summed per part over the layers;
+ *   - where a decode step's device time goes at batch 16 and 64: the mean of
+ *     10 ungraphed steps of ssm_cuda_decode_split() (an event after each
+ *     part of each layer), summed per part over the layers;
  * With BENCH_CUDA_DECODE_ONLY set, the decode rows alone. With BENCH_CUDA_PROFILE set, only decode at batch 1 and 64 (20 timed
  * steps each) and one 2k prefill run, for a profiler's kernel summary.
  * With BENCH_CUDA_PREFILL_ONLY set, the prefill rows alone (tokens/s,
@@ -186,13 +189,50 @@ static void prefill_split(const char *label, ssm_backend *b, const int32_t *toks
 		TRY("reset", ssm_slot_reset(b, 0));
 		TRY("prefill split", ssm_cuda_prefill_split(b, 0, &pa, ms));
 	}
-	for (int p = 0; p < SSM_CUDA_N_PARTS; p++)
+	for (int p = 0; p <= SSM_CUDA_OTHER; p++)
 		total += ms[p] / 3;
-	for (int p = 0; p < SSM_CUDA_N_PARTS; p++) {
+	for (int p = 0; p <= SSM_CUDA_OTHER; p++) {
 		snprintf(fig, sizeof fig, "prefill 2k split: %s", ssm_cuda_part_names[p]);
 		snprintf(note, sizeof note, "(%.1f%% of %.2f ms, all layers)",
 			 100 * ms[p] / 3 / total, total);
 		row(label, fig, ms[p] / 3, "ms", 0, note);
+	}
+}
+
+/* Rows of the per-part device time of an ungraphed decode step of n rows,
+ * mean of 10 steps after 2 warm-up steps. */
+static void decode_split(const char *label, ssm_backend *b, const int *slots,
+			 const int32_t *toks, int n, int n_layer)
+{
+	static const int order[] = {SSM_CUDA_TAIL, SSM_CUDA_NORM, SSM_CUDA_IN_PROJ,
+				    SSM_CUDA_CONV, SSM_CUDA_X_PROJ, SSM_CUDA_SSM_STEP,
+				    SSM_CUDA_OUT_PROJ, SSM_CUDA_HEAD};
+	double ms[SSM_CUDA_N_PARTS] = {0}, warm[SSM_CUDA_N_PARTS] = {0}, total = 0;
+	char fig[64], note[96];
+	const int runs = 10;
+	int r;
+
+	for (r = 0; r < 2; r++)
+		TRY("decode split", ssm_cuda_decode_split(b, slots, toks, n, warm));
+	for (r = 0; r < runs; r++)
+		TRY("decode split", ssm_cuda_decode_split(b, slots, toks, n, ms));
+	for (r = 0; r < SSM_CUDA_N_PARTS; r++)
+		total += ms[r] / runs;
+	for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
+		const int p = order[i];
+		const int per_layer = p != SSM_CUDA_TAIL && p != SSM_CUDA_HEAD;
+
+		if (ms[p] == 0)
+			continue;
+		snprintf(fig, sizeof fig, "decode b%d split: %s", n, ssm_cuda_part_names[p]);
+		if (per_layer)
+			snprintf(note, sizeof note, "(%.1f%% of %.3f ms; %.1f us per layer)",
+				 100 * ms[p] / runs / total, total,
+				 1e3 * ms[p] / runs / n_layer);
+		else
+			snprintf(note, sizeof note, "(%.1f%% of %.3f ms)",
+				 100 * ms[p] / runs / total, total);
+		row(label, fig, ms[p] / runs, "ms", 0, note);
 	}
 }
 
@@ -297,6 +337,9 @@ static void bench_model(const char *label, const char *dir)
 		if (n == 1)
 			decode1_split(label, b, med);
 	}
+	if (!profile && !prefill_only)
+		for (i = 0; i < 2; i++)
+			decode_split(label, b, slots, cur, i ? 64 : 16, c->n_layer);
 
 	if (decode_only)
 		goto done;

@@ -8,10 +8,13 @@
 #       bench binaries, ssm-mkmodel, the shared libraries they load
 #       (../shared/gpu/carry-libs.sh), the tiny-mamba fixture and
 #       bench/hf_bench.py into .gpu/ (git-ignored), to be carried along.
-#   tools/gpu_run.sh [test] [profile] [sanitize|memcheck|racecheck] [bench] [hf]
+#   tools/gpu_run.sh [test] [profile] [sanitize|memcheck|racecheck] [bench] [decode] [hf]
 #       (on the GPU machine) runs the chosen parts (test, sanitize, bench and
 #       hf when none is named; profile: an Nsight Systems kernel summary of
-#       bench_cuda's short mode on the 1.4b shape, where nsys exists; the sanitizers
+#       bench_cuda's short mode on the 1.4b shape, where nsys exists; decode:
+#       only bench_cuda's decode rows and splits, once per word of
+#       $DECODE_VARIANTS (default: "default"; a word VAR=VALUE runs with that
+#       environment variable set, to compare settings); the sanitizers
 #       last, on the test's quick mode, since they are the slowest: racecheck
 #       runs the test's groups side by side, SANITIZE_TIMEOUT seconds each,
 #       default 150), writes every log to $OUT (or ./gpu-out) and prints the
@@ -69,7 +72,7 @@ mkmodel m130 768 24
 echo "m130 ready in $(( $(date +%s) - t0 )) s"
 # the big ones are written in the background while the tests run
 big_pids=""
-if want bench || want profile; then
+if want bench || want profile || want decode; then
 	mkmodel m1.4b 2048 48 & big_pids="$big_pids $!"
 	mkmodel m2.8b 2560 64 & big_pids="$big_pids $!"
 fi
@@ -109,6 +112,20 @@ if want bench; then
 		"2.8b=$models/m2.8b" >"$out/bench.txt" 2>"$out/bench.err"
 	echo "bench_cuda exit $?" >>"$out/bench.err"
 	cat "$out/bench.err"
+fi
+if want decode; then
+	for p in $big_pids; do wait "$p"; done
+	big_pids=""
+	echo "all models ready after $(( $(date +%s) - t0 )) s"
+	for v in ${DECODE_VARIANTS:-default}; do
+		sel=""
+		[ "$v" = default ] || sel=$v
+		env BENCH_CUDA_DECODE_ONLY=1 $sel timeout 150 "$bin/bench_cuda" \
+			"130m=$models/m130" "1.4b=$models/m1.4b" "2.8b=$models/m2.8b" \
+			>"$out/decode-${v//=/-}.txt" 2>"$out/decode-${v//=/-}.err"
+		echo "bench_cuda ($v) exit $?" >>"$out/decode-${v//=/-}.err"
+		tail -n 1 "$out/decode-${v//=/-}.err"
+	done
 fi
 if want hf; then
 	PYTHONUNBUFFERED=1 timeout 240 python3 bench/hf_bench.py >"$out/hf.txt" \
@@ -174,6 +191,9 @@ fi
 echo "================================================================"
 printf '%s' "$summary"
 [ -f "$out/bench.txt" ] && cat "$out/bench.txt"
+for v in ${DECODE_VARIANTS:-default}; do
+	[ -f "$out/decode-${v//=/-}.txt" ] && { echo "decode, $v:"; cat "$out/decode-${v//=/-}.txt"; }
+done
 [ -f "$out/hf.txt" ] && cat "$out/hf.txt"
 [ -f "$out/service.txt" ] && cat "$out/service.txt"
 [ -f "$out/textbook.txt" ] && tail -n 14 "$out/textbook.txt"

@@ -226,6 +226,20 @@ static cudaError_t launch_pdl(void (*kern)(P...), dim3 grid, dim3 block, size_t 
 
 /* ------------------------------------------------------------- forward -- */
 
+/* ssm_cuda_prefill_split() / _decode_split(): the end of a part. Recording an
+ * event is enqueue-only; a failure shows in the split's elapsed times. */
+#define SPLIT_CAP 8192
+static void split_mark(cuda_backend *cb, int part)
+{
+	if (cb->split_n < 0)
+		return;
+	if (cb->split_n < SPLIT_CAP) {
+		cb->split_part[cb->split_n] = (unsigned char)part;
+		cudaEventRecord(cb->split_ev[cb->split_n], cb->stream);
+	}
+	cb->split_n++;
+}
+
 #define NPL_SWITCH(npl, CALL)                                                \
 	switch (npl) {                                                       \
 	case 1: CALL(1); break;                                              \
@@ -254,6 +268,7 @@ static int decode_body(cuda_backend *cb, int nb)
 
 	ssmk_embed<T><<<nb, 256, 0, s>>>(cb->d_tokens, (const T *)cb->embed, a->h, D);
 	CUDA_LAUNCHED();
+	split_mark(cb, SSM_CUDA_TAIL);
 	for (l = 0; l < c->n_layer; l++) {
 		const cuda_layer *y = &cb->layers[l];
 		const cuda_layer *p = l ? &cb->layers[l - 1] : NULL;
@@ -263,27 +278,33 @@ static int decode_body(cuda_backend *cb, int nb)
 						 (T *)a->xn, D, c->eps, NULL,
 						 NULL, 0, 0);
 		CUDA_LAUNCHED();
+		split_mark(cb, SSM_CUDA_NORM);
 		if ((rc = gemm(cb, y->in_w, a->xn, D, a->xz, 2 * E, 2 * E, nb, D)))
 			goto out;
+		split_mark(cb, SSM_CUDA_IN_PROJ);
 		ssmk_conv_step<T><<<dim3(cdiv(E, 128), nb), 128, 0, s>>>(
 			a->xz, y->in_b, y->conv_w, y->conv_b, cb->pool,
 			cb->d_slots, sf, cb->off_conv + (size_t)l * E * (K - 1),
 			E, K, a->xc, (T *)a->xcT);
 		CUDA_LAUNCHED();
+		split_mark(cb, SSM_CUDA_CONV);
 		if ((rc = gemm(cb, y->x_w, a->xcT, E, a->dbc, W, W, nb, E)))
 			goto out;
+		split_mark(cb, SSM_CUDA_X_PROJ);
 #define SSM_STEP(npl)                                                         \
-	ssmk_ssm_step<T, npl><<<dim3(cdiv(E, SSM_CH_PER_BLOCK),               \
-				     cdiv(nb, SSM_STEP_ROWS)), 128, 0, s>>>(   \
+	ssmk_ssm_step_b<T, npl, SSM_STEP_ROWS><<<dim3(cdiv(E, SSM_CH_PER_BLOCK), \
+			cdiv(nb, SSM_STEP_ROWS)), 128, 0, s>>>(                \
 		a->dbc, R, (const T *)y->dt_w, y->dt_b, y->A, y->Dp, a->xc,   \
 		a->xz, y->in_b, cb->pool, cb->d_slots, sf,                    \
 		(size_t)l * E * N, cb->off_dt_sum + (size_t)l * E, E, nb,     \
-		SSM_STEP_ROWS, (T *)a->yT)
+		(T *)a->yT)
 		NPL_SWITCH(N / SSM_LANES, SSM_STEP);
 #undef SSM_STEP
 		CUDA_LAUNCHED();
+		split_mark(cb, SSM_CUDA_SSM_STEP);
 		if ((rc = gemm(cb, y->out_w, a->yT, E, a->mix, D, D, nb, E)))
 			goto out;
+		split_mark(cb, SSM_CUDA_OUT_PROJ);
 	}
 	ssmk_add_norm<T><<<nb, 256, 0, s>>>(a->h, a->mix,
 					 cb->layers[c->n_layer - 1].out_b,
@@ -295,6 +316,7 @@ static int decode_body(cuda_backend *cb, int nb)
 	/* every row's next token too (decode_sample reads it, decode not) */
 	ssmk_sample<<<nb, SAMPLE_THREADS, 0, s>>>(a->logits, V, cb->d_samp, cb->d_next);
 	CUDA_LAUNCHED();
+	split_mark(cb, SSM_CUDA_HEAD);
 out:
 	return rc;
 }
@@ -511,19 +533,11 @@ static int decode_body_any(cuda_backend *cb, int nb)
 	}
 }
 
-/* ssm_cuda_prefill_split(): the end of a part of the prefill. Recording an
- * event is enqueue-only; a failure shows in the split's elapsed times. */
-#define SPLIT_CAP 8192
-static void split_mark(cuda_backend *cb, int part)
-{
-	if (cb->split_n < 0)
-		return;
-	if (cb->split_n < SPLIT_CAP) {
-		cb->split_part[cb->split_n] = (unsigned char)part;
-		cudaEventRecord(cb->split_ev[cb->split_n], cb->stream);
-	}
-	cb->split_n++;
-}
+/*
+ * Prefill of L tokens (already in d_tokens) into slot. nq checkpoint
+ * positions (chunk-relative, ascending, distinct) are in d_ck_pos and qs:
+ * their full states land in d_ck + k * state_floats. Enqueues only.
+ */
 
 /*
  * Copies floats [off, off + width) of the nq checkpoint states in d_ck to the
@@ -778,12 +792,12 @@ out:
 
 /* Runs one decode step on rows [0, n) (n <= max_batch): copies slots and
  * tokens in, replays the bucket's graph. Leaves logits in act.logits. */
-static int decode_launch(cuda_backend *cb, const int *slots,
-			 const int32_t *tokens, int n)
+/* Copies the slots and tokens of rows [0, n) and padding up to bucket nb
+ * (slot -1, token 0, greedy) to the device, in one copy. */
+static int decode_inputs(cuda_backend *cb, const int *slots, const int32_t *tokens,
+			 int n, int nb)
 {
 	int rc = SSMD_OK, i;
-	const int nb = bucket_of(n);
-	cudaGraphExec_t exec = NULL;
 
 	for (i = 0; i < nb; i++) {
 		cb->h_slots[i] = i < n ? slots[i] : -1;
@@ -795,6 +809,19 @@ static int decode_launch(cuda_backend *cb, const int *slots,
 	CUDA_TRY(cudaMemcpyAsync(cb->d_io, cb->h_io,
 				 (char *)(cb->h_tokens + nb) - (char *)cb->h_io,
 				 cudaMemcpyHostToDevice, cb->stream));
+out:
+	return rc;
+}
+
+static int decode_launch(cuda_backend *cb, const int *slots,
+			 const int32_t *tokens, int n)
+{
+	int rc = SSMD_OK, i;
+	const int nb = bucket_of(n);
+	cudaGraphExec_t exec = NULL;
+
+	if ((rc = decode_inputs(cb, slots, tokens, n, nb)))
+		goto out;
 	if ((rc = graph_get(cb, nb, &exec)))
 		goto out;
 	CUDA_TRY(cudaGraphLaunch(exec, cb->stream));
@@ -1206,7 +1233,8 @@ out:
 
 const char *const ssm_cuda_part_names[SSM_CUDA_N_PARTS] = {
 	"norm", "in_proj", "conv", "x_proj", "dt_proj", "scan pass 1",
-	"scan pass 2", "out_proj", "embed/final", "other",
+	"scan pass 2", "out_proj", "embed/final", "other", "ssm step",
+	"final norm/lm_head/sample",
 };
 
 extern "C" const char *const ssm_cuda_phase_names[SSM_CUDA_N_PHASES] = {
@@ -1296,6 +1324,57 @@ extern "C" int ssm_cuda_prefill_split(ssm_backend *b, int slot,
 				    n, SPLIT_CAP);
 	CUDA_TRY(cudaEventSynchronize(cb->split_ev[n - 1]));
 	for (i = 1; i < n; i++) {
+		CUDA_TRY(cudaEventElapsedTime(&t, cb->split_ev[i - 1], cb->split_ev[i]));
+		ms[cb->split_part[i]] += t;
+	}
+out:
+	return rc;
+}
+
+extern "C" int ssm_cuda_decode_split(ssm_backend *b, const int *slots,
+				     const int32_t *tokens, int n,
+				     double ms[SSM_CUDA_N_PARTS])
+{
+	cuda_backend *cb;
+	int rc, i, k;
+	float t;
+
+	if ((rc = cuda_backend_check(b)))
+		return rc;
+	cb = cb_of(b);
+	if (n < 1 || n > cb->max_batch)
+		return ssmd_err_set(SSMD_EINVAL, "decode split: %d rows, 1..%d", n,
+				    cb->max_batch);
+	if (!cb->split_ev) {
+		cb->split_ev = (cudaEvent_t *)calloc(SPLIT_CAP, sizeof(cudaEvent_t));
+		cb->split_part = (unsigned char *)calloc(SPLIT_CAP, 1);
+		if (!cb->split_ev || !cb->split_part)
+			return ssmd_err_set(SSMD_ENOMEM, "decode split: no memory");
+		for (i = 0; i < SPLIT_CAP; i++)
+			CUDA_TRY(cudaEventCreate(&cb->split_ev[i]));
+	}
+	CUDA_TRY(cudaSetDevice(cb->device));
+	for (i = 0; i < n; i++)
+		memset(&cb->h_samp[i], 0, sizeof(cuda_sampler)); /* greedy */
+	if ((rc = decode_inputs(cb, slots, tokens, n, bucket_of(n))))
+		goto out;
+	cb->split_n = 0;
+	split_mark(cb, SSM_CUDA_OTHER); /* the start: its part is not used */
+	rc = decode_body_any(cb, bucket_of(n));
+	split_mark(cb, SSM_CUDA_OTHER);
+	k = cb->split_n;
+	cb->split_n = -1;
+	if (rc)
+		goto out;
+	for (i = 0; i < n; i++)
+		cb->n_tokens[slots[i]]++;
+	if (k > SPLIT_CAP) {
+		rc = ssmd_err_set(SSMD_EINVAL, "decode split: %d parts, at most %d", k,
+				  SPLIT_CAP);
+		goto out;
+	}
+	CUDA_TRY(cudaEventSynchronize(cb->split_ev[k - 1]));
+	for (i = 1; i < k; i++) {
 		CUDA_TRY(cudaEventElapsedTime(&t, cb->split_ev[i - 1], cb->split_ev[i]));
 		ms[cb->split_part[i]] += t;
 	}

@@ -315,12 +315,11 @@ __global__ void ssmk_conv_step(const float *xz, const float *in_b, const float *
  * ssm_off / dts_off = float offsets of this layer's ssm / dt_sum inside a slot.
  * A block takes `rpb` consecutive rows of its 32 channels in turn, so their
  * dt_w rows (read with 16-byte loads when R allows) come from L1 after the
- * first row instead of once per row from L2 (64 rows x d_inner x R at batch
- * 64). Launched with programmatic dependent launch on the small-batch path:
+ * first row. Serves the small-batch path (rpb = 1; batches of 2 or more rows
+ * take ssmk_ssm_step_b), launched there with programmatic dependent launch:
  * A is loaded before waiting for x_proj (pdl_wait).
  * grid (ceil(E/32), ceil(B/rpb)), block 128.
  */
-#define SSM_STEP_ROWS 4 /* rows per block on the batched (cuBLAS) path */
 
 template <typename T, int NPL>
 __global__ void ssmk_ssm_step(const float *dbc, int R, const T *dt_w,
@@ -392,6 +391,158 @@ __global__ void ssmk_ssm_step(const float *dbc, int R, const T *dt_w,
 			if (slot >= 0)
 				pool[(size_t)slot * state_floats + dts_off + e] += dt;
 		}
+	}
+}
+
+/* Rows per block of ssmk_ssm_step_b. Measured on the H200 (bf16, decode
+ * ms/step at batch 64): 2 rows 1.4b 3.32 / 2.8b 5.61, 4 rows 3.43 / 5.81,
+ * 8 rows 4.21 / 7.35: fewer rows per block, more blocks in flight. */
+#define SSM_STEP_ROWS 2
+
+/*
+ * The SSM step of ssmk_ssm_step (same formulas, same contract) for the
+ * batched (cuBLAS) path: a block takes RPB consecutive rows of its 32
+ * channels and issues every load of all its rows (slots, states, x, z,
+ * dt_sum) before computing any, so a block waits for memory once, not once
+ * per row (slots in a batch are distinct: no row's stores touch another
+ * row's loads). States move as 16-byte pieces when NPL == 4 and
+ * state_floats is a multiple of 4; each channel's dt_w row is read once for
+ * all the block's rows, the dt_low rows as 16-byte pieces.
+ * grid (ceil(E/32), ceil(B/RPB)), block 128.
+ */
+template <typename T, int NPL, int RPB>
+__global__ void ssmk_ssm_step_b(const float *dbc, int R, const T *dt_w,
+				const float *dt_b, const float *A, const float *Dp,
+				const float *xc, const float *xz, const float *in_b,
+				float *pool, const int *slots, size_t state_floats,
+				size_t ssm_off, size_t dts_off, int E, int B, T *yT)
+{
+	constexpr int VEC = 16 / sizeof(T);
+	const int N = NPL * SSM_LANES;
+	const int W = R + 2 * N;
+	const int g = threadIdx.x & (SSM_LANES - 1);
+	const int e = blockIdx.x * SSM_CH_PER_BLOCK + threadIdx.x / SSM_LANES;
+	const bool valid = e < E;
+	const int ec = valid ? e : E - 1; /* keeps every lane in the shuffles */
+	const int r0 = blockIdx.y * RPB;
+	const T *wr = dt_w + (size_t)ec * R;
+	const float zb = in_b ? in_b[E + ec] : 0.0f;
+	/* 16-byte state pieces need every slot's start 16-byte aligned */
+	const bool v4 = NPL == 4 && (state_floats & 3) == 0;
+	float a[NPL], h[RPB][NPL], x[RPB], z[RPB], ds[RPB], acc[RPB];
+	int slot[RPB];
+
+	pdl_launch_dependents();
+#pragma unroll
+	for (int i = 0; i < NPL; i++)
+		a[i] = A[(size_t)ec * N + g * NPL + i];
+	pdl_wait();
+
+#pragma unroll
+	for (int q = 0; q < RPB; q++) {
+		const int r = r0 + q < B ? r0 + q : B - 1;
+		slot[q] = r0 + q < B ? slots[r] : -1;
+		x[q] = xc[(size_t)r * E + ec];
+		z[q] = xz[(size_t)r * 2 * E + E + ec] + zb;
+		ds[q] = 0.0f;
+#pragma unroll
+		for (int i = 0; i < NPL; i++)
+			h[q][i] = 0.0f;
+	}
+#pragma unroll
+	for (int q = 0; q < RPB; q++) {
+		if (slot[q] < 0)
+			continue;
+		const float *st = pool + (size_t)slot[q] * state_floats;
+		const float *hs = st + ssm_off + (size_t)ec * N + g * NPL;
+		bool done = false;
+		if constexpr (NPL == 4) {
+			if (v4) {
+				const float4 v = *(const float4 *)hs;
+				h[q][0] = v.x;
+				h[q][1] = v.y;
+				h[q][2] = v.z;
+				h[q][3] = v.w;
+				done = true;
+			}
+		}
+		if (!done)
+#pragma unroll
+			for (int i = 0; i < NPL; i++)
+				h[q][i] = hs[i];
+		if (g == 0)
+			ds[q] = st[dts_off + ec];
+	}
+
+	/* dt_low . dt_w[e, :] for every row, each dt_w piece loaded once */
+#pragma unroll
+	for (int q = 0; q < RPB; q++)
+		acc[q] = 0.0f;
+	if (R % VEC == 0) {
+		/* R % VEC == 0 makes W and j multiples of 4: 16-byte row pieces */
+		for (int j = g * VEC; j < R; j += SSM_LANES * VEC) {
+			float wf[VEC];
+			unpack16(__ldg((const uint4 *)(wr + j)), wf, T());
+#pragma unroll
+			for (int q = 0; q < RPB; q++) {
+				const float4 *row = (const float4 *)(dbc +
+					(size_t)(r0 + q < B ? r0 + q : B - 1) * W + j);
+#pragma unroll
+				for (int i = 0; i < VEC / 4; i++) {
+					const float4 f = row[i];
+					acc[q] += wf[4 * i] * f.x + wf[4 * i + 1] * f.y +
+						  wf[4 * i + 2] * f.z + wf[4 * i + 3] * f.w;
+				}
+			}
+		}
+	} else {
+		for (int j = g; j < R; j += SSM_LANES) {
+			const float wv = to_f32(wr[j]);
+#pragma unroll
+			for (int q = 0; q < RPB; q++)
+				acc[q] += wv * dbc[(size_t)(r0 + q < B ? r0 + q : B - 1) * W + j];
+		}
+	}
+
+#pragma unroll
+	for (int q = 0; q < RPB; q++) {
+		if (r0 + q >= B)
+			break;
+		const int r = r0 + q;
+		float s = acc[q];
+		s += __shfl_xor_sync(0xffffffffu, s, 1);
+		s += __shfl_xor_sync(0xffffffffu, s, 2);
+		const float dt = softplus(s + dt_b[ec]);
+		const float *row = dbc + (size_t)r * W;
+		const float *Bv = row + R + g * NPL;
+		const float *Cv = row + R + N + g * NPL;
+		float y = 0.0f;
+#pragma unroll
+		for (int i = 0; i < NPL; i++) {
+			h[q][i] = __expf(dt * a[i]) * h[q][i] + dt * Bv[i] * x[q];
+			y += Cv[i] * h[q][i];
+		}
+		if (slot[q] >= 0 && valid) {
+			float *st = pool + (size_t)slot[q] * state_floats;
+			float *hs = st + ssm_off + (size_t)ec * N + g * NPL;
+			bool done = false;
+			if constexpr (NPL == 4) {
+				if (v4) {
+					*(float4 *)hs = make_float4(h[q][0], h[q][1], h[q][2], h[q][3]);
+					done = true;
+				}
+			}
+			if (!done)
+#pragma unroll
+				for (int i = 0; i < NPL; i++)
+					hs[i] = h[q][i];
+			if (g == 0)
+				st[dts_off + e] = ds[q] + dt;
+		}
+		y += __shfl_xor_sync(0xffffffffu, y, 1);
+		y += __shfl_xor_sync(0xffffffffu, y, 2);
+		if (valid && g == 0)
+			yT[(size_t)r * E + e] = from_f32<T>((y + Dp[e] * x[q]) * silu(z[q]));
 	}
 }
 

@@ -22,7 +22,10 @@ int ssm_cuda_timer_stop(ssm_backend *b, float *ms);
 /* The parts of a prefill that ssm_cuda_prefill_split() times, per layer
  * summed over the layers, plus the embedding and final norm (TAIL) and what
  * follows the layers' kernels inside ssm_prefill (OTHER: the logits GEMM,
- * checkpoint copies, host work between chunks). */
+ * checkpoint copies, host work between chunks). A decode step of 2 or more
+ * rows (ssm_cuda_decode_split) has NORM, IN_PROJ, CONV, X_PROJ, SSM_STEP,
+ * OUT_PROJ, TAIL (the embedding) and HEAD; one of a single row (the fused
+ * batch-1 kernels) is not split: all of it is OTHER. */
 enum ssm_cuda_part {
 	SSM_CUDA_NORM,      /* residual add + RMSNorm */
 	SSM_CUDA_IN_PROJ,   /* in_proj GEMM */
@@ -34,6 +37,8 @@ enum ssm_cuda_part {
 	SSM_CUDA_OUT_PROJ,  /* out_proj GEMM */
 	SSM_CUDA_TAIL,      /* embedding, final norm, last hidden vectors */
 	SSM_CUDA_OTHER,
+	SSM_CUDA_SSM_STEP,  /* decode: dt_proj + state update + gate */
+	SSM_CUDA_HEAD,      /* decode: final norm, lm_head, sampling */
 	SSM_CUDA_N_PARTS
 };
 extern const char *const ssm_cuda_part_names[SSM_CUDA_N_PARTS];
@@ -45,6 +50,16 @@ extern const char *const ssm_cuda_part_names[SSM_CUDA_N_PARTS];
  * a prefill of more parts than the event pool holds (8192). */
 int ssm_cuda_prefill_split(ssm_backend *b, int slot, const ssm_prefill_args *a,
 			   double ms[SSM_CUDA_N_PARTS]);
+
+/* Runs one decode step of rows slots[0..n) (1 <= n <= the backend's largest
+ * bucket; the same contract as ssm_decode, greedy, logits left on the
+ * device) without its CUDA graph, with a CUDA event after each part of each
+ * layer, and adds each part's device time in milliseconds to ms[part]. The
+ * launches and events add gaps that the graph does not have, so the parts
+ * add up to more than a graphed step; each part's own time is what to read.
+ * Blocks. SSMD_EINVAL: not a CUDA backend, or n out of range. */
+int ssm_cuda_decode_split(ssm_backend *b, const int *slots, const int32_t *tokens,
+			  int n, double ms[SSM_CUDA_N_PARTS]);
 
 /* The phases of the batch-1 decode kernel per layer (A..D, each followed by
  * the grid barrier that ends it) and the final norm + lm_head. */

@@ -36,7 +36,7 @@
  * against F32, through up to 24 layers of rounded GEMM inputs. */
 #define TOL_BF16 3e-2
 /* Batched against alone, same weights: only GEMM reduction order differs
- * (cuBLAS for batches of 2, 3, 37 and 64 rows, the batch-1 GEMV kernels
+ * (cuBLAS for batches of 2, 3, 20, 37 and 64 rows, the batch-1 GEMV kernels
  * alone). With BF16
  * weights every GEMM input is rounded to bf16 (2^-9 relative), so an order
  * difference flips roundings and the two runs differ at the bf16 level, as
@@ -731,6 +731,7 @@ int main(void)
 		test_batch(m, SSM_DTYPE_F32, 37);
 		test_batch(m, low_dtype, 64);
 		test_batch(m, SSM_DTYPE_F32, 3);
+		test_batch(m, low_dtype, 20);
 		test_batch(m, low_dtype, 2);
 	}
 
