@@ -15,10 +15,10 @@
 #       only bench_cuda's decode rows and splits, once per word of
 #       $DECODE_VARIANTS (default: "default"; a word VAR=VALUE runs with that
 #       environment variable set, to compare settings); the sanitizers
-#       last, on the test's quick mode, since they are the slowest: racecheck
-#       runs the test's groups side by side, SANITIZE_TIMEOUT seconds each,
-#       default 150), writes every log to $OUT (or ./gpu-out) and prints the
-#       results table last.
+#       last, on the test's quick mode, since they are the slowest: both
+#       tools run over the test's groups, all side by side, SANITIZE_TIMEOUT
+#       seconds each, default 240), writes every log to $OUT (or ./gpu-out)
+#       and prints the results table last.
 set -u
 cd "$(dirname "$0")/.."
 
@@ -157,35 +157,31 @@ if want sanitize || want memcheck || want racecheck; then
 	# kernels (names ssmk_*). It fails internally ("failed to handle a
 	# hardware exception") once cuBLAS's Hopper bf16 GEMMs run, even
 	# uninstrumented, so its run keeps all weights in f32.
+	# Both tools over the test's groups, every run side by side.
+	pids=""
 	for tool in memcheck racecheck; do
 		want sanitize || want $tool || continue
 		opts=""
 		envs="SSMD_CUDA_QUICK=1"
-		groups="all"
 		if [ $tool = racecheck ]; then
 			opts="--kernel-name kns=ssmk_"
 			envs="$envs SSMD_CUDA_F32_ONLY=1"
-			# the test's groups side by side, each under its own tool run
-			groups="fixtures cross batch checkpoints sampling big"
 		fi
-		pids=""
-		for g in $groups; do
-			only=""
-			[ "$g" = all ] || only="SSMD_CUDA_ONLY=$g"
-			env $envs $only timeout ${SANITIZE_TIMEOUT:-150} compute-sanitizer \
-				--tool $tool $opts --error-exitcode 9 "$bin/test_cuda" \
-				>"$out/sanitize-$tool-$g.log" 2>&1 &
-			pids="$pids $!:$g"
+		# ("big" needs SSMD_CUDA_BIG_MODEL, which the sanitizer runs leave unset)
+		for g in fixtures cross batch checkpoints sampling; do
+			env $envs SSMD_CUDA_ONLY=$g timeout ${SANITIZE_TIMEOUT:-240} \
+				compute-sanitizer --tool $tool $opts --error-exitcode 9 \
+				"$bin/test_cuda" >"$out/sanitize-$tool-$g.log" 2>&1 &
+			pids="$pids $!:$tool-$g"
 		done
-		for pg in $pids; do
-			wait "${pg%%:*}"
-			rc=$?
-			g=${pg#*:}
-			summary="$summary$tool $g: exit $rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|^cuda:' \
-				"$out/sanitize-$tool-$g.log" | tr '\n' ' ')
+	done
+	for pg in $pids; do
+		wait "${pg%%:*}"
+		rc=$?
+		tg=${pg#*:}
+		summary="$summary$tg: exit $rc, $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY|^cuda:' \
+			"$out/sanitize-$tg.log" | tr '\n' ' ')
 "
-			tail -n 3 "$out/sanitize-$tool-$g.log"
-		done
 	done
 fi
 echo "================================================================"

@@ -1,9 +1,8 @@
 /*
  * cuda_backend.cu — the CUDA backend: weights on the device, a slot pool of
  * f32 states, cuBLAS GEMMs for the four projections and lm_head, own kernels
- * for everything else (cuda_kernels.cuh), a fused small-batch decode path
- * (cuda_gemv.cuh: own GEMVs with the small kernels folded in, chained by
- * programmatic dependent launch), decode steps with their sampling captured
+ * for everything else (cuda_kernels.cuh), the batch-1 decode step as one
+ * persistent kernel (cuda_persist.cuh), decode steps with their sampling captured
  * as CUDA graphs per batch-size bucket (cuda_sample.cuh), a chunked prefill whose
  * time-segmented scan keeps states in registers and writes them only at
  * segment ends, the chunk's end and checkpoints, whose states travel to the
@@ -18,7 +17,6 @@
 
 #include "cuda_impl.h"
 #include "cuda_kernels.cuh"
-#include "cuda_gemv.cuh"
 #include "cuda_persist.cuh"
 #include "cuda_sample.cuh"
 
@@ -203,27 +201,6 @@ out:
 	return rc;
 }
 
-/* A kernel launch with programmatic dependent launch allowed (see pdl_wait
- * in cuda_kernels.cuh): the kernel may start before the previous one in the
- * stream completes and must pdl_wait before touching its results. */
-template <typename... P, typename... A>
-static cudaError_t launch_pdl(void (*kern)(P...), dim3 grid, dim3 block, size_t smem,
-			      cudaStream_t s, A... args)
-{
-	cudaLaunchAttribute at[1] = {};
-	cudaLaunchConfig_t lc = {};
-
-	at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-	at[0].val.programmaticStreamSerializationAllowed = 1;
-	lc.gridDim = grid;
-	lc.blockDim = block;
-	lc.dynamicSmemBytes = smem;
-	lc.stream = s;
-	lc.attrs = at;
-	lc.numAttrs = 1;
-	return cudaLaunchKernelEx(&lc, kern, args...);
-}
-
 /* ------------------------------------------------------------- forward -- */
 
 /* ssm_cuda_prefill_split() / _decode_split(): the end of a part. Recording an
@@ -321,121 +298,6 @@ out:
 	return rc;
 }
 
-/* Block shape (gemv_cfg) for a matrix of m rows: four rows per warp, one
- * row per warp, or each row split over the 8 warps, whichever first still
- * gives >= 200 blocks (132 SMs and a short tail). */
-static int gemv_cfg_of(int m)
-{
-	if (m / gemv_cfg<2>::RPB >= 200)
-		return 2;
-	if (m / gemv_cfg<1>::RPB >= 200)
-		return 1;
-	return 0;
-}
-
-#define CFG_SWITCH(cfg, CALL)                                                \
-	switch (cfg) {                                                       \
-	case 0: CALL(0); break;                                              \
-	case 1: CALL(1); break;                                              \
-	default: CALL(2); break;                                             \
-	}
-
-/*
- * The small-batch decode step (NB rows, cuda_gemv.cuh): the same
- * contract as decode_body, four kernels per layer chained by programmatic
- * dependent launch. The residual stream h carries each layer's sum (out_proj
- * adds into it), so a.mix is not used.
- */
-template <typename T, int NB>
-static int decode_small(cuda_backend *cb)
-{
-	int rc = SSMD_OK;
-	const ssm_config *c = &cb->cfg;
-	const int D = c->d_model, E = c->d_inner, N = c->d_state, K = c->d_conv,
-		  R = c->dt_rank, V = c->vocab_size, W = R + 2 * N;
-	const size_t sf = cb->state_floats, ws = sizeof(T);
-	const int cfg_in = gemv_cfg_of(2 * E), cfg_x = gemv_cfg_of(W),
-		  cfg_out = gemv_cfg_of(D), cfg_head = gemv_cfg_of(V);
-	cuda_act *a = &cb->act;
-	cudaStream_t s = cb->stream;
-	int l;
-
-	ssmk_embed<T><<<NB, 256, 0, s>>>(cb->d_tokens, (const T *)cb->embed, a->h, D);
-	CUDA_LAUNCHED();
-	for (l = 0; l < c->n_layer; l++) {
-		const cuda_layer *y = &cb->layers[l];
-
-#define IN(cfg)                                                               \
-	CUDA_TRY(launch_pdl(ssmk_gemv_in<T, NB, cfg>,                         \
-			    cdiv(2 * E, gemv_cfg<cfg>::RPB), GEMV_THREADS,    \
-			    NB * D * ws, s, (const T *)y->in_w,               \
-			    (const float *)a->h, (const float *)y->norm,      \
-			    c->eps, D, E, (const float *)y->in_b,             \
-			    (const float *)y->conv_w, (const float *)y->conv_b, \
-			    cb->pool, (const int *)cb->d_slots, sf,           \
-			    cb->off_conv + (size_t)l * E * (K - 1), K, a->xz, \
-			    a->xc, (T *)a->xcT))
-		CFG_SWITCH(cfg_in, IN);
-#undef IN
-#define XP(cfg)                                                               \
-	CUDA_TRY(launch_pdl(ssmk_gemv_plain<T, NB, cfg>,                      \
-			    cdiv(W, gemv_cfg<cfg>::RPB), GEMV_THREADS, 0, s,  \
-			    (const T *)y->x_w,                                \
-			    (const T *)a->xcT, W, E, a->dbc))
-		CFG_SWITCH(cfg_x, XP);
-#undef XP
-#define SSM_STEP(npl)                                                         \
-	CUDA_TRY(launch_pdl(ssmk_ssm_step<T, npl>,                            \
-			    dim3(cdiv(E, SSM_CH_PER_BLOCK), NB), 128, 0, s,   \
-			    (const float *)a->dbc, R, (const T *)y->dt_w,     \
-			    (const float *)y->dt_b, (const float *)y->A,      \
-			    (const float *)y->Dp, (const float *)a->xc,       \
-			    (const float *)a->xz, (const float *)y->in_b,     \
-			    cb->pool, (const int *)cb->d_slots, sf,           \
-			    (size_t)l * E * N, cb->off_dt_sum + (size_t)l * E, \
-			    E, NB, 1, (T *)a->yT))
-		NPL_SWITCH(N / SSM_LANES, SSM_STEP);
-#undef SSM_STEP
-#define OUT(cfg)                                                              \
-	CUDA_TRY(launch_pdl(ssmk_gemv_res<T, NB, cfg>,                        \
-			    cdiv(D, gemv_cfg<cfg>::RPB), GEMV_THREADS, 0, s,  \
-			    (const T *)y->out_w,                              \
-			    (const T *)a->yT, D, E, (const float *)y->out_b,  \
-			    a->h))
-		CFG_SWITCH(cfg_out, OUT);
-#undef OUT
-	}
-#define HEAD(cfg)                                                             \
-	CUDA_TRY(launch_pdl(ssmk_gemv_head<T, NB, cfg>,                       \
-			    cdiv(V, gemv_cfg<cfg>::RPB), GEMV_THREADS,        \
-			    NB * D * ws, s, (const T *)cb->lm_head,           \
-			    (const float *)a->h, (const float *)cb->norm_f,   \
-			    c->eps, D, V, a->logits, cb->pool,                \
-			    (const int *)cb->d_slots, sf, cb->off_hidden))
-	CFG_SWITCH(cfg_head, HEAD);
-#undef HEAD
-	ssmk_sample<<<NB, SAMPLE_THREADS, 0, s>>>(a->logits, V, cb->d_samp, cb->d_next);
-	CUDA_LAUNCHED();
-out:
-	return rc;
-}
-
-/*
- * Whether a bucket of nb <= GEMV_MAX_NB rows can take decode_small: every
- * GEMV row length (d_model, d_inner) a whole number of 16-byte pieces, and
- * the normalised input rows staged by ssmk_gemv_in / _head within the 48 KB
- * of shared memory a block gets without opting in (less 2 KB for the static
- * reduction arrays).
- */
-static int decode_small_ok(const cuda_backend *cb, int nb)
-{
-	const int D = cb->cfg.d_model, E = cb->cfg.d_inner;
-	const int vec = (int)(16 / cb->wsize);
-
-	return D % vec == 0 && E % vec == 0 && nb == GEMV_MAX_NB &&
-	       (size_t)nb * D * cb->wsize <= (size_t)46 << 10;
-}
-
 /*
  * The batch-1 step as one persistent kernel (cuda_persist.cuh), then the
  * sampling kernel: the same contract as decode_body at nb = 1. Launched
@@ -500,18 +362,11 @@ out:
 	return rc;
 }
 
-/* Whether the persistent kernel serves this backend (decode_persist_init
- * found a grid) and the step is one row; SSMD_CUDA_DECODE1=gemv picks the
- * four-kernel path instead, for comparison. */
+/* Whether the persistent kernel serves this step: one row, and
+ * persist_init_t found a grid for it on this device. */
 static int decode_persist_ok(const cuda_backend *cb, int nb)
 {
-	static int gemv = -1;
-
-	if (gemv < 0) {
-		const char *v = getenv("SSMD_CUDA_DECODE1");
-		gemv = v && !strcmp(v, "gemv");
-	}
-	return nb == 1 && cb->pk_grid > 0 && !gemv;
+	return nb == 1 && cb->pk_grid > 0;
 }
 
 template <typename T>
@@ -519,8 +374,6 @@ static int decode_any_nb(cuda_backend *cb, int nb)
 {
 	if (decode_persist_ok(cb, nb))
 		return decode_persist<T>(cb);
-	if (decode_small_ok(cb, nb))
-		return decode_small<T, GEMV_MAX_NB>(cb);
 	return decode_body<T>(cb, nb);
 }
 
@@ -1445,7 +1298,7 @@ static void cuda_close(ssm_backend *b)
  * row lengths in whole 16-byte pieces, the conv epilogue's 2 * d_conv + 1
  * lanes in a warp, its shared memory within the default 48 KB, cooperative
  * launch, and one block per SM resident. Otherwise pk_grid stays 0 and
- * batch 1 takes the four-kernel path.
+ * batch 1 takes the cuBLAS path of larger batches.
  */
 template <typename T>
 static int persist_init_t(cuda_backend *cb)

@@ -97,24 +97,6 @@ __device__ __forceinline__ void unpack16(const uint4 &v, float *f, __half)
 	}
 }
 
-/*
- * Programmatic dependent launch (sm_90). A kernel launched with the
- * programmatic-stream-serialization attribute may start while the kernel
- * before it in the stream still runs: pdl_launch_dependents lets the next
- * kernel be scheduled once every block of this one has started, and
- * pdl_wait returns when the previous kernel has completed with its writes
- * visible. Without the attribute both are no-ops.
- */
-__device__ __forceinline__ void pdl_launch_dependents(void)
-{
-	asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-}
-
-__device__ __forceinline__ void pdl_wait(void)
-{
-	asm volatile("griddepcontrol.wait;" ::: "memory");
-}
-
 /* h[r, :] = embed[tok[r], :] as f32.  grid (B), block 256. */
 template <typename T>
 __global__ void ssmk_embed(const int32_t *tok, const T *embed, float *h, int D)
@@ -306,102 +288,21 @@ __global__ void ssmk_conv_step(const float *xz, const float *in_b, const float *
 				    slots[r], state_floats, conv_off, E, K, xc, xcT);
 }
 
-/*
- * Decode SSM step, fused: per row r and channel e (4 lanes, NPL states each)
- *   dt  = softplus(dt_w[e, :] . dbc[r, 0:R] + dt_b[e])
- *   h_n = exp(dt * A[e, n]) * h_n + dt * B[r, n] * x        (slot state)
- *   y   = (sum_n C[r, n] * h_n + D[e] * x) * SiLU(z + in_b[E + e])
- *   dt_sum[e] += dt
- * ssm_off / dts_off = float offsets of this layer's ssm / dt_sum inside a slot.
- * A block takes `rpb` consecutive rows of its 32 channels in turn, so their
- * dt_w rows (read with 16-byte loads when R allows) come from L1 after the
- * first row. Serves the small-batch path (rpb = 1; batches of 2 or more rows
- * take ssmk_ssm_step_b), launched there with programmatic dependent launch:
- * A is loaded before waiting for x_proj (pdl_wait).
- * grid (ceil(E/32), ceil(B/rpb)), block 128.
- */
-
-template <typename T, int NPL>
-__global__ void ssmk_ssm_step(const float *dbc, int R, const T *dt_w,
-			   const float *dt_b, const float *A, const float *Dp,
-			   const float *xc, const float *xz, const float *in_b,
-			   float *pool, const int *slots, size_t state_floats,
-			   size_t ssm_off, size_t dts_off, int E, int B, int rpb,
-			   T *yT)
-{
-	constexpr int VEC = 16 / sizeof(T);
-	const int N = NPL * SSM_LANES;
-	const int W = R + 2 * N;
-	const int g = threadIdx.x & (SSM_LANES - 1);
-	const int e = blockIdx.x * SSM_CH_PER_BLOCK + threadIdx.x / SSM_LANES;
-	const bool valid = e < E;
-	const int ec = valid ? e : E - 1; /* keeps every lane in the shuffles */
-	const int r1 = (blockIdx.y + 1) * rpb < B ? (blockIdx.y + 1) * rpb : B;
-	const T *wr = dt_w + (size_t)ec * R;
-	float a[NPL];
-
-	pdl_launch_dependents();
-#pragma unroll
-	for (int i = 0; i < NPL; i++)
-		a[i] = A[(size_t)ec * N + g * NPL + i];
-	pdl_wait();
-	for (int r = blockIdx.y * rpb; r < r1; r++) {
-		const int slot = slots[r];
-		const float *row = dbc + (size_t)r * W;
-		float acc = 0.0f;
-
-		if (R % VEC == 0) {
-			for (int j = g * VEC; j < R; j += SSM_LANES * VEC) {
-				float wf[VEC];
-				unpack16(__ldg((const uint4 *)(wr + j)), wf, T());
-#pragma unroll
-				for (int i = 0; i < VEC; i++)
-					acc += wf[i] * row[j + i];
-			}
-		} else {
-			for (int j = g; j < R; j += SSM_LANES)
-				acc += to_f32(wr[j]) * row[j];
-		}
-		acc += __shfl_xor_sync(0xffffffffu, acc, 1);
-		acc += __shfl_xor_sync(0xffffffffu, acc, 2);
-		const float dt = softplus(acc + dt_b[ec]);
-		const float x = xc[(size_t)r * E + ec];
-		const float z = xz[(size_t)r * 2 * E + E + ec] + (in_b ? in_b[E + ec] : 0.0f);
-
-		float *hs = NULL;
-		if (slot >= 0)
-			hs = pool + (size_t)slot * state_floats + ssm_off +
-			     (size_t)ec * N + g * NPL;
-		const float *Bv = row + R + g * NPL;
-		const float *Cv = row + R + N + g * NPL;
-		float y = 0.0f;
-#pragma unroll
-		for (int i = 0; i < NPL; i++) {
-			float hv = hs ? hs[i] : 0.0f;
-			hv = __expf(dt * a[i]) * hv + dt * Bv[i] * x;
-			y += Cv[i] * hv;
-			if (hs && valid)
-				hs[i] = hv;
-		}
-		y += __shfl_xor_sync(0xffffffffu, y, 1);
-		y += __shfl_xor_sync(0xffffffffu, y, 2);
-		if (valid && g == 0) {
-			y = (y + Dp[e] * x) * silu(z);
-			yT[(size_t)r * E + e] = from_f32<T>(y);
-			if (slot >= 0)
-				pool[(size_t)slot * state_floats + dts_off + e] += dt;
-		}
-	}
-}
-
 /* Rows per block of ssmk_ssm_step_b. Measured on the H200 (bf16, decode
  * ms/step at batch 64): 2 rows 1.4b 3.32 / 2.8b 5.61, 4 rows 3.43 / 5.81,
  * 8 rows 4.21 / 7.35: fewer rows per block, more blocks in flight. */
 #define SSM_STEP_ROWS 2
 
 /*
- * The SSM step of ssmk_ssm_step (same formulas, same contract) for the
- * batched (cuBLAS) path: a block takes RPB consecutive rows of its 32
+ * Decode SSM step, fused: per row r and channel e (4 lanes, NPL states each)
+ *   dt  = softplus(dt_w[e, :] . dbc[r, 0:R] + dt_b[e])
+ *   h_n = exp(dt * A[e, n]) * h_n + dt * B[r, n] * x        (slot state)
+ *   y   = (sum_n C[r, n] * h_n + D[e] * x) * SiLU(z + in_b[E + e])
+ *   dt_sum[e] += dt
+ * ssm_off / dts_off = float offsets of this layer's ssm / dt_sum inside a
+ * slot; padding rows (slot < 0) keep no state. For the batched (cuBLAS)
+ * path (batch 1 has its own kernel, cuda_persist.cuh): a block takes RPB
+ * consecutive rows of its 32
  * channels and issues every load of all its rows (slots, states, x, z,
  * dt_sum) before computing any, so a block waits for memory once, not once
  * per row (slots in a batch are distinct: no row's stores touch another
@@ -432,11 +333,9 @@ __global__ void ssmk_ssm_step_b(const float *dbc, int R, const T *dt_w,
 	float a[NPL], h[RPB][NPL], x[RPB], z[RPB], ds[RPB], acc[RPB];
 	int slot[RPB];
 
-	pdl_launch_dependents();
 #pragma unroll
 	for (int i = 0; i < NPL; i++)
 		a[i] = A[(size_t)ec * N + g * NPL + i];
-	pdl_wait();
 
 #pragma unroll
 	for (int q = 0; q < RPB; q++) {

@@ -34,12 +34,12 @@
  * 16-byte pieces q = p0 + lane + 32 i of that part of the row and meet each
  * with the staged input vector in shared memory; the warp's sum goes to the
  * phase's epilogue. The SSM phase gives each channel 4 lanes (NPL states
- * each), channel e on block e % G, as ssmk_ssm_step does.
+ * each), channel e on block e % G, as ssmk_ssm_step_b does.
  *
- * The numbers follow the four-kernel GEMV path it replaces: GEMM inputs
- * rounded to T as the cuBLAS path rounds them (the norm's input before its
- * scale), f32 sums in a fixed order (every run gives the same bits), the
- * same formulas (ssm_conv_channel's conv step, ssmk_ssm_step's update).
+ * The numbers follow the cuBLAS path of larger batches: GEMM inputs rounded
+ * to T as it rounds them (the norm's input before its scale), f32 sums in a
+ * fixed order (every run gives the same bits), the same formulas
+ * (ssm_conv_channel's conv step, ssmk_ssm_step_b's update).
  *
  * Requirements (persist_init_t): d_model and d_inner whole numbers of
  * 16-byte pieces; 2 * d_conv + 1 <= 32 (the conv epilogue's lanes); the
@@ -326,7 +326,7 @@ __device__ __forceinline__ int pk_nchan(void)
 }
 
 /*
- * Phase C for channel e (the ssmk_ssm_step formulas at batch 1):
+ * Phase C for channel e (the ssmk_ssm_step_b formulas at batch 1):
  *   dt = softplus(dt_w[e, :] . dbc[0:R] + dt_b[e]), the state update on the
  *   slot, y = (C . h + D x) * SiLU(z + in_b) -> yT[e], dt_sum[e] += dt.
  * dbc: shared (W), the sums of phase B's parts; x = xc[e], z = xz[E + e].

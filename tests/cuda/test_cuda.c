@@ -36,8 +36,8 @@
  * against F32, through up to 24 layers of rounded GEMM inputs. */
 #define TOL_BF16 3e-2
 /* Batched against alone, same weights: only GEMM reduction order differs
- * (cuBLAS for batches of 2, 3, 20, 37 and 64 rows, the batch-1 GEMV kernels
- * alone). With BF16
+ * (cuBLAS for batches of 2, 3, 20, 37 and 64 rows, the persistent batch-1
+ * kernel alone). With BF16
  * weights every GEMM input is rounded to bf16 (2^-9 relative), so an order
  * difference flips roundings and the two runs differ at the bf16 level, as
  * BF16 differs from F32 (measured 1.6e-3): a third of TOL_BF16. */
