@@ -17,8 +17,8 @@
 #       environment variable set, to compare settings); the sanitizers
 #       last, on the test's quick mode, since they are the slowest: both
 #       tools run over the test's groups, all side by side, SANITIZE_TIMEOUT
-#       seconds each, default 240), writes every log to $OUT (or ./gpu-out)
-#       and prints the results table last.
+#       seconds each, default 240; SANITIZE_GROUPS picks groups), writes every
+#       log to $OUT (or ./gpu-out) and prints the results table last.
 set -u
 cd "$(dirname "$0")/.."
 
@@ -167,8 +167,12 @@ if want sanitize || want memcheck || want racecheck; then
 			opts="--kernel-name kns=ssmk_"
 			envs="$envs SSMD_CUDA_F32_ONLY=1"
 		fi
-		# ("big" needs SSMD_CUDA_BIG_MODEL, which the sanitizer runs leave unset)
-		for g in fixtures cross batch checkpoints sampling; do
+		# ("big" needs SSMD_CUDA_BIG_MODEL, which the sanitizer runs leave
+		# unset; racecheck takes the batch group case by case)
+		groups="fixtures cross batch checkpoints sampling"
+		[ $tool = racecheck ] && groups="fixtures cross batch-f32-64 batch-f32-37 \
+			batch-low-64 batch-f32-3 batch-low-20 batch-low-2 checkpoints sampling"
+		for g in ${SANITIZE_GROUPS:-$groups}; do
 			env $envs SSMD_CUDA_ONLY=$g timeout ${SANITIZE_TIMEOUT:-240} \
 				compute-sanitizer --tool $tool $opts --error-exitcode 9 \
 				"$bin/test_cuda" >"$out/sanitize-$tool-$g.log" 2>&1 &

@@ -643,8 +643,9 @@ out:
 }
 
 /* Whether group `name` runs: all of them, or those SSMD_CUDA_ONLY names
- * (comma-separated: fixtures, cross, batch, checkpoints, sampling, big), so
- * a slow tool such as a sanitizer can run the groups side by side. */
+ * (comma-separated: fixtures, cross, batch or one of its cases batch-f32-64
+ * ... batch-low-2, checkpoints, sampling, big), so a slow tool such as a
+ * sanitizer can run the groups side by side. */
 static int want(const char *name)
 {
 	const char *only = getenv("SSMD_CUDA_ONLY");
@@ -666,6 +667,14 @@ int main(void)
 	const char *big = getenv("SSMD_CUDA_BIG_MODEL");
 	static const char *const dirs[] = {"bf16-deep", "bias-untied", "conv3-rank7",
 					   "f16-sharded"};
+	/* the batch group's cases, each also a group of its own */
+	static const struct {
+		const char *name;
+		int low, n; /* low: the BF16 (or SSMD_CUDA_F32_ONLY) weights */
+	} batches[] = {
+		{"batch-f32-64", 0, 64}, {"batch-f32-37", 0, 37}, {"batch-low-64", 1, 64},
+		{"batch-f32-3", 0, 3},   {"batch-low-20", 1, 20}, {"batch-low-2", 1, 2},
+	};
 	char path[1024];
 	ssm_model *m = NULL;
 	ssm_backend *gpu = NULL, *cpu = NULL;
@@ -725,15 +734,10 @@ int main(void)
 		gpu = NULL;
 	}
 
-	if (want("batch")) {
-		printf("batched decode (tol %g f32, %g bf16):\n", TOL_BATCH, TOL_BATCH_BF16);
-		test_batch(m, SSM_DTYPE_F32, 64);
-		test_batch(m, SSM_DTYPE_F32, 37);
-		test_batch(m, low_dtype, 64);
-		test_batch(m, SSM_DTYPE_F32, 3);
-		test_batch(m, low_dtype, 20);
-		test_batch(m, low_dtype, 2);
-	}
+	printf("batched decode (tol %g f32, %g bf16):\n", TOL_BATCH, TOL_BATCH_BF16);
+	for (i = 0; i < sizeof(batches) / sizeof(batches[0]); i++)
+		if (want("batch") || want(batches[i].name))
+			test_batch(m, batches[i].low ? low_dtype : SSM_DTYPE_F32, batches[i].n);
 
 	if (want("checkpoints")) {
 		/* chunks of 160 tokens: scan segments of 64, 64 and 32, two chunks */
