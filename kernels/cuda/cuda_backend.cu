@@ -168,37 +168,35 @@ static int upload_weights(cuda_backend *cb)
 
 /* ----------------------------------------------------------------- GEMM -- */
 
-/* Y (n, m) row-major f32, leading dim ldy  =  X (n, k) [ld ldx]  .  W^T, with
- * W (m, k) row-major in the weight dtype. cuBLAS sees column-major
- * Y^T = W^T' X^T: op(A) = W^T stored as (k, m) column-major. */
-static int gemm(cuda_backend *cb, const void *W, const void *X, int ldx,
-		float *Y, int ldy, int m, int n, int k)
+/* Y (n, m) row-major f32, leading dim ldy  =  X (n, k) [ld ldx]  .  W^T
+ * (+ Y when acc: the prefill's out_proj adding straight into the residual
+ * stream, C = Y with beta = 1), with W (m, k) row-major in the weight dtype.
+ * cuBLAS sees column-major Y^T = W^T' X^T: op(A) = W^T stored as (k, m)
+ * column-major. */
+static int gemm_ex(cuda_backend *cb, const void *W, const void *X, int ldx,
+		   float *Y, int ldy, int m, int n, int k, int acc)
 {
 	int rc = SSMD_OK;
 	const float one = 1.0f, zero = 0.0f;
 
 	CUBLAS_TRY(cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one,
-				W, cb->wtype, k, X, cb->wtype, ldx, &zero, Y,
+				W, cb->wtype, k, X, cb->wtype, ldx, acc ? &one : &zero, Y,
 				CUDA_R_32F, ldy, CUBLAS_COMPUTE_32F,
 				CUBLAS_GEMM_DEFAULT));
 out:
 	return rc;
 }
 
-/* Y += X . W^T, shapes as gemm(): the prefill's out_proj adding straight
- * into the residual stream (C = Y, beta = 1). */
+static int gemm(cuda_backend *cb, const void *W, const void *X, int ldx,
+		float *Y, int ldy, int m, int n, int k)
+{
+	return gemm_ex(cb, W, X, ldx, Y, ldy, m, n, k, 0);
+}
+
 static int gemm_acc(cuda_backend *cb, const void *W, const void *X, int ldx,
 		    float *Y, int ldy, int m, int n, int k)
 {
-	int rc = SSMD_OK;
-	const float one = 1.0f;
-
-	CUBLAS_TRY(cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one,
-				W, cb->wtype, k, X, cb->wtype, ldx, &one, Y,
-				CUDA_R_32F, ldy, CUBLAS_COMPUTE_32F,
-				CUBLAS_GEMM_DEFAULT));
-out:
-	return rc;
+	return gemm_ex(cb, W, X, ldx, Y, ldy, m, n, k, 1);
 }
 
 /* ------------------------------------------------------------- forward -- */
@@ -1145,36 +1143,34 @@ out:
 	return rc;
 }
 
-extern "C" int ssm_cuda_prefill_split(ssm_backend *b, int slot,
-				      const ssm_prefill_args *a,
-				      double ms[SSM_CUDA_N_PARTS])
+/* The event pool of the splits, made on first use. */
+static int split_events(cuda_backend *cb)
 {
-	cuda_backend *cb;
-	int rc, i, n;
+	int rc = SSMD_OK, i;
+
+	if (cb->split_ev)
+		return SSMD_OK;
+	cb->split_ev = (cudaEvent_t *)calloc(SPLIT_CAP, sizeof(cudaEvent_t));
+	cb->split_part = (unsigned char *)calloc(SPLIT_CAP, 1);
+	if (!cb->split_ev || !cb->split_part)
+		return ssmd_err_set(SSMD_ENOMEM, "split: no memory for its events");
+	for (i = 0; i < SPLIT_CAP; i++)
+		CUDA_TRY(cudaEventCreate(&cb->split_ev[i]));
+out:
+	return rc;
+}
+
+/* Ends a split of n marks (split_n before it is reset): adds the time
+ * between consecutive marks to ms[part of the later mark]. Blocks. */
+static int split_collect(cuda_backend *cb, const char *what, int n,
+			 double ms[SSM_CUDA_N_PARTS])
+{
+	int rc = SSMD_OK, i;
 	float t;
 
-	if ((rc = cuda_backend_check(b)))
-		return rc;
-	cb = cb_of(b);
-	if (!cb->split_ev) {
-		cb->split_ev = (cudaEvent_t *)calloc(SPLIT_CAP, sizeof(cudaEvent_t));
-		cb->split_part = (unsigned char *)calloc(SPLIT_CAP, 1);
-		if (!cb->split_ev || !cb->split_part)
-			return ssmd_err_set(SSMD_ENOMEM, "prefill split: no memory");
-		for (i = 0; i < SPLIT_CAP; i++)
-			CUDA_TRY(cudaEventCreate(&cb->split_ev[i]));
-	}
-	cb->split_n = 0;
-	split_mark(cb, SSM_CUDA_OTHER); /* the start: its part is not used */
-	rc = ssm_prefill(b, slot, a);
-	split_mark(cb, SSM_CUDA_OTHER);
-	n = cb->split_n;
-	cb->split_n = -1;
-	if (rc)
-		return rc;
 	if (n > SPLIT_CAP)
-		return ssmd_err_set(SSMD_EINVAL, "prefill split: %d parts, at most %d",
-				    n, SPLIT_CAP);
+		return ssmd_err_set(SSMD_EINVAL, "%s split: %d parts, at most %d", what, n,
+				    SPLIT_CAP);
 	CUDA_TRY(cudaEventSynchronize(cb->split_ev[n - 1]));
 	for (i = 1; i < n; i++) {
 		CUDA_TRY(cudaEventElapsedTime(&t, cb->split_ev[i - 1], cb->split_ev[i]));
@@ -1184,13 +1180,35 @@ out:
 	return rc;
 }
 
+extern "C" int ssm_cuda_prefill_split(ssm_backend *b, int slot,
+				      const ssm_prefill_args *a,
+				      double ms[SSM_CUDA_N_PARTS])
+{
+	cuda_backend *cb;
+	int rc, n;
+
+	if ((rc = cuda_backend_check(b)))
+		return rc;
+	cb = cb_of(b);
+	if ((rc = split_events(cb)))
+		return rc;
+	cb->split_n = 0;
+	split_mark(cb, SSM_CUDA_OTHER); /* the start: its part is not used */
+	rc = ssm_prefill(b, slot, a);
+	split_mark(cb, SSM_CUDA_OTHER);
+	n = cb->split_n;
+	cb->split_n = -1;
+	if (rc)
+		return rc;
+	return split_collect(cb, "prefill", n, ms);
+}
+
 extern "C" int ssm_cuda_decode_split(ssm_backend *b, const int *slots,
 				     const int32_t *tokens, int n,
 				     double ms[SSM_CUDA_N_PARTS])
 {
 	cuda_backend *cb;
 	int rc, i, k;
-	float t;
 
 	if ((rc = cuda_backend_check(b)))
 		return rc;
@@ -1198,14 +1216,8 @@ extern "C" int ssm_cuda_decode_split(ssm_backend *b, const int *slots,
 	if (n < 1 || n > cb->max_batch)
 		return ssmd_err_set(SSMD_EINVAL, "decode split: %d rows, 1..%d", n,
 				    cb->max_batch);
-	if (!cb->split_ev) {
-		cb->split_ev = (cudaEvent_t *)calloc(SPLIT_CAP, sizeof(cudaEvent_t));
-		cb->split_part = (unsigned char *)calloc(SPLIT_CAP, 1);
-		if (!cb->split_ev || !cb->split_part)
-			return ssmd_err_set(SSMD_ENOMEM, "decode split: no memory");
-		for (i = 0; i < SPLIT_CAP; i++)
-			CUDA_TRY(cudaEventCreate(&cb->split_ev[i]));
-	}
+	if ((rc = split_events(cb)))
+		return rc;
 	CUDA_TRY(cudaSetDevice(cb->device));
 	for (i = 0; i < n; i++)
 		memset(&cb->h_samp[i], 0, sizeof(cuda_sampler)); /* greedy */
@@ -1221,16 +1233,7 @@ extern "C" int ssm_cuda_decode_split(ssm_backend *b, const int *slots,
 		goto out;
 	for (i = 0; i < n; i++)
 		cb->n_tokens[slots[i]]++;
-	if (k > SPLIT_CAP) {
-		rc = ssmd_err_set(SSMD_EINVAL, "decode split: %d parts, at most %d", k,
-				  SPLIT_CAP);
-		goto out;
-	}
-	CUDA_TRY(cudaEventSynchronize(cb->split_ev[k - 1]));
-	for (i = 1; i < k; i++) {
-		CUDA_TRY(cudaEventElapsedTime(&t, cb->split_ev[i - 1], cb->split_ev[i]));
-		ms[cb->split_part[i]] += t;
-	}
+	rc = split_collect(cb, "decode", k, ms);
 out:
 	return rc;
 }

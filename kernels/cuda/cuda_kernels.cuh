@@ -97,6 +97,26 @@ __device__ __forceinline__ void unpack16(const uint4 &v, float *f, __half)
 	}
 }
 
+/* The sum of v over the block (every thread's value; blockDim.x a multiple
+ * of 32), returned to every thread. red: shared (32). */
+__device__ __forceinline__ float block_sum(float v, float *red)
+{
+	for (int o = 16; o > 0; o >>= 1)
+		v += __shfl_xor_sync(0xffffffffu, v, o);
+	if ((threadIdx.x & 31) == 0)
+		red[threadIdx.x >> 5] = v;
+	__syncthreads();
+	if (threadIdx.x < 32) {
+		v = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.0f;
+		for (int o = 16; o > 0; o >>= 1)
+			v += __shfl_xor_sync(0xffffffffu, v, o);
+		if (threadIdx.x == 0)
+			red[0] = v;
+	}
+	__syncthreads();
+	return red[0];
+}
+
 /* h[r, :] = embed[tok[r], :] as f32.  grid (B), block 256. */
 template <typename T>
 __global__ void ssmk_embed(const int32_t *tok, const T *embed, float *h, int D)
@@ -135,20 +155,7 @@ __global__ void ssmk_add_norm(float *h, const float *mix, const float *mix_b,
 		}
 		ss += v * v;
 	}
-	for (int o = 16; o > 0; o >>= 1)
-		ss += __shfl_xor_sync(0xffffffffu, ss, o);
-	if ((threadIdx.x & 31) == 0)
-		red[threadIdx.x >> 5] = ss;
-	__syncthreads();
-	if (threadIdx.x < 32) {
-		ss = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.0f;
-		for (int o = 16; o > 0; o >>= 1)
-			ss += __shfl_xor_sync(0xffffffffu, ss, o);
-		if (threadIdx.x == 0)
-			red[0] = ss;
-	}
-	__syncthreads();
-	const float scale = rsqrtf(red[0] / (float)D + eps);
+	const float scale = rsqrtf(block_sum(ss, red) / (float)D + eps);
 	T *xr = xn + (size_t)blockIdx.x * D;
 	float *hid = NULL;
 	if (pool && slots[blockIdx.x] >= 0)
@@ -200,20 +207,7 @@ ssmk_norm_rows(float *__restrict__ h, const float *__restrict__ bias,
 			      v[k].w * v[k].w;
 		}
 	}
-	for (int o = 16; o > 0; o >>= 1)
-		ss += __shfl_xor_sync(0xffffffffu, ss, o);
-	if ((threadIdx.x & 31) == 0)
-		red[threadIdx.x >> 5] = ss;
-	__syncthreads();
-	if (threadIdx.x < 32) {
-		ss = threadIdx.x < (blockDim.x >> 5) ? red[threadIdx.x] : 0.0f;
-		for (int o = 16; o > 0; o >>= 1)
-			ss += __shfl_xor_sync(0xffffffffu, ss, o);
-		if (threadIdx.x == 0)
-			red[0] = ss;
-	}
-	__syncthreads();
-	const float scale = rsqrtf(red[0] / (float)D + eps);
+	const float scale = rsqrtf(block_sum(ss, red) / (float)D + eps);
 	T *xr = xn + (size_t)blockIdx.x * D;
 #pragma unroll
 	for (int k = 0; k < NORM_V4; k++) {
