@@ -1656,6 +1656,10 @@ static void merge_opened(sched *s, struct job *j, ssm_state **st,
 
 	if (m->mode == MERGE_REPLAY) {
 		rc = scratch_open(s, j, st, id, q->seed, 1, &x);
+		/* Opened, it is a session resumed from the first source's state
+		 * (the replayed tokens follow); its base_state says so. */
+		if (!rc && m->open)
+			snprintf(x->from_id, sizeof(x->from_id), "%s", id);
 		if (!rc) {
 			/* The job runs as a prefill of these tokens. */
 			j->toks = m->tokens;

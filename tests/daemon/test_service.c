@@ -352,6 +352,10 @@ static void test_merge(sched *s, store *st, const ssm_model *m)
 			      "replay of y onto x is byte-for-byte the state of appending x then y");
 			CHECK(r->merge->n_tokens == 50 && r->merge->session->n_tokens == 50,
 			      "replay result and its session hold 50 tokens");
+			CHECK(r->merge->session->base_state &&
+			      strcmp(r->merge->session->base_state, ida) == 0,
+			      "the opened replay session was resumed from the first source "
+			      "(base_state '%s')", r->merge->session->base_state);
 			CHECK_RC(harness_generate(s, r->merge->session->id, 8, 0, 0, 0, out, &n), SSMD_OK);
 			harness_reference_run(m, "cpu", xy, 50, 8, 0, 0, ref);
 			CHECK(n == 8 && memcmp(out, ref, sizeof(ref)) == 0,
