@@ -26,6 +26,8 @@ DEFAULT_CONNECT_TIMEOUT_S = 2.0
 # other socket are waited for before the rest is taken from the reply.
 STREAM_DRAIN_S = 0.2
 STREAM_POLL_MS = 20
+# A request ID is 1..REQUEST_ID_MAX - 1 bytes (SSMD_REQUEST_ID_MAX of ssmd.h).
+REQUEST_ID_MAX = 129
 
 # Error codes of proto/ssmd_err.h (they travel on the wire and never change).
 ERROR_NAMES = {
@@ -160,9 +162,9 @@ class Client:
     def __exit__(self, *exc):
         self.close()
 
-    def _envelope(self, **op) -> "pb.Request":
+    def _envelope(self, request_id: Optional[str] = None, **op) -> "pb.Request":
         req = pb.Request(version=PROTOCOL_VERSION,
-                         request_id=secrets.token_hex(16),
+                         request_id=request_id or secrets.token_hex(16),
                          client_id=self.client_id, **op)
         return req
 
@@ -387,20 +389,25 @@ class Client:
         op = _set_given(pb.ResultRequest(request_id=request_id), client_id=client_id)
         return self._call("fetched", result=op).fetched.reply
 
-    def submit(self, op: str, **fields) -> str:
+    def submit(self, op: str, *, request_id: Optional[str] = None, **fields) -> str:
         """Pushes one request to the jobs endpoint, fire and forget: op names
         an operation ("append", "generate", "merge", ...), fields are those
         of its request message (OpenRequest's "from" as **{"from": ...}).
+        request_id, when given, names the job (1..128 bytes; a resend with
+        the same ID is not executed twice), else a fresh random one does.
         Returns the request ID; the complete reply is published on the events
         endpoint, and result(request_id) returns it, waiting while it runs."""
         field = pb.Request.DESCRIPTOR.fields_by_name.get(op)
         if field is None or field.containing_oneof is None:
             raise SsmdError(SSMD_EINVAL, f"submit: no operation {op!r}")
+        if request_id is not None and not 0 < len(request_id.encode()) < REQUEST_ID_MAX:
+            raise SsmdError(SSMD_EINVAL,
+                            f"submit: a request ID has 1..{REQUEST_ID_MAX - 1} bytes")
         try:
             msg = getattr(pb, field.message_type.name)(**fields)
         except (TypeError, ValueError) as e:
             raise SsmdError(SSMD_EINVAL, f"submit {op}: {e}") from e
-        req = self._envelope(**{op: msg})
+        req = self._envelope(request_id, **{op: msg})
         if self._push is None:
             self._push = _dial(
                 pynng.Push0(send_timeout=int(self.connect_timeout * 1000)),

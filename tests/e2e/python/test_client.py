@@ -355,3 +355,18 @@ def test_jobs(client):
     with pytest.raises(SsmdError) as e:
         client.submit("frobnicate")
     assert e.value.code == SSMD_EINVAL
+    # A caller-chosen request ID names the job; a resend of it is not run twice.
+    mine = f"job/{time.monotonic_ns()}"
+    assert client.submit("append", request_id=mine, session=s, tokens=[5, 6]) == mine
+    first = job_result(client, mine)
+    assert first.request_id == mine and first.code == 0 and first.append.appended == 2
+    client.submit("append", request_id=mine, session=s, tokens=[5, 6])
+    # The next job on the same push socket arrives after the resend: its
+    # total shows the resend added nothing (2 more tokens if it had run).
+    after = job_result(client, client.submit("append", session=s, tokens=[7]))
+    assert after.append.session_tokens == first.append.session_tokens + 1
+    assert job_result(client, mine).append.session_tokens == first.append.session_tokens
+    for bad_id in ("", "x" * 129):
+        with pytest.raises(SsmdError) as e:
+            client.submit("append", request_id=bad_id, session=s, tokens=[1])
+        assert e.value.code == SSMD_EINVAL
