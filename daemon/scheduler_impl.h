@@ -30,9 +30,10 @@ struct sched {
 	sched_publish_fn publish;
 	void *publish_arg;
 	storeq *sq;
-	void *put_raw;             /* store thread only: put_store()'s encode
-				    * buffer, (put_raw_cap) bytes, kept from
-				    * put to put (freed by sched_free()) */
+	void *put_raw;             /* store thread only: put_encode()'s buffer
+				    * for every put and merge, (put_raw_cap)
+				    * bytes, kept from put to put (freed by
+				    * sched_free()) */
 	size_t put_raw_cap;
 	double start_s;            /* monotonic seconds at start */
 	hostcache *hc;             /* the host tier (scheduler thread; after

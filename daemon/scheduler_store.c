@@ -167,6 +167,29 @@ static void put_args_free(struct put_args *a)
 	free(a);
 }
 
+/*
+ * Encodes st into the store thread's one put buffer, grown as needed: a
+ * fresh buffer of a 1.4b state's 15.7 MB costs a page fault per 4 kB page
+ * on first touch (about as long as the encode), and its free gives the
+ * pages back to be faulted in again by the next put. *raw points into it
+ * until the next put_encode.
+ */
+static int put_encode(sched *s, const ssm_state *st, void **raw, size_t *raw_len)
+{
+	const size_t len = ssm_state_encoded_size(st);
+
+	if (len > s->put_raw_cap) {
+		free(s->put_raw);
+		s->put_raw_cap = 0;
+		if (!(s->put_raw = malloc(len)))
+			return ssmd_err_set(SSMD_ENOMEM, "encoding a state of %zu bytes", len);
+		s->put_raw_cap = len;
+	}
+	*raw = s->put_raw;
+	*raw_len = len;
+	return ssm_state_encode(st, s->put_raw, len);
+}
+
 /* Encodes st and stores it as a's put describes (kind, label, first parent
  * a->parent reaching back over failed puts, transcript a->tokens, a merge's
  * further parents, the session row); id gets the new ID at commit. */
@@ -177,29 +200,15 @@ static int put_store(struct put_args *a, const ssm_state *st,
 	struct sref *parent = NULL;
 	const int32_t *tokens = NULL;
 	int32_t *joined = NULL;
-	size_t n_tokens = 0, raw_len = ssm_state_encoded_size(st);
-	void *raw = s->put_raw;
+	size_t n_tokens = 0, raw_len = 0;
+	void *raw = NULL;
 	char metadata[64 + SESS_ID_SIZE];
 	int rc;
 
-	/* One buffer for every put: a fresh one of a 1.4b state's 15.7 MB
-	 * costs a page fault per 4 kB page on first touch (about as long as
-	 * the encode), and its free gives the pages back to be faulted in
-	 * again by the next put. */
-	if (raw_len > s->put_raw_cap) {
-		free(s->put_raw);
-		s->put_raw_cap = 0;
-		if (!(raw = s->put_raw = malloc(raw_len))) {
-			rc = ssmd_err_set(SSMD_ENOMEM, "encoding a state of %zu bytes",
-					  raw_len);
-			goto done;
-		}
-		s->put_raw_cap = raw_len;
-	}
 	rc = put_transcript(a, &parent, &tokens, &n_tokens, &joined);
 	if (rc)
 		goto done;
-	rc = ssm_state_encode(st, raw, raw_len);
+	rc = put_encode(s, st, &raw, &raw_len);
 	if (rc)
 		goto done;
 	snprintf(metadata, sizeof(metadata), "{\"session\":\"%s\"}", a->session);
@@ -487,16 +496,13 @@ static int merge_put(sched *s, struct job *j, const ssm_state *st,
 	const Ssmd__MergeRequest *q = j->req->merge;
 	struct merge *m = j->merge;
 	const char *parents[STORE_PARENTS_MAX];
-	size_t raw_len = ssm_state_encoded_size(st);
-	void *raw = malloc(raw_len);
+	size_t raw_len = 0;
+	void *raw = NULL;
 	int rc;
 
-	if (!raw)
-		return ssmd_err_set(SSMD_ENOMEM, "encoding a state of %zu bytes",
-				    raw_len);
 	for (size_t i = 0; i < m->n; i++)
 		parents[i] = m->ids[i];
-	rc = ssm_state_encode(st, raw, raw_len);
+	rc = put_encode(s, st, &raw, &raw_len);
 	if (!rc) {
 		store_put p = {
 			.raw = raw,
@@ -510,7 +516,6 @@ static int merge_put(sched *s, struct job *j, const ssm_state *st,
 		};
 		rc = store_state_put(s->store, &p, id);
 	}
-	free(raw);
 	if (!rc && q->tag && q->tag[0] && (rc = store_tag_set(s->store, q->tag, id)))
 		rc = ssmd_err_set(rc, "merged state %s stored, but tag '%s' failed: %s",
 				  id, q->tag, ssmd_errmsg());
