@@ -11,6 +11,7 @@
 #include "ssmd.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -289,15 +290,26 @@ fail:
 	return rc;
 }
 
+/*
+ * Clients of one process close their sockets one at a time: nng 1.5
+ * (Debian 12) can deadlock when sockets are closed from several threads at
+ * once (the closing threads and its reaper wait on each other; upstream
+ * nng issues 1543 and 1813). A close takes well under a millisecond, so
+ * taking turns costs nothing that matters.
+ */
+static pthread_mutex_t close_lock = PTHREAD_MUTEX_INITIALIZER;
+
 void ssmd_client_close(ssmd_client *c)
 {
 	if (!c)
 		return;
+	pthread_mutex_lock(&close_lock);
 	nng_close(c->req);
 	if (c->sub_open)
 		nng_close(c->sub);
 	if (c->push_open)
 		nng_close(c->push);
+	pthread_mutex_unlock(&close_lock);
 	free(c);
 }
 
