@@ -99,7 +99,8 @@ int ssmd_jobs_url(const char *url, char *out, size_t cap);
  * the first ssmd_submit(). */
 int ssmd_client_open(const ssmd_client_opts *opts, ssmd_client **out);
 
-/* Disconnects and frees the client; NULL is a no-op. */
+/* Disconnects and frees the client; NULL is a no-op. Clients of several
+ * threads may close at once (their sockets are closed one after another). */
 void ssmd_client_close(ssmd_client *c);
 
 /* This client's ID as sent with every request ("host/pid/random");
