@@ -2258,26 +2258,37 @@ static void sess_expire(sched *s, struct sess *x)
 	log_info("session %s expires after %d s idle", x->id, s->cfg->idle_timeout);
 }
 
-/* Expires every session idle for idle_timeout seconds. Returns the
- * monotonic time of the next expiry, or 0 for none. */
+/*
+ * Expires every session idle for idle_timeout seconds. Returns the
+ * monotonic time of the next look (0: expiry is off). The sessions are
+ * walked only once that time has come, not at every step: a session that
+ * becomes idle after a walk has active_s >= the walk's time (its last
+ * request ended then, or it was opened then), so it is due no earlier than
+ * walk + idle_timeout, and the next look is the earliest due of the walk's
+ * idle sessions or, with none, walk + idle_timeout.
+ */
 static double sched_expire(sched *s)
 {
-	double timeout = s->cfg->idle_timeout, now = sched_now(), next = 0;
+	double timeout = s->cfg->idle_timeout, now = sched_now(), next;
 
 	if (timeout <= 0)
 		return 0;
+	if (now < s->expiry_next)
+		return s->expiry_next;
+	next = now + timeout;
 	for (size_t i = s->sessions.n; i-- > 0;) {
 		struct sess *x = s->sessions.v[i];
 		double due = x->active_s + timeout;
 		if (x->head || x->loading || x->closing)
 			continue;
 		if (due > now) {
-			if (!next || due < next)
+			if (due < next)
 				next = due;
 			continue;
 		}
 		sess_expire(s, x);
 	}
+	s->expiry_next = next;
 	return next;
 }
 

@@ -36,6 +36,7 @@ struct sched {
 				    * sched_free()) */
 	size_t put_raw_cap;
 	double start_s;            /* monotonic seconds at start */
+	double expiry_next;        /* sched_expire(): when to walk the sessions next */
 	hostcache *hc;             /* the host tier (scheduler thread; after
 				    * the thread ends, sched_stop()'s) */
 
