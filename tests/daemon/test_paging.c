@@ -132,6 +132,14 @@ static int gen(sched *s, const char *sid, struct track *t, uint32_t n)
 }
 
 /* A scheduler on a fresh library at name in tmp. */
+/* A fresh configuration on the test's backend with `slots` slots. */
+static void paging_cfg(cfg *c, int slots)
+{
+	cfg_init(c);
+	cfg_set(c, "backend", harness_backend_name());
+	c->slots = slots;
+}
+
 static sched *start(const ssm_model *m, cfg *c, const char *name, store **st,
 		    char *path, size_t cap)
 {
@@ -163,9 +171,7 @@ static struct hostcache_stats workload(const ssm_model *m, int slots, int mb,
 	cfg c;
 	sched *s;
 
-	cfg_init(&c);
-	cfg_set(&c, "backend", harness_backend_name());
-	c.slots = slots;
+	paging_cfg(&c, slots);
 	c.host_cache_mb = mb;
 	c.max_sessions = ns + 4;
 	s = start(m, &c, name, &st, path, sizeof(path));
@@ -248,9 +254,7 @@ static void test_spares(const ssm_model *m)
 	cfg c;
 	sched *s;
 
-	cfg_init(&c);
-	cfg_set(&c, "backend", harness_backend_name());
-	c.slots = 1;
+	paging_cfg(&c, 1);
 	s = start(m, &c, "spares", &st, path, sizeof(path));
 	prompt_fill(tr[0].prompt, vocab);
 	prompt_fill(tr[1].prompt, vocab);
@@ -347,9 +351,7 @@ static void test_commit_fails(const ssm_model *m)
 	CHECK_RC(harness_fill(&fillers, st, m, 1), SSMD_ENOSPC);
 	CHECK_RC(harness_fill(&fillers, st, m, 0), SSMD_ENOSPC);
 
-	cfg_init(&c);
-	cfg_set(&c, "backend", harness_backend_name());
-	c.slots = 1;
+	paging_cfg(&c, 1);
 	s = harness_start(&c, m, NULL, st, NULL);
 	prompt_fill(tx.prompt, vocab);
 	prompt_fill(ty.prompt, vocab);
@@ -407,9 +409,7 @@ static void test_commit_delayed(const ssm_model *m)
 	cfg c;
 	sched *s;
 
-	cfg_init(&c);
-	cfg_set(&c, "backend", harness_backend_name());
-	c.slots = 1;
+	paging_cfg(&c, 1);
 	s = start(m, &c, "delayed", &st, path, sizeof(path));
 	prompt_fill(tx.prompt, vocab);
 	prompt_fill(ty.prompt, vocab);
