@@ -641,8 +641,6 @@ out:
 	return rc;
 }
 
-/* Runs one decode step on rows [0, n) (n <= max_batch): copies slots and
- * tokens in, replays the bucket's graph. Leaves logits in act.logits. */
 /* Copies the slots and tokens of rows [0, n) and padding up to bucket nb
  * (slot -1, token 0, greedy) to the device, in one copy. */
 static int decode_inputs(cuda_backend *cb, const int *slots, const int32_t *tokens,
@@ -664,6 +662,8 @@ out:
 	return rc;
 }
 
+/* Runs one decode step on rows [0, n) (n <= max_batch): copies slots and
+ * tokens in, replays the bucket's graph. Leaves logits in act.logits. */
 static int decode_launch(cuda_backend *cb, const int *slots,
 			 const int32_t *tokens, int n)
 {
@@ -1088,6 +1088,26 @@ const char *const ssm_cuda_part_names[SSM_CUDA_N_PARTS] = {
 	"final norm/lm_head/sample",
 };
 
+/* The splits run decode steps past backend.c's argument checks: each row's
+ * slot in range and no slot twice, each token in the vocabulary. */
+static int split_rows_check(const cuda_backend *cb, const int *slots,
+			    const int32_t *tokens, int n)
+{
+	for (int i = 0; i < n; i++) {
+		if (slots[i] < 0 || slots[i] >= cb->n_slots)
+			return ssmd_err_set(SSMD_EINVAL, "decode split: slot %d of %d",
+					    slots[i], cb->n_slots);
+		if (tokens[i] < 0 || tokens[i] >= cb->cfg.vocab_size)
+			return ssmd_err_set(SSMD_EINVAL, "decode split: token %d of %d",
+					    tokens[i], cb->cfg.vocab_size);
+		for (int k = 0; k < i; k++)
+			if (slots[k] == slots[i])
+				return ssmd_err_set(SSMD_EINVAL,
+						    "decode split: slot %d twice", slots[i]);
+	}
+	return SSMD_OK;
+}
+
 extern "C" const char *const ssm_cuda_phase_names[SSM_CUDA_N_PHASES] = {
 	"A: norm, in_proj, conv", "A: barrier", "B: x_proj", "B: barrier",
 	"C: ssm step", "C: barrier", "D: out_proj", "D: barrier", "final norm, lm_head",
@@ -1106,6 +1126,8 @@ extern "C" int ssm_cuda_decode1_split(ssm_backend *b, int slot, int32_t token,
 	cb = cb_of(b);
 	if (!decode_persist_ok(cb, 1))
 		return ssmd_err_set(SSMD_EUNSUPPORTED, "decode split: no persistent kernel here");
+	if ((rc = split_rows_check(cb, &slot, &token, 1)))
+		return rc;
 	n = 8 * cb->cfg.n_layer + 2;
 	tr = (long long *)malloc(n * sizeof(long long));
 	if (!tr)
@@ -1115,17 +1137,10 @@ extern "C" int ssm_cuda_decode1_split(ssm_backend *b, int slot, int32_t token,
 		goto out;
 	/* one greedy step outside the bucket's graph, with the marks on */
 	memset(&cb->h_samp[0], 0, sizeof(cuda_sampler));
-	cb->h_slots[0] = slot;
-	cb->h_tokens[0] = token;
-	CUDA_TRY(cudaMemcpyAsync(cb->d_io, cb->h_io,
-				 (char *)(cb->h_tokens + 1) - (char *)cb->h_io,
-				 cudaMemcpyHostToDevice, cb->stream));
+	if ((rc = decode_inputs(cb, &slot, &token, 1, 1)))
+		goto out;
 	cb->pk_trace = cb->pk_trace_buf;
-	switch (cb->wdtype) {
-	case SSM_DTYPE_F32: rc = decode_persist<float>(cb); break;
-	case SSM_DTYPE_F16: rc = decode_persist<__half>(cb); break;
-	default: rc = decode_persist<__nv_bfloat16>(cb); break;
-	}
+	rc = decode_body_any(cb, 1);
 	cb->pk_trace = NULL;
 	if (rc)
 		goto out;
@@ -1216,6 +1231,8 @@ extern "C" int ssm_cuda_decode_split(ssm_backend *b, const int *slots,
 	if (n < 1 || n > cb->max_batch)
 		return ssmd_err_set(SSMD_EINVAL, "decode split: %d rows, 1..%d", n,
 				    cb->max_batch);
+	if ((rc = split_rows_check(cb, slots, tokens, n)))
+		return rc;
 	if ((rc = split_events(cb)))
 		return rc;
 	CUDA_TRY(cudaSetDevice(cb->device));
