@@ -385,12 +385,6 @@ static int decode_body_any(cuda_backend *cb, int nb)
 }
 
 /*
- * Prefill of L tokens (already in d_tokens) into slot. nq checkpoint
- * positions (chunk-relative, ascending, distinct) are in d_ck_pos and qs:
- * their full states land in d_ck + k * state_floats. Enqueues only.
- */
-
-/*
  * Copies floats [off, off + width) of the nq checkpoint states in d_ck to the
  * same place in h_ck, on the copy stream once the compute stream has come
  * this far: a layer's part of every checkpoint travels while the next layers
@@ -410,14 +404,13 @@ out:
 
 /*
  * Prefill of L tokens (already in d_tokens) into slot. nq checkpoint
- * positions (chunk-relative, ascending, distinct) are in d_ck_pos and qs:
- * their full states land in d_ck + k * state_floats, and each layer's part
+ * positions (chunk-relative, ascending, distinct) are in d_ck_pos: their
+ * full states land in d_ck + k * state_floats, and each layer's part
  * of them goes on to h_ck (pinned, same layout) on the copy stream right
  * after that layer. Enqueues only.
  */
 template <typename T>
-static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
-			int nq, float *d_ck, float *h_ck)
+static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, float *h_ck)
 {
 	int rc = SSMD_OK;
 	const ssm_config *c = &cb->cfg;
@@ -431,7 +424,7 @@ static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
 	const int nseg = cdiv(L, seg_len);
 	const size_t smem1 = scan_smem_bytes(N, true), smem3 = scan_smem_bytes(N, false);
 	const bool norm_v4 = D % 4 == 0 && D <= 4 * 256 * NORM_V4;
-	int l, k;
+	int l;
 
 	ssmk_embed<T><<<L, 256, 0, s>>>(cb->d_tokens, (const T *)cb->embed, a->h, D);
 	CUDA_LAUNCHED();
@@ -468,16 +461,11 @@ static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
 				a->xz, y->in_b, y->conv_w, y->conv_b, base + conv_off, E,
 				K, a->xc, (T *)a->xcT);
 		CUDA_LAUNCHED();
-		if (nq) {
-			ssmk_conv_window<<<cdiv(E, 128), 128, 0, s>>>(
-				a->xz, y->in_b, base + conv_off, cb->d_ck_pos, nq,
-				0, E, K, d_ck + conv_off, sf);
-			CUDA_LAUNCHED();
-		}
-		/* the slot's own window moves last: the kernels above read it */
-		ssmk_conv_window<<<cdiv(E, 128), 128, 0, s>>>(
-			a->xz, y->in_b, base + conv_off, NULL, 1, L, E, K,
-			base + conv_off, 0);
+		/* the checkpoints' windows and the slot's own, after the
+		 * kernels above read the slot's */
+		ssmk_conv_window<<<cdiv(E, 128), 128, 0, s>>>(a->xz, y->in_b, base + conv_off,
+							      cb->d_ck_pos, nq, d_ck + conv_off,
+							      sf, L, E, K);
 		CUDA_LAUNCHED();
 		split_mark(cb, SSM_CUDA_CONV);
 		if ((rc = gemm(cb, y->x_w, a->xcT, E, a->dbc, W, W, L, E)))
@@ -551,12 +539,10 @@ static int prefill_body(cuda_backend *cb, int slot, int L, const int *qs,
 	CUDA_LAUNCHED();
 	CUDA_TRY(cudaMemcpyAsync(base + cb->off_hidden, a->h + (size_t)(L - 1) * D,
 				 D * sizeof(float), cudaMemcpyDeviceToDevice, s));
-	for (k = 0; k < nq; k++)
-		CUDA_TRY(cudaMemcpyAsync(d_ck + k * sf + cb->off_hidden,
-					 a->h + (size_t)(qs[k] - 1) * D,
-					 D * sizeof(float),
-					 cudaMemcpyDeviceToDevice, s));
 	if (nq) {
+		ssmk_ck_hidden<<<nq, 256, 0, s>>>(a->h, cb->d_ck_pos, D, d_ck + cb->off_hidden,
+						  sf);
+		CUDA_LAUNCHED();
 		CUDA_TRY(cudaEventRecord(cb->ev_compute, s));
 		CUDA_TRY(cudaStreamWaitEvent(cb->copy_stream, cb->ev_compute, 0));
 		if ((rc = ck_copy_part(cb, d_ck, h_ck, nq, cb->off_hidden, (size_t)D)))
@@ -567,13 +553,13 @@ out:
 	return rc;
 }
 
-static int prefill_body_any(cuda_backend *cb, int slot, int L, const int *qs,
-			    int nq, float *d_ck, float *h_ck)
+static int prefill_body_any(cuda_backend *cb, int slot, int L, int nq, float *d_ck,
+			    float *h_ck)
 {
 	switch (cb->wdtype) {
-	case SSM_DTYPE_F32: return prefill_body<float>(cb, slot, L, qs, nq, d_ck, h_ck);
-	case SSM_DTYPE_F16: return prefill_body<__half>(cb, slot, L, qs, nq, d_ck, h_ck);
-	default: return prefill_body<__nv_bfloat16>(cb, slot, L, qs, nq, d_ck, h_ck);
+	case SSM_DTYPE_F32: return prefill_body<float>(cb, slot, L, nq, d_ck, h_ck);
+	case SSM_DTYPE_F16: return prefill_body<__half>(cb, slot, L, nq, d_ck, h_ck);
+	default: return prefill_body<__nv_bfloat16>(cb, slot, L, nq, d_ck, h_ck);
 	}
 }
 
@@ -854,7 +840,7 @@ static int cuda_prefill(ssm_backend *b, int slot, const ssm_prefill_args *a)
 			/* d_ck[buf] is free once its last copy to the host is done */
 			CUDA_TRY(cudaStreamWaitEvent(cb->stream, cb->ev_ck[buf], 0));
 		}
-		if ((rc = prefill_body_any(cb, slot, (int)L, p->qs, nq, ck_dev(cb, buf),
+		if ((rc = prefill_body_any(cb, slot, (int)L, nq, ck_dev(cb, buf),
 					   cb->h_ck + (size_t)buf * cb->ck_max * sf)))
 			goto out;
 		cb->n_tokens[slot] = start_tokens + pos + L;

@@ -543,31 +543,46 @@ ssmk_conv_run(const float *__restrict__ xz, const float *__restrict__ in_b,
 
 /*
  * Conv windows after chunk position q (the newest K-1 inputs up to and
- * including token q-1 of the chunk), for each q in qs[0..nq):
- *   dst[k * dst_stride + e * (K-1) + j] = in(q - (K-1) + j),  j < K-1
- * with in() as in ssmk_conv_seq reading the old state `conv`. One thread per
- * channel walks j upwards; it reads column q+j >= j+1 of the old state before
- * any write to it, so dst may be `conv` itself (the final update, nq = 1).
+ * including token q-1 of the chunk): for each checkpoint q = qs[k], k < nq,
+ *   ck[k * ck_stride + e * (K-1) + j] = in(q - (K-1) + j),  j < K-1
+ * then the slot's own window after the chunk (q = L) into conv itself, with
+ * in() as in ssmk_conv_seq reading the old window `conv`. One thread per
+ * channel writes the checkpoints first and walks its own window's j
+ * upwards, reading column L+j >= j+1 of the old window before any write to
+ * it, so every read sees the window from before the chunk.
  * grid (ceil(E/128)), block 128.
  */
-__global__ void ssmk_conv_window(const float *xz, const float *in_b,
-			      const float *conv, const int *qs, int nq, int q1,
-			      int E, int K, float *dst, size_t dst_stride)
+__global__ void ssmk_conv_window(const float *xz, const float *in_b, float *conv,
+				 const int *qs, int nq, float *ck, size_t ck_stride, int L,
+				 int E, int K)
 {
 	const int e = blockIdx.x * blockDim.x + threadIdx.x;
 	if (e >= E)
 		return;
 	const float bias = in_b ? in_b[e] : 0.0f;
+	float *w = conv + (size_t)e * (K - 1);
 
-	for (int k = 0; k < nq; k++) {
-		const int q = qs ? qs[k] : q1;
-		float *d = dst + (size_t)k * dst_stride + (size_t)e * (K - 1);
+	for (int k = 0; k <= nq; k++) {
+		const int q = k < nq ? qs[k] : L;
+		float *d = k < nq ? ck + (size_t)k * ck_stride + (size_t)e * (K - 1) : w;
 		for (int j = 0; j < K - 1; j++) {
 			const int p = q - (K - 1) + j;
-			d[j] = p >= 0 ? xz[(size_t)p * 2 * E + e] + bias
-				      : conv[(size_t)e * (K - 1) + (K - 1) + p];
+			d[j] = p >= 0 ? xz[(size_t)p * 2 * E + e] + bias : w[(K - 1) + p];
 		}
 	}
+}
+
+/* The hidden vector of each checkpoint: dst[k * dst_stride + i] =
+ * h[(qs[k] - 1) * D + i] (the residual stream after chunk token qs[k] - 1).
+ * grid (nq), block 256. */
+__global__ void ssmk_ck_hidden(const float *h, const int *qs, int D, float *dst,
+			       size_t dst_stride)
+{
+	const float *src = h + (size_t)(qs[blockIdx.x] - 1) * D;
+	float *d = dst + (size_t)blockIdx.x * dst_stride;
+
+	for (int i = threadIdx.x; i < D; i += blockDim.x)
+		d[i] = src[i];
 }
 
 /* dlT[t, j] = dbc[t, j] for j < R, in T (the dt_proj GEMM's input).
@@ -835,30 +850,36 @@ ssmk_scan(float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
 			if (g == 0)
 				s_y[tt * CB + ch] = y;
 		};
+		/* the state now is checkpoint k's; on to the next checkpoint */
+		auto ck_store = [&]() {
+			if (valid) {
+				float *c = ck + (size_t)k * state_floats;
+#pragma unroll
+				for (int j = 0; j < NPL; j++)
+					c[ck_ssm_off + (size_t)e * N + g * NPL + j] = h[j];
+				if (g == 0)
+					c[ck_dts_off + e] = dsum;
+			}
+			k++;
+			next_ck = k < n_ck ? ck_pos[k] : -1;
+		};
 		/* unrolled so the next tokens' shared-memory loads and exponentials
-		 * overlap this one's chain; a tile without a checkpoint skips the
-		 * per-token test */
-		if (next_ck > t0 && next_ck <= t0 + nt) {
+		 * overlap this one's chain; a tile without a checkpoint before its
+		 * last token skips the per-token test (checkpoints at multiples of
+		 * SCAN_TILE fall at tile ends and are written after the loop) */
+		if (next_ck > t0 && next_ck < t0 + nt) {
 #pragma unroll 4
 			for (int tt = 0; tt < nt; tt++) {
 				step(tt);
-				while (next_ck == t0 + tt + 1) {
-					if (valid) {
-						float *c = ck + (size_t)k * state_floats;
-#pragma unroll
-						for (int j = 0; j < NPL; j++)
-							c[ck_ssm_off + (size_t)e * N + g * NPL + j] = h[j];
-						if (g == 0)
-							c[ck_dts_off + e] = dsum;
-					}
-					k++;
-					next_ck = k < n_ck ? ck_pos[k] : -1;
-				}
+				while (next_ck == t0 + tt + 1)
+					ck_store();
 			}
 		} else {
 #pragma unroll 4
 			for (int tt = 0; tt < nt; tt++)
 				step(tt);
+			while (next_ck == t0 + nt)
+				ck_store();
 		}
 		if (!LOCAL) {
 			__syncthreads();
