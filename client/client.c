@@ -528,6 +528,7 @@ int ssmd_stats_get(ssmd_client *c, ssmd_stats *out)
 	out->tier_pending = r->tier_pending;
 	out->tier_hits = r->tier_hits;
 	out->tier_misses = r->tier_misses;
+	out->store_failures = r->store_failures;
 	ssmd__reply__free_unpacked(rep, NULL);
 	return SSMD_OK;
 }

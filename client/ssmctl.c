@@ -1473,6 +1473,7 @@ static int cmd_stats(cmd_ctx *x)
 		cJSON_AddNumberToObject(o, "tier_pending", s.tier_pending);
 		cJSON_AddNumberToObject(o, "tier_hits", (double)s.tier_hits);
 		cJSON_AddNumberToObject(o, "tier_misses", (double)s.tier_misses);
+		cJSON_AddNumberToObject(o, "store_failures", (double)s.store_failures);
 		json_print(o);
 		return 0;
 	}
@@ -1486,8 +1487,9 @@ static int cmd_stats(cmd_ctx *x)
 	printf("queue        %u waiting\n", s.queue_depth);
 	printf("tokens       %" PRIu64 " consumed, %.1f tokens/s\n", s.tokens_total,
 	       s.tokens_per_s);
-	printf("store        %" PRIu64 " states, %" PRIu64 " bytes\n",
-	       s.store_states, s.store_bytes);
+	printf("store        %" PRIu64 " states, %" PRIu64 " bytes, %" PRIu64
+	       " puts refused (states kept in memory)\n",
+	       s.store_states, s.store_bytes, s.store_failures);
 	printf("requests     %" PRIu64 " in %.0f s\n", s.requests_total, s.uptime_s);
 	return 0;
 }

@@ -149,6 +149,8 @@ typedef struct ssmd_stats {
 	uint32_t tier_pending;         /* states whose commit has not finished */
 	uint64_t tier_hits;            /* page-ins served from the tier */
 	uint64_t tier_misses;          /* page-ins read from the library */
+	uint64_t store_failures;       /* states the library refused since start
+					* (kept in memory by their sessions) */
 } ssmd_stats;
 
 /* The daemon's counters. */

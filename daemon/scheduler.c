@@ -1303,6 +1303,8 @@ static int op_stats(sched *s, struct job *j)
 	r->has_requests_total = r->has_evictions = r->has_uptime_s = 1;
 	r->requests_total = atomic_load(&s->requests_total);
 	r->evictions = atomic_load(&s->evictions);
+	r->has_store_failures = 1;
+	r->store_failures = atomic_load(&s->store_failures);
 	r->uptime_s = now - s->start_s;
 	pthread_mutex_lock(&s->lock);
 	r->tier_bytes = s->tier.bytes + s->tier.spare_bytes;

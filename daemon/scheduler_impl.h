@@ -54,6 +54,7 @@ struct sched {
 	/* Counters read by stats from any thread. */
 	atomic_size_t waiting;     /* requests submitted and not yet started */
 	atomic_uint_fast64_t tokens_total, requests_total, evictions;
+	atomic_uint_fast64_t store_failures; /* puts the library refused */
 	atomic_size_t n_sessions, n_resident;
 	struct hostcache_stats tier; /* copy of hc's, under lock */
 

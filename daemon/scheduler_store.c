@@ -274,6 +274,7 @@ static void put_run(struct storeq_task *t)
 		 * its page-in and its next put reach back to it. */
 		log_error("session %s: storing its state failed (%s: %s); kept in memory",
 			  a->session, ssmd_strerror(rc), ssmd_errmsg());
+		atomic_fetch_add(&a->s->store_failures, 1);
 		a->ref->kept = a->st;
 		a->ref->kept_tokens = a->tokens;
 		a->ref->n_kept = a->n_tokens;

@@ -10,7 +10,7 @@
  *     checkpoint fails (library still full) stays open with its state.
  * A close with a snapshot that cannot be stored fails and leaves the session
  * open with its state (as the error says), so closing it again once there is
- * room stores it.
+ * room stores it. The stats reply counts each refused put.
  * Checked against what the test itself sent: the state the library lists for
  * the session holds exactly the appended tokens (count and transcript).
  *
@@ -63,6 +63,19 @@ static int open_sessions(sched *s)
 
 	harness_reply_free(r);
 	return open;
+}
+
+/* States the library refused, as the stats reply counts them (-1: no
+ * reply). */
+static long long store_failures(sched *s)
+{
+	Ssmd__Reply *r = harness_stats(s);
+	long long n = r->code == 0 && r->stats->has_store_failures
+			      ? (long long)r->stats->store_failures
+			      : -1;
+
+	harness_reply_free(r);
+	return n;
 }
 
 /* Waits (up to 60 s) until n sessions are open. */
@@ -210,6 +223,7 @@ static void test_close(const ssm_model *m, cfg *c, const int32_t *tokens,
 		x = evicted_unsaved(s, tokens);
 	}
 	CHECK_RC(close_snapshot(s, x, id), SSMD_ENOSPC);
+	CHECK(store_failures(s) >= 1, "%s: the stats count the refused put", when);
 	room_make(st);
 	CHECK_RC(close_snapshot(s, x, id), SSMD_OK);
 	memset(&info, 0, sizeof(info));
@@ -289,7 +303,10 @@ static void test_full(const char *fixtures)
 	if (!x)
 		abort();
 	CHECK(harness_append(s, x, tokens, N_APPEND) == 0, "append");
-	usleep(2500000); /* over two idle periods: expiry is tried, and fails */
+	/* the idle expiry is tried and its checkpoint refused (up to 60 s) */
+	for (int i = 0; i < 600 && store_failures(s) < 1; i++)
+		usleep(100000);
+	CHECK(store_failures(s) >= 1, "the expiry's checkpoint was tried and refused");
 	CHECK(open_sessions(s) == 1,
 	      "a session whose expiry checkpoint cannot be stored stays open");
 	room_make(st);
