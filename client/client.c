@@ -1633,21 +1633,33 @@ fail:
 	return rc;
 }
 
-int ssmd_result(ssmd_client *c, const char *request_id, const char *client_id,
-		ssmd_reply **out)
+/* Sends a `result` request (wait or not) and returns its fetched reply. */
+static int result_call(ssmd_client *c, const char *what, const char *request_id,
+		       const char *client_id, int wait, Ssmd__Reply **rep)
 {
 	Ssmd__Request req = SSMD__REQUEST__INIT;
 	Ssmd__ResultRequest op = SSMD__RESULT_REQUEST__INIT;
+
+	if (!request_id || !request_id[0])
+		return ssmd_err_set(SSMD_EINVAL, "%s: no request ID", what);
+	op.request_id = (char *)request_id;
+	op.client_id = (char *)client_id;
+	if (!wait) {
+		op.has_wait = 1;
+		op.wait = 0;
+	}
+	req.op_case = SSMD__REQUEST__OP_RESULT;
+	req.result = &op;
+	return client_call(c, &req, SSMD__REPLY__RESULT_FETCHED, rep);
+}
+
+int ssmd_result(ssmd_client *c, const char *request_id, const char *client_id,
+		ssmd_reply **out)
+{
 	Ssmd__Reply *rep;
 	int rc;
 
-	if (!request_id || !request_id[0])
-		return ssmd_err_set(SSMD_EINVAL, "result: no request ID");
-	op.request_id = (char *)request_id;
-	op.client_id = (char *)client_id;
-	req.op_case = SSMD__REQUEST__OP_RESULT;
-	req.result = &op;
-	if ((rc = client_call(c, &req, SSMD__REPLY__RESULT_FETCHED, &rep)))
+	if ((rc = result_call(c, "result", request_id, client_id, 1, &rep)))
 		return rc;
 	if (!rep->fetched->reply)
 		rc = ssmd_err_set(SSMD_EPROTO, "result reply without the reply");
@@ -1655,6 +1667,45 @@ int ssmd_result(ssmd_client *c, const char *request_id, const char *client_id,
 		rc = reply_copy(rep->fetched->reply, out);
 	ssmd__reply__free_unpacked(rep, NULL);
 	return rc;
+}
+
+int ssmd_result_status(ssmd_client *c, const char *request_id, const char *client_id,
+		       int *done)
+{
+	Ssmd__Reply *rep;
+	int rc;
+
+	if ((rc = result_call(c, "result status", request_id, client_id, 0, &rep)))
+		return rc;
+	if (rep->fetched->reply)
+		*done = 1;
+	else if (rep->fetched->has_running && rep->fetched->running)
+		*done = 0;
+	else
+		rc = ssmd_err_set(SSMD_EPROTO, "result status reply with neither reply nor running");
+	ssmd__reply__free_unpacked(rep, NULL);
+	return rc;
+}
+
+int ssmd_submit_wait(ssmd_client *c, const char *request_id)
+{
+	const nng_time end = nng_clock() + (nng_time)(c->timeout_ms < 0 ? 0 : c->timeout_ms);
+	nng_duration pause = 1;
+	int rc, done;
+
+	for (;;) {
+		rc = ssmd_result_status(c, request_id, NULL, &done);
+		if (rc != SSMD_ENOENT)
+			return rc;
+		if (c->timeout_ms >= 0 && nng_clock() >= end)
+			return ssmd_err_set(SSMD_ETIMEDOUT,
+					    "submit: the daemon has not received job %s",
+					    request_id);
+		/* 1, 2, 4 ... 32 ms between asks */
+		nng_msleep(pause);
+		if (pause < 32)
+			pause *= 2;
+	}
 }
 
 void ssmd_free(void *p)

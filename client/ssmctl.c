@@ -32,8 +32,6 @@
 /* A text file is appended in pieces of about this many bytes, so a large
  * file stays under the daemon's per-request limits and shows progress. */
 #define APPEND_CHUNK (256 * 1024)
-/* Pause after pushing a job before the process exits (100 ms). */
-#define SUBMIT_SETTLE_NS 100000000L
 
 static const char usage_text[] =
 "usage: ssmctl [--url URL] [--events-url URL] [--jobs-url URL] [--timeout MS]\n"
@@ -1131,9 +1129,12 @@ static int cmd_submit(cmd_ctx *x)
 		goto done;
 	}
 	/* ssmctl exits right away, and closing the client could drop a job
-	 * still queued in the jobs socket (see ssmd_submit()): leave the
-	 * transport a moment to hand it over. */
-	nanosleep(&(struct timespec){.tv_nsec = SUBMIT_SETTLE_NS}, NULL);
+	 * still queued in the jobs socket (see ssmd_submit()): return once
+	 * the daemon has it. */
+	if ((rc = ssmd_submit_wait(x->c, rid))) {
+		ret = fail("submit", rc);
+		goto done;
+	}
 	if (json_out) {
 		cJSON *j = cJSON_CreateObject();
 		cJSON_AddStringToObject(j, "request_id", rid);

@@ -486,7 +486,7 @@ typedef struct ssmd_job {
  * locally. Errors of the job itself arrive in its reply. The message may
  * still sit in the jobs socket when this returns, and nng sends nothing
  * after the socket is closed: ssmd_client_close() at once may drop the job;
- * wait for its event or result (or a moment) before closing. */
+ * ssmd_submit_wait() (or its event, or its result) before closing. */
 int ssmd_submit(ssmd_client *c, const ssmd_job *job,
 		char request_id[SSMD_REQUEST_ID_MAX]);
 
@@ -526,6 +526,19 @@ typedef struct ssmd_reply {
  * received, or already forgotten). */
 int ssmd_result(ssmd_client *c, const char *request_id, const char *client_id,
 		ssmd_reply **out);
+
+/* Whether the daemon has an earlier request (by request ID; client_id as in
+ * ssmd_result()), without waiting for it: SSMD_OK with *done = 1 when its
+ * reply is ready (fetch it with ssmd_result()), *done = 0 while it runs;
+ * SSMD_ENOENT when the daemon has not received it (or has forgotten it). */
+int ssmd_result_status(ssmd_client *c, const char *request_id, const char *client_id,
+		       int *done);
+
+/* Waits until the daemon has received the job this client submitted as
+ * request_id (asking with ssmd_result_status(), every 1 to 32 ms, up to the
+ * client's timeout: SSMD_ETIMEDOUT), not until it has run. After it,
+ * closing the client cannot drop the job. */
+int ssmd_submit_wait(ssmd_client *c, const char *request_id);
 
 /* Frees a reply; NULL is a no-op. */
 void ssmd_reply_free(ssmd_reply *r);

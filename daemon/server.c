@@ -151,32 +151,50 @@ static void ctx_send(struct ctx *c, const void *reply, size_t len)
 	nng_ctx_send(c->ctx, c->aio);
 }
 
-/* Answers c's `result` request with the earlier reply (len bytes). */
-static void result_send(struct ctx *c, const void *reply, size_t len)
+/* Answers c's `result` request with r, or with code and message when r is
+ * NULL. */
+static void fetched_send(struct ctx *c, Ssmd__ResultReply *r, int code, const char *message)
 {
 	Ssmd__Reply out = SSMD__REPLY__INIT;
-	Ssmd__ResultReply r = SSMD__RESULT_REPLY__INIT;
-	Ssmd__Reply *earlier = reply ? ssmd__reply__unpack(NULL, len, reply) : NULL;
 	void *buf = NULL;
 	size_t blen = 0;
 
 	c->fetching = 0;
 	out.request_id = c->request_id;
 	out.has_code = 1;
-	if (earlier) {
-		r.reply = earlier;
+	if (r) {
 		out.result_case = SSMD__REPLY__RESULT_FETCHED;
-		out.fetched = &r;
+		out.fetched = r;
 	} else {
-		out.code = SSMD_ENOMEM;
-		out.message = "the earlier reply could not be read";
+		out.code = (uint32_t)code;
+		out.message = (char *)message;
 	}
 	if (proto_msg_pack(&out.base, &buf, &blen))
 		buf = NULL;
 	ctx_send(c, buf, blen);
 	free(buf);
+}
+
+/* Answers c's `result` request with the earlier reply (len bytes). */
+static void result_send(struct ctx *c, const void *reply, size_t len)
+{
+	Ssmd__ResultReply r = SSMD__RESULT_REPLY__INIT;
+	Ssmd__Reply *earlier = reply ? ssmd__reply__unpack(NULL, len, reply) : NULL;
+
+	r.reply = earlier;
+	fetched_send(c, earlier ? &r : NULL, SSMD_ENOMEM, "the earlier reply could not be read");
 	if (earlier)
 		ssmd__reply__free_unpacked(earlier, NULL);
+}
+
+/* Answers c's `result` request (wait = false): received, still running. */
+static void running_send(struct ctx *c)
+{
+	Ssmd__ResultReply r = SSMD__RESULT_REPLY__INIT;
+
+	r.has_running = 1;
+	r.running = 1;
+	fetched_send(c, &r, 0, NULL);
 }
 
 /* A resend that waited for the first execution gets its reply; so does a
@@ -219,11 +237,13 @@ static void ctx_error(struct ctx *c, const char *request_id, int code,
 }
 
 /* `result`: the reply of an earlier request, from the request cache (not
- * itself cached: it changes nothing and may be asked again). */
+ * itself cached: it changes nothing and may be asked again); one still
+ * running is waited for, or with wait = false answered as running. */
 static void result_request(struct ctx *c, const Ssmd__Request *req)
 {
 	const Ssmd__ResultRequest *q = req->result;
 	const char *cid = q->client_id ? q->client_id : req->client_id;
+	const int wait = !q->has_wait || q->wait;
 	void *cached = NULL;
 	size_t len = 0;
 	int state, rc;
@@ -238,16 +258,19 @@ static void result_request(struct ctx *c, const Ssmd__Request *req)
 	/* As a waiter, c may be answered from another thread at once. */
 	c->state = CTX_WAIT;
 	c->fetching = 1;
-	rc = rcache_lookup(c->srv->cache, cid, q->request_id, c, &cached, &len,
-			   &state);
+	rc = rcache_lookup(c->srv->cache, cid, q->request_id, wait ? c : NULL, &cached,
+			   &len, &state);
 	if (rc) {
 		c->fetching = 0;
 		ctx_error(c, req->request_id, rc, ssmd_errmsg());
 	} else if (state == RCACHE_DONE) {
 		result_send(c, cached, len);
 		free(cached);
+	} else if (!wait) {
+		running_send(c);
 	}
-	/* RCACHE_PENDING: waiter_reply() answers when it finishes. */
+	/* RCACHE_PENDING and waiting: waiter_reply() answers when it
+	 * finishes. */
 }
 
 static void ctx_request(struct ctx *c, nng_msg *msg)

@@ -12,6 +12,9 @@
  *     yield an error event with its code and a message; bytes that are not a
  *     request are dropped; the daemon keeps serving; local refusals of
  *     ssmd_submit();
+ *   - job status: ssmd_result_status() answers unknown before a push and
+ *     known once ssmd_submit_wait() returns, without waiting; a job queued
+ *     behind a long append on its session is never done before it;
  *   - stream gaps: a subscriber with a one-message receive buffer that reads
  *     slowly during a long streamed generate misses events, sees the gap in
  *     the sequence numbers, and fetches the final result by request ID with
@@ -291,6 +294,63 @@ static void test_job_chain(const e2e_daemon *d, ssmd_client *c)
 	nng_close(sub);
 }
 
+/* ssmd_result_status() and ssmd_submit_wait(): a job is unknown before it
+ * is pushed and known once ssmd_submit_wait() returns; a job queued behind
+ * a long append on the same session is not done before that append is;
+ * done once its result has come. */
+static void test_job_status(ssmd_client *c)
+{
+	enum { N_LONG = 20000 };
+	int32_t *toks = malloc(N_LONG * sizeof *toks);
+	char r_long[64], r_short[64], got[SSMD_REQUEST_ID_MAX];
+	ssmd_session s;
+	ssmd_append_args al = {.tokens = toks, .n_tokens = N_LONG};
+	ssmd_append_args as = {.tokens = toks, .n_tokens = 1};
+	ssmd_reply *rep = NULL;
+	int done = -1, done_long = -1;
+
+	if (!toks) {
+		CHECK(0, "out of memory");
+		return;
+	}
+	for (int i = 0; i < N_LONG; i++)
+		toks[i] = (i * 31 + 7) % 512;
+	CHECK_RC(ssmd_session_open(c, NULL, &s), SSMD_OK);
+	rid_make(r_long, sizeof r_long, "status-long");
+	rid_make(r_short, sizeof r_short, "status-short");
+	ssmd_job jl = {.op = SSMD_OP_APPEND, .request_id = r_long, .session = s.id,
+		       .append = &al};
+	ssmd_job js = {.op = SSMD_OP_APPEND, .request_id = r_short, .session = s.id,
+		       .append = &as};
+	CHECK_RC(ssmd_result_status(c, r_long, NULL, &done), SSMD_ENOENT);
+	CHECK_RC(ssmd_submit(c, &jl, got), SSMD_OK);
+	CHECK_RC(ssmd_submit(c, &js, got), SSMD_OK);
+	CHECK_RC(ssmd_submit_wait(c, r_short), SSMD_OK);
+	/* the short job runs after the long one: asked in this order, a done
+	 * short job means a done long one */
+	CHECK_RC(ssmd_result_status(c, r_short, NULL, &done), SSMD_OK);
+	CHECK_RC(ssmd_result_status(c, r_long, NULL, &done_long), SSMD_OK);
+	CHECK((done == 0 || done == 1) && (done_long == 0 || done_long == 1) &&
+	      (!done || done_long),
+	      "status: short job done %d, the long one before it %d", done, done_long);
+	printf("job status right after submit_wait: short %s, long %s\n",
+	       done ? "done" : "running", done_long ? "done" : "running");
+	CHECK_RC(ssmd_result(c, r_short, NULL, &rep), SSMD_OK);
+	CHECK(rep && rep->code == 0 && rep->kind == SSMD_REPLY_APPEND &&
+	      rep->append.n_appended == 1 && rep->append.n_tokens == N_LONG + 1,
+	      "the short job ran after the long one");
+	ssmd_reply_free(rep);
+	done = done_long = -1;
+	CHECK_RC(ssmd_result_status(c, r_short, NULL, &done), SSMD_OK);
+	CHECK_RC(ssmd_result_status(c, r_long, NULL, &done_long), SSMD_OK);
+	CHECK(done == 1 && done_long == 1, "status after the result: %d, %d", done,
+	      done_long);
+	CHECK_RC(ssmd_result_status(c, "never-sent", NULL, &done), SSMD_ENOENT);
+	CHECK_RC(ssmd_result_status(c, "", NULL, &done), SSMD_EINVAL);
+	CHECK_RC(ssmd_session_close(c, s.id, 0, NULL, NULL, NULL), SSMD_OK);
+	free(toks);
+}
+
 /* Pushes raw bytes to the jobs endpoint on a socket of its own. */
 static int push_raw(const e2e_daemon *d, const void *buf, size_t len)
 {
@@ -554,6 +614,7 @@ int main(void)
 	if (c) {
 		test_job_chain(&d, c);
 		test_job_errors(&d, c);
+		test_job_status(c);
 		test_stream_gap(&d, c);
 		ssmd_client_close(c);
 	}

@@ -1,12 +1,15 @@
 /*
- * test_jobs_fake.c — ssmd_submit() and ssmd_result() of libssmd-client
+ * test_jobs_fake.c — ssmd_submit(), ssmd_result() and ssmd_result_status() of
+ * libssmd-client
  * against a fake daemon: a PULL socket held by the test receives the pushed
  * jobs, and a REP socket in a thread answers result requests with scripted
  * replies. Checks that every job kind is pushed as the Request the blocking
  * call would send (envelope, operation, fields), that local refusals push
  * nothing, and that every kind of fetched reply converts into ssmd_reply —
  * including errors, unconvertible results and malformed replies (which
- * leave *out untouched). Fast, no model: suite unit (also under ASan).
+ * leave *out untouched) — and that ssmd_result_status() asks with wait =
+ * false and reads running, done and malformed answers. Fast, no model:
+ * suite unit (also under ASan).
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -35,6 +38,9 @@ enum script {
 	R_UNKNOWN,      /* the result request itself fails: ENOENT */
 	R_EMPTY,        /* fetched without a reply in it */
 	R_LONG_ID,      /* fetched: a session ID longer than SSMD_ID_MAX */
+	R_RUNNING,      /* status: fetched, running, no reply */
+	R_DONE,         /* status: fetched with a reply */
+	R_NEITHER,      /* status: fetched with neither */
 	N_SCRIPT
 };
 
@@ -42,6 +48,7 @@ typedef struct fake {
 	nng_socket rep;
 	char rid[N_SCRIPT][PROTO_MAX_ID_LEN + 1];    /* result.request_id */
 	char client[N_SCRIPT][PROTO_MAX_ID_LEN + 1]; /* result.client_id */
+	int wait[N_SCRIPT];                          /* result.wait, -1 absent */
 	int n_seen;
 } fake;
 
@@ -76,6 +83,7 @@ static void *fake_main(void *arg)
 				 req->result->request_id ? req->result->request_id : "");
 			snprintf(f->client[step], sizeof f->client[0], "%s",
 				 req->result->client_id ? req->result->client_id : "");
+			f->wait[step] = req->result->has_wait ? req->result->wait : -1;
 		}
 		f->n_seen++;
 		outer.request_id = req->request_id;
@@ -147,7 +155,17 @@ static void *fake_main(void *arg)
 			outer.result_case = SSMD__REPLY__RESULT__NOT_SET;
 			break;
 		case R_EMPTY:
+		case R_NEITHER:
 			fetched.reply = NULL;
+			break;
+		case R_RUNNING:
+			fetched.reply = NULL;
+			fetched.has_running = 1;
+			fetched.running = 1;
+			break;
+		case R_DONE:
+			inner.result_case = SSMD__REPLY__RESULT_STATS;
+			inner.stats = &stats;
 			break;
 		case R_LONG_ID:
 			memset(long_id, 'a', sizeof long_id - 1);
@@ -351,6 +369,19 @@ static void test_result(ssmd_client *c, fake *f)
 	CHECK(r == NULL, "reply with an overlong ID written");
 	CHECK_RC(ssmd_result(c, NULL, NULL, &r), SSMD_EINVAL);
 	CHECK_RC(ssmd_result(c, "", NULL, &r), SSMD_EINVAL);
+
+	/* ssmd_result_status(): asks without waiting, reads running or done */
+	int done = -1;
+	CHECK_RC(ssmd_result_status(c, "job-1", NULL, &done), SSMD_OK);
+	CHECK(done == 0, "running job read as done %d", done);
+	CHECK_RC(ssmd_result_status(c, "job-1", "other/client", &done), SSMD_OK);
+	CHECK(done == 1, "finished job read as done %d", done);
+	CHECK_RC(ssmd_result_status(c, "job-1", NULL, &done), SSMD_EPROTO);
+	CHECK_RC(ssmd_result_status(c, "", NULL, &done), SSMD_EINVAL);
+	CHECK(f->wait[0] == -1 && f->wait[R_RUNNING] == 0 && f->wait[R_DONE] == 0 &&
+	      strcmp(f->client[R_DONE], "other/client") == 0,
+	      "result requests: wait %d (result), %d, %d (status)", f->wait[0],
+	      f->wait[R_RUNNING], f->wait[R_DONE]);
 
 	CHECK(f->n_seen == N_SCRIPT, "fake saw %d result requests", f->n_seen);
 	CHECK(strcmp(f->rid[0], "job-1") == 0 && f->client[0][0] == '\0' &&

@@ -389,6 +389,40 @@ class Client:
         op = _set_given(pb.ResultRequest(request_id=request_id), client_id=client_id)
         return self._call("fetched", result=op).fetched.reply
 
+    def result_status(self, request_id: str, client_id: Optional[str] = None) -> bool:
+        """Whether the daemon has an earlier request, without waiting for it:
+        True when its reply is ready (fetch it with result()), False while it
+        runs; raises SsmdError(SSMD_ENOENT) when the daemon has not received
+        it (or has forgotten it)."""
+        op = _set_given(pb.ResultRequest(request_id=request_id, wait=False),
+                        client_id=client_id)
+        fetched = self._call("fetched", result=op).fetched
+        if fetched.HasField("reply"):
+            return True
+        if fetched.running:
+            return False
+        raise SsmdError(SSMD_EPROTO, "result status reply with neither reply nor running")
+
+    def submit_wait(self, request_id: str) -> None:
+        """Waits until the daemon has received the job this client submitted
+        as request_id (not until it has run), asking every 1 to 32 ms, up to
+        the client's timeout: after it, closing the client cannot drop the
+        job."""
+        deadline = time.monotonic() + self.timeout
+        pause = 0.001
+        while True:
+            try:
+                self.result_status(request_id)
+                return
+            except SsmdError as e:
+                if e.code != SSMD_ENOENT:
+                    raise
+            if time.monotonic() >= deadline:
+                raise SsmdError(SSMD_ETIMEDOUT,
+                                f"submit: the daemon has not received job {request_id}")
+            time.sleep(pause)
+            pause = min(2 * pause, 0.032)
+
     def submit(self, op: str, *, request_id: Optional[str] = None, **fields) -> str:
         """Pushes one request to the jobs endpoint, fire and forget: op names
         an operation ("append", "generate", "merge", ...), fields are those
@@ -396,7 +430,9 @@ class Client:
         request_id, when given, names the job (1..128 bytes; a resend with
         the same ID is not executed twice), else a fresh random one does.
         Returns the request ID; the complete reply is published on the events
-        endpoint, and result(request_id) returns it, waiting while it runs."""
+        endpoint, and result(request_id) returns it, waiting while it runs.
+        The message may still sit in the jobs socket: submit_wait() before
+        closing the client, or it may be dropped."""
         field = pb.Request.DESCRIPTOR.fields_by_name.get(op)
         if field is None or field.containing_oneof is None:
             raise SsmdError(SSMD_EINVAL, f"submit: no operation {op!r}")

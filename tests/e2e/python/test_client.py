@@ -325,27 +325,25 @@ def test_result_by_request_id(daemon, client):
     assert e.value.code == SSMD_ENOENT
 
 
-def job_result(client, rid, tries=500):
-    """The final reply of a pushed job. A push is not acknowledged and travels
-    on another socket than `result`, so `result` may reach the daemon before
-    the job does and answer "unknown request" (raised as SSMD_ENOENT): ask
-    again, a bounded number of times. Once the job is known, `result` waits
-    for it to finish."""
-    for _ in range(tries):
-        try:
-            return client.result(rid)
-        except SsmdError as e:
-            if e.code != SSMD_ENOENT:
-                raise
-            time.sleep(0.01)
+def job_result(client, rid):
+    """The final reply of a pushed job. A push travels on another socket than
+    `result`, which may reach the daemon first: submit_wait() until the
+    daemon has the job, then `result` waits for it to finish."""
+    client.submit_wait(rid)
     return client.result(rid)
 
 
 def test_jobs(client):
     s = client.open()
+    with pytest.raises(SsmdError) as e:
+        client.result_status("py-never-pushed")
+    assert e.value.code == SSMD_ENOENT
     rid = client.submit("append", session=s, text=PROMPT)
-    rep = job_result(client, rid)
+    client.submit_wait(rid)
+    client.result_status(rid)  # known once submit_wait returned: ENOENT would raise
+    rep = client.result(rid)
     assert rep.request_id == rid and rep.code == 0 and rep.append.appended > 0
+    assert client.result_status(rid) is True
     bad = client.submit("append", session="s-nope", tokens=[1])
     rep = job_result(client, bad)
     assert rep.code == SSMD_ENOENT and rep.message

@@ -6,7 +6,6 @@ usage errors.
 import json
 import os
 import subprocess
-import time
 
 from conftest import SSMCTL
 
@@ -28,14 +27,10 @@ def submit(daemon, *args):
 
 
 def result(daemon, rid, cid):
-    """The job's reply as JSON (waits while it runs). A push is not
-    acknowledged, so `result` may reach the daemon before the job does and
-    hear "unknown": ask again, a bounded number of times."""
-    for _ in range(200):
-        p = ctl(daemon, "--json", "result", rid, "--client", cid)
-        if p.returncode == 0 or "no longer remembered" not in p.stderr:
-            break
-        time.sleep(0.02)
+    """The job's reply as JSON (waits while it runs). ssmctl submit returns
+    once the daemon has the job, so asking right after never hears
+    "unknown"."""
+    p = ctl(daemon, "--json", "result", rid, "--client", cid)
     assert p.returncode == 0, p.stderr
     return json.loads(p.stdout)
 
