@@ -60,7 +60,8 @@ static const char usage_text[] =
 "         --tokens 1,2,3) [--checkpoint-every N] | snapshot SESSION\n"
 "         [--tag NAME] [--label L] | close SESSION [--snapshot [--tag NAME]]\n"
 "                                         push a job to the jobs endpoint;\n"
-"                                         prints REQUEST_ID CLIENT_ID\n"
+"                                         prints REQUEST_ID CLIENT_ID once\n"
+"                                         the daemon has the job\n"
 "  result REQUEST_ID [--client CLIENT_ID] the final reply of a request\n"
 "\n"
 "URL defaults to $SSMD_URL, else the daemon's default ipc socket.\n";
@@ -1047,9 +1048,10 @@ static int cmd_close(cmd_ctx *x)
 
 /* ------------------------------------------------------------- jobs -- */
 
-/* ssmctl submit OP ...: pushes one request to the jobs endpoint and prints
- * its request ID and this process's client ID, which `ssmctl result` needs
- * to find it (request IDs are scoped by client). */
+/* ssmctl submit OP ...: pushes one request to the jobs endpoint and, once
+ * the daemon has it (not once it has run), prints its request ID and this
+ * process's client ID, which `ssmctl result` needs to find it (request IDs
+ * are scoped by client). */
 static int cmd_submit(cmd_ctx *x)
 {
 	ssmd_open_args oa = {0};
