@@ -516,10 +516,35 @@ int main(void)
 		q.has_version = 1;
 		q.version = 1;
 		q.request_id = "vanish";
+		q.client_id = "gone";
 		proto_msg_pack(&q.base, &buf, &len);
 		nng_send(gone, buf, len, 0);
 		free(buf);
-		usleep(20000); /* delivered, still generating (2000 tokens) */
+		/* close only once the daemon has the request (nng drops what a
+		 * socket still holds when it closes): `result` without waiting
+		 * answers ENOENT until then, then running or the reply */
+		{
+			Ssmd__Request rq = SSMD__REQUEST__INIT;
+			Ssmd__ResultRequest rr = SSMD__RESULT_REQUEST__INIT;
+			unsigned code = SSMD_ENOENT;
+
+			rr.request_id = "vanish";
+			rr.client_id = "gone";
+			rr.has_wait = 1;
+			rr.wait = 0;
+			rq.op_case = SSMD__REQUEST__OP_RESULT;
+			rq.result = &rr;
+			for (int i = 0; i < 500 && code == SSMD_ENOENT; i++) {
+				Ssmd__Reply *rs = call(s, &rq, "is-vanish-known", "test");
+				code = code_of(rs);
+				if (code == SSMD_ENOENT)
+					usleep(10000);
+				if (rs)
+					ssmd__reply__free_unpacked(rs, NULL);
+			}
+			CHECK(code == 0, "the daemon has the generate of the client that vanishes (code %u)",
+			      code);
+		}
 		nng_close(gone);
 		Ssmd__Reply *r2 = append(s, other, toks, 1, "after-vanish", "test");
 		CHECK(code_of(r2) == 0 && r2->append->session_tokens == 2004,
