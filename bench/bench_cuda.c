@@ -20,8 +20,12 @@
  *   - where a decode step's device time goes at batch 16 and 64: the mean of
  *     10 ungraphed steps of ssm_cuda_decode_split() (an event after each
  *     part of each layer), summed per part over the layers;
- * With BENCH_CUDA_DECODE_ONLY set, the decode rows alone. With BENCH_CUDA_PROFILE set, only decode at batch 1 and 64 (20 timed
- * steps each) and one 2k prefill run, for a profiler's kernel summary.
+ *   - where a batch-1 step's time goes inside the persistent kernel: each
+ *     phase's share of 3 traced steps (ssm_cuda_decode1_split()) times the
+ *     measured step.
+ * With BENCH_CUDA_DECODE_ONLY set, the decode rows alone. With
+ * BENCH_CUDA_PROFILE set, only decode at batch 1 and 64 (20 timed steps
+ * each) and one 2k prefill run, for a profiler's kernel summary.
  * With BENCH_CUDA_PREFILL_ONLY set, the prefill rows alone (tokens/s,
  * split, checkpoints).
  * Device times come from CUDA events on the backend's stream

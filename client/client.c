@@ -1677,12 +1677,10 @@ int ssmd_result_status(ssmd_client *c, const char *request_id, const char *clien
 
 	if ((rc = result_call(c, "result status", request_id, client_id, 0, &rep)))
 		return rc;
-	if (rep->fetched->reply)
-		*done = 1;
-	else if (rep->fetched->has_running && rep->fetched->running)
-		*done = 0;
+	if (rep->fetched->has_running)
+		*done = !rep->fetched->running;
 	else
-		rc = ssmd_err_set(SSMD_EPROTO, "result status reply with neither reply nor running");
+		rc = ssmd_err_set(SSMD_EPROTO, "result status reply without `running`");
 	ssmd__reply__free_unpacked(rep, NULL);
 	return rc;
 }

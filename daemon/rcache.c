@@ -154,7 +154,9 @@ static int cache_find(rcache *c, const char *client_id, const char *request_id,
 	pthread_mutex_lock(&c->lock);
 	link = entry_link(c, hash, key, key_len);
 	e = *link;
-	if (e && e->done) {
+	if (e && e->done && !reply) {
+		*state = RCACHE_DONE;
+	} else if (e && e->done) {
 		void *copy = malloc(e->reply_len ? e->reply_len : 1);
 		if (!copy) {
 			rc = ssmd_err_set(SSMD_ENOMEM, "request cache reply copy");

@@ -56,7 +56,8 @@ int rcache_begin(rcache *c, const char *client_id, const char *request_id,
 /* As rcache_begin(), but only for a key already known: RCACHE_DONE or
  * RCACHE_PENDING (waiter attached unless NULL); SSMD_ENOENT for a key never
  * seen or already forgotten (nothing is made). For fetching a result by
- * request ID. */
+ * request ID; with reply NULL (and len unused) only the state is asked for,
+ * and a finished reply is not copied. */
 int rcache_lookup(rcache *c, const char *client_id, const char *request_id,
 		  void *waiter, void **reply, size_t *len, int *state);
 

@@ -187,13 +187,14 @@ static void result_send(struct ctx *c, const void *reply, size_t len)
 		ssmd__reply__free_unpacked(earlier, NULL);
 }
 
-/* Answers c's `result` request (wait = false): received, still running. */
-static void running_send(struct ctx *c)
+/* Answers c's `result` request with wait = false: whether it still runs
+ * (the reply itself is not sent). */
+static void running_send(struct ctx *c, int running)
 {
 	Ssmd__ResultReply r = SSMD__RESULT_REPLY__INIT;
 
 	r.has_running = 1;
-	r.running = 1;
+	r.running = running != 0;
 	fetched_send(c, &r, 0, NULL);
 }
 
@@ -238,7 +239,7 @@ static void ctx_error(struct ctx *c, const char *request_id, int code,
 
 /* `result`: the reply of an earlier request, from the request cache (not
  * itself cached: it changes nothing and may be asked again); one still
- * running is waited for, or with wait = false answered as running. */
+ * running is waited for. With wait = false only whether it still runs. */
 static void result_request(struct ctx *c, const Ssmd__Request *req)
 {
 	const Ssmd__ResultRequest *q = req->result;
@@ -258,16 +259,18 @@ static void result_request(struct ctx *c, const Ssmd__Request *req)
 	/* As a waiter, c may be answered from another thread at once. */
 	c->state = CTX_WAIT;
 	c->fetching = 1;
-	rc = rcache_lookup(c->srv->cache, cid, q->request_id, wait ? c : NULL, &cached,
-			   &len, &state);
+	rc = wait ? rcache_lookup(c->srv->cache, cid, q->request_id, c, &cached, &len,
+				  &state)
+		  : rcache_lookup(c->srv->cache, cid, q->request_id, NULL, NULL, NULL,
+				  &state);
 	if (rc) {
 		c->fetching = 0;
 		ctx_error(c, req->request_id, rc, ssmd_errmsg());
+	} else if (!wait) {
+		running_send(c, state == RCACHE_PENDING);
 	} else if (state == RCACHE_DONE) {
 		result_send(c, cached, len);
 		free(cached);
-	} else if (!wait) {
-		running_send(c);
 	}
 	/* RCACHE_PENDING and waiting: waiter_reply() answers when it
 	 * finishes. */

@@ -24,8 +24,9 @@ int ssm_cuda_timer_stop(ssm_backend *b, float *ms);
  * follows the layers' kernels inside ssm_prefill (OTHER: the logits GEMM,
  * checkpoint copies, host work between chunks). A decode step of 2 or more
  * rows (ssm_cuda_decode_split) has NORM, IN_PROJ, CONV, X_PROJ, SSM_STEP,
- * OUT_PROJ, TAIL (the embedding) and HEAD; one of a single row (the fused
- * batch-1 kernels) is not split: all of it is OTHER. */
+ * OUT_PROJ, TAIL (the embedding) and HEAD; one of a single row runs the
+ * persistent batch-1 kernel, which this split cannot see into (all of it is
+ * OTHER): ssm_cuda_decode1_split() times its phases. */
 enum ssm_cuda_part {
 	SSM_CUDA_NORM,      /* residual add + RMSNorm */
 	SSM_CUDA_IN_PROJ,   /* in_proj GEMM */

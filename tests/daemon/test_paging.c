@@ -131,7 +131,6 @@ static int gen(sched *s, const char *sid, struct track *t, uint32_t n)
 	return rc == 0 && got == n;
 }
 
-/* A scheduler on a fresh library at name in tmp. */
 /* A fresh configuration on the test's backend with `slots` slots. */
 static void paging_cfg(cfg *c, int slots)
 {
@@ -140,6 +139,7 @@ static void paging_cfg(cfg *c, int slots)
 	c->slots = slots;
 }
 
+/* A scheduler on a fresh library at name in tmp. */
 static sched *start(const ssm_model *m, cfg *c, const char *name, store **st,
 		    char *path, size_t cap)
 {

@@ -146,6 +146,10 @@ int main(void)
 		      memcmp(reply, "done", 5) == 0,
 		      "a lookup of a finished request returns a copy of its reply");
 		free(reply);
+		state = -1;
+		CHECK_RC(rcache_lookup(c, "c", "unknown", NULL, NULL, NULL, &state), SSMD_OK);
+		CHECK(state == RCACHE_DONE, "a state-only lookup of a finished request is DONE");
+		CHECK_RC(rcache_lookup(c, "c", "never", NULL, NULL, NULL, &state), SSMD_ENOENT);
 	}
 
 	/* An unfinished entry is dropped by rcache_free without a call. */

@@ -522,7 +522,7 @@ int main(void)
 		free(buf);
 		/* close only once the daemon has the request (nng drops what a
 		 * socket still holds when it closes): `result` without waiting
-		 * answers ENOENT until then, then running or the reply */
+		 * answers ENOENT until then, then whether it still runs */
 		{
 			Ssmd__Request rq = SSMD__REQUEST__INIT;
 			Ssmd__ResultRequest rr = SSMD__RESULT_REQUEST__INIT;

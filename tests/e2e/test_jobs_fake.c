@@ -38,9 +38,9 @@ enum script {
 	R_UNKNOWN,      /* the result request itself fails: ENOENT */
 	R_EMPTY,        /* fetched without a reply in it */
 	R_LONG_ID,      /* fetched: a session ID longer than SSMD_ID_MAX */
-	R_RUNNING,      /* status: fetched, running, no reply */
-	R_DONE,         /* status: fetched with a reply */
-	R_NEITHER,      /* status: fetched with neither */
+	R_RUNNING,      /* status: fetched, running */
+	R_DONE,         /* status: fetched, not running */
+	R_NEITHER,      /* status: fetched without `running` */
 	N_SCRIPT
 };
 
@@ -159,13 +159,10 @@ static void *fake_main(void *arg)
 			fetched.reply = NULL;
 			break;
 		case R_RUNNING:
+		case R_DONE:
 			fetched.reply = NULL;
 			fetched.has_running = 1;
-			fetched.running = 1;
-			break;
-		case R_DONE:
-			inner.result_case = SSMD__REPLY__RESULT_STATS;
-			inner.stats = &stats;
+			fetched.running = step == R_RUNNING;
 			break;
 		case R_LONG_ID:
 			memset(long_id, 'a', sizeof long_id - 1);

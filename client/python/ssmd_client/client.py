@@ -397,11 +397,9 @@ class Client:
         op = _set_given(pb.ResultRequest(request_id=request_id, wait=False),
                         client_id=client_id)
         fetched = self._call("fetched", result=op).fetched
-        if fetched.HasField("reply"):
-            return True
-        if fetched.running:
-            return False
-        raise SsmdError(SSMD_EPROTO, "result status reply with neither reply nor running")
+        if not fetched.HasField("running"):
+            raise SsmdError(SSMD_EPROTO, "result status reply without `running`")
+        return not fetched.running
 
     def submit_wait(self, request_id: str) -> None:
         """Waits until the daemon has received the job this client submitted
