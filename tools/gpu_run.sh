@@ -8,13 +8,15 @@
 #       bench binaries, ssm-mkmodel, the shared libraries they load
 #       (../shared/gpu/carry-libs.sh), the tiny-mamba fixture and
 #       bench/hf_bench.py into .gpu/ (git-ignored), to be carried along.
-#   tools/gpu_run.sh [test] [profile] [sanitize|memcheck|racecheck] [bench] [decode] [hf]
+#   tools/gpu_run.sh [test] [profile] [sanitize|memcheck|racecheck] [bench] [decode]
+#       [prefill] [hf]
 #       (on the GPU machine) runs the chosen parts (test, sanitize, bench and
 #       hf when none is named; profile: an Nsight Systems kernel summary of
 #       bench_cuda's short mode on the 1.4b shape, where nsys exists; decode:
 #       only bench_cuda's decode rows and splits, once per word of
 #       $DECODE_VARIANTS (default: "default"; a word VAR=VALUE runs with that
-#       environment variable set, to compare settings); the sanitizers
+#       environment variable set, to compare settings); prefill: the same
+#       for the prefill rows and $PREFILL_VARIANTS; the sanitizers
 #       last, on the test's quick mode, since they are the slowest: both
 #       tools run over the test's groups, all side by side, SANITIZE_TIMEOUT
 #       seconds each, default 240; SANITIZE_GROUPS picks groups), writes every
@@ -72,7 +74,7 @@ mkmodel m130 768 24
 echo "m130 ready in $(( $(date +%s) - t0 )) s"
 # the big ones are written in the background while the tests run
 big_pids=""
-if want bench || want profile || want decode; then
+if want bench || want profile || want decode || want prefill; then
 	mkmodel m1.4b 2048 48 & big_pids="$big_pids $!"
 	mkmodel m2.8b 2560 64 & big_pids="$big_pids $!"
 fi
@@ -113,20 +115,26 @@ if want bench; then
 	echo "bench_cuda exit $?" >>"$out/bench.err"
 	cat "$out/bench.err"
 fi
-if want decode; then
+# bench_cuda's decode (or prefill) rows alone, once per word of
+# $DECODE_VARIANTS (or $PREFILL_VARIANTS)
+variants() { # decode|prefill ONLY_VARIABLE words...
+	local kind=$1 only=$2 v sel
+	shift 2
 	for p in $big_pids; do wait "$p"; done
 	big_pids=""
 	echo "all models ready after $(( $(date +%s) - t0 )) s"
-	for v in ${DECODE_VARIANTS:-default}; do
+	for v in "$@"; do
 		sel=""
 		[ "$v" = default ] || sel=$v
-		env BENCH_CUDA_DECODE_ONLY=1 $sel timeout 150 "$bin/bench_cuda" \
+		env $only=1 $sel timeout 150 "$bin/bench_cuda" \
 			"130m=$models/m130" "1.4b=$models/m1.4b" "2.8b=$models/m2.8b" \
-			>"$out/decode-${v//=/-}.txt" 2>"$out/decode-${v//=/-}.err"
-		echo "bench_cuda ($v) exit $?" >>"$out/decode-${v//=/-}.err"
-		tail -n 1 "$out/decode-${v//=/-}.err"
+			>"$out/$kind-${v//=/-}.txt" 2>"$out/$kind-${v//=/-}.err"
+		echo "bench_cuda $kind ($v) exit $?" >>"$out/$kind-${v//=/-}.err"
+		tail -n 1 "$out/$kind-${v//=/-}.err"
 	done
-fi
+}
+want decode && variants decode BENCH_CUDA_DECODE_ONLY ${DECODE_VARIANTS:-default}
+want prefill && variants prefill BENCH_CUDA_PREFILL_ONLY ${PREFILL_VARIANTS:-default}
 if want hf; then
 	PYTHONUNBUFFERED=1 timeout 240 python3 bench/hf_bench.py >"$out/hf.txt" \
 		2>"$out/hf.err"
@@ -193,6 +201,9 @@ printf '%s' "$summary"
 [ -f "$out/bench.txt" ] && cat "$out/bench.txt"
 for v in ${DECODE_VARIANTS:-default}; do
 	[ -f "$out/decode-${v//=/-}.txt" ] && { echo "decode, $v:"; cat "$out/decode-${v//=/-}.txt"; }
+done
+for v in ${PREFILL_VARIANTS:-default}; do
+	[ -f "$out/prefill-${v//=/-}.txt" ] && { echo "prefill, $v:"; cat "$out/prefill-${v//=/-}.txt"; }
 done
 [ -f "$out/hf.txt" ] && cat "$out/hf.txt"
 [ -f "$out/service.txt" ] && cat "$out/service.txt"

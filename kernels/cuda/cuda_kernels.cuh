@@ -52,8 +52,8 @@ __device__ __forceinline__ float softplus(float v)
 	return v > 20.0f ? v : log1pf(expf(v));
 }
 
-/* The prefill scan's variants, fewer instructions for the per-(token,
- * channel) gate and dt: __expf (ex2.approx after a multiply by log2 e; at
+/* The prefill's variants (conv output, scan gate and dt), fewer
+ * instructions for these per-(token, channel) functions: __expf (ex2.approx after a multiply by log2 e; at
  * most 2 + floor(|1.173 v|) ulp, so ~3e-6 relative at |v| = 20, ~1e-6 at
  * the |v| < 5 that dt and z mostly take) and __fdividef (2 ulp) instead of
  * the correctly rounded expf and division. silu_fast(v) -> -0 for v below
@@ -63,9 +63,38 @@ __device__ __forceinline__ float silu_fast(float v)
 	return __fdividef(v, 1.0f + __expf(-v));
 }
 
+/* log1p(u) of u = __expf(v) without log1pf's ~40 instructions: below 1/2 as
+ * 2 atanh(s), s = u / (2 + u) <= 1/5, to s^9 (truncation < 6e-8 relative),
+ * above it as __logf(1 + u) (lg2.approx: < 2.4e-7 absolute, log(1 + u) >
+ * 0.4 there). */
 __device__ __forceinline__ float softplus_fast(float v)
 {
-	return v > 20.0f ? v : log1pf(__expf(v));
+	if (v > 20.0f)
+		return v;
+	const float u = __expf(v);
+	if (u > 0.5f)
+		return __logf(1.0f + u);
+	const float s = __fdividef(u, 2.0f + u), s2 = s * s;
+	return 2.0f * s *
+	       (1.0f + s2 * (1.0f / 3 + s2 * (1.0f / 5 + s2 * (1.0f / 7 + s2 * (1.0f / 9)))));
+}
+
+/* dst[0..4) = v in T, as one store (dst aligned to 4 sizeof(T)) */
+template <typename T> __device__ __forceinline__ void store4(T *dst, float4 v);
+template <> __device__ __forceinline__ void store4<float>(float *dst, float4 v)
+{
+	*(float4 *)dst = v;
+}
+template <> __device__ __forceinline__ void store4<__half>(__half *dst, float4 v)
+{
+	const __half2 a = __floats2half2_rn(v.x, v.y), b = __floats2half2_rn(v.z, v.w);
+	*(uint2 *)dst = make_uint2(*(const unsigned *)&a, *(const unsigned *)&b);
+}
+template <> __device__ __forceinline__ void store4<__nv_bfloat16>(__nv_bfloat16 *dst, float4 v)
+{
+	const __nv_bfloat162 a = __floats2bfloat162_rn(v.x, v.y),
+			     b = __floats2bfloat162_rn(v.z, v.w);
+	*(uint2 *)dst = make_uint2(*(const unsigned *)&a, *(const unsigned *)&b);
 }
 
 /* Eight f32 values (or four for f32 storage) from one 16-byte load. */
@@ -466,7 +495,7 @@ __global__ void ssmk_conv_seq(const float *xz, const float *in_b, const float *c
 				       : conv[(size_t)e * (K - 1) + (K - 1) + p];
 		acc += w[j] * v;
 	}
-	const float y = silu(acc);
+	const float y = silu_fast(acc);
 	xc[(size_t)t * E + e] = y;
 	xcT[(size_t)t * E + e] = from_f32<T>(y);
 }
@@ -531,13 +560,11 @@ ssmk_conv_run(const float *__restrict__ xz, const float *__restrict__ in_b,
 			acc.z += w[2][j] * v[i + j].z;
 			acc.w += w[3][j] * v[i + j].w;
 		}
-		const float4 y = make_float4(silu(acc.x), silu(acc.y), silu(acc.z), silu(acc.w));
+		const float4 y = make_float4(silu_fast(acc.x), silu_fast(acc.y),
+					     silu_fast(acc.z), silu_fast(acc.w));
 		const size_t o = (size_t)(t0 + i) * E + e;
 		*(float4 *)(xc + o) = y;
-		xcT[o] = from_f32<T>(y.x);
-		xcT[o + 1] = from_f32<T>(y.y);
-		xcT[o + 2] = from_f32<T>(y.z);
-		xcT[o + 3] = from_f32<T>(y.w);
+		store4<T>(xcT + o, y);
 	}
 }
 
