@@ -53,17 +53,19 @@ __device__ __forceinline__ float softplus(float v)
 }
 
 /* The prefill's variants (conv output, scan gate and dt), fewer
- * instructions for these per-(token, channel) functions: __expf (ex2.approx after a multiply by log2 e; at
- * most 2 + floor(|1.173 v|) ulp, so ~3e-6 relative at |v| = 20, ~1e-6 at
- * the |v| < 5 that dt and z mostly take) and __fdividef (2 ulp) instead of
- * the correctly rounded expf and division. silu_fast(v) -> -0 for v below
- * about -88, where the denominator overflows, as silu does. */
+ * instructions for these per-(token, channel) functions: __expf (ex2.approx
+ * after a multiply by log2 e; at most 2 + floor(|1.173 v|) ulp, so ~3e-6
+ * relative at |v| = 20, ~1e-6 at the |v| < 5 that dt and z mostly take) and
+ * __fdividef (2 ulp) instead of the correctly rounded expf and division.
+ * silu_fast(v) -> -0 for v below about -88, where the denominator
+ * overflows, as silu does. */
 __device__ __forceinline__ float silu_fast(float v)
 {
 	return __fdividef(v, 1.0f + __expf(-v));
 }
 
-/* log1p(u) of u = __expf(v) without log1pf's ~40 instructions: below 1/2 as
+/* softplus with log1p(u) of u = __expf(v) without log1pf's ~40
+ * instructions (the threshold 20 as softplus's): below 1/2 as
  * 2 atanh(s), s = u / (2 + u) <= 1/5, to s^9 (truncation < 6e-8 relative),
  * above it as __logf(1 + u) (lg2.approx: < 2.4e-7 absolute, log(1 + u) >
  * 0.4 there). */
