@@ -145,6 +145,50 @@ static int ck_cb(void *ctx, size_t pos, const ssm_state *st)
 	return 0;
 }
 
+/* Wall time of scoring n tokens from an empty slot 0 (every position's
+ * next token), best of 3: with the log-probabilities formed by the backend
+ * (host = 0), or with every position's logits brought to the host and
+ * ssm_logprob() run there (host = 1, the way before lp_next). */
+static double score_ms(ssm_backend *b, int V, const int32_t *toks, size_t n, int host)
+{
+	int32_t *nx = malloc(n * sizeof *nx);
+	float *lp = malloc(n * sizeof *lp);
+	float *all = host ? malloc(n * (size_t)V * sizeof *all) : NULL;
+	double best = 0;
+
+	if (!nx || !lp || (host && !all)) {
+		fprintf(stderr, "bench_cuda: out of memory\n");
+		exit(1);
+	}
+	for (size_t i = 0; i < n; i++)
+		nx[i] = i + 1 < n ? toks[i + 1] : -1;
+	for (int r = 0; r < 3; r++) {
+		ssm_prefill_args pa = {0};
+		double t0;
+
+		pa.tokens = toks;
+		pa.n_tokens = n;
+		if (host) {
+			pa.all_logits = all;
+		} else {
+			pa.lp_next = nx;
+			pa.logprobs = lp;
+		}
+		TRY("reset", ssm_slot_reset(b, 0));
+		t0 = now_s();
+		TRY("score prefill", ssm_prefill(b, 0, &pa));
+		for (size_t i = 0; host && i + 1 < n; i++)
+			lp[i] = (float)ssm_logprob(all + i * (size_t)V, V, nx[i]);
+		t0 = (now_s() - t0) * 1e3;
+		if (!r || t0 < best)
+			best = t0;
+	}
+	free(nx);
+	free(lp);
+	free(all);
+	return best;
+}
+
 /* Device time of one prefill of n tokens into slot 0 (reset first). */
 static double prefill_ms(ssm_backend *b, const int32_t *toks, size_t n,
 			 size_t every, float *logits)
@@ -374,6 +418,15 @@ static void bench_model(const char *label, const char *dir)
 
 	if (profile)
 		goto done;
+	/* scoring 2048 tokens: log-probabilities on the device or on the host */
+	{
+		const double dev = score_ms(b, c->vocab_size, toks, 2048, 0),
+			     host = score_ms(b, c->vocab_size, toks, 2048, 1);
+
+		snprintf(note, sizeof note, "(wall; logits to the host + ssm_logprob: %.1f ms)",
+			 host);
+		row(label, "score 2048 tokens, log-probs on the device", dev, "ms", 0, note);
+	}
 	/* checkpoints inside a 16k prefill */
 	for (i = 0; i < 3; i++) {
 		size_t e = everies[i];

@@ -32,8 +32,8 @@
 #define STOP_LEN_MAX 256     /* bytes of one stop string */
 #define RATE_WINDOW_S 5.0    /* tokens/s is averaged over this window */
 #define APPEND_MARKS_MAX 65536 /* checkpoints asked for inside one append */
-#define SCORE_CHUNK 64       /* tokens per score step: bounds its logits
-			      * buffer to (64, vocab) floats */
+#define SCORE_CHUNK 64       /* tokens per score step at most, so other
+			      * sessions' steps run in between */
 
 struct gen {
 	ssm_sampler smp;
@@ -1052,9 +1052,9 @@ static size_t append_step(sched *s, struct job *j, size_t budget)
 
 struct score {
 	ssm_state *saved;        /* the source's state, put back at the end */
-	float *logits;           /* (SCORE_CHUNK, vocab) logits of one chunk */
-	float *prev;             /* (vocab) logits before the next token */
-	int has_prev;            /* 0 until a token has been consumed */
+	int32_t *next;           /* (SCORE_CHUNK) a step's lp_next */
+	float *step_lp;          /* (SCORE_CHUNK) a step's logprobs */
+	float *prev;             /* (vocab) the source's logits */
 	float *lp;               /* (n_toks) log-probability of each token */
 	double total;
 	uint32_t unscored;
@@ -1065,30 +1065,11 @@ void score_free(struct score *sc)
 	if (!sc)
 		return;
 	ssm_state_free(sc->saved);
-	free(sc->logits);
+	free(sc->next);
+	free(sc->step_lp);
 	free(sc->prev);
 	free(sc->lp);
 	free(sc);
-}
-
-/* log softmax(logits)[t] = logits[t] - log sum_v exp(logits[v]), with the
- * maximum subtracted first so exp cannot overflow. Each term is an f32
- * difference and expf (about an ulp of relative error each) summed in f64:
- * over 64 rows of 50280 random logits the sum of the results was within
- * 1e-12 relative of the all-f64 formula, at half its time, which matters
- * since a score runs this over the whole vocabulary for every token on the
- * scheduler thread. */
-static double log_prob(const float *logits, int vocab, int32_t t)
-{
-	float max = logits[0];
-	double sum = 0;
-
-	for (int v = 1; v < vocab; v++)
-		if (logits[v] > max)
-			max = logits[v];
-	for (int v = 0; v < vocab; v++)
-		sum += expf(logits[v] - max);
-	return (double)logits[t] - ((double)max + log(sum));
 }
 
 static int score_start(sched *s, struct job *j)
@@ -1113,10 +1094,11 @@ static int score_start(sched *s, struct job *j)
 	}
 	if (rc)
 		return rc;
-	sc->logits = malloc((size_t)SCORE_CHUNK * (size_t)s->vocab * sizeof(float));
+	sc->next = malloc(SCORE_CHUNK * sizeof(int32_t));
+	sc->step_lp = malloc(SCORE_CHUNK * sizeof(float));
 	sc->prev = malloc((size_t)s->vocab * sizeof(float));
 	sc->lp = malloc((j->n_toks ? j->n_toks : 1) * sizeof(float));
-	if (!sc->logits || !sc->prev || !sc->lp)
+	if (!sc->next || !sc->step_lp || !sc->prev || !sc->lp)
 		return ssmd_err_set(SSMD_ENOMEM, "score");
 	rc = ssm_model_state_alloc(s->model, &sc->saved);
 	if (!rc)
@@ -1124,8 +1106,13 @@ static int score_start(sched *s, struct job *j)
 	if (rc)
 		return rc;
 	if (x->n_tokens > 0) {
+		/* token 0 follows the source's own last token */
 		rc = ssm_slot_logits(s->be, x->slot, sc->prev);
-		sc->has_prev = !rc;
+		if (!rc && j->n_toks > 0) {
+			const double lp = ssm_logprob(sc->prev, s->vocab, j->toks[0]);
+			sc->lp[0] = (float)lp;
+			sc->total += lp;
+		}
 	} else {
 		sc->unscored = j->n_toks > 0;
 	}
@@ -1179,42 +1166,39 @@ static void score_done(sched *s, struct job *j, int code)
 		sess_close(s, x);
 }
 
-/* Scores the next chunk of at most budget tokens: a prefill that returns
- * the logits at every position. Token i is scored with the logits after
- * token i-1 (the previous chunk's last row, or the source's own logits for
- * the first token). Returns the tokens consumed. */
+/* Scores the next chunk of at most budget tokens: a prefill that also
+ * returns, at each position, the log-probability of the token after it (the
+ * backend computes them where the logits are, so no logits cross to the
+ * host); token 0 was scored at the start with the source's own logits.
+ * Returns the tokens consumed. */
 static size_t score_step(sched *s, struct job *j, size_t budget)
 {
 	struct score *sc = j->score;
 	struct sess *x = j->sess;
 	size_t n = j->n_toks - j->n_done;
 	ssm_prefill_args a;
-	int rc;
+	int rc = SSMD_OK;
 
 	if (n > SCORE_CHUNK)
 		n = SCORE_CHUNK;
 	if (n > budget)
 		n = budget;
+	for (size_t i = 0; i < n; i++)
+		sc->next[i] = j->n_done + i + 1 < j->n_toks ? j->toks[j->n_done + i + 1] : -1;
 	memset(&a, 0, sizeof(a));
 	a.tokens = j->toks + j->n_done;
 	a.n_tokens = n;
-	a.all_logits = sc->logits;
+	a.lp_next = sc->next;
+	a.logprobs = sc->step_lp;
 	rc = ssm_prefill(s->be, x->slot, &a);
 	for (size_t i = 0; !rc && i < n; i++) {
-		const float *before = i ? sc->logits + (i - 1) * (size_t)s->vocab
-					: sc->has_prev ? sc->prev : NULL;
-		if (before) {
-			double lp = log_prob(before, s->vocab, a.tokens[i]);
-			sc->lp[j->n_done + i - sc->unscored] = (float)lp;
-			sc->total += lp;
+		if (sc->next[i] >= 0) {
+			sc->lp[j->n_done + i + 1 - sc->unscored] = sc->step_lp[i];
+			sc->total += sc->step_lp[i];
 		}
 	}
-	if (!rc) {
-		memcpy(sc->prev, sc->logits + (n - 1) * (size_t)s->vocab,
-		       (size_t)s->vocab * sizeof(float));
-		sc->has_prev = 1;
+	if (!rc)
 		j->n_done += n;
-	}
 	if (rc || j->n_done == j->n_toks)
 		score_done(s, j, rc);
 	return n;

@@ -224,6 +224,15 @@ int ssm_prefill(ssm_backend *b, int slot, const ssm_prefill_args *args)
 						    p, args->n_tokens);
 		}
 	}
+	if (!args->lp_next != !args->logprobs)
+		return ssmd_err_set(SSMD_EINVAL, "ssm_prefill: lp_next and logprobs "
+				    "go together");
+	for (size_t i = 0; args->lp_next && i < args->n_tokens; i++)
+		if (args->lp_next[i] < -1 || args->lp_next[i] >= b->model->cfg.vocab_size)
+			return ssmd_err_set(SSMD_EINVAL, "ssm_prefill: lp_next[%zu] = %d "
+					    "not -1 or a token below %d", i,
+					    (int)args->lp_next[i],
+					    b->model->cfg.vocab_size);
 	if (args->n_tokens == 0) {
 		/* nothing to consume; the last logits are the slot's own */
 		return args->last_logits ?

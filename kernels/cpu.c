@@ -219,6 +219,8 @@ typedef struct cpu {
 	float *y;        /* (rows, di) gated scan output */
 	float *o;        /* (rows, d) out_proj output */
 	ssm_state *ckpt; /* checkpoint scratch handed to ckpt_fn */
+	float *lp_logits; /* (PREFILL_CHUNK, V) a prefill's logits for logprobs,
+			   * allocated on first use */
 } cpu;
 
 static cpu *CPU(ssm_backend *b)
@@ -496,6 +498,9 @@ static int cpu_prefill(ssm_backend *b, int slot, const ssm_prefill_args *a)
 	int V = p->c.vocab_size;
 	size_t pos = 0, ck = 0;
 
+	if (a->logprobs && !a->all_logits && !p->lp_logits &&
+	    !(p->lp_logits = malloc((size_t)PREFILL_CHUNK * V * sizeof(float))))
+		return ssmd_err_set(SSMD_ENOMEM, "prefill: log-probability logits");
 	while (pos < a->n_tokens) {
 		size_t end = pos + PREFILL_CHUNK;
 		if (end > a->n_tokens)
@@ -511,6 +516,18 @@ static int cpu_prefill(ssm_backend *b, int slot, const ssm_prefill_args *a)
 		forward_rows(p, rows);
 		if (a->all_logits)
 			logits_rows(p, 0, rows, a->all_logits + pos * (size_t)V);
+		if (a->logprobs) {
+			const float *lg = a->all_logits ? a->all_logits + pos * (size_t)V
+							: p->lp_logits;
+			if (!a->all_logits)
+				logits_rows(p, 0, rows, p->lp_logits);
+			for (int r = 0; r < rows; r++) {
+				const int32_t t = a->lp_next[pos + (size_t)r];
+				a->logprobs[pos + (size_t)r] =
+					t < 0 ? 0.0f
+					      : (float)ssm_logprob(lg + (size_t)r * V, V, t);
+			}
+		}
 		if (a->last_logits && end == a->n_tokens) {
 			if (a->all_logits)
 				memcpy(a->last_logits,
@@ -583,6 +600,7 @@ static void cpu_free(cpu *p)
 			ssm_state_free(p->slots[i]);
 	free(p->slots);
 	ssm_state_free(p->ckpt);
+	free(p->lp_logits);
 	free(p->row_slot);
 	free(p->row_tok);
 	free(p->h);

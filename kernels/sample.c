@@ -158,3 +158,16 @@ int32_t ssm_sample(const float *logits, int vocab, const ssm_sampler *s,
 	free(c);
 	return pick;
 }
+
+double ssm_logprob(const float *logits, int vocab, int32_t t)
+{
+	float max = logits[0];
+	double sum = 0;
+
+	for (int v = 1; v < vocab; v++)
+		if (logits[v] > max)
+			max = logits[v];
+	for (int v = 0; v < vocab; v++)
+		sum += expf(logits[v] - max);
+	return (double)logits[t] - ((double)max + log(sum));
+}

@@ -855,6 +855,24 @@ static int cuda_prefill(ssm_backend *b, int slot, const ssm_prefill_args *a)
 			memcpy(a->all_logits + (pos + r) * V, cb->h_logits,
 			       n * V * sizeof(float));
 		}
+		if (a->logprobs) {
+			/* pageable source: staged before this returns */
+			CUDA_TRY(cudaMemcpyAsync(cb->d_lp_next, a->lp_next + pos,
+						 L * sizeof(int32_t), cudaMemcpyHostToDevice,
+						 cb->stream));
+			for (r = 0; r < L; r += CUDA_LOGIT_ROWS) {
+				int n = L - r < CUDA_LOGIT_ROWS ? (int)(L - r) : CUDA_LOGIT_ROWS;
+				if ((rc = logits_rows(cb, (int)r, n)))
+					goto out;
+				ssmk_logprob<<<n, SAMPLE_THREADS, 0, cb->stream>>>(
+					cb->act.logits, (int)V, cb->d_lp_next + r, cb->d_lp + r);
+				CUDA_LAUNCHED();
+			}
+			CUDA_TRY(cudaMemcpyAsync(cb->h_lp, cb->d_lp, L * sizeof(float),
+						 cudaMemcpyDeviceToHost, cb->stream));
+			CUDA_TRY(cudaStreamSynchronize(cb->stream));
+			memcpy(a->logprobs + pos, cb->h_lp, L * sizeof(float));
+		}
 		if (a->last_logits && pos + L == a->n_tokens) {
 			if ((rc = logits_rows(cb, (int)L - 1, 1)))
 				goto out;
@@ -1275,6 +1293,7 @@ static void cuda_close(ssm_backend *b)
 	cudaFreeHost(cb->h_logits);
 	cudaFreeHost(cb->h_ck);
 	cudaFreeHost(cb->h_next);
+	cudaFreeHost(cb->h_lp);
 	if (cb->blas)
 		cublasDestroy(cb->blas);
 	if (cb->ev_compute)
@@ -1525,7 +1544,9 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	if ((rc = dev_alloc(cb, 2 * cb->ck_max * cb->state_floats * sizeof(float),
 			    (void **)&cb->d_ck)) ||
 	    (rc = dev_alloc(cb, cb->ck_max * sizeof(int), (void **)&cb->d_ck_pos)) ||
-	    (rc = dev_alloc(cb, cb->max_batch * sizeof(int32_t), (void **)&cb->d_next)))
+	    (rc = dev_alloc(cb, cb->max_batch * sizeof(int32_t), (void **)&cb->d_next)) ||
+	    (rc = dev_alloc(cb, cb->chunk * sizeof(int32_t), (void **)&cb->d_lp_next)) ||
+	    (rc = dev_alloc(cb, cb->chunk * sizeof(float), (void **)&cb->d_lp)))
 		goto out;
 	if ((rc = persist_init(cb)))
 		goto out;
@@ -1535,6 +1556,7 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	CUDA_TRY(cudaMallocHost((void **)&cb->h_ck,
 				2 * cb->ck_max * cb->state_floats * sizeof(float)));
 	CUDA_TRY(cudaMallocHost((void **)&cb->h_next, cb->max_batch * sizeof(int32_t)));
+	CUDA_TRY(cudaMallocHost((void **)&cb->h_lp, cb->chunk * sizeof(float)));
 	cb->ck_view.arch = c->arch;
 	cb->ck_view.n_layer = c->n_layer;
 	cb->ck_view.d_inner = c->d_inner;

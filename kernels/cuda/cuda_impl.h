@@ -191,6 +191,11 @@ typedef struct cuda_backend {
 	cudaEvent_t ev_ck[2]; /* buffer b's copy to the host is done */
 	int *d_ck_pos;        /* (ck_max) chunk-relative positions, ascending */
 	ssm_state ck_view;    /* the callback's state: arrays point into h_ck */
+
+	/* A prefill chunk's log-probabilities (ssm_prefill_args.lp_next) */
+	int32_t *d_lp_next;   /* (chunk) */
+	float *d_lp;          /* (chunk) */
+	float *h_lp;          /* pinned (chunk) */
 } cuda_backend;
 
 /* Sampling parameters of one row, as the kernel reads them. */

@@ -174,4 +174,51 @@ ssmk_sample(const float *logits, int V, const cuda_sampler *sp, int32_t *next)
 	}
 }
 
+/*
+ * out[r] = log softmax(logits row r)[next[r]] as ssm_logprob() forms it (the
+ * row's max, then expf(x - max) in f32 summed in double), 0 where next[r] is
+ * -1. Only the order of the sum differs from the host's.
+ * grid (rows), block SAMPLE_THREADS.
+ */
+__global__ void __launch_bounds__(SAMPLE_THREADS)
+ssmk_logprob(const float *logits, int V, const int32_t *next, float *out)
+{
+	__shared__ float s_f[32];
+	__shared__ double s_d[32];
+	const float *row = logits + (size_t)blockIdx.x * V;
+	const int t = next[blockIdx.x], lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+	const int nw = blockDim.x >> 5;
+	float m = -INFINITY;
+	double sum = 0.0;
+
+	if (t < 0) {
+		if (threadIdx.x == 0)
+			out[blockIdx.x] = 0.0f;
+		return;
+	}
+	for (int v = threadIdx.x; v < V; v += blockDim.x)
+		m = fmaxf(m, row[v]);
+	for (int o = 16; o; o >>= 1)
+		m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+	if (lane == 0)
+		s_f[warp] = m;
+	__syncthreads();
+	m = s_f[0];
+	for (int w = 1; w < nw; w++)
+		m = fmaxf(m, s_f[w]);
+	for (int v = threadIdx.x; v < V; v += blockDim.x)
+		sum += expf(row[v] - m);
+	for (int o = 16; o; o >>= 1)
+		sum += __shfl_xor_sync(0xffffffffu, sum, o);
+	if (lane == 0)
+		s_d[warp] = sum;
+	__syncthreads();
+	if (threadIdx.x == 0) {
+		double total = 0.0;
+		for (int w = 0; w < nw; w++)
+			total += s_d[w];
+		out[blockIdx.x] = (float)((double)row[t] - ((double)m + log(total)));
+	}
+}
+
 #endif

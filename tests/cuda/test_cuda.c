@@ -158,6 +158,44 @@ static double state_rel(const ssm_state *a, const ssm_state *b)
 /* Greedy steps of the BF16-vs-F32 comparisons: 256, or 16 in quick mode
  * (SSMD_CUDA_QUICK, used under compute-sanitizer where each launch is slow). */
 static int steps = 256;
+/* Log-probabilities formed on the device (lp_next / logprobs) against
+ * ssm_logprob() on the host of the same backend's prefill logits lg: only
+ * the order of the sum over the vocabulary differs, then one f32 rounding of
+ * a result of magnitude ~1-20, so 1e-5 absolute. Prefills slot `slot` of b
+ * and resets it afterwards; position 1 has no next token (0 expected). */
+#define TOL_LP 1e-5
+static void check_logprobs(ssm_backend *b, int slot, const int32_t *tok, size_t n,
+			   const float *lg, size_t V, const char *dir)
+{
+	int32_t *nx = malloc(n * sizeof *nx);
+	float *lp = malloc(n * sizeof *lp);
+	ssm_prefill_args pl = {0};
+	double worst = 0;
+
+	if (!nx || !lp) {
+		CHECK(0, "out of memory");
+		goto out;
+	}
+	for (size_t t = 0; t < n; t++)
+		nx[t] = t + 1 < n && t != 1 ? tok[t + 1] : -1;
+	pl.tokens = tok;
+	pl.n_tokens = n;
+	pl.lp_next = nx;
+	pl.logprobs = lp;
+	CHECK_RC(ssm_prefill(b, slot, &pl), SSMD_OK);
+	for (size_t t = 0; t < n; t++) {
+		const double want = nx[t] < 0 ? 0.0 : ssm_logprob(lg + t * V, (int)V, nx[t]);
+		if (fabs(lp[t] - want) > worst || isnan(lp[t]))
+			worst = isnan(lp[t]) ? INFINITY : fabs(lp[t] - want);
+	}
+	CHECK(worst <= TOL_LP, "%s: device log-probabilities vs ssm_logprob: %.3g > %g", dir,
+	      worst, TOL_LP);
+	CHECK_RC(ssm_slot_reset(b, slot), SSMD_OK);
+out:
+	free(nx);
+	free(lp);
+}
+
 /* The reduced-precision weight dtype under test: BF16, or F32 when
  * SSMD_CUDA_F32_ONLY is set (racecheck: compute-sanitizer's racecheck fails
  * internally on cuBLAS's Hopper bf16 GEMM kernels, so that run keeps every
@@ -232,6 +270,7 @@ static void test_fixture(const char *dir)
 	CHECK_RC(ssm_prefill(cpu, 0, &pa), SSMD_OK);
 	e = rel(logits, cpu_logits, fx.n_tokens * V);
 	CHECK(e <= TOL_CPU, "%s: GPU vs CPU prefill logits rel %.3g > %g", dir, e, TOL_CPU);
+	check_logprobs(gpu, 1, fx.tokens, fx.n_tokens, logits, V, dir);
 
 	/* token by token through decode on slot 1 */
 	for (t = 0; t < fx.n_tokens; t++) {

@@ -1151,6 +1151,65 @@ static void sampling(void)
 	CHECK(differ, "seed has no effect");
 }
 
+/* Log-probabilities from the backend (lp_next / logprobs) are ssm_logprob()
+ * of the same logits: bit-equal to scoring the all_logits rows on the host,
+ * across prefill chunks, 0 where lp_next is -1; a bad lp_next is refused
+ * with nothing consumed. */
+static void logprobs(const char *dir)
+{
+	ssm_model *m = NULL;
+	ssm_backend *b = NULL;
+	ssm_state *st = NULL;
+	enum { n = 150 }; /* more than one CPU prefill chunk */
+	int32_t tok[n], next[n];
+	float lp[n], *all = NULL;
+	size_t V, bad = 0;
+
+	CHECK_RC(ssm_model_load(dir, &m), SSMD_OK);
+	if (!m)
+		return;
+	V = (size_t)ssm_model_config(m)->vocab_size;
+	b = open_cpu(m, 2, 2);
+	all = malloc(n * V * sizeof *all);
+	if (!b || !all || ssm_model_state_alloc(m, &st)) {
+		CHECK(0, "logprobs: setup");
+		goto done;
+	}
+	make_tokens(tok, n, (int)V, 11);
+	for (int i = 0; i < n; i++)
+		next[i] = i + 1 < n && i % 17 != 5 ? tok[i + 1] : -1;
+
+	ssm_prefill_args pa = { .tokens = tok, .n_tokens = n, .all_logits = all };
+	ssm_prefill_args pl = { .tokens = tok, .n_tokens = n, .lp_next = next, .logprobs = lp };
+	CHECK_RC(ssm_prefill(b, 0, &pa), SSMD_OK);
+	CHECK_RC(ssm_prefill(b, 1, &pl), SSMD_OK);
+	for (int i = 0; i < n; i++) {
+		const float want = next[i] < 0 ? 0.0f
+						: (float)ssm_logprob(all + i * V, (int)V, next[i]);
+		if (memcmp(&lp[i], &want, sizeof want) || !(lp[i] <= 0.0f))
+			bad++;
+	}
+	CHECK(bad == 0, "logprobs: %zu of %d positions differ from ssm_logprob of the "
+	      "prefill's logits (bit-equal expected)", bad, n);
+
+	/* refused, nothing consumed: slot 1 stays at n tokens */
+	next[3] = (int32_t)V;
+	CHECK_RC(ssm_prefill(b, 1, &pl), SSMD_EINVAL);
+	next[3] = -2;
+	CHECK_RC(ssm_prefill(b, 1, &pl), SSMD_EINVAL);
+	next[3] = -1;
+	pl.logprobs = NULL;
+	CHECK_RC(ssm_prefill(b, 1, &pl), SSMD_EINVAL);
+	CHECK_RC(ssm_slot_get(b, 1, st), SSMD_OK);
+	CHECK(st->n_tokens == n, "logprobs: refused prefills consumed tokens (%llu)",
+	      (unsigned long long)st->n_tokens);
+done:
+	free(all);
+	ssm_state_free(st);
+	ssm_backend_close(b);
+	ssm_model_free(m);
+}
+
 int main(void)
 {
 	const char *shared = getenv("SSMD_SHARED_FIXTURES");
@@ -1174,6 +1233,7 @@ int main(void)
 	conformance_all(shared ? shared : "", local);
 	exact_properties(tiny);
 	exact_properties(bias);
+	logprobs(tiny);
 	loader_errors(conv3); /* single file, no linear bias, tied */
 	mkmodel(build);
 	forward_cli(build, bias);
