@@ -32,8 +32,6 @@
 #define STOP_LEN_MAX 256     /* bytes of one stop string */
 #define RATE_WINDOW_S 5.0    /* tokens/s is averaged over this window */
 #define APPEND_MARKS_MAX 65536 /* checkpoints asked for inside one append */
-#define SCORE_CHUNK 64       /* tokens per score step at most, so other
-			      * sessions' steps run in between */
 
 struct gen {
 	ssm_sampler smp;
@@ -1052,8 +1050,8 @@ static size_t append_step(sched *s, struct job *j, size_t budget)
 
 struct score {
 	ssm_state *saved;        /* the source's state, put back at the end */
-	int32_t *next;           /* (SCORE_CHUNK) a step's lp_next */
-	float *step_lp;          /* (SCORE_CHUNK) a step's logprobs */
+	int32_t *next;           /* (n_toks) the token after each position, -1 last */
+	float *pos_lp;           /* (n_toks) the log-probability of that token */
 	float *prev;             /* (vocab) the source's logits */
 	float *lp;               /* (n_toks) log-probability of each token */
 	double total;
@@ -1066,7 +1064,7 @@ void score_free(struct score *sc)
 		return;
 	ssm_state_free(sc->saved);
 	free(sc->next);
-	free(sc->step_lp);
+	free(sc->pos_lp);
 	free(sc->prev);
 	free(sc->lp);
 	free(sc);
@@ -1094,12 +1092,14 @@ static int score_start(sched *s, struct job *j)
 	}
 	if (rc)
 		return rc;
-	sc->next = malloc(SCORE_CHUNK * sizeof(int32_t));
-	sc->step_lp = malloc(SCORE_CHUNK * sizeof(float));
+	sc->next = malloc((j->n_toks ? j->n_toks : 1) * sizeof(int32_t));
+	sc->pos_lp = malloc((j->n_toks ? j->n_toks : 1) * sizeof(float));
 	sc->prev = malloc((size_t)s->vocab * sizeof(float));
 	sc->lp = malloc((j->n_toks ? j->n_toks : 1) * sizeof(float));
-	if (!sc->next || !sc->step_lp || !sc->prev || !sc->lp)
+	if (!sc->next || !sc->pos_lp || !sc->prev || !sc->lp)
 		return ssmd_err_set(SSMD_ENOMEM, "score");
+	for (size_t i = 0; i < j->n_toks; i++)
+		sc->next[i] = i + 1 < j->n_toks ? j->toks[i + 1] : -1;
 	rc = ssm_model_state_alloc(s->model, &sc->saved);
 	if (!rc)
 		rc = ssm_slot_get(s->be, x->slot, sc->saved);
@@ -1166,35 +1166,32 @@ static void score_done(sched *s, struct job *j, int code)
 		sess_close(s, x);
 }
 
-/* Scores the next chunk of at most budget tokens: a prefill that also
- * returns, at each position, the log-probability of the token after it (the
- * backend computes them where the logits are, so no logits cross to the
- * host); token 0 was scored at the start with the source's own logits.
- * Returns the tokens consumed. */
+/* Scores the next chunk of at most budget tokens, like an append's: a
+ * prefill that also returns, at each position, the log-probability of the
+ * token after it (the backend forms them where the logits are, so no logits
+ * cross to the host); token 0 was scored at the start with the source's own
+ * logits. Returns the tokens consumed. */
 static size_t score_step(sched *s, struct job *j, size_t budget)
 {
 	struct score *sc = j->score;
 	struct sess *x = j->sess;
-	size_t n = j->n_toks - j->n_done;
+	const size_t at = j->n_done;
+	size_t n = j->n_toks - at;
 	ssm_prefill_args a;
-	int rc = SSMD_OK;
+	int rc;
 
-	if (n > SCORE_CHUNK)
-		n = SCORE_CHUNK;
 	if (n > budget)
 		n = budget;
-	for (size_t i = 0; i < n; i++)
-		sc->next[i] = j->n_done + i + 1 < j->n_toks ? j->toks[j->n_done + i + 1] : -1;
 	memset(&a, 0, sizeof(a));
-	a.tokens = j->toks + j->n_done;
+	a.tokens = j->toks + at;
 	a.n_tokens = n;
-	a.lp_next = sc->next;
-	a.logprobs = sc->step_lp;
+	a.lp_next = sc->next + at;
+	a.logprobs = sc->pos_lp + at;
 	rc = ssm_prefill(s->be, x->slot, &a);
-	for (size_t i = 0; !rc && i < n; i++) {
+	for (size_t i = at; !rc && i < at + n; i++) {
 		if (sc->next[i] >= 0) {
-			sc->lp[j->n_done + i + 1 - sc->unscored] = sc->step_lp[i];
-			sc->total += sc->step_lp[i];
+			sc->lp[i + 1 - sc->unscored] = sc->pos_lp[i];
+			sc->total += sc->pos_lp[i];
 		}
 	}
 	if (!rc)

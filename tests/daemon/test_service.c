@@ -437,45 +437,70 @@ static double ref_logprob(const float *logits, int vocab, int32_t t)
 	return (double)logits[t] - max - log(sum);
 }
 
-/* score against log-softmax of the engine's own logits, decoded token by
- * token here; the source session and state are unchanged. */
-static void test_score(sched *s, store *st, const ssm_model *m)
+/* want[i] = log-probability of t[i] after p and t[0..i), from log-softmax
+ * of the CPU engine's logits, decoded token by token; returns their sum. */
+static double score_want(const ssm_model *m, const int32_t *p, size_t np, const int32_t *t,
+			 size_t nt, double *want)
 {
 	int vocab = ssm_model_config(m)->vocab_size, slot = 0;
-	int32_t p[12], t[20], out[6], ref[6];
-	double want[20], total = 0, worst = 0;
-	char *a = harness_open(s, NULL, 0, 0), *sid;
 	ssm_backend *b = harness_backend_open(m, "cpu");
 	float *logits = malloc((size_t)vocab * sizeof(float));
 	ssm_prefill_args pa;
-	Ssmd__Reply *r;
-	size_t n;
+	double total = 0;
 
-	tokens_fill(p, 12, vocab, 31);
-	tokens_fill(t, 20, vocab, 32);
 	memset(&pa, 0, sizeof(pa));
 	pa.tokens = p;
-	pa.n_tokens = 12;
+	pa.n_tokens = np;
 	pa.last_logits = logits;
-	if (ssm_prefill(b, 0, &pa))
+	if (!logits || ssm_prefill(b, 0, &pa))
 		abort();
-	for (int i = 0; i < 20; i++) {
+	for (size_t i = 0; i < nt; i++) {
 		want[i] = ref_logprob(logits, vocab, t[i]);
 		total += want[i];
 		if (ssm_decode(b, &slot, &t[i], 1, logits))
 			abort();
 	}
+	free(logits);
+	ssm_backend_close(b);
+	return total;
+}
+
+/* The worst relative difference of a score reply's per-token values from
+ * want (n of them); 1 when the reply does not hold n values. */
+static double score_worst(const Ssmd__Reply *r, const double *want, size_t n)
+{
+	double worst = 0;
+
+	if (r->code || !r->score || r->score->n_token_logprobs != n)
+		return 1;
+	for (size_t i = 0; i < n; i++) {
+		double d = fabs(r->score->token_logprobs[i] - want[i]) / fmax(fabs(want[i]), 1e-3);
+		worst = d > worst ? d : worst;
+	}
+	return worst;
+}
+
+/* score against log-softmax of the engine's own logits, decoded token by
+ * token here; the source session and state are unchanged. */
+static void test_score(sched *s, store *st, const ssm_model *m)
+{
+	int vocab = ssm_model_config(m)->vocab_size;
+	int32_t p[12], t[20], out[6], ref[6];
+	double want[20], total, worst;
+	char *a = harness_open(s, NULL, 0, 0), *sid;
+	Ssmd__Reply *r;
+	size_t n;
+
+	tokens_fill(p, 12, vocab, 31);
+	tokens_fill(t, 20, vocab, 32);
+	total = score_want(m, p, 12, t, 20, want);
 	harness_append(s, a, p, 12);
 	r = score(s, a, t, 20, NULL);
 	CHECK(r->code == 0 && r->score && r->score->n_token_logprobs == 20 &&
 	      r->score->unscored == 0 && r->score->n_tokens == 20,
 	      "score of 20 tokens after a live session (code %u)", r->code);
 	if (r->code == 0 && r->score->n_token_logprobs == 20) {
-		for (int i = 0; i < 20; i++) {
-			double d = fabs(r->score->token_logprobs[i] - want[i]) /
-				   fmax(fabs(want[i]), 1e-3);
-			worst = d > worst ? d : worst;
-		}
+		worst = score_worst(r, want, 20);
 		/* The daemon's logits come from a prefill, these from
 		 * decode steps: same f32 math in another order, ~1e-6
 		 * apart; 1e-5 relative covers it with room. */
@@ -521,8 +546,6 @@ static void test_score(sched *s, store *st, const ssm_model *m)
 		free(sid);
 	}
 	(void)st;
-	free(logits);
-	ssm_backend_close(b);
 	free(a);
 }
 
@@ -566,6 +589,25 @@ static void test_budget(const ssm_model *m, store *st)
 	CHECK(r->code == 0 && r->append && r->append->appended == LONG,
 	      "the long append completes with every token (code %u)", r->code);
 	harness_reply_free(r);
+	{
+		/* a score over several steps (20 tokens, 8 a step) gives what
+		 * one step gives: tolerance as in test_score */
+		int32_t sp[12], stk[20];
+		double want[20];
+		char *src = harness_open(s, NULL, 0, 0);
+
+		tokens_fill(sp, 12, vocab, 31);
+		tokens_fill(stk, 20, vocab, 32);
+		score_want(m, sp, 12, stk, 20, want);
+		harness_append(s, src, sp, 12);
+		r = score(s, src, stk, 20, NULL);
+		CHECK(score_worst(r, want, 20) <= 1e-5,
+		      "a 20-token score over 8-token steps: per-token log-probabilities "
+		      "within 1e-5 of the engine's (worst %.3g, code %u)",
+		      score_worst(r, want, 20), r->code);
+		harness_reply_free(r);
+		free(src);
+	}
 	sched_free(s);
 	cfg_fini(&c);
 	free(big);
