@@ -1166,11 +1166,11 @@ static void score_done(sched *s, struct job *j, int code)
 		sess_close(s, x);
 }
 
-/* Scores the next chunk of at most budget tokens, like an append's: a
- * prefill that also returns, at each position, the log-probability of the
- * token after it (the backend forms them where the logits are, so no logits
- * cross to the host); token 0 was scored at the start with the source's own
- * logits. Returns the tokens consumed. */
+/* Scores the next chunk of at most budget (and prefill_chunk) tokens, as an
+ * append steps: a prefill that also returns, at each position, the
+ * log-probability of the token after it (the backend forms them where the
+ * logits are, so no logits cross to the host); token 0 was scored at the
+ * start with the source's own logits. Returns the tokens consumed. */
 static size_t score_step(sched *s, struct job *j, size_t budget)
 {
 	struct score *sc = j->score;
@@ -1180,6 +1180,8 @@ static size_t score_step(sched *s, struct job *j, size_t budget)
 	ssm_prefill_args a;
 	int rc;
 
+	if (n > (size_t)s->cfg->prefill_chunk)
+		n = (size_t)s->cfg->prefill_chunk;
 	if (n > budget)
 		n = budget;
 	memset(&a, 0, sizeof(a));

@@ -1,6 +1,7 @@
 /*
  * cuda_sample.cuh — next-token selection on the device (decode_sample),
- * following ssm_sample()'s procedure (ssm.h) step by step.
+ * following ssm_sample()'s procedure (ssm.h) step by step, and the
+ * log-probabilities of given next tokens (ssmk_logprob, for score).
  *
  * Included by cuda_backend.cu only. One block per row of logits:
  *   - greedy rows (temperature <= 0, top_k == 1 or vocab == 1): argmax, NaN
