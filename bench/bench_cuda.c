@@ -9,6 +9,9 @@
  *   - decode ms/step at batch 1, 4, 16, 64 (ssm_decode_sample, greedy: the
  *     logits stay on the device), median of 100 steps after 20 warm-up;
  *   - prefill tokens/s at 2048 and 16384 tokens, median of 5 / 3 runs;
+ *   - scoring 2048 tokens (every position's next token), wall time, best of
+ *     3: log-probabilities formed by the backend (lp_next / logprobs), and,
+ *     in the note, every position's logits to the host + ssm_logprob();
  *   - prefill slowdown with checkpoints every 64 / 256 / 1024 tokens (16k);
  *   - decode throughput loss at batch 16 while slot 0 is snapshotted
  *     (ssm_slot_get) every 256 steps, over 1024 steps;
@@ -27,7 +30,7 @@
  * BENCH_CUDA_PROFILE set, only decode at batch 1 and 64 (20 timed steps
  * each) and one 2k prefill run, for a profiler's kernel summary.
  * With BENCH_CUDA_PREFILL_ONLY set, the prefill rows alone (tokens/s,
- * split, checkpoints).
+ * split, scoring, checkpoints).
  * Device times come from CUDA events on the backend's stream
  * (ssm_cuda_timer_*) around the synchronous calls. The roofline column is
  * the floor time over the measured time, the floor being the larger of
