@@ -1051,9 +1051,9 @@ static size_t append_step(sched *s, struct job *j, size_t budget)
 struct score {
 	ssm_state *saved;        /* the source's state, put back at the end */
 	int32_t *next;           /* (n_toks) the token after each position, -1 last */
-	float *pos_lp;           /* (n_toks) the log-probability of that token */
-	float *prev;             /* (vocab) the source's logits */
-	float *lp;               /* (n_toks) log-probability of each token */
+	float *lp;               /* (n_toks + 1) log-probability of each scored
+				  * token; the backend writes position i's (token
+				  * i + 1's) at lp + i + 1 - unscored */
 	double total;
 	uint32_t unscored;
 };
@@ -1064,8 +1064,6 @@ void score_free(struct score *sc)
 		return;
 	ssm_state_free(sc->saved);
 	free(sc->next);
-	free(sc->pos_lp);
-	free(sc->prev);
 	free(sc->lp);
 	free(sc);
 }
@@ -1093,10 +1091,8 @@ static int score_start(sched *s, struct job *j)
 	if (rc)
 		return rc;
 	sc->next = malloc((j->n_toks ? j->n_toks : 1) * sizeof(int32_t));
-	sc->pos_lp = malloc((j->n_toks ? j->n_toks : 1) * sizeof(float));
-	sc->prev = malloc((size_t)s->vocab * sizeof(float));
-	sc->lp = malloc((j->n_toks ? j->n_toks : 1) * sizeof(float));
-	if (!sc->next || !sc->pos_lp || !sc->prev || !sc->lp)
+	sc->lp = malloc((j->n_toks + 1) * sizeof(float));
+	if (!sc->next || !sc->lp)
 		return ssmd_err_set(SSMD_ENOMEM, "score");
 	for (size_t i = 0; i < j->n_toks; i++)
 		sc->next[i] = i + 1 < j->n_toks ? j->toks[i + 1] : -1;
@@ -1105,15 +1101,19 @@ static int score_start(sched *s, struct job *j)
 		rc = ssm_slot_get(s->be, x->slot, sc->saved);
 	if (rc)
 		return rc;
-	if (x->n_tokens > 0) {
+	if (x->n_tokens > 0 && j->n_toks > 0) {
 		/* token 0 follows the source's own last token */
-		rc = ssm_slot_logits(s->be, x->slot, sc->prev);
-		if (!rc && j->n_toks > 0) {
-			const double lp = ssm_logprob(sc->prev, s->vocab, j->toks[0]);
-			sc->lp[0] = (float)lp;
-			sc->total += lp;
+		float *logits = malloc((size_t)s->vocab * sizeof(float));
+
+		if (!logits)
+			return ssmd_err_set(SSMD_ENOMEM, "score");
+		rc = ssm_slot_logits(s->be, x->slot, logits);
+		if (!rc) {
+			sc->lp[0] = (float)ssm_logprob(logits, s->vocab, j->toks[0]);
+			sc->total += sc->lp[0];
 		}
-	} else {
+		free(logits);
+	} else if (x->n_tokens == 0) {
 		sc->unscored = j->n_toks > 0;
 	}
 	return rc;
@@ -1188,14 +1188,11 @@ static size_t score_step(sched *s, struct job *j, size_t budget)
 	a.tokens = j->toks + at;
 	a.n_tokens = n;
 	a.lp_next = sc->next + at;
-	a.logprobs = sc->pos_lp + at;
+	a.logprobs = sc->lp + at + 1 - sc->unscored;
 	rc = ssm_prefill(s->be, x->slot, &a);
-	for (size_t i = at; !rc && i < at + n; i++) {
-		if (sc->next[i] >= 0) {
-			sc->lp[i + 1 - sc->unscored] = sc->pos_lp[i];
-			sc->total += sc->pos_lp[i];
-		}
-	}
+	for (size_t i = at; !rc && i < at + n; i++)
+		if (sc->next[i] >= 0)
+			sc->total += sc->lp[i + 1 - sc->unscored];
 	if (!rc)
 		j->n_done += n;
 	if (rc || j->n_done == j->n_toks)

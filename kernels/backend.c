@@ -246,10 +246,9 @@ int ssm_prefill(ssm_backend *b, int slot, const ssm_prefill_args *args)
 	return rc;
 }
 
-/* Checks a decode batch: 1 <= n <= n_slots, slots in range and distinct,
- * tokens in range. */
-static int check_batch(const ssm_backend *b, const int *slots,
-		       const int32_t *tokens, int n, const char *fn)
+/* Checks a decode batch (ssm_impl.h). */
+int ssm_check_batch(const ssm_backend *b, const int *slots, const int32_t *tokens,
+		    int n, const char *fn)
 {
 	unsigned char *seen;
 	int rc = SSMD_OK;
@@ -294,7 +293,7 @@ int ssm_decode(ssm_backend *b, const int *slots, const int32_t *tokens, int n,
 		return SSMD_OK;
 	if (!logits)
 		return ssmd_err_set(SSMD_EINVAL, "ssm_decode: NULL logits");
-	if ((rc = check_batch(b, slots, tokens, n, "ssm_decode")))
+	if ((rc = ssm_check_batch(b, slots, tokens, n, "ssm_decode")))
 		return rc;
 	rc = b->ops->decode(b, slots, tokens, n, logits);
 	decode_done(b, slots, n, rc);
@@ -312,7 +311,7 @@ int ssm_decode_sample(ssm_backend *b, const int *slots, const int32_t *tokens,
 	if (!samplers || !index || !next)
 		return ssmd_err_set(SSMD_EINVAL, "ssm_decode_sample: NULL "
 				    "argument");
-	if ((rc = check_batch(b, slots, tokens, n, "ssm_decode_sample")))
+	if ((rc = ssm_check_batch(b, slots, tokens, n, "ssm_decode_sample")))
 		return rc;
 	if (b->ops->decode_sample) {
 		rc = b->ops->decode_sample(b, slots, tokens, n, samplers, index,

@@ -96,6 +96,13 @@ struct ssm_backend {
 	uint64_t *slot_tokens;
 };
 
+/* ssm_decode()'s argument checks, for entry points that step slots past
+ * backend.c (the CUDA backend's timing splits): 1 <= n <= n_slots, slots in
+ * range and distinct, tokens in the vocabulary. fn names the caller in the
+ * error message. */
+int ssm_check_batch(const ssm_backend *b, const int *slots, const int32_t *tokens,
+		    int n, const char *fn);
+
 /* Backend constructors; each fills b->ops and b->impl of a zeroed *b. */
 int ssm_cpu_open(ssm_backend *b, const ssm_backend_opts *opts);
 #ifdef SSM_HAVE_CUDA

@@ -1092,26 +1092,6 @@ const char *const ssm_cuda_part_names[SSM_CUDA_N_PARTS] = {
 	"final norm/lm_head/sample",
 };
 
-/* The splits run decode steps past backend.c's argument checks: each row's
- * slot in range and no slot twice, each token in the vocabulary. */
-static int split_rows_check(const cuda_backend *cb, const int *slots,
-			    const int32_t *tokens, int n)
-{
-	for (int i = 0; i < n; i++) {
-		if (slots[i] < 0 || slots[i] >= cb->n_slots)
-			return ssmd_err_set(SSMD_EINVAL, "decode split: slot %d of %d",
-					    slots[i], cb->n_slots);
-		if (tokens[i] < 0 || tokens[i] >= cb->cfg.vocab_size)
-			return ssmd_err_set(SSMD_EINVAL, "decode split: token %d of %d",
-					    tokens[i], cb->cfg.vocab_size);
-		for (int k = 0; k < i; k++)
-			if (slots[k] == slots[i])
-				return ssmd_err_set(SSMD_EINVAL,
-						    "decode split: slot %d twice", slots[i]);
-	}
-	return SSMD_OK;
-}
-
 extern "C" const char *const ssm_cuda_phase_names[SSM_CUDA_N_PHASES] = {
 	"A: norm, in_proj, conv", "A: barrier", "B: x_proj", "B: barrier",
 	"C: ssm step", "C: barrier", "D: out_proj", "D: barrier", "final norm, lm_head",
@@ -1130,7 +1110,8 @@ extern "C" int ssm_cuda_decode1_split(ssm_backend *b, int slot, int32_t token,
 	cb = cb_of(b);
 	if (!decode_persist_ok(cb, 1))
 		return ssmd_err_set(SSMD_EUNSUPPORTED, "decode split: no persistent kernel here");
-	if ((rc = split_rows_check(cb, &slot, &token, 1)))
+	/* the split steps the slot past backend.c: its checks here */
+	if ((rc = ssm_check_batch(b, &slot, &token, 1, "decode split")))
 		return rc;
 	n = 8 * cb->cfg.n_layer + 2;
 	tr = (long long *)malloc(n * sizeof(long long));
@@ -1235,7 +1216,7 @@ extern "C" int ssm_cuda_decode_split(ssm_backend *b, const int *slots,
 	if (n < 1 || n > cb->max_batch)
 		return ssmd_err_set(SSMD_EINVAL, "decode split: %d rows, 1..%d", n,
 				    cb->max_batch);
-	if ((rc = split_rows_check(cb, slots, tokens, n)))
+	if ((rc = ssm_check_batch(b, slots, tokens, n, "decode split")))
 		return rc;
 	if ((rc = split_events(cb)))
 		return rc;

@@ -532,6 +532,15 @@ static void test_score(sched *s, store *st, const ssm_model *m)
 		CHECK(r->code == 0 && r->score && r->score->unscored == 1 &&
 		      r->score->n_token_logprobs == 19,
 		      "score from an empty session leaves the first token unscored");
+		{
+			/* the others: each after t[0] and the tokens before it */
+			double want1[19];
+
+			score_want(m, t, 1, t + 1, 19, want1);
+			CHECK(score_worst(r, want1, 19) <= 1e-5,
+			      "score from an empty session: tokens 1..19 within 1e-5 of the "
+			      "engine's (worst %.3g)", score_worst(r, want1, 19));
+		}
 		harness_reply_free(r);
 		r = score(s, "no-such-session", t, 20, NULL);
 		CHECK(r->code == SSMD_ENOENT, "score of an unknown source: ENOENT (%u)", r->code);
