@@ -20,16 +20,22 @@
 #include "cuda_persist.cuh"
 #include "cuda_sample.cuh"
 
-/* Prefill tokens per chunk (bounds activation memory); SSMD_CUDA_CHUNK
- * overrides it (tests use a small value to cross chunk boundaries). */
-#define CUDA_DEFAULT_CHUNK 2048
+/* Prefill tokens per chunk (bounds activation memory: ~70 KB a token for
+ * 1.4b, ~136 KB for 2.8b); SSMD_CUDA_CHUNK overrides it (tests use a small
+ * value to cross chunk boundaries). Measured on the H200 (16k prefill, bf16,
+ * 130m / 1.4b / 2.8b tok/s): 2048 576k / 107k / 59k, 4096 657k / 113k / 61k,
+ * 8192 731k / 117k / 63k, 16384 768k / 119k / 64k: each chunk costs every
+ * layer's ~10 launches, and longer chunks give the scan more segments. */
+#define CUDA_DEFAULT_CHUNK 8192
 /* Largest decode bucket; bigger batches run in pieces of this size. */
 #define CUDA_MAX_BUCKET 256
 /* Rows of logits computed per lm_head GEMM when a prefill wants them all. */
 #define CUDA_LOGIT_ROWS 256
-/* Device memory for checkpoint states emitted inside one prefill chunk. */
-#define CUDA_CK_BUDGET ((size_t)256 << 20)
-#define CUDA_CK_MAX 64
+/* Device memory (and as much pinned host memory) for the checkpoint states
+ * emitted inside one prefill chunk; a chunk holding more checkpoints is cut
+ * short. 512 MiB keeps 32 states of 1.4b (every 256 tokens of a full chunk). */
+#define CUDA_CK_BUDGET ((size_t)512 << 20)
+#define CUDA_CK_MAX SCAN_CK_MAX /* the scan keeps their positions in shared memory */
 
 static int cdiv(int a, int b) { return (a + b - 1) / b; }
 
@@ -463,8 +469,8 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 		CUDA_LAUNCHED();
 		/* the checkpoints' windows and the slot's own, after the
 		 * kernels above read the slot's */
-		ssmk_conv_window<<<cdiv(E, 128), 128, 0, s>>>(a->xz, y->in_b, base + conv_off,
-							      cb->d_ck_pos, nq, d_ck + conv_off,
+		ssmk_conv_window<<<dim3(cdiv(E, 128), nq + 1), 128, 0, s>>>(
+			a->xz, y->in_b, base + conv_off, cb->d_ck_pos, nq, d_ck + conv_off,
 							      sf, L, E, K);
 		CUDA_LAUNCHED();
 		split_mark(cb, SSM_CUDA_CONV);
@@ -1407,7 +1413,7 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	cuda_backend *cb = NULL;
 	int rc = SSMD_OK, rows, n_dev = ssm_cuda_device_count();
 	const char *env;
-	size_t E, L;
+	size_t E, L, ck_bytes;
 
 	if (n_dev <= 0)
 		return ssmd_err_set(SSMD_EUNSUPPORTED, "cuda: no CUDA device present");
@@ -1491,7 +1497,12 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	env = getenv("SSMD_CUDA_SCAN_SEG");
 	if (env && atoi(env) >= SCAN_TILE)
 		cb->scan_seg = atoi(env) / SCAN_TILE * SCAN_TILE;
-	cb->ck_max = (int)(CUDA_CK_BUDGET / (cb->state_floats * sizeof(float)));
+	/* SSMD_CUDA_CK_MB overrides the checkpoint budget (MiB) for tuning */
+	ck_bytes = CUDA_CK_BUDGET;
+	env = getenv("SSMD_CUDA_CK_MB");
+	if (env && atoi(env) > 0)
+		ck_bytes = (size_t)atoi(env) << 20;
+	cb->ck_max = (int)(ck_bytes / (cb->state_floats * sizeof(float)));
 	if (cb->ck_max < 1)
 		cb->ck_max = 1;
 	if (cb->ck_max > CUDA_CK_MAX)

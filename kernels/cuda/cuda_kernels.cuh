@@ -575,30 +575,41 @@ ssmk_conv_run(const float *__restrict__ xz, const float *__restrict__ in_b,
  * including token q-1 of the chunk): for each checkpoint q = qs[k], k < nq,
  *   ck[k * ck_stride + e * (K-1) + j] = in(q - (K-1) + j),  j < K-1
  * then the slot's own window after the chunk (q = L) into conv itself, with
- * in() as in ssmk_conv_seq reading the old window `conv`. One thread per
- * channel writes the checkpoints first and walks its own window's j
- * upwards, reading column L+j >= j+1 of the old window before any write to
- * it, so every read sees the window from before the chunk.
- * grid (ceil(E/128)), block 128.
+ * in() as in ssmk_conv_seq reading the old window `conv`. Block row k < nq
+ * writes checkpoint k, all at once (one memory round trip per thread,
+ * whatever nq). The rare checkpoints with q < K-1 read the old window, so
+ * row nq writes them, then the slot's own window, one thread per channel
+ * walking j upwards: entry j reads column L+j >= j+1 of the old window,
+ * never one written before it, so every read sees the window from before
+ * the chunk.
+ * grid (ceil(E/128), nq + 1), block 128.
  */
-__global__ void ssmk_conv_window(const float *xz, const float *in_b, float *conv,
-				 const int *qs, int nq, float *ck, size_t ck_stride, int L,
-				 int E, int K)
+__global__ void ssmk_conv_window(const float *__restrict__ xz, const float *__restrict__ in_b,
+				 float *__restrict__ conv, const int *__restrict__ qs, int nq,
+				 float *__restrict__ ck, size_t ck_stride, int L, int E, int K)
 {
 	const int e = blockIdx.x * blockDim.x + threadIdx.x;
+	const int row = blockIdx.y;
 	if (e >= E)
 		return;
 	const float bias = in_b ? in_b[e] : 0.0f;
 	float *w = conv + (size_t)e * (K - 1);
-
-	for (int k = 0; k <= nq; k++) {
-		const int q = k < nq ? qs[k] : L;
-		float *d = k < nq ? ck + (size_t)k * ck_stride + (size_t)e * (K - 1) : w;
+	auto window = [&](int q, float *d) {
 		for (int j = 0; j < K - 1; j++) {
 			const int p = q - (K - 1) + j;
 			d[j] = p >= 0 ? xz[(size_t)p * 2 * E + e] + bias : w[(K - 1) + p];
 		}
+	};
+
+	if (row < nq) {
+		const int q = qs[row];
+		if (q >= K - 1)
+			window(q, ck + (size_t)row * ck_stride + (size_t)e * (K - 1));
+		return;
 	}
+	for (int k = 0; k < nq && qs[k] < K - 1; k++)
+		window(qs[k], ck + (size_t)k * ck_stride + (size_t)e * (K - 1));
+	window(L, w);
 }
 
 /* The hidden vector of each checkpoint: dst[k * dst_stride + i] =
@@ -733,7 +744,8 @@ __device__ __forceinline__ float ex2_approx(float v)
  *          softplus themselves.
  * Each channel's state stays in registers (4 lanes x NPL entries) within a
  * segment and reaches memory only at segment ends, checkpoints
- * (ck_pos[0..n_ck), chunk-relative in [1, L]: the state after token q-1 goes
+ * (ck_pos[0..n_ck), n_ck <= SCAN_CK_MAX, ascending, chunk-relative in [1, L]:
+ * the state after token q-1 goes
  * to ck + k * state_floats + ck_ssm_off / + ck_dts_off) and the chunk's end.
  *
  * The block's 32 channels walk a segment in tiles of SCAN_TILE tokens, double
@@ -747,6 +759,7 @@ __device__ __forceinline__ float ex2_approx(float v)
  */
 #define SCAN_TILE 32
 #define SCAN_SEG 64 /* tokens per segment (the backend's default) */
+#define SCAN_CK_MAX 64 /* checkpoints per call at most (<= the block's 128 threads) */
 
 /* floats of one tile buffer: dt, x (SCAN_TILE, 32) | B[|C] (SCAN_TILE, N or
  * 2N) | pass 3 only: z (SCAN_TILE, 32) */
@@ -808,11 +821,9 @@ ssmk_scan(float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
 	const float dskip = Dp[ecl];
 	const float dtb = dt_b[ecl];
 	const float zb = in_b ? in_b[E + ecl] : 0.0f;
-	int k = 0;
-	if (!LOCAL)
-		while (k < n_ck && ck_pos[k] <= ts)
-			k++;
-	int next_ck = !LOCAL && k < n_ck ? ck_pos[k] : -1;
+	/* checkpoint k is the first after ts (the positions ascend) */
+	__shared__ int s_ck[SCAN_CK_MAX];
+	int k = 0, next_ck = -1;
 
 	const int ntiles = (te - ts + SCAN_TILE - 1) / SCAN_TILE;
 	for (int i = -1; i < ntiles; i++) {
@@ -833,8 +844,19 @@ ssmk_scan(float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
 					  vec_x);
 		}
 		cp_async_commit();
-		if (i < 0)
+		if (i < 0) {
+			/* with tile 0 on its way: the positions to shared memory,
+			 * k counted by the barrier itself (n_ck is the block's) */
+			if (!LOCAL && n_ck) {
+				const bool mine = threadIdx.x < n_ck;
+				const int q = mine ? ck_pos[threadIdx.x] : 0;
+				if (mine)
+					s_ck[threadIdx.x] = q;
+				k = __syncthreads_count(mine && q <= ts);
+				next_ck = k < n_ck ? s_ck[k] : -1;
+			}
 			continue;
+		}
 		cp_async_wait<1>(); /* all but the newest group: tile i */
 		__syncthreads();
 
@@ -890,7 +912,7 @@ ssmk_scan(float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
 					c[ck_dts_off + e] = dsum;
 			}
 			k++;
-			next_ck = k < n_ck ? ck_pos[k] : -1;
+			next_ck = k < n_ck ? s_ck[k] : -1;
 		};
 		/* unrolled so the next tokens' shared-memory loads and exponentials
 		 * overlap this one's chain; a tile without a checkpoint before its
