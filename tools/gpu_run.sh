@@ -126,7 +126,7 @@ variants() { # decode|prefill ONLY_VARIABLE words...
 	for v in "$@"; do
 		sel=""
 		[ "$v" = default ] || sel=$v
-		env $only=1 $sel timeout 150 "$bin/bench_cuda" \
+		env $only=1 ${sel//,/ } timeout 150 "$bin/bench_cuda" \
 			"130m=$models/m130" "1.4b=$models/m1.4b" "2.8b=$models/m2.8b" \
 			>"$out/$kind-${v//=/-}.txt" 2>"$out/$kind-${v//=/-}.err"
 		echo "bench_cuda $kind ($v) exit $?" >>"$out/$kind-${v//=/-}.err"
