@@ -15,7 +15,8 @@
 #       bench_cuda's short mode on the 1.4b shape, where nsys exists; decode:
 #       only bench_cuda's decode rows and splits, once per word of
 #       $DECODE_VARIANTS (default: "default"; a word VAR=VALUE runs with that
-#       environment variable set, to compare settings); prefill: the same
+#       environment variable set, VAR=VALUE,VAR2=VALUE2 with both, to compare
+#       settings); prefill: the same
 #       for the prefill rows and $PREFILL_VARIANTS; the sanitizers
 #       last, on the test's quick mode, since they are the slowest: both
 #       tools run over the test's groups, all side by side, SANITIZE_TIMEOUT
