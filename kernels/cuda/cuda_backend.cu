@@ -471,7 +471,7 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 		 * kernels above read the slot's */
 		ssmk_conv_window<<<dim3(cdiv(E, 128), nq + 1), 128, 0, s>>>(
 			a->xz, y->in_b, base + conv_off, cb->d_ck_pos, nq, d_ck + conv_off,
-							      sf, L, E, K);
+			sf, L, E, K);
 		CUDA_LAUNCHED();
 		split_mark(cb, SSM_CUDA_CONV);
 		if ((rc = gemm(cb, y->x_w, a->xcT, E, a->dbc, W, W, L, E)))

@@ -744,9 +744,9 @@ __device__ __forceinline__ float ex2_approx(float v)
  *          softplus themselves.
  * Each channel's state stays in registers (4 lanes x NPL entries) within a
  * segment and reaches memory only at segment ends, checkpoints
- * (ck_pos[0..n_ck), n_ck <= SCAN_CK_MAX, ascending, chunk-relative in [1, L]:
- * the state after token q-1 goes
- * to ck + k * state_floats + ck_ssm_off / + ck_dts_off) and the chunk's end.
+ * (ck_pos[0..n_ck), n_ck <= SCAN_CK_MAX, ascending, chunk-relative in
+ * [1, L]: the state after token q-1 goes to ck + k * state_floats +
+ * ck_ssm_off / + ck_dts_off) and the chunk's end.
  *
  * The block's 32 channels walk a segment in tiles of SCAN_TILE tokens, double
  * buffered in shared memory: while the recurrence runs on tile i, cp.async
