@@ -850,30 +850,32 @@ static int cuda_prefill(ssm_backend *b, int slot, const ssm_prefill_args *a)
 					   cb->h_ck + (size_t)buf * cb->ck_max * sf)))
 			goto out;
 		cb->n_tokens[slot] = start_tokens + pos + L;
-		for (r = 0; a->all_logits && r < L; r += CUDA_LOGIT_ROWS) {
-			int n = L - r < CUDA_LOGIT_ROWS ? (int)(L - r) : CUDA_LOGIT_ROWS;
-			if ((rc = logits_rows(cb, (int)r, n)))
-				goto out;
-			CUDA_TRY(cudaMemcpyAsync(cb->h_logits, cb->act.logits,
-						 n * V * sizeof(float),
-						 cudaMemcpyDeviceToHost, cb->stream));
-			CUDA_TRY(cudaStreamSynchronize(cb->stream));
-			memcpy(a->all_logits + (pos + r) * V, cb->h_logits,
-			       n * V * sizeof(float));
-		}
-		if (a->logprobs) {
+		if (a->logprobs)
 			/* pageable source: staged before this returns */
 			CUDA_TRY(cudaMemcpyAsync(cb->d_lp_next, a->lp_next + pos,
 						 L * sizeof(int32_t), cudaMemcpyHostToDevice,
 						 cb->stream));
-			for (r = 0; r < L; r += CUDA_LOGIT_ROWS) {
-				int n = L - r < CUDA_LOGIT_ROWS ? (int)(L - r) : CUDA_LOGIT_ROWS;
-				if ((rc = logits_rows(cb, (int)r, n)))
-					goto out;
+		/* each block of logits rows is formed once, for the host's copy
+		 * and for the log-probabilities alike */
+		for (r = 0; (a->all_logits || a->logprobs) && r < L; r += CUDA_LOGIT_ROWS) {
+			int n = L - r < CUDA_LOGIT_ROWS ? (int)(L - r) : CUDA_LOGIT_ROWS;
+			if ((rc = logits_rows(cb, (int)r, n)))
+				goto out;
+			if (a->logprobs) {
 				ssmk_logprob<<<n, SAMPLE_THREADS, 0, cb->stream>>>(
 					cb->act.logits, (int)V, cb->d_lp_next + r, cb->d_lp + r);
 				CUDA_LAUNCHED();
 			}
+			if (a->all_logits) {
+				CUDA_TRY(cudaMemcpyAsync(cb->h_logits, cb->act.logits,
+							 n * V * sizeof(float),
+							 cudaMemcpyDeviceToHost, cb->stream));
+				CUDA_TRY(cudaStreamSynchronize(cb->stream));
+				memcpy(a->all_logits + (pos + r) * V, cb->h_logits,
+				       n * V * sizeof(float));
+			}
+		}
+		if (a->logprobs) {
 			CUDA_TRY(cudaMemcpyAsync(cb->h_lp, cb->d_lp, L * sizeof(float),
 						 cudaMemcpyDeviceToHost, cb->stream));
 			CUDA_TRY(cudaStreamSynchronize(cb->stream));

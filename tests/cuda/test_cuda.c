@@ -162,17 +162,21 @@ static int steps = 256;
  * ssm_logprob() on the host of the same backend's prefill logits lg: only
  * the order of the sum over the vocabulary differs, then one f32 rounding of
  * a result of magnitude ~1-20, so 1e-5 absolute. Prefills slot `slot` of b
- * and resets it afterwards; position 1 has no next token (0 expected). */
+ * and resets it afterwards; position 1 has no next token (0 expected). With
+ * all set, the same prefill also returns every position's logits (one pass
+ * over the logits rows serves both), and the log-probabilities are checked
+ * against those. */
 #define TOL_LP 1e-5
 static void check_logprobs(ssm_backend *b, int slot, const int32_t *tok, size_t n,
-			   const float *lg, size_t V, const char *dir)
+			   const float *lg, size_t V, const char *dir, int all)
 {
 	int32_t *nx = malloc(n * sizeof *nx);
 	float *lp = malloc(n * sizeof *lp);
+	float *own = all ? malloc(n * V * sizeof *own) : NULL;
 	ssm_prefill_args pl = {0};
 	double worst = 0;
 
-	if (!nx || !lp) {
+	if (!nx || !lp || (all && !own)) {
 		CHECK(0, "out of memory");
 		goto out;
 	}
@@ -182,18 +186,27 @@ static void check_logprobs(ssm_backend *b, int slot, const int32_t *tok, size_t 
 	pl.n_tokens = n;
 	pl.lp_next = nx;
 	pl.logprobs = lp;
+	pl.all_logits = own;
 	CHECK_RC(ssm_prefill(b, slot, &pl), SSMD_OK);
+	if (all) {
+		/* the same kernels on the same input as lg's prefill: the same
+		 * logits up to f32 rounding at most */
+		const double e = rel(own, lg, n * V);
+		CHECK(e <= 1e-6, "%s: logits with log-probabilities rel %.3g > 1e-6", dir, e);
+		lg = own;
+	}
 	for (size_t t = 0; t < n; t++) {
 		const double want = nx[t] < 0 ? 0.0 : ssm_logprob(lg + t * V, (int)V, nx[t]);
 		if (fabs(lp[t] - want) > worst || isnan(lp[t]))
 			worst = isnan(lp[t]) ? INFINITY : fabs(lp[t] - want);
 	}
-	CHECK(worst <= TOL_LP, "%s: device log-probabilities vs ssm_logprob: %.3g > %g", dir,
-	      worst, TOL_LP);
+	CHECK(worst <= TOL_LP, "%s: device log-probabilities%s vs ssm_logprob: %.3g > %g", dir,
+	      all ? " (with all logits)" : "", worst, TOL_LP);
 	CHECK_RC(ssm_slot_reset(b, slot), SSMD_OK);
 out:
 	free(nx);
 	free(lp);
+	free(own);
 }
 
 /* The reduced-precision weight dtype under test: BF16, or F32 when
@@ -270,7 +283,8 @@ static void test_fixture(const char *dir)
 	CHECK_RC(ssm_prefill(cpu, 0, &pa), SSMD_OK);
 	e = rel(logits, cpu_logits, fx.n_tokens * V);
 	CHECK(e <= TOL_CPU, "%s: GPU vs CPU prefill logits rel %.3g > %g", dir, e, TOL_CPU);
-	check_logprobs(gpu, 1, fx.tokens, fx.n_tokens, logits, V, dir);
+	check_logprobs(gpu, 1, fx.tokens, fx.n_tokens, logits, V, dir, 0);
+	check_logprobs(gpu, 1, fx.tokens, fx.n_tokens, logits, V, dir, 1);
 
 	/* token by token through decode on slot 1 */
 	for (t = 0; t < fx.n_tokens; t++) {
