@@ -121,15 +121,30 @@ out:
 	return store_write_end(s, rc);
 }
 
+/* A state store_gc() collects, and store_rows_collect()'s row of one (ctx:
+ * the bytes so far). */
+struct gc_victim {
+	char id[STORE_ID_SIZE];
+	int64_t key;
+};
+
+static int gc_row(sqlite3 *db, sqlite3_stmt *st, void *elem, void *ctx)
+{
+	struct gc_victim *v = elem;
+
+	(void)db;
+	store_copy_text(v->id, STORE_ID_SIZE, sqlite3_column_text(st, 0));
+	v->key = sqlite3_column_int64(st, 1);
+	*(uint64_t *)ctx += (uint64_t)sqlite3_column_int64(st, 2);
+	return SSMD_OK;
+}
+
 int store_gc(store *s, int64_t older_than_s, int dry_run, uint64_t *n_states,
 	     uint64_t *n_bytes)
 {
-	struct victim {
-		char id[STORE_ID_SIZE];
-		int64_t key;
-	} *v = NULL;
+	struct gc_victim *v = NULL;
 	sqlite3_stmt *st = NULL;
-	size_t cnt = 0, cap = 0;
+	size_t cnt = 0;
 	uint64_t bytes = 0;
 	int rc;
 
@@ -148,15 +163,8 @@ int store_gc(store *s, int64_t older_than_s, int dry_run, uint64_t *n_states,
 	if (rc)
 		goto out;
 	sqlite3_bind_int64(st, 1, store_now_ms() - older_than_s * 1000);
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		if (cnt == cap && (rc = store_grow(&v, &cap, sizeof(*v), 64, "gc")))
-			goto out;
-		store_copy_text(v[cnt].id, STORE_ID_SIZE, sqlite3_column_text(st, 0));
-		v[cnt].key = sqlite3_column_int64(st, 1);
-		bytes += (uint64_t)sqlite3_column_int64(st, 2);
-		cnt++;
-	}
-	rc = rc == SQLITE_DONE ? SSMD_OK : store_sql_err(s->wdb, rc, "gc");
+	rc = store_rows_collect(s->wdb, st, sizeof(*v), 64, SIZE_MAX, "gc", gc_row, &bytes,
+				&v, &cnt, NULL);
 	sqlite3_finalize(st);
 	st = NULL;
 	/* Oldest first, so each child is re-linked past every collected
@@ -227,12 +235,25 @@ int store_tag_delete(store *s, const char *name)
 	return store_write_end(s, rc);
 }
 
+/* store_rows_collect()'s row of a tag list. */
+static int tag_row(sqlite3 *db, sqlite3_stmt *st, void *elem, void *ctx)
+{
+	store_tag *t = elem;
+
+	(void)db;
+	(void)ctx;
+	store_copy_text(t->name, sizeof(t->name), sqlite3_column_text(st, 0));
+	store_copy_text(t->id, sizeof(t->id), sqlite3_column_text(st, 1));
+	t->updated_ms = sqlite3_column_int64(st, 2);
+	return SSMD_OK;
+}
+
 int store_tag_list(store *s, const char *prefix, store_tag **out, size_t *n)
 {
 	sqlite3_stmt *st = NULL;
 	sqlite3 *db;
 	store_tag *arr = NULL;
-	size_t cnt = 0, cap = 0;
+	size_t cnt = 0;
 	char *pend = NULL;
 	int rc;
 
@@ -248,30 +269,17 @@ int store_tag_list(store *s, const char *prefix, store_tag **out, size_t *n)
 		goto done;
 	rc = store_sql_prepare(db, "SELECT name, id, updated_ms FROM tags WHERE name>=?1"
 		     " AND name<?2 ORDER BY name", &st);
-	if (rc)
-		goto out;
-	sqlite3_bind_text(st, 1, prefix, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, pend, -1, SQLITE_STATIC);
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		if (cnt == cap &&
-		    (rc = store_grow(&arr, &cap, sizeof(*arr), 16, "tag list")))
-			goto out;
-		store_copy_text(arr[cnt].name, sizeof(arr[cnt].name),
-			  sqlite3_column_text(st, 0));
-		store_copy_text(arr[cnt].id, sizeof(arr[cnt].id),
-			  sqlite3_column_text(st, 1));
-		arr[cnt].updated_ms = sqlite3_column_int64(st, 2);
-		cnt++;
+	if (!rc) {
+		sqlite3_bind_text(st, 1, prefix, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, pend, -1, SQLITE_STATIC);
+		rc = store_rows_collect(db, st, sizeof(*arr), 16, SIZE_MAX, "tag list",
+					tag_row, NULL, &arr, &cnt, NULL);
 	}
-	if (rc != SQLITE_DONE) {
-		rc = store_sql_err(db, rc, "tag list");
-		goto out;
+	if (!rc) {
+		*out = arr;
+		*n = cnt;
+		arr = NULL;
 	}
-	*out = arr;
-	*n = cnt;
-	arr = NULL;
-	rc = SSMD_OK;
-out:
 	sqlite3_finalize(st);
 	store_read_end(s, db);
 done:

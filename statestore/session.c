@@ -115,12 +115,27 @@ int store_session_close(store *s, const char *id)
 	return store_write_end(s, rc);
 }
 
+/* store_rows_collect()'s row of the session list. */
+static int session_row(sqlite3 *db, sqlite3_stmt *st, void *elem, void *ctx)
+{
+	store_session *x = elem;
+
+	(void)db;
+	(void)ctx;
+	store_copy_text(x->id, sizeof(x->id), sqlite3_column_text(st, 0));
+	store_copy_text(x->state, sizeof(x->state), sqlite3_column_text(st, 1));
+	x->seed = (uint64_t)sqlite3_column_int64(st, 2);
+	store_copy_text(x->label, sizeof(x->label), sqlite3_column_text(st, 3));
+	x->updated_ms = sqlite3_column_int64(st, 4);
+	return SSMD_OK;
+}
+
 int store_session_list(store *s, store_session **out, size_t *n)
 {
 	sqlite3_stmt *st = NULL;
 	sqlite3 *db;
 	store_session *arr = NULL;
-	size_t cnt = 0, cap = 0;
+	size_t cnt = 0;
 	int rc;
 
 	if (!s || !out || !n)
@@ -130,31 +145,14 @@ int store_session_list(store *s, store_session **out, size_t *n)
 		return rc;
 	rc = store_sql_prepare(db, "SELECT id, state, seed, label, updated_ms FROM"
 		     " sessions WHERE closed=0 ORDER BY updated_ms, id", &st);
-	if (rc)
-		goto out;
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		if (cnt == cap &&
-		    (rc = store_grow(&arr, &cap, sizeof(*arr), 16, "session list")))
-			goto out;
-		store_copy_text(arr[cnt].id, sizeof(arr[cnt].id),
-				sqlite3_column_text(st, 0));
-		store_copy_text(arr[cnt].state, sizeof(arr[cnt].state),
-				sqlite3_column_text(st, 1));
-		arr[cnt].seed = (uint64_t)sqlite3_column_int64(st, 2);
-		store_copy_text(arr[cnt].label, sizeof(arr[cnt].label),
-				sqlite3_column_text(st, 3));
-		arr[cnt].updated_ms = sqlite3_column_int64(st, 4);
-		cnt++;
+	if (!rc)
+		rc = store_rows_collect(db, st, sizeof(*arr), 16, SIZE_MAX, "session list",
+					session_row, NULL, &arr, &cnt, NULL);
+	if (!rc) {
+		*out = arr;
+		*n = cnt;
+		arr = NULL;
 	}
-	if (rc != SQLITE_DONE) {
-		rc = store_sql_err(db, rc, "session list");
-		goto out;
-	}
-	*out = arr;
-	*n = cnt;
-	arr = NULL;
-	rc = SSMD_OK;
-out:
 	sqlite3_finalize(st);
 	store_read_end(s, db);
 	free(arr);

@@ -658,6 +658,36 @@ int store_grow(void *arrp, size_t *cap, size_t elem, size_t first_cap, const cha
 	return SSMD_OK;
 }
 
+int store_rows_collect(sqlite3 *db, sqlite3_stmt *st, size_t elem, size_t first_cap,
+		       size_t max, const char *what, store_row_fn fill, void *ctx,
+		       void *outp, size_t *n, int *more)
+{
+	char *arr = NULL;
+	size_t cnt = 0, cap = 0;
+	int rc;
+
+	if (more)
+		*more = 0;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if (cnt == max) {
+			if (more)
+				*more = 1;
+			rc = SQLITE_DONE;
+			break;
+		}
+		if (cnt == cap && (rc = store_grow(&arr, &cap, elem, first_cap, what)))
+			goto out;
+		memset(arr + cnt * elem, 0, elem);
+		if ((rc = fill(db, st, arr + cnt++ * elem, ctx)))
+			goto out;
+	}
+	rc = rc == SQLITE_DONE ? SSMD_OK : store_sql_err(db, rc, what);
+out:
+	memcpy(outp, &arr, sizeof(arr));
+	*n = cnt;
+	return rc;
+}
+
 /* Fills info from a row of STORE_STATE_COLS (not parents, tags or metadata). */
 static void info_from_row(sqlite3_stmt *st, store_state_info *info,
 			  int64_t *rowkey)
@@ -1217,38 +1247,32 @@ char *store_prefix_end(const char *prefix)
 	return e;
 }
 
+/* store_rows_collect()'s row of STORE_STATE_COLS, parents, tags and
+ * metadata included. */
+static int info_row(sqlite3 *db, sqlite3_stmt *st, void *elem, void *ctx)
+{
+	int64_t key;
+
+	(void)ctx;
+	info_from_row(st, elem, &key);
+	return info_finish(db, st, elem);
+}
+
 /* Runs a query of STORE_STATE_COLS rows into a growing info array. */
 int store_infos_collect(sqlite3 *db, sqlite3_stmt *st, size_t max,
 			 store_state_info **out, size_t *n, int *more)
 {
-	store_state_info *arr = NULL;
-	size_t cnt = 0, cap = 0;
-	int64_t key;
+	store_state_info *arr;
+	size_t cnt;
 	int rc;
 
-	*more = 0;
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		if (cnt == max) {
-			*more = 1;
-			break;
-		}
-		if (cnt == cap &&
-		    (rc = store_grow(&arr, &cap, sizeof(*arr), 16, "state list")))
-			goto fail;
-		info_from_row(st, &arr[cnt], &key);
-		rc = info_finish(db, st, &arr[cnt]);
-		if (rc)
-			goto fail;
-		cnt++;
-	}
-	if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
-		rc = store_sql_err(db, rc, "list");
-		goto fail;
+	rc = store_rows_collect(db, st, sizeof(*arr), 16, max, "state list", info_row,
+				NULL, &arr, &cnt, more);
+	if (rc) {
+		store_info_array_free(arr, cnt);
+		return rc;
 	}
 	*out = arr;
 	*n = cnt;
 	return SSMD_OK;
-fail:
-	store_info_array_free(arr, cnt);
-	return rc;
 }

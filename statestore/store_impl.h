@@ -62,6 +62,20 @@ void store_copy_text(char *dst, size_t cap, const unsigned char *src);
  * (message names what) the array is left as it was. */
 int store_grow(void *arrp, size_t *cap, size_t elem, size_t first_cap, const char *what);
 
+/* Fills elem (zeroed) from the current row of st; ctx is the caller's. An
+ * error code stops store_rows_collect(). */
+typedef int (*store_row_fn)(sqlite3 *db, sqlite3_stmt *st, void *elem, void *ctx);
+
+/* Steps st to its end, or until max rows are in (*more, when not NULL, then
+ * tells whether another row followed), each row into a new elem-byte element
+ * of a growing array (first first_cap, then doubling) through fill. *outp (a
+ * pointer to a T *) and *n always hold what was collected, also on failure,
+ * the element that failed included: the caller frees it either way. what
+ * names the query in error messages. */
+int store_rows_collect(sqlite3 *db, sqlite3_stmt *st, size_t elem, size_t first_cap,
+		       size_t max, const char *what, store_row_fn fill, void *ctx,
+		       void *outp, size_t *n, int *more);
+
 /* Columns every state query selects, in the order store_infos_collect() reads. */
 #define STORE_STATE_COLS                                                  \
 	"n, id, kind, fingerprint, n_tokens, created_ms, label, metadata, " \
