@@ -221,6 +221,28 @@ static void split_mark(cuda_backend *cb, int part)
 	cb->split_n++;
 }
 
+/* Launches kernel k on s with programmatic stream serialization: k may start
+ * while the kernel ahead of it drains (launch and block start-up overlap its
+ * tail) and waits in pdl_wait() before it reads what that kernel wrote.
+ * Measured on the H200 (bf16, batched decode): 1.4b and 2.8b 2-3% faster per
+ * step at batch 4-64, 130m 1-2% slower. */
+template <typename... P, typename... A>
+static cudaError_t launch_pdl(void (*k)(P...), dim3 grid, dim3 block, cudaStream_t s,
+			      A... args)
+{
+	cudaLaunchConfig_t lc = {};
+	cudaLaunchAttribute at[1] = {};
+
+	lc.gridDim = grid;
+	lc.blockDim = block;
+	lc.stream = s;
+	at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+	at[0].val.programmaticStreamSerializationAllowed = 1;
+	lc.attrs = at;
+	lc.numAttrs = 1;
+	return cudaLaunchKernelEx(&lc, k, args...);
+}
+
 #define NPL_SWITCH(npl, CALL)                                                \
 	switch (npl) {                                                       \
 	case 1: CALL(1); break;                                              \
@@ -254,44 +276,39 @@ static int decode_body(cuda_backend *cb, int nb)
 		const cuda_layer *y = &cb->layers[l];
 		const cuda_layer *p = l ? &cb->layers[l - 1] : NULL;
 
-		ssmk_add_norm<T><<<nb, 256, 0, s>>>(a->h, p ? a->mix : NULL,
-						 p ? p->out_b : NULL, y->norm,
-						 (T *)a->xn, D, c->eps, NULL,
-						 NULL, 0, 0);
-		CUDA_LAUNCHED();
+		CUDA_TRY(launch_pdl(ssmk_add_norm<T>, nb, 256, s, a->h,
+				    p ? a->mix : NULL, p ? p->out_b : NULL, y->norm,
+				    (T *)a->xn, D, c->eps, (float *)NULL, (const int *)NULL,
+				    (size_t)0, (size_t)0));
 		split_mark(cb, SSM_CUDA_NORM);
 		if ((rc = gemm(cb, y->in_w, a->xn, D, a->xz, 2 * E, 2 * E, nb, D)))
 			goto out;
 		split_mark(cb, SSM_CUDA_IN_PROJ);
-		ssmk_conv_step<T><<<dim3(cdiv(E, 128), nb), 128, 0, s>>>(
-			a->xz, y->in_b, y->conv_w, y->conv_b, cb->pool,
-			cb->d_slots, sf, cb->off_conv + (size_t)l * E * (K - 1),
-			E, K, a->xc, (T *)a->xcT);
-		CUDA_LAUNCHED();
+		CUDA_TRY(launch_pdl(ssmk_conv_step<T>, dim3(cdiv(E, 128), nb), 128, s,
+				    a->xz, y->in_b, y->conv_w, y->conv_b, cb->pool,
+				    cb->d_slots, sf, cb->off_conv + (size_t)l * E * (K - 1),
+				    E, K, a->xc, (T *)a->xcT));
 		split_mark(cb, SSM_CUDA_CONV);
 		if ((rc = gemm(cb, y->x_w, a->xcT, E, a->dbc, W, W, nb, E)))
 			goto out;
 		split_mark(cb, SSM_CUDA_X_PROJ);
 #define SSM_STEP(npl)                                                         \
-	ssmk_ssm_step_b<T, npl, SSM_STEP_ROWS><<<dim3(cdiv(E, SSM_CH_PER_BLOCK), \
-			cdiv(nb, SSM_STEP_ROWS)), 128, 0, s>>>(                \
-		a->dbc, R, (const T *)y->dt_w, y->dt_b, y->A, y->Dp, a->xc,   \
-		a->xz, y->in_b, cb->pool, cb->d_slots, sf,                    \
-		(size_t)l * E * N, cb->off_dt_sum + (size_t)l * E, E, nb,     \
-		(T *)a->yT)
+	CUDA_TRY(launch_pdl(ssmk_ssm_step_b<T, npl, SSM_STEP_ROWS>,           \
+			    dim3(cdiv(E, SSM_CH_PER_BLOCK), cdiv(nb, SSM_STEP_ROWS)), \
+			    128, s, (const float *)a->dbc, R, (const T *)y->dt_w,   \
+			    y->dt_b, y->A, y->Dp, a->xc, a->xz, y->in_b, cb->pool,  \
+			    cb->d_slots, sf, (size_t)l * E * N,                     \
+			    cb->off_dt_sum + (size_t)l * E, E, nb, (T *)a->yT))
 		NPL_SWITCH(N / SSM_LANES, SSM_STEP);
 #undef SSM_STEP
-		CUDA_LAUNCHED();
 		split_mark(cb, SSM_CUDA_SSM_STEP);
 		if ((rc = gemm(cb, y->out_w, a->yT, E, a->mix, D, D, nb, E)))
 			goto out;
 		split_mark(cb, SSM_CUDA_OUT_PROJ);
 	}
-	ssmk_add_norm<T><<<nb, 256, 0, s>>>(a->h, a->mix,
-					 cb->layers[c->n_layer - 1].out_b,
-					 cb->norm_f, (T *)a->xn, D, c->eps,
-					 cb->pool, cb->d_slots, sf, cb->off_hidden);
-	CUDA_LAUNCHED();
+	CUDA_TRY(launch_pdl(ssmk_add_norm<T>, nb, 256, s, a->h, a->mix,
+			    cb->layers[c->n_layer - 1].out_b, cb->norm_f, (T *)a->xn, D,
+			    c->eps, cb->pool, cb->d_slots, sf, cb->off_hidden));
 	if ((rc = gemm(cb, cb->lm_head, a->xn, D, a->logits, V, V, nb, D)))
 		goto out;
 	/* every row's next token too (decode_sample reads it, decode not) */

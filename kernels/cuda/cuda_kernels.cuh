@@ -44,6 +44,16 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(flo
 	return __float2bfloat16_rn(v);
 }
 
+/* Programmatic dependent launch: a kernel launched with programmatic stream
+ * serialization (launch_pdl) may start before the kernel ahead of it in the
+ * stream has finished; pdl_wait() returns once that kernel has completed and
+ * its writes are visible. Everything before it must not read what that
+ * kernel writes. Without the launch attribute it returns at once. */
+__device__ __forceinline__ void pdl_wait(void)
+{
+	asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+
 __device__ __forceinline__ float silu(float v) { return v / (1.0f + expf(-v)); }
 
 /* torch.nn.functional.softplus with its default threshold 20. */
@@ -176,6 +186,7 @@ __global__ void ssmk_add_norm(float *h, const float *mix, const float *mix_b,
 	float *hr = h + (size_t)blockIdx.x * D;
 	float ss = 0.0f;
 
+	pdl_wait();
 	for (int i = threadIdx.x; i < D; i += blockDim.x) {
 		float v = hr[i];
 		if (mix) {
@@ -308,6 +319,7 @@ __global__ void ssmk_conv_step(const float *xz, const float *in_b, const float *
 	const int e = blockIdx.x * blockDim.x + threadIdx.x;
 	const int r = blockIdx.y;
 
+	pdl_wait();
 	if (e < E)
 		ssm_conv_channel<T>(xz[(size_t)r * 2 * E + e], e, r, in_b, cw, cb, pool,
 				    slots[r], state_floats, conv_off, E, K, xc, xcT);
@@ -333,7 +345,9 @@ __global__ void ssmk_conv_step(const float *xz, const float *in_b, const float *
  * per row (slots in a batch are distinct: no row's stores touch another
  * row's loads). States move as 16-byte pieces when NPL == 4 and
  * state_floats is a multiple of 4; each channel's dt_w row is read once for
- * all the block's rows, the dt_low rows as 16-byte pieces.
+ * all the block's rows, the dt_low rows as 16-byte pieces. Launched with
+ * programmatic dependent launch, so those loads (none of them written by
+ * the x_proj GEMM ahead of it) start before pdl_wait().
  * grid (ceil(E/32), ceil(B/RPB)), block 128.
  */
 template <typename T, int NPL, int RPB>
@@ -397,6 +411,10 @@ __global__ void ssmk_ssm_step_b(const float *dbc, int R, const T *dt_w,
 		if (g == 0)
 			ds[q] = st[dts_off + ec];
 	}
+
+	/* everything above was written before the x_proj GEMM ahead of this
+	 * kernel started; dt_low | B | C is that GEMM's */
+	pdl_wait();
 
 	/* dt_low . dt_w[e, :] for every row, each dt_w piece loaded once */
 #pragma unroll

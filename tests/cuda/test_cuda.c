@@ -687,6 +687,11 @@ static void test_big(const char *dir)
 	CHECK(worst <= TOL_BF16, "%s: BF16 logits rel %.3g > %g", dir, worst, TOL_BF16);
 	printf("  %-40s BF16 vs F32 over 256 greedy steps: worst rel %.2e, tokens %s\n",
 	       dir, worst, same ? "identical" : "differ");
+	/* batched against alone at a real shape (d_inner 1536, dt_rank 48,
+	 * where the fixtures have 128 and 4-7): a whole and a ragged last
+	 * block of the SSM step's rows */
+	test_batch(m, low_dtype, 64);
+	test_batch(m, low_dtype, 37);
 out:
 	free(lf);
 	free(lh);
