@@ -119,7 +119,7 @@ fi
 # bench_cuda's decode (or prefill) rows alone, once per word of
 # $DECODE_VARIANTS (or $PREFILL_VARIANTS)
 variants() { # decode|prefill ONLY_VARIABLE words...
-	local kind=$1 only=$2 v sel
+	local kind=$1 only=$2 v sel f
 	shift 2
 	for p in $big_pids; do wait "$p"; done
 	big_pids=""
@@ -127,11 +127,12 @@ variants() { # decode|prefill ONLY_VARIABLE words...
 	for v in "$@"; do
 		sel=""
 		[ "$v" = default ] || sel=$v
+		f=$out/$kind-${v//[=,]/-} # the log's name: no '=' or ','
 		env $only=1 ${sel//,/ } timeout 150 "$bin/bench_cuda" \
 			"130m=$models/m130" "1.4b=$models/m1.4b" "2.8b=$models/m2.8b" \
-			>"$out/$kind-${v//=/-}.txt" 2>"$out/$kind-${v//=/-}.err"
-		echo "bench_cuda $kind ($v) exit $?" >>"$out/$kind-${v//=/-}.err"
-		tail -n 1 "$out/$kind-${v//=/-}.err"
+			>"$f.txt" 2>"$f.err"
+		echo "bench_cuda $kind ($v) exit $?" >>"$f.err"
+		tail -n 1 "$f.err"
 	done
 }
 want decode && variants decode BENCH_CUDA_DECODE_ONLY ${DECODE_VARIANTS:-default}
@@ -201,10 +202,10 @@ echo "================================================================"
 printf '%s' "$summary"
 [ -f "$out/bench.txt" ] && cat "$out/bench.txt"
 for v in ${DECODE_VARIANTS:-default}; do
-	[ -f "$out/decode-${v//=/-}.txt" ] && { echo "decode, $v:"; cat "$out/decode-${v//=/-}.txt"; }
+	[ -f "$out/decode-${v//[=,]/-}.txt" ] && { echo "decode, $v:"; cat "$out/decode-${v//[=,]/-}.txt"; }
 done
 for v in ${PREFILL_VARIANTS:-default}; do
-	[ -f "$out/prefill-${v//=/-}.txt" ] && { echo "prefill, $v:"; cat "$out/prefill-${v//=/-}.txt"; }
+	[ -f "$out/prefill-${v//[=,]/-}.txt" ] && { echo "prefill, $v:"; cat "$out/prefill-${v//[=,]/-}.txt"; }
 done
 [ -f "$out/hf.txt" ] && cat "$out/hf.txt"
 [ -f "$out/service.txt" ] && cat "$out/service.txt"
