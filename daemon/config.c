@@ -46,7 +46,7 @@ static const struct key keys[] = {
 	KI(max_generate_tokens, 1, 1 << 20, "max_tokens per generate"),
 	KI(max_sessions, 1, 1 << 24, "open sessions"),
 	KI(queue_depth, 1, 1 << 20, "requests waiting to start; beyond that EBUSY"),
-	KI(prefill_chunk, 1, 1 << 20, "tokens per appending session per step"),
+	KI(prefill_chunk, 1, 1 << 20, "smallest cap on a prefilling session's tokens per step (append, score, replay); each may take max(this, its equal share of step_tokens)"),
 	KI(step_tokens, 1, 1 << 24, "tokens per scheduler step: decode plus prefill of every session"),
 	KI(idle_timeout, 0, 1 << 30, "seconds until an idle session is stored and closed (0 = never)"),
 	KI(host_cache_mb, 0, 1 << 24, "MB of host memory keeping the states of paged-out sessions, so paging one in needs no library read (0 = off)"),

@@ -44,7 +44,11 @@ typedef struct cfg {
 	int max_generate_tokens;/* max_tokens per generate request */
 	int max_sessions;       /* open sessions (resident or paged out) */
 	int queue_depth;        /* requests submitted and not started; beyond: EBUSY */
-	int prefill_chunk;      /* tokens one appending session prefills per step */
+	int prefill_chunk;      /* the least a prefilling session's (append,
+				 * score, replay) chunk per step is capped at:
+				 * each takes at most max(prefill_chunk, the
+				 * step's prefill budget / sessions prefilling),
+				 * and no more than the budget has left */
 	int step_tokens;        /* tokens one scheduler step feeds in all: one
 				 * per generating session plus the prefill
 				 * chunks, shared round-robin among appenders */

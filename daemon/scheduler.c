@@ -978,10 +978,11 @@ static int chunk_ckpt(void *arg, size_t pos, const ssm_state *st)
 static void merge_replay_done(sched *s, struct job *j, int code);
 
 /* One prefill chunk of j (append, or the replay of a merge) of at most
- * budget tokens. Checkpoint positions inside it (those asked for, and the
+ * share tokens and at most budget, the step's remaining tokens (sched_step()
+ * decides both). Checkpoint positions inside it (those asked for, and the
  * automatic ones every checkpoint_every tokens of the session) come out of
  * the one prefill through chunk_ckpt(). Returns the tokens consumed. */
-static size_t append_step(sched *s, struct job *j, size_t budget)
+static size_t append_step(sched *s, struct job *j, size_t share, size_t budget)
 {
 	struct sess *x = j->sess;
 	size_t n = j->n_toks - j->n_done, np = 0, at = 0, mi = j->next_mark;
@@ -992,8 +993,8 @@ static size_t append_step(sched *s, struct job *j, size_t budget)
 	ssm_prefill_args a;
 	int rc = SSMD_OK;
 
-	if (n > (size_t)s->cfg->prefill_chunk)
-		n = (size_t)s->cfg->prefill_chunk;
+	if (n > share)
+		n = share;
 	if (n > budget)
 		n = budget;
 	/* Positions within the chunk, 1..n: the next asked-for mark or the
@@ -1166,12 +1167,13 @@ static void score_done(sched *s, struct job *j, int code)
 		sess_close(s, x);
 }
 
-/* Scores the next chunk of at most budget (and prefill_chunk) tokens, as an
- * append steps: a prefill that also returns, at each position, the
- * log-probability of the token after it (the backend forms them where the
- * logits are, so no logits cross to the host); token 0 was scored at the
- * start with the source's own logits. Returns the tokens consumed. */
-static size_t score_step(sched *s, struct job *j, size_t budget)
+/* Scores the next chunk of at most share tokens and at most budget
+ * (sched_step() decides both), as an append steps: a prefill that also
+ * returns, at each position, the log-probability of the token after it (the
+ * backend forms them where the logits are, so no logits cross to the host);
+ * token 0 was scored at the start with the source's own logits. Returns the
+ * tokens consumed. */
+static size_t score_step(sched *s, struct job *j, size_t share, size_t budget)
 {
 	struct score *sc = j->score;
 	struct sess *x = j->sess;
@@ -1180,8 +1182,8 @@ static size_t score_step(sched *s, struct job *j, size_t budget)
 	ssm_prefill_args a;
 	int rc;
 
-	if (n > (size_t)s->cfg->prefill_chunk)
-		n = (size_t)s->cfg->prefill_chunk;
+	if (n > share)
+		n = share;
 	if (n > budget)
 		n = budget;
 	memset(&a, 0, sizeof(a));
@@ -2069,13 +2071,23 @@ static void done_handle(sched *s, struct done_msg *m)
 
 /* --------------------------------------------------------------- steps -- */
 
+/* 1 when x's running request feeds tokens by prefill chunks this step (an
+ * append, a score, a merge's replay): started, and x in a slot. */
+static int sess_prefilling(const struct sess *x)
+{
+	const struct job *j = x->head;
+
+	return j && j->started && !x->loading && x->slot >= 0 &&
+	       j->req->op_case != SSMD__REQUEST__OP_GENERATE;
+}
+
 /* One step: start what can start, one batched decode over every generating
- * session, one prefill chunk per appending session. Returns 1 when work was
+ * session, one prefill chunk per prefilling session. Returns 1 when work was
  * done (so the loop does not sleep). */
 static int sched_step(sched *s)
 {
 	int n = 0, worked = 0, rc;
-	size_t budget;
+	size_t budget, share, n_pre = 0;
 
 	sched_service_all(s);
 	for (size_t i = 0; i < s->sessions.n; i++) {
@@ -2112,25 +2124,38 @@ static int sched_step(sched *s)
 	}
 	/* Prefill work (appends, scores, replays) shares what the decode left
 	 * of the step's token budget, round-robin from where the last step
-	 * stopped; at least one token per step, so nothing waits forever. */
+	 * stopped; at least one token per step, so nothing waits forever.
+	 * A session's chunk is capped at its equal share of that budget, or at
+	 * prefill_chunk where that is larger: a lone ingest takes the whole
+	 * step in one chunk (on the GPU a chunk pays its launches once, so
+	 * longer ones run faster), while many sessions each may still take
+	 * prefill_chunk tokens, in turns when the budget runs out before the
+	 * round does. This is the one place that sizes chunks. */
 	budget = (size_t)s->cfg->step_tokens > (size_t)n
 			 ? (size_t)s->cfg->step_tokens - (size_t)n : 1;
-	for (size_t k = 0, m = s->sessions.n; budget && k < m; k++) {
-		size_t i = (s->rr + k) % m;
+	for (size_t i = 0; i < s->sessions.n; i++)
+		n_pre += sess_prefilling(s->sessions.v[i]);
+	share = n_pre ? budget / n_pre : budget;
+	if (share < (size_t)s->cfg->prefill_chunk)
+		share = (size_t)s->cfg->prefill_chunk;
+	/* The round starts at rr as it stood when the step began: the loop
+	 * moves s->rr as it goes, and reading the moved one would visit some
+	 * sessions twice in one step and skip others. */
+	for (size_t k = 0, m = s->sessions.n, rr = s->rr; budget && k < m; k++) {
+		size_t i = (rr + k) % m;
 		struct sess *x;
 		struct job *j;
 		if (i >= s->sessions.n)
 			continue; /* a step just ended a scratch session */
 		x = s->sessions.v[i];
 		j = x->head;
-		if (!j || !j->started || x->loading || x->slot < 0 ||
-		    j->req->op_case == SSMD__REQUEST__OP_GENERATE)
+		if (!sess_prefilling(x))
 			continue;
 		worked = 1;
 		x->last_used = ++s->tick;
 		budget -= j->req->op_case == SSMD__REQUEST__OP_SCORE
-				  ? score_step(s, j, budget)
-				  : append_step(s, j, budget);
+				  ? score_step(s, j, share, budget)
+				  : append_step(s, j, share, budget);
 		s->rr = i + 1;
 	}
 	/* Requests behind the ones that just finished start now, so the loop

@@ -18,6 +18,9 @@
  *   - back-pressure: requests beyond queue_depth are refused with
  *     SSMD_EBUSY and every accepted one runs;
  *   - automatic checkpoints land every N tokens with their transcripts;
+ *   - prefill chunks (seen through a --wrap of ssm_prefill): a lone append
+ *     takes the whole step's budget in one chunk per step; two appends
+ *     running at once take half each, one chunk of each per step;
  *   - bad parameters get their error codes, and the next request still works;
  *   - shutdown stores every session with unsaved progress;
  *   - with a tokenizer (a random model made by ssm-mkmodel with GPT-NeoX's
@@ -96,6 +99,68 @@ static int read_ref_tokens(const char *dir, int32_t *t, size_t *n)
 	return *n == 48 ? 0 : -1;
 }
 
+/* ------------------------------------------------------ prefill chunks -- */
+
+#ifdef SSMD_TEST_WRAP_PREFILL
+/* Every ssm_prefill call of the program comes here first (the linker's
+ * --wrap, set in meson.build). While pf_recording, each call's slot and
+ * length are kept in order; while pf_shut, the calling thread (the
+ * scheduler's) waits here, so requests sent meanwhile all start in one
+ * later step. */
+#define PF_MAX 1024
+static pthread_mutex_t pf_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pf_cond = PTHREAD_COND_INITIALIZER;
+static int pf_recording, pf_shut, pf_held;
+static int pf_slot[PF_MAX];
+static size_t pf_len[PF_MAX], pf_n;
+
+int __real_ssm_prefill(ssm_backend *b, int slot, const ssm_prefill_args *args);
+int __wrap_ssm_prefill(ssm_backend *b, int slot, const ssm_prefill_args *args);
+
+int __wrap_ssm_prefill(ssm_backend *b, int slot, const ssm_prefill_args *args)
+{
+	pthread_mutex_lock(&pf_lock);
+	if (pf_recording && pf_n < PF_MAX) {
+		pf_slot[pf_n] = slot;
+		pf_len[pf_n++] = args->n_tokens;
+	}
+	pf_held = pf_shut;
+	pthread_cond_broadcast(&pf_cond);
+	while (pf_shut)
+		pthread_cond_wait(&pf_cond, &pf_lock);
+	pthread_mutex_unlock(&pf_lock);
+	return __real_ssm_prefill(b, slot, args);
+}
+
+static void pf_record(int on)
+{
+	pthread_mutex_lock(&pf_lock);
+	if (on)
+		pf_n = 0;
+	pf_recording = on;
+	pthread_mutex_unlock(&pf_lock);
+}
+
+/* Shuts the gate, or opens it and lets the held call go on. */
+static void pf_gate(int shut)
+{
+	pthread_mutex_lock(&pf_lock);
+	pf_shut = shut;
+	pf_held = 0;
+	pthread_cond_broadcast(&pf_cond);
+	pthread_mutex_unlock(&pf_lock);
+}
+
+/* Blocks until a prefill waits at the shut gate. */
+static void pf_wait_held(void)
+{
+	pthread_mutex_lock(&pf_lock);
+	while (!pf_held)
+		pthread_cond_wait(&pf_cond, &pf_lock);
+	pthread_mutex_unlock(&pf_lock);
+}
+#endif
+
 /* ------------------------------------------------------------------ tests -- */
 
 static char tmp[] = "/tmp/ssmd-test-sched-XXXXXX";
@@ -126,7 +191,8 @@ static void test_tiny(const char *fixtures)
 	cfg_init(&c);
 	cfg_set(&c, "backend", backend);
 	c.slots = 1;
-	c.prefill_chunk = 7; /* several chunks per append */
+	c.prefill_chunk = 7; /* several chunks per append: a lone */
+	c.step_tokens = 7;   /* session's chunk is the step's budget */
 	c.max_generate_tokens = 64;
 	s = harness_start(&c, m, NULL, st, on_event);
 
@@ -642,6 +708,124 @@ static void test_tiny(const char *fixtures)
 	ssm_model_free(m);
 }
 
+/* How sched_step() sizes prefill chunks, with step_tokens 32 and
+ * prefill_chunk 4: a lone append of N tokens advances by the whole budget,
+ * ceil(N / 32) chunks, one per step; two appends running at once advance by
+ * max(prefill_chunk, 32 / 2) = 16 tokens each, one chunk of each per step.
+ * Counted from the chunks the scheduler hands ssm_prefill, not from time. */
+static void test_chunks(const char *fixtures)
+{
+#ifdef SSMD_TEST_WRAP_PREFILL
+	enum { STEP = 32, MIN = 4, N = 200, HALF = STEP / 2 > MIN ? STEP / 2 : MIN };
+	char dir[1024], path[1200];
+	int32_t toks[N];
+	struct harness_box bx, ba, bb;
+	ssm_model *m;
+	store *st;
+	cfg c;
+	sched *s;
+	Ssmd__Reply *r;
+	size_t sum = 0, sum_a = 0, sum_b = 0, n_a = 0, n_b = 0;
+	int full = 1, capped = 1, alternate = 1, slot_first = -1;
+
+	snprintf(dir, sizeof(dir), "%s/tiny-mamba", fixtures);
+	if (ssm_model_load(dir, &m)) {
+		SKIP("cannot load %s: %s", dir, ssmd_errmsg());
+		return;
+	}
+	for (int i = 0; i < N; i++)
+		toks[i] = (int32_t)((i * 7919u + 13u) % 512u);
+	snprintf(path, sizeof(path), "%s/chunks.db", tmp);
+	CHECK_RC(store_open(path, NULL, &st), SSMD_OK);
+	cfg_init(&c);
+	cfg_set(&c, "backend", harness_backend_name());
+	c.slots = 2;
+	c.prefill_chunk = MIN;
+	c.step_tokens = STEP;
+	s = harness_start(&c, m, NULL, st, NULL);
+	char *a = harness_open(s, NULL, 0, 0), *b = harness_open(s, NULL, 0, 0);
+
+	/* Alone: the whole budget every step, not prefill_chunk. */
+	pf_record(1);
+	CHECK_RC(harness_append(s, a, toks, N), SSMD_OK);
+	pf_record(0);
+	for (size_t i = 0; i < pf_n; i++) {
+		sum += pf_len[i];
+		full &= i + 1 == pf_n || pf_len[i] == STEP;
+	}
+	CHECK(pf_n == (N + STEP - 1) / STEP && full && sum == N,
+	      "a lone append of %d tokens: %zu chunks (want %d, all but the last of %d; "
+	      "%zu tokens)", N, pf_n, (N + STEP - 1) / STEP, STEP, sum);
+
+	/* Two at once. b takes a slot first; then, with the scheduler held
+	 * inside a 1-token append on a, both long appends are sent, so they
+	 * start in the same step. */
+	CHECK_RC(harness_append(s, b, toks, 1), SSMD_OK);
+	harness_box_init(&bx);
+	harness_box_init(&ba);
+	harness_box_init(&bb);
+	pf_gate(1);
+	{
+		Ssmd__Request q = SSMD__REQUEST__INIT;
+		Ssmd__AppendRequest ap = SSMD__APPEND_REQUEST__INIT;
+		q.op_case = SSMD__REQUEST__OP_APPEND;
+		q.append = &ap;
+		ap.session = a;
+		ap.tokens = toks;
+		ap.n_tokens = 1;
+		CHECK_RC(harness_submit(s, &q, NULL, &bx), SSMD_OK);
+		pf_wait_held();
+		pf_record(1);
+		ap.n_tokens = N;
+		CHECK_RC(harness_submit(s, &q, NULL, &ba), SSMD_OK);
+		ap.session = b;
+		CHECK_RC(harness_submit(s, &q, NULL, &bb), SSMD_OK);
+	}
+	pf_gate(0);
+	r = harness_box_wait(&bx);
+	CHECK(r->code == 0, "the held 1-token append completes (%u)", r->code);
+	harness_reply_free(r);
+	r = harness_box_wait(&ba);
+	CHECK(r->code == 0 && r->append->appended == N, "the first of two appends completes (%u)",
+	      r->code);
+	harness_reply_free(r);
+	r = harness_box_wait(&bb);
+	CHECK(r->code == 0 && r->append->appended == N, "the second of two appends completes (%u)",
+	      r->code);
+	harness_reply_free(r);
+	pf_record(0);
+	for (size_t i = 0; i < pf_n; i++) {
+		if (i == 0)
+			slot_first = pf_slot[0];
+		if (pf_slot[i] == slot_first) {
+			sum_a += pf_len[i];
+			n_a++;
+		} else {
+			sum_b += pf_len[i];
+			n_b++;
+		}
+		capped &= pf_len[i] <= HALF;
+		alternate &= i == 0 || pf_slot[i] != pf_slot[i - 1];
+	}
+	CHECK(sum_a == N && sum_b == N, "two appends at once: every token prefilled (%zu, %zu)",
+	      sum_a, sum_b);
+	CHECK(capped, "two appends at once: no chunk over max(prefill_chunk, budget / 2) = %d",
+	      HALF);
+	CHECK(alternate && n_a == (N + HALF - 1) / HALF && n_b == n_a,
+	      "two appends at once: one chunk of each per step, %zu and %zu chunks (want %d)",
+	      n_a, n_b, (N + HALF - 1) / HALF);
+	sched_free(s);
+	free(a);
+	free(b);
+	cfg_fini(&c);
+	store_close(st);
+	ssm_model_free(m);
+#else
+	(void)fixtures;
+	SKIP("prefill chunks: the linker has no --wrap");
+#endif
+}
+
 /* Text, stop strings and streaming on a random model with GPT-NeoX's
  * tokenizer. */
 static void test_text(const char *shared)
@@ -804,6 +988,7 @@ int main(void)
 		return 1;
 	}
 	test_tiny(fixtures);
+	test_chunks(fixtures);
 	test_text(fixtures);
 	test_dir_remove(tmp);
 	return check_summary("sched");

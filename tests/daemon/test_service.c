@@ -791,7 +791,8 @@ int main(void)
 	cfg_init(&c);
 	cfg_set(&c, "backend", "cpu");
 	c.slots = 2;
-	c.prefill_chunk = 16; /* checkpoints fall inside and across chunks */
+	c.prefill_chunk = 16; /* checkpoints fall inside and across chunks: */
+	c.step_tokens = 16;   /* a lone session's chunk is the whole step */
 	s = harness_start(&c, m, NULL, st, NULL);
 	test_checkpoints(s, st, ssm_model_config(m)->vocab_size);
 	test_merge(s, st, m);

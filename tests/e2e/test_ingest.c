@@ -251,9 +251,12 @@ int main(void)
 		return check_summary("e2e_ingest");
 	}
 	e2e_daemon_init(&d, "ingest", e2e_tiny_model());
-	/* Small chunks make the ingest take many scheduler steps. */
+	/* Small steps make the ingest take many scheduler steps (a lone
+	 * session's chunk is the whole step). */
 	d.extra[0] = "--prefill-chunk";
 	d.extra[1] = "64";
+	d.extra[2] = "--step-tokens";
+	d.extra[3] = "64";
 	if (e2e_daemon_start(&d) != 0) {
 		CHECK(0, "daemon did not start");
 		return check_summary("e2e_ingest");
