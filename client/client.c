@@ -295,7 +295,11 @@ fail:
  * (Debian 12) can deadlock when sockets are closed from several threads at
  * once (the closing threads and its reaper wait on each other; upstream
  * nng issues 1543 and 1813). A close takes well under a millisecond, so
- * taking turns costs nothing that matters.
+ * taking turns costs nothing that matters. The same bug can still hang the
+ * close of a SUB socket while events reach it (another client of the
+ * process streaming at that moment: the daemon publishes every stream to
+ * every subscriber); a program whose clients stream in several threads
+ * closes them once none streams.
  */
 static pthread_mutex_t close_lock = PTHREAD_MUTEX_INITIALIZER;
 
