@@ -55,6 +55,23 @@ __device__ __forceinline__ void argmax_merge(float *v, int *i, float ov, int oi)
 	}
 }
 
+/* The largest m over the block, returned to every thread; s_f holds one
+ * value per warp. Synchronises the block once. */
+__device__ __forceinline__ float block_max(float m, float *s_f)
+{
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+
+	for (int o = 16; o > 0; o >>= 1)
+		m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+	if (lane == 0)
+		s_f[warp] = m;
+	__syncthreads();
+	m = s_f[0];
+	for (int w = 1; w < nw; w++)
+		m = fmaxf(m, s_f[w]);
+	return m;
+}
+
 __global__ void __launch_bounds__(SAMPLE_THREADS)
 ssmk_sample(const float *logits, int V, const cuda_sampler *sp, int32_t *next)
 {
@@ -81,16 +98,9 @@ ssmk_sample(const float *logits, int V, const cuda_sampler *sp, int32_t *next)
 			if (v > mx)
 				mx = v;
 		}
-		for (int o = 16; o > 0; o >>= 1)
-			mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
-		if (lane == 0)
-			s_f[warp] = mx;
 		if (threadIdx.x == 0)
 			s_pick = V;
-		__syncthreads();
-		mx = s_f[0];
-		for (int w = 1; w < nw; w++)
-			mx = fmaxf(mx, s_f[w]);
+		mx = block_max(mx, s_f);
 		if (mx == -INFINITY) {
 			if (threadIdx.x == 0)
 				next[blockIdx.x] = -1;
@@ -199,14 +209,7 @@ ssmk_logprob(const float *logits, int V, const int32_t *next, float *out)
 	}
 	for (int v = threadIdx.x; v < V; v += blockDim.x)
 		m = fmaxf(m, row[v]);
-	for (int o = 16; o; o >>= 1)
-		m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-	if (lane == 0)
-		s_f[warp] = m;
-	__syncthreads();
-	m = s_f[0];
-	for (int w = 1; w < nw; w++)
-		m = fmaxf(m, s_f[w]);
+	m = block_max(m, s_f);
 	for (int v = threadIdx.x; v < V; v += blockDim.x)
 		sum += expf(row[v] - m);
 	for (int o = 16; o; o >>= 1)
