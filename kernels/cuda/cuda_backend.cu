@@ -33,12 +33,15 @@
 #define CUDA_LOGIT_ROWS 256
 /* Device memory (and as much pinned host memory) for the checkpoint states
  * emitted inside one prefill chunk; a chunk holding more checkpoints is cut
- * short. At least CUDA_CK_BUDGET, and room for a checkpoint every
- * CUDA_CK_FULL_EVERY tokens of a full chunk (32 states: 0.5 GB on 1.4b,
- * 0.84 GB on 2.8b). Measured on the H200 (16k prefill, 2.8b, checkpoints
- * every 256, median of 7 pairs): 512 MiB (19 states, chunks cut to 4864
- * tokens) 4.4% and 6.1% slower in two calls, 1 GiB (chunks of 8192) 0.2%. */
+ * short. Room for a checkpoint every CUDA_CK_FULL_EVERY tokens of a full
+ * chunk (32 states: 0.5 GB on 1.4b, 0.84 GB on 2.8b), within
+ * [CUDA_CK_BUDGET, CUDA_CK_BUDGET_MAX]. Measured on the H200 (16k prefill,
+ * 2.8b, checkpoints every 256, median of 7 pairs): 512 MiB (19 states,
+ * chunks cut to 4864 tokens) 4.4% and 6.1% slower in two calls, 1 GiB
+ * (chunks of 8192) 0.2%. The cap keeps larger models' budget (twice: the
+ * buffers are double) within what a host pins without trouble. */
 #define CUDA_CK_BUDGET ((size_t)512 << 20)
+#define CUDA_CK_BUDGET_MAX ((size_t)1 << 30)
 #define CUDA_CK_FULL_EVERY 256
 #define CUDA_CK_MAX SCAN_CK_MAX /* the scan keeps their positions in shared memory */
 
@@ -1525,6 +1528,8 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	ck_bytes = (size_t)(cb->chunk / CUDA_CK_FULL_EVERY) * cb->state_floats * sizeof(float);
 	if (ck_bytes < CUDA_CK_BUDGET)
 		ck_bytes = CUDA_CK_BUDGET;
+	if (ck_bytes > CUDA_CK_BUDGET_MAX)
+		ck_bytes = CUDA_CK_BUDGET_MAX;
 	env = getenv("SSMD_CUDA_CK_MB");
 	if (env && atoi(env) > 0)
 		ck_bytes = (size_t)atoi(env) << 20;
