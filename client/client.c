@@ -295,22 +295,63 @@ fail:
  * (Debian 12) can deadlock when sockets are closed from several threads at
  * once (the closing threads and its reaper wait on each other; upstream
  * nng issues 1543 and 1813). A close takes well under a millisecond, so
- * taking turns costs nothing that matters. The same bug can still hang the
- * close of a SUB socket while events reach it (another client of the
- * process streaming at that moment: the daemon publishes every stream to
- * every subscriber); a program whose clients stream in several threads
- * closes them once none streams.
+ * taking turns costs nothing that matters.
+ *
+ * Events (SUB) sockets are not closed at all: the same bug can hang the
+ * close of a SUB socket for good while messages still arrive on it, and the
+ * daemon publishes every stream to every subscriber, so closing one
+ * client's SUB socket while another client of the process streams hung
+ * (1 close in 11-35 in e2e_sessions). A closed client's SUB socket, with no
+ * subscription left, goes to sub_pool instead, and the next client to
+ * stream from the same events URL takes it; the pool goes with the process.
  */
 static pthread_mutex_t close_lock = PTHREAD_MUTEX_INITIALIZER;
 
+struct sub_pool {
+	nng_socket sub;
+	char url[SSMD_URL_MAX];
+	struct sub_pool *next;
+};
+static struct sub_pool *sub_pool;
+
+/* A pooled SUB socket dialed to url into *sub; 0 when there is none. */
+static int sub_pool_take(const char *url, nng_socket *sub)
+{
+	struct sub_pool **pp, *e = NULL;
+
+	pthread_mutex_lock(&close_lock);
+	for (pp = &sub_pool; *pp; pp = &(*pp)->next)
+		if (strcmp((*pp)->url, url) == 0) {
+			e = *pp;
+			*pp = e->next;
+			break;
+		}
+	pthread_mutex_unlock(&close_lock);
+	if (!e)
+		return 0;
+	*sub = e->sub;
+	free(e);
+	return 1;
+}
+
 void ssmd_client_close(ssmd_client *c)
 {
+	struct sub_pool *e = NULL;
+
 	if (!c)
 		return;
+	if (c->sub_open && (e = malloc(sizeof(*e)))) {
+		e->sub = c->sub;
+		memcpy(e->url, c->events_url, sizeof(e->url));
+	}
 	pthread_mutex_lock(&close_lock);
 	nng_close(c->req);
-	if (c->sub_open)
-		nng_close(c->sub);
+	if (e) {
+		e->next = sub_pool;
+		sub_pool = e;
+	} else if (c->sub_open) {
+		nng_close(c->sub); /* no memory to keep it */
+	}
 	if (c->push_open)
 		nng_close(c->push);
 	pthread_mutex_unlock(&close_lock);
@@ -322,7 +363,8 @@ const char *ssmd_client_id(const ssmd_client *c)
 	return c->id;
 }
 
-/* Connects the SUB socket once; later streams reuse it. */
+/* Connects the SUB socket once (or takes one a closed client left in
+ * sub_pool); later streams reuse it. */
 static int client_sub_open(ssmd_client *c)
 {
 	int rv, rc;
@@ -332,6 +374,10 @@ static int client_sub_open(ssmd_client *c)
 	if (!c->events_url[0] &&
 	    (rc = ssmd_events_url(c->url, c->events_url, sizeof c->events_url)))
 		return rc;
+	if (sub_pool_take(c->events_url, &c->sub)) {
+		c->sub_open = 1;
+		return SSMD_OK;
+	}
 	if ((rv = nng_sub0_open(&c->sub)) != 0)
 		return err_from_nng(rv, "open events socket");
 	nng_socket_set_ms(c->sub, NNG_OPT_RECVTIMEO, STREAM_POLL_MS);
