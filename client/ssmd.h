@@ -100,7 +100,9 @@ int ssmd_jobs_url(const char *url, char *out, size_t cap);
 int ssmd_client_open(const ssmd_client_opts *opts, ssmd_client **out);
 
 /* Disconnects and frees the client; NULL is a no-op. Clients of several
- * threads may close at once (their sockets are closed one after another). */
+ * threads may close at once (their sockets are closed one after another).
+ * A client's events socket, if it streamed, stays open for the process's
+ * next client that streams from the same daemon (see client.c). */
 void ssmd_client_close(ssmd_client *c);
 
 /* This client's ID as sent with every request ("host/pid/random");
