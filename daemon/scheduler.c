@@ -978,11 +978,11 @@ static int chunk_ckpt(void *arg, size_t pos, const ssm_state *st)
 static void merge_replay_done(sched *s, struct job *j, int code);
 
 /* One prefill chunk of j (append, or the replay of a merge) of at most
- * share tokens and at most budget, the step's remaining tokens (sched_step()
- * decides both). Checkpoint positions inside it (those asked for, and the
- * automatic ones every checkpoint_every tokens of the session) come out of
- * the one prefill through chunk_ckpt(). Returns the tokens consumed. */
-static size_t append_step(sched *s, struct job *j, size_t share, size_t budget)
+ * limit tokens (sched_step() sizes it). Checkpoint positions inside it
+ * (those asked for, and the automatic ones every checkpoint_every tokens of
+ * the session) come out of the one prefill through chunk_ckpt(). Returns
+ * the tokens consumed. */
+static size_t append_step(sched *s, struct job *j, size_t limit)
 {
 	struct sess *x = j->sess;
 	size_t n = j->n_toks - j->n_done, np = 0, at = 0, mi = j->next_mark;
@@ -993,10 +993,8 @@ static size_t append_step(sched *s, struct job *j, size_t share, size_t budget)
 	ssm_prefill_args a;
 	int rc = SSMD_OK;
 
-	if (n > share)
-		n = share;
-	if (n > budget)
-		n = budget;
+	if (n > limit)
+		n = limit;
 	/* Positions within the chunk, 1..n: the next asked-for mark or the
 	 * next automatic one, whichever comes first; either restarts the
 	 * automatic count. */
@@ -1167,13 +1165,12 @@ static void score_done(sched *s, struct job *j, int code)
 		sess_close(s, x);
 }
 
-/* Scores the next chunk of at most share tokens and at most budget
- * (sched_step() decides both), as an append steps: a prefill that also
- * returns, at each position, the log-probability of the token after it (the
- * backend forms them where the logits are, so no logits cross to the host);
- * token 0 was scored at the start with the source's own logits. Returns the
- * tokens consumed. */
-static size_t score_step(sched *s, struct job *j, size_t share, size_t budget)
+/* Scores the next chunk of at most limit tokens (sched_step() sizes it), as
+ * an append steps: a prefill that also returns, at each position, the
+ * log-probability of the token after it (the backend forms them where the
+ * logits are, so no logits cross to the host); token 0 was scored at the
+ * start with the source's own logits. Returns the tokens consumed. */
+static size_t score_step(sched *s, struct job *j, size_t limit)
 {
 	struct score *sc = j->score;
 	struct sess *x = j->sess;
@@ -1182,10 +1179,8 @@ static size_t score_step(sched *s, struct job *j, size_t share, size_t budget)
 	ssm_prefill_args a;
 	int rc;
 
-	if (n > share)
-		n = share;
-	if (n > budget)
-		n = budget;
+	if (n > limit)
+		n = limit;
 	memset(&a, 0, sizeof(a));
 	a.tokens = j->toks + at;
 	a.n_tokens = n;
@@ -2154,8 +2149,8 @@ static int sched_step(sched *s)
 		worked = 1;
 		x->last_used = ++s->tick;
 		budget -= j->req->op_case == SSMD__REQUEST__OP_SCORE
-				  ? score_step(s, j, share, budget)
-				  : append_step(s, j, share, budget);
+				  ? score_step(s, j, share < budget ? share : budget)
+				  : append_step(s, j, share < budget ? share : budget);
 		s->rr = i + 1;
 	}
 	/* Requests behind the ones that just finished start now, so the loop

@@ -101,7 +101,6 @@ static int read_ref_tokens(const char *dir, int32_t *t, size_t *n)
 
 /* ------------------------------------------------------ prefill chunks -- */
 
-#ifdef SSMD_TEST_WRAP_PREFILL
 /* Every ssm_prefill call of the program comes here first (the linker's
  * --wrap, set in meson.build). While pf_recording, each call's slot and
  * length are kept in order; while pf_shut, the calling thread (the
@@ -159,7 +158,6 @@ static void pf_wait_held(void)
 		pthread_cond_wait(&pf_cond, &pf_lock);
 	pthread_mutex_unlock(&pf_lock);
 }
-#endif
 
 /* ------------------------------------------------------------------ tests -- */
 
@@ -715,7 +713,6 @@ static void test_tiny(const char *fixtures)
  * Counted from the chunks the scheduler hands ssm_prefill, not from time. */
 static void test_chunks(const char *fixtures)
 {
-#ifdef SSMD_TEST_WRAP_PREFILL
 	enum { STEP = 32, MIN = 4, N = 200, HALF = STEP / 2 > MIN ? STEP / 2 : MIN };
 	char dir[1024], path[1200];
 	int32_t toks[N];
@@ -730,7 +727,7 @@ static void test_chunks(const char *fixtures)
 
 	snprintf(dir, sizeof(dir), "%s/tiny-mamba", fixtures);
 	if (ssm_model_load(dir, &m)) {
-		SKIP("cannot load %s: %s", dir, ssmd_errmsg());
+		CHECK(0, "cannot load %s: %s", dir, ssmd_errmsg());
 		return;
 	}
 	for (int i = 0; i < N; i++)
@@ -820,10 +817,6 @@ static void test_chunks(const char *fixtures)
 	cfg_fini(&c);
 	store_close(st);
 	ssm_model_free(m);
-#else
-	(void)fixtures;
-	SKIP("prefill chunks: the linker has no --wrap");
-#endif
 }
 
 /* Text, stop strings and streaming on a random model with GPT-NeoX's
