@@ -8,9 +8,11 @@
  * W = R + 2N (one x_proj output row: dt_low | B | C).
  *
  * Kernel names start with ssmk_ (the racecheck run of tools/gpu_run.sh
- * selects them by that prefix). The selective-SSM kernels give each channel LANES = 4 consecutive lanes of a
- * warp, each lane holding NPL = N / 4 state entries in registers; the output
- * y = C.h is reduced over the 4 lanes with two xor-shuffles.
+ * selects them by that prefix). The selective-SSM kernels give each channel
+ * LANES = 4 consecutive lanes of a warp, each lane holding NPL = N / 4 state
+ * entries in registers; the output y = C.h is reduced over the 4 lanes with
+ * two xor-shuffles (the prefill scan's pass 3: a reduce-scatter over four
+ * tokens, reduce_scatter4).
  */
 #ifndef SSM_CUDA_KERNELS_CUH
 #define SSM_CUDA_KERNELS_CUH
