@@ -2082,7 +2082,7 @@ static int sess_prefilling(const struct sess *x)
 static int sched_step(sched *s)
 {
 	int n = 0, worked = 0, rc;
-	size_t budget, share, n_pre = 0;
+	size_t budget, share, lim, n_pre = 0;
 
 	sched_service_all(s);
 	for (size_t i = 0; i < s->sessions.n; i++) {
@@ -2148,9 +2148,9 @@ static int sched_step(sched *s)
 			continue;
 		worked = 1;
 		x->last_used = ++s->tick;
-		budget -= j->req->op_case == SSMD__REQUEST__OP_SCORE
-				  ? score_step(s, j, share < budget ? share : budget)
-				  : append_step(s, j, share < budget ? share : budget);
+		lim = share < budget ? share : budget;
+		budget -= j->req->op_case == SSMD__REQUEST__OP_SCORE ? score_step(s, j, lim)
+								     : append_step(s, j, lim);
 		s->rr = i + 1;
 	}
 	/* Requests behind the ones that just finished start now, so the loop
