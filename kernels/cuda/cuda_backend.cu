@@ -382,7 +382,9 @@ static int decode_persist(cuda_backend *cb)
 	lc.stream = s;
 	lc.attrs = at;
 	lc.numAttrs = 1;
-#define PERSIST(npl) CUDA_TRY(cudaLaunchKernelEx(&lc, ssmk_decode_persist<T, npl>, p))
+#define PERSIST(npl)                                                                     \
+	CUDA_TRY(cb->pk_pf == 8 ? cudaLaunchKernelEx(&lc, ssmk_decode_persist<T, npl, 8>, p) \
+				: cudaLaunchKernelEx(&lc, ssmk_decode_persist<T, npl, 6>, p))
 	NPL_SWITCH(c->d_state / SSM_LANES, PERSIST);
 #undef PERSIST
 	ssmk_sample<<<1, SAMPLE_THREADS, 0, s>>>(a->logits, p.V, cb->d_samp, cb->d_next);
@@ -1176,6 +1178,16 @@ out:
 	return rc;
 }
 
+extern "C" int ssm_cuda_decode1_depth(ssm_backend *b, int *pf)
+{
+	int rc;
+
+	if ((rc = cuda_backend_check(b)))
+		return rc;
+	*pf = decode_persist_ok(cb_of(b), 1) ? cb_of(b)->pk_pf : 0;
+	return SSMD_OK;
+}
+
 /* The event pool of the splits, made on first use. */
 static int split_events(cuda_backend *cb)
 {
@@ -1345,6 +1357,10 @@ static int persist_init_t(cuda_backend *cb)
 	int rc = SSMD_OK, occ = 0, sms = 0, coop = 0, P, max_p;
 	const ssm_config *c = &cb->cfg;
 	const int vec = 16 / sizeof(T), W = c->dt_rank + 2 * c->d_state;
+	const char *env = getenv("SSMD_CUDA_PK_PF");
+	/* SSMD_CUDA_PK_PF=6|8 overrides the depth, for tests and tuning */
+	const int pf = env && (atoi(env) == 6 || atoi(env) == 8) ? atoi(env)
+								  : pk_pf(c->d_model, sizeof(T));
 	size_t smem;
 
 	if (c->d_model % vec || c->d_inner % vec || 2 * c->d_conv + 1 > 32)
@@ -1363,8 +1379,10 @@ static int persist_init_t(cuda_backend *cb)
 	if (smem > (size_t)46 << 10)
 		return SSMD_OK;
 #define OCC(npl)                                                                   \
-	CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(                    \
-		&occ, ssmk_decode_persist<T, npl>, PK_THREADS, smem))
+	CUDA_TRY(pf == 8 ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(           \
+				   &occ, ssmk_decode_persist<T, npl, 8>, PK_THREADS, smem) \
+			 : cudaOccupancyMaxActiveBlocksPerMultiprocessor(           \
+				   &occ, ssmk_decode_persist<T, npl, 6>, PK_THREADS, smem))
 	NPL_SWITCH(c->d_state / SSM_LANES, OCC);
 #undef OCC
 	if (!coop || occ < 1)
@@ -1377,6 +1395,7 @@ static int persist_init_t(cuda_backend *cb)
 	CUDA_TRY(cudaMemset(cb->pk_bar, 0, sizeof(pk_bar)));
 	cb->pk_grid = sms;
 	cb->pk_parts = P;
+	cb->pk_pf = pf;
 out:
 	return rc;
 }

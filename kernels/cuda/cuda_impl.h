@@ -174,9 +174,9 @@ typedef struct cuda_backend {
 	int n_graphs;
 
 	/* The batch-1 persistent decode kernel (cuda_persist.cuh): its grid
-	 * (0: not usable here), x_proj parts, barrier words, partial sums and a
-	 * device copy of `layers`. */
-	int pk_grid, pk_parts;
+	 * (0: not usable here), x_proj parts, prefetch depth (pk_pf), barrier
+	 * words, partial sums and a device copy of `layers`. */
+	int pk_grid, pk_parts, pk_pf;
 	struct pk_bar *pk_bar;
 	float *pk_part;
 	cuda_layer *d_layers;

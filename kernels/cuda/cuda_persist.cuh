@@ -51,8 +51,9 @@
 
 #define PK_THREADS 512
 #define PK_WARPS (PK_THREADS / 32)
-#define PK_PF 8    /* 16-byte weight pieces per lane fetched ahead */
 #define PK_PFC 4   /* dt_proj pieces per lane fetched ahead in phase C */
+/* The weight pieces a lane fetches ahead are the kernel's template
+ * parameter PF (6 or 8, pk_pf()). */
 
 /* The grid barrier's arrival count. It only grows: each launch adds
  * gridDim.x * pk_n_barriers(), so a launch finds its base at start. */
@@ -161,24 +162,40 @@ __device__ __forceinline__ void pk_range(int it, int k, int P, int *row, int *p0
 	*p1 = *p0 + pp < np ? *p0 + pp : np;
 }
 
-/* The first PK_PF pieces of this lane of item `it` (zeros past its end or
- * past the last item m * P). */
-template <typename T>
-__device__ __forceinline__ void pk_fetch(const T *W, int m, int k, int P, int it, uint4 *pre)
+/*
+ * A warp's pieces of a GEMV phase come in units of PF pieces a lane: item
+ * it's lane pieces q = p0 + lane + 32 i (i < per, the item's pieces a lane)
+ * make H = ceil(per / PF) units, unit h holding i = h PF .. h PF + PF - 1.
+ * The warp's units run in order over its items gw, gw + NW, ..., so the
+ * next unit (of the same row or the next) loads while one computes, and no
+ * piece of a long row waits for memory on its own.
+ */
+template <typename T, int PF>
+__device__ __forceinline__ int pk_units(int k, int P)
 {
 	constexpr int VEC = 16 / sizeof(T);
+	const int np = k / VEC, per = ((np + P - 1) / P + 31) / 32;
+
+	return (per + PF - 1) / PF;
+}
+
+/* Unit h of item `it` of a (m, k) matrix in P parts (zeros past the
+ * item's end or past the last item m * P). */
+template <typename T, int PF>
+__device__ __forceinline__ void pk_fetch(const T *W, int m, int k, int P, int it, int h,
+					 uint4 *pre)
+{
 	const int lane = threadIdx.x & 31;
 	int row, p0, p1;
 
 	pk_range<T>(it, k, P, &row, &p0, &p1);
 #pragma unroll
-	for (int i = 0; i < PK_PF; i++) {
-		const int q = p0 + lane + 32 * i;
+	for (int i = 0; i < PF; i++) {
+		const int q = p0 + lane + 32 * (h * PF + i);
 		pre[i] = make_uint4(0, 0, 0, 0);
 		if (it < m * P && q < p1)
 			pre[i] = __ldg((const uint4 *)(W + (size_t)row * k) + q);
 	}
-	(void)VEC;
 }
 
 /* Asks L2 for bytes at a (16-byte aligned, a multiple of 16 long). */
@@ -192,26 +209,31 @@ __device__ __forceinline__ void pk_l2(const void *a, size_t bytes)
 /*
  * One GEMV phase: for each item of this warp, v = W[row, part] . xs[part]
  * (xs: the input vector in shared memory, in T), summed over the warp, then
- * epi(row, part, v) on every lane. cur holds the first item's first pieces
- * (pk_fetch); the next item's are fetched while the current one computes.
+ * epi(row, part, v) on every lane. cur holds the warp's first unit
+ * (pk_fetch(.., pk_gw(), 0, ..)); the next unit is fetched while one
+ * computes. A lane adds its pieces of an item in order, so the sums do not
+ * depend on PF.
  */
-template <typename T, typename Epi>
+template <typename T, int PF, typename Epi>
 __device__ __forceinline__ void pk_gemv(const T *W, int m, int k, int P, const T *xs,
 					uint4 *cur, Epi epi)
 {
 	constexpr int VEC = 16 / sizeof(T);
-	const int lane = threadIdx.x & 31, nw = pk_nw();
-	uint4 nxt[PK_PF];
+	const int lane = threadIdx.x & 31, nw = pk_nw(), H = pk_units<T, PF>(k, P);
+	uint4 nxt[PF];
+	float acc = 0.0f;
 
-	for (int it = pk_gw(); it < m * P; it += nw) {
+	for (int it = pk_gw(), h = 0; it < m * P;) {
+		/* the next unit: h + 1 of this item, or the next item's first */
+		const int nit = h + 1 < H ? it : it + nw, nh = h + 1 < H ? h + 1 : 0;
 		int row, p0, p1;
-		float acc = 0.0f, wf[VEC], xf[VEC];
+		float wf[VEC], xf[VEC];
 
-		pk_fetch<T>(W, m, k, P, it + nw, nxt);
+		pk_fetch<T, PF>(W, m, k, P, nit, nh, nxt);
 		pk_range<T>(it, k, P, &row, &p0, &p1);
 #pragma unroll
-		for (int i = 0; i < PK_PF; i++) {
-			const int q = p0 + lane + 32 * i;
+		for (int i = 0; i < PF; i++) {
+			const int q = p0 + lane + 32 * (h * PF + i);
 			if (q < p1) {
 				unpack16(cur[i], wf, T());
 				unpack16(*(const uint4 *)(xs + q * VEC), xf, T());
@@ -220,21 +242,17 @@ __device__ __forceinline__ void pk_gemv(const T *W, int m, int k, int P, const T
 					acc += wf[j] * xf[j];
 			}
 		}
-		const uint4 *wr = (const uint4 *)(W + (size_t)row * k);
-#pragma unroll 4
-		for (int q = p0 + lane + 32 * PK_PF; q < p1; q += 32) {
-			unpack16(__ldg(wr + q), wf, T());
-			unpack16(*(const uint4 *)(xs + q * VEC), xf, T());
-#pragma unroll
-			for (int j = 0; j < VEC; j++)
-				acc += wf[j] * xf[j];
+		if (h == H - 1) {
+			for (int o = 16; o > 0; o >>= 1)
+				acc += __shfl_xor_sync(0xffffffffu, acc, o);
+			epi(row, it % P, acc);
+			acc = 0.0f;
 		}
-		for (int o = 16; o > 0; o >>= 1)
-			acc += __shfl_xor_sync(0xffffffffu, acc, o);
-		epi(row, it % P, acc);
 #pragma unroll
-		for (int i = 0; i < PK_PF; i++)
+		for (int i = 0; i < PF; i++)
 			cur[i] = nxt[i];
+		it = nit;
+		h = nh;
 	}
 }
 
@@ -444,8 +462,8 @@ __device__ __forceinline__ void pk_conv_epi(const pk_args &p, int l, int r, floa
 }
 
 /* The whole batch-1 decode step. grid (G) cooperative, block PK_THREADS,
- * dynamic shared memory pk_smem_bytes(). */
-template <typename T, int NPL>
+ * dynamic shared memory pk_smem_bytes(); PF: pk_pf(). */
+template <typename T, int NPL, int PF>
 __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_args p)
 {
 	extern __shared__ uint4 pk_smem[];
@@ -458,14 +476,14 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 	const int D = p.D, E = p.E, W = p.W, P = p.P, G = gridDim.x, lane = threadIdx.x & 31;
 	float *dbc = parts + W * P;       /* phase C: dt_low | B | C (W) */
 	const T *emb = (const T *)p.embed + (size_t)p.tokens[0] * D;
-	uint4 cur[PK_PF];
+	uint4 cur[PF];
 	float cw = 0.0f, scale;
 	unsigned long long target;
 	pk_chan<T, NPL> ch;
 
 	if (threadIdx.x == 0)
 		base = pk_base(p.bar, p.n_layer);
-	pk_fetch<T>((const T *)p.layers[0].in_w, 2 * E, D, 1, pk_gw(), cur);
+	pk_fetch<T, PF>((const T *)p.layers[0].in_w, 2 * E, D, 1, pk_gw(), 0, cur);
 	for (int i = threadIdx.x; i < pk_lay_bytes(p.n_layer) / 16; i += PK_THREADS)
 		pk_smem[i] = ((const uint4 *)p.layers)[i];
 	__syncthreads();
@@ -477,7 +495,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 
 		/* A: norm . in_proj, the conv step on x rows */
 		scale = pk_stage_norm<T>(p.h, l ? NULL : emb, y->norm, D, p.eps, xs, red);
-		pk_gemv<T>((const T *)y->in_w, 2 * E, D, 1, xs, cur,
+		pk_gemv<T, PF>((const T *)y->in_w, 2 * E, D, 1, xs, cur,
 			   [&](int r, int, float v) {
 				   v *= scale;
 				   if (lane == 0)
@@ -488,14 +506,14 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 			   });
 		PK_MARK(l * 8 + 1);
 		pk_arrive(p.bar);
-		pk_fetch<T>((const T *)y->x_w, W, E, P, pk_gw(), cur);
+		pk_fetch<T, PF>((const T *)y->x_w, W, E, P, pk_gw(), 0, cur);
 		pk_wait(p.bar, target += G);
 		PK_MARK(l * 8 + 2);
 
 		/* B: x_proj in parts */
 		pk_stage(p.xcT, E * (int)sizeof(T) / 16, xs);
 		__syncthreads();
-		pk_gemv<T>((const T *)y->x_w, W, E, P, xs, cur, [&](int r, int part, float v) {
+		pk_gemv<T, PF>((const T *)y->x_w, W, E, P, xs, cur, [&](int r, int part, float v) {
 			if (lane == 0)
 				p.part[r * P + part] = v;
 		});
@@ -532,7 +550,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 		}
 		PK_MARK(l * 8 + 5);
 		pk_arrive(p.bar);
-		pk_fetch<T>((const T *)y->out_w, D, E, 1, pk_gw(), cur);
+		pk_fetch<T, PF>((const T *)y->out_w, D, E, 1, pk_gw(), 0, cur);
 		{
 			/* lane 0 of a row's warp: the residual input, lane 1: the bias */
 			const int r = pk_gw();
@@ -548,7 +566,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 		/* D: out_proj + residual */
 		pk_stage(p.yT, E * (int)sizeof(T) / 16, xs);
 		__syncthreads();
-		pk_gemv<T>((const T *)y->out_w, D, E, 1, xs, cur, [&](int r, int, float v) {
+		pk_gemv<T, PF>((const T *)y->out_w, D, E, 1, xs, cur, [&](int r, int, float v) {
 			const float hin = __shfl_sync(0xffffffffu, cw, 0);
 			const float b = __shfl_sync(0xffffffffu, cw, 1);
 			if (lane == 0)
@@ -563,12 +581,12 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 		PK_MARK(l * 8 + 7);
 		pk_arrive(p.bar);
 		if (l + 1 < p.n_layer) {
-			pk_fetch<T>((const T *)y[1].in_w, 2 * E, D, 1, pk_gw(), cur);
+			pk_fetch<T, PF>((const T *)y[1].in_w, 2 * E, D, 1, pk_gw(), 0, cur);
 			if (threadIdx.x == 0)
 				pk_l2(y[1].norm, (size_t)D * sizeof(float));
 			cw = pk_cw_fetch(p, &y[1], l + 1, pk_gw());
 		} else {
-			pk_fetch<T>((const T *)p.lm_head, p.V, D, 1, pk_gw(), cur);
+			pk_fetch<T, PF>((const T *)p.lm_head, p.V, D, 1, pk_gw(), 0, cur);
 			if (threadIdx.x == 0)
 				pk_l2(p.norm_f, (size_t)D * sizeof(float));
 		}
@@ -582,7 +600,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 			p.pool[(size_t)p.slots[0] * p.state_floats + p.off_hidden + i] =
 				__ldcg(p.h + i);
 	scale = pk_stage_norm<T>(p.h, NULL, p.norm_f, D, p.eps, xs, red);
-	pk_gemv<T>((const T *)p.lm_head, p.V, D, 1, xs, cur, [&](int r, int, float v) {
+	pk_gemv<T, PF>((const T *)p.lm_head, p.V, D, 1, xs, cur, [&](int r, int, float v) {
 		if (lane == 0)
 			p.logits[r] = v * scale;
 	});
@@ -598,6 +616,20 @@ static inline size_t pk_smem_bytes(int D, int E, int W, int P, size_t wsize, int
 	size_t v = (size_t)(D > E ? D : E) * wsize, c = (size_t)W * (P + 1) * sizeof(float);
 
 	return (size_t)pk_lay_bytes(n_layer) + (v > c ? v : c);
+}
+
+/*
+ * The prefetch depth PF for a model: 8 pieces a lane where an in_proj row
+ * (d_model long) is whole units of 8 pieces a lane, else 6. Measured on the
+ * H200 (bench/NOTES.md, round ten): 6 is faster on the 130m and 2.8b shapes
+ * (rows of 3 and 10 pieces a lane), and slower on 1.4b, whose rows of 8
+ * pieces would take a unit of 6 and one of 2.
+ */
+static inline int pk_pf(int D, size_t wsize)
+{
+	const int per = (D / (int)(16 / wsize) + 31) / 32;
+
+	return per % 8 == 0 ? 8 : 6;
 }
 
 #endif

@@ -75,4 +75,10 @@ extern const char *const ssm_cuda_phase_names[SSM_CUDA_N_PHASES];
 int ssm_cuda_decode1_split(ssm_backend *b, int slot, int32_t token,
 			   double share[SSM_CUDA_N_PHASES]);
 
+/* The batch-1 kernel's prefetch depth (16-byte weight pieces a lane fetched
+ * ahead, 6 or 8, chosen per model; SSMD_CUDA_PK_PF=6|8 at open overrides it)
+ * into *pf, or 0 where batch 1 takes the path of larger batches.
+ * SSMD_EINVAL: not a CUDA backend. */
+int ssm_cuda_decode1_depth(ssm_backend *b, int *pf);
+
 #endif

@@ -25,6 +25,7 @@
 #include "check.h"
 #include "testutil.h"
 #include "ssm.h"
+#include "ssm_cuda.h"
 
 /* F32 weights against float64 references: float32 arithmetic over a few
  * layers lands near 1e-6; 1e-4 leaves room for exp/log1p approximations. */
@@ -641,6 +642,64 @@ out:
 
 /* ----------------------------------------------- a mamba-130m-shaped model -- */
 
+/*
+ * The batch-1 kernel's prefetch depth changes when each weight piece is
+ * loaded, never the order a lane adds them, so depths 6 and 8 give the same
+ * bits: 16 greedy steps with F32 weights (rows of 6 and 12 pieces a lane on
+ * the 130m shape: out_proj's rows take two units at either depth), logits
+ * and the slot's state compared bit for bit.
+ */
+static void test_depth(const ssm_model *m)
+{
+	const int V = ssm_model_config(m)->vocab_size;
+	ssm_backend *b[2] = {NULL, NULL};
+	ssm_state *st[2] = {NULL, NULL};
+	float *lg[2] = {malloc(V * sizeof(float)), malloc(V * sizeof(float))};
+	int32_t toks[32], t;
+	uint64_t seed = 5;
+	ssm_prefill_args pa = {0};
+	int i, k, s0 = 0, pf, same = 1;
+	static const char *const depth[2] = {"6", "8"};
+
+	for (k = 0; k < 2; k++) {
+		setenv("SSMD_CUDA_PK_PF", depth[k], 1);
+		if (!lg[k] || ssm_model_state_alloc(m, &st[k]) ||
+		    open_backend(m, SSM_BACKEND_CUDA, SSM_DTYPE_F32, 1, &b[k])) {
+			CHECK(0, "depth %s: open: %s", depth[k], ssmd_errmsg());
+			goto out;
+		}
+		CHECK_RC(ssm_cuda_decode1_depth(b[k], &pf), SSMD_OK);
+		CHECK(pf == atoi(depth[k]), "depth: asked for %s, runs %d", depth[k], pf);
+	}
+	fill_tokens(toks, 32, V, &seed);
+	pa.tokens = toks;
+	pa.n_tokens = 32;
+	for (k = 0; k < 2; k++) {
+		pa.last_logits = lg[k];
+		CHECK_RC(ssm_prefill(b[k], 0, &pa), SSMD_OK);
+	}
+	for (i = 0; i < 16; i++) {
+		t = argmax(lg[0], V);
+		for (k = 0; k < 2; k++)
+			CHECK_RC(ssm_decode(b[k], &s0, &t, 1, lg[k]), SSMD_OK);
+		same &= !memcmp(lg[0], lg[1], V * sizeof(float));
+	}
+	for (k = 0; k < 2; k++)
+		CHECK_RC(ssm_slot_get(b[k], 0, st[k]), SSMD_OK);
+	CHECK(same, "depth 6 and 8: logits differ");
+	CHECK(state_rel(st[0], st[1]) == 0, "depth 6 and 8: states differ (rel %.3g)",
+	      state_rel(st[0], st[1]));
+	printf("  batch-1 prefetch depth 6 against 8, 16 steps: logits %s, state rel %.1g\n",
+	       same ? "identical" : "differ", state_rel(st[0], st[1]));
+out:
+	unsetenv("SSMD_CUDA_PK_PF");
+	for (k = 0; k < 2; k++) {
+		ssm_backend_close(b[k]);
+		ssm_state_free(st[k]);
+		free(lg[k]);
+	}
+}
+
 static void test_big(const char *dir)
 {
 	ssm_model *m = NULL;
@@ -692,6 +751,7 @@ static void test_big(const char *dir)
 	 * block of the SSM step's rows */
 	test_batch(m, low_dtype, 64);
 	test_batch(m, low_dtype, 37);
+	test_depth(m);
 out:
 	free(lf);
 	free(lh);
