@@ -108,33 +108,30 @@ static int same_bytes(const ssm_state *st, const uint8_t *enc, size_t len)
 	return same;
 }
 
-/* Max |a - b| / max|b|, NaN counting as failure. */
-static double rel_err_d(const float *a, const double *b, size_t n)
+/* Max |a - b| / max|b|, NaN counting as failure; b in double (bd) or
+ * float (bf). */
+static double rel_err(const float *a, const double *bd, const float *bf, size_t n)
 {
 	double md = 0, mb = 0;
 
 	for (size_t i = 0; i < n; i++) {
-		double d = fabs((double)a[i] - b[i]);
+		const double b = bd ? bd[i] : bf[i], d = fabs((double)a[i] - b);
 		if (!(d <= md))
 			md = d;
-		if (fabs(b[i]) > mb)
-			mb = fabs(b[i]);
+		if (fabs(b) > mb)
+			mb = fabs(b);
 	}
 	return mb > 0 ? md / mb : md;
 }
 
+static double rel_err_d(const float *a, const double *b, size_t n)
+{
+	return rel_err(a, b, NULL, n);
+}
+
 static double rel_err_f(const float *a, const float *b, size_t n)
 {
-	double md = 0, mb = 0;
-
-	for (size_t i = 0; i < n; i++) {
-		double d = fabs((double)a[i] - b[i]);
-		if (!(d <= md))
-			md = d;
-		if (fabs(b[i]) > mb)
-			mb = fabs(b[i]);
-	}
-	return mb > 0 ? md / mb : md;
+	return rel_err(a, NULL, b, n);
 }
 
 /* ------------------------------------- safetensors, read independently -- */
