@@ -206,42 +206,71 @@ __device__ __forceinline__ void pk_l2(const void *a, size_t bytes)
 			     :: "l"(a), "r"((unsigned)bytes) : "memory");
 }
 
+/* acc plus this lane's products of unit h of a row's pieces [p0, p1) (cur)
+ * with the staged input xs, in piece order. */
+template <typename T, int PF>
+__device__ __forceinline__ float pk_dot(const uint4 *cur, const T *xs, int p0, int p1, int h,
+					float acc)
+{
+	constexpr int VEC = 16 / sizeof(T);
+	const int lane = threadIdx.x & 31;
+	float wf[VEC], xf[VEC];
+
+#pragma unroll
+	for (int i = 0; i < PF; i++) {
+		const int q = p0 + lane + 32 * (h * PF + i);
+		if (q < p1) {
+			unpack16(cur[i], wf, T());
+			unpack16(*(const uint4 *)(xs + q * VEC), xf, T());
+#pragma unroll
+			for (int j = 0; j < VEC; j++)
+				acc += wf[j] * xf[j];
+		}
+	}
+	return acc;
+}
+
 /*
  * One GEMV phase: for each item of this warp, v = W[row, part] . xs[part]
  * (xs: the input vector in shared memory, in T), summed over the warp, then
  * epi(row, part, v) on every lane. cur holds the warp's first unit
  * (pk_fetch(.., pk_gw(), 0, ..)); the next unit is fetched while one
  * computes. A lane adds its pieces of an item in order, so the sums do not
- * depend on PF.
+ * depend on PF. Rows of one unit (H = 1) take a loop without the unit
+ * bookkeeping.
  */
 template <typename T, int PF, typename Epi>
 __device__ __forceinline__ void pk_gemv(const T *W, int m, int k, int P, const T *xs,
 					uint4 *cur, Epi epi)
 {
-	constexpr int VEC = 16 / sizeof(T);
-	const int lane = threadIdx.x & 31, nw = pk_nw(), H = pk_units<T, PF>(k, P);
+	const int nw = pk_nw(), H = pk_units<T, PF>(k, P);
 	uint4 nxt[PF];
 	float acc = 0.0f;
 
+	if (H == 1) {
+		for (int it = pk_gw(); it < m * P; it += nw) {
+			int row, p0, p1;
+
+			pk_fetch<T, PF>(W, m, k, P, it + nw, 0, nxt);
+			pk_range<T>(it, k, P, &row, &p0, &p1);
+			acc = pk_dot<T, PF>(cur, xs, p0, p1, 0, 0.0f);
+			for (int o = 16; o > 0; o >>= 1)
+				acc += __shfl_xor_sync(0xffffffffu, acc, o);
+			epi(row, it % P, acc);
+#pragma unroll
+			for (int i = 0; i < PF; i++)
+				cur[i] = nxt[i];
+		}
+		return;
+	}
 	for (int it = pk_gw(), h = 0; it < m * P;) {
 		/* the next unit: h + 1 of this item, or the next item's first */
 		const int nit = h + 1 < H ? it : it + nw, nh = h + 1 < H ? h + 1 : 0;
 		int row, p0, p1;
-		float wf[VEC], xf[VEC];
 
 		pk_fetch<T, PF>(W, m, k, P, nit, nh, nxt);
 		pk_range<T>(it, k, P, &row, &p0, &p1);
-#pragma unroll
-		for (int i = 0; i < PF; i++) {
-			const int q = p0 + lane + 32 * (h * PF + i);
-			if (q < p1) {
-				unpack16(cur[i], wf, T());
-				unpack16(*(const uint4 *)(xs + q * VEC), xf, T());
-#pragma unroll
-				for (int j = 0; j < VEC; j++)
-					acc += wf[j] * xf[j];
-			}
-		}
+		acc = pk_dot<T, PF>(cur, xs, p0, p1, h, acc);
 		if (h == H - 1) {
 			for (int o = 16; o > 0; o >>= 1)
 				acc += __shfl_xor_sync(0xffffffffu, acc, o);
