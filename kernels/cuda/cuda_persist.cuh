@@ -525,14 +525,14 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 		/* A: norm . in_proj, the conv step on x rows */
 		scale = pk_stage_norm<T>(p.h, l ? NULL : emb, y->norm, D, p.eps, xs, red);
 		pk_gemv<T, PF>((const T *)y->in_w, 2 * E, D, 1, xs, cur,
-			   [&](int r, int, float v) {
-				   v *= scale;
-				   if (lane == 0)
-					   p.xz[r] = v;
-				   if (r < E)
-					   pk_conv_epi<T>(p, l, r, v, cw);
-				   cw = pk_cw_fetch(p, y, l, r + pk_nw());
-			   });
+			       [&](int r, int, float v) {
+				       v *= scale;
+				       if (lane == 0)
+					       p.xz[r] = v;
+				       if (r < E)
+					       pk_conv_epi<T>(p, l, r, v, cw);
+				       cw = pk_cw_fetch(p, y, l, r + pk_nw());
+			       });
 		PK_MARK(l * 8 + 1);
 		pk_arrive(p.bar);
 		pk_fetch<T, PF>((const T *)y->x_w, W, E, P, pk_gw(), 0, cur);
