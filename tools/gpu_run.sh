@@ -33,7 +33,7 @@ if [ "${1:-}" = stage ]; then
 	done
 	strip .gpu/bin/*
 	../shared/gpu/carry-libs.sh .gpu/bin/* .gpu/lib >/dev/null
-	cp -r ../shared/fixtures/tiny-mamba .gpu/fix/
+	cp -r tests/fixtures/reference/tiny-mamba .gpu/fix/
 	# the daemon as the textbook walkthrough finds it in a build folder
 	mkdir -p .gpu/build/daemon .gpu/build/client
 	for f in daemon/ssmd daemon/ssm-tokenize; do

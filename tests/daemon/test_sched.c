@@ -5,7 +5,7 @@
  *
  * What is checked, and against what:
  *   - the first greedy token after the fixture's 48 tokens equals the argmax
- *     of Hugging Face's logits at the last position (../shared/fixtures,
+ *     of Hugging Face's logits at the last position (tests/fixtures/reference,
  *     computed by transformers; only checked where the top-2 margin exceeds
  *     1e-3, since the engine matches those logits to ~1e-5 relative);
  *   - greedy and seeded generation equal a direct run of the engine (prefill,

@@ -45,7 +45,7 @@ const char *e2e_tmpdir(void);
 /* Path of a file in the build tree ($SSMD_BUILD_ROOT/rel) written into out. */
 void e2e_build_path(const char *rel, char *out, size_t cap);
 
-/* ../shared/fixtures/tiny-mamba: a model without tokenizer (token IDs only). */
+/* tests/fixtures/reference/tiny-mamba: a model without tokenizer (token IDs only). */
 const char *e2e_tiny_model(void);
 
 /* A small random-weight model with the GPT-NeoX tokenizer, made once per test

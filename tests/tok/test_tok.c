@@ -1,7 +1,7 @@
 /*
  * test_tok.c — the tokenizer against Hugging Face's own output.
  *
- * - every line of ../shared/fixtures/tokenizer/neox-cases.jsonl (ids and
+ * - every line of tests/fixtures/reference/tokenizer/neox-cases.jsonl (ids and
  *   decoded text written by Hugging Face `tokenizers`): exact equality;
  * - the incremental decoder: every chunk is whole UTF-8 (checked with
  *   utf8proc, not with the code under test) and the chunks add up to

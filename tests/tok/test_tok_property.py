@@ -28,7 +28,7 @@ import pytest
 from tokenizers import Tokenizer
 
 BUILD = os.environ.get("SSMD_BUILD_ROOT", "build")
-FIXTURES = os.environ.get("SSMD_SHARED_FIXTURES", "../shared/fixtures")
+FIXTURES = os.environ.get("SSMD_SHARED_FIXTURES", "tests/fixtures/reference")
 BINARY = os.path.join(BUILD, "daemon", "ssm-tokenize")
 NEOX = os.path.join(FIXTURES, "..", "models", "gpt-neox-20b-tokenizer.json")
 # The demo model's own byte-level BPE (8192 tokens, trained by tools/demo).
