@@ -111,7 +111,6 @@ out:
 int store_export(store *s, const char *id_or_tag, void **buf, size_t *len)
 {
 	store_state_info in;
-	sqlite3 *db;
 	char id[STORE_ID_SIZE], *model = NULL, *json = NULL;
 	void *stored = NULL, *dec = NULL;
 	int32_t *tokens = NULL;
@@ -122,21 +121,14 @@ int store_export(store *s, const char *id_or_tag, void **buf, size_t *len)
 	if (!s || !buf || !len)
 		return ssmd_err_set(SSMD_EINVAL, "store_export: NULL argument");
 	memset(&in, 0, sizeof(in));
-	rc = store_read_begin(s, &db);
-	if (rc)
-		return rc;
-	/* One read transaction, so state, transcript and model agree. */
-	rc = store_state_read_db(db, id_or_tag, id, &in, &stored);
-	if (!rc)
-		rc = store_transcript_db(db, id, &tokens, &n_tok);
-	store_read_end(s, db);
+	/* One read transaction, so state and transcript agree. */
+	rc = store_state_read(s, id_or_tag, id, &in, &stored, &tokens, &n_tok);
 	if (rc)
 		goto out;
 	if (store_model_get(s, in.fingerprint, &model) != SSMD_OK)
 		model = NULL; /* the model is optional in an export */
 	/* Never export bytes that would not read back. */
-	rc = store_codec_decode(stored, in.stored_size, in.codec, in.raw_size,
-				in.raw_hash, &dec);
+	rc = store_state_decode(id, &in, stored, &dec);
 	if (rc)
 		goto out;
 	json = export_json(&in, model);

@@ -1145,11 +1145,44 @@ out:
 
 /* ------------------------------------------------------------------ get -- */
 
+int store_state_read(store *s, const char *id_or_tag, char id[STORE_ID_SIZE],
+		     store_state_info *info, void **stored, int32_t **tokens, size_t *n)
+{
+	sqlite3 *db;
+	int rc = store_read_begin(s, &db);
+
+	if (rc)
+		return rc;
+	rc = store_state_read_db(db, id_or_tag, id, info, stored);
+	if (!rc && tokens) {
+		rc = store_transcript_db(db, id, tokens, n);
+		if (rc) {
+			store_state_info_fini(info);
+			if (stored) {
+				free(*stored);
+				*stored = NULL;
+			}
+		}
+	}
+	store_read_end(s, db);
+	return rc;
+}
+
+int store_state_decode(const char *id, const store_state_info *info, const void *stored,
+		       void **raw)
+{
+	int rc = store_codec_decode(stored, info->stored_size, info->codec, info->raw_size,
+				    info->raw_hash, raw);
+
+	if (rc == SSMD_ECORRUPT)
+		ssmd_err_set(rc, "state %s: %s", id, ssmd_errmsg());
+	return rc;
+}
+
 int store_state_get(store *s, const char *id_or_tag, void **raw, size_t *len,
 		    store_state_info *info)
 {
 	store_state_info in;
-	sqlite3 *db;
 	char id[STORE_ID_SIZE];
 	void *stored = NULL, *dec = NULL;
 	int rc;
@@ -1157,18 +1190,10 @@ int store_state_get(store *s, const char *id_or_tag, void **raw, size_t *len,
 	if (!s || !raw || !len)
 		return ssmd_err_set(SSMD_EINVAL, "store_state_get: NULL argument");
 	memset(&in, 0, sizeof(in));
-	rc = store_read_begin(s, &db);
-	if (rc)
-		return rc;
-	rc = store_state_read_db(db, id_or_tag, id, &in, &stored);
-	store_read_end(s, db);
+	rc = store_state_read(s, id_or_tag, id, &in, &stored, NULL, NULL);
 	/* Decompress and verify outside the read transaction. */
-	if (!rc) {
-		rc = store_codec_decode(stored, in.stored_size, in.codec,
-					in.raw_size, in.raw_hash, &dec);
-		if (rc == SSMD_ECORRUPT)
-			ssmd_err_set(rc, "state %s: %s", id, ssmd_errmsg());
-	}
+	if (!rc)
+		rc = store_state_decode(id, &in, stored, &dec);
 	free(stored);
 	if (rc) {
 		store_state_info_fini(&in);
@@ -1186,18 +1211,11 @@ int store_state_get(store *s, const char *id_or_tag, void **raw, size_t *len,
 int store_state_info_get(store *s, const char *id_or_tag,
 			 store_state_info *info)
 {
-	sqlite3 *db;
 	char id[STORE_ID_SIZE];
-	int rc;
 
 	if (!s || !info)
 		return ssmd_err_set(SSMD_EINVAL, "store_state_info_get: NULL");
-	rc = store_read_begin(s, &db);
-	if (rc)
-		return rc;
-	rc = store_state_read_db(db, id_or_tag, id, info, NULL);
-	store_read_end(s, db);
-	return rc;
+	return store_state_read(s, id_or_tag, id, info, NULL, NULL, NULL);
 }
 
 void store_state_info_fini(store_state_info *info)

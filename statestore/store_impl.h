@@ -140,6 +140,18 @@ int store_state_read_db(sqlite3 *db, const char *id_or_tag,
 			char id[STORE_ID_SIZE], store_state_info *info,
 			void **stored);
 
+/* store_state_read_db() in a read transaction of its own and, when tokens
+ * is not NULL, store_transcript_db() of the same id in the same one, so
+ * row, payload and transcript agree. */
+int store_state_read(store *s, const char *id_or_tag, char id[STORE_ID_SIZE],
+		     store_state_info *info, void **stored, int32_t **tokens, size_t *n);
+
+/* The raw state of a stored payload read with its row (info), decompressed
+ * and checked against the row's size and hash into *raw (free()); an
+ * SSMD_ECORRUPT message names the state id. */
+int store_state_decode(const char *id, const store_state_info *info, const void *stored,
+		       void **raw);
+
 /* Tokens from the root to id, concatenated along the first-parent chain. */
 int store_transcript_db(sqlite3 *db, const char *id, int32_t **ids,
 			size_t *n);
