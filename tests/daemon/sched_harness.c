@@ -328,6 +328,40 @@ int harness_text_model(const char *shared, const char *dir, ssm_model **m,
 	return SSMD_OK;
 }
 
+int harness_text_start(harness_text *t, const char *shared, const char *tmp,
+		       const char *backend, sched_publish_fn publish)
+{
+	char path[1300];
+	int rc;
+
+	memset(t, 0, sizeof(*t));
+	snprintf(path, sizeof(path), "%s/textmodel", tmp);
+	rc = harness_text_model(shared, path, &t->m, &t->tok);
+	if (rc)
+		return rc;
+	snprintf(path, sizeof(path), "%s/text.db", tmp);
+	rc = store_open(path, NULL, &t->st);
+	if (rc) {
+		tok_free(t->tok);
+		ssm_model_free(t->m);
+		return rc;
+	}
+	cfg_init(&t->c);
+	cfg_set(&t->c, "backend", backend);
+	t->c.slots = 2;
+	t->s = harness_start(&t->c, t->m, t->tok, t->st, publish);
+	return SSMD_OK;
+}
+
+void harness_text_stop(harness_text *t)
+{
+	sched_free(t->s);
+	store_close(t->st);
+	cfg_fini(&t->c);
+	tok_free(t->tok);
+	ssm_model_free(t->m);
+}
+
 /* -------------------------------------------------------------- fillers -- */
 
 int harness_fill(struct harness_fillers *f, store *st, const ssm_model *m, int random)

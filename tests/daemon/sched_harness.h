@@ -138,4 +138,39 @@ void harness_reference_run(const ssm_model *m, const char *backend,
 int harness_text_model(const char *shared, const char *dir, ssm_model **m,
 		       tok_tokenizer **tok);
 
+/* A scheduler of two slots on backend over harness_text_model()'s model
+ * (made in tmp/textmodel), with its library in tmp/text.db; events go to
+ * publish when not NULL. */
+typedef struct harness_text {
+	ssm_model *m;
+	tok_tokenizer *tok;
+	store *st;
+	cfg c;
+	sched *s;
+} harness_text;
+
+/* Starts t. Returns 0, or what harness_text_model() or store_open()
+ * returned (SSMD_ENOENT: the caller skips); on error t holds nothing.
+ * Stop with harness_text_stop(). */
+int harness_text_start(harness_text *t, const char *shared, const char *tmp,
+		       const char *backend, sched_publish_fn publish);
+void harness_text_stop(harness_text *t);
+
+#ifdef SSMD_TEST_CHECK_H
+/* In a test file (check.h's counters are the file's own): whether
+ * harness_text_start() returned rc = 0; a skip for SSMD_ENOENT, a failed
+ * check for any other code. */
+static inline int harness_text_ready(int rc)
+{
+	if (rc == SSMD_ENOENT) {
+		SKIP("%s", ssmd_errmsg());
+		return 0;
+	}
+	CHECK(rc == SSMD_OK,
+	      "a model made by ssm-mkmodel loads with its tokenizer, beside a library (%s)",
+	      rc ? ssmd_errmsg() : "ok");
+	return rc == SSMD_OK;
+}
+#endif
+
 #endif

@@ -823,31 +823,15 @@ static void test_chunks(const char *fixtures)
  * tokenizer. */
 static void test_text(const char *shared)
 {
-	char dir[1200], path[1300];
-	ssm_model *m;
+	harness_text t;
 	tok_tokenizer *tok;
-	store *st;
-	cfg c;
 	sched *s;
 	Ssmd__Reply *r;
-	int rc;
 
-	snprintf(dir, sizeof(dir), "%s/textmodel", tmp);
-	rc = harness_text_model(shared, dir, &m, &tok);
-	if (rc == SSMD_ENOENT) {
-		SKIP("%s", ssmd_errmsg());
+	if (!harness_text_ready(harness_text_start(&t, shared, tmp, harness_backend_name(), on_event)))
 		return;
-	}
-	CHECK(rc == SSMD_OK, "a model made by ssm-mkmodel loads with its tokenizer (%s)",
-	      rc ? ssmd_errmsg() : "ok");
-	if (rc)
-		return;
-	snprintf(path, sizeof(path), "%s/text.db", tmp);
-	CHECK_RC(store_open(path, NULL, &st), SSMD_OK);
-	cfg_init(&c);
-	cfg_set(&c, "backend", harness_backend_name());
-	c.slots = 2;
-	s = harness_start(&c, m, tok, st, on_event);
+	s = t.s;
+	tok = t.tok;
 
 	const char *prompt = "The quick brown fox jumps over the lazy dog.";
 	int32_t *ids;
@@ -961,11 +945,7 @@ static void test_text(const char *shared)
 	free(full);
 	free(x);
 	free(y);
-	sched_free(s);
-	cfg_fini(&c);
-	store_close(st);
-	tok_free(tok);
-	ssm_model_free(m);
+	harness_text_stop(&t);
 }
 
 int main(void)

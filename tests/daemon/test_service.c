@@ -691,34 +691,18 @@ static void test_restart(const ssm_model *m, const char *path)
 /* append texts: one checkpoint after each message; score of text. */
 static void test_texts(const char *shared)
 {
-	char dir[1200], path[1300];
 	const char *texts[3] = {"Chapter one. It was a dark night.",
 				" Chapter two: the storm.", " The end."};
-	ssm_model *m;
+	harness_text t;
 	tok_tokenizer *tok;
-	store *st;
-	cfg c;
 	sched *s;
 	Ssmd__Reply *r;
 	uint64_t ends[3], at = 0;
-	int rc;
 
-	snprintf(dir, sizeof(dir), "%s/textmodel", tmp);
-	rc = harness_text_model(shared, dir, &m, &tok);
-	if (rc == SSMD_ENOENT) {
-		SKIP("%s", ssmd_errmsg());
+	if (!harness_text_ready(harness_text_start(&t, shared, tmp, "cpu", NULL)))
 		return;
-	}
-	CHECK(rc == SSMD_OK, "a model made by ssm-mkmodel loads with its tokenizer (%s)",
-	      rc ? ssmd_errmsg() : "ok");
-	if (rc)
-		return;
-	snprintf(path, sizeof(path), "%s/text.db", tmp);
-	CHECK_RC(store_open(path, NULL, &st), SSMD_OK);
-	cfg_init(&c);
-	cfg_set(&c, "backend", "cpu");
-	c.slots = 2;
-	s = harness_start(&c, m, tok, st, NULL);
+	s = t.s;
+	tok = t.tok;
 	for (int i = 0; i < 3; i++) {
 		int32_t *ids;
 		size_t n;
@@ -757,11 +741,7 @@ static void test_texts(const char *shared)
 	CHECK(r->code == SSMD_EINVAL, "append of text and texts together: EINVAL (%u)", r->code);
 	harness_reply_free(r);
 	free(x);
-	sched_free(s);
-	store_close(st);
-	cfg_fini(&c);
-	tok_free(tok);
-	ssm_model_free(m);
+	harness_text_stop(&t);
 }
 
 int main(void)
