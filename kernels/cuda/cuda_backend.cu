@@ -382,9 +382,7 @@ static int decode_persist(cuda_backend *cb)
 	lc.stream = s;
 	lc.attrs = at;
 	lc.numAttrs = 1;
-#define PERSIST(npl)                                                                     \
-	CUDA_TRY(cb->pk_pf == 8 ? cudaLaunchKernelEx(&lc, ssmk_decode_persist<T, npl, 8>, p) \
-				: cudaLaunchKernelEx(&lc, ssmk_decode_persist<T, npl, 6>, p))
+#define PERSIST(npl) CUDA_TRY(cudaLaunchKernelEx(&lc, pk_kernel<T, npl>(cb->pk_pf), p))
 	NPL_SWITCH(c->d_state / SSM_LANES, PERSIST);
 #undef PERSIST
 	ssmk_sample<<<1, SAMPLE_THREADS, 0, s>>>(a->logits, p.V, cb->d_samp, cb->d_next);
@@ -1378,11 +1376,9 @@ static int persist_init_t(cuda_backend *cb)
 	smem = pk_smem_bytes(c->d_model, c->d_inner, W, P, sizeof(T), c->n_layer);
 	if (smem > (size_t)46 << 10)
 		return SSMD_OK;
-#define OCC(npl)                                                                   \
-	CUDA_TRY(pf == 8 ? cudaOccupancyMaxActiveBlocksPerMultiprocessor(           \
-				   &occ, ssmk_decode_persist<T, npl, 8>, PK_THREADS, smem) \
-			 : cudaOccupancyMaxActiveBlocksPerMultiprocessor(           \
-				   &occ, ssmk_decode_persist<T, npl, 6>, PK_THREADS, smem))
+#define OCC(npl)                                                                    \
+	CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, pk_kernel<T, npl>(pf), \
+							       PK_THREADS, smem))
 	NPL_SWITCH(c->d_state / SSM_LANES, OCC);
 #undef OCC
 	if (!coop || occ < 1)

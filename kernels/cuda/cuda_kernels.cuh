@@ -21,6 +21,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
+#include <type_traits>
+
 #define SSM_LANES 4        /* lanes per channel in the SSM kernels */
 #define SSM_CH_PER_BLOCK 32 /* channels per 128-thread block */
 
@@ -802,11 +804,6 @@ static inline size_t scan_smem_bytes(int N, bool local)
 				(local ? 0 : SCAN_TILE * SCAN_YLD));
 }
 
-/* a compile-time yes or no for a generic lambda's argument */
-template <bool B> struct scan_flag {
-	static constexpr bool value = B;
-};
-
 /* p[k] (k < 4): this lane's parts of token k's C.h; returns the whole sum
  * of token g (lane g of the channel's 4). Two rounds of xor-shuffles, each
  * keeping the half of the tokens the lane's bit selects and adding the
@@ -1008,9 +1005,9 @@ ssmk_scan(float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
 				}
 			};
 			if (next_ck > t0 && next_ck < t0 + nt)
-				run(scan_flag<true>());
+				run(std::true_type());
 			else
-				run(scan_flag<false>());
+				run(std::false_type());
 			while (next_ck == t0 + nt)
 				ck_store();
 		}

@@ -637,6 +637,15 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 	PK_MARK(p.n_layer * 8 + 1);
 }
 
+/* The kernel at prefetch depth pf (6 or 8, pk_pf()). */
+typedef void (*pk_kernel_fn)(pk_args);
+
+template <typename T, int NPL>
+static inline pk_kernel_fn pk_kernel(int pf)
+{
+	return pf == 8 ? ssmk_decode_persist<T, NPL, 8> : ssmk_decode_persist<T, NPL, 6>;
+}
+
 /* Dynamic shared memory of ssmk_decode_persist: the layer table, then the
  * larger of the input vector in T and phase C's parts (W, P) and sums (W)
  * in f32. */
