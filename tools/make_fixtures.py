@@ -2,7 +2,7 @@
 """Reference fixtures for the engine's conformance test, made by Hugging Face
 transformers itself (not by this project).
 
-usage: make_fixtures.py OUTDIR
+usage: make_fixtures.py OUTDIR [NAME ...]   (the named fixtures only)
        make_fixtures.py --model MODEL_DIR OUTDIR   (reference files only, for a
            model that exists, e.g. models/demo, on a sentence of its tokenizer)
 
@@ -55,6 +55,13 @@ FIXTURES = [
          cfg=dict(vocab_size=512, hidden_size=64, num_hidden_layers=2,
                   state_size=16, conv_kernel=4, expand=2, time_step_rank=4,
                   use_bias=False, use_conv_bias=True, residual_in_fp32=False,
+                  tie_word_embeddings=True, layer_norm_epsilon=1e-5)),
+    # d_state 64: 16 states a lane in the CUDA SSM kernels (every other
+    # fixture has 16 or 8)
+    dict(name="state64", seed=15, n_tokens=40, dtype=torch.float32,
+         cfg=dict(vocab_size=256, hidden_size=32, num_hidden_layers=2,
+                  state_size=64, conv_kernel=4, expand=2, time_step_rank=2,
+                  use_bias=False, use_conv_bias=True,
                   tie_word_embeddings=True, layer_norm_epsilon=1e-5)),
 ]
 
@@ -204,14 +211,17 @@ def main():
     if len(sys.argv) == 4 and sys.argv[1] == "--model":
         make_for_model(sys.argv[2], sys.argv[3])
         return
-    if len(sys.argv) != 2:
+    if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
         sys.exit(__doc__)
+    chosen = [fx for fx in FIXTURES if len(sys.argv) == 2 or fx["name"] in sys.argv[2:]]
+    if len(chosen) != max(len(sys.argv) - 2, 0) and len(sys.argv) > 2:
+        sys.exit("unknown fixture name in %s" % sys.argv[2:])
     torch.set_num_threads(4)
     with tempfile.TemporaryDirectory() as root:
-        for fx in FIXTURES:
+        for fx in chosen:
             make(fx, root)
         with tarfile.open(os.path.join(sys.argv[1], "fixtures.tar"), "w") as tar:
-            for fx in FIXTURES:
+            for fx in chosen:
                 tar.add(os.path.join(root, fx["name"]), arcname=fx["name"])
 
 
