@@ -213,9 +213,11 @@ def main():
         return
     if len(sys.argv) < 2 or sys.argv[1].startswith("-"):
         sys.exit(__doc__)
-    chosen = [fx for fx in FIXTURES if len(sys.argv) == 2 or fx["name"] in sys.argv[2:]]
-    if len(chosen) != max(len(sys.argv) - 2, 0) and len(sys.argv) > 2:
-        sys.exit("unknown fixture name in %s" % sys.argv[2:])
+    names = sys.argv[2:]
+    unknown = set(names) - {fx["name"] for fx in FIXTURES}
+    if unknown:
+        sys.exit("unknown fixture: %s" % ", ".join(sorted(unknown)))
+    chosen = [fx for fx in FIXTURES if not names or fx["name"] in names]
     torch.set_num_threads(4)
     with tempfile.TemporaryDirectory() as root:
         for fx in chosen:
