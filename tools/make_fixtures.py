@@ -63,6 +63,19 @@ FIXTURES = [
                   state_size=64, conv_kernel=4, expand=2, time_step_rank=2,
                   use_bias=False, use_conv_bias=True,
                   tie_word_embeddings=True, layer_norm_epsilon=1e-5)),
+    # d_state 4 and 32: one and eight states a lane in the CUDA SSM kernels
+    # (state4's conv is 3 wide, so its conv and SSM states differ in shape,
+    # which find_states needs)
+    dict(name="state4", seed=16, n_tokens=40, dtype=torch.float32,
+         cfg=dict(vocab_size=256, hidden_size=32, num_hidden_layers=2,
+                  state_size=4, conv_kernel=3, expand=2, time_step_rank=2,
+                  use_bias=False, use_conv_bias=True,
+                  tie_word_embeddings=True, layer_norm_epsilon=1e-5)),
+    dict(name="state32", seed=17, n_tokens=40, dtype=torch.float32,
+         cfg=dict(vocab_size=256, hidden_size=32, num_hidden_layers=2,
+                  state_size=32, conv_kernel=4, expand=2, time_step_rank=2,
+                  use_bias=False, use_conv_bias=True,
+                  tie_word_embeddings=True, layer_norm_epsilon=1e-5)),
 ]
 
 

@@ -784,7 +784,7 @@ int main(void)
 	const char *local = getenv("SSMD_TEST_FIXTURES");
 	const char *big = getenv("SSMD_CUDA_BIG_MODEL");
 	static const char *const dirs[] = {"bf16-deep", "bias-untied", "conv3-rank7",
-					   "f16-sharded", "state64"};
+					   "f16-sharded", "state4", "state32", "state64"};
 	/* the batch group's cases, each also a group of its own */
 	static const struct {
 		const char *name;
