@@ -328,7 +328,7 @@ static void bench_model(const char *label, const char *dir)
 	ssm_state *st = NULL;
 	float *logits, ms;
 	double t[128], t0, plain = 0, snap = 0;
-	static const int batches[] = {1, 4, 16, 64};
+	static const int batches[] = {1, 2, 4, 8, 16, 64};
 	static const size_t prefills[] = {2048, 16384};
 	static const size_t everies[] = {64, 256, 1024};
 	char fig[64], note[96];
@@ -364,7 +364,7 @@ static void bench_model(const char *label, const char *dir)
 	fill_tokens(cur, N_SLOTS, c->vocab_size);
 
 	/* decode */
-	for (i = 0; i < 4; i++) {
+	for (i = 0; i < (int)(sizeof(batches) / sizeof(batches[0])); i++) {
 		int n = batches[i];
 		const int steps = profile ? 20 : 100;
 

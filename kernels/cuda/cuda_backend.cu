@@ -18,6 +18,7 @@
 #include "cuda_impl.h"
 #include "cuda_kernels.cuh"
 #include "cuda_persist.cuh"
+#include "cuda_persist_nb.cuh"
 #include "cuda_sample.cuh"
 
 /* Prefill tokens per chunk (bounds activation memory: ~70 KB a token for
@@ -333,7 +334,7 @@ out:
  * cooperatively, so every block is resident (or the launch fails).
  */
 template <typename T>
-static int decode_persist(cuda_backend *cb)
+static int decode_persist(cuda_backend *cb, int nb)
 {
 	int rc = SSMD_OK;
 	const ssm_config *c = &cb->cfg;
@@ -378,31 +379,37 @@ static int decode_persist(cuda_backend *cb)
 	at[0].val.cooperative = 1;
 	lc.gridDim = dim3(cb->pk_grid);
 	lc.blockDim = dim3(PK_THREADS);
-	lc.dynamicSmemBytes = pk_smem_bytes(p.D, p.E, p.W, p.P, sizeof(T), p.n_layer);
+	lc.dynamicSmemBytes = nb == 1 ? pk_smem_bytes(p.D, p.E, p.W, p.P, sizeof(T), p.n_layer)
+				      : pkn_smem_bytes(nb, p.D, p.E, p.W, p.P, sizeof(T),
+						       p.n_layer);
 	lc.stream = s;
 	lc.attrs = at;
 	lc.numAttrs = 1;
-#define PERSIST(npl) CUDA_TRY(cudaLaunchKernelEx(&lc, pk_kernel<T, npl>(cb->pk_pf), p))
+#define PERSIST(npl)                                                                   \
+	CUDA_TRY(cudaLaunchKernelEx(&lc, nb == 1 ? pk_kernel<T, npl>(cb->pk_pf)            \
+						 : pkn_kernel<T>(nb), p))
 	NPL_SWITCH(c->d_state / SSM_LANES, PERSIST);
 #undef PERSIST
-	ssmk_sample<<<1, SAMPLE_THREADS, 0, s>>>(a->logits, p.V, cb->d_samp, cb->d_next);
+	ssmk_sample<<<nb, SAMPLE_THREADS, 0, s>>>(a->logits, p.V, cb->d_samp, cb->d_next);
 	CUDA_LAUNCHED();
 out:
 	return rc;
 }
 
-/* Whether the persistent kernel serves this step: one row, and
- * persist_init_t found a grid for it on this device. */
+/* Whether a persistent kernel serves this step: persist_init_t found a
+ * grid for it on this device, and one row, or 2 or 4 rows where it found
+ * the multi-row kernels usable (pkn_init_t). */
 static int decode_persist_ok(const cuda_backend *cb, int nb)
 {
-	return nb == 1 && cb->pk_grid > 0;
+	return cb->pk_grid > 0 &&
+	       (nb == 1 || (pkn_rows_ok(nb) && nb <= cb->pkn_rows));
 }
 
 template <typename T>
 static int decode_any_nb(cuda_backend *cb, int nb)
 {
 	if (decode_persist_ok(cb, nb))
-		return decode_persist<T>(cb);
+		return decode_persist<T>(cb, nb);
 	return decode_body<T>(cb, nb);
 }
 
@@ -1343,6 +1350,47 @@ static void cuda_close(ssm_backend *b)
 
 
 /*
+ * Sets cb->pkn_rows where the multi-row kernels (cuda_persist_nb.cuh) can
+ * serve buckets 2 and 4 beside the batch-1 kernel (P: its x_proj parts;
+ * called for 16-bit weights only): d_state 16, the conv epilogue's lanes for
+ * 4 rows within a warp, each kernel's shared memory within the device's
+ * opt-in limit and one block per SM resident. SSMD_CUDA_PKN_ROWS=0|2 leaves
+ * them off or serves only 2 rows (the other buckets take the cuBLAS path).
+ */
+template <typename T>
+static int pkn_init_t(cuda_backend *cb, int P)
+{
+	int rc = SSMD_OK, occ = 0, optin = 0;
+	const ssm_config *c = &cb->cfg;
+	const int W = c->dt_rank + 2 * c->d_state;
+	const char *env = getenv("SSMD_CUDA_PKN_ROWS");
+	static const int rows[] = {2, 4};
+
+	cb->pkn_rows = 0;
+	if (c->d_state != 16 || 4 * (c->d_conv - 1) + c->d_conv + 2 > 32 ||
+	    (env && atoi(env) < 2))
+		return SSMD_OK;
+	CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+					cb->device));
+	for (int i = 0; i < 2; i++) {
+		/* the dynamic part, and ~1 KB of static: red and base */
+		const size_t smem = pkn_smem_bytes(rows[i], c->d_model, c->d_inner, W, P,
+						   sizeof(T), c->n_layer);
+		if (smem + 1024 > (size_t)optin)
+			return SSMD_OK;
+		CUDA_TRY(cudaFuncSetAttribute(pkn_kernel<T>(rows[i]),
+					      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+		CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+			&occ, pkn_kernel<T>(rows[i]), PK_THREADS, smem));
+		if (occ < 1)
+			return SSMD_OK;
+	}
+	cb->pkn_rows = env ? atoi(env) : 4;
+out:
+	return rc;
+}
+
+/*
  * Sets up the persistent batch-1 kernel (cuda_persist.cuh) where it can run:
  * row lengths in whole 16-byte pieces, the conv epilogue's 2 * d_conv + 1
  * lanes in a warp, its shared memory within the default 48 KB, cooperative
@@ -1383,10 +1431,14 @@ static int persist_init_t(cuda_backend *cb)
 #undef OCC
 	if (!coop || occ < 1)
 		return SSMD_OK;
+	if constexpr (sizeof(T) == 2)
+		if ((rc = pkn_init_t<T>(cb, P)))
+			return rc;
 	if ((rc = dev_upload(cb, cb->layers, c->n_layer * sizeof(cuda_layer),
 			     (void **)&cb->d_layers)) ||
 	    (rc = dev_alloc(cb, sizeof(pk_bar), (void **)&cb->pk_bar)) ||
-	    (rc = dev_alloc(cb, (size_t)W * P * sizeof(float), (void **)&cb->pk_part)))
+	    (rc = dev_alloc(cb, (size_t)(cb->pkn_rows ? 4 : 1) * W * P * sizeof(float),
+			    (void **)&cb->pk_part)))
 		goto out;
 	CUDA_TRY(cudaMemset(cb->pk_bar, 0, sizeof(pk_bar)));
 	cb->pk_grid = sms;

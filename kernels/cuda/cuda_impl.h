@@ -177,6 +177,8 @@ typedef struct cuda_backend {
 	 * (0: not usable here), x_proj parts, prefetch depth (pk_pf), barrier
 	 * words, partial sums and a device copy of `layers`. */
 	int pk_grid, pk_parts, pk_pf;
+	int pkn_rows;            /* the most rows the multi-row kernels serve
+				  * (cuda_persist_nb.cuh), 0: none */
 	struct pk_bar *pk_bar;
 	float *pk_part;
 	cuda_layer *d_layers;

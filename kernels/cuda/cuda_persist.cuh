@@ -321,7 +321,8 @@ __device__ __forceinline__ float pk_stage_norm(const float *h, const T *emb, con
 	return rsqrtf(ss / (float)D + eps);
 }
 
-/* Phase C's loads that depend on nothing of this step, for channel e. */
+/* Phase C's loads that depend on nothing of this step, for channel e of
+ * row b (the multi-row kernel's; 0 here). */
 template <typename T, int NPL>
 struct pk_chan {
 	float a[NPL], hs[NPL], dts, dt_b, dp, zb;
@@ -330,10 +331,10 @@ struct pk_chan {
 
 template <typename T, int NPL>
 __device__ __forceinline__ void pk_chan_fetch(const pk_args &p, const cuda_layer *y, int l,
-					      int e, pk_chan<T, NPL> *c)
+					      int e, int b, pk_chan<T, NPL> *c)
 {
 	constexpr int VEC = 16 / sizeof(T);
-	const int g = threadIdx.x & (SSM_LANES - 1), slot = p.slots[0];
+	const int g = threadIdx.x & (SSM_LANES - 1), slot = p.slots[b];
 
 	if (e >= p.E)
 		return;
@@ -373,19 +374,20 @@ __device__ __forceinline__ int pk_nchan(void)
 }
 
 /*
- * Phase C for channel e (the ssmk_ssm_step_b formulas at batch 1):
+ * Phase C for channel e of row b (the ssmk_ssm_step_b formulas):
  *   dt = softplus(dt_w[e, :] . dbc[0:R] + dt_b[e]), the state update on the
- *   slot, y = (C . h + D x) * SiLU(z + in_b) -> yT[e], dt_sum[e] += dt.
- * dbc: shared (W), the sums of phase B's parts; x = xc[e], z = xz[E + e].
+ *   row's slot, y = (C . h + D x) * SiLU(z + in_b) -> yT[b, e], dt_sum[e] +=
+ *   dt. dbc: shared (W), the row's sums of phase B's parts; x = xc[b, e], z =
+ *   xz[b, E + e]. e == E: no channel (the lanes still join the shuffles).
  */
 template <typename T, int NPL>
 __device__ __forceinline__ void pk_chan_step(const pk_args &p, const cuda_layer *y, int l,
-					     int e, const pk_chan<T, NPL> &c, const float *dbc,
-					     float x, float z)
+					     int e, int b, const pk_chan<T, NPL> &c,
+					     const float *dbc, float x, float z)
 {
 	constexpr int VEC = 16 / sizeof(T);
 	const int N = p.N, R = p.R, E = p.E, g = threadIdx.x & (SSM_LANES - 1);
-	const int slot = p.slots[0];
+	const int slot = p.slots[b];
 	const bool valid = e < E;
 	const int ec = valid ? e : E - 1;
 	float acc = 0.0f;
@@ -434,7 +436,7 @@ __device__ __forceinline__ void pk_chan_step(const pk_args &p, const cuda_layer 
 	yv += __shfl_xor_sync(0x0000000fu << (threadIdx.x & 28), yv, 2);
 	if (g == 0) {
 		yv = (yv + c.dp * x) * silu(z + c.zb);
-		((T *)p.yT)[e] = from_f32<T>(yv);
+		((T *)p.yT)[(size_t)b * E + e] = from_f32<T>(yv);
 		if (slot >= 0)
 			p.pool[(size_t)slot * p.state_floats + p.off_dt_sum + (size_t)l * E + e] =
 				c.dts + dt;
@@ -548,7 +550,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 		});
 		PK_MARK(l * 8 + 3);
 		pk_arrive(p.bar);
-		pk_chan_fetch<T, NPL>(p, y, l, pk_chan0(), &ch);
+		pk_chan_fetch<T, NPL>(p, y, l, pk_chan0(), 0, &ch);
 		pk_wait(p.bar, target += G);
 		PK_MARK(l * 8 + 4);
 
@@ -570,11 +572,11 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 			__syncthreads();
 			for (int e0 = 0; e0 < E; e0 += pk_nchan()) {
 				if (e0) {
-					pk_chan_fetch<T, NPL>(p, y, l, e0 + e, &ch);
+					pk_chan_fetch<T, NPL>(p, y, l, e0 + e, 0, &ch);
 					x = e0 + e < E ? __ldcg(p.xc + e0 + e) : 0.0f;
 					z = e0 + e < E ? __ldcg(p.xz + E + e0 + e) : 0.0f;
 				}
-				pk_chan_step<T, NPL>(p, y, l, e0 + e, ch, dbc, x, z);
+				pk_chan_step<T, NPL>(p, y, l, e0 + e, 0, ch, dbc, x, z);
 			}
 		}
 		PK_MARK(l * 8 + 5);

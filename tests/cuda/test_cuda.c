@@ -748,9 +748,13 @@ static void test_big(const char *dir)
 	       dir, worst, same ? "identical" : "differ");
 	/* batched against alone at a real shape (d_inner 1536, dt_rank 48,
 	 * where the fixtures have 128 and 4-7): a whole and a ragged last
-	 * block of the SSM step's rows */
+	 * block of the SSM step's rows; 2 and 3 rows through the multi-row
+	 * persistent kernels (3: one padding row), whose rows here are 6
+	 * (in_proj) and 12 (out_proj) chunks long */
 	test_batch(m, low_dtype, 64);
 	test_batch(m, low_dtype, 37);
+	test_batch(m, low_dtype, 2);
+	test_batch(m, low_dtype, 3);
 	test_depth(m);
 out:
 	free(lf);
@@ -792,6 +796,7 @@ int main(void)
 	} batches[] = {
 		{"batch-f32-64", 0, 64}, {"batch-f32-37", 0, 37}, {"batch-low-64", 1, 64},
 		{"batch-f32-3", 0, 3},   {"batch-low-20", 1, 20}, {"batch-low-2", 1, 2},
+		{"batch-low-4", 1, 4},   {"batch-low-3", 1, 3},
 	};
 	char path[1024];
 	ssm_model *m = NULL;
