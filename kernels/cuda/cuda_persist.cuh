@@ -560,6 +560,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 			float x = e < E ? __ldcg(p.xc + e) : 0.0f;
 			float z = e < E ? __ldcg(p.xz + E + e) : 0.0f;
 
+#pragma unroll 4
 			for (int j = threadIdx.x; j < W * P; j += PK_THREADS)
 				parts[j] = __ldcg(p.part + j);
 			__syncthreads();

@@ -219,10 +219,15 @@ __device__ __forceinline__ void pkn_stage(const void *src, int len, T *xs)
 {
 	const int n = len * (int)sizeof(T) / 16;
 
-	for (int i = threadIdx.x; i < NB * n; i += PK_THREADS) {
-		const int b = i / n, j = i - b * n;
-		((uint4 *)(xs + (size_t)b * len))[j] =
-			__ldcg((const uint4 *)((const T *)src + (size_t)b * len) + j);
+	/* every row's loads before any store: one wait for L2, not NB */
+	for (int j = threadIdx.x; j < n; j += PK_THREADS) {
+		uint4 v[NB];
+#pragma unroll
+		for (int b = 0; b < NB; b++)
+			v[b] = __ldcg((const uint4 *)((const T *)src + (size_t)b * len) + j);
+#pragma unroll
+		for (int b = 0; b < NB; b++)
+			((uint4 *)(xs + (size_t)b * len))[j] = v[b];
 	}
 }
 
@@ -236,20 +241,31 @@ __device__ __forceinline__ void pkn_stage_norm(const float *h, const T *emb, con
 					       const float *nw, int D, float eps, T *xs,
 					       float *red, float *scale)
 {
+	float ss[NB];
+
+#pragma unroll
+	for (int b = 0; b < NB; b++)
+		ss[b] = 0.0f;
+	/* every row's loads before any store: one wait for L2, not NB */
+	for (int i = threadIdx.x; i < D; i += PK_THREADS) {
+		const float w = nw[i];
+		float v[NB];
+#pragma unroll
+		for (int b = 0; b < NB; b++)
+			v[b] = emb ? to_f32(emb[(size_t)tokens[b] * D + i])
+				   : __ldcg(h + (size_t)b * D + i);
+#pragma unroll
+		for (int b = 0; b < NB; b++) {
+			ss[b] += v[b] * v[b];
+			xs[(size_t)b * D + i] = from_f32<T>(v[b] * w);
+		}
+	}
 #pragma unroll
 	for (int b = 0; b < NB; b++) {
-		const T *e = emb ? emb + (size_t)tokens[b] * D : NULL;
-		float ss = 0.0f;
-
-		for (int i = threadIdx.x; i < D; i += PK_THREADS) {
-			const float v = e ? to_f32(e[i]) : __ldcg(h + (size_t)b * D + i);
-			ss += v * v;
-			xs[(size_t)b * D + i] = from_f32<T>(v * nw[i]);
-		}
 		for (int o = 16; o > 0; o >>= 1)
-			ss += __shfl_xor_sync(0xffffffffu, ss, o);
+			ss[b] += __shfl_xor_sync(0xffffffffu, ss[b], o);
 		if ((threadIdx.x & 31) == 0)
-			red[(threadIdx.x >> 5) * NB + b] = ss;
+			red[(threadIdx.x >> 5) * NB + b] = ss[b];
 	}
 	__syncthreads();
 #pragma unroll
@@ -431,6 +447,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 
 		/* C: the SSM step per (row, channel) */
 		{
+#pragma unroll 4
 			for (int j = threadIdx.x; j < NB * W * P; j += PK_THREADS)
 				parts[j] = __ldcg(p.part + j);
 			__syncthreads();
@@ -515,9 +532,9 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 
 /*
  * The rows a multi-row kernel serves: 2 or 4. Measured on the H200 (bf16,
- * ms per step, against the cuBLAS path; bench/NOTES.md): 2 rows 130m 0.46
- * / 0.65, 1.4b 1.52 / 2.17, 2.8b 2.74 / 3.46; 4 rows 0.57 / 0.66, 1.85 /
- * 2.18, 3.37 / 3.47. At 8 rows it was slower than cuBLAS (1.4b 3.18 / 2.23:
+ * ms per step, against the cuBLAS path; bench/NOTES.md): 2 rows 130m 0.44
+ * / 0.65, 1.4b 1.50 / 2.18, 2.8b 2.70 / 3.48; 4 rows 0.50 / 0.66, 1.71 /
+ * 2.19, 3.15 / 3.47. At 8 rows it was slower than cuBLAS (1.4b 3.18 / 2.23:
  * the kernel spills at its 128 registers), so buckets 8 and up keep that path.
  */
 static inline bool pkn_rows_ok(int nb) { return nb == 2 || nb == 4; }
