@@ -1147,6 +1147,8 @@ extern "C" int ssm_cuda_decode1_split(ssm_backend *b, int slot, int32_t token,
 
 	if ((rc = cuda_backend_check(b)))
 		return rc;
+	if (!share)
+		return ssmd_err_set(SSMD_EINVAL, "decode split: no share array");
 	cb = cb_of(b);
 	if (!decode_persist_ok(cb, 1))
 		return ssmd_err_set(SSMD_EUNSUPPORTED, "decode split: no persistent kernel here");
@@ -1189,6 +1191,8 @@ extern "C" int ssm_cuda_decode1_depth(ssm_backend *b, int *pf)
 
 	if ((rc = cuda_backend_check(b)))
 		return rc;
+	if (!pf)
+		return ssmd_err_set(SSMD_EINVAL, "decode depth: no result pointer");
 	*pf = decode_persist_ok(cb_of(b), 1) ? cb_of(b)->pk_pf : 0;
 	return SSMD_OK;
 }
@@ -1239,6 +1243,8 @@ extern "C" int ssm_cuda_prefill_split(ssm_backend *b, int slot,
 
 	if ((rc = cuda_backend_check(b)))
 		return rc;
+	if (!ms)
+		return ssmd_err_set(SSMD_EINVAL, "prefill split: no ms array");
 	cb = cb_of(b);
 	if ((rc = split_events(cb)))
 		return rc;
@@ -1262,6 +1268,8 @@ extern "C" int ssm_cuda_decode_split(ssm_backend *b, const int *slots,
 
 	if ((rc = cuda_backend_check(b)))
 		return rc;
+	if (!ms)
+		return ssmd_err_set(SSMD_EINVAL, "decode split: no ms array");
 	cb = cb_of(b);
 	if (n < 1 || n > cb->max_batch)
 		return ssmd_err_set(SSMD_EINVAL, "decode split: %d rows, 1..%d", n,

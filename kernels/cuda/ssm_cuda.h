@@ -22,11 +22,12 @@ int ssm_cuda_timer_stop(ssm_backend *b, float *ms);
 /* The parts of a prefill that ssm_cuda_prefill_split() times, per layer
  * summed over the layers, plus the embedding and final norm (TAIL) and what
  * follows the layers' kernels inside ssm_prefill (OTHER: the logits GEMM,
- * checkpoint copies, host work between chunks). A decode step of 2 or more
- * rows (ssm_cuda_decode_split) has NORM, IN_PROJ, CONV, X_PROJ, SSM_STEP,
- * OUT_PROJ, TAIL (the embedding) and HEAD; one of a single row runs the
- * persistent batch-1 kernel, which this split cannot see into (all of it is
- * OTHER): ssm_cuda_decode1_split() times its phases. */
+ * checkpoint copies, host work between chunks). A decode step on the
+ * cuBLAS path (ssm_cuda_decode_split) has NORM, IN_PROJ, CONV, X_PROJ,
+ * SSM_STEP, OUT_PROJ, TAIL (the embedding) and HEAD; a step that a
+ * persistent kernel runs (one row; 2-4 rows of 16-bit weights with d_state
+ * 16) is one launch this split cannot see into (all of it is OTHER):
+ * ssm_cuda_decode1_split() times the batch-1 kernel's phases. */
 enum ssm_cuda_part {
 	SSM_CUDA_NORM,      /* residual add + RMSNorm */
 	SSM_CUDA_IN_PROJ,   /* in_proj GEMM */
@@ -47,8 +48,8 @@ extern const char *const ssm_cuda_part_names[SSM_CUDA_N_PARTS];
 /* Runs ssm_prefill(b, slot, a) with a CUDA event after each part of each
  * layer and adds each part's device time in milliseconds to ms[part]. The
  * events cost a little time of their own, so the parts add up to slightly
- * more than an untimed prefill. Blocks. SSMD_EINVAL: not a CUDA backend, or
- * a prefill of more parts than the event pool holds (8192). */
+ * more than an untimed prefill. Blocks. SSMD_EINVAL: not a CUDA backend, ms
+ * NULL, or a prefill of more parts than the event pool holds (8192). */
 int ssm_cuda_prefill_split(ssm_backend *b, int slot, const ssm_prefill_args *a,
 			   double ms[SSM_CUDA_N_PARTS]);
 
@@ -58,7 +59,7 @@ int ssm_cuda_prefill_split(ssm_backend *b, int slot, const ssm_prefill_args *a,
  * layer, and adds each part's device time in milliseconds to ms[part]. The
  * launches and events add gaps that the graph does not have, so the parts
  * add up to more than a graphed step; each part's own time is what to read.
- * Blocks. SSMD_EINVAL: not a CUDA backend, or n out of range. */
+ * Blocks. SSMD_EINVAL: not a CUDA backend, n out of range, or ms NULL. */
 int ssm_cuda_decode_split(ssm_backend *b, const int *slots, const int32_t *tokens,
 			  int n, double ms[SSM_CUDA_N_PARTS]);
 
@@ -71,14 +72,15 @@ extern const char *const ssm_cuda_phase_names[SSM_CUDA_N_PHASES];
  * slot) through the persistent kernel with its first block's clock read at
  * each phase end, and adds each phase's share of the step (summed over the
  * layers; the shares of one call add up to 1) to share[]. Blocks.
- * SSMD_EUNSUPPORTED where the persistent kernel does not run. */
+ * SSMD_EUNSUPPORTED where the persistent kernel does not run, SSMD_EINVAL
+ * for a NULL share. */
 int ssm_cuda_decode1_split(ssm_backend *b, int slot, int32_t token,
 			   double share[SSM_CUDA_N_PHASES]);
 
 /* The batch-1 kernel's prefetch depth (16-byte weight pieces a lane fetched
  * ahead, 6 or 8, chosen per model; SSMD_CUDA_PK_PF=6|8 at open overrides it)
  * into *pf, or 0 where batch 1 takes the path of larger batches.
- * SSMD_EINVAL: not a CUDA backend. */
+ * SSMD_EINVAL: not a CUDA backend, or pf NULL. */
 int ssm_cuda_decode1_depth(ssm_backend *b, int *pf);
 
 #endif

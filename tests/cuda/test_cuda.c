@@ -12,7 +12,7 @@
  * Optional: $SSMD_CUDA_BIG_MODEL names a model directory of mamba-130m shape
  * (random weights from ssm-mkmodel) for the BF16-vs-F32 256-step check;
  * $SSMD_CUDA_QUICK shortens the fixtures' greedy runs to 16 steps;
- * $SSMD_CUDA_F32_ONLY replaces BF16 weights by F32 (see low_dtype).
+ * $SSMD_CUDA_F32_ONLY replaces BF16 and F16 weights by F32 (see low_dtype).
  */
 #include <math.h>
 #include <stdint.h>
@@ -215,6 +215,8 @@ out:
  * internally on cuBLAS's Hopper bf16 GEMM kernels, so that run keeps every
  * GEMM in f32 while still running every kernel of this backend). */
 static ssm_dtype low_dtype = SSM_DTYPE_BF16;
+/* F16 weights, the other 16-bit dtype (F32 with SSMD_CUDA_F32_ONLY too). */
+static ssm_dtype half_dtype = SSM_DTYPE_F16;
 
 static void test_fixture(const char *dir)
 {
@@ -436,7 +438,8 @@ static void test_batch(const ssm_model *m, ssm_dtype dt, int n)
 	CHECK(worst <= tol, "batch %d: logits rel %.3g > %g", n, worst, tol);
 	CHECK(worst_state <= tol, "batch %d: state rel %.3g > %g", n, worst_state, tol);
 	printf("  batch %2d (%s) vs alone: logits rel %.2e, states rel %.2e\n", n,
-	       dt == SSM_DTYPE_F32 ? "f32" : "bf16", worst, worst_state);
+	       dt == SSM_DTYPE_F32 ? "f32" : dt == SSM_DTYPE_F16 ? "f16" : "bf16", worst,
+	       worst_state);
 out:
 	ssm_state_free(sa);
 	ssm_state_free(sb);
@@ -671,6 +674,13 @@ static void test_depth(const ssm_model *m)
 		CHECK_RC(ssm_cuda_decode1_depth(b[k], &pf), SSMD_OK);
 		CHECK(pf == atoi(depth[k]), "depth: asked for %s, runs %d", depth[k], pf);
 	}
+	/* the timing entry points refuse a missing result array */
+	CHECK_RC(ssm_cuda_decode1_depth(b[0], NULL), SSMD_EINVAL);
+	CHECK_RC(ssm_cuda_decode1_split(b[0], 0, 1, NULL), SSMD_EINVAL);
+	CHECK_RC(ssm_cuda_decode_split(b[0], &s0, toks, 1, NULL), SSMD_EINVAL);
+	pa.tokens = toks;
+	pa.n_tokens = 1;
+	CHECK_RC(ssm_cuda_prefill_split(b[0], 0, &pa, NULL), SSMD_EINVAL);
 	fill_tokens(toks, 32, V, &seed);
 	pa.tokens = toks;
 	pa.n_tokens = 32;
@@ -700,9 +710,12 @@ out:
 	}
 }
 
-static void test_big(const char *dir)
+/* dt weights (BF16 or F16) against F32 on the same model: a 64-token
+ * prefill, then 256 greedy steps fed the F32 tokens; logits within
+ * TOL_BF16 and the same greedy tokens. */
+static void test_low_vs_f32(const ssm_model *m, const char *dir, ssm_dtype dt)
 {
-	ssm_model *m = NULL;
+	const char *name = dt == SSM_DTYPE_F16 ? "F16" : dt == SSM_DTYPE_F32 ? "F32" : "BF16";
 	ssm_backend *f = NULL, *h = NULL;
 	int32_t toks[64], tf, tb;
 	uint64_t seed = 3;
@@ -711,14 +724,11 @@ static void test_big(const char *dir)
 	double worst = 0, e;
 	int V, i, s0 = 0, same = 1, first_diff = -1;
 
-	CHECK_RC(ssm_model_load(dir, &m), SSMD_OK);
-	if (!m)
-		return;
 	V = ssm_model_config(m)->vocab_size;
 	lf = malloc(V * sizeof(float));
 	lh = malloc(V * sizeof(float));
 	if (!lf || !lh || open_backend(m, SSM_BACKEND_CUDA, SSM_DTYPE_F32, 1, &f) ||
-	    open_backend(m, SSM_BACKEND_CUDA, low_dtype, 1, &h)) {
+	    open_backend(m, SSM_BACKEND_CUDA, dt, 1, &h)) {
 		CHECK(0, "open: %s", ssmd_errmsg());
 		goto out;
 	}
@@ -742,25 +752,37 @@ static void test_big(const char *dir)
 		if ((e = rel(lh, lf, V)) > worst)
 			worst = e;
 	}
-	CHECK(same, "%s: BF16 greedy differs from F32 at step %d", dir, first_diff);
-	CHECK(worst <= TOL_BF16, "%s: BF16 logits rel %.3g > %g", dir, worst, TOL_BF16);
-	printf("  %-40s BF16 vs F32 over 256 greedy steps: worst rel %.2e, tokens %s\n",
-	       dir, worst, same ? "identical" : "differ");
-	/* batched against alone at a real shape (d_inner 1536, dt_rank 48,
-	 * where the fixtures have 128 and 4-7): a whole and a ragged last
-	 * block of the SSM step's rows; 2 and 3 rows through the multi-row
-	 * persistent kernels (3: one padding row), whose rows here are 6
-	 * (in_proj) and 12 (out_proj) chunks long */
-	test_batch(m, low_dtype, 64);
-	test_batch(m, low_dtype, 37);
-	test_batch(m, low_dtype, 2);
-	test_batch(m, low_dtype, 3);
-	test_depth(m);
+	CHECK(same, "%s: %s greedy differs from F32 at step %d", dir, name, first_diff);
+	CHECK(worst <= TOL_BF16, "%s: %s logits rel %.3g > %g", dir, name, worst, TOL_BF16);
+	printf("  %-40s %s vs F32 over 256 greedy steps: worst rel %.2e, tokens %s\n", dir,
+	       name, worst, same ? "identical" : "differ");
 out:
 	free(lf);
 	free(lh);
 	ssm_backend_close(h);
 	ssm_backend_close(f);
+}
+
+static void test_big(const char *dir)
+{
+	ssm_model *m = NULL;
+
+	CHECK_RC(ssm_model_load(dir, &m), SSMD_OK);
+	if (!m)
+		return;
+	test_low_vs_f32(m, dir, low_dtype);
+	test_low_vs_f32(m, dir, half_dtype);
+	/* batched against alone at a real shape (d_inner 1536, dt_rank 48,
+	 * where the fixtures have 128 and 4-7): a whole and a ragged last
+	 * block of the SSM step's rows; 2 and 3 rows through the multi-row
+	 * persistent kernels (3: one padding row), whose rows here are 6
+	 * (in_proj) and 12 (out_proj) chunks long, with either 16-bit dtype */
+	test_batch(m, low_dtype, 64);
+	test_batch(m, low_dtype, 37);
+	test_batch(m, low_dtype, 2);
+	test_batch(m, low_dtype, 3);
+	test_batch(m, half_dtype, 3);
+	test_depth(m);
 	ssm_model_free(m);
 }
 
@@ -792,11 +814,13 @@ int main(void)
 	/* the batch group's cases, each also a group of its own */
 	static const struct {
 		const char *name;
-		int low, n; /* low: the BF16 (or SSMD_CUDA_F32_ONLY) weights */
+		int low, n; /* low: 1 the BF16, 2 the F16 weights (F32 with
+			     * SSMD_CUDA_F32_ONLY), 0 F32 */
 	} batches[] = {
 		{"batch-f32-64", 0, 64}, {"batch-f32-37", 0, 37}, {"batch-low-64", 1, 64},
 		{"batch-f32-3", 0, 3},   {"batch-low-20", 1, 20}, {"batch-low-2", 1, 2},
-		{"batch-low-4", 1, 4},   {"batch-low-3", 1, 3},
+		{"batch-low-4", 1, 4},   {"batch-low-3", 1, 3},   {"batch-f16-4", 2, 4},
+		{"batch-f16-20", 2, 20},
 	};
 	char path[1024];
 	ssm_model *m = NULL;
@@ -809,7 +833,7 @@ int main(void)
 	if (getenv("SSMD_CUDA_QUICK"))
 		steps = 16;
 	if (getenv("SSMD_CUDA_F32_ONLY")) {
-		low_dtype = SSM_DTYPE_F32;
+		low_dtype = half_dtype = SSM_DTYPE_F32;
 		printf("SSMD_CUDA_F32_ONLY: the BF16 checks below run with F32 weights\n");
 	}
 	snprintf(path, sizeof(path), "%s/tiny-mamba", shared ? shared : "");
@@ -860,7 +884,11 @@ int main(void)
 	printf("batched decode (tol %g f32, %g bf16):\n", TOL_BATCH, TOL_BATCH_BF16);
 	for (i = 0; i < sizeof(batches) / sizeof(batches[0]); i++)
 		if (want("batch") || want(batches[i].name))
-			test_batch(m, batches[i].low ? low_dtype : SSM_DTYPE_F32, batches[i].n);
+			test_batch(m,
+				   batches[i].low == 2 ? half_dtype
+				   : batches[i].low    ? low_dtype
+						       : SSM_DTYPE_F32,
+				   batches[i].n);
 
 	if (want("checkpoints")) {
 		/* chunks of 160 tokens: scan segments of 64, 64 and 32, two chunks */
