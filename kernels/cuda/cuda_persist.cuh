@@ -142,6 +142,13 @@ __host__ __device__ __forceinline__ int pk_lay_bytes(int n_layer)
 	return (int)(n_layer * sizeof(cuda_layer));
 }
 
+/* The layer table into shared memory at smem, in 16-byte pieces. */
+__device__ __forceinline__ void pk_load_layers(const pk_args &p, uint4 *smem)
+{
+	for (int i = threadIdx.x; i < pk_lay_bytes(p.n_layer) / 16; i += PK_THREADS)
+		smem[i] = ((const uint4 *)p.layers)[i];
+}
+
 /* This warp's global index and the number of warps. */
 __device__ __forceinline__ int pk_gw(void)
 {
@@ -444,6 +451,27 @@ __device__ __forceinline__ void pk_chan_step(const pk_args &p, const cuda_layer 
 }
 
 /*
+ * Phase C's start: phase B's x_proj parts (n values of P parts each, written
+ * during this step) from L2 into parts, four loads at a time, then dbc[j] =
+ * the sum of value j's parts in part order. Both in shared memory.
+ */
+__device__ __forceinline__ void pk_sum_parts(const float *part, int n, int P, float *parts,
+					     float *dbc)
+{
+#pragma unroll 4
+	for (int j = threadIdx.x; j < n * P; j += PK_THREADS)
+		parts[j] = __ldcg(part + j);
+	__syncthreads();
+	for (int j = threadIdx.x; j < n; j += PK_THREADS) {
+		float s = 0.0f;
+		for (int q = 0; q < P; q++)
+			s += parts[j * P + q];
+		dbc[j] = s;
+	}
+	__syncthreads();
+}
+
+/*
  * The conv epilogue of phase A for channel r, on all lanes of the warp with
  * v = in_proj row r . xn: lanes j < K-1 hold the slot's conv window entry j,
  * lanes K-1 + j the conv weight j, lane 2K-1 the conv bias, lane 2K the
@@ -515,8 +543,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 	if (threadIdx.x == 0)
 		base = pk_base(p.bar, p.n_layer);
 	pk_fetch<T, PF>((const T *)p.layers[0].in_w, 2 * E, D, 1, pk_gw(), 0, cur);
-	for (int i = threadIdx.x; i < pk_lay_bytes(p.n_layer) / 16; i += PK_THREADS)
-		pk_smem[i] = ((const uint4 *)p.layers)[i];
+	pk_load_layers(p, pk_smem);
 	__syncthreads();
 	cw = pk_cw_fetch(p, &lay[0], 0, pk_gw());
 	target = base;
@@ -560,17 +587,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 			float x = e < E ? __ldcg(p.xc + e) : 0.0f;
 			float z = e < E ? __ldcg(p.xz + E + e) : 0.0f;
 
-#pragma unroll 4
-			for (int j = threadIdx.x; j < W * P; j += PK_THREADS)
-				parts[j] = __ldcg(p.part + j);
-			__syncthreads();
-			for (int j = threadIdx.x; j < W; j += PK_THREADS) {
-				float s = 0.0f;
-				for (int q = 0; q < P; q++)
-					s += parts[j * P + q];
-				dbc[j] = s;
-			}
-			__syncthreads();
+			pk_sum_parts(p.part, W, P, parts, dbc);
 			for (int e0 = 0; e0 < E; e0 += pk_nchan()) {
 				if (e0) {
 					pk_chan_fetch<T, NPL>(p, y, l, e0 + e, 0, &ch);

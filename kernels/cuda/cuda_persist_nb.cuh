@@ -385,8 +385,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 	if (threadIdx.x == 0)
 		base = pk_base(p.bar, p.n_layer);
 	pkn_fetch<T, PF>((const T *)p.layers[0].in_w, 2 * E, D, 1, pk_gw(), 0, cur);
-	for (int i = threadIdx.x; i < pk_lay_bytes(p.n_layer) / 16; i += PK_THREADS)
-		pk_smem[i] = ((const uint4 *)p.layers)[i];
+	pk_load_layers(p, pk_smem);
 	__syncthreads();
 	cw = pkn_cw_fetch<NB>(p, &lay[0], 0, 2 * pk_gw());
 	cw2 = pkn_cw_fetch<NB>(p, &lay[0], 0, 2 * pk_gw() + 1);
@@ -447,17 +446,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 
 		/* C: the SSM step per (row, channel) */
 		{
-#pragma unroll 4
-			for (int j = threadIdx.x; j < NB * W * P; j += PK_THREADS)
-				parts[j] = __ldcg(p.part + j);
-			__syncthreads();
-			for (int j = threadIdx.x; j < NB * W; j += PK_THREADS) {
-				float s = 0.0f;
-				for (int q = 0; q < P; q++)
-					s += parts[j * P + q];
-				dbc[j] = s;
-			}
-			__syncthreads();
+			pk_sum_parts(p.part, NB * W, P, parts, dbc);
 			/* every lane of a warp takes the same number of turns */
 			for (int c0 = 0; c0 < NB * E; c0 += pk_nchan()) {
 				const int i = c0 + pk_chan0(), ok = i < NB * E;
