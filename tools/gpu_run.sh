@@ -181,8 +181,7 @@ if want sanitize || want memcheck || want racecheck; then
 		# unset; racecheck takes the batch group case by case)
 		groups="fixtures cross batch checkpoints sampling"
 		[ $tool = racecheck ] && groups="fixtures cross batch-f32-64 batch-f32-37 \
-			batch-low-64 batch-f32-3 batch-low-20 batch-low-2 batch-low-4 batch-low-3 \
-			checkpoints sampling"
+			batch-low-64 batch-f32-3 batch-low-20 batch-low-2 checkpoints sampling"
 		for g in ${SANITIZE_GROUPS:-$groups}; do
 			env $envs SSMD_CUDA_ONLY=$g timeout ${SANITIZE_TIMEOUT:-240} \
 				compute-sanitizer --tool $tool $opts --error-exitcode 9 \

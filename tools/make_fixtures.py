@@ -29,6 +29,16 @@ import torch
 import transformers
 from transformers import MambaConfig, MambaForCausalLM
 
+def d_state_fixture(d_state, seed, conv_kernel=4):
+    """A float32 fixture "state<d_state>": two layers 32 wide, biases off."""
+    return dict(name="state%d" % d_state, seed=seed, n_tokens=40,
+                dtype=torch.float32,
+                cfg=dict(vocab_size=256, hidden_size=32, num_hidden_layers=2,
+                         state_size=d_state, conv_kernel=conv_kernel, expand=2,
+                         time_step_rank=2, use_bias=False, use_conv_bias=True,
+                         tie_word_embeddings=True, layer_norm_epsilon=1e-5))
+
+
 FIXTURES = [
     # linear biases in in_proj/out_proj, separate lm_head, dt_rank "auto" (3)
     dict(name="bias-untied", seed=11, n_tokens=40, dtype=torch.float32,
@@ -56,26 +66,12 @@ FIXTURES = [
                   state_size=16, conv_kernel=4, expand=2, time_step_rank=4,
                   use_bias=False, use_conv_bias=True, residual_in_fp32=False,
                   tie_word_embeddings=True, layer_norm_epsilon=1e-5)),
-    # d_state 64: 16 states a lane in the CUDA SSM kernels (every other
-    # fixture has 16 or 8)
-    dict(name="state64", seed=15, n_tokens=40, dtype=torch.float32,
-         cfg=dict(vocab_size=256, hidden_size=32, num_hidden_layers=2,
-                  state_size=64, conv_kernel=4, expand=2, time_step_rank=2,
-                  use_bias=False, use_conv_bias=True,
-                  tie_word_embeddings=True, layer_norm_epsilon=1e-5)),
-    # d_state 4 and 32: one and eight states a lane in the CUDA SSM kernels
-    # (state4's conv is 3 wide, so its conv and SSM states differ in shape,
-    # which find_states needs)
-    dict(name="state4", seed=16, n_tokens=40, dtype=torch.float32,
-         cfg=dict(vocab_size=256, hidden_size=32, num_hidden_layers=2,
-                  state_size=4, conv_kernel=3, expand=2, time_step_rank=2,
-                  use_bias=False, use_conv_bias=True,
-                  tie_word_embeddings=True, layer_norm_epsilon=1e-5)),
-    dict(name="state32", seed=17, n_tokens=40, dtype=torch.float32,
-         cfg=dict(vocab_size=256, hidden_size=32, num_hidden_layers=2,
-                  state_size=32, conv_kernel=4, expand=2, time_step_rank=2,
-                  use_bias=False, use_conv_bias=True,
-                  tie_word_embeddings=True, layer_norm_epsilon=1e-5)),
+    # d_state 64, 4 and 32: 16, 1 and 8 states a lane in the CUDA SSM kernels
+    # (every other fixture has 16 or 8); state4's conv is 3 wide, so its conv
+    # and SSM states differ in shape, which find_states needs
+    d_state_fixture(64, seed=15),
+    d_state_fixture(4, seed=16, conv_kernel=3),
+    d_state_fixture(32, seed=17),
 ]
 
 

@@ -292,40 +292,72 @@ __device__ __forceinline__ void pk_gemv(const T *W, int m, int k, int P, const T
 	}
 }
 
-/* xs = n 16-byte pieces of src (written during this step: read through L2). */
-__device__ __forceinline__ void pk_stage(const void *src, int n, void *xs)
+/* xs[b] = the len elements of T at src + b * len, for rows b < NB (written
+ * during this step: read through L2). */
+template <typename T, int NB>
+__device__ __forceinline__ void pk_stage(const void *src, int len, T *xs)
 {
-	for (int i = threadIdx.x; i < n; i += PK_THREADS)
-		((uint4 *)xs)[i] = __ldcg((const uint4 *)src + i);
+	const int n = len * (int)sizeof(T) / 16;
+
+	/* every row's loads before any store: one wait for L2, not NB */
+	for (int j = threadIdx.x; j < n; j += PK_THREADS) {
+		uint4 v[NB];
+#pragma unroll
+		for (int b = 0; b < NB; b++)
+			v[b] = __ldcg((const uint4 *)((const T *)src + (size_t)b * len) + j);
+#pragma unroll
+		for (int b = 0; b < NB; b++)
+			((uint4 *)(xs + (size_t)b * len))[j] = v[b];
+	}
 }
 
 /*
- * The RMSNorm of v = h (written during this step) or, when emb is set, the
- * embedding row emb (the input of layer 0), in one pass: xs = v * nw in T,
- * and the returned scale rsqrt(mean(v^2) + eps) multiplies each dot product
- * afterwards (RMSNorm(v) . w = scale * ((v * nw) . w)), so no block waits
- * for the sum of squares before its weight stream. red: shared (PK_WARPS).
+ * The RMSNorm of rows b < NB of v = h (written during this step) or, when
+ * emb is set, the embedding rows of tokens[b] (the input of layer 0), in one
+ * pass: xs[b] = v_b * nw in T, and scale[b] = rsqrt(mean(v_b^2) + eps)
+ * multiplies each dot product afterwards (RMSNorm(v) . w = scale * ((v *
+ * nw) . w)), so no block waits for the sum of squares before its weight
+ * stream. red: shared (PK_WARPS * NB).
  */
-template <typename T>
-__device__ __forceinline__ float pk_stage_norm(const float *h, const T *emb, const float *nw,
-					       int D, float eps, T *xs, float *red)
+template <typename T, int NB>
+__device__ __forceinline__ void pk_stage_norm(const float *h, const T *emb, const int32_t *tokens,
+					       const float *nw, int D, float eps, T *xs,
+					       float *red, float *scale)
 {
-	float ss = 0.0f;
+	float ss[NB];
 
+#pragma unroll
+	for (int b = 0; b < NB; b++)
+		ss[b] = 0.0f;
+	/* every row's loads before any store: one wait for L2, not NB */
 	for (int i = threadIdx.x; i < D; i += PK_THREADS) {
-		const float v = emb ? to_f32(emb[i]) : __ldcg(h + i);
-		ss += v * v;
-		xs[i] = from_f32<T>(v * nw[i]);
+		const float w = nw[i];
+		float v[NB];
+#pragma unroll
+		for (int b = 0; b < NB; b++)
+			v[b] = emb ? to_f32(emb[(size_t)tokens[b] * D + i])
+				   : __ldcg(h + (size_t)b * D + i);
+#pragma unroll
+		for (int b = 0; b < NB; b++) {
+			ss[b] += v[b] * v[b];
+			xs[(size_t)b * D + i] = from_f32<T>(v[b] * w);
+		}
 	}
-	for (int o = 16; o > 0; o >>= 1)
-		ss += __shfl_xor_sync(0xffffffffu, ss, o);
-	if ((threadIdx.x & 31) == 0)
-		red[threadIdx.x >> 5] = ss;
+#pragma unroll
+	for (int b = 0; b < NB; b++) {
+		for (int o = 16; o > 0; o >>= 1)
+			ss[b] += __shfl_xor_sync(0xffffffffu, ss[b], o);
+		if ((threadIdx.x & 31) == 0)
+			red[(threadIdx.x >> 5) * NB + b] = ss[b];
+	}
 	__syncthreads();
-	ss = 0.0f;
-	for (int w = 0; w < PK_WARPS; w++)
-		ss += red[w];
-	return rsqrtf(ss / (float)D + eps);
+#pragma unroll
+	for (int b = 0; b < NB; b++) {
+		float ss = 0.0f;
+		for (int w = 0; w < PK_WARPS; w++)
+			ss += red[w * NB + b];
+		scale[b] = rsqrtf(ss / (float)D + eps);
+	}
 }
 
 /* Phase C's loads that depend on nothing of this step, for channel e of
@@ -472,51 +504,98 @@ __device__ __forceinline__ void pk_sum_parts(const float *part, int n, int P, fl
 }
 
 /*
- * The conv epilogue of phase A for channel r, on all lanes of the warp with
- * v = in_proj row r . xn: lanes j < K-1 hold the slot's conv window entry j,
- * lanes K-1 + j the conv weight j, lane 2K-1 the conv bias, lane 2K the
- * in_proj bias (cw fetched with the row, pk_cw_fetch). The ssm_conv_channel
- * formula, its sum in the same order.
+ * The conv epilogue of phase A for channel r over rows b < NB, on all lanes
+ * of the warp: the ssm_conv_channel formula, its sum in the same order. The
+ * lanes hold (pk_cw_fetch, fetched with the row) at b (K-1) + j for j < K-1
+ * the conv window entry j of row b's slot, at NB (K-1) + j the conv weight
+ * j, at NB (K-1) + K the conv bias and at NB (K-1) + K + 1 the in_proj
+ * bias: NB (K-1) + K + 2 <= 32. v[b]: in_proj row r . xn_b, scaled.
  */
+template <int NB>
 __device__ __forceinline__ float pk_cw_fetch(const pk_args &p, const cuda_layer *y, int l,
-					     int r)
+					      int r)
 {
-	const int lane = threadIdx.x & 31, K = p.K, slot = p.slots[0];
+	const int lane = threadIdx.x & 31, K = p.K, base = NB * (K - 1);
 
 	if (r >= p.E)
 		return 0.0f;
-	if (lane < K - 1)
+	if (lane < base) {
+		const int b = lane / (K - 1), j = lane - b * (K - 1), slot = p.slots[b];
 		return slot >= 0 ? p.pool[(size_t)slot * p.state_floats + p.off_conv +
-					  ((size_t)l * p.E + r) * (K - 1) + lane]
+					  ((size_t)l * p.E + r) * (K - 1) + j]
 				 : 0.0f;
-	if (lane < 2 * K - 1)
-		return y->conv_w[(size_t)r * K + lane - (K - 1)];
-	if (lane == 2 * K - 1)
+	}
+	if (lane < base + K)
+		return y->conv_w[(size_t)r * K + lane - base];
+	if (lane == base + K)
 		return y->conv_b ? y->conv_b[r] : 0.0f;
-	if (lane == 2 * K)
+	if (lane == base + K + 1)
 		return y->in_b ? y->in_b[r] : 0.0f;
 	return 0.0f;
 }
 
-template <typename T>
-__device__ __forceinline__ void pk_conv_epi(const pk_args &p, int l, int r, float v, float cw)
+template <typename T, int NB>
+__device__ __forceinline__ void pk_conv_epi(const pk_args &p, int l, int r, const float *v,
+					     float cw)
 {
-	const int lane = threadIdx.x & 31, K = p.K, slot = p.slots[0];
-	const float x = v + __shfl_sync(0xffffffffu, cw, 2 * K);
-	float acc = __shfl_sync(0xffffffffu, cw, 2 * K - 1);
-
-	for (int j = 0; j < K - 1; j++)
-		acc += __shfl_sync(0xffffffffu, cw, K - 1 + j) * __shfl_sync(0xffffffffu, cw, j);
-	acc += __shfl_sync(0xffffffffu, cw, 2 * K - 2) * x;
+	const int lane = threadIdx.x & 31, K = p.K, base = NB * (K - 1), E = p.E;
+	const float inb = __shfl_sync(0xffffffffu, cw, base + K + 1);
+	const float cb = __shfl_sync(0xffffffffu, cw, base + K);
 	/* the window shifts by one: entry j takes entry j + 1, the last x */
 	const float next = __shfl_down_sync(0xffffffffu, cw, 1);
-	if (slot >= 0 && lane < K - 1)
-		p.pool[(size_t)slot * p.state_floats + p.off_conv +
-		       ((size_t)l * p.E + r) * (K - 1) + lane] = lane < K - 2 ? next : x;
-	if (lane == 0) {
-		const float o = silu(acc);
-		p.xc[r] = o;
-		((T *)p.xcT)[r] = from_f32<T>(o);
+	const int mb = lane / (K - 1), mj = lane - mb * (K - 1);
+	float mine = 0.0f;
+
+#pragma unroll
+	for (int b = 0; b < NB; b++) {
+		const float x = v[b] + inb;
+		float acc = cb;
+		for (int j = 0; j < K - 1; j++)
+			acc += __shfl_sync(0xffffffffu, cw, base + j) *
+			       __shfl_sync(0xffffffffu, cw, b * (K - 1) + j);
+		acc += __shfl_sync(0xffffffffu, cw, base + K - 1) * x;
+		if (mb == b)
+			mine = x;
+		if (lane == b) {
+			const float o = silu(acc);
+			p.xc[(size_t)b * E + r] = o;
+			((T *)p.xcT)[(size_t)b * E + r] = from_f32<T>(o);
+		}
+	}
+	if (lane < base && p.slots[mb] >= 0)
+		p.pool[(size_t)p.slots[mb] * p.state_floats + p.off_conv +
+		       ((size_t)l * E + r) * (K - 1) + mj] = mj < K - 2 ? next : mine;
+}
+
+/* Phase D's per-row inputs for out_proj row r, on lanes: lane b the
+ * residual of row b (h, or the embedding at layer 0), lane NB the bias. */
+template <typename T, int NB>
+__device__ __forceinline__ float pk_res_fetch(const pk_args &p, const cuda_layer *y, int l,
+					       int r)
+{
+	const int lane = threadIdx.x & 31;
+
+	if (r >= p.D)
+		return 0.0f;
+	if (lane < NB)
+		return l ? p.h[(size_t)lane * p.D + r]
+			 : to_f32(((const T *)p.embed)[(size_t)p.tokens[lane] * p.D + r]);
+	if (lane == NB && y->out_b)
+		return y->out_b[r];
+	return 0.0f;
+}
+
+/* Block 0 keeps each row's hidden vector (h, rows b < NB) in the row's slot. */
+template <int NB>
+__device__ __forceinline__ void pk_keep_hidden(const pk_args &p)
+{
+	if (blockIdx.x != 0)
+		return;
+	for (int i = threadIdx.x; i < NB * p.D; i += PK_THREADS) {
+		const int b = i / p.D;
+		if (p.slots[b] >= 0)
+			p.pool[(size_t)p.slots[b] * p.state_floats + p.off_hidden + i - b * p.D] =
+				__ldcg(p.h + i);
 	}
 }
 
@@ -534,9 +613,8 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 	float *parts = (float *)area;     /* phase C: x_proj parts (W, P) */
 	const int D = p.D, E = p.E, W = p.W, P = p.P, G = gridDim.x, lane = threadIdx.x & 31;
 	float *dbc = parts + W * P;       /* phase C: dt_low | B | C (W) */
-	const T *emb = (const T *)p.embed + (size_t)p.tokens[0] * D;
 	uint4 cur[PF];
-	float cw = 0.0f, scale;
+	float cw = 0.0f, scale[1];
 	unsigned long long target;
 	pk_chan<T, NPL> ch;
 
@@ -545,22 +623,23 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 	pk_fetch<T, PF>((const T *)p.layers[0].in_w, 2 * E, D, 1, pk_gw(), 0, cur);
 	pk_load_layers(p, pk_smem);
 	__syncthreads();
-	cw = pk_cw_fetch(p, &lay[0], 0, pk_gw());
+	cw = pk_cw_fetch<1>(p, &lay[0], 0, pk_gw());
 	target = base;
 	PK_MARK(0);
 	for (int l = 0; l < p.n_layer; l++) {
 		const cuda_layer *y = &lay[l];
 
 		/* A: norm . in_proj, the conv step on x rows */
-		scale = pk_stage_norm<T>(p.h, l ? NULL : emb, y->norm, D, p.eps, xs, red);
+		pk_stage_norm<T, 1>(p.h, l ? NULL : (const T *)p.embed, p.tokens, y->norm, D,
+				    p.eps, xs, red, scale);
 		pk_gemv<T, PF>((const T *)y->in_w, 2 * E, D, 1, xs, cur,
 			       [&](int r, int, float v) {
-				       v *= scale;
+				       v *= scale[0];
 				       if (lane == 0)
 					       p.xz[r] = v;
 				       if (r < E)
-					       pk_conv_epi<T>(p, l, r, v, cw);
-				       cw = pk_cw_fetch(p, y, l, r + pk_nw());
+					       pk_conv_epi<T, 1>(p, l, r, &v, cw);
+				       cw = pk_cw_fetch<1>(p, y, l, r + pk_nw());
 			       });
 		PK_MARK(l * 8 + 1);
 		pk_arrive(p.bar);
@@ -569,7 +648,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 		PK_MARK(l * 8 + 2);
 
 		/* B: x_proj in parts */
-		pk_stage(p.xcT, E * (int)sizeof(T) / 16, xs);
+		pk_stage<T, 1>(p.xcT, E, xs);
 		__syncthreads();
 		pk_gemv<T, PF>((const T *)y->x_w, W, E, P, xs, cur, [&](int r, int part, float v) {
 			if (lane == 0)
@@ -600,32 +679,20 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 		PK_MARK(l * 8 + 5);
 		pk_arrive(p.bar);
 		pk_fetch<T, PF>((const T *)y->out_w, D, E, 1, pk_gw(), 0, cur);
-		{
-			/* lane 0 of a row's warp: the residual input, lane 1: the bias */
-			const int r = pk_gw();
-			cw = 0.0f;
-			if (r < D && lane == 0)
-				cw = l ? p.h[r] : to_f32(emb[r]);
-			if (r < D && lane == 1 && y->out_b)
-				cw = y->out_b[r];
-		}
+		/* lane 0 of a row's warp: the residual input, lane 1: the bias */
+		cw = pk_res_fetch<T, 1>(p, y, l, pk_gw());
 		pk_wait(p.bar, target += G);
 		PK_MARK(l * 8 + 6);
 
 		/* D: out_proj + residual */
-		pk_stage(p.yT, E * (int)sizeof(T) / 16, xs);
+		pk_stage<T, 1>(p.yT, E, xs);
 		__syncthreads();
 		pk_gemv<T, PF>((const T *)y->out_w, D, E, 1, xs, cur, [&](int r, int, float v) {
 			const float hin = __shfl_sync(0xffffffffu, cw, 0);
 			const float b = __shfl_sync(0xffffffffu, cw, 1);
 			if (lane == 0)
 				p.h[r] = (v + hin) + b;
-			const int rn = r + pk_nw();
-			cw = 0.0f;
-			if (rn < D && lane == 0)
-				cw = l ? p.h[rn] : to_f32(emb[rn]);
-			if (rn < D && lane == 1 && y->out_b)
-				cw = y->out_b[rn];
+			cw = pk_res_fetch<T, 1>(p, y, l, r + pk_nw());
 		});
 		PK_MARK(l * 8 + 7);
 		pk_arrive(p.bar);
@@ -633,7 +700,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 			pk_fetch<T, PF>((const T *)y[1].in_w, 2 * E, D, 1, pk_gw(), 0, cur);
 			if (threadIdx.x == 0)
 				pk_l2(y[1].norm, (size_t)D * sizeof(float));
-			cw = pk_cw_fetch(p, &y[1], l + 1, pk_gw());
+			cw = pk_cw_fetch<1>(p, &y[1], l + 1, pk_gw());
 		} else {
 			pk_fetch<T, PF>((const T *)p.lm_head, p.V, D, 1, pk_gw(), 0, cur);
 			if (threadIdx.x == 0)
@@ -644,14 +711,11 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 	}
 
 	/* the final norm . lm_head; block 0 keeps the hidden vector in the slot */
-	if (blockIdx.x == 0 && p.slots[0] >= 0)
-		for (int i = threadIdx.x; i < D; i += PK_THREADS)
-			p.pool[(size_t)p.slots[0] * p.state_floats + p.off_hidden + i] =
-				__ldcg(p.h + i);
-	scale = pk_stage_norm<T>(p.h, NULL, p.norm_f, D, p.eps, xs, red);
+	pk_keep_hidden<1>(p);
+	pk_stage_norm<T, 1>(p.h, NULL, p.tokens, p.norm_f, D, p.eps, xs, red, scale);
 	pk_gemv<T, PF>((const T *)p.lm_head, p.V, D, 1, xs, cur, [&](int r, int, float v) {
 		if (lane == 0)
-			p.logits[r] = v * scale;
+			p.logits[r] = v * scale[0];
 	});
 	__syncthreads();
 	PK_MARK(p.n_layer * 8 + 1);

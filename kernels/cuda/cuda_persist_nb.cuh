@@ -212,151 +212,6 @@ __device__ __forceinline__ void pkn_gemv(const T *W, int m, int k, int P, const 
 	}
 }
 
-/* xs[b] = n 16-byte pieces of src + b * ld (elements of T) for NB rows
- * (written during this step: read through L2). */
-template <typename T, int NB>
-__device__ __forceinline__ void pkn_stage(const void *src, int len, T *xs)
-{
-	const int n = len * (int)sizeof(T) / 16;
-
-	/* every row's loads before any store: one wait for L2, not NB */
-	for (int j = threadIdx.x; j < n; j += PK_THREADS) {
-		uint4 v[NB];
-#pragma unroll
-		for (int b = 0; b < NB; b++)
-			v[b] = __ldcg((const uint4 *)((const T *)src + (size_t)b * len) + j);
-#pragma unroll
-		for (int b = 0; b < NB; b++)
-			((uint4 *)(xs + (size_t)b * len))[j] = v[b];
-	}
-}
-
-/*
- * pk_stage_norm for NB rows: xs[b] = v_b * nw in T, scale[b] = rsqrt(mean
- * (v_b^2) + eps), v_b = h row b or, when emb is set, the embedding row of
- * tokens[b]. red: shared (PK_WARPS * NB).
- */
-template <typename T, int NB>
-__device__ __forceinline__ void pkn_stage_norm(const float *h, const T *emb, const int32_t *tokens,
-					       const float *nw, int D, float eps, T *xs,
-					       float *red, float *scale)
-{
-	float ss[NB];
-
-#pragma unroll
-	for (int b = 0; b < NB; b++)
-		ss[b] = 0.0f;
-	/* every row's loads before any store: one wait for L2, not NB */
-	for (int i = threadIdx.x; i < D; i += PK_THREADS) {
-		const float w = nw[i];
-		float v[NB];
-#pragma unroll
-		for (int b = 0; b < NB; b++)
-			v[b] = emb ? to_f32(emb[(size_t)tokens[b] * D + i])
-				   : __ldcg(h + (size_t)b * D + i);
-#pragma unroll
-		for (int b = 0; b < NB; b++) {
-			ss[b] += v[b] * v[b];
-			xs[(size_t)b * D + i] = from_f32<T>(v[b] * w);
-		}
-	}
-#pragma unroll
-	for (int b = 0; b < NB; b++) {
-		for (int o = 16; o > 0; o >>= 1)
-			ss[b] += __shfl_xor_sync(0xffffffffu, ss[b], o);
-		if ((threadIdx.x & 31) == 0)
-			red[(threadIdx.x >> 5) * NB + b] = ss[b];
-	}
-	__syncthreads();
-#pragma unroll
-	for (int b = 0; b < NB; b++) {
-		float ss = 0.0f;
-		for (int w = 0; w < PK_WARPS; w++)
-			ss += red[w * NB + b];
-		scale[b] = rsqrtf(ss / (float)D + eps);
-	}
-}
-
-/*
- * The conv epilogue for channel r over NB rows. Lanes hold (pkn_cw_fetch):
- * b (K-1) + j for j < K-1 the conv window entry j of row b's slot, then
- * NB (K-1) + j the conv weight j, NB (K-1) + K the conv bias, NB (K-1) +
- * K + 1 the in_proj bias. v[b]: in_proj row r . xn_b, scaled.
- */
-template <int NB>
-__device__ __forceinline__ float pkn_cw_fetch(const pk_args &p, const cuda_layer *y, int l,
-					      int r)
-{
-	const int lane = threadIdx.x & 31, K = p.K, base = NB * (K - 1);
-
-	if (r >= p.E)
-		return 0.0f;
-	if (lane < base) {
-		const int b = lane / (K - 1), j = lane - b * (K - 1), slot = p.slots[b];
-		return slot >= 0 ? p.pool[(size_t)slot * p.state_floats + p.off_conv +
-					  ((size_t)l * p.E + r) * (K - 1) + j]
-				 : 0.0f;
-	}
-	if (lane < base + K)
-		return y->conv_w[(size_t)r * K + lane - base];
-	if (lane == base + K)
-		return y->conv_b ? y->conv_b[r] : 0.0f;
-	if (lane == base + K + 1)
-		return y->in_b ? y->in_b[r] : 0.0f;
-	return 0.0f;
-}
-
-template <typename T, int NB>
-__device__ __forceinline__ void pkn_conv_epi(const pk_args &p, int l, int r, const float *v,
-					     float cw)
-{
-	const int lane = threadIdx.x & 31, K = p.K, base = NB * (K - 1), E = p.E;
-	const float inb = __shfl_sync(0xffffffffu, cw, base + K + 1);
-	const float cb = __shfl_sync(0xffffffffu, cw, base + K);
-	/* the window shifts by one: entry j takes entry j + 1, the last x */
-	const float next = __shfl_down_sync(0xffffffffu, cw, 1);
-	const int mb = lane / (K - 1), mj = lane - mb * (K - 1);
-	float mine = 0.0f;
-
-#pragma unroll
-	for (int b = 0; b < NB; b++) {
-		const float x = v[b] + inb;
-		float acc = cb;
-		for (int j = 0; j < K - 1; j++)
-			acc += __shfl_sync(0xffffffffu, cw, base + j) *
-			       __shfl_sync(0xffffffffu, cw, b * (K - 1) + j);
-		acc += __shfl_sync(0xffffffffu, cw, base + K - 1) * x;
-		if (mb == b)
-			mine = x;
-		if (lane == b) {
-			const float o = silu(acc);
-			p.xc[(size_t)b * E + r] = o;
-			((T *)p.xcT)[(size_t)b * E + r] = from_f32<T>(o);
-		}
-	}
-	if (lane < base && p.slots[mb] >= 0)
-		p.pool[(size_t)p.slots[mb] * p.state_floats + p.off_conv +
-		       ((size_t)l * E + r) * (K - 1) + mj] = mj < K - 2 ? next : mine;
-}
-
-/* Phase D's per-row inputs for out_proj row r, on lanes: lane b the
- * residual of row b (h, or the embedding at layer 0), lane NB the bias. */
-template <typename T, int NB>
-__device__ __forceinline__ float pkn_res_fetch(const pk_args &p, const cuda_layer *y, int l,
-					       int r)
-{
-	const int lane = threadIdx.x & 31;
-
-	if (r >= p.D)
-		return 0.0f;
-	if (lane < NB)
-		return l ? p.h[(size_t)lane * p.D + r]
-			 : to_f32(((const T *)p.embed)[(size_t)p.tokens[lane] * p.D + r]);
-	if (lane == NB && y->out_b)
-		return y->out_b[r];
-	return 0.0f;
-}
-
 /* The whole decode step over NB rows (d_state 16: 4 states a lane). grid
  * (G) cooperative, block PK_THREADS, dynamic shared memory
  * pkn_smem_bytes(). */
@@ -387,15 +242,15 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 	pkn_fetch<T, PF>((const T *)p.layers[0].in_w, 2 * E, D, 1, pk_gw(), 0, cur);
 	pk_load_layers(p, pk_smem);
 	__syncthreads();
-	cw = pkn_cw_fetch<NB>(p, &lay[0], 0, 2 * pk_gw());
-	cw2 = pkn_cw_fetch<NB>(p, &lay[0], 0, 2 * pk_gw() + 1);
+	cw = pk_cw_fetch<NB>(p, &lay[0], 0, 2 * pk_gw());
+	cw2 = pk_cw_fetch<NB>(p, &lay[0], 0, 2 * pk_gw() + 1);
 	target = base;
 	PK_MARK(0);
 	for (int l = 0; l < p.n_layer; l++) {
 		const cuda_layer *y = &lay[l];
 
 		/* A: norm . in_proj, the conv step on x rows */
-		pkn_stage_norm<T, NB>(p.h, l ? NULL : (const T *)p.embed, p.tokens, y->norm, D,
+		pk_stage_norm<T, NB>(p.h, l ? NULL : (const T *)p.embed, p.tokens, y->norm, D,
 				      p.eps, xs, red, scale);
 #pragma unroll
 		for (int b = 0; b < NB; b++)
@@ -414,11 +269,11 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 						    v1[b] = __shfl_sync(0xffffffffu, v, (NB + b) * SPAN);
 					    }
 					    if (r < E)
-						    pkn_conv_epi<T, NB>(p, l, r, v0, cw);
+						    pk_conv_epi<T, NB>(p, l, r, v0, cw);
 					    if (r + 1 < E)
-						    pkn_conv_epi<T, NB>(p, l, r + 1, v1, cw2);
-					    cw = pkn_cw_fetch<NB>(p, y, l, r + 2 * pk_nw());
-					    cw2 = pkn_cw_fetch<NB>(p, y, l, r + 1 + 2 * pk_nw());
+						    pk_conv_epi<T, NB>(p, l, r + 1, v1, cw2);
+					    cw = pk_cw_fetch<NB>(p, y, l, r + 2 * pk_nw());
+					    cw2 = pk_cw_fetch<NB>(p, y, l, r + 1 + 2 * pk_nw());
 				    });
 		PK_MARK(l * 8 + 1);
 		pk_arrive(p.bar);
@@ -427,7 +282,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 		PK_MARK(l * 8 + 2);
 
 		/* B: x_proj in parts */
-		pkn_stage<T, NB>(p.xcT, E, xs);
+		pk_stage<T, NB>(p.xcT, E, xs);
 		__syncthreads();
 		pkn_gemv<T, PF, NB>((const T *)y->x_w, W, E, P, xs, E, cur,
 				    [&](int r, int part, float v) {
@@ -461,13 +316,13 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 		PK_MARK(l * 8 + 5);
 		pk_arrive(p.bar);
 		pkn_fetch<T, PF>((const T *)y->out_w, D, E, 1, pk_gw(), 0, cur);
-		cw = pkn_res_fetch<T, NB>(p, y, l, 2 * pk_gw());
-		cw2 = pkn_res_fetch<T, NB>(p, y, l, 2 * pk_gw() + 1);
+		cw = pk_res_fetch<T, NB>(p, y, l, 2 * pk_gw());
+		cw2 = pk_res_fetch<T, NB>(p, y, l, 2 * pk_gw() + 1);
 		pk_wait(p.bar, target += G);
 		PK_MARK(l * 8 + 6);
 
 		/* D: out_proj + residual */
-		pkn_stage<T, NB>(p.yT, E, xs);
+		pk_stage<T, NB>(p.yT, E, xs);
 		__syncthreads();
 		pkn_gemv<T, PF, NB>((const T *)y->out_w, D, E, 1, xs, E, cur,
 				    [&](int r, int, float v) {
@@ -478,8 +333,8 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 					    if (store && r + dr < D)
 						    p.h[(size_t)rb * D + r + dr] =
 							    (v + (dr ? h1 : h0)) + (dr ? b1 : b0);
-					    cw = pkn_res_fetch<T, NB>(p, y, l, r + 2 * pk_nw());
-					    cw2 = pkn_res_fetch<T, NB>(p, y, l, r + 1 + 2 * pk_nw());
+					    cw = pk_res_fetch<T, NB>(p, y, l, r + 2 * pk_nw());
+					    cw2 = pk_res_fetch<T, NB>(p, y, l, r + 1 + 2 * pk_nw());
 				    });
 		PK_MARK(l * 8 + 7);
 		pk_arrive(p.bar);
@@ -487,8 +342,8 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 			pkn_fetch<T, PF>((const T *)y[1].in_w, 2 * E, D, 1, pk_gw(), 0, cur);
 			if (threadIdx.x == 0)
 				pk_l2(y[1].norm, (size_t)D * sizeof(float));
-			cw = pkn_cw_fetch<NB>(p, &y[1], l + 1, 2 * pk_gw());
-			cw2 = pkn_cw_fetch<NB>(p, &y[1], l + 1, 2 * pk_gw() + 1);
+			cw = pk_cw_fetch<NB>(p, &y[1], l + 1, 2 * pk_gw());
+			cw2 = pk_cw_fetch<NB>(p, &y[1], l + 1, 2 * pk_gw() + 1);
 		} else {
 			pkn_fetch<T, PF>((const T *)p.lm_head, p.V, D, 1, pk_gw(), 0, cur);
 			if (threadIdx.x == 0)
@@ -499,14 +354,8 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 	}
 
 	/* the final norm . lm_head; block 0 keeps each row's hidden vector */
-	if (blockIdx.x == 0)
-		for (int i = threadIdx.x; i < NB * D; i += PK_THREADS) {
-			const int b = i / D;
-			if (p.slots[b] >= 0)
-				p.pool[(size_t)p.slots[b] * p.state_floats + p.off_hidden + i - b * D] =
-					__ldcg(p.h + i);
-		}
-	pkn_stage_norm<T, NB>(p.h, NULL, p.tokens, p.norm_f, D, p.eps, xs, red, scale);
+	pk_keep_hidden<NB>(p);
+	pk_stage_norm<T, NB>(p.h, NULL, p.tokens, p.norm_f, D, p.eps, xs, red, scale);
 #pragma unroll
 	for (int b = 0; b < NB; b++)
 		if (rb == b)
