@@ -518,19 +518,19 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 		 * from zero is never needed) and leaves softplus'd dt there */
 #define SCAN(npl)                                                             \
 	do {                                                                  \
-		if (smem3 > 48 * 1024)                                        \
+		if (scan_smem_optin(smem3))                                   \
 			CUDA_TRY(cudaFuncSetAttribute(                        \
 				ssmk_scan<T, npl, false>,                     \
 				cudaFuncAttributeMaxDynamicSharedMemorySize,  \
 				(int)smem3));                                 \
-		if (smem1 > 48 * 1024)                                        \
+		if (scan_smem_optin(smem1))                                   \
 			CUDA_TRY(cudaFuncSetAttribute(                        \
 				ssmk_scan<T, npl, true>,                      \
 				cudaFuncAttributeMaxDynamicSharedMemorySize,  \
 				(int)smem1));                                 \
 		if (nseg > 1) {                                               \
 			ssmk_scan<T, npl, true><<<dim3(cdiv(E, SSM_CH_PER_BLOCK), nseg - 1), \
-					       128, smem1, s>>>(               \
+					       SCAN_THREADS, smem1, s>>>(      \
 				a->dtr, y->dt_b, 0, a->dbc, R, a->xc, a->xz,  \
 				y->in_b, y->A, y->Dp, NULL, NULL, 0, 0,       \
 				a->seg_h, a->seg_dt, NULL, NULL, E, L,        \
@@ -544,7 +544,7 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 		}                                                             \
 		split_mark(cb, SSM_CUDA_SCAN1);                               \
 		ssmk_scan<T, npl, false><<<dim3(cdiv(E, SSM_CH_PER_BLOCK), nseg), \
-					128, smem3, s>>>(                      \
+					SCAN_THREADS, smem3, s>>>(             \
 			a->dtr, y->dt_b, nseg - 1, a->dbc, R, a->xc, a->xz,   \
 			y->in_b, y->A, y->Dp,                                 \
 			nseg > 1 ? a->start_h : base + ssm_off,               \

@@ -66,6 +66,15 @@ __device__ __forceinline__ float softplus(float v)
 	return v > 20.0f ? v : log1pf(expf(v));
 }
 
+/* 2^v with the special-function unit (ex2.approx.ftz: 2 ulp, what __expf
+ * uses after its own multiply by log2(e)). */
+__device__ __forceinline__ float ex2_approx(float v)
+{
+	float r;
+	asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
+	return r;
+}
+
 /* The prefill's variants (conv output, scan gate and dt), fewer
  * instructions for these per-(token, channel) functions: __expf (ex2.approx
  * after a multiply by log2 e; at most 2 + floor(|1.173 v|) ulp, so ~3e-6
@@ -75,24 +84,31 @@ __device__ __forceinline__ float softplus(float v)
  * overflows, as silu does. */
 __device__ __forceinline__ float silu_fast(float v)
 {
-	return __fdividef(v, 1.0f + __expf(-v));
+	/* __expf(-v) without its range fix-up for denormal results, which
+	 * cannot change 1 + u */
+	return __fdividef(v, 1.0f + ex2_approx(v * -1.4426950408889634f));
 }
 
-/* softplus with log1p(u) of u = __expf(v) without log1pf's ~40
- * instructions (the threshold 20 as softplus's): below 1/2 as
- * 2 atanh(s), s = u / (2 + u) <= 1/5, to s^9 (truncation < 6e-8 relative),
- * above it as __logf(1 + u) (lg2.approx: < 2.4e-7 absolute, log(1 + u) >
- * 0.4 there). */
+/* softplus(v) = max(v, 0) + log1p(u), u = exp(-|v|) in (0, 1], without
+ * log1pf's ~40 instructions or a branch (lanes of a warp take either side of
+ * any threshold): log1p(u) = 2 atanh(s), s = u / (2 + u) <= 1/3, by its
+ * series to s^15 (truncation < 1.5e-8 relative). For v > 20 the log1p term
+ * is below half an ulp of v, so the result is v, as softplus's threshold
+ * gives. ex2.approx and __fdividef: ~2 ulp each; u is flushed to 0 below
+ * 2^-126, so softplus(v) is 0 for v below about -87. */
 __device__ __forceinline__ float softplus_fast(float v)
 {
-	if (v > 20.0f)
-		return v;
-	const float u = __expf(v);
-	if (u > 0.5f)
-		return __logf(1.0f + u);
+	const float u = ex2_approx(fabsf(v) * -1.4426950408889634f);
 	const float s = __fdividef(u, 2.0f + u), s2 = s * s;
-	return 2.0f * s *
-	       (1.0f + s2 * (1.0f / 3 + s2 * (1.0f / 5 + s2 * (1.0f / 7 + s2 * (1.0f / 9)))));
+	float p = 2.0f / 15;
+	p = fmaf(p, s2, 2.0f / 13);
+	p = fmaf(p, s2, 2.0f / 11);
+	p = fmaf(p, s2, 2.0f / 9);
+	p = fmaf(p, s2, 2.0f / 7);
+	p = fmaf(p, s2, 2.0f / 5);
+	p = fmaf(p, s2, 2.0f / 3);
+	p = fmaf(p, s2, 2.0f);
+	return fmaf(s, p, fmaxf(v, 0.0f));
 }
 
 /* dst[0..4) = v in T, as one store (dst aligned to 4 sizeof(T)) */
@@ -735,15 +751,6 @@ template <int n> __device__ __forceinline__ void lds_vec(float *dst, const float
 	}
 }
 
-/* 2^v with the special-function unit (ex2.approx.ftz: 2 ulp, what __expf
- * uses after its own multiply by log2(e)). */
-__device__ __forceinline__ float ex2_approx(float v)
-{
-	float r;
-	asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
-	return r;
-}
-
 /*
  * Prefill selective scan over a chunk of L tokens, parallel over channels and
  * over time. Per token t and channel e:
@@ -773,18 +780,19 @@ __device__ __forceinline__ float ex2_approx(float v)
  * The block's 32 channels walk a segment in tiles of SCAN_TILE tokens, double
  * buffered in shared memory: while the recurrence runs on tile i, cp.async
  * brings tile i+1 (dt, x, B | C) in. exp(dt A) is one ex2 of dt * (A log2 e).
- * In pass 3 each channel's y = C.h (reduced over its 4 lanes) goes to s_y;
- * the block then applies D x and SiLU(z) and stores the tile's y with
- * coalesced writes. z goes straight to registers (each thread's share of
- * the tile, loaded as the tile starts, used after its recurrence): kept out
- * of shared memory, pass 3 fits 7 blocks an SM instead of 6 (H200: pass 3
- * 4.73 -> 4.38 ms of a 1.4b 2k prefill).
- * grid (ceil(E/32), nseg or nseg-1), block 128, shared memory
+ * In pass 3 the channel's 4 lanes sum y = C.h of four tokens at a time with
+ * one reduce-scatter, which leaves lane g token g's y; that lane applies D x
+ * and SiLU(z) and stores it. Its z arrive in registers, loaded as the tile
+ * starts. Tile copies and softplus entries have per-thread offsets fixed at
+ * compile time (H200, 1.4b 2k prefill: the passes ran 45 and 59 instructions
+ * a warp and token, a third of them address arithmetic and the epilogue).
+ * grid (ceil(E/32), nseg or nseg-1), block SCAN_THREADS, shared memory
  * scan_smem_bytes(N, LOCAL).
  */
 #define SCAN_TILE 32
 #define SCAN_SEG 64 /* tokens per segment (the backend's default) */
-#define SCAN_CK_MAX 64 /* checkpoints per call at most (<= the block's 128 threads) */
+#define SCAN_THREADS 128 /* the block */
+#define SCAN_CK_MAX 64 /* checkpoints per call at most (<= SCAN_THREADS) */
 
 /* floats of one tile buffer: dt, x (SCAN_TILE, 32) | B[|C] (SCAN_TILE, N or
  * 2N) */
@@ -793,15 +801,17 @@ static inline __host__ __device__ int scan_buf_floats(int N, bool local)
 	return SCAN_TILE * (2 * SSM_CH_PER_BLOCK + (local ? N : 2 * N));
 }
 
-/* pass 3's y rows in shared memory: 40 floats apart, so the 4 lanes of a
- * channel storing 4 tokens' y hit 4 different banks (8g + channel) */
-#define SCAN_YLD 40
-
-/* two tile buffers, and pass 3's y (SCAN_TILE, SCAN_YLD) */
+/* the two tile buffers */
 static inline size_t scan_smem_bytes(int N, bool local)
 {
-	return sizeof(float) * (2 * scan_buf_floats(N, local) +
-				(local ? 0 : SCAN_TILE * SCAN_YLD));
+	return sizeof(float) * 2 * scan_buf_floats(N, local);
+}
+
+/* whether dynamic shared memory of this size, with the kernel's static
+ * checkpoint list, needs the opt-in beyond 48 KB */
+static inline bool scan_smem_optin(size_t bytes)
+{
+	return bytes + sizeof(int) * SCAN_CK_MAX > 48 * 1024;
 }
 
 /* p[k] (k < 4): this lane's parts of token k's C.h; returns the whole sum
@@ -819,8 +829,24 @@ __device__ __forceinline__ float reduce_scatter4(const float *p, int g)
 	return (hi1 ? b : a) + __shfl_xor_sync(0xffffffffu, hi1 ? a : b, 1);
 }
 
+/* A full tile's copies (SCAN_TILE rows of NC floats, NC a multiple of 4,
+ * row stride ld, src 16-byte aligned): copy c of the block's 128 threads is
+ * row c / (NC/4), piece c % (NC/4), so a thread's offsets need no division
+ * at run time. */
+template <int NC>
+__device__ __forceinline__ void tile_load_full(float *dst, const float *src, size_t ld)
+{
+	constexpr int NQ = NC / 4, COPIES = SCAN_TILE * NQ;
+#pragma unroll
+	for (int k = 0; k < (COPIES + SCAN_THREADS - 1) / SCAN_THREADS; k++) {
+		const int c = threadIdx.x + SCAN_THREADS * k;
+		if (COPIES % SCAN_THREADS == 0 || c < COPIES)
+			cp_async16(dst + 4 * c, src + (size_t)(c / NQ) * ld + 4 * (c % NQ), true);
+	}
+}
+
 template <typename T, int NPL, bool LOCAL>
-__global__ void __launch_bounds__(128)
+__global__ void __launch_bounds__(SCAN_THREADS)
 ssmk_scan(float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
        const float *xc, const float *xz, const float *in_b, const float *A,
        const float *Dp, const float *start_h, const float *start_d,
@@ -835,14 +861,13 @@ ssmk_scan(float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
 	const int NBC = LOCAL ? N : 2 * N; /* B (and C) floats per token */
 	const int BUF = scan_buf_floats(N, LOCAL);
 	extern __shared__ __align__(16) float smem[];
-	float *s_y = smem + 2 * BUF; /* (SCAN_TILE, SCAN_YLD) pass 3: C.h */
 	const int e0 = blockIdx.x * CB;
 	const int ch = threadIdx.x / SSM_LANES;
 	const int g = threadIdx.x & (SSM_LANES - 1);
 	const int e = e0 + ch;
 	const bool valid = e < E;
 	const int ec = valid ? e : E - 1;
-	/* the channel this thread loads, transforms and stores (blockDim % CB == 0) */
+	/* the channel of this thread's softplus entries (SCAN_THREADS % CB == 0) */
 	const int cl = threadIdx.x % CB;
 	const int ecl = e0 + cl < E ? e0 + cl : E - 1;
 	const int seg = blockIdx.y;
@@ -851,6 +876,8 @@ ssmk_scan(float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
 	const bool last = te == L;
 	const bool raw = LOCAL || seg >= seg_raw;
 	const bool vec_x = E % 4 == 0, vec_bc = R % 4 == 0;
+	/* whole tiles of this block load through tile_load_full */
+	const bool full_ok = vec_x && vec_bc && e0 + CB <= E;
 	const float LOG2E = 1.4426950408889634f;
 
 	float h[NPL], a[NPL], dsum = 0.0f;
@@ -862,9 +889,10 @@ ssmk_scan(float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
 	}
 	if (!LOCAL)
 		dsum = start_d[seg * start_stride_d + ec];
-	const float dskip = Dp[ecl];
 	const float dtb = dt_b[ecl];
-	const float zb = in_b ? in_b[E + ecl] : 0.0f;
+	/* pass 3's gate, for this lane's own channel */
+	const float dskip = LOCAL ? 0.0f : Dp[ec];
+	const float zb = !LOCAL && in_b ? in_b[E + ec] : 0.0f;
 	/* checkpoint k is the first after ts (the positions ascend) */
 	__shared__ int s_ck[SCAN_CK_MAX];
 	int k = 0, next_ck = -1;
@@ -877,11 +905,18 @@ ssmk_scan(float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
 			const int t1 = ts + (i + 1) * SCAN_TILE;
 			const int n1 = te - t1 < SCAN_TILE ? te - t1 : SCAN_TILE;
 			float *b = smem + ((i + 1) & 1) * BUF;
-			tile_load(b, dtr + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
-			tile_load(b + SCAN_TILE * CB, xc + (size_t)t1 * E, E, n1, e0, CB, E,
-				  vec_x);
-			tile_load(b + 2 * SCAN_TILE * CB, dbc + (size_t)t1 * W + R, W, n1, 0,
-				  NBC, NBC, vec_bc);
+			if (full_ok && n1 == SCAN_TILE) {
+				tile_load_full<CB>(b, dtr + (size_t)t1 * E + e0, E);
+				tile_load_full<CB>(b + SCAN_TILE * CB, xc + (size_t)t1 * E + e0, E);
+				tile_load_full<NBC>(b + 2 * SCAN_TILE * CB, dbc + (size_t)t1 * W + R,
+						    W);
+			} else {
+				tile_load(b, dtr + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
+				tile_load(b + SCAN_TILE * CB, xc + (size_t)t1 * E, E, n1, e0, CB,
+					  E, vec_x);
+				tile_load(b + 2 * SCAN_TILE * CB, dbc + (size_t)t1 * W + R, W, n1,
+					  0, NBC, NBC, vec_bc);
+			}
 		}
 		cp_async_commit();
 		if (i < 0) {
@@ -905,25 +940,32 @@ ssmk_scan(float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
 		float *s_dt = smem + (i & 1) * BUF; /* (SCAN_TILE, CB) */
 		const float *s_x = s_dt + SCAN_TILE * CB;
 		const float *s_bc = s_x + SCAN_TILE * CB;
-		/* pass 3: z of this thread's share of the tile's (token, channel)
-		 * entries, in flight during the recurrence (block of 128) */
-		constexpr int ZR = SCAN_TILE * SSM_CH_PER_BLOCK / 128;
+		/* pass 3 over a whole tile with no checkpoint inside it: groups
+		 * of four tokens, lane g gating token 4 q + g, whose z it loads
+		 * now, in flight during the recurrence */
+		const bool whole = !LOCAL && nt == SCAN_TILE && !(next_ck > t0 && next_ck < t0 + nt);
+		constexpr int ZR = SCAN_TILE / 4;
 		float zr[ZR];
-		if (!LOCAL)
+		if (whole) {
+			const float *zp = xz + (size_t)(t0 + g) * 2 * E + E + ec;
 #pragma unroll
-			for (int q = 0; q < ZR; q++) {
-				const int idx = threadIdx.x + q * 128;
-				zr[q] = idx < nt * CB
-						? xz[(size_t)(t0 + idx / CB) * 2 * E + E + ecl]
-						: 0.0f;
-			}
+			for (int q = 0; q < ZR; q++)
+				zr[q] = zp[(size_t)q * 8 * E];
+		}
 
 		if (raw) {
-			for (int idx = threadIdx.x; idx < nt * CB; idx += blockDim.x) {
-				const float dt = softplus_fast(s_dt[idx] + dtb);
-				s_dt[idx] = dt;
-				if (LOCAL && e0 + cl < E)
-					dtr[(size_t)(t0 + idx / CB) * E + e0 + cl] = dt;
+			/* entry idx = threadIdx.x + SCAN_THREADS q: token idx / CB,
+			 * channel cl */
+			float *dtp = dtr + (size_t)(t0 + threadIdx.x / CB) * E + e0 + cl;
+#pragma unroll
+			for (int q = 0; q < SCAN_TILE * CB / SCAN_THREADS; q++) {
+				const int idx = threadIdx.x + SCAN_THREADS * q;
+				if (idx < nt * CB) {
+					const float dt = softplus_fast(s_dt[idx] + dtb);
+					s_dt[idx] = dt;
+					if (LOCAL && e0 + cl < E)
+						dtp[(size_t)q * (SCAN_THREADS / CB) * E] = dt;
+				}
 			}
 			__syncthreads();
 		}
@@ -948,16 +990,15 @@ ssmk_scan(float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
 			dsum += dt;
 			return y;
 		};
-		/* one token, its y summed over the channel's lanes into s_y */
-		auto step = [&](int tt) {
-			float y = upd(tt);
-			if (LOCAL)
-				return;
-			y += __shfl_xor_sync(0xffffffffu, y, 1);
-			y += __shfl_xor_sync(0xffffffffu, y, 2);
-			if (g == 0)
-				s_y[tt * SCAN_YLD + ch] = y;
+		/* token tt's whole C.h (this lane's channel): D x, the gate, to yT
+		 * (yp: row t0 of this lane's channel) */
+		T *yp = yT + (size_t)t0 * E + e;
+		auto gate_store = [&](int tt, float y, float z) {
+			if (valid)
+				yp[(size_t)tt * E] = from_f32<T>(
+					(y + dskip * s_x[tt * CB + ch]) * silu_fast(z + zb));
 		};
+		auto z_of = [&](int tt) { return xz[(size_t)(t0 + tt) * 2 * E + E + ec]; };
 		/* the state now is checkpoint k's; on to the next checkpoint */
 		auto ck_store = [&]() {
 			if (valid) {
@@ -971,57 +1012,53 @@ ssmk_scan(float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
 			k++;
 			next_ck = k < n_ck ? s_ck[k] : -1;
 		};
-		/* pass 1 unrolled so the next tokens' shared-memory loads and
-		 * exponentials overlap this one's chain */
 		if (LOCAL) {
+			/* unrolled so the next tokens' shared-memory loads and
+			 * exponentials overlap this one's chain */
 #pragma unroll 4
 			for (int tt = 0; tt < nt; tt++)
-				step(tt);
-		} else {
-			/* four tokens at a time: one reduce-scatter leaves lane g the
-			 * y of token g (per token 1 shuffle, not 2, and a quarter of
-			 * the stores; H200: this pass 4-6% faster). A tile with a
-			 * checkpoint before its last token tests after every token
-			 * (the sums are the same either way); checkpoints at multiples
-			 * of SCAN_TILE fall at tile ends and are written after it. */
-			auto run = [&](auto test) {
-				int tt = 0;
-				for (; tt + 4 <= nt; tt += 4) {
-					float p[4];
-#pragma unroll
-					for (int q = 0; q < 4; q++) {
-						p[q] = upd(tt + q);
-						if (decltype(test)::value)
-							while (next_ck == t0 + tt + q + 1)
-								ck_store();
-					}
-					s_y[(tt + g) * SCAN_YLD + ch] = reduce_scatter4(p, g);
-				}
-				for (; tt < nt; tt++) {
-					step(tt);
-					if (decltype(test)::value)
-						while (next_ck == t0 + tt + 1)
-							ck_store();
-				}
-			};
-			if (next_ck > t0 && next_ck < t0 + nt)
-				run(std::true_type());
-			else
-				run(std::false_type());
-			while (next_ck == t0 + nt)
-				ck_store();
-		}
-		if (!LOCAL) {
-			__syncthreads();
+				upd(tt);
+		} else if (whole) {
+			/* one reduce-scatter a group leaves lane g the y of token
+			 * 4 q + g (per token 1 shuffle, not 2, and a quarter of the
+			 * gates and stores) */
 #pragma unroll
 			for (int q = 0; q < ZR; q++) {
-				const int idx = threadIdx.x + q * 128;
-				if (idx < nt * CB && e0 + cl < E)
-					yT[(size_t)(t0 + idx / CB) * E + e0 + cl] = from_f32<T>(
-						(s_y[idx / CB * SCAN_YLD + cl] + dskip * s_x[idx]) *
-						silu_fast(zr[q] + zb));
+				float p[4];
+#pragma unroll
+				for (int r = 0; r < 4; r++)
+					p[r] = upd(4 * q + r);
+				gate_store(4 * q + g, reduce_scatter4(p, g), zr[q]);
+			}
+		} else {
+			/* a checkpoint inside, or a chunk's last, short tile: the
+			 * same groups (so the same sums) with a test after every
+			 * token, then token by token */
+			int tt = 0;
+			for (; tt + 4 <= nt; tt += 4) {
+				float p[4];
+#pragma unroll
+				for (int r = 0; r < 4; r++) {
+					p[r] = upd(tt + r);
+					while (next_ck == t0 + tt + r + 1)
+						ck_store();
+				}
+				gate_store(tt + g, reduce_scatter4(p, g), z_of(tt + g));
+			}
+			for (; tt < nt; tt++) {
+				float y = upd(tt);
+				y += __shfl_xor_sync(0xffffffffu, y, 1);
+				y += __shfl_xor_sync(0xffffffffu, y, 2);
+				while (next_ck == t0 + tt + 1)
+					ck_store();
+				if (g == 0)
+					gate_store(tt, y, z_of(tt));
 			}
 		}
+		/* checkpoints at multiples of SCAN_TILE fall at tile ends */
+		if (!LOCAL)
+			while (next_ck == t0 + nt)
+				ck_store();
 		/* the next iteration's copies overwrite this buffer only after this */
 		__syncthreads();
 	}
@@ -1048,11 +1085,12 @@ ssmk_scan(float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
  *   start_h[s] = h;  h = exp(A[e, n] * seg_dt[s, e]) * h + seg_h[s, e, n]
  * and likewise start_d[s] = d;  d += seg_dt[s, e]  (written by n == 0), for
  * s < nseg (seg_h / seg_dt of segments < nseg - 1 are read). The loads of
- * 8 segments are issued together: the walk is a chain of dependent updates,
- * not of dependent loads.
+ * COMBINE_BATCH segments are issued together (a whole 2k chunk's 31 at the
+ * default segment length): the walk is a chain of dependent updates, not of
+ * dependent loads.
  * grid (ceil(E*N/256)), block 256.
  */
-#define COMBINE_BATCH 8
+#define COMBINE_BATCH 32
 
 __global__ void ssmk_scan_combine(const float *__restrict__ A, const float *__restrict__ ssm,
 			       const float *__restrict__ dts, const float *__restrict__ seg_h,
