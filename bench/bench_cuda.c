@@ -30,7 +30,9 @@
  *     measured step.
  * With BENCH_CUDA_DECODE_ONLY set, the decode rows alone. With
  * BENCH_CUDA_PROFILE set, only decode at batch 1 and 64 (20 timed steps
- * each) and one 2k prefill run, for a profiler's kernel summary.
+ * each) and one 2k prefill run, for a profiler's kernel summary; with both
+ * PROFILE and PREFILL_ONLY, the 2k prefill's warm-up run is the first work
+ * on the device (tools/gpu_run.sh profile counts kernels from there).
  * With BENCH_CUDA_PREFILL_ONLY set, the prefill rows alone (tokens/s,
  * split, scoring, checkpoints).
  * Device times come from CUDA events on the backend's stream
@@ -350,8 +352,9 @@ static void bench_model(const char *label, const char *dir)
 	if (!toks || !logits || ssm_model_state_alloc(m, &st))
 		die("alloc", SSMD_ENOMEM);
 
-	/* every slot gets a real state first */
-	for (s = 0; s < N_SLOTS; s++) {
+	/* every slot gets a real state first (the prefill rows reset slot 0
+	 * and use no other: a profile of them starts at the first 2k prefill) */
+	for (s = 0; s < N_SLOTS && !(profile && prefill_only); s++) {
 		ssm_prefill_args pa = {0};
 		fill_tokens(toks, 32, c->vocab_size);
 		pa.tokens = toks;

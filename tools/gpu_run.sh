@@ -11,8 +11,9 @@
 #   tools/gpu_run.sh [test] [profile] [sanitize|memcheck|racecheck] [bench] [decode]
 #       [prefill] [hf]
 #       (on the GPU machine) runs the chosen parts (test, sanitize, bench and
-#       hf when none is named; profile: an Nsight Systems kernel summary of
-#       bench_cuda's short mode on the 1.4b shape, where nsys exists; decode:
+#       hf when none is named; profile: Nsight Compute's counters (time,
+#       instructions, issue slots busy, occupancy, DRAM) for each kernel of one
+#       layer of a 1.4b 2k prefill, where ncu exists; decode:
 #       only bench_cuda's decode rows and splits, once per word of
 #       $DECODE_VARIANTS (default: "default"; a word VAR=VALUE runs with that
 #       environment variable set, VAR=VALUE,VAR2=VALUE2 with both, to compare
@@ -91,21 +92,43 @@ fi
 if want profile; then
 	for p in $big_pids; do wait "$p"; done
 	big_pids=""
-	nsys=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys \
-		/usr/local/cuda/nsight-systems*/bin/nsys 2>/dev/null | head -n 1)
-	if [ -n "$nsys" ]; then
-		# decode b1 and b64, one 2k prefill; every graph node traced
-		BENCH_CUDA_PROFILE=1 timeout 150 "$nsys" profile --cuda-graph-trace=node \
-			--force-overwrite true -o "$out/prof" "$bin/bench_cuda" \
-			"1.4b=$models/m1.4b" >"$out/prof-run.txt" 2>&1
-		for r in cuda_gpu_kern_gb_sum cuda_gpu_kern_sum; do
-			"$nsys" stats --force-export true --report $r "$out/prof.nsys-rep" \
-				>"$out/prof-$r.txt" 2>&1
-		done
-		rm -f "$out/prof.nsys-rep" "$out/prof.sqlite"
-		cut -c1-220 "$out/prof-cuda_gpu_kern_sum.txt" | head -n 45
+	ncu=$(command -v ncu || ls /usr/local/cuda/bin/ncu 2>/dev/null | head -n 1)
+	if [ -n "$ncu" ]; then
+		# Nsight Compute over one layer of the 1.4b 2k prefill's warm-up
+		# run, every kernel (GEMMs included): the run starts with the
+		# embedding and has PROFILE_PER_LAYER kernels a layer, so the
+		# default window is layer 8. PROFILE_SKIP / PROFILE_COUNT move it.
+		per=${PROFILE_PER_LAYER:-11}
+		BENCH_CUDA_PROFILE=1 BENCH_CUDA_PREFILL_ONLY=1 timeout 300 "$ncu" --csv \
+			--page raw --launch-skip "${PROFILE_SKIP:-$((1 + 8 * per))}" \
+			--launch-count "${PROFILE_COUNT:-$per}" --metrics \
+gpu__time_duration.sum,sm__inst_executed.sum,smsp__issue_active.avg.pct_of_peak_sustained_active,\
+sm__warps_active.avg.pct_of_peak_sustained_active,dram__throughput.avg.pct_of_peak_sustained_elapsed,\
+launch__registers_per_thread,launch__grid_size \
+			"$bin/bench_cuda" "1.4b=$models/m1.4b" >"$out/ncu.csv" 2>"$out/ncu.err"
+		echo "ncu exit $?" >>"$out/ncu.err"
+		# one row a kernel: name, then the metrics in the order asked
+		python3 - "$out/ncu.csv" <<'PY' | tee "$out/ncu.txt"
+import csv, sys
+rows = [r for r in csv.reader(open(sys.argv[1])) if len(r) > 10]
+if len(rows) < 3:
+    sys.exit("ncu: no kernel rows")
+head, units, data = rows[0], rows[1], rows[2:]
+cols = ["gpu__time_duration.sum", "sm__inst_executed.sum",
+        "smsp__issue_active.avg.pct_of_peak_sustained_active",
+        "sm__warps_active.avg.pct_of_peak_sustained_active",
+        "dram__throughput.avg.pct_of_peak_sustained_elapsed",
+        "launch__registers_per_thread", "launch__grid_size"]
+idx = [head.index(c) for c in cols]
+name = head.index("Kernel Name")
+print("| kernel | time (%s) | instructions | issue busy %% | warps active %% | DRAM %% | regs | grid |"
+      % units[idx[0]])
+print("|---|---|---|---|---|---|---|---|")
+for r in data:
+    print("| %s | %s |" % (r[name].split("(")[0][:60], " | ".join(r[i] for i in idx)))
+PY
 	else
-		echo "profile: no nsys on this machine"
+		echo "profile: no ncu on this machine"
 	fi
 fi
 if want bench; then
