@@ -830,9 +830,9 @@ __device__ __forceinline__ float reduce_scatter4(const float *p, int g)
 }
 
 /* A full tile's copies (SCAN_TILE rows of NC floats, NC a multiple of 4,
- * row stride ld, src 16-byte aligned): copy c of the block's 128 threads is
- * row c / (NC/4), piece c % (NC/4), so a thread's offsets need no division
- * at run time. */
+ * row stride ld, src 16-byte aligned): copy c, of the block's SCAN_THREADS
+ * threads' copies, is row c / (NC/4), piece c % (NC/4), so a thread's
+ * offsets need no division at run time. */
 template <int NC>
 __device__ __forceinline__ void tile_load_full(float *dst, const float *src, size_t ld)
 {
@@ -943,7 +943,8 @@ ssmk_scan(float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
 		/* pass 3 over a whole tile with no checkpoint inside it: groups
 		 * of four tokens, lane g gating token 4 q + g, whose z it loads
 		 * now, in flight during the recurrence */
-		const bool whole = !LOCAL && nt == SCAN_TILE && !(next_ck > t0 && next_ck < t0 + nt);
+		const bool whole = !LOCAL && nt == SCAN_TILE &&
+				   !(next_ck > t0 && next_ck < t0 + nt);
 		constexpr int ZR = SCAN_TILE / 4;
 		float zr[ZR];
 		if (whole) {
