@@ -158,6 +158,15 @@ __device__ __forceinline__ void unpack16(const uint4 &v, float *f, __half)
 	}
 }
 
+__device__ __forceinline__ float4 f4_add(float4 a, float4 b)
+{
+	return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
+}
+
+/* float4 pieces a thread holds of a row in the RMSNorm kernels: rows up to
+ * 4 * NORM_V4 * blockDim.x floats stay in registers */
+#define NORM_V4 4
+
 /* The sum of v over the block (every thread's value; blockDim.x a multiple
  * of 32), returned to every thread. red: shared (32). */
 __device__ __forceinline__ float block_sum(float v, float *red)
@@ -204,9 +213,57 @@ __global__ void ssmk_add_norm(float *h, const float *mix, const float *mix_b,
 {
 	__shared__ float red[32];
 	float *hr = h + (size_t)blockIdx.x * D;
+	T *xr = xn + (size_t)blockIdx.x * D;
 	float ss = 0.0f;
 
+	/* the slot's hidden vector: the slot read before the wait (written
+	 * by no kernel of the step) */
+	float *hid = NULL;
+	if (pool && slots[blockIdx.x] >= 0)
+		hid = pool + (size_t)slots[blockIdx.x] * state_floats + off_hidden;
 	pdl_wait();
+	if (D % 4 == 0 && D <= 4 * NORM_V4 * (int)blockDim.x) {
+		/* every load of the row first (a load used at once inside the
+		 * loop made each of a thread's rounds wait for the last one:
+		 * 16 round trips a row at d_model 2048) */
+		const int D4 = D / 4;
+		const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+		float4 v[NORM_V4], m[NORM_V4], mb[NORM_V4], ww[NORM_V4];
+#pragma unroll
+		for (int k = 0; k < NORM_V4; k++) {
+			const int i = threadIdx.x + k * blockDim.x, ic = i < D4 ? i : 0;
+			v[k] = ((const float4 *)hr)[ic];
+			m[k] = mix ? ((const float4 *)(mix + (size_t)blockIdx.x * D))[ic] : zero;
+			mb[k] = mix_b ? ((const float4 *)mix_b)[ic] : zero;
+			ww[k] = ((const float4 *)w)[ic];
+		}
+#pragma unroll
+		for (int k = 0; k < NORM_V4; k++) {
+			const int i = threadIdx.x + k * blockDim.x;
+			if (i < D4) {
+				if (mix) {
+					v[k] = f4_add(f4_add(v[k], m[k]), mb[k]);
+					((float4 *)hr)[i] = v[k];
+				}
+				ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z +
+				      v[k].w * v[k].w;
+			}
+		}
+		const float scale = rsqrtf(block_sum(ss, red) / (float)D + eps);
+#pragma unroll
+		for (int k = 0; k < NORM_V4; k++) {
+			const int i = threadIdx.x + k * blockDim.x;
+			if (i < D4) {
+				store4<T>(xr + 4 * i, make_float4(v[k].x * scale * ww[k].x,
+								  v[k].y * scale * ww[k].y,
+								  v[k].z * scale * ww[k].z,
+								  v[k].w * scale * ww[k].w));
+				if (hid)
+					((float4 *)hid)[i] = v[k];
+			}
+		}
+		return;
+	}
 	for (int i = threadIdx.x; i < D; i += blockDim.x) {
 		float v = hr[i];
 		if (mix) {
@@ -218,10 +275,6 @@ __global__ void ssmk_add_norm(float *h, const float *mix, const float *mix_b,
 		ss += v * v;
 	}
 	const float scale = rsqrtf(block_sum(ss, red) / (float)D + eps);
-	T *xr = xn + (size_t)blockIdx.x * D;
-	float *hid = NULL;
-	if (pool && slots[blockIdx.x] >= 0)
-		hid = pool + (size_t)slots[blockIdx.x] * state_floats + off_hidden;
 	for (int i = threadIdx.x; i < D; i += blockDim.x) {
 		xr[i] = from_f32<T>(hr[i] * scale * w[i]);
 		if (hid)
@@ -238,7 +291,6 @@ __global__ void ssmk_add_norm(float *h, const float *mix, const float *mix_b,
  * The residual add itself happens in the out_proj GEMM (beta = 1 into h).
  * grid (L), block 256.
  */
-#define NORM_V4 4
 
 template <typename T>
 __global__ void __launch_bounds__(256)
@@ -249,9 +301,15 @@ ssmk_norm_rows(float *__restrict__ h, const float *__restrict__ bias,
 	float4 *hr = (float4 *)(h + (size_t)blockIdx.x * D);
 	const float4 *b4 = (const float4 *)bias, *w4 = (const float4 *)w;
 	const int D4 = D / 4;
-	float4 v[NORM_V4];
+	float4 v[NORM_V4], ww[NORM_V4];
 	float ss = 0.0f;
 
+	/* the weights' loads first, in flight through the sum */
+#pragma unroll
+	for (int k = 0; k < NORM_V4; k++) {
+		const int i = threadIdx.x + k * blockDim.x;
+		ww[k] = w4[i < D4 ? i : 0];
+	}
 #pragma unroll
 	for (int k = 0; k < NORM_V4; k++) {
 		const int i = threadIdx.x + k * blockDim.x;
@@ -274,13 +332,11 @@ ssmk_norm_rows(float *__restrict__ h, const float *__restrict__ bias,
 #pragma unroll
 	for (int k = 0; k < NORM_V4; k++) {
 		const int i = threadIdx.x + k * blockDim.x;
-		if (i < D4) {
-			const float4 ww = w4[i];
-			xr[4 * i] = from_f32<T>(v[k].x * scale * ww.x);
-			xr[4 * i + 1] = from_f32<T>(v[k].y * scale * ww.y);
-			xr[4 * i + 2] = from_f32<T>(v[k].z * scale * ww.z);
-			xr[4 * i + 3] = from_f32<T>(v[k].w * scale * ww.w);
-		}
+		if (i < D4)
+			store4<T>(xr + 4 * i, make_float4(v[k].x * scale * ww[k].x,
+							  v[k].y * scale * ww[k].y,
+							  v[k].z * scale * ww[k].z,
+							  v[k].w * scale * ww[k].w));
 	}
 }
 
@@ -549,11 +605,6 @@ __global__ void ssmk_conv_seq(const float *xz, const float *in_b, const float *c
  * grid (ceil(E/512), ceil(L/CONV_RUN)), block 128.
  */
 #define CONV_RUN 16
-
-__device__ __forceinline__ float4 f4_add(float4 a, float4 b)
-{
-	return make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
-}
 
 template <typename T, int K>
 __global__ void __launch_bounds__(128)
