@@ -291,7 +291,6 @@ __global__ void ssmk_add_norm(float *h, const float *mix, const float *mix_b,
  * The residual add itself happens in the out_proj GEMM (beta = 1 into h).
  * grid (L), block 256.
  */
-
 template <typename T>
 __global__ void __launch_bounds__(256)
 ssmk_norm_rows(float *__restrict__ h, const float *__restrict__ bias,
