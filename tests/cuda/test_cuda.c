@@ -710,7 +710,7 @@ out:
 	}
 }
 
-/* dt weights (BF16 or F16) against F32 on the same model: a 64-token
+/* Weights of dtype dt (BF16 or F16) against F32 on the same model: a 64-token
  * prefill, then 256 greedy steps fed the F32 tokens; logits within
  * TOL_BF16 and the same greedy tokens. */
 static void test_low_vs_f32(const ssm_model *m, const char *dir, ssm_dtype dt)
