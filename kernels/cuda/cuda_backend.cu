@@ -293,7 +293,8 @@ static int decode_body(cuda_backend *cb, int nb)
 		if ((rc = gemm(cb, y->in_w, a->xn, D, a->xz, 2 * E, 2 * E, nb, D)))
 			goto out;
 		split_mark(cb, SSM_CUDA_IN_PROJ);
-		CUDA_TRY(launch_pdl(ssmk_conv_step<T>, dim3(cdiv(E, 128), nb), 128, s,
+		CUDA_TRY(launch_pdl(K == 4 ? ssmk_conv_step<T, 4> : ssmk_conv_step<T, 0>,
+				    dim3(cdiv(E, 128), nb), 128, s,
 				    a->xz, y->in_b, y->conv_w, y->conv_b, cb->pool,
 				    cb->d_slots, sf, cb->off_conv + (size_t)l * E * (K - 1),
 				    E, K, a->xc, (T *)a->xcT));
@@ -379,9 +380,7 @@ static int decode_persist(cuda_backend *cb, int nb)
 	at[0].val.cooperative = 1;
 	lc.gridDim = dim3(cb->pk_grid);
 	lc.blockDim = dim3(PK_THREADS);
-	lc.dynamicSmemBytes = nb == 1 ? pk_smem_bytes(p.D, p.E, p.W, p.P, sizeof(T), p.n_layer)
-				      : pkn_smem_bytes(nb, p.D, p.E, p.W, p.P, sizeof(T),
-						       p.n_layer);
+	lc.dynamicSmemBytes = pk_smem_bytes(nb, p.D, p.E, p.W, p.P, sizeof(T), p.n_layer);
 	lc.stream = s;
 	lc.attrs = at;
 	lc.numAttrs = 1;
@@ -1382,7 +1381,7 @@ static int pkn_init_t(cuda_backend *cb, int P)
 					cb->device));
 	for (int i = 0; i < 2; i++) {
 		/* the dynamic part, and ~1 KB of static: red and base */
-		const size_t smem = pkn_smem_bytes(rows[i], c->d_model, c->d_inner, W, P,
+		const size_t smem = pk_smem_bytes(rows[i], c->d_model, c->d_inner, W, P,
 						   sizeof(T), c->n_layer);
 		if (smem + 1024 > (size_t)optin)
 			return SSMD_OK;
@@ -1429,7 +1428,7 @@ static int persist_init_t(cuda_backend *cb)
 		P = max_p;
 	if (P < 1)
 		P = 1;
-	smem = pk_smem_bytes(c->d_model, c->d_inner, W, P, sizeof(T), c->n_layer);
+	smem = pk_smem_bytes(1, c->d_model, c->d_inner, W, P, sizeof(T), c->n_layer);
 	if (smem > (size_t)46 << 10)
 		return SSMD_OK;
 #define OCC(npl)                                                                    \

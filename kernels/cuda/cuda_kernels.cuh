@@ -129,6 +129,27 @@ template <> __device__ __forceinline__ void store4<__nv_bfloat16>(__nv_bfloat16 
 	*(uint2 *)dst = make_uint2(*(const unsigned *)&a, *(const unsigned *)&b);
 }
 
+/* src[0..4) in T as f32, one load (src aligned to 4 sizeof(T)) */
+template <typename T> __device__ __forceinline__ float4 load4(const T *src);
+template <> __device__ __forceinline__ float4 load4<float>(const float *src)
+{
+	return *(const float4 *)src;
+}
+template <> __device__ __forceinline__ float4 load4<__half>(const __half *src)
+{
+	const uint2 u = *(const uint2 *)src;
+	const float2 a = __half22float2(*(const __half2 *)&u.x),
+		     b = __half22float2(*(const __half2 *)&u.y);
+	return make_float4(a.x, a.y, b.x, b.y);
+}
+template <> __device__ __forceinline__ float4 load4<__nv_bfloat16>(const __nv_bfloat16 *src)
+{
+	const uint2 u = *(const uint2 *)src;
+	const float2 a = __bfloat1622float2(*(const __nv_bfloat162 *)&u.x),
+		     b = __bfloat1622float2(*(const __nv_bfloat162 *)&u.y);
+	return make_float4(a.x, a.y, b.x, b.y);
+}
+
 /* Eight f32 values (or four for f32 storage) from one 16-byte load. */
 __device__ __forceinline__ void unpack16(const uint4 &v, float *f, float)
 {
@@ -187,23 +208,97 @@ __device__ __forceinline__ float block_sum(float v, float *red)
 	return red[0];
 }
 
-/* h[r, :] = embed[tok[r], :] as f32.  grid (B), block 256. */
+/* h[r, :] = embed[tok[r], :] as f32.  grid (B), block 256. Rows of whole
+ * 16-byte pieces load a piece a thread per round, so a 1.4b row (2048 bf16)
+ * is one round trip, not eight. */
 template <typename T>
 __global__ void ssmk_embed(const int32_t *tok, const T *embed, float *h, int D)
 {
+	constexpr int VEC = 16 / sizeof(T);
 	const T *src = embed + (size_t)tok[blockIdx.x] * D;
 	float *dst = h + (size_t)blockIdx.x * D;
 
+	if (D % VEC == 0) {
+		for (int i = threadIdx.x; i < D / VEC; i += blockDim.x) {
+			float f[VEC];
+
+			unpack16(((const uint4 *)src)[i], f, T());
+#pragma unroll
+			for (int j = 0; j < VEC; j += 4)
+				*(float4 *)(dst + i * VEC + j) =
+					make_float4(f[j], f[j + 1], f[j + 2], f[j + 3]);
+		}
+		return;
+	}
 	for (int i = threadIdx.x; i < D; i += blockDim.x)
 		dst[i] = to_f32(src[i]);
 }
 
 /*
+ * RMSNorm of one row held in registers as float4, by one block (D % 4 == 0,
+ * D <= 4 * NORM_V4 * blockDim.x):
+ *   v  = hr + a + b                   (each term when not NULL; v goes back
+ *                                      to hr when either is added)
+ *   xr = v * rsqrt(mean(v^2) + eps) * w              (in T)
+ *   hid = v                           (when hid != NULL)
+ * Every load of the row is issued before any is used (a load used at once
+ * inside a loop made each of a thread's rounds wait for the last one: 16
+ * round trips a row at d_model 2048). red: shared (32).
+ */
+template <typename T>
+__device__ __forceinline__ void norm_row_v4(float *hr, const float *a, const float *b,
+					    const float *w, T *xr, int D, float eps,
+					    float *hid, float *red)
+{
+	const int D4 = D / 4;
+	const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+	float4 v[NORM_V4], va[NORM_V4], vb[NORM_V4], ww[NORM_V4];
+	float ss = 0.0f;
+
+#pragma unroll
+	for (int k = 0; k < NORM_V4; k++) {
+		const int i = threadIdx.x + k * blockDim.x, ic = i < D4 ? i : 0;
+		v[k] = ((const float4 *)hr)[ic];
+		va[k] = a ? ((const float4 *)a)[ic] : zero;
+		vb[k] = b ? ((const float4 *)b)[ic] : zero;
+		ww[k] = ((const float4 *)w)[ic];
+	}
+#pragma unroll
+	for (int k = 0; k < NORM_V4; k++) {
+		const int i = threadIdx.x + k * blockDim.x;
+		if (i < D4) {
+			if (a)
+				v[k] = f4_add(v[k], va[k]);
+			if (b)
+				v[k] = f4_add(v[k], vb[k]);
+			if (a || b)
+				((float4 *)hr)[i] = v[k];
+			ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z +
+			      v[k].w * v[k].w;
+		}
+	}
+	const float scale = rsqrtf(block_sum(ss, red) / (float)D + eps);
+#pragma unroll
+	for (int k = 0; k < NORM_V4; k++) {
+		const int i = threadIdx.x + k * blockDim.x;
+		if (i < D4) {
+			store4<T>(xr + 4 * i, make_float4(v[k].x * scale * ww[k].x,
+							  v[k].y * scale * ww[k].y,
+							  v[k].z * scale * ww[k].z,
+							  v[k].w * scale * ww[k].w));
+			if (hid)
+				((float4 *)hid)[i] = v[k];
+		}
+	}
+}
+
+/*
  * Fused residual add + RMSNorm, one block (256 threads) per row:
- *   h[r] += mix[r] + mix_b            (when mix != NULL)
+ *   h[r] += mix[r] + mix_b            (when mix != NULL; mix_b only with mix)
  *   xn[r] = h[r] * rsqrt(mean(h[r]^2) + eps) * w       (in T)
  * When pool != NULL, h[r] is also stored as the hidden vector of slot
- * slots[r] (skipped for padding rows, slot < 0).
+ * slots[r] (skipped for padding rows, slot < 0). Rows of whole float4s up to
+ * 4 * NORM_V4 * 256 floats take norm_row_v4, others a loop.
  */
 template <typename T>
 __global__ void ssmk_add_norm(float *h, const float *mix, const float *mix_b,
@@ -223,45 +318,8 @@ __global__ void ssmk_add_norm(float *h, const float *mix, const float *mix_b,
 		hid = pool + (size_t)slots[blockIdx.x] * state_floats + off_hidden;
 	pdl_wait();
 	if (D % 4 == 0 && D <= 4 * NORM_V4 * (int)blockDim.x) {
-		/* every load of the row first (a load used at once inside the
-		 * loop made each of a thread's rounds wait for the last one:
-		 * 16 round trips a row at d_model 2048) */
-		const int D4 = D / 4;
-		const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-		float4 v[NORM_V4], m[NORM_V4], mb[NORM_V4], ww[NORM_V4];
-#pragma unroll
-		for (int k = 0; k < NORM_V4; k++) {
-			const int i = threadIdx.x + k * blockDim.x, ic = i < D4 ? i : 0;
-			v[k] = ((const float4 *)hr)[ic];
-			m[k] = mix ? ((const float4 *)(mix + (size_t)blockIdx.x * D))[ic] : zero;
-			mb[k] = mix_b ? ((const float4 *)mix_b)[ic] : zero;
-			ww[k] = ((const float4 *)w)[ic];
-		}
-#pragma unroll
-		for (int k = 0; k < NORM_V4; k++) {
-			const int i = threadIdx.x + k * blockDim.x;
-			if (i < D4) {
-				if (mix) {
-					v[k] = f4_add(f4_add(v[k], m[k]), mb[k]);
-					((float4 *)hr)[i] = v[k];
-				}
-				ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z +
-				      v[k].w * v[k].w;
-			}
-		}
-		const float scale = rsqrtf(block_sum(ss, red) / (float)D + eps);
-#pragma unroll
-		for (int k = 0; k < NORM_V4; k++) {
-			const int i = threadIdx.x + k * blockDim.x;
-			if (i < D4) {
-				store4<T>(xr + 4 * i, make_float4(v[k].x * scale * ww[k].x,
-								  v[k].y * scale * ww[k].y,
-								  v[k].z * scale * ww[k].z,
-								  v[k].w * scale * ww[k].w));
-				if (hid)
-					((float4 *)hid)[i] = v[k];
-			}
-		}
+		norm_row_v4<T>(hr, mix ? mix + (size_t)blockIdx.x * D : NULL,
+			       mix ? mix_b : NULL, w, xr, D, eps, hid, red);
 		return;
 	}
 	for (int i = threadIdx.x; i < D; i += blockDim.x) {
@@ -283,8 +341,8 @@ __global__ void ssmk_add_norm(float *h, const float *mix, const float *mix_b,
 }
 
 /*
- * Prefill RMSNorm of L rows, one block (256 threads) per row, the row held
- * in registers as float4 (D % 4 == 0, D <= 4 * 256 * NORM_V4):
+ * Prefill RMSNorm of L rows, one block (256 threads) per row (norm_row_v4:
+ * D % 4 == 0, D <= 4 * 256 * NORM_V4):
  *   h[r] += bias                      (when bias != NULL: the previous
  *                                      layer's out_proj bias)
  *   xn[r] = h[r] * rsqrt(mean(h[r]^2) + eps) * w       (in T)
@@ -297,46 +355,9 @@ ssmk_norm_rows(float *__restrict__ h, const float *__restrict__ bias,
 	       const float *__restrict__ w, T *__restrict__ xn, int D, float eps)
 {
 	__shared__ float red[32];
-	float4 *hr = (float4 *)(h + (size_t)blockIdx.x * D);
-	const float4 *b4 = (const float4 *)bias, *w4 = (const float4 *)w;
-	const int D4 = D / 4;
-	float4 v[NORM_V4], ww[NORM_V4];
-	float ss = 0.0f;
 
-	/* the weights' loads first, in flight through the sum */
-#pragma unroll
-	for (int k = 0; k < NORM_V4; k++) {
-		const int i = threadIdx.x + k * blockDim.x;
-		ww[k] = w4[i < D4 ? i : 0];
-	}
-#pragma unroll
-	for (int k = 0; k < NORM_V4; k++) {
-		const int i = threadIdx.x + k * blockDim.x;
-		if (i < D4) {
-			v[k] = hr[i];
-			if (bias) {
-				const float4 bb = b4[i];
-				v[k].x += bb.x;
-				v[k].y += bb.y;
-				v[k].z += bb.z;
-				v[k].w += bb.w;
-				hr[i] = v[k];
-			}
-			ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z +
-			      v[k].w * v[k].w;
-		}
-	}
-	const float scale = rsqrtf(block_sum(ss, red) / (float)D + eps);
-	T *xr = xn + (size_t)blockIdx.x * D;
-#pragma unroll
-	for (int k = 0; k < NORM_V4; k++) {
-		const int i = threadIdx.x + k * blockDim.x;
-		if (i < D4)
-			store4<T>(xr + 4 * i, make_float4(v[k].x * scale * ww[k].x,
-							  v[k].y * scale * ww[k].y,
-							  v[k].z * scale * ww[k].z,
-							  v[k].w * scale * ww[k].w));
-	}
+	norm_row_v4<T>(h + (size_t)blockIdx.x * D, NULL, bias, w, xn + (size_t)blockIdx.x * D,
+		       D, eps, NULL, red);
 }
 
 /* Copies slot slots[r]'s hidden vector into h[r].  grid (B), block 256. */
@@ -383,9 +404,18 @@ __device__ __forceinline__ void ssm_conv_channel(float xin, int e, int r, const 
 	xcT[(size_t)r * E + e] = from_f32<T>(y);
 }
 
-/* The conv step (ssm_conv_channel) on the in_proj output in xz, one thread
- * per (row r, channel e). grid (ceil(E/128), B), block 128. */
-template <typename T>
+/*
+ * The conv step (ssm_conv_channel) on the in_proj output in xz, one thread
+ * per (row r, channel e). KC = d_conv where it is known at compile time (4,
+ * every published Mamba-1 checkpoint), 0 for any other width. With KC the
+ * slot, the conv weights and the window load before pdl_wait(): the window
+ * was written by the previous step's conv, never by the in_proj GEMM ahead,
+ * so they are in flight while it finishes (read after the wait, the slot,
+ * then the window through a loop over the runtime width, they were a chain
+ * of round trips). The same formula, summed in the same order.
+ * grid (ceil(E/128), B), block 128.
+ */
+template <typename T, int KC>
 __global__ void ssmk_conv_step(const float *xz, const float *in_b, const float *cw,
 			    const float *cb, float *pool, const int *slots,
 			    size_t state_floats, size_t conv_off, int E, int K,
@@ -394,10 +424,46 @@ __global__ void ssmk_conv_step(const float *xz, const float *in_b, const float *
 	const int e = blockIdx.x * blockDim.x + threadIdx.x;
 	const int r = blockIdx.y;
 
-	pdl_wait();
-	if (e < E)
-		ssm_conv_channel<T>(xz[(size_t)r * 2 * E + e], e, r, in_b, cw, cb, pool,
-				    slots[r], state_floats, conv_off, E, K, xc, xcT);
+	if constexpr (KC > 0) {
+		const int ec = e < E ? e : E - 1;
+		const int slot = slots[r];
+		float *win = slot >= 0 ? pool + (size_t)slot * state_floats + conv_off +
+						 (size_t)ec * (KC - 1)
+				       : NULL;
+		float w[KC], old[KC - 1];
+
+#pragma unroll
+		for (int j = 0; j < KC; j++)
+			w[j] = cw[(size_t)ec * KC + j];
+#pragma unroll
+		for (int j = 0; j < KC - 1; j++)
+			old[j] = win ? win[j] : 0.0f;
+		const float bias = cb ? cb[ec] : 0.0f, ib = in_b ? in_b[ec] : 0.0f;
+
+		pdl_wait();
+		if (e >= E)
+			return;
+		const float x = xz[(size_t)r * 2 * E + e] + ib;
+		float acc = bias;
+		if (win) {
+#pragma unroll
+			for (int j = 0; j < KC - 1; j++)
+				acc += w[j] * old[j];
+#pragma unroll
+			for (int j = 0; j + 1 < KC - 1; j++)
+				win[j] = old[j + 1];
+			win[KC - 2] = x;
+		}
+		acc += w[KC - 1] * x;
+		const float y = silu(acc);
+		xc[(size_t)r * E + e] = y;
+		xcT[(size_t)r * E + e] = from_f32<T>(y);
+	} else {
+		pdl_wait();
+		if (e < E)
+			ssm_conv_channel<T>(xz[(size_t)r * 2 * E + e], e, r, in_b, cw, cb, pool,
+					    slots[r], state_floats, conv_off, E, K, xc, xcT);
+	}
 }
 
 /* Rows per block of ssmk_ssm_step_b. Measured on the H200 (bf16, decode

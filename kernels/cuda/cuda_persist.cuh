@@ -149,6 +149,42 @@ __device__ __forceinline__ void pk_load_layers(const pk_args &p, uint4 *smem)
 		smem[i] = ((const uint4 *)p.layers)[i];
 }
 
+/*
+ * The persistent kernels' dynamic shared memory for NB rows: the layer
+ * table, then one area that holds the staged input vectors (NB, max(D, E))
+ * in T during the GEMV phases, and phase C's x_proj parts (NB, W, P) and
+ * their sums dt_low | B | C (NB, W) in f32.
+ */
+template <typename T>
+struct pk_smem_map {
+	cuda_layer *lay;
+	T *xs;
+	float *parts, *dbc;
+};
+
+template <typename T, int NB>
+__device__ __forceinline__ pk_smem_map<T> pk_carve(uint4 *smem, const pk_args &p)
+{
+	uint4 *area = smem + pk_lay_bytes(p.n_layer) / 16;
+	pk_smem_map<T> m;
+
+	m.lay = (cuda_layer *)smem;
+	m.xs = (T *)area;
+	m.parts = (float *)area;
+	m.dbc = m.parts + NB * p.W * p.P;
+	return m;
+}
+
+/* Bytes of pk_carve's layout. */
+static inline size_t pk_smem_bytes(int nb, int D, int E, int W, int P, size_t wsize,
+				   int n_layer)
+{
+	size_t v = (size_t)nb * (D > E ? D : E) * wsize,
+	       c = (size_t)nb * W * (P + 1) * sizeof(float);
+
+	return (size_t)pk_lay_bytes(n_layer) + (v > c ? v : c);
+}
+
 /* This warp's global index and the number of warps. */
 __device__ __forceinline__ int pk_gw(void)
 {
@@ -292,6 +328,12 @@ __device__ __forceinline__ void pk_gemv(const T *W, int m, int k, int P, const T
 	}
 }
 
+/* Rounds of a staging loop (PK_THREADS pieces each) whose loads are issued
+ * together, before any is used, for NB rows: a 1.4b or 2.8b row of d_model
+ * or d_inner floats is then one wait for L2, not one a round. One round at 4
+ * rows, where two would spill the multi-row kernel's registers. */
+#define PK_ROUNDS(NB) ((NB) > 2 ? 1 : 2)
+
 /* xs[b] = the len elements of T at src + b * len, for rows b < NB (written
  * during this step: read through L2). */
 template <typename T, int NB>
@@ -299,15 +341,25 @@ __device__ __forceinline__ void pk_stage(const void *src, int len, T *xs)
 {
 	const int n = len * (int)sizeof(T) / 16;
 
-	/* every row's loads before any store: one wait for L2, not NB */
-	for (int j = threadIdx.x; j < n; j += PK_THREADS) {
-		uint4 v[NB];
+	for (int j0 = 0; j0 < n; j0 += PK_ROUNDS(NB) * PK_THREADS) {
+		uint4 v[PK_ROUNDS(NB)][NB];
+
 #pragma unroll
-		for (int b = 0; b < NB; b++)
-			v[b] = __ldcg((const uint4 *)((const T *)src + (size_t)b * len) + j);
+		for (int k = 0; k < PK_ROUNDS(NB); k++) {
+			const int j = j0 + threadIdx.x + k * PK_THREADS, jc = j < n ? j : 0;
 #pragma unroll
-		for (int b = 0; b < NB; b++)
-			((uint4 *)(xs + (size_t)b * len))[j] = v[b];
+			for (int b = 0; b < NB; b++)
+				v[k][b] = __ldcg((const uint4 *)((const T *)src + (size_t)b * len) + jc);
+		}
+#pragma unroll
+		for (int k = 0; k < PK_ROUNDS(NB); k++) {
+			const int j = j0 + threadIdx.x + k * PK_THREADS;
+			if (j >= n)
+				break;
+#pragma unroll
+			for (int b = 0; b < NB; b++)
+				((uint4 *)(xs + (size_t)b * len))[j] = v[k][b];
+		}
 	}
 }
 
@@ -329,18 +381,54 @@ __device__ __forceinline__ void pk_stage_norm(const float *h, const T *emb, cons
 #pragma unroll
 	for (int b = 0; b < NB; b++)
 		ss[b] = 0.0f;
-	/* every row's loads before any store: one wait for L2, not NB */
-	for (int i = threadIdx.x; i < D; i += PK_THREADS) {
-		const float w = nw[i];
-		float v[NB];
+	if (NB <= 2 && D % 4 == 0) {
+		/* float4 pieces, every load of PK_ROUNDS(NB) rounds (the whole row up
+		 * to d_model 4096) issued before any is used: one wait for L2. At
+		 * 4 rows the float4s spill the multi-row kernel's registers (16
+		 * bytes): it keeps the loop below. */
+		const int D4 = D / 4;
+
+		for (int i0 = 0; i0 < D4; i0 += PK_ROUNDS(NB) * PK_THREADS) {
+			float4 w[PK_ROUNDS(NB)], v[PK_ROUNDS(NB)][NB];
+
 #pragma unroll
-		for (int b = 0; b < NB; b++)
-			v[b] = emb ? to_f32(emb[(size_t)tokens[b] * D + i])
-				   : __ldcg(h + (size_t)b * D + i);
+			for (int k = 0; k < PK_ROUNDS(NB); k++) {
+				const int i = i0 + threadIdx.x + k * PK_THREADS, ic = i < D4 ? i : 0;
+				w[k] = ((const float4 *)nw)[ic];
 #pragma unroll
-		for (int b = 0; b < NB; b++) {
-			ss[b] += v[b] * v[b];
-			xs[(size_t)b * D + i] = from_f32<T>(v[b] * w);
+				for (int b = 0; b < NB; b++)
+					v[k][b] = emb ? load4(emb + (size_t)tokens[b] * D + 4 * ic)
+						      : __ldcg((const float4 *)(h + (size_t)b * D) + ic);
+			}
+#pragma unroll
+			for (int k = 0; k < PK_ROUNDS(NB); k++) {
+				const int i = i0 + threadIdx.x + k * PK_THREADS;
+				if (i >= D4)
+					break;
+#pragma unroll
+				for (int b = 0; b < NB; b++) {
+					const float4 x = v[k][b];
+					ss[b] += x.x * x.x + x.y * x.y + x.z * x.z + x.w * x.w;
+					store4<T>(xs + (size_t)b * D + 4 * i,
+						  make_float4(x.x * w[k].x, x.y * w[k].y,
+							      x.z * w[k].z, x.w * w[k].w));
+				}
+			}
+		}
+	} else {
+		/* every row's loads before any store: one wait for L2, not NB */
+		for (int i = threadIdx.x; i < D; i += PK_THREADS) {
+			const float w = nw[i];
+			float v[NB];
+#pragma unroll
+			for (int b = 0; b < NB; b++)
+				v[b] = emb ? to_f32(emb[(size_t)tokens[b] * D + i])
+					   : __ldcg(h + (size_t)b * D + i);
+#pragma unroll
+			for (int b = 0; b < NB; b++) {
+				ss[b] += v[b] * v[b];
+				xs[(size_t)b * D + i] = from_f32<T>(v[b] * w);
+			}
 		}
 	}
 #pragma unroll
@@ -600,19 +688,18 @@ __device__ __forceinline__ void pk_keep_hidden(const pk_args &p)
 }
 
 /* The whole batch-1 decode step. grid (G) cooperative, block PK_THREADS,
- * dynamic shared memory pk_smem_bytes(); PF: pk_pf(). */
+ * dynamic shared memory pk_smem_bytes(1, ...); PF: pk_pf(). */
 template <typename T, int NPL, int PF>
 __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_args p)
 {
 	extern __shared__ uint4 pk_smem[];
 	__shared__ float red[PK_WARPS];
 	__shared__ unsigned long long base;
-	cuda_layer *lay = (cuda_layer *)pk_smem; /* the layer table */
-	uint4 *area = pk_smem + pk_lay_bytes(p.n_layer) / 16;
-	T *xs = (T *)area;                /* staged input vector, max(D, E) */
-	float *parts = (float *)area;     /* phase C: x_proj parts (W, P) */
+	const pk_smem_map<T> sm = pk_carve<T, 1>(pk_smem, p);
+	cuda_layer *lay = sm.lay;
+	T *xs = sm.xs;
+	float *parts = sm.parts, *dbc = sm.dbc;
 	const int D = p.D, E = p.E, W = p.W, P = p.P, G = gridDim.x, lane = threadIdx.x & 31;
-	float *dbc = parts + W * P;       /* phase C: dt_low | B | C (W) */
 	uint4 cur[PF];
 	float cw = 0.0f, scale[1];
 	unsigned long long target;
@@ -728,16 +815,6 @@ template <typename T, int NPL>
 static inline pk_kernel_fn pk_kernel(int pf)
 {
 	return pf == 8 ? ssmk_decode_persist<T, NPL, 8> : ssmk_decode_persist<T, NPL, 6>;
-}
-
-/* Dynamic shared memory of ssmk_decode_persist: the layer table, then the
- * larger of the input vector in T and phase C's parts (W, P) and sums (W)
- * in f32. */
-static inline size_t pk_smem_bytes(int D, int E, int W, int P, size_t wsize, int n_layer)
-{
-	size_t v = (size_t)(D > E ? D : E) * wsize, c = (size_t)W * (P + 1) * sizeof(float);
-
-	return (size_t)pk_lay_bytes(n_layer) + (v > c ? v : c);
 }
 
 /*

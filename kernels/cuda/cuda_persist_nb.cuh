@@ -214,7 +214,7 @@ __device__ __forceinline__ void pkn_gemv(const T *W, int m, int k, int P, const 
 
 /* The whole decode step over NB rows (d_state 16: 4 states a lane). grid
  * (G) cooperative, block PK_THREADS, dynamic shared memory
- * pkn_smem_bytes(). */
+ * pk_smem_bytes(NB, ...). */
 template <typename T, int NB>
 __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk_args p)
 {
@@ -222,12 +222,11 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 	extern __shared__ uint4 pk_smem[];
 	__shared__ float red[PK_WARPS * NB];
 	__shared__ unsigned long long base;
-	cuda_layer *lay = (cuda_layer *)pk_smem; /* the layer table */
-	uint4 *area = pk_smem + pk_lay_bytes(p.n_layer) / 16;
-	T *xs = (T *)area;                /* staged input vectors (NB, max(D, E)) */
-	float *parts = (float *)area;     /* phase C: x_proj parts (NB, W, P) */
+	const pk_smem_map<T> sm = pk_carve<T, NB>(pk_smem, p);
+	cuda_layer *lay = sm.lay;
+	T *xs = sm.xs;
+	float *parts = sm.parts, *dbc = sm.dbc;
 	const int D = p.D, E = p.E, W = p.W, P = p.P, G = gridDim.x, lane = threadIdx.x & 31;
-	float *dbc = parts + NB * W * P;  /* phase C: dt_low | B | C (NB, W) */
 	/* this lane's value of each GEMV item: row r + dr of the pair, row b,
 	 * and whether it stores it (the first lane of the value's span) */
 	const int kk = pkn_k<NB>(), dr = kk / NB, rb = kk % NB;
@@ -385,17 +384,6 @@ static inline pk_kernel_fn pkn_kernel(int nb)
 		return NULL;
 	else
 		return nb == 2 ? ssmk_decode_persist_nb<T, 2> : ssmk_decode_persist_nb<T, 4>;
-}
-
-/* Dynamic shared memory of ssmk_decode_persist_nb: the layer table, then
- * the larger of NB input vectors in T and phase C's parts and sums. */
-static inline size_t pkn_smem_bytes(int nb, int D, int E, int W, int P, size_t wsize,
-				    int n_layer)
-{
-	size_t v = (size_t)nb * (D > E ? D : E) * wsize,
-	       c = (size_t)nb * W * (P + 1) * sizeof(float);
-
-	return (size_t)pk_lay_bytes(n_layer) + (v > c ? v : c);
 }
 
 #endif

@@ -788,8 +788,8 @@ static void test_big(const char *dir)
 
 /* Whether group `name` runs: all of them, or those SSMD_CUDA_ONLY names
  * (comma-separated: fixtures, cross, batch or one of its cases batch-f32-64
- * ... batch-low-2, checkpoints, sampling, big), so a slow tool such as a
- * sanitizer can run the groups side by side. */
+ * ... batch-f16-20 and batch-conv3, checkpoints, sampling, big), so a slow
+ * tool such as a sanitizer can run the groups side by side. */
 static int want(const char *name)
 {
 	const char *only = getenv("SSMD_CUDA_ONLY");
@@ -889,6 +889,22 @@ int main(void)
 				   : batches[i].low    ? low_dtype
 						       : SSM_DTYPE_F32,
 				   batches[i].n);
+
+	/* the batched conv step's any-width path: the batches above run d_conv
+	 * 4, which has its own instantiation */
+	if (local && (want("batch") || want("batch-conv3"))) {
+		ssm_model *m3 = NULL;
+		char d[1024];
+
+		snprintf(d, sizeof(d), "%s/conv3-rank7", local);
+		CHECK_RC(rc = ssm_model_load(d, &m3), SSMD_OK);
+		if (!rc) {
+			printf("batched decode, d_conv 3 (%s):\n", d);
+			test_batch(m3, SSM_DTYPE_F32, 9);
+			test_batch(m3, low_dtype, 9);
+			ssm_model_free(m3);
+		}
+	}
 
 	if (want("checkpoints")) {
 		/* chunks of 160 tokens: scan segments of 64, 64 and 32, two chunks */
