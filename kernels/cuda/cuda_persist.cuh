@@ -344,6 +344,21 @@ __device__ __forceinline__ void pk_stage(const void *src, int len, T *xs)
 	for (int j0 = 0; j0 < n; j0 += PK_ROUNDS(NB) * PK_THREADS) {
 		uint4 v[PK_ROUNDS(NB)][NB];
 
+		if (n - j0 <= PK_THREADS) {
+			/* the last round alone (the whole row at 1.4b's 4096 bf16) */
+			const int j = j0 + threadIdx.x;
+			if (j < n) {
+#pragma unroll
+				for (int b = 0; b < NB; b++)
+					v[0][b] = __ldcg((const uint4 *)((const T *)src +
+									 (size_t)b * len) + j);
+#pragma unroll
+				for (int b = 0; b < NB; b++)
+					((uint4 *)(xs + (size_t)b * len))[j] = v[0][b];
+			}
+			break;
+		}
+
 #pragma unroll
 		for (int k = 0; k < PK_ROUNDS(NB); k++) {
 			const int j = j0 + threadIdx.x + k * PK_THREADS, jc = j < n ? j : 0;
@@ -359,6 +374,43 @@ __device__ __forceinline__ void pk_stage(const void *src, int len, T *xs)
 #pragma unroll
 			for (int b = 0; b < NB; b++)
 				((uint4 *)(xs + (size_t)b * len))[j] = v[k][b];
+		}
+	}
+}
+
+/* pk_stage_norm's float4 body: xs[b] = v_b * nw, ss[b] += the squares,
+ * every load of R rounds issued before any is used (D % 4 == 0). */
+template <typename T, int NB, int R>
+__device__ __forceinline__ void pk_norm_v4(const float *h, const T *emb, const int32_t *tokens,
+					   const float *nw, int D, T *xs, float *ss)
+{
+	const int D4 = D / 4;
+
+	for (int i0 = 0; i0 < D4; i0 += R * PK_THREADS) {
+		float4 w[R], v[R][NB];
+
+#pragma unroll
+		for (int k = 0; k < R; k++) {
+			const int i = i0 + threadIdx.x + k * PK_THREADS, ic = i < D4 ? i : 0;
+			w[k] = ((const float4 *)nw)[ic];
+#pragma unroll
+			for (int b = 0; b < NB; b++)
+				v[k][b] = emb ? load4(emb + (size_t)tokens[b] * D + 4 * ic)
+					      : __ldcg((const float4 *)(h + (size_t)b * D) + ic);
+		}
+#pragma unroll
+		for (int k = 0; k < R; k++) {
+			const int i = i0 + threadIdx.x + k * PK_THREADS;
+			if (i >= D4)
+				break;
+#pragma unroll
+			for (int b = 0; b < NB; b++) {
+				const float4 x = v[k][b];
+				ss[b] += x.x * x.x + x.y * x.y + x.z * x.z + x.w * x.w;
+				store4<T>(xs + (size_t)b * D + 4 * i,
+					  make_float4(x.x * w[k].x, x.y * w[k].y, x.z * w[k].z,
+						      x.w * w[k].w));
+			}
 		}
 	}
 }
@@ -383,38 +435,14 @@ __device__ __forceinline__ void pk_stage_norm(const float *h, const T *emb, cons
 		ss[b] = 0.0f;
 	if (NB <= 2 && D % 4 == 0) {
 		/* float4 pieces, every load of PK_ROUNDS(NB) rounds (the whole row up
-		 * to d_model 4096) issued before any is used: one wait for L2. At
-		 * 4 rows the float4s spill the multi-row kernel's registers (16
-		 * bytes): it keeps the loop below. */
-		const int D4 = D / 4;
-
-		for (int i0 = 0; i0 < D4; i0 += PK_ROUNDS(NB) * PK_THREADS) {
-			float4 w[PK_ROUNDS(NB)], v[PK_ROUNDS(NB)][NB];
-
-#pragma unroll
-			for (int k = 0; k < PK_ROUNDS(NB); k++) {
-				const int i = i0 + threadIdx.x + k * PK_THREADS, ic = i < D4 ? i : 0;
-				w[k] = ((const float4 *)nw)[ic];
-#pragma unroll
-				for (int b = 0; b < NB; b++)
-					v[k][b] = emb ? load4(emb + (size_t)tokens[b] * D + 4 * ic)
-						      : __ldcg((const float4 *)(h + (size_t)b * D) + ic);
-			}
-#pragma unroll
-			for (int k = 0; k < PK_ROUNDS(NB); k++) {
-				const int i = i0 + threadIdx.x + k * PK_THREADS;
-				if (i >= D4)
-					break;
-#pragma unroll
-				for (int b = 0; b < NB; b++) {
-					const float4 x = v[k][b];
-					ss[b] += x.x * x.x + x.y * x.y + x.z * x.z + x.w * x.w;
-					store4<T>(xs + (size_t)b * D + 4 * i,
-						  make_float4(x.x * w[k].x, x.y * w[k].y,
-							      x.z * w[k].z, x.w * w[k].w));
-				}
-			}
-		}
+		 * to d_model 4096) issued before any is used: one wait for L2; one
+		 * round where it holds the row (1.4b). At 4 rows the float4s spill
+		 * the multi-row kernel's registers (16 bytes): it keeps the loop
+		 * below. */
+		if (D / 4 <= PK_THREADS)
+			pk_norm_v4<T, NB, 1>(h, emb, tokens, nw, D, xs, ss);
+		else
+			pk_norm_v4<T, NB, PK_ROUNDS(NB)>(h, emb, tokens, nw, D, xs, ss);
 	} else {
 		/* every row's loads before any store: one wait for L2, not NB */
 		for (int i = threadIdx.x; i < D; i += PK_THREADS) {
