@@ -28,6 +28,11 @@
  * 8192 731k / 117k / 63k, 16384 768k / 119k / 64k: each chunk costs every
  * layer's ~10 launches, and longer chunks give the scan more segments. */
 #define CUDA_DEFAULT_CHUNK 8192
+/* K slices of the batched decode's out_proj GEMM (1 or 2), each a product
+ * of its own that the next layer's norm adds in order: cuBLAS runs the
+ * two halves of a 64-row product faster than the whole (bench/NOTES.md,
+ * round fourteen). */
+#define CUDA_OUT_SPLIT 2
 /* Largest decode bucket; bigger batches run in pieces of this size. */
 #define CUDA_MAX_BUCKET 256
 /* Rows of logits computed per lm_head GEMM when a prefill wants them all. */
@@ -208,6 +213,25 @@ static int gemm(cuda_backend *cb, const void *W, const void *X, int ldx,
 	return gemm_ex(cb, W, X, ldx, Y, ldy, m, n, k, 0);
 }
 
+/* gemm() with K cut in P slices, one product each (slice p's Y at Y + p *
+ * ldy * n), for the consumer to add: k % P == 0. */
+static int gemm_split(cuda_backend *cb, const void *W, const void *X, int ldx,
+		      float *Y, int ldy, int m, int n, int k, int P)
+{
+	int rc = SSMD_OK;
+	const float one = 1.0f, zero = 0.0f;
+
+	if (P == 1)
+		return gemm(cb, W, X, ldx, Y, ldy, m, n, k);
+	CUBLAS_TRY(cublasGemmStridedBatchedEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k / P,
+					      &one, W, cb->wtype, k, k / P, X, cb->wtype,
+					      ldx, k / P, &zero, Y, CUDA_R_32F, ldy,
+					      (long long)ldy * n, P, CUBLAS_COMPUTE_32F,
+					      CUBLAS_GEMM_DEFAULT));
+out:
+	return rc;
+}
+
 static int gemm_acc(cuda_backend *cb, const void *W, const void *X, int ldx,
 		    float *Y, int ldy, int m, int n, int k)
 {
@@ -275,6 +299,8 @@ static int decode_body(cuda_backend *cb, int nb)
 		  R = c->dt_rank, V = c->vocab_size, W = R + 2 * N;
 	const size_t sf = cb->state_floats;
 	cuda_act *a = &cb->act;
+	/* out_proj's second K slice, which the next norm adds (out_split 2) */
+	const float *mix2 = cb->out_split == 2 ? a->mix + (size_t)nb * D : NULL;
 	cudaStream_t s = cb->stream;
 	int l;
 
@@ -285,8 +311,8 @@ static int decode_body(cuda_backend *cb, int nb)
 		const cuda_layer *y = &cb->layers[l];
 		const cuda_layer *p = l ? &cb->layers[l - 1] : NULL;
 
-		CUDA_TRY(launch_pdl(ssmk_add_norm<T>, nb, 256, s, a->h,
-				    p ? a->mix : NULL, p ? p->out_b : NULL, y->norm,
+		CUDA_TRY(launch_pdl(ssmk_add_norm<T>, nb, 256, s, a->h, p ? a->mix : NULL,
+				    p ? mix2 : NULL, p ? p->out_b : NULL, y->norm,
 				    (T *)a->xn, D, c->eps, (float *)NULL, (const int *)NULL,
 				    (size_t)0, (size_t)0));
 		split_mark(cb, SSM_CUDA_NORM);
@@ -312,11 +338,12 @@ static int decode_body(cuda_backend *cb, int nb)
 		NPL_SWITCH(N / SSM_LANES, SSM_STEP);
 #undef SSM_STEP
 		split_mark(cb, SSM_CUDA_SSM_STEP);
-		if ((rc = gemm(cb, y->out_w, a->yT, E, a->mix, D, D, nb, E)))
+		if ((rc = gemm_split(cb, y->out_w, a->yT, E, a->mix, D, D, nb, E,
+				     cb->out_split)))
 			goto out;
 		split_mark(cb, SSM_CUDA_OUT_PROJ);
 	}
-	CUDA_TRY(launch_pdl(ssmk_add_norm<T>, nb, 256, s, a->h, a->mix,
+	CUDA_TRY(launch_pdl(ssmk_add_norm<T>, nb, 256, s, a->h, a->mix, mix2,
 			    cb->layers[c->n_layer - 1].out_b, cb->norm_f, (T *)a->xn, D,
 			    c->eps, cb->pool, cb->d_slots, sf, cb->off_hidden));
 	if ((rc = gemm(cb, cb->lm_head, a->xn, D, a->logits, V, V, nb, D)))
@@ -480,7 +507,7 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 							 y->norm, (T *)a->xn, D,
 							 c->eps);
 		else
-			ssmk_add_norm<T><<<L, 256, 0, s>>>(a->h, p ? a->mix : NULL,
+			ssmk_add_norm<T><<<L, 256, 0, s>>>(a->h, p ? a->mix : NULL, NULL,
 							p ? p->out_b : NULL, y->norm,
 							(T *)a->xn, D, c->eps, NULL,
 							NULL, 0, 0);
@@ -569,7 +596,7 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 			goto out;
 		split_mark(cb, SSM_CUDA_OUT_PROJ);
 	}
-	ssmk_add_norm<T><<<L, 256, 0, s>>>(a->h, a->mix,
+	ssmk_add_norm<T><<<L, 256, 0, s>>>(a->h, a->mix, NULL,
 					cb->layers[c->n_layer - 1].out_b,
 					cb->norm_f, (T *)a->xn, D, c->eps, NULL,
 					NULL, 0, 0);
@@ -1053,17 +1080,19 @@ static int cuda_slot_logits(ssm_backend *b, int slot, float *logits)
 	CUDA_LAUNCHED();
 	switch (cb->wdtype) {
 	case SSM_DTYPE_F32:
-		ssmk_add_norm<float><<<1, 256, 0, cb->stream>>>(a->h, NULL, NULL, cb->norm_f,
-			(float *)a->xn, c->d_model, c->eps, NULL, NULL, 0, 0);
+		ssmk_add_norm<float><<<1, 256, 0, cb->stream>>>(
+			a->h, NULL, NULL, NULL, cb->norm_f, (float *)a->xn, c->d_model,
+			c->eps, NULL, NULL, 0, 0);
 		break;
 	case SSM_DTYPE_F16:
-		ssmk_add_norm<__half><<<1, 256, 0, cb->stream>>>(a->h, NULL, NULL, cb->norm_f,
-			(__half *)a->xn, c->d_model, c->eps, NULL, NULL, 0, 0);
+		ssmk_add_norm<__half><<<1, 256, 0, cb->stream>>>(
+			a->h, NULL, NULL, NULL, cb->norm_f, (__half *)a->xn, c->d_model,
+			c->eps, NULL, NULL, 0, 0);
 		break;
 	default:
-		ssmk_add_norm<__nv_bfloat16><<<1, 256, 0, cb->stream>>>(a->h, NULL, NULL,
-			cb->norm_f, (__nv_bfloat16 *)a->xn, c->d_model, c->eps, NULL,
-			NULL, 0, 0);
+		ssmk_add_norm<__nv_bfloat16><<<1, 256, 0, cb->stream>>>(
+			a->h, NULL, NULL, NULL, cb->norm_f, (__nv_bfloat16 *)a->xn,
+			c->d_model, c->eps, NULL, NULL, 0, 0);
 		break;
 	}
 	CUDA_LAUNCHED();
@@ -1470,6 +1499,9 @@ static int act_alloc(cuda_backend *cb, int rows, int logit_rows)
 	const ssm_config *c = &cb->cfg;
 	const size_t D = c->d_model, E = c->d_inner, R = c->dt_rank,
 		     W = R + 2 * (size_t)c->d_state, ws = cb->wsize, n = rows;
+	/* a split out_proj's slices, one after the other */
+	const size_t mix_rows = n > (size_t)cb->out_split * cb->max_batch
+					? n : (size_t)cb->out_split * cb->max_batch;
 	cuda_act *a = &cb->act;
 	int rc;
 
@@ -1484,7 +1516,7 @@ static int act_alloc(cuda_backend *cb, int rows, int logit_rows)
 	    (rc = dev_alloc(cb, n * R * ws, &a->dlT)) ||
 	    (rc = dev_alloc(cb, n * E * 4, (void **)&a->dtr)) ||
 	    (rc = dev_alloc(cb, n * E * ws, &a->yT)) ||
-	    (rc = dev_alloc(cb, n * D * 4, (void **)&a->mix)) ||
+	    (rc = dev_alloc(cb, mix_rows * D * 4, (void **)&a->mix)) ||
 	    (rc = dev_alloc(cb, (size_t)logit_rows * c->vocab_size * 4,
 			    (void **)&a->logits)))
 		return rc;
@@ -1594,6 +1626,12 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 		cb->chunk = atoi(env);
 	/* the scan's segment length (a multiple of its tile); SSMD_CUDA_SCAN_SEG
 	 * overrides it for tuning */
+	/* the batched decode's out_proj in two K slices, which the next norm
+	 * adds (CUDA_OUT_SPLIT); SSMD_CUDA_OUT_SPLIT=1|2 overrides it */
+	cb->out_split = c->d_inner % 32 == 0 ? CUDA_OUT_SPLIT : 1;
+	env = getenv("SSMD_CUDA_OUT_SPLIT");
+	if (env && (atoi(env) == 1 || (atoi(env) == 2 && c->d_inner % 32 == 0)))
+		cb->out_split = atoi(env);
 	cb->scan_seg = SCAN_SEG;
 	env = getenv("SSMD_CUDA_SCAN_SEG");
 	if (env && atoi(env) >= SCAN_TILE)

@@ -237,8 +237,8 @@ __global__ void ssmk_embed(const int32_t *tok, const T *embed, float *h, int D)
 /*
  * RMSNorm of one row held in registers as float4, by one block (D % 4 == 0,
  * D <= 4 * NORM_V4 * blockDim.x):
- *   v  = hr + a + b                   (each term when not NULL; v goes back
- *                                      to hr when either is added)
+ *   v  = ((hr + a) + a2) + b          (each term when not NULL; a2 only with
+ *                                      a; v goes back to hr when any is added)
  *   xr = v * rsqrt(mean(v^2) + eps) * w              (in T)
  *   hid = v                           (when hid != NULL)
  * Every load of the row is issued before any is used (a load used at once
@@ -246,13 +246,13 @@ __global__ void ssmk_embed(const int32_t *tok, const T *embed, float *h, int D)
  * round trips a row at d_model 2048). red: shared (32).
  */
 template <typename T>
-__device__ __forceinline__ void norm_row_v4(float *hr, const float *a, const float *b,
-					    const float *w, T *xr, int D, float eps,
-					    float *hid, float *red)
+__device__ __forceinline__ void norm_row_v4(float *hr, const float *a, const float *a2,
+					    const float *b, const float *w, T *xr, int D,
+					    float eps, float *hid, float *red)
 {
 	const int D4 = D / 4;
 	const float4 zero = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-	float4 v[NORM_V4], va[NORM_V4], vb[NORM_V4], ww[NORM_V4];
+	float4 v[NORM_V4], va[NORM_V4], va2[NORM_V4], vb[NORM_V4], ww[NORM_V4];
 	float ss = 0.0f;
 
 #pragma unroll
@@ -260,6 +260,7 @@ __device__ __forceinline__ void norm_row_v4(float *hr, const float *a, const flo
 		const int i = threadIdx.x + k * blockDim.x, ic = i < D4 ? i : 0;
 		v[k] = ((const float4 *)hr)[ic];
 		va[k] = a ? ((const float4 *)a)[ic] : zero;
+		va2[k] = a2 ? ((const float4 *)a2)[ic] : zero;
 		vb[k] = b ? ((const float4 *)b)[ic] : zero;
 		ww[k] = ((const float4 *)w)[ic];
 	}
@@ -269,6 +270,8 @@ __device__ __forceinline__ void norm_row_v4(float *hr, const float *a, const flo
 		if (i < D4) {
 			if (a)
 				v[k] = f4_add(v[k], va[k]);
+			if (a2)
+				v[k] = f4_add(v[k], va2[k]);
 			if (b)
 				v[k] = f4_add(v[k], vb[k]);
 			if (a || b)
@@ -294,17 +297,19 @@ __device__ __forceinline__ void norm_row_v4(float *hr, const float *a, const flo
 
 /*
  * Fused residual add + RMSNorm, one block (256 threads) per row:
- *   h[r] += mix[r] + mix_b            (when mix != NULL; mix_b only with mix)
+ *   h[r] = ((h[r] + mix[r]) + mix2[r]) + mix_b
+ *                         (when mix != NULL; mix2, the second K slice of a
+ *                          split out_proj, and mix_b each only with mix)
  *   xn[r] = h[r] * rsqrt(mean(h[r]^2) + eps) * w       (in T)
  * When pool != NULL, h[r] is also stored as the hidden vector of slot
  * slots[r] (skipped for padding rows, slot < 0). Rows of whole float4s up to
  * 4 * NORM_V4 * 256 floats take norm_row_v4, others a loop.
  */
 template <typename T>
-__global__ void ssmk_add_norm(float *h, const float *mix, const float *mix_b,
-			   const float *w, T *xn, int D, float eps,
-			   float *pool, const int *slots, size_t state_floats,
-			   size_t off_hidden)
+__global__ void ssmk_add_norm(float *h, const float *mix, const float *mix2,
+			      const float *mix_b, const float *w, T *xn, int D, float eps,
+			      float *pool, const int *slots, size_t state_floats,
+			      size_t off_hidden)
 {
 	__shared__ float red[32];
 	float *hr = h + (size_t)blockIdx.x * D;
@@ -319,6 +324,7 @@ __global__ void ssmk_add_norm(float *h, const float *mix, const float *mix_b,
 	pdl_wait();
 	if (D % 4 == 0 && D <= 4 * NORM_V4 * (int)blockDim.x) {
 		norm_row_v4<T>(hr, mix ? mix + (size_t)blockIdx.x * D : NULL,
+			       mix && mix2 ? mix2 + (size_t)blockIdx.x * D : NULL,
 			       mix ? mix_b : NULL, w, xr, D, eps, hid, red);
 		return;
 	}
@@ -326,6 +332,8 @@ __global__ void ssmk_add_norm(float *h, const float *mix, const float *mix_b,
 		float v = hr[i];
 		if (mix) {
 			v += mix[(size_t)blockIdx.x * D + i];
+			if (mix2)
+				v += mix2[(size_t)blockIdx.x * D + i];
 			if (mix_b)
 				v += mix_b[i];
 			hr[i] = v;
@@ -356,8 +364,8 @@ ssmk_norm_rows(float *__restrict__ h, const float *__restrict__ bias,
 {
 	__shared__ float red[32];
 
-	norm_row_v4<T>(h + (size_t)blockIdx.x * D, NULL, bias, w, xn + (size_t)blockIdx.x * D,
-		       D, eps, NULL, red);
+	norm_row_v4<T>(h + (size_t)blockIdx.x * D, NULL, NULL, bias, w,
+		       xn + (size_t)blockIdx.x * D, D, eps, NULL, red);
 }
 
 /* Copies slot slots[r]'s hidden vector into h[r].  grid (B), block 256. */

@@ -788,8 +788,8 @@ static void test_big(const char *dir)
 
 /* Whether group `name` runs: all of them, or those SSMD_CUDA_ONLY names
  * (comma-separated: fixtures, cross, batch or one of its cases batch-f32-64
- * ... batch-f16-20 and batch-conv3, checkpoints, sampling, big), so a slow
- * tool such as a sanitizer can run the groups side by side. */
+ * ... batch-low-20-whole and batch-conv3, checkpoints, sampling, big), so a
+ * slow tool such as a sanitizer can run the groups side by side. */
 static int want(const char *name)
 {
 	const char *only = getenv("SSMD_CUDA_ONLY");
@@ -816,11 +816,14 @@ int main(void)
 		const char *name;
 		int low, n; /* low: 1 the BF16, 2 the F16 weights (F32 with
 			     * SSMD_CUDA_F32_ONLY), 0 F32 */
+		int whole;  /* out_proj in one K slice (SSMD_CUDA_OUT_SPLIT=1) */
 	} batches[] = {
-		{"batch-f32-64", 0, 64}, {"batch-f32-37", 0, 37}, {"batch-low-64", 1, 64},
-		{"batch-f32-3", 0, 3},   {"batch-low-20", 1, 20}, {"batch-low-2", 1, 2},
-		{"batch-low-4", 1, 4},   {"batch-low-3", 1, 3},   {"batch-f16-4", 2, 4},
-		{"batch-f16-20", 2, 20},
+		{"batch-f32-64", 0, 64, 0}, {"batch-f32-37", 0, 37, 0},
+		{"batch-low-64", 1, 64, 0}, {"batch-f32-3", 0, 3, 0},
+		{"batch-low-20", 1, 20, 0}, {"batch-low-2", 1, 2, 0},
+		{"batch-low-4", 1, 4, 0},   {"batch-low-3", 1, 3, 0},
+		{"batch-f16-4", 2, 4, 0},   {"batch-f16-20", 2, 20, 0},
+		{"batch-f32-64-whole", 0, 64, 1}, {"batch-low-20-whole", 1, 20, 1},
 	};
 	char path[1024];
 	ssm_model *m = NULL;
@@ -882,13 +885,20 @@ int main(void)
 	}
 
 	printf("batched decode (tol %g f32, %g bf16):\n", TOL_BATCH, TOL_BATCH_BF16);
-	for (i = 0; i < sizeof(batches) / sizeof(batches[0]); i++)
-		if (want("batch") || want(batches[i].name))
-			test_batch(m,
-				   batches[i].low == 2 ? half_dtype
-				   : batches[i].low    ? low_dtype
-						       : SSM_DTYPE_F32,
-				   batches[i].n);
+	for (i = 0; i < sizeof(batches) / sizeof(batches[0]); i++) {
+		if (!want("batch") && !want(batches[i].name))
+			continue;
+		if (batches[i].whole) {
+			printf("  (out_proj in one K slice:)\n");
+			setenv("SSMD_CUDA_OUT_SPLIT", "1", 1);
+		}
+		test_batch(m,
+			   batches[i].low == 2 ? half_dtype
+			   : batches[i].low    ? low_dtype
+					       : SSM_DTYPE_F32,
+			   batches[i].n);
+		unsetenv("SSMD_CUDA_OUT_SPLIT");
+	}
 
 	/* the batched conv step's any-width path: the batches above run d_conv
 	 * 4, which has its own instantiation */
