@@ -58,14 +58,6 @@ __device__ __forceinline__ void pdl_wait(void)
 	asm volatile("griddepcontrol.wait;" ::: "memory");
 }
 
-__device__ __forceinline__ float silu(float v) { return v / (1.0f + expf(-v)); }
-
-/* torch.nn.functional.softplus with its default threshold 20. */
-__device__ __forceinline__ float softplus(float v)
-{
-	return v > 20.0f ? v : log1pf(expf(v));
-}
-
 /* 2^v with the special-function unit (ex2.approx.ftz: 2 ulp, what __expf
  * uses after its own multiply by log2(e)). */
 __device__ __forceinline__ float ex2_approx(float v)
@@ -75,28 +67,31 @@ __device__ __forceinline__ float ex2_approx(float v)
 	return r;
 }
 
-/* The prefill's variants (conv output, scan gate and dt), fewer
- * instructions for these per-(token, channel) functions: __expf (ex2.approx
- * after a multiply by log2 e; at most 2 + floor(|1.173 v|) ulp, so ~3e-6
- * relative at |v| = 20, ~1e-6 at the |v| < 5 that dt and z mostly take) and
- * __fdividef (2 ulp) instead of the correctly rounded expf and division.
- * silu_fast(v) -> -0 for v below about -88, where the denominator
- * overflows, as silu does. */
-__device__ __forceinline__ float silu_fast(float v)
+/*
+ * SiLU and softplus (the conv output, the gate and dt), in every kernel,
+ * prefill and decode alike: few instructions for these per-(token, channel)
+ * functions, with __expf (ex2.approx after a multiply by log2 e; at most 2 +
+ * floor(|1.173 v|) ulp, so ~3e-6 relative at |v| = 20, ~1e-6 at the |v| < 5
+ * that dt and z mostly take) and __fdividef (2 ulp) instead of the
+ * correctly rounded expf and division (and log1pf: ~40 instructions). silu
+ * is v / (1 + exp(-v)), -> -0 for v below about -88, where the denominator
+ * overflows, as the exact formula does.
+ */
+__device__ __forceinline__ float silu(float v)
 {
 	/* __expf(-v) without its range fix-up for denormal results, which
 	 * cannot change 1 + u */
 	return __fdividef(v, 1.0f + ex2_approx(v * -1.4426950408889634f));
 }
 
-/* softplus(v) = max(v, 0) + log1p(u), u = exp(-|v|) in (0, 1], without
- * log1pf's ~40 instructions or a branch (lanes of a warp take either side of
- * any threshold): log1p(u) = 2 atanh(s), s = u / (2 + u) <= 1/3, by its
- * series to s^15 (truncation < 1.5e-8 relative). For v > 20 the log1p term
- * is below half an ulp of v, so the result is v, as softplus's threshold
- * gives. ex2.approx and __fdividef: ~2 ulp each; u is flushed to 0 below
- * 2^-126, so softplus(v) is 0 for v below about -87. */
-__device__ __forceinline__ float softplus_fast(float v)
+/* torch.nn.functional.softplus (threshold 20) as max(v, 0) + log1p(u), u =
+ * exp(-|v|) in (0, 1], without log1pf or a branch (lanes of a warp take
+ * either side of any threshold): log1p(u) = 2 atanh(s), s = u / (2 + u) <=
+ * 1/3, by its series to s^15 (truncation < 1.5e-8 relative). For v > 20 the
+ * log1p term is below half an ulp of v, so the result is v, as softplus's
+ * threshold gives. ex2.approx and __fdividef: ~2 ulp each; u is flushed to 0
+ * below 2^-126, so softplus(v) is 0 for v below about -87. */
+__device__ __forceinline__ float softplus(float v)
 {
 	const float u = ex2_approx(fabsf(v) * -1.4426950408889634f);
 	const float s = __fdividef(u, 2.0f + u), s2 = s * s;
@@ -664,7 +659,7 @@ __global__ void ssmk_conv_seq(const float *xz, const float *in_b, const float *c
 				       : conv[(size_t)e * (K - 1) + (K - 1) + p];
 		acc += w[j] * v;
 	}
-	const float y = silu_fast(acc);
+	const float y = silu(acc);
 	xc[(size_t)t * E + e] = y;
 	xcT[(size_t)t * E + e] = from_f32<T>(y);
 }
@@ -733,8 +728,8 @@ ssmk_conv_run(const float *__restrict__ xz, const float *__restrict__ in_b,
 			acc.z += w[2][j] * v[i + j].z;
 			acc.w += w[3][j] * v[i + j].w;
 		}
-		const float4 y = make_float4(silu_fast(acc.x), silu_fast(acc.y),
-					     silu_fast(acc.z), silu_fast(acc.w));
+		const float4 y = make_float4(silu(acc.x), silu(acc.y),
+					     silu(acc.z), silu(acc.w));
 		const size_t o = (size_t)(t0 + i) * E + e;
 		*(float4 *)(xc + o) = y;
 		store4<T>(xcT + o, y);
@@ -1095,7 +1090,7 @@ ssmk_scan(float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
 			for (int q = 0; q < SCAN_TILE * CB / SCAN_THREADS; q++) {
 				const int idx = threadIdx.x + SCAN_THREADS * q;
 				if (idx < nt * CB) {
-					const float dt = softplus_fast(s_dt[idx] + dtb);
+					const float dt = softplus(s_dt[idx] + dtb);
 					s_dt[idx] = dt;
 					if (LOCAL && e0 + cl < E)
 						dtp[(size_t)q * (SCAN_THREADS / CB) * E] = dt;
@@ -1130,7 +1125,7 @@ ssmk_scan(float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
 		auto gate_store = [&](int tt, float y, float z) {
 			if (valid)
 				yp[(size_t)tt * E] = from_f32<T>(
-					(y + dskip * s_x[tt * CB + ch]) * silu_fast(z + zb));
+					(y + dskip * s_x[tt * CB + ch]) * silu(z + zb));
 		};
 		auto z_of = [&](int tt) { return xz[(size_t)(t0 + tt) * 2 * E + E + ec]; };
 		/* the state now is checkpoint k's; on to the next checkpoint */
