@@ -373,6 +373,16 @@ __global__ void ssmk_load_hidden(float *h, const float *pool, const int *slots,
 		h[(size_t)blockIdx.x * D + i] = src[i];
 }
 
+/* xc[r, e] = SiLU(acc) in f32 and in T: a conv step's output. */
+template <typename T>
+__device__ __forceinline__ void conv_store(float acc, int r, int e, int E, float *xc, T *xcT)
+{
+	const float y = silu(acc);
+
+	xc[(size_t)r * E + e] = y;
+	xcT[(size_t)r * E + e] = from_f32<T>(y);
+}
+
 /*
  * Decode conv step of channel e, batch row r, given the in_proj output xin:
  *   x   = xin + in_b[e]
@@ -401,10 +411,7 @@ __device__ __forceinline__ void ssm_conv_channel(float xin, int e, int r, const 
 			win[j] = win[j + 1];
 		win[K - 2] = x;
 	}
-	acc += w[K - 1] * x;
-	const float y = silu(acc);
-	xc[(size_t)r * E + e] = y;
-	xcT[(size_t)r * E + e] = from_f32<T>(y);
+	conv_store<T>(acc + w[K - 1] * x, r, e, E, xc, xcT);
 }
 
 /*
@@ -457,10 +464,7 @@ __global__ void ssmk_conv_step(const float *xz, const float *in_b, const float *
 				win[j] = old[j + 1];
 			win[KC - 2] = x;
 		}
-		acc += w[KC - 1] * x;
-		const float y = silu(acc);
-		xc[(size_t)r * E + e] = y;
-		xcT[(size_t)r * E + e] = from_f32<T>(y);
+		conv_store<T>(acc + w[KC - 1] * x, r, e, E, xc, xcT);
 	} else {
 		pdl_wait();
 		if (e < E)
