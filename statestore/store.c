@@ -461,25 +461,66 @@ void store_id_canon(const char *in, char out[STORE_ID_SIZE])
 	out[STORE_ID_LEN] = '\0';
 }
 
+/* The last ID this process made: one made in the same millisecond (or
+ * after the clock stepped back) takes its milliseconds and its random part
+ * plus one, so IDs made one after another sort in the order they were made
+ * (ULID's monotonic mode), as listings by ID and their cursors assume. */
+static pthread_mutex_t id_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint8_t id_last[16];
+static int64_t id_last_ms = -1;
+
+/* r[0..10) = 10 random bytes */
+static int id_random(uint8_t *r)
+{
+	size_t got = 0;
+
+	while (got < 10) {
+		ssize_t n = getrandom(r + got, 10 - got, 0);
+
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0)
+			return ssmd_err_set(SSMD_EIO, "getrandom: %s",
+					    strerror(errno));
+		got += (size_t)n;
+	}
+	return SSMD_OK;
+}
+
 int store_id_new(char id[STORE_ID_SIZE], int64_t *ms_out)
 {
 	uint8_t b[16];
 	int64_t ms = store_now_ms();
-	size_t got = 0;
+	int rc = SSMD_OK, fresh;
 
-	/* bytes 0-5: big-endian milliseconds, so IDs sort by time */
-	for (int i = 0; i < 6; i++)
-		b[i] = (uint8_t)((uint64_t)ms >> (40 - 8 * i));
-	while (got < 10) {
-		ssize_t r = getrandom(b + 6 + got, 10 - got, 0);
+	pthread_mutex_lock(&id_lock);
+	fresh = ms > id_last_ms;
+	if (!fresh) {
+		/* the last ID's random part plus one, an 80-bit count */
+		int k;
 
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return ssmd_err_set(SSMD_EIO, "getrandom: %s",
-					    strerror(errno));
-		got += (size_t)r;
+		memcpy(b, id_last, sizeof(b));
+		for (k = 15; k >= 6 && ++b[k] == 0; k--)
+			;
+		ms = id_last_ms;
+		if (k < 6) { /* 2^80 IDs in one millisecond: on to the next */
+			ms++;
+			fresh = 1;
+		}
 	}
+	if (fresh) {
+		/* bytes 0-5: big-endian milliseconds, so IDs sort by time */
+		for (int k = 0; k < 6; k++)
+			b[k] = (uint8_t)((uint64_t)ms >> (40 - 8 * k));
+		rc = id_random(b + 6);
+	}
+	if (rc == SSMD_OK) {
+		memcpy(id_last, b, sizeof(b));
+		id_last_ms = ms;
+	}
+	pthread_mutex_unlock(&id_lock);
+	if (rc)
+		return rc;
 	/* 130 bits = two zero bits then the 128 bits, 5 bits per character */
 	for (int c = 0; c < STORE_ID_LEN; c++) {
 		int v = 0;
