@@ -1411,7 +1411,7 @@ static int pkn_init_t(cuda_backend *cb, int P)
 	for (int i = 0; i < 2; i++) {
 		/* the dynamic part, and ~1 KB of static: red and base */
 		const size_t smem = pk_smem_bytes(rows[i], c->d_model, c->d_inner, W, P,
-						   sizeof(T), c->n_layer);
+						  sizeof(T), c->n_layer);
 		if (smem + 1024 > (size_t)optin)
 			return SSMD_OK;
 		CUDA_TRY(cudaFuncSetAttribute(pkn_kernel<T>(rows[i]),
