@@ -463,56 +463,62 @@ void store_id_canon(const char *in, char out[STORE_ID_SIZE])
 
 /* The last ID this process made: one made in the same millisecond (or
  * after the clock stepped back) takes its milliseconds and its random part
- * plus one, so IDs made one after another sort in the order they were made
- * (ULID's monotonic mode), as listings by ID and their cursors assume. */
+ * plus a random 40-bit step (at least 1), so IDs made one after another sort
+ * in the order they were made, as listings by ID and their cursors assume,
+ * and the next ID still cannot be told from the last one. */
 static pthread_mutex_t id_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint8_t id_last[16];
 static int64_t id_last_ms = -1;
 
-/* r[0..10) = 10 random bytes */
-static int id_random(uint8_t *r)
+/* r[0..n) = n random bytes */
+static int id_random(uint8_t *r, size_t n)
 {
 	size_t got = 0;
 
-	while (got < 10) {
-		ssize_t n = getrandom(r + got, 10 - got, 0);
+	while (got < n) {
+		ssize_t k = getrandom(r + got, n - got, 0);
 
-		if (n < 0 && errno == EINTR)
+		if (k < 0 && errno == EINTR)
 			continue;
-		if (n < 0)
+		if (k < 0)
 			return ssmd_err_set(SSMD_EIO, "getrandom: %s",
 					    strerror(errno));
-		got += (size_t)n;
+		got += (size_t)k;
 	}
 	return SSMD_OK;
 }
 
 int store_id_new(char id[STORE_ID_SIZE], int64_t *ms_out)
 {
-	uint8_t b[16];
+	uint8_t b[16], step[5];
 	int64_t ms = store_now_ms();
 	int rc = SSMD_OK, fresh;
 
 	pthread_mutex_lock(&id_lock);
 	fresh = ms > id_last_ms;
-	if (!fresh) {
-		/* the last ID's random part plus one, an 80-bit count */
-		int k;
+	if (!fresh && (rc = id_random(step, sizeof(step))) == SSMD_OK) {
+		/* the last ID's random part (an 80-bit big-endian count) plus
+		 * 1 + the 40-bit step */
+		unsigned carry = 1;
 
 		memcpy(b, id_last, sizeof(b));
-		for (k = 15; k >= 6 && ++b[k] == 0; k--)
-			;
+		for (int k = 15; k >= 6; k--) {
+			const unsigned v = b[k] + carry + (k >= 11 ? step[k - 11] : 0);
+
+			b[k] = (uint8_t)v;
+			carry = v >> 8;
+		}
 		ms = id_last_ms;
-		if (k < 6) { /* 2^80 IDs in one millisecond: on to the next */
+		if (carry) { /* past 2^80 in one millisecond: on to the next */
 			ms++;
 			fresh = 1;
 		}
 	}
-	if (fresh) {
+	if (fresh && rc == SSMD_OK) {
 		/* bytes 0-5: big-endian milliseconds, so IDs sort by time */
 		for (int k = 0; k < 6; k++)
 			b[k] = (uint8_t)((uint64_t)ms >> (40 - 8 * k));
-		rc = id_random(b + 6);
+		rc = id_random(b + 6, 10);
 	}
 	if (rc == SSMD_OK) {
 		memcpy(id_last, b, sizeof(b));

@@ -20,7 +20,9 @@
  * getrandom(); printed as 26 characters of Crockford base32
  * ("0123456789ABCDEFGHJKMNPQRSTVWXYZ", upper case, the first character 0-7),
  * so IDs sort by creation time as strings and cannot be guessed. Parsing
- * accepts lower case too. IDs made in the same millisecond sort randomly.
+ * accepts lower case too. An ID made in the same millisecond as the
+ * process's previous one takes that one's random bits plus a random 40-bit
+ * step, so IDs made one after another sort in the order they were made.
  *
  * Names an `id_or_tag` argument accepts: a 26-character ID, or a tag name.
  * Tag names are 1..STORE_TAG_MAX characters of [A-Za-z0-9] and "-_.:@+=/";

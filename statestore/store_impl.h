@@ -118,7 +118,7 @@ void store_read_end(store *s, sqlite3 *db);
 /* Writes a fresh ID (48-bit ms time + 80 random bits) into id and the time
  * it carries into *ms. Each ID sorts after every ID made before it in this
  * process (one in the same millisecond takes the last one's random bits
- * plus one). */
+ * plus a random step: see store.h). */
 int store_id_new(char id[STORE_ID_SIZE], int64_t *ms);
 
 /* Copies a valid ID into out in canonical (upper) case. */
