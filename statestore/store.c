@@ -461,22 +461,45 @@ void store_id_canon(const char *in, char out[STORE_ID_SIZE])
 	out[STORE_ID_LEN] = '\0';
 }
 
-/* The last ID this process made: one made in the same millisecond (or
- * after the clock stepped back) takes its milliseconds and its random part
- * plus a random 40-bit step (at least 1), so IDs made one after another sort
- * in the order they were made, as listings by ID and their cursors assume,
- * and the next ID still cannot be told from the last one. */
+int64_t store_id_next(const uint8_t last[16], int64_t last_ms, int64_t now_ms,
+		      const uint8_t rnd[15], uint8_t out[16])
+{
+	if (now_ms <= last_ms) {
+		/* last's random part (an 80-bit big-endian count) + 1 + the
+		 * 40-bit step rnd[10..15) */
+		unsigned carry = 1;
+
+		memcpy(out, last, 16);
+		for (int k = 15; k >= 6; k--) {
+			const unsigned v = out[k] + carry + (k >= 11 ? rnd[k - 1] : 0);
+
+			out[k] = (uint8_t)v;
+			carry = v >> 8;
+		}
+		if (!carry)
+			return last_ms;
+		now_ms = last_ms + 1; /* past 2^80 in one millisecond */
+	}
+	/* bytes 0-5: big-endian milliseconds, so IDs sort by time */
+	for (int k = 0; k < 6; k++)
+		out[k] = (uint8_t)((uint64_t)now_ms >> (40 - 8 * k));
+	memcpy(out + 6, rnd, 10);
+	return now_ms;
+}
+
+/* The last ID this process made (store_id_next's last), under id_lock. */
 static pthread_mutex_t id_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint8_t id_last[16];
 static int64_t id_last_ms = -1;
 
-/* r[0..n) = n random bytes */
-static int id_random(uint8_t *r, size_t n)
+int store_id_new(char id[STORE_ID_SIZE], int64_t *ms_out)
 {
+	uint8_t b[16], rnd[15];
 	size_t got = 0;
+	int64_t ms;
 
-	while (got < n) {
-		ssize_t k = getrandom(r + got, n - got, 0);
+	while (got < sizeof(rnd)) {
+		ssize_t k = getrandom(rnd + got, sizeof(rnd) - got, 0);
 
 		if (k < 0 && errno == EINTR)
 			continue;
@@ -485,48 +508,11 @@ static int id_random(uint8_t *r, size_t n)
 					    strerror(errno));
 		got += (size_t)k;
 	}
-	return SSMD_OK;
-}
-
-int store_id_new(char id[STORE_ID_SIZE], int64_t *ms_out)
-{
-	uint8_t b[16], step[5];
-	int64_t ms = store_now_ms();
-	int rc = SSMD_OK, fresh;
-
 	pthread_mutex_lock(&id_lock);
-	fresh = ms > id_last_ms;
-	if (!fresh && (rc = id_random(step, sizeof(step))) == SSMD_OK) {
-		/* the last ID's random part (an 80-bit big-endian count) plus
-		 * 1 + the 40-bit step */
-		unsigned carry = 1;
-
-		memcpy(b, id_last, sizeof(b));
-		for (int k = 15; k >= 6; k--) {
-			const unsigned v = b[k] + carry + (k >= 11 ? step[k - 11] : 0);
-
-			b[k] = (uint8_t)v;
-			carry = v >> 8;
-		}
-		ms = id_last_ms;
-		if (carry) { /* past 2^80 in one millisecond: on to the next */
-			ms++;
-			fresh = 1;
-		}
-	}
-	if (fresh && rc == SSMD_OK) {
-		/* bytes 0-5: big-endian milliseconds, so IDs sort by time */
-		for (int k = 0; k < 6; k++)
-			b[k] = (uint8_t)((uint64_t)ms >> (40 - 8 * k));
-		rc = id_random(b + 6, 10);
-	}
-	if (rc == SSMD_OK) {
-		memcpy(id_last, b, sizeof(b));
-		id_last_ms = ms;
-	}
+	ms = store_id_next(id_last, id_last_ms, store_now_ms(), rnd, b);
+	memcpy(id_last, b, sizeof(b));
+	id_last_ms = ms;
 	pthread_mutex_unlock(&id_lock);
-	if (rc)
-		return rc;
 	/* 130 bits = two zero bits then the 128 bits, 5 bits per character */
 	for (int c = 0; c < STORE_ID_LEN; c++) {
 		int v = 0;

@@ -117,9 +117,18 @@ void store_read_end(store *s, sqlite3 *db);
 
 /* Writes a fresh ID (48-bit ms time + 80 random bits) into id and the time
  * it carries into *ms. Each ID sorts after every ID made before it in this
- * process (one in the same millisecond takes the last one's random bits
- * plus a random step: see store.h). */
+ * process (store_id_next). */
 int store_id_new(char id[STORE_ID_SIZE], int64_t *ms);
+
+/* The 16 bytes of the ID made at now_ms after last (made at last_ms; < 0
+ * when there is none), from 15 random bytes rnd, into out; returns the
+ * milliseconds out carries. Later than last_ms: now_ms and rnd[0..10) as the
+ * random part. Otherwise (the same millisecond, or the clock stepped back):
+ * last's milliseconds, and its random part plus 1 plus the 40-bit step
+ * rnd[10..15), so the ID sorts after last and cannot be told from it; a sum
+ * past 80 bits moves on to last_ms + 1 with rnd[0..10). */
+int64_t store_id_next(const uint8_t last[16], int64_t last_ms, int64_t now_ms,
+		      const uint8_t rnd[15], uint8_t out[16]);
 
 /* Copies a valid ID into out in canonical (upper) case. */
 void store_id_canon(const char *in, char out[STORE_ID_SIZE]);

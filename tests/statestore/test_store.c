@@ -20,6 +20,7 @@
 #include "codec.h"
 #include "ssm_state.h"
 #include "store.h"
+#include "store_impl.h"
 
 static char dir[256];
 
@@ -944,9 +945,60 @@ static void test_lineage_delete_gc(void)
 
 /* ------------------------------------------------------------ ID order -- */
 
+/* store_id_next on fixed inputs, the expected bytes worked out by hand:
+ * a later millisecond takes its time and 10 random bytes; the same one (or
+ * a clock stepped back) the last ID's time and random part + 1 + the
+ * 40-bit step; a random part that would pass 80 bits the next millisecond. */
+static void test_id_next(void)
+{
+	uint8_t rnd[15], last[16] = { 0 }, out[16];
+	int64_t ms;
+
+	for (int i = 0; i < 15; i++)
+		rnd[i] = (uint8_t)(0xA0 + i);
+	{
+		static const uint8_t want[16] = { 0x01, 0x02, 0x03, 0x04, 0x05, 0x06,
+						  0xA0, 0xA1, 0xA2, 0xA3, 0xA4, 0xA5,
+						  0xA6, 0xA7, 0xA8, 0xA9 };
+
+		ms = store_id_next(last, -1, 0x010203040506LL, rnd, out);
+		CHECK(ms == 0x010203040506LL && memcmp(out, want, 16) == 0,
+		      "a first ID: its time and 10 random bytes");
+	}
+	/* random part 00 00 00 00 00 FF FF FF FF FF, step 00 00 00 00 01:
+	 * + 1 + 1 = 00 00 00 00 01 00 00 00 00 01 */
+	memset(last, 0, sizeof(last));
+	last[5] = 0x07;
+	memset(last + 11, 0xFF, 5);
+	memset(rnd + 10, 0, 4);
+	rnd[14] = 0x01;
+	for (int back = 0; back < 2; back++) {
+		static const uint8_t want[16] = { 0, 0, 0, 0, 0, 0x07, 0, 0, 0, 0,
+						  0x01, 0, 0, 0, 0, 0x01 };
+
+		ms = store_id_next(last, 7, back ? 5 : 7, rnd, out);
+		CHECK(ms == 7 && memcmp(out, want, 16) == 0 && memcmp(out, last, 16) > 0,
+		      "same millisecond (clock back %d): last + 1 + step, sorting after it",
+		      back);
+	}
+	/* random part all FF: + 1 passes 80 bits, on to millisecond 8 */
+	memset(last + 6, 0xFF, 10);
+	memset(rnd + 10, 0, 5);
+	{
+		static const uint8_t want[16] = { 0, 0, 0, 0, 0, 0x08, 0xA0, 0xA1,
+						  0xA2, 0xA3, 0xA4, 0xA5, 0xA6, 0xA7,
+						  0xA8, 0xA9 };
+
+		ms = store_id_next(last, 7, 7, rnd, out);
+		CHECK(ms == 8 && memcmp(out, want, 16) == 0 && memcmp(out, last, 16) > 0,
+		      "a full millisecond moves on to the next");
+	}
+}
+
 /* IDs made one after another sort in that order, also within one
  * millisecond (listings walk by ID, and their cursors rely on it): 300
- * small puts as fast as they go, most of them sharing a millisecond. */
+ * small puts as fast as they go, many of them sharing a millisecond here
+ * (test_id_next covers that case whatever the machine's speed). */
 static void test_id_order(void)
 {
 	store *s = open_new("order.db", NULL);
@@ -1121,6 +1173,7 @@ int main(void)
 	test_tags();
 	test_lineage_delete_gc();
 	test_list();
+	test_id_next();
 	test_id_order();
 	{
 		char cmd[300];
