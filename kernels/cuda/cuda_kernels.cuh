@@ -384,34 +384,44 @@ __device__ __forceinline__ void conv_store(float acc, int r, int e, int E, float
 }
 
 /*
- * Decode conv step of channel e, batch row r, given the in_proj output xin:
- *   x   = xin + in_b[e]
- *   out = conv_b[e] + sum_{j<K-1} w[e, j] * win[j] + w[e, K-1] * x
- *   win <- (win[1..K-2], x)           (the slot's conv state, oldest first)
- *   xc[r, e] = SiLU(out)  (f32 and T)
- * conv_off = float offset of this layer's conv state inside a slot; a
- * padding row (slot < 0) has no state (zeros) and keeps none.
+ * Decode conv step of one channel, given x = the in_proj output + in_b:
+ *   out = acc + sum_{j<K-1} w[j] * old[j] + w[K-1] * x    (acc: conv_b)
+ *   win <- (old[1..K-2], x)         (the slot's conv state, oldest first)
+ * returns out (before the SiLU). old is the window as it was (registers,
+ * or win itself: each entry is read before it is overwritten); win NULL:
+ * a padding row, which has no state (zeros) and keeps none.
  */
+__device__ __forceinline__ float conv_step_out(float acc, const float *w, const float *old,
+					       float *win, float x, int K)
+{
+	if (win) {
+#pragma unroll
+		for (int j = 0; j < K - 1; j++)
+			acc += w[j] * old[j];
+#pragma unroll
+		for (int j = 0; j + 1 < K - 1; j++)
+			win[j] = old[j + 1];
+		win[K - 2] = x;
+	}
+	return acc + w[K - 1] * x;
+}
+
+/* conv_step_out on channel e, batch row r, reading its weights and window
+ * in place: xc[r, e] = SiLU(out) (f32 and T). conv_off = float offset of
+ * this layer's conv state inside a slot. */
 template <typename T>
 __device__ __forceinline__ void ssm_conv_channel(float xin, int e, int r, const float *in_b,
 						 const float *cw, const float *cb, float *pool,
 						 int slot, size_t state_floats, size_t conv_off,
 						 int E, int K, float *xc, T *xcT)
 {
-	const float x = xin + (in_b ? in_b[e] : 0.0f);
-	const float *w = cw + (size_t)e * K;
-	float acc = cb ? cb[e] : 0.0f;
+	float *win = slot >= 0 ? pool + (size_t)slot * state_floats + conv_off +
+					 (size_t)e * (K - 1)
+			       : NULL;
 
-	if (slot >= 0) {
-		float *win = pool + (size_t)slot * state_floats + conv_off +
-			     (size_t)e * (K - 1);
-		for (int j = 0; j < K - 1; j++)
-			acc += w[j] * win[j];
-		for (int j = 0; j + 1 < K - 1; j++)
-			win[j] = win[j + 1];
-		win[K - 2] = x;
-	}
-	conv_store<T>(acc + w[K - 1] * x, r, e, E, xc, xcT);
+	conv_store<T>(conv_step_out(cb ? cb[e] : 0.0f, cw + (size_t)e * K, win, win,
+				    xin + (in_b ? in_b[e] : 0.0f), K),
+		      r, e, E, xc, xcT);
 }
 
 /*
@@ -453,18 +463,8 @@ __global__ void ssmk_conv_step(const float *xz, const float *in_b, const float *
 		pdl_wait();
 		if (e >= E)
 			return;
-		const float x = xz[(size_t)r * 2 * E + e] + ib;
-		float acc = bias;
-		if (win) {
-#pragma unroll
-			for (int j = 0; j < KC - 1; j++)
-				acc += w[j] * old[j];
-#pragma unroll
-			for (int j = 0; j + 1 < KC - 1; j++)
-				win[j] = old[j + 1];
-			win[KC - 2] = x;
-		}
-		conv_store<T>(acc + w[KC - 1] * x, r, e, E, xc, xcT);
+		conv_store<T>(conv_step_out(bias, w, old, win, xz[(size_t)r * 2 * E + e] + ib, KC),
+			      r, e, E, xc, xcT);
 	} else {
 		pdl_wait();
 		if (e < E)
