@@ -55,16 +55,19 @@ __device__ __forceinline__ void argmax_merge(float *v, int *i, float ov, int oi)
 	}
 }
 
-/* This thread's share of a row's argmax (argmax_merge over i = threadIdx.x
- * + k blockDim.x) into *v, *i. Where the row allows 16-byte loads, a
- * thread's SAMPLE_LOADS pieces are all in flight before any is merged: a
- * row of 50280 logits is then two round trips to L2 a thread, where one
- * load a round, each merged before the next went out, made ~49 of them
- * (a batch-1 step's only block waited on each). argmax_merge picks the
- * same element in any order. */
+/* f(j, row[j]) for this thread's share of a row (j = threadIdx.x + k
+ * blockDim.x, in 16-byte pieces where the row allows them). A thread's
+ * SAMPLE_LOADS pieces are all in flight before f sees any: a row of 50280
+ * logits is then two round trips a thread, where one load a loop round,
+ * used before the next went out, made ~49 (a batch-1 step's only sampling
+ * block waited on each). The order f sees elements in differs from ID
+ * order, which the argmax (argmax_merge picks the same element in any
+ * order) and the log-probabilities' max do not notice; their sum's order
+ * is free by contract. */
 #define SAMPLE_LOADS 8
 
-__device__ __forceinline__ void row_argmax(const float *row, int V, float *v, int *i)
+template <typename F>
+__device__ __forceinline__ void row_each(const float *row, int V, F f)
 {
 	if ((V & 3) == 0 && ((uintptr_t)row & 15) == 0) {
 		const float4 *r4 = (const float4 *)row;
@@ -75,25 +78,24 @@ __device__ __forceinline__ void row_argmax(const float *row, int V, float *v, in
 #pragma unroll
 			for (int k = 0; k < SAMPLE_LOADS; k++) {
 				const int j = j0 + k * blockDim.x;
-				q[k] = j < n4 ? __ldcg(r4 + j)
-					      : make_float4(-INFINITY, -INFINITY, -INFINITY,
-							    -INFINITY);
+				if (j < n4)
+					q[k] = __ldcg(r4 + j);
 			}
 #pragma unroll
 			for (int k = 0; k < SAMPLE_LOADS; k++) {
-				const int j = 4 * (j0 + k * blockDim.x);
-				if (j < V) {
-					argmax_merge(v, i, clean_logit(q[k].x), j);
-					argmax_merge(v, i, clean_logit(q[k].y), j + 1);
-					argmax_merge(v, i, clean_logit(q[k].z), j + 2);
-					argmax_merge(v, i, clean_logit(q[k].w), j + 3);
+				const int j = j0 + k * blockDim.x;
+				if (j < n4) {
+					f(4 * j, q[k].x);
+					f(4 * j + 1, q[k].y);
+					f(4 * j + 2, q[k].z);
+					f(4 * j + 3, q[k].w);
 				}
 			}
 		}
 		return;
 	}
-	for (int k = threadIdx.x; k < V; k += blockDim.x)
-		argmax_merge(v, i, clean_logit(row[k]), k);
+	for (int j = threadIdx.x; j < V; j += blockDim.x)
+		f(j, row[j]);
 }
 
 /* The largest m over the block, returned to every thread; s_f holds one
@@ -197,7 +199,7 @@ ssmk_sample(const float *logits, int V, const cuda_sampler *sp, int32_t *next)
 
 	float best = -INFINITY;
 	int bi = V;
-	row_argmax(row, V, &best, &bi);
+	row_each(row, V, [&](int j, float x) { argmax_merge(&best, &bi, clean_logit(x), j); });
 	for (int o = 16; o > 0; o >>= 1) {
 		float ov = __shfl_xor_sync(0xffffffffu, best, o);
 		int oi = __shfl_xor_sync(0xffffffffu, bi, o);
@@ -247,11 +249,9 @@ ssmk_logprob(const float *logits, int V, const int32_t *next, float *out)
 			out[blockIdx.x] = 0.0f;
 		return;
 	}
-	for (int v = threadIdx.x; v < V; v += blockDim.x)
-		m = fmaxf(m, row[v]);
+	row_each(row, V, [&](int, float x) { m = fmaxf(m, x); });
 	m = block_max(m, s_f);
-	for (int v = threadIdx.x; v < V; v += blockDim.x)
-		sum += expf(row[v] - m);
+	row_each(row, V, [&](int, float x) { sum += expf(x - m); });
 	for (int o = 16; o; o >>= 1)
 		sum += __shfl_xor_sync(0xffffffffu, sum, o);
 	if (lane == 0)

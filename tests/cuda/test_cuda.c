@@ -763,6 +763,35 @@ out:
 	ssm_backend_close(f);
 }
 
+/* check_logprobs at a real vocabulary (50280 logits a row: the device's
+ * row walks take two rounds a thread, where the fixtures' 256-512 take
+ * one), on a 40-token prefill of random tokens. */
+static void test_big_logprobs(const ssm_model *m, ssm_dtype dt, const char *dir)
+{
+	const size_t V = ssm_model_config(m)->vocab_size, n = 40;
+	int32_t toks[40];
+	uint64_t seed = 99;
+	float *lg = malloc(n * V * sizeof(float));
+	ssm_backend *b = NULL;
+	ssm_prefill_args pa = {0};
+
+	if (!lg || open_backend(m, SSM_BACKEND_CUDA, dt, 1, &b)) {
+		CHECK(0, "open: %s", ssmd_errmsg());
+		goto out;
+	}
+	fill_tokens(toks, n, (int)V, &seed);
+	pa.tokens = toks;
+	pa.n_tokens = n;
+	pa.all_logits = lg;
+	CHECK_RC(ssm_prefill(b, 0, &pa), SSMD_OK);
+	CHECK_RC(ssm_slot_reset(b, 0), SSMD_OK);
+	check_logprobs(b, 0, toks, n, lg, V, dir, 0);
+	check_logprobs(b, 0, toks, n, lg, V, dir, 1);
+out:
+	ssm_backend_close(b);
+	free(lg);
+}
+
 static void test_big(const char *dir)
 {
 	ssm_model *m = NULL;
@@ -783,10 +812,10 @@ static void test_big(const char *dir)
 	test_batch(m, low_dtype, 3);
 	test_batch(m, half_dtype, 3);
 	test_depth(m);
-	/* the device's picks against ssm_sample's at a real vocabulary (50280
-	 * logits: the greedy argmax's 16-byte loads take two rounds a thread,
-	 * where the fixtures' 256-512 take one) */
+	/* the device's picks and log-probabilities against the host's at a
+	 * real vocabulary */
 	test_decode_sample(m, low_dtype);
+	test_big_logprobs(m, low_dtype, dir);
 	ssm_model_free(m);
 }
 
