@@ -1624,14 +1624,16 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	env = getenv("SSMD_CUDA_CHUNK");
 	if (env && atoi(env) > 0)
 		cb->chunk = atoi(env);
-	/* the scan's segment length (a multiple of its tile); SSMD_CUDA_SCAN_SEG
-	 * overrides it for tuning */
 	/* the batched decode's out_proj in two K slices, which the next norm
-	 * adds (CUDA_OUT_SPLIT); SSMD_CUDA_OUT_SPLIT=1|2 overrides it */
+	 * adds (CUDA_OUT_SPLIT; d_inner a multiple of 32, so each half starts
+	 * 16-byte aligned in every weight dtype); SSMD_CUDA_OUT_SPLIT=1|2
+	 * overrides it */
 	cb->out_split = c->d_inner % 32 == 0 ? CUDA_OUT_SPLIT : 1;
 	env = getenv("SSMD_CUDA_OUT_SPLIT");
 	if (env && (atoi(env) == 1 || (atoi(env) == 2 && c->d_inner % 32 == 0)))
 		cb->out_split = atoi(env);
+	/* the scan's segment length (a multiple of its tile); SSMD_CUDA_SCAN_SEG
+	 * overrides it for tuning */
 	cb->scan_seg = SCAN_SEG;
 	env = getenv("SSMD_CUDA_SCAN_SEG");
 	if (env && atoi(env) >= SCAN_TILE)
