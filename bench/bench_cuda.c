@@ -6,8 +6,9 @@
  * For each model (random weights of a real shape, from ssm-mkmodel), BF16
  * weights on the device, 64 slots whose states were first filled by a
  * 32-token prefill (never timed on zero states):
- *   - decode ms/step at batch 1, 4, 16, 64 (ssm_decode_sample, greedy: the
- *     logits stay on the device), median of 100 steps after 20 warm-up;
+ *   - decode ms/step at batch 1, 2, 4, 8, 16, 64 (ssm_decode_sample, greedy:
+ *     the logits stay on the device), median of 100 steps after 20 warm-up,
+ *     and at batch 1 and 64 sampling at temperature 0.8;
  *   - prefill tokens/s at 2048 and 16384 tokens, median of 5 / 3 runs;
  *   - scoring 2048 tokens (every position's next token), wall time, best of
  *     3: log-probabilities formed by the backend (lp_next / logprobs), and,
@@ -27,7 +28,8 @@
  *     part of each layer), summed per part over the layers;
  *   - where a batch-1 step's time goes inside the persistent kernel: each
  *     phase's share of 3 traced steps (ssm_cuda_decode1_split()) times the
- *     measured step.
+ *     measured step, with the shortest / mean / longest of the blocks' own
+ *     times for each phase.
  * With BENCH_CUDA_DECODE_ONLY set, the decode rows alone. With
  * BENCH_CUDA_PROFILE set, only decode at batch 1 and 64 (20 timed steps
  * each) and one 2k prefill run, for a profiler's kernel summary; with both
@@ -294,24 +296,55 @@ static void decode_split(const char *label, ssm_backend *b, const int *slots,
 	}
 }
 
+/* The median device time of `steps` decode steps of rows 0..n-1 after 20
+ * of warm-up, each step fed the tokens the previous one sampled. */
+static double decode_ms(ssm_backend *b, const int *slots, int32_t *cur, int n,
+			const ssm_sampler *sp, uint64_t *index, int steps)
+{
+	int32_t next[N_SLOTS];
+	double t[128];
+	float ms;
+	int k, s;
+
+	for (k = 0; k < 20 + steps; k++) {
+		TRY("timer", ssm_cuda_timer_start(b));
+		TRY("decode", ssm_decode_sample(b, slots, cur, n, sp, index, next));
+		TRY("timer", ssm_cuda_timer_stop(b, &ms));
+		memcpy(cur, next, n * sizeof(int32_t));
+		for (s = 0; s < n; s++)
+			index[s]++;
+		if (k >= 20)
+			t[k - 20] = ms;
+	}
+	return median(t, steps);
+}
+
 /* Where a batch-1 step's time goes inside the persistent kernel: the mean
- * share of each phase over 3 traced steps, times the measured step. */
+ * share of each phase over 3 traced steps, times the measured step, and
+ * the spread of the blocks' own times for each phase (shortest / mean /
+ * longest: at a barrier, the shortest wait is the last arrival's). */
 static void decode1_split(const char *label, ssm_backend *b, double step_ms)
 {
-	double share[SSM_CUDA_N_PHASES] = {0};
-	char fig[64], note[64];
+	double share[SSM_CUDA_N_PHASES] = {0}, spread[SSM_CUDA_N_PHASES - 1][3] = {{0}};
+	char fig[64], note[96];
 	int r, rc;
 
 	for (r = 0; r < 3; r++)
-		if ((rc = ssm_cuda_decode1_split(b, 3, 7, share))) {
+		if ((rc = ssm_cuda_decode1_split(b, 3, 7, share, spread))) {
 			if (rc == SSMD_EUNSUPPORTED)
 				return;
 			die("decode split", rc);
 		}
 	for (int p = 0; p < SSM_CUDA_N_PHASES; p++) {
 		snprintf(fig, sizeof fig, "decode b1 split: %s", ssm_cuda_phase_names[p]);
-		snprintf(note, sizeof note, "(%.1f%% of the step, all layers)",
-			 100 * share[p] / 3);
+		if (p < SSM_CUDA_N_PHASES - 1)
+			snprintf(note, sizeof note,
+				 "(%.1f%% of the step, all layers; blocks %.3f / %.3f / %.3f)",
+				 100 * share[p] / 3, step_ms * spread[p][0] / 3,
+				 step_ms * spread[p][1] / 3, step_ms * spread[p][2] / 3);
+		else
+			snprintf(note, sizeof note, "(%.1f%% of the step, all layers)",
+				 100 * share[p] / 3);
 		row(label, fig, step_ms * share[p] / 3, "ms", 0, note);
 	}
 }
@@ -328,7 +361,7 @@ static void bench_model(const char *label, const char *dir)
 	uint64_t index[N_SLOTS];
 	ssm_sampler sp[N_SLOTS];
 	ssm_state *st = NULL;
-	float *logits, ms;
+	float *logits;
 	double t[128], t0, plain = 0, snap = 0;
 	static const int batches[] = {1, 2, 4, 8, 16, 64};
 	static const size_t prefills[] = {2048, 16384};
@@ -377,17 +410,7 @@ static void bench_model(const char *label, const char *dir)
 		double flops = 2.0 * n * (sh.mm_params + sh.head);
 		double floor_s, med;
 
-		for (k = 0; k < 20 + steps; k++) {
-			TRY("timer", ssm_cuda_timer_start(b));
-			TRY("decode", ssm_decode_sample(b, slots, cur, n, sp, index, next));
-			TRY("timer", ssm_cuda_timer_stop(b, &ms));
-			memcpy(cur, next, n * sizeof(int32_t));
-			for (s = 0; s < n; s++)
-				index[s]++;
-			if (k >= 20)
-				t[k - 20] = ms;
-		}
-		med = median(t, steps);
+		med = decode_ms(b, slots, cur, n, sp, index, steps);
 		floor_s = fmax(bytes / HBM_BPS, flops / BF16_FLOPS);
 		snprintf(fig, sizeof fig, "decode batch %d", n);
 		snprintf(note, sizeof note, "(floor %.3f ms: %.0f MB moved)",
@@ -395,6 +418,18 @@ static void bench_model(const char *label, const char *dir)
 		row(label, fig, med, "ms/step", floor_s * 1e3 / med, note);
 		if (n == 1)
 			decode1_split(label, b, med);
+	}
+	/* the same steps sampling at temperature 0.8 (no top-k / top-p: on the
+	 * device), against greedy above */
+	for (i = 0; i < 2 && !profile && !prefill_only; i++) {
+		const int n = i ? 64 : 1;
+
+		for (s = 0; s < n; s++)
+			sp[s].temperature = 0.8f;
+		snprintf(fig, sizeof fig, "decode batch %d, temperature 0.8", n);
+		row(label, fig, decode_ms(b, slots, cur, n, sp, index, 100), "ms/step", 0, "");
+		for (s = 0; s < n; s++)
+			sp[s].temperature = 0.0f;
 	}
 	if (!profile && !prefill_only)
 		for (i = 0; i < 2; i++)

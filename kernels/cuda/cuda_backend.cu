@@ -1166,10 +1166,11 @@ extern "C" const char *const ssm_cuda_phase_names[SSM_CUDA_N_PHASES] = {
 };
 
 extern "C" int ssm_cuda_decode1_split(ssm_backend *b, int slot, int32_t token,
-				      double share[SSM_CUDA_N_PHASES])
+				      double share[SSM_CUDA_N_PHASES],
+				      double spread[SSM_CUDA_N_PHASES - 1][3])
 {
 	cuda_backend *cb;
-	int rc, l, ph, n;
+	int rc, l, ph, n, g, G;
 	long long *tr = NULL;
 	double total;
 
@@ -1183,12 +1184,13 @@ extern "C" int ssm_cuda_decode1_split(ssm_backend *b, int slot, int32_t token,
 	/* the split steps the slot past backend.c: its checks here */
 	if ((rc = ssm_check_batch(b, &slot, &token, 1, "decode split")))
 		return rc;
-	n = 8 * cb->cfg.n_layer + 2;
-	tr = (long long *)malloc(n * sizeof(long long));
+	n = pk_n_marks(cb->cfg.n_layer);
+	G = cb->pk_grid;
+	tr = (long long *)malloc((size_t)G * n * sizeof(long long));
 	if (!tr)
 		return ssmd_err_set(SSMD_ENOMEM, "decode split: no memory");
 	if (!cb->pk_trace_buf &&
-	    (rc = dev_alloc(cb, n * sizeof(long long), (void **)&cb->pk_trace_buf)))
+	    (rc = dev_alloc(cb, (size_t)G * n * sizeof(long long), (void **)&cb->pk_trace_buf)))
 		goto out;
 	/* one greedy step outside the bucket's graph, with the marks on */
 	memset(&cb->h_samp[0], 0, sizeof(cuda_sampler));
@@ -1200,13 +1202,31 @@ extern "C" int ssm_cuda_decode1_split(ssm_backend *b, int slot, int32_t token,
 	if (rc)
 		goto out;
 	cb->n_tokens[slot]++;
-	CUDA_TRY(cudaMemcpyAsync(tr, cb->pk_trace_buf, n * sizeof(long long),
+	CUDA_TRY(cudaMemcpyAsync(tr, cb->pk_trace_buf, (size_t)G * n * sizeof(long long),
 				 cudaMemcpyDeviceToHost, cb->stream));
 	CUDA_TRY(cudaStreamSynchronize(cb->stream));
+	/* block 0's marks give the shares; the blocks' clocks are not one
+	 * clock, so the spread compares each block's own intervals only */
 	total = (double)(tr[n - 1] - tr[0]);
 	for (l = 0; l < cb->cfg.n_layer; l++)
-		for (ph = 0; ph < 8; ph++)
-			share[ph] += (tr[l * 8 + ph + 1] - tr[l * 8 + ph]) / total;
+		for (ph = 0; ph < 8; ph++) {
+			const int i = l * 8 + ph;
+			double lo = 0, hi = 0, sum = 0;
+
+			share[ph] += (tr[i + 1] - tr[i]) / total;
+			if (!spread)
+				continue;
+			for (g = 0; g < G; g++) {
+				const double d = (double)(tr[(size_t)g * n + i + 1] -
+							  tr[(size_t)g * n + i]);
+				lo = g == 0 || d < lo ? d : lo;
+				hi = g == 0 || d > hi ? d : hi;
+				sum += d;
+			}
+			spread[ph][0] += lo / total;
+			spread[ph][1] += sum / G / total;
+			spread[ph][2] += hi / total;
+		}
 	share[SSM_CUDA_N_PHASES - 1] += (tr[n - 1] - tr[n - 2]) / total;
 out:
 	free(tr);

@@ -75,16 +75,21 @@ typedef struct pk_args {
 	float *xz, *xc, *part, *h, *logits;
 	void *xcT, *yT;
 	pk_bar *bar;
-	/* ssm_cuda_decode1_split(): block 0's clock at each phase's end and
-	 * after each barrier (8 per layer, then the end), or NULL */
+	/* ssm_cuda_decode1_split(): each block's clock at the start, at each
+	 * phase's end and after each barrier (8 per layer), and at the end:
+	 * pk_n_marks() a block, block b's from trace[b * pk_n_marks()]; or
+	 * NULL */
 	long long *trace;
 } pk_args;
 
-/* Block 0's clock into trace[i] (when tracing). */
-#define PK_MARK(i)                                                      \
-	do {                                                            \
-		if (p.trace && blockIdx.x == 0 && threadIdx.x == 0)     \
-			p.trace[i] = clock64();                         \
+__host__ __device__ __forceinline__ int pk_n_marks(int n_layer) { return 8 * n_layer + 2; }
+
+/* This block's clock into its mark i (when tracing). */
+#define PK_MARK(i)                                                              \
+	do {                                                                    \
+		if (p.trace && threadIdx.x == 0)                                \
+			p.trace[(size_t)blockIdx.x * pk_n_marks(p.n_layer) + (i)] = \
+				clock64();                                      \
 	} while (0)
 
 __device__ __forceinline__ unsigned long long pk_ld_acquire(const unsigned long long *p)

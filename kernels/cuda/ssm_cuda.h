@@ -69,13 +69,19 @@ int ssm_cuda_decode_split(ssm_backend *b, const int *slots, const int32_t *token
 extern const char *const ssm_cuda_phase_names[SSM_CUDA_N_PHASES];
 
 /* Runs one batch-1 decode step of `token` on slot (greedy, advancing the
- * slot) through the persistent kernel with its first block's clock read at
- * each phase end, and adds each phase's share of the step (summed over the
- * layers; the shares of one call add up to 1) to share[]. Blocks.
+ * slot) through the persistent kernel with every block's clock read at each
+ * phase end and barrier release, and adds each phase's share of the step
+ * as block 0 saw it (summed over the layers; the shares of one call add up
+ * to 1) to share[]. With spread non-NULL it also adds, for each of the
+ * eight per-layer phases, the shortest, mean and longest of the blocks'
+ * own times for it (summed over the layers, as shares of block 0's step):
+ * a barrier's shortest wait is the last block's to arrive, so mean minus
+ * shortest is what the blocks' skew costs there. Blocks.
  * SSMD_EUNSUPPORTED where the persistent kernel does not run, SSMD_EINVAL
  * for a NULL share. */
 int ssm_cuda_decode1_split(ssm_backend *b, int slot, int32_t token,
-			   double share[SSM_CUDA_N_PHASES]);
+			   double share[SSM_CUDA_N_PHASES],
+			   double spread[SSM_CUDA_N_PHASES - 1][3]);
 
 /* The batch-1 kernel's prefetch depth (16-byte weight pieces a lane fetched
  * ahead, 6 or 8, chosen per model; SSMD_CUDA_PK_PF=6|8 at open overrides it)

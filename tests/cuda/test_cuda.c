@@ -676,7 +676,7 @@ static void test_depth(const ssm_model *m)
 	}
 	/* the timing entry points refuse a missing result array */
 	CHECK_RC(ssm_cuda_decode1_depth(b[0], NULL), SSMD_EINVAL);
-	CHECK_RC(ssm_cuda_decode1_split(b[0], 0, 1, NULL), SSMD_EINVAL);
+	CHECK_RC(ssm_cuda_decode1_split(b[0], 0, 1, NULL, NULL), SSMD_EINVAL);
 	CHECK_RC(ssm_cuda_decode_split(b[0], &s0, toks, 1, NULL), SSMD_EINVAL);
 	pa.tokens = toks;
 	pa.n_tokens = 1;
@@ -701,6 +701,25 @@ static void test_depth(const ssm_model *m)
 	      state_rel(st[0], st[1]));
 	printf("  batch-1 prefetch depth 6 against 8, 16 steps: logits %s, state rel %.1g\n",
 	       same ? "identical" : "differ", state_rel(st[0], st[1]));
+	/* the traced step: block 0's shares make the whole step (their sum is
+	 * 1 up to rounding, 1e-9), and each phase's spread over the blocks is
+	 * ordered: shortest <= mean <= longest, none negative */
+	{
+		double share[SSM_CUDA_N_PHASES] = {0}, spread[SSM_CUDA_N_PHASES - 1][3] = {{0}};
+		double sum = 0.0;
+		int ordered = 1;
+
+		CHECK_RC(ssm_cuda_decode1_split(b[0], 0, t, share, spread), SSMD_OK);
+		for (k = 0; k < SSM_CUDA_N_PHASES; k++) {
+			sum += share[k];
+			ordered &= share[k] >= 0.0;
+		}
+		for (k = 0; k < SSM_CUDA_N_PHASES - 1; k++)
+			ordered &= spread[k][0] >= 0.0 && spread[k][0] <= spread[k][1] &&
+				   spread[k][1] <= spread[k][2];
+		CHECK(fabs(sum - 1.0) < 1e-9, "decode split: shares add up to %.12g", sum);
+		CHECK(ordered, "decode split: a negative share or an unordered spread");
+	}
 out:
 	unsetenv("SSMD_CUDA_PK_PF");
 	for (k = 0; k < 2; k++) {
