@@ -62,8 +62,8 @@ __device__ __forceinline__ void argmax_merge(float *v, int *i, float ov, int oi)
  * used before the next went out, made ~49 (a batch-1 step's only sampling
  * block waited on each). The order f sees elements in differs from ID
  * order, which the argmax (argmax_merge picks the same element in any
- * order) and the log-probabilities' max do not notice; their sum's order
- * is free by contract. */
+ * order), the temperature rows' max and the log-probabilities' max do not
+ * notice; the log-probabilities' sum's order is free by contract. */
 #define SAMPLE_LOADS 8
 
 template <typename F>
@@ -98,6 +98,25 @@ __device__ __forceinline__ void row_each(const float *row, int V, F f)
 		f(j, row[j]);
 }
 
+/* f(i, row[i]) for i = lo .. hi - 1 in order, on one thread;
+ * SAMPLE_LOADS elements are loaded before f sees the first of them (one
+ * load a round, each used before the next went out, made a temperature
+ * row's contiguous runs a chain of round trips). */
+template <typename F>
+__device__ __forceinline__ void run_each(const float *row, int lo, int hi, F f)
+{
+	for (int i0 = lo; i0 < hi; i0 += SAMPLE_LOADS) {
+		float q[SAMPLE_LOADS];
+#pragma unroll
+		for (int k = 0; k < SAMPLE_LOADS; k++)
+			q[k] = i0 + k < hi ? row[i0 + k] : 0.0f;
+#pragma unroll
+		for (int k = 0; k < SAMPLE_LOADS; k++)
+			if (i0 + k < hi)
+				f(i0 + k, q[k]);
+	}
+}
+
 /* The largest m over the block, returned to every thread; s_f holds one
  * value per warp. Synchronises the block once. */
 __device__ __forceinline__ float block_max(float m, float *s_f)
@@ -113,6 +132,81 @@ __device__ __forceinline__ float block_max(float m, float *s_f)
 	for (int w = 1; w < nw; w++)
 		m = fmaxf(m, s_f[w]);
 	return m;
+}
+
+/*
+ * One temperature row (no top-k / top-p) into *out: ssm_sample()'s pick, or
+ * -1 to hand the row to the host (see the top of this file). Kept out of
+ * line: inlined, it doubled ssmk_sample's code and the greedy rows of a
+ * batch-1 step measured ~6 us slower on the H200.
+ */
+__device__ __noinline__ void sample_temperature(const float *row, int V, const cuda_sampler &s,
+					       int32_t *out, float *s_f, double *s_d, int *s_pick)
+{
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+	const int nw = blockDim.x >> 5;
+	const float inv_t = 1.0f / s.temperature;
+	float mx = -INFINITY;
+	row_each(row, V, [&](int, float x) {
+		const float v = clean_logit(x) * inv_t;
+		if (v > mx)
+			mx = v;
+	});
+	if (threadIdx.x == 0)
+		*s_pick = V;
+	mx = block_max(mx, s_f);
+	if (mx == -INFINITY) {
+		if (threadIdx.x == 0)
+			*out = -1;
+		return;
+	}
+	/* each thread a contiguous run of IDs; exclusive scan of run sums */
+	const int run = (V + blockDim.x - 1) / blockDim.x;
+	const int lo = threadIdx.x * run, hi = lo + run < V ? lo + run : V;
+	double part = 0.0, incl;
+	run_each(row, lo, hi, [&](int, float x) {
+		part += exp((double)(clean_logit(x) * inv_t) - mx);
+	});
+	incl = part;
+	for (int o = 1; o < 32; o <<= 1) {
+		double t = __shfl_up_sync(0xffffffffu, incl, o);
+		if (lane >= o)
+			incl += t;
+	}
+	if (lane == 31)
+		s_d[warp] = incl;
+	__syncthreads();
+	if (warp == 0) {
+		double v = lane < nw ? s_d[lane] : 0.0;
+		for (int o = 1; o < 32; o <<= 1) {
+			double t = __shfl_up_sync(0xffffffffu, v, o);
+			if (lane >= o)
+				v += t;
+		}
+		s_d[lane] = v;
+	}
+	__syncthreads();
+	const double total = s_d[nw - 1];
+	const double pre = (warp ? s_d[warp - 1] : 0.0) + incl - part;
+	const double u = rng_uniform(s.seed, s.index) * total;
+	const double margin = SAMPLE_MARGIN * total;
+	if (lo < hi && pre <= u && u < pre + part) {
+		/* one thread, over the run its sum just loaded (L1) */
+		double acc = pre;
+		for (int i = lo; i < hi; i++) {
+			const double prev = acc;
+			acc += exp((double)(clean_logit(row[i]) * inv_t) - mx);
+			if (u < acc) {
+				/* V + i: "found but too close to call" */
+				const bool sure = u - prev > margin && acc - u > margin;
+				atomicMin(s_pick, sure ? i : V + i);
+				break;
+			}
+		}
+	}
+	__syncthreads();
+	if (threadIdx.x == 0)
+		*out = *s_pick < V ? *s_pick : -1;
 }
 
 __global__ void __launch_bounds__(SAMPLE_THREADS)
@@ -133,67 +227,7 @@ ssmk_sample(const float *logits, int V, const cuda_sampler *sp, int32_t *next)
 				next[blockIdx.x] = -1;
 			return;
 		}
-		/* temperature sampling over the whole vocabulary, in ID order */
-		const float inv_t = 1.0f / s.temperature;
-		float mx = -INFINITY;
-		for (int i = threadIdx.x; i < V; i += blockDim.x) {
-			const float v = clean_logit(row[i]) * inv_t;
-			if (v > mx)
-				mx = v;
-		}
-		if (threadIdx.x == 0)
-			s_pick = V;
-		mx = block_max(mx, s_f);
-		if (mx == -INFINITY) {
-			if (threadIdx.x == 0)
-				next[blockIdx.x] = -1;
-			return;
-		}
-		/* each thread a contiguous run of IDs; exclusive scan of run sums */
-		const int run = (V + blockDim.x - 1) / blockDim.x;
-		const int lo = threadIdx.x * run, hi = lo + run < V ? lo + run : V;
-		double part = 0.0, incl;
-		for (int i = lo; i < hi; i++)
-			part += exp((double)(clean_logit(row[i]) * inv_t) - mx);
-		incl = part;
-		for (int o = 1; o < 32; o <<= 1) {
-			double t = __shfl_up_sync(0xffffffffu, incl, o);
-			if (lane >= o)
-				incl += t;
-		}
-		if (lane == 31)
-			s_d[warp] = incl;
-		__syncthreads();
-		if (warp == 0) {
-			double v = lane < nw ? s_d[lane] : 0.0;
-			for (int o = 1; o < 32; o <<= 1) {
-				double t = __shfl_up_sync(0xffffffffu, v, o);
-				if (lane >= o)
-					v += t;
-			}
-			s_d[lane] = v;
-		}
-		__syncthreads();
-		const double total = s_d[nw - 1];
-		const double pre = (warp ? s_d[warp - 1] : 0.0) + incl - part;
-		const double u = rng_uniform(s.seed, s.index) * total;
-		const double margin = SAMPLE_MARGIN * total;
-		if (lo < hi && pre <= u && u < pre + part) {
-			double acc = pre;
-			for (int i = lo; i < hi; i++) {
-				const double prev = acc;
-				acc += exp((double)(clean_logit(row[i]) * inv_t) - mx);
-				if (u < acc) {
-					/* V + i: "found but too close to call" */
-					const bool sure = u - prev > margin && acc - u > margin;
-					atomicMin(&s_pick, sure ? i : V + i);
-					break;
-				}
-			}
-		}
-		__syncthreads();
-		if (threadIdx.x == 0)
-			next[blockIdx.x] = s_pick < V ? s_pick : -1;
+		sample_temperature(row, V, s, &next[blockIdx.x], s_f, s_d, &s_pick);
 		return;
 	}
 
