@@ -734,7 +734,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 	float *parts = sm.parts, *dbc = sm.dbc;
 	const int D = p.D, E = p.E, W = p.W, P = p.P, G = gridDim.x, lane = threadIdx.x & 31;
 	uint4 cur[PF];
-	float cw = 0.0f, scale[1];
+	float cw = 0.0f, cw2 = 0.0f, scale[1];
 	unsigned long long target;
 	pk_chan<T, NPL> ch;
 
@@ -743,7 +743,11 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 	pk_fetch<T, PF>((const T *)p.layers[0].in_w, 2 * E, D, 1, pk_gw(), 0, cur);
 	pk_load_layers(p, pk_smem);
 	__syncthreads();
+	/* the conv epilogue's inputs two rows ahead (cw: this row's, cw2: the
+	 * next's): fetched one row ahead, each row's epilogue waited for a load
+	 * issued in the previous one's */
 	cw = pk_cw_fetch<1>(p, &lay[0], 0, pk_gw());
+	cw2 = pk_cw_fetch<1>(p, &lay[0], 0, pk_gw() + pk_nw());
 	target = base;
 	PK_MARK(0);
 	for (int l = 0; l < p.n_layer; l++) {
@@ -759,7 +763,8 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 					       p.xz[r] = v;
 				       if (r < E)
 					       pk_conv_epi<T, 1>(p, l, r, &v, cw);
-				       cw = pk_cw_fetch<1>(p, y, l, r + pk_nw());
+				       cw = cw2;
+				       cw2 = pk_cw_fetch<1>(p, y, l, r + 2 * pk_nw());
 			       });
 		PK_MARK(l * 8 + 1);
 		pk_arrive(p.bar);
@@ -821,6 +826,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 			if (threadIdx.x == 0)
 				pk_l2(y[1].norm, (size_t)D * sizeof(float));
 			cw = pk_cw_fetch<1>(p, &y[1], l + 1, pk_gw());
+			cw2 = pk_cw_fetch<1>(p, &y[1], l + 1, pk_gw() + pk_nw());
 		} else {
 			pk_fetch<T, PF>((const T *)p.lm_head, p.V, D, 1, pk_gw(), 0, cur);
 			if (threadIdx.x == 0)
