@@ -1196,6 +1196,10 @@ extern "C" int ssm_cuda_decode1_split(ssm_backend *b, int slot, int32_t token,
 	memset(&cb->h_samp[0], 0, sizeof(cuda_sampler));
 	if ((rc = decode_inputs(cb, &slot, &token, 1, 1)))
 		goto out;
+	/* cleared, so a mark a block did not write reads 0, not an earlier
+	 * step's clock */
+	CUDA_TRY(cudaMemsetAsync(cb->pk_trace_buf, 0, (size_t)G * n * sizeof(long long),
+				 cb->stream));
 	cb->pk_trace = cb->pk_trace_buf;
 	rc = decode_body_any(cb, 1);
 	cb->pk_trace = NULL;

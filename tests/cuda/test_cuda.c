@@ -701,24 +701,27 @@ static void test_depth(const ssm_model *m)
 	      state_rel(st[0], st[1]));
 	printf("  batch-1 prefetch depth 6 against 8, 16 steps: logits %s, state rel %.1g\n",
 	       same ? "identical" : "differ", state_rel(st[0], st[1]));
-	/* the traced step: block 0's shares make the whole step (their sum is
-	 * 1 up to rounding, 1e-9), and each phase's spread over the blocks is
-	 * ordered: shortest <= mean <= longest, none negative */
+	/* the traced step: it leaves the slot as an untraced step of the same
+	 * token does (b[1], whose results above equal b[0]'s), every phase
+	 * of block 0 takes time, and so does every block's shortest run of
+	 * each phase (the split clears the marks first: a block that wrote
+	 * none would read 0) */
 	{
 		double share[SSM_CUDA_N_PHASES] = {0}, spread[SSM_CUDA_N_PHASES - 1][3] = {{0}};
-		double sum = 0.0;
-		int ordered = 1;
+		int timed = 1;
 
 		CHECK_RC(ssm_cuda_decode1_split(b[0], 0, t, share, spread), SSMD_OK);
-		for (k = 0; k < SSM_CUDA_N_PHASES; k++) {
-			sum += share[k];
-			ordered &= share[k] >= 0.0;
-		}
+		CHECK_RC(ssm_decode(b[1], &s0, &t, 1, lg[1]), SSMD_OK);
+		for (k = 0; k < 2; k++)
+			CHECK_RC(ssm_slot_get(b[k], 0, st[k]), SSMD_OK);
+		CHECK(state_rel(st[0], st[1]) == 0,
+		      "decode split: the traced step's state differs (rel %.3g)",
+		      state_rel(st[0], st[1]));
+		for (k = 0; k < SSM_CUDA_N_PHASES; k++)
+			timed &= share[k] > 0.0;
 		for (k = 0; k < SSM_CUDA_N_PHASES - 1; k++)
-			ordered &= spread[k][0] >= 0.0 && spread[k][0] <= spread[k][1] &&
-				   spread[k][1] <= spread[k][2];
-		CHECK(fabs(sum - 1.0) < 1e-9, "decode split: shares add up to %.12g", sum);
-		CHECK(ordered, "decode split: a negative share or an unordered spread");
+			timed &= spread[k][0] > 0.0;
+		CHECK(timed, "decode split: a phase with no time, in block 0 or in some block");
 	}
 out:
 	unsetenv("SSMD_CUDA_PK_PF");
