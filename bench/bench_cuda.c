@@ -296,15 +296,20 @@ static void decode_split(const char *label, ssm_backend *b, const int *slots,
 	}
 }
 
-/* The median device time of `steps` decode steps of rows 0..n-1 after 20
- * of warm-up, each step fed the tokens the previous one sampled. */
+/* The median device time of `steps` (at most DECODE_MAX_STEPS) decode
+ * steps of rows 0..n-1 after 20 of warm-up, each step fed the tokens the
+ * previous one sampled. */
+#define DECODE_MAX_STEPS 128
 static double decode_ms(ssm_backend *b, const int *slots, int32_t *cur, int n,
 			const ssm_sampler *sp, uint64_t *index, int steps)
 {
 	int32_t next[N_SLOTS];
-	double t[128];
+	double t[DECODE_MAX_STEPS];
 	float ms;
 	int k, s;
+
+	if (steps > DECODE_MAX_STEPS)
+		steps = DECODE_MAX_STEPS;
 
 	for (k = 0; k < 20 + steps; k++) {
 		TRY("timer", ssm_cuda_timer_start(b));
