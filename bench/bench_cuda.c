@@ -26,10 +26,10 @@
  *   - where a decode step's device time goes at batch 16 and 64: the mean of
  *     10 ungraphed steps of ssm_cuda_decode_split() (an event after each
  *     part of each layer), summed per part over the layers;
- *   - where a batch-1 step's time goes inside the persistent kernel: each
- *     phase's share of 3 traced steps (ssm_cuda_decode1_split()) times the
- *     measured step, with the shortest / mean / longest of the blocks' own
- *     times for each phase.
+ *   - where a step of 1, 2 or 4 rows spends its time inside the persistent
+ *     kernels: each phase's share of 3 traced steps
+ *     (ssm_cuda_persist_split()) times the measured step, with the shortest
+ *     / mean / longest of the blocks' own times for each phase.
  * With BENCH_CUDA_DECODE_ONLY set, the decode rows alone. With
  * BENCH_CUDA_PROFILE set, only decode at batch 1 and 64 (20 timed steps
  * each) and one 2k prefill run, for a profiler's kernel summary; with both
@@ -324,24 +324,26 @@ static double decode_ms(ssm_backend *b, const int *slots, int32_t *cur, int n,
 	return median(t, steps);
 }
 
-/* Where a batch-1 step's time goes inside the persistent kernel: the mean
- * share of each phase over 3 traced steps, times the measured step, and
- * the spread of the blocks' own times for each phase (shortest / mean /
- * longest: at a barrier, the shortest wait is the last arrival's). */
-static void decode1_split(const char *label, ssm_backend *b, double step_ms)
+/* Where a step's time goes inside the persistent kernel that runs n rows:
+ * the mean share of each phase over 3 traced steps, times the measured
+ * step, and the spread of the blocks' own times for each phase (shortest /
+ * mean / longest: at a barrier, the shortest wait is the last arrival's).
+ * Nothing where no persistent kernel serves n rows. */
+static void persist_split(const char *label, ssm_backend *b, const int *slots,
+			  const int32_t *toks, int n, double step_ms)
 {
 	double share[SSM_CUDA_N_PHASES] = {0}, spread[SSM_CUDA_N_PHASES - 1][3] = {{0}};
 	char fig[64], note[96];
 	int r, rc;
 
 	for (r = 0; r < 3; r++)
-		if ((rc = ssm_cuda_decode1_split(b, 3, 7, share, spread))) {
+		if ((rc = ssm_cuda_persist_split(b, slots, toks, n, share, spread))) {
 			if (rc == SSMD_EUNSUPPORTED)
 				return;
 			die("decode split", rc);
 		}
 	for (int p = 0; p < SSM_CUDA_N_PHASES; p++) {
-		snprintf(fig, sizeof fig, "decode b1 split: %s", ssm_cuda_phase_names[p]);
+		snprintf(fig, sizeof fig, "decode b%d split: %s", n, ssm_cuda_phase_names[p]);
 		if (p < SSM_CUDA_N_PHASES - 1)
 			snprintf(note, sizeof note,
 				 "(%.1f%% of the step, all layers; blocks %.3f / %.3f / %.3f)",
@@ -421,8 +423,8 @@ static void bench_model(const char *label, const char *dir)
 		snprintf(note, sizeof note, "(floor %.3f ms: %.0f MB moved)",
 			 floor_s * 1e3, bytes / 1e6);
 		row(label, fig, med, "ms/step", floor_s * 1e3 / med, note);
-		if (n == 1)
-			decode1_split(label, b, med);
+		if (n <= 4)
+			persist_split(label, b, slots, cur, n, med);
 	}
 	/* the same steps sampling at temperature 0.8 (no top-k / top-p: on the
 	 * device), against greedy above */

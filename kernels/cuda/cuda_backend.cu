@@ -1165,12 +1165,12 @@ extern "C" const char *const ssm_cuda_phase_names[SSM_CUDA_N_PHASES] = {
 	"C: ssm step", "C: barrier", "D: out_proj", "D: barrier", "final norm, lm_head",
 };
 
-extern "C" int ssm_cuda_decode1_split(ssm_backend *b, int slot, int32_t token,
-				      double share[SSM_CUDA_N_PHASES],
+extern "C" int ssm_cuda_persist_split(ssm_backend *b, const int *slots, const int32_t *tokens,
+				      int rows, double share[SSM_CUDA_N_PHASES],
 				      double spread[SSM_CUDA_N_PHASES - 1][3])
 {
 	cuda_backend *cb;
-	int rc, l, ph, n, g, G;
+	int rc, l, ph, n, g, G, i;
 	long long *tr = NULL;
 	double total;
 
@@ -1179,10 +1179,14 @@ extern "C" int ssm_cuda_decode1_split(ssm_backend *b, int slot, int32_t token,
 	if (!share)
 		return ssmd_err_set(SSMD_EINVAL, "decode split: no share array");
 	cb = cb_of(b);
-	if (!decode_persist_ok(cb, 1))
-		return ssmd_err_set(SSMD_EUNSUPPORTED, "decode split: no persistent kernel here");
-	/* the split steps the slot past backend.c: its checks here */
-	if ((rc = ssm_check_batch(b, &slot, &token, 1, "decode split")))
+	if (rows < 1 || rows > cb->max_batch)
+		return ssmd_err_set(SSMD_EINVAL, "decode split: %d rows, 1..%d", rows,
+				    cb->max_batch);
+	if (!decode_persist_ok(cb, bucket_of(rows)))
+		return ssmd_err_set(SSMD_EUNSUPPORTED,
+				    "decode split: no persistent kernel for %d rows here", rows);
+	/* the split steps the slots past backend.c: its checks here */
+	if ((rc = ssm_check_batch(b, slots, tokens, rows, "decode split")))
 		return rc;
 	n = pk_n_marks(cb->cfg.n_layer);
 	G = cb->pk_grid;
@@ -1193,19 +1197,21 @@ extern "C" int ssm_cuda_decode1_split(ssm_backend *b, int slot, int32_t token,
 	    (rc = dev_alloc(cb, (size_t)G * n * sizeof(long long), (void **)&cb->pk_trace_buf)))
 		goto out;
 	/* one greedy step outside the bucket's graph, with the marks on */
-	memset(&cb->h_samp[0], 0, sizeof(cuda_sampler));
-	if ((rc = decode_inputs(cb, &slot, &token, 1, 1)))
+	for (i = 0; i < rows; i++)
+		memset(&cb->h_samp[i], 0, sizeof(cuda_sampler));
+	if ((rc = decode_inputs(cb, slots, tokens, rows, bucket_of(rows))))
 		goto out;
 	/* cleared, so a mark a block did not write reads 0, not an earlier
 	 * step's clock */
 	CUDA_TRY(cudaMemsetAsync(cb->pk_trace_buf, 0, (size_t)G * n * sizeof(long long),
 				 cb->stream));
 	cb->pk_trace = cb->pk_trace_buf;
-	rc = decode_body_any(cb, 1);
+	rc = decode_body_any(cb, bucket_of(rows));
 	cb->pk_trace = NULL;
 	if (rc)
 		goto out;
-	cb->n_tokens[slot]++;
+	for (i = 0; i < rows; i++)
+		cb->n_tokens[slots[i]]++;
 	CUDA_TRY(cudaMemcpyAsync(tr, cb->pk_trace_buf, (size_t)G * n * sizeof(long long),
 				 cudaMemcpyDeviceToHost, cb->stream));
 	CUDA_TRY(cudaStreamSynchronize(cb->stream));

@@ -184,7 +184,7 @@ typedef struct cuda_backend {
 	float *pk_part;
 	cuda_layer *d_layers;
 	long long *pk_trace;     /* where the kernel marks phases now, or NULL */
-	long long *pk_trace_buf; /* ssm_cuda_decode1_split()'s marks */
+	long long *pk_trace_buf; /* ssm_cuda_persist_split()'s marks */
 
 	/* Prefill checkpoints: up to ck_max full states per chunk, two buffers
 	 * so one chunk's states travel to the host while the next computes. */

@@ -25,9 +25,9 @@ int ssm_cuda_timer_stop(ssm_backend *b, float *ms);
  * checkpoint copies, host work between chunks). A decode step on the
  * cuBLAS path (ssm_cuda_decode_split) has NORM, IN_PROJ, CONV, X_PROJ,
  * SSM_STEP, OUT_PROJ, TAIL (the embedding) and HEAD; a step that a
- * persistent kernel runs (one row; 2-4 rows of 16-bit weights with d_state
- * 16) is one launch this split cannot see into (all of it is OTHER):
- * ssm_cuda_decode1_split() times the batch-1 kernel's phases. */
+ * persistent kernel runs (one row; 2 or 4 rows of 16-bit weights with
+ * d_state 16) is one launch this split cannot see into (all of it is OTHER):
+ * ssm_cuda_persist_split() times that kernel's phases. */
 enum ssm_cuda_part {
 	SSM_CUDA_NORM,      /* residual add + RMSNorm */
 	SSM_CUDA_IN_PROJ,   /* in_proj GEMM */
@@ -63,23 +63,24 @@ int ssm_cuda_prefill_split(ssm_backend *b, int slot, const ssm_prefill_args *a,
 int ssm_cuda_decode_split(ssm_backend *b, const int *slots, const int32_t *tokens,
 			  int n, double ms[SSM_CUDA_N_PARTS]);
 
-/* The phases of the batch-1 decode kernel per layer (A..D, each followed by
- * the grid barrier that ends it) and the final norm + lm_head. */
+/* The phases of the persistent decode kernels per layer (A..D, each
+ * followed by the grid barrier that ends it) and the final norm + lm_head. */
 #define SSM_CUDA_N_PHASES 9
 extern const char *const ssm_cuda_phase_names[SSM_CUDA_N_PHASES];
 
-/* Runs one batch-1 decode step of `token` on slot (greedy, advancing the
- * slot) through the persistent kernel with every block's clock read at each
- * phase end and barrier release, and adds each phase's share of the step
- * as block 0 saw it (summed over the layers; the shares of one call add up
- * to 1) to share[]. With spread non-NULL it also adds, for each of the
- * eight per-layer phases, the shortest, mean and longest of the blocks'
- * own times for it (summed over the layers, as shares of block 0's step):
- * a barrier's shortest wait is the last block's to arrive, so mean minus
- * shortest is what the blocks' skew costs there. Blocks.
- * SSMD_EUNSUPPORTED where the persistent kernel does not run, SSMD_EINVAL
- * for a NULL share. */
-int ssm_cuda_decode1_split(ssm_backend *b, int slot, int32_t token,
+/* Runs one decode step of tokens[i] on slots[i] for the n rows (greedy,
+ * advancing the slots) through the persistent kernel that serves n rows'
+ * bucket, with every block's clock read at each phase end and barrier
+ * release, and adds each phase's share of the step as block 0 saw it
+ * (summed over the layers; the shares of one call add up to 1) to share[].
+ * With spread non-NULL it also adds, for each of the eight per-layer
+ * phases, the shortest, mean and longest of the blocks' own times for it
+ * (summed over the layers, as shares of block 0's step): a barrier's
+ * shortest wait is the last block's to arrive, so mean minus shortest is
+ * what the blocks' skew costs there. Blocks. SSMD_EUNSUPPORTED where no
+ * persistent kernel serves the bucket, SSMD_EINVAL for a NULL share or n
+ * out of range. */
+int ssm_cuda_persist_split(ssm_backend *b, const int *slots, const int32_t *tokens, int n,
 			   double share[SSM_CUDA_N_PHASES],
 			   double spread[SSM_CUDA_N_PHASES - 1][3]);
 
