@@ -45,7 +45,11 @@
 #define SSM_CUDA_PERSIST_NB_CUH
 
 #define PKN_CHUNK 128 /* columns of a row per chunk: 4 a lane */
-#define PKN_PF 4      /* chunks a lane fetches ahead */
+/* Chunks a lane fetches ahead: 48 bytes a row pair a lane. Measured on the
+ * H200 (bf16, bench/NOTES.md round eighteen): 6 is 1-5% faster than 4 at 2
+ * and 4 rows on every shape (4 left the memory idle two thirds of the
+ * time); 8 spills at the 128-register cap and is slower than 4. */
+#define PKN_PF 6
 
 /* d += A . B for one m16n8k16 tile (T: bf16 or f16): A's row g from w (row
  * r, columns 4l .. 4l+3) and row g+8 from w2 (row r'), B's column g from x. */
