@@ -39,8 +39,7 @@
 /* Batched against alone, same weights: only GEMM reduction order differs
  * (cuBLAS for 7 to 64 rows and for F32 weights, the multi-row persistent
  * kernels for 2-4 rows of 16-bit weights, the batch-1 kernel alone). With
- * BF16
- * weights every GEMM input is rounded to bf16 (2^-9 relative), so an order
+ * BF16 weights every GEMM input is rounded to bf16 (2^-9 relative), so an order
  * difference flips roundings and the two runs differ at the bf16 level, as
  * BF16 differs from F32 (measured 1.6e-3): a third of TOL_BF16. */
 #define TOL_BATCH 1e-5
@@ -762,7 +761,8 @@ static void test_split_rows(const ssm_model *m, ssm_dtype dt)
 		return;
 	}
 	for (k = 0; k < 2; k++)
-		if (ssm_model_state_alloc(m, &st[k]) || open_backend(m, SSM_BACKEND_CUDA, dt, 2, &b[k])) {
+		if (ssm_model_state_alloc(m, &st[k]) ||
+		    open_backend(m, SSM_BACKEND_CUDA, dt, 2, &b[k])) {
 			CHECK(0, "split rows: open: %s", ssmd_errmsg());
 			goto out;
 		}
