@@ -1220,15 +1220,15 @@ extern "C" int ssm_cuda_persist_split(ssm_backend *b, const int *slots, const in
 	total = (double)(tr[n - 1] - tr[0]);
 	for (l = 0; l < cb->cfg.n_layer; l++)
 		for (ph = 0; ph < 8; ph++) {
-			const int i = l * 8 + ph;
+			const int mk = l * 8 + ph; /* the phase's first mark */
 			double lo = 0, hi = 0, sum = 0;
 
-			share[ph] += (tr[i + 1] - tr[i]) / total;
+			share[ph] += (tr[mk + 1] - tr[mk]) / total;
 			if (!spread)
 				continue;
 			for (g = 0; g < G; g++) {
-				const double d = (double)(tr[(size_t)g * n + i + 1] -
-							  tr[(size_t)g * n + i]);
+				const double d = (double)(tr[(size_t)g * n + mk + 1] -
+							  tr[(size_t)g * n + mk]);
 				lo = g == 0 || d < lo ? d : lo;
 				hi = g == 0 || d > hi ? d : hi;
 				sum += d;

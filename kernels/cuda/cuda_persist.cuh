@@ -75,7 +75,7 @@ typedef struct pk_args {
 	float *xz, *xc, *part, *h, *logits;
 	void *xcT, *yT;
 	pk_bar *bar;
-	/* ssm_cuda_decode1_split(): each block's clock at the start, at each
+	/* ssm_cuda_persist_split(): each block's clock at the start, at each
 	 * phase's end and after each barrier (8 per layer), and at the end:
 	 * pk_n_marks() a block, block b's from trace[b * pk_n_marks()]; or
 	 * NULL */

@@ -39,9 +39,9 @@
 /* Batched against alone, same weights: only GEMM reduction order differs
  * (cuBLAS for 7 to 64 rows and for F32 weights, the multi-row persistent
  * kernels for 2-4 rows of 16-bit weights, the batch-1 kernel alone). With
- * BF16 weights every GEMM input is rounded to bf16 (2^-9 relative), so an order
- * difference flips roundings and the two runs differ at the bf16 level, as
- * BF16 differs from F32 (measured 1.6e-3): a third of TOL_BF16. */
+ * BF16 weights every GEMM input is rounded to bf16 (2^-9 relative), so an
+ * order difference flips roundings and the two runs differ at the bf16
+ * level, as BF16 differs from F32 (measured 1.6e-3): a third of TOL_BF16. */
 #define TOL_BATCH 1e-5
 #define TOL_BATCH_BF16 1e-2
 
@@ -645,6 +645,21 @@ out:
 
 /* ----------------------------------------------- a mamba-130m-shaped model -- */
 
+/* Whether a traced step (ssm_cuda_persist_split) timed every phase in
+ * block 0 and gave every phase a nonzero shortest run over the blocks (the
+ * split clears the marks first: a block that wrote none would read 0). */
+static int split_timed(const double share[SSM_CUDA_N_PHASES],
+		       const double spread[SSM_CUDA_N_PHASES - 1][3])
+{
+	int k, timed = 1;
+
+	for (k = 0; k < SSM_CUDA_N_PHASES; k++)
+		timed &= share[k] > 0.0;
+	for (k = 0; k < SSM_CUDA_N_PHASES - 1; k++)
+		timed &= spread[k][0] > 0.0;
+	return timed;
+}
+
 /*
  * The batch-1 kernel's prefetch depth changes when each weight piece is
  * loaded, never the order a lane adds them, so depths 6 and 8 give the same
@@ -710,13 +725,10 @@ static void test_depth(const ssm_model *m)
 	printf("  batch-1 prefetch depth 6 against 8, 16 steps: logits %s, state rel %.1g\n",
 	       same ? "identical" : "differ", state_rel(st[0], st[1]));
 	/* the traced step: it leaves the slot as an untraced step of the same
-	 * token does (b[1], whose results above equal b[0]'s), every phase
-	 * of block 0 takes time, and so does every block's shortest run of
-	 * each phase (the split clears the marks first: a block that wrote
-	 * none would read 0) */
+	 * token does (b[1], whose results above equal b[0]'s), and every phase
+	 * takes time (split_timed) */
 	{
 		double share[SSM_CUDA_N_PHASES] = {0}, spread[SSM_CUDA_N_PHASES - 1][3] = {{0}};
-		int timed = 1;
 
 		CHECK_RC(ssm_cuda_persist_split(b[0], &s0, &t, 1, share, spread), SSMD_OK);
 		CHECK_RC(ssm_decode(b[1], &s0, &t, 1, lg[1]), SSMD_OK);
@@ -725,11 +737,8 @@ static void test_depth(const ssm_model *m)
 		CHECK(state_rel(st[0], st[1]) == 0,
 		      "decode split: the traced step's state differs (rel %.3g)",
 		      state_rel(st[0], st[1]));
-		for (k = 0; k < SSM_CUDA_N_PHASES; k++)
-			timed &= share[k] > 0.0;
-		for (k = 0; k < SSM_CUDA_N_PHASES - 1; k++)
-			timed &= spread[k][0] > 0.0;
-		CHECK(timed, "decode split: a phase with no time, in block 0 or in some block");
+		CHECK(split_timed(share, spread),
+		      "decode split: a phase with no time, in block 0 or in some block");
 	}
 out:
 	unsetenv("SSMD_CUDA_PK_PF");
@@ -751,7 +760,7 @@ static void test_split_rows(const ssm_model *m, ssm_dtype dt)
 	ssm_backend *b[2] = {NULL, NULL};
 	ssm_state *st[2] = {NULL, NULL};
 	int32_t toks[16], step[2];
-	int slots[2] = {1, 0}, k, i, timed = 1;
+	int slots[2] = {1, 0}, k, i, timed;
 	uint64_t seed = 11;
 	double worst = 0, e;
 	float *lg = malloc((size_t)2 * c->vocab_size * sizeof(float));
@@ -785,10 +794,7 @@ static void test_split_rows(const ssm_model *m, ssm_dtype dt)
 		CHECK(st[0]->n_tokens == st[1]->n_tokens, "split rows: slot %d n_tokens", i);
 	}
 	CHECK(worst == 0, "split rows: the traced step's states differ (rel %.3g)", worst);
-	for (k = 0; k < SSM_CUDA_N_PHASES; k++)
-		timed &= share[k] > 0.0;
-	for (k = 0; k < SSM_CUDA_N_PHASES - 1; k++)
-		timed &= spread[k][0] > 0.0;
+	timed = split_timed(share, spread);
 	CHECK(timed, "split rows: a phase with no time, in block 0 or in some block");
 	ssm_backend_close(b[1]);
 	b[1] = NULL;
