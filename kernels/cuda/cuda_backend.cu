@@ -400,14 +400,19 @@ static int decode_persist(cuda_backend *cb, int nb)
 	p.logits = a->logits;
 	p.xcT = a->xcT;
 	p.yT = a->yT;
-	p.bar = cb->pk_bar;
+	p.bar = cb->pk_bar + (nb == 1 ? 0 : 1);
 	p.trace = cb->pk_trace;
+	p.xwb = cb->pk_xwb;
+	p.xacc = cb->pk_xacc;
+	p.M = (p.E + cb->pk_grid - 1) / cb->pk_grid;
 
 	at[0].id = cudaLaunchAttributeCooperative;
 	at[0].val.cooperative = 1;
 	lc.gridDim = dim3(cb->pk_grid);
 	lc.blockDim = dim3(PK_THREADS);
-	lc.dynamicSmemBytes = pk_smem_bytes(nb, p.D, p.E, p.W, p.P, sizeof(T), p.n_layer);
+	lc.dynamicSmemBytes = nb == 1 ? pk_smem_bytes1(p.D, p.E, p.W, cb->pk_grid, sizeof(T),
+						    p.n_layer)
+				      : pk_smem_bytes(nb, p.D, p.E, p.W, p.P, sizeof(T), p.n_layer);
 	lc.stream = s;
 	lc.attrs = at;
 	lc.numAttrs = 1;
@@ -1466,7 +1471,7 @@ out:
 template <typename T>
 static int persist_init_t(cuda_backend *cb)
 {
-	int rc = SSMD_OK, occ = 0, sms = 0, coop = 0, P, max_p;
+	int rc = SSMD_OK, occ = 0, sms = 0, coop = 0, optin = 0, P, max_p, M, run;
 	const ssm_config *c = &cb->cfg;
 	const int vec = 16 / sizeof(T), W = c->dt_rank + 2 * c->d_state;
 	const char *env = getenv("SSMD_CUDA_PK_PF");
@@ -1487,11 +1492,16 @@ static int persist_init_t(cuda_backend *cb)
 		P = max_p;
 	if (P < 1)
 		P = 1;
-	smem = pk_smem_bytes(1, c->d_model, c->d_inner, W, P, sizeof(T), c->n_layer);
-	if (smem > (size_t)46 << 10)
+	/* the dynamic part, and ~1 KB of static: red and base */
+	smem = pk_smem_bytes1(c->d_model, c->d_inner, W, sms, sizeof(T), c->n_layer);
+	CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+					cb->device));
+	if (smem + 1024 > (size_t)optin)
 		return SSMD_OK;
-#define OCC(npl)                                                                    \
-	CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, pk_kernel<T, npl>(pf), \
+#define OCC(npl)                                                                      \
+	CUDA_TRY(cudaFuncSetAttribute(pk_kernel<T, npl>(pf),                              \
+				      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)); \
+	CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, pk_kernel<T, npl>(pf),   \
 							       PK_THREADS, smem))
 	NPL_SWITCH(c->d_state / SSM_LANES, OCC);
 #undef OCC
@@ -1500,13 +1510,26 @@ static int persist_init_t(cuda_backend *cb)
 	if constexpr (sizeof(T) == 2)
 		if ((rc = pkn_init_t<T>(cb, P)))
 			return rc;
+	M = (c->d_inner + sms - 1) / sms;
+	run = pk_xw_run(M, W, sizeof(T));
 	if ((rc = dev_upload(cb, cb->layers, c->n_layer * sizeof(cuda_layer),
 			     (void **)&cb->d_layers)) ||
-	    (rc = dev_alloc(cb, sizeof(pk_bar), (void **)&cb->pk_bar)) ||
+	    (rc = dev_alloc(cb, 2 * sizeof(pk_bar), (void **)&cb->pk_bar)) ||
 	    (rc = dev_alloc(cb, (size_t)(cb->pkn_rows ? 4 : 1) * W * P * sizeof(float),
-			    (void **)&cb->pk_part)))
+			    (void **)&cb->pk_part)) ||
+	    (rc = dev_alloc(cb, (size_t)c->n_layer * sms * run * sizeof(T), &cb->pk_xwb)) ||
+	    (rc = dev_alloc(cb, (size_t)2 * PK_XAREA(W) * sizeof(unsigned long long),
+			    (void **)&cb->pk_xacc)))
 		goto out;
-	CUDA_TRY(cudaMemset(cb->pk_bar, 0, sizeof(pk_bar)));
+	CUDA_TRY(cudaMemset(cb->pk_xacc, 0, (size_t)2 * PK_XAREA(W) * sizeof(unsigned long long)));
+	CUDA_TRY(cudaMemset(cb->pk_bar, 0, 2 * sizeof(pk_bar)));
+	for (int l = 0; l < c->n_layer; l++) {
+		ssmk_xw_blocks<T><<<sms, 256, 0, cb->stream>>>(
+			(const T *)cb->layers[l].x_w, W, c->d_inner, sms, M, run,
+			(T *)cb->pk_xwb + (size_t)l * sms * run);
+		CUDA_LAUNCHED();
+	}
+	CUDA_TRY(cudaStreamSynchronize(cb->stream));
 	cb->pk_grid = sms;
 	cb->pk_parts = P;
 	cb->pk_pf = pf;

@@ -180,8 +180,10 @@ typedef struct cuda_backend {
 	int pk_grid, pk_parts, pk_pf;
 	int pkn_rows;            /* the most rows the multi-row kernels serve
 				  * (cuda_persist_nb.cuh), 0: none */
-	struct pk_bar *pk_bar;
+	struct pk_bar *pk_bar;   /* [0] the batch-1 kernel's, [1] the multi-row kernels' */
 	float *pk_part;
+	void *pk_xwb;            /* x_proj in block order (ssmk_xw_blocks) */
+	unsigned long long *pk_xacc; /* its fixed-point sums */
 	cuda_layer *d_layers;
 	long long *pk_trace;     /* where the kernel marks phases now, or NULL */
 	long long *pk_trace_buf; /* ssm_cuda_persist_split()'s marks */

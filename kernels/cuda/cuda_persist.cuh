@@ -7,13 +7,15 @@
  * idle: launch gaps and the latency at the start of each dependent step. One
  * kernel with one block per SM runs the whole step; its blocks meet at a
  * grid barrier (pk_arrive / pk_wait) where a result is needed by every
- * block, four times per layer:
+ * block, three times per layer:
  *   A  RMSNorm of h (every block stages h * norm in shared memory; the
  *      scale multiplies the sums) . in_proj -> x | z, the conv step +
- *      SiLU on x                                          -> xz, xc, xcT
- *   B  x_proj on xcT, each row cut into P parts           -> part (W, P)
- *   C  dt_low | B | C = the sums of the parts (every block), then per
- *      channel dt_proj + softplus + state update + gate   -> yT
+ *      SiLU on x                                          -> xz, xc
+ *   B  x_proj, each block over its own channels (those its conv steps
+ *      made in A), added into the layer's sums            -> xacc (W)
+ *      (no barrier between A and B: pk_xw_run)
+ *   C  dt_low | B | C = the sums (every block), then per channel dt_proj
+ *      + softplus + state update + gate                   -> yT
  *   D  out_proj on yT, added into h with the bias         -> h
  * and after the last layer the final RMSNorm . lm_head -> logits, with the
  * hidden vector stored into the slot. Sampling follows as its own kernel.
@@ -25,8 +27,8 @@
  * arriving at the barrier and waiting for it, and the next item's while it
  * computes the current one. The layer table lives in shared memory, so no
  * phase waits for a pointer. Data written during the step by another block
- * (h, xz, xc, xcT, part, yT) is read with ld.global.cg (L2, never a stale
- * L1 line).
+ * (h, xz, xc, xacc, yT) is read with ld.global.cg (L2, never a stale L1
+ * line).
  *
  * Work split. Global warp gw = warp * G + block (G blocks of PK_THREADS), so
  * consecutive items land on different SMs; warp gw takes items gw, gw + NW,
@@ -38,13 +40,14 @@
  *
  * The numbers follow the cuBLAS path of larger batches: GEMM inputs rounded
  * to T as it rounds them (the norm's input before its scale), f32 sums in a
- * fixed order (every run gives the same bits), the same formulas
- * (ssm_conv_channel's conv step, ssmk_ssm_step_b's update).
+ * fixed order, x_proj's block sums added exactly as integers (every run
+ * gives the same bits), the same formulas (ssm_conv_channel's conv step,
+ * ssmk_ssm_step_b's update).
  *
  * Requirements (persist_init_t): d_model and d_inner whole numbers of
  * 16-byte pieces; 2 * d_conv + 1 <= 32 (the conv epilogue's lanes); the
- * shared memory within 46 KB; every block resident at once, which the
- * cooperative launch guarantees or refuses.
+ * shared memory within the device's limit; every block resident at once,
+ * which the cooperative launch guarantees or refuses.
  */
 #ifndef SSM_CUDA_PERSIST_CUH
 #define SSM_CUDA_PERSIST_CUH
@@ -52,6 +55,22 @@
 #define PK_THREADS 512
 #define PK_WARPS (PK_THREADS / 32)
 #define PK_PFC 4   /* dt_proj pieces per lane fetched ahead in phase C */
+/*
+ * The batch-1 kernel's x_proj sums (pk_xsum_*): every block adds its part
+ * of each of the W values as an integer in units of 2^-32, so the sum is
+ * exact whatever order the blocks' atomics land in, and every run gives the
+ * same bits. Rounding a part costs at most 2^-33, ~1.5e-8 over 132 blocks:
+ * below an f32 sum's own rounding for any value over ~1e-3. A part outside
+ * +-2^31 (or not finite) cannot be held: it sets the layer's flag, and the
+ * sums read as NaN, as an f32 sum of it would. Block b adds into copy b %
+ * PK_XCOPIES (the H200 measured 2 copies faster than 1.4b's 4 or 8: 1.111
+ * against 1.115 and 1.131 ms a step). Per layer parity (the sums of layer l
+ * are read in its phase C and cleared in the next layer's) PK_XAREA(W)
+ * words: the copies, then the flag.
+ */
+#define PK_XFIX 0x1p32f
+#define PK_XCOPIES 2
+#define PK_XAREA(W) (PK_XCOPIES * (W) + 1)
 /* The weight pieces a lane fetches ahead are the kernel's template
  * parameter PF (6 or 8, pk_pf()). */
 
@@ -74,6 +93,12 @@ typedef struct pk_args {
 	float eps;
 	float *xz, *xc, *part, *h, *logits;
 	void *xcT, *yT;
+	/* the batch-1 kernel's x_proj weight in block order (pk_xw_run): block
+	 * b's columns e = b + G m, m < M, as M rows of W, one run a layer */
+	const void *xwb;
+	int M;
+	/* its x_proj sums (2 PK_XAREA(W) words), zero between launches */
+	unsigned long long *xacc;
 	pk_bar *bar;
 	/* ssm_cuda_persist_split(): each block's clock at the start, at each
 	 * phase's end and after each barrier (8 per layer), and at the end:
@@ -109,8 +134,12 @@ __device__ __forceinline__ unsigned long long pk_ld_relaxed(const unsigned long 
 	return v;
 }
 
-/* Grid barriers per launch: four per layer. */
-__device__ __forceinline__ int pk_n_barriers(int n_layer) { return 4 * n_layer; }
+/* Grid barriers per launch: three per layer in the batch-1 kernel, four in
+ * the multi-row kernels (each kernel has a counter of its own). */
+__device__ __forceinline__ int pk_n_barriers(int n_layer, int nb)
+{
+	return (nb == 1 ? 3 : 4) * n_layer;
+}
 
 /*
  * The grid barrier in two halves, so a block loads what the next phase needs
@@ -146,10 +175,10 @@ __device__ __forceinline__ void pk_wait(const pk_bar *bar, unsigned long long ta
 
 /* The count at this launch's start, rounded down to a whole launch: blocks
  * may already have arrived at the first barrier, never past it. */
-__device__ __forceinline__ unsigned long long pk_base(const pk_bar *bar, int n_layer)
+__device__ __forceinline__ unsigned long long pk_base(const pk_bar *bar, int n_layer, int nb)
 {
 	const unsigned long long c = pk_ld_acquire(&bar->count),
-				 per = (unsigned long long)gridDim.x * pk_n_barriers(n_layer);
+				 per = (unsigned long long)gridDim.x * pk_n_barriers(n_layer, nb);
 
 	return c - c % per;
 }
@@ -196,14 +225,48 @@ __device__ __forceinline__ pk_smem_map<T> pk_carve(uint4 *smem, const pk_args &p
 	return m;
 }
 
-/* Bytes of pk_carve's layout. */
-static inline size_t pk_smem_bytes(int nb, int D, int E, int W, int P, size_t wsize,
-				   int n_layer)
+/* Bytes of pk_carve's area, whole 16-byte pieces. */
+__host__ __device__ __forceinline__ size_t pk_area_bytes(int nb, int D, int E, int W, int P,
+							  size_t wsize)
 {
 	size_t v = (size_t)nb * (D > E ? D : E) * wsize,
 	       c = (size_t)nb * W * (P + 1) * sizeof(float);
 
-	return (size_t)pk_lay_bytes(n_layer) + (v > c ? v : c);
+	return ((v > c ? v : c) + 15) / 16 * 16;
+}
+
+/* Bytes of pk_carve's layout. */
+static inline size_t pk_smem_bytes(int nb, int D, int E, int W, int P, size_t wsize,
+				   int n_layer)
+{
+	return (size_t)pk_lay_bytes(n_layer) + pk_area_bytes(nb, D, E, W, P, wsize);
+}
+
+/*
+ * The batch-1 kernel's x_proj. Channel e's conv step runs on block e % G
+ * (phase A's rows r = gw + i NW, NW a multiple of G), so each block can
+ * multiply its own M = ceil(E / G) channels by their columns of x_proj as
+ * soon as phase A ends, and phase C adds the G blocks' parts: no grid
+ * barrier between the conv step and x_proj. The columns come in block order
+ * (ssmk_xw_blocks, made at open): block b's M (W) rows, zero past E, one run
+ * of pk_xw_run() elements, so a block copies its run in 16-byte pieces.
+ */
+__host__ __device__ __forceinline__ int pk_xw_run(int M, int W, size_t wsize)
+{
+	const int vec = (int)(16 / wsize);
+
+	return (M * W + vec - 1) / vec * vec;
+}
+
+/* The batch-1 kernel's shared memory: pk_carve's layout with no parts
+ * (phase C's sums dbc alone), then the block's conv outputs (M, in T) and
+ * its x_proj run. */
+static inline size_t pk_smem_bytes1(int D, int E, int W, int G, size_t wsize, int n_layer)
+{
+	const int M = (E + G - 1) / G;
+
+	return pk_smem_bytes(1, D, E, W, 0, wsize, n_layer) + (M * wsize + 15) / 16 * 16 +
+	       (size_t)pk_xw_run(M, W, wsize) * wsize;
 }
 
 /* This warp's global index and the number of warps. */
@@ -673,7 +736,7 @@ __device__ __forceinline__ float pk_cw_fetch(const pk_args &p, const cuda_layer 
 
 template <typename T, int NB>
 __device__ __forceinline__ void pk_conv_epi(const pk_args &p, int l, int r, const float *v,
-					     float cw)
+					     float cw, T *xloc = NULL)
 {
 	const int lane = threadIdx.x & 31, K = p.K, base = NB * (K - 1), E = p.E;
 	const float inb = __shfl_sync(0xffffffffu, cw, base + K + 1);
@@ -697,6 +760,8 @@ __device__ __forceinline__ void pk_conv_epi(const pk_args &p, int l, int r, cons
 			const float o = silu(acc);
 			p.xc[(size_t)b * E + r] = o;
 			((T *)p.xcT)[(size_t)b * E + r] = from_f32<T>(o);
+			if (xloc) /* the batch-1 kernel: this block's channel */
+				*xloc = from_f32<T>(o);
 		}
 	}
 	if (lane < base && p.slots[mb] >= 0)
@@ -736,28 +801,90 @@ __device__ __forceinline__ void pk_keep_hidden(const pk_args &p)
 	}
 }
 
+/* Adds this block's part v of x_proj value j into the sums xs (one
+ * parity's PK_XAREA(W) words). */
+__device__ __forceinline__ void pk_xsum_add(unsigned long long *xs, int W, int j, float v)
+{
+	if (fabsf(v) < 0x1p31f)
+		asm volatile("red.relaxed.gpu.global.add.u64 [%0], %1;"
+			     :: "l"(xs + (size_t)(blockIdx.x % PK_XCOPIES) * W + j),
+			        "l"((unsigned long long)__float2ll_rn(v * PK_XFIX))
+			     : "memory");
+	else
+		asm volatile("red.relaxed.gpu.global.or.b64 [%0], 1;"
+			     :: "l"(xs + (size_t)PK_XCOPIES * W) : "memory");
+}
+
+/* dbc[j] = x_proj value j from the sums xs (written during this step by
+ * every block), NaN where the flag is set. */
+__device__ __forceinline__ void pk_xsum_read(const unsigned long long *xs, int W, float *dbc)
+{
+	const bool bad = __ldcg(xs + (size_t)PK_XCOPIES * W) != 0;
+
+	for (int j = threadIdx.x; j < W; j += PK_THREADS) {
+		unsigned long long v[PK_XCOPIES], t = 0;
+#pragma unroll
+		for (int k = 0; k < PK_XCOPIES; k++)
+			v[k] = __ldcg(xs + (size_t)k * W + j);
+#pragma unroll
+		for (int k = 0; k < PK_XCOPIES; k++)
+			t += v[k];
+		dbc[j] = bad ? __int_as_float(0x7fc00000)
+			     : __ll2float_rn((long long)t) * (1.0f / PK_XFIX);
+	}
+}
+
+/* Zeroes one parity's sums and flag (block 0, every thread). */
+__device__ __forceinline__ void pk_xsum_clear(unsigned long long *xs, int W)
+{
+	for (int j = threadIdx.x; j < PK_XAREA(W); j += PK_THREADS)
+		xs[j] = 0;
+}
+
+/* Block b's x_proj run of layer l into xw (shared memory), by 16-byte
+ * copies in one cp.async group. */
+template <typename T>
+__device__ __forceinline__ void pk_xw_copy(const pk_args &p, int l, int run, T *xw)
+{
+	const char *src = (const char *)p.xwb +
+			  ((size_t)l * gridDim.x + blockIdx.x) * run * sizeof(T);
+
+	for (int j = threadIdx.x; j < run * (int)sizeof(T) / 16; j += PK_THREADS)
+		cp_async16((float *)xw + 4 * j, (const float *)(src + 16 * (size_t)j), true);
+	cp_async_commit();
+}
+
 /* The whole batch-1 decode step. grid (G) cooperative, block PK_THREADS,
- * dynamic shared memory pk_smem_bytes(1, ...); PF: pk_pf(). */
+ * dynamic shared memory pk_smem_bytes1(); PF: pk_pf(). */
 template <typename T, int NPL, int PF>
 __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_args p)
 {
 	extern __shared__ uint4 pk_smem[];
 	__shared__ float red[PK_WARPS];
 	__shared__ unsigned long long base;
+	const int D = p.D, E = p.E, W = p.W, G = gridDim.x, M = p.M, lane = threadIdx.x & 31;
+	const int run = pk_xw_run(M, W, sizeof(T));
 	const pk_smem_map<T> sm = pk_carve<T, 1>(pk_smem, p);
 	cuda_layer *lay = sm.lay;
 	T *xs = sm.xs;
-	float *parts = sm.parts, *dbc = sm.dbc;
-	const int D = p.D, E = p.E, W = p.W, P = p.P, G = gridDim.x, lane = threadIdx.x & 31;
+	float *dbc = sm.parts;
+	/* after pk_carve's area (no parts): the block's conv outputs and its
+	 * x_proj run */
+	T *xloc = (T *)((char *)xs + pk_area_bytes(1, D, E, W, 0, sizeof(T)));
+	T *xw = (T *)((char *)xloc + (M * sizeof(T) + 15) / 16 * 16);
 	uint4 cur[PF];
 	float cw = 0.0f, cw2 = 0.0f, scale[1];
 	unsigned long long target;
 	pk_chan<T, NPL> ch;
 
 	if (threadIdx.x == 0)
-		base = pk_base(p.bar, p.n_layer);
+		base = pk_base(p.bar, p.n_layer, 1);
 	pk_fetch<T, PF>((const T *)p.layers[0].in_w, 2 * E, D, 1, pk_gw(), 0, cur);
 	pk_load_layers(p, pk_smem);
+	/* channels past E stay 0 */
+	for (int m = threadIdx.x; m < M; m += PK_THREADS)
+		xloc[m] = from_f32<T>(0.0f);
+	pk_xw_copy<T>(p, 0, run, xw);
 	__syncthreads();
 	/* the conv epilogue's inputs two rows ahead (cw: this row's, cw2: the
 	 * next's): fetched one row ahead, each row's epilogue waited for a load
@@ -769,32 +896,35 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 	for (int l = 0; l < p.n_layer; l++) {
 		const cuda_layer *y = &lay[l];
 
-		/* A: norm . in_proj, the conv step on x rows */
+		/* A: norm . in_proj, the conv step on x rows; the warp's k-th row
+		 * r = gw + k NW is this block's channel warp + 16 k (xloc) */
 		pk_stage_norm<T, 1>(p.h, l ? NULL : (const T *)p.embed, p.tokens, y->norm, D,
 				    p.eps, xs, red, scale);
+		int mloc = threadIdx.x >> 5;
 		pk_gemv<T, PF>((const T *)y->in_w, 2 * E, D, 1, xs, cur,
 			       [&](int r, int, float v) {
 				       v *= scale[0];
 				       if (lane == 0)
 					       p.xz[r] = v;
 				       if (r < E)
-					       pk_conv_epi<T, 1>(p, l, r, &v, cw);
+					       pk_conv_epi<T, 1>(p, l, r, &v, cw, xloc + mloc);
+				       mloc += PK_WARPS;
 				       cw = cw2;
 				       cw2 = pk_cw_fetch<1>(p, y, l, r + 2 * pk_nw());
 			       });
 		PK_MARK(l * 8 + 1);
-		pk_arrive(p.bar);
-		pk_fetch<T, PF>((const T *)y->x_w, W, E, P, pk_gw(), 0, cur);
-		pk_wait(p.bar, target += G);
 		PK_MARK(l * 8 + 2);
 
-		/* B: x_proj in parts */
-		pk_stage<T, 1>(p.xcT, E, xs);
+		/* B: this block's channels . their x_proj columns, added into the
+		 * layer's sums (the run arrived during A or the last C) */
+		cp_async_wait<0>();
 		__syncthreads();
-		pk_gemv<T, PF>((const T *)y->x_w, W, E, P, xs, cur, [&](int r, int part, float v) {
-			if (lane == 0)
-				p.part[r * P + part] = v;
-		});
+		for (int j = threadIdx.x; j < W; j += PK_THREADS) {
+			float acc = 0.0f;
+			for (int m = 0; m < M; m++)
+				acc += to_f32(xw[m * W + j]) * to_f32(xloc[m]);
+			pk_xsum_add(p.xacc + (size_t)(l & 1) * PK_XAREA(W), W, j, acc);
+		}
 		PK_MARK(l * 8 + 3);
 		pk_arrive(p.bar);
 		pk_chan_fetch<T, NPL>(p, y, l, pk_chan0(), 0, &ch);
@@ -807,7 +937,15 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 			float x = e < E ? __ldcg(p.xc + e) : 0.0f;
 			float z = e < E ? __ldcg(p.xz + E + e) : 0.0f;
 
-			pk_sum_parts(p.part, W, P, parts, dbc);
+			pk_xsum_read(p.xacc + (size_t)(l & 1) * PK_XAREA(W), W, dbc);
+			/* the other parity's sums were read in the last layer's C:
+			 * block 0 clears them for the next */
+			if (blockIdx.x == 0)
+				pk_xsum_clear(p.xacc + (size_t)((l + 1) & 1) * PK_XAREA(W), W);
+			/* B is done with xw: the next layer's run */
+			if (l + 1 < p.n_layer)
+				pk_xw_copy<T>(p, l + 1, run, xw);
+			__syncthreads();
 			for (int e0 = 0; e0 < E; e0 += pk_nchan()) {
 				if (e0) {
 					pk_chan_fetch<T, NPL>(p, y, l, e0 + e, 0, &ch);
@@ -852,8 +990,11 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 		PK_MARK(l * 8 + 8);
 	}
 
-	/* the final norm . lm_head; block 0 keeps the hidden vector in the slot */
+	/* the final norm . lm_head; block 0 keeps the hidden vector in the slot
+	 * and clears the last layer's x_proj sums for the next launch */
 	pk_keep_hidden<1>(p);
+	if (blockIdx.x == 0)
+		pk_xsum_clear(p.xacc + (size_t)((p.n_layer - 1) & 1) * PK_XAREA(W), W);
 	pk_stage_norm<T, 1>(p.h, NULL, p.tokens, p.norm_f, D, p.eps, xs, red, scale);
 	pk_gemv<T, PF>((const T *)p.lm_head, p.V, D, 1, xs, cur, [&](int r, int, float v) {
 		if (lane == 0)
@@ -861,6 +1002,21 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 	});
 	__syncthreads();
 	PK_MARK(p.n_layer * 8 + 1);
+}
+
+/* x_proj's weight (W, E) in the batch-1 kernel's block order (pk_xw_run):
+ * out[b run + m W + j] = x_w[j, b + G m] for m < M, e < E, else 0. Grid
+ * G, made once at open. */
+template <typename T>
+__global__ void ssmk_xw_blocks(const T *x_w, int W, int E, int G, int M, int run, T *out)
+{
+	const int b = blockIdx.x;
+
+	for (int i = threadIdx.x; i < run; i += blockDim.x) {
+		const int m = i / W, j = i - m * W, e = b + G * m;
+		out[(size_t)b * run + i] = m < M && e < E ? x_w[(size_t)j * E + e]
+							  : from_f32<T>(0.0f);
+	}
 }
 
 /* The kernel at prefetch depth pf (6 or 8, pk_pf()). */

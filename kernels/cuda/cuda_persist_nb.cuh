@@ -241,7 +241,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 	pk_chan<T, NPL> ch;
 
 	if (threadIdx.x == 0)
-		base = pk_base(p.bar, p.n_layer);
+		base = pk_base(p.bar, p.n_layer, NB);
 	pkn_fetch<T, PF>((const T *)p.layers[0].in_w, 2 * E, D, 1, pk_gw(), 0, cur);
 	pk_load_layers(p, pk_smem);
 	__syncthreads();

@@ -665,7 +665,9 @@ static int split_timed(const double share[SSM_CUDA_N_PHASES],
  * loaded, never the order a lane adds them, so depths 6 and 8 give the same
  * bits: 16 greedy steps with F32 weights (rows of 6 and 12 pieces a lane on
  * the 130m shape: out_proj's rows take two units at either depth), logits
- * and the slot's state compared bit for bit.
+ * and the slot's state compared bit for bit. The blocks' x_proj parts land
+ * in a different order in every launch, so this also holds their sums to
+ * being exact (integers, pk_xsum_add).
  */
 static void test_depth(const ssm_model *m)
 {
