@@ -391,28 +391,23 @@ static int decode_persist(cuda_backend *cb, int nb)
 	p.V = c->vocab_size;
 	p.W = c->dt_rank + 2 * c->d_state;
 	p.n_layer = c->n_layer;
-	p.P = cb->pk_parts;
 	p.eps = c->eps;
 	p.xz = a->xz;
 	p.xc = a->xc;
-	p.part = cb->pk_part;
 	p.h = a->h;
 	p.logits = a->logits;
-	p.xcT = a->xcT;
 	p.yT = a->yT;
-	p.bar = cb->pk_bar + (nb == 1 ? 0 : 1);
+	p.bar = cb->pk_bar;
 	p.trace = cb->pk_trace;
-	p.xwb = cb->pk_xwb;
+	p.xwb = nb == 1 ? cb->pk_xwb : cb->pkn_xwb;
+	p.M = pk_xw_m(p.E, cb->pk_grid, nb);
 	p.xacc = cb->pk_xacc;
-	p.M = (p.E + cb->pk_grid - 1) / cb->pk_grid;
 
 	at[0].id = cudaLaunchAttributeCooperative;
 	at[0].val.cooperative = 1;
 	lc.gridDim = dim3(cb->pk_grid);
 	lc.blockDim = dim3(PK_THREADS);
-	lc.dynamicSmemBytes = nb == 1 ? pk_smem_bytes1(p.D, p.E, p.W, cb->pk_grid, sizeof(T),
-						    p.n_layer)
-				      : pk_smem_bytes(nb, p.D, p.E, p.W, p.P, sizeof(T), p.n_layer);
+	lc.dynamicSmemBytes = pk_smem_bytes(nb, p.D, p.E, p.W, cb->pk_grid, sizeof(T), p.n_layer);
 	lc.stream = s;
 	lc.attrs = at;
 	lc.numAttrs = 1;
@@ -1422,14 +1417,14 @@ static void cuda_close(ssm_backend *b)
 
 /*
  * Sets cb->pkn_rows where the multi-row kernels (cuda_persist_nb.cuh) can
- * serve buckets 2 and 4 beside the batch-1 kernel (P: its x_proj parts;
+ * serve buckets 2 and 4 beside the batch-1 kernel (on a grid of G blocks;
  * called for 16-bit weights only): d_state 16, the conv epilogue's lanes for
  * 4 rows within a warp, each kernel's shared memory within the device's
  * opt-in limit and one block per SM resident. SSMD_CUDA_PKN_ROWS=0|2 leaves
  * them off or serves only 2 rows (the other buckets take the cuBLAS path).
  */
 template <typename T>
-static int pkn_init_t(cuda_backend *cb, int P)
+static int pkn_init_t(cuda_backend *cb, int G)
 {
 	int rc = SSMD_OK, occ = 0, optin = 0;
 	const ssm_config *c = &cb->cfg;
@@ -1445,7 +1440,7 @@ static int pkn_init_t(cuda_backend *cb, int P)
 					cb->device));
 	for (int i = 0; i < 2; i++) {
 		/* the dynamic part, and ~1 KB of static: red and base */
-		const size_t smem = pk_smem_bytes(rows[i], c->d_model, c->d_inner, W, P,
+		const size_t smem = pk_smem_bytes(rows[i], c->d_model, c->d_inner, W, G,
 						  sizeof(T), c->n_layer);
 		if (smem + 1024 > (size_t)optin)
 			return SSMD_OK;
@@ -1461,6 +1456,29 @@ out:
 	return rc;
 }
 
+/* x_proj's weights of every layer in the block order of the persistent
+ * kernel for nb rows on a grid of G blocks (ssmk_xw_blocks), into *out. */
+template <typename T>
+static int xw_blocks(cuda_backend *cb, int G, int nb, void **out)
+{
+	int rc;
+	const ssm_config *c = &cb->cfg;
+	const int W = c->dt_rank + 2 * c->d_state, M = pk_xw_m(c->d_inner, G, nb),
+		  run = pk_xw_run(M, W, sizeof(T));
+
+	if ((rc = dev_alloc(cb, (size_t)c->n_layer * G * run * sizeof(T), out)))
+		return rc;
+	for (int l = 0; l < c->n_layer; l++) {
+		ssmk_xw_blocks<T><<<G, 256, 0, cb->stream>>>(
+			(const T *)cb->layers[l].x_w, W, c->d_inner, G, M, pk_xw_pr(nb), run,
+			(T *)*out + (size_t)l * G * run);
+		CUDA_LAUNCHED();
+	}
+	CUDA_TRY(cudaStreamSynchronize(cb->stream));
+out:
+	return rc;
+}
+
 /*
  * Sets up the persistent batch-1 kernel (cuda_persist.cuh) where it can run:
  * row lengths in whole 16-byte pieces, the conv epilogue's 2 * d_conv + 1
@@ -1471,7 +1489,7 @@ out:
 template <typename T>
 static int persist_init_t(cuda_backend *cb)
 {
-	int rc = SSMD_OK, occ = 0, sms = 0, coop = 0, optin = 0, P, max_p, M, run;
+	int rc = SSMD_OK, occ = 0, sms = 0, coop = 0, optin = 0, rows;
 	const ssm_config *c = &cb->cfg;
 	const int vec = 16 / sizeof(T), W = c->dt_rank + 2 * c->d_state;
 	const char *env = getenv("SSMD_CUDA_PK_PF");
@@ -1484,16 +1502,8 @@ static int persist_init_t(cuda_backend *cb)
 		return SSMD_OK;
 	CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, cb->device));
 	CUDA_TRY(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, cb->device));
-	/* x_proj rows in parts, so its few rows still occupy every warp,
-	 * each part at least one piece per lane */
-	max_p = c->d_inner / vec / 32;
-	P = sms * PK_WARPS / W;
-	if (P > max_p)
-		P = max_p;
-	if (P < 1)
-		P = 1;
 	/* the dynamic part, and ~1 KB of static: red and base */
-	smem = pk_smem_bytes1(c->d_model, c->d_inner, W, sms, sizeof(T), c->n_layer);
+	smem = pk_smem_bytes(1, c->d_model, c->d_inner, W, sms, sizeof(T), c->n_layer);
 	CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
 					cb->device));
 	if (smem + 1024 > (size_t)optin)
@@ -1508,30 +1518,20 @@ static int persist_init_t(cuda_backend *cb)
 	if (!coop || occ < 1)
 		return SSMD_OK;
 	if constexpr (sizeof(T) == 2)
-		if ((rc = pkn_init_t<T>(cb, P)))
+		if ((rc = pkn_init_t<T>(cb, sms)))
 			return rc;
-	M = (c->d_inner + sms - 1) / sms;
-	run = pk_xw_run(M, W, sizeof(T));
+	rows = cb->pkn_rows ? cb->pkn_rows : 1;
 	if ((rc = dev_upload(cb, cb->layers, c->n_layer * sizeof(cuda_layer),
 			     (void **)&cb->d_layers)) ||
-	    (rc = dev_alloc(cb, 2 * sizeof(pk_bar), (void **)&cb->pk_bar)) ||
-	    (rc = dev_alloc(cb, (size_t)(cb->pkn_rows ? 4 : 1) * W * P * sizeof(float),
-			    (void **)&cb->pk_part)) ||
-	    (rc = dev_alloc(cb, (size_t)c->n_layer * sms * run * sizeof(T), &cb->pk_xwb)) ||
-	    (rc = dev_alloc(cb, (size_t)2 * PK_XAREA(W) * sizeof(unsigned long long),
-			    (void **)&cb->pk_xacc)))
+	    (rc = dev_alloc(cb, sizeof(pk_bar), (void **)&cb->pk_bar)) ||
+	    (rc = dev_alloc(cb, 2 * PK_XAREA(rows * W) * sizeof(unsigned long long),
+			    (void **)&cb->pk_xacc)) ||
+	    (rc = xw_blocks<T>(cb, sms, 1, &cb->pk_xwb)) ||
+	    (cb->pkn_rows && (rc = xw_blocks<T>(cb, sms, 2, &cb->pkn_xwb))))
 		goto out;
-	CUDA_TRY(cudaMemset(cb->pk_xacc, 0, (size_t)2 * PK_XAREA(W) * sizeof(unsigned long long)));
-	CUDA_TRY(cudaMemset(cb->pk_bar, 0, 2 * sizeof(pk_bar)));
-	for (int l = 0; l < c->n_layer; l++) {
-		ssmk_xw_blocks<T><<<sms, 256, 0, cb->stream>>>(
-			(const T *)cb->layers[l].x_w, W, c->d_inner, sms, M, run,
-			(T *)cb->pk_xwb + (size_t)l * sms * run);
-		CUDA_LAUNCHED();
-	}
-	CUDA_TRY(cudaStreamSynchronize(cb->stream));
+	CUDA_TRY(cudaMemset(cb->pk_xacc, 0, 2 * PK_XAREA(rows * W) * sizeof(unsigned long long)));
+	CUDA_TRY(cudaMemset(cb->pk_bar, 0, sizeof(pk_bar)));
 	cb->pk_grid = sms;
-	cb->pk_parts = P;
 	cb->pk_pf = pf;
 out:
 	return rc;

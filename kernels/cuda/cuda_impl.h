@@ -174,16 +174,16 @@ typedef struct cuda_backend {
 	cuda_graph *graphs;   /* indexed by log2(bucket) */
 	int n_graphs;
 
-	/* The batch-1 persistent decode kernel (cuda_persist.cuh): its grid
-	 * (0: not usable here), x_proj parts, prefetch depth (pk_pf), barrier
-	 * words, partial sums and a device copy of `layers`. */
-	int pk_grid, pk_parts, pk_pf;
+	/* The persistent decode kernels (cuda_persist.cuh): their grid (0: not
+	 * usable here), the batch-1 kernel's prefetch depth (pk_pf), the
+	 * barrier word, x_proj's block-ordered copies and sums, and a device
+	 * copy of `layers`. */
+	int pk_grid, pk_pf;
 	int pkn_rows;            /* the most rows the multi-row kernels serve
 				  * (cuda_persist_nb.cuh), 0: none */
-	struct pk_bar *pk_bar;   /* [0] the batch-1 kernel's, [1] the multi-row kernels' */
-	float *pk_part;
-	void *pk_xwb;            /* x_proj in block order (ssmk_xw_blocks) */
-	unsigned long long *pk_xacc; /* its fixed-point sums */
+	struct pk_bar *pk_bar;
+	void *pk_xwb, *pkn_xwb;      /* x_proj in block order (ssmk_xw_blocks), 1 | 2-4 rows */
+	unsigned long long *pk_xacc; /* the x_proj sums (pk_xsum_add) */
 	cuda_layer *d_layers;
 	long long *pk_trace;     /* where the kernel marks phases now, or NULL */
 	long long *pk_trace_buf; /* ssm_cuda_persist_split()'s marks */

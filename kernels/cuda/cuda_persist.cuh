@@ -13,7 +13,7 @@
  *      SiLU on x                                          -> xz, xc
  *   B  x_proj, each block over its own channels (those its conv steps
  *      made in A), added into the layer's sums            -> xacc (W)
- *      (no barrier between A and B: pk_xw_run)
+ *      (no barrier between A and B: pk_xw_pr)
  *   C  dt_low | B | C = the sums (every block), then per channel dt_proj
  *      + softplus + state update + gate                   -> yT
  *   D  out_proj on yT, added into h with the bias         -> h
@@ -56,8 +56,8 @@
 #define PK_WARPS (PK_THREADS / 32)
 #define PK_PFC 4   /* dt_proj pieces per lane fetched ahead in phase C */
 /*
- * The batch-1 kernel's x_proj sums (pk_xsum_*): every block adds its part
- * of each of the W values as an integer in units of 2^-32, so the sum is
+ * The persistent kernels' x_proj sums (pk_xsum_*): every block adds its
+ * part of each value (W a row) as an integer in units of 2^-32, so the sum is
  * exact whatever order the blocks' atomics land in, and every run gives the
  * same bits. Rounding a part costs at most 2^-33, ~1.5e-8 over 132 blocks:
  * below an f32 sum's own rounding for any value over ~1e-3. A part outside
@@ -65,12 +65,12 @@
  * sums read as NaN, as an f32 sum of it would. Block b adds into copy b %
  * PK_XCOPIES (the H200 measured 2 copies faster than 1.4b's 4 or 8: 1.111
  * against 1.115 and 1.131 ms a step). Per layer parity (the sums of layer l
- * are read in its phase C and cleared in the next layer's) PK_XAREA(W)
- * words: the copies, then the flag.
+ * are read in its phase C and cleared in the next layer's) PK_XAREA(n)
+ * words for n values: the copies, then the flag.
  */
 #define PK_XFIX 0x1p32f
 #define PK_XCOPIES 2
-#define PK_XAREA(W) (PK_XCOPIES * (W) + 1)
+#define PK_XAREA(n) (PK_XCOPIES * (n) + 1)
 /* The weight pieces a lane fetches ahead are the kernel's template
  * parameter PF (6 or 8, pk_pf()). */
 
@@ -89,15 +89,15 @@ typedef struct pk_args {
 	const int *slots;         /* slots[0]: the row's slot, < 0 padding */
 	const int32_t *tokens;
 	size_t state_floats, off_conv, off_hidden, off_dt_sum;
-	int D, E, N, K, R, V, W, n_layer, P;
+	int D, E, N, K, R, V, W, n_layer;
 	float eps;
-	float *xz, *xc, *part, *h, *logits;
-	void *xcT, *yT;
-	/* the batch-1 kernel's x_proj weight in block order (pk_xw_run): block
-	 * b's columns e = b + G m, m < M, as M rows of W, one run a layer */
+	float *xz, *xc, *h, *logits;
+	void *yT;
+	/* x_proj's weight in this kernel's block order (ssmk_xw_blocks), M
+	 * channels a block */
 	const void *xwb;
 	int M;
-	/* its x_proj sums (2 PK_XAREA(W) words), zero between launches */
+	/* the x_proj sums (2 PK_XAREA(4 W) words), zero between launches */
 	unsigned long long *xacc;
 	pk_bar *bar;
 	/* ssm_cuda_persist_split(): each block's clock at the start, at each
@@ -134,12 +134,8 @@ __device__ __forceinline__ unsigned long long pk_ld_relaxed(const unsigned long 
 	return v;
 }
 
-/* Grid barriers per launch: three per layer in the batch-1 kernel, four in
- * the multi-row kernels (each kernel has a counter of its own). */
-__device__ __forceinline__ int pk_n_barriers(int n_layer, int nb)
-{
-	return (nb == 1 ? 3 : 4) * n_layer;
-}
+/* Grid barriers per launch: three per layer. */
+__device__ __forceinline__ int pk_n_barriers(int n_layer) { return 3 * n_layer; }
 
 /*
  * The grid barrier in two halves, so a block loads what the next phase needs
@@ -175,10 +171,10 @@ __device__ __forceinline__ void pk_wait(const pk_bar *bar, unsigned long long ta
 
 /* The count at this launch's start, rounded down to a whole launch: blocks
  * may already have arrived at the first barrier, never past it. */
-__device__ __forceinline__ unsigned long long pk_base(const pk_bar *bar, int n_layer, int nb)
+__device__ __forceinline__ unsigned long long pk_base(const pk_bar *bar, int n_layer)
 {
 	const unsigned long long c = pk_ld_acquire(&bar->count),
-				 per = (unsigned long long)gridDim.x * pk_n_barriers(n_layer, nb);
+				 per = (unsigned long long)gridDim.x * pk_n_barriers(n_layer);
 
 	return c - c % per;
 }
@@ -200,57 +196,26 @@ __device__ __forceinline__ void pk_load_layers(const pk_args &p, uint4 *smem)
 }
 
 /*
- * The persistent kernels' dynamic shared memory for NB rows: the layer
- * table, then one area that holds the staged input vectors (NB, max(D, E))
- * in T during the GEMV phases, and phase C's x_proj parts (NB, W, P) and
- * their sums dt_low | B | C (NB, W) in f32.
+ * x_proj without a grid barrier before it. Phase A's items are one row (the
+ * batch-1 kernel) or PR = 2 rows (the multi-row kernels) of in_proj, item
+ * it on block it % G (pk_gw), so channel e's conv step runs on block
+ * (e / PR) % G. Each block multiplies its own channels e = PR (b + G q) + s
+ * (s < PR), local index m = PR q + s < M = PR ceil(E / (PR G)), by their
+ * columns of x_proj as soon as its A ends, and adds the products into the
+ * layer's sums (pk_xsum_add); phase C reads the sums. The columns come in
+ * block order (ssmk_xw_blocks, made at open): block b's M (W) rows, zero
+ * past E, one run of pk_xw_run() elements, which the block copies into
+ * shared memory in 16-byte pieces.
  */
-template <typename T>
-struct pk_smem_map {
-	cuda_layer *lay;
-	T *xs;
-	float *parts, *dbc;
-};
+__host__ __device__ __forceinline__ int pk_xw_pr(int nb) { return nb == 1 ? 1 : 2; }
 
-template <typename T, int NB>
-__device__ __forceinline__ pk_smem_map<T> pk_carve(uint4 *smem, const pk_args &p)
+__host__ __device__ __forceinline__ int pk_xw_m(int E, int G, int nb)
 {
-	uint4 *area = smem + pk_lay_bytes(p.n_layer) / 16;
-	pk_smem_map<T> m;
+	const int pr = pk_xw_pr(nb);
 
-	m.lay = (cuda_layer *)smem;
-	m.xs = (T *)area;
-	m.parts = (float *)area;
-	m.dbc = m.parts + NB * p.W * p.P;
-	return m;
+	return pr * ((E + pr * G - 1) / (pr * G));
 }
 
-/* Bytes of pk_carve's area, whole 16-byte pieces. */
-__host__ __device__ __forceinline__ size_t pk_area_bytes(int nb, int D, int E, int W, int P,
-							  size_t wsize)
-{
-	size_t v = (size_t)nb * (D > E ? D : E) * wsize,
-	       c = (size_t)nb * W * (P + 1) * sizeof(float);
-
-	return ((v > c ? v : c) + 15) / 16 * 16;
-}
-
-/* Bytes of pk_carve's layout. */
-static inline size_t pk_smem_bytes(int nb, int D, int E, int W, int P, size_t wsize,
-				   int n_layer)
-{
-	return (size_t)pk_lay_bytes(n_layer) + pk_area_bytes(nb, D, E, W, P, wsize);
-}
-
-/*
- * The batch-1 kernel's x_proj. Channel e's conv step runs on block e % G
- * (phase A's rows r = gw + i NW, NW a multiple of G), so each block can
- * multiply its own M = ceil(E / G) channels by their columns of x_proj as
- * soon as phase A ends, and phase C adds the G blocks' parts: no grid
- * barrier between the conv step and x_proj. The columns come in block order
- * (ssmk_xw_blocks, made at open): block b's M (W) rows, zero past E, one run
- * of pk_xw_run() elements, so a block copies its run in 16-byte pieces.
- */
 __host__ __device__ __forceinline__ int pk_xw_run(int M, int W, size_t wsize)
 {
 	const int vec = (int)(16 / wsize);
@@ -258,15 +223,55 @@ __host__ __device__ __forceinline__ int pk_xw_run(int M, int W, size_t wsize)
 	return (M * W + vec - 1) / vec * vec;
 }
 
-/* The batch-1 kernel's shared memory: pk_carve's layout with no parts
- * (phase C's sums dbc alone), then the block's conv outputs (M, in T) and
- * its x_proj run. */
-static inline size_t pk_smem_bytes1(int D, int E, int W, int G, size_t wsize, int n_layer)
-{
-	const int M = (E + G - 1) / G;
+/*
+ * The persistent kernels' dynamic shared memory for NB rows: the layer
+ * table; one area that holds the staged input vectors (NB, max(D, E)) in T
+ * during the GEMV phases and phase C's x_proj values dt_low | B | C (NB, W)
+ * in f32; the block's conv outputs (NB, M) in T; its x_proj run.
+ */
+template <typename T>
+struct pk_smem_map {
+	cuda_layer *lay;
+	T *xs, *xloc, *xw;
+	float *dbc;
+};
 
-	return pk_smem_bytes(1, D, E, W, 0, wsize, n_layer) + (M * wsize + 15) / 16 * 16 +
-	       (size_t)pk_xw_run(M, W, wsize) * wsize;
+/* Bytes of the area, whole 16-byte pieces. */
+__host__ __device__ __forceinline__ size_t pk_area_bytes(int nb, int D, int E, int W,
+							  size_t wsize)
+{
+	size_t v = (size_t)nb * (D > E ? D : E) * wsize, c = (size_t)nb * W * sizeof(float);
+
+	return ((v > c ? v : c) + 15) / 16 * 16;
+}
+
+__host__ __device__ __forceinline__ size_t pk_xloc_bytes(int nb, int M, size_t wsize)
+{
+	return ((size_t)nb * M * wsize + 15) / 16 * 16;
+}
+
+template <typename T, int NB>
+__device__ __forceinline__ pk_smem_map<T> pk_carve(uint4 *smem, const pk_args &p)
+{
+	char *area = (char *)smem + pk_lay_bytes(p.n_layer);
+	pk_smem_map<T> m;
+
+	m.lay = (cuda_layer *)smem;
+	m.xs = (T *)area;
+	m.dbc = (float *)area;
+	m.xloc = (T *)(area + pk_area_bytes(NB, p.D, p.E, p.W, sizeof(T)));
+	m.xw = (T *)((char *)m.xloc + pk_xloc_bytes(NB, p.M, sizeof(T)));
+	return m;
+}
+
+/* Bytes of pk_carve's layout for nb rows on a grid of G blocks. */
+static inline size_t pk_smem_bytes(int nb, int D, int E, int W, int G, size_t wsize,
+				   int n_layer)
+{
+	const int M = pk_xw_m(E, G, nb);
+
+	return (size_t)pk_lay_bytes(n_layer) + pk_area_bytes(nb, D, E, W, wsize) +
+	       pk_xloc_bytes(nb, M, wsize) + (size_t)pk_xw_run(M, W, wsize) * wsize;
 }
 
 /* This warp's global index and the number of warps. */
@@ -683,33 +688,14 @@ __device__ __forceinline__ void pk_chan_step(const pk_args &p, const cuda_layer 
 }
 
 /*
- * Phase C's start: phase B's x_proj parts (n values of P parts each, written
- * during this step) from L2 into parts, four loads at a time, then dbc[j] =
- * the sum of value j's parts in part order. Both in shared memory.
- */
-__device__ __forceinline__ void pk_sum_parts(const float *part, int n, int P, float *parts,
-					     float *dbc)
-{
-#pragma unroll 4
-	for (int j = threadIdx.x; j < n * P; j += PK_THREADS)
-		parts[j] = __ldcg(part + j);
-	__syncthreads();
-	for (int j = threadIdx.x; j < n; j += PK_THREADS) {
-		float s = 0.0f;
-		for (int q = 0; q < P; q++)
-			s += parts[j * P + q];
-		dbc[j] = s;
-	}
-	__syncthreads();
-}
-
-/*
  * The conv epilogue of phase A for channel r over rows b < NB, on all lanes
  * of the warp: the ssm_conv_channel formula, its sum in the same order. The
  * lanes hold (pk_cw_fetch, fetched with the row) at b (K-1) + j for j < K-1
  * the conv window entry j of row b's slot, at NB (K-1) + j the conv weight
  * j, at NB (K-1) + K the conv bias and at NB (K-1) + K + 1 the in_proj
- * bias: NB (K-1) + K + 2 <= 32. v[b]: in_proj row r . xn_b, scaled.
+ * bias: NB (K-1) + K + 2 <= 32. v[b]: in_proj row r . xn_b, scaled. The
+ * output goes to xc and to the block's copy for x_proj, xloc[b M] (xloc:
+ * pk_carve's at channel r's local index).
  */
 template <int NB>
 __device__ __forceinline__ float pk_cw_fetch(const pk_args &p, const cuda_layer *y, int l,
@@ -736,7 +722,7 @@ __device__ __forceinline__ float pk_cw_fetch(const pk_args &p, const cuda_layer 
 
 template <typename T, int NB>
 __device__ __forceinline__ void pk_conv_epi(const pk_args &p, int l, int r, const float *v,
-					     float cw, T *xloc = NULL)
+					     float cw, T *xloc)
 {
 	const int lane = threadIdx.x & 31, K = p.K, base = NB * (K - 1), E = p.E;
 	const float inb = __shfl_sync(0xffffffffu, cw, base + K + 1);
@@ -759,9 +745,7 @@ __device__ __forceinline__ void pk_conv_epi(const pk_args &p, int l, int r, cons
 		if (lane == b) {
 			const float o = silu(acc);
 			p.xc[(size_t)b * E + r] = o;
-			((T *)p.xcT)[(size_t)b * E + r] = from_f32<T>(o);
-			if (xloc) /* the batch-1 kernel: this block's channel */
-				*xloc = from_f32<T>(o);
+			xloc[(size_t)b * p.M] = from_f32<T>(o);
 		}
 	}
 	if (lane < base && p.slots[mb] >= 0)
@@ -802,30 +786,30 @@ __device__ __forceinline__ void pk_keep_hidden(const pk_args &p)
 }
 
 /* Adds this block's part v of x_proj value j into the sums xs (one
- * parity's PK_XAREA(W) words). */
-__device__ __forceinline__ void pk_xsum_add(unsigned long long *xs, int W, int j, float v)
+ * parity's PK_XAREA(n) words for n values). */
+__device__ __forceinline__ void pk_xsum_add(unsigned long long *xs, int n, int j, float v)
 {
 	if (fabsf(v) < 0x1p31f)
 		asm volatile("red.relaxed.gpu.global.add.u64 [%0], %1;"
-			     :: "l"(xs + (size_t)(blockIdx.x % PK_XCOPIES) * W + j),
+			     :: "l"(xs + (size_t)(blockIdx.x % PK_XCOPIES) * n + j),
 			        "l"((unsigned long long)__float2ll_rn(v * PK_XFIX))
 			     : "memory");
 	else
 		asm volatile("red.relaxed.gpu.global.or.b64 [%0], 1;"
-			     :: "l"(xs + (size_t)PK_XCOPIES * W) : "memory");
+			     :: "l"(xs + (size_t)PK_XCOPIES * n) : "memory");
 }
 
-/* dbc[j] = x_proj value j from the sums xs (written during this step by
- * every block), NaN where the flag is set. */
-__device__ __forceinline__ void pk_xsum_read(const unsigned long long *xs, int W, float *dbc)
+/* dbc[j] = x_proj value j < n from the sums xs (written during this step
+ * by every block), NaN where the flag is set. */
+__device__ __forceinline__ void pk_xsum_read(const unsigned long long *xs, int n, float *dbc)
 {
-	const bool bad = __ldcg(xs + (size_t)PK_XCOPIES * W) != 0;
+	const bool bad = __ldcg(xs + (size_t)PK_XCOPIES * n) != 0;
 
-	for (int j = threadIdx.x; j < W; j += PK_THREADS) {
+	for (int j = threadIdx.x; j < n; j += PK_THREADS) {
 		unsigned long long v[PK_XCOPIES], t = 0;
 #pragma unroll
 		for (int k = 0; k < PK_XCOPIES; k++)
-			v[k] = __ldcg(xs + (size_t)k * W + j);
+			v[k] = __ldcg(xs + (size_t)k * n + j);
 #pragma unroll
 		for (int k = 0; k < PK_XCOPIES; k++)
 			t += v[k];
@@ -834,18 +818,26 @@ __device__ __forceinline__ void pk_xsum_read(const unsigned long long *xs, int W
 	}
 }
 
-/* Zeroes one parity's sums and flag (block 0, every thread). */
-__device__ __forceinline__ void pk_xsum_clear(unsigned long long *xs, int W)
+/* Zeroes one parity's sums and flag for n values (every thread). */
+__device__ __forceinline__ void pk_xsum_clear(unsigned long long *xs, int n)
 {
-	for (int j = threadIdx.x; j < PK_XAREA(W); j += PK_THREADS)
+	for (int j = threadIdx.x; j < PK_XAREA(n); j += PK_THREADS)
 		xs[j] = 0;
+}
+
+/* One parity's sums of layer l for NB rows. */
+template <int NB>
+__device__ __forceinline__ unsigned long long *pk_xsums(const pk_args &p, int l)
+{
+	return p.xacc + (size_t)(l & 1) * PK_XAREA(NB * p.W);
 }
 
 /* Block b's x_proj run of layer l into xw (shared memory), by 16-byte
  * copies in one cp.async group. */
 template <typename T>
-__device__ __forceinline__ void pk_xw_copy(const pk_args &p, int l, int run, T *xw)
+__device__ __forceinline__ void pk_xw_copy(const pk_args &p, int l, T *xw)
 {
+	const int run = pk_xw_run(p.M, p.W, sizeof(T));
 	const char *src = (const char *)p.xwb +
 			  ((size_t)l * gridDim.x + blockIdx.x) * run * sizeof(T);
 
@@ -854,37 +846,80 @@ __device__ __forceinline__ void pk_xw_copy(const pk_args &p, int l, int run, T *
 	cp_async_commit();
 }
 
+/*
+ * Phase B: row b's value j of x_proj over this block's channels, xw (the
+ * block's run, copied during the last C) . xloc (row b's conv outputs of
+ * this phase A), for the NB W values, added into layer l's sums.
+ */
+template <typename T, int NB>
+__device__ __forceinline__ void pk_xproj_block(const pk_args &p, int l, const T *xw,
+					       const T *xloc)
+{
+	const int W = p.W, M = p.M;
+
+	cp_async_wait<0>();
+	__syncthreads();
+	for (int t = threadIdx.x; t < NB * W; t += PK_THREADS) {
+		const int b = t / W, j = t - b * W;
+		float acc = 0.0f;
+
+		for (int m = 0; m < M; m++)
+			acc += to_f32(xw[m * W + j]) * to_f32(xloc[b * M + m]);
+		pk_xsum_add(pk_xsums<NB>(p, l), NB * W, t, acc);
+	}
+}
+
+/*
+ * Phase C's start: dbc = layer l's x_proj values (NB, W); block 0 clears
+ * the other parity's sums (read in the last layer's C) for the next layer;
+ * xw takes the next layer's run (B is done with it).
+ */
+template <typename T, int NB>
+__device__ __forceinline__ void pk_xproj_read(const pk_args &p, int l, T *xw, float *dbc)
+{
+	pk_xsum_read(pk_xsums<NB>(p, l), NB * p.W, dbc);
+	if (blockIdx.x == 0)
+		pk_xsum_clear(pk_xsums<NB>(p, l + 1), NB * p.W);
+	if (l + 1 < p.n_layer)
+		pk_xw_copy<T>(p, l + 1, xw);
+	__syncthreads();
+}
+
+/* After the last layer: block 0 clears the last layer's sums, so the next
+ * launch finds both parities zero. */
+template <int NB>
+__device__ __forceinline__ void pk_xproj_done(const pk_args &p)
+{
+	if (blockIdx.x == 0)
+		pk_xsum_clear(pk_xsums<NB>(p, p.n_layer - 1), NB * p.W);
+}
+
 /* The whole batch-1 decode step. grid (G) cooperative, block PK_THREADS,
- * dynamic shared memory pk_smem_bytes1(); PF: pk_pf(). */
+ * dynamic shared memory pk_smem_bytes(1, ...); PF: pk_pf(). */
 template <typename T, int NPL, int PF>
 __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_args p)
 {
 	extern __shared__ uint4 pk_smem[];
 	__shared__ float red[PK_WARPS];
 	__shared__ unsigned long long base;
-	const int D = p.D, E = p.E, W = p.W, G = gridDim.x, M = p.M, lane = threadIdx.x & 31;
-	const int run = pk_xw_run(M, W, sizeof(T));
+	const int D = p.D, E = p.E, G = gridDim.x, lane = threadIdx.x & 31;
 	const pk_smem_map<T> sm = pk_carve<T, 1>(pk_smem, p);
 	cuda_layer *lay = sm.lay;
-	T *xs = sm.xs;
-	float *dbc = sm.parts;
-	/* after pk_carve's area (no parts): the block's conv outputs and its
-	 * x_proj run */
-	T *xloc = (T *)((char *)xs + pk_area_bytes(1, D, E, W, 0, sizeof(T)));
-	T *xw = (T *)((char *)xloc + (M * sizeof(T) + 15) / 16 * 16);
+	T *xs = sm.xs, *xloc = sm.xloc, *xw = sm.xw;
+	float *dbc = sm.dbc;
 	uint4 cur[PF];
 	float cw = 0.0f, cw2 = 0.0f, scale[1];
 	unsigned long long target;
 	pk_chan<T, NPL> ch;
 
 	if (threadIdx.x == 0)
-		base = pk_base(p.bar, p.n_layer, 1);
+		base = pk_base(p.bar, p.n_layer);
 	pk_fetch<T, PF>((const T *)p.layers[0].in_w, 2 * E, D, 1, pk_gw(), 0, cur);
 	pk_load_layers(p, pk_smem);
 	/* channels past E stay 0 */
-	for (int m = threadIdx.x; m < M; m += PK_THREADS)
+	for (int m = threadIdx.x; m < p.M; m += PK_THREADS)
 		xloc[m] = from_f32<T>(0.0f);
-	pk_xw_copy<T>(p, 0, run, xw);
+	pk_xw_copy<T>(p, 0, xw);
 	__syncthreads();
 	/* the conv epilogue's inputs two rows ahead (cw: this row's, cw2: the
 	 * next's): fetched one row ahead, each row's epilogue waited for a load
@@ -915,16 +950,8 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 		PK_MARK(l * 8 + 1);
 		PK_MARK(l * 8 + 2);
 
-		/* B: this block's channels . their x_proj columns, added into the
-		 * layer's sums (the run arrived during A or the last C) */
-		cp_async_wait<0>();
-		__syncthreads();
-		for (int j = threadIdx.x; j < W; j += PK_THREADS) {
-			float acc = 0.0f;
-			for (int m = 0; m < M; m++)
-				acc += to_f32(xw[m * W + j]) * to_f32(xloc[m]);
-			pk_xsum_add(p.xacc + (size_t)(l & 1) * PK_XAREA(W), W, j, acc);
-		}
+		/* B: x_proj over this block's channels, into the layer's sums */
+		pk_xproj_block<T, 1>(p, l, xw, xloc);
 		PK_MARK(l * 8 + 3);
 		pk_arrive(p.bar);
 		pk_chan_fetch<T, NPL>(p, y, l, pk_chan0(), 0, &ch);
@@ -937,15 +964,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 			float x = e < E ? __ldcg(p.xc + e) : 0.0f;
 			float z = e < E ? __ldcg(p.xz + E + e) : 0.0f;
 
-			pk_xsum_read(p.xacc + (size_t)(l & 1) * PK_XAREA(W), W, dbc);
-			/* the other parity's sums were read in the last layer's C:
-			 * block 0 clears them for the next */
-			if (blockIdx.x == 0)
-				pk_xsum_clear(p.xacc + (size_t)((l + 1) & 1) * PK_XAREA(W), W);
-			/* B is done with xw: the next layer's run */
-			if (l + 1 < p.n_layer)
-				pk_xw_copy<T>(p, l + 1, run, xw);
-			__syncthreads();
+			pk_xproj_read<T, 1>(p, l, xw, dbc);
 			for (int e0 = 0; e0 < E; e0 += pk_nchan()) {
 				if (e0) {
 					pk_chan_fetch<T, NPL>(p, y, l, e0 + e, 0, &ch);
@@ -990,11 +1009,9 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 		PK_MARK(l * 8 + 8);
 	}
 
-	/* the final norm . lm_head; block 0 keeps the hidden vector in the slot
-	 * and clears the last layer's x_proj sums for the next launch */
+	/* the final norm . lm_head; block 0 keeps the hidden vector in the slot */
 	pk_keep_hidden<1>(p);
-	if (blockIdx.x == 0)
-		pk_xsum_clear(p.xacc + (size_t)((p.n_layer - 1) & 1) * PK_XAREA(W), W);
+	pk_xproj_done<1>(p);
 	pk_stage_norm<T, 1>(p.h, NULL, p.tokens, p.norm_f, D, p.eps, xs, red, scale);
 	pk_gemv<T, PF>((const T *)p.lm_head, p.V, D, 1, xs, cur, [&](int r, int, float v) {
 		if (lane == 0)
@@ -1004,16 +1021,17 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 	PK_MARK(p.n_layer * 8 + 1);
 }
 
-/* x_proj's weight (W, E) in the batch-1 kernel's block order (pk_xw_run):
- * out[b run + m W + j] = x_w[j, b + G m] for m < M, e < E, else 0. Grid
- * G, made once at open. */
+/* x_proj's weight (W, E) in block order for items of pr rows (pk_xw_m):
+ * out[b run + m W + j] = x_w[j, e] for block b's channel e = pr (b + G q)
+ * + s, m = pr q + s < M, e < E, else 0. Grid G, made once at open. */
 template <typename T>
-__global__ void ssmk_xw_blocks(const T *x_w, int W, int E, int G, int M, int run, T *out)
+__global__ void ssmk_xw_blocks(const T *x_w, int W, int E, int G, int M, int pr, int run,
+			       T *out)
 {
 	const int b = blockIdx.x;
 
 	for (int i = threadIdx.x; i < run; i += blockDim.x) {
-		const int m = i / W, j = i - m * W, e = b + G * m;
+		const int m = i / W, j = i - m * W, e = pr * (b + G * (m / pr)) + m % pr;
 		out[(size_t)b * run + i] = m < M && e < E ? x_w[(size_t)j * E + e]
 							  : from_f32<T>(0.0f);
 	}

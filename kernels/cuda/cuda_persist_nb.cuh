@@ -228,9 +228,9 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 	__shared__ unsigned long long base;
 	const pk_smem_map<T> sm = pk_carve<T, NB>(pk_smem, p);
 	cuda_layer *lay = sm.lay;
-	T *xs = sm.xs;
-	float *parts = sm.parts, *dbc = sm.dbc;
-	const int D = p.D, E = p.E, W = p.W, P = p.P, G = gridDim.x, lane = threadIdx.x & 31;
+	T *xs = sm.xs, *xloc = sm.xloc, *xw = sm.xw;
+	float *dbc = sm.dbc;
+	const int D = p.D, E = p.E, W = p.W, G = gridDim.x, lane = threadIdx.x & 31;
 	/* this lane's value of each GEMV item: row r + dr of the pair, row b,
 	 * and whether it stores it (the first lane of the value's span) */
 	const int kk = pkn_k<NB>(), dr = kk / NB, rb = kk % NB;
@@ -241,9 +241,13 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 	pk_chan<T, NPL> ch;
 
 	if (threadIdx.x == 0)
-		base = pk_base(p.bar, p.n_layer, NB);
+		base = pk_base(p.bar, p.n_layer);
 	pkn_fetch<T, PF>((const T *)p.layers[0].in_w, 2 * E, D, 1, pk_gw(), 0, cur);
 	pk_load_layers(p, pk_smem);
+	/* channels past E stay 0 */
+	for (int m = threadIdx.x; m < NB * p.M; m += PK_THREADS)
+		xloc[m] = from_f32<T>(0.0f);
+	pk_xw_copy<T>(p, 0, xw);
 	__syncthreads();
 	cw = pk_cw_fetch<NB>(p, &lay[0], 0, 2 * pk_gw());
 	cw2 = pk_cw_fetch<NB>(p, &lay[0], 0, 2 * pk_gw() + 1);
@@ -252,7 +256,10 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 	for (int l = 0; l < p.n_layer; l++) {
 		const cuda_layer *y = &lay[l];
 
-		/* A: norm . in_proj, the conv step on x rows */
+		/* A: norm . in_proj, the conv step on x rows; the warp's k-th pair
+		 * of rows 2 (gw + k NW) + s is this block's channel pair warp + 16
+		 * k, local index 2 (warp + 16 k) + s (pk_xw_pr) */
+		int mloc = 2 * (threadIdx.x >> 5);
 		pk_stage_norm<T, NB>(p.h, l ? NULL : (const T *)p.embed, p.tokens, y->norm, D,
 				      p.eps, xs, red, scale);
 #pragma unroll
@@ -272,26 +279,19 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 						    v1[b] = __shfl_sync(0xffffffffu, v, (NB + b) * SPAN);
 					    }
 					    if (r < E)
-						    pk_conv_epi<T, NB>(p, l, r, v0, cw);
+						    pk_conv_epi<T, NB>(p, l, r, v0, cw, xloc + mloc);
 					    if (r + 1 < E)
-						    pk_conv_epi<T, NB>(p, l, r + 1, v1, cw2);
+						    pk_conv_epi<T, NB>(p, l, r + 1, v1, cw2,
+								       xloc + mloc + 1);
+					    mloc += 2 * PK_WARPS;
 					    cw = pk_cw_fetch<NB>(p, y, l, r + 2 * pk_nw());
 					    cw2 = pk_cw_fetch<NB>(p, y, l, r + 1 + 2 * pk_nw());
 				    });
 		PK_MARK(l * 8 + 1);
-		pk_arrive(p.bar);
-		pkn_fetch<T, PF>((const T *)y->x_w, W, E, P, pk_gw(), 0, cur);
-		pk_wait(p.bar, target += G);
 		PK_MARK(l * 8 + 2);
 
-		/* B: x_proj in parts */
-		pk_stage<T, NB>(p.xcT, E, xs);
-		__syncthreads();
-		pkn_gemv<T, PF, NB>((const T *)y->x_w, W, E, P, xs, E, cur,
-				    [&](int r, int part, float v) {
-					    if (store && r + dr < W)
-						    p.part[((size_t)rb * W + r + dr) * P + part] = v;
-				    });
+		/* B: x_proj over this block's channels, into the layer's sums */
+		pk_xproj_block<T, NB>(p, l, xw, xloc);
 		PK_MARK(l * 8 + 3);
 		pk_arrive(p.bar);
 		{
@@ -304,7 +304,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 
 		/* C: the SSM step per (row, channel) */
 		{
-			pk_sum_parts(p.part, NB * W, P, parts, dbc);
+			pk_xproj_read<T, NB>(p, l, xw, dbc);
 			/* every lane of a warp takes the same number of turns */
 			for (int c0 = 0; c0 < NB * E; c0 += pk_nchan()) {
 				const int i = c0 + pk_chan0(), ok = i < NB * E;
@@ -358,6 +358,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 
 	/* the final norm . lm_head; block 0 keeps each row's hidden vector */
 	pk_keep_hidden<NB>(p);
+	pk_xproj_done<NB>(p);
 	pk_stage_norm<T, NB>(p.h, NULL, p.tokens, p.norm_f, D, p.eps, xs, red, scale);
 #pragma unroll
 	for (int b = 0; b < NB; b++)
