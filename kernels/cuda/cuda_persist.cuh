@@ -63,8 +63,9 @@
  * below an f32 sum's own rounding for any value over ~1e-3. A part outside
  * +-2^31 (or not finite) cannot be held: it sets the layer's flag, and the
  * sums read as NaN, as an f32 sum of it would. Block b adds into copy b %
- * PK_XCOPIES (the H200 measured 2 copies faster than 1.4b's 4 or 8: 1.111
- * against 1.115 and 1.131 ms a step). Per layer parity (the sums of layer l
+ * PK_XCOPIES (on the H200, 1.4b's batch-1 step took 1.111 ms with 2
+ * copies, 1.132 with 1, 1.115 with 4 and 1.131 with 8; bench/NOTES.md,
+ * round nineteen). Per layer parity (the sums of layer l
  * are read in its phase C and cleared in the next layer's) PK_XAREA(n)
  * words for n values: the copies, then the flag.
  */
