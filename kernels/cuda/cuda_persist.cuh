@@ -98,7 +98,8 @@ typedef struct pk_args {
 	 * channels a block */
 	const void *xwb;
 	int M;
-	/* the x_proj sums (2 PK_XAREA(4 W) words), zero between launches */
+	/* the x_proj sums: 2 PK_XAREA(R W) words, R the most rows a persistent
+	 * kernel serves here (persist_init_t); zero between launches */
 	unsigned long long *xacc;
 	pk_bar *bar;
 	/* ssm_cuda_persist_split(): each block's clock at the start, at each

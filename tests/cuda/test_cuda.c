@@ -37,7 +37,7 @@
  * against F32, through up to 24 layers of rounded GEMM inputs. */
 #define TOL_BF16 3e-2
 /* Batched against alone, same weights: only GEMM reduction order differs
- * (cuBLAS for 7 to 64 rows and for F32 weights, the multi-row persistent
+ * (cuBLAS for 5 to 64 rows and for F32 weights, the multi-row persistent
  * kernels for 2-4 rows of 16-bit weights, the batch-1 kernel alone). With
  * BF16 weights every GEMM input is rounded to bf16 (2^-9 relative), so an
  * order difference flips roundings and the two runs differ at the bf16
