@@ -422,6 +422,26 @@ out:
 	return rc;
 }
 
+/* Whether persistent kernel k fits on this device with smem bytes of
+ * dynamic shared memory (*fits): within the opt-in limit, with ~1 KB of
+ * static (red and base) besides, and one block of PK_THREADS resident an
+ * SM. Sets k's dynamic shared memory limit to smem. */
+static int pk_fits(cuda_backend *cb, pk_kernel_fn k, size_t smem, int *fits)
+{
+	int rc = SSMD_OK, optin = 0, occ = 0;
+
+	*fits = 0;
+	CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+					cb->device));
+	if (smem + 1024 > (size_t)optin)
+		return SSMD_OK;
+	CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+	CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, k, PK_THREADS, smem));
+	*fits = occ >= 1;
+out:
+	return rc;
+}
+
 /* Whether a persistent kernel serves this step: persist_init_t found a
  * grid for it on this device, and one row, or 2 or 4 rows where it found
  * the multi-row kernels usable (pkn_init_t). */
@@ -1161,7 +1181,7 @@ const char *const ssm_cuda_part_names[SSM_CUDA_N_PARTS] = {
 };
 
 extern "C" const char *const ssm_cuda_phase_names[SSM_CUDA_N_PHASES] = {
-	"A: norm, in_proj, conv", "A: barrier", "B: x_proj", "B: barrier",
+	"A: norm, in_proj, conv", "A to B (no barrier)", "B: x_proj", "B: barrier",
 	"C: ssm step", "C: barrier", "D: out_proj", "D: barrier", "final norm, lm_head",
 };
 
@@ -1426,7 +1446,7 @@ static void cuda_close(ssm_backend *b)
 template <typename T>
 static int pkn_init_t(cuda_backend *cb, int G)
 {
-	int rc = SSMD_OK, occ = 0, optin = 0;
+	int rc = SSMD_OK, fits = 0;
 	const ssm_config *c = &cb->cfg;
 	const int W = c->dt_rank + 2 * c->d_state;
 	const char *env = getenv("SSMD_CUDA_PKN_ROWS");
@@ -1436,24 +1456,16 @@ static int pkn_init_t(cuda_backend *cb, int G)
 	if (c->d_state != 16 || 4 * (c->d_conv - 1) + c->d_conv + 2 > 32 ||
 	    (env && atoi(env) < 2))
 		return SSMD_OK;
-	CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
-					cb->device));
 	for (int i = 0; i < 2; i++) {
-		/* the dynamic part, and ~1 KB of static: red and base */
-		const size_t smem = pk_smem_bytes(rows[i], c->d_model, c->d_inner, W, G,
-						  sizeof(T), c->n_layer);
-		if (smem + 1024 > (size_t)optin)
-			return SSMD_OK;
-		CUDA_TRY(cudaFuncSetAttribute(pkn_kernel<T>(rows[i]),
-					      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-		CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-			&occ, pkn_kernel<T>(rows[i]), PK_THREADS, smem));
-		if (occ < 1)
-			return SSMD_OK;
+		rc = pk_fits(cb, pkn_kernel<T>(rows[i]),
+			     pk_smem_bytes(rows[i], c->d_model, c->d_inner, W, G, sizeof(T),
+					   c->n_layer),
+			     &fits);
+		if (rc || !fits)
+			return rc;
 	}
 	cb->pkn_rows = env ? atoi(env) : 4;
-out:
-	return rc;
+	return SSMD_OK;
 }
 
 /* x_proj's weights of every layer in the block order of the persistent
@@ -1482,14 +1494,14 @@ out:
 /*
  * Sets up the persistent batch-1 kernel (cuda_persist.cuh) where it can run:
  * row lengths in whole 16-byte pieces, the conv epilogue's 2 * d_conv + 1
- * lanes in a warp, its shared memory within the default 48 KB, cooperative
- * launch, and one block per SM resident. Otherwise pk_grid stays 0 and
+ * lanes in a warp, cooperative launch, and its shared memory and one block
+ * per SM resident (pk_fits). Otherwise pk_grid stays 0 and
  * batch 1 takes the cuBLAS path of larger batches.
  */
 template <typename T>
 static int persist_init_t(cuda_backend *cb)
 {
-	int rc = SSMD_OK, occ = 0, sms = 0, coop = 0, optin = 0, rows;
+	int rc = SSMD_OK, fits = 0, sms = 0, coop = 0, rows;
 	const ssm_config *c = &cb->cfg;
 	const int vec = 16 / sizeof(T), W = c->dt_rank + 2 * c->d_state;
 	const char *env = getenv("SSMD_CUDA_PK_PF");
@@ -1502,21 +1514,12 @@ static int persist_init_t(cuda_backend *cb)
 		return SSMD_OK;
 	CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, cb->device));
 	CUDA_TRY(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, cb->device));
-	/* the dynamic part, and ~1 KB of static: red and base */
 	smem = pk_smem_bytes(1, c->d_model, c->d_inner, W, sms, sizeof(T), c->n_layer);
-	CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
-					cb->device));
-	if (smem + 1024 > (size_t)optin)
-		return SSMD_OK;
-#define OCC(npl)                                                                      \
-	CUDA_TRY(cudaFuncSetAttribute(pk_kernel<T, npl>(pf),                              \
-				      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)); \
-	CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, pk_kernel<T, npl>(pf),   \
-							       PK_THREADS, smem))
-	NPL_SWITCH(c->d_state / SSM_LANES, OCC);
-#undef OCC
-	if (!coop || occ < 1)
-		return SSMD_OK;
+#define FITS(npl) rc = pk_fits(cb, pk_kernel<T, npl>(pf), smem, &fits)
+	NPL_SWITCH(c->d_state / SSM_LANES, FITS);
+#undef FITS
+	if (rc || !coop || !fits)
+		return rc;
 	if constexpr (sizeof(T) == 2)
 		if ((rc = pkn_init_t<T>(cb, sms)))
 			return rc;

@@ -32,11 +32,11 @@
  *
  * Work split. Global warp gw = warp * G + block (G blocks of PK_THREADS), so
  * consecutive items land on different SMs; warp gw takes items gw, gw + NW,
- * ... (NW = G * PK_WARPS). A GEMV item is (row, part): a warp's lanes read
- * 16-byte pieces q = p0 + lane + 32 i of that part of the row and meet each
- * with the staged input vector in shared memory; the warp's sum goes to the
- * phase's epilogue. The SSM phase gives each channel 4 lanes (NPL states
- * each), channel e on block e % G, as ssmk_ssm_step_b does.
+ * ... (NW = G * PK_WARPS). A GEMV item is a row: a warp's lanes read its
+ * 16-byte pieces q = lane + 32 i and meet each with the staged input vector
+ * in shared memory; the warp's sum goes to the phase's epilogue. The SSM
+ * phase gives each channel 4 lanes (NPL states each), channel e on block
+ * e % G, as ssmk_ssm_step_b does.
  *
  * The numbers follow the cuBLAS path of larger batches: GEMM inputs rounded
  * to T as it rounds them (the norm's input before its scale), f32 sums in a
@@ -284,50 +284,36 @@ __device__ __forceinline__ int pk_gw(void)
 
 __device__ __forceinline__ int pk_nw(void) { return gridDim.x * PK_WARPS; }
 
-/* The piece range [p0, p1) of item `it` of a (m, k) matrix cut in P parts. */
-template <typename T>
-__device__ __forceinline__ void pk_range(int it, int k, int P, int *row, int *p0, int *p1)
-{
-	constexpr int VEC = 16 / sizeof(T);
-	const int np = k / VEC, pp = (np + P - 1) / P, part = it % P;
-
-	*row = it / P;
-	*p0 = part * pp;
-	*p1 = *p0 + pp < np ? *p0 + pp : np;
-}
-
 /*
- * A warp's pieces of a GEMV phase come in units of PF pieces a lane: item
- * it's lane pieces q = p0 + lane + 32 i (i < per, the item's pieces a lane)
- * make H = ceil(per / PF) units, unit h holding i = h PF .. h PF + PF - 1.
- * The warp's units run in order over its items gw, gw + NW, ..., so the
- * next unit (of the same row or the next) loads while one computes, and no
- * piece of a long row waits for memory on its own.
+ * A GEMV phase's items are whole rows: warp gw takes rows gw, gw + NW, ...
+ * A lane's pieces of a row, q = lane + 32 i (i < per = ceil(np / 32), np
+ * the row's 16-byte pieces), come in H = ceil(per / PF) units of PF pieces,
+ * unit h holding i = h PF .. h PF + PF - 1. The warp's units run in order
+ * over its rows, so the next unit (of the same row or the next) loads while
+ * one computes, and no piece of a long row waits for memory on its own.
  */
 template <typename T, int PF>
-__device__ __forceinline__ int pk_units(int k, int P)
+__device__ __forceinline__ int pk_units(int k)
 {
 	constexpr int VEC = 16 / sizeof(T);
-	const int np = k / VEC, per = ((np + P - 1) / P + 31) / 32;
+	const int per = (k / VEC + 31) / 32;
 
 	return (per + PF - 1) / PF;
 }
 
-/* Unit h of item `it` of a (m, k) matrix in P parts (zeros past the
- * item's end or past the last item m * P). */
+/* Unit h of row `row` of an (m, k) matrix (zeros past the row's end or
+ * past the last row). */
 template <typename T, int PF>
-__device__ __forceinline__ void pk_fetch(const T *W, int m, int k, int P, int it, int h,
-					 uint4 *pre)
+__device__ __forceinline__ void pk_fetch(const T *W, int m, int k, int row, int h, uint4 *pre)
 {
+	constexpr int VEC = 16 / sizeof(T);
 	const int lane = threadIdx.x & 31;
-	int row, p0, p1;
 
-	pk_range<T>(it, k, P, &row, &p0, &p1);
 #pragma unroll
 	for (int i = 0; i < PF; i++) {
-		const int q = p0 + lane + 32 * (h * PF + i);
+		const int q = lane + 32 * (h * PF + i);
 		pre[i] = make_uint4(0, 0, 0, 0);
-		if (it < m * P && q < p1)
+		if (row < m && q < k / VEC)
 			pre[i] = __ldg((const uint4 *)(W + (size_t)row * k) + q);
 	}
 }
@@ -340,10 +326,10 @@ __device__ __forceinline__ void pk_l2(const void *a, size_t bytes)
 			     :: "l"(a), "r"((unsigned)bytes) : "memory");
 }
 
-/* acc plus this lane's products of unit h of a row's pieces [p0, p1) (cur)
+/* acc plus this lane's products of unit h of a row of np pieces (cur)
  * with the staged input xs, in piece order. */
 template <typename T, int PF>
-__device__ __forceinline__ float pk_dot(const uint4 *cur, const T *xs, int p0, int p1, int h,
+__device__ __forceinline__ float pk_dot(const uint4 *cur, const T *xs, int np, int h,
 					float acc)
 {
 	constexpr int VEC = 16 / sizeof(T);
@@ -352,8 +338,8 @@ __device__ __forceinline__ float pk_dot(const uint4 *cur, const T *xs, int p0, i
 
 #pragma unroll
 	for (int i = 0; i < PF; i++) {
-		const int q = p0 + lane + 32 * (h * PF + i);
-		if (q < p1) {
+		const int q = lane + 32 * (h * PF + i);
+		if (q < np) {
 			unpack16(cur[i], wf, T());
 			unpack16(*(const uint4 *)(xs + q * VEC), xf, T());
 #pragma unroll
@@ -365,56 +351,51 @@ __device__ __forceinline__ float pk_dot(const uint4 *cur, const T *xs, int p0, i
 }
 
 /*
- * One GEMV phase: for each item of this warp, v = W[row, part] . xs[part]
- * (xs: the input vector in shared memory, in T), summed over the warp, then
- * epi(row, part, v) on every lane. cur holds the warp's first unit
- * (pk_fetch(.., pk_gw(), 0, ..)); the next unit is fetched while one
- * computes. A lane adds its pieces of an item in order, so the sums do not
- * depend on PF. Rows of one unit (H = 1) take a loop without the unit
- * bookkeeping.
+ * One GEMV phase: for each row of this warp, v = W[row] . xs (xs: the input
+ * vector in shared memory, in T), summed over the warp, then epi(row, v) on
+ * every lane. cur holds the warp's first unit (pk_fetch(.., pk_gw(), 0,
+ * ..)); the next unit is fetched while one computes. A lane adds its pieces
+ * of a row in order, so the sums do not depend on PF. Rows of one unit (H =
+ * 1) take a loop without the unit bookkeeping.
  */
 template <typename T, int PF, typename Epi>
-__device__ __forceinline__ void pk_gemv(const T *W, int m, int k, int P, const T *xs,
-					uint4 *cur, Epi epi)
+__device__ __forceinline__ void pk_gemv(const T *W, int m, int k, const T *xs, uint4 *cur,
+					Epi epi)
 {
-	const int nw = pk_nw(), H = pk_units<T, PF>(k, P);
+	constexpr int VEC = 16 / sizeof(T);
+	const int nw = pk_nw(), H = pk_units<T, PF>(k), np = k / VEC;
 	uint4 nxt[PF];
 	float acc = 0.0f;
 
 	if (H == 1) {
-		for (int it = pk_gw(); it < m * P; it += nw) {
-			int row, p0, p1;
-
-			pk_fetch<T, PF>(W, m, k, P, it + nw, 0, nxt);
-			pk_range<T>(it, k, P, &row, &p0, &p1);
-			acc = pk_dot<T, PF>(cur, xs, p0, p1, 0, 0.0f);
+		for (int row = pk_gw(); row < m; row += nw) {
+			pk_fetch<T, PF>(W, m, k, row + nw, 0, nxt);
+			acc = pk_dot<T, PF>(cur, xs, np, 0, 0.0f);
 			for (int o = 16; o > 0; o >>= 1)
 				acc += __shfl_xor_sync(0xffffffffu, acc, o);
-			epi(row, it % P, acc);
+			epi(row, acc);
 #pragma unroll
 			for (int i = 0; i < PF; i++)
 				cur[i] = nxt[i];
 		}
 		return;
 	}
-	for (int it = pk_gw(), h = 0; it < m * P;) {
-		/* the next unit: h + 1 of this item, or the next item's first */
-		const int nit = h + 1 < H ? it : it + nw, nh = h + 1 < H ? h + 1 : 0;
-		int row, p0, p1;
+	for (int row = pk_gw(), h = 0; row < m;) {
+		/* the next unit: h + 1 of this row, or the next row's first */
+		const int nrow = h + 1 < H ? row : row + nw, nh = h + 1 < H ? h + 1 : 0;
 
-		pk_fetch<T, PF>(W, m, k, P, nit, nh, nxt);
-		pk_range<T>(it, k, P, &row, &p0, &p1);
-		acc = pk_dot<T, PF>(cur, xs, p0, p1, h, acc);
+		pk_fetch<T, PF>(W, m, k, nrow, nh, nxt);
+		acc = pk_dot<T, PF>(cur, xs, np, h, acc);
 		if (h == H - 1) {
 			for (int o = 16; o > 0; o >>= 1)
 				acc += __shfl_xor_sync(0xffffffffu, acc, o);
-			epi(row, it % P, acc);
+			epi(row, acc);
 			acc = 0.0f;
 		}
 #pragma unroll
 		for (int i = 0; i < PF; i++)
 			cur[i] = nxt[i];
-		it = nit;
+		row = nrow;
 		h = nh;
 	}
 }
@@ -623,8 +604,8 @@ __device__ __forceinline__ int pk_nchan(void)
  * Phase C for channel e of row b (the ssmk_ssm_step_b formulas):
  *   dt = softplus(dt_w[e, :] . dbc[0:R] + dt_b[e]), the state update on the
  *   row's slot, y = (C . h + D x) * SiLU(z + in_b) -> yT[b, e], dt_sum[e] +=
- *   dt. dbc: shared (W), the row's sums of phase B's parts; x = xc[b, e], z =
- *   xz[b, E + e]. e == E: no channel (the lanes still join the shuffles).
+ *   dt. dbc: shared (W), the row's x_proj values (phase B's sums); x =
+ *   xc[b, e], z = xz[b, E + e]. e == E: no channel (the lanes still join the shuffles).
  */
 template <typename T, int NPL>
 __device__ __forceinline__ void pk_chan_step(const pk_args &p, const cuda_layer *y, int l,
@@ -916,7 +897,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 
 	if (threadIdx.x == 0)
 		base = pk_base(p.bar, p.n_layer);
-	pk_fetch<T, PF>((const T *)p.layers[0].in_w, 2 * E, D, 1, pk_gw(), 0, cur);
+	pk_fetch<T, PF>((const T *)p.layers[0].in_w, 2 * E, D, pk_gw(), 0, cur);
 	pk_load_layers(p, pk_smem);
 	/* channels past E stay 0 */
 	for (int m = threadIdx.x; m < p.M; m += PK_THREADS)
@@ -938,17 +919,16 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 		pk_stage_norm<T, 1>(p.h, l ? NULL : (const T *)p.embed, p.tokens, y->norm, D,
 				    p.eps, xs, red, scale);
 		int mloc = threadIdx.x >> 5;
-		pk_gemv<T, PF>((const T *)y->in_w, 2 * E, D, 1, xs, cur,
-			       [&](int r, int, float v) {
-				       v *= scale[0];
-				       if (lane == 0)
-					       p.xz[r] = v;
-				       if (r < E)
-					       pk_conv_epi<T, 1>(p, l, r, &v, cw, xloc + mloc);
-				       mloc += PK_WARPS;
-				       cw = cw2;
-				       cw2 = pk_cw_fetch<1>(p, y, l, r + 2 * pk_nw());
-			       });
+		pk_gemv<T, PF>((const T *)y->in_w, 2 * E, D, xs, cur, [&](int r, float v) {
+			v *= scale[0];
+			if (lane == 0)
+				p.xz[r] = v;
+			if (r < E)
+				pk_conv_epi<T, 1>(p, l, r, &v, cw, xloc + mloc);
+			mloc += PK_WARPS;
+			cw = cw2;
+			cw2 = pk_cw_fetch<1>(p, y, l, r + 2 * pk_nw());
+		});
 		PK_MARK(l * 8 + 1);
 		PK_MARK(l * 8 + 2);
 
@@ -960,7 +940,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 		pk_wait(p.bar, target += G);
 		PK_MARK(l * 8 + 4);
 
-		/* C: the SSM step per channel; x, z and the parts loaded at once */
+		/* C: the SSM step per channel; x, z and the x_proj sums loaded at once */
 		{
 			const int e = pk_chan0();
 			float x = e < E ? __ldcg(p.xc + e) : 0.0f;
@@ -978,7 +958,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 		}
 		PK_MARK(l * 8 + 5);
 		pk_arrive(p.bar);
-		pk_fetch<T, PF>((const T *)y->out_w, D, E, 1, pk_gw(), 0, cur);
+		pk_fetch<T, PF>((const T *)y->out_w, D, E, pk_gw(), 0, cur);
 		/* lane 0 of a row's warp: the residual input, lane 1: the bias */
 		cw = pk_res_fetch<T, 1>(p, y, l, pk_gw());
 		pk_wait(p.bar, target += G);
@@ -987,7 +967,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 		/* D: out_proj + residual */
 		pk_stage<T, 1>(p.yT, E, xs);
 		__syncthreads();
-		pk_gemv<T, PF>((const T *)y->out_w, D, E, 1, xs, cur, [&](int r, int, float v) {
+		pk_gemv<T, PF>((const T *)y->out_w, D, E, xs, cur, [&](int r, float v) {
 			const float hin = __shfl_sync(0xffffffffu, cw, 0);
 			const float b = __shfl_sync(0xffffffffu, cw, 1);
 			if (lane == 0)
@@ -997,13 +977,13 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 		PK_MARK(l * 8 + 7);
 		pk_arrive(p.bar);
 		if (l + 1 < p.n_layer) {
-			pk_fetch<T, PF>((const T *)y[1].in_w, 2 * E, D, 1, pk_gw(), 0, cur);
+			pk_fetch<T, PF>((const T *)y[1].in_w, 2 * E, D, pk_gw(), 0, cur);
 			if (threadIdx.x == 0)
 				pk_l2(y[1].norm, (size_t)D * sizeof(float));
 			cw = pk_cw_fetch<1>(p, &y[1], l + 1, pk_gw());
 			cw2 = pk_cw_fetch<1>(p, &y[1], l + 1, pk_gw() + pk_nw());
 		} else {
-			pk_fetch<T, PF>((const T *)p.lm_head, p.V, D, 1, pk_gw(), 0, cur);
+			pk_fetch<T, PF>((const T *)p.lm_head, p.V, D, pk_gw(), 0, cur);
 			if (threadIdx.x == 0)
 				pk_l2(p.norm_f, (size_t)D * sizeof(float));
 		}
@@ -1015,7 +995,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 	pk_keep_hidden<1>(p);
 	pk_xproj_done<1>(p);
 	pk_stage_norm<T, 1>(p.h, NULL, p.tokens, p.norm_f, D, p.eps, xs, red, scale);
-	pk_gemv<T, PF>((const T *)p.lm_head, p.V, D, 1, xs, cur, [&](int r, int, float v) {
+	pk_gemv<T, PF>((const T *)p.lm_head, p.V, D, xs, cur, [&](int r, float v) {
 		if (lane == 0)
 			p.logits[r] = v * scale[0];
 	});

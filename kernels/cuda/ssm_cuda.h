@@ -66,7 +66,8 @@ int ssm_cuda_decode_split(ssm_backend *b, const int *slots, const int32_t *token
 /* The phases of the persistent decode kernels per layer (A..D, each
  * followed by the grid barrier that ends it) and the final norm + lm_head.
  * There is no barrier after A (each block's B starts on its own conv
- * outputs): "A: barrier" is the gap between two marks. */
+ * outputs): its entry, "A to B (no barrier)", is the gap between two
+ * marks. */
 #define SSM_CUDA_N_PHASES 9
 extern const char *const ssm_cuda_phase_names[SSM_CUDA_N_PHASES];
 
