@@ -69,7 +69,11 @@ __device__ __forceinline__ void pkn_mma(float d[4], uint2 w, uint2 w2, uint2 x)
 }
 
 /* The chunk range [c0, c1) of item `it` (row pair it / P, part it % P) of
- * a matrix with k columns: nc = ceil(k / PKN_CHUNK) chunks in P parts. */
+ * a matrix with k columns: nc = ceil(k / PKN_CHUNK) chunks in P parts.
+ * Every caller passes P = 1 (whole row pairs). The batch-1 kernel's
+ * helpers lost their P; here that moved the 4-row kernel's register
+ * allocation and cost 3-4% at batch 4 on the H200 (bench/NOTES.md, round
+ * twenty), so it stays. */
 __device__ __forceinline__ void pkn_range(int it, int k, int P, int *r, int *c0, int *c1)
 {
 	const int nc = (k + PKN_CHUNK - 1) / PKN_CHUNK, pp = (nc + P - 1) / P, part = it % P;
