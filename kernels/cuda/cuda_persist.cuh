@@ -605,7 +605,8 @@ __device__ __forceinline__ int pk_nchan(void)
  *   dt = softplus(dt_w[e, :] . dbc[0:R] + dt_b[e]), the state update on the
  *   row's slot, y = (C . h + D x) * SiLU(z + in_b) -> yT[b, e], dt_sum[e] +=
  *   dt. dbc: shared (W), the row's x_proj values (phase B's sums); x =
- *   xc[b, e], z = xz[b, E + e]. e == E: no channel (the lanes still join the shuffles).
+ *   xc[b, e], z = xz[b, E + e]. e == E: no channel (the lanes still join
+ *   the shuffles).
  */
 template <typename T, int NPL>
 __device__ __forceinline__ void pk_chan_step(const pk_args &p, const cuda_layer *y, int l,
