@@ -1514,6 +1514,9 @@ static int persist_init_t(cuda_backend *cb)
 		return SSMD_OK;
 	CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, cb->device));
 	CUDA_TRY(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, cb->device));
+	/* one block an SM; the x_proj sums hold up to PK_XBLOCKS blocks' parts */
+	if (sms > PK_XBLOCKS)
+		return SSMD_OK;
 	smem = pk_smem_bytes(1, c->d_model, c->d_inner, W, sms, sizeof(T), c->n_layer);
 #define FITS(npl) rc = pk_fits(cb, pk_kernel<T, npl>(pf), smem, &fits)
 	NPL_SWITCH(c->d_state / SSM_LANES, FITS);

@@ -60,16 +60,23 @@
  * part of each value (W a row) as an integer in units of 2^-32, so the sum is
  * exact whatever order the blocks' atomics land in, and every run gives the
  * same bits. Rounding a part costs at most 2^-33, ~1.5e-8 over 132 blocks:
- * below an f32 sum's own rounding for any value over ~1e-3. A part outside
- * +-2^31 (or not finite) cannot be held: it sets the layer's flag, and the
- * sums read as NaN, as an f32 sum of it would. Block b adds into copy b %
- * PK_XCOPIES (on the H200, 1.4b's batch-1 step took 1.111 ms with 2
- * copies, 1.132 with 1, 1.115 with 4 and 1.131 with 8; bench/NOTES.md,
- * round nineteen). Per layer parity (the sums of layer l
+ * below an f32 sum's own rounding for any value over ~1e-3. A part must
+ * stay within +-PK_XMAX = 2^23, so that the parts of up to PK_XBLOCKS = 256
+ * blocks (persist_init_t refuses a larger grid) sum inside a signed 64-bit
+ * integer and no sum can wrap. A part outside it, or not finite, sets the
+ * layer's flag and the sums read as NaN. x_proj's values (dt_low, B, C) are
+ * orders of magnitude smaller in any trained model; past 2^23 this kernel
+ * gives NaN where the cuBLAS path would give the large value.
+ *
+ * Block b adds into copy b % PK_XCOPIES (on the H200, 1.4b's batch-1 step
+ * took 1.111 ms with 2 copies, 1.132 with 1, 1.115 with 4 and 1.131 with 8;
+ * bench/NOTES.md, round nineteen). Per layer parity (the sums of layer l
  * are read in its phase C and cleared in the next layer's) PK_XAREA(n)
  * words for n values: the copies, then the flag.
  */
 #define PK_XFIX 0x1p32f
+#define PK_XMAX 0x1p23f
+#define PK_XBLOCKS 256
 #define PK_XCOPIES 2
 #define PK_XAREA(n) (PK_XCOPIES * (n) + 1)
 /* The weight pieces a lane fetches ahead are the kernel's template
@@ -773,7 +780,7 @@ __device__ __forceinline__ void pk_keep_hidden(const pk_args &p)
  * parity's PK_XAREA(n) words for n values). */
 __device__ __forceinline__ void pk_xsum_add(unsigned long long *xs, int n, int j, float v)
 {
-	if (fabsf(v) < 0x1p31f)
+	if (fabsf(v) < PK_XMAX)
 		asm volatile("red.relaxed.gpu.global.add.u64 [%0], %1;"
 			     :: "l"(xs + (size_t)(blockIdx.x % PK_XCOPIES) * n + j),
 			        "l"((unsigned long long)__float2ll_rn(v * PK_XFIX))
