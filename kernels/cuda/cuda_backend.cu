@@ -12,7 +12,6 @@
  * (arguments are validated by backend.c before they reach us).
  */
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -21,7 +20,6 @@
 #include "cuda_persist.cuh"
 #include "cuda_persist_nb.cuh"
 #include "cuda_sample.cuh"
-#include "cuda_scan1.cuh"
 
 /* Prefill tokens per chunk (bounds activation memory: ~70 KB a token for
  * 1.4b, ~136 KB for 2.8b); SSMD_CUDA_CHUNK overrides it (tests use a small
@@ -488,47 +486,6 @@ out:
 	return rc;
 }
 
-/* The one-pass scan (cuda_scan1.cuh) of one layer, at the block shape
- * cb->scan1_g / scan1_cpl / scan1_wpb. */
-template <typename T, int G, int CPL, int WPB>
-static cudaError_t scan1_at(cuda_backend *cb, cudaStream_t s, const cuda_layer *y,
-			    float *ssm, float *dts, int L, int nq, float *d_ck, size_t ssm_off,
-			    size_t dts_off)
-{
-	const ssm_config *c = &cb->cfg;
-	const int E = c->d_inner, CB = scan1_channels(G, CPL, WPB);
-	const size_t smem = scan1_smem_bytes(CB);
-	cuda_act *a = &cb->act;
-	cudaError_t e;
-
-	if (scan_smem_optin(smem) &&
-	    (e = cudaFuncSetAttribute(ssmk_scan1<T, G, CPL, WPB>,
-				      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)))
-		return e;
-	ssmk_scan1<T, G, CPL, WPB><<<E / CB, 32 * WPB, smem, s>>>(
-		a->dtr, y->dt_b, a->dbc, c->dt_rank, a->xc, a->xz, y->in_b, y->A, y->Dp,
-		ssm, dts, E, L, cb->d_ck_pos, nq, d_ck, cb->state_floats, ssm_off, dts_off,
-		(T *)a->yT);
-	return cudaPeekAtLastError();
-}
-
-template <typename T>
-static cudaError_t launch_scan1(cuda_backend *cb, cudaStream_t s, const cuda_layer *y,
-				float *ssm, float *dts, int L, int nq, float *d_ck,
-				size_t ssm_off, size_t dts_off)
-{
-#define SCAN1_AT(g, cpl, wpb)                                                   \
-	if (cb->scan1_g == g && cb->scan1_cpl == cpl && cb->scan1_wpb == wpb)   \
-	return scan1_at<T, g, cpl, wpb>(cb, s, y, ssm, dts, L, nq, d_ck, ssm_off, dts_off)
-	SCAN1_AT(8, 1, 2);
-	SCAN1_AT(8, 1, 4);
-	SCAN1_AT(8, 2, 2);
-	SCAN1_AT(4, 1, 4);
-	SCAN1_AT(16, 1, 4);
-#undef SCAN1_AT
-	return scan1_at<T, 16, 2, 2>(cb, s, y, ssm, dts, L, nq, d_ck, ssm_off, dts_off);
-}
-
 /*
  * Prefill of L tokens (already in d_tokens) into slot. nq checkpoint
  * positions (chunk-relative, ascending, distinct) are in d_ck_pos: their
@@ -551,9 +508,6 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 	const int nseg = cdiv(L, seg_len);
 	const size_t smem1 = scan_smem_bytes(N, true), smem3 = scan_smem_bytes(N, false);
 	const bool norm_v4 = D % 4 == 0 && D <= 4 * 256 * NORM_V4;
-	const bool scan1 =
-		cb->scan1_cpl &&
-		scan1_fits(N, R, E, scan1_channels(cb->scan1_g, cb->scan1_cpl, cb->scan1_wpb));
 	int l;
 
 	ssmk_embed<T><<<L, 256, 0, s>>>(cb->d_tokens, (const T *)cb->embed, a->h, D);
@@ -645,15 +599,9 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 			base + dts_off, E, L, seg_len, cb->d_ck_pos, nq, d_ck,\
 			sf, ssm_off, dts_off, (T *)a->yT);                    \
 	} while (0)
-		if (scan1) {
-			CUDA_TRY(launch_scan1<T>(cb, s, y, base + ssm_off, base + dts_off, L,
-						 nq, d_ck, ssm_off, dts_off));
-			split_mark(cb, SSM_CUDA_SCAN1);
-		} else {
-			NPL_SWITCH(N / SSM_LANES, SCAN);
-			CUDA_LAUNCHED();
-		}
+		NPL_SWITCH(N / SSM_LANES, SCAN);
 #undef SCAN
+		CUDA_LAUNCHED();
 		split_mark(cb, SSM_CUDA_SCAN2);
 		if (nq) {
 			CUDA_TRY(cudaEventRecord(cb->ev_compute, s));
@@ -1749,18 +1697,6 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	env = getenv("SSMD_CUDA_SCAN_SEG");
 	if (env && atoi(env) >= SCAN_TILE)
 		cb->scan_seg = atoi(env) / SCAN_TILE * SCAN_TILE;
-	/* SSMD_CUDA_SCAN=1 the one-pass scan, 2 the two passes;
-	 * SSMD_CUDA_SCAN1=G,CPL,WPB its block shape */
-	cb->scan1_g = cb->scan1_cpl = 0;
-	cb->scan1_wpb = 2;
-	env = getenv("SSMD_CUDA_SCAN");
-	if (env && atoi(env) == 1) {
-		cb->scan1_g = 8;
-		cb->scan1_cpl = 1;
-	}
-	env = getenv("SSMD_CUDA_SCAN1");
-	if (cb->scan1_cpl && env)
-		sscanf(env, "%d,%d,%d", &cb->scan1_g, &cb->scan1_cpl, &cb->scan1_wpb);
 	/* SSMD_CUDA_CK_MB overrides the checkpoint budget (MiB) for tuning */
 	ck_bytes = (size_t)(cb->chunk / CUDA_CK_FULL_EVERY) * cb->state_floats * sizeof(float);
 	if (ck_bytes < CUDA_CK_BUDGET)

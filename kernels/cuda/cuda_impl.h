@@ -158,9 +158,6 @@ typedef struct cuda_backend {
 	int max_batch;        /* largest decode bucket */
 	int chunk;            /* prefill tokens per chunk */
 	int scan_seg;         /* prefill scan segment length (tokens) */
-	int scan1_g;          /* one-pass scan: lanes a channel */
-	int scan1_cpl;        /* one-pass scan: channels a lane (0: two passes) */
-	int scan1_wpb;        /* one-pass scan: warps a block */
 	int out_split;        /* batched decode's out_proj K slices: 1 or 2 */
 	/* Decode inputs travel in one copy: h_io -> d_io, laid out as
 	 *   int slots[max_batch] (-1 = padding row) | cuda_sampler samp[max_batch]
