@@ -486,31 +486,6 @@ out:
 	return rc;
 }
 
-/* dt = softplus(dt_low . dt_w^T + dt_b) for the prefill (ssmk_dt_softplus,
- * 16-bit weights only: the F32 path keeps the cuBLAS GEMM). */
-template <typename T>
-static cudaError_t dt_softplus(cudaStream_t s, const float *dbc, int W, int R,
-			       const cuda_layer *y, int E, int L, float *dt)
-{
-	const size_t smem = dt_softplus_smem(R);
-	cudaError_t e;
-
-	if (smem > 48 * 1024 &&
-	    (e = cudaFuncSetAttribute(ssmk_dt_softplus<T>,
-				      cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem)))
-		return e;
-	ssmk_dt_softplus<T><<<dim3(cdiv(L, DTS_TOK), cdiv(E, DTS_CH)), 256, smem, s>>>(
-		dbc, W, R, (const T *)y->dt_w, y->dt_b, E, L, dt);
-	return cudaPeekAtLastError();
-}
-
-template <>
-cudaError_t dt_softplus<float>(cudaStream_t, const float *, int, int, const cuda_layer *, int,
-			       int, float *)
-{
-	return cudaErrorNotSupported; /* never called: prefill_body's dt_ready */
-}
-
 /*
  * Prefill of L tokens (already in d_tokens) into slot. nq checkpoint
  * positions (chunk-relative, ascending, distinct) are in d_ck_pos: their
@@ -533,10 +508,6 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 	const int nseg = cdiv(L, seg_len);
 	const size_t smem1 = scan_smem_bytes(N, true), smem3 = scan_smem_bytes(N, false);
 	const bool norm_v4 = D % 4 == 0 && D <= 4 * 256 * NORM_V4;
-	/* dt_proj and its softplus in one kernel for 16-bit weights: the scan
-	 * then finds every dt ready (seg_raw = nseg) */
-	const bool dt_ready = !std::is_same<T, float>::value && cb->dt_fused &&
-			      dt_softplus_fits(R);
 	int l;
 
 	ssmk_embed<T><<<L, 256, 0, s>>>(cb->d_tokens, (const T *)cb->embed, a->h, D);
@@ -584,14 +555,10 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 		if ((rc = gemm(cb, y->x_w, a->xcT, E, a->dbc, W, W, L, E)))
 			goto out;
 		split_mark(cb, SSM_CUDA_X_PROJ);
-		if (dt_ready) {
-			CUDA_TRY(dt_softplus<T>(s, a->dbc, W, R, y, E, L, a->dtr));
-		} else {
-			ssmk_dt_low<T><<<L, 64, 0, s>>>(a->dbc, W, R, (T *)a->dlT);
-			CUDA_LAUNCHED();
-			if ((rc = gemm(cb, y->dt_w, a->dlT, R, a->dtr, E, E, L, R)))
-				goto out;
-		}
+		ssmk_dt_low<T><<<L, 64, 0, s>>>(a->dbc, W, R, (T *)a->dlT);
+		CUDA_LAUNCHED();
+		if ((rc = gemm(cb, y->dt_w, a->dlT, R, a->dtr, E, E, L, R)))
+			goto out;
 		split_mark(cb, SSM_CUDA_DT);
 		/* pass 1 covers segments 0 .. nseg-2 (the last one's end state
 		 * from zero is never needed) and leaves softplus'd dt there */
@@ -610,8 +577,7 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 		if (nseg > 1) {                                               \
 			ssmk_scan<T, npl, true><<<dim3(cdiv(E, SSM_CH_PER_BLOCK), nseg - 1), \
 					       SCAN_THREADS, smem1, s>>>(      \
-				a->dtr, y->dt_b, dt_ready ? nseg : 0, a->dbc, R, \
-				a->xc, a->xz,                                 \
+				a->dtr, y->dt_b, 0, a->dbc, R, a->xc, a->xz,  \
 				y->in_b, y->A, y->Dp, NULL, NULL, 0, 0,       \
 				a->seg_h, a->seg_dt, NULL, NULL, E, L,        \
 				seg_len, NULL, 0, NULL, 0, 0, 0, (T *)a->yT); \
@@ -625,8 +591,7 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 		split_mark(cb, SSM_CUDA_SCAN1);                               \
 		ssmk_scan<T, npl, false><<<dim3(cdiv(E, SSM_CH_PER_BLOCK), nseg), \
 					SCAN_THREADS, smem3, s>>>(             \
-			a->dtr, y->dt_b, dt_ready ? nseg : nseg - 1, a->dbc, R, \
-			a->xc, a->xz,                                         \
+			a->dtr, y->dt_b, nseg - 1, a->dbc, R, a->xc, a->xz,   \
 			y->in_b, y->A, y->Dp,                                 \
 			nseg > 1 ? a->start_h : base + ssm_off,               \
 			nseg > 1 ? a->start_d : base + dts_off,               \
@@ -1732,10 +1697,6 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	env = getenv("SSMD_CUDA_SCAN_SEG");
 	if (env && atoi(env) >= SCAN_TILE)
 		cb->scan_seg = atoi(env) / SCAN_TILE * SCAN_TILE;
-	/* SSMD_CUDA_DT_FUSED=0: the prefill's dt_proj as a cuBLAS GEMM and the
-	 * softplus in the scan, for 16-bit weights too (for comparison) */
-	env = getenv("SSMD_CUDA_DT_FUSED");
-	cb->dt_fused = !(env && atoi(env) == 0);
 	/* SSMD_CUDA_CK_MB overrides the checkpoint budget (MiB) for tuning */
 	ck_bytes = (size_t)(cb->chunk / CUDA_CK_FULL_EVERY) * cb->state_floats * sizeof(float);
 	if (ck_bytes < CUDA_CK_BUDGET)

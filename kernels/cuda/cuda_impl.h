@@ -158,7 +158,6 @@ typedef struct cuda_backend {
 	int max_batch;        /* largest decode bucket */
 	int chunk;            /* prefill tokens per chunk */
 	int scan_seg;         /* prefill scan segment length (tokens) */
-	int dt_fused;         /* prefill dt_proj + softplus in one kernel (16-bit) */
 	int out_split;        /* batched decode's out_proj K slices: 1 or 2 */
 	/* Decode inputs travel in one copy: h_io -> d_io, laid out as
 	 *   int slots[max_batch] (-1 = padding row) | cuda_sampler samp[max_batch]

@@ -19,7 +19,6 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <mma.h>
 #include <stdint.h>
 
 #include <type_traits>
@@ -796,133 +795,6 @@ __global__ void ssmk_ck_hidden(const float *h, const int *qs, int D, float *dst,
 		d[i] = src[i];
 }
 
-/*
- * The prefill's dt_proj with its softplus, for 16-bit weights:
- *   dt[t, e] = softplus(sum_j dbc[t, j] dt_w[e, j] + dt_b[e])   (j < R)
- * on the tensor cores (wmma, T inputs, f32 sums: the same products as the
- * cuBLAS GEMM over ssmk_dt_low's T copy of dt_low), so the scan's passes
- * read dt ready (seg_raw = nseg) instead of each applying softplus to a raw
- * product. A block: DTS_TOK tokens x DTS_CH channels. Every thread issues all
- * its 16-byte loads of dt_low (f32) and of the dt_w rows (T) before storing
- * any (one wait for memory, not one a row), into shared memory in T, K
- * zero-padded to RP = R rounded up to 16, rows RP + 8 apart (so the fragment
- * loads' rows fall in different banks); 8 warps, each a 32 x 32 corner as
- * 2 x 2 fragments; the sums go through shared memory (over the inputs'
- * space) to the bias, softplus and one coalesced f32 store a value.
- * Needs R % 8 == 0 and RP <= DTS_RMAX (dt_softplus_fits).
- * grid (ceil(L / DTS_TOK), ceil(E / DTS_CH)), block 256, shared memory
- * dt_softplus_smem(R).
- */
-#define DTS_TOK 64
-#define DTS_CH 128
-#define DTS_RMAX 160                /* the largest padded R the loads cover */
-#define DTS_LDC (DTS_CH + 4)        /* the sums' row stride (floats) */
-#define DTS_AQ (DTS_TOK * DTS_RMAX / 4 / 256) /* 16-byte dt_low loads a thread */
-#define DTS_BQ (DTS_CH * DTS_RMAX / 8 / 256)  /* 16-byte dt_w loads a thread */
-
-static inline __host__ __device__ int dt_softplus_rp(int R) { return (R + 15) / 16 * 16; }
-
-/* the inputs' row stride (elements) */
-static inline __host__ __device__ int dt_softplus_ld(int R) { return dt_softplus_rp(R) + 8; }
-
-static inline bool dt_softplus_fits(int R) { return R % 8 == 0 && dt_softplus_rp(R) <= DTS_RMAX; }
-
-static inline size_t dt_softplus_smem(int R)
-{
-	const size_t in = (size_t)(DTS_TOK + DTS_CH) * dt_softplus_ld(R) * 2,
-		     sums = (size_t)DTS_TOK * DTS_LDC * sizeof(float);
-	return in > sums ? in : sums;
-}
-
-template <typename T>
-__global__ void __launch_bounds__(256, 2)
-ssmk_dt_softplus(const float *dbc, int W, int R, const T *dt_w, const float *dt_b, int E,
-		 int L, float *dt)
-{
-	using namespace nvcuda;
-	extern __shared__ __align__(128) unsigned char dts_smem[];
-	const int RP = dt_softplus_rp(R), LD = dt_softplus_ld(R);
-	const int t0 = blockIdx.x * DTS_TOK, e0 = blockIdx.y * DTS_CH;
-	T *sa = (T *)dts_smem, *sb = sa + (size_t)DTS_TOK * LD;
-	float *sc = (float *)dts_smem;
-	const int warp = threadIdx.x >> 5, wm = warp >> 2, wn = warp & 3;
-	/* piece q of a thread: dt_low row i / (RP/4), 4 floats at 4 (i % (RP/4));
-	 * dt_w row i / (RP/8), 8 values at 8 (i % (RP/8)); 0 past R, L and E */
-	const int na = RP / 4, nb = RP / 8;
-	float4 va[DTS_AQ];
-	uint4 vb[DTS_BQ];
-#pragma unroll
-	for (int q = 0; q < DTS_AQ; q++) {
-		const int i = threadIdx.x + 256 * q, r = i / na, j = 4 * (i % na);
-		va[q] = r < DTS_TOK && t0 + r < L && j < R
-				? *(const float4 *)(dbc + (size_t)(t0 + r) * W + j)
-				: make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-	}
-#pragma unroll
-	for (int q = 0; q < DTS_BQ; q++) {
-		const int i = threadIdx.x + 256 * q, r = i / nb, j = 8 * (i % nb);
-		vb[q] = r < DTS_CH && e0 + r < E && j < R
-				? *(const uint4 *)(dt_w + (size_t)(e0 + r) * R + j)
-				: make_uint4(0, 0, 0, 0);
-	}
-#pragma unroll
-	for (int q = 0; q < DTS_AQ; q++) {
-		const int i = threadIdx.x + 256 * q, r = i / na, j = 4 * (i % na);
-		if (r < DTS_TOK) {
-			T *d = sa + (size_t)r * LD + j;
-			d[0] = from_f32<T>(va[q].x);
-			d[1] = from_f32<T>(va[q].y);
-			d[2] = from_f32<T>(va[q].z);
-			d[3] = from_f32<T>(va[q].w);
-		}
-	}
-#pragma unroll
-	for (int q = 0; q < DTS_BQ; q++) {
-		const int i = threadIdx.x + 256 * q, r = i / nb, j = 8 * (i % nb);
-		if (r < DTS_CH)
-			*(uint4 *)(sb + (size_t)r * LD + j) = vb[q];
-	}
-	__syncthreads();
-
-	wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
-#pragma unroll
-	for (int a = 0; a < 2; a++)
-#pragma unroll
-		for (int b = 0; b < 2; b++)
-			wmma::fill_fragment(acc[a][b], 0.0f);
-	for (int k = 0; k < RP; k += 16) {
-		wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa[2];
-		wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb[2];
-#pragma unroll
-		for (int a = 0; a < 2; a++)
-			wmma::load_matrix_sync(fa[a], sa + (size_t)(wm * 32 + a * 16) * LD + k, LD);
-#pragma unroll
-		for (int b = 0; b < 2; b++)
-			wmma::load_matrix_sync(fb[b], sb + (size_t)(wn * 32 + b * 16) * LD + k, LD);
-#pragma unroll
-		for (int a = 0; a < 2; a++)
-#pragma unroll
-			for (int b = 0; b < 2; b++)
-				wmma::mma_sync(acc[a][b], fa[a], fb[b], acc[a][b]);
-	}
-	__syncthreads(); /* the sums overwrite the inputs */
-#pragma unroll
-	for (int a = 0; a < 2; a++)
-#pragma unroll
-		for (int b = 0; b < 2; b++)
-			wmma::store_matrix_sync(sc + (size_t)(wm * 32 + a * 16) * DTS_LDC + wn * 32 +
-							b * 16,
-						acc[a][b], DTS_LDC, wmma::mem_row_major);
-	__syncthreads();
-
-	const int c = threadIdx.x % DTS_CH, e = e0 + c;
-	if (e >= E)
-		return;
-	const float b = dt_b[e];
-	for (int t = threadIdx.x / DTS_CH; t < DTS_TOK && t0 + t < L; t += 256 / DTS_CH)
-		dt[(size_t)(t0 + t) * E + e] = softplus(sc[t * DTS_LDC + c] + b);
-}
-
 /* dlT[t, j] = dbc[t, j] for j < R, in T (the dt_proj GEMM's input).
  * grid (L), block 64. */
 template <typename T>
@@ -1022,17 +894,15 @@ template <int n> __device__ __forceinline__ void lds_vec(float *dst, const float
  *   h_end = exp(A * sum_seg dt) * h_start + h_local
  * with h_local the segment's end state from zero. So, with nseg > 1:
  *   pass 1 (ssmk_scan<LOCAL=true>, segments 0 .. nseg-2): every segment from
- *          zero -> seg_h, seg_dt;
+ *          zero -> seg_h, seg_dt; it also stores dt = softplus(dtr + dt_b)
+ *          back into dtr, so pass 3 reads dt instead of recomputing it;
  *   pass 2 (ssmk_scan_combine): walks the segments in order per (e, n) ->
  *          start_h, start_d of every segment;
  *   pass 3 (ssmk_scan<LOCAL=false>): every segment again from its true start,
  *          writing y, the checkpoint states and (last segment) the slot.
- * Segments >= seg_raw hold the raw product dtr and apply the softplus
- * themselves; pass 1 then stores dt = softplus(dtr + dt_b) back into dtr, so
- * pass 3 reads dt instead of recomputing it. With 16-bit weights
- * ssmk_dt_softplus has already made every dt (seg_raw = nseg); with F32 ones
- * pass 1 runs with seg_raw 0 and pass 3 with nseg - 1 (the last segment, or
- * all when nseg == 1: then only pass 3 runs, from the slot).
+ *          Segments >= seg_raw (the last one, or all when nseg == 1: then only
+ *          pass 3 runs, from the slot) still hold the raw dtr and apply the
+ *          softplus themselves.
  * Each channel's state stays in registers (4 lanes x NPL entries) within a
  * segment and reaches memory only at segment ends, checkpoints
  * (ck_pos[0..n_ck), n_ck <= SCAN_CK_MAX, ascending, chunk-relative in
@@ -1136,7 +1006,7 @@ ssmk_scan(float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
 	const int ts = seg * seg_len;
 	const int te = ts + seg_len < L ? ts + seg_len : L;
 	const bool last = te == L;
-	const bool raw = seg >= seg_raw;
+	const bool raw = LOCAL || seg >= seg_raw;
 	const bool vec_x = E % 4 == 0, vec_bc = R % 4 == 0;
 	/* whole tiles of this block load through tile_load_full */
 	const bool full_ok = vec_x && vec_bc && e0 + CB <= E;
