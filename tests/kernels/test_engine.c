@@ -35,20 +35,11 @@
 #include "ssm_impl.h"
 #include "check.h"
 #include "testutil.h"
+#include "model_edit.h"
 
 #define TOL 1e-5
 
 /* ------------------------------------------------------------- helpers -- */
-
-static int spew(const char *path, const void *data, size_t len)
-{
-	FILE *f = fopen(path, "wb");
-	int ok = f && fwrite(data, 1, len, f) == len;
-
-	if (f && fclose(f) != 0)
-		ok = 0;
-	return ok;
-}
 
 /* Max |a - b| / max|b| over n floats. */
 static double rel_err(const float *a, const float *b, size_t n)
@@ -95,55 +86,6 @@ static ssm_backend *open_cpu(const ssm_model *m, int n_slots, int n_threads)
 }
 
 /* Copies every file of src into a new temporary directory. */
-static int copy_dir(const char *src, char *dst /* cap 256 */)
-{
-	DIR *d;
-	struct dirent *e;
-	char ps[4400], pd[4400];
-
-	snprintf(dst, 256, "/tmp/ssm_engine_XXXXXX");
-	if (!mkdtemp(dst))
-		return 0;
-	d = opendir(src);
-	if (!d)
-		return 0;
-	while ((e = readdir(d))) {
-		size_t len;
-		char *buf;
-		if (e->d_name[0] == '.')
-			continue;
-		snprintf(ps, sizeof ps, "%s/%s", src, e->d_name);
-		snprintf(pd, sizeof pd, "%s/%s", dst, e->d_name);
-		buf = test_file_read(ps, &len);
-		if (!buf || !spew(pd, buf, len)) {
-			free(buf);
-			closedir(d);
-			return 0;
-		}
-		free(buf);
-	}
-	closedir(d);
-	return 1;
-}
-
-static void rm_dir(const char *dir)
-{
-	DIR *d = opendir(dir);
-	struct dirent *e;
-	char p[4096];
-
-	if (!d)
-		return;
-	while ((e = readdir(d))) {
-		if (e->d_name[0] == '.')
-			continue;
-		snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-		unlink(p);
-	}
-	closedir(d);
-	rmdir(dir);
-}
-
 /* --------------------------------------------------------- conformance -- */
 
 typedef struct fixture {
@@ -556,55 +498,6 @@ done:
 
 /* ------------------------------------------------------ loader errors -- */
 
-/* The safetensors file of dir, split into header JSON and data. */
-typedef struct st_file {
-	cJSON *hdr;
-	char *data;
-	size_t data_len;
-} st_file;
-
-static int st_read(const char *dir, st_file *f)
-{
-	char path[4096];
-	size_t len;
-	char *buf;
-	uint64_t hl = 0;
-
-	snprintf(path, sizeof path, "%s/model.safetensors", dir);
-	buf = test_file_read(path, &len);
-	if (!buf)
-		return 0;
-	for (int i = 0; i < 8; i++)
-		hl |= (uint64_t)(uint8_t)buf[i] << (8 * i);
-	f->hdr = cJSON_ParseWithLength(buf + 8, (size_t)hl);
-	f->data_len = len - 8 - (size_t)hl;
-	f->data = malloc(f->data_len);
-	memcpy(f->data, buf + 8 + hl, f->data_len);
-	free(buf);
-	return f->hdr != NULL;
-}
-
-static int st_write(const char *dir, const st_file *f)
-{
-	char path[4096];
-	char *h = cJSON_PrintUnformatted(f->hdr);
-	size_t hl = strlen(h);
-	uint8_t len8[8];
-	FILE *fp;
-	int ok;
-
-	snprintf(path, sizeof path, "%s/model.safetensors", dir);
-	for (int i = 0; i < 8; i++)
-		len8[i] = (uint8_t)((uint64_t)hl >> (8 * i));
-	fp = fopen(path, "wb");
-	ok = fp && fwrite(len8, 1, 8, fp) == 8 && fwrite(h, 1, hl, fp) == hl &&
-	     fwrite(f->data, 1, f->data_len, fp) == f->data_len;
-	if (fp)
-		fclose(fp);
-	free(h);
-	return ok;
-}
-
 static void set_offsets(cJSON *t, double b, double e)
 {
 	cJSON *o = cJSON_CreateArray();
@@ -800,8 +693,7 @@ static void loader_errors(const char *src)
 		cJSON_DeleteItemFromObject(f.hdr, D);
 		st_write(dir, &f);
 		expect_fail(dir, SSMD_EFORMAT, "missing tensor", D, "missing");
-		cJSON_Delete(f.hdr);
-		free(f.data);
+		st_free(&f);
 	} else {
 		CHECK(0, "cannot parse %s", path);
 	}
@@ -850,7 +742,7 @@ static void loader_errors(const char *src)
 #undef RESTORE
 	free(cfg);
 	free(weights);
-	rm_dir(dir);
+	test_dir_remove(dir);
 }
 
 /* ---------------------------------------------------- random-weight tool -- */
@@ -898,7 +790,7 @@ static void mkmodel(const char *build_root)
 		ssm_backend_close(b);
 		ssm_model_free(m);
 	}
-	rm_dir(dir);
+	test_dir_remove(dir);
 }
 
 /* ---------------------------------------------------------- ssm-forward -- */
