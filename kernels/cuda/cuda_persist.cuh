@@ -63,22 +63,25 @@
  * below an f32 sum's own rounding for any value over ~1e-3. A part must
  * stay within +-PK_XMAX = 2^23, so that the parts of up to PK_XBLOCKS = 256
  * blocks (persist_init_t refuses a larger grid) sum inside a signed 64-bit
- * integer and no sum can wrap. A part outside it, or not finite, sets the
- * layer's flag and the sums read as NaN. x_proj's values (dt_low, B, C) are
- * orders of magnitude smaller in any trained model; past 2^23 this kernel
- * gives NaN where the cuBLAS path would give the large value.
+ * integer and no sum can wrap. A part outside it (or not finite) goes into
+ * an f32 sum of its own instead, and sets the layer's flag, which tells
+ * phase C to add those sums in: x_proj's values (dt_low, B, C) are orders
+ * of magnitude smaller in any trained model, but a model whose values pass
+ * 2^23 still gets them within f32 rounding (only then may two runs differ
+ * in the last bits, the f32 atomics' order not being fixed).
  *
  * Block b adds into copy b % PK_XCOPIES (on the H200, 1.4b's batch-1 step
  * took 1.111 ms with 2 copies, 1.132 with 1, 1.115 with 4 and 1.131 with 8;
  * bench/NOTES.md, round nineteen). Per layer parity (the sums of layer l
  * are read in its phase C and cleared in the next layer's) PK_XAREA(n)
- * words for n values: the copies, then the flag.
+ * words for n values: the copies, the flag, then the n f32 sums of the
+ * parts past the limit (two a word).
  */
 #define PK_XFIX 0x1p32f
 #define PK_XMAX 0x1p23f
 #define PK_XBLOCKS 256
 #define PK_XCOPIES 2
-#define PK_XAREA(n) (PK_XCOPIES * (n) + 1)
+#define PK_XAREA(n) (PK_XCOPIES * (n) + 1 + ((n) + 1) / 2)
 /* The weight pieces a lane fetches ahead are the kernel's template
  * parameter PF (6 or 8, pk_pf()). */
 
@@ -776,25 +779,33 @@ __device__ __forceinline__ void pk_keep_hidden(const pk_args &p)
 	}
 }
 
+/* The f32 sums of the parts past PK_XMAX, after the copies and the flag. */
+__device__ __forceinline__ float *pk_xsum_big(unsigned long long *xs, int n)
+{
+	return (float *)(xs + (size_t)PK_XCOPIES * n + 1);
+}
+
 /* Adds this block's part v of x_proj value j into the sums xs (one
  * parity's PK_XAREA(n) words for n values). */
 __device__ __forceinline__ void pk_xsum_add(unsigned long long *xs, int n, int j, float v)
 {
-	if (fabsf(v) < PK_XMAX)
+	if (fabsf(v) < PK_XMAX) {
 		asm volatile("red.relaxed.gpu.global.add.u64 [%0], %1;"
 			     :: "l"(xs + (size_t)(blockIdx.x % PK_XCOPIES) * n + j),
 			        "l"((unsigned long long)__float2ll_rn(v * PK_XFIX))
 			     : "memory");
-	else
+	} else {
+		atomicAdd(pk_xsum_big(xs, n) + j, v);
 		asm volatile("red.relaxed.gpu.global.or.b64 [%0], 1;"
 			     :: "l"(xs + (size_t)PK_XCOPIES * n) : "memory");
+	}
 }
 
 /* dbc[j] = x_proj value j < n from the sums xs (written during this step
- * by every block), NaN where the flag is set. */
-__device__ __forceinline__ void pk_xsum_read(const unsigned long long *xs, int n, float *dbc)
+ * by every block), the f32 sums added where the flag is set. */
+__device__ __forceinline__ void pk_xsum_read(unsigned long long *xs, int n, float *dbc)
 {
-	const bool bad = __ldcg(xs + (size_t)PK_XCOPIES * n) != 0;
+	const bool big = __ldcg(xs + (size_t)PK_XCOPIES * n) != 0;
 
 	for (int j = threadIdx.x; j < n; j += PK_THREADS) {
 		unsigned long long v[PK_XCOPIES], t = 0;
@@ -804,12 +815,13 @@ __device__ __forceinline__ void pk_xsum_read(const unsigned long long *xs, int n
 #pragma unroll
 		for (int k = 0; k < PK_XCOPIES; k++)
 			t += v[k];
-		dbc[j] = bad ? __int_as_float(0x7fc00000)
-			     : __ll2float_rn((long long)t) * (1.0f / PK_XFIX);
+		dbc[j] = __ll2float_rn((long long)t) * (1.0f / PK_XFIX);
+		if (big)
+			dbc[j] += __ldcg(pk_xsum_big(xs, n) + j);
 	}
 }
 
-/* Zeroes one parity's sums and flag for n values (every thread). */
+/* Zeroes one parity's sums, flag and f32 sums for n values (every thread). */
 __device__ __forceinline__ void pk_xsum_clear(unsigned long long *xs, int n)
 {
 	for (int j = threadIdx.x; j < PK_XAREA(n); j += PK_THREADS)
@@ -929,7 +941,8 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 		int mloc = threadIdx.x >> 5;
 		pk_gemv<T, PF>((const T *)y->in_w, 2 * E, D, xs, cur, [&](int r, float v) {
 			v *= scale[0];
-			if (lane == 0)
+			/* only z: phase C reads x from xc */
+			if (lane == 0 && r >= E)
 				p.xz[r] = v;
 			if (r < E)
 				pk_conv_epi<T, 1>(p, l, r, &v, cw, xloc + mloc);

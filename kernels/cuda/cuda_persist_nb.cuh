@@ -275,7 +275,8 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 					    float v0[NB], v1[NB];
 
 					    v *= my_scale;
-					    if (store)
+					    /* only z: phase C reads x from xc */
+					    if (store && r >= E)
 						    p.xz[(size_t)rb * 2 * E + r + dr] = v;
 #pragma unroll
 					    for (int b = 0; b < NB; b++) {

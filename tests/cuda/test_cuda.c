@@ -24,6 +24,7 @@
 
 #include "check.h"
 #include "testutil.h"
+#include "model_edit.h"
 #include "ssm.h"
 #include "ssm_cuda.h"
 
@@ -643,6 +644,194 @@ out:
 	free(lg);
 }
 
+/* The four parts of two states' relative errors, as text (diagnostics). */
+static const char *state_parts(const ssm_state *a, const ssm_state *b, char *buf, size_t cap)
+{
+	size_t ne = (size_t)a->n_layer * a->d_inner;
+
+	snprintf(buf, cap, "ssm %.2e, conv %.2e, hidden %.2e, dt_sum %.2e",
+		 rel(a->ssm, b->ssm, ne * a->d_state), rel(a->conv, b->conv, ne * (a->d_conv - 1)),
+		 rel(a->hidden, b->hidden, a->d_model), rel(a->dt_sum, b->dt_sum, ne));
+	return buf;
+}
+
+/*
+ * Backend a against the reference ref on slot 0 of each: the same prompt
+ * of n_prompt random tokens (seed) from an empty state, then `steps`
+ * greedy steps on ref's picks. The states after the prompt, every step's
+ * logits (normwise) and the states at the end within tol; a's greedy pick
+ * the same as ref's. Returns the worst logits error.
+ */
+static double greedy_against(ssm_backend *a, ssm_backend *ref, const ssm_model *m,
+			     int n_prompt, int steps_n, uint64_t seed, double tol,
+			     const char *what)
+{
+	const int V = ssm_model_config(m)->vocab_size;
+	float *la = malloc(V * sizeof(float)), *lr = malloc(V * sizeof(float));
+	ssm_state *sa = NULL, *sr = NULL;
+	int32_t toks[64], t;
+	ssm_prefill_args pa = {0};
+	double e, worst = 0;
+	int i, s0 = 0, same = 1, first = -1;
+	char parts[160];
+
+	if (!la || !lr || n_prompt > 64 || ssm_model_state_alloc(m, &sa) ||
+	    ssm_model_state_alloc(m, &sr)) {
+		CHECK(0, "%s: out of memory", what);
+		goto out;
+	}
+	fill_tokens(toks, n_prompt, V, &seed);
+	CHECK_RC(ssm_slot_reset(a, 0), SSMD_OK);
+	CHECK_RC(ssm_slot_reset(ref, 0), SSMD_OK);
+	pa.tokens = toks;
+	pa.n_tokens = n_prompt;
+	pa.last_logits = la;
+	CHECK_RC(ssm_prefill(a, 0, &pa), SSMD_OK);
+	pa.last_logits = lr;
+	CHECK_RC(ssm_prefill(ref, 0, &pa), SSMD_OK);
+	CHECK_RC(ssm_slot_get(a, 0, sa), SSMD_OK);
+	CHECK_RC(ssm_slot_get(ref, 0, sr), SSMD_OK);
+	e = state_rel(sa, sr);
+	CHECK(e <= tol, "%s: state after the prompt rel %.3g > %g (%s)", what, e, tol,
+	      state_parts(sa, sr, parts, sizeof parts));
+	for (i = 0; i < steps_n; i++) {
+		t = argmax(lr, V);
+		same &= argmax(la, V) == t;
+		CHECK_RC(ssm_decode(a, &s0, &t, 1, la), SSMD_OK);
+		CHECK_RC(ssm_decode(ref, &s0, &t, 1, lr), SSMD_OK);
+		if (!((e = rel(la, lr, V)) <= worst))
+			worst = e;
+		if (first < 0 && !(e <= tol))
+			first = i;
+	}
+	CHECK(worst <= tol, "%s: logits rel %.3g > %g (first at step %d)", what, worst, tol,
+	      first);
+	CHECK(same, "%s: a greedy pick differs", what);
+	CHECK_RC(ssm_slot_get(a, 0, sa), SSMD_OK);
+	CHECK_RC(ssm_slot_get(ref, 0, sr), SSMD_OK);
+	e = state_rel(sa, sr);
+	CHECK(e <= tol, "%s: state rel %.3g > %g (%s)", what, e, tol,
+	      state_parts(sa, sr, parts, sizeof parts));
+	printf("  %-58s logits rel %.2e, state rel %.2e\n", what, worst, e);
+out:
+	ssm_state_free(sa);
+	ssm_state_free(sr);
+	free(la);
+	free(lr);
+	return worst;
+}
+
+/*
+ * x_proj values past the persistent kernels' integer range (PK_XMAX, 2^23):
+ * a copy of the model whose dt_low rows of x_proj are scaled by 2^40 and
+ * dt_proj by 2^-40. Powers of two scale every product and sum exactly, so
+ * it is the same model: the CPU backend gives the same bits on both (checked
+ * first). The GPU's batch-1 kernel (F32) must follow the CPU within TOL_CPU
+ * on the copy, and the 2-row kernel (16-bit) the original within
+ * TOL_BATCH_BF16: the parts past the range go to f32 sums of their own.
+ */
+static void test_xproj_big(const char *dir)
+{
+	char copy[256] = "", name[128];
+	ssm_model *m = NULL, *big = NULL;
+	ssm_backend *cpu = NULL, *cpu_big = NULL, *gpu = NULL, *lo = NULL, *lo_big = NULL;
+	const ssm_config *c;
+	st_file f = {0};
+	int l, ok = 1, pf = 0, i, V;
+	size_t n, rows, j;
+	float *w;
+	float *lg[2] = {NULL, NULL};
+
+	if (!copy_dir(dir, copy) || !st_read(copy, &f)) {
+		CHECK(0, "x_proj range: cannot copy %s", dir);
+		goto out;
+	}
+	CHECK_RC(ssm_model_load(dir, &m), SSMD_OK);
+	if (!m)
+		goto out;
+	c = ssm_model_config(m);
+	V = c->vocab_size;
+	for (l = 0; l < c->n_layer && ok; l++) {
+		snprintf(name, sizeof name, "backbone.layers.%d.mixer.x_proj.weight", l);
+		w = st_f32(&f, name, &n, &rows);
+		ok = w && rows == (size_t)(c->dt_rank + 2 * c->d_state);
+		for (j = 0; ok && j < (size_t)c->dt_rank * (n / rows); j++)
+			w[j] = ldexpf(w[j], 40);
+		snprintf(name, sizeof name, "backbone.layers.%d.mixer.dt_proj.weight", l);
+		w = st_f32(&f, name, &n, &rows);
+		ok = ok && w;
+		for (j = 0; ok && j < n; j++)
+			w[j] = ldexpf(w[j], -40);
+	}
+	CHECK(ok && st_write(copy, &f), "x_proj range: cannot write the scaled copy");
+	CHECK_RC(ssm_model_load(copy, &big), SSMD_OK);
+	if (!ok || !big)
+		goto out;
+	if (open_backend(m, SSM_BACKEND_CPU, SSM_DTYPE_F32, 1, &cpu) ||
+	    open_backend(big, SSM_BACKEND_CPU, SSM_DTYPE_F32, 1, &cpu_big) ||
+	    open_backend(big, SSM_BACKEND_CUDA, SSM_DTYPE_F32, 1, &gpu) ||
+	    open_backend(m, SSM_BACKEND_CUDA, low_dtype, 2, &lo) ||
+	    open_backend(big, SSM_BACKEND_CUDA, low_dtype, 2, &lo_big)) {
+		CHECK(0, "x_proj range: open: %s", ssmd_errmsg());
+		goto out;
+	}
+	/* the premise: the same model, bit for bit on the CPU */
+	CHECK(greedy_against(cpu_big, cpu, m, 24, 16, 21, 0.0,
+			     "x_proj past 2^23 on the CPU against the original") == 0.0,
+	      "x_proj range: the scaled copy is another model on the CPU");
+	CHECK_RC(ssm_cuda_decode1_depth(gpu, &pf), SSMD_OK);
+	CHECK(pf > 0, "x_proj range: batch 1 does not take the persistent kernel");
+	greedy_against(gpu, cpu, m, 24, 16, 22, TOL_CPU,
+		       "x_proj past 2^23, batch-1 F32 against the CPU");
+	/* two rows at once through the multi-row kernel */
+	lg[0] = malloc(2 * V * sizeof(float));
+	lg[1] = malloc(2 * V * sizeof(float));
+	if (!lg[0] || !lg[1])
+		goto out;
+	{
+		int32_t toks[2][24], next[2];
+		int slots[2] = {0, 1};
+		uint64_t seed = 23;
+		ssm_prefill_args pa = {0};
+		double e, worst = 0;
+
+		for (i = 0; i < 2; i++) {
+			fill_tokens(toks[i], 24, V, &seed);
+			pa.tokens = toks[i];
+			pa.n_tokens = 24;
+			pa.last_logits = lg[0] + i * V;
+			CHECK_RC(ssm_prefill(lo, i, &pa), SSMD_OK);
+			pa.last_logits = lg[1] + i * V;
+			CHECK_RC(ssm_prefill(lo_big, i, &pa), SSMD_OK);
+		}
+		for (int s = 0; s < 16; s++) {
+			for (i = 0; i < 2; i++)
+				next[i] = argmax(lg[0] + i * V, V);
+			CHECK_RC(ssm_decode(lo, slots, next, 2, lg[0]), SSMD_OK);
+			CHECK_RC(ssm_decode(lo_big, slots, next, 2, lg[1]), SSMD_OK);
+			if (!((e = rel(lg[1], lg[0], 2 * (size_t)V)) <= worst))
+				worst = e;
+		}
+		CHECK(worst <= TOL_BATCH_BF16, "x_proj range, 2 rows 16-bit: rel %.3g > %g",
+		      worst, TOL_BATCH_BF16);
+		printf("  %-58s logits rel %.2e\n",
+		       "x_proj past 2^23, 2 rows 16-bit against the original", worst);
+	}
+out:
+	free(lg[0]);
+	free(lg[1]);
+	ssm_backend_close(lo_big);
+	ssm_backend_close(lo);
+	ssm_backend_close(gpu);
+	ssm_backend_close(cpu_big);
+	ssm_backend_close(cpu);
+	ssm_model_free(big);
+	ssm_model_free(m);
+	st_free(&f);
+	if (*copy)
+		test_dir_remove(copy);
+}
+
 /* ----------------------------------------------- a mamba-130m-shaped model -- */
 
 /* Whether a traced step (ssm_cuda_persist_split) timed every phase in
@@ -932,7 +1121,8 @@ static void test_big(const char *dir)
 
 /* Whether group `name` runs: all of them, or those SSMD_CUDA_ONLY names
  * (comma-separated: fixtures, cross, batch or one of its cases batch-f32-64
- * ... batch-low-20-whole and batch-conv3, checkpoints, sampling, big), so a
+ * ... batch-low-20-whole and batch-conv3, checkpoints, xproj-big, sampling,
+ * big), so a
  * slow tool such as a sanitizer can run the groups side by side. */
 static int want(const char *name)
 {
@@ -1075,6 +1265,11 @@ int main(void)
 		test_checkpoints(m, gpu, cpu);
 		ssm_backend_close(gpu);
 		gpu = NULL;
+	}
+
+	if (want("xproj-big")) {
+		printf("x_proj values past the persistent kernels' integer range:\n");
+		test_xproj_big(path);
 	}
 
 	if (want("sampling")) {
