@@ -412,7 +412,7 @@ static int decode_persist(cuda_backend *cb, int nb)
 	lc.attrs = at;
 	lc.numAttrs = 1;
 #define PERSIST(npl)                                                                   \
-	CUDA_TRY(cudaLaunchKernelEx(&lc, nb == 1 ? pk_kernel<T, npl>(cb->pk_pf, cb->pk_ds) \
+	CUDA_TRY(cudaLaunchKernelEx(&lc, nb == 1 ? pk_kernel<T, npl>(cb->pk_pf)            \
 						 : pkn_kernel<T>(nb), p))
 	NPL_SWITCH(c->d_state / SSM_LANES, PERSIST);
 #undef PERSIST
@@ -1263,18 +1263,15 @@ out:
 	return rc;
 }
 
-extern "C" int ssm_cuda_decode1_depth(ssm_backend *b, int *pf, int *ds)
+extern "C" int ssm_cuda_decode1_depth(ssm_backend *b, int *pf)
 {
-	int rc, ok;
+	int rc;
 
 	if ((rc = cuda_backend_check(b)))
 		return rc;
 	if (!pf)
 		return ssmd_err_set(SSMD_EINVAL, "decode depth: no result pointer");
-	ok = decode_persist_ok(cb_of(b), 1);
-	*pf = ok ? cb_of(b)->pk_pf : 0;
-	if (ds)
-		*ds = ok ? cb_of(b)->pk_ds : 0;
+	*pf = decode_persist_ok(cb_of(b), 1) ? cb_of(b)->pk_pf : 0;
 	return SSMD_OK;
 }
 
@@ -1507,12 +1504,10 @@ static int persist_init_t(cuda_backend *cb)
 	int rc = SSMD_OK, fits = 0, sms = 0, coop = 0, rows;
 	const ssm_config *c = &cb->cfg;
 	const int vec = 16 / sizeof(T), W = c->dt_rank + 2 * c->d_state;
-	const char *env = getenv("SSMD_CUDA_PK_PF"), *env_ds = getenv("SSMD_CUDA_PK_DSPLIT");
-	/* SSMD_CUDA_PK_PF=6|8 overrides the depth, SSMD_CUDA_PK_DSPLIT=1|2
-	 * out_proj's rows whole or in halves, for tests and tuning */
+	const char *env = getenv("SSMD_CUDA_PK_PF");
+	/* SSMD_CUDA_PK_PF=6|8 overrides the depth, for tests and tuning */
 	const int pf = env && (atoi(env) == 6 || atoi(env) == 8) ? atoi(env)
 								  : pk_pf(c->d_model, sizeof(T));
-	int ds;
 	size_t smem;
 
 	if (c->d_model % vec || c->d_inner % vec || 2 * c->d_conv + 1 > 32)
@@ -1522,12 +1517,8 @@ static int persist_init_t(cuda_backend *cb)
 	/* one block an SM; the x_proj sums hold up to PK_XBLOCKS blocks' parts */
 	if (sms > PK_XBLOCKS)
 		return SSMD_OK;
-	ds = pk_dsplit<T>(c->d_model, c->d_inner, c->d_state, sms, pf);
-	if (env_ds && (atoi(env_ds) == 1 || (atoi(env_ds) == 2 && c->d_state == 16 &&
-					     c->d_inner % (2 * vec) == 0)))
-		ds = atoi(env_ds);
 	smem = pk_smem_bytes(1, c->d_model, c->d_inner, W, sms, sizeof(T), c->n_layer);
-#define FITS(npl) rc = pk_fits(cb, pk_kernel<T, npl>(pf, ds), smem, &fits)
+#define FITS(npl) rc = pk_fits(cb, pk_kernel<T, npl>(pf), smem, &fits)
 	NPL_SWITCH(c->d_state / SSM_LANES, FITS);
 #undef FITS
 	if (rc || !coop || !fits)
@@ -1548,7 +1539,6 @@ static int persist_init_t(cuda_backend *cb)
 	CUDA_TRY(cudaMemset(cb->pk_bar, 0, sizeof(pk_bar)));
 	cb->pk_grid = sms;
 	cb->pk_pf = pf;
-	cb->pk_ds = ds;
 out:
 	return rc;
 }

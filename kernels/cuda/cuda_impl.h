@@ -175,11 +175,10 @@ typedef struct cuda_backend {
 	int n_graphs;
 
 	/* The persistent decode kernels (cuda_persist.cuh): their grid (0: not
-	 * usable here), the batch-1 kernel's prefetch depth (pk_pf) and
-	 * out_proj split (pk_ds: rows whole, 1, or in halves, 2), the
+	 * usable here), the batch-1 kernel's prefetch depth (pk_pf), the
 	 * barrier word, x_proj's block-ordered copies and sums, and a device
 	 * copy of `layers`. */
-	int pk_grid, pk_pf, pk_ds;
+	int pk_grid, pk_pf;
 	int pkn_rows;            /* the most rows the multi-row kernels serve
 				  * (cuda_persist_nb.cuh), 0: none */
 	struct pk_bar *pk_bar;

@@ -303,7 +303,7 @@ __device__ __forceinline__ int pk_nw(void) { return gridDim.x * PK_WARPS; }
  * one computes, and no piece of a long row waits for memory on its own.
  */
 template <typename T, int PF>
-__host__ __device__ __forceinline__ int pk_units(int k)
+__device__ __forceinline__ int pk_units(int k)
 {
 	constexpr int VEC = 16 / sizeof(T);
 	const int per = (k / VEC + 31) / 32;
@@ -361,16 +361,16 @@ __device__ __forceinline__ float pk_dot(const uint4 *cur, const T *xs, int np, i
 }
 
 /*
- * One GEMV phase: for each row of this warp (row0, row0 + NW, ...), v =
- * W[row] . xs (xs: the input vector in shared memory, in T), summed over the
- * warp, then epi(row, v) on every lane. cur holds the warp's first unit
- * (pk_fetch(.., row0, 0, ..)); the next unit is fetched while one computes.
- * A lane adds its pieces of a row in order, so the sums do not depend on
- * PF. Rows of one unit (H = 1) take a loop without the unit bookkeeping.
+ * One GEMV phase: for each row of this warp, v = W[row] . xs (xs: the input
+ * vector in shared memory, in T), summed over the warp, then epi(row, v) on
+ * every lane. cur holds the warp's first unit (pk_fetch(.., pk_gw(), 0,
+ * ..)); the next unit is fetched while one computes. A lane adds its pieces
+ * of a row in order, so the sums do not depend on PF. Rows of one unit (H =
+ * 1) take a loop without the unit bookkeeping.
  */
 template <typename T, int PF, typename Epi>
 __device__ __forceinline__ void pk_gemv(const T *W, int m, int k, const T *xs, uint4 *cur,
-					int row0, Epi epi)
+					Epi epi)
 {
 	constexpr int VEC = 16 / sizeof(T);
 	const int nw = pk_nw(), H = pk_units<T, PF>(k), np = k / VEC;
@@ -378,7 +378,7 @@ __device__ __forceinline__ void pk_gemv(const T *W, int m, int k, const T *xs, u
 	float acc = 0.0f;
 
 	if (H == 1) {
-		for (int row = row0; row < m; row += nw) {
+		for (int row = pk_gw(); row < m; row += nw) {
 			pk_fetch<T, PF>(W, m, k, row + nw, 0, nxt);
 			acc = pk_dot<T, PF>(cur, xs, np, 0, 0.0f);
 			for (int o = 16; o > 0; o >>= 1)
@@ -390,7 +390,7 @@ __device__ __forceinline__ void pk_gemv(const T *W, int m, int k, const T *xs, u
 		}
 		return;
 	}
-	for (int row = row0, h = 0; row < m;) {
+	for (int row = pk_gw(), h = 0; row < m;) {
 		/* the next unit: h + 1 of this row, or the next row's first */
 		const int nrow = h + 1 < H ? row : row + nw, nh = h + 1 < H ? h + 1 : 0;
 
@@ -897,22 +897,13 @@ __device__ __forceinline__ void pk_xproj_done(const pk_args &p)
 		pk_xsum_clear(pk_xsums<NB>(p, p.n_layer - 1), NB * p.W);
 }
 
-/* The two warps 2w, 2w + 1 of this block wait for each other (named
- * barrier 1 + w; __syncthreads is barrier 0). */
-__device__ __forceinline__ void pk_pair_sync(void)
-{
-	asm volatile("bar.sync %0, 64;" :: "r"(1 + (threadIdx.x >> 6)) : "memory");
-}
-
 /* The whole batch-1 decode step. grid (G) cooperative, block PK_THREADS,
- * dynamic shared memory pk_smem_bytes(1, ...); PF: pk_pf(); DS: out_proj's
- * rows whole (1) or in halves (2, pk_dsplit()). */
-template <typename T, int NPL, int PF, int DS>
+ * dynamic shared memory pk_smem_bytes(1, ...); PF: pk_pf(). */
+template <typename T, int NPL, int PF>
 __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_args p)
 {
 	extern __shared__ uint4 pk_smem[];
 	__shared__ float red[PK_WARPS];
-	__shared__ float dpair[PK_WARPS];
 	__shared__ unsigned long long base;
 	const int D = p.D, E = p.E, G = gridDim.x, lane = threadIdx.x & 31;
 	const pk_smem_map<T> sm = pk_carve<T, 1>(pk_smem, p);
@@ -923,14 +914,6 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 	float cw = 0.0f, cw2 = 0.0f, scale[1];
 	unsigned long long target;
 	pk_chan<T, NPL> ch;
-	/* D's items: out_proj's rows, or with DS 2 its half rows, out_proj
-	 * seen as a (2 D, E / 2) matrix: row 2 r + s is half s of row r. Half
-	 * s of a row goes to warp 2 w + s of one block (pair w), the pair
-	 * meeting at pk_pair_sync to add the halves in a fixed order (dpair:
-	 * two slots a pair, used in turn) */
-	const int dm = DS * D, dk = E / DS, dhalf = DS == 2 ? (threadIdx.x >> 5) & 1 : 0;
-	const int drow0 = DS == 2 ? 2 * ((threadIdx.x >> 6) * G + blockIdx.x) + dhalf : pk_gw();
-	int dpar = 0;
 
 	if (threadIdx.x == 0)
 		base = pk_base(p.bar, p.n_layer);
@@ -956,7 +939,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 		pk_stage_norm<T, 1>(p.h, l ? NULL : (const T *)p.embed, p.tokens, y->norm, D,
 				    p.eps, xs, red, scale);
 		int mloc = threadIdx.x >> 5;
-		pk_gemv<T, PF>((const T *)y->in_w, 2 * E, D, xs, cur, pk_gw(), [&](int r, float v) {
+		pk_gemv<T, PF>((const T *)y->in_w, 2 * E, D, xs, cur, [&](int r, float v) {
 			v *= scale[0];
 			/* only z: phase C reads x from xc */
 			if (lane == 0 && r >= E)
@@ -996,33 +979,21 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 		}
 		PK_MARK(l * 8 + 5);
 		pk_arrive(p.bar);
-		pk_fetch<T, PF>((const T *)y->out_w, dm, dk, drow0, 0, cur);
+		pk_fetch<T, PF>((const T *)y->out_w, D, E, pk_gw(), 0, cur);
 		/* lane 0 of a row's warp: the residual input, lane 1: the bias */
-		cw = pk_res_fetch<T, 1>(p, y, l, drow0 / DS);
+		cw = pk_res_fetch<T, 1>(p, y, l, pk_gw());
 		pk_wait(p.bar, target += G);
 		PK_MARK(l * 8 + 6);
 
 		/* D: out_proj + residual */
 		pk_stage<T, 1>(p.yT, E, xs);
 		__syncthreads();
-		pk_gemv<T, PF>((const T *)y->out_w, dm, dk, xs + dhalf * dk, cur, drow0,
-			       [&](int r, float v) {
+		pk_gemv<T, PF>((const T *)y->out_w, D, E, xs, cur, [&](int r, float v) {
 			const float hin = __shfl_sync(0xffffffffu, cw, 0);
 			const float b = __shfl_sync(0xffffffffu, cw, 1);
-			if (DS == 2) {
-				/* the second half's sum to its pair, then the
-				 * first half's warp adds it and stores */
-				float *slot = dpair + 2 * (threadIdx.x >> 6) + dpar;
-				dpar ^= 1;
-				if (dhalf && lane == 0)
-					*slot = v;
-				pk_pair_sync();
-				v += dhalf ? 0.0f : *slot;
-				r >>= 1;
-			}
-			if (lane == 0 && !dhalf)
+			if (lane == 0)
 				p.h[r] = (v + hin) + b;
-			cw = pk_res_fetch<T, 1>(p, y, l, r + pk_nw() / DS);
+			cw = pk_res_fetch<T, 1>(p, y, l, r + pk_nw());
 		});
 		PK_MARK(l * 8 + 7);
 		pk_arrive(p.bar);
@@ -1045,7 +1016,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 	pk_keep_hidden<1>(p);
 	pk_xproj_done<1>(p);
 	pk_stage_norm<T, 1>(p.h, NULL, p.tokens, p.norm_f, D, p.eps, xs, red, scale);
-	pk_gemv<T, PF>((const T *)p.lm_head, p.V, D, xs, cur, pk_gw(), [&](int r, float v) {
+	pk_gemv<T, PF>((const T *)p.lm_head, p.V, D, xs, cur, [&](int r, float v) {
 		if (lane == 0)
 			p.logits[r] = v * scale[0];
 	});
@@ -1069,19 +1040,13 @@ __global__ void ssmk_xw_blocks(const T *x_w, int W, int E, int G, int M, int pr,
 	}
 }
 
-/* The kernel at prefetch depth pf (6 or 8, pk_pf()) with out_proj's rows
- * whole or in halves (ds 1 or 2, pk_dsplit(); halves built for d_state 16,
- * NPL 4, only: every released Mamba-1 model's). */
+/* The kernel at prefetch depth pf (6 or 8, pk_pf()). */
 typedef void (*pk_kernel_fn)(pk_args);
 
 template <typename T, int NPL>
-static inline pk_kernel_fn pk_kernel(int pf, int ds)
+static inline pk_kernel_fn pk_kernel(int pf)
 {
-	if constexpr (NPL == 4)
-		if (ds == 2)
-			return pf == 8 ? ssmk_decode_persist<T, NPL, 8, 2>
-				       : ssmk_decode_persist<T, NPL, 6, 2>;
-	return pf == 8 ? ssmk_decode_persist<T, NPL, 8, 1> : ssmk_decode_persist<T, NPL, 6, 1>;
+	return pf == 8 ? ssmk_decode_persist<T, NPL, 8> : ssmk_decode_persist<T, NPL, 6>;
 }
 
 /*
@@ -1096,26 +1061,6 @@ static inline int pk_pf(int D, size_t wsize)
 	const int per = (D / (int)(16 / wsize) + 31) / 32;
 
 	return per % 8 == 0 ? 8 : 6;
-}
-
-/*
- * Whether out_proj's rows go to phase D's warps whole (1) or in halves (2):
- * halves where they shorten the busiest warp's run of units, in which a
- * phase's time goes, given G blocks and the depth pf. 2.8b (D 2560 rows of
- * 20 pieces a lane over 2112 warps, depth 6): two rows of 4 units for some
- * warps, against three halves of 2 in halves; 1.4b and 130m: level (one
- * row or two halves of one unit), so whole. Halves need d_state 16
- * (pk_kernel) and half rows of whole 16-byte pieces.
- */
-template <typename T>
-static inline int pk_dsplit(int D, int E, int N, int G, int pf)
-{
-	const int nw = G * PK_WARPS, vec = 16 / (int)sizeof(T);
-	auto units = [&](int k) { return pf == 8 ? pk_units<T, 8>(k) : pk_units<T, 6>(k); };
-	const int whole = (D + nw - 1) / nw * units(E);
-	const int halves = (2 * D + nw - 1) / nw * units(E / 2);
-
-	return N == 16 && E % (2 * vec) == 0 && halves < whole ? 2 : 1;
 }
 
 #endif

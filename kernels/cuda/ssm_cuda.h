@@ -89,10 +89,8 @@ int ssm_cuda_persist_split(ssm_backend *b, const int *slots, const int32_t *toke
 
 /* The batch-1 kernel's prefetch depth (16-byte weight pieces a lane fetched
  * ahead, 6 or 8, chosen per model; SSMD_CUDA_PK_PF=6|8 at open overrides it)
- * into *pf, and, where ds is not NULL, how its phase D takes out_proj's rows
- * (1 whole, 2 in halves, chosen per model; SSMD_CUDA_PK_DSPLIT=1|2 at open
- * overrides it) into *ds; both 0 where batch 1 takes the path of larger
- * batches. SSMD_EINVAL: not a CUDA backend, or pf NULL. */
-int ssm_cuda_decode1_depth(ssm_backend *b, int *pf, int *ds);
+ * into *pf, or 0 where batch 1 takes the path of larger batches.
+ * SSMD_EINVAL: not a CUDA backend, or pf NULL. */
+int ssm_cuda_decode1_depth(ssm_backend *b, int *pf);
 
 #endif

@@ -722,54 +722,6 @@ out:
 }
 
 /*
- * Phase D of the batch-1 kernel with out_proj's rows whole and in halves
- * (two warps a row, their sums added in a fixed order): F32 weights against
- * the CPU backend within TOL_CPU, and 16-bit weights (the dtype the halves
- * serve by default, on the 2.8b shape) against whole rows, where only the
- * summation order differs, within TOL_BATCH_BF16; greedy picks the same.
- */
-static void test_dsplit(const ssm_model *m)
-{
-	ssm_backend *cpu = NULL, *g[2] = {NULL, NULL};
-	static const char *const ds_env[2] = {"1", "2"};
-	char what[96];
-	int k, pf, ds;
-
-	if (open_backend(m, SSM_BACKEND_CPU, SSM_DTYPE_F32, 1, &cpu)) {
-		CHECK(0, "dsplit: open: %s", ssmd_errmsg());
-		return;
-	}
-	for (k = 0; k < 2; k++) {
-		setenv("SSMD_CUDA_PK_DSPLIT", ds_env[k], 1);
-		if (open_backend(m, SSM_BACKEND_CUDA, SSM_DTYPE_F32, 1, &g[k])) {
-			CHECK(0, "dsplit %s: open: %s", ds_env[k], ssmd_errmsg());
-			goto out;
-		}
-		CHECK_RC(ssm_cuda_decode1_depth(g[k], &pf, &ds), SSMD_OK);
-		CHECK(ds == k + 1, "dsplit: asked for %s, runs %d", ds_env[k], ds);
-		snprintf(what, sizeof what, "batch-1 F32, out_proj rows %s, against the CPU",
-			 k ? "in halves" : "whole");
-		greedy_against(g[k], cpu, m, 32, 16, 11, TOL_CPU, what);
-	}
-	for (k = 0; k < 2; k++) {
-		ssm_backend_close(g[k]);
-		g[k] = NULL;
-		setenv("SSMD_CUDA_PK_DSPLIT", ds_env[k], 1);
-		if (open_backend(m, SSM_BACKEND_CUDA, low_dtype, 1, &g[k])) {
-			CHECK(0, "dsplit %s: open: %s", ds_env[k], ssmd_errmsg());
-			goto out;
-		}
-	}
-	greedy_against(g[1], g[0], m, 32, 16, 12, TOL_BATCH_BF16,
-		       "batch-1 16-bit, out_proj rows in halves against whole");
-out:
-	unsetenv("SSMD_CUDA_PK_DSPLIT");
-	for (k = 0; k < 2; k++)
-		ssm_backend_close(g[k]);
-	ssm_backend_close(cpu);
-}
-
-/*
  * x_proj values past the persistent kernels' integer range (PK_XMAX, 2^23):
  * a copy of the model whose dt_low rows of x_proj are scaled by 2^40 and
  * dt_proj by 2^-40. Powers of two scale every product and sum exactly, so
@@ -827,7 +779,7 @@ static void test_xproj_big(const char *dir)
 	CHECK(greedy_against(cpu_big, cpu, m, 24, 16, 21, 0.0,
 			     "x_proj past 2^23 on the CPU against the original") == 0.0,
 	      "x_proj range: the scaled copy is another model on the CPU");
-	CHECK_RC(ssm_cuda_decode1_depth(gpu, &pf, NULL), SSMD_OK);
+	CHECK_RC(ssm_cuda_decode1_depth(gpu, &pf), SSMD_OK);
 	CHECK(pf > 0, "x_proj range: batch 1 does not take the persistent kernel");
 	greedy_against(gpu, cpu, m, 24, 16, 22, TOL_CPU,
 		       "x_proj past 2^23, batch-1 F32 against the CPU");
@@ -925,11 +877,11 @@ static void test_depth(const ssm_model *m)
 			CHECK(0, "depth %s: open: %s", depth[k], ssmd_errmsg());
 			goto out;
 		}
-		CHECK_RC(ssm_cuda_decode1_depth(b[k], &pf, NULL), SSMD_OK);
+		CHECK_RC(ssm_cuda_decode1_depth(b[k], &pf), SSMD_OK);
 		CHECK(pf == atoi(depth[k]), "depth: asked for %s, runs %d", depth[k], pf);
 	}
 	/* the timing entry points refuse a missing result array */
-	CHECK_RC(ssm_cuda_decode1_depth(b[0], NULL, NULL), SSMD_EINVAL);
+	CHECK_RC(ssm_cuda_decode1_depth(b[0], NULL), SSMD_EINVAL);
 	CHECK_RC(ssm_cuda_persist_split(b[0], &s0, toks, 1, NULL, NULL), SSMD_EINVAL);
 	{
 		/* rows out of range: none, or more than the backend's one slot */
@@ -1159,7 +1111,6 @@ static void test_big(const char *dir)
 	test_batch(m, low_dtype, 7);
 	test_batch(m, half_dtype, 16);
 	test_depth(m);
-	test_dsplit(m);
 	test_split_rows(m, low_dtype);
 	/* the device's picks and log-probabilities against the host's at a
 	 * real vocabulary */
