@@ -402,7 +402,6 @@ static int decode_persist(cuda_backend *cb, int nb)
 	p.xwb = nb == 1 ? cb->pk_xwb : cb->pkn_xwb;
 	p.M = pk_xw_m(p.E, cb->pk_grid, nb);
 	p.xacc = cb->pk_xacc;
-	p.xbig = cb->pk_xbig;
 
 	at[0].id = cudaLaunchAttributeCooperative;
 	at[0].val.cooperative = 1;
@@ -1533,12 +1532,10 @@ static int persist_init_t(cuda_backend *cb)
 	    (rc = dev_alloc(cb, sizeof(pk_bar), (void **)&cb->pk_bar)) ||
 	    (rc = dev_alloc(cb, 2 * PK_XAREA(rows * W) * sizeof(unsigned long long),
 			    (void **)&cb->pk_xacc)) ||
-	    (rc = dev_alloc(cb, 2 * (size_t)rows * W * sizeof(float), (void **)&cb->pk_xbig)) ||
 	    (rc = xw_blocks<T>(cb, sms, 1, &cb->pk_xwb)) ||
 	    (cb->pkn_rows && (rc = xw_blocks<T>(cb, sms, 2, &cb->pkn_xwb))))
 		goto out;
 	CUDA_TRY(cudaMemset(cb->pk_xacc, 0, 2 * PK_XAREA(rows * W) * sizeof(unsigned long long)));
-	CUDA_TRY(cudaMemset(cb->pk_xbig, 0, 2 * (size_t)rows * W * sizeof(float)));
 	CUDA_TRY(cudaMemset(cb->pk_bar, 0, sizeof(pk_bar)));
 	cb->pk_grid = sms;
 	cb->pk_pf = pf;

@@ -184,7 +184,6 @@ typedef struct cuda_backend {
 	struct pk_bar *pk_bar;
 	void *pk_xwb, *pkn_xwb;      /* x_proj in block order (ssmk_xw_blocks), 1 | 2-4 rows */
 	unsigned long long *pk_xacc; /* the x_proj sums (pk_xsum_add) */
-	float *pk_xbig;              /* their f32 sums past PK_XMAX */
 	cuda_layer *d_layers;
 	long long *pk_trace;     /* where the kernel marks phases now, or NULL */
 	long long *pk_trace_buf; /* ssm_cuda_persist_split()'s marks */

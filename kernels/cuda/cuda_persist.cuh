@@ -64,10 +64,9 @@
  * stay within +-PK_XMAX = 2^23, so that the parts of up to PK_XBLOCKS = 256
  * blocks (persist_init_t refuses a larger grid) sum inside a signed 64-bit
  * integer and no sum can wrap. A part outside it (or not finite) goes into
- * an f32 sum of its own instead (xbig), and sets the layer's flag, which
- * tells phase C to add those sums in, and block 0 to clear them for the
- * parity's next use: x_proj's values (dt_low, B, C) are orders of
- * magnitude smaller in any trained model, but a model whose values pass
+ * an f32 sum of its own instead, and sets the layer's flag, which tells
+ * phase C to add those sums in: x_proj's values (dt_low, B, C) are orders
+ * of magnitude smaller in any trained model, but a model whose values pass
  * 2^23 still gets them within f32 rounding (only then may two runs differ
  * in the last bits, the f32 atomics' order not being fixed).
  *
@@ -75,15 +74,14 @@
  * took 1.111 ms with 2 copies, 1.132 with 1, 1.115 with 4 and 1.131 with 8;
  * bench/NOTES.md, round nineteen). Per layer parity (the sums of layer l
  * are read in its phase C and cleared in the next layer's) PK_XAREA(n)
- * words for n values, the copies and then the flag, and n f32 sums in
- * xbig. (With those sums in the same area, the 130m batch-1 step took
- * 2% longer; bench/NOTES.md, round twenty-two.)
+ * words for n values: the copies, the flag, then the n f32 sums of the
+ * parts past the limit (two a word).
  */
 #define PK_XFIX 0x1p32f
 #define PK_XMAX 0x1p23f
 #define PK_XBLOCKS 256
 #define PK_XCOPIES 2
-#define PK_XAREA(n) (PK_XCOPIES * (n) + 1)
+#define PK_XAREA(n) (PK_XCOPIES * (n) + 1 + ((n) + 1) / 2)
 /* The weight pieces a lane fetches ahead are the kernel's template
  * parameter PF (6 or 8, pk_pf()). */
 
@@ -113,9 +111,6 @@ typedef struct pk_args {
 	/* the x_proj sums: 2 PK_XAREA(R W) words, R the most rows a persistent
 	 * kernel serves here (persist_init_t); zero between launches */
 	unsigned long long *xacc;
-	/* the f32 sums of the parts past PK_XMAX: 2 R W floats, zero between
-	 * launches */
-	float *xbig;
 	pk_bar *bar;
 	/* ssm_cuda_persist_split(): each block's clock at the start, at each
 	 * phase's end and after each barrier (8 per layer), and at the end:
@@ -784,11 +779,15 @@ __device__ __forceinline__ void pk_keep_hidden(const pk_args &p)
 	}
 }
 
+/* The f32 sums of the parts past PK_XMAX, after the copies and the flag. */
+__device__ __forceinline__ float *pk_xsum_big(unsigned long long *xs, int n)
+{
+	return (float *)(xs + (size_t)PK_XCOPIES * n + 1);
+}
+
 /* Adds this block's part v of x_proj value j into the sums xs (one
- * parity's PK_XAREA(n) words for n values) or, past PK_XMAX, into the f32
- * sums big (n floats) with the flag set. */
-__device__ __forceinline__ void pk_xsum_add(unsigned long long *xs, float *big, int n, int j,
-					    float v)
+ * parity's PK_XAREA(n) words for n values). */
+__device__ __forceinline__ void pk_xsum_add(unsigned long long *xs, int n, int j, float v)
 {
 	if (fabsf(v) < PK_XMAX) {
 		asm volatile("red.relaxed.gpu.global.add.u64 [%0], %1;"
@@ -796,19 +795,17 @@ __device__ __forceinline__ void pk_xsum_add(unsigned long long *xs, float *big, 
 			        "l"((unsigned long long)__float2ll_rn(v * PK_XFIX))
 			     : "memory");
 	} else {
-		atomicAdd(big + j, v);
+		atomicAdd(pk_xsum_big(xs, n) + j, v);
 		asm volatile("red.relaxed.gpu.global.or.b64 [%0], 1;"
 			     :: "l"(xs + (size_t)PK_XCOPIES * n) : "memory");
 	}
 }
 
 /* dbc[j] = x_proj value j < n from the sums xs (written during this step
- * by every block), the f32 sums big added where the flag is set; returns
- * the flag. */
-__device__ __forceinline__ bool pk_xsum_read(const unsigned long long *xs, const float *big,
-					     int n, float *dbc)
+ * by every block), the f32 sums added where the flag is set. */
+__device__ __forceinline__ void pk_xsum_read(unsigned long long *xs, int n, float *dbc)
 {
-	const bool flag = __ldcg(xs + (size_t)PK_XCOPIES * n) != 0;
+	const bool big = __ldcg(xs + (size_t)PK_XCOPIES * n) != 0;
 
 	for (int j = threadIdx.x; j < n; j += PK_THREADS) {
 		unsigned long long v[PK_XCOPIES], t = 0;
@@ -819,35 +816,23 @@ __device__ __forceinline__ bool pk_xsum_read(const unsigned long long *xs, const
 		for (int k = 0; k < PK_XCOPIES; k++)
 			t += v[k];
 		dbc[j] = __ll2float_rn((long long)t) * (1.0f / PK_XFIX);
-		if (flag)
-			dbc[j] += __ldcg(big + j);
+		if (big)
+			dbc[j] += __ldcg(pk_xsum_big(xs, n) + j);
 	}
-	return flag;
 }
 
-/* Zeroes one parity's sums and flag for n values, and its f32 sums if its
- * flag was set (every thread). */
-__device__ __forceinline__ void pk_xsum_clear(unsigned long long *xs, float *big, int n,
-					      bool flag)
+/* Zeroes one parity's sums, flag and f32 sums for n values (every thread). */
+__device__ __forceinline__ void pk_xsum_clear(unsigned long long *xs, int n)
 {
 	for (int j = threadIdx.x; j < PK_XAREA(n); j += PK_THREADS)
 		xs[j] = 0;
-	if (flag)
-		for (int j = threadIdx.x; j < n; j += PK_THREADS)
-			big[j] = 0.0f;
 }
 
-/* One parity's sums of layer l for NB rows, and its f32 sums. */
+/* One parity's sums of layer l for NB rows. */
 template <int NB>
 __device__ __forceinline__ unsigned long long *pk_xsums(const pk_args &p, int l)
 {
 	return p.xacc + (size_t)(l & 1) * PK_XAREA(NB * p.W);
-}
-
-template <int NB>
-__device__ __forceinline__ float *pk_xbigs(const pk_args &p, int l)
-{
-	return p.xbig + (size_t)(l & 1) * NB * p.W;
 }
 
 /* Block b's x_proj run of layer l into xw (shared memory), by 16-byte
@@ -883,38 +868,33 @@ __device__ __forceinline__ void pk_xproj_block(const pk_args &p, int l, const T 
 
 		for (int m = 0; m < M; m++)
 			acc += to_f32(xw[m * W + j]) * to_f32(xloc[b * M + m]);
-		pk_xsum_add(pk_xsums<NB>(p, l), pk_xbigs<NB>(p, l), NB * W, t, acc);
+		pk_xsum_add(pk_xsums<NB>(p, l), NB * W, t, acc);
 	}
 }
 
 /*
  * Phase C's start: dbc = layer l's x_proj values (NB, W); block 0 clears
- * the other parity's sums (read in the last layer's C, whose flag is
- * *flag) for the next layer, and *flag becomes this layer's; xw takes the
- * next layer's run (B is done with it).
+ * the other parity's sums (read in the last layer's C) for the next layer;
+ * xw takes the next layer's run (B is done with it).
  */
 template <typename T, int NB>
-__device__ __forceinline__ void pk_xproj_read(const pk_args &p, int l, T *xw, float *dbc,
-					      bool *flag)
+__device__ __forceinline__ void pk_xproj_read(const pk_args &p, int l, T *xw, float *dbc)
 {
-	const bool f = pk_xsum_read(pk_xsums<NB>(p, l), pk_xbigs<NB>(p, l), NB * p.W, dbc);
-
+	pk_xsum_read(pk_xsums<NB>(p, l), NB * p.W, dbc);
 	if (blockIdx.x == 0)
-		pk_xsum_clear(pk_xsums<NB>(p, l + 1), pk_xbigs<NB>(p, l + 1), NB * p.W, *flag);
-	*flag = f;
+		pk_xsum_clear(pk_xsums<NB>(p, l + 1), NB * p.W);
 	if (l + 1 < p.n_layer)
 		pk_xw_copy<T>(p, l + 1, xw);
 	__syncthreads();
 }
 
-/* After the last layer (whose flag is flag): block 0 clears its sums, so
- * the next launch finds both parities zero. */
+/* After the last layer: block 0 clears the last layer's sums, so the next
+ * launch finds both parities zero. */
 template <int NB>
-__device__ __forceinline__ void pk_xproj_done(const pk_args &p, bool flag)
+__device__ __forceinline__ void pk_xproj_done(const pk_args &p)
 {
 	if (blockIdx.x == 0)
-		pk_xsum_clear(pk_xsums<NB>(p, p.n_layer - 1), pk_xbigs<NB>(p, p.n_layer - 1),
-			      NB * p.W, flag);
+		pk_xsum_clear(pk_xsums<NB>(p, p.n_layer - 1), NB * p.W);
 }
 
 /* The whole batch-1 decode step. grid (G) cooperative, block PK_THREADS,
@@ -934,7 +914,6 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 	float cw = 0.0f, cw2 = 0.0f, scale[1];
 	unsigned long long target;
 	pk_chan<T, NPL> ch;
-	bool xflag = false; /* the last layer's x_proj flag (pk_xproj_read) */
 
 	if (threadIdx.x == 0)
 		base = pk_base(p.bar, p.n_layer);
@@ -988,7 +967,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 			float x = e < E ? __ldcg(p.xc + e) : 0.0f;
 			float z = e < E ? __ldcg(p.xz + E + e) : 0.0f;
 
-			pk_xproj_read<T, 1>(p, l, xw, dbc, &xflag);
+			pk_xproj_read<T, 1>(p, l, xw, dbc);
 			for (int e0 = 0; e0 < E; e0 += pk_nchan()) {
 				if (e0) {
 					pk_chan_fetch<T, NPL>(p, y, l, e0 + e, 0, &ch);
@@ -1035,7 +1014,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 
 	/* the final norm . lm_head; block 0 keeps the hidden vector in the slot */
 	pk_keep_hidden<1>(p);
-	pk_xproj_done<1>(p, xflag);
+	pk_xproj_done<1>(p);
 	pk_stage_norm<T, 1>(p.h, NULL, p.tokens, p.norm_f, D, p.eps, xs, red, scale);
 	pk_gemv<T, PF>((const T *)p.lm_head, p.V, D, xs, cur, [&](int r, float v) {
 		if (lane == 0)

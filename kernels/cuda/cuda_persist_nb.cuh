@@ -243,7 +243,6 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 	float cw = 0.0f, cw2 = 0.0f, scale[NB], my_scale = 0.0f;
 	unsigned long long target;
 	pk_chan<T, NPL> ch;
-	bool xflag = false; /* the last layer's x_proj flag (pk_xproj_read) */
 
 	if (threadIdx.x == 0)
 		base = pk_base(p.bar, p.n_layer);
@@ -310,7 +309,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 
 		/* C: the SSM step per (row, channel) */
 		{
-			pk_xproj_read<T, NB>(p, l, xw, dbc, &xflag);
+			pk_xproj_read<T, NB>(p, l, xw, dbc);
 			/* every lane of a warp takes the same number of turns */
 			for (int c0 = 0; c0 < NB * E; c0 += pk_nchan()) {
 				const int i = c0 + pk_chan0(), ok = i < NB * E;
@@ -364,7 +363,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 
 	/* the final norm . lm_head; block 0 keeps each row's hidden vector */
 	pk_keep_hidden<NB>(p);
-	pk_xproj_done<NB>(p, xflag);
+	pk_xproj_done<NB>(p);
 	pk_stage_norm<T, NB>(p.h, NULL, p.tokens, p.norm_f, D, p.eps, xs, red, scale);
 #pragma unroll
 	for (int b = 0; b < NB; b++)
