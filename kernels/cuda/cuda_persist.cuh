@@ -75,7 +75,10 @@
  * bench/NOTES.md, round nineteen). Per layer parity (the sums of layer l
  * are read in its phase C and cleared in the next layer's) PK_XAREA(n)
  * words for n values: the copies, the flag, then the n f32 sums of the
- * parts past the limit (two a word).
+ * parts past the limit (two a word). Against round twenty-one's form (a
+ * part past the limit made the values NaN) this costs the 130m batch-1
+ * step ~2% and leaves 1.4b and 2.8b level; the f32 sums in a buffer of
+ * their own cost 1-2% on every shape (bench/NOTES.md, round twenty-two).
  */
 #define PK_XFIX 0x1p32f
 #define PK_XMAX 0x1p23f
