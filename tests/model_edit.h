@@ -32,17 +32,22 @@ static inline int spew(const char *path, const void *data, size_t len)
 }
 
 /* Copies the files of folder src (not its dot files or subfolders' insides)
- * into a new temporary folder, whose path goes to dst (256 bytes): 1 on
- * success. The caller removes it (test_dir_remove). */
+ * into a new folder under $TMPDIR (or /tmp), whose path goes to dst (256
+ * bytes): 1 on success. dst is "" when no folder was made; otherwise the
+ * caller removes it (test_dir_remove), on failure too. */
 static inline int copy_dir(const char *src, char *dst /* cap 256 */)
 {
+	const char *tmp = getenv("TMPDIR");
 	DIR *d;
 	struct dirent *e;
 	char ps[4400], pd[4400];
 
-	snprintf(dst, 256, "/tmp/ssm_model_XXXXXX");
-	if (!mkdtemp(dst))
+	/* mkdtemp replaces the name's last six characters */
+	if (snprintf(dst, 256, "%s/ssm_model_XXXXXX", tmp && *tmp ? tmp : "/tmp") >= 256 ||
+	    !mkdtemp(dst)) {
+		dst[0] = '\0';
 		return 0;
+	}
 	d = opendir(src);
 	if (!d)
 		return 0;
@@ -132,7 +137,7 @@ static inline float *st_f32(const st_file *f, const char *name, size_t *n, size_
 	const cJSON *off = cJSON_GetObjectItemCaseSensitive(t, "data_offsets");
 	double b, e;
 
-	if (!cJSON_IsString(dt) || strcmp(dt->valuestring, "F32") || !cJSON_IsArray(sh) ||
+	if (!cJSON_IsString(dt) || strcmp(dt->valuestring, "F32") || cJSON_GetArraySize(sh) < 1 ||
 	    cJSON_GetArraySize(off) != 2)
 		return NULL;
 	b = cJSON_GetArrayItem(off, 0)->valuedouble;

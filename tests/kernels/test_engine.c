@@ -554,6 +554,8 @@ static void loader_errors(const char *src)
 
 	if (!copy_dir(src, dir)) {
 		CHECK(0, "cannot copy %s", src);
+		if (*dir)
+			test_dir_remove(dir);
 		return;
 	}
 	snprintf(path, sizeof path, "%s/model.safetensors", dir);
