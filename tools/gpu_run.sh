@@ -202,9 +202,9 @@ if want sanitize || want memcheck || want racecheck; then
 		fi
 		# ("big" needs SSMD_CUDA_BIG_MODEL, which the sanitizer runs leave
 		# unset; racecheck takes the batch group case by case)
-		groups="fixtures cross batch checkpoints xproj-big sampling"
+		groups="fixtures cross batch checkpoints xproj-big groups sampling"
 		[ $tool = racecheck ] && groups="fixtures cross batch-f32-64 batch-f32-37 \
-			batch-low-64 batch-f32-3 batch-low-20 batch-low-2 checkpoints xproj-big \
+			batch-low-64 batch-f32-3 batch-low-20 batch-low-2 checkpoints xproj-big groups \
 			sampling"
 		for g in ${SANITIZE_GROUPS:-$groups}; do
 			env $envs SSMD_CUDA_ONLY=$g timeout ${SANITIZE_TIMEOUT:-240} \

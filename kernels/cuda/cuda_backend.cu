@@ -397,11 +397,13 @@ static int decode_persist(cuda_backend *cb, int nb)
 	p.h = a->h;
 	p.logits = a->logits;
 	p.yT = a->yT;
-	p.bar = cb->pk_bar;
+	p.bar = cb->pk_bar + (nb == 1 ? 0 : 1);
 	p.trace = cb->pk_trace;
 	p.xwb = nb == 1 ? cb->pk_xwb : cb->pkn_xwb;
 	p.M = pk_xw_m(p.E, cb->pk_grid, nb);
 	p.xacc = cb->pk_xacc;
+	p.osum = cb->pk_osum;
+	p.hbuf = cb->pk_hbuf;
 
 	at[0].id = cudaLaunchAttributeCooperative;
 	at[0].val.cooperative = 1;
@@ -412,8 +414,10 @@ static int decode_persist(cuda_backend *cb, int nb)
 	lc.attrs = at;
 	lc.numAttrs = 1;
 #define PERSIST(npl)                                                                   \
-	CUDA_TRY(cudaLaunchKernelEx(&lc, nb == 1 ? pk_kernel<T, npl>(cb->pk_pf)            \
-						 : pkn_kernel<T>(nb), p))
+	CUDA_TRY(cudaLaunchKernelEx(&lc,                                               \
+				    nb == 1 ? pk_kernel<T, npl>(cb->pk_pf, cb->pk_groups) \
+					    : pkn_kernel<T>(nb),                          \
+				    p))
 	NPL_SWITCH(c->d_state / SSM_LANES, PERSIST);
 #undef PERSIST
 	ssmk_sample<<<nb, SAMPLE_THREADS, 0, s>>>(a->logits, p.V, cb->d_samp, cb->d_next);
@@ -1182,7 +1186,8 @@ const char *const ssm_cuda_part_names[SSM_CUDA_N_PARTS] = {
 
 extern "C" const char *const ssm_cuda_phase_names[SSM_CUDA_N_PHASES] = {
 	"A: norm, in_proj, conv", "A to B (no barrier)", "B: x_proj", "B: barrier",
-	"C: ssm step", "C: barrier", "D: out_proj", "D: barrier", "final norm, lm_head",
+	"C: ssm step", "C: barrier (by group: the block's)", "D: out_proj", "D: barrier",
+	"final norm, lm_head",
 };
 
 extern "C" int ssm_cuda_persist_split(ssm_backend *b, const int *slots, const int32_t *tokens,
@@ -1272,6 +1277,18 @@ extern "C" int ssm_cuda_decode1_depth(ssm_backend *b, int *pf)
 	if (!pf)
 		return ssmd_err_set(SSMD_EINVAL, "decode depth: no result pointer");
 	*pf = decode_persist_ok(cb_of(b), 1) ? cb_of(b)->pk_pf : 0;
+	return SSMD_OK;
+}
+
+extern "C" int ssm_cuda_decode1_groups(ssm_backend *b, int *groups)
+{
+	int rc;
+
+	if ((rc = cuda_backend_check(b)))
+		return rc;
+	if (!groups)
+		return ssmd_err_set(SSMD_EINVAL, "decode groups: no result pointer");
+	*groups = decode_persist_ok(cb_of(b), 1) ? cb_of(b)->pk_groups : -1;
 	return SSMD_OK;
 }
 
@@ -1508,6 +1525,8 @@ static int persist_init_t(cuda_backend *cb)
 	/* SSMD_CUDA_PK_PF=6|8 overrides the depth, for tests and tuning */
 	const int pf = env && (atoi(env) == 6 || atoi(env) == 8) ? atoi(env)
 								  : pk_pf(c->d_model, sizeof(T));
+	const char *genv = getenv("SSMD_CUDA_PK_GROUPS");
+	bool groups;
 	size_t smem;
 
 	if (c->d_model % vec || c->d_inner % vec || 2 * c->d_conv + 1 > 32)
@@ -1517,8 +1536,12 @@ static int persist_init_t(cuda_backend *cb)
 	/* one block an SM; the x_proj sums hold up to PK_XBLOCKS blocks' parts */
 	if (sms > PK_XBLOCKS)
 		return SSMD_OK;
+	/* SSMD_CUDA_PK_GROUPS=0|1 overrides the choice, for tests and tuning */
+	groups = genv ? atoi(genv) != 0 : pk_groups(c->d_model, c->d_inner, sizeof(T));
+	/* a channel group of phases C and D a block at least (pk_dgrid) */
+	groups = groups && (c->d_inner + PK_CG - 1) / PK_CG <= sms;
 	smem = pk_smem_bytes(1, c->d_model, c->d_inner, W, sms, sizeof(T), c->n_layer);
-#define FITS(npl) rc = pk_fits(cb, pk_kernel<T, npl>(pf), smem, &fits)
+#define FITS(npl) rc = pk_fits(cb, pk_kernel<T, npl>(pf, groups), smem, &fits)
 	NPL_SWITCH(c->d_state / SSM_LANES, FITS);
 #undef FITS
 	if (rc || !coop || !fits)
@@ -1529,16 +1552,21 @@ static int persist_init_t(cuda_backend *cb)
 	rows = cb->pkn_rows ? cb->pkn_rows : 1;
 	if ((rc = dev_upload(cb, cb->layers, c->n_layer * sizeof(cuda_layer),
 			     (void **)&cb->d_layers)) ||
-	    (rc = dev_alloc(cb, sizeof(pk_bar), (void **)&cb->pk_bar)) ||
+	    (rc = dev_alloc(cb, 2 * sizeof(pk_bar), (void **)&cb->pk_bar)) ||
+	    (rc = dev_alloc(cb, 2 * PK_OAREA(c->d_model) * sizeof(unsigned long long),
+			    (void **)&cb->pk_osum)) ||
+	    (rc = dev_alloc(cb, 2 * (size_t)c->d_model * sizeof(float), (void **)&cb->pk_hbuf)) ||
 	    (rc = dev_alloc(cb, 2 * PK_XAREA(rows * W) * sizeof(unsigned long long),
 			    (void **)&cb->pk_xacc)) ||
 	    (rc = xw_blocks<T>(cb, sms, 1, &cb->pk_xwb)) ||
 	    (cb->pkn_rows && (rc = xw_blocks<T>(cb, sms, 2, &cb->pkn_xwb))))
 		goto out;
 	CUDA_TRY(cudaMemset(cb->pk_xacc, 0, 2 * PK_XAREA(rows * W) * sizeof(unsigned long long)));
-	CUDA_TRY(cudaMemset(cb->pk_bar, 0, sizeof(pk_bar)));
+	CUDA_TRY(cudaMemset(cb->pk_osum, 0, 2 * PK_OAREA(c->d_model) * sizeof(unsigned long long)));
+	CUDA_TRY(cudaMemset(cb->pk_bar, 0, 2 * sizeof(pk_bar)));
 	cb->pk_grid = sms;
 	cb->pk_pf = pf;
+	cb->pk_groups = groups;
 out:
 	return rc;
 }

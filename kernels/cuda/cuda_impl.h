@@ -176,14 +176,19 @@ typedef struct cuda_backend {
 
 	/* The persistent decode kernels (cuda_persist.cuh): their grid (0: not
 	 * usable here), the batch-1 kernel's prefetch depth (pk_pf), the
-	 * barrier word, x_proj's block-ordered copies and sums, and a device
-	 * copy of `layers`. */
+	 * barrier words (the batch-1 kernel's, the multi-row kernels'), x_proj's
+	 * block-ordered copies and sums, the batch-1 kernel's out_proj sums and
+	 * layer inputs, and a device copy of `layers`. */
 	int pk_grid, pk_pf;
+	bool pk_groups;          /* the batch-1 kernel's phases C and D by
+				  * channel group (pk_groups()) */
 	int pkn_rows;            /* the most rows the multi-row kernels serve
 				  * (cuda_persist_nb.cuh), 0: none */
 	struct pk_bar *pk_bar;
 	void *pk_xwb, *pkn_xwb;      /* x_proj in block order (ssmk_xw_blocks), 1 | 2-4 rows */
 	unsigned long long *pk_xacc; /* the x_proj sums (pk_xsum_add) */
+	unsigned long long *pk_osum; /* the out_proj sums (pk_oproj) */
+	float *pk_hbuf;              /* layer inputs (pk_stage_res), 2 d_model */
 	cuda_layer *d_layers;
 	long long *pk_trace;     /* where the kernel marks phases now, or NULL */
 	long long *pk_trace_buf; /* ssm_cuda_persist_split()'s marks */

@@ -17,6 +17,12 @@
  *   C  dt_low | B | C = the sums (every block), then per channel dt_proj
  *      + softplus + state update + gate                   -> yT
  *   D  out_proj on yT, added into h with the bias         -> h
+ * or, in the form by channel group (GROUPS, chosen per model by
+ * pk_groups()), twice: C runs the block's group of channels -> y (shared
+ * memory), and D, with no barrier before it, that group's columns of
+ * out_proj for the block's rows, added into the layer's out_proj sums
+ * (pk_dgrid)                                              -> osum (D);
+ * the next A then starts by adding them into h (pk_stage_res)
  * and after the last layer the final RMSNorm . lm_head -> logits, with the
  * hidden vector stored into the slot. Sampling follows as its own kernel.
  *
@@ -36,13 +42,14 @@
  * 16-byte pieces q = lane + 32 i and meet each with the staged input vector
  * in shared memory; the warp's sum goes to the phase's epilogue. The SSM
  * phase gives each channel 4 lanes (NPL states each), channel e on block
- * e % G, as ssmk_ssm_step_b does.
+ * e % G, as ssmk_ssm_step_b does (by group: a block's PK_CG channels in
+ * one turn).
  *
  * The numbers follow the cuBLAS path of larger batches: GEMM inputs rounded
  * to T as it rounds them (the norm's input before its scale), f32 sums in a
- * fixed order, x_proj's block sums added exactly as integers (every run
- * gives the same bits), the same formulas (ssm_conv_channel's conv step,
- * ssmk_ssm_step_b's update).
+ * fixed order, the block sums of x_proj (and by group out_proj) added
+ * exactly as integers (every run gives the same bits), the same formulas
+ * (ssm_conv_channel's conv step, ssmk_ssm_step_b's update).
  *
  * Requirements (persist_init_t): d_model and d_inner whole numbers of
  * 16-byte pieces; 2 * d_conv + 1 <= 32 (the conv epilogue's lanes); the
@@ -70,26 +77,40 @@
  * 2^23 still gets them within f32 rounding (only then may two runs differ
  * in the last bits, the f32 atomics' order not being fixed).
  *
- * Block b adds into copy b % PK_XCOPIES (on the H200, 1.4b's batch-1 step
- * took 1.111 ms with 2 copies, 1.132 with 1, 1.115 with 4 and 1.131 with 8;
- * bench/NOTES.md, round nineteen). Per layer parity (the sums of layer l
- * are read in its phase C and cleared in the next layer's) PK_XAREA(n)
- * words for n values: the copies, the flag, then the n f32 sums of the
- * parts past the limit (two a word). Against round twenty-one's form (a
+ * Block b adds into copy b % C of C copies (PK_XCOPIES for x_proj: on the
+ * H200, 1.4b's batch-1 step took 1.111 ms with 2 copies, 1.132 with 1,
+ * 1.115 with 4 and 1.131 with 8; bench/NOTES.md, round nineteen). Per
+ * layer parity (the sums of layer l are read in its phase C and cleared in
+ * the next layer's) PK_SUM_AREA(C, n) words for n values: the copies, the
+ * flag, a word of padding, then the n f32 sums of the parts past the limit
+ * (two a word, 16-byte aligned where C n is even), rounded up to whole
+ * 16-byte pieces. The f32 sums stay zero where no part passed the limit,
+ * so adding them in costs no rounding. Against round twenty-one's form (a
  * part past the limit made the values NaN) this costs the 130m batch-1
  * step ~2% and leaves 1.4b and 2.8b level; the f32 sums in a buffer of
- * their own cost 1-2% on every shape (bench/NOTES.md, round twenty-two).
+ * their own cost 1-2% on every shape (bench/NOTES.md, round twenty-two),
+ * and the flag after the f32 sums, on a line of its own, 1% on 2.8b
+ * (round twenty-three).
+ *
+ * The batch-1 kernel's out_proj sums (osum) work the same way with one
+ * copy (PK_OCOPIES): each block adds its channel group's part of each of
+ * its rows, the next phase A (pk_stage_res) reads them.
  */
 #define PK_XFIX 0x1p32f
 #define PK_XMAX 0x1p23f
 #define PK_XBLOCKS 256
 #define PK_XCOPIES 2
-#define PK_XAREA(n) (PK_XCOPIES * (n) + 1 + ((n) + 1) / 2)
+#define PK_OCOPIES 1
+#define PK_SUM_AREA(c, n) (((c) * (n) + 2 + ((n) + 1) / 2 + 1) / 2 * 2)
+#define PK_XAREA(n) PK_SUM_AREA(PK_XCOPIES, n)
+#define PK_OAREA(n) PK_SUM_AREA(PK_OCOPIES, n)
 /* The weight pieces a lane fetches ahead are the kernel's template
  * parameter PF (6 or 8, pk_pf()). */
 
 /* The grid barrier's arrival count. It only grows: each launch adds
- * gridDim.x * pk_n_barriers(), so a launch finds its base at start. */
+ * gridDim.x * its barriers, so a launch finds its base at start. Each
+ * kernel has a count of its own (the batch-1 kernel meets twice a layer,
+ * the multi-row kernels three times). */
 typedef struct pk_bar {
 	unsigned long long count;
 } pk_bar;
@@ -114,6 +135,11 @@ typedef struct pk_args {
 	/* the x_proj sums: 2 PK_XAREA(R W) words, R the most rows a persistent
 	 * kernel serves here (persist_init_t); zero between launches */
 	unsigned long long *xacc;
+	/* the batch-1 kernel's out_proj sums by group, 2 PK_OAREA(D) words
+	 * (zero at the first launch; the kernel zeroes what it used), and
+	 * each layer's input h, 2 D floats (layer l's at (l & 1) D) */
+	unsigned long long *osum;
+	float *hbuf;
 	pk_bar *bar;
 	/* ssm_cuda_persist_split(): each block's clock at the start, at each
 	 * phase's end and after each barrier (8 per layer), and at the end:
@@ -149,9 +175,6 @@ __device__ __forceinline__ unsigned long long pk_ld_relaxed(const unsigned long 
 	return v;
 }
 
-/* Grid barriers per launch: three per layer. */
-__device__ __forceinline__ int pk_n_barriers(int n_layer) { return 3 * n_layer; }
-
 /*
  * The grid barrier in two halves, so a block loads what the next phase needs
  * from the weights between them. pk_arrive: every thread of the block is
@@ -184,12 +207,13 @@ __device__ __forceinline__ void pk_wait(const pk_bar *bar, unsigned long long ta
 	__syncthreads();
 }
 
-/* The count at this launch's start, rounded down to a whole launch: blocks
- * may already have arrived at the first barrier, never past it. */
-__device__ __forceinline__ unsigned long long pk_base(const pk_bar *bar, int n_layer)
+/* The count at the start of a launch of n_bar barriers, rounded down to a
+ * whole launch: blocks may already have arrived at the first barrier, never
+ * past it. */
+__device__ __forceinline__ unsigned long long pk_base(const pk_bar *bar, int n_bar)
 {
 	const unsigned long long c = pk_ld_acquire(&bar->count),
-				 per = (unsigned long long)gridDim.x * pk_n_barriers(n_layer);
+				 per = (unsigned long long)gridDim.x * n_bar;
 
 	return c - c % per;
 }
@@ -238,24 +262,35 @@ __host__ __device__ __forceinline__ int pk_xw_run(int M, int W, size_t wsize)
 	return (M * W + vec - 1) / vec * vec;
 }
 
+/* The batch-1 kernel's channel group: the channels a block's phase C
+ * takes in one turn, SSM_LANES lanes each (pk_dgrid). */
+#define PK_CG (PK_THREADS / SSM_LANES)
+
 /*
  * The persistent kernels' dynamic shared memory for NB rows: the layer
  * table; one area that holds the staged input vectors (NB, max(D, E)) in T
- * during the GEMV phases and phase C's x_proj values dt_low | B | C (NB, W)
- * in f32; the block's conv outputs (NB, M) in T; its x_proj run.
+ * during the GEMV phases, and in phase C the x_proj values dt_low | B | C
+ * (NB, W) in f32 followed by the batch-1 kernel's y (PK_CG) in T; the
+ * block's conv outputs (NB, M) in T; its x_proj run.
  */
 template <typename T>
 struct pk_smem_map {
 	cuda_layer *lay;
-	T *xs, *xloc, *xw;
+	T *xs, *xloc, *xw, *ys;
 	float *dbc;
 };
+
+/* Bytes of the x_proj values in the area, whole 16-byte pieces. */
+__host__ __device__ __forceinline__ size_t pk_dbc_bytes(int nb, int W)
+{
+	return ((size_t)nb * W * sizeof(float) + 15) / 16 * 16;
+}
 
 /* Bytes of the area, whole 16-byte pieces. */
 __host__ __device__ __forceinline__ size_t pk_area_bytes(int nb, int D, int E, int W,
 							  size_t wsize)
 {
-	size_t v = (size_t)nb * (D > E ? D : E) * wsize, c = (size_t)nb * W * sizeof(float);
+	size_t v = (size_t)nb * (D > E ? D : E) * wsize, c = pk_dbc_bytes(nb, W) + PK_CG * wsize;
 
 	return ((v > c ? v : c) + 15) / 16 * 16;
 }
@@ -274,6 +309,7 @@ __device__ __forceinline__ pk_smem_map<T> pk_carve(uint4 *smem, const pk_args &p
 	m.lay = (cuda_layer *)smem;
 	m.xs = (T *)area;
 	m.dbc = (float *)area;
+	m.ys = (T *)(area + pk_dbc_bytes(NB, p.W));
 	m.xloc = (T *)(area + pk_area_bytes(NB, p.D, p.E, p.W, sizeof(T)));
 	m.xw = (T *)((char *)m.xloc + pk_xloc_bytes(NB, p.M, sizeof(T)));
 	return m;
@@ -463,6 +499,30 @@ __device__ __forceinline__ void pk_stage(const void *src, int len, T *xs)
 	}
 }
 
+/* scale[b] = rsqrt(mean of row b's squares + eps), from each thread's
+ * sums of squares ss[b] (every thread; ends with the block's barrier).
+ * red: shared (PK_WARPS * NB). */
+template <int NB>
+__device__ __forceinline__ void pk_norm_scale(float *ss, int D, float eps, float *red,
+					      float *scale)
+{
+#pragma unroll
+	for (int b = 0; b < NB; b++) {
+		for (int o = 16; o > 0; o >>= 1)
+			ss[b] += __shfl_xor_sync(0xffffffffu, ss[b], o);
+		if ((threadIdx.x & 31) == 0)
+			red[(threadIdx.x >> 5) * NB + b] = ss[b];
+	}
+	__syncthreads();
+#pragma unroll
+	for (int b = 0; b < NB; b++) {
+		float t = 0.0f;
+		for (int w = 0; w < PK_WARPS; w++)
+			t += red[w * NB + b];
+		scale[b] = rsqrtf(t / (float)D + eps);
+	}
+}
+
 /* pk_stage_norm's float4 body: xs[b] = v_b * nw, ss[b] += the squares,
  * every load of R rounds issued before any is used (D % 4 == 0). */
 template <typename T, int NB, int R>
@@ -544,21 +604,7 @@ __device__ __forceinline__ void pk_stage_norm(const float *h, const T *emb, cons
 			}
 		}
 	}
-#pragma unroll
-	for (int b = 0; b < NB; b++) {
-		for (int o = 16; o > 0; o >>= 1)
-			ss[b] += __shfl_xor_sync(0xffffffffu, ss[b], o);
-		if ((threadIdx.x & 31) == 0)
-			red[(threadIdx.x >> 5) * NB + b] = ss[b];
-	}
-	__syncthreads();
-#pragma unroll
-	for (int b = 0; b < NB; b++) {
-		float ss = 0.0f;
-		for (int w = 0; w < PK_WARPS; w++)
-			ss += red[w * NB + b];
-		scale[b] = rsqrtf(ss / (float)D + eps);
-	}
+	pk_norm_scale<NB>(ss, D, eps, red, scale);
 }
 
 /* Phase C's loads that depend on nothing of this step, for channel e of
@@ -616,15 +662,19 @@ __device__ __forceinline__ int pk_nchan(void)
 /*
  * Phase C for channel e of row b (the ssmk_ssm_step_b formulas):
  *   dt = softplus(dt_w[e, :] . dbc[0:R] + dt_b[e]), the state update on the
- *   row's slot, y = (C . h + D x) * SiLU(z + in_b) -> yT[b, e], dt_sum[e] +=
+ *   row's slot, y = (C . h + D x) * SiLU(z + in_b) -> *yo, dt_sum[e] +=
  *   dt. dbc: shared (W), the row's x_proj values (phase B's sums); x =
  *   xc[b, e], z = xz[b, E + e]. e == E: no channel (the lanes still join
- *   the shuffles).
+ *   the shuffles). y goes to *yo. The new state and dt_sum go to the slot,
+ *   or with DEFER into c (c.hs, c.dts) for pk_chan_store: the batch-1
+ *   kernel runs a channel in several blocks (pk_dgrid), which read the old
+ *   state up to the barrier before this phase, so its owner writes the new
+ *   one only after the next barrier.
  */
-template <typename T, int NPL>
+template <typename T, int NPL, bool DEFER>
 __device__ __forceinline__ void pk_chan_step(const pk_args &p, const cuda_layer *y, int l,
-					     int e, int b, const pk_chan<T, NPL> &c,
-					     const float *dbc, float x, float z)
+					     int e, int b, pk_chan<T, NPL> &c, const float *dbc,
+					     float x, float z, T *yo)
 {
 	constexpr int VEC = 16 / sizeof(T);
 	const int N = p.N, R = p.R, E = p.E, g = threadIdx.x & (SSM_LANES - 1);
@@ -670,18 +720,41 @@ __device__ __forceinline__ void pk_chan_step(const pk_args &p, const cuda_layer 
 	for (int i = 0; i < NPL; i++) {
 		const float hv = __expf(dt * c.a[i]) * c.hs[i] + dt * Bv[i] * x;
 		yv += Cv[i] * hv;
-		if (slot >= 0)
+		if (DEFER)
+			c.hs[i] = hv;
+		else if (slot >= 0)
 			hs[i] = hv;
 	}
+	if (DEFER)
+		c.dts += dt;
 	yv += __shfl_xor_sync(0x0000000fu << (threadIdx.x & 28), yv, 1);
 	yv += __shfl_xor_sync(0x0000000fu << (threadIdx.x & 28), yv, 2);
 	if (g == 0) {
 		yv = (yv + c.dp * x) * silu(z + c.zb);
-		((T *)p.yT)[(size_t)b * E + e] = from_f32<T>(yv);
-		if (slot >= 0)
+		*yo = from_f32<T>(yv);
+		if (!DEFER && slot >= 0)
 			p.pool[(size_t)slot * p.state_floats + p.off_dt_sum + (size_t)l * E + e] =
 				c.dts + dt;
 	}
+}
+
+/* Writes pk_chan_step's deferred state and dt_sum of channel e of row b
+ * (c) into the row's slot. */
+template <typename T, int NPL>
+__device__ __forceinline__ void pk_chan_store(const pk_args &p, int l, int e, int b,
+					      const pk_chan<T, NPL> &c)
+{
+	const int g = threadIdx.x & (SSM_LANES - 1), slot = p.slots[b];
+
+	if (e >= p.E || slot < 0)
+		return;
+	float *hs = p.pool + (size_t)slot * p.state_floats + (size_t)l * p.E * p.N +
+		    (size_t)e * p.N + g * NPL;
+#pragma unroll
+	for (int i = 0; i < NPL; i++)
+		hs[i] = c.hs[i];
+	if (g == 0)
+		p.pool[(size_t)slot * p.state_floats + p.off_dt_sum + (size_t)l * p.E + e] = c.dts;
 }
 
 /*
@@ -782,33 +855,57 @@ __device__ __forceinline__ void pk_keep_hidden(const pk_args &p)
 	}
 }
 
-/* The f32 sums of the parts past PK_XMAX, after the copies and the flag. */
-__device__ __forceinline__ float *pk_xsum_big(unsigned long long *xs, int n)
+/* The flag after the C copies, and the f32 sums of the parts past
+ * PK_XMAX after it and a word of padding. */
+template <int C>
+__device__ __forceinline__ unsigned long long *pk_xsum_flagp(unsigned long long *xs, int n)
 {
-	return (float *)(xs + (size_t)PK_XCOPIES * n + 1);
+	return xs + (size_t)C * n;
 }
 
-/* Adds this block's part v of x_proj value j into the sums xs (one
- * parity's PK_XAREA(n) words for n values). */
+template <int C>
+__device__ __forceinline__ float *pk_xsum_big(unsigned long long *xs, int n)
+{
+	return (float *)(xs + (size_t)C * n + 2);
+}
+
+/* Adds this block's part v of value j into the sums xs (one parity's
+ * PK_SUM_AREA(C, n) words for n values). */
+template <int C>
 __device__ __forceinline__ void pk_xsum_add(unsigned long long *xs, int n, int j, float v)
 {
 	if (fabsf(v) < PK_XMAX) {
 		asm volatile("red.relaxed.gpu.global.add.u64 [%0], %1;"
-			     :: "l"(xs + (size_t)(blockIdx.x % PK_XCOPIES) * n + j),
+			     :: "l"(xs + (size_t)(blockIdx.x % C) * n + j),
 			        "l"((unsigned long long)__float2ll_rn(v * PK_XFIX))
 			     : "memory");
 	} else {
-		atomicAdd(pk_xsum_big(xs, n) + j, v);
+		atomicAdd(pk_xsum_big<C>(xs, n) + j, v);
 		asm volatile("red.relaxed.gpu.global.or.b64 [%0], 1;"
-			     :: "l"(xs + (size_t)PK_XCOPIES * n) : "memory");
+			     :: "l"(pk_xsum_flagp<C>(xs, n)) : "memory");
 	}
+}
+
+/* Whether any part of the sums xs went into the f32 sums (written during
+ * this step by every block). */
+template <int C>
+__device__ __forceinline__ bool pk_xsum_flag(unsigned long long *xs, int n)
+{
+	return __ldcg(pk_xsum_flagp<C>(xs, n)) != 0;
+}
+
+/* A value of the sums from the copies' integer sum t (which wraps like the
+ * adds, so only the total counts). */
+__device__ __forceinline__ float pk_xsum_fix(unsigned long long t)
+{
+	return __ll2float_rn((long long)t) * (1.0f / PK_XFIX);
 }
 
 /* dbc[j] = x_proj value j < n from the sums xs (written during this step
  * by every block), the f32 sums added where the flag is set. */
 __device__ __forceinline__ void pk_xsum_read(unsigned long long *xs, int n, float *dbc)
 {
-	const bool big = __ldcg(xs + (size_t)PK_XCOPIES * n) != 0;
+	const bool big = pk_xsum_flag<PK_XCOPIES>(xs, n);
 
 	for (int j = threadIdx.x; j < n; j += PK_THREADS) {
 		unsigned long long v[PK_XCOPIES], t = 0;
@@ -818,16 +915,17 @@ __device__ __forceinline__ void pk_xsum_read(unsigned long long *xs, int n, floa
 #pragma unroll
 		for (int k = 0; k < PK_XCOPIES; k++)
 			t += v[k];
-		dbc[j] = __ll2float_rn((long long)t) * (1.0f / PK_XFIX);
+		dbc[j] = pk_xsum_fix(t);
 		if (big)
-			dbc[j] += __ldcg(pk_xsum_big(xs, n) + j);
+			dbc[j] += __ldcg(pk_xsum_big<PK_XCOPIES>(xs, n) + j);
 	}
 }
 
 /* Zeroes one parity's sums, flag and f32 sums for n values (every thread). */
+template <int C>
 __device__ __forceinline__ void pk_xsum_clear(unsigned long long *xs, int n)
 {
-	for (int j = threadIdx.x; j < PK_XAREA(n); j += PK_THREADS)
+	for (int j = threadIdx.x; j < PK_SUM_AREA(C, n); j += PK_THREADS)
 		xs[j] = 0;
 }
 
@@ -871,7 +969,7 @@ __device__ __forceinline__ void pk_xproj_block(const pk_args &p, int l, const T 
 
 		for (int m = 0; m < M; m++)
 			acc += to_f32(xw[m * W + j]) * to_f32(xloc[b * M + m]);
-		pk_xsum_add(pk_xsums<NB>(p, l), NB * W, t, acc);
+		pk_xsum_add<PK_XCOPIES>(pk_xsums<NB>(p, l), NB * W, t, acc);
 	}
 }
 
@@ -885,7 +983,7 @@ __device__ __forceinline__ void pk_xproj_read(const pk_args &p, int l, T *xw, fl
 {
 	pk_xsum_read(pk_xsums<NB>(p, l), NB * p.W, dbc);
 	if (blockIdx.x == 0)
-		pk_xsum_clear(pk_xsums<NB>(p, l + 1), NB * p.W);
+		pk_xsum_clear<PK_XCOPIES>(pk_xsums<NB>(p, l + 1), NB * p.W);
 	if (l + 1 < p.n_layer)
 		pk_xw_copy<T>(p, l + 1, xw);
 	__syncthreads();
@@ -897,12 +995,159 @@ template <int NB>
 __device__ __forceinline__ void pk_xproj_done(const pk_args &p)
 {
 	if (blockIdx.x == 0)
-		pk_xsum_clear(pk_xsums<NB>(p, p.n_layer - 1), NB * p.W);
+		pk_xsum_clear<PK_XCOPIES>(pk_xsums<NB>(p, p.n_layer - 1), NB * p.W);
 }
 
-/* The whole batch-1 decode step. grid (G) cooperative, block PK_THREADS,
- * dynamic shared memory pk_smem_bytes(1, ...); PF: pk_pf(). */
-template <typename T, int NPL, int PF>
+/* One parity's out_proj sums of layer l (the batch-1 kernel). */
+__device__ __forceinline__ unsigned long long *pk_osums(const pk_args &p, int l)
+{
+	return p.osum + (size_t)(l & 1) * PK_OAREA(p.D);
+}
+
+/*
+ * The batch-1 kernel's input of layer l >= 1 (l = n_layer: the final
+ * norm's), the residual stream after layer l - 1: h = (v + h_in) + out_b,
+ * v layer l - 1's out_proj sums, h_in its input (hbuf, or the token's
+ * embedding at layer 0), in the order of the cuBLAS path's epilogue.
+ * Block 0 stores h at hout (NULL: nowhere); every block stages xs = h * nw
+ * in T and the scale as pk_stage_norm does (D % 4 == 0).
+ */
+template <typename T>
+__device__ __forceinline__ void pk_stage_res(const pk_args &p, int l, const float *ob,
+					      const float *nw, float *hout, T *xs, float *red,
+					      float *scale)
+{
+	const int D = p.D, D4 = D / 4;
+	unsigned long long *os = pk_osums(p, l - 1);
+	const float4 *big = (const float4 *)pk_xsum_big<PK_OCOPIES>(os, D);
+	const float *hin = l > 1 ? p.hbuf + (size_t)((l - 1) & 1) * D : NULL;
+	const T *emb = (const T *)p.embed + (size_t)p.tokens[0] * D;
+	float ss[1] = {0.0f};
+
+	/* the f32 sums are read whether or not the flag is set: zero where no
+	 * part passed the limit, and no wait for the flag before the loads.
+	 * A float4 piece a thread and round, its loads issued together (two
+	 * rounds at once spill the kernel's registers: bench/NOTES.md, round
+	 * twenty-three) */
+	for (int i = threadIdx.x; i < D4; i += PK_THREADS) {
+		const float4 w = ((const float4 *)nw)[i];
+		const float4 v = hin ? __ldcg((const float4 *)hin + i) : load4(emb + 4 * i);
+		const float4 b = ob ? ((const float4 *)ob)[i] : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+		const ulonglong2 s0 = __ldcg((const ulonglong2 *)os + 2 * i);
+		const ulonglong2 s1 = __ldcg((const ulonglong2 *)os + 2 * i + 1);
+		const float4 f = __ldcg(big + i);
+		const float4 h = make_float4(((pk_xsum_fix(s0.x) + f.x) + v.x) + b.x,
+					     ((pk_xsum_fix(s0.y) + f.y) + v.y) + b.y,
+					     ((pk_xsum_fix(s1.x) + f.z) + v.z) + b.z,
+					     ((pk_xsum_fix(s1.y) + f.w) + v.w) + b.w);
+
+		ss[0] += h.x * h.x + h.y * h.y + h.z * h.z + h.w * h.w;
+		store4<T>(xs + 4 * i, make_float4(h.x * w.x, h.y * w.y, h.z * w.z, h.w * w.w));
+		if (hout && blockIdx.x == 0)
+			((float4 *)hout)[i] = h;
+	}
+	pk_norm_scale<1>(ss, D, p.eps, red, scale);
+}
+
+/*
+ * How the batch-1 kernel splits phases C and D over its blocks. Block b
+ * takes channel group cg = b % Gc (channels cg PK_CG .. cg PK_CG + PK_CG - 1
+ * below E; Gc = ceil(E / PK_CG) <= G, persist_init_t) and row group rg = b
+ * / Gc of Gr = G / Gc (RG = ceil(D / Gr) rows each; blocks past Gc Gr have
+ * none). In C every block of a channel group runs the SSM step of the
+ * group's channels from the same inputs, so they get the same y, and the
+ * block of row group 0 writes the state. In D each block multiplies the
+ * group's columns of out_proj's rows r0 .. r1 - 1 by its y and adds each
+ * row's part into the layer's out_proj sums: no grid barrier between C and
+ * D, and one between D and the next layer's A, where every block reads the
+ * sums (pk_stage_res).
+ */
+struct pk_dg {
+	int cg, r0, r1;
+	bool on, own;
+};
+
+__device__ __forceinline__ pk_dg pk_dgrid(const pk_args &p)
+{
+	const int Gc = (p.E + PK_CG - 1) / PK_CG, Gr = gridDim.x / Gc,
+		  RG = (p.D + Gr - 1) / Gr, rg = blockIdx.x / Gc;
+	pk_dg g;
+
+	g.cg = blockIdx.x % Gc;
+	g.on = rg < Gr;
+	g.own = rg == 0;
+	g.r0 = rg * RG;
+	g.r1 = g.r0 + RG < p.D ? g.r0 + RG : p.D;
+	return g;
+}
+
+/*
+ * Phase D's pieces. A row's share of the group's columns is LPR = PK_CG /
+ * VEC 16-byte pieces, one a lane, so a warp reads RPW = 32 / LPR rows at
+ * once; unit u of warp w is rows r0 + w RPW + s + u STEP (s = lane / LPR,
+ * STEP = PK_WARPS RPW), and a lane keeps PKD_PF units in flight.
+ */
+#define PKD_PF 4
+
+template <typename T>
+__device__ __forceinline__ uint4 pk_ofetch(const pk_args &p, const T *W, const pk_dg &g, int u)
+{
+	constexpr int VEC = 16 / sizeof(T), LPR = PK_CG / VEC, RPW = 32 / LPR;
+	const int lane = threadIdx.x & 31, q = g.cg * LPR + lane % LPR;
+	const int r = g.r0 + (threadIdx.x >> 5) * RPW + lane / LPR + u * PK_WARPS * RPW;
+
+	if (!g.on || r >= g.r1 || q >= p.E / VEC)
+		return make_uint4(0, 0, 0, 0);
+	return __ldg((const uint4 *)(W + (size_t)r * p.E) + q);
+}
+
+/* Phase D: dw holds the warp's first PKD_PF units (pk_ofetch); ys the
+ * group's y in T. A row's part: each lane's products in piece order, then
+ * the LPR lanes' sums by shuffles, the same order every run. */
+template <typename T>
+__device__ __forceinline__ void pk_oproj(const pk_args &p, int l, const T *W, const pk_dg &g,
+					  const T *ys, uint4 *dw)
+{
+	constexpr int VEC = 16 / sizeof(T), LPR = PK_CG / VEC, RPW = 32 / LPR,
+		      STEP = PK_WARPS * RPW;
+	const int lane = threadIdx.x & 31, li = lane % LPR;
+	const int rw = g.r0 + (threadIdx.x >> 5) * RPW, r = rw + lane / LPR;
+	unsigned long long *os = pk_osums(p, l);
+	float yf[VEC];
+
+	/* channels past E have no y (and zero weights) */
+	if ((g.cg * LPR + li) * VEC < p.E)
+		unpack16(*(const uint4 *)(ys + li * VEC), yf, T());
+	else
+#pragma unroll
+		for (int j = 0; j < VEC; j++)
+			yf[j] = 0.0f;
+	for (int u0 = 0; rw + u0 * STEP < g.r1; u0 += PKD_PF) {
+#pragma unroll
+		for (int i = 0; i < PKD_PF; i++) {
+			float wf[VEC], a = 0.0f;
+
+			unpack16(dw[i], wf, T());
+#pragma unroll
+			for (int j = 0; j < VEC; j++)
+				a += wf[j] * yf[j];
+			dw[i] = pk_ofetch<T>(p, W, g, u0 + i + PKD_PF);
+			for (int o = LPR / 2; o > 0; o >>= 1)
+				a += __shfl_xor_sync(0xffffffffu, a, o);
+			if (li == 0 && r + (u0 + i) * STEP < g.r1)
+				pk_xsum_add<PK_OCOPIES>(os, p.D, r + (u0 + i) * STEP, a);
+		}
+	}
+}
+
+/*
+ * The whole batch-1 decode step. grid (G) cooperative, block PK_THREADS,
+ * dynamic shared memory pk_smem_bytes(1, ...); PF: pk_pf(). GROUPS: phases C
+ * and D by channel group, two grid barriers a layer (pk_dgrid); otherwise
+ * phase C takes channel e on block e % G and phase D whole rows of out_proj
+ * after a third barrier, the residual added in D's epilogue (h).
+ */
+template <typename T, int NPL, int PF, bool GROUPS>
 __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_args p)
 {
 	extern __shared__ uint4 pk_smem[];
@@ -910,21 +1155,29 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 	__shared__ unsigned long long base;
 	const int D = p.D, E = p.E, G = gridDim.x, lane = threadIdx.x & 31;
 	const pk_smem_map<T> sm = pk_carve<T, 1>(pk_smem, p);
+	const pk_dg dg = pk_dgrid(p);
+	/* GROUPS: this thread's channel in phase C, and its y's place in sm.ys */
+	const int cl = threadIdx.x / SSM_LANES, ce = dg.cg * PK_CG + cl;
 	cuda_layer *lay = sm.lay;
 	T *xs = sm.xs, *xloc = sm.xloc, *xw = sm.xw;
 	float *dbc = sm.dbc;
-	uint4 cur[PF];
+	uint4 cur[PF], dw[PKD_PF];
 	float cw = 0.0f, cw2 = 0.0f, scale[1];
 	unsigned long long target;
 	pk_chan<T, NPL> ch;
 
 	if (threadIdx.x == 0)
-		base = pk_base(p.bar, p.n_layer);
+		base = pk_base(p.bar, (GROUPS ? 2 : 3) * p.n_layer);
 	pk_fetch<T, PF>((const T *)p.layers[0].in_w, 2 * E, D, pk_gw(), 0, cur);
 	pk_load_layers(p, pk_smem);
 	/* channels past E stay 0 */
 	for (int m = threadIdx.x; m < p.M; m += PK_THREADS)
 		xloc[m] = from_f32<T>(0.0f);
+	/* the out_proj sums of the last launch's last layer, read after its last
+	 * barrier, are still there when that layer was even (odd: layer 0's C
+	 * zeroes them) */
+	if (GROUPS && blockIdx.x == 0)
+		pk_xsum_clear<PK_OCOPIES>(pk_osums(p, 0), D);
 	pk_xw_copy<T>(p, 0, xw);
 	__syncthreads();
 	/* the conv epilogue's inputs two rows ahead (cw: this row's, cw2: the
@@ -937,10 +1190,15 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 	for (int l = 0; l < p.n_layer; l++) {
 		const cuda_layer *y = &lay[l];
 
-		/* A: norm . in_proj, the conv step on x rows; the warp's k-th row
-		 * r = gw + k NW is this block's channel warp + 16 k (xloc) */
-		pk_stage_norm<T, 1>(p.h, l ? NULL : (const T *)p.embed, p.tokens, y->norm, D,
-				    p.eps, xs, red, scale);
+		/* A: (GROUPS: the residual) norm . in_proj, the conv step on x
+		 * rows; the warp's k-th row r = gw + k NW is this block's channel
+		 * warp + 16 k (xloc) */
+		if (GROUPS && l)
+			pk_stage_res<T>(p, l, lay[l - 1].out_b, y->norm,
+					p.hbuf + (size_t)(l & 1) * D, xs, red, scale);
+		else
+			pk_stage_norm<T, 1>(p.h, l ? NULL : (const T *)p.embed, p.tokens, y->norm,
+					    D, p.eps, xs, red, scale);
 		int mloc = threadIdx.x >> 5;
 		pk_gemv<T, PF>((const T *)y->in_w, 2 * E, D, xs, cur, [&](int r, float v) {
 			v *= scale[0];
@@ -960,12 +1218,39 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 		pk_xproj_block<T, 1>(p, l, xw, xloc);
 		PK_MARK(l * 8 + 3);
 		pk_arrive(p.bar);
-		pk_chan_fetch<T, NPL>(p, y, l, pk_chan0(), 0, &ch);
+		if (GROUPS) {
+			/* every field set each layer, so none stays live through A */
+			ch = pk_chan<T, NPL>();
+			pk_chan_fetch<T, NPL>(p, y, l, dg.on ? ce : E, 0, &ch);
+#pragma unroll
+			for (int i = 0; i < PKD_PF; i++)
+				dw[i] = pk_ofetch<T>(p, (const T *)y->out_w, dg, i);
+		} else {
+			pk_chan_fetch<T, NPL>(p, y, l, pk_chan0(), 0, &ch);
+		}
 		pk_wait(p.bar, target += G);
 		PK_MARK(l * 8 + 4);
 
-		/* C: the SSM step per channel; x, z and the x_proj sums loaded at once */
-		{
+		/* C: the SSM step (GROUPS: of the block's channel group; block 0
+		 * zeroes the out_proj sums read in this layer's A, for layer l +
+		 * 1); x, z and the x_proj sums loaded at once */
+		if (GROUPS) {
+			const float x = dg.on && ce < E ? __ldcg(p.xc + ce) : 0.0f;
+			const float z = dg.on && ce < E ? __ldcg(p.xz + E + ce) : 0.0f;
+
+			pk_xproj_read<T, 1>(p, l, xw, dbc);
+			if (blockIdx.x == 0)
+				pk_xsum_clear<PK_OCOPIES>(pk_osums(p, l + 1), D);
+			if (dg.on)
+				pk_chan_step<T, NPL, true>(p, y, l, ce, 0, ch, dbc, x, z, sm.ys + cl);
+			PK_MARK(l * 8 + 5);
+			__syncthreads();
+			PK_MARK(l * 8 + 6);
+
+			/* D: the group's part of out_proj, into the layer's sums */
+			if (dg.on)
+				pk_oproj<T>(p, l, (const T *)y->out_w, dg, sm.ys, dw);
+		} else {
 			const int e = pk_chan0();
 			float x = e < E ? __ldcg(p.xc + e) : 0.0f;
 			float z = e < E ? __ldcg(p.xz + E + e) : 0.0f;
@@ -977,27 +1262,28 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 					x = e0 + e < E ? __ldcg(p.xc + e0 + e) : 0.0f;
 					z = e0 + e < E ? __ldcg(p.xz + E + e0 + e) : 0.0f;
 				}
-				pk_chan_step<T, NPL>(p, y, l, e0 + e, 0, ch, dbc, x, z);
+				pk_chan_step<T, NPL, false>(p, y, l, e0 + e, 0, ch, dbc, x, z,
+							    (T *)p.yT + e0 + e);
 			}
-		}
-		PK_MARK(l * 8 + 5);
-		pk_arrive(p.bar);
-		pk_fetch<T, PF>((const T *)y->out_w, D, E, pk_gw(), 0, cur);
-		/* lane 0 of a row's warp: the residual input, lane 1: the bias */
-		cw = pk_res_fetch<T, 1>(p, y, l, pk_gw());
-		pk_wait(p.bar, target += G);
-		PK_MARK(l * 8 + 6);
+			PK_MARK(l * 8 + 5);
+			pk_arrive(p.bar);
+			pk_fetch<T, PF>((const T *)y->out_w, D, E, pk_gw(), 0, cur);
+			/* lane 0 of a row's warp: the residual input, lane 1: the bias */
+			cw = pk_res_fetch<T, 1>(p, y, l, pk_gw());
+			pk_wait(p.bar, target += G);
+			PK_MARK(l * 8 + 6);
 
-		/* D: out_proj + residual */
-		pk_stage<T, 1>(p.yT, E, xs);
-		__syncthreads();
-		pk_gemv<T, PF>((const T *)y->out_w, D, E, xs, cur, [&](int r, float v) {
-			const float hin = __shfl_sync(0xffffffffu, cw, 0);
-			const float b = __shfl_sync(0xffffffffu, cw, 1);
-			if (lane == 0)
-				p.h[r] = (v + hin) + b;
-			cw = pk_res_fetch<T, 1>(p, y, l, r + pk_nw());
-		});
+			/* D: out_proj + residual */
+			pk_stage<T, 1>(p.yT, E, xs);
+			__syncthreads();
+			pk_gemv<T, PF>((const T *)y->out_w, D, E, xs, cur, [&](int r, float v) {
+				const float hin = __shfl_sync(0xffffffffu, cw, 0);
+				const float b = __shfl_sync(0xffffffffu, cw, 1);
+				if (lane == 0)
+					p.h[r] = (v + hin) + b;
+				cw = pk_res_fetch<T, 1>(p, y, l, r + pk_nw());
+			});
+		}
 		PK_MARK(l * 8 + 7);
 		pk_arrive(p.bar);
 		if (l + 1 < p.n_layer) {
@@ -1013,12 +1299,23 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 		}
 		pk_wait(p.bar, target += G);
 		PK_MARK(l * 8 + 8);
+		/* GROUPS: every block of the group has used the old state now */
+		if (GROUPS && dg.own)
+			pk_chan_store<T, NPL>(p, l, ce, 0, ch);
 	}
 
 	/* the final norm . lm_head; block 0 keeps the hidden vector in the slot */
-	pk_keep_hidden<1>(p);
 	pk_xproj_done<1>(p);
-	pk_stage_norm<T, 1>(p.h, NULL, p.tokens, p.norm_f, D, p.eps, xs, red, scale);
+	if (GROUPS) {
+		pk_stage_res<T>(p, p.n_layer, lay[p.n_layer - 1].out_b, p.norm_f,
+				p.slots[0] >= 0 ? p.pool + (size_t)p.slots[0] * p.state_floats +
+							  p.off_hidden
+						: NULL,
+				xs, red, scale);
+	} else {
+		pk_keep_hidden<1>(p);
+		pk_stage_norm<T, 1>(p.h, NULL, p.tokens, p.norm_f, D, p.eps, xs, red, scale);
+	}
 	pk_gemv<T, PF>((const T *)p.lm_head, p.V, D, xs, cur, [&](int r, float v) {
 		if (lane == 0)
 			p.logits[r] = v * scale[0];
@@ -1043,13 +1340,18 @@ __global__ void ssmk_xw_blocks(const T *x_w, int W, int E, int G, int M, int pr,
 	}
 }
 
-/* The kernel at prefetch depth pf (6 or 8, pk_pf()). */
+/* The kernel at prefetch depth pf (6 or 8, pk_pf()), phases C and D by
+ * channel group or not (pk_groups()). */
 typedef void (*pk_kernel_fn)(pk_args);
 
 template <typename T, int NPL>
-static inline pk_kernel_fn pk_kernel(int pf)
+static inline pk_kernel_fn pk_kernel(int pf, bool groups)
 {
-	return pf == 8 ? ssmk_decode_persist<T, NPL, 8> : ssmk_decode_persist<T, NPL, 6>;
+	if (groups)
+		return pf == 8 ? ssmk_decode_persist<T, NPL, 8, true>
+			       : ssmk_decode_persist<T, NPL, 6, true>;
+	return pf == 8 ? ssmk_decode_persist<T, NPL, 8, false>
+		       : ssmk_decode_persist<T, NPL, 6, false>;
 }
 
 /*
@@ -1064,6 +1366,22 @@ static inline int pk_pf(int D, size_t wsize)
 	const int per = (D / (int)(16 / wsize) + 31) / 32;
 
 	return per % 8 == 0 ? 8 : 6;
+}
+
+/*
+ * Whether the batch-1 kernel takes phases C and D by channel group
+ * (pk_dgrid): where out_proj's weight is at most 16 MiB (1.4b's, 2048 x
+ * 4096 in 16 bits). Without the third barrier a layer, phase D's stream is
+ * no longer hidden behind it, and the next phase A reads the out_proj sums
+ * (16 bytes a value where h took 4). Measured on the H200 (bench/NOTES.md,
+ * round twenty-three), ms a step at batch 1 against the three-barrier form:
+ * 130m 0.279-0.282 against 0.302-0.304, 1.4b 1.116-1.117 against 1.118
+ * (level), 2.8b 2.094-2.107 against 1.969-1.973 (its 26 MB out_proj, on
+ * 120 of the 132 blocks).
+ */
+static inline bool pk_groups(int D, int E, size_t wsize)
+{
+	return (size_t)D * E * wsize <= (size_t)16 << 20;
 }
 
 #endif

@@ -245,7 +245,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 	pk_chan<T, NPL> ch;
 
 	if (threadIdx.x == 0)
-		base = pk_base(p.bar, p.n_layer);
+		base = pk_base(p.bar, 3 * p.n_layer);
 	pkn_fetch<T, PF>((const T *)p.layers[0].in_w, 2 * E, D, 1, pk_gw(), 0, cur);
 	pk_load_layers(p, pk_smem);
 	/* channels past E stay 0 */
@@ -318,7 +318,8 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 					pk_chan_fetch<T, NPL>(p, y, l, e, b, &ch);
 				const float x = ok ? __ldcg(p.xc + (size_t)b * E + e) : 0.0f;
 				const float z = ok ? __ldcg(p.xz + (size_t)b * 2 * E + E + e) : 0.0f;
-				pk_chan_step<T, NPL>(p, y, l, e, b, ch, dbc + b * W, x, z);
+				pk_chan_step<T, NPL, false>(p, y, l, e, b, ch, dbc + b * W, x, z,
+							    (T *)p.yT + (size_t)b * E + e);
 			}
 		}
 		PK_MARK(l * 8 + 5);

@@ -67,7 +67,9 @@ int ssm_cuda_decode_split(ssm_backend *b, const int *slots, const int32_t *token
  * followed by the grid barrier that ends it) and the final norm + lm_head.
  * There is no barrier after A (each block's B starts on its own conv
  * outputs): its entry, "A to B (no barrier)", is the gap between two
- * marks. */
+ * marks. Nor after C where the batch-1 kernel takes C and D by channel
+ * group (ssm_cuda_decode1_groups()): its "C: barrier" is then the block's
+ * own barrier only. */
 #define SSM_CUDA_N_PHASES 9
 extern const char *const ssm_cuda_phase_names[SSM_CUDA_N_PHASES];
 
@@ -92,5 +94,12 @@ int ssm_cuda_persist_split(ssm_backend *b, const int *slots, const int32_t *toke
  * into *pf, or 0 where batch 1 takes the path of larger batches.
  * SSMD_EINVAL: not a CUDA backend, or pf NULL. */
 int ssm_cuda_decode1_depth(ssm_backend *b, int *pf);
+
+/* Whether the batch-1 kernel takes phases C and D by channel group, two
+ * grid barriers a layer (1), or C by channel and D by row of out_proj,
+ * three (0), chosen per model (SSMD_CUDA_PK_GROUPS=0|1 at open overrides
+ * it where the device allows), into *groups; -1 where batch 1 takes the
+ * path of larger batches. SSMD_EINVAL: not a CUDA backend, or groups NULL. */
+int ssm_cuda_decode1_groups(ssm_backend *b, int *groups);
 
 #endif

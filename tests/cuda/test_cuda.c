@@ -832,6 +832,101 @@ out:
 		test_dir_remove(copy);
 }
 
+/*
+ * The batch-1 kernel's two forms (ssm_cuda_decode1_groups): phases C and D
+ * by channel group, out_proj's block parts added as integers (PK_XFIX), two
+ * grid barriers a layer; or C by channel and D by whole out_proj rows after
+ * a third barrier. Each form, F32 weights, must follow the CPU within
+ * TOL_CPU: the state after a prompt, 16 greedy steps' logits and the state
+ * at the end (greedy_against). Then out_proj parts past the integer range
+ * (PK_XMAX, 2^23): a copy of the model with out_proj scaled by 2^40, a
+ * model of its own whose residual stream is ~2^40 times larger (checked on
+ * the CPU first), on which both forms must follow the CPU the same way:
+ * the grouped form's parts past the range go to f32 sums of their own.
+ */
+static void test_groups(const char *dir)
+{
+	char copy[256] = "", name[128], what[128];
+	ssm_model *m = NULL, *big = NULL;
+	ssm_backend *cpu = NULL, *cpu_big = NULL, *gpu = NULL;
+	ssm_state *st = NULL;
+	st_file f = {0};
+	int l, g, k, got = -2, ok = 1;
+	size_t n, rows, j;
+	float *w, hmax = 0;
+	static const char *const form[2] = {"C by channel, D by row", "C and D by channel group"};
+
+	if (!copy_dir(dir, copy) || !st_read(copy, &f)) {
+		CHECK(0, "out_proj range: cannot copy %s", dir);
+		goto out;
+	}
+	CHECK_RC(ssm_model_load(dir, &m), SSMD_OK);
+	if (!m)
+		goto out;
+	for (l = 0; l < ssm_model_config(m)->n_layer && ok; l++) {
+		snprintf(name, sizeof name, "backbone.layers.%d.mixer.out_proj.weight", l);
+		w = st_f32(&f, name, &n, &rows);
+		ok = w != NULL;
+		for (j = 0; ok && j < n; j++)
+			w[j] = ldexpf(w[j], 40);
+	}
+	CHECK(ok && st_write(copy, &f), "out_proj range: cannot write the scaled copy");
+	CHECK_RC(ssm_model_load(copy, &big), SSMD_OK);
+	if (!ok || !big)
+		goto out;
+	if (open_backend(m, SSM_BACKEND_CPU, SSM_DTYPE_F32, 1, &cpu) ||
+	    open_backend(big, SSM_BACKEND_CPU, SSM_DTYPE_F32, 1, &cpu_big) ||
+	    ssm_model_state_alloc(big, &st)) {
+		CHECK(0, "out_proj range: open: %s", ssmd_errmsg());
+		goto out;
+	}
+	/* the premise: the copy's residual stream is far past 2^23 */
+	{
+		int32_t toks[24];
+		uint64_t seed = 41;
+		ssm_prefill_args pa = {0};
+
+		fill_tokens(toks, 24, ssm_model_config(big)->vocab_size, &seed);
+		pa.tokens = toks;
+		pa.n_tokens = 24;
+		CHECK_RC(ssm_prefill(cpu_big, 0, &pa), SSMD_OK);
+		CHECK_RC(ssm_slot_get(cpu_big, 0, st), SSMD_OK);
+		for (j = 0; j < (size_t)st->d_model; j++)
+			hmax = fabsf(st->hidden[j]) > hmax ? fabsf(st->hidden[j]) : hmax;
+		CHECK(hmax > 0x1p30f, "out_proj range: the copy's hidden vector peaks at %g", hmax);
+	}
+	for (g = 0; g < 2; g++) {
+		setenv("SSMD_CUDA_PK_GROUPS", g ? "1" : "0", 1);
+		for (k = 0; k < 2; k++) {
+			if (open_backend(k ? big : m, SSM_BACKEND_CUDA, SSM_DTYPE_F32, 1, &gpu)) {
+				CHECK(0, "groups %d: open: %s", g, ssmd_errmsg());
+				goto out;
+			}
+			/* the entry point refuses a missing result */
+			CHECK_RC(ssm_cuda_decode1_groups(gpu, NULL), SSMD_EINVAL);
+			CHECK_RC(ssm_cuda_decode1_groups(gpu, &got), SSMD_OK);
+			CHECK(got == g, "groups: asked for %d, runs %d", g, got);
+			snprintf(what, sizeof what, "batch-1 F32, %s%s", form[g],
+				 k ? ", out_proj x 2^40" : "");
+			greedy_against(gpu, k ? cpu_big : cpu, k ? big : m, 24, 16, 31 + g, TOL_CPU,
+				       what);
+			ssm_backend_close(gpu);
+			gpu = NULL;
+		}
+	}
+out:
+	unsetenv("SSMD_CUDA_PK_GROUPS");
+	ssm_backend_close(gpu);
+	ssm_backend_close(cpu_big);
+	ssm_backend_close(cpu);
+	ssm_state_free(st);
+	ssm_model_free(big);
+	ssm_model_free(m);
+	st_free(&f);
+	if (*copy)
+		test_dir_remove(copy);
+}
+
 /* ----------------------------------------------- a mamba-130m-shaped model -- */
 
 /* Whether a traced step (ssm_cuda_persist_split) timed every phase in
@@ -1121,7 +1216,7 @@ static void test_big(const char *dir)
 
 /* Whether group `name` runs: all of them, or those SSMD_CUDA_ONLY names
  * (comma-separated: fixtures, cross, batch or one of its cases batch-f32-64
- * ... batch-low-20-whole and batch-conv3, checkpoints, xproj-big, sampling,
+ * ... batch-low-20-whole and batch-conv3, checkpoints, xproj-big, groups, sampling,
  * big), so a
  * slow tool such as a sanitizer can run the groups side by side. */
 static int want(const char *name)
@@ -1270,6 +1365,11 @@ int main(void)
 	if (want("xproj-big")) {
 		printf("x_proj values past the persistent kernels' integer range:\n");
 		test_xproj_big(path);
+	}
+
+	if (want("groups")) {
+		printf("the batch-1 kernel's two forms, and out_proj parts past its integer range:\n");
+		test_groups(path);
 	}
 
 	if (want("sampling")) {
