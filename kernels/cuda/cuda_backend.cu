@@ -1268,28 +1268,35 @@ out:
 	return rc;
 }
 
-extern "C" int ssm_cuda_decode1_depth(ssm_backend *b, int *pf)
+/* The checks of the batch-1 kernel's queries: a CUDA backend and a result
+ * pointer (`what` names the query in the error). */
+static int decode1_query(ssm_backend *b, const int *out, const char *what)
 {
 	int rc;
 
 	if ((rc = cuda_backend_check(b)))
 		return rc;
-	if (!pf)
-		return ssmd_err_set(SSMD_EINVAL, "decode depth: no result pointer");
-	*pf = decode_persist_ok(cb_of(b), 1) ? cb_of(b)->pk_pf : 0;
+	if (!out)
+		return ssmd_err_set(SSMD_EINVAL, "%s: no result pointer", what);
 	return SSMD_OK;
+}
+
+extern "C" int ssm_cuda_decode1_depth(ssm_backend *b, int *pf)
+{
+	const int rc = decode1_query(b, pf, "decode depth");
+
+	if (!rc)
+		*pf = decode_persist_ok(cb_of(b), 1) ? cb_of(b)->pk_pf : 0;
+	return rc;
 }
 
 extern "C" int ssm_cuda_decode1_groups(ssm_backend *b, int *groups)
 {
-	int rc;
+	const int rc = decode1_query(b, groups, "decode groups");
 
-	if ((rc = cuda_backend_check(b)))
-		return rc;
-	if (!groups)
-		return ssmd_err_set(SSMD_EINVAL, "decode groups: no result pointer");
-	*groups = decode_persist_ok(cb_of(b), 1) ? cb_of(b)->pk_groups : -1;
-	return SSMD_OK;
+	if (!rc)
+		*groups = decode_persist_ok(cb_of(b), 1) ? cb_of(b)->pk_groups : -1;
+	return rc;
 }
 
 /* The event pool of the splits, made on first use. */

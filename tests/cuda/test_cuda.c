@@ -721,6 +721,30 @@ out:
 	return worst;
 }
 
+/* The model at dir (*m) and a copy of it under $TMPDIR (its folder into
+ * copy, cap 256) with the copy's safetensors in f, to edit: 1, or 0 after
+ * a failed check. */
+static int model_and_copy(const char *dir, const char *what, char *copy, st_file *f,
+			  ssm_model **m)
+{
+	if (!copy_dir(dir, copy) || !st_read(copy, f)) {
+		CHECK(0, "%s: cannot copy %s", what, dir);
+		return 0;
+	}
+	CHECK_RC(ssm_model_load(dir, m), SSMD_OK);
+	return *m != NULL;
+}
+
+/* The edited tensors f written into the copy and loaded as *big (ok: the
+ * edits succeeded): 1, or 0 after a failed check. */
+static int load_edited(const char *copy, const st_file *f, int ok, const char *what,
+		       ssm_model **big)
+{
+	CHECK(ok && st_write(copy, f), "%s: cannot write the scaled copy", what);
+	CHECK_RC(ssm_model_load(copy, big), SSMD_OK);
+	return ok && *big;
+}
+
 /*
  * x_proj values past the persistent kernels' integer range (PK_XMAX, 2^23):
  * a copy of the model whose dt_low rows of x_proj are scaled by 2^40 and
@@ -742,12 +766,7 @@ static void test_xproj_big(const char *dir)
 	float *w;
 	float *lg[2] = {NULL, NULL};
 
-	if (!copy_dir(dir, copy) || !st_read(copy, &f)) {
-		CHECK(0, "x_proj range: cannot copy %s", dir);
-		goto out;
-	}
-	CHECK_RC(ssm_model_load(dir, &m), SSMD_OK);
-	if (!m)
+	if (!model_and_copy(dir, "x_proj range", copy, &f, &m))
 		goto out;
 	c = ssm_model_config(m);
 	V = c->vocab_size;
@@ -763,9 +782,7 @@ static void test_xproj_big(const char *dir)
 		for (j = 0; ok && j < n; j++)
 			w[j] = ldexpf(w[j], -40);
 	}
-	CHECK(ok && st_write(copy, &f), "x_proj range: cannot write the scaled copy");
-	CHECK_RC(ssm_model_load(copy, &big), SSMD_OK);
-	if (!ok || !big)
+	if (!load_edited(copy, &f, ok, "x_proj range", &big))
 		goto out;
 	if (open_backend(m, SSM_BACKEND_CPU, SSM_DTYPE_F32, 1, &cpu) ||
 	    open_backend(big, SSM_BACKEND_CPU, SSM_DTYPE_F32, 1, &cpu_big) ||
@@ -856,12 +873,7 @@ static void test_groups(const char *dir)
 	float *w, hmax = 0;
 	static const char *const form[2] = {"C by channel, D by row", "C and D by channel group"};
 
-	if (!copy_dir(dir, copy) || !st_read(copy, &f)) {
-		CHECK(0, "out_proj range: cannot copy %s", dir);
-		goto out;
-	}
-	CHECK_RC(ssm_model_load(dir, &m), SSMD_OK);
-	if (!m)
+	if (!model_and_copy(dir, "out_proj range", copy, &f, &m))
 		goto out;
 	for (l = 0; l < ssm_model_config(m)->n_layer && ok; l++) {
 		snprintf(name, sizeof name, "backbone.layers.%d.mixer.out_proj.weight", l);
@@ -870,9 +882,7 @@ static void test_groups(const char *dir)
 		for (j = 0; ok && j < n; j++)
 			w[j] = ldexpf(w[j], 40);
 	}
-	CHECK(ok && st_write(copy, &f), "out_proj range: cannot write the scaled copy");
-	CHECK_RC(ssm_model_load(copy, &big), SSMD_OK);
-	if (!ok || !big)
+	if (!load_edited(copy, &f, ok, "out_proj range", &big))
 		goto out;
 	if (open_backend(m, SSM_BACKEND_CPU, SSM_DTYPE_F32, 1, &cpu) ||
 	    open_backend(big, SSM_BACKEND_CPU, SSM_DTYPE_F32, 1, &cpu_big) ||
