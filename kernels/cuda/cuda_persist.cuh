@@ -1069,7 +1069,9 @@ struct pk_dg {
 
 __device__ __forceinline__ pk_dg pk_dgrid(const pk_args &p)
 {
-	const int Gc = (p.E + PK_CG - 1) / PK_CG, Gr = gridDim.x / Gc,
+	/* Gr >= 1 whatever the grid: the three-barrier form computes it too */
+	const int Gc = (p.E + PK_CG - 1) / PK_CG,
+		  Gr = (int)gridDim.x > Gc ? (int)gridDim.x / Gc : 1,
 		  RG = (p.D + Gr - 1) / Gr, rg = blockIdx.x / Gc;
 	pk_dg g;
 
