@@ -374,7 +374,8 @@ static void bench_model(const char *label, const char *dir)
 	static const size_t prefills[] = {2048, 16384};
 	static const size_t everies[] = {64, 256, 1024};
 	char fig[64], note[128];
-	int i, k, s, groups = 0;
+	const char *form;
+	int i, k, s, groups = -1;
 
 	t0 = now_s();
 	TRY("load", ssm_model_load(dir, &m));
@@ -408,7 +409,7 @@ static void bench_model(const char *label, const char *dir)
 
 	/* decode; the batch-1 kernel's form (ssm_cuda_decode1_groups) noted */
 	TRY("decode groups", ssm_cuda_decode1_groups(b, &groups));
-	groups = groups < 0 ? 0 : groups ? 1 : -1;
+	form = groups < 0 ? "" : groups ? " C, D by channel group" : " C by channel, D by row";
 	for (i = 0; i < (int)(sizeof(batches) / sizeof(batches[0])); i++) {
 		int n = batches[i];
 		const int steps = profile ? 20 : 100;
@@ -424,8 +425,7 @@ static void bench_model(const char *label, const char *dir)
 		snprintf(fig, sizeof fig, "decode batch %d", n);
 		snprintf(note, sizeof note, "(floor %.3f ms: %.0f MB moved)%s",
 			 floor_s * 1e3, bytes / 1e6,
-			 n > 1 || !groups ? "" : groups > 0 ? " C, D by channel group"
-							      : " C by channel, D by row");
+			 n == 1 ? form : "");
 		row(label, fig, med, "ms/step", floor_s * 1e3 / med, note);
 		if (n <= 4)
 			persist_split(label, b, slots, cur, n, med);

@@ -77,7 +77,19 @@ typedef struct st_file {
 	size_t data_len;
 } st_file;
 
-/* Reads dir/model.safetensors into f: 1 on success (then st_free(f)). */
+/* Frees what st_read put into f (an empty f too) and empties it. */
+static inline void st_free(st_file *f)
+{
+	cJSON_Delete(f->hdr);
+	free(f->data);
+	f->hdr = NULL;
+	f->data = NULL;
+	f->data_len = 0;
+}
+
+/* Reads dir/model.safetensors into f: 1 on success (then st_free(f)); 0,
+ * with f empty, when the file is missing, shorter than its header length
+ * says, its header is not JSON, or memory runs out. */
 static inline int st_read(const char *dir, st_file *f)
 {
 	char path[4096];
@@ -85,18 +97,30 @@ static inline int st_read(const char *dir, st_file *f)
 	char *buf;
 	uint64_t hl = 0;
 
+	f->hdr = NULL;
+	f->data = NULL;
+	f->data_len = 0;
 	snprintf(path, sizeof path, "%s/model.safetensors", dir);
 	buf = test_file_read(path, &len);
 	if (!buf)
 		return 0;
-	for (int i = 0; i < 8; i++)
+	for (int i = 0; i < 8 && len >= 8; i++)
 		hl |= (uint64_t)(uint8_t)buf[i] << (8 * i);
+	if (len < 8 || hl > len - 8) {
+		free(buf);
+		return 0;
+	}
 	f->hdr = cJSON_ParseWithLength(buf + 8, (size_t)hl);
 	f->data_len = len - 8 - (size_t)hl;
-	f->data = malloc(f->data_len);
-	memcpy(f->data, buf + 8 + hl, f->data_len);
+	f->data = malloc(f->data_len ? f->data_len : 1);
+	if (f->hdr && f->data)
+		memcpy(f->data, buf + 8 + hl, f->data_len);
 	free(buf);
-	return f->hdr != NULL;
+	if (!f->hdr || !f->data) {
+		st_free(f);
+		return 0;
+	}
+	return 1;
 }
 
 /* Writes f as dir/model.safetensors: 1 on success. */
@@ -104,11 +128,13 @@ static inline int st_write(const char *dir, const st_file *f)
 {
 	char path[4096];
 	char *h = cJSON_PrintUnformatted(f->hdr);
-	size_t hl = strlen(h);
+	size_t hl = h ? strlen(h) : 0;
 	uint8_t len8[8];
 	FILE *fp;
 	int ok;
 
+	if (!h)
+		return 0;
 	snprintf(path, sizeof path, "%s/model.safetensors", dir);
 	for (int i = 0; i < 8; i++)
 		len8[i] = (uint8_t)((uint64_t)hl >> (8 * i));
@@ -119,12 +145,6 @@ static inline int st_write(const char *dir, const st_file *f)
 		fclose(fp);
 	free(h);
 	return ok;
-}
-
-static inline void st_free(st_file *f)
-{
-	cJSON_Delete(f->hdr);
-	free(f->data);
 }
 
 /* Tensor `name` of f if its dtype is F32: its first element, its element

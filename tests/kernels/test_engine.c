@@ -85,7 +85,6 @@ static ssm_backend *open_cpu(const ssm_model *m, int n_slots, int n_threads)
 	return b;
 }
 
-/* Copies every file of src into a new temporary directory. */
 /* --------------------------------------------------------- conformance -- */
 
 typedef struct fixture {
