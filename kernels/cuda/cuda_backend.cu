@@ -568,38 +568,38 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 		 * from zero is never needed) and leaves softplus'd dt there */
 #define SCAN(npl)                                                             \
 	do {                                                                  \
-		if (scan_smem_optin(smem3))                                   \
-			CUDA_TRY(cudaFuncSetAttribute(                        \
-				ssmk_scan<T, npl, false>,                     \
-				cudaFuncAttributeMaxDynamicSharedMemorySize,  \
-				(int)smem3));                                 \
+		constexpr int n_ = SSM_LANES * npl;                           \
 		if (scan_smem_optin(smem1))                                   \
 			CUDA_TRY(cudaFuncSetAttribute(                        \
-				ssmk_scan<T, npl, true>,                      \
+				ssmk_scan_local<npl>,                         \
 				cudaFuncAttributeMaxDynamicSharedMemorySize,  \
 				(int)smem1));                                 \
+		if (scan_smem_optin(smem3))                                   \
+			CUDA_TRY(cudaFuncSetAttribute(                        \
+				ssmk_scan<T, n_>,                             \
+				cudaFuncAttributeMaxDynamicSharedMemorySize,  \
+				(int)smem3));                                 \
 		if (nseg > 1) {                                               \
-			ssmk_scan<T, npl, true><<<dim3(cdiv(E, SSM_CH_PER_BLOCK), nseg - 1), \
-					       SCAN_THREADS, smem1, s>>>(      \
-				a->dtr, y->dt_b, 0, a->dbc, R, a->xc, a->xz,  \
-				y->in_b, y->A, y->Dp, NULL, NULL, 0, 0,       \
-				a->seg_h, a->seg_dt, NULL, NULL, E, L,        \
-				seg_len, NULL, 0, NULL, 0, 0, 0, (T *)a->yT); \
+			ssmk_scan_local<npl>                                  \
+				<<<dim3(cdiv(E, SSM_CH_PER_BLOCK), nseg - 1), \
+				   SCAN_THREADS, smem1, s>>>(                 \
+				a->dtr, y->dt_b, a->dbc, R, a->xc, y->A,      \
+				a->seg_h, a->seg_dt, E, L, seg_len);          \
 			CUDA_LAUNCHED();                                      \
-			ssmk_scan_combine<<<cdiv(E * N, 256), 256, 0, s>>>(      \
+			ssmk_scan_combine<<<cdiv(E * N, 256), 256, 0, s>>>(   \
 				y->A, base + ssm_off, base + dts_off,         \
 				a->seg_h, a->seg_dt, a->start_h, a->start_d,  \
 				E, N, nseg);                                  \
 			CUDA_LAUNCHED();                                      \
 		}                                                             \
 		split_mark(cb, SSM_CUDA_SCAN1);                               \
-		ssmk_scan<T, npl, false><<<dim3(cdiv(E, SSM_CH_PER_BLOCK), nseg), \
-					SCAN_THREADS, smem3, s>>>(             \
+		ssmk_scan<T, n_><<<dim3(cdiv(E, SCAN_THREADS), nseg),        \
+				  SCAN_THREADS, smem3, s>>>(                  \
 			a->dtr, y->dt_b, nseg - 1, a->dbc, R, a->xc, a->xz,   \
 			y->in_b, y->A, y->Dp,                                 \
 			nseg > 1 ? a->start_h : base + ssm_off,               \
 			nseg > 1 ? a->start_d : base + dts_off,               \
-			(size_t)E * N, (size_t)E, NULL, NULL, base + ssm_off, \
+			(size_t)E * N, (size_t)E, base + ssm_off,             \
 			base + dts_off, E, L, seg_len, cb->d_ck_pos, nq, d_ck,\
 			sf, ssm_off, dts_off, (T *)a->yT);                    \
 	} while (0)
@@ -1726,12 +1726,12 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	env = getenv("SSMD_CUDA_OUT_SPLIT");
 	if (env && (atoi(env) == 1 || (atoi(env) == 2 && c->d_inner % 32 == 0)))
 		cb->out_split = atoi(env);
-	/* the scan's segment length (a multiple of its tile); SSMD_CUDA_SCAN_SEG
-	 * overrides it for tuning */
+	/* the scan's segment length (a multiple of both passes' tiles);
+	 * SSMD_CUDA_SCAN_SEG overrides it for tuning */
 	cb->scan_seg = SCAN_SEG;
 	env = getenv("SSMD_CUDA_SCAN_SEG");
-	if (env && atoi(env) >= SCAN_TILE)
-		cb->scan_seg = atoi(env) / SCAN_TILE * SCAN_TILE;
+	if (env && atoi(env) >= SCAN1_TILE)
+		cb->scan_seg = atoi(env) / SCAN1_TILE * SCAN1_TILE;
 	/* SSMD_CUDA_CK_MB overrides the checkpoint budget (MiB) for tuning */
 	ck_bytes = (size_t)(cb->chunk / CUDA_CK_FULL_EVERY) * cb->state_floats * sizeof(float);
 	if (ck_bytes < CUDA_CK_BUDGET)

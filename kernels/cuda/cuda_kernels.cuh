@@ -11,8 +11,8 @@
  * selects them by that prefix). The selective-SSM kernels give each channel
  * LANES = 4 consecutive lanes of a warp, each lane holding NPL = N / 4 state
  * entries in registers; the output y = C.h is reduced over the 4 lanes with
- * two xor-shuffles (the prefill scan's pass 3: a reduce-scatter over four
- * tokens, reduce_scatter4).
+ * two xor-shuffles. The prefill scan's pass 3 gives a channel one thread
+ * instead (ssmk_scan).
  */
 #ifndef SSM_CUDA_KERNELS_CUH
 #define SSM_CUDA_KERNELS_CUH
@@ -859,6 +859,88 @@ __device__ __forceinline__ void tile_load(float *dst, const float *src, size_t l
 	}
 }
 
+/*
+ * Prefill selective scan over a chunk of L tokens, parallel over channels and
+ * over time. Per token t and channel e:
+ *   dt  = softplus(dtr[t, e] + dt_b[e])
+ *   h_n = exp(dt * A[e, n]) * h_n + dt * B[t, n] * x[t, e]
+ *   y   = (sum_n C[t, n] h_n + D[e] x[t, e]) * SiLU(z[t, e])
+ * The chunk is cut into nseg segments of seg_len tokens (grid.y). Because the
+ * recurrence is linear in h, a segment's end state is
+ *   h_end = exp(A * sum_seg dt) * h_start + h_local
+ * with h_local the segment's end state from zero. So, with nseg > 1:
+ *   pass 1 (ssmk_scan_local, segments 0 .. nseg-2): every segment from zero
+ *          -> seg_h, seg_dt; it also stores dt = softplus(dtr + dt_b) back
+ *          into dtr, so pass 3 reads dt instead of recomputing it;
+ *   pass 2 (ssmk_scan_combine): walks the segments in order per (e, n) ->
+ *          start_h, start_d of every segment;
+ *   pass 3 (ssmk_scan): every segment again from its true start, writing y,
+ *          the checkpoint states and (last segment) the slot. Segments >=
+ *          seg_raw (the last one, or all when nseg == 1: then only pass 3
+ *          runs, from the slot) still hold the raw dtr and apply the softplus
+ *          themselves.
+ * Both keep each channel's state in registers within a segment. It reaches
+ * memory only at segment ends, checkpoints (ck_pos[0..n_ck), n_ck <=
+ * SCAN_CK_MAX, ascending, distinct, chunk-relative in [1, L]: the state after
+ * token q-1 goes to ck + k * state_floats + ck_ssm_off / + ck_dts_off) and
+ * the chunk's end. A block walks its segment in tiles of tokens, double
+ * buffered in shared memory: while the recurrence runs on tile i, cp.async
+ * brings tile i+1 in (each channel's dt, x and, in pass 3, z; the tokens'
+ * B | C, read by all the block's channels). exp(dt A) is one ex2 of
+ * dt * (A log2 e).
+ *
+ * The passes lay channels out differently, each the faster for its work
+ * (bench/NOTES.md, round twenty-four):
+ * - pass 1 gives a channel SSM_LANES = 4 lanes of NPL = N / 4 states: it only
+ *   runs the recurrence, and four lanes a channel give it four times the
+ *   warps to hide its latencies with;
+ * - pass 3 gives a channel one thread: y = C.h is then the thread's own sum,
+ *   with no shuffles, and the gate and the store are one a (token, channel).
+ */
+#define SCAN_SEG 64 /* tokens per segment (the backend's default) */
+#define SCAN_THREADS 128 /* the block, in both passes */
+#define SCAN1_TILE 32 /* pass 1: tokens a tile (SSM_CH_PER_BLOCK channels a block) */
+#define SCAN3_TILE 16 /* pass 3: tokens a tile (SCAN_THREADS channels a block) */
+#define SCAN_CK_MAX 64 /* checkpoints per call at most (<= SCAN_THREADS) */
+
+/* floats of one tile buffer. Pass 1: dt, x (SCAN1_TILE, SSM_CH_PER_BLOCK) | B
+ * (SCAN1_TILE, N); pass 3: dt, x, z (SCAN3_TILE, SCAN_THREADS) | B | C
+ * (SCAN3_TILE, 2N). */
+static inline __host__ __device__ int scan_buf_floats(int N, bool local)
+{
+	return local ? SCAN1_TILE * (2 * SSM_CH_PER_BLOCK + N)
+		     : SCAN3_TILE * (3 * SCAN_THREADS + 2 * N);
+}
+
+/* the two tile buffers */
+static inline size_t scan_smem_bytes(int N, bool local)
+{
+	return sizeof(float) * 2 * scan_buf_floats(N, local);
+}
+
+/* whether dynamic shared memory of this size, with the kernel's static
+ * checkpoint list, needs the opt-in beyond 48 KB */
+static inline bool scan_smem_optin(size_t bytes)
+{
+	return bytes + sizeof(int) * SCAN_CK_MAX > 48 * 1024;
+}
+
+/* A full tile's copies (ROWS rows of NC floats, NC a multiple of 4, row
+ * stride ld, src 16-byte aligned): copy c, of the block's SCAN_THREADS
+ * threads' copies, is row c / (NC/4), piece c % (NC/4), so a thread's
+ * offsets need no division at run time. */
+template <int ROWS, int NC>
+__device__ __forceinline__ void tile_load_full(float *dst, const float *src, size_t ld)
+{
+	constexpr int NQ = NC / 4, COPIES = ROWS * NQ;
+#pragma unroll
+	for (int k = 0; k < (COPIES + SCAN_THREADS - 1) / SCAN_THREADS; k++) {
+		const int c = threadIdx.x + SCAN_THREADS * k;
+		if (COPIES % SCAN_THREADS == 0 || c < COPIES)
+			cp_async16(dst + 4 * c, src + (size_t)(c / NQ) * ld + 4 * (c % NQ), true);
+	}
+}
+
 /* dst[0..n) = src[0..n) from shared memory in the widest loads n allows
  * (src aligned to 4n bytes when n <= 4, to 16 bytes beyond). */
 template <int n> __device__ __forceinline__ void lds_vec(float *dst, const float *src)
@@ -884,129 +966,33 @@ template <int n> __device__ __forceinline__ void lds_vec(float *dst, const float
 }
 
 /*
- * Prefill selective scan over a chunk of L tokens, parallel over channels and
- * over time. Per token t and channel e:
- *   dt  = softplus(dtr[t, e] + dt_b[e])
- *   h_n = exp(dt * A[e, n]) * h_n + dt * B[t, n] * x[t, e]
- *   y   = (sum_n C[t, n] h_n + D[e] x[t, e]) * SiLU(z[t, e])
- * The chunk is cut into nseg segments of seg_len tokens (grid.y). Because the
- * recurrence is linear in h, a segment's end state is
- *   h_end = exp(A * sum_seg dt) * h_start + h_local
- * with h_local the segment's end state from zero. So, with nseg > 1:
- *   pass 1 (ssmk_scan<LOCAL=true>, segments 0 .. nseg-2): every segment from
- *          zero -> seg_h, seg_dt; it also stores dt = softplus(dtr + dt_b)
- *          back into dtr, so pass 3 reads dt instead of recomputing it;
- *   pass 2 (ssmk_scan_combine): walks the segments in order per (e, n) ->
- *          start_h, start_d of every segment;
- *   pass 3 (ssmk_scan<LOCAL=false>): every segment again from its true start,
- *          writing y, the checkpoint states and (last segment) the slot.
- *          Segments >= seg_raw (the last one, or all when nseg == 1: then only
- *          pass 3 runs, from the slot) still hold the raw dtr and apply the
- *          softplus themselves.
- * Each channel's state stays in registers (4 lanes x NPL entries) within a
- * segment and reaches memory only at segment ends, checkpoints
- * (ck_pos[0..n_ck), n_ck <= SCAN_CK_MAX, ascending, chunk-relative in
- * [1, L]: the state after token q-1 goes to ck + k * state_floats +
- * ck_ssm_off / + ck_dts_off) and the chunk's end.
- *
- * The block's 32 channels walk a segment in tiles of SCAN_TILE tokens, double
- * buffered in shared memory: while the recurrence runs on tile i, cp.async
- * brings tile i+1 (dt, x, B | C) in. exp(dt A) is one ex2 of dt * (A log2 e).
- * In pass 3 the channel's 4 lanes sum y = C.h of four tokens at a time with
- * one reduce-scatter, which leaves lane g token g's y; that lane applies D x
- * and SiLU(z) and stores it. Its z arrive in registers, loaded as the tile
- * starts. Tile copies and softplus entries have per-thread offsets fixed at
- * compile time (H200, 1.4b 2k prefill: the passes ran 45 and 59 instructions
- * a warp and token, a third of them address arithmetic and the epilogue).
- * grid (ceil(E/32), nseg or nseg-1), block SCAN_THREADS, shared memory
- * scan_smem_bytes(N, LOCAL).
+ * Pass 1: segment blockIdx.y from zero for SSM_CH_PER_BLOCK channels, lane g
+ * of a channel's four holding states g NPL .. g NPL + NPL - 1. Each tile's
+ * softplus entries are made once, (token, channel) per thread, into shared
+ * memory and back into dtr, before the tile's recurrence.
+ * grid (ceil(E/32), nseg-1), block SCAN_THREADS, shared memory
+ * scan_smem_bytes(N, true).
  */
-#define SCAN_TILE 32
-#define SCAN_SEG 64 /* tokens per segment (the backend's default) */
-#define SCAN_THREADS 128 /* the block */
-#define SCAN_CK_MAX 64 /* checkpoints per call at most (<= SCAN_THREADS) */
-
-/* floats of one tile buffer: dt, x (SCAN_TILE, 32) | B[|C] (SCAN_TILE, N or
- * 2N) */
-static inline __host__ __device__ int scan_buf_floats(int N, bool local)
-{
-	return SCAN_TILE * (2 * SSM_CH_PER_BLOCK + (local ? N : 2 * N));
-}
-
-/* the two tile buffers */
-static inline size_t scan_smem_bytes(int N, bool local)
-{
-	return sizeof(float) * 2 * scan_buf_floats(N, local);
-}
-
-/* whether dynamic shared memory of this size, with the kernel's static
- * checkpoint list, needs the opt-in beyond 48 KB */
-static inline bool scan_smem_optin(size_t bytes)
-{
-	return bytes + sizeof(int) * SCAN_CK_MAX > 48 * 1024;
-}
-
-/* p[k] (k < 4): this lane's parts of token k's C.h; returns the whole sum
- * of token g (lane g of the channel's 4). Two rounds of xor-shuffles, each
- * keeping the half of the tokens the lane's bit selects and adding the
- * partner's parts of that half. */
-__device__ __forceinline__ float reduce_scatter4(const float *p, int g)
-{
-	const bool hi2 = g & 2, hi1 = g & 1;
-	float a = hi2 ? p[2] : p[0], b = hi2 ? p[3] : p[1];
-	const float sa = hi2 ? p[0] : p[2], sb = hi2 ? p[1] : p[3];
-
-	a += __shfl_xor_sync(0xffffffffu, sa, 2);
-	b += __shfl_xor_sync(0xffffffffu, sb, 2);
-	return (hi1 ? b : a) + __shfl_xor_sync(0xffffffffu, hi1 ? a : b, 1);
-}
-
-/* A full tile's copies (SCAN_TILE rows of NC floats, NC a multiple of 4,
- * row stride ld, src 16-byte aligned): copy c, of the block's SCAN_THREADS
- * threads' copies, is row c / (NC/4), piece c % (NC/4), so a thread's
- * offsets need no division at run time. */
-template <int NC>
-__device__ __forceinline__ void tile_load_full(float *dst, const float *src, size_t ld)
-{
-	constexpr int NQ = NC / 4, COPIES = SCAN_TILE * NQ;
-#pragma unroll
-	for (int k = 0; k < (COPIES + SCAN_THREADS - 1) / SCAN_THREADS; k++) {
-		const int c = threadIdx.x + SCAN_THREADS * k;
-		if (COPIES % SCAN_THREADS == 0 || c < COPIES)
-			cp_async16(dst + 4 * c, src + (size_t)(c / NQ) * ld + 4 * (c % NQ), true);
-	}
-}
-
-template <typename T, int NPL, bool LOCAL>
+template <int NPL>
 __global__ void __launch_bounds__(SCAN_THREADS)
-ssmk_scan(float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
-       const float *xc, const float *xz, const float *in_b, const float *A,
-       const float *Dp, const float *start_h, const float *start_d,
-       size_t start_stride_h, size_t start_stride_d, float *seg_h,
-       float *seg_dt, float *ssm, float *dts, int E, int L, int seg_len,
-       const int *ck_pos, int n_ck, float *ck, size_t state_floats,
-       size_t ck_ssm_off, size_t ck_dts_off, T *yT)
+ssmk_scan_local(float *dtr, const float *dt_b, const float *dbc, int R, const float *xc,
+		const float *A, float *seg_h, float *seg_dt, int E, int L, int seg_len)
 {
-	const int N = NPL * SSM_LANES;
+	constexpr int N = NPL * SSM_LANES, CB = SSM_CH_PER_BLOCK, T1 = SCAN1_TILE;
 	const int W = R + 2 * N;
-	const int CB = SSM_CH_PER_BLOCK;
-	const int NBC = LOCAL ? N : 2 * N; /* B (and C) floats per token */
-	const int BUF = scan_buf_floats(N, LOCAL);
+	const int BUF = scan_buf_floats(N, true);
 	extern __shared__ __align__(16) float smem[];
 	const int e0 = blockIdx.x * CB;
 	const int ch = threadIdx.x / SSM_LANES;
 	const int g = threadIdx.x & (SSM_LANES - 1);
 	const int e = e0 + ch;
-	const bool valid = e < E;
-	const int ec = valid ? e : E - 1;
+	const int ec = e < E ? e : E - 1;
 	/* the channel of this thread's softplus entries (SCAN_THREADS % CB == 0) */
 	const int cl = threadIdx.x % CB;
 	const int ecl = e0 + cl < E ? e0 + cl : E - 1;
 	const int seg = blockIdx.y;
 	const int ts = seg * seg_len;
 	const int te = ts + seg_len < L ? ts + seg_len : L;
-	const bool last = te == L;
-	const bool raw = LOCAL || seg >= seg_raw;
 	const bool vec_x = E % 4 == 0, vec_bc = R % 4 == 0;
 	/* whole tiles of this block load through tile_load_full */
 	const bool full_ok = vec_x && vec_bc && e0 + CB <= E;
@@ -1015,46 +1001,157 @@ ssmk_scan(float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
 	float h[NPL], a[NPL], dsum = 0.0f;
 #pragma unroll
 	for (int i = 0; i < NPL; i++) {
-		h[i] = LOCAL ? 0.0f
-			     : start_h[seg * start_stride_h + (size_t)ec * N + g * NPL + i];
+		h[i] = 0.0f;
 		a[i] = A[(size_t)ec * N + g * NPL + i] * LOG2E;
 	}
-	if (!LOCAL)
-		dsum = start_d[seg * start_stride_d + ec];
 	const float dtb = dt_b[ecl];
-	/* pass 3's gate, for this lane's own channel */
-	const float dskip = LOCAL ? 0.0f : Dp[ec];
-	const float zb = !LOCAL && in_b ? in_b[E + ec] : 0.0f;
-	/* checkpoint k is the first after ts (the positions ascend) */
-	__shared__ int s_ck[SCAN_CK_MAX];
-	int k = 0, next_ck = -1;
 
-	const int ntiles = (te - ts + SCAN_TILE - 1) / SCAN_TILE;
+	const int ntiles = (te - ts + T1 - 1) / T1;
 	for (int i = -1; i < ntiles; i++) {
 		/* issue tile i+1 into buffer (i+1)&1: its last readers finished
 		 * before the barrier that ended iteration i-1 */
 		if (i + 1 < ntiles) {
-			const int t1 = ts + (i + 1) * SCAN_TILE;
-			const int n1 = te - t1 < SCAN_TILE ? te - t1 : SCAN_TILE;
+			const int t1 = ts + (i + 1) * T1;
+			const int n1 = te - t1 < T1 ? te - t1 : T1;
 			float *b = smem + ((i + 1) & 1) * BUF;
-			if (full_ok && n1 == SCAN_TILE) {
-				tile_load_full<CB>(b, dtr + (size_t)t1 * E + e0, E);
-				tile_load_full<CB>(b + SCAN_TILE * CB, xc + (size_t)t1 * E + e0, E);
-				tile_load_full<NBC>(b + 2 * SCAN_TILE * CB, dbc + (size_t)t1 * W + R,
-						    W);
+			if (full_ok && n1 == T1) {
+				tile_load_full<T1, CB>(b, dtr + (size_t)t1 * E + e0, E);
+				tile_load_full<T1, CB>(b + T1 * CB, xc + (size_t)t1 * E + e0, E);
+				tile_load_full<T1, N>(b + 2 * T1 * CB, dbc + (size_t)t1 * W + R, W);
 			} else {
 				tile_load(b, dtr + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
-				tile_load(b + SCAN_TILE * CB, xc + (size_t)t1 * E, E, n1, e0, CB,
-					  E, vec_x);
-				tile_load(b + 2 * SCAN_TILE * CB, dbc + (size_t)t1 * W + R, W, n1,
-					  0, NBC, NBC, vec_bc);
+				tile_load(b + T1 * CB, xc + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
+				tile_load(b + 2 * T1 * CB, dbc + (size_t)t1 * W + R, W, n1, 0, N, N,
+					  vec_bc);
+			}
+		}
+		cp_async_commit();
+		if (i < 0)
+			continue;
+		cp_async_wait<1>(); /* all but the newest group: tile i */
+		__syncthreads();
+
+		const int t0 = ts + i * T1;
+		const int nt = te - t0 < T1 ? te - t0 : T1;
+		float *s_dt = smem + (i & 1) * BUF; /* (T1, CB) */
+		const float *s_x = s_dt + T1 * CB;
+		const float *s_b = s_x + T1 * CB;
+
+		/* entry idx = threadIdx.x + SCAN_THREADS q: token idx / CB,
+		 * channel cl */
+		float *dtp = dtr + (size_t)(t0 + threadIdx.x / CB) * E + e0 + cl;
+#pragma unroll
+		for (int q = 0; q < T1 * CB / SCAN_THREADS; q++) {
+			const int idx = threadIdx.x + SCAN_THREADS * q;
+			if (idx < nt * CB) {
+				const float dt = softplus(s_dt[idx] + dtb);
+				s_dt[idx] = dt;
+				if (e0 + cl < E)
+					dtp[(size_t)q * (SCAN_THREADS / CB) * E] = dt;
+			}
+		}
+		__syncthreads();
+
+		/* unrolled so the next tokens' shared-memory loads and
+		 * exponentials overlap this one's chain */
+#pragma unroll 4
+		for (int tt = 0; tt < nt; tt++) {
+			const float dt = s_dt[tt * CB + ch];
+			const float dx = dt * s_x[tt * CB + ch];
+			float Bv[NPL];
+			lds_vec<NPL>(Bv, s_b + tt * N + g * NPL);
+#pragma unroll
+			for (int j = 0; j < NPL; j++)
+				h[j] = ex2_approx(dt * a[j]) * h[j] + dx * Bv[j];
+			dsum += dt;
+		}
+		/* the next iteration's copies overwrite this buffer only after this */
+		__syncthreads();
+	}
+	if (e >= E)
+		return;
+#pragma unroll
+	for (int i = 0; i < NPL; i++)
+		seg_h[((size_t)seg * E + e) * N + g * NPL + i] = h[i];
+	if (g == 0)
+		seg_dt[(size_t)seg * E + e] = dsum;
+}
+
+/*
+ * Pass 3: segment blockIdx.y from its start state (start_h, start_d: the
+ * segment's at index seg, strides start_stride_*) for SCAN_THREADS channels,
+ * one a thread: y to yT (T, (L, E)), checkpoints to ck, and after the
+ * chunk's last token the state to ssm (E, N) and dts (E).
+ * grid (ceil(E/SCAN_THREADS), nseg), block SCAN_THREADS, shared memory
+ * scan_smem_bytes(N, false).
+ */
+template <typename T, int N>
+__global__ void __launch_bounds__(SCAN_THREADS)
+ssmk_scan(const float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
+	  const float *xc, const float *xz, const float *in_b, const float *A,
+	  const float *Dp, const float *start_h, const float *start_d,
+	  size_t start_stride_h, size_t start_stride_d, float *ssm, float *dts, int E,
+	  int L, int seg_len, const int *ck_pos, int n_ck, float *ck,
+	  size_t state_floats, size_t ck_ssm_off, size_t ck_dts_off, T *yT)
+{
+	constexpr int CB = SCAN_THREADS, T3 = SCAN3_TILE;
+	const int W = R + 2 * N;
+	const int BUF = scan_buf_floats(N, false);
+	extern __shared__ __align__(16) float smem[];
+	const int e0 = blockIdx.x * CB;
+	const int e = e0 + threadIdx.x;
+	const bool valid = e < E;
+	const int ec = valid ? e : E - 1;
+	const int seg = blockIdx.y;
+	const int ts = seg * seg_len;
+	const int te = ts + seg_len < L ? ts + seg_len : L;
+	const bool raw = seg >= seg_raw;
+	const bool vec_x = E % 4 == 0, vec_bc = R % 4 == 0;
+	/* whole tiles of this block load through tile_load_full */
+	const bool full_ok = vec_x && vec_bc && e0 + CB <= E;
+	const float LOG2E = 1.4426950408889634f;
+
+	float h[N], a[N];
+#pragma unroll
+	for (int n = 0; n < N; n++) {
+		h[n] = start_h[seg * start_stride_h + (size_t)ec * N + n];
+		a[n] = A[(size_t)ec * N + n] * LOG2E;
+	}
+	float dsum = start_d[seg * start_stride_d + ec];
+	const float dtb = dt_b[ec], dskip = Dp[ec];
+	const float zb = in_b ? in_b[E + ec] : 0.0f;
+	/* checkpoint k is the first after ts (the positions ascend) */
+	__shared__ int s_ck[SCAN_CK_MAX];
+	int k = 0, next_ck = -1;
+
+	const int ntiles = (te - ts + T3 - 1) / T3;
+	for (int i = -1; i < ntiles; i++) {
+		/* issue tile i+1 into buffer (i+1)&1: its last readers finished
+		 * before the barrier that ended iteration i-1 */
+		if (i + 1 < ntiles) {
+			const int t1 = ts + (i + 1) * T3;
+			const int n1 = te - t1 < T3 ? te - t1 : T3;
+			float *b = smem + ((i + 1) & 1) * BUF;
+			float *bz = b + 2 * T3 * CB, *bbc = b + 3 * T3 * CB;
+			const float *z1 = xz + (size_t)t1 * 2 * E + E;
+			if (full_ok && n1 == T3) {
+				tile_load_full<T3, CB>(b, dtr + (size_t)t1 * E + e0, E);
+				tile_load_full<T3, CB>(b + T3 * CB, xc + (size_t)t1 * E + e0, E);
+				tile_load_full<T3, CB>(bz, z1 + e0, 2 * E);
+				tile_load_full<T3, 2 * N>(bbc, dbc + (size_t)t1 * W + R, W);
+			} else {
+				tile_load(b, dtr + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
+				tile_load(b + T3 * CB, xc + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
+				tile_load(bz, z1, 2 * E, n1, e0, CB, E, vec_x);
+				tile_load(bbc, dbc + (size_t)t1 * W + R, W, n1, 0, 2 * N, 2 * N,
+					  vec_bc);
 			}
 		}
 		cp_async_commit();
 		if (i < 0) {
 			/* with tile 0 on its way: the positions to shared memory,
 			 * k counted by the barrier itself (n_ck is the block's) */
-			if (!LOCAL && n_ck) {
+			if (n_ck) {
 				const bool mine = threadIdx.x < n_ck;
 				const int q = mine ? ck_pos[threadIdx.x] : 0;
 				if (mine)
@@ -1067,149 +1164,76 @@ ssmk_scan(float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
 		cp_async_wait<1>(); /* all but the newest group: tile i */
 		__syncthreads();
 
-		const int t0 = ts + i * SCAN_TILE;
-		const int nt = te - t0 < SCAN_TILE ? te - t0 : SCAN_TILE;
-		float *s_dt = smem + (i & 1) * BUF; /* (SCAN_TILE, CB) */
-		const float *s_x = s_dt + SCAN_TILE * CB;
-		const float *s_bc = s_x + SCAN_TILE * CB;
-		/* pass 3 over a whole tile with no checkpoint inside it: groups
-		 * of four tokens, lane g gating token 4 q + g, whose z it loads
-		 * now, in flight during the recurrence */
-		const bool whole = !LOCAL && nt == SCAN_TILE &&
-				   !(next_ck > t0 && next_ck < t0 + nt);
-		constexpr int ZR = SCAN_TILE / 4;
-		float zr[ZR];
-		if (whole) {
-			const float *zp = xz + (size_t)(t0 + g) * 2 * E + E + ec;
-#pragma unroll
-			for (int q = 0; q < ZR; q++)
-				zr[q] = zp[(size_t)q * 8 * E];
-		}
+		const int t0 = ts + i * T3;
+		const int nt = te - t0 < T3 ? te - t0 : T3;
+		/* this thread's column of the tile's dt, x and z (T3, CB) */
+		const float *s_dt = smem + (i & 1) * BUF + threadIdx.x;
+		const float *s_x = s_dt + T3 * CB;
+		const float *s_z = s_dt + 2 * T3 * CB;
+		const float *s_bc = smem + (i & 1) * BUF + 3 * T3 * CB;
+		T *yp = yT + (size_t)t0 * E + e;
 
-		if (raw) {
-			/* entry idx = threadIdx.x + SCAN_THREADS q: token idx / CB,
-			 * channel cl */
-			float *dtp = dtr + (size_t)(t0 + threadIdx.x / CB) * E + e0 + cl;
-#pragma unroll
-			for (int q = 0; q < SCAN_TILE * CB / SCAN_THREADS; q++) {
-				const int idx = threadIdx.x + SCAN_THREADS * q;
-				if (idx < nt * CB) {
-					const float dt = softplus(s_dt[idx] + dtb);
-					s_dt[idx] = dt;
-					if (LOCAL && e0 + cl < E)
-						dtp[(size_t)q * (SCAN_THREADS / CB) * E] = dt;
-				}
-			}
-			__syncthreads();
-		}
-
-		/* one token of the recurrence for this lane's states; returns the
-		 * lane's part of C.h (pass 3) */
-		auto upd = [&](int tt) {
-			const float dt = s_dt[tt * CB + ch];
-			const float x = s_x[tt * CB + ch];
-			float Bv[NPL], Cv[NPL];
-			lds_vec<NPL>(Bv, s_bc + tt * NBC + g * NPL);
-			if (!LOCAL)
-				lds_vec<NPL>(Cv, s_bc + tt * NBC + N + g * NPL);
+		/* one token of the recurrence for this channel's states, its
+		 * gated y = C.h to yT */
+		auto step = [&](int tt) {
+			float dt = s_dt[tt * CB];
+			if (raw)
+				dt = softplus(dt + dtb);
+			const float x = s_x[tt * CB];
 			const float dx = dt * x;
+			const float4 *bc = (const float4 *)(s_bc + tt * 2 * N);
 			float y = 0.0f;
 #pragma unroll
-			for (int j = 0; j < NPL; j++) {
-				h[j] = ex2_approx(dt * a[j]) * h[j] + dx * Bv[j];
-				if (!LOCAL)
-					y += Cv[j] * h[j];
+			for (int q = 0; q < N / 4; q++) {
+				const float4 b4 = bc[q], c4 = bc[N / 4 + q];
+				const float bv[4] = {b4.x, b4.y, b4.z, b4.w};
+				const float cv[4] = {c4.x, c4.y, c4.z, c4.w};
+#pragma unroll
+				for (int r = 0; r < 4; r++) {
+					const int n = 4 * q + r;
+					h[n] = ex2_approx(dt * a[n]) * h[n] + dx * bv[r];
+					y += cv[r] * h[n];
+				}
 			}
 			dsum += dt;
-			return y;
-		};
-		/* token tt's whole C.h (this lane's channel): D x, the gate, to yT
-		 * (yp: row t0 of this lane's channel) */
-		T *yp = yT + (size_t)t0 * E + e;
-		auto gate_store = [&](int tt, float y, float z) {
 			if (valid)
-				yp[(size_t)tt * E] = from_f32<T>(
-					(y + dskip * s_x[tt * CB + ch]) * silu(z + zb));
+				yp[(size_t)tt * E] =
+					from_f32<T>((y + dskip * x) * silu(s_z[tt * CB] + zb));
 		};
-		auto z_of = [&](int tt) { return xz[(size_t)(t0 + tt) * 2 * E + E + ec]; };
 		/* the state now is checkpoint k's; on to the next checkpoint */
 		auto ck_store = [&]() {
 			if (valid) {
 				float *c = ck + (size_t)k * state_floats;
 #pragma unroll
-				for (int j = 0; j < NPL; j++)
-					c[ck_ssm_off + (size_t)e * N + g * NPL + j] = h[j];
-				if (g == 0)
-					c[ck_dts_off + e] = dsum;
+				for (int n = 0; n < N; n++)
+					c[ck_ssm_off + (size_t)e * N + n] = h[n];
+				c[ck_dts_off + e] = dsum;
 			}
 			k++;
 			next_ck = k < n_ck ? s_ck[k] : -1;
 		};
-		if (LOCAL) {
-			/* unrolled so the next tokens' shared-memory loads and
-			 * exponentials overlap this one's chain */
+		if (!(next_ck > t0 && next_ck <= t0 + nt)) {
+			/* no checkpoint in this tile (unrolled so the next tokens'
+			 * loads and exponentials overlap this one's chains) */
 #pragma unroll 4
 			for (int tt = 0; tt < nt; tt++)
-				upd(tt);
-		} else if (whole) {
-			/* one reduce-scatter a group leaves lane g the y of token
-			 * 4 q + g (per token 1 shuffle, not 2, and a quarter of the
-			 * gates and stores) */
-#pragma unroll
-			for (int q = 0; q < ZR; q++) {
-				float p[4];
-#pragma unroll
-				for (int r = 0; r < 4; r++)
-					p[r] = upd(4 * q + r);
-				gate_store(4 * q + g, reduce_scatter4(p, g), zr[q]);
-			}
+				step(tt);
 		} else {
-			/* a checkpoint inside, or a chunk's last, short tile: the
-			 * same groups (so the same sums) with a test after every
-			 * token, then token by token */
-			int tt = 0;
-			for (; tt + 4 <= nt; tt += 4) {
-				float p[4];
-#pragma unroll
-				for (int r = 0; r < 4; r++) {
-					p[r] = upd(tt + r);
-					while (next_ck == t0 + tt + r + 1)
-						ck_store();
-				}
-				gate_store(tt + g, reduce_scatter4(p, g), z_of(tt + g));
-			}
-			for (; tt < nt; tt++) {
-				float y = upd(tt);
-				y += __shfl_xor_sync(0xffffffffu, y, 1);
-				y += __shfl_xor_sync(0xffffffffu, y, 2);
+			for (int tt = 0; tt < nt; tt++) {
+				step(tt);
 				while (next_ck == t0 + tt + 1)
 					ck_store();
-				if (g == 0)
-					gate_store(tt, y, z_of(tt));
 			}
 		}
-		/* checkpoints at multiples of SCAN_TILE fall at tile ends */
-		if (!LOCAL)
-			while (next_ck == t0 + nt)
-				ck_store();
 		/* the next iteration's copies overwrite this buffer only after this */
 		__syncthreads();
 	}
-	if (!valid)
+	if (!valid || te != L)
 		return;
-	if (LOCAL) {
 #pragma unroll
-		for (int i = 0; i < NPL; i++)
-			seg_h[((size_t)seg * E + e) * N + g * NPL + i] = h[i];
-		if (g == 0)
-			seg_dt[(size_t)seg * E + e] = dsum;
-	} else if (last) {
-#pragma unroll
-		for (int i = 0; i < NPL; i++)
-			ssm[(size_t)e * N + g * NPL + i] = h[i];
-		if (g == 0)
-			dts[e] = dsum;
-	}
+	for (int n = 0; n < N; n++)
+		ssm[(size_t)e * N + n] = h[n];
+	dts[e] = dsum;
 }
 
 /*
