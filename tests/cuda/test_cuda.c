@@ -803,8 +803,10 @@ static void test_xproj_big(const char *dir)
 	/* two rows at once through the multi-row kernel */
 	lg[0] = malloc(2 * V * sizeof(float));
 	lg[1] = malloc(2 * V * sizeof(float));
-	if (!lg[0] || !lg[1])
+	if (!lg[0] || !lg[1]) {
+		CHECK(0, "x_proj range: out of memory");
 		goto out;
+	}
 	{
 		int32_t toks[2][24], next[2];
 		int slots[2] = {0, 1};
@@ -1226,9 +1228,9 @@ static void test_big(const char *dir)
 
 /* Whether group `name` runs: all of them, or those SSMD_CUDA_ONLY names
  * (comma-separated: fixtures, cross, batch or one of its cases batch-f32-64
- * ... batch-low-20-whole and batch-conv3, checkpoints, xproj-big, groups, sampling,
- * big), so a
- * slow tool such as a sanitizer can run the groups side by side. */
+ * ... batch-low-20-whole and batch-conv3, checkpoints, xproj-big, groups,
+ * sampling, big), so a slow tool such as a sanitizer can run the groups side
+ * by side. */
 static int want(const char *name)
 {
 	const char *only = getenv("SSMD_CUDA_ONLY");
