@@ -213,6 +213,23 @@ static int gemm(cuda_backend *cb, const void *W, const void *X, int ldx,
 	return gemm_ex(cb, W, X, ldx, Y, ldy, m, n, k, 0);
 }
 
+/* The prefill x_proj's K slices for L rows: its output (L x W, W = dt_rank +
+ * 2 d_state, 160 on 1.4b) makes too few tiles to fill the device from K =
+ * d_inner in one product (96 tiles of 64 x 64 for a 2k chunk on 132 SMs), so
+ * K is cut until there are about two tiles an SM; the slices land one after
+ * the other in act.dbc (P L <= its rows), and ssmk_dt_low adds them. */
+static int xproj_slices(const cuda_backend *cb, int L)
+{
+	const int W = cb->cfg.dt_rank + 2 * cb->cfg.d_state, E = cb->cfg.d_inner;
+	const long tiles = (long)cdiv(L, 64) * cdiv(W, 64);
+	int P = 1;
+
+	while (2 * P <= cb->xproj_split && (long)2 * P * L <= cb->act.rows &&
+	       E % (2 * P * 8) == 0 && tiles * P < 2L * cb->n_sm)
+		P *= 2;
+	return P;
+}
+
 /* gemm() with K cut in P slices, one product each (slice p's Y at Y + p *
  * ldy * n), for the consumer to add: k % P == 0. */
 static int gemm_split(cuda_backend *cb, const void *W, const void *X, int ldx,
@@ -512,6 +529,7 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 	const int nseg = cdiv(L, seg_len);
 	const size_t smem1 = scan_smem_bytes(N, true), smem3 = scan_smem_bytes(N, false);
 	const bool norm_v4 = D % 4 == 0 && D <= 4 * 256 * NORM_V4;
+	const int xsplit = xproj_slices(cb, L);
 	int l;
 
 	ssmk_embed<T><<<L, 256, 0, s>>>(cb->d_tokens, (const T *)cb->embed, a->h, D);
@@ -556,10 +574,11 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 			sf, L, E, K);
 		CUDA_LAUNCHED();
 		split_mark(cb, SSM_CUDA_CONV);
-		if ((rc = gemm(cb, y->x_w, a->xcT, E, a->dbc, W, W, L, E)))
+		if ((rc = gemm_split(cb, y->x_w, a->xcT, E, a->dbc, W, W, L, E, xsplit)))
 			goto out;
 		split_mark(cb, SSM_CUDA_X_PROJ);
-		ssmk_dt_low<T><<<L, 64, 0, s>>>(a->dbc, W, R, (T *)a->dlT);
+		ssmk_dt_low<T><<<L, 128, 0, s>>>(a->dbc, W, R, xsplit, (size_t)L * W,
+						 (T *)a->dlT);
 		CUDA_LAUNCHED();
 		if ((rc = gemm(cb, y->dt_w, a->dlT, R, a->dtr, E, E, L, R)))
 			goto out;
@@ -581,18 +600,38 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 				(int)smem3));                                 \
 		if (nseg > 1) {                                               \
 			ssmk_scan_local<npl>                                  \
-				<<<dim3(cdiv(E, SSM_CH_PER_BLOCK), nseg - 1), \
+				<<<dim3(nseg - 1, cdiv(E, SSM_CH_PER_BLOCK)), \
 				   SCAN_THREADS, smem1, s>>>(                 \
 				a->dtr, y->dt_b, a->dbc, R, a->xc, y->A,      \
-				a->seg_h, a->seg_dt, E, L, seg_len);          \
+				a->seg_h, a->seg_dt, E, L, seg_len,           \
+				base + ssm_off, base + dts_off, a->start_h,   \
+				a->start_d, cb->scan_walk ? a->scan_done : NULL); \
 			CUDA_LAUNCHED();                                      \
+			if (!cb->scan_walk) {                                 \
 			ssmk_scan_combine<<<cdiv(E * N, 256), 256, 0, s>>>(   \
 				y->A, base + ssm_off, base + dts_off,         \
 				a->seg_h, a->seg_dt, a->start_h, a->start_d,  \
 				E, N, nseg);                                  \
 			CUDA_LAUNCHED();                                      \
+			}                                                     \
 		}                                                             \
 		split_mark(cb, SSM_CUDA_SCAN1);                               \
+		if constexpr (n_ == 16) if (cb->scan3_tile == 8) {            \
+		CUDA_TRY(cudaFuncSetAttribute(                                \
+				ssmk_scan<T, n_, 8>,                          \
+				cudaFuncAttributeMaxDynamicSharedMemorySize,  \
+				(int)scan_smem_bytes(N, false, 8)));          \
+		ssmk_scan<T, n_, 8><<<dim3(cdiv(E, SCAN_THREADS), nseg),     \
+				  SCAN_THREADS, scan_smem_bytes(N, false, 8), s>>>( \
+			a->dtr, y->dt_b, nseg - 1, a->dbc, R, a->xc, a->xz,   \
+			y->in_b, y->A, y->Dp,                                 \
+			nseg > 1 ? a->start_h : base + ssm_off,               \
+			nseg > 1 ? a->start_d : base + dts_off,               \
+			(size_t)E * N, (size_t)E, base + ssm_off,             \
+			base + dts_off, E, L, seg_len, cb->d_ck_pos, nq, d_ck,\
+			sf, ssm_off, dts_off, (T *)a->yT);                    \
+		break;                                                        \
+		}                                                             \
 		ssmk_scan<T, n_><<<dim3(cdiv(E, SCAN_THREADS), nseg),        \
 				  SCAN_THREADS, smem3, s>>>(                  \
 			a->dtr, y->dt_b, nseg - 1, a->dbc, R, a->xc, a->xz,   \
@@ -1615,12 +1654,17 @@ static int act_alloc(cuda_backend *cb, int rows, int logit_rows)
 			    (void **)&a->logits)))
 		return rc;
 	a->n_seg = cdiv(cb->chunk, cb->scan_seg);
+	if ((rc = dev_alloc(cb, cdiv(E, SSM_CH_PER_BLOCK) * sizeof(int), (void **)&a->scan_done)))
+		return rc;
+	CUDA_TRY(cudaMemset(a->scan_done, 0, cdiv(E, SSM_CH_PER_BLOCK) * sizeof(int)));
 	if ((rc = dev_alloc(cb, (size_t)a->n_seg * E * c->d_state * 4, (void **)&a->seg_h)) ||
 	    (rc = dev_alloc(cb, (size_t)a->n_seg * E * 4, (void **)&a->seg_dt)) ||
 	    (rc = dev_alloc(cb, (size_t)a->n_seg * E * c->d_state * 4, (void **)&a->start_h)) ||
 	    (rc = dev_alloc(cb, (size_t)a->n_seg * E * 4, (void **)&a->start_d)))
 		return rc;
 	return SSMD_OK;
+out:
+	return rc;
 }
 
 extern "C" int ssm_cuda_device_count(void)
@@ -1732,6 +1776,19 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	env = getenv("SSMD_CUDA_SCAN_SEG");
 	if (env && atoi(env) >= SCAN1_TILE)
 		cb->scan_seg = atoi(env) / SCAN1_TILE * SCAN1_TILE;
+	cb->scan3_tile = SCAN3_TILE;
+	env = getenv("SSMD_CUDA_SCAN3_TILE");
+	if (env && atoi(env) == 8)
+		cb->scan3_tile = 8;
+	cb->scan_walk = 1;
+	env = getenv("SSMD_CUDA_SCAN_WALK");
+	if (env)
+		cb->scan_walk = atoi(env) != 0;
+	cb->xproj_split = 8;
+	env = getenv("SSMD_CUDA_XPROJ_SPLIT");
+	if (env && atoi(env) >= 1)
+		cb->xproj_split = atoi(env);
+	CUDA_TRY(cudaDeviceGetAttribute(&cb->n_sm, cudaDevAttrMultiProcessorCount, cb->device));
 	/* SSMD_CUDA_CK_MB overrides the checkpoint budget (MiB) for tuning */
 	ck_bytes = (size_t)(cb->chunk / CUDA_CK_FULL_EVERY) * cb->state_floats * sizeof(float);
 	if (ck_bytes < CUDA_CK_BUDGET)
