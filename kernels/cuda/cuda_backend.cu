@@ -600,38 +600,18 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 				(int)smem3));                                 \
 		if (nseg > 1) {                                               \
 			ssmk_scan_local<npl>                                  \
-				<<<dim3(nseg - 1, cdiv(E, SSM_CH_PER_BLOCK)), \
+				<<<dim3(cdiv(E, SSM_CH_PER_BLOCK), nseg - 1), \
 				   SCAN_THREADS, smem1, s>>>(                 \
 				a->dtr, y->dt_b, a->dbc, R, a->xc, y->A,      \
-				a->seg_h, a->seg_dt, E, L, seg_len,           \
-				base + ssm_off, base + dts_off, a->start_h,   \
-				a->start_d, cb->scan_walk ? a->scan_done : NULL); \
+				a->seg_h, a->seg_dt, E, L, seg_len);          \
 			CUDA_LAUNCHED();                                      \
-			if (!cb->scan_walk) {                                 \
 			ssmk_scan_combine<<<cdiv(E * N, 256), 256, 0, s>>>(   \
 				y->A, base + ssm_off, base + dts_off,         \
 				a->seg_h, a->seg_dt, a->start_h, a->start_d,  \
 				E, N, nseg);                                  \
 			CUDA_LAUNCHED();                                      \
-			}                                                     \
 		}                                                             \
 		split_mark(cb, SSM_CUDA_SCAN1);                               \
-		if constexpr (n_ == 16) if (cb->scan3_tile == 8) {            \
-		CUDA_TRY(cudaFuncSetAttribute(                                \
-				ssmk_scan<T, n_, 8>,                          \
-				cudaFuncAttributeMaxDynamicSharedMemorySize,  \
-				(int)scan_smem_bytes(N, false, 8)));          \
-		ssmk_scan<T, n_, 8><<<dim3(cdiv(E, SCAN_THREADS), nseg),     \
-				  SCAN_THREADS, scan_smem_bytes(N, false, 8), s>>>( \
-			a->dtr, y->dt_b, nseg - 1, a->dbc, R, a->xc, a->xz,   \
-			y->in_b, y->A, y->Dp,                                 \
-			nseg > 1 ? a->start_h : base + ssm_off,               \
-			nseg > 1 ? a->start_d : base + dts_off,               \
-			(size_t)E * N, (size_t)E, base + ssm_off,             \
-			base + dts_off, E, L, seg_len, cb->d_ck_pos, nq, d_ck,\
-			sf, ssm_off, dts_off, (T *)a->yT);                    \
-		break;                                                        \
-		}                                                             \
 		ssmk_scan<T, n_><<<dim3(cdiv(E, SCAN_THREADS), nseg),        \
 				  SCAN_THREADS, smem3, s>>>(                  \
 			a->dtr, y->dt_b, nseg - 1, a->dbc, R, a->xc, a->xz,   \
@@ -1654,17 +1634,12 @@ static int act_alloc(cuda_backend *cb, int rows, int logit_rows)
 			    (void **)&a->logits)))
 		return rc;
 	a->n_seg = cdiv(cb->chunk, cb->scan_seg);
-	if ((rc = dev_alloc(cb, cdiv(E, SSM_CH_PER_BLOCK) * sizeof(int), (void **)&a->scan_done)))
-		return rc;
-	CUDA_TRY(cudaMemset(a->scan_done, 0, cdiv(E, SSM_CH_PER_BLOCK) * sizeof(int)));
 	if ((rc = dev_alloc(cb, (size_t)a->n_seg * E * c->d_state * 4, (void **)&a->seg_h)) ||
 	    (rc = dev_alloc(cb, (size_t)a->n_seg * E * 4, (void **)&a->seg_dt)) ||
 	    (rc = dev_alloc(cb, (size_t)a->n_seg * E * c->d_state * 4, (void **)&a->start_h)) ||
 	    (rc = dev_alloc(cb, (size_t)a->n_seg * E * 4, (void **)&a->start_d)))
 		return rc;
 	return SSMD_OK;
-out:
-	return rc;
 }
 
 extern "C" int ssm_cuda_device_count(void)
@@ -1776,14 +1751,8 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	env = getenv("SSMD_CUDA_SCAN_SEG");
 	if (env && atoi(env) >= SCAN1_TILE)
 		cb->scan_seg = atoi(env) / SCAN1_TILE * SCAN1_TILE;
-	cb->scan3_tile = SCAN3_TILE;
-	env = getenv("SSMD_CUDA_SCAN3_TILE");
-	if (env && atoi(env) == 8)
-		cb->scan3_tile = 8;
-	cb->scan_walk = 1;
-	env = getenv("SSMD_CUDA_SCAN_WALK");
-	if (env)
-		cb->scan_walk = atoi(env) != 0;
+	/* the prefill x_proj's K slices at most (xproj_slices());
+	 * SSMD_CUDA_XPROJ_SPLIT overrides it for tuning (1: one product) */
 	cb->xproj_split = 8;
 	env = getenv("SSMD_CUDA_XPROJ_SPLIT");
 	if (env && atoi(env) >= 1)

@@ -105,7 +105,6 @@ typedef struct cuda_act {
 	float *start_h; /* (n_seg, d_inner, d_state) segment start states */
 	float *start_d; /* (n_seg, d_inner) dt_sum at segment starts */
 	int n_seg;      /* segments of a full prefill chunk */
-	int *scan_done; /* (ceil(d_inner / 32)) pass 1's finished blocks a channel group, 0 between launches */
 	float *mix;   /* (rows, d_model) out_proj output */
 	float *logits; /* (logit_rows, vocab) */
 	int logit_rows;
@@ -159,8 +158,6 @@ typedef struct cuda_backend {
 	int max_batch;        /* largest decode bucket */
 	int chunk;            /* prefill tokens per chunk */
 	int scan_seg;         /* prefill scan segment length (tokens) */
-	int scan3_tile;       /* pass 3's tile (tokens) */
-	int scan_walk;        /* pass 2 of the scan inside pass 1 (else its own kernel) */
 	int xproj_split;      /* the prefill x_proj's K slices at most (1, 2, 4, 8) */
 	int n_sm;             /* the device's multiprocessors */
 	int out_split;        /* batched decode's out_proj K slices: 1 or 2 */

@@ -915,17 +915,16 @@ __device__ __forceinline__ void tile_load(float *dst, const float *src, size_t l
 /* floats of one tile buffer. Pass 1: dt, x (SCAN1_TILE, SSM_CH_PER_BLOCK) | B
  * (SCAN1_TILE, N); pass 3: dt, x, z (SCAN3_TILE, SCAN_THREADS) | B | C
  * (SCAN3_TILE, 2N). */
-static inline __host__ __device__ int scan_buf_floats(int N, bool local,
-							   int t3 = SCAN3_TILE)
+static inline __host__ __device__ int scan_buf_floats(int N, bool local)
 {
 	return local ? SCAN1_TILE * (2 * SSM_CH_PER_BLOCK + N)
-		     : t3 * (3 * SCAN_THREADS + 2 * N);
+		     : SCAN3_TILE * (3 * SCAN_THREADS + 2 * N);
 }
 
 /* the two tile buffers */
-static inline size_t scan_smem_bytes(int N, bool local, int t3 = SCAN3_TILE)
+static inline size_t scan_smem_bytes(int N, bool local)
 {
-	return sizeof(float) * 2 * scan_buf_floats(N, local, t3);
+	return sizeof(float) * 2 * scan_buf_floats(N, local);
 }
 
 /* whether dynamic shared memory of this size, with the kernel's static
@@ -976,83 +975,23 @@ template <int n> __device__ __forceinline__ void lds_vec(float *dst, const float
 }
 
 /*
- * Pass 2 of the segmented scan for one thread's states g NPL .. g NPL + NPL - 1
- * of channel e (a[] their A log2 e): from the slot's state (ssm (E, N), dts
- * (E)) walks segments 0 .. n1 - 1 in order,
- *   start_h[s] = h;  h = 2^(a seg_dt[s, e]) h + seg_h[s, e, n]
- * and start_d[s] = d;  d += seg_dt[s, e]  (written by g == 0), for s <= n1.
- * The loads of WALK_BATCH segments are issued together (through L2: other
- * blocks wrote them), so the walk is a chain of dependent updates, not of
- * dependent loads.
- */
-#define WALK_BATCH 4
-
-template <int NPL>
-__device__ __forceinline__ void scan_walk(const float *a, const float *ssm, const float *dts,
-					  const float *seg_h, const float *seg_dt,
-					  float *start_h, float *start_d, int E, int e, int g,
-					  int n1)
-{
-	constexpr int N = NPL * SSM_LANES;
-	const size_t o = (size_t)e * N + g * NPL;
-	float h[NPL], d = dts[e];
-#pragma unroll
-	for (int i = 0; i < NPL; i++) {
-		h[i] = ssm[o + i];
-		start_h[o + i] = h[i];
-	}
-	if (g == 0)
-		start_d[e] = d;
-	for (int s0 = 0; s0 < n1; s0 += WALK_BATCH) {
-		float sd[WALK_BATCH], sh[WALK_BATCH][NPL];
-#pragma unroll
-		for (int j = 0; j < WALK_BATCH; j++)
-			if (s0 + j < n1) {
-				sd[j] = __ldcg(seg_dt + (size_t)(s0 + j) * E + e);
-#pragma unroll
-				for (int i = 0; i < NPL; i++)
-					sh[j][i] = __ldcg(seg_h + (size_t)(s0 + j) * E * N + o + i);
-			}
-#pragma unroll
-		for (int j = 0; j < WALK_BATCH; j++)
-			if (s0 + j < n1) {
-				float *dst = start_h + (size_t)(s0 + j + 1) * E * N + o;
-#pragma unroll
-				for (int i = 0; i < NPL; i++) {
-					h[i] = ex2_approx(a[i] * sd[j]) * h[i] + sh[j][i];
-					dst[i] = h[i];
-				}
-				d += sd[j];
-				if (g == 0)
-					start_d[(size_t)(s0 + j + 1) * E + e] = d;
-			}
-	}
-}
-
-/*
- * Pass 1: segment blockIdx.x from zero for SSM_CH_PER_BLOCK channels (group
- * blockIdx.y), lane g of a channel's four holding states g NPL .. g NPL + NPL
- * - 1. Each tile's softplus entries are made once, (token, channel) per
- * thread, into shared memory and back into dtr, before the tile's recurrence.
- * With done (a count per channel group, zero at launch and left zero), the
- * group's last block to finish runs pass 2 for it (scan_walk): a group's
- * segments are neighbours in the grid, so most groups' walks overlap other
- * groups' pass 1. Without it, ssmk_scan_combine runs pass 2.
- * grid (nseg-1, ceil(E/32)), block SCAN_THREADS, shared memory
+ * Pass 1: segment blockIdx.y from zero for SSM_CH_PER_BLOCK channels, lane g
+ * of a channel's four holding states g NPL .. g NPL + NPL - 1. Each tile's
+ * softplus entries are made once, (token, channel) per thread, into shared
+ * memory and back into dtr, before the tile's recurrence.
+ * grid (ceil(E/32), nseg-1), block SCAN_THREADS, shared memory
  * scan_smem_bytes(N, true).
  */
 template <int NPL>
 __global__ void __launch_bounds__(SCAN_THREADS)
 ssmk_scan_local(float *dtr, const float *dt_b, const float *dbc, int R, const float *xc,
-		const float *A, float *seg_h, float *seg_dt, int E, int L, int seg_len,
-		const float *ssm, const float *dts, float *start_h, float *start_d,
-		int *done)
+		const float *A, float *seg_h, float *seg_dt, int E, int L, int seg_len)
 {
 	constexpr int N = NPL * SSM_LANES, CB = SSM_CH_PER_BLOCK, T1 = SCAN1_TILE;
 	const int W = R + 2 * N;
 	const int BUF = scan_buf_floats(N, true);
 	extern __shared__ __align__(16) float smem[];
-	const int e0 = blockIdx.y * CB;
+	const int e0 = blockIdx.x * CB;
 	const int ch = threadIdx.x / SSM_LANES;
 	const int g = threadIdx.x & (SSM_LANES - 1);
 	const int e = e0 + ch;
@@ -1060,7 +999,7 @@ ssmk_scan_local(float *dtr, const float *dt_b, const float *dbc, int R, const fl
 	/* the channel of this thread's softplus entries (SCAN_THREADS % CB == 0) */
 	const int cl = threadIdx.x % CB;
 	const int ecl = e0 + cl < E ? e0 + cl : E - 1;
-	const int seg = blockIdx.x;
+	const int seg = blockIdx.y;
 	const int ts = seg * seg_len;
 	const int te = ts + seg_len < L ? ts + seg_len : L;
 	const bool vec_x = E % 4 == 0, vec_bc = R % 4 == 0;
@@ -1138,31 +1077,13 @@ ssmk_scan_local(float *dtr, const float *dt_b, const float *dbc, int R, const fl
 		/* the next iteration's copies overwrite this buffer only after this */
 		__syncthreads();
 	}
-	if (e < E) {
+	if (e >= E)
+		return;
 #pragma unroll
-		for (int i = 0; i < NPL; i++)
-			seg_h[((size_t)seg * E + e) * N + g * NPL + i] = h[i];
-		if (g == 0)
-			seg_dt[(size_t)seg * E + e] = dsum;
-	}
-	if (!done)
-		return;
-	/* pass 2 in the last of the channel group's blocks to finish: the
-	 * others' seg_h, seg_dt are visible to it once its count says so */
-	__shared__ bool s_last;
-	__threadfence();
-	__syncthreads();
-	if (threadIdx.x == 0)
-		s_last = atomicAdd(done + blockIdx.y, 1) == (int)gridDim.x - 1;
-	__syncthreads();
-	if (!s_last)
-		return;
-	__threadfence();
-	if (threadIdx.x == 0)
-		done[blockIdx.y] = 0; /* ready for the next launch */
-	if (e < E)
-		scan_walk<NPL>(a, ssm, dts, seg_h, seg_dt, start_h, start_d, E, e, g,
-			       gridDim.x);
+	for (int i = 0; i < NPL; i++)
+		seg_h[((size_t)seg * E + e) * N + g * NPL + i] = h[i];
+	if (g == 0)
+		seg_dt[(size_t)seg * E + e] = dsum;
 }
 
 /*
@@ -1173,7 +1094,7 @@ ssmk_scan_local(float *dtr, const float *dt_b, const float *dbc, int R, const fl
  * grid (ceil(E/SCAN_THREADS), nseg), block SCAN_THREADS, shared memory
  * scan_smem_bytes(N, false).
  */
-template <typename T, int N, int T3 = SCAN3_TILE>
+template <typename T, int N>
 __global__ void __launch_bounds__(SCAN_THREADS)
 ssmk_scan(const float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
 	  const float *xc, const float *xz, const float *in_b, const float *A,
@@ -1182,9 +1103,9 @@ ssmk_scan(const float *dtr, const float *dt_b, int seg_raw, const float *dbc, in
 	  int L, int seg_len, const int *ck_pos, int n_ck, float *ck,
 	  size_t state_floats, size_t ck_ssm_off, size_t ck_dts_off, T *yT)
 {
-	constexpr int CB = SCAN_THREADS;
+	constexpr int CB = SCAN_THREADS, T3 = SCAN3_TILE;
 	const int W = R + 2 * N;
-	const int BUF = scan_buf_floats(N, false, T3);
+	const int BUF = scan_buf_floats(N, false);
 	extern __shared__ __align__(16) float smem[];
 	const int e0 = blockIdx.x * CB;
 	const int e = e0 + threadIdx.x;

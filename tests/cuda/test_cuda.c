@@ -1372,6 +1372,19 @@ int main(void)
 		test_checkpoints(m, gpu, cpu);
 		ssm_backend_close(gpu);
 		gpu = NULL;
+		/* one chunk of 300 tokens in buffers of 1200 rows: the x_proj
+		 * GEMM in 4 K slices of 32 (the chunks of 160 above leave no
+		 * room for a second slice) */
+		printf("the same in one chunk, x_proj in 4 K slices:\n");
+		setenv("SSMD_CUDA_CHUNK", "1200", 1);
+		if (open_backend(m, SSM_BACKEND_CUDA, SSM_DTYPE_F32, 1, &gpu)) {
+			CHECK(0, "open: %s", ssmd_errmsg());
+			goto out;
+		}
+		unsetenv("SSMD_CUDA_CHUNK");
+		test_checkpoints(m, gpu, cpu);
+		ssm_backend_close(gpu);
+		gpu = NULL;
 	}
 
 	if (want("xproj-big")) {
