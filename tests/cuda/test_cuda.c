@@ -1360,31 +1360,29 @@ int main(void)
 	}
 
 	if (want("checkpoints")) {
-		/* chunks of 160 tokens: scan segments of 64, 64 and 32, two chunks */
-		printf("checkpoints inside prefill (tol %g), prefill chunks of 160 tokens:\n",
-		       TOL_CPU);
-		setenv("SSMD_CUDA_CHUNK", "160", 1);
-		if (open_backend(m, SSM_BACKEND_CUDA, SSM_DTYPE_F32, 1, &gpu)) {
-			CHECK(0, "open: %s", ssmd_errmsg());
-			goto out;
+		/* chunks of 160 tokens: scan segments of 64, 64 and 32, two
+		 * chunks, the x_proj GEMM whole (160-row buffers leave no room
+		 * for a second K slice); then one chunk of 300 tokens in buffers
+		 * of 1200 rows: x_proj in 4 K slices of 32 */
+		static const struct {
+			const char *chunk, *what;
+		} runs[] = {{"160", "prefill chunks of 160 tokens"},
+			    {"1200", "one chunk, x_proj in 4 K slices"}};
+
+		printf("checkpoints inside prefill (tol %g):\n", TOL_CPU);
+		for (i = 0; i < sizeof(runs) / sizeof(runs[0]); i++) {
+			printf(" %s:\n", runs[i].what);
+			setenv("SSMD_CUDA_CHUNK", runs[i].chunk, 1);
+			rc = open_backend(m, SSM_BACKEND_CUDA, SSM_DTYPE_F32, 1, &gpu);
+			unsetenv("SSMD_CUDA_CHUNK");
+			if (rc) {
+				CHECK(0, "open: %s", ssmd_errmsg());
+				goto out;
+			}
+			test_checkpoints(m, gpu, cpu);
+			ssm_backend_close(gpu);
+			gpu = NULL;
 		}
-		unsetenv("SSMD_CUDA_CHUNK");
-		test_checkpoints(m, gpu, cpu);
-		ssm_backend_close(gpu);
-		gpu = NULL;
-		/* one chunk of 300 tokens in buffers of 1200 rows: the x_proj
-		 * GEMM in 4 K slices of 32 (the chunks of 160 above leave no
-		 * room for a second slice) */
-		printf("the same in one chunk, x_proj in 4 K slices:\n");
-		setenv("SSMD_CUDA_CHUNK", "1200", 1);
-		if (open_backend(m, SSM_BACKEND_CUDA, SSM_DTYPE_F32, 1, &gpu)) {
-			CHECK(0, "open: %s", ssmd_errmsg());
-			goto out;
-		}
-		unsetenv("SSMD_CUDA_CHUNK");
-		test_checkpoints(m, gpu, cpu);
-		ssm_backend_close(gpu);
-		gpu = NULL;
 	}
 
 	if (want("xproj-big")) {
