@@ -950,6 +950,40 @@ __device__ __forceinline__ void tile_load_full(float *dst, const float *src, siz
 	}
 }
 
+/*
+ * The tile walk of both passes: tokens [ts, te) in tiles of TILE, double
+ * buffered in shared memory (smem: two buffers of buf floats). issue(b, t1,
+ * n1) starts the copies of the tile at t1 (n1 tokens) into buffer b; first()
+ * runs once, while tile 0 is on its way; body(b, t0, nt) runs on a landed
+ * tile. Every thread of the block calls it.
+ */
+template <int TILE, typename Issue, typename First, typename Body>
+__device__ __forceinline__ void scan_tiles(float *smem, int buf, int ts, int te, Issue issue,
+					   First first, Body body)
+{
+	const int ntiles = (te - ts + TILE - 1) / TILE;
+
+	for (int i = -1; i < ntiles; i++) {
+		/* issue tile i+1 into buffer (i+1)&1: its last readers finished
+		 * before the barrier that ended iteration i-1 */
+		if (i + 1 < ntiles) {
+			const int t1 = ts + (i + 1) * TILE;
+			issue(smem + ((i + 1) & 1) * buf, t1, te - t1 < TILE ? te - t1 : TILE);
+		}
+		cp_async_commit();
+		if (i < 0) {
+			first();
+			continue;
+		}
+		cp_async_wait<1>(); /* all but the newest group: tile i */
+		__syncthreads();
+		const int t0 = ts + i * TILE;
+		body(smem + (i & 1) * buf, t0, te - t0 < TILE ? te - t0 : TILE);
+		/* the next iteration's copies overwrite this buffer only after this */
+		__syncthreads();
+	}
+}
+
 /* dst[0..n) = src[0..n) from shared memory in the widest loads n allows
  * (src aligned to 4n bytes when n <= 4, to 16 bytes beyond). */
 template <int n> __device__ __forceinline__ void lds_vec(float *dst, const float *src)
@@ -1015,34 +1049,18 @@ ssmk_scan_local(float *dtr, const float *dt_b, const float *dbc, int R, const fl
 	}
 	const float dtb = dt_b[ecl];
 
-	const int ntiles = (te - ts + T1 - 1) / T1;
-	for (int i = -1; i < ntiles; i++) {
-		/* issue tile i+1 into buffer (i+1)&1: its last readers finished
-		 * before the barrier that ended iteration i-1 */
-		if (i + 1 < ntiles) {
-			const int t1 = ts + (i + 1) * T1;
-			const int n1 = te - t1 < T1 ? te - t1 : T1;
-			float *b = smem + ((i + 1) & 1) * BUF;
-			if (full_ok && n1 == T1) {
-				tile_load_full<T1, CB>(b, dtr + (size_t)t1 * E + e0, E);
-				tile_load_full<T1, CB>(b + T1 * CB, xc + (size_t)t1 * E + e0, E);
-				tile_load_full<T1, N>(b + 2 * T1 * CB, dbc + (size_t)t1 * W + R, W);
-			} else {
-				tile_load(b, dtr + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
-				tile_load(b + T1 * CB, xc + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
-				tile_load(b + 2 * T1 * CB, dbc + (size_t)t1 * W + R, W, n1, 0, N, N,
-					  vec_bc);
-			}
+	auto issue = [&](float *b, int t1, int n1) {
+		if (full_ok && n1 == T1) {
+			tile_load_full<T1, CB>(b, dtr + (size_t)t1 * E + e0, E);
+			tile_load_full<T1, CB>(b + T1 * CB, xc + (size_t)t1 * E + e0, E);
+			tile_load_full<T1, N>(b + 2 * T1 * CB, dbc + (size_t)t1 * W + R, W);
+		} else {
+			tile_load(b, dtr + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
+			tile_load(b + T1 * CB, xc + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
+			tile_load(b + 2 * T1 * CB, dbc + (size_t)t1 * W + R, W, n1, 0, N, N, vec_bc);
 		}
-		cp_async_commit();
-		if (i < 0)
-			continue;
-		cp_async_wait<1>(); /* all but the newest group: tile i */
-		__syncthreads();
-
-		const int t0 = ts + i * T1;
-		const int nt = te - t0 < T1 ? te - t0 : T1;
-		float *s_dt = smem + (i & 1) * BUF; /* (T1, CB) */
+	};
+	auto body = [&](float *s_dt /* (T1, CB) */, int t0, int nt) {
 		const float *s_x = s_dt + T1 * CB;
 		const float *s_b = s_x + T1 * CB;
 
@@ -1074,9 +1092,8 @@ ssmk_scan_local(float *dtr, const float *dt_b, const float *dbc, int R, const fl
 				h[j] = ex2_approx(dt * a[j]) * h[j] + dx * Bv[j];
 			dsum += dt;
 		}
-		/* the next iteration's copies overwrite this buffer only after this */
-		__syncthreads();
-	}
+	};
+	scan_tiles<T1>(smem, BUF, ts, te, issue, [] {}, body);
 	if (e >= E)
 		return;
 #pragma unroll
@@ -1133,55 +1150,40 @@ ssmk_scan(const float *dtr, const float *dt_b, int seg_raw, const float *dbc, in
 	__shared__ int s_ck[SCAN_CK_MAX];
 	int k = 0, next_ck = -1;
 
-	const int ntiles = (te - ts + T3 - 1) / T3;
-	for (int i = -1; i < ntiles; i++) {
-		/* issue tile i+1 into buffer (i+1)&1: its last readers finished
-		 * before the barrier that ended iteration i-1 */
-		if (i + 1 < ntiles) {
-			const int t1 = ts + (i + 1) * T3;
-			const int n1 = te - t1 < T3 ? te - t1 : T3;
-			float *b = smem + ((i + 1) & 1) * BUF;
-			float *bz = b + 2 * T3 * CB, *bbc = b + 3 * T3 * CB;
-			const float *z1 = xz + (size_t)t1 * 2 * E + E;
-			if (full_ok && n1 == T3) {
-				tile_load_full<T3, CB>(b, dtr + (size_t)t1 * E + e0, E);
-				tile_load_full<T3, CB>(b + T3 * CB, xc + (size_t)t1 * E + e0, E);
-				tile_load_full<T3, CB>(bz, z1 + e0, 2 * E);
-				tile_load_full<T3, 2 * N>(bbc, dbc + (size_t)t1 * W + R, W);
-			} else {
-				tile_load(b, dtr + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
-				tile_load(b + T3 * CB, xc + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
-				tile_load(bz, z1, 2 * E, n1, e0, CB, E, vec_x);
-				tile_load(bbc, dbc + (size_t)t1 * W + R, W, n1, 0, 2 * N, 2 * N,
-					  vec_bc);
-			}
+	auto issue = [&](float *b, int t1, int n1) {
+		float *bz = b + 2 * T3 * CB, *bbc = b + 3 * T3 * CB;
+		const float *z1 = xz + (size_t)t1 * 2 * E + E;
+		if (full_ok && n1 == T3) {
+			tile_load_full<T3, CB>(b, dtr + (size_t)t1 * E + e0, E);
+			tile_load_full<T3, CB>(b + T3 * CB, xc + (size_t)t1 * E + e0, E);
+			tile_load_full<T3, CB>(bz, z1 + e0, 2 * E);
+			tile_load_full<T3, 2 * N>(bbc, dbc + (size_t)t1 * W + R, W);
+		} else {
+			tile_load(b, dtr + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
+			tile_load(b + T3 * CB, xc + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
+			tile_load(bz, z1, 2 * E, n1, e0, CB, E, vec_x);
+			tile_load(bbc, dbc + (size_t)t1 * W + R, W, n1, 0, 2 * N, 2 * N, vec_bc);
 		}
-		cp_async_commit();
-		if (i < 0) {
-			/* with tile 0 on its way: the positions to shared memory,
-			 * k counted by the barrier itself (n_ck is the block's) */
-			if (n_ck) {
-				const bool mine = threadIdx.x < n_ck;
-				const int q = mine ? ck_pos[threadIdx.x] : 0;
-				if (mine)
-					s_ck[threadIdx.x] = q;
-				k = __syncthreads_count(mine && q <= ts);
-				next_ck = k < n_ck ? s_ck[k] : -1;
-			}
-			continue;
+	};
+	/* with tile 0 on its way: the positions to shared memory, k counted by
+	 * the barrier itself (n_ck is the block's) */
+	auto first = [&] {
+		if (n_ck) {
+			const bool mine = threadIdx.x < n_ck;
+			const int q = mine ? ck_pos[threadIdx.x] : 0;
+			if (mine)
+				s_ck[threadIdx.x] = q;
+			k = __syncthreads_count(mine && q <= ts);
+			next_ck = k < n_ck ? s_ck[k] : -1;
 		}
-		cp_async_wait<1>(); /* all but the newest group: tile i */
-		__syncthreads();
-
-		const int t0 = ts + i * T3;
-		const int nt = te - t0 < T3 ? te - t0 : T3;
+	};
+	auto body = [&](float *b, int t0, int nt) {
 		/* this thread's column of the tile's dt, x and z (T3, CB) */
-		const float *s_dt = smem + (i & 1) * BUF + threadIdx.x;
+		const float *s_dt = b + threadIdx.x;
 		const float *s_x = s_dt + T3 * CB;
 		const float *s_z = s_dt + 2 * T3 * CB;
-		const float *s_bc = smem + (i & 1) * BUF + 3 * T3 * CB;
+		const float *s_bc = b + 3 * T3 * CB;
 		T *yp = yT + (size_t)t0 * E + e;
-
 		/* one token of the recurrence for this channel's states, its
 		 * gated y = C.h to yT */
 		auto step = [&](int tt) {
@@ -1234,9 +1236,8 @@ ssmk_scan(const float *dtr, const float *dt_b, int seg_raw, const float *dbc, in
 					ck_store();
 			}
 		}
-		/* the next iteration's copies overwrite this buffer only after this */
-		__syncthreads();
-	}
+	};
+	scan_tiles<T3>(smem, BUF, ts, te, issue, first, body);
 	if (!valid || te != L)
 		return;
 #pragma unroll
