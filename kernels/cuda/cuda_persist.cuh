@@ -94,7 +94,9 @@
  *
  * The batch-1 kernel's out_proj sums (osum) work the same way with one
  * copy (PK_OCOPIES): each block adds its channel group's part of each of
- * its rows, the next phase A (pk_stage_res) reads them.
+ * its rows, the next phase A (pk_stage_res) reads them, adding the f32
+ * sums whether or not any part passed the limit, so their flag word is
+ * left unset.
  */
 #define PK_XFIX 0x1p32f
 #define PK_XMAX 0x1p23f
@@ -870,8 +872,10 @@ __device__ __forceinline__ float *pk_xsum_big(unsigned long long *xs, int n)
 }
 
 /* Adds this block's part v of value j into the sums xs (one parity's
- * PK_SUM_AREA(C, n) words for n values). */
-template <int C>
+ * PK_SUM_AREA(C, n) words for n values). FLAG: a part past the limit also
+ * sets the flag, for a reader that adds the f32 sums only where it is set
+ * (pk_xsum_read); pk_stage_res adds them always and never reads it. */
+template <int C, bool FLAG>
 __device__ __forceinline__ void pk_xsum_add(unsigned long long *xs, int n, int j, float v)
 {
 	if (fabsf(v) < PK_XMAX) {
@@ -881,8 +885,9 @@ __device__ __forceinline__ void pk_xsum_add(unsigned long long *xs, int n, int j
 			     : "memory");
 	} else {
 		atomicAdd(pk_xsum_big<C>(xs, n) + j, v);
-		asm volatile("red.relaxed.gpu.global.or.b64 [%0], 1;"
-			     :: "l"(pk_xsum_flagp<C>(xs, n)) : "memory");
+		if (FLAG)
+			asm volatile("red.relaxed.gpu.global.or.b64 [%0], 1;"
+				     :: "l"(pk_xsum_flagp<C>(xs, n)) : "memory");
 	}
 }
 
@@ -969,7 +974,7 @@ __device__ __forceinline__ void pk_xproj_block(const pk_args &p, int l, const T 
 
 		for (int m = 0; m < M; m++)
 			acc += to_f32(xw[m * W + j]) * to_f32(xloc[b * M + m]);
-		pk_xsum_add<PK_XCOPIES>(pk_xsums<NB>(p, l), NB * W, t, acc);
+		pk_xsum_add<PK_XCOPIES, true>(pk_xsums<NB>(p, l), NB * W, t, acc);
 	}
 }
 
@@ -1024,8 +1029,8 @@ __device__ __forceinline__ void pk_stage_res(const pk_args &p, int l, const floa
 	const T *emb = (const T *)p.embed + (size_t)p.tokens[0] * D;
 	float ss[1] = {0.0f};
 
-	/* the f32 sums are read whether or not the flag is set: zero where no
-	 * part passed the limit, and no wait for the flag before the loads.
+	/* the f32 sums are read always (zero where no part passed the limit),
+	 * so nothing waits for a flag before the loads.
 	 * A float4 piece a thread and round, its loads issued together (two
 	 * rounds at once spill the kernel's registers: bench/NOTES.md, round
 	 * twenty-three) */
@@ -1137,7 +1142,7 @@ __device__ __forceinline__ void pk_oproj(const pk_args &p, int l, const T *W, co
 			for (int o = LPR / 2; o > 0; o >>= 1)
 				a += __shfl_xor_sync(0xffffffffu, a, o);
 			if (li == 0 && r + (u0 + i) * STEP < g.r1)
-				pk_xsum_add<PK_OCOPIES>(os, p.D, r + (u0 + i) * STEP, a);
+				pk_xsum_add<PK_OCOPIES, false>(os, p.D, r + (u0 + i) * STEP, a);
 		}
 	}
 }
