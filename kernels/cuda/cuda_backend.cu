@@ -1287,9 +1287,9 @@ out:
 	return rc;
 }
 
-/* The checks of the batch-1 kernel's queries: a CUDA backend and a result
- * pointer (`what` names the query in the error). */
-static int decode1_query(ssm_backend *b, const int *out, const char *what)
+/* The checks of the queries below: a CUDA backend and a result pointer
+ * (`what` names the query in the error). */
+static int query_check(ssm_backend *b, const int *out, const char *what)
 {
 	int rc;
 
@@ -1302,7 +1302,7 @@ static int decode1_query(ssm_backend *b, const int *out, const char *what)
 
 extern "C" int ssm_cuda_decode1_depth(ssm_backend *b, int *pf)
 {
-	const int rc = decode1_query(b, pf, "decode depth");
+	const int rc = query_check(b, pf, "decode depth");
 
 	if (!rc)
 		*pf = decode_persist_ok(cb_of(b), 1) ? cb_of(b)->pk_pf : 0;
@@ -1311,10 +1311,22 @@ extern "C" int ssm_cuda_decode1_depth(ssm_backend *b, int *pf)
 
 extern "C" int ssm_cuda_decode1_groups(ssm_backend *b, int *groups)
 {
-	const int rc = decode1_query(b, groups, "decode groups");
+	const int rc = query_check(b, groups, "decode groups");
 
 	if (!rc)
 		*groups = decode_persist_ok(cb_of(b), 1) ? cb_of(b)->pk_groups : -1;
+	return rc;
+}
+
+extern "C" int ssm_cuda_xproj_slices(ssm_backend *b, int n_tokens, int *slices)
+{
+	int rc = query_check(b, slices, "x_proj slices");
+
+	if (!rc && n_tokens < 1)
+		rc = ssmd_err_set(SSMD_EINVAL, "x_proj slices: %d tokens", n_tokens);
+	if (!rc)
+		*slices = xproj_slices(cb_of(b), n_tokens < cb_of(b)->chunk ? n_tokens
+									   : cb_of(b)->chunk);
 	return rc;
 }
 

@@ -102,4 +102,11 @@ int ssm_cuda_decode1_depth(ssm_backend *b, int *pf);
  * path of larger batches. SSMD_EINVAL: not a CUDA backend, or groups NULL. */
 int ssm_cuda_decode1_groups(ssm_backend *b, int *groups);
 
+/* The K slices the prefill's x_proj GEMM is cut into for a prompt of
+ * n_tokens tokens (its first chunk; 1: one product), into *slices: enough
+ * for about two output tiles an SM where the chunk's buffers hold them
+ * (SSMD_CUDA_XPROJ_SPLIT=n at open caps it). SSMD_EINVAL: not a CUDA
+ * backend, n_tokens < 1, or slices NULL. */
+int ssm_cuda_xproj_slices(ssm_backend *b, int n_tokens, int *slices);
+
 #endif

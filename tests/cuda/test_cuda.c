@@ -1366,8 +1366,10 @@ int main(void)
 		 * of 1200 rows: x_proj in 4 K slices of 32 */
 		static const struct {
 			const char *chunk, *what;
-		} runs[] = {{"160", "prefill chunks of 160 tokens"},
-			    {"1200", "one chunk, x_proj in 4 K slices"}};
+			int slices;
+		} runs[] = {{"160", "prefill chunks of 160 tokens", 1},
+			    {"1200", "one chunk, x_proj in 4 K slices", 4}};
+		int got = 0;
 
 		printf("checkpoints inside prefill (tol %g):\n", TOL_CPU);
 		for (i = 0; i < sizeof(runs) / sizeof(runs[0]); i++) {
@@ -1379,6 +1381,12 @@ int main(void)
 				CHECK(0, "open: %s", ssmd_errmsg());
 				goto out;
 			}
+			/* the 300-token prompt below takes the slices named */
+			CHECK_RC(ssm_cuda_xproj_slices(gpu, 300, &got), SSMD_OK);
+			CHECK(got == runs[i].slices, "x_proj slices %d, want %d", got,
+			      runs[i].slices);
+			CHECK_RC(ssm_cuda_xproj_slices(gpu, 0, &got), SSMD_EINVAL);
+			CHECK_RC(ssm_cuda_xproj_slices(gpu, 300, NULL), SSMD_EINVAL);
 			test_checkpoints(m, gpu, cpu);
 			ssm_backend_close(gpu);
 			gpu = NULL;
