@@ -104,9 +104,9 @@ static inline int st_read(const char *dir, st_file *f)
 	buf = test_file_read(path, &len);
 	if (!buf)
 		return 0;
-	for (int i = 0; i < 8 && len >= 8; i++)
+	for (int i = 0; len >= 8 && i < 8; i++)
 		hl |= (uint64_t)(uint8_t)buf[i] << (8 * i);
-	if (len < 8 || hl > len - 8) {
+	if (len < 8 || hl > len - 8) { /* no room for the header it names */
 		free(buf);
 		return 0;
 	}
@@ -128,13 +128,14 @@ static inline int st_write(const char *dir, const st_file *f)
 {
 	char path[4096];
 	char *h = cJSON_PrintUnformatted(f->hdr);
-	size_t hl = h ? strlen(h) : 0;
+	size_t hl;
 	uint8_t len8[8];
 	FILE *fp;
 	int ok;
 
 	if (!h)
 		return 0;
+	hl = strlen(h);
 	snprintf(path, sizeof path, "%s/model.safetensors", dir);
 	for (int i = 0; i < 8; i++)
 		len8[i] = (uint8_t)((uint64_t)hl >> (8 * i));
@@ -157,7 +158,8 @@ static inline float *st_f32(const st_file *f, const char *name, size_t *n, size_
 	const cJSON *off = cJSON_GetObjectItemCaseSensitive(t, "data_offsets");
 	double b, e;
 
-	if (!cJSON_IsString(dt) || strcmp(dt->valuestring, "F32") || cJSON_GetArraySize(sh) < 1 ||
+	if (!cJSON_IsString(dt) || strcmp(dt->valuestring, "F32") || !cJSON_IsArray(sh) ||
+	    cJSON_GetArraySize(sh) < 1 ||
 	    cJSON_GetArraySize(off) != 2)
 		return NULL;
 	b = cJSON_GetArrayItem(off, 0)->valuedouble;
