@@ -35,13 +35,6 @@
 #define CUDA_OUT_SPLIT 2
 /* Largest decode bucket; bigger batches run in pieces of this size. */
 #define CUDA_MAX_BUCKET 256
-/* The batched decode step (the cuBLAS path, 8 rows and more) runs its rows
- * in CUDA_DECODE_LANES groups, each on a stream and cuBLAS handle of its own
- * (decode_body): one group's small latency-bound kernels then run beside
- * another's weight GEMMs. SSMD_CUDA_DECODE_LANES=1|2|4 overrides it; a lane
- * gets CUDA_LANE_ROWS rows at least. */
-#define CUDA_DECODE_LANES 2
-#define CUDA_LANE_ROWS 4
 /* Rows of logits computed per lm_head GEMM when a prefill wants them all. */
 #define CUDA_LOGIT_ROWS 256
 /* Device memory (and as much pinned host memory) for the checkpoint states
@@ -199,14 +192,14 @@ static int upload_weights(cuda_backend *cb)
  * (+ Y when acc: the prefill's out_proj adding straight into the residual
  * stream, C = Y with beta = 1), with W (m, k) row-major in the weight dtype.
  * cuBLAS sees column-major Y^T = W^T' X^T: op(A) = W^T stored as (k, m)
- * column-major. Runs on handle blas's stream. */
-static int gemm_ex(cuda_backend *cb, cublasHandle_t blas, const void *W, const void *X,
-		   int ldx, float *Y, int ldy, int m, int n, int k, int acc)
+ * column-major. */
+static int gemm_ex(cuda_backend *cb, const void *W, const void *X, int ldx,
+		   float *Y, int ldy, int m, int n, int k, int acc)
 {
 	int rc = SSMD_OK;
 	const float one = 1.0f, zero = 0.0f;
 
-	CUBLAS_TRY(cublasGemmEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one,
+	CUBLAS_TRY(cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one,
 				W, cb->wtype, k, X, cb->wtype, ldx, acc ? &one : &zero, Y,
 				CUDA_R_32F, ldy, CUBLAS_COMPUTE_32F,
 				CUBLAS_GEMM_DEFAULT));
@@ -217,7 +210,7 @@ out:
 static int gemm(cuda_backend *cb, const void *W, const void *X, int ldx,
 		float *Y, int ldy, int m, int n, int k)
 {
-	return gemm_ex(cb, cb->blas, W, X, ldx, Y, ldy, m, n, k, 0);
+	return gemm_ex(cb, W, X, ldx, Y, ldy, m, n, k, 0);
 }
 
 /* The prefill x_proj's K slices for L rows: its output (L x W, W = dt_rank +
@@ -239,15 +232,15 @@ static int xproj_slices(const cuda_backend *cb, int L)
 
 /* gemm() with K cut in P slices, one product each (slice p's Y at Y + p *
  * ldy * n), for the consumer to add: k % P == 0. */
-static int gemm_split(cuda_backend *cb, cublasHandle_t blas, const void *W, const void *X,
-		      int ldx, float *Y, int ldy, int m, int n, int k, int P)
+static int gemm_split(cuda_backend *cb, const void *W, const void *X, int ldx,
+		      float *Y, int ldy, int m, int n, int k, int P)
 {
 	int rc = SSMD_OK;
 	const float one = 1.0f, zero = 0.0f;
 
 	if (P == 1)
-		return gemm_ex(cb, blas, W, X, ldx, Y, ldy, m, n, k, 0);
-	CUBLAS_TRY(cublasGemmStridedBatchedEx(blas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k / P,
+		return gemm(cb, W, X, ldx, Y, ldy, m, n, k);
+	CUBLAS_TRY(cublasGemmStridedBatchedEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k / P,
 					      &one, W, cb->wtype, k, k / P, X, cb->wtype,
 					      ldx, k / P, &zero, Y, CUDA_R_32F, ldy,
 					      (long long)ldy * n, P, CUBLAS_COMPUTE_32F,
@@ -259,7 +252,7 @@ out:
 static int gemm_acc(cuda_backend *cb, const void *W, const void *X, int ldx,
 		    float *Y, int ldy, int m, int n, int k)
 {
-	return gemm_ex(cb, cb->blas, W, X, ldx, Y, ldy, m, n, k, 1);
+	return gemm_ex(cb, W, X, ldx, Y, ldy, m, n, k, 1);
 }
 
 /* ------------------------------------------------------------- forward -- */
@@ -309,141 +302,73 @@ static cudaError_t launch_pdl(void (*k)(P...), dim3 grid, dim3 block, cudaStream
 	default: CALL(16); break;                                            \
 	}
 
-/* What one lane of a batched decode step works on: rows [r0, r0 + n) of the
- * step's buffers, on its own stream and cuBLAS handle; mix holds its
- * out_proj output (out_split slices of n rows, one after the other). */
-typedef struct decode_lane {
-	int r0, n;
-	cudaStream_t s;
-	cublasHandle_t blas;
-	float *mix;
-} decode_lane;
-
 /*
- * One decode step over the lane's rows of d_slots / d_tokens (padding rows
- * have slot -1): their logits in act.logits, every real slot advanced.
- * Only enqueues work on the lane's stream.
+ * One decode step over rows [0, nb) of d_slots / d_tokens (padding rows have
+ * slot -1): logits (nb, vocab) in act.logits, every real slot advanced.
+ * Only enqueues work on cb->stream (it is what the graphs capture).
  */
 template <typename T>
-static int decode_rows(cuda_backend *cb, const decode_lane *ln)
+static int decode_body(cuda_backend *cb, int nb)
 {
 	int rc = SSMD_OK;
 	const ssm_config *c = &cb->cfg;
 	const int D = c->d_model, E = c->d_inner, N = c->d_state, K = c->d_conv,
 		  R = c->dt_rank, V = c->vocab_size, W = R + 2 * N;
-	const size_t sf = cb->state_floats, r0 = ln->r0;
-	const int nb = ln->n;
+	const size_t sf = cb->state_floats;
 	cuda_act *a = &cb->act;
-	/* the lane's rows of every buffer */
-	float *h = a->h + r0 * D, *xz = a->xz + r0 * 2 * E, *xc = a->xc + r0 * E,
-	      *dbc = a->dbc + r0 * W, *logits = a->logits + r0 * V, *mix = ln->mix;
-	T *xn = (T *)a->xn + r0 * D, *xcT = (T *)a->xcT + r0 * E, *yT = (T *)a->yT + r0 * E;
-	const int *slots = cb->d_slots + r0;
 	/* out_proj's second K slice, which the next norm adds (out_split 2) */
-	const float *mix2 = cb->out_split == 2 ? mix + (size_t)nb * D : NULL;
-	cudaStream_t s = ln->s;
+	const float *mix2 = cb->out_split == 2 ? a->mix + (size_t)nb * D : NULL;
+	cudaStream_t s = cb->stream;
 	int l;
 
-	ssmk_embed<T><<<nb, 256, 0, s>>>(cb->d_tokens + r0, (const T *)cb->embed, h, D);
+	ssmk_embed<T><<<nb, 256, 0, s>>>(cb->d_tokens, (const T *)cb->embed, a->h, D);
 	CUDA_LAUNCHED();
 	split_mark(cb, SSM_CUDA_TAIL);
 	for (l = 0; l < c->n_layer; l++) {
 		const cuda_layer *y = &cb->layers[l];
 		const cuda_layer *p = l ? &cb->layers[l - 1] : NULL;
 
-		CUDA_TRY(launch_pdl(ssmk_add_norm<T>, nb, 256, s, h, p ? (const float *)mix : NULL,
-				    p ? mix2 : NULL, p ? p->out_b : NULL, y->norm, xn, D,
-				    c->eps, (float *)NULL, (const int *)NULL, (size_t)0,
-				    (size_t)0));
+		CUDA_TRY(launch_pdl(ssmk_add_norm<T>, nb, 256, s, a->h, p ? a->mix : NULL,
+				    p ? mix2 : NULL, p ? p->out_b : NULL, y->norm,
+				    (T *)a->xn, D, c->eps, (float *)NULL, (const int *)NULL,
+				    (size_t)0, (size_t)0));
 		split_mark(cb, SSM_CUDA_NORM);
-		if ((rc = gemm_ex(cb, ln->blas, y->in_w, xn, D, xz, 2 * E, 2 * E, nb, D, 0)))
+		if ((rc = gemm(cb, y->in_w, a->xn, D, a->xz, 2 * E, 2 * E, nb, D)))
 			goto out;
 		split_mark(cb, SSM_CUDA_IN_PROJ);
 		CUDA_TRY(launch_pdl(K == 4 ? ssmk_conv_step<T, 4> : ssmk_conv_step<T, 0>,
 				    dim3(cdiv(E, 128), nb), 128, s,
-				    (const float *)xz, y->in_b, y->conv_w, y->conv_b, cb->pool,
-				    slots, sf, cb->off_conv + (size_t)l * E * (K - 1),
-				    E, K, xc, xcT));
+				    a->xz, y->in_b, y->conv_w, y->conv_b, cb->pool,
+				    cb->d_slots, sf, cb->off_conv + (size_t)l * E * (K - 1),
+				    E, K, a->xc, (T *)a->xcT));
 		split_mark(cb, SSM_CUDA_CONV);
-		if ((rc = gemm_ex(cb, ln->blas, y->x_w, xcT, E, dbc, W, W, nb, E, 0)))
+		if ((rc = gemm(cb, y->x_w, a->xcT, E, a->dbc, W, W, nb, E)))
 			goto out;
 		split_mark(cb, SSM_CUDA_X_PROJ);
 #define SSM_STEP(npl)                                                         \
 	CUDA_TRY(launch_pdl(ssmk_ssm_step_b<T, npl, SSM_STEP_ROWS>,           \
 			    dim3(cdiv(E, SSM_CH_PER_BLOCK), cdiv(nb, SSM_STEP_ROWS)), \
-			    128, s, (const float *)dbc, R, (const T *)y->dt_w,      \
-			    y->dt_b, y->A, y->Dp, (const float *)xc,                \
-			    (const float *)xz, y->in_b, cb->pool, slots, sf,        \
-			    (size_t)l * E * N, cb->off_dt_sum + (size_t)l * E, E,   \
-			    nb, yT))
+			    128, s, (const float *)a->dbc, R, (const T *)y->dt_w,   \
+			    y->dt_b, y->A, y->Dp, a->xc, a->xz, y->in_b, cb->pool,  \
+			    cb->d_slots, sf, (size_t)l * E * N,                     \
+			    cb->off_dt_sum + (size_t)l * E, E, nb, (T *)a->yT))
 		NPL_SWITCH(N / SSM_LANES, SSM_STEP);
 #undef SSM_STEP
 		split_mark(cb, SSM_CUDA_SSM_STEP);
-		if ((rc = gemm_split(cb, ln->blas, y->out_w, yT, E, mix, D, D, nb, E,
+		if ((rc = gemm_split(cb, y->out_w, a->yT, E, a->mix, D, D, nb, E,
 				     cb->out_split)))
 			goto out;
 		split_mark(cb, SSM_CUDA_OUT_PROJ);
 	}
-	CUDA_TRY(launch_pdl(ssmk_add_norm<T>, nb, 256, s, h, (const float *)mix, mix2,
-			    cb->layers[c->n_layer - 1].out_b, cb->norm_f, xn, D,
-			    c->eps, cb->pool, slots, sf, cb->off_hidden));
-	if ((rc = gemm_ex(cb, ln->blas, cb->lm_head, xn, D, logits, V, V, nb, D, 0)))
+	CUDA_TRY(launch_pdl(ssmk_add_norm<T>, nb, 256, s, a->h, a->mix, mix2,
+			    cb->layers[c->n_layer - 1].out_b, cb->norm_f, (T *)a->xn, D,
+			    c->eps, cb->pool, cb->d_slots, sf, cb->off_hidden));
+	if ((rc = gemm(cb, cb->lm_head, a->xn, D, a->logits, V, V, nb, D)))
 		goto out;
 	/* every row's next token too (decode_sample reads it, decode not) */
-	ssmk_sample<<<nb, SAMPLE_THREADS, 0, s>>>(logits, V, cb->d_samp + r0, cb->d_next + r0);
+	ssmk_sample<<<nb, SAMPLE_THREADS, 0, s>>>(a->logits, V, cb->d_samp, cb->d_next);
 	CUDA_LAUNCHED();
 	split_mark(cb, SSM_CUDA_HEAD);
-out:
-	return rc;
-}
-
-/* The lanes a batched step of nb rows runs in: cb->dec_lanes, fewer where a
- * lane would get under CUDA_LANE_ROWS rows, one while the split times the
- * parts (its marks are on cb->stream). */
-static int decode_lanes(const cuda_backend *cb, int nb)
-{
-	int k = cb->split_n >= 0 ? 1 : cb->dec_lanes;
-
-	while (k > 1 && nb / k < CUDA_LANE_ROWS)
-		k /= 2;
-	return k;
-}
-
-/*
- * One decode step over rows [0, nb) (nb a bucket): logits (nb, vocab) in
- * act.logits, every real slot advanced. The rows go to decode_lanes() lanes
- * of equal size, forked from cb->stream and joined back to it by events, so
- * a captured graph holds them as independent chains. Only enqueues work.
- */
-template <typename T>
-static int decode_body(cuda_backend *cb, int nb)
-{
-	int rc = SSMD_OK, k;
-	const int lanes = decode_lanes(cb, nb), n = nb / lanes;
-	const size_t D = cb->cfg.d_model;
-
-	if (lanes > 1) {
-		CUDA_TRY(cudaEventRecord(cb->ev_fork, cb->stream));
-		for (k = 1; k < lanes; k++)
-			CUDA_TRY(cudaStreamWaitEvent(cb->lane_stream[k], cb->ev_fork, 0));
-	}
-	for (k = 0; k < lanes && !rc; k++) {
-		const decode_lane ln = {k * n, n, k ? cb->lane_stream[k] : cb->stream,
-					k ? cb->lane_blas[k] : cb->blas,
-					cb->act.mix + (size_t)k * cb->out_split * n * D};
-
-		rc = decode_rows<T>(cb, &ln);
-	}
-	/* joined even after a failure, so a capture can end */
-	for (k = 1; k < lanes; k++) {
-		cudaError_t e = cudaEventRecord(cb->ev_join[k], cb->lane_stream[k]);
-
-		if (e == cudaSuccess)
-			e = cudaStreamWaitEvent(cb->stream, cb->ev_join[k], 0);
-		if (e != cudaSuccess && !rc)
-			rc = ssmd_err_set(SSMD_EDEVICE, "cuda: joining decode lane %d: %s", k,
-					  cudaGetErrorString(e));
-	}
 out:
 	return rc;
 }
@@ -649,7 +574,7 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 			sf, L, E, K);
 		CUDA_LAUNCHED();
 		split_mark(cb, SSM_CUDA_CONV);
-		if ((rc = gemm_split(cb, cb->blas, y->x_w, a->xcT, E, a->dbc, W, W, L, E, xsplit)))
+		if ((rc = gemm_split(cb, y->x_w, a->xcT, E, a->dbc, W, W, L, E, xsplit)))
 			goto out;
 		split_mark(cb, SSM_CUDA_X_PROJ);
 		ssmk_dt_low<T><<<L, 128, 0, s>>>(a->dbc, W, R, xsplit, (size_t)L * W,
@@ -1405,19 +1330,6 @@ extern "C" int ssm_cuda_xproj_slices(ssm_backend *b, int n_tokens, int *slices)
 	return rc;
 }
 
-extern "C" int ssm_cuda_decode_lanes(ssm_backend *b, int n, int *lanes)
-{
-	int rc = query_check(b, lanes, "decode lanes");
-
-	if (!rc && (n < 1 || n > cb_of(b)->max_batch))
-		rc = ssmd_err_set(SSMD_EINVAL, "decode lanes: %d rows, 1..%d", n,
-				  cb_of(b)->max_batch);
-	if (!rc)
-		*lanes = decode_persist_ok(cb_of(b), bucket_of(n))
-				 ? 1 : decode_lanes(cb_of(b), bucket_of(n));
-	return rc;
-}
-
 /* The event pool of the splits, made on first use. */
 static int split_events(cuda_backend *cb)
 {
@@ -1556,16 +1468,6 @@ static void cuda_close(ssm_backend *b)
 	cudaFreeHost(cb->h_lp);
 	if (cb->blas)
 		cublasDestroy(cb->blas);
-	for (i = 1; i < CUDA_MAX_LANES; i++) {
-		if (cb->lane_blas[i])
-			cublasDestroy(cb->lane_blas[i]);
-		if (cb->lane_stream[i])
-			cudaStreamDestroy(cb->lane_stream[i]);
-		if (cb->ev_join[i])
-			cudaEventDestroy(cb->ev_join[i]);
-	}
-	if (cb->ev_fork)
-		cudaEventDestroy(cb->ev_fork);
 	if (cb->ev_compute)
 		cudaEventDestroy(cb->ev_compute);
 	if (cb->ev_copy)
@@ -1716,34 +1618,6 @@ static int persist_init(cuda_backend *cb)
 	}
 }
 
-/* The batched decode's lanes (decode_body): CUDA_DECODE_LANES, or
- * SSMD_CUDA_DECODE_LANES (1, 2 or 4); lanes 1 .. dec_lanes-1 get a stream, a
- * cuBLAS handle and a workspace each. */
-static int lanes_init(cuda_backend *cb)
-{
-	int rc = SSMD_OK, k;
-	const char *env = getenv("SSMD_CUDA_DECODE_LANES");
-
-	cb->dec_lanes = CUDA_DECODE_LANES;
-	if (env && (!strcmp(env, "1") || !strcmp(env, "2") || !strcmp(env, "4")))
-		cb->dec_lanes = atoi(env);
-	if (cb->dec_lanes > 1)
-		CUDA_TRY(cudaEventCreateWithFlags(&cb->ev_fork, cudaEventDisableTiming));
-	for (k = 1; k < cb->dec_lanes; k++) {
-		void *ws = NULL;
-
-		CUDA_TRY(cudaStreamCreateWithFlags(&cb->lane_stream[k], cudaStreamNonBlocking));
-		CUDA_TRY(cudaEventCreateWithFlags(&cb->ev_join[k], cudaEventDisableTiming));
-		CUBLAS_TRY(cublasCreate(&cb->lane_blas[k]));
-		CUBLAS_TRY(cublasSetStream(cb->lane_blas[k], cb->lane_stream[k]));
-		if ((rc = dev_alloc(cb, cb->blas_ws_size, &ws)))
-			goto out;
-		CUBLAS_TRY(cublasSetWorkspace(cb->lane_blas[k], ws, cb->blas_ws_size));
-	}
-out:
-	return rc;
-}
-
 /* Activation buffers for `rows` rows; logits for logit_rows rows. */
 static int act_alloc(cuda_backend *cb, int rows, int logit_rows)
 {
@@ -1844,8 +1718,6 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	if ((rc = dev_alloc(cb, cb->blas_ws_size, &cb->blas_ws)))
 		goto out;
 	CUBLAS_TRY(cublasSetWorkspace(cb->blas, cb->blas_ws, cb->blas_ws_size));
-	if ((rc = lanes_init(cb)))
-		goto out;
 
 	cb->layers = (cuda_layer *)calloc(c->n_layer, sizeof(cuda_layer));
 	cb->n_tokens = (uint64_t *)calloc(cb->n_slots, sizeof(uint64_t));

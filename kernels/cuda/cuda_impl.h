@@ -14,10 +14,8 @@
  *     so a slot moves to or from the host in one copy;
  *   - activation buffers shared by decode and prefill (one owner, one stream).
  *
- * Streams: every computation runs on `stream`, except the lanes of a batched
- * decode step, which fork from it and join back to it by events; slot <-> host
- * copies run on `copy_stream` from pinned buffers, ordered against `stream` by
- * events.
+ * Streams: every computation runs on `stream`; slot <-> host copies run on
+ * `copy_stream` from pinned buffers, ordered against `stream` by events.
  * Decode steps are captured as CUDA graphs, one per batch-size bucket (powers
  * of two up to max_batch), built on first use.
  *
@@ -89,9 +87,6 @@ typedef struct cuda_layer {
 	float *out_b;  /* (d_model) or NULL */
 } cuda_layer;
 
-/* The most lanes a batched decode step runs in (cuda_backend.dec_lanes). */
-#define CUDA_MAX_LANES 4
-
 /* Activation buffers, each for up to `rows` rows (decode batch or prefill
  * chunk). "T" marks buffers in the weight dtype (GEMM inputs). */
 typedef struct cuda_act {
@@ -142,14 +137,6 @@ typedef struct cuda_backend {
 	cublasHandle_t blas;
 	void *blas_ws;            /* cuBLAS workspace (needed for graph capture) */
 	size_t blas_ws_size;
-	/* The batched decode's lanes (decode_body): lane 0 runs on stream and
-	 * blas, lanes 1 .. dec_lanes-1 on streams and handles of their own
-	 * (each with a workspace like blas's), forked from stream by ev_fork and
-	 * joined back by ev_join[k]. */
-	int dec_lanes;
-	cudaStream_t lane_stream[CUDA_MAX_LANES];
-	cublasHandle_t lane_blas[CUDA_MAX_LANES];
-	cudaEvent_t ev_fork, ev_join[CUDA_MAX_LANES];
 
 	/* Weights. */
 	void *embed;     /* (vocab, d_model) T */

@@ -109,11 +109,4 @@ int ssm_cuda_decode1_groups(ssm_backend *b, int *groups);
  * backend, n_tokens < 1, or slices NULL. */
 int ssm_cuda_xproj_slices(ssm_backend *b, int n_tokens, int *slices);
 
-/* The lanes a decode step of n rows runs in, into *lanes: 1 where a
- * persistent kernel serves it, else its rows in groups on streams of their
- * own (SSMD_CUDA_DECODE_LANES=1|2|4 at open sets how many at most, each
- * lane 4 rows or more). SSMD_EINVAL: not a CUDA backend, n outside 1 ..
- * the largest batch, or lanes NULL. */
-int ssm_cuda_decode_lanes(ssm_backend *b, int n, int *lanes);
-
 #endif

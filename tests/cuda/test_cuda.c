@@ -383,10 +383,8 @@ out:
 /* ----------------------------------------------------- batched decoding -- */
 
 /* 64 slots with different histories decode one batch (in a shuffled order)
- * and, on a twin backend, one at a time: same logits, states and tokens.
- * The batch's step runs in `lanes` lanes (ssm_cuda_decode_lanes; 0: not
- * checked). */
-static void test_batch(const ssm_model *m, ssm_dtype dt, int n, int lanes)
+ * and, on a twin backend, one at a time: same logits, states and tokens. */
+static void test_batch(const ssm_model *m, ssm_dtype dt, int n)
 {
 	const ssm_config *c = ssm_model_config(m);
 	const int V = c->vocab_size;
@@ -399,7 +397,6 @@ static void test_batch(const ssm_model *m, ssm_dtype dt, int n, int lanes)
 	uint64_t seed = 99;
 	double worst = 0, worst_state = 0, e;
 	const double tol = dt == SSM_DTYPE_F32 ? TOL_BATCH : TOL_BATCH_BF16;
-	int got = 0;
 
 	if (!la || !lb || ssm_model_state_alloc(m, &sa) || ssm_model_state_alloc(m, &sb)) {
 		CHECK(0, "out of memory");
@@ -410,12 +407,6 @@ static void test_batch(const ssm_model *m, ssm_dtype dt, int n, int lanes)
 		CHECK(0, "open: %s", ssmd_errmsg());
 		goto out;
 	}
-	CHECK_RC(ssm_cuda_decode_lanes(a, n, &got), SSMD_OK);
-	CHECK(!lanes || got == lanes, "batch %d: %d lanes, want %d", n, got, lanes);
-	CHECK_RC(ssm_cuda_decode_lanes(a, 0, &got), SSMD_EINVAL);
-	CHECK_RC(ssm_cuda_decode_lanes(a, 65, &got), SSMD_EINVAL);
-	CHECK_RC(ssm_cuda_decode_lanes(a, n, NULL), SSMD_EINVAL);
-	CHECK_RC(ssm_cuda_decode_lanes(a, n, &got), SSMD_OK);
 	for (i = 0; i < 64; i++) {
 		ssm_prefill_args pa = {0};
 		fill_tokens(toks, 128, V, &seed);
@@ -447,9 +438,9 @@ static void test_batch(const ssm_model *m, ssm_dtype dt, int n, int lanes)
 	}
 	CHECK(worst <= tol, "batch %d: logits rel %.3g > %g", n, worst, tol);
 	CHECK(worst_state <= tol, "batch %d: state rel %.3g > %g", n, worst_state, tol);
-	printf("  batch %2d (%s, %d lane%s) vs alone: logits rel %.2e, states rel %.2e\n",
-	       n, dt == SSM_DTYPE_F32 ? "f32" : dt == SSM_DTYPE_F16 ? "f16" : "bf16", got,
-	       got == 1 ? "" : "s", worst, worst_state);
+	printf("  batch %2d (%s) vs alone: logits rel %.2e, states rel %.2e\n", n,
+	       dt == SSM_DTYPE_F32 ? "f32" : dt == SSM_DTYPE_F16 ? "f16" : "bf16", worst,
+	       worst_state);
 out:
 	ssm_state_free(sa);
 	ssm_state_free(sb);
@@ -1216,16 +1207,16 @@ static void test_big(const char *dir)
 	 * block of the SSM step's rows; 2 and 3 rows through the multi-row
 	 * persistent kernels (3: one padding row), whose rows here are 6
 	 * (in_proj) and 12 (out_proj) chunks long, with either 16-bit dtype */
-	test_batch(m, low_dtype, 64, 2);
-	test_batch(m, low_dtype, 37, 2);
-	test_batch(m, low_dtype, 2, 1);
-	test_batch(m, low_dtype, 3, 1);
-	test_batch(m, half_dtype, 3, 1);
+	test_batch(m, low_dtype, 64);
+	test_batch(m, low_dtype, 37);
+	test_batch(m, low_dtype, 2);
+	test_batch(m, low_dtype, 3);
+	test_batch(m, half_dtype, 3);
 	/* the buckets of 8 and 16 rows (7: one padding row), whose graphs
 	 * the cases above do not reach */
-	test_batch(m, low_dtype, 16, 2);
-	test_batch(m, low_dtype, 7, 2);
-	test_batch(m, half_dtype, 16, 2);
+	test_batch(m, low_dtype, 16);
+	test_batch(m, low_dtype, 7);
+	test_batch(m, half_dtype, 16);
 	test_depth(m);
 	test_split_rows(m, low_dtype);
 	/* the device's picks and log-probabilities against the host's at a
@@ -1237,7 +1228,7 @@ static void test_big(const char *dir)
 
 /* Whether group `name` runs: all of them, or those SSMD_CUDA_ONLY names
  * (comma-separated: fixtures, cross, batch or one of its cases batch-f32-64
- * ... batch-f32-37-lanes4 and batch-conv3, checkpoints, xproj-big, groups,
+ * ... batch-low-20-whole and batch-conv3, checkpoints, xproj-big, groups,
  * sampling, big), so a slow tool such as a sanitizer can run the groups side
  * by side. */
 static int want(const char *name)
@@ -1264,26 +1255,18 @@ int main(void)
 	/* the batch group's cases, each also a group of its own */
 	static const struct {
 		const char *name;
-		int low, n;      /* low: 1 the BF16, 2 the F16 weights (F32 with
-				  * SSMD_CUDA_F32_ONLY), 0 F32 */
-		const char *env; /* a setting for the backends' open, or NULL */
-		int lanes;       /* the step's lanes (1: a persistent kernel, or
-				  * too few rows for two lanes) */
+		int low, n; /* low: 1 the BF16, 2 the F16 weights (F32 with
+			     * SSMD_CUDA_F32_ONLY), 0 F32 */
+		int whole;  /* out_proj in one K slice (SSMD_CUDA_OUT_SPLIT=1) */
 	} batches[] = {
-		{"batch-f32-64", 0, 64, NULL, 2}, {"batch-f32-37", 0, 37, NULL, 2},
-		{"batch-low-64", 1, 64, NULL, 2}, {"batch-f32-3", 0, 3, NULL, 1},
-		{"batch-low-20", 1, 20, NULL, 2}, {"batch-low-2", 1, 2, NULL, 1},
-		{"batch-low-4", 1, 4, NULL, 1},   {"batch-low-3", 1, 3, NULL, 1},
-		{"batch-f16-4", 2, 4, NULL, 1},   {"batch-f16-20", 2, 20, NULL, 2},
-		{"batch-low-8", 1, 8, NULL, 2},   {"batch-low-13", 1, 13, NULL, 2},
-		{"batch-f16-16", 2, 16, NULL, 2},
-		/* out_proj in one K slice */
-		{"batch-f32-64-whole", 0, 64, "SSMD_CUDA_OUT_SPLIT=1", 2},
-		{"batch-low-20-whole", 1, 20, "SSMD_CUDA_OUT_SPLIT=1", 2},
-		/* one lane, and four (the last with padding rows) */
-		{"batch-f32-64-lanes1", 0, 64, "SSMD_CUDA_DECODE_LANES=1", 1},
-		{"batch-low-64-lanes4", 1, 64, "SSMD_CUDA_DECODE_LANES=4", 4},
-		{"batch-f32-37-lanes4", 0, 37, "SSMD_CUDA_DECODE_LANES=4", 4},
+		{"batch-f32-64", 0, 64, 0}, {"batch-f32-37", 0, 37, 0},
+		{"batch-low-64", 1, 64, 0}, {"batch-f32-3", 0, 3, 0},
+		{"batch-low-20", 1, 20, 0}, {"batch-low-2", 1, 2, 0},
+		{"batch-low-4", 1, 4, 0},   {"batch-low-3", 1, 3, 0},
+		{"batch-f16-4", 2, 4, 0},   {"batch-f16-20", 2, 20, 0},
+		{"batch-low-8", 1, 8, 0},   {"batch-low-13", 1, 13, 0},
+		{"batch-f16-16", 2, 16, 0},
+		{"batch-f32-64-whole", 0, 64, 1}, {"batch-low-20-whole", 1, 20, 1},
 	};
 	char path[1024];
 	ssm_model *m = NULL;
@@ -1348,22 +1331,16 @@ int main(void)
 	for (i = 0; i < sizeof(batches) / sizeof(batches[0]); i++) {
 		if (!want("batch") && !want(batches[i].name))
 			continue;
-		char env[64] = "", *eq;
-
-		if (batches[i].env) {
-			snprintf(env, sizeof(env), "%s", batches[i].env);
-			eq = strchr(env, '=');
-			*eq = '\0';
-			printf("  (%s=%s:)\n", env, eq + 1);
-			setenv(env, eq + 1, 1);
+		if (batches[i].whole) {
+			printf("  (out_proj in one K slice:)\n");
+			setenv("SSMD_CUDA_OUT_SPLIT", "1", 1);
 		}
 		test_batch(m,
 			   batches[i].low == 2 ? half_dtype
 			   : batches[i].low    ? low_dtype
 					       : SSM_DTYPE_F32,
-			   batches[i].n, batches[i].lanes);
-		if (*env)
-			unsetenv(env);
+			   batches[i].n);
+		unsetenv("SSMD_CUDA_OUT_SPLIT");
 	}
 
 	/* the batched conv step's any-width path: the batches above run d_conv
@@ -1376,8 +1353,8 @@ int main(void)
 		CHECK_RC(rc = ssm_model_load(d, &m3), SSMD_OK);
 		if (!rc) {
 			printf("batched decode, d_conv 3 (%s):\n", d);
-			test_batch(m3, SSM_DTYPE_F32, 9, 2);
-			test_batch(m3, low_dtype, 9, 2);
+			test_batch(m3, SSM_DTYPE_F32, 9);
+			test_batch(m3, low_dtype, 9);
 			ssm_model_free(m3);
 		}
 	}
