@@ -530,6 +530,7 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 	const size_t smem1 = scan_smem_bytes(N, true), smem3 = scan_smem_bytes(N, false);
 	const bool norm_v4 = D % 4 == 0 && D <= 4 * 256 * NORM_V4;
 	const int xsplit = xproj_slices(cb, L);
+	const bool conv_run = K == 4 && E % 4 == 0;
 	int l;
 
 	ssmk_embed<T><<<L, 256, 0, s>>>(cb->d_tokens, (const T *)cb->embed, a->h, D);
@@ -558,21 +559,24 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 		if ((rc = gemm(cb, y->in_w, a->xn, D, a->xz, 2 * E, 2 * E, L, D)))
 			goto out;
 		split_mark(cb, SSM_CUDA_IN_PROJ);
-		if (K == 4 && E % 4 == 0)
+		if (conv_run)
 			ssmk_conv_run<T, 4><<<dim3(cdiv(E, 512), cdiv(L, CONV_RUN)), 128, 0, s>>>(
 				a->xz, y->in_b, y->conv_w, y->conv_b, base + conv_off, E,
-				L, a->xc, (T *)a->xcT);
+				L, a->xc, (T *)a->xcT, nq == 0);
 		else
 			ssmk_conv_seq<T><<<dim3(cdiv(E, 128), L), 128, 0, s>>>(
 				a->xz, y->in_b, y->conv_w, y->conv_b, base + conv_off, E,
 				K, a->xc, (T *)a->xcT);
 		CUDA_LAUNCHED();
 		/* the checkpoints' windows and the slot's own, after the
-		 * kernels above read the slot's */
-		ssmk_conv_window<<<dim3(cdiv(E, 128), nq + 1), 128, 0, s>>>(
-			a->xz, y->in_b, base + conv_off, cb->d_ck_pos, nq, d_ck + conv_off,
-			sf, L, E, K);
-		CUDA_LAUNCHED();
+		 * kernels above read the slot's (ssmk_conv_run writes the
+		 * slot's itself when there are no checkpoints) */
+		if (!conv_run || nq) {
+			ssmk_conv_window<<<dim3(cdiv(E, 128), nq + 1), 128, 0, s>>>(
+				a->xz, y->in_b, base + conv_off, cb->d_ck_pos, nq,
+				d_ck + conv_off, sf, L, E, K);
+			CUDA_LAUNCHED();
+		}
 		split_mark(cb, SSM_CUDA_CONV);
 		if ((rc = gemm_split(cb, y->x_w, a->xcT, E, a->dbc, W, W, L, E, xsplit)))
 			goto out;

@@ -674,6 +674,9 @@ __global__ void ssmk_conv_seq(const float *xz, const float *in_b, const float *c
  * K-1 + CONV_RUN input rows are loaded once into registers as float4 (a warp
  * reads 512 contiguous bytes of a row, all loads in flight together), and
  * each output is formed from them with the same sum order as ssmk_conv_seq.
+ * With `window`, the first run's threads (the only ones that read the slot's
+ * window) also write the slot's window after the chunk, as ssmk_conv_window
+ * does when there are no checkpoints: one launch fewer a layer.
  * grid (ceil(E/512), ceil(L/CONV_RUN)), block 128.
  */
 #define CONV_RUN 16
@@ -682,8 +685,8 @@ template <typename T, int K>
 __global__ void __launch_bounds__(128)
 ssmk_conv_run(const float *__restrict__ xz, const float *__restrict__ in_b,
 	      const float *__restrict__ cw, const float *__restrict__ cb,
-	      const float *__restrict__ conv, int E, int L, float *__restrict__ xc,
-	      T *__restrict__ xcT)
+	      float *__restrict__ conv, int E, int L, float *__restrict__ xc,
+	      T *__restrict__ xcT, bool window)
 {
 	const int e = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
 	const int t0 = blockIdx.y * CONV_RUN;
@@ -738,6 +741,28 @@ ssmk_conv_run(const float *__restrict__ xz, const float *__restrict__ in_b,
 		*(float4 *)(xc + o) = y;
 		store4<T>(xcT + o, y);
 	}
+	if (window && blockIdx.y == 0) {
+		/* entry j = in(L - (K-1) + j); where that is before the chunk
+		 * (L < K-1) it is old column L + j > j, which this thread has
+		 * read above and overwrites only at a later j */
+#pragma unroll
+		for (int j = 0; j < K - 1; j++) {
+			const int p = L - (K - 1) + j;
+			float4 u;
+
+			if (p >= 0)
+				u = f4_add(*(const float4 *)(xz + (size_t)p * 2 * E + e), bias);
+			else
+				u = make_float4(conv[(size_t)e * (K - 1) + L + j],
+						conv[(size_t)(e + 1) * (K - 1) + L + j],
+						conv[(size_t)(e + 2) * (K - 1) + L + j],
+						conv[(size_t)(e + 3) * (K - 1) + L + j]);
+			conv[(size_t)e * (K - 1) + j] = u.x;
+			conv[(size_t)(e + 1) * (K - 1) + j] = u.y;
+			conv[(size_t)(e + 2) * (K - 1) + j] = u.z;
+			conv[(size_t)(e + 3) * (K - 1) + j] = u.w;
+		}
+	}
 }
 
 /*
@@ -751,7 +776,8 @@ ssmk_conv_run(const float *__restrict__ xz, const float *__restrict__ in_b,
  * row nq writes them, then the slot's own window, one thread per channel
  * walking j upwards: entry j reads column L+j >= j+1 of the old window,
  * never one written before it, so every read sees the window from before
- * the chunk.
+ * the chunk. It runs where the chunk has checkpoints, or where
+ * ssmk_conv_run, which writes the slot's window itself, does not serve.
  * grid (ceil(E/128), nq + 1), block 128.
  */
 __global__ void ssmk_conv_window(const float *__restrict__ xz, const float *__restrict__ in_b,

@@ -380,6 +380,49 @@ out:
 	free(lb);
 }
 
+/* A prompt prefilled in pieces of 1, 2, 3, 1, 5 and 40 tokens, each piece a
+ * chunk of its own, ends in the state the CPU reaches in one prefill: the
+ * pieces shorter than the conv window (d_conv - 1) carry part of the old
+ * window into the new one. */
+static void test_pieces(const ssm_model *m, ssm_backend *gpu, ssm_backend *cpu)
+{
+	static const size_t piece[] = {1, 2, 3, 1, 5, 40};
+	const int V = ssm_model_config(m)->vocab_size;
+	int32_t toks[52];
+	uint64_t seed = 11;
+	ssm_state *a = NULL, *b = NULL;
+	ssm_prefill_args pa = {0};
+	size_t i, off = 0;
+	double e;
+
+	if (ssm_model_state_alloc(m, &a) || ssm_model_state_alloc(m, &b)) {
+		CHECK(0, "out of memory");
+		goto out;
+	}
+	fill_tokens(toks, 52, V, &seed);
+	CHECK_RC(ssm_slot_reset(gpu, 0), SSMD_OK);
+	for (i = 0; i < sizeof(piece) / sizeof(piece[0]); i++) {
+		pa.tokens = toks + off;
+		pa.n_tokens = piece[i];
+		CHECK_RC(ssm_prefill(gpu, 0, &pa), SSMD_OK);
+		off += piece[i];
+	}
+	CHECK_RC(ssm_slot_reset(cpu, 0), SSMD_OK);
+	pa.tokens = toks;
+	pa.n_tokens = off;
+	CHECK_RC(ssm_prefill(cpu, 0, &pa), SSMD_OK);
+	CHECK_RC(ssm_slot_get(gpu, 0, a), SSMD_OK);
+	CHECK_RC(ssm_slot_get(cpu, 0, b), SSMD_OK);
+	e = state_rel(a, b);
+	CHECK(e <= TOL_CPU, "prefill in pieces: state rel %.3g > %g", e, TOL_CPU);
+	CHECK(a->n_tokens == off, "prefill in pieces: n_tokens %llu, want %zu",
+	      (unsigned long long)a->n_tokens, off);
+	printf("  %zu tokens prefilled in 6 pieces vs CPU in one: state rel %.2e\n", off, e);
+out:
+	ssm_state_free(a);
+	ssm_state_free(b);
+}
+
 /* ----------------------------------------------------- batched decoding -- */
 
 /* 64 slots with different histories decode one batch (in a shuffled order)
@@ -1322,6 +1365,7 @@ int main(void)
 		}
 		test_cross(m, gpu, cpu, "GPU state -> CPU");
 		test_cross(m, cpu, gpu, "CPU state -> GPU");
+		test_pieces(m, gpu, cpu);
 		test_slots(m, gpu);
 		ssm_backend_close(gpu);
 		gpu = NULL;
