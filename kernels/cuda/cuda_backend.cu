@@ -11,6 +11,7 @@
  * See cuda_impl.h for the data layout and ssm_impl.h for the ops contract
  * (arguments are validated by backend.c before they reach us).
  */
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1650,6 +1651,11 @@ static int act_alloc(cuda_backend *cb, int rows, int logit_rows)
 			    (void **)&a->logits)))
 		return rc;
 	a->n_seg = cdiv(cb->chunk, cb->scan_seg);
+	/* ssmk_scan_combine's offsets are 32-bit */
+	if ((size_t)a->n_seg * E * c->d_state > INT_MAX)
+		return ssmd_err_set(SSMD_EUNSUPPORTED,
+				    "cuda: %d scan segments of %zu x %d states a chunk", a->n_seg,
+				    E, c->d_state);
 	if ((rc = dev_alloc(cb, (size_t)a->n_seg * E * c->d_state * 4, (void **)&a->seg_h)) ||
 	    (rc = dev_alloc(cb, (size_t)a->n_seg * E * 4, (void **)&a->seg_dt)) ||
 	    (rc = dev_alloc(cb, (size_t)a->n_seg * E * c->d_state * 4, (void **)&a->start_h)) ||

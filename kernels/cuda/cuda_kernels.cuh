@@ -1280,7 +1280,9 @@ ssmk_scan(const float *dtr, const float *dt_b, int seg_raw, const float *dbc, in
  * s < nseg (seg_h / seg_dt of segments < nseg - 1 are read). The loads of
  * COMBINE_BATCH segments are issued together (a whole 2k chunk's 31 at the
  * default segment length): the walk is a chain of dependent updates, not of
- * dependent loads.
+ * dependent loads. A batch past the last segment loads the last one again
+ * (clamped, so no load waits behind a test) and stores nothing; the offsets
+ * are 32-bit (nseg E N < 2^31, checked by the caller).
  * grid (ceil(E*N/256)), block 256.
  */
 #define COMBINE_BATCH 32
@@ -1293,30 +1295,33 @@ __global__ void ssmk_scan_combine(const float *__restrict__ A, const float *__re
 	const int i = blockIdx.x * blockDim.x + threadIdx.x;
 	if (i >= E * N)
 		return;
-	const int e = i / N, n = i % N;
-	const float a = A[i];
+	const int e = i / N, n = i % N, EN = E * N;
+	const float a = A[i] * 1.4426950408889634f;
 	float h = ssm[i], d = dts[e];
 
 	start_h[i] = h;
 	if (n == 0)
 		start_d[e] = d;
 	for (int s0 = 0; s0 + 1 < nseg; s0 += COMBINE_BATCH) {
+		/* segments s0 .. s0 + nv - 1 are read; their ends start the next */
+		const int nv = nseg - 1 - s0 < COMBINE_BATCH ? nseg - 1 - s0 : COMBINE_BATCH;
 		float sd[COMBINE_BATCH], sh[COMBINE_BATCH];
 #pragma unroll
-		for (int j = 0; j < COMBINE_BATCH; j++)
-			if (s0 + j + 1 < nseg) {
-				sd[j] = seg_dt[(size_t)(s0 + j) * E + e];
-				sh[j] = seg_h[(size_t)(s0 + j) * E * N + i];
-			}
+		for (int j = 0; j < COMBINE_BATCH; j++) {
+			const int s = s0 + (j < nv ? j : nv - 1);
+			sd[j] = seg_dt[s * E + e];
+			sh[j] = seg_h[s * EN + i];
+		}
 #pragma unroll
-		for (int j = 0; j < COMBINE_BATCH; j++)
-			if (s0 + j + 1 < nseg) {
-				h = __expf(a * sd[j]) * h + sh[j];
-				d += sd[j];
-				start_h[(size_t)(s0 + j + 1) * E * N + i] = h;
+		for (int j = 0; j < COMBINE_BATCH; j++) {
+			h = ex2_approx(a * sd[j]) * h + sh[j];
+			d += sd[j];
+			if (j < nv) {
+				start_h[(s0 + j + 1) * EN + i] = h;
 				if (n == 0)
-					start_d[(size_t)(s0 + j + 1) * E + e] = d;
+					start_d[(s0 + j + 1) * E + e] = d;
 			}
+		}
 	}
 }
 
