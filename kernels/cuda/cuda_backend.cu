@@ -582,8 +582,8 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 		if ((rc = gemm_split(cb, y->x_w, a->xcT, E, a->dbc, W, W, L, E, xsplit)))
 			goto out;
 		split_mark(cb, SSM_CUDA_X_PROJ);
-		ssmk_dt_low<T><<<L, 128, 0, s>>>(a->dbc, W, R, xsplit, (size_t)L * W,
-						 (T *)a->dlT);
+		ssmk_dt_low<T><<<L, dt_low_threads(W, R, xsplit), 0, s>>>(
+			a->dbc, W, R, xsplit, (size_t)L * W, (T *)a->dlT);
 		CUDA_LAUNCHED();
 		if ((rc = gemm(cb, y->dt_w, a->dlT, R, a->dtr, E, E, L, R)))
 			goto out;
@@ -1774,10 +1774,10 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	if (env && atoi(env) >= SCAN1_TILE)
 		cb->scan_seg = atoi(env) / SCAN1_TILE * SCAN1_TILE;
 	/* the prefill x_proj's K slices at most (xproj_slices());
-	 * SSMD_CUDA_XPROJ_SPLIT overrides it for tuning (1: one product) */
-	cb->xproj_split = 8;
+	 * SSMD_CUDA_XPROJ_SPLIT lowers it for tuning (1: one product) */
+	cb->xproj_split = XPROJ_MAX_SLICES;
 	env = getenv("SSMD_CUDA_XPROJ_SPLIT");
-	if (env && atoi(env) >= 1)
+	if (env && atoi(env) >= 1 && atoi(env) < XPROJ_MAX_SLICES)
 		cb->xproj_split = atoi(env);
 	CUDA_TRY(cudaDeviceGetAttribute(&cb->n_sm, cudaDevAttrMultiProcessorCount, cb->device));
 	/* SSMD_CUDA_CK_MB overrides the checkpoint budget (MiB) for tuning */

@@ -821,17 +821,32 @@ __global__ void ssmk_ck_hidden(const float *h, const int *qs, int D, float *dst,
 		d[i] = src[i];
 }
 
-/* The x_proj GEMM's P K slices (slice p at dbc + p * slice) summed in slice
- * order into slice 0, and dlT[t, j] = dbc[t, j] for j < R, in T (the dt_proj
- * GEMM's input). grid (L), block 128. */
+/* The x_proj GEMM's P <= XPROJ_MAX_SLICES K slices (slice p at dbc + p *
+ * slice) summed in slice order into slice 0, and dlT[t, j] = dbc[t, j] for
+ * j < R, in T (the dt_proj GEMM's input). A thread's P loads go out together
+ * before the sum. grid (L), block dt_low_threads(W, R, P). */
+#define XPROJ_MAX_SLICES 8
+
+static inline __host__ __device__ int dt_low_threads(int W, int R, int P)
+{
+	const int n = P > 1 ? W : R;
+	return n < 256 ? (n + 31) / 32 * 32 : 256;
+}
+
 template <typename T>
 __global__ void ssmk_dt_low(float *dbc, int W, int R, int P, size_t slice, T *dlT)
 {
 	for (int j = threadIdx.x; j < (P > 1 ? W : R); j += blockDim.x) {
 		float *p = dbc + (size_t)blockIdx.x * W + j;
-		float v = p[0];
-		for (int q = 1; q < P; q++)
-			v += p[q * slice];
+		float u[XPROJ_MAX_SLICES];
+#pragma unroll
+		for (int q = 0; q < XPROJ_MAX_SLICES; q++)
+			u[q] = q < P ? p[q * slice] : 0.0f;
+		float v = u[0];
+#pragma unroll
+		for (int q = 1; q < XPROJ_MAX_SLICES; q++)
+			if (q < P)
+				v += u[q];
 		if (P > 1)
 			p[0] = v;
 		if (j < R)
