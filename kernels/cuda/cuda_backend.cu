@@ -1654,8 +1654,9 @@ static int act_alloc(cuda_backend *cb, int rows, int logit_rows)
 	/* ssmk_scan_combine's offsets are 32-bit */
 	if ((size_t)a->n_seg * E * c->d_state > INT_MAX)
 		return ssmd_err_set(SSMD_EUNSUPPORTED,
-				    "cuda: %d scan segments of %zu x %d states a chunk", a->n_seg,
-				    E, c->d_state);
+				    "cuda: a chunk's %d scan segments of %zu x %d states pass "
+				    "2^31 floats (SSMD_CUDA_CHUNK / SSMD_CUDA_SCAN_SEG)",
+				    a->n_seg, E, c->d_state);
 	if ((rc = dev_alloc(cb, (size_t)a->n_seg * E * c->d_state * 4, (void **)&a->seg_h)) ||
 	    (rc = dev_alloc(cb, (size_t)a->n_seg * E * 4, (void **)&a->seg_dt)) ||
 	    (rc = dev_alloc(cb, (size_t)a->n_seg * E * c->d_state * 4, (void **)&a->start_h)) ||
