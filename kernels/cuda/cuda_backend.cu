@@ -560,19 +560,19 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 		if ((rc = gemm(cb, y->in_w, a->xn, D, a->xz, 2 * E, 2 * E, L, D)))
 			goto out;
 		split_mark(cb, SSM_CUDA_IN_PROJ);
-		if (conv_run)
+		if (conv_run) {
+			/* with the checkpoints' conv windows and the slot's */
 			ssmk_conv_run<T, 4><<<dim3(cdiv(E, 512), cdiv(L, CONV_RUN)), 128, 0, s>>>(
 				a->xz, y->in_b, y->conv_w, y->conv_b, base + conv_off, E,
-				L, a->xc, (T *)a->xcT, nq == 0);
-		else
+				L, a->xc, (T *)a->xcT, cb->d_ck_pos, nq, d_ck + conv_off, sf);
+			CUDA_LAUNCHED();
+		} else {
 			ssmk_conv_seq<T><<<dim3(cdiv(E, 128), L), 128, 0, s>>>(
 				a->xz, y->in_b, y->conv_w, y->conv_b, base + conv_off, E,
 				K, a->xc, (T *)a->xcT);
-		CUDA_LAUNCHED();
-		/* the checkpoints' windows and the slot's own, after the
-		 * kernels above read the slot's (ssmk_conv_run writes the
-		 * slot's itself when there are no checkpoints) */
-		if (!conv_run || nq) {
+			CUDA_LAUNCHED();
+			/* the checkpoints' windows and the slot's own, after
+			 * the conv read the slot's */
 			ssmk_conv_window<<<dim3(cdiv(E, 128), nq + 1), 128, 0, s>>>(
 				a->xz, y->in_b, base + conv_off, cb->d_ck_pos, nq,
 				d_ck + conv_off, sf, L, E, K);

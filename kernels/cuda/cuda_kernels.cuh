@@ -674,9 +674,12 @@ __global__ void ssmk_conv_seq(const float *xz, const float *in_b, const float *c
  * K-1 + CONV_RUN input rows are loaded once into registers as float4 (a warp
  * reads 512 contiguous bytes of a row, all loads in flight together), and
  * each output is formed from them with the same sum order as ssmk_conv_seq.
- * With `window`, the first run's threads (the only ones that read the slot's
- * window) also write the slot's window after the chunk, as ssmk_conv_window
- * does when there are no checkpoints: one launch fewer a layer.
+ * The conv windows come from the same registers, as ssmk_conv_window forms
+ * them (so no launch of their own):
+ * - checkpoint k's (q = qs[k], nq of them, ascending, in [1, L]), written by
+ *   the run holding token q - 1 to ck + k * ck_stride, (E, K-1) a layer;
+ * - the slot's after the chunk, written into conv by the first run's
+ *   threads, the only ones that read the old window, after they read it.
  * grid (ceil(E/512), ceil(L/CONV_RUN)), block 128.
  */
 #define CONV_RUN 16
@@ -686,7 +689,8 @@ __global__ void __launch_bounds__(128)
 ssmk_conv_run(const float *__restrict__ xz, const float *__restrict__ in_b,
 	      const float *__restrict__ cw, const float *__restrict__ cb,
 	      float *__restrict__ conv, int E, int L, float *__restrict__ xc,
-	      T *__restrict__ xcT, bool window)
+	      T *__restrict__ xcT, const int *__restrict__ qs, int nq,
+	      float *__restrict__ ck, size_t ck_stride)
 {
 	const int e = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
 	const int t0 = blockIdx.y * CONV_RUN;
@@ -741,7 +745,34 @@ ssmk_conv_run(const float *__restrict__ xz, const float *__restrict__ in_b,
 		*(float4 *)(xc + o) = y;
 		store4<T>(xcT + o, y);
 	}
-	if (window && blockIdx.y == 0) {
+	if (nq) {
+		/* the first checkpoint after t0 (binary search), then those of
+		 * this run in order: q = t0 + i has window entries v[i + j] */
+		int k = 0, hi = nq;
+
+		while (k < hi) {
+			const int mid = (k + hi) / 2;
+
+			if (qs[mid] <= t0)
+				k = mid + 1;
+			else
+				hi = mid;
+		}
+#pragma unroll
+		for (int i = 1; i <= CONV_RUN; i++)
+			if (k < nq && qs[k] == t0 + i) {
+				float *c = ck + (size_t)k * ck_stride + (size_t)e * (K - 1);
+#pragma unroll
+				for (int j = 0; j < K - 1; j++) {
+					c[j] = v[i + j].x;
+					c[(K - 1) + j] = v[i + j].y;
+					c[2 * (K - 1) + j] = v[i + j].z;
+					c[3 * (K - 1) + j] = v[i + j].w;
+				}
+				k++;
+			}
+	}
+	if (blockIdx.y == 0) {
 		/* entry j = in(L - (K-1) + j); where that is before the chunk
 		 * (L < K-1) it is old column L + j > j, which this thread has
 		 * read above and overwrites only at a later j */
@@ -776,8 +807,8 @@ ssmk_conv_run(const float *__restrict__ xz, const float *__restrict__ in_b,
  * row nq writes them, then the slot's own window, one thread per channel
  * walking j upwards: entry j reads column L+j >= j+1 of the old window,
  * never one written before it, so every read sees the window from before
- * the chunk. It runs where the chunk has checkpoints, or where
- * ssmk_conv_run, which writes the slot's window itself, does not serve.
+ * the chunk. It serves where ssmk_conv_run, which forms the windows itself,
+ * does not.
  * grid (ceil(E/128), nq + 1), block 128.
  */
 __global__ void ssmk_conv_window(const float *__restrict__ xz, const float *__restrict__ in_b,
