@@ -158,7 +158,7 @@ typedef struct cuda_backend {
 	int max_batch;        /* largest decode bucket */
 	int chunk;            /* prefill tokens per chunk */
 	int scan_seg;         /* prefill scan segment length (tokens) */
-	int xproj_split;      /* the prefill x_proj's K slices at most (1, 2, 4, 8) */
+	int xproj_split;      /* the prefill x_proj's K slices at most (1 .. XPROJ_MAX_SLICES) */
 	int n_sm;             /* the device's multiprocessors */
 	int out_split;        /* batched decode's out_proj K slices: 1 or 2 */
 	/* Decode inputs travel in one copy: h_io -> d_io, laid out as

@@ -1326,9 +1326,10 @@ ssmk_scan(const float *dtr, const float *dt_b, int seg_raw, const float *dbc, in
  * s < nseg (seg_h / seg_dt of segments < nseg - 1 are read). The loads of
  * COMBINE_BATCH segments are issued together (a whole 2k chunk's 31 at the
  * default segment length): the walk is a chain of dependent updates, not of
- * dependent loads. A batch past the last segment loads the last one again
- * (clamped, so no load waits behind a test) and stores nothing; the offsets
- * are 32-bit (nseg E N < 2^31, checked by the caller).
+ * dependent loads. In the last batch the slots past the last segment load
+ * that segment again (clamped, so no load waits behind a test) and their
+ * updates, which come after the walk's last store, store nothing; the
+ * offsets are 32-bit (nseg E N < 2^31, checked by act_alloc).
  * grid (ceil(E*N/256)), block 256.
  */
 #define COMBINE_BATCH 32
