@@ -272,26 +272,35 @@ static void split_mark(cuda_backend *cb, int part)
 	cb->split_n++;
 }
 
-/* Launches kernel k on s with programmatic stream serialization: k may start
- * while the kernel ahead of it drains (launch and block start-up overlap its
- * tail) and waits in pdl_wait() before it reads what that kernel wrote.
- * Measured on the H200 (bf16, batched decode): 1.4b and 2.8b 2-3% faster per
- * step at batch 4-64, 130m 1-2% slower. */
+/* Launches kernel k on s with smem bytes of dynamic shared memory, with
+ * programmatic stream serialization when pdl: k may start while the kernel
+ * ahead of it drains (launch and block start-up overlap its tail) and waits
+ * in pdl_wait() before it reads what that kernel wrote. Measured on the H200
+ * (bf16): the batched decode's kernels 2-3% faster per step on 1.4b and 2.8b
+ * at batch 4-64, 130m 1-2% slower; the prefill's, see prefill_body. */
 template <typename... P, typename... A>
-static cudaError_t launch_pdl(void (*k)(P...), dim3 grid, dim3 block, cudaStream_t s,
-			      A... args)
+static cudaError_t launch_ex(void (*k)(P...), dim3 grid, dim3 block, size_t smem,
+			     cudaStream_t s, bool pdl, A... args)
 {
 	cudaLaunchConfig_t lc = {};
 	cudaLaunchAttribute at[1] = {};
 
 	lc.gridDim = grid;
 	lc.blockDim = block;
+	lc.dynamicSmemBytes = smem;
 	lc.stream = s;
 	at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
 	at[0].val.programmaticStreamSerializationAllowed = 1;
 	lc.attrs = at;
-	lc.numAttrs = 1;
+	lc.numAttrs = pdl ? 1 : 0;
 	return cudaLaunchKernelEx(&lc, k, args...);
+}
+
+template <typename... P, typename... A>
+static cudaError_t launch_pdl(void (*k)(P...), dim3 grid, dim3 block, cudaStream_t s,
+			      A... args)
+{
+	return launch_ex(k, grid, block, 0, s, true, args...);
 }
 
 #define NPL_SWITCH(npl, CALL)                                                \
@@ -532,6 +541,10 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 	const bool norm_v4 = D % 4 == 0 && D <= 4 * 256 * NORM_V4;
 	const int xsplit = xproj_slices(cb, L);
 	const bool conv_run = K == 4 && E % 4 == 0;
+	/* the layer's own kernels by programmatic dependent launch, each
+	 * started while the kernel ahead drains (cuBLAS's GEMMs keep stream
+	 * order) */
+	const bool pdl = cb->prefill_pdl;
 	int l;
 
 	ssmk_embed<T><<<L, 256, 0, s>>>(cb->d_tokens, (const T *)cb->embed, a->h, D);
@@ -547,44 +560,41 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 		const bool acc = norm_v4 && l + 1 < c->n_layer;
 
 		if (norm_v4)
-			ssmk_norm_rows<T><<<L, 256, 0, s>>>(a->h, p ? p->out_b : NULL,
-							 y->norm, (T *)a->xn, D,
-							 c->eps);
+			CUDA_TRY(launch_ex(ssmk_norm_rows<T>, L, 256, 0, s, pdl, a->h,
+					   p ? p->out_b : NULL, y->norm, (T *)a->xn, D,
+					   c->eps));
 		else
-			ssmk_add_norm<T><<<L, 256, 0, s>>>(a->h, p ? a->mix : NULL, NULL,
-							p ? p->out_b : NULL, y->norm,
-							(T *)a->xn, D, c->eps, NULL,
-							NULL, 0, 0);
-		CUDA_LAUNCHED();
+			CUDA_TRY(launch_ex(ssmk_add_norm<T>, L, 256, 0, s, pdl, a->h,
+					   p ? a->mix : NULL, (const float *)NULL,
+					   p ? p->out_b : NULL, y->norm, (T *)a->xn, D,
+					   c->eps, (float *)NULL, (const int *)NULL, 0, 0));
 		split_mark(cb, SSM_CUDA_NORM);
 		if ((rc = gemm(cb, y->in_w, a->xn, D, a->xz, 2 * E, 2 * E, L, D)))
 			goto out;
 		split_mark(cb, SSM_CUDA_IN_PROJ);
 		if (conv_run) {
 			/* with the checkpoints' conv windows and the slot's */
-			ssmk_conv_run<T, 4><<<dim3(cdiv(E, 512), cdiv(L, CONV_RUN)), 128, 0, s>>>(
-				a->xz, y->in_b, y->conv_w, y->conv_b, base + conv_off, E,
-				L, a->xc, (T *)a->xcT, cb->d_ck_pos, nq, d_ck + conv_off, sf);
-			CUDA_LAUNCHED();
+			CUDA_TRY(launch_ex(ssmk_conv_run<T, 4>,
+					   dim3(cdiv(E, 512), cdiv(L, CONV_RUN)), 128, 0, s,
+					   pdl, a->xz, y->in_b, y->conv_w, y->conv_b,
+					   base + conv_off, E, L, a->xc, (T *)a->xcT,
+					   cb->d_ck_pos, nq, d_ck + conv_off, sf));
 		} else {
-			ssmk_conv_seq<T><<<dim3(cdiv(E, 128), L), 128, 0, s>>>(
-				a->xz, y->in_b, y->conv_w, y->conv_b, base + conv_off, E,
-				K, a->xc, (T *)a->xcT);
-			CUDA_LAUNCHED();
+			CUDA_TRY(launch_ex(ssmk_conv_seq<T>, dim3(cdiv(E, 128), L), 128, 0,
+					   s, pdl, a->xz, y->in_b, y->conv_w, y->conv_b,
+					   base + conv_off, E, K, a->xc, (T *)a->xcT));
 			/* the checkpoints' windows and the slot's own, after
 			 * the conv read the slot's */
-			ssmk_conv_window<<<dim3(cdiv(E, 128), nq + 1), 128, 0, s>>>(
-				a->xz, y->in_b, base + conv_off, cb->d_ck_pos, nq,
-				d_ck + conv_off, sf, L, E, K);
-			CUDA_LAUNCHED();
+			CUDA_TRY(launch_ex(ssmk_conv_window, dim3(cdiv(E, 128), nq + 1), 128,
+					   0, s, pdl, a->xz, y->in_b, base + conv_off,
+					   cb->d_ck_pos, nq, d_ck + conv_off, sf, L, E, K));
 		}
 		split_mark(cb, SSM_CUDA_CONV);
 		if ((rc = gemm_split(cb, y->x_w, a->xcT, E, a->dbc, W, W, L, E, xsplit)))
 			goto out;
 		split_mark(cb, SSM_CUDA_X_PROJ);
-		ssmk_dt_low<T><<<L, dt_low_threads(W, R, xsplit), 0, s>>>(
-			a->dbc, W, R, xsplit, (size_t)L * W, (T *)a->dlT);
-		CUDA_LAUNCHED();
+		CUDA_TRY(launch_ex(ssmk_dt_low<T>, L, dt_low_threads(W, R, xsplit), 0, s, pdl,
+				   a->dbc, W, R, xsplit, (size_t)L * W, (T *)a->dlT));
 		if ((rc = gemm(cb, y->dt_w, a->dlT, R, a->dtr, E, E, L, R)))
 			goto out;
 		split_mark(cb, SSM_CUDA_DT);
@@ -604,32 +614,29 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 				cudaFuncAttributeMaxDynamicSharedMemorySize,  \
 				(int)smem3));                                 \
 		if (nseg > 1) {                                               \
-			ssmk_scan_local<npl>                                  \
-				<<<dim3(cdiv(E, SSM_CH_PER_BLOCK), nseg - 1), \
-				   SCAN_THREADS, smem1, s>>>(                 \
-				a->dtr, y->dt_b, a->dbc, R, a->xc, y->A,      \
-				a->seg_h, a->seg_dt, E, L, seg_len);          \
-			CUDA_LAUNCHED();                                      \
-			ssmk_scan_combine<<<cdiv(E * N, 256), 256, 0, s>>>(   \
-				y->A, base + ssm_off, base + dts_off,         \
-				a->seg_h, a->seg_dt, a->start_h, a->start_d,  \
-				E, N, nseg);                                  \
-			CUDA_LAUNCHED();                                      \
+			CUDA_TRY(launch_ex(ssmk_scan_local<npl>,              \
+				dim3(cdiv(E, SSM_CH_PER_BLOCK), nseg - 1),    \
+				SCAN_THREADS, smem1, s, pdl, a->dtr, y->dt_b, \
+				a->dbc, R, a->xc, y->A, a->seg_h, a->seg_dt,  \
+				E, L, seg_len));                              \
+			CUDA_TRY(launch_ex(ssmk_scan_combine, cdiv(E * N, 256), \
+				256, 0, s, pdl, y->A, base + ssm_off,         \
+				base + dts_off, a->seg_h, a->seg_dt,          \
+				a->start_h, a->start_d, E, N, nseg));         \
 		}                                                             \
 		split_mark(cb, SSM_CUDA_SCAN1);                               \
-		ssmk_scan<T, n_><<<dim3(cdiv(E, SCAN_THREADS), nseg),        \
-				  SCAN_THREADS, smem3, s>>>(                  \
-			a->dtr, y->dt_b, nseg - 1, a->dbc, R, a->xc, a->xz,   \
-			y->in_b, y->A, y->Dp,                                 \
+		CUDA_TRY(launch_ex(ssmk_scan<T, n_>,                          \
+			dim3(cdiv(E, SCAN_THREADS), nseg), SCAN_THREADS,      \
+			smem3, s, pdl, a->dtr, y->dt_b, nseg - 1, a->dbc, R,  \
+			a->xc, a->xz, y->in_b, y->A, y->Dp,                   \
 			nseg > 1 ? a->start_h : base + ssm_off,               \
 			nseg > 1 ? a->start_d : base + dts_off,               \
 			(size_t)E * N, (size_t)E, base + ssm_off,             \
 			base + dts_off, E, L, seg_len, cb->d_ck_pos, nq, d_ck,\
-			sf, ssm_off, dts_off, (T *)a->yT);                    \
+			sf, ssm_off, dts_off, (T *)a->yT));                   \
 	} while (0)
 		NPL_SWITCH(N / SSM_LANES, SCAN);
 #undef SCAN
-		CUDA_LAUNCHED();
 		split_mark(cb, SSM_CUDA_SCAN2);
 		if (nq) {
 			CUDA_TRY(cudaEventRecord(cb->ev_compute, s));
@@ -644,11 +651,9 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 			goto out;
 		split_mark(cb, SSM_CUDA_OUT_PROJ);
 	}
-	ssmk_add_norm<T><<<L, 256, 0, s>>>(a->h, a->mix, NULL,
-					cb->layers[c->n_layer - 1].out_b,
-					cb->norm_f, (T *)a->xn, D, c->eps, NULL,
-					NULL, 0, 0);
-	CUDA_LAUNCHED();
+	CUDA_TRY(launch_ex(ssmk_add_norm<T>, L, 256, 0, s, pdl, a->h, (const float *)a->mix,
+			   (const float *)NULL, cb->layers[c->n_layer - 1].out_b, cb->norm_f,
+			   (T *)a->xn, D, c->eps, (float *)NULL, (const int *)NULL, 0, 0));
 	CUDA_TRY(cudaMemcpyAsync(base + cb->off_hidden, a->h + (size_t)(L - 1) * D,
 				 D * sizeof(float), cudaMemcpyDeviceToDevice, s));
 	if (nq) {
@@ -1780,6 +1785,10 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	env = getenv("SSMD_CUDA_XPROJ_SPLIT");
 	if (env && atoi(env) >= 1 && atoi(env) < XPROJ_MAX_SLICES)
 		cb->xproj_split = atoi(env);
+	/* SSMD_CUDA_PREFILL_PDL=0 launches the prefill's kernels in plain
+	 * stream order, for tests and tuning */
+	env = getenv("SSMD_CUDA_PREFILL_PDL");
+	cb->prefill_pdl = !(env && atoi(env) == 0);
 	CUDA_TRY(cudaDeviceGetAttribute(&cb->n_sm, cudaDevAttrMultiProcessorCount, cb->device));
 	/* SSMD_CUDA_CK_MB overrides the checkpoint budget (MiB) for tuning */
 	ck_bytes = (size_t)(cb->chunk / CUDA_CK_FULL_EVERY) * cb->state_floats * sizeof(float);

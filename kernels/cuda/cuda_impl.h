@@ -161,6 +161,7 @@ typedef struct cuda_backend {
 	int xproj_split;      /* the prefill x_proj's K slices at most (1 .. XPROJ_MAX_SLICES) */
 	int n_sm;             /* the device's multiprocessors */
 	int out_split;        /* batched decode's out_proj K slices: 1 or 2 */
+	bool prefill_pdl;     /* the prefill's own kernels by programmatic dependent launch */
 	/* Decode inputs travel in one copy: h_io -> d_io, laid out as
 	 *   int slots[max_batch] (-1 = padding row) | cuda_sampler samp[max_batch]
 	 *   | int32 tokens[max(max_batch, chunk)]

@@ -51,8 +51,10 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(flo
 /* Programmatic dependent launch: a kernel launched with programmatic stream
  * serialization (launch_pdl) may start before the kernel ahead of it in the
  * stream has finished; pdl_wait() returns once that kernel has completed and
- * its writes are visible. Everything before it must not read what that
- * kernel writes. Without the launch attribute it returns at once. */
+ * its writes are visible. Everything before it must neither read what that
+ * kernel writes nor write what it reads (the kernels before that one have
+ * completed: their blocks ended after their own pdl_wait()). Without the
+ * launch attribute it returns at once. */
 __device__ __forceinline__ void pdl_wait(void)
 {
 	asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -359,6 +361,7 @@ ssmk_norm_rows(float *__restrict__ h, const float *__restrict__ bias,
 {
 	__shared__ float red[32];
 
+	pdl_wait();
 	norm_row_v4<T>(h + (size_t)blockIdx.x * D, NULL, NULL, bias, w,
 		       xn + (size_t)blockIdx.x * D, D, eps, NULL, red);
 }
@@ -657,6 +660,7 @@ __global__ void ssmk_conv_seq(const float *xz, const float *in_b, const float *c
 	const float *w = cw + (size_t)e * K;
 	float acc = cb ? cb[e] : 0.0f;
 
+	pdl_wait();
 	for (int j = 0; j < K; j++) {
 		const int p = t - (K - 1) + j;
 		const float v = p >= 0 ? xz[(size_t)p * 2 * E + e] + bias
@@ -707,6 +711,7 @@ ssmk_conv_run(const float *__restrict__ xz, const float *__restrict__ in_b,
 #pragma unroll
 		for (int j = 0; j < K; j++)
 			w[c][j] = cw[(size_t)(e + c) * K + j];
+	pdl_wait();
 	/* every row's load first, at a clamped row so that none waits behind a
 	 * test: a load inside the branches below was used at once, so the 19
 	 * loads of a run went out one after another (H200, ncu: the kernel at
@@ -821,6 +826,8 @@ __global__ void ssmk_conv_window(const float *__restrict__ xz, const float *__re
 		return;
 	const float bias = in_b ? in_b[e] : 0.0f;
 	float *w = conv + (size_t)e * (K - 1);
+	/* the conv ahead reads the old window this kernel overwrites */
+	pdl_wait();
 	auto window = [&](int q, float *d) {
 		for (int j = 0; j < K - 1; j++) {
 			const int p = q - (K - 1) + j;
@@ -867,6 +874,7 @@ static inline __host__ __device__ int dt_low_threads(int W, int R, int P)
 template <typename T>
 __global__ void ssmk_dt_low(float *dbc, int W, int R, int P, size_t slice, T *dlT)
 {
+	pdl_wait();
 	for (int j = threadIdx.x; j < (P > 1 ? W : R); j += blockDim.x) {
 		float *p = dbc + (size_t)blockIdx.x * W + j;
 		float u[XPROJ_MAX_SLICES];
@@ -1120,6 +1128,7 @@ ssmk_scan_local(float *dtr, const float *dt_b, const float *dbc, int R, const fl
 		a[i] = A[(size_t)ec * N + g * NPL + i] * LOG2E;
 	}
 	const float dtb = dt_b[ecl];
+	pdl_wait();
 
 	auto issue = [&](float *b, int t1, int n1) {
 		if (full_ok && n1 == T1) {
@@ -1211,13 +1220,16 @@ ssmk_scan(const float *dtr, const float *dt_b, int seg_raw, const float *dbc, in
 
 	float h[N], a[N];
 #pragma unroll
-	for (int n = 0; n < N; n++) {
-		h[n] = start_h[seg * start_stride_h + (size_t)ec * N + n];
+	for (int n = 0; n < N; n++)
 		a[n] = A[(size_t)ec * N + n] * LOG2E;
-	}
-	float dsum = start_d[seg * start_stride_d + ec];
 	const float dtb = dt_b[ec], dskip = Dp[ec];
 	const float zb = in_b ? in_b[E + ec] : 0.0f;
+	/* the start states are the combine's (the kernel ahead) */
+	pdl_wait();
+#pragma unroll
+	for (int n = 0; n < N; n++)
+		h[n] = start_h[seg * start_stride_h + (size_t)ec * N + n];
+	float dsum = start_d[seg * start_stride_d + ec];
 	/* checkpoint k is the first after ts (the positions ascend) */
 	__shared__ int s_ck[SCAN_CK_MAX];
 	int k = 0, next_ck = -1;
@@ -1346,6 +1358,7 @@ __global__ void ssmk_scan_combine(const float *__restrict__ A, const float *__re
 	const float a = A[i] * 1.4426950408889634f;
 	float h = ssm[i], d = dts[e];
 
+	pdl_wait();
 	start_h[i] = h;
 	if (n == 0)
 		start_d[e] = d;
