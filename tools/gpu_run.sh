@@ -87,6 +87,17 @@ if want test; then
 	echo "test_cuda exit $?" >>"$out/test.log"
 	summary="$summary$(grep -E '^cuda: [0-9]+ passed' "$out/test.log")
 "
+	# the big group again on small models with 1.4b's and 2.8b's dt_rank
+	# (128, 160; the 130m shape's is 48): the scan's dt_proj fragments
+	for r in 128 160; do
+		"$bin/ssm-mkmodel" --out "$models/r$r" --d-model 256 --n-layer 2 \
+			--vocab 512 --dt-rank $r --dtype bf16 --seed 2 >/dev/null
+		SSMD_CUDA_ONLY=big SSMD_CUDA_BIG_MODEL=$models/r$r "$bin/test_cuda" \
+			>"$out/test-r$r.log" 2>&1
+		echo "test_cuda exit $?" >>"$out/test-r$r.log"
+		summary="$summary(dt_rank $r) $(grep -E '^cuda: [0-9]+ passed' "$out/test-r$r.log")
+"
+	done
 	cat "$out/test.log"
 fi
 if want profile; then

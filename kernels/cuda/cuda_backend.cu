@@ -517,6 +517,17 @@ out:
 	return rc;
 }
 
+/* Whether the prefill's dt_proj runs inside the scan's pass 1, on the tensor
+ * cores: 16-bit weights and dt_rank a multiple of 16 up to DT_FUSED_RMAX,
+ * unless SSMD_CUDA_DT_FUSED=0 at open. */
+static bool dt_fused_on(const cuda_backend *cb)
+{
+	const int R = cb->cfg.dt_rank;
+
+	return cb->dt_fused && cb->wdtype != SSM_DTYPE_F32 && R % 16 == 0 &&
+	       R <= DT_FUSED_RMAX;
+}
+
 /*
  * Prefill of L tokens (already in d_tokens) into slot. nq checkpoint
  * positions (chunk-relative, ascending, distinct) are in d_ck_pos: their
@@ -537,7 +548,14 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 	cudaStream_t s = cb->stream;
 	const int seg_len = cb->scan_seg;
 	const int nseg = cdiv(L, seg_len);
-	const size_t smem1 = scan_smem_bytes(N, true), smem3 = scan_smem_bytes(N, false);
+	/* with dt_proj in pass 1 (dt_fused_on) there is no dt GEMM, and pass 1
+	 * makes every segment's dt, the last one's too, so pass 3 finds them all
+	 * ready. Otherwise the GEMM writes dtr and pass 1 covers the segments
+	 * but the last (whose end state from zero is never needed). */
+	const bool dt_fused = !std::is_same<T, float>::value && dt_fused_on(cb);
+	const int nseg1 = dt_fused ? nseg : nseg - 1;
+	const size_t smem1 = scan_smem_bytes(N, true, scan_lo_pitch(R, dt_fused)),
+		     smem3 = scan_smem_bytes(N, false, 0);
 	const bool norm_v4 = D % 4 == 0 && D <= 4 * 256 * NORM_V4;
 	const int xsplit = xproj_slices(cb, L);
 	const bool conv_run = K == 4 && E % 4 == 0;
@@ -595,30 +613,43 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 		split_mark(cb, SSM_CUDA_X_PROJ);
 		CUDA_TRY(launch_ex(ssmk_dt_low<T>, L, dt_low_threads(W, R, xsplit), 0, s, pdl,
 				   a->dbc, W, R, xsplit, (size_t)L * W, (T *)a->dlT));
-		if ((rc = gemm(cb, y->dt_w, a->dlT, R, a->dtr, E, E, L, R)))
+		if (!dt_fused && (rc = gemm(cb, y->dt_w, a->dlT, R, a->dtr, E, E, L, R)))
 			goto out;
 		split_mark(cb, SSM_CUDA_DT);
-		/* pass 1 covers segments 0 .. nseg-2 (the last one's end state
-		 * from zero is never needed) and leaves softplus'd dt there */
+		/* pass 1 leaves softplus'd dt in dtr for segments < nseg1 */
 #define SCAN(npl)                                                             \
 	do {                                                                  \
 		constexpr int n_ = SSM_LANES * npl;                           \
-		if (scan_smem_optin(smem1))                                   \
-			CUDA_TRY(cudaFuncSetAttribute(                        \
-				ssmk_scan_local<npl>,                         \
-				cudaFuncAttributeMaxDynamicSharedMemorySize,  \
-				(int)smem1));                                 \
+		const dim3 g1(cdiv(E, SSM_CH_PER_BLOCK), nseg1);              \
 		if (scan_smem_optin(smem3))                                   \
 			CUDA_TRY(cudaFuncSetAttribute(                        \
 				ssmk_scan<T, n_>,                             \
 				cudaFuncAttributeMaxDynamicSharedMemorySize,  \
 				(int)smem3));                                 \
-		if (nseg > 1) {                                               \
-			CUDA_TRY(launch_ex(ssmk_scan_local<npl>,              \
-				dim3(cdiv(E, SSM_CH_PER_BLOCK), nseg - 1),    \
+		if (dt_fused) {                                               \
+			if (scan_smem_optin(smem1))                           \
+				CUDA_TRY(cudaFuncSetAttribute(                \
+					ssmk_scan_local<npl, T>,              \
+					cudaFuncAttributeMaxDynamicSharedMemorySize, \
+					(int)smem1));                         \
+			CUDA_TRY(launch_ex(ssmk_scan_local<npl, T>, g1,       \
 				SCAN_THREADS, smem1, s, pdl, a->dtr, y->dt_b, \
+				(const T *)a->dlT, (const T *)y->dt_w, a->dbc,\
+				R, a->xc, y->A, a->seg_h, a->seg_dt, E, L,    \
+				seg_len));                                    \
+		} else if (nseg1 > 0) {                                       \
+			if (scan_smem_optin(smem1))                           \
+				CUDA_TRY(cudaFuncSetAttribute(                \
+					ssmk_scan_local<npl, float>,          \
+					cudaFuncAttributeMaxDynamicSharedMemorySize, \
+					(int)smem1));                         \
+			CUDA_TRY(launch_ex(ssmk_scan_local<npl, float>, g1,   \
+				SCAN_THREADS, smem1, s, pdl, a->dtr, y->dt_b, \
+				(const float *)NULL, (const float *)NULL,     \
 				a->dbc, R, a->xc, y->A, a->seg_h, a->seg_dt,  \
 				E, L, seg_len));                              \
+		}                                                             \
+		if (nseg > 1) {                                               \
 			CUDA_TRY(launch_ex(ssmk_scan_combine, cdiv(E * N, 256), \
 				256, 0, s, pdl, y->A, base + ssm_off,         \
 				base + dts_off, a->seg_h, a->seg_dt,          \
@@ -627,7 +658,7 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 		split_mark(cb, SSM_CUDA_SCAN1);                               \
 		CUDA_TRY(launch_ex(ssmk_scan<T, n_>,                          \
 			dim3(cdiv(E, SCAN_THREADS), nseg), SCAN_THREADS,      \
-			smem3, s, pdl, a->dtr, y->dt_b, nseg - 1, a->dbc, R,  \
+			smem3, s, pdl, a->dtr, y->dt_b, nseg1, a->dbc, R,     \
 			a->xc, a->xz, y->in_b, y->A, y->Dp,                   \
 			nseg > 1 ? a->start_h : base + ssm_off,               \
 			nseg > 1 ? a->start_d : base + dts_off,               \
@@ -1340,6 +1371,15 @@ extern "C" int ssm_cuda_xproj_slices(ssm_backend *b, int n_tokens, int *slices)
 	return rc;
 }
 
+extern "C" int ssm_cuda_dt_fused(ssm_backend *b, int *fused)
+{
+	int rc = query_check(b, fused, "dt_proj");
+
+	if (!rc)
+		*fused = dt_fused_on(cb_of(b));
+	return rc;
+}
+
 /* The event pool of the splits, made on first use. */
 static int split_events(cuda_backend *cb)
 {
@@ -1789,6 +1829,10 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	 * stream order, for tests and tuning */
 	env = getenv("SSMD_CUDA_PREFILL_PDL");
 	cb->prefill_pdl = !(env && atoi(env) == 0);
+	/* SSMD_CUDA_DT_FUSED=0 keeps the prefill's dt_proj a GEMM of its own
+	 * (16-bit weights), for tests and tuning */
+	env = getenv("SSMD_CUDA_DT_FUSED");
+	cb->dt_fused = !(env && atoi(env) == 0);
 	CUDA_TRY(cudaDeviceGetAttribute(&cb->n_sm, cudaDevAttrMultiProcessorCount, cb->device));
 	/* SSMD_CUDA_CK_MB overrides the checkpoint budget (MiB) for tuning */
 	ck_bytes = (size_t)(cb->chunk / CUDA_CK_FULL_EVERY) * cb->state_floats * sizeof(float);

@@ -1001,10 +1001,11 @@ static inline __host__ __device__ int scan_buf_floats(int N, bool local)
 		     : SCAN3_TILE * (3 * SCAN_THREADS + 2 * N);
 }
 
-/* the two tile buffers */
-static inline size_t scan_smem_bytes(int N, bool local)
+/* the two tile buffers, then (pass 1 with dt_proj fused) one dt_low tile of
+ * SCAN1_TILE rows of lo_pitch 16-bit values */
+static inline size_t scan_smem_bytes(int N, bool local, int lo_pitch)
 {
-	return sizeof(float) * 2 * scan_buf_floats(N, local);
+	return sizeof(float) * (2 * scan_buf_floats(N, local) + SCAN1_TILE * lo_pitch / 2);
 }
 
 /* whether dynamic shared memory of this size, with the kernel's static
@@ -1088,21 +1089,76 @@ template <int n> __device__ __forceinline__ void lds_vec(float *dst, const float
 	}
 }
 
+/* dt_proj inside pass 1 (16-bit weights): dt_rank a multiple of 16, at most
+ * DT_FUSED_RMAX (a warp holds its 8 channels' dt_proj rows as mma fragments,
+ * 2 registers a 16-wide k step). */
+#define DT_FUSED_RMAX 160
+
+/* The bf16 / f16 row pitch of pass 1's dt_low tile (R columns and 8 of
+ * padding, so the 8 rows of an ldmatrix fall in distinct banks), 0 without
+ * it. */
+static inline __host__ __device__ int scan_lo_pitch(int R, bool fused)
+{
+	return fused ? R + 8 : 0;
+}
+
+/* d += A . B for one m16n8k16 tile, A (16 x 16, row-major fragments a[4]) and
+ * B (16 x 8, column-major fragments b[2]) in T (bf16 or f16), sums in f32. */
+template <typename T>
+__device__ __forceinline__ void mma16816(float d[4], const unsigned a[4], const unsigned b[2])
+{
+	if constexpr (std::is_same<T, __half>::value)
+		asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+		    "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+		    : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+		    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+	else
+		asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+		    "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+		    : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+		    : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+/* The A fragments of a 16 x 16 tile of 16-bit values in shared memory (row
+ * pitch `pitch` elements, rows 16-byte aligned): lane l gives row l % 16,
+ * columns 8 (l / 16) .. +7. */
+__device__ __forceinline__ void ldmatrix_x4(unsigned a[4], const void *tile, int pitch)
+{
+	const int l = threadIdx.x & 31;
+	const unsigned p = (unsigned)__cvta_generic_to_shared(
+		(const char *)tile + 2 * ((l & 15) * pitch + 8 * (l >> 4)));
+	asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+		     : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3])
+		     : "r"(p));
+}
+
 /*
  * Pass 1: segment blockIdx.y from zero for SSM_CH_PER_BLOCK channels, lane g
  * of a channel's four holding states g NPL .. g NPL + NPL - 1. Each tile's
- * softplus entries are made once, (token, channel) per thread, into shared
- * memory and back into dtr, before the tile's recurrence.
- * grid (ceil(E/32), nseg-1), block SCAN_THREADS, shared memory
- * scan_smem_bytes(N, true).
+ * dt entries are made once, (token, channel) per thread, into shared memory
+ * and back into dtr, before the tile's recurrence:
+ * - TW float: dt = softplus(dtr + dt_b), dtr holding the dt_proj GEMM's
+ *   output; segments 0 .. nseg-2 (grid.y nseg - 1);
+ * - TW bf16 / f16 (dt_proj fused): dt = softplus(dlo . dt_w^T + dt_b) on the
+ *   tensor cores, dlo (L, R) the x_proj's dt_low columns in TW and dt_w (E,
+ *   R) the weights, R % 16 == 0, R <= DT_FUSED_RMAX; warp w's 8 channels
+ *   8w .. 8w+7 of the block, every token of the tile. Segments 0 .. nseg-1:
+ *   the last one (no end state needed) only makes its dt, so that pass 3
+ *   reads every segment's ready.
+ * grid (ceil(E/32), nseg - 1 or nseg), block SCAN_THREADS, shared memory
+ * scan_smem_bytes(N, true, scan_lo_pitch(R, TW is 16-bit)).
  */
-template <int NPL>
-__global__ void __launch_bounds__(SCAN_THREADS)
-ssmk_scan_local(float *dtr, const float *dt_b, const float *dbc, int R, const float *xc,
-		const float *A, float *seg_h, float *seg_dt, int E, int L, int seg_len)
+template <int NPL, typename TW>
+__global__ void __launch_bounds__(SCAN_THREADS, std::is_same<TW, float>::value || NPL > 4 ? 0 : 8)
+ssmk_scan_local(float *dtr, const float *dt_b, const TW *dlo, const TW *dt_w,
+		const float *dbc, int R, const float *xc, const float *A, float *seg_h,
+		float *seg_dt, int E, int L, int seg_len)
 {
 	constexpr int N = NPL * SSM_LANES, CB = SSM_CH_PER_BLOCK, T1 = SCAN1_TILE;
+	constexpr bool FUSED = !std::is_same<TW, float>::value;
+	constexpr int KS = DT_FUSED_RMAX / 16;
 	const int W = R + 2 * N;
+	const int RP = scan_lo_pitch(R, FUSED);
 	const int BUF = scan_buf_floats(N, true);
 	extern __shared__ __align__(16) float smem[];
 	const int e0 = blockIdx.x * CB;
@@ -1116,10 +1172,15 @@ ssmk_scan_local(float *dtr, const float *dt_b, const float *dbc, int R, const fl
 	const int seg = blockIdx.y;
 	const int ts = seg * seg_len;
 	const int te = ts + seg_len < L ? ts + seg_len : L;
+	/* fused: the last segment makes its dt only */
+	const bool dt_only = FUSED && seg == gridDim.y - 1;
 	const bool vec_x = E % 4 == 0, vec_bc = R % 4 == 0;
 	/* whole tiles of this block load through tile_load_full */
 	const bool full_ok = vec_x && vec_bc && e0 + CB <= E;
 	const float LOG2E = 1.4426950408889634f;
+	/* fused: this lane's mma row (token) g8 and channel pair c2, c2 + 1 */
+	const int lane = threadIdx.x & 31, g8 = lane >> 2;
+	const int c2 = 8 * (threadIdx.x >> 5) + 2 * (lane & 3);
 
 	float h[NPL], a[NPL], dsum = 0.0f;
 #pragma unroll
@@ -1128,37 +1189,132 @@ ssmk_scan_local(float *dtr, const float *dt_b, const float *dbc, int R, const fl
 		a[i] = A[(size_t)ec * N + g * NPL + i] * LOG2E;
 	}
 	const float dtb = dt_b[ecl];
+	/* fused: the dt biases of the channel pair, and the warp's channels'
+	 * dt_proj rows, where the B fragments come from (column g8 = channel
+	 * 8w + g8, rows k = 2 (l & 3) + {0, 1} and + 8 of each k step): loaded
+	 * again each tile (from L1) rather than held, which would double the
+	 * registers of the recurrence */
+	float dtb2[2] = {0.0f, 0.0f};
+	const TW *wr = NULL;
+	if constexpr (FUSED) {
+		const int ew = e0 + 8 * (threadIdx.x >> 5) + g8;
+		wr = dt_w + (size_t)(ew < E ? ew : E - 1) * R + 2 * (lane & 3);
+#pragma unroll
+		for (int j = 0; j < 2; j++)
+			dtb2[j] = dt_b[e0 + c2 + j < E ? e0 + c2 + j : E - 1];
+	}
 	pdl_wait();
+	/* fused: the dt_low tile is rows t1 .. of dlo, contiguous (R TW a row):
+	 * copy i of 16 bytes is row i / P8, piece i % P8, stepped without
+	 * division from this thread's first */
+	const int P8 = R / 8, q8 = SCAN_THREADS / (P8 ? P8 : 1), r8 = SCAN_THREADS % (P8 ? P8 : 1);
+	const int row0 = threadIdx.x / (P8 ? P8 : 1), piece0 = threadIdx.x % (P8 ? P8 : 1);
 
+	/* fused: the dt_low tile of tokens t1 .. t1 + n1 - 1 (rows past n1 zero)
+	 * into its one buffer: tile 0's with tile 0, each next one's once the
+	 * tile before has been multiplied, while its recurrence runs */
+	TW *lo = (TW *)(smem + 2 * BUF);
+	auto issue_lo = [&](int t1, int n1) {
+		int row = row0, piece = piece0;
+
+		while (row < T1) {
+			const bool in = row < n1;
+			cp_async16((float *)(lo + row * RP + 8 * piece),
+				   (const float *)(dlo + (size_t)(t1 + (in ? row : 0)) * R + 8 * piece),
+				   in);
+			row += q8;
+			piece += r8;
+			if (piece >= P8) {
+				piece -= P8;
+				row++;
+			}
+		}
+	};
 	auto issue = [&](float *b, int t1, int n1) {
+		if constexpr (FUSED) {
+			if (t1 == ts)
+				issue_lo(t1, n1);
+			if (dt_only)
+				return;
+		}
 		if (full_ok && n1 == T1) {
-			tile_load_full<T1, CB>(b, dtr + (size_t)t1 * E + e0, E);
+			if constexpr (!FUSED)
+				tile_load_full<T1, CB>(b, dtr + (size_t)t1 * E + e0, E);
 			tile_load_full<T1, CB>(b + T1 * CB, xc + (size_t)t1 * E + e0, E);
 			tile_load_full<T1, N>(b + 2 * T1 * CB, dbc + (size_t)t1 * W + R, W);
 		} else {
-			tile_load(b, dtr + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
+			if constexpr (!FUSED)
+				tile_load(b, dtr + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
 			tile_load(b + T1 * CB, xc + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
 			tile_load(b + 2 * T1 * CB, dbc + (size_t)t1 * W + R, W, n1, 0, N, N, vec_bc);
+		}
+	};
+	/* fused: the tile's dt = softplus(dlo . dt_w^T + dt_b), tokens 16 mt + g8
+	 * (+ 8) and channels c2 (+ 1) of this lane, into s_dt and dtr */
+	auto dt_fused = [&](float *s_dt, int t0, int nt) {
+		unsigned bw[KS][2];
+#pragma unroll
+		for (int ks = 0; ks < KS; ks++)
+			if (16 * ks < R) {
+				bw[ks][0] = __ldg((const unsigned *)(wr + 16 * ks));
+				bw[ks][1] = __ldg((const unsigned *)(wr + 16 * ks + 8));
+			}
+#pragma unroll
+		for (int mt = 0; mt < T1 / 16; mt++) {
+			float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+			for (int ks = 0; ks < KS; ks++)
+				if (16 * ks < R) {
+					unsigned af[4];
+					ldmatrix_x4(af, lo + 16 * mt * RP + 16 * ks, RP);
+					mma16816<TW>(d, af, bw[ks]);
+				}
+#pragma unroll
+			for (int hf = 0; hf < 2; hf++) {
+				const int tt = 16 * mt + g8 + 8 * hf;
+				const float2 v = make_float2(softplus(d[2 * hf] + dtb2[0]),
+							     softplus(d[2 * hf + 1] + dtb2[1]));
+				if (tt < nt) {
+					*(float2 *)(s_dt + tt * CB + c2) = v;
+					if (e0 + c2 + 1 < E)
+						*(float2 *)(dtr + (size_t)(t0 + tt) * E + e0 + c2) = v;
+					else if (e0 + c2 < E)
+						dtr[(size_t)(t0 + tt) * E + e0 + c2] = v.x;
+				}
+			}
 		}
 	};
 	auto body = [&](float *s_dt /* (T1, CB) */, int t0, int nt) {
 		const float *s_x = s_dt + T1 * CB;
 		const float *s_b = s_x + T1 * CB;
 
-		/* entry idx = threadIdx.x + SCAN_THREADS q: token idx / CB,
-		 * channel cl */
-		float *dtp = dtr + (size_t)(t0 + threadIdx.x / CB) * E + e0 + cl;
-#pragma unroll
-		for (int q = 0; q < T1 * CB / SCAN_THREADS; q++) {
-			const int idx = threadIdx.x + SCAN_THREADS * q;
-			if (idx < nt * CB) {
-				const float dt = softplus(s_dt[idx] + dtb);
-				s_dt[idx] = dt;
-				if (e0 + cl < E)
-					dtp[(size_t)q * (SCAN_THREADS / CB) * E] = dt;
+		if constexpr (FUSED) {
+			dt_fused(s_dt, t0, nt);
+			/* every warp's products are in: the next tile's dt_low
+			 * may replace this one's */
+			__syncthreads();
+			if (t0 + T1 < te) {
+				issue_lo(t0 + T1, te - t0 - T1 < T1 ? te - t0 - T1 : T1);
+				cp_async_commit();
 			}
+			if (dt_only)
+				return;
+		} else {
+			/* entry idx = threadIdx.x + SCAN_THREADS q: token idx / CB,
+			 * channel cl */
+			float *dtp = dtr + (size_t)(t0 + threadIdx.x / CB) * E + e0 + cl;
+#pragma unroll
+			for (int q = 0; q < T1 * CB / SCAN_THREADS; q++) {
+				const int idx = threadIdx.x + SCAN_THREADS * q;
+				if (idx < nt * CB) {
+					const float dt = softplus(s_dt[idx] + dtb);
+					s_dt[idx] = dt;
+					if (e0 + cl < E)
+						dtp[(size_t)q * (SCAN_THREADS / CB) * E] = dt;
+				}
+			}
+			__syncthreads();
 		}
-		__syncthreads();
 
 		/* unrolled so the next tokens' shared-memory loads and
 		 * exponentials overlap this one's chain */
@@ -1175,7 +1331,7 @@ ssmk_scan_local(float *dtr, const float *dt_b, const float *dbc, int R, const fl
 		}
 	};
 	scan_tiles<T1>(smem, BUF, ts, te, issue, [] {}, body);
-	if (e >= E)
+	if (e >= E || dt_only)
 		return;
 #pragma unroll
 	for (int i = 0; i < NPL; i++)

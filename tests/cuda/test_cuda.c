@@ -1211,6 +1211,102 @@ out:
 	ssm_backend_close(f);
 }
 
+/* The prefill's dt_proj inside the scan (dtype dt, 16-bit) against its GEMM
+ * of its own (SSMD_CUDA_DT_FUSED=0), in chunks of 160 tokens: a 300-token
+ * prefill (segments of 64, 64 and 32 tokens, then 64, 64 and 12: whole and
+ * short tiles, the last segment's dt made alone) with 8 checkpoints, and a
+ * 40-token one (one segment). Both sum the same 16-bit products in f32 in
+ * different orders; a last-bit change in dt can flip a later 16-bit
+ * rounding, so the states and logits are held to TOL_BATCH_BF16, as the
+ * batched decode is against decoding alone. */
+static void test_dt_fused(const ssm_model *m, ssm_dtype dt)
+{
+	static const size_t want[] = {1, 17, 64, 65, 128, 200, 255, 300};
+	const int nw = sizeof(want) / sizeof(want[0]);
+	const int V = ssm_model_config(m)->vocab_size;
+	ssm_backend *b[2] = {NULL, NULL};
+	ck_ctx k[2] = {{.n = 0, .abort_at = -1}, {.n = 0, .abort_at = -1}};
+	ssm_state *fin[2] = {NULL, NULL};
+	float *lg[2] = {NULL, NULL};
+	int32_t toks[300];
+	uint64_t seed = 77;
+	double worst = 0, e;
+	int i, j, fused[2] = {-1, -1};
+
+	if (dt == SSM_DTYPE_F32) {
+		printf("  dt_proj in the scan: not taken with F32 weights "
+		       "(SSMD_CUDA_F32_ONLY)\n");
+		return;
+	}
+	fill_tokens(toks, 300, V, &seed);
+	setenv("SSMD_CUDA_CHUNK", "160", 1);
+	for (j = 0; j < 2; j++) {
+		ssm_prefill_args pa = {0};
+
+		if (j == 1)
+			setenv("SSMD_CUDA_DT_FUSED", "0", 1);
+		lg[j] = malloc(V * sizeof(float));
+		if (!lg[j] || ssm_model_state_alloc(m, &fin[j]) ||
+		    open_backend(m, SSM_BACKEND_CUDA, dt, 1, &b[j])) {
+			CHECK(0, "open: %s", ssmd_errmsg());
+			goto out;
+		}
+		for (i = 0; i < nw; i++)
+			if (ssm_model_state_alloc(m, &k[j].got[i])) {
+				CHECK(0, "out of memory");
+				goto out;
+			}
+		CHECK_RC(ssm_cuda_dt_fused(b[j], &fused[j]), SSMD_OK);
+		pa.tokens = toks;
+		pa.n_tokens = 300;
+		pa.ckpt_pos = want;
+		pa.n_ckpt = nw;
+		pa.ckpt_fn = ck_collect;
+		pa.ckpt_ctx = &k[j];
+		CHECK_RC(ssm_prefill(b[j], 0, &pa), SSMD_OK);
+		CHECK_RC(ssm_slot_get(b[j], 0, fin[j]), SSMD_OK);
+		CHECK(k[j].n == nw, "dt_proj in the scan: %d checkpoints, want %d", k[j].n, nw);
+	}
+	CHECK(fused[0] == 1 && fused[1] == 0,
+	      "dt_proj in the scan: taken %d with the default, %d with SSMD_CUDA_DT_FUSED=0",
+	      fused[0], fused[1]);
+	for (i = 0; i < k[0].n && i < k[1].n; i++)
+		if ((e = state_rel(k[0].got[i], k[1].got[i])) > worst)
+			worst = e;
+	if ((e = state_rel(fin[0], fin[1])) > worst)
+		worst = e;
+	/* one segment, short tiles: 40 tokens from a fresh slot */
+	for (j = 0; j < 2; j++) {
+		ssm_prefill_args pa = {0};
+
+		pa.tokens = toks;
+		pa.n_tokens = 40;
+		pa.last_logits = lg[j];
+		CHECK_RC(ssm_slot_reset(b[j], 0), SSMD_OK);
+		CHECK_RC(ssm_prefill(b[j], 0, &pa), SSMD_OK);
+		CHECK_RC(ssm_slot_get(b[j], 0, fin[j]), SSMD_OK);
+	}
+	if ((e = state_rel(fin[0], fin[1])) > worst)
+		worst = e;
+	if ((e = rel(lg[0], lg[1], V)) > worst)
+		worst = e;
+	CHECK(worst <= TOL_BATCH_BF16, "dt_proj in the scan vs its GEMM: rel %.3g > %g", worst,
+	      TOL_BATCH_BF16);
+	printf("  dt_proj in the scan vs its own GEMM (%d checkpoints, the end states, "
+	       "logits): worst rel %.2e\n",
+	       k[0].n, worst);
+out:
+	unsetenv("SSMD_CUDA_CHUNK");
+	unsetenv("SSMD_CUDA_DT_FUSED");
+	for (j = 0; j < 2; j++) {
+		for (i = 0; i < nw; i++)
+			ssm_state_free(k[j].got[i]);
+		ssm_state_free(fin[j]);
+		free(lg[j]);
+		ssm_backend_close(b[j]);
+	}
+}
+
 /* check_logprobs at a real vocabulary (50280 logits a row: the device's
  * row walks take two rounds a thread, where the fixtures' 256-512 take
  * one), on a 40-token prefill of random tokens. */
@@ -1249,6 +1345,8 @@ static void test_big(const char *dir)
 		return;
 	test_low_vs_f32(m, dir, low_dtype);
 	test_low_vs_f32(m, dir, half_dtype);
+	test_dt_fused(m, low_dtype);
+	test_dt_fused(m, half_dtype);
 	/* batched against alone at a real shape (d_inner 1536, dt_rank 48,
 	 * where the fixtures have 128 and 4-7): a whole and a ragged last
 	 * block of the SSM step's rows; 2 and 3 rows through the multi-row
