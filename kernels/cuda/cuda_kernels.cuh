@@ -992,20 +992,23 @@ __device__ __forceinline__ void tile_load(float *dst, const float *src, size_t l
 #define SCAN3_TILE 16 /* pass 3: tokens a tile (SCAN_THREADS channels a block) */
 #define SCAN_CK_MAX 64 /* checkpoints per call at most (<= SCAN_THREADS) */
 
-/* floats of one tile buffer. Pass 1: dt, x (SCAN1_TILE, SSM_CH_PER_BLOCK) | B
- * (SCAN1_TILE, N); pass 3: dt, x, z (SCAN3_TILE, SCAN_THREADS) | B | C
- * (SCAN3_TILE, 2N). */
-static inline __host__ __device__ int scan_buf_floats(int N, bool local)
+/* floats of one tile buffer. Pass 1: dt (without lo_pitch), x
+ * (SCAN1_TILE, SSM_CH_PER_BLOCK) | B (SCAN1_TILE, N) | with dt_proj fused
+ * (lo_pitch > 0), the dt_low tile (SCAN1_TILE rows of lo_pitch 16-bit
+ * values); pass 3: dt, x, z (SCAN3_TILE, SCAN_THREADS) | B | C (SCAN3_TILE,
+ * 2N). */
+static inline __host__ __device__ int scan_buf_floats(int N, bool local, int lo_pitch)
 {
-	return local ? SCAN1_TILE * (2 * SSM_CH_PER_BLOCK + N)
-		     : SCAN3_TILE * (3 * SCAN_THREADS + 2 * N);
+	return !local    ? SCAN3_TILE * (3 * SCAN_THREADS + 2 * N)
+	       : lo_pitch ? SCAN1_TILE * (SSM_CH_PER_BLOCK + N + lo_pitch / 2)
+			  : SCAN1_TILE * (2 * SSM_CH_PER_BLOCK + N);
 }
 
-/* the two tile buffers, then (pass 1 with dt_proj fused) one dt_low tile of
- * SCAN1_TILE rows of lo_pitch 16-bit values */
+/* the two tile buffers, then (pass 1 with dt_proj fused) the tile's dt */
 static inline size_t scan_smem_bytes(int N, bool local, int lo_pitch)
 {
-	return sizeof(float) * (2 * scan_buf_floats(N, local) + SCAN1_TILE * lo_pitch / 2);
+	return sizeof(float) * (2 * scan_buf_floats(N, local, lo_pitch) +
+				(local && lo_pitch ? SCAN1_TILE * SSM_CH_PER_BLOCK : 0));
 }
 
 /* whether dynamic shared memory of this size, with the kernel's static
@@ -1134,32 +1137,34 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned a[4], const void *tile, int
 
 /*
  * Pass 1: segment blockIdx.y from zero for SSM_CH_PER_BLOCK channels, lane g
- * of a channel's four holding states g NPL .. g NPL + NPL - 1. Each tile's
- * dt entries are made once, (token, channel) per thread, into shared memory
- * and back into dtr, before the tile's recurrence:
+ * of a channel's four holding states g NPL .. g NPL + NPL - 1 (so warp w
+ * runs channels 8w .. 8w+7 of the block). Each tile's dt entries are made
+ * once into shared memory and back into dtr, before the tile's recurrence:
  * - TW float: dt = softplus(dtr + dt_b), dtr holding the dt_proj GEMM's
- *   output; segments 0 .. nseg-2 (grid.y nseg - 1);
+ *   output, (token, channel) per thread; segments 0 .. nseg-2 (grid.y
+ *   nseg - 1);
  * - TW bf16 / f16 (dt_proj fused): dt = softplus(dlo . dt_w^T + dt_b) on the
  *   tensor cores, dlo (L, R) the x_proj's dt_low columns in TW and dt_w (E,
- *   R) the weights, R % 16 == 0, R <= DT_FUSED_RMAX; warp w's 8 channels
- *   8w .. 8w+7 of the block, every token of the tile. Segments 0 .. nseg-1:
- *   the last one (no end state needed) only makes its dt, so that pass 3
- *   reads every segment's ready.
+ *   R) the weights, R % 16 == 0, R <= DT_FUSED_RMAX: warp w makes its own
+ *   channels' dt for every token of the tile (so only the warp waits on
+ *   it), from dt_low tiles double buffered with the tile and dt_w's rows
+ *   held as mma fragments. Segments 0 .. nseg-1: the last one (no end state
+ *   needed) only makes its dt, so that pass 3 reads every segment's ready.
  * grid (ceil(E/32), nseg - 1 or nseg), block SCAN_THREADS, shared memory
  * scan_smem_bytes(N, true, scan_lo_pitch(R, TW is 16-bit)).
  */
 template <int NPL, typename TW>
-__global__ void __launch_bounds__(SCAN_THREADS, std::is_same<TW, float>::value || NPL > 4 ? 0 : 8)
+__global__ void __launch_bounds__(SCAN_THREADS)
 ssmk_scan_local(float *dtr, const float *dt_b, const TW *dlo, const TW *dt_w,
 		const float *dbc, int R, const float *xc, const float *A, float *seg_h,
 		float *seg_dt, int E, int L, int seg_len)
 {
 	constexpr int N = NPL * SSM_LANES, CB = SSM_CH_PER_BLOCK, T1 = SCAN1_TILE;
 	constexpr bool FUSED = !std::is_same<TW, float>::value;
-	constexpr int KS = DT_FUSED_RMAX / 16;
+	constexpr int KS = FUSED ? DT_FUSED_RMAX / 16 : 1;
 	const int W = R + 2 * N;
 	const int RP = scan_lo_pitch(R, FUSED);
-	const int BUF = scan_buf_floats(N, true);
+	const int BUF = scan_buf_floats(N, true, RP);
 	extern __shared__ __align__(16) float smem[];
 	const int e0 = blockIdx.x * CB;
 	const int ch = threadIdx.x / SSM_LANES;
@@ -1178,6 +1183,9 @@ ssmk_scan_local(float *dtr, const float *dt_b, const TW *dlo, const TW *dt_w,
 	/* whole tiles of this block load through tile_load_full */
 	const bool full_ok = vec_x && vec_bc && e0 + CB <= E;
 	const float LOG2E = 1.4426950408889634f;
+	/* a buffer: dt (unfused), x (T1, CB) | B (T1, N) | dt_low (fused: T1
+	 * rows of RP TW); fused, dt is one (T1, CB) array after the buffers */
+	const int OX = FUSED ? 0 : T1 * CB, OB = OX + T1 * CB, OLO = OB + T1 * N;
 	/* fused: this lane's mma row (token) g8 and channel pair c2, c2 + 1 */
 	const int lane = threadIdx.x & 31, g8 = lane >> 2;
 	const int c2 = 8 * (threadIdx.x >> 5) + 2 * (lane & 3);
@@ -1189,76 +1197,70 @@ ssmk_scan_local(float *dtr, const float *dt_b, const TW *dlo, const TW *dt_w,
 		a[i] = A[(size_t)ec * N + g * NPL + i] * LOG2E;
 	}
 	const float dtb = dt_b[ecl];
-	/* fused: the dt biases of the channel pair, and the warp's channels'
-	 * dt_proj rows, where the B fragments come from (column g8 = channel
-	 * 8w + g8, rows k = 2 (l & 3) + {0, 1} and + 8 of each k step): loaded
-	 * again each tile (from L1) rather than held, which would double the
-	 * registers of the recurrence */
+	/* fused (weights, so before the wait): the B fragments of the warp's
+	 * channels' dt_proj rows (column g8 = channel 8w + g8, rows k =
+	 * 2 (l & 3) + {0, 1} and + 8 of each k step), and the dt biases of the
+	 * channel pair */
+	unsigned bw[KS][2];
 	float dtb2[2] = {0.0f, 0.0f};
-	const TW *wr = NULL;
 	if constexpr (FUSED) {
 		const int ew = e0 + 8 * (threadIdx.x >> 5) + g8;
-		wr = dt_w + (size_t)(ew < E ? ew : E - 1) * R + 2 * (lane & 3);
+		const TW *wr = dt_w + (size_t)(ew < E ? ew : E - 1) * R + 2 * (lane & 3);
+#pragma unroll
+		for (int ks = 0; ks < KS; ks++)
+			if (16 * ks < R) {
+				bw[ks][0] = *(const unsigned *)(wr + 16 * ks);
+				bw[ks][1] = *(const unsigned *)(wr + 16 * ks + 8);
+			}
 #pragma unroll
 		for (int j = 0; j < 2; j++)
 			dtb2[j] = dt_b[e0 + c2 + j < E ? e0 + c2 + j : E - 1];
 	}
 	pdl_wait();
-	/* fused: the dt_low tile is rows t1 .. of dlo, contiguous (R TW a row):
+	/* fused: a dt_low tile is rows t1 .. of dlo, contiguous (R TW a row):
 	 * copy i of 16 bytes is row i / P8, piece i % P8, stepped without
 	 * division from this thread's first */
-	const int P8 = R / 8, q8 = SCAN_THREADS / (P8 ? P8 : 1), r8 = SCAN_THREADS % (P8 ? P8 : 1);
-	const int row0 = threadIdx.x / (P8 ? P8 : 1), piece0 = threadIdx.x % (P8 ? P8 : 1);
+	const int P8 = FUSED ? R / 8 : 1;
+	const int q8 = SCAN_THREADS / P8, r8 = SCAN_THREADS % P8;
+	const int row0 = threadIdx.x / P8, piece0 = threadIdx.x % P8;
 
-	/* fused: the dt_low tile of tokens t1 .. t1 + n1 - 1 (rows past n1 zero)
-	 * into its one buffer: tile 0's with tile 0, each next one's once the
-	 * tile before has been multiplied, while its recurrence runs */
-	TW *lo = (TW *)(smem + 2 * BUF);
-	auto issue_lo = [&](int t1, int n1) {
-		int row = row0, piece = piece0;
-
-		while (row < T1) {
-			const bool in = row < n1;
-			cp_async16((float *)(lo + row * RP + 8 * piece),
-				   (const float *)(dlo + (size_t)(t1 + (in ? row : 0)) * R + 8 * piece),
-				   in);
-			row += q8;
-			piece += r8;
-			if (piece >= P8) {
-				piece -= P8;
-				row++;
-			}
-		}
-	};
 	auto issue = [&](float *b, int t1, int n1) {
 		if constexpr (FUSED) {
-			if (t1 == ts)
-				issue_lo(t1, n1);
+			/* the dt_low rows past n1 zero */
+			TW *lo = (TW *)(b + OLO);
+			int row = row0, piece = piece0;
+
+			while (row < T1) {
+				const bool in = row < n1;
+				cp_async16((float *)(lo + row * RP + 8 * piece),
+					   (const float *)(dlo + (size_t)(t1 + (in ? row : 0)) * R +
+							   8 * piece),
+					   in);
+				row += q8;
+				piece += r8;
+				if (piece >= P8) {
+					piece -= P8;
+					row++;
+				}
+			}
 			if (dt_only)
 				return;
 		}
 		if (full_ok && n1 == T1) {
 			if constexpr (!FUSED)
 				tile_load_full<T1, CB>(b, dtr + (size_t)t1 * E + e0, E);
-			tile_load_full<T1, CB>(b + T1 * CB, xc + (size_t)t1 * E + e0, E);
-			tile_load_full<T1, N>(b + 2 * T1 * CB, dbc + (size_t)t1 * W + R, W);
+			tile_load_full<T1, CB>(b + OX, xc + (size_t)t1 * E + e0, E);
+			tile_load_full<T1, N>(b + OB, dbc + (size_t)t1 * W + R, W);
 		} else {
 			if constexpr (!FUSED)
 				tile_load(b, dtr + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
-			tile_load(b + T1 * CB, xc + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
-			tile_load(b + 2 * T1 * CB, dbc + (size_t)t1 * W + R, W, n1, 0, N, N, vec_bc);
+			tile_load(b + OX, xc + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
+			tile_load(b + OB, dbc + (size_t)t1 * W + R, W, n1, 0, N, N, vec_bc);
 		}
 	};
 	/* fused: the tile's dt = softplus(dlo . dt_w^T + dt_b), tokens 16 mt + g8
 	 * (+ 8) and channels c2 (+ 1) of this lane, into s_dt and dtr */
-	auto dt_fused = [&](float *s_dt, int t0, int nt) {
-		unsigned bw[KS][2];
-#pragma unroll
-		for (int ks = 0; ks < KS; ks++)
-			if (16 * ks < R) {
-				bw[ks][0] = __ldg((const unsigned *)(wr + 16 * ks));
-				bw[ks][1] = __ldg((const unsigned *)(wr + 16 * ks + 8));
-			}
+	auto dt_fused = [&](const TW *lo, float *s_dt, int t0, int nt) {
 #pragma unroll
 		for (int mt = 0; mt < T1 / 16; mt++) {
 			float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -1284,19 +1286,17 @@ ssmk_scan_local(float *dtr, const float *dt_b, const TW *dlo, const TW *dt_w,
 			}
 		}
 	};
-	auto body = [&](float *s_dt /* (T1, CB) */, int t0, int nt) {
-		const float *s_x = s_dt + T1 * CB;
-		const float *s_b = s_x + T1 * CB;
+	auto body = [&](float *b, int t0, int nt) {
+		const float *s_x = b + OX;
+		const float *s_b = b + OB;
+		float *s_dt = FUSED ? smem + 2 * BUF : b;
 
 		if constexpr (FUSED) {
-			dt_fused(s_dt, t0, nt);
-			/* every warp's products are in: the next tile's dt_low
-			 * may replace this one's */
-			__syncthreads();
-			if (t0 + T1 < te) {
-				issue_lo(t0 + T1, te - t0 - T1 < T1 ? te - t0 - T1 : T1);
-				cp_async_commit();
-			}
+			/* the warp's own channels: its lanes wait for each other
+			 * only (and the array's last readers, this warp's, ended
+			 * the tile before at its barrier) */
+			dt_fused((const TW *)(b + OLO), s_dt, t0, nt);
+			__syncwarp();
 			if (dt_only)
 				return;
 		} else {
@@ -1359,7 +1359,7 @@ ssmk_scan(const float *dtr, const float *dt_b, int seg_raw, const float *dbc, in
 {
 	constexpr int CB = SCAN_THREADS, T3 = SCAN3_TILE;
 	const int W = R + 2 * N;
-	const int BUF = scan_buf_floats(N, false);
+	const int BUF = scan_buf_floats(N, false, 0);
 	extern __shared__ __align__(16) float smem[];
 	const int e0 = blockIdx.x * CB;
 	const int e = e0 + threadIdx.x;
