@@ -110,7 +110,7 @@ int ssm_cuda_decode1_groups(ssm_backend *b, int *groups);
 int ssm_cuda_xproj_slices(ssm_backend *b, int n_tokens, int *slices);
 
 /* Whether the prefill's dt_proj runs inside the scan's first pass on the
- * tensor cores (1: 16-bit weights, dt_rank a multiple of 16 up to 160) or as
+ * tensor cores (1: 16-bit weights, dt_rank a multiple of 16 up to 64) or as
  * a GEMM of its own (0; SSMD_CUDA_DT_FUSED=0 at open forces it), into
  * *fused. SSMD_EINVAL: not a CUDA backend, or fused NULL. */
 int ssm_cuda_dt_fused(ssm_backend *b, int *fused);

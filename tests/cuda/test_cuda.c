@@ -1218,7 +1218,9 @@ out:
  * 40-token one (one segment). Both sum the same 16-bit products in f32 in
  * different orders; a last-bit change in dt can flip a later 16-bit
  * rounding, so the states and logits are held to TOL_BATCH_BF16, as the
- * batched decode is against decoding alone. */
+ * batched decode is against decoding alone (on the H200 they came out
+ * bit-identical). Where the model's dt_rank keeps dt_proj a GEMM, both runs
+ * take it and only the switch is checked. */
 static void test_dt_fused(const ssm_model *m, ssm_dtype dt)
 {
 	static const size_t want[] = {1, 17, 64, 65, 128, 200, 255, 300};
@@ -1231,7 +1233,7 @@ static void test_dt_fused(const ssm_model *m, ssm_dtype dt)
 	int32_t toks[300];
 	uint64_t seed = 77;
 	double worst = 0, e;
-	int i, j, fused[2] = {-1, -1};
+	int i, j, R, fused[2] = {-1, -1};
 
 	if (dt == SSM_DTYPE_F32) {
 		printf("  dt_proj in the scan: not taken with F32 weights "
@@ -1267,9 +1269,12 @@ static void test_dt_fused(const ssm_model *m, ssm_dtype dt)
 		CHECK_RC(ssm_slot_get(b[j], 0, fin[j]), SSMD_OK);
 		CHECK(k[j].n == nw, "dt_proj in the scan: %d checkpoints, want %d", k[j].n, nw);
 	}
-	CHECK(fused[0] == 1 && fused[1] == 0,
-	      "dt_proj in the scan: taken %d with the default, %d with SSMD_CUDA_DT_FUSED=0",
-	      fused[0], fused[1]);
+	/* taken by default where dt_rank is a multiple of 16 up to 64 */
+	R = ssm_model_config(m)->dt_rank;
+	CHECK(fused[0] == (R % 16 == 0 && R <= 64) && fused[1] == 0,
+	      "dt_proj in the scan: taken %d with the default (dt_rank %d), %d with "
+	      "SSMD_CUDA_DT_FUSED=0",
+	      fused[0], R, fused[1]);
 	for (i = 0; i < k[0].n && i < k[1].n; i++)
 		if ((e = state_rel(k[0].got[i], k[1].got[i])) > worst)
 			worst = e;
