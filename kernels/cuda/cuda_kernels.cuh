@@ -960,14 +960,15 @@ __device__ __forceinline__ void tile_load(float *dst, const float *src, size_t l
  * with h_local the segment's end state from zero. So, with nseg > 1:
  *   pass 1 (ssmk_scan_local, segments 0 .. nseg-2): every segment from zero
  *          -> seg_h, seg_dt; it also stores dt = softplus(dtr + dt_b) back
- *          into dtr, so pass 3 reads dt instead of recomputing it;
+ *          into dtr, so pass 3 reads dt instead of recomputing it (with
+ *          dt_proj inside it, it makes dt itself, for the last segment too);
  *   pass 2 (ssmk_scan_combine): walks the segments in order per (e, n) ->
  *          start_h, start_d of every segment;
  *   pass 3 (ssmk_scan): every segment again from its true start, writing y,
  *          the checkpoint states and (last segment) the slot. Segments >=
  *          seg_raw (the last one, or all when nseg == 1: then only pass 3
- *          runs, from the slot) still hold the raw dtr and apply the softplus
- *          themselves.
+ *          runs, from the slot; none with dt_proj in pass 1) still hold the
+ *          raw dtr and apply the softplus themselves.
  * Both keep each channel's state in registers within a segment. It reaches
  * memory only at segment ends, checkpoints (ck_pos[0..n_ck), n_ck <=
  * SCAN_CK_MAX, ascending, distinct, chunk-relative in [1, L]: the state after
