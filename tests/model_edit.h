@@ -159,8 +159,9 @@ static inline float *st_f32(const st_file *f, const char *name, size_t *n, size_
 	double b, e;
 
 	if (!cJSON_IsString(dt) || strcmp(dt->valuestring, "F32") || !cJSON_IsArray(sh) ||
-	    cJSON_GetArraySize(sh) < 1 ||
-	    cJSON_GetArraySize(off) != 2)
+	    cJSON_GetArraySize(sh) < 1 || !cJSON_IsArray(off) || cJSON_GetArraySize(off) != 2 ||
+	    !cJSON_IsNumber(cJSON_GetArrayItem(off, 0)) ||
+	    !cJSON_IsNumber(cJSON_GetArrayItem(off, 1)))
 		return NULL;
 	b = cJSON_GetArrayItem(off, 0)->valuedouble;
 	e = cJSON_GetArrayItem(off, 1)->valuedouble;

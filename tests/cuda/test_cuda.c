@@ -499,6 +499,12 @@ out:
 
 /* ------------------------------------------------------- checkpoints ----- */
 
+/* The checkpoint positions of a 300-token prefill the checkpoint tests ask
+ * for: the first token, inside and at the edges of 64-token scan segments,
+ * across a 160-token chunk boundary, and the end. */
+static const size_t ck_want[] = {1, 17, 64, 65, 128, 200, 255, 300};
+#define N_CK_WANT ((int)(sizeof(ck_want) / sizeof(ck_want[0])))
+
 typedef struct ck_ctx {
 	ssm_state *got[16];
 	size_t pos[16];
@@ -524,8 +530,8 @@ static int ck_collect(void *ctx, size_t pos, const ssm_state *st)
 static void test_checkpoints(const ssm_model *m, ssm_backend *gpu, ssm_backend *cpu)
 {
 	const int V = ssm_model_config(m)->vocab_size;
-	static const size_t want[] = {1, 17, 64, 65, 128, 200, 255, 300};
-	const int nw = sizeof(want) / sizeof(want[0]);
+	const size_t *want = ck_want;
+	const int nw = N_CK_WANT;
 	int32_t toks[300];
 	uint64_t seed = 1234;
 	ck_ctx k = {.n = 0, .abort_at = -1};
@@ -1223,8 +1229,8 @@ out:
  * take it and only the switch is checked. */
 static void test_dt_fused(const ssm_model *m, ssm_dtype dt)
 {
-	static const size_t want[] = {1, 17, 64, 65, 128, 200, 255, 300};
-	const int nw = sizeof(want) / sizeof(want[0]);
+	const size_t *want = ck_want;
+	const int nw = N_CK_WANT;
 	const int V = ssm_model_config(m)->vocab_size;
 	ssm_backend *b[2] = {NULL, NULL};
 	ck_ctx k[2] = {{.n = 0, .abort_at = -1}, {.n = 0, .abort_at = -1}};
@@ -1258,6 +1264,7 @@ static void test_dt_fused(const ssm_model *m, ssm_dtype dt)
 				CHECK(0, "out of memory");
 				goto out;
 			}
+		CHECK_RC(ssm_cuda_dt_fused(b[j], NULL), SSMD_EINVAL);
 		CHECK_RC(ssm_cuda_dt_fused(b[j], &fused[j]), SSMD_OK);
 		pa.tokens = toks;
 		pa.n_tokens = 300;
