@@ -189,21 +189,20 @@ static int upload_weights(cuda_backend *cb)
 
 /* ----------------------------------------------------------------- GEMM -- */
 
-/* Y (n, m) row-major f32, leading dim ldy  =  X (n, k) [ld ldx]  .  W^T
- * (+ Y when acc: the prefill's out_proj adding straight into the residual
- * stream, C = Y with beta = 1), with W (m, k) row-major in the weight dtype.
- * cuBLAS sees column-major Y^T = W^T' X^T: op(A) = W^T stored as (k, m)
- * column-major. */
-static int gemm_ex(cuda_backend *cb, const void *W, const void *X, int ldx,
-		   float *Y, int ldy, int m, int n, int k, int acc)
+/* Y (n, m) row-major in ytype (f32, or the weight dtype), leading dim ldy
+ * =  X (n, k) [ld ldx]  .  W^T (+ Y when acc: the prefill's out_proj adding
+ * straight into the residual stream, C = Y with beta = 1), with W (m, k)
+ * row-major in the weight dtype; the sums are f32 either way. cuBLAS sees
+ * column-major Y^T = W^T' X^T: op(A) = W^T stored as (k, m) column-major. */
+static int gemm_ex(cuda_backend *cb, const void *W, const void *X, int ldx, void *Y,
+		   cudaDataType ytype, int ldy, int m, int n, int k, int acc)
 {
 	int rc = SSMD_OK;
 	const float one = 1.0f, zero = 0.0f;
 
 	CUBLAS_TRY(cublasGemmEx(cb->blas, CUBLAS_OP_T, CUBLAS_OP_N, m, n, k, &one,
 				W, cb->wtype, k, X, cb->wtype, ldx, acc ? &one : &zero, Y,
-				CUDA_R_32F, ldy, CUBLAS_COMPUTE_32F,
-				CUBLAS_GEMM_DEFAULT));
+				ytype, ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 out:
 	return rc;
 }
@@ -211,7 +210,14 @@ out:
 static int gemm(cuda_backend *cb, const void *W, const void *X, int ldx,
 		float *Y, int ldy, int m, int n, int k)
 {
-	return gemm_ex(cb, W, X, ldx, Y, ldy, m, n, k, 0);
+	return gemm_ex(cb, W, X, ldx, Y, CUDA_R_32F, ldy, m, n, k, 0);
+}
+
+/* gemm() with Y in the weight dtype (the prefill's in_proj) */
+static int gemm_w(cuda_backend *cb, const void *W, const void *X, int ldx, void *Y,
+		  int ldy, int m, int n, int k)
+{
+	return gemm_ex(cb, W, X, ldx, Y, cb->wtype, ldy, m, n, k, 0);
 }
 
 /* The prefill x_proj's K slices for L rows: its output (L x W, W = dt_rank +
@@ -253,7 +259,7 @@ out:
 static int gemm_acc(cuda_backend *cb, const void *W, const void *X, int ldx,
 		    float *Y, int ldy, int m, int n, int k)
 {
-	return gemm_ex(cb, W, X, ldx, Y, ldy, m, n, k, 1);
+	return gemm_ex(cb, W, X, ldx, Y, CUDA_R_32F, ldy, m, n, k, 1);
 }
 
 /* ------------------------------------------------------------- forward -- */
@@ -343,12 +349,12 @@ static int decode_body(cuda_backend *cb, int nb)
 				    (T *)a->xn, D, c->eps, (float *)NULL, (const int *)NULL,
 				    (size_t)0, (size_t)0));
 		split_mark(cb, SSM_CUDA_NORM);
-		if ((rc = gemm(cb, y->in_w, a->xn, D, a->xz, 2 * E, 2 * E, nb, D)))
+		if ((rc = gemm(cb, y->in_w, a->xn, D, (float *)a->xz, 2 * E, 2 * E, nb, D)))
 			goto out;
 		split_mark(cb, SSM_CUDA_IN_PROJ);
 		CUDA_TRY(launch_pdl(K == 4 ? ssmk_conv_step<T, 4> : ssmk_conv_step<T, 0>,
 				    dim3(cdiv(E, 128), nb), 128, s,
-				    a->xz, y->in_b, y->conv_w, y->conv_b, cb->pool,
+				    (const float *)a->xz, y->in_b, y->conv_w, y->conv_b, cb->pool,
 				    cb->d_slots, sf, cb->off_conv + (size_t)l * E * (K - 1),
 				    E, K, a->xc, (T *)a->xcT));
 		split_mark(cb, SSM_CUDA_CONV);
@@ -359,7 +365,8 @@ static int decode_body(cuda_backend *cb, int nb)
 	CUDA_TRY(launch_pdl(ssmk_ssm_step_b<T, npl, SSM_STEP_ROWS>,           \
 			    dim3(cdiv(E, SSM_CH_PER_BLOCK), cdiv(nb, SSM_STEP_ROWS)), \
 			    128, s, (const float *)a->dbc, R, (const T *)y->dt_w,   \
-			    y->dt_b, y->A, y->Dp, a->xc, a->xz, y->in_b, cb->pool,  \
+			    y->dt_b, y->A, y->Dp, a->xc, (const float *)a->xz, y->in_b, \
+			    cb->pool,                                               \
 			    cb->d_slots, sf, (size_t)l * E * N,                     \
 			    cb->off_dt_sum + (size_t)l * E, E, nb, (T *)a->yT))
 		NPL_SWITCH(N / SSM_LANES, SSM_STEP);
@@ -419,7 +426,7 @@ static int decode_persist(cuda_backend *cb, int nb)
 	p.W = c->dt_rank + 2 * c->d_state;
 	p.n_layer = c->n_layer;
 	p.eps = c->eps;
-	p.xz = a->xz;
+	p.xz = (float *)a->xz;
 	p.xc = a->xc;
 	p.h = a->h;
 	p.logits = a->logits;
@@ -517,24 +524,24 @@ out:
 	return rc;
 }
 
-/* The scan's pass 1 (ssmk_scan_local<NPL, TW>) on grid: its shared-memory
- * opt-in where smem needs it, then the launch. */
-template <int NPL, typename TW>
+/* The scan's pass 1 (ssmk_scan_local<NPL, TW, TX>) on grid: its
+ * shared-memory opt-in where smem needs it, then the launch. */
+template <int NPL, typename TW, typename TX>
 static cudaError_t launch_scan_local(dim3 grid, size_t smem, cudaStream_t s, bool pdl,
 				     float *dtr, const float *dt_b, const TW *dlo,
-				     const TW *dt_w, const float *dbc, int R, const float *xc,
+				     const TW *dt_w, const float *dbc, int R, const TX *xc,
 				     const float *A, float *seg_h, float *seg_dt, int E, int L,
 				     int seg_len)
 {
 	cudaError_t e = cudaSuccess;
 
 	if (scan_smem_optin(smem))
-		e = cudaFuncSetAttribute(ssmk_scan_local<NPL, TW>,
+		e = cudaFuncSetAttribute(ssmk_scan_local<NPL, TW, TX>,
 					 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
 	if (e != cudaSuccess)
 		return e;
-	return launch_ex(ssmk_scan_local<NPL, TW>, grid, SCAN_THREADS, smem, s, pdl, dtr, dt_b,
-			 dlo, dt_w, dbc, R, xc, A, seg_h, seg_dt, E, L, seg_len);
+	return launch_ex(ssmk_scan_local<NPL, TW, TX>, grid, SCAN_THREADS, smem, s, pdl, dtr,
+			 dt_b, dlo, dt_w, dbc, R, xc, A, seg_h, seg_dt, E, L, seg_len);
 }
 
 /* Whether the prefill's dt_proj runs inside the scan's pass 1, on the tensor
@@ -574,8 +581,8 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 	 * but the last (whose end state from zero is never needed). */
 	const bool dt_fused = !std::is_same<T, float>::value && dt_fused_on(cb);
 	const int nseg1 = dt_fused ? nseg : nseg - 1;
-	const size_t smem1 = scan_smem_bytes(N, true, scan_lo_pitch(R, dt_fused)),
-		     smem3 = scan_smem_bytes(N, false, 0);
+	const size_t smem1 = scan_smem_bytes(N, true, scan_lo_pitch(R, dt_fused), sizeof(T)),
+		     smem3 = scan_smem_bytes(N, false, 0, sizeof(T));
 	const bool norm_v4 = D % 4 == 0 && D <= 4 * 256 * NORM_V4;
 	const int xsplit = xproj_slices(cb, L);
 	const bool conv_run = K == 4 && E % 4 == 0;
@@ -584,6 +591,10 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 	 * order). Measured on the H200 (bf16, 2k tokens): 130m 8%, 1.4b 3%,
 	 * 2.8b 1% faster */
 	const bool pdl = cb->prefill_pdl;
+	/* the activations between kernels in T, as the GEMMs read them (half
+	 * the bytes of f32 with 16-bit weights): in_proj's x | z, and the
+	 * conv's output in xcT, which x_proj and both scan passes read */
+	T *xz = (T *)a->xz, *xc = (T *)a->xcT;
 	int l;
 
 	ssmk_embed<T><<<L, 256, 0, s>>>(cb->d_tokens, (const T *)cb->embed, a->h, D);
@@ -608,28 +619,28 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 					   p ? p->out_b : NULL, y->norm, (T *)a->xn, D,
 					   c->eps, (float *)NULL, (const int *)NULL, 0, 0));
 		split_mark(cb, SSM_CUDA_NORM);
-		if ((rc = gemm(cb, y->in_w, a->xn, D, a->xz, 2 * E, 2 * E, L, D)))
+		if ((rc = gemm_w(cb, y->in_w, a->xn, D, xz, 2 * E, 2 * E, L, D)))
 			goto out;
 		split_mark(cb, SSM_CUDA_IN_PROJ);
 		if (conv_run) {
 			/* with the checkpoints' conv windows and the slot's */
 			CUDA_TRY(launch_ex(ssmk_conv_run<T, 4>,
 					   dim3(cdiv(E, 512), cdiv(L, CONV_RUN)), 128, 0, s,
-					   pdl, a->xz, y->in_b, y->conv_w, y->conv_b,
-					   base + conv_off, E, L, a->xc, (T *)a->xcT,
-					   cb->d_ck_pos, nq, d_ck + conv_off, sf));
+					   pdl, (const T *)xz, y->in_b, y->conv_w, y->conv_b,
+					   base + conv_off, E, L, xc, cb->d_ck_pos, nq,
+					   d_ck + conv_off, sf));
 		} else {
 			CUDA_TRY(launch_ex(ssmk_conv_seq<T>, dim3(cdiv(E, 128), L), 128, 0,
-					   s, pdl, a->xz, y->in_b, y->conv_w, y->conv_b,
-					   base + conv_off, E, K, a->xc, (T *)a->xcT));
+					   s, pdl, (const T *)xz, y->in_b, y->conv_w, y->conv_b,
+					   base + conv_off, E, K, xc));
 			/* the checkpoints' windows and the slot's own, after
 			 * the conv read the slot's */
-			CUDA_TRY(launch_ex(ssmk_conv_window, dim3(cdiv(E, 128), nq + 1), 128,
-					   0, s, pdl, a->xz, y->in_b, base + conv_off,
+			CUDA_TRY(launch_ex(ssmk_conv_window<T>, dim3(cdiv(E, 128), nq + 1), 128,
+					   0, s, pdl, (const T *)xz, y->in_b, base + conv_off,
 					   cb->d_ck_pos, nq, d_ck + conv_off, sf, L, E, K));
 		}
 		split_mark(cb, SSM_CUDA_CONV);
-		if ((rc = gemm_split(cb, y->x_w, a->xcT, E, a->dbc, W, W, L, E, xsplit)))
+		if ((rc = gemm_split(cb, y->x_w, xc, E, a->dbc, W, W, L, E, xsplit)))
 			goto out;
 		split_mark(cb, SSM_CUDA_X_PROJ);
 		CUDA_TRY(launch_ex(ssmk_dt_low<T>, L, dt_low_threads(W, R, xsplit), 0, s, pdl,
@@ -648,14 +659,14 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 				cudaFuncAttributeMaxDynamicSharedMemorySize,  \
 				(int)smem3));                                 \
 		if (dt_fused) /* never with T float */                        \
-			CUDA_TRY((launch_scan_local<npl, T>(g1, smem1, s, pdl,\
-				a->dtr, y->dt_b, (const T *)a->dlT,           \
-				(const T *)y->dt_w, a->dbc, R, a->xc, y->A,   \
+			CUDA_TRY((launch_scan_local<npl, T, T>(g1, smem1, s,  \
+				pdl, a->dtr, y->dt_b, (const T *)a->dlT,      \
+				(const T *)y->dt_w, a->dbc, R, xc, y->A,      \
 				a->seg_h, a->seg_dt, E, L, seg_len)));        \
 		else if (nseg1 > 0)                                           \
-			CUDA_TRY((launch_scan_local<npl, float>(g1, smem1, s, \
-				pdl, a->dtr, y->dt_b, (const float *)NULL,    \
-				(const float *)NULL, a->dbc, R, a->xc, y->A,  \
+			CUDA_TRY((launch_scan_local<npl, float, T>(g1, smem1, \
+				s, pdl, a->dtr, y->dt_b, (const float *)NULL, \
+				(const float *)NULL, a->dbc, R, xc, y->A,     \
 				a->seg_h, a->seg_dt, E, L, seg_len)));        \
 		if (nseg > 1) {                                               \
 			CUDA_TRY(launch_ex(ssmk_scan_combine, cdiv(E * N, 256), \
@@ -667,7 +678,7 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 		CUDA_TRY(launch_ex(ssmk_scan<T, n_>,                          \
 			dim3(cdiv(E, SCAN_THREADS), nseg), SCAN_THREADS,      \
 			smem3, s, pdl, a->dtr, y->dt_b, nseg1, a->dbc, R,     \
-			a->xc, a->xz, y->in_b, y->A, y->Dp,                   \
+			xc, xz, y->in_b, y->A, y->Dp,                         \
 			nseg > 1 ? a->start_h : base + ssm_off,               \
 			nseg > 1 ? a->start_d : base + dts_off,               \
 			(size_t)E * N, (size_t)E, base + ssm_off,             \

@@ -93,9 +93,11 @@ typedef struct cuda_act {
 	int rows;
 	float *h;     /* (rows, d_model) residual stream */
 	void *xn;     /* (rows, d_model) T, normalised hidden */
-	float *xz;    /* (rows, 2*d_inner) in_proj output: x | z */
-	float *xc;    /* (rows, d_inner) conv + SiLU output */
-	void *xcT;    /* (rows, d_inner) T, the same for x_proj */
+	void *xz;     /* (rows, 2*d_inner) in_proj output: x | z, f32 in the
+		       * batched step, T in the prefill */
+	float *xc;    /* (rows, d_inner) conv + SiLU output (batched step) */
+	void *xcT;    /* (rows, d_inner) T, the same for x_proj; the prefill's
+		       * only copy, which its scan reads too */
 	float *dbc;   /* (rows, dt_rank + 2*d_state) x_proj output: dt_low | B | C */
 	void *dlT;    /* (rows, dt_rank) T, dt_low for the prefill dt_proj GEMM */
 	float *dtr;   /* (rows, d_inner) dt_proj output before bias/softplus */

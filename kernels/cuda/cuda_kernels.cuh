@@ -2,8 +2,9 @@
  * cuda_kernels.cuh — the CUDA backend's own kernels (everything but GEMMs).
  *
  * Included by cuda_backend.cu only. T is the weight dtype (float, __half,
- * __nv_bfloat16): GEMM inputs are written in T, everything the recurrence
- * touches is f32. Shapes use B = rows (decode batch or prefill chunk),
+ * __nv_bfloat16): GEMM inputs, and the prefill's activations between its
+ * kernels (in_proj's x | z, the conv's output), are in T; the states, dt,
+ * B, C and every sum are f32. Shapes use B = rows (decode batch or prefill chunk),
  * D = d_model, E = d_inner, N = d_state, K = d_conv, R = dt_rank,
  * W = R + 2N (one x_proj output row: dt_low | B | C).
  *
@@ -644,13 +645,14 @@ __global__ void ssmk_ssm_step_b(const float *dbc, int R, const T *dt_w,
  *   in(p) = xz[p, e] + in_b[e] for p >= 0, else the slot's conv state
  *           column K-1+p (the inputs before this chunk)
  *   xc[t, e] = SiLU(conv_b[e] + sum_{j<K} w[e, j] * in(t - (K-1) + j))
- * conv = this layer's (E, K-1) conv state in the slot (read only here).
+ * xz and xc in T (the prefill's activations between kernels are in the
+ * weights' type, as the GEMMs read them; the sums are f32). conv = this
+ * layer's (E, K-1) conv state in the slot (read only here).
  * grid (ceil(E/128), L), block 128.
  */
 template <typename T>
-__global__ void ssmk_conv_seq(const float *xz, const float *in_b, const float *cw,
-			   const float *cb, const float *conv, int E, int K,
-			   float *xc, T *xcT)
+__global__ void ssmk_conv_seq(const T *xz, const float *in_b, const float *cw,
+			   const float *cb, const float *conv, int E, int K, T *xc)
 {
 	const int e = blockIdx.x * blockDim.x + threadIdx.x;
 	const int t = blockIdx.y;
@@ -663,20 +665,19 @@ __global__ void ssmk_conv_seq(const float *xz, const float *in_b, const float *c
 	pdl_wait();
 	for (int j = 0; j < K; j++) {
 		const int p = t - (K - 1) + j;
-		const float v = p >= 0 ? xz[(size_t)p * 2 * E + e] + bias
+		const float v = p >= 0 ? to_f32(xz[(size_t)p * 2 * E + e]) + bias
 				       : conv[(size_t)e * (K - 1) + (K - 1) + p];
 		acc += w[j] * v;
 	}
-	const float y = silu(acc);
-	xc[(size_t)t * E + e] = y;
-	xcT[(size_t)t * E + e] = from_f32<T>(y);
+	xc[(size_t)t * E + e] = from_f32<T>(silu(acc));
 }
 
 /*
  * The prefill conv of ssmk_conv_seq for d_conv == K, one thread per 4
  * consecutive channels (E % 4 == 0) and run of CONV_RUN tokens: the run's
- * K-1 + CONV_RUN input rows are loaded once into registers as float4 (a warp
- * reads 512 contiguous bytes of a row, all loads in flight together), and
+ * K-1 + CONV_RUN input rows are loaded once into registers, four values a
+ * load (a warp reads 128 contiguous values of a row, all loads in flight
+ * together), and
  * each output is formed from them with the same sum order as ssmk_conv_seq.
  * The conv windows come from the same registers, as ssmk_conv_window forms
  * them (so no launch of their own):
@@ -690,10 +691,10 @@ __global__ void ssmk_conv_seq(const float *xz, const float *in_b, const float *c
 
 template <typename T, int K>
 __global__ void __launch_bounds__(128)
-ssmk_conv_run(const float *__restrict__ xz, const float *__restrict__ in_b,
+ssmk_conv_run(const T *__restrict__ xz, const float *__restrict__ in_b,
 	      const float *__restrict__ cw, const float *__restrict__ cb,
-	      float *__restrict__ conv, int E, int L, float *__restrict__ xc,
-	      T *__restrict__ xcT, const int *__restrict__ qs, int nq,
+	      float *__restrict__ conv, int E, int L, T *__restrict__ xc,
+	      const int *__restrict__ qs, int nq,
 	      float *__restrict__ ck, size_t ck_stride)
 {
 	const int e = 4 * (blockIdx.x * blockDim.x + threadIdx.x);
@@ -720,7 +721,7 @@ ssmk_conv_run(const float *__restrict__ xz, const float *__restrict__ in_b,
 	for (int j = 0; j < CONV_RUN + K - 1; j++) {
 		const int p = t0 - (K - 1) + j;
 		const int pc = p < 0 ? 0 : p < L ? p : L - 1;
-		v[j] = *(const float4 *)(xz + (size_t)pc * 2 * E + e);
+		v[j] = load4<T>(xz + (size_t)pc * 2 * E + e);
 	}
 #pragma unroll
 	for (int j = 0; j < CONV_RUN + K - 1; j++) {
@@ -746,9 +747,7 @@ ssmk_conv_run(const float *__restrict__ xz, const float *__restrict__ in_b,
 		}
 		const float4 y = make_float4(silu(acc.x), silu(acc.y),
 					     silu(acc.z), silu(acc.w));
-		const size_t o = (size_t)(t0 + i) * E + e;
-		*(float4 *)(xc + o) = y;
-		store4<T>(xcT + o, y);
+		store4<T>(xc + (size_t)(t0 + i) * E + e, y);
 	}
 	if (nq) {
 		/* the first checkpoint after t0 (binary search), then those of
@@ -787,7 +786,7 @@ ssmk_conv_run(const float *__restrict__ xz, const float *__restrict__ in_b,
 			float4 u;
 
 			if (p >= 0)
-				u = f4_add(*(const float4 *)(xz + (size_t)p * 2 * E + e), bias);
+				u = f4_add(load4<T>(xz + (size_t)p * 2 * E + e), bias);
 			else
 				u = make_float4(conv[(size_t)e * (K - 1) + L + j],
 						conv[(size_t)(e + 1) * (K - 1) + L + j],
@@ -816,7 +815,8 @@ ssmk_conv_run(const float *__restrict__ xz, const float *__restrict__ in_b,
  * does not.
  * grid (ceil(E/128), nq + 1), block 128.
  */
-__global__ void ssmk_conv_window(const float *__restrict__ xz, const float *__restrict__ in_b,
+template <typename T>
+__global__ void ssmk_conv_window(const T *__restrict__ xz, const float *__restrict__ in_b,
 				 float *__restrict__ conv, const int *__restrict__ qs, int nq,
 				 float *__restrict__ ck, size_t ck_stride, int L, int E, int K)
 {
@@ -831,7 +831,7 @@ __global__ void ssmk_conv_window(const float *__restrict__ xz, const float *__re
 	auto window = [&](int q, float *d) {
 		for (int j = 0; j < K - 1; j++) {
 			const int p = q - (K - 1) + j;
-			d[j] = p >= 0 ? xz[(size_t)p * 2 * E + e] + bias : w[(K - 1) + p];
+			d[j] = p >= 0 ? to_f32(xz[(size_t)p * 2 * E + e]) + bias : w[(K - 1) + p];
 		}
 	};
 
@@ -907,7 +907,7 @@ __device__ __forceinline__ void cp_async4(float *dst, const float *src, bool ok)
 		     "r"(ok ? 4 : 0) : "memory");
 }
 
-__device__ __forceinline__ void cp_async16(float *dst, const float *src, bool ok)
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool ok)
 {
 	const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
 	asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src),
@@ -926,24 +926,34 @@ template <int n> __device__ __forceinline__ void cp_async_wait(void)
 
 /*
  * dst (nt, nc) dense in shared memory  <-  src rows [0, nt) (row stride ld
- * floats), columns [c0, c0 + nc); columns >= cmax are zero-filled. vec: 16-byte
- * copies, valid when ld, c0, nc, cmax are multiples of 4 and src is 16-byte
- * aligned. Called by every thread of the block.
+ * values of V: f32, or the 16-bit activations), columns [c0, c0 + nc);
+ * columns >= cmax are zero-filled. vec: 16-byte copies, valid when ld, c0,
+ * nc, cmax are multiples of 16 / sizeof(V) and src is 16-byte aligned.
+ * Otherwise f32 goes by 4-byte cp.async and 16-bit values by plain copies
+ * (cp.async has no 2-byte form): those land before the barrier that follows
+ * the tile's cp_async_wait like the rest. Called by every thread of the
+ * block.
  */
-__device__ __forceinline__ void tile_load(float *dst, const float *src, size_t ld, int nt,
-					  int c0, int nc, int cmax, bool vec)
+template <typename V>
+__device__ __forceinline__ void tile_load(V *dst, const V *src, size_t ld, int nt, int c0,
+					  int nc, int cmax, bool vec)
 {
+	constexpr int PER = 16 / sizeof(V);
 	if (vec) {
-		const int nq = nc / 4;
+		const int nq = nc / PER;
 		for (int i = threadIdx.x; i < nt * nq; i += blockDim.x) {
-			const int tt = i / nq, c = c0 + 4 * (i % nq);
-			cp_async16(dst + 4 * i, src + (size_t)tt * ld + (c < cmax ? c : 0),
+			const int tt = i / nq, c = c0 + PER * (i % nq);
+			cp_async16(dst + PER * i, src + (size_t)tt * ld + (c < cmax ? c : 0),
 				   c < cmax);
 		}
 	} else {
 		for (int i = threadIdx.x; i < nt * nc; i += blockDim.x) {
 			const int tt = i / nc, c = c0 + i % nc;
-			cp_async4(dst + i, src + (size_t)tt * ld + (c < cmax ? c : 0), c < cmax);
+			const V *p = src + (size_t)tt * ld + (c < cmax ? c : 0);
+			if constexpr (sizeof(V) == 4)
+				cp_async4((float *)(dst + i), (const float *)p, c < cmax);
+			else
+				dst[i] = c < cmax ? *p : from_f32<V>(0.0f);
 		}
 	}
 }
@@ -975,8 +985,9 @@ __device__ __forceinline__ void tile_load(float *dst, const float *src, size_t l
  * token q-1 goes to ck + k * state_floats + ck_ssm_off / + ck_dts_off) and
  * the chunk's end. A block walks its segment in tiles of tokens, double
  * buffered in shared memory: while the recurrence runs on tile i, cp.async
- * brings tile i+1 in (each channel's dt, x and, in pass 3, z; the tokens'
- * B | C, read by all the block's channels). exp(dt A) is one ex2 of
+ * brings tile i+1 in (each channel's dt in f32, x and, in pass 3, z in the
+ * weight type T; the tokens' B | C, read by all the block's channels).
+ * exp(dt A) is one ex2 of
  * dt * (A log2 e).
  *
  * The passes lay channels out differently, each the faster for its work
@@ -993,22 +1004,23 @@ __device__ __forceinline__ void tile_load(float *dst, const float *src, size_t l
 #define SCAN3_TILE 16 /* pass 3: tokens a tile (SCAN_THREADS channels a block) */
 #define SCAN_CK_MAX 64 /* checkpoints per call at most (<= SCAN_THREADS) */
 
-/* floats of one tile buffer. Pass 1: dt (without lo_pitch), x
- * (SCAN1_TILE, SSM_CH_PER_BLOCK) | B (SCAN1_TILE, N) | with dt_proj fused
- * (lo_pitch > 0), the dt_low tile (SCAN1_TILE rows of lo_pitch 16-bit
- * values); pass 3: dt, x, z (SCAN3_TILE, SCAN_THREADS) | B | C (SCAN3_TILE,
- * 2N). */
-static inline __host__ __device__ int scan_buf_floats(int N, bool local, int lo_pitch)
+/* floats of one tile buffer, with x (and z) in activations of xb bytes (f32
+ * or the 16-bit weight type). Pass 1: dt (without lo_pitch), x (SCAN1_TILE,
+ * SSM_CH_PER_BLOCK) | B (SCAN1_TILE, N) | with dt_proj fused (lo_pitch > 0),
+ * the dt_low tile (SCAN1_TILE rows of lo_pitch 16-bit values); pass 3: dt
+ * (SCAN3_TILE, SCAN_THREADS) | x, z (the same, in xb) | B | C (SCAN3_TILE,
+ * 2N). Every part a multiple of 16 bytes. */
+static inline __host__ __device__ int scan_buf_floats(int N, bool local, int lo_pitch, int xb)
 {
-	return !local    ? SCAN3_TILE * (3 * SCAN_THREADS + 2 * N)
-	       : lo_pitch ? SCAN1_TILE * (SSM_CH_PER_BLOCK + N + lo_pitch / 2)
-			  : SCAN1_TILE * (2 * SSM_CH_PER_BLOCK + N);
+	return !local    ? SCAN3_TILE * (SCAN_THREADS + 2 * SCAN_THREADS * xb / 4 + 2 * N)
+	       : lo_pitch ? SCAN1_TILE * (SSM_CH_PER_BLOCK * xb / 4 + N + lo_pitch / 2)
+			  : SCAN1_TILE * (SSM_CH_PER_BLOCK + SSM_CH_PER_BLOCK * xb / 4 + N);
 }
 
 /* the two tile buffers, then (pass 1 with dt_proj fused) the tile's dt */
-static inline size_t scan_smem_bytes(int N, bool local, int lo_pitch)
+static inline size_t scan_smem_bytes(int N, bool local, int lo_pitch, int xb)
 {
-	return sizeof(float) * (2 * scan_buf_floats(N, local, lo_pitch) +
+	return sizeof(float) * (2 * scan_buf_floats(N, local, lo_pitch, xb) +
 				(local && lo_pitch ? SCAN1_TILE * SSM_CH_PER_BLOCK : 0));
 }
 
@@ -1019,19 +1031,20 @@ static inline bool scan_smem_optin(size_t bytes)
 	return bytes + sizeof(int) * SCAN_CK_MAX > 48 * 1024;
 }
 
-/* A full tile's copies (ROWS rows of NC floats, NC a multiple of 4, row
- * stride ld, src 16-byte aligned): copy c, of the block's SCAN_THREADS
- * threads' copies, is row c / (NC/4), piece c % (NC/4), so a thread's
+/* A full tile's copies (ROWS rows of NC values of V, NC a multiple of 16 /
+ * sizeof(V), row stride ld, src 16-byte aligned): copy c, of the block's
+ * SCAN_THREADS threads' copies, is row c / NQ, piece c % NQ, so a thread's
  * offsets need no division at run time. */
-template <int ROWS, int NC>
-__device__ __forceinline__ void tile_load_full(float *dst, const float *src, size_t ld)
+template <int ROWS, int NC, typename V = float>
+__device__ __forceinline__ void tile_load_full(V *dst, const V *src, size_t ld)
 {
-	constexpr int NQ = NC / 4, COPIES = ROWS * NQ;
+	constexpr int PER = 16 / sizeof(V), NQ = NC / PER, COPIES = ROWS * NQ;
 #pragma unroll
 	for (int k = 0; k < (COPIES + SCAN_THREADS - 1) / SCAN_THREADS; k++) {
 		const int c = threadIdx.x + SCAN_THREADS * k;
 		if (COPIES % SCAN_THREADS == 0 || c < COPIES)
-			cp_async16(dst + 4 * c, src + (size_t)(c / NQ) * ld + 4 * (c % NQ), true);
+			cp_async16(dst + PER * c, src + (size_t)(c / NQ) * ld + PER * (c % NQ),
+				   true);
 	}
 }
 
@@ -1157,13 +1170,14 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned a[4], const void *tile, int
  *   it), from dt_low tiles double buffered with the tile and dt_w's rows
  *   held as mma fragments. Segments 0 .. nseg-1: the last one (no end state
  *   needed) only makes its dt, so that pass 3 reads every segment's ready.
+ * xc (L, E) is the conv's output in TX (the model's weight type).
  * grid (ceil(E/32), nseg - 1 or nseg), block SCAN_THREADS, shared memory
- * scan_smem_bytes(N, true, scan_lo_pitch(R, TW is 16-bit)).
+ * scan_smem_bytes(N, true, scan_lo_pitch(R, TW is 16-bit), sizeof(TX)).
  */
-template <int NPL, typename TW>
+template <int NPL, typename TW, typename TX>
 __global__ void __launch_bounds__(SCAN_THREADS)
 ssmk_scan_local(float *dtr, const float *dt_b, const TW *dlo, const TW *dt_w,
-		const float *dbc, int R, const float *xc, const float *A, float *seg_h,
+		const float *dbc, int R, const TX *xc, const float *A, float *seg_h,
 		float *seg_dt, int E, int L, int seg_len)
 {
 	constexpr int N = NPL * SSM_LANES, CB = SSM_CH_PER_BLOCK, T1 = SCAN1_TILE;
@@ -1171,7 +1185,7 @@ ssmk_scan_local(float *dtr, const float *dt_b, const TW *dlo, const TW *dt_w,
 	constexpr int KS = FUSED ? DT_FUSED_RMAX / 16 : 1;
 	const int W = R + 2 * N;
 	const int RP = scan_lo_pitch(R, FUSED);
-	const int BUF = scan_buf_floats(N, true, RP);
+	const int BUF = scan_buf_floats(N, true, RP, sizeof(TX));
 	extern __shared__ __align__(16) float smem[];
 	const int e0 = blockIdx.x * CB;
 	const int ch = threadIdx.x / SSM_LANES;
@@ -1186,13 +1200,16 @@ ssmk_scan_local(float *dtr, const float *dt_b, const TW *dlo, const TW *dt_w,
 	const int te = ts + seg_len < L ? ts + seg_len : L;
 	/* fused: the last segment makes its dt only */
 	const bool dt_only = FUSED && seg == gridDim.y - 1;
-	const bool vec_x = E % 4 == 0, vec_bc = R % 4 == 0;
+	const bool vec_dt = E % 4 == 0, vec_x = E % (16 / sizeof(TX)) == 0,
+		   vec_bc = R % 4 == 0;
 	/* whole tiles of this block load through tile_load_full */
-	const bool full_ok = vec_x && vec_bc && e0 + CB <= E;
+	const bool full_ok = vec_dt && vec_x && vec_bc && e0 + CB <= E;
 	const float LOG2E = 1.4426950408889634f;
-	/* a buffer: dt (unfused), x (T1, CB) | B (T1, N) | dt_low (fused: T1
-	 * rows of RP TW); fused, dt is one (T1, CB) array after the buffers */
-	const int OX = FUSED ? 0 : T1 * CB, OB = OX + T1 * CB, OLO = OB + T1 * N;
+	/* a buffer: dt (unfused), x (T1, CB) in TX | B (T1, N) | dt_low (fused:
+	 * T1 rows of RP TW); fused, dt is one (T1, CB) array after the buffers
+	 * (offsets in floats) */
+	constexpr int XF = T1 * CB * (int)sizeof(TX) / 4;
+	const int OX = FUSED ? 0 : T1 * CB, OB = OX + XF, OLO = OB + T1 * N;
 	/* fused: this lane's mma row (token) g8 and channel pair c2, c2 + 1 */
 	const int lane = threadIdx.x & 31, g8 = lane >> 2;
 	const int c2 = 8 * (threadIdx.x >> 5) + 2 * (lane & 3);
@@ -1256,12 +1273,12 @@ ssmk_scan_local(float *dtr, const float *dt_b, const TW *dlo, const TW *dt_w,
 		if (full_ok && n1 == T1) {
 			if constexpr (!FUSED)
 				tile_load_full<T1, CB>(b, dtr + (size_t)t1 * E + e0, E);
-			tile_load_full<T1, CB>(b + OX, xc + (size_t)t1 * E + e0, E);
+			tile_load_full<T1, CB>((TX *)(b + OX), xc + (size_t)t1 * E + e0, E);
 			tile_load_full<T1, N>(b + OB, dbc + (size_t)t1 * W + R, W);
 		} else {
 			if constexpr (!FUSED)
-				tile_load(b, dtr + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
-			tile_load(b + OX, xc + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
+				tile_load(b, dtr + (size_t)t1 * E, E, n1, e0, CB, E, vec_dt);
+			tile_load((TX *)(b + OX), xc + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
 			tile_load(b + OB, dbc + (size_t)t1 * W + R, W, n1, 0, N, N, vec_bc);
 		}
 	};
@@ -1294,7 +1311,7 @@ ssmk_scan_local(float *dtr, const float *dt_b, const TW *dlo, const TW *dt_w,
 		}
 	};
 	auto body = [&](float *b, int t0, int nt) {
-		const float *s_x = b + OX;
+		const TX *s_x = (const TX *)(b + OX);
 		const float *s_b = b + OB;
 		float *s_dt = FUSED ? smem + 2 * BUF : b;
 
@@ -1328,7 +1345,7 @@ ssmk_scan_local(float *dtr, const float *dt_b, const TW *dlo, const TW *dt_w,
 #pragma unroll 4
 		for (int tt = 0; tt < nt; tt++) {
 			const float dt = s_dt[tt * CB + ch];
-			const float dx = dt * s_x[tt * CB + ch];
+			const float dx = dt * to_f32(s_x[tt * CB + ch]);
 			float Bv[NPL];
 			lds_vec<NPL>(Bv, s_b + tt * N + g * NPL);
 #pragma unroll
@@ -1351,14 +1368,15 @@ ssmk_scan_local(float *dtr, const float *dt_b, const TW *dlo, const TW *dt_w,
  * Pass 3: segment blockIdx.y from its start state (start_h, start_d: the
  * segment's at index seg, strides start_stride_*) for SCAN_THREADS channels,
  * one a thread: y to yT (T, (L, E)), checkpoints to ck, and after the
- * chunk's last token the state to ssm (E, N) and dts (E).
+ * chunk's last token the state to ssm (E, N) and dts (E). xc (L, E) and xz
+ * (L, 2E: its z half is read) are in T too.
  * grid (ceil(E/SCAN_THREADS), nseg), block SCAN_THREADS, shared memory
- * scan_smem_bytes(N, false).
+ * scan_smem_bytes(N, false, 0, sizeof(T)).
  */
 template <typename T, int N>
 __global__ void __launch_bounds__(SCAN_THREADS)
 ssmk_scan(const float *dtr, const float *dt_b, int seg_raw, const float *dbc, int R,
-	  const float *xc, const float *xz, const float *in_b, const float *A,
+	  const T *xc, const T *xz, const float *in_b, const float *A,
 	  const float *Dp, const float *start_h, const float *start_d,
 	  size_t start_stride_h, size_t start_stride_d, float *ssm, float *dts, int E,
 	  int L, int seg_len, const int *ck_pos, int n_ck, float *ck,
@@ -1366,7 +1384,10 @@ ssmk_scan(const float *dtr, const float *dt_b, int seg_raw, const float *dbc, in
 {
 	constexpr int CB = SCAN_THREADS, T3 = SCAN3_TILE;
 	const int W = R + 2 * N;
-	const int BUF = scan_buf_floats(N, false, 0);
+	const int BUF = scan_buf_floats(N, false, 0, sizeof(T));
+	/* a buffer: dt (T3, CB) | x, z (T3, CB) in T | B, C (offsets in floats) */
+	constexpr int XF = T3 * CB * (int)sizeof(T) / 4, OX = T3 * CB, OZ = OX + XF,
+		      OBC = OZ + XF;
 	extern __shared__ __align__(16) float smem[];
 	const int e0 = blockIdx.x * CB;
 	const int e = e0 + threadIdx.x;
@@ -1376,9 +1397,10 @@ ssmk_scan(const float *dtr, const float *dt_b, int seg_raw, const float *dbc, in
 	const int ts = seg * seg_len;
 	const int te = ts + seg_len < L ? ts + seg_len : L;
 	const bool raw = seg >= seg_raw;
-	const bool vec_x = E % 4 == 0, vec_bc = R % 4 == 0;
+	const bool vec_dt = E % 4 == 0, vec_x = E % (16 / sizeof(T)) == 0,
+		   vec_bc = R % 4 == 0;
 	/* whole tiles of this block load through tile_load_full */
-	const bool full_ok = vec_x && vec_bc && e0 + CB <= E;
+	const bool full_ok = vec_dt && vec_x && vec_bc && e0 + CB <= E;
 	const float LOG2E = 1.4426950408889634f;
 
 	float h[N], a[N];
@@ -1398,16 +1420,17 @@ ssmk_scan(const float *dtr, const float *dt_b, int seg_raw, const float *dbc, in
 	int k = 0, next_ck = -1;
 
 	auto issue = [&](float *b, int t1, int n1) {
-		float *bz = b + 2 * T3 * CB, *bbc = b + 3 * T3 * CB;
-		const float *z1 = xz + (size_t)t1 * 2 * E + E;
+		T *bx = (T *)(b + OX), *bz = (T *)(b + OZ);
+		float *bbc = b + OBC;
+		const T *z1 = xz + (size_t)t1 * 2 * E + E;
 		if (full_ok && n1 == T3) {
 			tile_load_full<T3, CB>(b, dtr + (size_t)t1 * E + e0, E);
-			tile_load_full<T3, CB>(b + T3 * CB, xc + (size_t)t1 * E + e0, E);
+			tile_load_full<T3, CB>(bx, xc + (size_t)t1 * E + e0, E);
 			tile_load_full<T3, CB>(bz, z1 + e0, 2 * E);
 			tile_load_full<T3, 2 * N>(bbc, dbc + (size_t)t1 * W + R, W);
 		} else {
-			tile_load(b, dtr + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
-			tile_load(b + T3 * CB, xc + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
+			tile_load(b, dtr + (size_t)t1 * E, E, n1, e0, CB, E, vec_dt);
+			tile_load(bx, xc + (size_t)t1 * E, E, n1, e0, CB, E, vec_x);
 			tile_load(bz, z1, 2 * E, n1, e0, CB, E, vec_x);
 			tile_load(bbc, dbc + (size_t)t1 * W + R, W, n1, 0, 2 * N, 2 * N, vec_bc);
 		}
@@ -1427,9 +1450,9 @@ ssmk_scan(const float *dtr, const float *dt_b, int seg_raw, const float *dbc, in
 	auto body = [&](float *b, int t0, int nt) {
 		/* this thread's column of the tile's dt, x and z (T3, CB) */
 		const float *s_dt = b + threadIdx.x;
-		const float *s_x = s_dt + T3 * CB;
-		const float *s_z = s_dt + 2 * T3 * CB;
-		const float *s_bc = b + 3 * T3 * CB;
+		const T *s_x = (const T *)(b + OX) + threadIdx.x;
+		const T *s_z = (const T *)(b + OZ) + threadIdx.x;
+		const float *s_bc = b + OBC;
 		T *yp = yT + (size_t)t0 * E + e;
 		/* one token of the recurrence for this channel's states, its
 		 * gated y = C.h to yT */
@@ -1437,7 +1460,7 @@ ssmk_scan(const float *dtr, const float *dt_b, int seg_raw, const float *dbc, in
 			float dt = s_dt[tt * CB];
 			if (raw)
 				dt = softplus(dt + dtb);
-			const float x = s_x[tt * CB];
+			const float x = to_f32(s_x[tt * CB]);
 			const float dx = dt * x;
 			const float4 *bc = (const float4 *)(s_bc + tt * 2 * N);
 			float y = 0.0f;
@@ -1456,7 +1479,7 @@ ssmk_scan(const float *dtr, const float *dt_b, int seg_raw, const float *dbc, in
 			dsum += dt;
 			if (valid)
 				yp[(size_t)tt * E] =
-					from_f32<T>((y + dskip * x) * silu(s_z[tt * CB] + zb));
+					from_f32<T>((y + dskip * x) * silu(to_f32(s_z[tt * CB]) + zb));
 		};
 		/* the state now is checkpoint k's; on to the next checkpoint */
 		auto ck_store = [&]() {
