@@ -89,14 +89,20 @@ if want test; then
 "
 	# the big group again on small models of dt_rank 64 (the most the
 	# scan's own dt_proj takes; the 130m shape's is 48) and 128 (1.4b's,
-	# where dt_proj is a GEMM of its own)
-	for r in 64 128; do
-		"$bin/ssm-mkmodel" --out "$models/r$r" --d-model 256 --n-layer 2 \
-			--vocab 512 --dt-rank $r --dtype bf16 --seed 2 >/dev/null
+	# where dt_proj is a GEMM of its own), and of d_model 50 (d_inner 100:
+	# the prefill's 16-bit tiles copy value by value where 16-byte copies
+	# do not divide a row, and no persistent kernel takes the widths)
+	for r in 64 128 d50; do
+		case $r in
+		d50) shape="--d-model 50" what="d_model 50" ;;
+		*) shape="--d-model 256 --dt-rank $r" what="dt_rank $r" ;;
+		esac
+		"$bin/ssm-mkmodel" --out "$models/r$r" $shape --n-layer 2 \
+			--vocab 512 --dtype bf16 --seed 2 >/dev/null
 		SSMD_CUDA_ONLY=big SSMD_CUDA_BIG_MODEL=$models/r$r "$bin/test_cuda" \
 			>"$out/test-r$r.log" 2>&1
 		echo "test_cuda exit $?" >>"$out/test-r$r.log"
-		summary="$summary(dt_rank $r) $(grep -E '^cuda: [0-9]+ passed' "$out/test-r$r.log")
+		summary="$summary($what) $(grep -E '^cuda: [0-9]+ passed' "$out/test-r$r.log")
 "
 	done
 	cat "$out/test.log"

@@ -1009,6 +1009,24 @@ static int split_timed(const double share[SSM_CUDA_N_PHASES],
 	return timed;
 }
 
+/* Whether backend b (of at least `rows` slots) has no persistent kernel at
+ * all (shapes whose widths the batch-1 kernel does not take, d_model 49 or
+ * 50 say): then it reports prefetch depth 0 and refuses the traced step of
+ * `rows` rows, both checked here (0 when it does have one). */
+static int no_pk_refused(ssm_backend *b, int rows, const char *what)
+{
+	double share[SSM_CUDA_N_PHASES] = {0};
+	int32_t tok[2] = {0, 0};
+	int slots[2] = {0, 1}, pf = -1;
+
+	CHECK_RC(ssm_cuda_decode1_depth(b, &pf), SSMD_OK);
+	if (pf != 0)
+		return 0;
+	CHECK_RC(ssm_cuda_persist_split(b, slots, tok, rows, share, NULL), SSMD_EUNSUPPORTED);
+	printf("  %s: no persistent kernel for this shape, its traced steps refused\n", what);
+	return 1;
+}
+
 /*
  * The batch-1 kernel's prefetch depth changes when each weight piece is
  * loaded, never the order a lane adds them, so depths 6 and 8 give the same
@@ -1038,6 +1056,8 @@ static void test_depth(const ssm_model *m)
 			goto out;
 		}
 		CHECK_RC(ssm_cuda_decode1_depth(b[k], &pf), SSMD_OK);
+		if (no_pk_refused(b[k], 1, "depth"))
+			goto out;
 		CHECK(pf == atoi(depth[k]), "depth: asked for %s, runs %d", depth[k], pf);
 	}
 	/* the timing entry points refuse a missing result array */
@@ -1135,6 +1155,8 @@ static void test_split_rows(const ssm_model *m, ssm_dtype dt)
 			CHECK_RC(ssm_prefill(b[k], i, &pa), SSMD_OK);
 	}
 	fill_tokens(step, 2, c->vocab_size, &seed);
+	if (no_pk_refused(b[0], 2, "split rows"))
+		goto out;
 	CHECK_RC(ssm_cuda_persist_split(b[0], slots, step, 2, share, spread), SSMD_OK);
 	CHECK_RC(ssm_decode(b[1], slots, step, 2, lg), SSMD_OK);
 	for (i = 0; i < 2; i++) {
