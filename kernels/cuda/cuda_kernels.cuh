@@ -1017,11 +1017,11 @@ static inline __host__ __device__ int scan_buf_floats(int N, bool local, int lo_
 			  : SCAN1_TILE * (SSM_CH_PER_BLOCK + SSM_CH_PER_BLOCK * xb / 4 + N);
 }
 
-/* the two tile buffers, then (pass 1 with dt_proj fused) the tile's dt */
+/* the two tile buffers, then (pass 1) the tile's (dt, dt x) pairs */
 static inline size_t scan_smem_bytes(int N, bool local, int lo_pitch, int xb)
 {
 	return sizeof(float) * (2 * scan_buf_floats(N, local, lo_pitch, xb) +
-				(local && lo_pitch ? SCAN1_TILE * SSM_CH_PER_BLOCK : 0));
+				(local ? 2 * SCAN1_TILE * SSM_CH_PER_BLOCK : 0));
 }
 
 /* whether dynamic shared memory of this size, with the kernel's static
@@ -1159,7 +1159,9 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned a[4], const void *tile, int
  * Pass 1: segment blockIdx.y from zero for SSM_CH_PER_BLOCK channels, lane g
  * of a channel's four holding states g NPL .. g NPL + NPL - 1 (so warp w
  * runs channels 8w .. 8w+7 of the block). Each tile's dt entries are made
- * once into shared memory and back into dtr, before the tile's recurrence:
+ * once, back into dtr and, with dt x, as one pair a (token, channel) into
+ * shared memory (so the four lanes of a channel read one pair a token),
+ * before the tile's recurrence:
  * - TW float: dt = softplus(dtr + dt_b), dtr holding the dt_proj GEMM's
  *   output, (token, channel) per thread; segments 0 .. nseg-2 (grid.y
  *   nseg - 1);
@@ -1206,8 +1208,8 @@ ssmk_scan_local(float *dtr, const float *dt_b, const TW *dlo, const TW *dt_w,
 	const bool full_ok = vec_dt && vec_x && vec_bc && e0 + CB <= E;
 	const float LOG2E = 1.4426950408889634f;
 	/* a buffer: dt (unfused), x (T1, CB) in TX | B (T1, N) | dt_low (fused:
-	 * T1 rows of RP TW); fused, dt is one (T1, CB) array after the buffers
-	 * (offsets in floats) */
+	 * T1 rows of RP TW); after the buffers, the tile's (dt, dt x) pairs
+	 * (T1, CB) (offsets in floats) */
 	constexpr int XF = T1 * CB * (int)sizeof(TX) / 4;
 	const int OX = FUSED ? 0 : T1 * CB, OB = OX + XF, OLO = OB + T1 * N;
 	/* fused: this lane's mma row (token) g8 and channel pair c2, c2 + 1 */
@@ -1283,8 +1285,9 @@ ssmk_scan_local(float *dtr, const float *dt_b, const TW *dlo, const TW *dt_w,
 		}
 	};
 	/* fused: the tile's dt = softplus(dlo . dt_w^T + dt_b), tokens 16 mt + g8
-	 * (+ 8) and channels c2 (+ 1) of this lane, into s_dt and dtr */
-	auto dt_fused = [&](const TW *lo, float *s_dt, int t0, int nt) {
+	 * (+ 8) and channels c2 (+ 1) of this lane, into dtr and with dt x into
+	 * s_p */
+	auto dt_fused = [&](const TW *lo, const TX *s_x, float2 *s_p, int t0, int nt) {
 #pragma unroll
 		for (int mt = 0; mt < T1 / 16; mt++) {
 			float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -1301,7 +1304,10 @@ ssmk_scan_local(float *dtr, const float *dt_b, const TW *dlo, const TW *dt_w,
 				const float2 v = make_float2(softplus(d[2 * hf] + dtb2[0]),
 							     softplus(d[2 * hf + 1] + dtb2[1]));
 				if (tt < nt) {
-					*(float2 *)(s_dt + tt * CB + c2) = v;
+					const TX *xr = s_x + tt * CB + c2;
+					*(float4 *)(s_p + tt * CB + c2) =
+						make_float4(v.x, v.x * to_f32(xr[0]), v.y,
+							    v.y * to_f32(xr[1]));
 					if (e0 + c2 + 1 < E)
 						*(float2 *)(dtr + (size_t)(t0 + tt) * E + e0 + c2) = v;
 					else if (e0 + c2 < E)
@@ -1313,13 +1319,13 @@ ssmk_scan_local(float *dtr, const float *dt_b, const TW *dlo, const TW *dt_w,
 	auto body = [&](float *b, int t0, int nt) {
 		const TX *s_x = (const TX *)(b + OX);
 		const float *s_b = b + OB;
-		float *s_dt = FUSED ? smem + 2 * BUF : b;
+		/* the pairs' last readers ended the tile before at its barrier */
+		float2 *s_p = (float2 *)(smem + 2 * BUF);
 
 		if constexpr (FUSED) {
 			/* the warp's own channels: its lanes wait for each other
-			 * only (and the array's last readers, this warp's, ended
-			 * the tile before at its barrier) */
-			dt_fused((const TW *)(b + OLO), s_dt, t0, nt);
+			 * only */
+			dt_fused((const TW *)(b + OLO), s_x, s_p, t0, nt);
 			__syncwarp();
 			if (dt_only)
 				return;
@@ -1331,8 +1337,8 @@ ssmk_scan_local(float *dtr, const float *dt_b, const TW *dlo, const TW *dt_w,
 			for (int q = 0; q < T1 * CB / SCAN_THREADS; q++) {
 				const int idx = threadIdx.x + SCAN_THREADS * q;
 				if (idx < nt * CB) {
-					const float dt = softplus(s_dt[idx] + dtb);
-					s_dt[idx] = dt;
+					const float dt = softplus(b[idx] + dtb);
+					s_p[idx] = make_float2(dt, dt * to_f32(s_x[idx]));
 					if (e0 + cl < E)
 						dtp[(size_t)q * (SCAN_THREADS / CB) * E] = dt;
 				}
@@ -1344,8 +1350,8 @@ ssmk_scan_local(float *dtr, const float *dt_b, const TW *dlo, const TW *dt_w,
 		 * exponentials overlap this one's chain */
 #pragma unroll 4
 		for (int tt = 0; tt < nt; tt++) {
-			const float dt = s_dt[tt * CB + ch];
-			const float dx = dt * to_f32(s_x[tt * CB + ch]);
+			const float2 p = s_p[tt * CB + ch];
+			const float dt = p.x, dx = p.y;
 			float Bv[NPL];
 			lds_vec<NPL>(Bv, s_b + tt * N + g * NPL);
 #pragma unroll
