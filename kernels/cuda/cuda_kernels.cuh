@@ -1109,9 +1109,9 @@ template <int n> __device__ __forceinline__ void lds_vec(float *dst, const float
 /* dt_proj inside pass 1 (16-bit weights): dt_rank a multiple of 16, at most
  * DT_FUSED_RMAX (a warp holds its 8 channels' dt_proj rows as mma fragments,
  * 2 registers a 16-wide k step). The dt_low tiles and the fragments cost
- * pass 1 occupancy (8 blocks an SM at dt_rank 48, 6 at 128 or 160, against
- * 11 without them): measured on the H200 (bf16, bench/NOTES.md round
- * twenty-seven), that pays at dt_rank 48 (the 130m shape: a 2k prefill 3.6%
+ * pass 1 occupancy (in round twenty-seven's layout 8 blocks an SM at
+ * dt_rank 48, 6 at 128 or 160, against 11 without them): measured on the
+ * H200 (bf16, bench/NOTES.md round twenty-seven), that pays at dt_rank 48 (the 130m shape: a 2k prefill 3.6%
  * faster, its dt GEMM small and latency-bound) and not at 128 or 160 (1.4b
  * 2.7% and 2.8b 3.4% slower, pass 1 up 43-46% against a GEMM of 0.94 /
  * 1.57 ms over the layers). */
