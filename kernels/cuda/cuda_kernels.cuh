@@ -4,8 +4,8 @@
  * Included by cuda_backend.cu only. T is the weight dtype (float, __half,
  * __nv_bfloat16): GEMM inputs, and the prefill's activations between its
  * kernels (in_proj's x | z, the conv's output), are in T; the states, dt,
- * B, C and every sum are f32. Shapes use B = rows (decode batch or prefill chunk),
- * D = d_model, E = d_inner, N = d_state, K = d_conv, R = dt_rank,
+ * B, C and every sum are f32. Shapes use B = rows (decode batch or prefill
+ * chunk), D = d_model, E = d_inner, N = d_state, K = d_conv, R = dt_rank,
  * W = R + 2N (one x_proj output row: dt_low | B | C).
  *
  * Kernel names start with ssmk_ (the racecheck run of tools/gpu_run.sh
@@ -677,8 +677,8 @@ __global__ void ssmk_conv_seq(const T *xz, const float *in_b, const float *cw,
  * consecutive channels (E % 4 == 0) and run of CONV_RUN tokens: the run's
  * K-1 + CONV_RUN input rows are loaded once into registers, four values a
  * load (a warp reads 128 contiguous values of a row, all loads in flight
- * together), and
- * each output is formed from them with the same sum order as ssmk_conv_seq.
+ * together), and each output is formed from them with the same sum order
+ * as ssmk_conv_seq.
  * The conv windows come from the same registers, as ssmk_conv_window forms
  * them (so no launch of their own):
  * - checkpoint k's (q = qs[k], nq of them, ascending, in [1, L]), written by
@@ -987,8 +987,7 @@ __device__ __forceinline__ void tile_load(V *dst, const V *src, size_t ld, int n
  * buffered in shared memory: while the recurrence runs on tile i, cp.async
  * brings tile i+1 in (each channel's dt in f32, x and, in pass 3, z in the
  * weight type T; the tokens' B | C, read by all the block's channels).
- * exp(dt A) is one ex2 of
- * dt * (A log2 e).
+ * exp(dt A) is one ex2 of dt * (A log2 e).
  *
  * The passes lay channels out differently, each the faster for its work
  * (bench/NOTES.md, round twenty-four):
@@ -1111,10 +1110,10 @@ template <int n> __device__ __forceinline__ void lds_vec(float *dst, const float
  * 2 registers a 16-wide k step). The dt_low tiles and the fragments cost
  * pass 1 occupancy (in round twenty-seven's layout 8 blocks an SM at
  * dt_rank 48, 6 at 128 or 160, against 11 without them): measured on the
- * H200 (bf16, bench/NOTES.md round twenty-seven), that pays at dt_rank 48 (the 130m shape: a 2k prefill 3.6%
- * faster, its dt GEMM small and latency-bound) and not at 128 or 160 (1.4b
- * 2.7% and 2.8b 3.4% slower, pass 1 up 43-46% against a GEMM of 0.94 /
- * 1.57 ms over the layers). */
+ * H200 (bf16, bench/NOTES.md round twenty-seven), that pays at dt_rank 48
+ * (the 130m shape: a 2k prefill 3.6% faster, its dt GEMM small and
+ * latency-bound) and not at 128 or 160 (1.4b 2.7% and 2.8b 3.4% slower,
+ * pass 1 up 43-46% against a GEMM of 0.94 / 1.57 ms over the layers). */
 #define DT_FUSED_RMAX 64
 
 /* The bf16 / f16 row pitch of pass 1's dt_low tile (R columns and 8 of
