@@ -584,6 +584,10 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 	const size_t smem1 = scan_smem_bytes(N, true, scan_lo_pitch(R, dt_fused), sizeof(T)),
 		     smem3 = scan_smem_bytes(N, false, 0, sizeof(T));
 	const bool norm_v4 = D % 4 == 0 && D <= 4 * 256 * NORM_V4;
+	/* the norm a row a block: 128 threads where they hold the row (d_model
+	 * up to 2048), so that twice the rows are in flight (8 blocks an SM, by
+	 * registers, against 4 of 256 threads) */
+	const int norm_threads = D % 4 == 0 && D <= 4 * 128 * NORM_V4 ? 128 : 256;
 	const int xsplit = xproj_slices(cb, L);
 	const bool conv_run = K == 4 && E % 4 == 0;
 	/* the layer's own kernels by programmatic dependent launch, each
@@ -610,7 +614,7 @@ static int prefill_body(cuda_backend *cb, int slot, int L, int nq, float *d_ck, 
 		const bool acc = norm_v4 && l + 1 < c->n_layer;
 
 		if (norm_v4)
-			CUDA_TRY(launch_ex(ssmk_norm_rows<T>, L, 256, 0, s, pdl, a->h,
+			CUDA_TRY(launch_ex(ssmk_norm_rows<T>, L, norm_threads, 0, s, pdl, a->h,
 					   p ? p->out_b : NULL, y->norm, (T *)a->xn, D,
 					   c->eps));
 		else
