@@ -524,9 +524,8 @@ out:
 	return rc;
 }
 
-/* The scan's pass 1 on grid (ssmk_scan_local<NPL, TX> with TW float, else
- * ssmk_scan_local_dt<NPL, TW, TX>): its shared-memory opt-in where smem
- * needs it, then the launch. */
+/* The scan's pass 1 (ssmk_scan_local<NPL, TW, TX>) on grid: its
+ * shared-memory opt-in where smem needs it, then the launch. */
 template <int NPL, typename TW, typename TX>
 static cudaError_t launch_scan_local(dim3 grid, size_t smem, cudaStream_t s, bool pdl,
 				     float *dtr, const float *dt_b, const TW *dlo,
@@ -534,21 +533,15 @@ static cudaError_t launch_scan_local(dim3 grid, size_t smem, cudaStream_t s, boo
 				     const float *A, float *seg_h, float *seg_dt, int E, int L,
 				     int seg_len)
 {
-	void (*k)(float *, const float *, const TW *, const TW *, const float *, int,
-		  const TX *, const float *, float *, float *, int, int, int);
 	cudaError_t e = cudaSuccess;
 
-	if constexpr (std::is_same<TW, float>::value)
-		k = ssmk_scan_local<NPL, TX>;
-	else
-		k = ssmk_scan_local_dt<NPL, TW, TX>;
 	if (scan_smem_optin(smem))
-		e = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
-					 (int)smem);
+		e = cudaFuncSetAttribute(ssmk_scan_local<NPL, TW, TX>,
+					 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
 	if (e != cudaSuccess)
 		return e;
-	return launch_ex(k, grid, SCAN_THREADS, smem, s, pdl, dtr, dt_b, dlo, dt_w, dbc, R, xc,
-			 A, seg_h, seg_dt, E, L, seg_len);
+	return launch_ex(ssmk_scan_local<NPL, TW, TX>, grid, SCAN_THREADS, smem, s, pdl, dtr,
+			 dt_b, dlo, dt_w, dbc, R, xc, A, seg_h, seg_dt, E, L, seg_len);
 }
 
 /* Whether the prefill's dt_proj runs inside the scan's pass 1, on the tensor

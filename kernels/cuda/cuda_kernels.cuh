@@ -24,8 +24,6 @@
 
 #include <type_traits>
 
-#include "cuda_math.h"
-
 #define SSM_LANES 4        /* lanes per channel in the SSM kernels */
 #define SSM_CH_PER_BLOCK 32 /* channels per 128-thread block */
 
@@ -91,18 +89,24 @@ __device__ __forceinline__ float silu(float v)
 
 /* torch.nn.functional.softplus (threshold 20) as max(v, 0) + log1p(u), u =
  * exp(-|v|) in (0, 1], without log1pf or a branch (lanes of a warp take
- * either side of any threshold): log1p by ssm_log1p01's polynomial, so the
- * exponential is the only MUFU operation (the prefill scan's pass 1 makes a
- * softplus a (token, channel) next to 16 exponentials, on the same unit).
- * For v > 20 the log1p term is below half an ulp of v, so the result is v,
- * as softplus's threshold gives. ex2.approx: ~2 ulp, log1p01 1.4e-7
- * relative; u is flushed to 0 below 2^-126, so softplus(v) is 0 for v
- * below about -87. */
+ * either side of any threshold): log1p(u) = 2 atanh(s), s = u / (2 + u) <=
+ * 1/3, by its series to s^15 (truncation < 1.5e-8 relative). For v > 20 the
+ * log1p term is below half an ulp of v, so the result is v, as softplus's
+ * threshold gives. ex2.approx and __fdividef: ~2 ulp each; u is flushed to 0
+ * below 2^-126, so softplus(v) is 0 for v below about -87. */
 __device__ __forceinline__ float softplus(float v)
 {
 	const float u = ex2_approx(fabsf(v) * -1.4426950408889634f);
-
-	return ssm_log1p01(u) + fmaxf(v, 0.0f);
+	const float s = __fdividef(u, 2.0f + u), s2 = s * s;
+	float p = 2.0f / 15;
+	p = fmaf(p, s2, 2.0f / 13);
+	p = fmaf(p, s2, 2.0f / 11);
+	p = fmaf(p, s2, 2.0f / 9);
+	p = fmaf(p, s2, 2.0f / 7);
+	p = fmaf(p, s2, 2.0f / 5);
+	p = fmaf(p, s2, 2.0f / 3);
+	p = fmaf(p, s2, 2.0f);
+	return fmaf(s, p, fmaxf(v, 0.0f));
 }
 
 /* dst[0..4) = v in T, as one store (dst aligned to 4 sizeof(T)) */
@@ -998,11 +1002,6 @@ __device__ __forceinline__ void tile_load(V *dst, const V *src, size_t ld, int n
 #define SCAN1_TILE 32 /* pass 1: tokens a tile (SSM_CH_PER_BLOCK channels a block) */
 #define SCAN3_TILE 16 /* pass 3: tokens a tile (SCAN_THREADS channels a block) */
 #define SCAN_CK_MAX 64 /* checkpoints per call at most (<= SCAN_THREADS) */
-/* Exponentials on the FMA pipe (ssm_ex2_fma) instead of MUFU: in pass 1
- * the last SCAN1_EMU states of a lane in every other token, in pass 3 the
- * last SCAN3_EMU states of every token. */
-#define SCAN1_EMU 1
-#define SCAN3_EMU 0
 
 /* floats of one tile buffer, with x (and z) in activations of xb bytes (f32
  * or the 16-bit weight type). Pass 1: dt (without lo_pitch), x (SCAN1_TILE,
@@ -1177,10 +1176,10 @@ __device__ __forceinline__ void ldmatrix_x4(unsigned a[4], const void *tile, int
  * scan_smem_bytes(N, true, scan_lo_pitch(R, TW is 16-bit), sizeof(TX)).
  */
 template <int NPL, typename TW, typename TX>
-__device__ __forceinline__ void scan_local(float *dtr, const float *dt_b, const TW *dlo,
-					   const TW *dt_w, const float *dbc, int R, const TX *xc,
-					   const float *A, float *seg_h, float *seg_dt, int E,
-					   int L, int seg_len)
+__global__ void __launch_bounds__(SCAN_THREADS)
+ssmk_scan_local(float *dtr, const float *dt_b, const TW *dlo, const TW *dt_w,
+		const float *dbc, int R, const TX *xc, const float *A, float *seg_h,
+		float *seg_dt, int E, int L, int seg_len)
 {
 	constexpr int N = NPL * SSM_LANES, CB = SSM_CH_PER_BLOCK, T1 = SCAN1_TILE;
 	constexpr bool FUSED = !std::is_same<TW, float>::value;
@@ -1346,32 +1345,19 @@ __device__ __forceinline__ void scan_local(float *dtr, const float *dt_b, const 
 			__syncthreads();
 		}
 
-		/* one token; its last emu states' exponentials on the FMA
-		 * pipe */
-		auto tok = [&](int tt, int emu) {
+		/* unrolled so the next tokens' shared-memory loads and
+		 * exponentials overlap this one's chain */
+#pragma unroll 4
+		for (int tt = 0; tt < nt; tt++) {
 			const float2 p = s_p[tt * CB + ch];
 			const float dt = p.x, dx = p.y;
 			float Bv[NPL];
 			lds_vec<NPL>(Bv, s_b + tt * N + g * NPL);
 #pragma unroll
-			for (int j = 0; j < NPL; j++) {
-				const float v = dt * a[j];
-				const float d = j >= NPL - emu ? ssm_ex2_fma(v) : ex2_approx(v);
-				h[j] = d * h[j] + dx * Bv[j];
-			}
+			for (int j = 0; j < NPL; j++)
+				h[j] = ex2_approx(dt * a[j]) * h[j] + dx * Bv[j];
 			dsum += dt;
-		};
-		/* in pairs of tokens, the first with SCAN1_EMU exponentials on
-		 * the FMA pipe; unrolled so the next tokens' shared-memory loads
-		 * and exponentials overlap this one's chain */
-		int tt = 0;
-#pragma unroll 2
-		for (; tt + 1 < nt; tt += 2) {
-			tok(tt, SCAN1_EMU);
-			tok(tt + 1, 0);
 		}
-		if (tt < nt)
-			tok(tt, 0);
 	};
 	scan_tiles<T1>(smem, BUF, ts, te, issue, [] {}, body);
 	if (e >= E || dt_only)
@@ -1381,38 +1367,6 @@ __device__ __forceinline__ void scan_local(float *dtr, const float *dt_b, const 
 		seg_h[((size_t)seg * E + e) * N + g * NPL + i] = h[i];
 	if (g == 0)
 		seg_dt[(size_t)seg * E + e] = dsum;
-}
-
-/* Blocks an SM pass 1 is compiled for without dt_proj: 12 at up to 4 states
- * a lane (40 registers, as many blocks as its shared memory admits; its
- * loop with the FMA-pipe exponentials would take 48 and 10 blocks), 8 at 8
- * (64), 4 at 16. */
-template <int NPL> constexpr int scan1_min_blocks()
-{
-	return NPL <= 4 ? 12 : NPL == 8 ? 8 : 4;
-}
-
-/* Pass 1 with dt from the dt_proj GEMM (TW float), and with dt_proj inside
- * it (TW 16-bit): scan_local. Two kernels, so that each has the register
- * budget its form runs best at. */
-template <int NPL, typename TX>
-__global__ void __launch_bounds__(SCAN_THREADS, scan1_min_blocks<NPL>())
-ssmk_scan_local(float *dtr, const float *dt_b, const float *dlo, const float *dt_w,
-		const float *dbc, int R, const TX *xc, const float *A, float *seg_h,
-		float *seg_dt, int E, int L, int seg_len)
-{
-	scan_local<NPL, float, TX>(dtr, dt_b, dlo, dt_w, dbc, R, xc, A, seg_h, seg_dt, E, L,
-				   seg_len);
-}
-
-template <int NPL, typename TW, typename TX>
-__global__ void __launch_bounds__(SCAN_THREADS)
-ssmk_scan_local_dt(float *dtr, const float *dt_b, const TW *dlo, const TW *dt_w,
-		   const float *dbc, int R, const TX *xc, const float *A, float *seg_h,
-		   float *seg_dt, int E, int L, int seg_len)
-{
-	scan_local<NPL, TW, TX>(dtr, dt_b, dlo, dt_w, dbc, R, xc, A, seg_h, seg_dt, E, L,
-				seg_len);
 }
 
 /*
@@ -1523,10 +1477,7 @@ ssmk_scan(const float *dtr, const float *dt_b, int seg_raw, const float *dbc, in
 #pragma unroll
 				for (int r = 0; r < 4; r++) {
 					const int n = 4 * q + r;
-					const float v = dt * a[n];
-					const float d = n >= N - SCAN3_EMU ? ssm_ex2_fma(v)
-									   : ex2_approx(v);
-					h[n] = d * h[n] + dx * bv[r];
+					h[n] = ex2_approx(dt * a[n]) * h[n] + dx * bv[r];
 					y += cv[r] * h[n];
 				}
 			}
