@@ -52,9 +52,27 @@
 #define CUDA_CK_FULL_EVERY 256
 #define CUDA_CK_MAX SCAN_CK_MAX /* the scan keeps their positions in shared memory */
 
+/* Rows from which the batched decode's SSM step makes dt on the tensor
+ * cores (ssmk_ssm_step_mma, 8 rows a block). Measured on the H200 (bf16,
+ * ms per step, against ssmk_ssm_step_b in the same binary): batch 64
+ * 130m 0.733 -> 0.710, 1.4b 2.864 -> 2.761, 2.8b 4.886 -> 4.697; batch 16
+ * 0.590 -> 0.595, 2.007 -> 2.021, 3.339 -> 3.244. So from 32 rows, where
+ * it wins on every shape. */
+#define CUDA_STEP_MMA_MIN 32
+
 static int cdiv(int a, int b) { return (a + b - 1) / b; }
 
 static cuda_backend *cb_of(ssm_backend *b) { return (cuda_backend *)b->impl; }
+
+/* Whether ssmk_ssm_step_mma serves the model: bf16 weights, 16 states,
+ * dt_rank a multiple of 16, d_inner of 32, slots 16-byte aligned. */
+static bool step_mma_ok(const cuda_backend *cb)
+{
+	const ssm_config *c = &cb->cfg;
+
+	return cb->wdtype == SSM_DTYPE_BF16 && c->d_state == 16 && c->dt_rank % 16 == 0 &&
+	       c->d_inner % 32 == 0 && cb->state_floats % 4 == 0;
+}
 
 /* --------------------------------------------------------------- memory -- */
 
@@ -369,7 +387,19 @@ static int decode_body(cuda_backend *cb, int nb)
 			    cb->pool,                                               \
 			    cb->d_slots, sf, (size_t)l * E * N,                     \
 			    cb->off_dt_sum + (size_t)l * E, E, nb, (T *)a->yT))
-		NPL_SWITCH(N / SSM_LANES, SSM_STEP);
+		if (std::is_same<T, __nv_bfloat16>::value && cb->step_mma_min &&
+		    nb >= cb->step_mma_min)
+			CUDA_TRY(launch_ex(ssmk_ssm_step_mma,
+					   dim3(E / 32, cdiv(nb, STEP_MMA_ROWS)), 256,
+					   step_mma_smem_bytes(R), s, true,
+					   (const float *)a->dbc, R,
+					   (const __nv_bfloat16 *)y->dt_w, y->dt_b, y->A, y->Dp,
+					   (const float *)a->xc, (const float *)a->xz, y->in_b,
+					   cb->pool, (const int *)cb->d_slots, sf,
+					   (size_t)l * E * N, cb->off_dt_sum + (size_t)l * E, E,
+					   nb, (__nv_bfloat16 *)a->yT));
+		else
+			NPL_SWITCH(N / SSM_LANES, SSM_STEP);
 #undef SSM_STEP
 		split_mark(cb, SSM_CUDA_SSM_STEP);
 		if ((rc = gemm_split(cb, y->out_w, a->yT, E, a->mix, D, D, nb, E,
@@ -1856,6 +1886,14 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	 * (16-bit weights), for tests and tuning */
 	env = getenv("SSMD_CUDA_DT_FUSED");
 	cb->dt_fused = !(env && atoi(env) == 0);
+	/* the batched step on the tensor cores (ssmk_ssm_step_mma) from
+	 * CUDA_STEP_MMA_MIN rows where the shape allows it;
+	 * SSMD_CUDA_STEP_MMA=N moves the threshold (0: never), for tests and
+	 * tuning */
+	cb->step_mma_min = step_mma_ok(cb) ? CUDA_STEP_MMA_MIN : 0;
+	env = getenv("SSMD_CUDA_STEP_MMA");
+	if (env && step_mma_ok(cb))
+		cb->step_mma_min = atoi(env) > 0 ? atoi(env) : 0;
 	CUDA_TRY(cudaDeviceGetAttribute(&cb->n_sm, cudaDevAttrMultiProcessorCount, cb->device));
 	/* SSMD_CUDA_CK_MB overrides the checkpoint budget (MiB) for tuning */
 	ck_bytes = (size_t)(cb->chunk / CUDA_CK_FULL_EVERY) * cb->state_floats * sizeof(float);

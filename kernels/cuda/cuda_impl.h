@@ -165,6 +165,8 @@ typedef struct cuda_backend {
 	int out_split;        /* batched decode's out_proj K slices: 1 or 2 */
 	bool prefill_pdl;     /* the prefill's own kernels by programmatic dependent launch */
 	bool dt_fused;        /* the prefill's dt_proj inside the scan's pass 1 (16-bit weights) */
+	int step_mma_min;     /* the batched decode's SSM step with dt_proj on the tensor
+			       * cores from this many rows (bf16, 16 states), 0: never */
 	/* Decode inputs travel in one copy: h_io -> d_io, laid out as
 	 *   int slots[max_batch] (-1 = padding row) | cuda_sampler samp[max_batch]
 	 *   | int32 tokens[max(max_batch, chunk)]
