@@ -22,13 +22,18 @@
 #include "cuda_persist_nb.cuh"
 #include "cuda_sample.cuh"
 
-/* Prefill tokens per chunk (bounds activation memory: ~70 KB a token for
- * 1.4b, ~136 KB for 2.8b); SSMD_CUDA_CHUNK overrides it (tests use a small
- * value to cross chunk boundaries). Measured on the H200 (16k prefill, bf16,
- * 130m / 1.4b / 2.8b tok/s): 2048 576k / 107k / 59k, 4096 657k / 113k / 61k,
- * 8192 731k / 117k / 63k, 16384 768k / 119k / 64k: each chunk costs every
- * layer's ~10 launches, and longer chunks give the scan more segments. */
-#define CUDA_DEFAULT_CHUNK 8192
+/* Prefill tokens per chunk (bounds activation memory, act_alloc: ~109 KB a
+ * token for 1.4b, ~137 KB for 2.8b); SSMD_CUDA_CHUNK overrides it (tests use
+ * a small value to cross chunk boundaries). Measured on the H200 (16k
+ * prefill, bf16, 130m / 1.4b / 2.8b tok/s): an early build 2048 576k / 107k
+ * / 59k, 4096 657k / 113k / 61k, 8192 731k / 117k / 63k, 16384 768k / 119k
+ * / 64k; round twenty-nine's kernels 8192 1024k / 144.6k / 72.1k, 16384
+ * 1066k / 147.4k / 76.2k. Each chunk costs every layer's ~10 launches and a
+ * scan whose segments restart. The default is CUDA_DEFAULT_CHUNK where a
+ * full chunk's checkpoints every CUDA_CK_FULL_EVERY tokens fit
+ * CUDA_CK_BUDGET_MAX (1.4b: 64 states of 15.7 MB), else half of it (2.8b), so
+ * that checkpoints do not cut chunks short. */
+#define CUDA_DEFAULT_CHUNK 16384
 /* K slices of the batched decode's out_proj GEMM (1 or 2), each a product
  * of its own that the next layer's norm adds in order: cuBLAS runs the
  * two halves of a 64-row product faster than the whole (bench/NOTES.md,
@@ -41,12 +46,13 @@
 /* Device memory (and as much pinned host memory) for the checkpoint states
  * emitted inside one prefill chunk; a chunk holding more checkpoints is cut
  * short. Room for a checkpoint every CUDA_CK_FULL_EVERY tokens of a full
- * chunk (32 states: 0.5 GB on 1.4b, 0.84 GB on 2.8b), within
- * [CUDA_CK_BUDGET, CUDA_CK_BUDGET_MAX]. Measured on the H200 (16k prefill,
- * 2.8b, checkpoints every 256, median of 7 pairs): 512 MiB (19 states,
- * chunks cut to 4864 tokens) 4.4% and 6.1% slower in two calls, 1 GiB
- * (chunks of 8192) 0.2%. The cap keeps larger models' budget (twice: the
- * buffers are double) within what a host pins without trouble. */
+ * chunk (64 states of 15.7 MB on 1.4b: 1.0 GB; 32 of 26 MB in 2.8b's chunks
+ * of 8192: 0.84 GB), within [CUDA_CK_BUDGET, CUDA_CK_BUDGET_MAX]. Measured
+ * on the H200 (16k prefill, 2.8b, checkpoints every 256, median of 7
+ * pairs): 512 MiB (19 states, chunks cut to 4864 tokens) 4.4% and 6.1%
+ * slower in two calls, 1 GiB (chunks of 8192) 0.2%. The cap keeps larger
+ * models' budget (twice: the buffers are double) within what a host pins
+ * without trouble. */
 #define CUDA_CK_BUDGET ((size_t)512 << 20)
 #define CUDA_CK_BUDGET_MAX ((size_t)1 << 30)
 #define CUDA_CK_FULL_EVERY 256
@@ -1854,6 +1860,9 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	cb->n_graphs = log2_of(cb->max_batch) + 1;
 	cb->graphs = (cuda_graph *)calloc(cb->n_graphs, sizeof(cuda_graph));
 	cb->chunk = CUDA_DEFAULT_CHUNK;
+	if ((size_t)(cb->chunk / CUDA_CK_FULL_EVERY) * cb->state_floats * sizeof(float) >
+	    CUDA_CK_BUDGET_MAX)
+		cb->chunk /= 2;
 	cb->split_n = -1;
 	env = getenv("SSMD_CUDA_CHUNK");
 	if (env && atoi(env) > 0)
