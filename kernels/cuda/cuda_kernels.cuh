@@ -1576,11 +1576,11 @@ __global__ void ssmk_scan_combine(const float *__restrict__ A, const float *__re
 	}
 }
 
-
 /*
  * The batched decode SSM step (ssmk_ssm_step_b's formulas) with dt_proj on
- * the tensor cores, for 16-state models in bf16 at 8 rows and more: a block
- * takes STEP_MMA_ROWS = 8 rows of 32 channels, 256 threads.
+ * the tensor cores, for 16-state models in bf16 (the backend takes it from
+ * CUDA_STEP_MMA_MIN rows): a block takes STEP_MMA_ROWS = 8 rows of 32
+ * channels, 256 threads.
  *   dt phase: the block's dt_proj rows (32 channels x R, bf16) and dt_low
  *     rows (8 x R, f32) come into shared memory by cp.async, the rows before
  *     pdl_wait() (weights), dt_low after it (the x_proj GEMM's). Warps 0 and
