@@ -71,13 +71,20 @@ static int cdiv(int a, int b) { return (a + b - 1) / b; }
 static cuda_backend *cb_of(ssm_backend *b) { return (cuda_backend *)b->impl; }
 
 /* Whether ssmk_ssm_step_mma serves the model: bf16 weights, 16 states,
- * dt_rank a multiple of 16, d_inner of 32, slots 16-byte aligned. */
+ * dt_rank a multiple of 16, d_inner of 32, slots 16-byte aligned (d_model
+ * a multiple of 4, given d_inner's). */
 static bool step_mma_ok(const cuda_backend *cb)
 {
 	const ssm_config *c = &cb->cfg;
 
 	return cb->wdtype == SSM_DTYPE_BF16 && c->d_state == 16 && c->dt_rank % 16 == 0 &&
 	       c->d_inner % 32 == 0 && cb->state_floats % 4 == 0;
+}
+
+/* Whether a batched step of nb rows (a bucket) takes ssmk_ssm_step_mma. */
+static bool step_mma_on(const cuda_backend *cb, int nb)
+{
+	return cb->step_mma_min > 0 && nb >= cb->step_mma_min;
 }
 
 /* --------------------------------------------------------------- memory -- */
@@ -393,8 +400,7 @@ static int decode_body(cuda_backend *cb, int nb)
 			    cb->pool,                                               \
 			    cb->d_slots, sf, (size_t)l * E * N,                     \
 			    cb->off_dt_sum + (size_t)l * E, E, nb, (T *)a->yT))
-		if (std::is_same<T, __nv_bfloat16>::value && cb->step_mma_min &&
-		    nb >= cb->step_mma_min)
+		if (std::is_same<T, __nv_bfloat16>::value && step_mma_on(cb, nb))
 			CUDA_TRY(launch_ex(ssmk_ssm_step_mma,
 					   dim3(E / 32, cdiv(nb, STEP_MMA_ROWS)), 256,
 					   step_mma_smem_bytes(R), s, true,
@@ -1409,6 +1415,17 @@ extern "C" int ssm_cuda_decode1_depth(ssm_backend *b, int *pf)
 	return rc;
 }
 
+extern "C" int ssm_cuda_persist_rows(ssm_backend *b, int rows, int *served)
+{
+	int rc = query_check(b, served, "persistent rows");
+
+	if (!rc && rows < 1)
+		rc = ssmd_err_set(SSMD_EINVAL, "persistent rows: %d rows", rows);
+	if (!rc)
+		*served = decode_persist_ok(cb_of(b), bucket_of(rows));
+	return rc;
+}
+
 extern "C" int ssm_cuda_decode1_groups(ssm_backend *b, int *groups)
 {
 	const int rc = query_check(b, groups, "decode groups");
@@ -1436,6 +1453,17 @@ extern "C" int ssm_cuda_dt_fused(ssm_backend *b, int *fused)
 
 	if (!rc)
 		*fused = dt_fused_on(cb_of(b));
+	return rc;
+}
+
+extern "C" int ssm_cuda_step_mma(ssm_backend *b, int rows, int *on)
+{
+	int rc = query_check(b, on, "step form");
+
+	if (!rc && rows < 1)
+		rc = ssmd_err_set(SSMD_EINVAL, "step form: %d rows", rows);
+	if (!rc)
+		*on = step_mma_on(cb_of(b), bucket_of(rows));
 	return rc;
 }
 

@@ -95,6 +95,12 @@ int ssm_cuda_persist_split(ssm_backend *b, const int *slots, const int32_t *toke
  * SSMD_EINVAL: not a CUDA backend, or pf NULL. */
 int ssm_cuda_decode1_depth(ssm_backend *b, int *pf);
 
+/* Whether a persistent kernel serves a decode step of `rows` rows (1: the
+ * batch-1 kernel, 2 or 4: the multi-row ones, where the model, weight dtype
+ * and device allow them) (1) or the batched kernels do (0), into *served.
+ * SSMD_EINVAL: not a CUDA backend, rows < 1, or served NULL. */
+int ssm_cuda_persist_rows(ssm_backend *b, int rows, int *served);
+
 /* Whether the batch-1 kernel takes phases C and D by channel group, two
  * grid barriers a layer (1), or C by channel and D by row of out_proj,
  * three (0), chosen per model (SSMD_CUDA_PK_GROUPS=0|1 at open overrides
@@ -114,5 +120,14 @@ int ssm_cuda_xproj_slices(ssm_backend *b, int n_tokens, int *slices);
  * a GEMM of its own (0; SSMD_CUDA_DT_FUSED=0 at open forces it), into
  * *fused. SSMD_EINVAL: not a CUDA backend, or fused NULL. */
 int ssm_cuda_dt_fused(ssm_backend *b, int *fused);
+
+/* Whether a batched decode step of `rows` rows (one that takes the batched
+ * kernels, not the persistent ones of 1, 2 or 4 rows) makes dt on the tensor
+ * cores (ssmk_ssm_step_mma: bf16, 16 states, dt_rank a multiple of 16,
+ * d_inner of 32, d_model of 4, from 32 rows; SSMD_CUDA_STEP_MMA=N at open
+ * moves the threshold, 0 turns it off)
+ * (1) or by the lanes' f32 dot (0), into *on. SSMD_EINVAL: not a CUDA
+ * backend, rows < 1, or on NULL. */
+int ssm_cuda_step_mma(ssm_backend *b, int rows, int *on);
 
 #endif

@@ -429,30 +429,45 @@ out:
 
 /* ----------------------------------------------------- batched decoding -- */
 
-/* 64 slots with different histories decode one batch (in a shuffled order)
- * and, on a twin backend, one at a time: same logits, states and tokens. */
-static void test_batch(const ssm_model *m, ssm_dtype dt, int n)
+/* 64 slots with different histories decode one batch of n (in a shuffled
+ * order) and, on a twin backend, the same rows: one at a time, or, with
+ * twin_var, as the same batch on a twin opened with twin_var=twin_val. Same
+ * logits, states and tokens within tol. mma (or NULL): the batch's step
+ * form on each backend (ssm_cuda_step_mma). */
+static void batch_against(const ssm_model *m, ssm_dtype dt, int n, const char *twin_var,
+			  const char *twin_val, double tol, const char *what, int mma[2])
 {
 	const ssm_config *c = ssm_model_config(m);
 	const int V = c->vocab_size;
 	ssm_backend *a = NULL, *b = NULL;
 	ssm_state *sa = NULL, *sb = NULL;
 	int32_t toks[128], step[64];
-	int slots[64], i, j, step_no;
+	int slots[64], i, j, step_no, rc;
 	float *la = malloc((size_t)64 * V * sizeof(float));
-	float *lb = malloc((size_t)V * sizeof(float));
+	float *lb = malloc((size_t)64 * V * sizeof(float));
 	uint64_t seed = 99;
 	double worst = 0, worst_state = 0, e;
-	const double tol = dt == SSM_DTYPE_F32 ? TOL_BATCH : TOL_BATCH_BF16;
 
 	if (!la || !lb || ssm_model_state_alloc(m, &sa) || ssm_model_state_alloc(m, &sb)) {
 		CHECK(0, "out of memory");
 		goto out;
 	}
-	if (open_backend(m, SSM_BACKEND_CUDA, dt, 64, &a) ||
-	    open_backend(m, SSM_BACKEND_CUDA, dt, 64, &b)) {
+	if (open_backend(m, SSM_BACKEND_CUDA, dt, 64, &a)) {
 		CHECK(0, "open: %s", ssmd_errmsg());
 		goto out;
+	}
+	if (twin_var)
+		setenv(twin_var, twin_val, 1);
+	rc = open_backend(m, SSM_BACKEND_CUDA, dt, 64, &b);
+	if (twin_var)
+		unsetenv(twin_var);
+	if (rc) {
+		CHECK(0, "open: %s", ssmd_errmsg());
+		goto out;
+	}
+	if (mma) {
+		CHECK_RC(ssm_cuda_step_mma(a, n, &mma[0]), SSMD_OK);
+		CHECK_RC(ssm_cuda_step_mma(b, n, &mma[1]), SSMD_OK);
 	}
 	for (i = 0; i < 64; i++) {
 		ssm_prefill_args pa = {0};
@@ -466,11 +481,16 @@ static void test_batch(const ssm_model *m, ssm_dtype dt, int n)
 	fill_tokens(step, 64, V, &seed);
 	for (step_no = 0; step_no < 4; step_no++) {
 		CHECK_RC(ssm_decode(a, slots, step, n, la), SSMD_OK);
+		if (twin_var)
+			CHECK_RC(ssm_decode(b, slots, step, n, lb), SSMD_OK);
 		for (i = 0; i < n; i++) {
-			CHECK_RC(ssm_decode(b, &slots[i], &step[i], 1, lb), SSMD_OK);
-			if ((e = rel(la + (size_t)i * V, lb, V)) > worst)
+			const float *lbi = twin_var ? lb + (size_t)i * V : lb;
+
+			if (!twin_var)
+				CHECK_RC(ssm_decode(b, &slots[i], &step[i], 1, lb), SSMD_OK);
+			if ((e = rel(la + (size_t)i * V, lbi, V)) > worst)
 				worst = e;
-			j = argmax(lb, V);
+			j = argmax(lbi, V);
 			CHECK(argmax(la + (size_t)i * V, V) == j,
 			      "batch %d: slot %d greedy token differs", n, slots[i]);
 			step[i] = j;
@@ -485,9 +505,9 @@ static void test_batch(const ssm_model *m, ssm_dtype dt, int n)
 	}
 	CHECK(worst <= tol, "batch %d: logits rel %.3g > %g", n, worst, tol);
 	CHECK(worst_state <= tol, "batch %d: state rel %.3g > %g", n, worst_state, tol);
-	printf("  batch %2d (%s) vs alone: logits rel %.2e, states rel %.2e\n", n,
-	       dt == SSM_DTYPE_F32 ? "f32" : dt == SSM_DTYPE_F16 ? "f16" : "bf16", worst,
-	       worst_state);
+	printf("  batch %2d (%s) vs %s: logits rel %.2e, states rel %.2e\n", n,
+	       dt == SSM_DTYPE_F32 ? "f32" : dt == SSM_DTYPE_F16 ? "f16" : "bf16", what,
+	       worst, worst_state);
 out:
 	ssm_state_free(sa);
 	ssm_state_free(sb);
@@ -495,6 +515,35 @@ out:
 	ssm_backend_close(b);
 	free(la);
 	free(lb);
+}
+
+static void test_batch(const ssm_model *m, ssm_dtype dt, int n)
+{
+	batch_against(m, dt, n, NULL, NULL, dt == SSM_DTYPE_F32 ? TOL_BATCH : TOL_BATCH_BF16,
+		      "alone", NULL);
+}
+
+/* The batched step with dt_proj on the tensor cores (ssmk_ssm_step_mma:
+ * bf16, 16 states, dt_rank a multiple of 16, from 32 rows) against the
+ * lanes' f32 dot (SSMD_CUDA_STEP_MMA=0), both batched, so only dt's sum
+ * differs: its order, and dt_low seen as bf16 hi + lo (to ~2^-17). A
+ * last-bit change in a state can move a bf16 y by 2^-8 of itself, so the
+ * check is TOL_BATCH_BF16 with greedy tokens identical; each backend also
+ * reports its step form (1 and 0 in bf16), so the case cannot pass on the
+ * old step alone. */
+static void test_step_mma(const ssm_model *m, ssm_dtype dt, int n)
+{
+	const ssm_config *c = ssm_model_config(m);
+	/* the shapes ssm_cuda.h says it takes, in a bucket of 32 rows or more */
+	const int want = dt == SSM_DTYPE_BF16 && c->d_state == 16 && c->dt_rank % 16 == 0 &&
+			 c->d_inner % 32 == 0 && c->d_model % 4 == 0 && n > 16;
+	int mma[2] = {-1, -1};
+
+	batch_against(m, dt, n, "SSMD_CUDA_STEP_MMA", "0", TOL_BATCH_BF16,
+		      "the lanes' dt (batched)", mma);
+	CHECK(mma[0] == want && mma[1] == 0,
+	      "%d rows: step on the tensor cores %d / %d (default / SSMD_CUDA_STEP_MMA=0), "
+	      "want %d / 0", n, mma[0], mma[1], want);
 }
 
 /* ------------------------------------------------------- checkpoints ----- */
@@ -1009,19 +1058,24 @@ static int split_timed(const double share[SSM_CUDA_N_PHASES],
 	return timed;
 }
 
-/* Whether backend b (of at least `rows` slots) has no persistent kernel at
- * all (shapes whose widths the batch-1 kernel does not take, d_model 49 or
- * 50 say): then it reports prefetch depth 0 and refuses the traced step of
- * `rows` rows, both checked here (0 when it does have one). */
+/* Whether backend b (of at least `rows` slots) has no persistent kernel for
+ * `rows` rows (shapes whose widths the batch-1 kernel does not take, d_model
+ * 49 or 50 say; or, at 2 or 4 rows, F32 weights, which the multi-row
+ * kernels do not take): then it refuses the traced step of `rows` rows, and at 1 row
+ * reports prefetch depth 0, checked here (0 when it does have one). */
 static int no_pk_refused(ssm_backend *b, int rows, const char *what)
 {
 	double share[SSM_CUDA_N_PHASES] = {0};
 	int32_t tok[2] = {0, 0};
-	int slots[2] = {0, 1}, pf = -1;
+	int slots[2] = {0, 1}, served = -1, pf = -1;
 
-	CHECK_RC(ssm_cuda_decode1_depth(b, &pf), SSMD_OK);
-	if (pf != 0)
+	CHECK_RC(ssm_cuda_persist_rows(b, rows, &served), SSMD_OK);
+	if (served != 0)
 		return 0;
+	if (rows == 1) {
+		CHECK_RC(ssm_cuda_decode1_depth(b, &pf), SSMD_OK);
+		CHECK(pf == 0, "%s: no batch-1 kernel, but prefetch depth %d", what, pf);
+	}
 	CHECK_RC(ssm_cuda_persist_split(b, slots, tok, rows, share, NULL), SSMD_EUNSUPPORTED);
 	printf("  %s: no persistent kernel for this shape, its traced steps refused\n", what);
 	return 1;
@@ -1388,6 +1442,7 @@ static void test_big(const char *dir)
 	 * (in_proj) and 12 (out_proj) chunks long, with either 16-bit dtype */
 	test_batch(m, low_dtype, 64);
 	test_batch(m, low_dtype, 37);
+	test_step_mma(m, low_dtype, 64);
 	test_batch(m, low_dtype, 2);
 	test_batch(m, low_dtype, 3);
 	test_batch(m, half_dtype, 3);
