@@ -466,6 +466,10 @@ static void batch_against(const ssm_model *m, ssm_dtype dt, int n, const char *t
 		goto out;
 	}
 	if (mma) {
+		/* no rows, or no result pointer: refused, nothing written */
+		CHECK_RC(ssm_cuda_step_mma(a, 0, &mma[0]), SSMD_EINVAL);
+		CHECK_RC(ssm_cuda_step_mma(a, n, NULL), SSMD_EINVAL);
+		CHECK(mma[0] == -1, "step form: a refused query wrote %d", mma[0]);
 		CHECK_RC(ssm_cuda_step_mma(a, n, &mma[0]), SSMD_OK);
 		CHECK_RC(ssm_cuda_step_mma(b, n, &mma[1]), SSMD_OK);
 	}
@@ -1061,8 +1065,9 @@ static int split_timed(const double share[SSM_CUDA_N_PHASES],
 /* Whether backend b (of at least `rows` slots) has no persistent kernel for
  * `rows` rows (shapes whose widths the batch-1 kernel does not take, d_model
  * 49 or 50 say; or, at 2 or 4 rows, F32 weights, which the multi-row
- * kernels do not take): then it refuses the traced step of `rows` rows, and at 1 row
- * reports prefetch depth 0, checked here (0 when it does have one). */
+ * kernels do not take): then it refuses the traced step of `rows` rows, and
+ * at 1 row reports prefetch depth 0, checked here (0 when it does have
+ * one). */
 static int no_pk_refused(ssm_backend *b, int rows, const char *what)
 {
 	double share[SSM_CUDA_N_PHASES] = {0};
@@ -1116,6 +1121,8 @@ static void test_depth(const ssm_model *m)
 	}
 	/* the timing entry points refuse a missing result array */
 	CHECK_RC(ssm_cuda_decode1_depth(b[0], NULL), SSMD_EINVAL);
+	CHECK_RC(ssm_cuda_persist_rows(b[0], 1, NULL), SSMD_EINVAL);
+	CHECK_RC(ssm_cuda_persist_rows(b[0], 0, &pf), SSMD_EINVAL);
 	CHECK_RC(ssm_cuda_persist_split(b[0], &s0, toks, 1, NULL, NULL), SSMD_EINVAL);
 	{
 		/* rows out of range: none, or more than the backend's one slot */
