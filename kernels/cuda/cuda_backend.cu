@@ -1406,6 +1406,17 @@ static int query_check(ssm_backend *b, const int *out, const char *what)
 	return SSMD_OK;
 }
 
+/* query_check, and a count n (rows or tokens, named by unit) of at least 1 */
+static int query_check_n(ssm_backend *b, const int *out, int n, const char *what,
+			 const char *unit)
+{
+	const int rc = query_check(b, out, what);
+
+	if (!rc && n < 1)
+		return ssmd_err_set(SSMD_EINVAL, "%s: %d %s", what, n, unit);
+	return rc;
+}
+
 extern "C" int ssm_cuda_decode1_depth(ssm_backend *b, int *pf)
 {
 	const int rc = query_check(b, pf, "decode depth");
@@ -1417,10 +1428,8 @@ extern "C" int ssm_cuda_decode1_depth(ssm_backend *b, int *pf)
 
 extern "C" int ssm_cuda_persist_rows(ssm_backend *b, int rows, int *served)
 {
-	int rc = query_check(b, served, "persistent rows");
+	const int rc = query_check_n(b, served, rows, "persistent rows", "rows");
 
-	if (!rc && rows < 1)
-		rc = ssmd_err_set(SSMD_EINVAL, "persistent rows: %d rows", rows);
 	if (!rc)
 		*served = decode_persist_ok(cb_of(b), bucket_of(rows));
 	return rc;
@@ -1437,10 +1446,8 @@ extern "C" int ssm_cuda_decode1_groups(ssm_backend *b, int *groups)
 
 extern "C" int ssm_cuda_xproj_slices(ssm_backend *b, int n_tokens, int *slices)
 {
-	int rc = query_check(b, slices, "x_proj slices");
+	const int rc = query_check_n(b, slices, n_tokens, "x_proj slices", "tokens");
 
-	if (!rc && n_tokens < 1)
-		rc = ssmd_err_set(SSMD_EINVAL, "x_proj slices: %d tokens", n_tokens);
 	if (!rc)
 		*slices = xproj_slices(cb_of(b), n_tokens < cb_of(b)->chunk ? n_tokens
 									   : cb_of(b)->chunk);
@@ -1458,10 +1465,8 @@ extern "C" int ssm_cuda_dt_fused(ssm_backend *b, int *fused)
 
 extern "C" int ssm_cuda_step_mma(ssm_backend *b, int rows, int *on)
 {
-	int rc = query_check(b, on, "step form");
+	const int rc = query_check_n(b, on, rows, "step form", "rows");
 
-	if (!rc && rows < 1)
-		rc = ssmd_err_set(SSMD_EINVAL, "step form: %d rows", rows);
 	if (!rc)
 		*on = step_mma_on(cb_of(b), bucket_of(rows));
 	return rc;
