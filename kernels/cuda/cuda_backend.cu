@@ -87,63 +87,6 @@ static bool step_mma_on(const cuda_backend *cb, int nb)
 	return cb->step_mma_min > 0 && nb >= cb->step_mma_min;
 }
 
-/* ssmk_ssm_step_mma's rows a warp for nb rows: the fewest (1, 2, 4, 8) whose
- * blocks all fit on the device at once, so every block asks for its first
- * rows' states as the kernel starts and none waits for a second wave; 8
- * where none does. SSMD_CUDA_STEP_RPW sets it (tuning). */
-static int step_mma_rpw(const cuda_backend *cb, int nb)
-{
-	const int cols = cb->cfg.d_inner / 32;
-	int i;
-
-	if (cb->step_rpw)
-		return cb->step_rpw;
-	for (i = 0; i < 3; i++)
-		if (cols * cdiv(nb, STEP_MMA_WARPS << i) <= cb->step_occ[i] * cb->n_sm)
-			break;
-	return 1 << i;
-}
-
-/* The ring depth (rows in flight a warp) that serves rpw rows a warp. */
-static int step_mma_depth(int rpw) { return rpw < 4 ? rpw : 4; }
-
-/* ssmk_ssm_step_mma<P> for ring depth P. */
-typedef void (*step_mma_fn)(const float *, int, const __nv_bfloat16 *, const float *,
-			    const float *, const float *, const float *, const float *,
-			    const float *, float *, const int *, size_t, size_t, size_t, int,
-			    int, int, __nv_bfloat16 *);
-static step_mma_fn step_mma_kernel(int P)
-{
-	return P == 1 ? ssmk_ssm_step_mma<1> : P == 2 ? ssmk_ssm_step_mma<2> : ssmk_ssm_step_mma<4>;
-}
-
-/* ssmk_ssm_step_mma's shared-memory limit and blocks an SM at each rows a
- * warp (cb->step_occ), and SSMD_CUDA_STEP_RPW (1, 2, 4 or 8), for tuning. A
- * limit set by another backend in this process is only ever raised. */
-static int step_mma_init(cuda_backend *cb)
-{
-	int rc = SSMD_OK, i;
-	const char *env = getenv("SSMD_CUDA_STEP_RPW");
-
-	for (i = 0; i < 4; i++) {
-		const int rpw = 1 << i, smem = step_mma_smem_bytes(cb->cfg.dt_rank, rpw);
-		const step_mma_fn k = step_mma_kernel(step_mma_depth(rpw));
-		cudaFuncAttributes fa;
-
-		CUDA_TRY(cudaFuncGetAttributes(&fa, k));
-		if (smem > fa.maxDynamicSharedSizeBytes)
-			CUDA_TRY(cudaFuncSetAttribute(
-				k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-		CUDA_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&cb->step_occ[i], k, 256,
-								       smem));
-	}
-	cb->step_rpw = 0;
-	if (env && (atoi(env) == 1 || atoi(env) == 2 || atoi(env) == 4 || atoi(env) == 8))
-		cb->step_rpw = atoi(env);
-out:
-	return rc;
-}
-
 /* --------------------------------------------------------------- memory -- */
 
 /* cudaMalloc that remembers the pointer so close frees it. */
@@ -422,7 +365,6 @@ static int decode_body(cuda_backend *cb, int nb)
 	cuda_act *a = &cb->act;
 	/* out_proj's second K slice, which the next norm adds (out_split 2) */
 	const float *mix2 = cb->out_split == 2 ? a->mix + (size_t)nb * D : NULL;
-	const int rpw = step_mma_rpw(cb, nb);
 	cudaStream_t s = cb->stream;
 	int l;
 
@@ -459,15 +401,15 @@ static int decode_body(cuda_backend *cb, int nb)
 			    cb->d_slots, sf, (size_t)l * E * N,                     \
 			    cb->off_dt_sum + (size_t)l * E, E, nb, (T *)a->yT))
 		if (std::is_same<T, __nv_bfloat16>::value && step_mma_on(cb, nb))
-			CUDA_TRY(launch_ex(step_mma_kernel(step_mma_depth(rpw)),
-					   dim3(E / 32, cdiv(nb, STEP_MMA_WARPS * rpw)), 256,
-					   step_mma_smem_bytes(R, rpw), s, true,
+			CUDA_TRY(launch_ex(ssmk_ssm_step_mma,
+					   dim3(E / 32, cdiv(nb, STEP_MMA_ROWS)), 256,
+					   step_mma_smem_bytes(R), s, true,
 					   (const float *)a->dbc, R,
 					   (const __nv_bfloat16 *)y->dt_w, y->dt_b, y->A, y->Dp,
 					   (const float *)a->xc, (const float *)a->xz, y->in_b,
 					   cb->pool, (const int *)cb->d_slots, sf,
 					   (size_t)l * E * N, cb->off_dt_sum + (size_t)l * E, E,
-					   nb, rpw, (__nv_bfloat16 *)a->yT));
+					   nb, (__nv_bfloat16 *)a->yT));
 		else
 			NPL_SWITCH(N / SSM_LANES, SSM_STEP);
 #undef SSM_STEP
@@ -1995,8 +1937,6 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	if (env && step_mma_ok(cb))
 		cb->step_mma_min = atoi(env) > 0 ? atoi(env) : 0;
 	CUDA_TRY(cudaDeviceGetAttribute(&cb->n_sm, cudaDevAttrMultiProcessorCount, cb->device));
-	if (cb->step_mma_min && (rc = step_mma_init(cb)))
-		goto out;
 	/* SSMD_CUDA_CK_MB overrides the checkpoint budget (MiB) for tuning */
 	ck_bytes = (size_t)(cb->chunk / CUDA_CK_FULL_EVERY) * cb->state_floats * sizeof(float);
 	if (ck_bytes < CUDA_CK_BUDGET)

@@ -167,8 +167,6 @@ typedef struct cuda_backend {
 	bool dt_fused;        /* the prefill's dt_proj inside the scan's pass 1 (16-bit weights) */
 	int step_mma_min;     /* the batched decode's SSM step with dt_proj on the tensor
 			       * cores from this many rows (bf16, 16 states), 0: never */
-	int step_occ[4];      /* its blocks an SM at 1, 2, 4, 8 rows a warp */
-	int step_rpw;         /* its rows a warp when set (tuning), else 0 */
 	/* Decode inputs travel in one copy: h_io -> d_io, laid out as
 	 *   int slots[max_batch] (-1 = padding row) | cuda_sampler samp[max_batch]
 	 *   | int32 tokens[max(max_batch, chunk)]

@@ -1579,98 +1579,60 @@ __global__ void ssmk_scan_combine(const float *__restrict__ A, const float *__re
 /*
  * The batched decode SSM step (ssmk_ssm_step_b's formulas) with dt_proj on
  * the tensor cores, for 16-state models in bf16 (the backend takes it from
- * CUDA_STEP_MMA_MIN rows): a block takes 32 channels of 8 rpw rows, 256
- * threads; warp w steps rows w, w + 8, ..., w + 8 (rpw - 1) of the block.
- *   states ahead: each warp loads the states (and x, the gate, dt_sum) of
- *     its first P rows before pdl_wait() (they were written before the
- *     x_proj GEMM ahead of this kernel started), into a ring of P rows in
- *     registers; as it finishes a row it asks for the row P further on, so
- *     P rows' state bytes stay in flight while it computes.
- *   dt phase: the block's dt_proj rows (32 channels x R, bf16) come into
- *     shared memory by cp.async before pdl_wait() (weights), its dt_low | B
- *     | C rows (8 rpw x W, f32) after it (the x_proj GEMM's). Warps take
- *     the 2 rpw tiles of 16 channels x 8 rows of dt_low . dt_w^T by
- *     mma.m16n8k16, dt_low split into bf16 hi + lo parts (two products a
- *     k step, so the sum sees dt_low to ~2^-17 rather than bf16's 2^-9),
- *     then dt = softplus(. + dt_b) into s_dt.
- *   state phase: lane l holds channels (l >> 2) + 8 j, j < 4, and states
- *     4 (l & 3) .. + 3 of each: every warp access to the states reads 8
- *     channels' 512 contiguous bytes, and a lane's B and C pieces serve its
- *     four channels. y = C.h over a channel's four lanes by two
+ * CUDA_STEP_MMA_MIN rows): a block takes STEP_MMA_ROWS = 8 rows of 32
+ * channels, 256 threads.
+ *   dt phase: the block's dt_proj rows (32 channels x R, bf16) and dt_low
+ *     rows (8 x R, f32) come into shared memory by cp.async, the rows before
+ *     pdl_wait() (weights), dt_low after it (the x_proj GEMM's). Warps 0 and
+ *     1 each make one 16-channel x 8-row tile of dt_low . dt_w^T by
+ *     mma.m16n8k16, dt_low split into bf16 hi + lo parts (two products a k
+ *     step, so the sum sees dt_low to ~2^-17 rather than bf16's 2^-9), then
+ *     dt = softplus(. + dt_b) into s_dt.
+ *   state phase: warp w takes row w; lane l channels (l >> 2) + 8 j, j < 4,
+ *     and states 4 (l & 3) .. + 3 of each: every warp access to the states
+ *     reads 8 channels' 512 contiguous bytes, and a lane's B and C pieces
+ *     serve its four channels. y = C.h over a channel's four lanes by two
  *     xor-shuffles, as ssmk_ssm_step_b.
  * ssmk_ssm_step_b makes each dt as four lanes' quarter dots in f32, each
  * lane unpacking its dt_w row from bf16 for every two rows; here the dot
  * is two tensor-core products a 16-wide k step for 16 channels by 8 rows,
  * and a lane's B, C loads serve four channels. Measured (bench/NOTES.md,
- * rounds twenty-nine and thirty): the 1.4b batch-64 step 22.2 -> 20.0 us a
- * layer at one row a warp.
- * Requires N == 16, R % 16 == 0, E % 32 == 0, state_floats % 4 == 0, rpw a
- * multiple of P. grid (E / 32, ceil(B / (8 rpw))), block 256, dynamic
- * shared memory step_mma_smem_bytes(R, rpw).
+ * round twenty-nine): the 1.4b batch-64 step 22.2 -> 20.0 us a layer.
+ * Requires N == 16, R % 16 == 0, E % 32 == 0, state_floats % 4 == 0.
+ * grid (E / 32, ceil(B / 8)), block 256, dynamic shared memory
+ * step_mma_smem_bytes(R).
  */
-#define STEP_MMA_WARPS 8
+#define STEP_MMA_ROWS 8
 
 /* shared memory of ssmk_ssm_step_mma: dt_w rows (32, R + 8 bf16: the 8
- * rows of an ldmatrix in distinct banks), dt_low | B | C rows (8 rpw,
- * R + 40 f32: a k step's B fragments conflict-free), dt (8 rpw, 32), A
- * (32, 16) */
-static inline __host__ __device__ int step_mma_smem_bytes(int R, int rpw)
+ * rows of an ldmatrix in distinct banks), dt_low rows (8, R + 8 f32: a
+ * k step's B fragments conflict-free), dt (8, 32) */
+static inline __host__ __device__ int step_mma_smem_bytes(int R)
 {
-	return 32 * (R + 8) * 2 + STEP_MMA_WARPS * rpw * (R + 40 + 32) * 4 + 32 * 16 * 4;
+	return 32 * (R + 8) * 2 + STEP_MMA_ROWS * (R + 8) * 4 + STEP_MMA_ROWS * 32 * 4;
 }
 
-/* One row's registers of ssmk_ssm_step_mma's ring: the lane's 16 states,
- * its x, gate and dt_sum (of channel c8 + 8 g), the row's slot. */
-struct step_mma_row {
-	float h[4][4];
-	float x, z, ds;
-	int slot;
-};
-
-template <int P>
-__global__ void __launch_bounds__(256, P >= 2 ? 2 : 3)
+__global__ void __launch_bounds__(256, 3)
 ssmk_ssm_step_mma(const float *__restrict__ dbc, int R, const __nv_bfloat16 *__restrict__ dt_w,
 		  const float *__restrict__ dt_b, const float *__restrict__ A,
 		  const float *__restrict__ Dp, const float *__restrict__ xc,
 		  const float *__restrict__ xz, const float *__restrict__ in_b,
 		  float *__restrict__ pool, const int *__restrict__ slots, size_t state_floats,
-		  size_t ssm_off, size_t dts_off, int E, int B, int rpw,
-		  __nv_bfloat16 *__restrict__ yT)
+		  size_t ssm_off, size_t dts_off, int E, int B, __nv_bfloat16 *__restrict__ yT)
 {
-	constexpr int N = 16, CB = 32, NW = STEP_MMA_WARPS;
+	constexpr int N = 16, CB = 32, RB = STEP_MMA_ROWS;
 	const float LOG2E = 1.4426950408889634f;
 	extern __shared__ __align__(16) unsigned char smem_raw[];
-	const int W = R + 2 * N, RP = R + 8, SP = W + 8, RB = NW * rpw;
+	const int W = R + 2 * N, RP = R + 8;
 	__nv_bfloat16 *s_w = (__nv_bfloat16 *)smem_raw;
 	float *s_lo = (float *)(smem_raw + CB * RP * 2);
-	float *s_dt = s_lo + RB * SP, *s_a = s_dt + RB * CB;
+	float *s_dt = s_lo + RB * RP;
 	const int e0 = blockIdx.x * CB, r0 = blockIdx.y * RB;
 	const int w = threadIdx.x >> 5, l = threadIdx.x & 31;
 	const int g = l & 3, c8 = l >> 2;
-	const int eg = e0 + c8 + 8 * g;
-	step_mma_row ring[P];
-
-	/* row k of this warp (block row 8 k + w) into ring entry q */
-	auto fetch = [&](int k, step_mma_row &q) {
-		const int r = r0 + NW * k + w;
-		const int rc = r < B ? r : B - 1;
-		q.slot = r < B ? slots[r] : -1;
-		const float *st = pool + (size_t)(q.slot >= 0 ? q.slot : 0) * state_floats;
-#pragma unroll
-		for (int j = 0; j < 4; j++) {
-			float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-			if (q.slot >= 0)
-				v = *(const float4 *)(st + ssm_off + (size_t)(e0 + c8 + 8 * j) * N +
-						      4 * g);
-			q.h[j][0] = v.x;
-			q.h[j][1] = v.y;
-			q.h[j][2] = v.z;
-			q.h[j][3] = v.w;
-		}
-		q.x = xc[(size_t)rc * E + eg];
-		q.z = silu(xz[(size_t)rc * 2 * E + E + eg] + (in_b ? in_b[E + eg] : 0.0f));
-		q.ds = q.slot >= 0 ? st[dts_off + eg] : 0.0f;
-	};
+	const int r = r0 + w;
+	const int slot = r < B ? slots[r] : -1;
+	float h[4][4], a[4][4];
 
 	/* the block's dt_w rows (R / 8 pieces of 16 bytes a row) */
 	for (int i = threadIdx.x; i < CB * (R / 8); i += 256) {
@@ -1679,38 +1641,60 @@ ssmk_ssm_step_mma(const float *__restrict__ dbc, int R, const __nv_bfloat16 *__r
 			   true);
 	}
 	cp_async_commit();
-	/* the block's A (32 x 16 f32, 128 pieces) */
-	if (threadIdx.x < CB * N / 4)
-		cp_async16(s_a + 4 * threadIdx.x, A + (size_t)e0 * N + 4 * threadIdx.x, true);
-	cp_async_commit();
+	/* this lane's channels: A (in log2 units) and its states; x, the
+	 * gate SiLU(z) and dt_sum of channel c8 + 8 g, one a lane (the lanes
+	 * of a channel's row get them by shuffles) */
 #pragma unroll
-	for (int p = 0; p < P; p++)
-		fetch(p, ring[p]);
+	for (int j = 0; j < 4; j++) {
+		const int e = e0 + c8 + 8 * j;
+		const float4 av = *(const float4 *)(A + (size_t)e * N + 4 * g);
+		a[j][0] = av.x * LOG2E;
+		a[j][1] = av.y * LOG2E;
+		a[j][2] = av.z * LOG2E;
+		a[j][3] = av.w * LOG2E;
+		if (slot >= 0) {
+			const float4 v = *(const float4 *)(pool + (size_t)slot * state_floats +
+							   ssm_off + (size_t)e * N + 4 * g);
+			h[j][0] = v.x;
+			h[j][1] = v.y;
+			h[j][2] = v.z;
+			h[j][3] = v.w;
+		} else {
+			h[j][0] = h[j][1] = h[j][2] = h[j][3] = 0.0f;
+		}
+	}
+	const int eg = e0 + c8 + 8 * g, rc = r < B ? r : B - 1;
+	const float xg = xc[(size_t)rc * E + eg];
+	const float zg = silu(xz[(size_t)rc * 2 * E + E + eg] + (in_b ? in_b[E + eg] : 0.0f));
+	const float dsg = slot >= 0 ? pool[(size_t)slot * state_floats + dts_off + eg] : 0.0f;
 
-	/* dt_low | B | C is the x_proj GEMM's */
+	/* the states, x and z were written before the x_proj GEMM ahead of
+	 * this kernel started; dt_low | B | C is that GEMM's */
 	pdl_wait();
-	for (int i = threadIdx.x; i < RB * (W / 4); i += 256) {
-		const int row = i / (W / 4), piece = i % (W / 4);
+	for (int i = threadIdx.x; i < RB * (R / 4); i += 256) {
+		const int row = i / (R / 4), piece = i % (R / 4);
 		const int rr = r0 + row < B ? r0 + row : B - 1;
-		cp_async16(s_lo + row * SP + 4 * piece, dbc + (size_t)rr * W + 4 * piece, true);
+		cp_async16(s_lo + row * RP + 4 * piece, dbc + (size_t)rr * W + 4 * piece, true);
 	}
 	cp_async_commit();
+	const float4 Bq = *(const float4 *)(dbc + (size_t)(r < B ? r : B - 1) * W + R + 4 * g);
+	const float4 Cq =
+		*(const float4 *)(dbc + (size_t)(r < B ? r : B - 1) * W + R + N + 4 * g);
 	cp_async_wait<0>();
 	__syncthreads();
 
-	/* tile t: channels 16 (t & 1) .. + 15 of the block (tile rows) by
-	 * block rows 8 (t >> 1) .. + 7 (tile columns); lane l holds channels
-	 * 16 (t & 1) + c8 (+ 8), rows 2 g, 2 g + 1 of the tile */
-	for (int t = w; t < 2 * rpw; t += NW) {
-		const int m0 = 16 * (t & 1), n0 = 8 * (t >> 1);
+	if (w < 2) {
+		/* channels 16 w .. + 15 of the block (tile rows) by its 8 rows
+		 * (tile columns): lane l holds channels 16 w + c8 (+ 8), rows
+		 * 2 g, 2 g + 1 */
 		float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 		for (int ks = 0; ks < R / 16; ks++) {
 			unsigned af[4], bh[2], bl[2];
-			ldmatrix_x4(af, s_w + m0 * RP + 16 * ks, RP);
+			ldmatrix_x4(af, s_w + 16 * w * RP + 16 * ks, RP);
 #pragma unroll
 			for (int hf = 0; hf < 2; hf++) {
-				const float2 v = *(const float2 *)(s_lo + (n0 + c8) * SP + 16 * ks +
-								   2 * g + 8 * hf);
+				const float2 v = *(const float2 *)(s_lo + c8 * RP + 16 * ks + 2 * g +
+								   8 * hf);
 				const __nv_bfloat162 hi = __floats2bfloat162_rn(v.x, v.y);
 				const __nv_bfloat162 lo = __floats2bfloat162_rn(
 					v.x - __low2float(hi), v.y - __high2float(hi));
@@ -1722,57 +1706,40 @@ ssmk_ssm_step_mma(const float *__restrict__ dbc, int R, const __nv_bfloat16 *__r
 		}
 #pragma unroll
 		for (int i = 0; i < 4; i++) {
-			const int ch = m0 + c8 + 8 * (i >> 1), row = n0 + 2 * g + (i & 1);
+			const int ch = 16 * w + c8 + 8 * (i >> 1), row = 2 * g + (i & 1);
 			s_dt[row * CB + ch] = softplus(d[i] + dt_b[e0 + ch]);
 		}
 	}
 	__syncthreads();
+	if (r >= B)
+		return;
 
-	for (int k0 = 0; k0 < rpw; k0 += P) {
+	const float bv[4] = {Bq.x, Bq.y, Bq.z, Bq.w}, cv[4] = {Cq.x, Cq.y, Cq.z, Cq.w};
+	float *st = slot >= 0 ? pool + (size_t)slot * state_floats : NULL;
 #pragma unroll
-		for (int p = 0; p < P; p++) {
-			const int k = k0 + p, rb = NW * k + w, r = r0 + rb;
-			step_mma_row &q = ring[p];
-
-			if (r >= B)
-				break;
-			const float4 Bq = *(const float4 *)(s_lo + rb * SP + R + 4 * g);
-			const float4 Cq = *(const float4 *)(s_lo + rb * SP + R + N + 4 * g);
-			const float bv[4] = {Bq.x, Bq.y, Bq.z, Bq.w};
-			const float cv[4] = {Cq.x, Cq.y, Cq.z, Cq.w};
-			float *st = q.slot >= 0 ? pool + (size_t)q.slot * state_floats : NULL;
+	for (int j = 0; j < 4; j++) {
+		const int e = e0 + c8 + 8 * j;
+		/* channel e's x, gate and dt_sum are lane 4 c8 + j's */
+		const float xj = __shfl_sync(0xffffffffu, xg, 4 * c8 + j);
+		const float zj = __shfl_sync(0xffffffffu, zg, 4 * c8 + j);
+		const float dsj = __shfl_sync(0xffffffffu, dsg, 4 * c8 + j);
+		const float dt = s_dt[w * CB + c8 + 8 * j], dx = dt * xj;
+		float y = 0.0f;
 #pragma unroll
-			for (int j = 0; j < 4; j++) {
-				const int e = e0 + c8 + 8 * j;
-				const float4 av = *(const float4 *)(s_a + (c8 + 8 * j) * N + 4 * g);
-				const float a[4] = {av.x, av.y, av.z, av.w};
-				/* channel e's x, gate and dt_sum are lane 4 c8 + j's */
-				const float xj = __shfl_sync(0xffffffffu, q.x, 4 * c8 + j);
-				const float zj = __shfl_sync(0xffffffffu, q.z, 4 * c8 + j);
-				const float dsj = __shfl_sync(0xffffffffu, q.ds, 4 * c8 + j);
-				const float dt = s_dt[rb * CB + c8 + 8 * j], dx = dt * xj;
-				const float dtl = dt * LOG2E;
-				float y = 0.0f;
-#pragma unroll
-				for (int i = 0; i < 4; i++) {
-					q.h[j][i] = ex2_approx(dtl * a[i]) * q.h[j][i] + dx * bv[i];
-					y += cv[i] * q.h[j][i];
-				}
-				if (st) {
-					*(float4 *)(st + ssm_off + (size_t)e * N + 4 * g) = make_float4(
-						q.h[j][0], q.h[j][1], q.h[j][2], q.h[j][3]);
-					if (g == 0)
-						st[dts_off + e] = dsj + dt;
-				}
-				y += __shfl_xor_sync(0xffffffffu, y, 1);
-				y += __shfl_xor_sync(0xffffffffu, y, 2);
-				if (g == 0)
-					yT[(size_t)r * E + e] =
-						__float2bfloat16_rn((y + Dp[e] * xj) * zj);
-			}
-			if (k + P < rpw)
-				fetch(k + P, q);
+		for (int i = 0; i < 4; i++) {
+			h[j][i] = ex2_approx(dt * a[j][i]) * h[j][i] + dx * bv[i];
+			y += cv[i] * h[j][i];
 		}
+		if (st) {
+			*(float4 *)(st + ssm_off + (size_t)e * N + 4 * g) =
+				make_float4(h[j][0], h[j][1], h[j][2], h[j][3]);
+			if (g == 0)
+				st[dts_off + e] = dsj + dt;
+		}
+		y += __shfl_xor_sync(0xffffffffu, y, 1);
+		y += __shfl_xor_sync(0xffffffffu, y, 2);
+		if (g == 0)
+			yT[(size_t)r * E + e] = __float2bfloat16_rn((y + Dp[e] * xj) * zj);
 	}
 }
 
