@@ -167,11 +167,17 @@ typedef struct cuda_backend {
 	bool dt_fused;        /* the prefill's dt_proj inside the scan's pass 1 (16-bit weights) */
 	int step_mma_min;     /* the batched decode's SSM step with dt_proj on the tensor
 			       * cores from this many rows (bf16, 16 states), 0: never */
-	/* Decode inputs travel in one copy: h_io -> d_io, laid out as
+	/* Decode inputs travel in one block, h_io -> d_io (a copy, or read by
+	 * the step's graph: io_mapped), laid out as
 	 *   int slots[max_batch] (-1 = padding row) | cuda_sampler samp[max_batch]
 	 *   | int32 tokens[max(max_batch, chunk)]
 	 * (prefill copies its tokens into d_tokens straight from the caller). */
 	void *d_io, *h_io;    /* device / pinned */
+	int io_mapped;        /* 1: the sampling kernel writes the tokens to h_next, 2:
+			       * the step's graph reads h_io itself (SSMD_CUDA_IO_MAPPED,
+			       * default 3) */
+	void *dh_io;          /* h_io and h_next as the device addresses them */
+	int32_t *dh_next;
 	size_t io_bytes;
 	int *d_slots, *h_slots;
 	struct cuda_sampler *d_samp, *h_samp;

@@ -61,6 +61,16 @@ __device__ __forceinline__ void pdl_wait(void)
 	asm volatile("griddepcontrol.wait;" ::: "memory");
 }
 
+/* The decode step's inputs (n words: slots | samplers | tokens) from pinned
+ * host memory into their device copy, as the step's graph starts: one block,
+ * loads that never hit a cached line (the host rewrites them between
+ * steps). */
+__global__ void ssmk_io_in(const unsigned *src, unsigned *dst, int n)
+{
+	for (int i = threadIdx.x; i < n; i += blockDim.x)
+		dst[i] = __ldcv(src + i);
+}
+
 /* 2^v with the special-function unit (ex2.approx.ftz: 2 ulp, what __expf
  * uses after its own multiply by log2(e)). */
 __device__ __forceinline__ float ex2_approx(float v)

@@ -130,4 +130,11 @@ int ssm_cuda_dt_fused(ssm_backend *b, int *fused);
  * backend, rows < 1, or on NULL. */
 int ssm_cuda_step_mma(ssm_backend *b, int rows, int *on);
 
+/* How a decode step's inputs and sampled tokens cross to and from the host,
+ * into *mapped: 3, the step's graph reads the slots, samplers and tokens
+ * from pinned host memory itself and its sampling kernel writes the tokens
+ * there (no copies in the stream); 0 with SSMD_CUDA_IO_MAPPED=0 at open,
+ * one copy each way. SSMD_EINVAL: not a CUDA backend, or mapped NULL. */
+int ssm_cuda_io_mapped(ssm_backend *b, int *mapped);
+
 #endif

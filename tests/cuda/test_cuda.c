@@ -706,33 +706,51 @@ out:
 
 /* ------------------------------------------------ sampling on the device -- */
 
-/* decode_sample on one backend gives exactly ssm_sample() of ssm_decode()'s
- * logits on a twin backend, greedy and sampled rows mixed. */
-static void test_decode_sample(const ssm_model *m, ssm_dtype dt)
+/* decode_sample of n rows (at most 16) on one backend gives exactly
+ * ssm_sample() of ssm_decode()'s logits on a twin backend, greedy and
+ * sampled rows mixed. The twin hands its inputs and tokens across through
+ * mapped pinned memory (the default); the first backend too, or, with
+ * copies_a, through one copy each way (SSMD_CUDA_IO_MAPPED=0): the tokens
+ * are the same whichever way they travel. */
+static void test_decode_sample(const ssm_model *m, ssm_dtype dt, int n, int copies_a)
 {
-	const int V = ssm_model_config(m)->vocab_size, n = 16;
+	const int V = ssm_model_config(m)->vocab_size;
 	ssm_backend *a = NULL, *b = NULL;
 	ssm_sampler sp[16];
 	uint64_t idx[16], seed = 77;
 	int32_t tok[16], next[16];
-	int slots[16], i, step, mism = 0;
+	int slots[16], io[2] = {-1, -1}, i, step, mism = 0, rc;
 	float *lg = malloc((size_t)n * V * sizeof(float));
 
-	if (!lg || open_backend(m, SSM_BACKEND_CUDA, dt, n, &a) ||
-	    open_backend(m, SSM_BACKEND_CUDA, dt, n, &b)) {
+	if (copies_a)
+		setenv("SSMD_CUDA_IO_MAPPED", "0", 1);
+	rc = lg ? open_backend(m, SSM_BACKEND_CUDA, dt, n, &a) : SSMD_ENOMEM;
+	unsetenv("SSMD_CUDA_IO_MAPPED");
+	if (rc || open_backend(m, SSM_BACKEND_CUDA, dt, n, &b)) {
 		CHECK(0, "open: %s", ssmd_errmsg());
 		goto out;
 	}
+	/* a NULL result: refused, and the form each backend reports */
+	CHECK_RC(ssm_cuda_io_mapped(a, NULL), SSMD_EINVAL);
+	CHECK_RC(ssm_cuda_io_mapped(a, &io[0]), SSMD_OK);
+	CHECK_RC(ssm_cuda_io_mapped(b, &io[1]), SSMD_OK);
+	CHECK(io[0] == (copies_a ? 0 : 3) && io[1] == 3, "io form %d / %d, want %d / 3", io[0],
+	      io[1], copies_a ? 0 : 3);
 	fill_tokens(tok, n, V, &seed);
 	for (i = 0; i < n; i++) {
 		slots[i] = i;
-		sp[i].temperature = i % 4 == 0 ? 0.0f : 0.5f + 0.1f * i;
-		sp[i].top_k = i % 3 == 1 ? 20 : 0;
-		sp[i].top_p = i % 5 == 2 ? 0.9f : 1.0f;
-		sp[i].seed = 1000 + i;
 		idx[i] = 0;
 	}
 	for (step = 0; step < 8; step++) {
+		/* the kinds move along the rows each step, so one row sees
+		 * greedy, temperature, top-k and top-p */
+		for (i = 0; i < n; i++) {
+			const int k = (i + step) % 16;
+			sp[i].temperature = k % 4 == 0 ? 0.0f : 0.5f + 0.1f * k;
+			sp[i].top_k = k % 3 == 1 ? 20 : 0;
+			sp[i].top_p = k % 5 == 2 ? 0.9f : 1.0f;
+			sp[i].seed = 1000 + i;
+		}
 		CHECK_RC(ssm_decode_sample(a, slots, tok, n, sp, idx, next), SSMD_OK);
 		CHECK_RC(ssm_decode(b, slots, tok, n, lg), SSMD_OK);
 		for (i = 0; i < n; i++) {
@@ -743,7 +761,8 @@ static void test_decode_sample(const ssm_model *m, ssm_dtype dt)
 			idx[i]++;
 		}
 	}
-	CHECK(mism == 0, "decode_sample: %d of %d tokens differ from ssm_sample", mism, 8 * n);
+	CHECK(mism == 0, "decode_sample (%d rows, %s): %d of %d tokens differ from ssm_sample",
+	      n, copies_a ? "copies" : "mapped", mism, 8 * n);
 out:
 	ssm_backend_close(a);
 	ssm_backend_close(b);
@@ -1462,7 +1481,8 @@ static void test_big(const char *dir)
 	test_split_rows(m, low_dtype);
 	/* the device's picks and log-probabilities against the host's at a
 	 * real vocabulary */
-	test_decode_sample(m, low_dtype);
+	test_decode_sample(m, low_dtype, 16, 0);
+	test_decode_sample(m, low_dtype, 1, 1);
 	test_big_logprobs(m, low_dtype, dir);
 	ssm_model_free(m);
 }
@@ -1647,8 +1667,14 @@ int main(void)
 
 	if (want("sampling")) {
 		printf("sampling on the device:\n");
-		test_decode_sample(m, SSM_DTYPE_F32);
-		test_decode_sample(m, low_dtype);
+		/* batch 1 (the persistent kernel), 4 (the multi-row one where
+		 * it serves) and 16 (the batched kernels), each with its inputs
+		 * and tokens mapped and copied */
+		for (int rows = 1; rows <= 16; rows *= 4) {
+			test_decode_sample(m, SSM_DTYPE_F32, rows, 0);
+			test_decode_sample(m, low_dtype, rows, 0);
+			test_decode_sample(m, low_dtype, rows, 1);
+		}
 	}
 
 	if (big && want("big")) {
