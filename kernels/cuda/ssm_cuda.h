@@ -134,7 +134,9 @@ int ssm_cuda_step_mma(ssm_backend *b, int rows, int *on);
  * into *mapped: 3, the step's graph reads the slots, samplers and tokens
  * from pinned host memory itself and its sampling kernel writes the tokens
  * there (no copies in the stream); 0 with SSMD_CUDA_IO_MAPPED=0 at open,
- * one copy each way. SSMD_EINVAL: not a CUDA backend, or mapped NULL. */
+ * one copy each way (1: only the tokens written there, 2: only the inputs
+ * read there, for tuning). SSMD_EINVAL: not a CUDA backend, or mapped
+ * NULL. */
 int ssm_cuda_io_mapped(ssm_backend *b, int *mapped);
 
 #endif

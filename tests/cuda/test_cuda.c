@@ -708,10 +708,11 @@ out:
 
 /* decode_sample of n rows (at most 16) on one backend gives exactly
  * ssm_sample() of ssm_decode()'s logits on a twin backend, greedy and
- * sampled rows mixed. The twin hands its inputs and tokens across through
- * mapped pinned memory (the default); the first backend too, or, with
- * copies_a, through one copy each way (SSMD_CUDA_IO_MAPPED=0): the tokens
- * are the same whichever way they travel. */
+ * sampled rows mixed. The twin's step reads its inputs from mapped pinned
+ * memory (the default); the first backend's reads them there too and writes
+ * its tokens there, or, with copies_a, takes one copy each way
+ * (SSMD_CUDA_IO_MAPPED=0): the tokens are the same whichever way they
+ * travel. */
 static void test_decode_sample(const ssm_model *m, ssm_dtype dt, int n, int copies_a)
 {
 	const int V = ssm_model_config(m)->vocab_size;
