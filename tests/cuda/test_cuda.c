@@ -119,6 +119,21 @@ static int open_backend(const ssm_model *m, ssm_backend_kind kind, ssm_dtype dt,
 	return ssm_backend_open(m, &o, out);
 }
 
+/* open_backend (CUDA) with the tuning variable var set to val for the open
+ * alone (no change where var is NULL); var is unset after it. */
+static int open_cuda_with(const ssm_model *m, ssm_dtype dt, int n_slots, const char *var,
+			  const char *val, ssm_backend **out)
+{
+	int rc;
+
+	if (var)
+		setenv(var, val, 1);
+	rc = open_backend(m, SSM_BACKEND_CUDA, dt, n_slots, out);
+	if (var)
+		unsetenv(var);
+	return rc;
+}
+
 static int argmax(const float *v, int n)
 {
 	int i, b = 0;
@@ -442,7 +457,7 @@ static void batch_against(const ssm_model *m, ssm_dtype dt, int n, const char *t
 	ssm_backend *a = NULL, *b = NULL;
 	ssm_state *sa = NULL, *sb = NULL;
 	int32_t toks[128], step[64];
-	int slots[64], i, j, step_no, rc;
+	int slots[64], i, j, step_no;
 	float *la = malloc((size_t)64 * V * sizeof(float));
 	float *lb = malloc((size_t)64 * V * sizeof(float));
 	uint64_t seed = 99;
@@ -452,16 +467,8 @@ static void batch_against(const ssm_model *m, ssm_dtype dt, int n, const char *t
 		CHECK(0, "out of memory");
 		goto out;
 	}
-	if (open_backend(m, SSM_BACKEND_CUDA, dt, 64, &a)) {
-		CHECK(0, "open: %s", ssmd_errmsg());
-		goto out;
-	}
-	if (twin_var)
-		setenv(twin_var, twin_val, 1);
-	rc = open_backend(m, SSM_BACKEND_CUDA, dt, 64, &b);
-	if (twin_var)
-		unsetenv(twin_var);
-	if (rc) {
+	if (open_backend(m, SSM_BACKEND_CUDA, dt, 64, &a) ||
+	    open_cuda_with(m, dt, 64, twin_var, twin_val, &b)) {
 		CHECK(0, "open: %s", ssmd_errmsg());
 		goto out;
 	}
@@ -720,14 +727,12 @@ static void test_decode_sample(const ssm_model *m, ssm_dtype dt, int n, int copi
 	ssm_sampler sp[16];
 	uint64_t idx[16], seed = 77;
 	int32_t tok[16], next[16];
-	int slots[16], io[2] = {-1, -1}, i, step, mism = 0, rc;
+	int slots[16], io[2] = {-1, -1}, i, step, mism = 0;
 	float *lg = malloc((size_t)n * V * sizeof(float));
 
-	if (copies_a)
-		setenv("SSMD_CUDA_IO_MAPPED", "0", 1);
-	rc = lg ? open_backend(m, SSM_BACKEND_CUDA, dt, n, &a) : SSMD_ENOMEM;
-	unsetenv("SSMD_CUDA_IO_MAPPED");
-	if (rc || open_backend(m, SSM_BACKEND_CUDA, dt, n, &b)) {
+	if (!lg ||
+	    open_cuda_with(m, dt, n, copies_a ? "SSMD_CUDA_IO_MAPPED" : NULL, "0", &a) ||
+	    open_backend(m, SSM_BACKEND_CUDA, dt, n, &b)) {
 		CHECK(0, "open: %s", ssmd_errmsg());
 		goto out;
 	}
