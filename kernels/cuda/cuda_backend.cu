@@ -66,6 +66,7 @@
  * it wins on every shape. */
 #define CUDA_STEP_MMA_MIN 32
 
+
 static int cdiv(int a, int b) { return (a + b - 1) / b; }
 
 static cuda_backend *cb_of(ssm_backend *b) { return (cuda_backend *)b->impl; }
@@ -99,6 +100,141 @@ static bool step_mma_ok(const cuda_backend *cb)
 static bool step_mma_on(const cuda_backend *cb, int nb)
 {
 	return cb->step_mma_min > 0 && nb >= cb->step_mma_min;
+}
+
+/* ssmk_conv_xproj<T, rows> as a function pointer (16-bit T) */
+typedef void (*cxp_kernel_fn)(const float *, const float *, const float *, const float *,
+			      float *, const int *, size_t, size_t, int, int, const void *,
+			      int, int, float *, float *);
+
+static cxp_kernel_fn cxp_kernel(ssm_dtype dt, int rows)
+{
+	if (dt == SSM_DTYPE_F16)
+		return rows == 8 ? (cxp_kernel_fn)ssmk_conv_xproj<__half, 8>
+				 : (cxp_kernel_fn)ssmk_conv_xproj<__half, 16>;
+	return rows == 8 ? (cxp_kernel_fn)ssmk_conv_xproj<__nv_bfloat16, 8>
+			 : (cxp_kernel_fn)ssmk_conv_xproj<__nv_bfloat16, 16>;
+}
+
+/* The clusters of C blocks of ssmk_conv_xproj<rows> that can be resident
+ * at once (*n; 0 where it does not fit), its shared memory limit set. */
+static int cxp_fit(cuda_backend *cb, int C, int rows, int *n)
+{
+	int rc = SSMD_OK, optin = 0;
+	const ssm_config *c = &cb->cfg;
+	const int CH = c->d_inner / C, W = c->dt_rank + 2 * c->d_state;
+	const cxp_kernel_fn k = cxp_kernel(cb->wdtype, rows);
+	const size_t smem = cxp_smem_bytes(rows, CH, W, 2);
+	cudaLaunchConfig_t lc = {};
+	cudaLaunchAttribute at[1] = {};
+
+	*n = 0;
+	CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+					cb->device));
+	if (smem + 1024 > (size_t)optin)
+		return SSMD_OK;
+	CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+	CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+	lc.gridDim = dim3(C, 1);
+	lc.blockDim = dim3(CXP_THREADS);
+	lc.dynamicSmemBytes = smem;
+	at[0].id = cudaLaunchAttributeClusterDimension;
+	at[0].val.clusterDim.x = C;
+	at[0].val.clusterDim.y = 1;
+	at[0].val.clusterDim.z = 1;
+	lc.attrs = at;
+	lc.numAttrs = 1;
+	if (cudaOccupancyMaxActiveClusters(n, k, &lc) != cudaSuccess) {
+		cudaGetLastError();
+		*n = 0;
+	}
+out:
+	return rc;
+}
+
+/*
+ * Whether the batched decode runs its conv step and x_proj as one kernel
+ * (ssmk_conv_xproj), and its cluster: 16-bit weights, d_conv 4, d_inner a
+ * multiple of 32, every layer's x_proj 16-byte aligned; the most blocks a
+ * cluster (16, 8, 4, 2, 1: fewer channels and less shared memory a block)
+ * whose channel run is a multiple of 32 and at most CXP_THREADS, and
+ * of which a cluster of 16 rows can be resident. Sets cb->cxp_c (0: the
+ * conv kernel and the cuBLAS GEMM), cb->cxp_rows and cb->cxp_fit8.
+ * SSMD_CUDA_CONV_XPROJ=0 keeps the two kernels; SSMD_CUDA_CXP_ROWS=8|16
+ * fixes the rows a cluster, for tests and tuning. Measured on the H200
+ * (bf16, ms per step, two kernels -> one, the same binary, two runs each):
+ * batch 8 / 16 / 64 130m 0.566 / 0.585 / 0.709 -> 0.530 / 0.547 / 0.679,
+ * 1.4b 1.891 / 2.007 / 2.785 -> 1.840 / 1.928 / 2.738, 2.8b 3.010 / 3.350
+ * / 4.638 -> 2.997 / 3.313 / 4.645 (its 64 rows in clusters of 16: the H200
+ * holds 7 clusters of 16 blocks at once, and 8 of 8 rows were 8% slower).
+ */
+static int cxp_init(cuda_backend *cb)
+{
+	int rc = SSMD_OK, l, C, n;
+	const ssm_config *c = &cb->cfg;
+	const int E = c->d_inner;
+	const char *env;
+
+	cb->cxp_c = 0;
+	cb->cxp_rows = 0;
+	cb->cxp_fit8 = 0;
+	env = getenv("SSMD_CUDA_CXP_ROWS");
+	if (env && (atoi(env) == 8 || atoi(env) == 16))
+		cb->cxp_rows = atoi(env);
+	env = getenv("SSMD_CUDA_CONV_XPROJ");
+	if ((env && atoi(env) == 0) || cb->wsize != 2 || c->d_conv != 4 || E % 32)
+		return SSMD_OK;
+	for (l = 0; l < c->n_layer; l++)
+		if ((uintptr_t)cb->layers[l].x_w % 16)
+			return SSMD_OK;
+	for (C = CXP_MAX_CLUSTER; C >= 1; C /= 2) {
+		if (E % (32 * C) || E / C > CXP_THREADS)
+			continue;
+		if ((rc = cxp_fit(cb, C, 16, &n)))
+			return rc;
+		if (n >= 1) {
+			cb->cxp_c = C;
+			return cxp_fit(cb, C, 8, &cb->cxp_fit8);
+		}
+	}
+	return SSMD_OK;
+}
+
+/* The rows a cluster of ssmk_conv_xproj takes in a step of nb rows. */
+static int cxp_rows(const cuda_backend *cb, int nb)
+{
+	if (cb->cxp_rows)
+		return cb->cxp_rows;
+	return cdiv(nb, 8) <= cb->cxp_fit8 ? 8 : 16;
+}
+
+/* Launches ssmk_conv_xproj for layer y over nb rows (cxp_init found it
+ * usable), by programmatic dependent launch after the in_proj GEMM. */
+static cudaError_t cxp_launch(cuda_backend *cb, const cuda_layer *y, int l, int nb)
+{
+	const ssm_config *c = &cb->cfg;
+	const int C = cb->cxp_c, E = c->d_inner, W = c->dt_rank + 2 * c->d_state;
+	const int rows = cxp_rows(cb, nb);
+	cudaLaunchConfig_t lc = {};
+	cudaLaunchAttribute at[2] = {};
+
+	lc.gridDim = dim3(C, cdiv(nb, rows));
+	lc.blockDim = dim3(CXP_THREADS);
+	lc.dynamicSmemBytes = cxp_smem_bytes(rows, E / C, W, 2);
+	lc.stream = cb->stream;
+	at[0].id = cudaLaunchAttributeClusterDimension;
+	at[0].val.clusterDim.x = C;
+	at[0].val.clusterDim.y = 1;
+	at[0].val.clusterDim.z = 1;
+	at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+	at[1].val.programmaticStreamSerializationAllowed = 1;
+	lc.attrs = at;
+	lc.numAttrs = 2;
+	return cudaLaunchKernelEx(&lc, cxp_kernel(cb->wdtype, rows),
+				  (const float *)cb->act.xz, y->in_b, y->conv_w, y->conv_b,
+				  cb->pool, (const int *)cb->d_slots, cb->state_floats,
+				  cb->off_conv + (size_t)l * E * (c->d_conv - 1), E, E / C,
+				  (const void *)y->x_w, W, nb, cb->act.xc, cb->act.dbc);
 }
 
 /* --------------------------------------------------------------- memory -- */
@@ -397,14 +533,20 @@ static int decode_body(cuda_backend *cb, int nb)
 		if ((rc = gemm(cb, y->in_w, a->xn, D, (float *)a->xz, 2 * E, 2 * E, nb, D)))
 			goto out;
 		split_mark(cb, SSM_CUDA_IN_PROJ);
-		CUDA_TRY(launch_pdl(K == 4 ? ssmk_conv_step<T, 4> : ssmk_conv_step<T, 0>,
-				    dim3(cdiv(E, 128), nb), 128, s,
-				    (const float *)a->xz, y->in_b, y->conv_w, y->conv_b, cb->pool,
-				    cb->d_slots, sf, cb->off_conv + (size_t)l * E * (K - 1),
-				    E, K, a->xc, (T *)a->xcT));
-		split_mark(cb, SSM_CUDA_CONV);
-		if ((rc = gemm(cb, y->x_w, a->xcT, E, a->dbc, W, W, nb, E)))
-			goto out;
+		if (cb->cxp_c) {
+			/* one kernel, which the split counts as the conv */
+			CUDA_TRY(cxp_launch(cb, y, l, nb));
+			split_mark(cb, SSM_CUDA_CONV);
+		} else {
+			CUDA_TRY(launch_pdl(K == 4 ? ssmk_conv_step<T, 4> : ssmk_conv_step<T, 0>,
+					    dim3(cdiv(E, 128), nb), 128, s, (const float *)a->xz,
+					    y->in_b, y->conv_w, y->conv_b, cb->pool, cb->d_slots,
+					    sf, cb->off_conv + (size_t)l * E * (K - 1), E, K,
+					    a->xc, (T *)a->xcT));
+			split_mark(cb, SSM_CUDA_CONV);
+			if ((rc = gemm(cb, y->x_w, a->xcT, E, a->dbc, W, W, nb, E)))
+				goto out;
+		}
 		split_mark(cb, SSM_CUDA_X_PROJ);
 #define SSM_STEP(npl)                                                         \
 	CUDA_TRY(launch_pdl(ssmk_ssm_step_b<T, npl, SSM_STEP_ROWS>,           \
@@ -1500,6 +1642,15 @@ extern "C" int ssm_cuda_io_mapped(ssm_backend *b, int *mapped)
 	return rc;
 }
 
+extern "C" int ssm_cuda_conv_xproj(ssm_backend *b, int *cluster)
+{
+	const int rc = query_check(b, cluster, "conv step form");
+
+	if (!rc)
+		*cluster = cb_of(b)->cxp_c;
+	return rc;
+}
+
 extern "C" int ssm_cuda_step_mma(ssm_backend *b, int rows, int *on)
 {
 	const int rc = query_check_n(b, on, rows, "step form", "rows");
@@ -1974,6 +2125,8 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	if (env && step_mma_ok(cb))
 		cb->step_mma_min = atoi(env) > 0 ? atoi(env) : 0;
 	CUDA_TRY(cudaDeviceGetAttribute(&cb->n_sm, cudaDevAttrMultiProcessorCount, cb->device));
+	if ((rc = cxp_init(cb)))
+		goto out;
 	/* SSMD_CUDA_CK_MB overrides the checkpoint budget (MiB) for tuning */
 	ck_bytes = (size_t)(cb->chunk / CUDA_CK_FULL_EVERY) * cb->state_floats * sizeof(float);
 	if (ck_bytes < CUDA_CK_BUDGET)

@@ -167,6 +167,12 @@ typedef struct cuda_backend {
 	bool dt_fused;        /* the prefill's dt_proj inside the scan's pass 1 (16-bit weights) */
 	int step_mma_min;     /* the batched decode's SSM step with dt_proj on the tensor
 			       * cores from this many rows (bf16, 16 states), 0: never */
+	int cxp_c;            /* the batched decode's conv step and x_proj as one kernel
+			       * (ssmk_conv_xproj): its cluster's blocks, 0: two kernels */
+	int cxp_rows;         /* its rows a cluster, 8 or 16 (SSMD_CUDA_CXP_ROWS), 0: 8
+			       * where a step's clusters of 8 rows are all resident at once
+			       * (cxp_fit8 of them), else 16 */
+	int cxp_fit8;
 	/* Decode inputs travel in one block, h_io -> d_io (a copy, or read by
 	 * the step's graph: io_mapped), laid out as
 	 *   int slots[max_batch] (-1 = padding row) | cuda_sampler samp[max_batch]

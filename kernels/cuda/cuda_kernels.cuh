@@ -18,6 +18,7 @@
 #ifndef SSM_CUDA_KERNELS_CUH
 #define SSM_CUDA_KERNELS_CUH
 
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -542,7 +543,6 @@ __global__ void ssmk_ssm_step_b(const float *dbc, int R, const T *dt_w,
 	for (int q = 0; q < RPB; q++) {
 		const int r = r0 + q < B ? r0 + q : B - 1;
 		slot[q] = r0 + q < B ? slots[r] : -1;
-		x[q] = xc[(size_t)r * E + ec];
 		z[q] = xz[(size_t)r * 2 * E + E + ec] + zb;
 		ds[q] = 0.0f;
 #pragma unroll
@@ -574,9 +574,13 @@ __global__ void ssmk_ssm_step_b(const float *dbc, int R, const T *dt_w,
 			ds[q] = st[dts_off + ec];
 	}
 
-	/* everything above was written before the x_proj GEMM ahead of this
-	 * kernel started; dt_low | B | C is that GEMM's */
+	/* everything above was written before the kernel ahead of this one
+	 * started; dt_low | B | C is that kernel's, and so is xc where the
+	 * conv step and x_proj are one kernel (ssmk_conv_xproj) */
 	pdl_wait();
+#pragma unroll
+	for (int q = 0; q < RPB; q++)
+		x[q] = xc[(size_t)(r0 + q < B ? r0 + q : B - 1) * E + ec];
 
 	/* dt_low . dt_w[e, :] for every row, each dt_w piece loaded once */
 #pragma unroll
@@ -1674,13 +1678,14 @@ ssmk_ssm_step_mma(const float *__restrict__ dbc, int R, const __nv_bfloat16 *__r
 		}
 	}
 	const int eg = e0 + c8 + 8 * g, rc = r < B ? r : B - 1;
-	const float xg = xc[(size_t)rc * E + eg];
 	const float zg = silu(xz[(size_t)rc * 2 * E + E + eg] + (in_b ? in_b[E + eg] : 0.0f));
 	const float dsg = slot >= 0 ? pool[(size_t)slot * state_floats + dts_off + eg] : 0.0f;
 
-	/* the states, x and z were written before the x_proj GEMM ahead of
-	 * this kernel started; dt_low | B | C is that GEMM's */
+	/* the states and z were written before the kernel ahead of this one
+	 * started; dt_low | B | C is that kernel's, and so is xc where the
+	 * conv step and x_proj are one kernel (ssmk_conv_xproj) */
 	pdl_wait();
+	const float xg = xc[(size_t)rc * E + eg];
 	for (int i = threadIdx.x; i < RB * (R / 4); i += 256) {
 		const int row = i / (R / 4), piece = i % (R / 4);
 		const int rr = r0 + row < B ? r0 + row : B - 1;
@@ -1751,6 +1756,191 @@ ssmk_ssm_step_mma(const float *__restrict__ dbc, int R, const __nv_bfloat16 *__r
 		if (g == 0)
 			yT[(size_t)r * E + e] = __float2bfloat16_rn((y + Dp[e] * xj) * zj);
 	}
+}
+
+/*
+ * The batched decode's conv step and x_proj in one kernel (16-bit weights,
+ * d_conv 4), where they were the conv kernel and a cuBLAS GEMM: a cluster
+ * of C blocks (grid.x = C) takes RB rows, block q of it channels
+ * [q CH, (q + 1) CH), CH = E / C a multiple of 32.
+ *   - Before pdl_wait: the block's x_proj columns (rows 16 MT of x_w, those
+ *     past W zero, CH columns, in T) by cp.async into shared memory; the
+ *     rows' slots; their conv windows and the conv weights asked into L2
+ *     (loading the windows into registers there, a channel a thread, was
+ *     slower: 126 registers, bench/NOTES.md round thirty-one). None of
+ *     them is written by the in_proj GEMM ahead.
+ *   - The conv step of every (row, channel) of the block: ssmk_conv_step's
+ *     formula, summed in the same order; xc in f32 for the SSM step, and
+ *     in T into shared memory as the GEMM's input.
+ *   - The block's part of dbc = xc . x_w^T over its channels on the tensor
+ *     cores (mma.m16n8k16, f32 sums): warp w takes the 16-output tiles w,
+ *     w + warps, ... over the block's channels in order. Lane (g, t) reads
+ *     16 bytes of a row at columns 8 t .. 8 t + 7 of each 32-column chunk,
+ *     for x_w and xc alike, and gives the chunk's two k steps its halves
+ *     (the k order inside a chunk is permuted the same way on both sides,
+ *     so the sum is the chunk's); rows of the pitch cxp_pitch() fall in
+ *     distinct banks.
+ *   - The cluster's C parts summed through distributed shared memory in
+ *     rank order (the same sums on every run), each block writing a C-th
+ *     of the rows' dbc; a second cluster barrier keeps every block's
+ *     shared memory alive until the others have read it.
+ * grid (C, ceil(B / RB)), cluster (C, 1, 1), block CXP_THREADS, dynamic
+ * shared memory cxp_smem_bytes(RB, CH, W, 2).
+ */
+#define CXP_THREADS 512
+
+/* The row pitch (16-bit elements) of the shared x_w and xc tiles: CH
+ * columns, padded so that rows 16-byte steps apart by 8 rows start 64 bytes
+ * apart modulo 128 (CH % 32 == 0). */
+static inline __host__ __device__ int cxp_pitch(int CH)
+{
+	return (2 * CH) % 128 == 0 ? CH + 32 : CH;
+}
+
+static inline __host__ __device__ size_t cxp_smem_bytes(int RB, int CH, int W, int wsize)
+{
+	const int MT = (W + 15) / 16;
+
+	return (size_t)(16 * MT + RB) * cxp_pitch(CH) * wsize + (size_t)RB * W * 4 + RB * 4;
+}
+
+/* The most blocks a cluster of ssmk_conv_xproj (its reduction is unrolled
+ * over them). */
+#define CXP_MAX_CLUSTER 16
+
+__device__ __forceinline__ void prefetch_l2(const void *p)
+{
+	asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
+template <typename T, int RB>
+__global__ void __launch_bounds__(CXP_THREADS)
+ssmk_conv_xproj(const float *__restrict__ xz, const float *__restrict__ in_b,
+		const float *__restrict__ cw, const float *__restrict__ cbias,
+		float *__restrict__ pool, const int *__restrict__ slots, size_t state_floats,
+		size_t conv_off, int E, int CH, const T *__restrict__ x_w, int W, int B,
+		float *__restrict__ xc, float *__restrict__ dbc)
+{
+	namespace cg = cooperative_groups;
+	constexpr int K = 4, NT = RB / 8, WARPS = CXP_THREADS / 32;
+	extern __shared__ __align__(16) unsigned char smem_raw[];
+	cg::cluster_group cl = cg::this_cluster();
+	const int C = gridDim.x, q = blockIdx.x, r0 = blockIdx.y * RB, c0 = q * CH;
+	const int MT = (W + 15) / 16, P = cxp_pitch(CH);
+	T *s_w = (T *)smem_raw;
+	T *s_x = s_w + (size_t)16 * MT * P;
+	float *s_p = (float *)(s_x + (size_t)RB * P);
+	int *s_slot = (int *)(s_p + RB * W);
+	const int tid = threadIdx.x, w = tid >> 5, g = (tid & 31) >> 2, t = tid & 3;
+
+	{
+		/* thread: piece tid % PR of rows tid / PR, + step, ... (PR pieces
+		 * of 16 bytes a row, CH <= CXP_THREADS) */
+		const int PR = CH / 8, step = CXP_THREADS / PR;
+		const T *src = x_w + c0 + 8 * (tid % PR);
+		T *dst = s_w + 8 * (tid % PR);
+
+		for (int j = tid / PR; j < 16 * MT && tid < step * PR; j += step)
+			cp_async16(dst + (size_t)j * P, src + (size_t)(j < W ? j : 0) * E, j < W);
+	}
+	cp_async_commit();
+	if (tid < RB)
+		s_slot[tid] = r0 + tid < B ? slots[r0 + tid] : -1;
+	__syncthreads();
+	{
+		/* the rows' windows (CH * 3 floats each) and the conv weights
+		 * (CH * 4), by 128-byte line */
+		const int wl = (CH * (K - 1) * 4 + 127) / 128 + 1, kl = (CH * K * 4 + 127) / 128 + 1;
+		for (int i = tid; i < RB * wl + kl; i += CXP_THREADS) {
+			if (i >= RB * wl)
+				prefetch_l2(cw + (size_t)c0 * K + 32 * (i - RB * wl));
+			else if (s_slot[i / wl] >= 0)
+				prefetch_l2(pool + (size_t)s_slot[i / wl] * state_floats + conv_off +
+					    (size_t)c0 * (K - 1) + 32 * (i % wl));
+		}
+	}
+
+	/* xz is the in_proj GEMM's */
+	pdl_wait();
+#pragma unroll 4
+	for (int i = tid; i < RB * CH; i += CXP_THREADS) {
+		const int r = i / CH, ch = i % CH, e = c0 + ch;
+		float y = 0.0f;
+
+		if (r0 + r < B) {
+			const int slot = s_slot[r];
+			float *win = slot >= 0 ? pool + (size_t)slot * state_floats + conv_off +
+							 (size_t)e * (K - 1)
+					       : NULL;
+			float wk[K], old[K - 1];
+
+#pragma unroll
+			for (int j = 0; j < K; j++)
+				wk[j] = cw[(size_t)e * K + j];
+#pragma unroll
+			for (int j = 0; j < K - 1; j++)
+				old[j] = win ? win[j] : 0.0f;
+			y = silu(conv_step_out(cbias ? cbias[e] : 0.0f, wk, old, win,
+					       xz[(size_t)(r0 + r) * 2 * E + e] +
+						       (in_b ? in_b[e] : 0.0f),
+					       K));
+			xc[(size_t)(r0 + r) * E + e] = y;
+		}
+		s_x[(size_t)r * P + ch] = from_f32<T>(y);
+	}
+	cp_async_wait<0>();
+	__syncthreads();
+
+	for (int mt = w; mt < MT; mt += WARPS) {
+		const T *a0 = s_w + (size_t)(16 * mt + g) * P + 8 * t, *a1 = a0 + (size_t)8 * P;
+		float d[NT][4] = {};
+
+		for (int k = 0; k < CH; k += 32) {
+			const uint4 lo = *(const uint4 *)(a0 + k), hi = *(const uint4 *)(a1 + k);
+			const unsigned f1[4] = {lo.x, hi.x, lo.y, hi.y};
+			const unsigned f2[4] = {lo.z, hi.z, lo.w, hi.w};
+#pragma unroll
+			for (int nt = 0; nt < NT; nt++) {
+				const uint4 bq = *(const uint4 *)(s_x + (size_t)(8 * nt + g) * P +
+								  8 * t + k);
+				const unsigned b1[2] = {bq.x, bq.y}, b2[2] = {bq.z, bq.w};
+				mma16816<T>(d[nt], f1, b1);
+				mma16816<T>(d[nt], f2, b2);
+			}
+		}
+		/* d[nt]: outputs j, j + 8 by rows 8 nt + 2 t, + 1 */
+		const int j = 16 * mt + g;
+#pragma unroll
+		for (int nt = 0; nt < NT; nt++) {
+			float *row = s_p + (size_t)(8 * nt + 2 * t) * W;
+			if (j < W) {
+				row[j] = d[nt][0];
+				row[W + j] = d[nt][1];
+			}
+			if (j + 8 < W) {
+				row[j + 8] = d[nt][2];
+				row[W + j + 8] = d[nt][3];
+			}
+		}
+	}
+
+	cl.sync();
+	for (int v = q * CXP_THREADS + tid; v < RB * W; v += C * CXP_THREADS) {
+		const int r = v / W;
+		float part[CXP_MAX_CLUSTER], s = 0.0f;
+
+		if (r0 + r >= B)
+			continue;
+		/* every part asked for before the first is added */
+#pragma unroll
+		for (int p = 0; p < CXP_MAX_CLUSTER; p++)
+			part[p] = p < C ? cl.map_shared_rank(s_p, p)[v] : 0.0f;
+#pragma unroll
+		for (int p = 0; p < CXP_MAX_CLUSTER; p++)
+			s += part[p];
+		dbc[(size_t)(r0 + r) * W + v % W] = s;
+	}
+	cl.sync();
 }
 
 #endif

@@ -130,6 +130,15 @@ int ssm_cuda_dt_fused(ssm_backend *b, int *fused);
  * backend, rows < 1, or on NULL. */
 int ssm_cuda_step_mma(ssm_backend *b, int rows, int *on);
 
+/* Whether a batched decode step (one that takes the batched kernels, not
+ * the persistent ones of 1, 2 or 4 rows) runs its conv step and x_proj as
+ * one kernel (ssmk_conv_xproj: 16-bit weights, d_conv 4, d_inner a
+ * multiple of 32), into *cluster: the blocks of that kernel's clusters, each
+ * block a run of d_inner / *cluster channels; 0: the conv kernel and a
+ * cuBLAS GEMM (SSMD_CUDA_CONV_XPROJ=0 at open forces it). SSMD_EINVAL: not a
+ * CUDA backend, or cluster NULL. */
+int ssm_cuda_conv_xproj(ssm_backend *b, int *cluster);
+
 /* How a decode step's inputs and sampled tokens cross to and from the host,
  * into *mapped: 3, the step's graph reads the slots, samplers and tokens
  * from pinned host memory itself and its sampling kernel writes the tokens

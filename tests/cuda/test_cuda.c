@@ -557,6 +557,48 @@ static void test_step_mma(const ssm_model *m, ssm_dtype dt, int n)
 	      "want %d / 0", n, mma[0], mma[1], want);
 }
 
+/* The batched decode's conv step and x_proj as one kernel (ssmk_conv_xproj:
+ * 16-bit weights, d_conv 4, d_inner a multiple of 32; a cluster's blocks
+ * sum their channels' parts of x_proj in rank order) against the conv
+ * kernel and cuBLAS's GEMM (SSMD_CUDA_CONV_XPROJ=0), both batched: the same
+ * bf16 / f16 products, only the order of x_proj's f32 sums differs. A
+ * last-bit change there can move a 16-bit y by 2^-8 of itself, so the check
+ * is TOL_BATCH_BF16 with greedy tokens identical; each backend also reports
+ * its form (a cluster of d_inner / 32 blocks or fewer, and 0), so the case
+ * cannot pass on the two kernels alone. rows: the rows a cluster takes
+ * (SSMD_CUDA_CXP_ROWS, set for both opens; 0: the backend's choice, 8 where
+ * the step's clusters of 8 are resident at once). */
+static void test_conv_xproj(const ssm_model *m, ssm_dtype dt, int n, const char *rows)
+{
+	const ssm_config *c = ssm_model_config(m);
+	const int want = dt != SSM_DTYPE_F32 && c->d_conv == 4 && c->d_inner % 32 == 0;
+	ssm_backend *a = NULL, *b = NULL;
+	int form[2] = {-1, -1};
+
+	if (open_backend(m, SSM_BACKEND_CUDA, dt, 1, &a) ||
+	    open_cuda_with(m, dt, 1, "SSMD_CUDA_CONV_XPROJ", "0", &b)) {
+		CHECK(0, "open: %s", ssmd_errmsg());
+		goto out;
+	}
+	/* no result pointer: refused */
+	CHECK_RC(ssm_cuda_conv_xproj(a, NULL), SSMD_EINVAL);
+	CHECK_RC(ssm_cuda_conv_xproj(a, &form[0]), SSMD_OK);
+	CHECK_RC(ssm_cuda_conv_xproj(b, &form[1]), SSMD_OK);
+	CHECK(want ? form[0] >= 1 && c->d_inner % (32 * form[0]) == 0 : form[0] == 0,
+	      "conv + x_proj: cluster of %d blocks where d_inner is %d (want %s)", form[0],
+	      c->d_inner, want ? "one" : "none");
+	CHECK(form[1] == 0, "conv + x_proj with SSMD_CUDA_CONV_XPROJ=0: cluster of %d",
+	      form[1]);
+	printf("  conv + x_proj (d_inner %d): a cluster of %d blocks\n", c->d_inner, form[0]);
+out:
+	ssm_backend_close(a);
+	ssm_backend_close(b);
+	setenv("SSMD_CUDA_CXP_ROWS", rows, 1);
+	batch_against(m, dt, n, "SSMD_CUDA_CONV_XPROJ", "0", TOL_BATCH_BF16,
+		      "conv and x_proj as two kernels (batched)", NULL);
+	unsetenv("SSMD_CUDA_CXP_ROWS");
+}
+
 /* ------------------------------------------------------- checkpoints ----- */
 
 /* The checkpoint positions of a 300-token prefill the checkpoint tests ask
@@ -1475,6 +1517,12 @@ static void test_big(const char *dir)
 	test_batch(m, low_dtype, 64);
 	test_batch(m, low_dtype, 37);
 	test_step_mma(m, low_dtype, 64);
+	/* clusters of 8 rows (the choice here), and of 16 (2.8b's at 64
+	 * rows, where 8 clusters of 16 blocks are not resident at once), 27
+	 * of the 64-row bucket's rows padding */
+	test_conv_xproj(m, low_dtype, 64, "0");
+	test_conv_xproj(m, half_dtype, 16, "0");
+	test_conv_xproj(m, low_dtype, 37, "16");
 	test_batch(m, low_dtype, 2);
 	test_batch(m, low_dtype, 3);
 	test_batch(m, half_dtype, 3);
