@@ -270,7 +270,10 @@ static void decode_split(const char *label, ssm_backend *b, const int *slots,
 	double ms[SSM_CUDA_N_PARTS] = {0}, warm[SSM_CUDA_N_PARTS] = {0}, total = 0;
 	char fig[64], note[96];
 	const int runs = 10;
-	int r;
+	int r, cluster = 0;
+
+	/* the conv step and x_proj as one kernel: one part */
+	TRY("conv step form", ssm_cuda_conv_xproj(b, &cluster));
 
 	for (r = 0; r < 2; r++)
 		TRY("decode split", ssm_cuda_decode_split(b, slots, toks, n, warm));
@@ -284,7 +287,8 @@ static void decode_split(const char *label, ssm_backend *b, const int *slots,
 
 		if (ms[p] == 0)
 			continue;
-		snprintf(fig, sizeof fig, "decode b%d split: %s", n, ssm_cuda_part_names[p]);
+		snprintf(fig, sizeof fig, "decode b%d split: %s", n,
+			 p == SSM_CUDA_CONV && cluster ? "conv + x_proj" : ssm_cuda_part_names[p]);
 		if (per_layer)
 			snprintf(note, sizeof note, "(%.1f%% of %.3f ms; %.1f us per layer)",
 				 100 * ms[p] / runs / total, total,

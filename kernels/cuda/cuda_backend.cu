@@ -546,8 +546,8 @@ static int decode_body(cuda_backend *cb, int nb)
 			split_mark(cb, SSM_CUDA_CONV);
 			if ((rc = gemm(cb, y->x_w, a->xcT, E, a->dbc, W, W, nb, E)))
 				goto out;
+			split_mark(cb, SSM_CUDA_X_PROJ);
 		}
-		split_mark(cb, SSM_CUDA_X_PROJ);
 #define SSM_STEP(npl)                                                         \
 	CUDA_TRY(launch_pdl(ssmk_ssm_step_b<T, npl, SSM_STEP_ROWS>,           \
 			    dim3(cdiv(E, SSM_CH_PER_BLOCK), cdiv(nb, SSM_STEP_ROWS)), \

@@ -503,14 +503,15 @@ __global__ void ssmk_conv_step(const float *xz, const float *in_b, const float *
  * slot; padding rows (slot < 0) keep no state. For the batched (cuBLAS)
  * path (batch 1 has its own kernel, cuda_persist.cuh): a block takes RPB
  * consecutive rows of its 32
- * channels and issues every load of all its rows (slots, states, x, z,
+ * channels and issues every load of all its rows (slots, states, z,
  * dt_sum) before computing any, so a block waits for memory once, not once
  * per row (slots in a batch are distinct: no row's stores touch another
  * row's loads). States move as 16-byte pieces when NPL == 4 and
  * state_floats is a multiple of 4; each channel's dt_w row is read once for
  * all the block's rows, the dt_low rows as 16-byte pieces. Launched with
  * programmatic dependent launch, so those loads (none of them written by
- * the x_proj GEMM ahead of it) start before pdl_wait().
+ * the kernel ahead of it) start before pdl_wait(); x after it (that
+ * kernel's where the conv step and x_proj are one, ssmk_conv_xproj).
  * grid (ceil(E/32), ceil(B/RPB)), block 128.
  */
 template <typename T, int NPL, int RPB>
@@ -1597,7 +1598,7 @@ __global__ void ssmk_scan_combine(const float *__restrict__ A, const float *__re
  * channels, 256 threads.
  *   dt phase: the block's dt_proj rows (32 channels x R, bf16) and dt_low
  *     rows (8 x R, f32) come into shared memory by cp.async, the rows before
- *     pdl_wait() (weights), dt_low after it (the x_proj GEMM's). Warps 0 and
+ *     pdl_wait() (weights), dt_low after it (the x_proj's). Warps 0 and
  *     1 each make one 16-channel x 8-row tile of dt_low . dt_w^T by
  *     mma.m16n8k16, dt_low split into bf16 hi + lo parts (two products a k
  *     step, so the sum sees dt_low to ~2^-17 rather than bf16's 2^-9), then

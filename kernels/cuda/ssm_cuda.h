@@ -31,7 +31,8 @@ int ssm_cuda_timer_stop(ssm_backend *b, float *ms);
 enum ssm_cuda_part {
 	SSM_CUDA_NORM,      /* residual add + RMSNorm */
 	SSM_CUDA_IN_PROJ,   /* in_proj GEMM */
-	SSM_CUDA_CONV,      /* causal conv + SiLU, conv windows */
+	SSM_CUDA_CONV,      /* causal conv + SiLU, conv windows (and the decode's
+			     * x_proj where one kernel does both: ssm_cuda_conv_xproj) */
 	SSM_CUDA_X_PROJ,    /* x_proj GEMM */
 	SSM_CUDA_DT,        /* dt_proj input + GEMM */
 	SSM_CUDA_SCAN1,     /* segmented scan: local pass + segment combine */
