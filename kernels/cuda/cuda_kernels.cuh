@@ -421,6 +421,28 @@ __device__ __forceinline__ float conv_step_out(float acc, const float *w, const 
 	return acc + w[K - 1] * x;
 }
 
+/* Channel e's conv weights (w, KC of them) and, for a slot, its window
+ * (old; zeros for a padding row, slot < 0) into registers: returns the
+ * window's place in the slot, NULL for a padding row. conv_off = float
+ * offset of this layer's conv state inside a slot. */
+template <int KC>
+__device__ __forceinline__ float *conv_load(float *pool, int slot, size_t state_floats,
+					    size_t conv_off, int e, const float *cw, float *w,
+					    float *old)
+{
+	float *win = slot >= 0 ? pool + (size_t)slot * state_floats + conv_off +
+					 (size_t)e * (KC - 1)
+			       : NULL;
+
+#pragma unroll
+	for (int j = 0; j < KC; j++)
+		w[j] = cw[(size_t)e * KC + j];
+#pragma unroll
+	for (int j = 0; j < KC - 1; j++)
+		old[j] = win ? win[j] : 0.0f;
+	return win;
+}
+
 /* conv_step_out on channel e, batch row r, reading its weights and window
  * in place: xc[r, e] = SiLU(out) (f32 and T). conv_off = float offset of
  * this layer's conv state inside a slot. */
@@ -461,18 +483,8 @@ __global__ void ssmk_conv_step(const float *xz, const float *in_b, const float *
 
 	if constexpr (KC > 0) {
 		const int ec = e < E ? e : E - 1;
-		const int slot = slots[r];
-		float *win = slot >= 0 ? pool + (size_t)slot * state_floats + conv_off +
-						 (size_t)ec * (KC - 1)
-				       : NULL;
 		float w[KC], old[KC - 1];
-
-#pragma unroll
-		for (int j = 0; j < KC; j++)
-			w[j] = cw[(size_t)ec * KC + j];
-#pragma unroll
-		for (int j = 0; j < KC - 1; j++)
-			old[j] = win ? win[j] : 0.0f;
+		float *win = conv_load<KC>(pool, slots[r], state_floats, conv_off, ec, cw, w, old);
 		const float bias = cb ? cb[ec] : 0.0f, ib = in_b ? in_b[ec] : 0.0f;
 
 		pdl_wait();
@@ -1869,18 +1881,10 @@ ssmk_conv_xproj(const float *__restrict__ xz, const float *__restrict__ in_b,
 		float y = 0.0f;
 
 		if (r0 + r < B) {
-			const int slot = s_slot[r];
-			float *win = slot >= 0 ? pool + (size_t)slot * state_floats + conv_off +
-							 (size_t)e * (K - 1)
-					       : NULL;
 			float wk[K], old[K - 1];
+			float *win = conv_load<K>(pool, s_slot[r], state_floats, conv_off, e, cw,
+						  wk, old);
 
-#pragma unroll
-			for (int j = 0; j < K; j++)
-				wk[j] = cw[(size_t)e * K + j];
-#pragma unroll
-			for (int j = 0; j < K - 1; j++)
-				old[j] = win ? win[j] : 0.0f;
 			y = silu(conv_step_out(cbias ? cbias[e] : 0.0f, wk, old, win,
 					       xz[(size_t)(r0 + r) * 2 * E + e] +
 						       (in_b ? in_b[e] : 0.0f),
