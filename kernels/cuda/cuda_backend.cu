@@ -66,7 +66,6 @@
  * it wins on every shape. */
 #define CUDA_STEP_MMA_MIN 32
 
-
 static int cdiv(int a, int b) { return (a + b - 1) / b; }
 
 static cuda_backend *cb_of(ssm_backend *b) { return (cuda_backend *)b->impl; }

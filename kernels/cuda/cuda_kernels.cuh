@@ -1862,14 +1862,16 @@ ssmk_conv_xproj(const float *__restrict__ xz, const float *__restrict__ in_b,
 	__syncthreads();
 	{
 		/* the rows' windows (CH * 3 floats each) and the conv weights
-		 * (CH * 4), by 128-byte line */
-		const int wl = (CH * (K - 1) * 4 + 127) / 128 + 1, kl = (CH * K * 4 + 127) / 128 + 1;
+		 * (CH * 4), by 128-byte line: a float every 32 and the run's
+		 * last one (the run need not start a line) */
+		const int nw = CH * (K - 1), nk = CH * K;
+		const int wl = nw / 32 + 1, kl = nk / 32 + 1;
 		for (int i = tid; i < RB * wl + kl; i += CXP_THREADS) {
 			if (i >= RB * wl)
-				prefetch_l2(cw + (size_t)c0 * K + 32 * (i - RB * wl));
+				prefetch_l2(cw + (size_t)c0 * K + min(32 * (i - RB * wl), nk - 1));
 			else if (s_slot[i / wl] >= 0)
 				prefetch_l2(pool + (size_t)s_slot[i / wl] * state_floats + conv_off +
-					    (size_t)c0 * (K - 1) + 32 * (i % wl));
+					    (size_t)c0 * (K - 1) + min(32 * (i % wl), nw - 1));
 		}
 	}
 
