@@ -166,6 +166,10 @@ out:
  * 1.4b 1.891 / 2.007 / 2.785 -> 1.840 / 1.928 / 2.738, 2.8b 3.010 / 3.350
  * / 4.638 -> 2.997 / 3.313 / 4.645 (its 64 rows in clusters of 16: the H200
  * holds 7 clusters of 16 blocks at once, and 8 of 8 rows were 8% slower).
+ * Its conv phase a channel a thread with the loads ahead, and the sums
+ * spread over the cluster (round thirty-two): 130m 0.531 / 0.547 / 0.676
+ * -> 0.519 / 0.534 / 0.656, 1.4b 1.845 / 1.946 / 2.718 -> 1.794 / 1.890 /
+ * 2.671, 2.8b 2.996 / 3.302 / 4.690 -> 2.998 / 3.299 / 4.638.
  */
 static int cxp_init(cuda_backend *cb)
 {

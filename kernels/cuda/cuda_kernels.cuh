@@ -1780,11 +1780,16 @@ ssmk_ssm_step_mma(const float *__restrict__ dbc, int R, const __nv_bfloat16 *__r
  *     past W zero, CH columns, in T) by cp.async into shared memory; the
  *     rows' slots; their conv windows and the conv weights asked into L2
  *     (loading the windows into registers there, a channel a thread, was
- *     slower: 126 registers, bench/NOTES.md round thirty-one). None of
- *     them is written by the in_proj GEMM ahead.
- *   - The conv step of every (row, channel) of the block: ssmk_conv_step's
- *     formula, summed in the same order; xc in f32 for the SSM step, and
- *     in T into shared memory as the GEMM's input.
+ *     slower: 126 registers, bench/NOTES.md round thirty-one); each
+ *     thread's conv weights, bias and in_b into registers. None of them is
+ *     written by the in_proj GEMM ahead.
+ *   - The conv step of every (row, channel) of the block: thread t takes
+ *     channel t % CH of rows t / CH, + CXP_THREADS / CH, ..., the windows
+ *     and x of CXP_CONV_ROWS of them asked for before the first is used
+ *     (one (row, channel) a loop round, every load after the last store,
+ *     was a round trip each: bench/NOTES.md round thirty-two);
+ *     ssmk_conv_step's formula, summed in the same order; xc in f32 for the
+ *     SSM step, and in T into shared memory as the GEMM's input.
  *   - The block's part of dbc = xc . x_w^T over its channels on the tensor
  *     cores (mma.m16n8k16, f32 sums): warp w takes the 16-output tiles w,
  *     w + warps, ... over the block's channels in order. Lane (g, t) reads
@@ -1794,9 +1799,11 @@ ssmk_ssm_step_mma(const float *__restrict__ dbc, int R, const __nv_bfloat16 *__r
  *     so the sum is the chunk's); rows of the pitch cxp_pitch() fall in
  *     distinct banks.
  *   - The cluster's C parts summed through distributed shared memory in
- *     rank order (the same sums on every run), each block writing a C-th
- *     of the rows' dbc; a second cluster barrier keeps every block's
- *     shared memory alive until the others have read it.
+ *     rank order (the same sums on every run), block q the q-th C-th of
+ *     the rows' dbc values (a run of CXP_THREADS values a block left most
+ *     blocks idle at the second barrier); a second, relaxed cluster barrier
+ *     keeps every block's shared memory alive until the others have read
+ *     it.
  * grid (C, ceil(B / RB)), cluster (C, 1, 1), block CXP_THREADS, dynamic
  * shared memory cxp_smem_bytes(RB, CH, W, 2).
  */
@@ -1820,6 +1827,17 @@ static inline __host__ __device__ size_t cxp_smem_bytes(int RB, int CH, int W, i
 /* The most blocks a cluster of ssmk_conv_xproj (its reduction is unrolled
  * over them). */
 #define CXP_MAX_CLUSTER 16
+
+/* The rows of its channel a thread of ssmk_conv_xproj's conv phase loads
+ * before it uses any. */
+#define CXP_CONV_ROWS 4
+
+/* A cluster barrier without release semantics (no fence before it). */
+__device__ __forceinline__ void cluster_sync_relaxed(void)
+{
+	asm volatile("barrier.cluster.arrive.relaxed.aligned;\n"
+		     "barrier.cluster.wait.aligned;" ::: "memory");
+}
 
 __device__ __forceinline__ void prefetch_l2(const void *p)
 {
@@ -1875,25 +1893,53 @@ ssmk_conv_xproj(const float *__restrict__ xz, const float *__restrict__ in_b,
 		}
 	}
 
+	/* thread tid: channel ch of rows rl, rl + RS, ... (RS row lanes of CH
+	 * threads; the rest idle in the conv), its weights, bias and in_b
+	 * before the wait (weights) */
+	const int RS = CXP_THREADS / CH, ch = tid % CH, rl = tid / CH, e = c0 + ch;
+	float wk[K], bias = 0.0f, ib = 0.0f;
+
+	if (rl < RS) {
+#pragma unroll
+		for (int j = 0; j < K; j++)
+			wk[j] = cw[(size_t)e * K + j];
+		bias = cbias ? cbias[e] : 0.0f;
+		ib = in_b ? in_b[e] : 0.0f;
+	}
 	/* xz is the in_proj GEMM's */
 	pdl_wait();
-#pragma unroll 4
-	for (int i = tid; i < RB * CH; i += CXP_THREADS) {
-		const int r = i / CH, ch = i % CH, e = c0 + ch;
-		float y = 0.0f;
+	/* CXP_CONV_ROWS of this thread's rows at a time, every window and x
+	 * of them asked for before the first is used */
+	for (int r1 = rl; rl < RS && r1 < RB; r1 += CXP_CONV_ROWS * RS) {
+		float old[CXP_CONV_ROWS][K - 1], xv[CXP_CONV_ROWS];
+		float *win[CXP_CONV_ROWS];
 
-		if (r0 + r < B) {
-			float wk[K], old[K - 1];
-			float *win = conv_load<K>(pool, s_slot[r], state_floats, conv_off, e, cw,
-						  wk, old);
+#pragma unroll
+		for (int k = 0; k < CXP_CONV_ROWS; k++) {
+			const int r = r1 + k * RS;
+			const bool live = r < RB && r0 + r < B;
 
-			y = silu(conv_step_out(cbias ? cbias[e] : 0.0f, wk, old, win,
-					       xz[(size_t)(r0 + r) * 2 * E + e] +
-						       (in_b ? in_b[e] : 0.0f),
-					       K));
-			xc[(size_t)(r0 + r) * E + e] = y;
+			win[k] = live && s_slot[r] >= 0 ? pool + (size_t)s_slot[r] * state_floats +
+								  conv_off + (size_t)e * (K - 1)
+							: NULL;
+#pragma unroll
+			for (int j = 0; j < K - 1; j++)
+				old[k][j] = win[k] ? win[k][j] : 0.0f;
+			xv[k] = live ? xz[(size_t)(r0 + r) * 2 * E + e] + ib : 0.0f;
 		}
-		s_x[(size_t)r * P + ch] = from_f32<T>(y);
+#pragma unroll
+		for (int k = 0; k < CXP_CONV_ROWS; k++) {
+			const int r = r1 + k * RS;
+			float y = 0.0f;
+
+			if (r >= RB)
+				break;
+			if (r0 + r < B) {
+				y = silu(conv_step_out(bias, wk, old[k], win[k], xv[k], K));
+				xc[(size_t)(r0 + r) * E + e] = y;
+			}
+			s_x[(size_t)r * P + ch] = from_f32<T>(y);
+		}
 	}
 	cp_async_wait<0>();
 	__syncthreads();
@@ -1932,7 +1978,9 @@ ssmk_conv_xproj(const float *__restrict__ xz, const float *__restrict__ in_b,
 	}
 
 	cl.sync();
-	for (int v = q * CXP_THREADS + tid; v < RB * W; v += C * CXP_THREADS) {
+	/* block q sums and writes values [v0, v1) of the rows' RB W */
+	const int per = (RB * W + C - 1) / C, v0 = q * per, v1 = min(v0 + per, RB * W);
+	for (int v = v0 + tid; v < v1; v += CXP_THREADS) {
 		const int r = v / W;
 		float part[CXP_MAX_CLUSTER], s = 0.0f;
 
@@ -1947,7 +1995,9 @@ ssmk_conv_xproj(const float *__restrict__ xz, const float *__restrict__ in_b,
 			s += part[p];
 		dbc[(size_t)(r0 + r) * W + v % W] = s;
 	}
-	cl.sync();
+	/* every block's shared memory stays until the others have read it:
+	 * their reads are in registers by now, so nothing is to be released */
+	cluster_sync_relaxed();
 }
 
 #endif
