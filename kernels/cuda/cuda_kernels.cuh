@@ -1610,11 +1610,15 @@ __global__ void ssmk_scan_combine(const float *__restrict__ A, const float *__re
  * channels, 256 threads.
  *   dt phase: the block's dt_proj rows (32 channels x R, bf16) and dt_low
  *     rows (8 x R, f32) come into shared memory by cp.async, the rows before
- *     pdl_wait() (weights), dt_low after it (the x_proj's). Warps 0 and
- *     1 each make one 16-channel x 8-row tile of dt_low . dt_w^T by
- *     mma.m16n8k16, dt_low split into bf16 hi + lo parts (two products a k
- *     step, so the sum sees dt_low to ~2^-17 rather than bf16's 2^-9), then
- *     dt = softplus(. + dt_b) into s_dt.
+ *     pdl_wait() (weights), dt_low after it (the x_proj's). Warp w makes
+ *     a k quarter (k steps w / 2, + 4, ...) of the 16-channel x 8-row tile
+ *     w % 2 of dt_low . dt_w^T by mma.m16n8k16, dt_low split into bf16 hi
+ *     + lo parts (two products a k step, so the sum sees dt_low to ~2^-17
+ *     rather than bf16's 2^-9); thread t then adds the four quarters of
+ *     its (row, channel) in order and puts dt = softplus(. + dt_b) into
+ *     s_dt. (Warps 0 and 1 making the whole tiles while six warps waited
+ *     at the barrier held the block a dt phase's length: bench/NOTES.md
+ *     round thirty-two.)
  *   state phase: warp w takes row w; lane l channels (l >> 2) + 8 j, j < 4,
  *     and states 4 (l & 3) .. + 3 of each: every warp access to the states
  *     reads 8 channels' 512 contiguous bytes, and a lane's B and C pieces
@@ -1624,19 +1628,25 @@ __global__ void ssmk_scan_combine(const float *__restrict__ A, const float *__re
  * lane unpacking its dt_w row from bf16 for every two rows; here the dot
  * is two tensor-core products a 16-wide k step for 16 channels by 8 rows,
  * and a lane's B, C loads serve four channels. Measured (bench/NOTES.md,
- * round twenty-nine): the 1.4b batch-64 step 22.2 -> 20.0 us a layer.
+ * round twenty-nine): the 1.4b batch-64 step 22.2 -> 20.0 us a layer; the
+ * dt tiles in k quarters over the 8 warps (round thirty-two): batch 64
+ * 130m 0.656 -> 0.651, 1.4b 2.671 -> 2.665, 2.8b 4.638 -> 4.610 ms a step.
  * Requires N == 16, R % 16 == 0, E % 32 == 0, state_floats % 4 == 0.
  * grid (E / 32, ceil(B / 8)), block 256, dynamic shared memory
  * step_mma_smem_bytes(R).
  */
 #define STEP_MMA_ROWS 8
+/* the k quarters of the dt tiles (8 warps: 2 tiles by 4 quarters) */
+#define STEP_MMA_KQ 4
 
 /* shared memory of ssmk_ssm_step_mma: dt_w rows (32, R + 8 bf16: the 8
  * rows of an ldmatrix in distinct banks), dt_low rows (8, R + 8 f32: a
- * k step's B fragments conflict-free), dt (8, 32) */
+ * k step's B fragments conflict-free), dt (8, 32), the dt tiles' k
+ * quarters (STEP_MMA_KQ, 8, 32) */
 static inline __host__ __device__ int step_mma_smem_bytes(int R)
 {
-	return 32 * (R + 8) * 2 + STEP_MMA_ROWS * (R + 8) * 4 + STEP_MMA_ROWS * 32 * 4;
+	return 32 * (R + 8) * 2 + STEP_MMA_ROWS * (R + 8) * 4 +
+	       (1 + STEP_MMA_KQ) * STEP_MMA_ROWS * 32 * 4;
 }
 
 __global__ void __launch_bounds__(256, 3)
@@ -1654,6 +1664,7 @@ ssmk_ssm_step_mma(const float *__restrict__ dbc, int R, const __nv_bfloat16 *__r
 	__nv_bfloat16 *s_w = (__nv_bfloat16 *)smem_raw;
 	float *s_lo = (float *)(smem_raw + CB * RP * 2);
 	float *s_dt = s_lo + RB * RP;
+	float *s_part = s_dt + RB * CB;
 	const int e0 = blockIdx.x * CB, r0 = blockIdx.y * RB;
 	const int w = threadIdx.x >> 5, l = threadIdx.x & 31;
 	const int g = l & 3, c8 = l >> 2;
@@ -1711,14 +1722,16 @@ ssmk_ssm_step_mma(const float *__restrict__ dbc, int R, const __nv_bfloat16 *__r
 	cp_async_wait<0>();
 	__syncthreads();
 
-	if (w < 2) {
-		/* channels 16 w .. + 15 of the block (tile rows) by its 8 rows
-		 * (tile columns): lane l holds channels 16 w + c8 (+ 8), rows
-		 * 2 g, 2 g + 1 */
+	{
+		/* warp w: channels 16 (w & 1) .. + 15 of the block (tile rows) by
+		 * its 8 rows (tile columns), over the k steps w / 2, w / 2 + 4,
+		 * ...; lane l holds channels 16 (w & 1) + c8 (+ 8), rows 2 g,
+		 * 2 g + 1 */
+		const int tw = w & 1, kq = w >> 1;
 		float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-		for (int ks = 0; ks < R / 16; ks++) {
+		for (int ks = kq; ks < R / 16; ks += STEP_MMA_KQ) {
 			unsigned af[4], bh[2], bl[2];
-			ldmatrix_x4(af, s_w + 16 * w * RP + 16 * ks, RP);
+			ldmatrix_x4(af, s_w + 16 * tw * RP + 16 * ks, RP);
 #pragma unroll
 			for (int hf = 0; hf < 2; hf++) {
 				const float2 v = *(const float2 *)(s_lo + c8 * RP + 16 * ks + 2 * g +
@@ -1734,9 +1747,20 @@ ssmk_ssm_step_mma(const float *__restrict__ dbc, int R, const __nv_bfloat16 *__r
 		}
 #pragma unroll
 		for (int i = 0; i < 4; i++) {
-			const int ch = 16 * w + c8 + 8 * (i >> 1), row = 2 * g + (i & 1);
-			s_dt[row * CB + ch] = softplus(d[i] + dt_b[e0 + ch]);
+			const int ch = 16 * tw + c8 + 8 * (i >> 1), row = 2 * g + (i & 1);
+			s_part[kq * RB * CB + row * CB + ch] = d[i];
 		}
+	}
+	__syncthreads();
+	{
+		/* thread t: dt of row t / 32, channel t % 32, its k quarters
+		 * added in order */
+		const int ch = threadIdx.x % CB;
+		float v = 0.0f;
+#pragma unroll
+		for (int k = 0; k < STEP_MMA_KQ; k++)
+			v += s_part[k * RB * CB + threadIdx.x];
+		s_dt[threadIdx.x] = softplus(v + dt_b[e0 + ch]);
 	}
 	__syncthreads();
 	if (r >= B)
