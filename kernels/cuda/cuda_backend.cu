@@ -169,7 +169,10 @@ out:
  * Its conv phase a channel a thread with the loads ahead, and the sums
  * spread over the cluster (round thirty-two): 130m 0.531 / 0.547 / 0.676
  * -> 0.519 / 0.534 / 0.656, 1.4b 1.845 / 1.946 / 2.718 -> 1.794 / 1.890 /
- * 2.671, 2.8b 2.996 / 3.302 / 4.690 -> 2.998 / 3.299 / 4.638.
+ * 2.671, 2.8b 2.996 / 3.302 / 4.690 -> 2.998 / 3.299 / 4.638; then the
+ * first rows' windows in registers before the wait: 130m 0.520 / 0.534 /
+ * 0.651 -> 0.501 / 0.516 / 0.635, 1.4b 1.798 / 1.896 / 2.669 -> 1.757 /
+ * 1.857 / 2.638, 2.8b 3.006 / 3.312 / 4.630 -> 2.944 / 3.249 / 4.556.
  */
 static int cxp_init(cuda_backend *cb)
 {

@@ -1800,20 +1800,21 @@ ssmk_ssm_step_mma(const float *__restrict__ dbc, int R, const __nv_bfloat16 *__r
  * d_conv 4), where they were the conv kernel and a cuBLAS GEMM: a cluster
  * of C blocks (grid.x = C) takes RB rows, block q of it channels
  * [q CH, (q + 1) CH), CH = E / C a multiple of 32.
- *   - Before pdl_wait: the block's x_proj columns (rows 16 MT of x_w, those
- *     past W zero, CH columns, in T) by cp.async into shared memory; the
- *     rows' slots; their conv windows and the conv weights asked into L2
- *     (loading the windows into registers there, a channel a thread, was
- *     slower: 126 registers, bench/NOTES.md round thirty-one); each
- *     thread's conv weights, bias and in_b into registers. None of them is
- *     written by the in_proj GEMM ahead.
- *   - The conv step of every (row, channel) of the block: thread t takes
- *     channel t % CH of rows t / CH, + CXP_THREADS / CH, ..., the windows
- *     and x of CXP_CONV_ROWS of them asked for before the first is used
- *     (one (row, channel) a loop round, every load after the last store,
- *     was a round trip each: bench/NOTES.md round thirty-two);
- *     ssmk_conv_step's formula, summed in the same order; xc in f32 for the
- *     SSM step, and in T into shared memory as the GEMM's input.
+ *   - Before pdl_wait, of what the in_proj GEMM ahead does not write: the
+ *     block's x_proj columns (rows 16 MT of x_w, those past W zero, CH
+ *     columns, in T) by cp.async into shared memory; each thread's conv
+ *     weights, bias, in_b and first CXP_CONV_ROWS rows' windows into
+ *     registers; the later rows' windows asked into L2. (All of a
+ *     thread's windows in registers there, 126 of them, was slower:
+ *     round thirty-one.)
+ *   - After it, the conv step of every (row, channel) of the block:
+ *     thread t takes channel t % CH of rows t / CH, + CXP_THREADS / CH,
+ *     ..., CXP_CONV_ROWS of them at a time, their windows and x all asked
+ *     for before the first is used (one (row, channel) a loop round, every
+ *     load after the last store, was a round trip each: bench/NOTES.md
+ *     round thirty-two); ssmk_conv_step's formula, summed in the same
+ *     order; xc in f32 for the SSM step, and in T into shared memory as
+ *     the GEMM's input.
  *   - The block's part of dbc = xc . x_w^T over its channels on the tensor
  *     cores (mma.m16n8k16, f32 sums): warp w takes the 16-output tiles w,
  *     w + warps, ... over the block's channels in order. Lane (g, t) reads
@@ -1845,7 +1846,7 @@ static inline __host__ __device__ size_t cxp_smem_bytes(int RB, int CH, int W, i
 {
 	const int MT = (W + 15) / 16;
 
-	return (size_t)(16 * MT + RB) * cxp_pitch(CH) * wsize + (size_t)RB * W * 4 + RB * 4;
+	return (size_t)(16 * MT + RB) * cxp_pitch(CH) * wsize + (size_t)RB * W * 4;
 }
 
 /* The most blocks a cluster of ssmk_conv_xproj (its reduction is unrolled
@@ -1885,7 +1886,6 @@ ssmk_conv_xproj(const float *__restrict__ xz, const float *__restrict__ in_b,
 	T *s_w = (T *)smem_raw;
 	T *s_x = s_w + (size_t)16 * MT * P;
 	float *s_p = (float *)(s_x + (size_t)RB * P);
-	int *s_slot = (int *)(s_p + RB * W);
 	const int tid = threadIdx.x, w = tid >> 5, g = (tid & 31) >> 2, t = tid & 3;
 
 	{
@@ -1899,57 +1899,64 @@ ssmk_conv_xproj(const float *__restrict__ xz, const float *__restrict__ in_b,
 			cp_async16(dst + (size_t)j * P, src + (size_t)(j < W ? j : 0) * E, j < W);
 	}
 	cp_async_commit();
-	if (tid < RB)
-		s_slot[tid] = r0 + tid < B ? slots[r0 + tid] : -1;
-	__syncthreads();
-	{
-		/* the rows' windows (CH * 3 floats each) and the conv weights
-		 * (CH * 4), by 128-byte line: a float every 32 and the run's
-		 * last one (the run need not start a line) */
-		const int nw = CH * (K - 1), nk = CH * K;
-		const int wl = nw / 32 + 1, kl = nk / 32 + 1;
-		for (int i = tid; i < RB * wl + kl; i += CXP_THREADS) {
-			if (i >= RB * wl)
-				prefetch_l2(cw + (size_t)c0 * K + min(32 * (i - RB * wl), nk - 1));
-			else if (s_slot[i / wl] >= 0)
-				prefetch_l2(pool + (size_t)s_slot[i / wl] * state_floats + conv_off +
-					    (size_t)c0 * (K - 1) + min(32 * (i % wl), nw - 1));
-		}
-	}
 
 	/* thread tid: channel ch of rows rl, rl + RS, ... (RS row lanes of CH
-	 * threads; the rest idle in the conv), its weights, bias and in_b
-	 * before the wait (weights) */
+	 * threads; the rest idle in the conv), CXP_CONV_ROWS of them at a
+	 * time, every window and x of them asked for before the first is
+	 * used */
 	const int RS = CXP_THREADS / CH, ch = tid % CH, rl = tid / CH, e = c0 + ch;
-	float wk[K], bias = 0.0f, ib = 0.0f;
+	float wk[K], bias = 0.0f, ib = 0.0f, old[CXP_CONV_ROWS][K - 1];
+	float *win[CXP_CONV_ROWS];
+	/* the windows of rows r1, r1 + RS, ... and their places in the slots
+	 * (NULL: a padding row or one past RB or B, which keeps no state) */
+	auto windows = [&](int r1) {
+#pragma unroll
+		for (int k = 0; k < CXP_CONV_ROWS; k++) {
+			const int r = r1 + k * RS;
+			const int slot = r < RB && r0 + r < B ? slots[r0 + r] : -1;
 
+			win[k] = slot >= 0 ? pool + (size_t)slot * state_floats + conv_off +
+						     (size_t)e * (K - 1)
+					   : NULL;
+#pragma unroll
+			for (int j = 0; j < K - 1; j++)
+				old[k][j] = win[k] ? win[k][j] : 0.0f;
+		}
+	};
+
+	/* before the wait: the weights, bias and in_b, the first rows'
+	 * windows (the previous step's conv wrote them), and the later rows'
+	 * windows asked into L2 by 128-byte line (a float every 32 and the
+	 * run's last one) */
 	if (rl < RS) {
 #pragma unroll
 		for (int j = 0; j < K; j++)
 			wk[j] = cw[(size_t)e * K + j];
 		bias = cbias ? cbias[e] : 0.0f;
 		ib = in_b ? in_b[e] : 0.0f;
+		windows(rl);
+	}
+	{
+		const int nw = CH * (K - 1), wl = nw / 32 + 1, rf = CXP_CONV_ROWS * RS;
+		for (int i = tid; i < (RB - rf) * wl; i += CXP_THREADS) {
+			const int r = rf + i / wl;
+			const int slot = r0 + r < B ? slots[r0 + r] : -1;
+			if (slot >= 0)
+				prefetch_l2(pool + (size_t)slot * state_floats + conv_off +
+					    (size_t)c0 * (K - 1) + min(32 * (i % wl), nw - 1));
+		}
 	}
 	/* xz is the in_proj GEMM's */
 	pdl_wait();
-	/* CXP_CONV_ROWS of this thread's rows at a time, every window and x
-	 * of them asked for before the first is used */
 	for (int r1 = rl; rl < RS && r1 < RB; r1 += CXP_CONV_ROWS * RS) {
-		float old[CXP_CONV_ROWS][K - 1], xv[CXP_CONV_ROWS];
-		float *win[CXP_CONV_ROWS];
+		float xv[CXP_CONV_ROWS];
 
+		if (r1 != rl)
+			windows(r1);
 #pragma unroll
 		for (int k = 0; k < CXP_CONV_ROWS; k++) {
 			const int r = r1 + k * RS;
-			const bool live = r < RB && r0 + r < B;
-
-			win[k] = live && s_slot[r] >= 0 ? pool + (size_t)s_slot[r] * state_floats +
-								  conv_off + (size_t)e * (K - 1)
-							: NULL;
-#pragma unroll
-			for (int j = 0; j < K - 1; j++)
-				old[k][j] = win[k] ? win[k][j] : 0.0f;
-			xv[k] = live ? xz[(size_t)(r0 + r) * 2 * E + e] + ib : 0.0f;
+			xv[k] = r < RB && r0 + r < B ? xz[(size_t)(r0 + r) * 2 * E + e] + ib : 0.0f;
 		}
 #pragma unroll
 		for (int k = 0; k < CXP_CONV_ROWS; k++) {
