@@ -62,19 +62,6 @@ __device__ __forceinline__ void pdl_wait(void)
 	asm volatile("griddepcontrol.wait;" ::: "memory");
 }
 
-/* Lets the kernel after this one in the stream, where it was launched
- * with programmatic stream serialization, start its blocks before this
- * one's have all ended: they run up to their own pdl_wait() on the SMs
- * this kernel leaves free. Without it, that start waits for this kernel's
- * last block to end. Called after this kernel's pdl_wait(), so that every
- * kernel before this one has completed when the next one's blocks start;
- * the next one's part before its pdl_wait() must then touch nothing this
- * kernel writes or reads, as pdl_wait() asks anyway. */
-__device__ __forceinline__ void pdl_trigger(void)
-{
-	asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-}
-
 /* The decode step's inputs (n words: slots | samplers | tokens) from pinned
  * host memory into their device copy, as the step's graph starts: one block,
  * loads that never hit a cached line (the host rewrites them between
@@ -569,7 +556,7 @@ __global__ void ssmk_ssm_step_b(const float *dbc, int R, const T *dt_w,
 	for (int q = 0; q < RPB; q++) {
 		const int r = r0 + q < B ? r0 + q : B - 1;
 		slot[q] = r0 + q < B ? slots[r] : -1;
-		z[q] = __ldcg(xz + (size_t)r * 2 * E + E + ec) + zb;
+		z[q] = xz[(size_t)r * 2 * E + E + ec] + zb;
 		ds[q] = 0.0f;
 #pragma unroll
 		for (int i = 0; i < NPL; i++)
@@ -1715,7 +1702,7 @@ ssmk_ssm_step_mma(const float *__restrict__ dbc, int R, const __nv_bfloat16 *__r
 		}
 	}
 	const int eg = e0 + c8 + 8 * g, rc = r < B ? r : B - 1;
-	const float zg = silu(__ldcg(xz + (size_t)rc * 2 * E + E + eg) + (in_b ? in_b[E + eg] : 0.0f));
+	const float zg = silu(xz[(size_t)rc * 2 * E + E + eg] + (in_b ? in_b[E + eg] : 0.0f));
 	const float dsg = slot >= 0 ? pool[(size_t)slot * state_floats + dts_off + eg] : 0.0f;
 
 	/* the states and z were written before the kernel ahead of this one
@@ -1961,9 +1948,6 @@ ssmk_conv_xproj(const float *__restrict__ xz, const float *__restrict__ in_b,
 	}
 	/* xz is the in_proj GEMM's */
 	pdl_wait();
-	/* the SSM step's blocks may start (they read xc and dbc after their
-	 * wait) */
-	pdl_trigger();
 	for (int r1 = rl; rl < RS && r1 < RB; r1 += CXP_CONV_ROWS * RS) {
 		float xv[CXP_CONV_ROWS];
 
