@@ -421,18 +421,26 @@ __device__ __forceinline__ float conv_step_out(float acc, const float *w, const 
 	return acc + w[K - 1] * x;
 }
 
+/* Channel e's window (KC - 1 floats, oldest first) in slot slot, NULL for
+ * a padding row (slot < 0), which has none. conv_off = float offset of this
+ * layer's conv state inside a slot. */
+template <int KC>
+__device__ __forceinline__ float *conv_window(float *pool, int slot, size_t state_floats,
+					      size_t conv_off, int e)
+{
+	return slot >= 0 ? pool + (size_t)slot * state_floats + conv_off + (size_t)e * (KC - 1)
+			 : NULL;
+}
+
 /* Channel e's conv weights (w, KC of them) and, for a slot, its window
  * (old; zeros for a padding row, slot < 0) into registers: returns the
- * window's place in the slot, NULL for a padding row. conv_off = float
- * offset of this layer's conv state inside a slot. */
+ * window's place in the slot (conv_window). */
 template <int KC>
 __device__ __forceinline__ float *conv_load(float *pool, int slot, size_t state_floats,
 					    size_t conv_off, int e, const float *cw, float *w,
 					    float *old)
 {
-	float *win = slot >= 0 ? pool + (size_t)slot * state_floats + conv_off +
-					 (size_t)e * (KC - 1)
-			       : NULL;
+	float *win = conv_window<KC>(pool, slot, state_floats, conv_off, e);
 
 #pragma unroll
 	for (int j = 0; j < KC; j++)
@@ -1913,11 +1921,9 @@ ssmk_conv_xproj(const float *__restrict__ xz, const float *__restrict__ in_b,
 #pragma unroll
 		for (int k = 0; k < CXP_CONV_ROWS; k++) {
 			const int r = r1 + k * RS;
-			const int slot = r < RB && r0 + r < B ? slots[r0 + r] : -1;
 
-			win[k] = slot >= 0 ? pool + (size_t)slot * state_floats + conv_off +
-						     (size_t)e * (K - 1)
-					   : NULL;
+			win[k] = conv_window<K>(pool, r < RB && r0 + r < B ? slots[r0 + r] : -1,
+						state_floats, conv_off, e);
 #pragma unroll
 			for (int j = 0; j < K - 1; j++)
 				old[k][j] = win[k] ? win[k][j] : 0.0f;
