@@ -62,6 +62,19 @@ __device__ __forceinline__ void pdl_wait(void)
 	asm volatile("griddepcontrol.wait;" ::: "memory");
 }
 
+/* Lets the kernel after this one in the stream, where it was launched with
+ * programmatic stream serialization, start its blocks before this one's
+ * have all ended: they take the SMs this kernel leaves free and sit in
+ * their pdl_wait() until it completes, so its end and their start-up
+ * overlap. Without it, the next kernel starts only as this one's last
+ * blocks end. A kernel started this way must touch no global memory before
+ * its pdl_wait() (bench/NOTES.md round thirty-three: the batched SSM step's
+ * state loads there gave wrong rows, though nothing running wrote them). */
+__device__ __forceinline__ void pdl_trigger(void)
+{
+	asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
 /* The decode step's inputs (n words: slots | samplers | tokens) from pinned
  * host memory into their device copy, as the step's graph starts: one block,
  * loads that never hit a cached line (the host rewrites them between
@@ -529,9 +542,8 @@ __global__ void ssmk_conv_step(const float *xz, const float *in_b, const float *
  * row's loads). States move as 16-byte pieces when NPL == 4 and
  * state_floats is a multiple of 4; each channel's dt_w row is read once for
  * all the block's rows, the dt_low rows as 16-byte pieces. Launched with
- * programmatic dependent launch, so those loads (none of them written by
- * the kernel ahead of it) start before pdl_wait(); x after it (that
- * kernel's where the conv step and x_proj are one, ssmk_conv_xproj).
+ * programmatic dependent launch; ssmk_conv_xproj starts its blocks early
+ * (pdl_trigger), so they load nothing before pdl_wait().
  * grid (ceil(E/32), ceil(B/RPB)), block 128.
  */
 template <typename T, int NPL, int RPB>
@@ -550,12 +562,13 @@ __global__ void ssmk_ssm_step_b(const float *dbc, int R, const T *dt_w,
 	const int ec = valid ? e : E - 1; /* keeps every lane in the shuffles */
 	const int r0 = blockIdx.y * RPB;
 	const T *wr = dt_w + (size_t)ec * R;
-	const float zb = in_b ? in_b[E + ec] : 0.0f;
 	/* 16-byte state pieces need every slot's start 16-byte aligned */
 	const bool v4 = NPL == 4 && (state_floats & 3) == 0;
 	float a[NPL], h[RPB][NPL], x[RPB], z[RPB], ds[RPB], acc[RPB];
 	int slot[RPB];
 
+	pdl_wait();
+	const float zb = in_b ? in_b[E + ec] : 0.0f;
 #pragma unroll
 	for (int i = 0; i < NPL; i++)
 		a[i] = A[(size_t)ec * N + g * NPL + i];
@@ -594,11 +607,6 @@ __global__ void ssmk_ssm_step_b(const float *dbc, int R, const T *dt_w,
 		if (g == 0)
 			ds[q] = st[dts_off + ec];
 	}
-
-	/* everything above was written before the kernel ahead of this one
-	 * started; dt_low | B | C is that kernel's, and so is xc where the
-	 * conv step and x_proj are one kernel (ssmk_conv_xproj) */
-	pdl_wait();
 #pragma unroll
 	for (int q = 0; q < RPB; q++)
 		x[q] = xc[(size_t)(r0 + q < B ? r0 + q : B - 1) * E + ec];
@@ -1617,8 +1625,8 @@ __global__ void ssmk_scan_combine(const float *__restrict__ A, const float *__re
  * CUDA_STEP_MMA_MIN rows): a block takes STEP_MMA_ROWS = 8 rows of 32
  * channels, 256 threads.
  *   dt phase: the block's dt_proj rows (32 channels x R, bf16) and dt_low
- *     rows (8 x R, f32) come into shared memory by cp.async, the rows before
- *     pdl_wait() (weights), dt_low after it (the x_proj's). Warp w makes
+ *     rows (8 x R, f32) come into shared memory by cp.async, after
+ *     pdl_wait() (ssmk_conv_xproj starts these blocks early). Warp w makes
  *     a k quarter (k steps w / 2, + 4, ...) of the 16-channel x 8-row tile
  *     w % 2 of dt_low . dt_w^T by mma.m16n8k16, dt_low split into bf16 hi
  *     + lo parts (two products a k step, so the sum sees dt_low to ~2^-17
@@ -1677,14 +1685,22 @@ ssmk_ssm_step_mma(const float *__restrict__ dbc, int R, const __nv_bfloat16 *__r
 	const int w = threadIdx.x >> 5, l = threadIdx.x & 31;
 	const int g = l & 3, c8 = l >> 2;
 	const int r = r0 + w;
+
+	pdl_wait();
 	const int slot = r < B ? slots[r] : -1;
 	float h[4][4], a[4][4];
 
-	/* the block's dt_w rows (R / 8 pieces of 16 bytes a row) */
+	/* the block's dt_w rows (R / 8 pieces of 16 bytes a row) and its
+	 * rows' dt_low (R / 4 pieces) */
 	for (int i = threadIdx.x; i < CB * (R / 8); i += 256) {
 		const int row = i / (R / 8), piece = i % (R / 8);
 		cp_async16(s_w + row * RP + 8 * piece, dt_w + (size_t)(e0 + row) * R + 8 * piece,
 			   true);
+	}
+	for (int i = threadIdx.x; i < RB * (R / 4); i += 256) {
+		const int row = i / (R / 4), piece = i % (R / 4);
+		const int rr = r0 + row < B ? r0 + row : B - 1;
+		cp_async16(s_lo + row * RP + 4 * piece, dbc + (size_t)rr * W + 4 * piece, true);
 	}
 	cp_async_commit();
 	/* this lane's channels: A (in log2 units) and its states; x, the
@@ -1712,18 +1728,7 @@ ssmk_ssm_step_mma(const float *__restrict__ dbc, int R, const __nv_bfloat16 *__r
 	const int eg = e0 + c8 + 8 * g, rc = r < B ? r : B - 1;
 	const float zg = silu(xz[(size_t)rc * 2 * E + E + eg] + (in_b ? in_b[E + eg] : 0.0f));
 	const float dsg = slot >= 0 ? pool[(size_t)slot * state_floats + dts_off + eg] : 0.0f;
-
-	/* the states and z were written before the kernel ahead of this one
-	 * started; dt_low | B | C is that kernel's, and so is xc where the
-	 * conv step and x_proj are one kernel (ssmk_conv_xproj) */
-	pdl_wait();
 	const float xg = xc[(size_t)rc * E + eg];
-	for (int i = threadIdx.x; i < RB * (R / 4); i += 256) {
-		const int row = i / (R / 4), piece = i % (R / 4);
-		const int rr = r0 + row < B ? r0 + row : B - 1;
-		cp_async16(s_lo + row * RP + 4 * piece, dbc + (size_t)rr * W + 4 * piece, true);
-	}
-	cp_async_commit();
 	const float4 Bq = *(const float4 *)(dbc + (size_t)(r < B ? r : B - 1) * W + R + 4 * g);
 	const float4 Cq =
 		*(const float4 *)(dbc + (size_t)(r < B ? r : B - 1) * W + R + N + 4 * g);
@@ -1954,6 +1959,9 @@ ssmk_conv_xproj(const float *__restrict__ xz, const float *__restrict__ in_b,
 	}
 	/* xz is the in_proj GEMM's */
 	pdl_wait();
+	/* the SSM step's blocks may start now: every kernel before this one
+	 * has completed, and they wait for this one before their first load */
+	pdl_trigger();
 	for (int r1 = rl; rl < RS && r1 < RB; r1 += CXP_CONV_ROWS * RS) {
 		float xv[CXP_CONV_ROWS];
 
