@@ -91,10 +91,14 @@ if want test; then
 	# scan's own dt_proj takes; the 130m shape's is 48) and 128 (1.4b's,
 	# where dt_proj is a GEMM of its own), and of d_model 50 (d_inner 100:
 	# the prefill's 16-bit tiles copy value by value where 16-byte copies
-	# do not divide a row, and no persistent kernel takes the widths)
-	for r in 64 128 d50; do
+	# do not divide a row, and no persistent kernel takes the widths), and
+	# of d_model 2560 (2.8b's widths: the conv + x_proj kernel's 320
+	# channels a block, past the first round of its conv phase at 8 and at
+	# 16 rows a cluster, which the 130m shape's 96 never reach)
+	for r in 64 128 d50 d2560; do
 		case $r in
 		d50) shape="--d-model 50" what="d_model 50" ;;
+		d2560) shape="--d-model 2560" what="d_model 2560" ;;
 		*) shape="--d-model 256 --dt-rank $r" what="dt_rank $r" ;;
 		esac
 		"$bin/ssm-mkmodel" --out "$models/r$r" $shape --n-layer 2 \
