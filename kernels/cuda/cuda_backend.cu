@@ -62,9 +62,13 @@
  * cores (ssmk_ssm_step_mma, 8 rows a block). Measured on the H200 (bf16,
  * ms per step, against ssmk_ssm_step_b in the same binary): batch 64
  * 130m 0.733 -> 0.710, 1.4b 2.864 -> 2.761, 2.8b 4.886 -> 4.697; batch 16
- * 0.590 -> 0.595, 2.007 -> 2.021, 3.339 -> 3.244. So from 32 rows, where
- * it wins on every shape. */
-#define CUDA_STEP_MMA_MIN 32
+ * 0.590 -> 0.595, 2.007 -> 2.021, 3.339 -> 3.244, so it first took 32 rows
+ * and more. With its dt tiles over all eight warps and both steps started
+ * early by the conv + x_proj kernel (round thirty-three, means of two
+ * runs): batch 8 130m 0.491 -> 0.484, 1.4b 1.692 -> 1.680, 2.8b 2.868 ->
+ * 2.825; batch 16 0.509 -> 0.499, 1.810 -> 1.805, 3.169 -> 3.047. So from
+ * 8 rows: every bucket of the batched kernels. */
+#define CUDA_STEP_MMA_MIN 8
 
 static int cdiv(int a, int b) { return (a + b - 1) / b; }
 

@@ -535,7 +535,7 @@ static void test_batch(const ssm_model *m, ssm_dtype dt, int n)
 }
 
 /* The batched step with dt_proj on the tensor cores (ssmk_ssm_step_mma:
- * bf16, 16 states, dt_rank a multiple of 16, from 32 rows) against the
+ * bf16, 16 states, dt_rank a multiple of 16, from 8 rows) against the
  * lanes' f32 dot (SSMD_CUDA_STEP_MMA=0), both batched, so only dt's sum
  * differs: its order, and dt_low seen as bf16 hi + lo (to ~2^-17). A
  * last-bit change in a state can move a bf16 y by 2^-8 of itself, so the
@@ -545,9 +545,9 @@ static void test_batch(const ssm_model *m, ssm_dtype dt, int n)
 static void test_step_mma(const ssm_model *m, ssm_dtype dt, int n)
 {
 	const ssm_config *c = ssm_model_config(m);
-	/* the shapes ssm_cuda.h says it takes, in a bucket of 32 rows or more */
+	/* the shapes ssm_cuda.h says it takes, in a bucket of 8 rows or more */
 	const int want = dt == SSM_DTYPE_BF16 && c->d_state == 16 && c->dt_rank % 16 == 0 &&
-			 c->d_inner % 32 == 0 && c->d_model % 4 == 0 && n > 16;
+			 c->d_inner % 32 == 0 && c->d_model % 4 == 0 && n > 4;
 	int mma[2] = {-1, -1};
 
 	batch_against(m, dt, n, "SSMD_CUDA_STEP_MMA", "0", TOL_BATCH_BF16,
@@ -1517,6 +1517,8 @@ static void test_big(const char *dir)
 	test_batch(m, low_dtype, 64);
 	test_batch(m, low_dtype, 37);
 	test_step_mma(m, low_dtype, 64);
+	/* the smallest bucket it takes, 8 rows, one of them padding */
+	test_step_mma(m, low_dtype, 7);
 	/* clusters of 8 rows (the choice here), and of 16 (2.8b's at 64
 	 * rows, where 8 clusters of 16 blocks are not resident at once), 27
 	 * of the 64-row bucket's rows padding */
