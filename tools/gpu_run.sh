@@ -94,8 +94,10 @@ if want test; then
 	# do not divide a row, and no persistent kernel takes the widths), and
 	# of d_model 2560 (2.8b's widths: the conv + x_proj kernel's 320
 	# channels a block, past the first round of its conv phase at 8 and at
-	# 16 rows a cluster, which the 130m shape's 96 never reach)
-	for r in 64 128 d50 d2560; do
+	# 16 rows a cluster, which the 130m shape's 96 never reach), and of
+	# dt_rank 464 (past the 448 whose tensor-core SSM step fits the 48 KB
+	# of shared memory a launch gets: the lanes' step takes it)
+	for r in 64 128 d50 d2560 464; do
 		case $r in
 		d50) shape="--d-model 50" what="d_model 50" ;;
 		d2560) shape="--d-model 2560" what="d_model 2560" ;;

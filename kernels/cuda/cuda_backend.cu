@@ -95,8 +95,11 @@ static bool step_mma_ok(const cuda_backend *cb)
 {
 	const ssm_config *c = &cb->cfg;
 
+	/* its shared memory within the 48 KB a launch gets without opting in:
+	 * dt_rank up to 448 */
 	return cb->wdtype == SSM_DTYPE_BF16 && c->d_state == 16 && c->dt_rank % 16 == 0 &&
-	       c->d_inner % 32 == 0 && cb->state_floats % 4 == 0;
+	       step_mma_smem_bytes(c->dt_rank) <= 48 * 1024 && c->d_inner % 32 == 0 &&
+	       cb->state_floats % 4 == 0;
 }
 
 /* Whether a batched step of nb rows (a bucket) takes ssmk_ssm_step_mma. */

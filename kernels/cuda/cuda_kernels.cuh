@@ -1647,7 +1647,8 @@ __global__ void ssmk_scan_combine(const float *__restrict__ A, const float *__re
  * round twenty-nine): the 1.4b batch-64 step 22.2 -> 20.0 us a layer; the
  * dt tiles in k quarters over the 8 warps (round thirty-two): batch 64
  * 130m 0.656 -> 0.651, 1.4b 2.671 -> 2.665, 2.8b 4.638 -> 4.610 ms a step.
- * Requires N == 16, R % 16 == 0, E % 32 == 0, state_floats % 4 == 0.
+ * Requires N == 16, R % 16 == 0 and R <= 448 (its shared memory in 48
+ * KB), E % 32 == 0, state_floats % 4 == 0.
  * grid (E / 32, ceil(B / 8)), block 256, dynamic shared memory
  * step_mma_smem_bytes(R).
  */

@@ -124,7 +124,7 @@ int ssm_cuda_dt_fused(ssm_backend *b, int *fused);
 
 /* Whether a batched decode step of `rows` rows (one that takes the batched
  * kernels, not the persistent ones of 1, 2 or 4 rows) makes dt on the tensor
- * cores (ssmk_ssm_step_mma: bf16, 16 states, dt_rank a multiple of 16,
+ * cores (ssmk_ssm_step_mma: bf16, 16 states, dt_rank a multiple of 16 up to 448,
  * d_inner of 32, d_model of 4, from 8 rows; SSMD_CUDA_STEP_MMA=N at open
  * moves the threshold, 0 turns it off)
  * (1) or by the lanes' f32 dot (0), into *on. SSMD_EINVAL: not a CUDA
