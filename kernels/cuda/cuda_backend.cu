@@ -213,12 +213,17 @@ static int cxp_init(cuda_backend *cb)
 	return SSMD_OK;
 }
 
-/* The rows a cluster of ssmk_conv_xproj takes in a step of nb rows. */
+/* The rows a cluster of ssmk_conv_xproj takes in a step of nb rows: 8
+ * below 64 rows where all those clusters are resident at once, else 16.
+ * Since it starts the SSM step's blocks early (round thirty-three), 64
+ * rows gain from clusters of 16 (ms per step, means of two runs: 130m
+ * 0.620 -> 0.615, 1.4b 2.535 -> 2.490, 2.8b 4.330 -> 4.327), 8 and 16 rows
+ * lose (1.4b batch 8 1.692 -> 1.747, batch 16 1.810 -> 1.891). */
 static int cxp_rows(const cuda_backend *cb, int nb)
 {
 	if (cb->cxp_rows)
 		return cb->cxp_rows;
-	return cdiv(nb, 8) <= cb->cxp_fit8 ? 8 : 16;
+	return nb < 64 && cdiv(nb, 8) <= cb->cxp_fit8 ? 8 : 16;
 }
 
 /* Launches ssmk_conv_xproj for layer y over nb rows (cxp_init found it
