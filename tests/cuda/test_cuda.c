@@ -547,7 +547,8 @@ static void test_step_mma(const ssm_model *m, ssm_dtype dt, int n)
 	const ssm_config *c = ssm_model_config(m);
 	/* the shapes ssm_cuda.h says it takes, in a bucket of 8 rows or more */
 	const int want = dt == SSM_DTYPE_BF16 && c->d_state == 16 && c->dt_rank % 16 == 0 &&
-			 c->dt_rank <= 448 && c->d_inner % 32 == 0 && c->d_model % 4 == 0 && n > 4;
+			 c->dt_rank <= 448 && c->d_inner % 32 == 0 && c->d_model % 4 == 0 &&
+			 n > 4;
 	int mma[2] = {-1, -1};
 
 	batch_against(m, dt, n, "SSMD_CUDA_STEP_MMA", "0", TOL_BATCH_BF16,
