@@ -434,14 +434,13 @@ __device__ __forceinline__ float conv_step_out(float acc, const float *w, const 
 	return acc + w[K - 1] * x;
 }
 
-/* Channel e's window (KC - 1 floats, oldest first) in slot slot, NULL for
- * a padding row (slot < 0), which has none. conv_off = float offset of this
- * layer's conv state inside a slot. */
-template <int KC>
+/* Channel e's window (K - 1 floats, oldest first, K = d_conv) in slot
+ * slot, NULL for a padding row (slot < 0), which has none. conv_off = float
+ * offset of this layer's conv state inside a slot. */
 __device__ __forceinline__ float *conv_window(float *pool, int slot, size_t state_floats,
-					      size_t conv_off, int e)
+					      size_t conv_off, int e, int K)
 {
-	return slot >= 0 ? pool + (size_t)slot * state_floats + conv_off + (size_t)e * (KC - 1)
+	return slot >= 0 ? pool + (size_t)slot * state_floats + conv_off + (size_t)e * (K - 1)
 			 : NULL;
 }
 
@@ -453,7 +452,7 @@ __device__ __forceinline__ float *conv_load(float *pool, int slot, size_t state_
 					    size_t conv_off, int e, const float *cw, float *w,
 					    float *old)
 {
-	float *win = conv_window<KC>(pool, slot, state_floats, conv_off, e);
+	float *win = conv_window(pool, slot, state_floats, conv_off, e, KC);
 
 #pragma unroll
 	for (int j = 0; j < KC; j++)
@@ -473,9 +472,7 @@ __device__ __forceinline__ void ssm_conv_channel(float xin, int e, int r, const 
 						 int slot, size_t state_floats, size_t conv_off,
 						 int E, int K, float *xc, T *xcT)
 {
-	float *win = slot >= 0 ? pool + (size_t)slot * state_floats + conv_off +
-					 (size_t)e * (K - 1)
-			       : NULL;
+	float *win = conv_window(pool, slot, state_floats, conv_off, e, K);
 
 	conv_store<T>(conv_step_out(cb ? cb[e] : 0.0f, cw + (size_t)e * K, win, win,
 				    xin + (in_b ? in_b[e] : 0.0f), K),
@@ -1928,8 +1925,8 @@ ssmk_conv_xproj(const float *__restrict__ xz, const float *__restrict__ in_b,
 		for (int k = 0; k < CXP_CONV_ROWS; k++) {
 			const int r = r1 + k * RS;
 
-			win[k] = conv_window<K>(pool, r < RB && r0 + r < B ? slots[r0 + r] : -1,
-						state_floats, conv_off, e);
+			win[k] = conv_window(pool, r < RB && r0 + r < B ? slots[r0 + r] : -1,
+					     state_floats, conv_off, e, K);
 #pragma unroll
 			for (int j = 0; j < K - 1; j++)
 				old[k][j] = win[k] ? win[k][j] : 0.0f;
