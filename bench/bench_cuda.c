@@ -377,9 +377,9 @@ static void bench_model(const char *label, const char *dir)
 	static const int batches[] = {1, 2, 4, 8, 16, 64};
 	static const size_t prefills[] = {2048, 16384};
 	static const size_t everies[] = {64, 256, 1024};
-	char fig[64], note[128];
+	char fig[64], note[128], gemm[48];
 	const char *form;
-	int i, k, s, groups = -1;
+	int i, k, s, groups = -1, gf[6];
 
 	t0 = now_s();
 	TRY("load", ssm_model_load(dir, &m));
@@ -427,9 +427,17 @@ static void bench_model(const char *label, const char *dir)
 		med = decode_ms(b, slots, cur, n, sp, index, steps);
 		floor_s = fmax(bytes / HBM_BPS, flops / BF16_FLOPS);
 		snprintf(fig, sizeof fig, "decode batch %d", n);
-		snprintf(note, sizeof note, "(floor %.3f ms: %.0f MB moved)%s",
+		/* in_proj and out_proj by the backend's GEMM: tile x K slices x
+		 * clusters */
+		TRY("GEMM form", ssm_cuda_gemm_rows(b, n, gf));
+		if (gf[0] || gf[3])
+			snprintf(gemm, sizeof gemm, " in_proj %dx%dx%d, out_proj %dx%dx%d", gf[0],
+				 gf[1], gf[2], gf[3], gf[4], gf[5]);
+		else
+			gemm[0] = 0;
+		snprintf(note, sizeof note, "(floor %.3f ms: %.0f MB moved)%s%s",
 			 floor_s * 1e3, bytes / 1e6,
-			 n == 1 ? form : "");
+			 n == 1 ? form : "", gemm);
 		row(label, fig, med, "ms/step", floor_s * 1e3 / med, note);
 		if (n <= 4)
 			persist_split(label, b, slots, cur, n, med);

@@ -18,6 +18,7 @@
 
 #include "cuda_impl.h"
 #include "cuda_kernels.cuh"
+#include "cuda_gemm_rows.cuh"
 #include "cuda_persist.cuh"
 #include "cuda_persist_nb.cuh"
 #include "cuda_sample.cuh"
@@ -73,6 +74,24 @@
 static int cdiv(int a, int b) { return (a + b - 1) / b; }
 
 static cuda_backend *cb_of(ssm_backend *b) { return (cuda_backend *)b->impl; }
+
+static int bucket_of(int n)
+{
+	int b = 1;
+
+	while (b < n)
+		b <<= 1;
+	return b;
+}
+
+static int log2_of(int b)
+{
+	int i = 0;
+
+	while ((1 << i) < b)
+		i++;
+	return i;
+}
 
 /* The bytes of the io block a step of bucket nb reads: the slots, the
  * samplers and its nb tokens (whole 4-byte words). */
@@ -253,6 +272,168 @@ static cudaError_t cxp_launch(cuda_backend *cb, const cuda_layer *y, int l, int 
 				  cb->pool, (const int *)cb->d_slots, cb->state_floats,
 				  cb->off_conv + (size_t)l * E * (c->d_conv - 1), E, E / C,
 				  (const void *)y->x_w, W, nb, cb->act.xc, cb->act.dbc);
+}
+
+/* ssmk_gemm_rows<T, MB> as a function pointer (16-bit T, MB 1 or 2) */
+typedef void (*gr_kernel_fn)(const void *, int, int, const void *, int, int, float *, int, int,
+			     int);
+
+static gr_kernel_fn gr_kernel(ssm_dtype dt, int MB)
+{
+#define GR_K(T) (MB == 1 ? (gr_kernel_fn)ssmk_gemm_rows<T, 1> : (gr_kernel_fn)ssmk_gemm_rows<T, 2>)
+	return dt == SSM_DTYPE_F16 ? GR_K(__half) : GR_K(__nv_bfloat16);
+#undef GR_K
+}
+
+/* The launch of ssmk_gemm_rows<MB> in form f for a product of K columns
+ * (grid, cluster, shared memory, programmatic dependent launch) into lc,
+ * whose attributes are at[2]. */
+static void gr_config(const cuda_backend *cb, const cuda_gr_form *f, int K, int MB,
+		      cudaLaunchConfig_t *lc, cudaLaunchAttribute at[2])
+{
+	*lc = cudaLaunchConfig_t{};
+	at[0] = at[1] = cudaLaunchAttribute{};
+	lc->gridDim = dim3(f->s, f->c);
+	lc->blockDim = dim3(GR_THREADS);
+	lc->dynamicSmemBytes = gr_smem_bytes(MB, K / f->s);
+	lc->stream = cb->stream;
+	at[0].id = cudaLaunchAttributeClusterDimension;
+	at[0].val.clusterDim.x = f->s;
+	at[0].val.clusterDim.y = 1;
+	at[0].val.clusterDim.z = 1;
+	at[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+	at[1].val.programmaticStreamSerializationAllowed = 1;
+	lc->attrs = at;
+	lc->numAttrs = 2;
+}
+
+/*
+ * The form of ssmk_gemm_rows for an (N, K) product of 8 MB rows (f->nt 0
+ * where none fits): of the tiles NT = 32, 64, 128 dividing N and the slices
+ * S <= GR_MAX_CLUSTER whose KS = K / S is a multiple of the stage's
+ * columns, C = as many clusters as are resident at once (at most the
+ * tiles), the one of least estimated time in 16 KB stages of weights. A
+ * block's bytes are its tiles' stages and its rows' slice (counted at half:
+ * from L2); the k blocks an SM holds share its bandwidth, while a block
+ * alone also waits out its pipeline's fill (GR_FILL_STAGES) and, for each
+ * tile, its cluster's sums (1 + S / 8). On a tie, fewer slices, then wider
+ * tiles. (Counting bytes alone made every form equal and picked clusters of
+ * 16 blocks of 2 stages each in 4 rounds: 55 us for a 1.4b in_proj at 16
+ * rows, bench/NOTES.md round thirty-four.)
+ */
+#define GR_FILL_STAGES 4
+static int gr_plan(cuda_backend *cb, int N, int K, int MB, cuda_gr_form *f)
+{
+	int rc = SSMD_OK, optin = 0, NT, S;
+	const gr_kernel_fn k = gr_kernel(cb->wdtype, MB);
+	double best = 0;
+
+	*f = cuda_gr_form{};
+	CUDA_TRY(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin,
+					cb->device));
+	CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+	for (NT = 128; NT >= 32; NT /= 2) {
+		for (S = 1; S <= GR_MAX_CLUSTER; S++) {
+			const int KS = K / S;
+			const size_t smem = gr_smem_bytes(MB, KS);
+			cuda_gr_form g = {NT, S, 1};
+			cudaLaunchConfig_t lc;
+			cudaLaunchAttribute at[2];
+			int n = 0;
+
+			if (N % NT || K % S || KS % gr_kc(NT) || smem + 1024 > (size_t)optin)
+				continue;
+			CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+						      (int)smem));
+			gr_config(cb, &g, K, MB, &lc, at);
+			lc.numAttrs = 1; /* the cluster only */
+			if (cudaOccupancyMaxActiveClusters(&n, k, &lc) != cudaSuccess) {
+				cudaGetLastError();
+				n = 0;
+			}
+			if (n < 1)
+				continue;
+			g.c = N / NT < n ? N / NT : n;
+			const int J = cdiv(N / NT, g.c), blocks = g.c * S;
+			const double bytes = (double)J * (KS / gr_kc(NT)) + 0.5 * 8 * MB * KS / GR_STAGE;
+			const double alone = bytes + GR_FILL_STAGES + J * (1 + S / 8.0);
+			const double shared = cdiv(blocks, cb->n_sm) * bytes;
+			const double cost = shared > alone ? shared : alone;
+
+			if (!f->nt || cost < best * 0.99) {
+				best = cost;
+				*f = g;
+			}
+		}
+	}
+	/* the shared memory limit of the largest form of this kernel */
+	if (f->nt)
+		CUDA_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+					      (int)(optin - 1024)));
+out:
+	return rc;
+}
+
+/*
+ * Whether the batched decode's in_proj and out_proj run as ssmk_gemm_rows
+ * (16-bit weights, d_model and d_inner multiples of 64, every layer's
+ * in_proj and out_proj 16-byte aligned), and each one's form for the
+ * buckets of 8 and 16 rows (cb->gr); SSMD_CUDA_GEMM_ROWS=n keeps cuBLAS
+ * above buckets of n rows (0: everywhere), for tests and tuning. A bucket
+ * where either product's best form has more than GR_MOST_SLICES K slices
+ * keeps cuBLAS for both: every such form measured was slower than cuBLAS
+ * (2.8b at 16 rows: in_proj in 8 slices 30.0 against 20.5 us a layer,
+ * out_proj in 16 22.6 against 12.7; bench/NOTES.md round thirty-four),
+ * and every one of at most 6 as fast or faster in the step.
+ */
+#define GR_MOST_SLICES 6
+static int gr_init(cuda_backend *cb)
+{
+	int rc = SSMD_OK, l, i;
+	const ssm_config *c = &cb->cfg;
+	const int D = c->d_model, E = c->d_inner;
+	const char *env = getenv("SSMD_CUDA_GEMM_ROWS");
+	const int most = env ? atoi(env) : GR_MAX_ROWS;
+
+	memset(cb->gr, 0, sizeof(cb->gr));
+	if (cb->wsize != 2 || D % 64 || E % 64)
+		return SSMD_OK;
+	for (l = 0; l < c->n_layer; l++)
+		if ((uintptr_t)cb->layers[l].in_w % 16 || (uintptr_t)cb->layers[l].out_w % 16)
+			return SSMD_OK;
+	for (i = 0; i < 2 && 8 << i <= most && 8 << i <= GR_MAX_ROWS; i++) {
+		if ((rc = gr_plan(cb, 2 * E, D, 1 << i, &cb->gr[0][i])) ||
+		    (rc = gr_plan(cb, D, E, 1 << i, &cb->gr[1][i])))
+			return rc;
+		if (cb->gr[0][i].s > GR_MOST_SLICES || cb->gr[1][i].s > GR_MOST_SLICES)
+			cb->gr[0][i] = cb->gr[1][i] = cuda_gr_form{};
+	}
+	return SSMD_OK;
+}
+
+/* The form of product p (0 in_proj, 1 out_proj) at nb rows (a bucket):
+ * NULL where cuBLAS runs it. */
+static const cuda_gr_form *gr_form(const cuda_backend *cb, int p, int nb)
+{
+	if (nb < 8 || nb > GR_MAX_ROWS || !cb->gr[p][log2_of(nb) - 3].nt)
+		return NULL;
+	return &cb->gr[p][log2_of(nb) - 3];
+}
+
+/* Y (nb, N) f32 [ld ldy] = X (nb, K) [ld ldx] . W^T by ssmk_gemm_rows in
+ * product p's form (gr_form not NULL), after the kernel ahead by
+ * programmatic dependent launch. */
+static cudaError_t gr_launch(cuda_backend *cb, int p, const void *W, const void *X, int ldx,
+			     float *Y, int ldy, int N, int K, int nb)
+{
+	const cuda_gr_form *f = gr_form(cb, p, nb);
+	const int MB = nb / 8;
+	cudaLaunchConfig_t lc;
+	cudaLaunchAttribute at[2];
+
+	gr_config(cb, f, K, MB, &lc, at);
+	return cudaLaunchKernelEx(&lc, gr_kernel(cb->wdtype, MB), W, K, N, X, ldx, nb, Y, ldy,
+				  f->nt, K / f->s);
 }
 
 /* --------------------------------------------------------------- memory -- */
@@ -531,8 +712,10 @@ static int decode_body(cuda_backend *cb, int nb)
 		  R = c->dt_rank, V = c->vocab_size, W = R + 2 * N;
 	const size_t sf = cb->state_floats;
 	cuda_act *a = &cb->act;
-	/* out_proj's second K slice, which the next norm adds (out_split 2) */
-	const float *mix2 = cb->out_split == 2 ? a->mix + (size_t)nb * D : NULL;
+	/* in_proj and out_proj by ssmk_gemm_rows (else cuBLAS); cuBLAS's
+	 * out_proj's second K slice, which the next norm adds (out_split 2) */
+	const bool gr_in = gr_form(cb, 0, nb), gr_out = gr_form(cb, 1, nb);
+	const float *mix2 = cb->out_split == 2 && !gr_out ? a->mix + (size_t)nb * D : NULL;
 	cudaStream_t s = cb->stream;
 	int l;
 
@@ -548,7 +731,10 @@ static int decode_body(cuda_backend *cb, int nb)
 				    (T *)a->xn, D, c->eps, (float *)NULL, (const int *)NULL,
 				    (size_t)0, (size_t)0));
 		split_mark(cb, SSM_CUDA_NORM);
-		if ((rc = gemm(cb, y->in_w, a->xn, D, (float *)a->xz, 2 * E, 2 * E, nb, D)))
+		if (gr_in)
+			CUDA_TRY(gr_launch(cb, 0, y->in_w, a->xn, D, (float *)a->xz, 2 * E, 2 * E,
+					   D, nb));
+		else if ((rc = gemm(cb, y->in_w, a->xn, D, (float *)a->xz, 2 * E, 2 * E, nb, D)))
 			goto out;
 		split_mark(cb, SSM_CUDA_IN_PROJ);
 		if (cb->cxp_c) {
@@ -588,8 +774,10 @@ static int decode_body(cuda_backend *cb, int nb)
 			NPL_SWITCH(N / SSM_LANES, SSM_STEP);
 #undef SSM_STEP
 		split_mark(cb, SSM_CUDA_SSM_STEP);
-		if ((rc = gemm_split(cb, y->out_w, a->yT, E, a->mix, D, D, nb, E,
-				     cb->out_split)))
+		if (gr_out)
+			CUDA_TRY(gr_launch(cb, 1, y->out_w, a->yT, E, a->mix, D, D, E, nb));
+		else if ((rc = gemm_split(cb, y->out_w, a->yT, E, a->mix, D, D, nb, E,
+					  cb->out_split)))
 			goto out;
 		split_mark(cb, SSM_CUDA_OUT_PROJ);
 	}
@@ -970,24 +1158,6 @@ static int logits_rows(cuda_backend *cb, int r0, int n)
 }
 
 /* -------------------------------------------------------------- decode -- */
-
-static int bucket_of(int n)
-{
-	int b = 1;
-
-	while (b < n)
-		b <<= 1;
-	return b;
-}
-
-static int log2_of(int b)
-{
-	int i = 0;
-
-	while ((1 << i) < b)
-		i++;
-	return i;
-}
 
 /* The instantiated graph of bucket nb, captured on first use. */
 static int graph_get(cuda_backend *cb, int nb, cudaGraphExec_t *out)
@@ -1678,6 +1848,21 @@ extern "C" int ssm_cuda_step_mma(ssm_backend *b, int rows, int *on)
 	return rc;
 }
 
+extern "C" int ssm_cuda_gemm_rows(ssm_backend *b, int rows, int form[6])
+{
+	const int rc = query_check_n(b, form, rows, "GEMM form", "rows");
+	int p;
+
+	for (p = 0; !rc && p < 2; p++) {
+		const cuda_gr_form *f = gr_form(cb_of(b), p, bucket_of(rows));
+
+		form[3 * p] = f ? f->nt : 0;
+		form[3 * p + 1] = f ? f->s : 0;
+		form[3 * p + 2] = f ? f->c : 0;
+	}
+	return rc;
+}
+
 /* The event pool of the splits, made on first use. */
 static int split_events(cuda_backend *cb)
 {
@@ -2143,7 +2328,7 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	if (env && step_mma_ok(cb))
 		cb->step_mma_min = atoi(env) > 0 ? atoi(env) : 0;
 	CUDA_TRY(cudaDeviceGetAttribute(&cb->n_sm, cudaDevAttrMultiProcessorCount, cb->device));
-	if ((rc = cxp_init(cb)))
+	if ((rc = cxp_init(cb)) || (rc = gr_init(cb)))
 		goto out;
 	/* SSMD_CUDA_CK_MB overrides the checkpoint budget (MiB) for tuning */
 	ck_bytes = (size_t)(cb->chunk / CUDA_CK_FULL_EVERY) * cb->state_floats * sizeof(float);

@@ -118,6 +118,12 @@ typedef struct cuda_graph {
 	cudaGraphExec_t exec;
 } cuda_graph;
 
+/* A form of ssmk_gemm_rows: its block's outputs (nt; 0: cuBLAS runs the
+ * product), its cluster's K slices (s) and its clusters (c). */
+typedef struct cuda_gr_form {
+	int nt, s, c;
+} cuda_gr_form;
+
 typedef struct cuda_backend {
 	const ssm_model *model;
 	ssm_config cfg;
@@ -173,6 +179,9 @@ typedef struct cuda_backend {
 			       * where a step's clusters of 8 rows are all resident at once
 			       * (cxp_fit8 of them), else 16 */
 	int cxp_fit8;
+	/* The batched decode's in_proj ([0]) and out_proj ([1]) by
+	 * ssmk_gemm_rows for buckets of 8 and 16 rows (nt 0: cuBLAS). */
+	cuda_gr_form gr[2][2];
 	/* Decode inputs travel in one block, h_io -> d_io (a copy, or read by
 	 * the step's graph: io_mapped), laid out as
 	 *   int slots[max_batch] (-1 = padding row) | cuda_sampler samp[max_batch]

@@ -344,6 +344,9 @@ __global__ void ssmk_add_norm(float *h, const float *mix, const float *mix2,
 	if (pool && slots[blockIdx.x] >= 0)
 		hid = pool + (size_t)slots[blockIdx.x] * state_floats + off_hidden;
 	pdl_wait();
+	/* the next kernel (ssmk_gemm_rows) may start: it reads only
+	 * weights before its wait */
+	pdl_trigger();
 	if (D % 4 == 0 && D <= 4 * NORM_V4 * (int)blockDim.x) {
 		norm_row_v4<T>(hr, mix ? mix + (size_t)blockIdx.x * D : NULL,
 			       mix && mix2 ? mix2 + (size_t)blockIdx.x * D : NULL,
@@ -565,6 +568,9 @@ __global__ void ssmk_ssm_step_b(const float *dbc, int R, const T *dt_w,
 	int slot[RPB];
 
 	pdl_wait();
+	/* the next kernel (ssmk_gemm_rows) may start: it reads only
+	 * weights before its wait */
+	pdl_trigger();
 	const float zb = in_b ? in_b[E + ec] : 0.0f;
 #pragma unroll
 	for (int i = 0; i < NPL; i++)
@@ -1685,6 +1691,9 @@ ssmk_ssm_step_mma(const float *__restrict__ dbc, int R, const __nv_bfloat16 *__r
 	const int r = r0 + w;
 
 	pdl_wait();
+	/* the next kernel (ssmk_gemm_rows) may start: it reads only
+	 * weights before its wait */
+	pdl_trigger();
 	const int slot = r < B ? slots[r] : -1;
 	float h[4][4], a[4][4];
 

@@ -558,6 +558,72 @@ static void test_step_mma(const ssm_model *m, ssm_dtype dt, int n)
 	      "want %d / 0", n, mma[0], mma[1], want);
 }
 
+/* The batched decode's in_proj and out_proj by the backend's own GEMM
+ * (ssmk_gemm_rows: 16-bit weights, d_model and d_inner multiples of 64,
+ * buckets of 8 and 16 rows) against cuBLAS (SSMD_CUDA_GEMM_ROWS=0), both
+ * batched: the same 16-bit products, summed in f32 in another order (a
+ * cluster's K slices added in rank order). A last-bit change in a sum can
+ * move a 16-bit activation by 2^-8 of itself, so the check is
+ * TOL_BATCH_BF16 with greedy tokens identical. Each backend also reports
+ * its forms (a tile of 32, 64 or 128 outputs dividing the product's N, at
+ * most 6 K slices dividing its K, at most as many clusters as tiles; zeros
+ * with the variable), so the case cannot pass on cuBLAS alone up to
+ * d_model 2048 (the 130m and 1.4b shapes, whose forms take at most 6
+ * slices); past it the backend may keep cuBLAS (2.8b's best forms take 8
+ * to 16 slices, slower than cuBLAS), both products alike. */
+static void test_gemm_rows(const ssm_model *m, ssm_dtype dt, int n)
+{
+	const ssm_config *c = ssm_model_config(m);
+	const int D = c->d_model, E = c->d_inner;
+	/* a bucket of 8 or 16 rows */
+	int want = dt != SSM_DTYPE_F32 && D % 64 == 0 && E % 64 == 0 && n > 4 && n <= 16;
+	/* in_proj (2 E, D), out_proj (D, E) */
+	const int N[2] = {2 * E, D}, K[2] = {D, E};
+	ssm_backend *a = NULL, *b = NULL;
+	int fa[6] = {-1, -1, -1, -1, -1, -1}, fb[6] = {-1, -1, -1, -1, -1, -1}, p;
+
+	if (open_backend(m, SSM_BACKEND_CUDA, dt, 64, &a) ||
+	    open_cuda_with(m, dt, 64, "SSMD_CUDA_GEMM_ROWS", "0", &b)) {
+		CHECK(0, "open: %s", ssmd_errmsg());
+		goto out;
+	}
+	/* no rows, or no result array: refused, nothing written */
+	CHECK_RC(ssm_cuda_gemm_rows(a, 0, fa), SSMD_EINVAL);
+	CHECK_RC(ssm_cuda_gemm_rows(a, n, NULL), SSMD_EINVAL);
+	CHECK(fa[0] == -1, "GEMM form: a refused query wrote %d", fa[0]);
+	CHECK_RC(ssm_cuda_gemm_rows(a, n, fa), SSMD_OK);
+	CHECK_RC(ssm_cuda_gemm_rows(b, n, fb), SSMD_OK);
+	/* past d_model 2048: cuBLAS for both products, or a form for both */
+	if (want && D > 2048 && fa[0] == 0 && fa[3] == 0)
+		want = 0;
+	for (p = 0; p < 2; p++) {
+		const int *f = fa + 3 * p, *g = fb + 3 * p;
+		const char *what = p ? "out_proj" : "in_proj";
+
+		if (want)
+			CHECK((f[0] == 32 || f[0] == 64 || f[0] == 128) && N[p] % f[0] == 0 &&
+				      f[1] >= 1 && f[1] <= 6 && K[p] % f[1] == 0 && f[2] >= 1 &&
+				      f[2] <= N[p] / f[0],
+			      "%d rows: %s form tile %d, slices %d, clusters %d for (%d, %d)", n,
+			      what, f[0], f[1], f[2], N[p], K[p]);
+		else
+			CHECK(f[0] == 0 && f[1] == 0 && f[2] == 0,
+			      "%d rows: %s form %d, %d, %d where cuBLAS runs it", n, what, f[0], f[1],
+			      f[2]);
+		CHECK(g[0] == 0 && g[1] == 0 && g[2] == 0,
+		      "%d rows: %s form %d, %d, %d with SSMD_CUDA_GEMM_ROWS=0", n, what, g[0], g[1],
+		      g[2]);
+	}
+	printf("  GEMM rows (%d rows, d_model %d, d_inner %d): in_proj tile %d x %d slices x %d "
+	       "clusters, out_proj %d x %d x %d\n",
+	       n, D, E, fa[0], fa[1], fa[2], fa[3], fa[4], fa[5]);
+out:
+	ssm_backend_close(a);
+	ssm_backend_close(b);
+	batch_against(m, dt, n, "SSMD_CUDA_GEMM_ROWS", "0", TOL_BATCH_BF16,
+		      "cuBLAS's in_proj and out_proj (batched)", NULL);
+}
+
 /* The batched decode's conv step and x_proj as one kernel (ssmk_conv_xproj:
  * 16-bit weights, d_conv 4, d_inner a multiple of 32; a cluster's blocks
  * sum their channels' parts of x_proj in rank order) against the conv
@@ -1520,6 +1586,13 @@ static void test_big(const char *dir)
 	test_step_mma(m, low_dtype, 64);
 	/* the smallest bucket it takes, 8 rows, one of them padding */
 	test_step_mma(m, low_dtype, 7);
+	/* the backend's in_proj and out_proj GEMM in each bucket it takes
+	 * (7 and 13: padding rows), and buckets of 4 and 64 (cuBLAS) */
+	test_gemm_rows(m, low_dtype, 7);
+	test_gemm_rows(m, half_dtype, 13);
+	test_gemm_rows(m, low_dtype, 16);
+	test_gemm_rows(m, low_dtype, 3);
+	test_gemm_rows(m, low_dtype, 64);
 	/* clusters of 16 rows (the choice at 64 rows) and of 8 (below),
 	 * and 8 forced at 64 with 27 of the bucket's rows padding */
 	test_conv_xproj(m, low_dtype, 64, "0");
@@ -1545,7 +1618,7 @@ static void test_big(const char *dir)
 
 /* Whether group `name` runs: all of them, or those SSMD_CUDA_ONLY names
  * (comma-separated: fixtures, cross, batch or one of its cases batch-f32-64
- * ... batch-low-20-whole and batch-conv3, checkpoints, xproj-big, groups,
+ * ... batch-low-20-whole and batch-conv3, batch-gemm, checkpoints, xproj-big, groups,
  * sampling, big), so a slow tool such as a sanitizer can run the groups side
  * by side. */
 static int want(const char *name)
@@ -1660,6 +1733,10 @@ int main(void)
 			   batches[i].n);
 		unsetenv("SSMD_CUDA_OUT_SPLIT");
 	}
+	/* the backend's in_proj and out_proj GEMM at the fixture's shape
+	 * (in_proj K 64: one block's stage is a whole row of 128 outputs) */
+	if (want("batch") || want("batch-gemm"))
+		test_gemm_rows(m, low_dtype, 16);
 
 	/* the batched conv step's any-width path: the batches above run d_conv
 	 * 4, which has its own instantiation */
