@@ -381,10 +381,13 @@ out:
  * buckets of 8 and 16 rows (cb->gr); SSMD_CUDA_GEMM_ROWS=n keeps cuBLAS
  * above buckets of n rows (0: everywhere), for tests and tuning. A bucket
  * where either product's best form has more than GR_MOST_SLICES K slices
- * keeps cuBLAS for both: every such form measured was slower than cuBLAS
- * (2.8b at 16 rows: in_proj in 8 slices 30.0 against 20.5 us a layer,
- * out_proj in 16 22.6 against 12.7; bench/NOTES.md round thirty-four),
- * and every one of at most 6 as fast or faster in the step.
+ * (SSMD_CUDA_GEMM_SLICES overrides it, for tests and tuning) keeps cuBLAS
+ * for both: every such form measured was slower than cuBLAS (2.8b at 16
+ * rows: in_proj in 8 slices 30.0 against 20.5 us a layer, out_proj in 16
+ * 22.6 against 12.7; bench/NOTES.md round thirty-four), and every one of
+ * at most 6 as fast or faster in the step. The planner's estimate of a
+ * cluster's sums is what misjudges them; the cap stands until the sums
+ * get cheaper or the estimate right.
  */
 #define GR_MOST_SLICES 6
 static int gr_init(cuda_backend *cb)
@@ -394,6 +397,8 @@ static int gr_init(cuda_backend *cb)
 	const int D = c->d_model, E = c->d_inner;
 	const char *env = getenv("SSMD_CUDA_GEMM_ROWS");
 	const int most = env ? atoi(env) : GR_MAX_ROWS;
+	const char *senv = getenv("SSMD_CUDA_GEMM_SLICES");
+	const int most_s = senv && atoi(senv) > 0 ? atoi(senv) : GR_MOST_SLICES;
 
 	memset(cb->gr, 0, sizeof(cb->gr));
 	if (cb->wsize != 2 || D % 64 || E % 64)
@@ -405,7 +410,7 @@ static int gr_init(cuda_backend *cb)
 		if ((rc = gr_plan(cb, 2 * E, D, 1 << i, &cb->gr[0][i])) ||
 		    (rc = gr_plan(cb, D, E, 1 << i, &cb->gr[1][i])))
 			return rc;
-		if (cb->gr[0][i].s > GR_MOST_SLICES || cb->gr[1][i].s > GR_MOST_SLICES)
+		if (cb->gr[0][i].s > most_s || cb->gr[1][i].s > most_s)
 			cb->gr[0][i] = cb->gr[1][i] = cuda_gr_form{};
 	}
 	return SSMD_OK;

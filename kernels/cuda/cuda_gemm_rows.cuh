@@ -3,7 +3,7 @@
  * 16 rows, a weight-streaming GEMM of the backend's own.
  *
  * Included by cuda_backend.cu only, after cuda_kernels.cuh (cp.async,
- * mma16816, pdl_wait, cluster_sync_relaxed). cuBLAS's launches cannot start
+ * mma16816, pdl_wait, cluster_arrive_relaxed, cluster_wait). cuBLAS's launches cannot start
  * before the kernel ahead has ended (bench/NOTES.md round thirty-three), so
  * every GEMM of a step was a full drain. This kernel asks for its first
  * weight tiles before its pdl_wait: the weights are written by nothing after
@@ -187,7 +187,7 @@ ssmk_gemm_rows(const T *__restrict__ Wt, int K, int N, const T *__restrict__ X, 
 		/* the tile's last stage: the others may still read the last
 		 * tile's partial sums until they have arrived */
 		if (u >= NS)
-			asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
+			cluster_wait();
 		/* warp w's part: d[ft][mb] holds outputs 16 ft + g, + 8 of its
 		 * 32 by rows 8 mb + 2 t, + 1; at s_p[w][row][output] */
 		{
@@ -252,13 +252,13 @@ ssmk_gemm_rows(const T *__restrict__ Wt, int K, int N, const T *__restrict__ X, 
 					*(float4 *)(Y + (size_t)(4 * v >> lnt) * ldy + n0 + o) = sum[j];
 			}
 		}
-		asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+		cluster_arrive_relaxed();
 		s = 0;
 		n0 += C * NT;
 	}
 	/* every block's shared memory stays until the others have read it */
 	if (NU)
-		asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
+		cluster_wait();
 }
 
 #endif

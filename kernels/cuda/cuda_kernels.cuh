@@ -1877,6 +1877,19 @@ static inline __host__ __device__ size_t cxp_smem_bytes(int RB, int CH, int W, i
  * before it uses any. */
 #define CXP_CONV_ROWS 4
 
+/* The two halves of a cluster barrier, for work between them: arriving
+ * without release semantics (no fence before it), and waiting for every
+ * thread of the cluster to have arrived. */
+__device__ __forceinline__ void cluster_arrive_relaxed(void)
+{
+	asm volatile("barrier.cluster.arrive.relaxed.aligned;" ::: "memory");
+}
+
+__device__ __forceinline__ void cluster_wait(void)
+{
+	asm volatile("barrier.cluster.wait.aligned;" ::: "memory");
+}
+
 /* A cluster barrier without release semantics (no fence before it). */
 __device__ __forceinline__ void cluster_sync_relaxed(void)
 {

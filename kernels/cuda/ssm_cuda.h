@@ -144,9 +144,9 @@ int ssm_cuda_conv_xproj(ssm_backend *b, int *cluster);
  * kernels) runs its in_proj and out_proj, into form[6]: the block tile
  * (outputs a block), the K slices (blocks a cluster) and the clusters of the
  * backend's own weight-streaming GEMM (ssmk_gemm_rows: 16-bit weights,
- * d_model and d_inner multiples of 64, buckets of 8 and 16 rows, forms of
- * at most 6 K slices) for in_proj, then for out_proj; 0, 0, 0 where cuBLAS
- * runs it
+ * d_model and d_inner multiples of 64, buckets of 8 and 16 rows, both
+ * products' forms of at most 6 K slices, or SSMD_CUDA_GEMM_SLICES at open)
+ * for in_proj, then for out_proj; 0, 0, 0 where cuBLAS runs it
  * (SSMD_CUDA_GEMM_ROWS=n at open: above buckets of n rows; 0 everywhere).
  * SSMD_EINVAL: not a CUDA backend, rows < 1, or form NULL. */
 int ssm_cuda_gemm_rows(ssm_backend *b, int rows, int form[6]);

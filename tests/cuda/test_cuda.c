@@ -558,32 +558,46 @@ static void test_step_mma(const ssm_model *m, ssm_dtype dt, int n)
 	      "want %d / 0", n, mma[0], mma[1], want);
 }
 
+/* Whether form f (tile, slices, clusters) is one ssmk_gemm_rows can run for
+ * an (N, K) product in at most most_s slices: a tile of 32, 64 or 128
+ * outputs dividing N, slices dividing K, at most as many clusters as
+ * tiles. */
+static int gemm_form_ok(const int f[3], int N, int K, int most_s)
+{
+	return (f[0] == 32 || f[0] == 64 || f[0] == 128) && N % f[0] == 0 && f[1] >= 1 &&
+	       f[1] <= most_s && K % f[1] == 0 && f[2] >= 1 && f[2] <= N / f[0];
+}
+
 /* The batched decode's in_proj and out_proj by the backend's own GEMM
  * (ssmk_gemm_rows: 16-bit weights, d_model and d_inner multiples of 64,
  * buckets of 8 and 16 rows) against cuBLAS (SSMD_CUDA_GEMM_ROWS=0), both
  * batched: the same 16-bit products, summed in f32 in another order (a
  * cluster's K slices added in rank order). A last-bit change in a sum can
  * move a 16-bit activation by 2^-8 of itself, so the check is
- * TOL_BATCH_BF16 with greedy tokens identical. Each backend also reports
- * its forms (a tile of 32, 64 or 128 outputs dividing the product's N, at
- * most 6 K slices dividing its K, at most as many clusters as tiles; zeros
- * with the variable), so the case cannot pass on cuBLAS alone up to
- * d_model 2048 (the 130m and 1.4b shapes, whose forms take at most 6
- * slices); past it the backend may keep cuBLAS (2.8b's best forms take 8
- * to 16 slices, slower than cuBLAS), both products alike. */
+ * TOL_BATCH_BF16 with greedy tokens identical.
+ *   - The forms each backend reports: by default both products in at most
+ *     6 slices, or cuBLAS for both (required up to d_model 2048, the 130m
+ *     and 1.4b shapes, whose best forms take at most 6; 2.8b's take 8 to
+ *     16, slower than cuBLAS); zeros with SSMD_CUDA_GEMM_ROWS=0.
+ *   - The comparison runs with the cap lifted (SSMD_CUDA_GEMM_SLICES=16),
+ *     whose forms must be the kernel's for every eligible shape, so the case
+ *     cannot pass on cuBLAS alone and the forms of many slices stay
+ *     correct for whoever retunes them. */
 static void test_gemm_rows(const ssm_model *m, ssm_dtype dt, int n)
 {
 	const ssm_config *c = ssm_model_config(m);
 	const int D = c->d_model, E = c->d_inner;
 	/* a bucket of 8 or 16 rows */
-	int want = dt != SSM_DTYPE_F32 && D % 64 == 0 && E % 64 == 0 && n > 4 && n <= 16;
+	const int want = dt != SSM_DTYPE_F32 && D % 64 == 0 && E % 64 == 0 && n > 4 && n <= 16;
 	/* in_proj (2 E, D), out_proj (D, E) */
 	const int N[2] = {2 * E, D}, K[2] = {D, E};
-	ssm_backend *a = NULL, *b = NULL;
+	ssm_backend *a = NULL, *b = NULL, *w = NULL;
 	int fa[6] = {-1, -1, -1, -1, -1, -1}, fb[6] = {-1, -1, -1, -1, -1, -1}, p;
+	int fw[6] = {-1, -1, -1, -1, -1, -1};
 
 	if (open_backend(m, SSM_BACKEND_CUDA, dt, 64, &a) ||
-	    open_cuda_with(m, dt, 64, "SSMD_CUDA_GEMM_ROWS", "0", &b)) {
+	    open_cuda_with(m, dt, 64, "SSMD_CUDA_GEMM_ROWS", "0", &b) ||
+	    open_cuda_with(m, dt, 64, "SSMD_CUDA_GEMM_SLICES", "16", &w)) {
 		CHECK(0, "open: %s", ssmd_errmsg());
 		goto out;
 	}
@@ -593,35 +607,41 @@ static void test_gemm_rows(const ssm_model *m, ssm_dtype dt, int n)
 	CHECK(fa[0] == -1, "GEMM form: a refused query wrote %d", fa[0]);
 	CHECK_RC(ssm_cuda_gemm_rows(a, n, fa), SSMD_OK);
 	CHECK_RC(ssm_cuda_gemm_rows(b, n, fb), SSMD_OK);
-	/* past d_model 2048: cuBLAS for both products, or a form for both */
-	if (want && D > 2048 && fa[0] == 0 && fa[3] == 0)
-		want = 0;
+	CHECK_RC(ssm_cuda_gemm_rows(w, n, fw), SSMD_OK);
+	{
+		const int own = want && gemm_form_ok(fa, N[0], K[0], 6) &&
+				gemm_form_ok(fa + 3, N[1], K[1], 6);
+		const int none = !fa[0] && !fa[1] && !fa[2] && !fa[3] && !fa[4] && !fa[5];
+
+		CHECK(want && D <= 2048 ? own : want ? own || none : none,
+		      "%d rows (d_model %d): default forms %d x %d x %d, %d x %d x %d (want %s)", n,
+		      D, fa[0], fa[1], fa[2], fa[3], fa[4], fa[5],
+		      !want ? "cuBLAS" : D <= 2048 ? "the kernel's, <= 6 slices"
+						   : "the kernel's in <= 6 slices or cuBLAS, both");
+	}
 	for (p = 0; p < 2; p++) {
-		const int *f = fa + 3 * p, *g = fb + 3 * p;
 		const char *what = p ? "out_proj" : "in_proj";
 
-		if (want)
-			CHECK((f[0] == 32 || f[0] == 64 || f[0] == 128) && N[p] % f[0] == 0 &&
-				      f[1] >= 1 && f[1] <= 6 && K[p] % f[1] == 0 && f[2] >= 1 &&
-				      f[2] <= N[p] / f[0],
-			      "%d rows: %s form tile %d, slices %d, clusters %d for (%d, %d)", n,
-			      what, f[0], f[1], f[2], N[p], K[p]);
-		else
-			CHECK(f[0] == 0 && f[1] == 0 && f[2] == 0,
-			      "%d rows: %s form %d, %d, %d where cuBLAS runs it", n, what, f[0], f[1],
-			      f[2]);
-		CHECK(g[0] == 0 && g[1] == 0 && g[2] == 0,
-		      "%d rows: %s form %d, %d, %d with SSMD_CUDA_GEMM_ROWS=0", n, what, g[0], g[1],
-		      g[2]);
+		CHECK(want ? gemm_form_ok(fw + 3 * p, N[p], K[p], 16)
+			   : !fw[3 * p] && !fw[3 * p + 1] && !fw[3 * p + 2],
+		      "%d rows: %s form %d x %d x %d with SSMD_CUDA_GEMM_SLICES=16 (want %s)", n,
+		      what, fw[3 * p], fw[3 * p + 1], fw[3 * p + 2], want ? "the kernel's" : "cuBLAS");
+		CHECK(!fb[3 * p] && !fb[3 * p + 1] && !fb[3 * p + 2],
+		      "%d rows: %s form %d x %d x %d with SSMD_CUDA_GEMM_ROWS=0", n, what, fb[3 * p],
+		      fb[3 * p + 1], fb[3 * p + 2]);
 	}
-	printf("  GEMM rows (%d rows, d_model %d, d_inner %d): in_proj tile %d x %d slices x %d "
-	       "clusters, out_proj %d x %d x %d\n",
-	       n, D, E, fa[0], fa[1], fa[2], fa[3], fa[4], fa[5]);
+	printf("  GEMM rows (%d rows, d_model %d, d_inner %d), tile x slices x clusters: in_proj "
+	       "%d x %d x %d, out_proj %d x %d x %d (uncapped %d x %d x %d, %d x %d x %d)\n",
+	       n, D, E, fa[0], fa[1], fa[2], fa[3], fa[4], fa[5], fw[0], fw[1], fw[2], fw[3], fw[4],
+	       fw[5]);
 out:
 	ssm_backend_close(a);
 	ssm_backend_close(b);
+	ssm_backend_close(w);
+	setenv("SSMD_CUDA_GEMM_SLICES", "16", 1);
 	batch_against(m, dt, n, "SSMD_CUDA_GEMM_ROWS", "0", TOL_BATCH_BF16,
 		      "cuBLAS's in_proj and out_proj (batched)", NULL);
+	unsetenv("SSMD_CUDA_GEMM_SLICES");
 }
 
 /* The batched decode's conv step and x_proj as one kernel (ssmk_conv_xproj:
