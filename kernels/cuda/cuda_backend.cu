@@ -19,9 +19,9 @@
 #include "cuda_impl.h"
 #include "cuda_kernels.cuh"
 #include "cuda_gemm_rows.cuh"
+#include "cuda_sample.cuh"
 #include "cuda_persist.cuh"
 #include "cuda_persist_nb.cuh"
-#include "cuda_sample.cuh"
 
 /* Prefill tokens per chunk (bounds activation memory, act_alloc: ~109 KB a
  * token for 1.4b, ~137 KB for 2.8b); SSMD_CUDA_CHUNK overrides it (tests use
@@ -800,9 +800,10 @@ out:
 }
 
 /*
- * The batch-1 step as one persistent kernel (cuda_persist.cuh), then the
- * sampling kernel: the same contract as decode_body at nb = 1. Launched
- * cooperatively, so every block is resident (or the launch fails).
+ * The batch-1 step (and 2 or 4 rows, cuda_persist_nb.cuh) as one persistent
+ * kernel (cuda_persist.cuh), its sampling included (pk_sample): the same
+ * contract as decode_body at nb rows. Launched cooperatively, so every
+ * block is resident (or the launch fails).
  */
 template <typename T>
 static int decode_persist(cuda_backend *cb, int nb)
@@ -847,6 +848,9 @@ static int decode_persist(cuda_backend *cb, int nb)
 	p.xacc = cb->pk_xacc;
 	p.osum = cb->pk_osum;
 	p.hbuf = cb->pk_hbuf;
+	p.samp = cb->d_samp;
+	p.next = sample_out(cb);
+	p.cand = cb->pk_cand;
 
 	at[0].id = cudaLaunchAttributeCooperative;
 	at[0].val.cooperative = 1;
@@ -863,8 +867,6 @@ static int decode_persist(cuda_backend *cb, int nb)
 				    p))
 	NPL_SWITCH(c->d_state / SSM_LANES, PERSIST);
 #undef PERSIST
-	ssmk_sample<<<nb, SAMPLE_THREADS, 0, s>>>(a->logits, p.V, cb->d_samp, sample_out(cb));
-	CUDA_LAUNCHED();
 out:
 	return rc;
 }
@@ -2132,6 +2134,8 @@ static int persist_init_t(cuda_backend *cb)
 	    (rc = dev_alloc(cb, 2 * PK_OAREA(c->d_model) * sizeof(unsigned long long),
 			    (void **)&cb->pk_osum)) ||
 	    (rc = dev_alloc(cb, 2 * (size_t)c->d_model * sizeof(float), (void **)&cb->pk_hbuf)) ||
+	    (rc = dev_alloc(cb, 4 * (size_t)sms * sizeof(unsigned long long),
+			    (void **)&cb->pk_cand)) ||
 	    (rc = dev_alloc(cb, 2 * PK_XAREA(rows * W) * sizeof(unsigned long long),
 			    (void **)&cb->pk_xacc)) ||
 	    (rc = xw_blocks<T>(cb, sms, 1, &cb->pk_xwb)) ||

@@ -218,6 +218,7 @@ typedef struct cuda_backend {
 	unsigned long long *pk_xacc; /* the x_proj sums (pk_xsum_add) */
 	unsigned long long *pk_osum; /* the out_proj sums (pk_oproj) */
 	float *pk_hbuf;              /* layer inputs (pk_stage_res), 2 d_model */
+	unsigned long long *pk_cand; /* the blocks' greedy picks (pk_sample): 4 rows x grid */
 	cuda_layer *d_layers;
 	long long *pk_trace;     /* where the kernel marks phases now, or NULL */
 	long long *pk_trace_buf; /* ssm_cuda_persist_split()'s marks */

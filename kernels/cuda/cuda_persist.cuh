@@ -1,7 +1,8 @@
 /*
  * cuda_persist.cuh — the batch-1 decode step as one persistent kernel.
  *
- * Included by cuda_backend.cu only, after cuda_kernels.cuh. At batch 1 a
+ * Included by cuda_backend.cu only, after cuda_kernels.cuh and
+ * cuda_sample.cuh. At batch 1 a
  * decode step reads every weight once and does little else, so its time is
  * the weight bytes over the memory bandwidth plus whatever keeps the memory
  * idle: launch gaps and the latency at the start of each dependent step. One
@@ -24,7 +25,8 @@
  * (pk_dgrid)                                              -> osum (D);
  * the next A then starts by adding them into h (pk_stage_res)
  * and after the last layer the final RMSNorm . lm_head -> logits, with the
- * hidden vector stored into the slot. Sampling follows as its own kernel.
+ * hidden vector stored into the slot. The last block to finish lm_head picks
+ * the next token (pk_sample), so sampling needs no launch of its own.
  *
  * What hides the latency: nothing a phase loads from the weights or from the
  * slot's state depends on an earlier phase of the same step, so each warp
@@ -112,7 +114,8 @@
 /* The grid barrier's arrival count. It only grows: each launch adds
  * gridDim.x * its barriers, so a launch finds its base at start. Each
  * kernel has a count of its own (the batch-1 kernel meets twice a layer,
- * the multi-row kernels three times). */
+ * the multi-row kernels three times, and both once more at the end: the
+ * sampling's ticket, pk_sample). */
 typedef struct pk_bar {
 	unsigned long long count;
 } pk_bar;
@@ -143,6 +146,11 @@ typedef struct pk_args {
 	unsigned long long *osum;
 	float *hbuf;
 	pk_bar *bar;
+	/* the step's sampling (pk_sample): each row's sampler, where its token
+	 * goes, and each block's greedy pick of each row (4 G words) */
+	const cuda_sampler *samp;
+	int32_t *next;
+	unsigned long long *cand;
 	/* ssm_cuda_persist_split(): each block's clock at the start, at each
 	 * phase's end and after each barrier (8 per layer), and at the end:
 	 * pk_n_marks() a block, block b's from trace[b * pk_n_marks()]; or
@@ -207,6 +215,18 @@ __device__ __forceinline__ void pk_wait(const pk_bar *bar, unsigned long long ta
 		(void)pk_ld_acquire(&bar->count);
 	}
 	__syncthreads();
+}
+
+/* The count before this block's arrival, as an arrival that also
+ * acquires: the block that gets the launch's last count sees every write
+ * that any block made before its own. */
+__device__ __forceinline__ unsigned long long pk_ticket(pk_bar *bar)
+{
+	unsigned long long old;
+
+	asm volatile("atom.acq_rel.gpu.global.add.u64 %0, [%1], 1;"
+		     : "=l"(old) : "l"(&bar->count) : "memory");
+	return old;
 }
 
 /* The count at the start of a launch of n_bar barriers, rounded down to a
@@ -1148,6 +1168,84 @@ __device__ __forceinline__ void pk_oproj(const pk_args &p, int l, const T *W, co
 }
 
 /*
+ * The step's next token of each of its NB rows, picked as ssmk_sample
+ * picks it, at the end of the kernel: every thread brings its greedy pick
+ * (best, bi) among the logits it wrote of row `row` (-INFINITY and V where
+ * it wrote none). Each block's pick of each row goes to p.cand; then every
+ * block takes a ticket on the barrier count, and the block whose ticket is
+ * `last` (the count before the launch's last arrival) merges each row's G
+ * picks (argmax_merge picks the same logit in any order): a greedy row's
+ * token, a temperature row's largest logit, with which sample_temperature
+ * reads its logits once (every block's writes are visible to it after the
+ * ticket's acquire); a top-k / top-p row goes to the host (-1).
+ */
+template <int NB>
+__device__ void pk_sample(const pk_args &p, int row, float best, int bi, unsigned long long last)
+{
+	__shared__ float s_f[PK_WARPS];
+	__shared__ int s_i[PK_WARPS];
+	__shared__ double s_d[32];
+	__shared__ int s_pick, s_last;
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, G = gridDim.x;
+
+#pragma unroll
+	for (int b = 0; b < NB; b++) {
+		float v = row == b ? best : -INFINITY;
+		int i = row == b ? bi : p.V;
+
+		warp_argmax(&v, &i);
+		if (lane == 0)
+			s_f[warp] = v, s_i[warp] = i;
+		__syncthreads();
+		if (threadIdx.x == 0) {
+			for (int w = 1; w < PK_WARPS; w++)
+				argmax_merge(&v, &i, s_f[w], s_i[w]);
+			p.cand[(size_t)b * G + blockIdx.x] =
+				(unsigned long long)__float_as_uint(v) << 32 | (unsigned)i;
+		}
+		__syncthreads();
+	}
+	if (threadIdx.x == 0)
+		s_last = pk_ticket(p.bar) == last;
+	__syncthreads();
+	if (!s_last)
+		return;
+	for (int b = 0; b < NB; b++) {
+		const cuda_sampler s = p.samp[b];
+		const int kind = sample_kind(s, p.V);
+
+		if (kind == SAMPLE_HOST) {
+			if (threadIdx.x == 0)
+				p.next[b] = -1;
+			continue;
+		}
+		if (warp == 0) {
+			float v = -INFINITY;
+			int i = p.V;
+
+			for (int j = lane; j < G; j += 32) {
+				const unsigned long long c = __ldcg(&p.cand[(size_t)b * G + j]);
+				argmax_merge(&v, &i, __uint_as_float((unsigned)(c >> 32)), (int)(unsigned)c);
+			}
+			warp_argmax(&v, &i);
+			if (lane == 0) {
+				if (kind == SAMPLE_GREEDY)
+					p.next[b] = i;
+				s_f[0] = v;
+			}
+		}
+		if (kind == SAMPLE_TEMPERATURE) {
+			__syncthreads();
+			const float top = s_f[0];
+			__syncthreads(); /* s_f is sample_temperature's */
+			sample_temperature(p.logits + (size_t)b * p.V, p.V, s, top, &p.next[b], s_f,
+					   s_d, &s_pick);
+			__syncthreads(); /* s_f, s_d and s_pick are the next row's */
+		}
+	}
+}
+
+/*
  * The whole batch-1 decode step. grid (G) cooperative, block PK_THREADS,
  * dynamic shared memory pk_smem_bytes(1, ...); PF: pk_pf(). GROUPS: phases C
  * and D by channel group, two grid barriers a layer (pk_dgrid); otherwise
@@ -1173,8 +1271,11 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 	unsigned long long target;
 	pk_chan<T, NPL> ch;
 
+	/* the grid barriers and the sampling's ticket */
+	const int n_bar = (GROUPS ? 2 : 3) * p.n_layer + 1;
+
 	if (threadIdx.x == 0)
-		base = pk_base(p.bar, (GROUPS ? 2 : 3) * p.n_layer);
+		base = pk_base(p.bar, n_bar);
 	pk_fetch<T, PF>((const T *)p.layers[0].in_w, 2 * E, D, pk_gw(), 0, cur);
 	pk_load_layers(p, pk_smem);
 	/* channels past E stay 0 */
@@ -1323,12 +1424,18 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 		pk_keep_hidden<1>(p);
 		pk_stage_norm<T, 1>(p.h, NULL, p.tokens, p.norm_f, D, p.eps, xs, red, scale);
 	}
+	float best = -INFINITY;
+	int bi = p.V;
 	pk_gemv<T, PF>((const T *)p.lm_head, p.V, D, xs, cur, [&](int r, float v) {
-		if (lane == 0)
-			p.logits[r] = v * scale[0];
+		if (lane == 0) {
+			const float logit = v * scale[0];
+			p.logits[r] = logit;
+			argmax_merge(&best, &bi, clean_logit(logit), r);
+		}
 	});
 	__syncthreads();
 	PK_MARK(p.n_layer * 8 + 1);
+	pk_sample<1>(p, 0, best, bi, base + (unsigned long long)n_bar * G - 1);
 }
 
 /* x_proj's weight (W, E) in block order for items of pr rows (pk_xw_m):

@@ -244,8 +244,11 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 	unsigned long long target;
 	pk_chan<T, NPL> ch;
 
+	/* the grid barriers and the sampling's ticket */
+	const int n_bar = 3 * p.n_layer + 1;
+
 	if (threadIdx.x == 0)
-		base = pk_base(p.bar, 3 * p.n_layer);
+		base = pk_base(p.bar, n_bar);
 	pkn_fetch<T, PF>((const T *)p.layers[0].in_w, 2 * E, D, 1, pk_gw(), 0, cur);
 	pk_load_layers(p, pk_smem);
 	/* channels past E stay 0 */
@@ -370,12 +373,18 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 	for (int b = 0; b < NB; b++)
 		if (rb == b)
 			my_scale = scale[b];
+	float best = -INFINITY;
+	int bi = p.V;
 	pkn_gemv<T, PF, NB>((const T *)p.lm_head, p.V, D, 1, xs, D, cur, [&](int r, int, float v) {
-		if (store && r + dr < p.V)
-			p.logits[(size_t)rb * p.V + r + dr] = v * my_scale;
+		if (store && r + dr < p.V) {
+			const float logit = v * my_scale;
+			p.logits[(size_t)rb * p.V + r + dr] = logit;
+			argmax_merge(&best, &bi, clean_logit(logit), r + dr);
+		}
 	});
 	__syncthreads();
 	PK_MARK(p.n_layer * 8 + 1);
+	pk_sample<NB>(p, rb, best, bi, base + (unsigned long long)n_bar * G - 1);
 }
 
 /*

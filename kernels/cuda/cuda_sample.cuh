@@ -3,7 +3,9 @@
  * following ssm_sample()'s procedure (ssm.h) step by step, and the
  * log-probabilities of given next tokens (ssmk_logprob, for score).
  *
- * Included by cuda_backend.cu only. One block per row of logits:
+ * Included by cuda_backend.cu only, before the persistent kernels, whose
+ * last block picks their rows' tokens the same way (pk_sample). Here one
+ * block per row of logits:
  *   - greedy rows (temperature <= 0, top_k == 1 or vocab == 1): argmax, NaN
  *     counting as -inf, the lowest ID winning ties — exact;
  *   - temperature rows without top-k / top-p: v_i = logit_i * (1/T) in
@@ -53,6 +55,28 @@ __device__ __forceinline__ void argmax_merge(float *v, int *i, float ov, int oi)
 		*v = ov;
 		*i = oi;
 	}
+}
+
+/* Merges (v, i) over the warp: every lane ends with the warp's pick. */
+__device__ __forceinline__ void warp_argmax(float *v, int *i)
+{
+	for (int o = 16; o > 0; o >>= 1) {
+		const float ov = __shfl_xor_sync(0xffffffffu, *v, o);
+		const int oi = __shfl_xor_sync(0xffffffffu, *i, o);
+		argmax_merge(v, i, ov, oi);
+	}
+}
+
+/* How a row with sampler s is picked (see the top of this file). */
+enum { SAMPLE_GREEDY, SAMPLE_TEMPERATURE, SAMPLE_HOST };
+
+__device__ __forceinline__ int sample_kind(const cuda_sampler &s, int V)
+{
+	if (s.temperature <= 0.0f || s.top_k == 1 || V == 1)
+		return SAMPLE_GREEDY;
+	if ((s.top_k > 0 && s.top_k < V) || s.top_p < 1.0f)
+		return SAMPLE_HOST;
+	return SAMPLE_TEMPERATURE;
 }
 
 /* f(j, row[j]) for this thread's share of a row (j = threadIdx.x + k
@@ -136,25 +160,35 @@ __device__ __forceinline__ float block_max(float m, float *s_f)
 
 /*
  * One temperature row (no top-k / top-p) into *out: ssm_sample()'s pick, or
- * -1 to hand the row to the host (see the top of this file). Kept out of
- * line: inlined, it doubled ssmk_sample's code and the greedy rows of a
- * batch-1 step measured ~6 us slower on the H200.
+ * -1 to hand the row to the host (see the top of this file). top: the row's
+ * largest logit (NaN counting as -inf) where the caller has it, else NaN.
+ * The largest v_i is then top * (1/T) exactly (a product with a positive
+ * finite factor keeps the order, rounding included), and the row is read
+ * once instead of twice. Kept out of line: inlined, it doubled ssmk_sample's
+ * code and the greedy rows of a batch-1 step measured ~6 us slower on the
+ * H200.
  */
 __device__ __noinline__ void sample_temperature(const float *row, int V, const cuda_sampler &s,
-					       int32_t *out, float *s_f, double *s_d, int *s_pick)
+					       float top, int32_t *out, float *s_f, double *s_d,
+					       int *s_pick)
 {
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 	const int nw = blockDim.x >> 5;
 	const float inv_t = 1.0f / s.temperature;
 	float mx = -INFINITY;
-	row_each(row, V, [&](int, float x) {
-		const float v = clean_logit(x) * inv_t;
-		if (v > mx)
-			mx = v;
-	});
+
 	if (threadIdx.x == 0)
 		*s_pick = V;
-	mx = block_max(mx, s_f);
+	if (!isnan(top) && isfinite(inv_t)) {
+		mx = top * inv_t;
+	} else {
+		row_each(row, V, [&](int, float x) {
+			const float v = clean_logit(x) * inv_t;
+			if (v > mx)
+				mx = v;
+		});
+		mx = block_max(mx, s_f);
+	}
 	if (mx == -INFINITY) {
 		if (threadIdx.x == 0)
 			*out = -1;
@@ -221,24 +255,21 @@ ssmk_sample(const float *logits, int V, const cuda_sampler *sp, int32_t *next)
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
 	const int nw = blockDim.x >> 5;
 
-	if (!(s.temperature <= 0.0f || s.top_k == 1 || V == 1)) {
-		if ((s.top_k > 0 && s.top_k < V) || s.top_p < 1.0f) {
-			if (threadIdx.x == 0)
-				next[blockIdx.x] = -1;
-			return;
-		}
-		sample_temperature(row, V, s, &next[blockIdx.x], s_f, s_d, &s_pick);
+	const int kind = sample_kind(s, V);
+	if (kind == SAMPLE_HOST) {
+		if (threadIdx.x == 0)
+			next[blockIdx.x] = -1;
+		return;
+	}
+	if (kind == SAMPLE_TEMPERATURE) {
+		sample_temperature(row, V, s, NAN, &next[blockIdx.x], s_f, s_d, &s_pick);
 		return;
 	}
 
 	float best = -INFINITY;
 	int bi = V;
 	row_each(row, V, [&](int j, float x) { argmax_merge(&best, &bi, clean_logit(x), j); });
-	for (int o = 16; o > 0; o >>= 1) {
-		float ov = __shfl_xor_sync(0xffffffffu, best, o);
-		int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-		argmax_merge(&best, &bi, ov, oi);
-	}
+	warp_argmax(&best, &bi);
 	if (lane == 0) {
 		s_f[warp] = best;
 		s_i[warp] = bi;
@@ -251,11 +282,7 @@ ssmk_sample(const float *logits, int V, const cuda_sampler *sp, int32_t *next)
 			best = s_f[lane];
 			bi = s_i[lane];
 		}
-		for (int o = 16; o > 0; o >>= 1) {
-			float ov = __shfl_xor_sync(0xffffffffu, best, o);
-			int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-			argmax_merge(&best, &bi, ov, oi);
-		}
+		warp_argmax(&best, &bi);
 		if (lane == 0)
 			next[blockIdx.x] = bi;
 	}
