@@ -851,6 +851,7 @@ static int decode_persist(cuda_backend *cb, int nb)
 	p.samp = cb->d_samp;
 	p.next = sample_out(cb);
 	p.cand = cb->pk_cand;
+	p.csum = (double *)(cb->pk_cand + 4 * cb->pk_grid);
 
 	at[0].id = cudaLaunchAttributeCooperative;
 	at[0].val.cooperative = 1;
@@ -1301,6 +1302,7 @@ static int cuda_decode_sample(ssm_backend *b, const int *slots,
 				continue;
 			}
 			/* top-k / top-p, or too close to call: the host picks */
+			cb->host_picks++;
 			CUDA_TRY(cudaMemcpy(cb->h_logits, cb->act.logits + (size_t)i * V,
 					    V * sizeof(float), cudaMemcpyDeviceToHost));
 			next[off + i] = ssm_sample(cb->h_logits, V, &samplers[off + i],
@@ -1760,7 +1762,7 @@ out:
 
 /* The checks of the queries below: a CUDA backend and a result pointer
  * (`what` names the query in the error). */
-static int query_check(ssm_backend *b, const int *out, const char *what)
+static int query_check(ssm_backend *b, const void *out, const char *what)
 {
 	int rc;
 
@@ -1834,6 +1836,15 @@ extern "C" int ssm_cuda_io_mapped(ssm_backend *b, int *mapped)
 
 	if (!rc)
 		*mapped = cb_of(b)->io_mapped;
+	return rc;
+}
+
+extern "C" int ssm_cuda_host_picks(ssm_backend *b, uint64_t *picks)
+{
+	const int rc = query_check(b, picks, "host picks");
+
+	if (!rc)
+		*picks = cb_of(b)->host_picks;
 	return rc;
 }
 
@@ -2134,7 +2145,7 @@ static int persist_init_t(cuda_backend *cb)
 	    (rc = dev_alloc(cb, 2 * PK_OAREA(c->d_model) * sizeof(unsigned long long),
 			    (void **)&cb->pk_osum)) ||
 	    (rc = dev_alloc(cb, 2 * (size_t)c->d_model * sizeof(float), (void **)&cb->pk_hbuf)) ||
-	    (rc = dev_alloc(cb, 4 * (size_t)sms * sizeof(unsigned long long),
+	    (rc = dev_alloc(cb, 8 * (size_t)sms * sizeof(unsigned long long),
 			    (void **)&cb->pk_cand)) ||
 	    (rc = dev_alloc(cb, 2 * PK_XAREA(rows * W) * sizeof(unsigned long long),
 			    (void **)&cb->pk_xacc)) ||

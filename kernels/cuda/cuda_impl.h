@@ -200,6 +200,7 @@ typedef struct cuda_backend {
 	int32_t *d_next;      /* (max_batch) sampled tokens, -1 = sample on the host */
 	int32_t *h_next;      /* pinned (max_batch) */
 	float *h_logits;      /* pinned (act.logit_rows, vocab) */
+	uint64_t host_picks;  /* decode_sample rows the host picked (ssm_cuda_host_picks) */
 	cuda_graph *graphs;   /* indexed by log2(bucket) */
 	int n_graphs;
 
@@ -218,7 +219,7 @@ typedef struct cuda_backend {
 	unsigned long long *pk_xacc; /* the x_proj sums (pk_xsum_add) */
 	unsigned long long *pk_osum; /* the out_proj sums (pk_oproj) */
 	float *pk_hbuf;              /* layer inputs (pk_stage_res), 2 d_model */
-	unsigned long long *pk_cand; /* the blocks' greedy picks (pk_sample): 4 rows x grid */
+	unsigned long long *pk_cand; /* pk_sample's picks and sums: 2 x 4 rows x grid */
 	cuda_layer *d_layers;
 	long long *pk_trace;     /* where the kernel marks phases now, or NULL */
 	long long *pk_trace_buf; /* ssm_cuda_persist_split()'s marks */

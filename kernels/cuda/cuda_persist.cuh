@@ -114,8 +114,8 @@
 /* The grid barrier's arrival count. It only grows: each launch adds
  * gridDim.x * its barriers, so a launch finds its base at start. Each
  * kernel has a count of its own (the batch-1 kernel meets twice a layer,
- * the multi-row kernels three times, and both once more at the end: the
- * sampling's ticket, pk_sample). */
+ * the multi-row kernels three times, and both twice more at the end, in
+ * pk_sample). */
 typedef struct pk_bar {
 	unsigned long long count;
 } pk_bar;
@@ -147,10 +147,12 @@ typedef struct pk_args {
 	float *hbuf;
 	pk_bar *bar;
 	/* the step's sampling (pk_sample): each row's sampler, where its token
-	 * goes, and each block's greedy pick of each row (4 G words) */
+	 * goes, each block's greedy pick of each row and its chunk's sum of a
+	 * temperature row's weights (4 G words each) */
 	const cuda_sampler *samp;
 	int32_t *next;
 	unsigned long long *cand;
+	double *csum;
 	/* ssm_cuda_persist_split(): each block's clock at the start, at each
 	 * phase's end and after each barrier (8 per layer), and at the end:
 	 * pk_n_marks() a block, block b's from trace[b * pk_n_marks()]; or
@@ -1167,26 +1169,64 @@ __device__ __forceinline__ void pk_oproj(const pk_args &p, int l, const T *W, co
 	}
 }
 
+/* Row b's largest logit (NaN counting as -inf) and its lowest ID (*id),
+ * from the blocks' picks, to every thread; s_f[0] and s_i[0] carry them.
+ * Synchronises the block twice. */
+__device__ __forceinline__ float pk_top(const pk_args &p, int b, int *id, float *s_f, int *s_i)
+{
+	const int lane = threadIdx.x & 31, G = gridDim.x;
+
+	if (threadIdx.x < 32) {
+		float v = -INFINITY;
+		int i = p.V;
+
+		for (int j = lane; j < G; j += 32) {
+			const unsigned long long c = __ldcg(&p.cand[(size_t)b * G + j]);
+			argmax_merge(&v, &i, __uint_as_float((unsigned)(c >> 32)), (int)(unsigned)c);
+		}
+		warp_argmax(&v, &i);
+		if (lane == 0)
+			s_f[0] = v, s_i[0] = i;
+	}
+	__syncthreads();
+	const float v = s_f[0];
+	*id = s_i[0];
+	__syncthreads();
+	return v;
+}
+
 /*
  * The step's next token of each of its NB rows, picked as ssmk_sample
- * picks it, at the end of the kernel: every thread brings its greedy pick
- * (best, bi) among the logits it wrote of row `row` (-INFINITY and V where
- * it wrote none). Each block's pick of each row goes to p.cand; then every
- * block takes a ticket on the barrier count, and the block whose ticket is
- * `last` (the count before the launch's last arrival) merges each row's G
- * picks (argmax_merge picks the same logit in any order): a greedy row's
- * token, a temperature row's largest logit, with which sample_temperature
- * reads its logits once (every block's writes are visible to it after the
- * ticket's acquire); a top-k / top-p row goes to the host (-1).
+ * picks it, at the end of the kernel; `end` is the barrier count at the
+ * launch's end. Every thread brings its greedy pick (best, bi) among the
+ * logits it wrote of row `row` (-INFINITY and V where it wrote none).
+ *   1. Each block's pick of each row goes to p.cand, and the block arrives
+ *      at the barrier (always, so that every launch counts the same).
+ *   2. Where a row samples at a temperature (1/T finite), every block waits
+ *      there, takes the row's largest logit from the picks, and sums the
+ *      weights of its chunk of IDs, [b C, (b + 1) C) with C = ceil(V / G),
+ *      into p.csum: the row's weights are then summed over all SMs, not by
+ *      one block.
+ *   3. Every block takes a ticket on the barrier count; the last merges a
+ *      greedy row's picks (argmax_merge picks the same logit in any order);
+ *      for a temperature row it scans the chunk sums in ID order, finds the
+ *      chunk that holds u and picks inside it (pick_run, with the same u
+ *      and margin; u on no chunk by rounding goes to the host); a top-k /
+ *      top-p row goes to the host (-1), and so does a temperature row whose
+ *      1/T is not finite, after sample_temperature's own pass over it.
+ * Every block's writes before its arrival or ticket are visible after the
+ * wait or the ticket's acquire.
  */
 template <int NB>
-__device__ void pk_sample(const pk_args &p, int row, float best, int bi, unsigned long long last)
+__device__ void pk_sample(const pk_args &p, int row, float best, int bi, unsigned long long end)
 {
 	__shared__ float s_f[PK_WARPS];
 	__shared__ int s_i[PK_WARPS];
-	__shared__ double s_d[32];
-	__shared__ int s_pick, s_last;
+	__shared__ double s_d[32], s_pre;
+	__shared__ int s_pick, s_last, s_chunk;
 	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, G = gridDim.x;
+	const int C = (p.V + G - 1) / G;
+	bool temp = false;
 
 #pragma unroll
 	for (int b = 0; b < NB; b++) {
@@ -1204,44 +1244,85 @@ __device__ void pk_sample(const pk_args &p, int row, float best, int bi, unsigne
 				(unsigned long long)__float_as_uint(v) << 32 | (unsigned)i;
 		}
 		__syncthreads();
+		temp |= sample_kind(p.samp[b], p.V) == SAMPLE_TEMPERATURE &&
+			isfinite(1.0f / p.samp[b].temperature);
+	}
+	pk_arrive(p.bar);
+	if (temp) {
+		pk_wait(p.bar, end - G);
+		for (int b = 0; b < NB; b++) {
+			const cuda_sampler s = p.samp[b];
+			const float inv_t = 1.0f / s.temperature;
+			int id;
+
+			if (sample_kind(s, p.V) != SAMPLE_TEMPERATURE || !isfinite(inv_t))
+				continue;
+			const float mx = pk_top(p, b, &id, s_f, s_i) * inv_t;
+			const float *lg = p.logits + (size_t)b * p.V;
+			const int hi = min((int)(blockIdx.x + 1) * C, p.V);
+			double part = 0.0, sum;
+
+			if (mx != -INFINITY)
+				for (int i = blockIdx.x * C + threadIdx.x; i < hi; i += PK_THREADS)
+					part += temperature_weight(__ldcg(lg + i), inv_t, mx);
+			block_scan(part, s_d, &sum);
+			if (threadIdx.x == 0)
+				p.csum[(size_t)b * G + blockIdx.x] = sum;
+			__syncthreads();
+		}
 	}
 	if (threadIdx.x == 0)
-		s_last = pk_ticket(p.bar) == last;
+		s_last = pk_ticket(p.bar) == end - 1;
 	__syncthreads();
 	if (!s_last)
 		return;
 	for (int b = 0; b < NB; b++) {
 		const cuda_sampler s = p.samp[b];
 		const int kind = sample_kind(s, p.V);
+		const float inv_t = 1.0f / s.temperature;
+		const float *lg = p.logits + (size_t)b * p.V;
+		int id, pick;
 
 		if (kind == SAMPLE_HOST) {
 			if (threadIdx.x == 0)
 				p.next[b] = -1;
 			continue;
 		}
-		if (warp == 0) {
-			float v = -INFINITY;
-			int i = p.V;
-
-			for (int j = lane; j < G; j += 32) {
-				const unsigned long long c = __ldcg(&p.cand[(size_t)b * G + j]);
-				argmax_merge(&v, &i, __uint_as_float((unsigned)(c >> 32)), (int)(unsigned)c);
-			}
-			warp_argmax(&v, &i);
-			if (lane == 0) {
-				if (kind == SAMPLE_GREEDY)
-					p.next[b] = i;
-				s_f[0] = v;
-			}
-		}
-		if (kind == SAMPLE_TEMPERATURE) {
+		const float top = pk_top(p, b, &id, s_f, s_i);
+		if (kind == SAMPLE_GREEDY) {
+			pick = id;
+		} else if (!isfinite(inv_t)) {
+			sample_temperature(lg, p.V, s, top, &p.next[b], s_f, s_d, &s_pick);
 			__syncthreads();
-			const float top = s_f[0];
-			__syncthreads(); /* s_f is sample_temperature's */
-			sample_temperature(p.logits + (size_t)b * p.V, p.V, s, top, &p.next[b], s_f,
-					   s_d, &s_pick);
-			__syncthreads(); /* s_f, s_d and s_pick are the next row's */
+			continue;
+		} else if (top * inv_t == -INFINITY) {
+			pick = -1;
+		} else {
+			/* the chunk whose bounds hold u (the lowest, should two
+			 * overlap by rounding), then the pick inside it; a
+			 * thread a chunk (G <= PK_XBLOCKS < PK_THREADS) */
+			const int t = threadIdx.x;
+			const double x = t < G ? __ldcg(&p.csum[(size_t)b * G + t]) : 0.0;
+			double total;
+
+			if (t == 0)
+				s_chunk = G;
+			const double incl = block_scan(x, s_d, &total), pre = incl - x;
+			const double u = rng_uniform(s.seed, s.index) * total;
+			if (t < G && x > 0.0 && pre <= u && u < incl)
+				atomicMin(&s_chunk, t);
+			__syncthreads();
+			const int c = s_chunk;
+			if (t == c)
+				s_pre = pre;
+			__syncthreads();
+			pick = c == G ? -1
+				      : pick_run(lg, c * C, min((c + 1) * C, p.V), s_pre, total, s,
+						 inv_t, top * inv_t, p.V, s_d, &s_pick);
 		}
+		if (threadIdx.x == 0)
+			p.next[b] = pick;
+		__syncthreads(); /* the shared values are the next row's */
 	}
 }
 
@@ -1271,8 +1352,8 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 	unsigned long long target;
 	pk_chan<T, NPL> ch;
 
-	/* the grid barriers and the sampling's ticket */
-	const int n_bar = (GROUPS ? 2 : 3) * p.n_layer + 1;
+	/* the grid barriers, and pk_sample's arrival and ticket */
+	const int n_bar = (GROUPS ? 2 : 3) * p.n_layer + 2;
 
 	if (threadIdx.x == 0)
 		base = pk_base(p.bar, n_bar);
@@ -1435,7 +1516,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist(const pk_ar
 	});
 	__syncthreads();
 	PK_MARK(p.n_layer * 8 + 1);
-	pk_sample<1>(p, 0, best, bi, base + (unsigned long long)n_bar * G - 1);
+	pk_sample<1>(p, 0, best, bi, base + (unsigned long long)n_bar * G);
 }
 
 /* x_proj's weight (W, E) in block order for items of pr rows (pk_xw_m):

@@ -244,8 +244,8 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 	unsigned long long target;
 	pk_chan<T, NPL> ch;
 
-	/* the grid barriers and the sampling's ticket */
-	const int n_bar = 3 * p.n_layer + 1;
+	/* the grid barriers, and pk_sample's arrival and ticket */
+	const int n_bar = 3 * p.n_layer + 2;
 
 	if (threadIdx.x == 0)
 		base = pk_base(p.bar, n_bar);
@@ -384,7 +384,7 @@ __global__ void __launch_bounds__(PK_THREADS, 1) ssmk_decode_persist_nb(const pk
 	});
 	__syncthreads();
 	PK_MARK(p.n_layer * 8 + 1);
-	pk_sample<NB>(p, rb, best, bi, base + (unsigned long long)n_bar * G - 1);
+	pk_sample<NB>(p, rb, best, bi, base + (unsigned long long)n_bar * G);
 }
 
 /*

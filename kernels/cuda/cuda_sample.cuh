@@ -158,27 +158,102 @@ __device__ __forceinline__ float block_max(float m, float *s_f)
 	return m;
 }
 
+/* x's inclusive prefix sum over the block in thread order, returned to
+ * each thread, and the block's total (*total); s_d holds one value per warp
+ * (32). Synchronises the block twice; s_d is read after the second, so a
+ * caller synchronises again before the next call. */
+__device__ __forceinline__ double block_scan(double x, double *s_d, double *total)
+{
+	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+	double incl = x;
+
+	for (int o = 1; o < 32; o <<= 1) {
+		const double t = __shfl_up_sync(0xffffffffu, incl, o);
+		if (lane >= o)
+			incl += t;
+	}
+	if (lane == 31)
+		s_d[warp] = incl;
+	__syncthreads();
+	if (warp == 0) {
+		double v = lane < nw ? s_d[lane] : 0.0;
+		for (int o = 1; o < 32; o <<= 1) {
+			const double t = __shfl_up_sync(0xffffffffu, v, o);
+			if (lane >= o)
+				v += t;
+		}
+		s_d[lane] = v;
+	}
+	__syncthreads();
+	*total = s_d[nw - 1];
+	return (warp ? s_d[warp - 1] : 0.0) + incl;
+}
+
+/* w_i of a temperature row: exp(v_i - max v) in double, v_i = logit_i * (1/T) in float. */
+__device__ __forceinline__ double temperature_weight(float x, float inv_t, float mx)
+{
+	return exp((double)(clean_logit(x) * inv_t) - mx);
+}
+
+/*
+ * The pick of a temperature row among its IDs [lo, hi), whose weights
+ * before lo sum to pre0, returned to every thread: ssm_sample()'s pick, or
+ * -1 where u falls outside [lo, hi) or within SAMPLE_MARGIN * total of the
+ * picked token's bounds. total: the row's total weight, or NaN where [lo,
+ * hi) is the whole row (then the block's own sum). Each thread sums a
+ * contiguous run of IDs, an exclusive scan gives each run's start, and the
+ * thread whose run holds u walks it again (from L1). s_d: block_scan's;
+ * *s_pick is set here.
+ */
+__device__ __noinline__ int pick_run(const float *row, int lo, int hi, double pre0, double total,
+				     const cuda_sampler &s, float inv_t, float mx, int V, double *s_d,
+				     int *s_pick)
+{
+	const int n = hi - lo, run = (n + (int)blockDim.x - 1) / (int)blockDim.x;
+	const int a = lo + min((int)threadIdx.x * run, n), b = min(a + run, hi);
+	double part = 0.0, sum;
+
+	if (threadIdx.x == 0)
+		*s_pick = V;
+	run_each(row, a, b, [&](int, float x) { part += temperature_weight(x, inv_t, mx); });
+	const double pre = pre0 + (block_scan(part, s_d, &sum) - part);
+	if (isnan(total))
+		total = pre0 + sum;
+	const double u = rng_uniform(s.seed, s.index) * total;
+	const double margin = SAMPLE_MARGIN * total;
+	if (a < b && pre <= u && u < pre + part) {
+		double acc = pre;
+		for (int i = a; i < b; i++) {
+			const double prev = acc;
+			acc += temperature_weight(row[i], inv_t, mx);
+			if (u < acc) {
+				/* V + i: "found but too close to call" */
+				const bool sure = u - prev > margin && acc - u > margin;
+				atomicMin(s_pick, sure ? i : V + i);
+				break;
+			}
+		}
+	}
+	__syncthreads();
+	return *s_pick < V ? *s_pick : -1;
+}
+
 /*
  * One temperature row (no top-k / top-p) into *out: ssm_sample()'s pick, or
  * -1 to hand the row to the host (see the top of this file). top: the row's
  * largest logit (NaN counting as -inf) where the caller has it, else NaN.
  * The largest v_i is then top * (1/T) exactly (a product with a positive
  * finite factor keeps the order, rounding included), and the row is read
- * once instead of twice. Kept out of line: inlined, it doubled ssmk_sample's
- * code and the greedy rows of a batch-1 step measured ~6 us slower on the
- * H200.
+ * once instead of twice. Kept out of line (as pick_run): inlined, it doubled
+ * ssmk_sample's code and the greedy rows of a batch-1 step measured ~6 us
+ * slower on the H200.
  */
-__device__ __noinline__ void sample_temperature(const float *row, int V, const cuda_sampler &s,
-					       float top, int32_t *out, float *s_f, double *s_d,
-					       int *s_pick)
+__device__ __noinline__ void sample_temperature(const float *row, int V, const cuda_sampler &s, float top,
+				   int32_t *out, float *s_f, double *s_d, int *s_pick)
 {
-	const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-	const int nw = blockDim.x >> 5;
 	const float inv_t = 1.0f / s.temperature;
 	float mx = -INFINITY;
 
-	if (threadIdx.x == 0)
-		*s_pick = V;
 	if (!isnan(top) && isfinite(inv_t)) {
 		mx = top * inv_t;
 	} else {
@@ -189,58 +264,9 @@ __device__ __noinline__ void sample_temperature(const float *row, int V, const c
 		});
 		mx = block_max(mx, s_f);
 	}
-	if (mx == -INFINITY) {
-		if (threadIdx.x == 0)
-			*out = -1;
-		return;
-	}
-	/* each thread a contiguous run of IDs; exclusive scan of run sums */
-	const int run = (V + blockDim.x - 1) / blockDim.x;
-	const int lo = threadIdx.x * run, hi = lo + run < V ? lo + run : V;
-	double part = 0.0, incl;
-	run_each(row, lo, hi, [&](int, float x) {
-		part += exp((double)(clean_logit(x) * inv_t) - mx);
-	});
-	incl = part;
-	for (int o = 1; o < 32; o <<= 1) {
-		double t = __shfl_up_sync(0xffffffffu, incl, o);
-		if (lane >= o)
-			incl += t;
-	}
-	if (lane == 31)
-		s_d[warp] = incl;
-	__syncthreads();
-	if (warp == 0) {
-		double v = lane < nw ? s_d[lane] : 0.0;
-		for (int o = 1; o < 32; o <<= 1) {
-			double t = __shfl_up_sync(0xffffffffu, v, o);
-			if (lane >= o)
-				v += t;
-		}
-		s_d[lane] = v;
-	}
-	__syncthreads();
-	const double total = s_d[nw - 1];
-	const double pre = (warp ? s_d[warp - 1] : 0.0) + incl - part;
-	const double u = rng_uniform(s.seed, s.index) * total;
-	const double margin = SAMPLE_MARGIN * total;
-	if (lo < hi && pre <= u && u < pre + part) {
-		/* one thread, over the run its sum just loaded (L1) */
-		double acc = pre;
-		for (int i = lo; i < hi; i++) {
-			const double prev = acc;
-			acc += exp((double)(clean_logit(row[i]) * inv_t) - mx);
-			if (u < acc) {
-				/* V + i: "found but too close to call" */
-				const bool sure = u - prev > margin && acc - u > margin;
-				atomicMin(s_pick, sure ? i : V + i);
-				break;
-			}
-		}
-	}
-	__syncthreads();
+	const int pick = mx == -INFINITY ? -1 : pick_run(row, 0, V, 0.0, NAN, s, inv_t, mx, V, s_d, s_pick);
 	if (threadIdx.x == 0)
-		*out = *s_pick < V ? *s_pick : -1;
+		*out = pick;
 }
 
 __global__ void __launch_bounds__(SAMPLE_THREADS)

@@ -160,4 +160,10 @@ int ssm_cuda_gemm_rows(ssm_backend *b, int rows, int form[6]);
  * NULL. */
 int ssm_cuda_io_mapped(ssm_backend *b, int *mapped);
 
+/* How many of decode_sample's rows since open the device handed to the
+ * host's ssm_sample(), into *picks: the top-k and top-p rows, and any
+ * temperature row whose draw fell within SAMPLE_MARGIN of a token's bounds.
+ * SSMD_EINVAL: not a CUDA backend, or picks NULL. */
+int ssm_cuda_host_picks(ssm_backend *b, uint64_t *picks);
+
 #endif

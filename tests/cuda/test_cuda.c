@@ -856,7 +856,8 @@ static void test_decode_sample(const ssm_model *m, ssm_dtype dt, int n, int copi
 	ssm_sampler sp[16];
 	uint64_t idx[16], seed = 77;
 	int32_t tok[16], next[16];
-	int slots[16], io[2] = {-1, -1}, i, step, mism = 0;
+	int slots[16], io[2] = {-1, -1}, i, step, mism = 0, host = 0;
+	uint64_t picks[2] = {0, 0};
 	float *lg = malloc((size_t)n * V * sizeof(float));
 
 	if (!lg ||
@@ -876,6 +877,8 @@ static void test_decode_sample(const ssm_model *m, ssm_dtype dt, int n, int copi
 		slots[i] = i;
 		idx[i] = 0;
 	}
+	CHECK_RC(ssm_cuda_host_picks(a, NULL), SSMD_EINVAL);
+	CHECK_RC(ssm_cuda_host_picks(a, &picks[0]), SSMD_OK);
 	for (step = 0; step < 8; step++) {
 		/* the kinds move along the rows each step, so one row sees
 		 * greedy, temperature, top-k and top-p */
@@ -885,6 +888,10 @@ static void test_decode_sample(const ssm_model *m, ssm_dtype dt, int n, int copi
 			sp[i].top_k = k % 3 == 1 ? 20 : 0;
 			sp[i].top_p = k % 5 == 2 ? 0.9f : 1.0f;
 			sp[i].seed = 1000 + i;
+			/* rows of top-k or top-p at a temperature (ssm.h's order:
+			 * greedy first) go to the host */
+			host += !(sp[i].temperature <= 0.0f || sp[i].top_k == 1 || V == 1) &&
+				((sp[i].top_k > 0 && sp[i].top_k < V) || sp[i].top_p < 1.0f);
 		}
 		CHECK_RC(ssm_decode_sample(a, slots, tok, n, sp, idx, next), SSMD_OK);
 		CHECK_RC(ssm_decode(b, slots, tok, n, lg), SSMD_OK);
@@ -898,6 +905,13 @@ static void test_decode_sample(const ssm_model *m, ssm_dtype dt, int n, int copi
 	}
 	CHECK(mism == 0, "decode_sample (%d rows, %s): %d of %d tokens differ from ssm_sample",
 	      n, copies_a ? "copies" : "mapped", mism, 8 * n);
+	/* every greedy and temperature row picked on the device: a draw within
+	 * SAMPLE_MARGIN (1e-10 of the total) of a token's bounds would also go to
+	 * the host, about one row in 10^9 */
+	CHECK_RC(ssm_cuda_host_picks(a, &picks[1]), SSMD_OK);
+	CHECK(picks[1] - picks[0] == (uint64_t)host,
+	      "decode_sample (%d rows): %llu rows picked by the host, want %d (top-k / top-p)", n,
+	      (unsigned long long)(picks[1] - picks[0]), host);
 out:
 	ssm_backend_close(a);
 	ssm_backend_close(b);
