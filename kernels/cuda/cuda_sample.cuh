@@ -3,9 +3,11 @@
  * following ssm_sample()'s procedure (ssm.h) step by step, and the
  * log-probabilities of given next tokens (ssmk_logprob, for score).
  *
- * Included by cuda_backend.cu only, before the persistent kernels, whose
- * last block picks their rows' tokens the same way (pk_sample). Here one
- * block per row of logits:
+ * Included by cuda_backend.cu only, before the persistent kernels, which
+ * pick their rows' tokens the same way at their end (pk_sample: a
+ * temperature row's weights summed by all blocks, a chunk of IDs each, in
+ * yet another order the margin below covers). Here one block per row of
+ * logits:
  *   - greedy rows (temperature <= 0, top_k == 1 or vocab == 1): argmax, NaN
  *     counting as -inf, the lowest ID winning ties — exact;
  *   - temperature rows without top-k / top-p: v_i = logit_i * (1/T) in
