@@ -888,8 +888,9 @@ static void test_decode_sample(const ssm_model *m, ssm_dtype dt, int n, int copi
 			sp[i].top_k = k % 3 == 1 ? 20 : 0;
 			sp[i].top_p = k % 5 == 2 ? 0.9f : 1.0f;
 			sp[i].seed = 1000 + i;
-			/* rows of top-k or top-p at a temperature (ssm.h's order:
-			 * greedy first) go to the host */
+			/* rows of top-k or top-p that are not greedy (temperature
+			 * <= 0, top_k 1 or vocab 1) go to the host, as
+			 * cuda_sample.cuh sorts them */
 			host += !(sp[i].temperature <= 0.0f || sp[i].top_k == 1 || V == 1) &&
 				((sp[i].top_k > 0 && sp[i].top_k < V) || sp[i].top_p < 1.0f);
 		}
