@@ -379,7 +379,7 @@ static void bench_model(const char *label, const char *dir)
 	static const size_t everies[] = {64, 256, 1024};
 	char fig[64], note[128], gemm[48];
 	const char *form;
-	int i, k, s, groups = -1, gf[6];
+	int i, k, s, groups = -1, gf[6], wf[4];
 
 	t0 = now_s();
 	TRY("load", ssm_model_load(dir, &m));
@@ -430,9 +430,14 @@ static void bench_model(const char *label, const char *dir)
 		/* in_proj and out_proj by the backend's GEMM: tile x K slices x
 		 * clusters */
 		TRY("GEMM form", ssm_cuda_gemm_rows(b, n, gf));
+		/* ... or by the warpgroup GEMM: tile x K slices */
+		TRY("warpgroup GEMM form", ssm_cuda_gemm_wg(b, n, wf));
 		if (gf[0] || gf[3])
 			snprintf(gemm, sizeof gemm, " in_proj %dx%dx%d, out_proj %dx%dx%d", gf[0],
 				 gf[1], gf[2], gf[3], gf[4], gf[5]);
+		else if (wf[0] || wf[2])
+			snprintf(gemm, sizeof gemm, " in_proj %dx%d, out_proj %dx%d (warpgroup)",
+				 wf[0], wf[1], wf[2], wf[3]);
 		else
 			gemm[0] = 0;
 		snprintf(note, sizeof note, "(floor %.3f ms: %.0f MB moved)%s%s",

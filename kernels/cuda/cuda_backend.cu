@@ -19,6 +19,7 @@
 #include "cuda_impl.h"
 #include "cuda_kernels.cuh"
 #include "cuda_gemm_rows.cuh"
+#include "cuda_gemm_wg.cuh"
 #include "cuda_sample.cuh"
 #include "cuda_persist.cuh"
 #include "cuda_persist_nb.cuh"
@@ -441,6 +442,135 @@ static cudaError_t gr_launch(cuda_backend *cb, int p, const void *W, const void 
 				  f->nt, K / f->s);
 }
 
+/* ssmk_gemm_wg<T, NT> as a function pointer (16-bit T, NT 32, 64 or 128) */
+typedef void (*wg_kernel_fn)(const void *, int, const void *, int, int, float *, int, size_t,
+			     int);
+
+static wg_kernel_fn wg_kernel(ssm_dtype dt, int NT)
+{
+#define WG_K(T)                                                                \
+	(NT == 32 ? (wg_kernel_fn)ssmk_gemm_wg<T, 32>                           \
+	 : NT == 64 ? (wg_kernel_fn)ssmk_gemm_wg<T, 64> : (wg_kernel_fn)ssmk_gemm_wg<T, 128>)
+	return dt == SSM_DTYPE_F16 ? WG_K(__half) : WG_K(__nv_bfloat16);
+#undef WG_K
+}
+
+/*
+ * The form of ssmk_gemm_wg for an (N, K) product in at most most_s K
+ * slices (f->nt 0 where none fits): of the tiles NT = 128, 64, 32
+ * dividing N and the slices S whose K / S is a multiple of WG_KC, the one
+ * whose busiest SM moves the fewest bytes: its blocks (ceil(N / NT S /
+ * SMs)) times a block's weights and rows (the rows counted at half: they
+ * come from L2). On a tie, the wider tile, then fewer slices. It picks
+ * what measured fastest on the H200 (bench/NOTES.md round thirty-six):
+ * in_proj / out_proj 32 x 1 / 32 x 2 on 130m, 64 x 1 / 32 x 2 on 1.4b
+ * (128 blocks each), 128 x 1 / 64 x 2 on 2.8b (80 blocks each; its in_proj
+ * in 160 blocks of 64 took 8% longer a step).
+ */
+static void wg_plan(const cuda_backend *cb, int N, int K, int most_s, cuda_wg_form *f)
+{
+	double best = 0;
+
+	*f = cuda_wg_form{};
+	for (int NT = 128; NT >= 32; NT /= 2)
+		for (int S = 1; S <= most_s; S++) {
+			const int KS = K / S;
+
+			if (N % NT || K % S || KS % WG_KC)
+				continue;
+			const double bytes = (double)NT * KS + 0.5 * WG_ROWS * KS;
+			const double cost = cdiv(N / NT * S, cb->n_sm) * bytes;
+
+			if (!f->nt || cost < best * 0.99) {
+				best = cost;
+				*f = cuda_wg_form{NT, S};
+			}
+		}
+}
+
+/*
+ * Whether the batched decode's in_proj and out_proj run as ssmk_gemm_wg at
+ * buckets of 32 and 64 rows (16-bit weights, compute capability 9.0, every
+ * layer's in_proj and out_proj 16-byte aligned, d_model and d_inner
+ * multiples of WG_KC), and each one's form (cb->wg): in_proj in one K
+ * slice (xz is read whole by the conv), out_proj in one or two (the next
+ * norm adds the second, as it does cuBLAS's split). Measured on the H200
+ * (bf16, batch 64, ms a step, two runs each, against cuBLAS in the same
+ * call): 130m 0.656, 0.664 -> 0.568, 0.569; 1.4b 2.402, 2.415 -> 2.214,
+ * 2.214; 2.8b 4.347, 4.345 -> 4.012, 4.004. SSMD_CUDA_GEMM_WG=0 keeps
+ * cuBLAS, for tests and tuning.
+ */
+static int wg_init(cuda_backend *cb)
+{
+	int rc = SSMD_OK, major = 0, l, p;
+	const ssm_config *c = &cb->cfg;
+	const int D = c->d_model, E = c->d_inner;
+	const char *env = getenv("SSMD_CUDA_GEMM_WG");
+
+	memset(cb->wg, 0, sizeof(cb->wg));
+	CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, cb->device));
+	if ((env && atoi(env) == 0) || cb->wsize != 2 || major != 9 || D % WG_KC || E % WG_KC)
+		return SSMD_OK;
+	for (l = 0; l < c->n_layer; l++)
+		if ((uintptr_t)cb->layers[l].in_w % 16 || (uintptr_t)cb->layers[l].out_w % 16)
+			return SSMD_OK;
+	wg_plan(cb, 2 * E, D, 1, &cb->wg[0]);
+	wg_plan(cb, D, E, 2, &cb->wg[1]);
+	/* SSMD_CUDA_WG_FORM=nt,s,nt,s sets both forms, for tuning */
+	env = getenv("SSMD_CUDA_WG_FORM");
+	if (env) {
+		int f[4];
+
+		if (sscanf(env, "%d,%d,%d,%d", &f[0], &f[1], &f[2], &f[3]) == 4)
+			for (p = 0; p < 2; p++) {
+				const int N = p ? D : 2 * E, K = p ? E : D;
+
+				if ((f[2 * p] == 32 || f[2 * p] == 64 || f[2 * p] == 128) &&
+				    N % f[2 * p] == 0 && f[2 * p + 1] >= 1 && f[2 * p + 1] <= p + 1 &&
+				    K % (f[2 * p + 1] * WG_KC) == 0)
+					cb->wg[p] = cuda_wg_form{f[2 * p], f[2 * p + 1]};
+			}
+	}
+	for (p = 0; p < 2; p++)
+		if (cb->wg[p].nt)
+			CUDA_TRY(cudaFuncSetAttribute(wg_kernel(cb->wdtype, cb->wg[p].nt),
+						      cudaFuncAttributeMaxDynamicSharedMemorySize,
+						      (int)wg_smem_bytes(cb->wg[p].nt)));
+out:
+	return rc;
+}
+
+/* The form of product p (0 in_proj, 1 out_proj) by ssmk_gemm_wg at nb rows
+ * (a bucket): NULL where another kernel runs it. */
+static const cuda_wg_form *wg_form(const cuda_backend *cb, int p, int nb)
+{
+	if (nb <= GR_MAX_ROWS || nb > WG_ROWS || !cb->wg[p].nt)
+		return NULL;
+	return &cb->wg[p];
+}
+
+/* Y (nb, N) f32 [ld ldy] = X (nb, K) [ld ldx] . W^T by ssmk_gemm_wg in
+ * product p's form (wg_form not NULL), K slice q's sums at Y + q nb ldy,
+ * after the kernel ahead by programmatic dependent launch. */
+static cudaError_t wg_launch(cuda_backend *cb, int p, const void *W, const void *X, int ldx,
+			     float *Y, int ldy, int N, int K, int nb)
+{
+	const cuda_wg_form *f = wg_form(cb, p, nb);
+	cudaLaunchConfig_t lc = {};
+	cudaLaunchAttribute at[1] = {};
+
+	lc.gridDim = dim3(N / f->nt, f->s);
+	lc.blockDim = dim3(WG_THREADS);
+	lc.dynamicSmemBytes = wg_smem_bytes(f->nt);
+	lc.stream = cb->stream;
+	at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+	at[0].val.programmaticStreamSerializationAllowed = 1;
+	lc.attrs = at;
+	lc.numAttrs = 1;
+	return cudaLaunchKernelEx(&lc, wg_kernel(cb->wdtype, f->nt), W, K, X, ldx, nb,
+				  Y, ldy, (size_t)nb * ldy, K / f->s);
+}
+
 /* --------------------------------------------------------------- memory -- */
 
 /* cudaMalloc that remembers the pointer so close frees it. */
@@ -720,7 +850,10 @@ static int decode_body(cuda_backend *cb, int nb)
 	/* in_proj and out_proj by ssmk_gemm_rows (else cuBLAS); cuBLAS's
 	 * out_proj's second K slice, which the next norm adds (out_split 2) */
 	const bool gr_in = gr_form(cb, 0, nb), gr_out = gr_form(cb, 1, nb);
-	const float *mix2 = cb->out_split == 2 && !gr_out ? a->mix + (size_t)nb * D : NULL;
+	/* ... or by ssmk_gemm_wg, whose out_proj may write two K slices too */
+	const cuda_wg_form *wg_in = wg_form(cb, 0, nb), *wg_out = wg_form(cb, 1, nb);
+	const int out_slices = gr_out ? 1 : wg_out ? wg_out->s : cb->out_split;
+	const float *mix2 = out_slices == 2 ? a->mix + (size_t)nb * D : NULL;
 	cudaStream_t s = cb->stream;
 	int l;
 
@@ -738,6 +871,9 @@ static int decode_body(cuda_backend *cb, int nb)
 		split_mark(cb, SSM_CUDA_NORM);
 		if (gr_in)
 			CUDA_TRY(gr_launch(cb, 0, y->in_w, a->xn, D, (float *)a->xz, 2 * E, 2 * E,
+					   D, nb));
+		else if (wg_in)
+			CUDA_TRY(wg_launch(cb, 0, y->in_w, a->xn, D, (float *)a->xz, 2 * E, 2 * E,
 					   D, nb));
 		else if ((rc = gemm(cb, y->in_w, a->xn, D, (float *)a->xz, 2 * E, 2 * E, nb, D)))
 			goto out;
@@ -781,6 +917,8 @@ static int decode_body(cuda_backend *cb, int nb)
 		split_mark(cb, SSM_CUDA_SSM_STEP);
 		if (gr_out)
 			CUDA_TRY(gr_launch(cb, 1, y->out_w, a->yT, E, a->mix, D, D, E, nb));
+		else if (wg_out)
+			CUDA_TRY(wg_launch(cb, 1, y->out_w, a->yT, E, a->mix, D, D, E, nb));
 		else if ((rc = gemm_split(cb, y->out_w, a->yT, E, a->mix, D, D, nb, E,
 					  cb->out_split)))
 			goto out;
@@ -1881,6 +2019,20 @@ extern "C" int ssm_cuda_gemm_rows(ssm_backend *b, int rows, int form[6])
 	return rc;
 }
 
+extern "C" int ssm_cuda_gemm_wg(ssm_backend *b, int rows, int form[4])
+{
+	const int rc = query_check_n(b, form, rows, "GEMM form", "rows");
+	int p;
+
+	for (p = 0; !rc && p < 2; p++) {
+		const cuda_wg_form *f = wg_form(cb_of(b), p, bucket_of(rows));
+
+		form[2 * p] = f ? f->nt : 0;
+		form[2 * p + 1] = f ? f->s : 0;
+	}
+	return rc;
+}
+
 /* The event pool of the splits, made on first use. */
 static int split_events(cuda_backend *cb)
 {
@@ -2177,9 +2329,9 @@ static int act_alloc(cuda_backend *cb, int rows, int logit_rows)
 	const ssm_config *c = &cb->cfg;
 	const size_t D = c->d_model, E = c->d_inner, R = c->dt_rank,
 		     W = R + 2 * (size_t)c->d_state, ws = cb->wsize, n = rows;
-	/* a split out_proj's slices, one after the other */
-	const size_t mix_rows = n > (size_t)cb->out_split * cb->max_batch
-					? n : (size_t)cb->out_split * cb->max_batch;
+	/* a split out_proj's slices, one after the other (cuBLAS's or
+	 * ssmk_gemm_wg's) */
+	const size_t mix_rows = n > 2 * (size_t)cb->max_batch ? n : 2 * (size_t)cb->max_batch;
 	cuda_act *a = &cb->act;
 	int rc;
 
@@ -2348,7 +2500,7 @@ extern "C" int ssm_cuda_open(ssm_backend *b, const ssm_backend_opts *opts)
 	if (env && step_mma_ok(cb))
 		cb->step_mma_min = atoi(env) > 0 ? atoi(env) : 0;
 	CUDA_TRY(cudaDeviceGetAttribute(&cb->n_sm, cudaDevAttrMultiProcessorCount, cb->device));
-	if ((rc = cxp_init(cb)) || (rc = gr_init(cb)))
+	if ((rc = cxp_init(cb)) || (rc = gr_init(cb)) || (rc = wg_init(cb)))
 		goto out;
 	/* SSMD_CUDA_CK_MB overrides the checkpoint budget (MiB) for tuning */
 	ck_bytes = (size_t)(cb->chunk / CUDA_CK_FULL_EVERY) * cb->state_floats * sizeof(float);

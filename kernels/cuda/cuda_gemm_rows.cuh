@@ -10,7 +10,9 @@
  * upload, so they may be read while the kernel ahead still runs. At 8 and
  * 16 rows the product is bound by its weight bytes; at 64 rows it is not
  * (64 FLOPs a weight byte, near what mma.sync gives at the one block an SM
- * its accumulators leave room for), and cuBLAS runs it (round thirty-four).
+ * its accumulators leave room for, round thirty-four), and ssmk_gemm_wg
+ * (cuda_gemm_wg.cuh) runs buckets of 32 and 64 rows on the warpgroup
+ * tensor cores.
  */
 #ifndef SSM_CUDA_GEMM_ROWS_CUH
 #define SSM_CUDA_GEMM_ROWS_CUH

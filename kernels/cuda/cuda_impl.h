@@ -124,6 +124,13 @@ typedef struct cuda_gr_form {
 	int nt, s, c;
 } cuda_gr_form;
 
+/* A form of ssmk_gemm_wg: its block's outputs (nt 32, 64 or 128; 0: cuBLAS runs
+ * the product) and its K slices (s 1 or 2, each slice's sums into a buffer
+ * of their own). */
+typedef struct cuda_wg_form {
+	int nt, s;
+} cuda_wg_form;
+
 typedef struct cuda_backend {
 	const ssm_model *model;
 	ssm_config cfg;
@@ -182,6 +189,8 @@ typedef struct cuda_backend {
 	/* The batched decode's in_proj ([0]) and out_proj ([1]) by
 	 * ssmk_gemm_rows for buckets of 8 and 16 rows (nt 0: cuBLAS). */
 	cuda_gr_form gr[2][2];
+	/* ... and by ssmk_gemm_wg for buckets of 32 and 64 rows. */
+	cuda_wg_form wg[2];
 	/* Decode inputs travel in one block, h_io -> d_io (a copy, or read by
 	 * the step's graph: io_mapped), laid out as
 	 *   int slots[max_batch] (-1 = padding row) | cuda_sampler samp[max_batch]

@@ -151,6 +151,15 @@ int ssm_cuda_conv_xproj(ssm_backend *b, int *cluster);
  * SSMD_EINVAL: not a CUDA backend, rows < 1, or form NULL. */
 int ssm_cuda_gemm_rows(ssm_backend *b, int rows, int form[6]);
 
+/* The same for the warpgroup GEMM (ssmk_gemm_wg: 16-bit weights, compute
+ * capability 9.0, d_model and d_inner multiples of 64, buckets of 32 and 64
+ * rows), into form[4]: the block tile (32, 64 or 128 outputs) and the K
+ * slices (1 for in_proj, 1 or 2 for out_proj) for in_proj, then for
+ * out_proj; 0, 0 where another kernel runs it (SSMD_CUDA_GEMM_WG=0 at open:
+ * cuBLAS everywhere). SSMD_EINVAL: not a CUDA backend, rows < 1, or
+ * form NULL. */
+int ssm_cuda_gemm_wg(ssm_backend *b, int rows, int form[4]);
+
 /* How a decode step's inputs and sampled tokens cross to and from the host,
  * into *mapped: 3, the step's graph reads the slots, samplers and tokens
  * from pinned host memory itself and its sampling kernel writes the tokens

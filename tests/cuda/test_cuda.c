@@ -644,6 +644,57 @@ out:
 	unsetenv("SSMD_CUDA_GEMM_SLICES");
 }
 
+/* The batched decode's in_proj and out_proj on the warpgroup tensor cores
+ * (ssmk_gemm_wg: 16-bit weights, d_model and d_inner multiples of 64,
+ * buckets of 32 and 64 rows) against cuBLAS (SSMD_CUDA_GEMM_WG=0), both
+ * batched: the same 16-bit products summed in f32 in another order, so the
+ * check is TOL_BATCH_BF16 with greedy tokens identical (as for
+ * test_gemm_rows). Each backend reports its forms: by default the kernel's
+ * (a tile of 32, 64 or 128 outputs dividing N, in_proj in one K slice, out_proj
+ * in one or two, each a multiple of 64 columns) where the shape and the
+ * bucket take it, else zeros; zeros with SSMD_CUDA_GEMM_WG=0, so the case
+ * cannot pass on cuBLAS alone. */
+static void test_gemm_wg(const ssm_model *m, ssm_dtype dt, int n)
+{
+	const ssm_config *c = ssm_model_config(m);
+	const int D = c->d_model, E = c->d_inner;
+	const int want = dt != SSM_DTYPE_F32 && D % 64 == 0 && E % 64 == 0 && n > 16 && n <= 64;
+	/* in_proj (2 E, D), out_proj (D, E) */
+	const int N[2] = {2 * E, D}, K[2] = {D, E};
+	ssm_backend *a = NULL, *b = NULL;
+	int fa[4] = {-1, -1, -1, -1}, fb[4] = {-1, -1, -1, -1}, p;
+
+	if (open_backend(m, SSM_BACKEND_CUDA, dt, 64, &a) ||
+	    open_cuda_with(m, dt, 64, "SSMD_CUDA_GEMM_WG", "0", &b)) {
+		CHECK(0, "open: %s", ssmd_errmsg());
+		goto out;
+	}
+	/* no rows, or no result array: refused, nothing written */
+	CHECK_RC(ssm_cuda_gemm_wg(a, 0, fa), SSMD_EINVAL);
+	CHECK_RC(ssm_cuda_gemm_wg(a, n, NULL), SSMD_EINVAL);
+	CHECK(fa[0] == -1, "warpgroup GEMM form: a refused query wrote %d", fa[0]);
+	CHECK_RC(ssm_cuda_gemm_wg(a, n, fa), SSMD_OK);
+	CHECK_RC(ssm_cuda_gemm_wg(b, n, fb), SSMD_OK);
+	for (p = 0; p < 2; p++) {
+		const int *f = fa + 2 * p;
+		const int ok = (f[0] == 32 || f[0] == 64 || f[0] == 128) && N[p] % f[0] == 0 &&
+			       f[1] >= 1 && f[1] <= p + 1 && (K[p] / f[1]) % 64 == 0;
+
+		CHECK(want ? ok : !f[0] && !f[1], "%d rows: %s warpgroup form %d x %d (want %s)",
+		      n, p ? "out_proj" : "in_proj", f[0], f[1], want ? "the kernel's" : "none");
+		CHECK(!fb[2 * p] && !fb[2 * p + 1],
+		      "%d rows: %s warpgroup form %d x %d with SSMD_CUDA_GEMM_WG=0", n,
+		      p ? "out_proj" : "in_proj", fb[2 * p], fb[2 * p + 1]);
+	}
+	printf("  warpgroup GEMM (%d rows, d_model %d, d_inner %d), tile x slices: in_proj "
+	       "%d x %d, out_proj %d x %d\n", n, D, E, fa[0], fa[1], fa[2], fa[3]);
+out:
+	ssm_backend_close(a);
+	ssm_backend_close(b);
+	batch_against(m, dt, n, "SSMD_CUDA_GEMM_WG", "0", TOL_BATCH_BF16,
+		      "cuBLAS's in_proj and out_proj (batched)", NULL);
+}
+
 /* The batched decode's conv step and x_proj as one kernel (ssmk_conv_xproj:
  * 16-bit weights, d_conv 4, d_inner a multiple of 32; a cluster's blocks
  * sum their channels' parts of x_proj in rank order) against the conv
@@ -1622,12 +1673,18 @@ static void test_big(const char *dir)
 	/* the smallest bucket it takes, 8 rows, one of them padding */
 	test_step_mma(m, low_dtype, 7);
 	/* the backend's in_proj and out_proj GEMM in each bucket it takes
-	 * (7 and 13: padding rows), and buckets of 4 and 64 (cuBLAS) */
+	 * (7 and 13: padding rows), and buckets of 4 and 64 (other kernels) */
 	test_gemm_rows(m, low_dtype, 7);
 	test_gemm_rows(m, half_dtype, 13);
 	test_gemm_rows(m, low_dtype, 16);
 	test_gemm_rows(m, low_dtype, 3);
 	test_gemm_rows(m, low_dtype, 64);
+	/* the warpgroup GEMM in each bucket it takes (37 and 20: padding
+	 * rows), and a bucket of 16 (not taken) */
+	test_gemm_wg(m, low_dtype, 64);
+	test_gemm_wg(m, half_dtype, 37);
+	test_gemm_wg(m, low_dtype, 20);
+	test_gemm_wg(m, low_dtype, 16);
 	/* clusters of 16 rows (the choice at 64 rows) and of 8 (below),
 	 * and 8 forced at 64 with 27 of the bucket's rows padding */
 	test_conv_xproj(m, low_dtype, 64, "0");
@@ -1770,8 +1827,10 @@ int main(void)
 	}
 	/* the backend's in_proj and out_proj GEMM at the fixture's shape
 	 * (in_proj K 64: one block's stage is a whole row of 128 outputs) */
-	if (want("batch") || want("batch-gemm"))
+	if (want("batch") || want("batch-gemm")) {
 		test_gemm_rows(m, low_dtype, 16);
+		test_gemm_wg(m, low_dtype, 64);
+	}
 
 	/* the batched conv step's any-width path: the batches above run d_conv
 	 * 4, which has its own instantiation */
