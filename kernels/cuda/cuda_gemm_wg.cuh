@@ -103,48 +103,21 @@ __device__ __forceinline__ void wg_wait1(void)
 		     : "l"(a), "l"(b), "r"(1))
 
 template <typename T, int NT> struct wg_mma;
-template <> struct wg_mma<__nv_bfloat16, 32> {
-	static __device__ __forceinline__ void run(float *d, unsigned long long a,
-						   unsigned long long b)
-	{
-		WG_MMA(32, "bf16", WG_REGS16, WG_D16(d), 16, 17, 18);
-	}
-};
-template <> struct wg_mma<__nv_bfloat16, 64> {
-	static __device__ __forceinline__ void run(float *d, unsigned long long a,
-						   unsigned long long b)
-	{
-		WG_MMA(64, "bf16", WG_REGS32, WG_D32(d), 32, 33, 34);
-	}
-};
-template <> struct wg_mma<__nv_bfloat16, 128> {
-	static __device__ __forceinline__ void run(float *d, unsigned long long a,
-						   unsigned long long b)
-	{
-		WG_MMA(128, "bf16", WG_REGS64, WG_D64(d), 64, 65, 66);
-	}
-};
-template <> struct wg_mma<__half, 128> {
-	static __device__ __forceinline__ void run(float *d, unsigned long long a,
-						   unsigned long long b)
-	{
-		WG_MMA(128, "f16", WG_REGS64, WG_D64(d), 64, 65, 66);
-	}
-};
-template <> struct wg_mma<__half, 32> {
-	static __device__ __forceinline__ void run(float *d, unsigned long long a,
-						   unsigned long long b)
-	{
-		WG_MMA(32, "f16", WG_REGS16, WG_D16(d), 16, 17, 18);
-	}
-};
-template <> struct wg_mma<__half, 64> {
-	static __device__ __forceinline__ void run(float *d, unsigned long long a,
-						   unsigned long long b)
-	{
-		WG_MMA(64, "f16", WG_REGS32, WG_D32(d), 32, 33, 34);
-	}
-};
+#define WG_MMA_T(T, ty, n, regs, dops, ia, ib, is)                              \
+	template <> struct wg_mma<T, n> {                                        \
+		static __device__ __forceinline__ void run(float *d, unsigned long long a, \
+							   unsigned long long b)   \
+		{                                                                \
+			WG_MMA(n, ty, regs, dops(d), ia, ib, is);                  \
+		}                                                                \
+	};
+WG_MMA_T(__nv_bfloat16, "bf16", 32, WG_REGS16, WG_D16, 16, 17, 18)
+WG_MMA_T(__nv_bfloat16, "bf16", 64, WG_REGS32, WG_D32, 32, 33, 34)
+WG_MMA_T(__nv_bfloat16, "bf16", 128, WG_REGS64, WG_D64, 64, 65, 66)
+WG_MMA_T(__half, "f16", 32, WG_REGS16, WG_D16, 16, 17, 18)
+WG_MMA_T(__half, "f16", 64, WG_REGS32, WG_D32, 32, 33, 34)
+WG_MMA_T(__half, "f16", 128, WG_REGS64, WG_D64, 64, 65, 66)
+#undef WG_MMA_T
 
 /* The stages of ssmk_gemm_wg<T, NT>'s ring: as many as fit in 192 KB, at
  * most 12 (12 for tiles of 32 and 64 outputs, 8 for 128). */
