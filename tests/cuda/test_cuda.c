@@ -647,13 +647,15 @@ out:
 /* The batched decode's in_proj and out_proj on the warpgroup tensor cores
  * (ssmk_gemm_wg: 16-bit weights, d_model and d_inner multiples of 64,
  * buckets of 32 and 64 rows) against cuBLAS (SSMD_CUDA_GEMM_WG=0), both
- * batched: the same 16-bit products summed in f32 in another order, so the
- * check is TOL_BATCH_BF16 with greedy tokens identical (as for
- * test_gemm_rows). Each backend reports its forms: by default the kernel's
- * (a tile of 32, 64 or 128 outputs dividing N, in_proj in one K slice, out_proj
- * in one or two, each a multiple of 64 columns) where the shape and the
- * bucket take it, else zeros; zeros with SSMD_CUDA_GEMM_WG=0, so the case
- * cannot pass on cuBLAS alone. */
+ * batched: the same 16-bit products summed in f32. On the H200 the two came
+ * out bit for bit equal (cuBLAS adds the same 16-column steps in the same
+ * order); an order of its own would move a 16-bit activation by up to
+ * 2^-8 of itself, so the check is TOL_BATCH_BF16 with greedy tokens
+ * identical (as for test_gemm_rows). Each backend reports its forms: by
+ * default the kernel's (a tile of 32, 64 or 128 outputs dividing N,
+ * in_proj in one K slice, out_proj in one or two, each a multiple of 64
+ * columns) where the shape and the bucket take it, else zeros; zeros with
+ * SSMD_CUDA_GEMM_WG=0, so the case cannot pass on cuBLAS alone. */
 static void test_gemm_wg(const ssm_model *m, ssm_dtype dt, int n)
 {
 	const ssm_config *c = ssm_model_config(m);
