@@ -1893,8 +1893,8 @@ __device__ __forceinline__ void cluster_wait(void)
 /* A cluster barrier without release semantics (no fence before it). */
 __device__ __forceinline__ void cluster_sync_relaxed(void)
 {
-	asm volatile("barrier.cluster.arrive.relaxed.aligned;\n"
-		     "barrier.cluster.wait.aligned;" ::: "memory");
+	cluster_arrive_relaxed();
+	cluster_wait();
 }
 
 __device__ __forceinline__ void prefetch_l2(const void *p)

@@ -1195,6 +1195,13 @@ __device__ __forceinline__ float pk_top(const pk_args &p, int b, int *id, float 
 	return v;
 }
 
+/* Whether pk_sample sums a row's weights by chunks over the blocks: a
+ * temperature row whose 1/T is finite. */
+__device__ __forceinline__ bool pk_by_chunks(const cuda_sampler &s, int V)
+{
+	return sample_kind(s, V) == SAMPLE_TEMPERATURE && isfinite(1.0f / s.temperature);
+}
+
 /*
  * The step's next token of each of its NB rows, picked as ssmk_sample
  * picks it, at the end of the kernel; `end` is the barrier count at the
@@ -1244,8 +1251,7 @@ __device__ void pk_sample(const pk_args &p, int row, float best, int bi, unsigne
 				(unsigned long long)__float_as_uint(v) << 32 | (unsigned)i;
 		}
 		__syncthreads();
-		temp |= sample_kind(p.samp[b], p.V) == SAMPLE_TEMPERATURE &&
-			isfinite(1.0f / p.samp[b].temperature);
+		temp |= pk_by_chunks(p.samp[b], p.V);
 	}
 	pk_arrive(p.bar);
 	if (temp) {
@@ -1255,7 +1261,7 @@ __device__ void pk_sample(const pk_args &p, int row, float best, int bi, unsigne
 			const float inv_t = 1.0f / s.temperature;
 			int id;
 
-			if (sample_kind(s, p.V) != SAMPLE_TEMPERATURE || !isfinite(inv_t))
+			if (!pk_by_chunks(s, p.V))
 				continue;
 			const float mx = pk_top(p, b, &id, s_f, s_i) * inv_t;
 			const float *lg = p.logits + (size_t)b * p.V;
