@@ -2021,7 +2021,7 @@ extern "C" int ssm_cuda_gemm_rows(ssm_backend *b, int rows, int form[6])
 
 extern "C" int ssm_cuda_gemm_wg(ssm_backend *b, int rows, int form[4])
 {
-	const int rc = query_check_n(b, form, rows, "GEMM form", "rows");
+	const int rc = query_check_n(b, form, rows, "warpgroup GEMM form", "rows");
 	int p;
 
 	for (p = 0; !rc && p < 2; p++) {

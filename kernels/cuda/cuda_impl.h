@@ -124,9 +124,9 @@ typedef struct cuda_gr_form {
 	int nt, s, c;
 } cuda_gr_form;
 
-/* A form of ssmk_gemm_wg: its block's outputs (nt 32, 64 or 128; 0: cuBLAS runs
- * the product) and its K slices (s 1 or 2, each slice's sums into a buffer
- * of their own). */
+/* A form of ssmk_gemm_wg: its block's outputs (nt 32, 64 or 128; 0:
+ * cuBLAS runs the product) and its K slices (s 1 or 2, each slice's sums
+ * into a buffer of their own). */
 typedef struct cuda_wg_form {
 	int nt, s;
 } cuda_wg_form;
