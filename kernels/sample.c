@@ -106,12 +106,14 @@ int32_t ssm_sample(const float *logits, int vocab, const ssm_sampler *s,
 
 	if (!logits || !s || vocab < 1)
 		return -SSMD_EINVAL;
-	if (s->temperature <= 0.0f || s->top_k == 1 || vocab == 1)
+	inv_t = 1.0f / s->temperature;
+	/* a temperature so small that 1/T overflows (below ~2.9e-39), or NaN:
+	 * its limit, greedy (the weights below would all be NaN or 0) */
+	if (s->temperature <= 0.0f || !isfinite(inv_t) || s->top_k == 1 || vocab == 1)
 		return argmax(logits, vocab);
 	c = malloc((size_t)vocab * sizeof *c);
 	if (!c)
 		return -SSMD_ENOMEM;
-	inv_t = 1.0f / s->temperature;
 	for (int i = 0; i < vocab; i++) {
 		c[i].v = clean(logits[i]) * inv_t;
 		c[i].id = i;

@@ -186,7 +186,8 @@ int ssm_slot_logits(ssm_backend *b, int slot, float *logits);
 /* ------------------------------------------------------------- sampling -- */
 
 /* Sampling settings. temperature <= 0 means greedy (argmax, lowest ID on
- * ties). top_k <= 0 and top_p >= 1 disable those filters. */
+ * ties), as does one too small for 1/temperature to be finite. top_k <= 0
+ * and top_p >= 1 disable those filters. */
 typedef struct ssm_sampler {
 	float temperature;
 	int top_k;
@@ -205,8 +206,9 @@ double ssm_rng_uniform(uint64_t seed, uint64_t index);
 
 /* Picks the next token from logits (vocab floats; not modified) with sampler s.
  * The procedure, which every backend follows exactly:
- *  1. temperature <= 0, top_k == 1 or vocab == 1: argmax (lowest ID on ties).
- *     NaN logits count as -inf throughout.
+ *  1. temperature <= 0, 1.0f / temperature not finite (a temperature below
+ *     ~2.9e-39, or NaN), top_k == 1 or vocab == 1: argmax (lowest ID on
+ *     ties). NaN logits count as -inf throughout.
  *  2. v_i = logit_i * (1.0f / temperature) in float.
  *  3. If top_k in [1, vocab) or top_p < 1: order candidates by v descending,
  *     ID ascending on ties; keep the first top_k when top_k applies.

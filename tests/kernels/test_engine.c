@@ -948,6 +948,11 @@ static void sampling(void)
 	CHECK(ssm_sample(lg, 6, &s, 0) == 1, "greedy picks the first max");
 	float nan_lg[3] = { NAN, 0.5f, 0.25f };
 	CHECK(ssm_sample(nan_lg, 3, &s, 0) == 1, "greedy skips NaN");
+	/* a temperature whose 1/T overflows float (below ~2.9e-39): its
+	 * limit, greedy, whatever the filters */
+	s.temperature = 1e-40f;
+	s.top_k = 3;
+	CHECK(ssm_sample(lg, 6, &s, 9) == 1, "a temperature of 1e-40 is greedy");
 	s.temperature = 1.0f;
 	s.top_k = 1;
 	CHECK(ssm_sample(lg, 6, &s, 9) == 1, "top_k 1 is greedy");
