@@ -1195,13 +1195,6 @@ __device__ __forceinline__ float pk_top(const pk_args &p, int b, int *id, float 
 	return v;
 }
 
-/* Whether pk_sample sums a row's weights by chunks over the blocks: a
- * temperature row whose 1/T is finite. */
-__device__ __forceinline__ bool pk_by_chunks(const cuda_sampler &s, int V)
-{
-	return sample_kind(s, V) == SAMPLE_TEMPERATURE && isfinite(1.0f / s.temperature);
-}
-
 /*
  * The step's next token of each of its NB rows, picked as ssmk_sample
  * picks it, at the end of the kernel; `end` is the barrier count at the
@@ -1209,18 +1202,17 @@ __device__ __forceinline__ bool pk_by_chunks(const cuda_sampler &s, int V)
  * logits it wrote of row `row` (-INFINITY and V where it wrote none).
  *   1. Each block's pick of each row goes to p.cand, and the block arrives
  *      at the barrier (always, so that every launch counts the same).
- *   2. Where a row samples at a temperature (1/T finite), every block waits
- *      there, takes the row's largest logit from the picks, and sums the
- *      weights of its chunk of IDs, [b C, (b + 1) C) with C = ceil(V / G),
- *      into p.csum: the row's weights are then summed over all SMs, not by
- *      one block.
+ *   2. Where a row samples at a temperature, every block waits there,
+ *      takes the row's largest logit from the picks, and sums the weights
+ *      of its chunk of IDs, [b C, (b + 1) C) with C = ceil(V / G), into
+ *      p.csum: the row's weights are then summed over all SMs, not by one
+ *      block.
  *   3. Every block takes a ticket on the barrier count; the last merges a
  *      greedy row's picks (argmax_merge picks the same logit in any order);
  *      for a temperature row it scans the chunk sums in ID order, finds the
  *      chunk that holds u and picks inside it (pick_run, with the same u
  *      and margin; u on no chunk by rounding goes to the host); a top-k /
- *      top-p row goes to the host (-1), and so does a temperature row whose
- *      1/T is not finite, after sample_temperature's own pass over it.
+ *      top-p row goes to the host (-1).
  * Every block's writes before its arrival or ticket are visible after the
  * wait or the ticket's acquire.
  */
@@ -1251,7 +1243,7 @@ __device__ void pk_sample(const pk_args &p, int row, float best, int bi, unsigne
 				(unsigned long long)__float_as_uint(v) << 32 | (unsigned)i;
 		}
 		__syncthreads();
-		temp |= pk_by_chunks(p.samp[b], p.V);
+		temp |= sample_kind(p.samp[b], p.V) == SAMPLE_TEMPERATURE;
 	}
 	pk_arrive(p.bar);
 	if (temp) {
@@ -1261,7 +1253,7 @@ __device__ void pk_sample(const pk_args &p, int row, float best, int bi, unsigne
 			const float inv_t = 1.0f / s.temperature;
 			int id;
 
-			if (!pk_by_chunks(s, p.V))
+			if (sample_kind(s, p.V) != SAMPLE_TEMPERATURE)
 				continue;
 			const float mx = pk_top(p, b, &id, s_f, s_i) * inv_t;
 			const float *lg = p.logits + (size_t)b * p.V;
@@ -1297,10 +1289,6 @@ __device__ void pk_sample(const pk_args &p, int row, float best, int bi, unsigne
 		const float top = pk_top(p, b, &id, s_f, s_i);
 		if (kind == SAMPLE_GREEDY) {
 			pick = id;
-		} else if (!isfinite(inv_t)) {
-			sample_temperature(lg, p.V, s, top, &p.next[b], s_f, s_d, &s_pick);
-			__syncthreads();
-			continue;
 		} else if (top * inv_t == -INFINITY) {
 			pick = -1;
 		} else {

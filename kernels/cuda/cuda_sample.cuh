@@ -8,8 +8,9 @@
  * temperature row's weights summed by all blocks, a chunk of IDs each, in
  * yet another order the margin below covers). Here one block per row of
  * logits:
- *   - greedy rows (temperature <= 0, top_k == 1 or vocab == 1): argmax, NaN
- *     counting as -inf, the lowest ID winning ties — exact;
+ *   - greedy rows (temperature <= 0 or too small for 1/T to be finite,
+ *     top_k == 1 or vocab == 1): argmax, NaN counting as -inf, the lowest ID
+ *     winning ties — exact;
  *   - temperature rows without top-k / top-p: v_i = logit_i * (1/T) in
  *     float, w_i = exp((double)v_i - max v), u = ssm_rng_uniform(seed,
  *     index) * sum w, the pick is the first i whose running sum of w exceeds
@@ -74,7 +75,7 @@ enum { SAMPLE_GREEDY, SAMPLE_TEMPERATURE, SAMPLE_HOST };
 
 __device__ __forceinline__ int sample_kind(const cuda_sampler &s, int V)
 {
-	if (s.temperature <= 0.0f || s.top_k == 1 || V == 1)
+	if (s.temperature <= 0.0f || !isfinite(1.0f / s.temperature) || s.top_k == 1 || V == 1)
 		return SAMPLE_GREEDY;
 	if ((s.top_k > 0 && s.top_k < V) || s.top_p < 1.0f)
 		return SAMPLE_HOST;
@@ -241,8 +242,9 @@ __device__ __noinline__ int pick_run(const float *row, int lo, int hi, double pr
 }
 
 /*
- * One temperature row (no top-k / top-p) into *out: ssm_sample()'s pick, or
- * -1 to hand the row to the host (see the top of this file). top: the row's
+ * One temperature row (sample_kind's SAMPLE_TEMPERATURE: no top-k / top-p,
+ * 1/T finite) into *out: ssm_sample()'s pick, or -1 to hand the row to the
+ * host (see the top of this file). top: the row's
  * largest logit (NaN counting as -inf) where the caller has it, else NaN.
  * The largest v_i is then top * (1/T) exactly (a product with a positive
  * finite factor keeps the order, rounding included), and the row is read
@@ -256,7 +258,7 @@ __device__ __noinline__ void sample_temperature(const float *row, int V, const c
 	const float inv_t = 1.0f / s.temperature;
 	float mx = -INFINITY;
 
-	if (!isnan(top) && isfinite(inv_t)) {
+	if (!isnan(top)) {
 		mx = top * inv_t;
 	} else {
 		row_each(row, V, [&](int, float x) {

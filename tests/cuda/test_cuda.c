@@ -934,17 +934,21 @@ static void test_decode_sample(const ssm_model *m, ssm_dtype dt, int n, int copi
 	CHECK_RC(ssm_cuda_host_picks(a, &picks[0]), SSMD_OK);
 	for (step = 0; step < 8; step++) {
 		/* the kinds move along the rows each step, so one row sees
-		 * greedy, temperature, top-k and top-p */
+		 * greedy, temperature, top-k and top-p, and a temperature
+		 * whose 1/T overflows (1e-40: greedy, with top-k or not) */
 		for (i = 0; i < n; i++) {
 			const int k = (i + step) % 16;
-			sp[i].temperature = k % 4 == 0 ? 0.0f : 0.5f + 0.1f * k;
+			sp[i].temperature = k % 4 == 0 ? 0.0f
+					    : k % 7 == 6 ? 1e-40f
+							 : 0.5f + 0.1f * k;
 			sp[i].top_k = k % 3 == 1 ? 20 : 0;
 			sp[i].top_p = k % 5 == 2 ? 0.9f : 1.0f;
 			sp[i].seed = 1000 + i;
 			/* rows of top-k or top-p that are not greedy (temperature
-			 * <= 0, top_k 1 or vocab 1) go to the host, as
-			 * cuda_sample.cuh sorts them */
-			host += !(sp[i].temperature <= 0.0f || sp[i].top_k == 1 || V == 1) &&
+			 * <= 0 or 1/T not finite, top_k 1 or vocab 1) go to the
+			 * host, as cuda_sample.cuh sorts them */
+			host += !(sp[i].temperature <= 0.0f || !isfinite(1.0f / sp[i].temperature) ||
+				  sp[i].top_k == 1 || V == 1) &&
 				((sp[i].top_k > 0 && sp[i].top_k < V) || sp[i].top_p < 1.0f);
 		}
 		CHECK_RC(ssm_decode_sample(a, slots, tok, n, sp, idx, next), SSMD_OK);
